@@ -1,0 +1,51 @@
+"""mailgate: inbound mail, background actions, check-in/push and scheduled tasks for interviews.
+
+Interview authors import everything they need from here::
+
+    from mailgate import Interview, background_action, background_response, action_argument
+"""
+
+from __future__ import annotations
+
+from .context import User
+from .errors import MailgateError
+from .functions import (
+    action_argument,
+    action_arguments,
+    background_action,
+    background_error_action,
+    background_response,
+    background_response_action,
+    command,
+    json_response,
+    response,
+    session_id,
+    user_has_privilege,
+    user_info,
+    user_logged_in,
+)
+from .interviews import Interview
+from .tasks import Task, TaskResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Interview",
+    "MailgateError",
+    "Task",
+    "TaskResult",
+    "User",
+    "action_argument",
+    "action_arguments",
+    "background_action",
+    "background_error_action",
+    "background_response",
+    "background_response_action",
+    "command",
+    "json_response",
+    "response",
+    "session_id",
+    "user_has_privilege",
+    "user_info",
+    "user_logged_in",
+]

@@ -1,0 +1,329 @@
+"""The admin CLI: thin commands over the core that print tables for people or ``--json`` for scripts.
+
+A user error prints one line (``mailgate: error: ...``) and exits 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from . import answers as codec
+from .config import Config, find_config_path, load_config
+from .context import ANONYMOUS, User
+from .daemon import Daemon, check_roles
+from .errors import ConfigError, MailgateError
+from .interviews import load_interviews
+from .logs import setup_logging
+from .runtime import Runtime
+from .store import open_store
+from .store.base import SessionRecord, TaskRecord
+from .tasks import TaskResult
+
+DEMO_MODULES = ("mailgate.demo.background",)
+
+
+class UsageError(MailgateError):
+    pass
+
+
+# -- output ------------------------------------------------------------------------------------------
+def _time(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[str(r.get(c, "") if r.get(c) is not None else "") for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_record(data: dict[str, Any]) -> None:
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, indent=2, ensure_ascii=False, default=str).replace("\n", "\n" + " " * (width + 2))
+        print(f"{key.ljust(width)}  {'' if value is None else value}")
+
+
+def session_dict(rec: SessionRecord, *, with_answers: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": rec.id,
+        "interview": rec.interview,
+        "version": rec.version,
+        "owner": json.loads(rec.owner),
+        "created": _time(rec.created_at),
+        "modified": _time(rec.modified_at),
+        "accessed": _time(rec.accessed_at),
+    }
+    if with_answers:
+        data["answers"] = json.loads(rec.answers)
+    return data
+
+
+def task_dict(rec: TaskRecord) -> dict[str, Any]:
+    result = TaskResult.from_record(rec)
+    return {
+        "id": rec.id,
+        "session": rec.session_id,
+        "interview": rec.interview,
+        "action": rec.action,
+        "state": rec.state,
+        "ui_notification": rec.ui_notification,
+        "attempts": rec.attempts,
+        "created": _time(rec.created_at),
+        "started": _time(rec.started_at),
+        "finished": _time(rec.finished_at),
+        "value": json.loads(codec.encode_value(result.value)) if rec.result else None,
+        "error_type": rec.error_type,
+        "error_message": rec.error_message,
+        "error_trace": rec.error_trace,
+        "variables": result.variables,
+        "arguments": json.loads(rec.arguments),
+    }
+
+
+# -- plumbing ----------------------------------------------------------------------------------------
+@asynccontextmanager
+async def _runtime(config: Config) -> AsyncIterator[Runtime]:
+    """Store + interviews + runtime, without the daemon's roles (for one-shot commands)."""
+    registry = load_interviews(config.interviews.modules, config.interviews.paths)
+    store = open_store(config.store)
+    await store.open()
+    try:
+        await store.migrate()
+        runtime = Runtime(config, store, registry)
+        try:
+            yield runtime
+        finally:
+            runtime.close()
+    finally:
+        await store.close()
+
+
+def _parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--arg {item!r} must look like name=value")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw  # not JSON: keep the text as given
+    return out
+
+
+def _user_from(args: argparse.Namespace) -> User:
+    if getattr(args, "user", None):
+        return User(id=args.user, email=args.user if "@" in args.user else None,
+                    privileges=tuple(args.privilege or ()))
+    return ANONYMOUS
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.path or find_config_path(args.config)
+    config = load_config(path)
+    load_interviews(config.interviews.modules, config.interviews.paths)
+    if args.json:
+        _print_json({"ok": True, "path": path, "source": config.source})
+    else:
+        print(f"{path or 'built-in defaults'}: OK")
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    roles = check_roles(args.roles.split(",")) if args.roles else None
+    async with Daemon(config, roles=roles) as daemon:
+        return await daemon.run_until_stopped()
+
+
+async def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
+    store = open_store(config.store)
+    await store.open()
+    try:
+        applied = await store.migrate()
+        version = await store.schema_version()
+    finally:
+        await store.close()
+    if args.json:
+        _print_json({"applied": applied, "version": version})
+    else:
+        print(f"applied {len(applied)} migration(s); schema version {version}")
+    return 0
+
+
+async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.sessions_cmd == "new":
+            answers = json.loads(args.answers) if args.answers else {}
+            if not isinstance(answers, dict):
+                raise UsageError("--answers must be a JSON object")
+            rec = await rt.create_session(args.interview, answers, owner=_user_from(args))
+            data = session_dict(rec)
+            _print_json(data) if args.json else print(rec.id)
+        elif args.sessions_cmd == "list":
+            recs = await rt.store.list_sessions(interview=args.interview, limit=args.limit)
+            rows = [session_dict(r) for r in recs]
+            _print_json(rows) if args.json else _print_table(rows, ["id", "interview", "version", "modified", "accessed"])
+        elif args.sessions_cmd == "show":
+            data = session_dict(await rt.get_session(args.id), with_answers=True)
+            data["tasks"] = [t.id for t in await rt.store.list_tasks(session_id=args.id, limit=1000)]
+            _print_json(data) if args.json else _print_record(data)
+        elif args.sessions_cmd == "delete":
+            if not await rt.delete_session(args.id):
+                raise UsageError(f"no session {args.id!r}; list sessions with: mailgate sessions list")
+            _print_json({"deleted": args.id}) if args.json else print(f"deleted session {args.id}")
+        elif args.sessions_cmd == "run":
+            result = await rt.run_action(args.id, args.action, _parse_args_kv(args.arg or ()), user=_user_from(args))
+            data = result.to_dict()
+            if args.json:
+                _print_json(data)
+            else:
+                if result.text is not None:
+                    print(result.text)
+                elif result.data is not None:
+                    _print_json(data["data"])
+                else:
+                    print(f"ended: {result.kind}{' ' + result.command if result.command else ''}; "
+                          f"saved: {'yes' if result.saved else 'no'}; tasks started: {', '.join(result.tasks) or 'none'}")
+    return 0
+
+
+async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.tasks_cmd == "list":
+            recs = await rt.store.list_tasks(session_id=args.session, state=args.state, limit=args.limit)
+            rows = [task_dict(r) for r in recs]
+            _print_json(rows) if args.json else _print_table(rows, ["id", "session", "action", "state", "attempts", "created", "finished"])
+        elif args.tasks_cmd == "show":
+            rec = await (rt.wait_task(args.id, args.wait) if args.wait else rt.get_task_record(args.id))
+            data = task_dict(rec)
+            _print_json(data) if args.json else _print_record(data)
+            if args.wait and not rec.done:
+                print(f"mailgate: error: task {args.id} still {rec.state} after {args.wait:g} s", file=sys.stderr)
+                return 1
+        elif args.tasks_cmd == "retry":
+            rec = await rt.store.retry_task(args.id)
+            _print_json(task_dict(rec)) if args.json else print(f"task {rec.id} queued again")
+    return 0
+
+
+async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    demo = config.replace(
+        interviews={"modules": (*config.interviews.modules, *DEMO_MODULES)},
+        store={"path": args.store} if args.store else {},
+    )
+    async with Daemon(demo) as daemon:
+        assert daemon.runtime is not None
+        names = ", ".join(daemon.runtime.registry.names())
+        print(f"mailgate demo is running on {demo.store.path}; interviews: {names}", flush=True)
+        print("try:  mailgate --config <same config> sessions new background_action   (see README, 'Demo')", flush=True)
+        return await daemon.run_until_stopped()
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $MAILGATE_CONFIG or ./mailgate.toml)")
+
+    parser = argparse.ArgumentParser(prog="mailgate", description="Inbound-mail and notification gateway daemon.")
+    parser.add_argument("--config", help="config file (default: $MAILGATE_CONFIG or ./mailgate.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the daemon")
+    p.add_argument("--roles", help="comma-separated subset of smtp,web,worker,scheduler")
+    p = sub.add_parser("demo", parents=[common], help="run the daemon with the demo interviews")
+    p.add_argument("--store", help="SQLite file for the demo (default: the configured one)")
+    p = sub.add_parser("check-config", parents=[common], help="validate a config file")
+    p.add_argument("path", nargs="?", help="file to check (default: the one in use)")
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True, metavar="COMMAND")
+    db.add_parser("migrate", parents=[common], help="apply pending migrations")
+
+    s = sub.add_parser("sessions", help="list, create, inspect, delete sessions; run actions").add_subparsers(
+        dest="sessions_cmd", required=True, metavar="COMMAND")
+    p = s.add_parser("new", parents=[common], help="create a session")
+    p.add_argument("interview")
+    p.add_argument("--answers", help="initial answers as a JSON object")
+    p.add_argument("--user", help="owner user id (an e-mail address is also used as the e-mail)")
+    p.add_argument("--privilege", action="append", help="owner privilege (repeatable)")
+    p = s.add_parser("list", parents=[common], help="list sessions")
+    p.add_argument("--interview")
+    p.add_argument("--limit", type=int, default=100)
+    p = s.add_parser("show", parents=[common], help="show a session and its answers")
+    p.add_argument("id")
+    p = s.add_parser("delete", parents=[common], help="delete a session and everything it owns")
+    p.add_argument("id")
+    p = s.add_parser("run", parents=[common], help="run a foreground action on a session")
+    p.add_argument("id")
+    p.add_argument("action")
+    p.add_argument("--arg", action="append", metavar="NAME=VALUE", help="action argument; VALUE is JSON or text (repeatable)")
+    p.add_argument("--user", help="run as this user id")
+    p.add_argument("--privilege", action="append", help="privilege of --user (repeatable)")
+
+    t = sub.add_parser("tasks", help="list, inspect and retry background tasks").add_subparsers(
+        dest="tasks_cmd", required=True, metavar="COMMAND")
+    p = t.add_parser("list", parents=[common], help="list tasks, newest first")
+    p.add_argument("--session")
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed"])
+    p.add_argument("--limit", type=int, default=100)
+    p = t.add_parser("show", parents=[common], help="show a task with its result or error")
+    p.add_argument("id")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for it to finish")
+    p = t.add_parser("retry", parents=[common], help="queue a failed task again")
+    p.add_argument("id")
+    return parser
+
+
+ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
+    "serve": cmd_serve,
+    "demo": cmd_demo,
+    "db": cmd_db_migrate,
+    "sessions": cmd_sessions,
+    "tasks": cmd_tasks,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        config = load_config(find_config_path(args.config))
+        setup_logging("warning" if args.command not in ("serve", "demo") else config.daemon.log_level)
+        return int(asyncio.run(ASYNC_COMMANDS[args.command](args, config)))
+    except ConfigError as exc:
+        print(f"mailgate: config error: {exc}", file=sys.stderr)
+        return 2
+    except MailgateError as exc:
+        print(f"mailgate: error: {exc}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as exc:
+        print(f"mailgate: error: invalid JSON: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Configuration: one TOML file loaded once into frozen, typed objects.
+
+Each table of the file is a frozen dataclass below; each field carries its one-line explanation in
+``metadata["doc"]``. ``config.example.toml`` documents every key with its default, and a test keeps
+that file and these classes in step. Unknown tables or keys and values of the wrong type are
+rejected with the file, table and key named. Secrets (``secret=True``) may come from environment
+variables named ``MAILGATE_<TABLE>_<KEY>``, which override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from .errors import ConfigError
+
+ROLES = ("smtp", "web", "worker", "scheduler")
+
+
+def _f(default: Any, doc: str, *, secret: bool = False, minimum: float | None = None) -> Any:
+    meta = {"doc": doc, "secret": secret, "minimum": minimum}
+    if isinstance(default, (list, tuple)):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    roles: tuple[str, ...] = _f(ROLES, "roles this process runs: any of smtp, web, worker, scheduler")
+    grace_period: float = _f(10.0, "seconds to let running work finish on SIGTERM before stopping", minimum=0)
+    log_level: Literal["debug", "info", "warning", "error"] = _f("info", "log level")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: Literal["sqlite", "postgres"] = _f("sqlite", "storage backend: sqlite (embedded) or postgres (several hosts)")
+    path: str = _f("mailgate.sqlite3", "SQLite database file, relative to the working directory")
+    dsn: str = _f("", "PostgreSQL connection string (env MAILGATE_STORE_DSN)", secret=True)
+    busy_timeout: float = _f(10.0, "seconds a SQLite writer waits for another process's write lock", minimum=0.1)
+
+
+@dataclass(frozen=True)
+class InterviewsConfig:
+    modules: tuple[str, ...] = _f((), "importable Python modules that define interviews")
+    paths: tuple[str, ...] = _f((), "Python files that define interviews")
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    lock_timeout: float = _f(4.0, "time budget in seconds of a locked action, and the longest wait for a session's lease", minimum=0.05)
+    lease_ttl: float = _f(15.0, "seconds a session lease lives without renewal; its holder renews it while alive", minimum=0.5)
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    workers: int = _f(8, "background actions run at the same time by this process", minimum=1)
+    lease: float = _f(30.0, "seconds a claimed task stays claimed without a heartbeat; a dead worker's task is rerun after this", minimum=0.5)
+    max_attempts: int = _f(3, "times a task is started before it is failed because its workers kept dying", minimum=1)
+    timeout: float = _f(300.0, "seconds a background action may run before it is failed", minimum=0.01)
+    poll_interval: float = _f(0.5, "seconds between checks for tasks queued by other processes", minimum=0.01)
+    wait_timeout: float = _f(60.0, "longest Task.wait()/get() when no timeout is given", minimum=0)
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    interviews: InterviewsConfig = field(default_factory=InterviewsConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def replace(self, **tables: Any) -> Config:
+        """A copy with whole tables or single keys replaced: ``replace(tasks={"workers": 2})``."""
+        changes: dict[str, Any] = {}
+        for name, value in tables.items():
+            current = getattr(self, name)
+            changes[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
+        return dataclasses.replace(self, **changes)
+
+
+def tables() -> dict[str, type]:
+    """Table name -> dataclass, in file order."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (or only defaults when None), validate it and apply ``MAILGATE_*`` secrets."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the config file: {exc.strerror or exc}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source}: the config file is not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    known = tables()
+    for name in data:
+        if name not in known:
+            raise ConfigError(f"{source}: unknown table [{name}]; known tables: {', '.join(known)}")
+    built: dict[str, Any] = {}
+    for name, cls in known.items():
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table, not a {type(section).__name__}")
+        built[name] = _build_table(cls, name, section, source, env)
+    config = Config(**built, source=source)
+    _check_cross(config)
+    return config
+
+
+def _build_table(cls: type, name: str, section: dict[str, Any], source: str, env: typing.Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in section:
+        if key not in fields:
+            raise ConfigError(f"{source}: [{name}] unknown key {key!r}; known keys: {', '.join(fields)}")
+    values: dict[str, Any] = {}
+    for key, f in fields.items():
+        where = f"{source}: [{name}] {key}"
+        if f.metadata.get("secret"):
+            env_name = f"MAILGATE_{name.upper()}_{key.upper()}"
+            if env.get(env_name):
+                values[key] = env[env_name]
+                continue
+        if key in section:
+            values[key] = _coerce(section[key], hints[key], where)
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and values[key] < minimum:
+                raise ConfigError(f"{where} = {section[key]!r} is below the minimum {minimum}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where} = {value!r} is not one of: {', '.join(map(repr, allowed))}")
+        return value
+    if origin is tuple:
+        (item,) = get_args(hint)[:1]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, not {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{where}: unsupported type")  # no union-typed keys exist
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover - a bug in this module
+
+
+def _check_cross(config: Config) -> None:
+    src = config.source
+    for role in config.daemon.roles:
+        if role not in ROLES:
+            raise ConfigError(f"{src}: [daemon] roles: unknown role {role!r}; roles are {', '.join(ROLES)}")
+    if config.store.backend == "postgres" and not config.store.dsn:
+        raise ConfigError(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
+
+
+def find_config_path(explicit: str | None) -> str | None:
+    """The config file to use: the given one, ``$MAILGATE_CONFIG``, or ``./mailgate.toml`` if present."""
+    if explicit:
+        return explicit
+    if os.environ.get("MAILGATE_CONFIG"):
+        return os.environ["MAILGATE_CONFIG"]
+    return "mailgate.toml" if Path("mailgate.toml").exists() else None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)  # pragma: no cover
+
+
+def render_example() -> str:
+    """The text of ``config.example.toml``: every key with its default and its explanation."""
+    lines = [
+        "# mailgate configuration: every key, with its default and what it does.",
+        "# Copy to /etc/mailgate/mailgate.toml (or ./mailgate.toml) and change what you need;",
+        "# keys you leave out keep these defaults. Check a file with: mailgate check-config PATH",
+    ]
+    for name, cls in tables().items():
+        lines += ["", f"[{name}]"]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,129 @@
+"""The Daemon: one object that owns the process's lifecycle, used by the CLI and by the tests.
+
+``async with Daemon(config) as daemon:`` opens and migrates the store, loads the interviews, starts
+the roles this process runs, and watches each long-running background task: if one of them dies,
+it is logged and the daemon stops (under systemd, ``Restart=on-failure`` then starts a clean
+process). Leaving the block, or SIGTERM/SIGINT in :meth:`run_until_stopped`, stops in reverse
+order: workers get ``grace_period`` to finish; what does not finish goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError
+from .events import EventBus
+from .interviews import Registry, load_interviews
+from .runtime import Runtime
+from .store import Store, open_store
+from .tasks import WorkerPool
+
+log = logging.getLogger(__name__)
+IMPLEMENTED_ROLES = ("worker",)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, roles: Sequence[str] | None = None, registry: Registry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.roles = tuple(roles if roles is not None else config.daemon.roles)
+        self._registry = registry
+        self._clock = clock
+        self.bus = EventBus()
+        self.store: Store | None = None
+        self.runtime: Runtime | None = None
+        self.pool: WorkerPool | None = None
+        self.failed: str | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._stop = asyncio.Event()
+        self._stopping = False
+
+    async def __aenter__(self) -> Daemon:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        active = [r for r in self.roles if r in IMPLEMENTED_ROLES]
+        for role in self.roles:
+            if role not in IMPLEMENTED_ROLES:
+                log.warning("role %r is not part of this version yet; running %s", role, ", ".join(active) or "nothing",
+                            extra={"event": "daemon.role_unavailable"})
+        registry = self._registry or load_interviews(self.config.interviews.modules, self.config.interviews.paths)
+        self.store = open_store(self.config.store, clock=self._clock)
+        await self.store.open()
+        await self.store.migrate()
+        self.runtime = Runtime(self.config, self.store, registry, bus=self.bus)
+        if "worker" in self.roles:
+            self.pool = WorkerPool(self.runtime, self.config.tasks, self.runtime.process_id)
+            self.spawn("workers", self.pool.run())
+        log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
+                 ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a named background task that must live as long as the daemon."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks[name] = task
+        task.add_done_callback(self._watch)
+        return task
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        if self._stopping:
+            return
+        exc = None if task.cancelled() else task.exception()
+        log.error("background task %r stopped unexpectedly: %r; stopping the daemon", task.get_name(), exc,
+                  exc_info=exc, extra={"event": "daemon.task_died"})
+        self.failed = task.get_name()
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> int:
+        """Serve until SIGTERM/SIGINT or a watched task dies; 0 on a requested stop, 1 on a failure."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopping (grace period %.1f s)", self.config.daemon.grace_period, extra={"event": "daemon.stopping"})
+        return 1 if self.failed else 0
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.pool is not None:
+            await self.pool.stop(self.config.daemon.grace_period)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self.runtime is not None:
+            self.runtime.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("mailgate stopped", extra={"event": "daemon.stopped"})
+
+
+def check_roles(roles: Sequence[str]) -> tuple[str, ...]:
+    from .config import ROLES
+
+    for role in roles:
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    return tuple(roles)

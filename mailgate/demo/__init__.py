@@ -1,0 +1,1 @@
+"""Demo interviews served by `mailgate demo`."""

@@ -1,0 +1,64 @@
+"""The one exception root of mailgate.
+
+Every error that mailgate raises on purpose derives from :class:`MailgateError`; each edge (CLI,
+SMTP, HTTP) translates foreign exceptions into these at exactly one place. The message of every
+error says what went wrong and, where it can, what to do next.
+"""
+
+from __future__ import annotations
+
+
+class MailgateError(Exception):
+    """Root of all mailgate errors."""
+
+
+class ConfigError(MailgateError):
+    """A configuration file or value is invalid."""
+
+
+class NotFound(MailgateError):
+    """A session, task, mailbox or e-mail does not exist."""
+
+
+class UnknownInterview(NotFound):
+    """No loaded interview has this name."""
+
+
+class UnknownAction(NotFound):
+    """The interview defines no action of this name."""
+
+
+class InterviewLoadError(MailgateError):
+    """An interview module or file could not be imported."""
+
+
+class AnswersError(MailgateError):
+    """Answers cannot be encoded or decoded (e.g. a value that is not serialisable)."""
+
+
+class LeaseTimeout(MailgateError):
+    """The session lease could not be acquired within the time budget."""
+
+
+class BudgetExceeded(MailgateError):
+    """A locked action ran past its time budget; its changes were not saved."""
+
+
+class VersionConflict(MailgateError):
+    """The session was saved by someone else since it was read."""
+
+
+class LeaseLost(MailgateError):
+    """A worker tried to finish a task whose lease it no longer holds."""
+
+
+class ActionError(MailgateError):
+    """An action raised or ended in a way its context does not allow."""
+
+
+class TaskNotReady(MailgateError):
+    """A bounded wait for a task ended before the task finished."""
+
+
+class TaskFailed(MailgateError):
+    """``Task.get()`` on a task that failed and has no value from an error action."""

@@ -1,0 +1,109 @@
+"""The interview author's API, with docassemble's names and meaning.
+
+Every function reads the action context that the runtime set for the running handler. Functions
+that end a handler (``background_response*``, ``response``, ``json_response``, ``command``) raise
+a control exception: nothing after them runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from .context import (
+    BackgroundResponseActionEnd,
+    BackgroundResponseEnd,
+    CommandEnd,
+    ResponseEnd,
+    User,
+    current,
+)
+from .errors import ActionError
+from .tasks import Task
+
+
+def background_action(action: str, ui_notification: str | None = None, **kwargs: Any) -> Task:
+    """Start ``action`` in the background; returns its Task at once.
+
+    ``ui_notification`` is None, 'flash', 'refresh', 'javascript' or 'fields': what the session's
+    browsers are sent when the task finishes. Keyword arguments reach the action through
+    ``action_argument()``. The task is queued when the calling action ends (with its save).
+    """
+    ctx = current("background_action")
+    return ctx.runtime.new_task(ctx, action, ui_notification, kwargs)
+
+
+def background_response(*args: Any, **kwargs: Any) -> NoReturn:
+    """End the action. In a background action: its value. In a check-in: commands for the browser."""
+    current("background_response")
+    raise BackgroundResponseEnd(args, kwargs)
+
+
+def background_response_action(action: str, **kwargs: Any) -> NoReturn:
+    """End a background action by running ``action`` on the live answers (saved) with ``kwargs``."""
+    ctx = current("background_response_action")
+    if ctx.kind != "background":
+        raise ActionError("background_response_action() can only be called from a background action")
+    ctx.interview.get_action(action)
+    raise BackgroundResponseActionEnd(action, kwargs)
+
+
+def background_error_action(action: str, **kwargs: Any) -> None:
+    """If this background action fails from here on, run ``action`` (saved) with the error added."""
+    ctx = current("background_error_action")
+    if ctx.kind != "background":
+        raise ActionError("background_error_action() can only be called from a background action")
+    ctx.interview.get_action(action)
+    ctx.error_action = (action, kwargs)
+
+
+def action_argument(name: str | None = None, default: Any = None) -> Any:
+    """One argument of the running action (all of them, as a dict, when ``name`` is None)."""
+    args = current("action_argument").arguments
+    if name is None:
+        return dict(args)
+    return args.get(name, default)
+
+
+def action_arguments() -> dict[str, Any]:
+    """All arguments of the running action."""
+    return dict(current("action_arguments").arguments)
+
+
+def response(text: str | None = None, null: bool = False, **_: Any) -> NoReturn:
+    """End a foreground action with ``text``; ``null=True`` ends it without saving the answers."""
+    current("response")
+    raise ResponseEnd(text, null)
+
+
+def json_response(data: Any) -> NoReturn:
+    """End a foreground action with ``data`` as its JSON result."""
+    current("json_response")
+    raise ResponseEnd(None, False, data=data, is_json=True)
+
+
+def command(name: str) -> NoReturn:
+    """End the action with ``'exit'`` (delete the session) or ``'leave'`` (keep it)."""
+    current("command")
+    if name not in ("exit", "leave"):
+        raise ActionError(f"command({name!r}) is not supported; use 'exit' (delete the session) or 'leave'")
+    raise CommandEnd(name)
+
+
+def user_info() -> User:
+    """The user the action runs as (``id``, ``email``, ``first_name``, ``last_name``, ``privileges``)."""
+    return current("user_info").user
+
+
+def user_logged_in() -> bool:
+    return current("user_logged_in").user.logged_in
+
+
+def user_has_privilege(privilege: str | list[str] | tuple[str, ...]) -> bool:
+    """True if the user has the privilege (or any of a list of them)."""
+    wanted = [privilege] if isinstance(privilege, str) else list(privilege)
+    return any(p in current("user_has_privilege").user.privileges for p in wanted)
+
+
+def session_id() -> str:
+    """The id of the session the action runs on."""
+    return current("session_id").session_id

@@ -1,0 +1,545 @@
+"""MIME parsing of inbound mail into a plain, immutable record.
+
+`parse_message` never raises: whatever goes wrong while reading a message becomes a string in
+`ParsedMessage.defects`, and the record holds everything that could still be read. The raw bytes
+stay the source of truth (the caller stores them); this record is a convenience view of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.feedparser import BytesFeedParser
+from email.headerregistry import BaseHeader, HeaderRegistry
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.policy import Policy
+
+logger = logging.getLogger(__name__)
+
+_MAX_DEFECTS = 100  # bounds the record of a hostile message with a defect in every part
+_MAX_FILENAME_BYTES = 255  # the common file-system limit for one path component
+_BODY_SUBTYPES = ("plain", "html")
+_ASCII = ("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us")
+_PARSE_POLICY = policy.default
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Bounds on the work done for one message; beyond them parsing stops and says so."""
+
+    max_parts: int = 1000
+    max_depth: int = 20
+    max_header_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One attached or inline non-body part; `filename` is always safe to use as a file name."""
+
+    filename: str
+    content_type: str
+    size: int
+    content_id: str | None
+    disposition: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """What could be read from one message; `defects` says what could not."""
+
+    message_id: str | None
+    subject: str | None
+    from_address: str | None
+    to_address: tuple[str, ...]
+    cc_address: tuple[str, ...]
+    reply_to: str | None
+    datetime_message: datetime | None
+    body_text: str | None
+    body_html: str | None
+    attachments: tuple[Attachment, ...]
+    headers: tuple[tuple[str, str], ...]
+    defects: tuple[str, ...]
+    content_hash: str
+
+
+@dataclass
+class _Pending:
+    filename: str | None
+    content_type: str
+    content_id: str | None
+    disposition: str
+    data: bytes
+
+
+@dataclass
+class _Found:
+    text: str | None = None
+    html: str | None = None
+    attachments: list[_Pending] = field(default_factory=list)
+
+    @property
+    def has_body(self) -> bool:
+        return self.text is not None or self.html is not None
+
+
+class _CachingRegistry(HeaderRegistry):
+    """policy.default's header factory, remembering what it made during one parse.
+
+    The stdlib builds a new header class on every lookup and re-parses a part's Content-Type
+    each time the feed parser asks for it (several times per part); with thousands of parts that
+    dominated parse time. Header objects are immutable, so sharing them is safe.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+        self._made: dict[tuple[str, str], BaseHeader] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        key = (name, value)
+        made = self._made.get(key)
+        if made is None:
+            if len(self._made) >= 20_000:
+                self._made.clear()
+            made = self._made[key] = self[name](name, value)
+        return made
+
+
+class _PartLimitReached(Exception):
+    pass
+
+
+class _PartBudget:
+    """Message factory for the feed parser that stops it after `limit` parts.
+
+    The stdlib parser has no limit of its own and costs roughly a tenth of a millisecond per
+    part, so a few megabytes of tiny parts would otherwise cost many seconds of CPU. Parts
+    already attached to the root when the budget runs out stay readable.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        self.left = self.limit
+        self.root: EmailMessage | None = None
+        self.exhausted = False
+
+    def __call__(self, policy: Policy = _PARSE_POLICY) -> EmailMessage:
+        if self.left <= 0:
+            self.exhausted = True
+            raise _PartLimitReached
+        self.left -= 1
+        msg = EmailMessage(policy=policy)
+        if self.root is None:
+            self.root = msg
+        return msg
+
+
+def clean_text(value: str) -> str:
+    """Return `value` as valid Unicode without NUL: surrogate-escaped bytes become UTF-8 (or
+    Latin-1 when they are not UTF-8), NUL becomes U+FFFD (PostgreSQL text cannot hold NUL)."""
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        raw = value.encode("utf-8", "surrogateescape")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            value = raw.decode("latin-1")
+    value = value.encode("utf-8", "replace").decode("utf-8")  # any other lone surrogate
+    return value.replace("\x00", "\ufffd")
+
+
+def sanitize_filename(name: str | None, fallback: str) -> str:
+    """Return a single safe path component for `name`, or `fallback` when nothing is left.
+
+    Drops everything up to the last path separator, control and format characters (which
+    includes NUL, CR, LF and bidi overrides), leading dots and surrounding blanks, and cuts the
+    name to 255 bytes of UTF-8 keeping a short extension.
+    """
+    if not name:
+        return fallback
+    name = unicodedata.normalize("NFC", clean_text(name).replace("\ufffd", ""))
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(
+        ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Zl", "Zp")
+    )
+    name = name.strip().lstrip(".").strip()
+    if len(name.encode("utf-8")) > _MAX_FILENAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        if not dot or len(ext.encode("utf-8")) > 16:
+            stem, ext = name, ""
+        else:
+            ext = "." + ext
+        budget = _MAX_FILENAME_BYTES - len(ext.encode("utf-8"))
+        stem = stem.encode("utf-8")[:budget].decode("utf-8", "ignore")
+        name = stem + ext
+    return name or fallback
+
+
+class _Parser:
+    """The state of one parse: limits, counters and the defects found on the way."""
+
+    def __init__(self, limits: ParseLimits) -> None:
+        self.limits = limits
+        self.defects: list[str] = []
+        self.visited = 0
+        self.over_parts = 0
+        self.over_depth = 0
+
+    def defect(self, text: str) -> None:
+        text = text[:300]
+        if text not in self.defects:
+            self.defects.append(text)
+
+    def note_email_defects(self, where: str, defects: Iterable[Exception]) -> None:
+        for d in defects:
+            detail = str(d)
+            self.defect(f"{where}{type(d).__name__}" + (f": {detail}" if detail else ""))
+
+    def visit(self, part: Message, depth: int, want_body: bool) -> _Found:
+        """Read one MIME part: its body candidates and its attachments."""
+        if self.visited >= self.limits.max_parts:
+            self.over_parts += _subtree_size(part)
+            return _Found()
+        self.visited += 1
+        number = self.visited
+        try:
+            if part.get_content_maintype() == "multipart" and part.is_multipart():
+                return self.visit_multipart(part, depth, want_body)
+            return self.visit_leaf(part, want_body)
+        except Exception as exc:  # noqa: BLE001 -- a broken part must not lose the others
+            self.defect(
+                f"part {number} ({_safe_type(part)}) unreadable: {type(exc).__name__}: {exc}"
+            )
+            return _Found()
+        finally:
+            # After the visit: decoding a payload adds defects (e.g. bad base64) to the part.
+            self.note_email_defects("", part.defects)
+
+    def visit_multipart(self, part: Message, depth: int, want_body: bool) -> _Found:
+        children = [c for c in part.get_payload() if isinstance(c, Message)]
+        if depth >= self.limits.max_depth:
+            self.over_depth += sum(_subtree_size(c) for c in children)
+            return _Found()
+        subtype = part.get_content_subtype()
+        if subtype == "alternative":
+            return self.visit_alternative(children, depth + 1, want_body)
+        if subtype == "related" and children:
+            # RFC 2387: the root is named by the start parameter, else it is the first part.
+            param = part.get_param("start")
+            start = param.strip().strip("<>") if isinstance(param, str) else ""
+            root = next((c for c in children if start and _content_id(c) == start), children[0])
+            children = [root] + [c for c in children if c is not root]
+        found = _Found()
+        for child in children:  # mixed, related, signed, report and unknown subtypes
+            sub = self.visit(child, depth + 1, want_body and not found.has_body)
+            if sub.has_body and not found.has_body:
+                found.text, found.html = sub.text, sub.html
+            found.attachments.extend(sub.attachments)
+        return found
+
+    def visit_alternative(self, children: list[Message], depth: int, want_body: bool) -> _Found:
+        # RFC 2046 section 5.1.4: alternatives come in increasing faithfulness, so the last
+        # plain and the last html alternative win, wherever they stand.
+        subs = [self.visit(child, depth, want_body) for child in children]
+        found = _Found()
+        text_from = next((s for s in reversed(subs) if s.text is not None), None)
+        html_from = next((s for s in reversed(subs) if s.html is not None), None)
+        if text_from is not None:
+            found.text = text_from.text
+        if html_from is not None:
+            found.html = html_from.html
+        for sub in subs:
+            if sub is text_from or sub is html_from or not sub.has_body:
+                found.attachments.extend(sub.attachments)
+        return found
+
+    def visit_leaf(self, part: Message, want_body: bool) -> _Found:
+        ctype = part.get_content_type()
+        disposition = _disposition(part)
+        filename = _filename(part)
+        if part.get_content_maintype() == "multipart" and want_body:
+            # A multipart without a usable boundary: the stdlib keeps its content as one text.
+            return _Found(text=self.decode_text(part))
+        is_text_body = (
+            part.get_content_maintype() == "text"
+            and part.get_content_subtype() in _BODY_SUBTYPES
+            and disposition != "attachment"
+            and (filename is None or disposition == "inline")
+        )
+        if is_text_body and want_body:
+            text = self.decode_text(part)
+            return _Found(text=text) if ctype == "text/plain" else _Found(html=text)
+        cid = _content_id(part)
+        if disposition is None:
+            disposition = "inline" if cid else "attachment"
+        pending = _Pending(filename, ctype, cid, disposition, self.part_bytes(part))
+        return _Found(attachments=[pending])
+
+    def decode_text(self, part: Message) -> str:
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        charset = str(part.get_content_charset() or "us-ascii")
+        try:
+            text = data.decode(charset)
+        except UnicodeDecodeError:
+            # Undeclared 8-bit text is most often UTF-8 in a part that claims ASCII.
+            text = _utf8_or_latin1(data) if charset in _ASCII else data.decode(charset, "replace")
+        except Exception:  # noqa: BLE001 -- unknown or non-text codec names
+            self.defect(
+                f"unknown charset {clean_text(charset)[:60]!r}; decoded as UTF-8 or Latin-1"
+            )
+            text = _utf8_or_latin1(data)
+        if "\x00" in text:
+            self.defect("NUL characters in a text part replaced by U+FFFD")
+        return clean_text(text)
+
+    def part_bytes(self, part: Message) -> bytes:
+        if part.is_multipart():  # message/rfc822 and other container attachments
+            inner = part.get_payload()
+            target = inner[0] if isinstance(inner, list) and len(inner) == 1 else part
+            if not isinstance(target, Message):
+                return b""
+            for pol in (policy.compat32, policy.default):
+                try:
+                    data = target.as_bytes(policy=pol)
+                    return data if target is not part else data.split(b"\n\n", 1)[-1]
+                except Exception as exc:  # noqa: BLE001 -- try the other generator, then give up
+                    self.defect(
+                        f"cannot re-serialise a {_safe_type(part)} part: {type(exc).__name__}"
+                    )
+            return b""
+        payload = part.get_payload(decode=True)
+        return payload if isinstance(payload, bytes) else b""
+
+
+def _utf8_or_latin1(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _subtree_size(part: Message) -> int:
+    count, stack = 0, [part]
+    while stack:
+        node = stack.pop()
+        count += 1
+        # is_multipart() first: it needs no header parsing, and most parts are leaves.
+        if node.is_multipart() and node.get_content_maintype() == "multipart":
+            stack.extend(c for c in node.get_payload() if isinstance(c, Message))
+    return count
+
+
+def _safe_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:  # noqa: BLE001 -- only used inside defect texts
+        return "unknown"
+
+
+def _disposition(part: Message) -> str | None:
+    try:
+        value = part.get_content_disposition()
+    except Exception:  # noqa: BLE001 -- a broken header reads as no disposition
+        return None
+    return value if value in ("attachment", "inline") else None
+
+
+def _filename(part: Message) -> str | None:
+    for getter in (part.get_filename, lambda: part.get_param("name")):
+        try:
+            value = getter()
+        except Exception:  # noqa: BLE001 -- a broken parameter reads as no file name
+            continue
+        if isinstance(value, tuple):  # an RFC 2231 value the stdlib left undecoded
+            value = value[2]
+        if isinstance(value, str) and value.strip():
+            return clean_text(value)
+    return None
+
+
+def _content_id(part: Message) -> str | None:
+    try:
+        value = part.get("Content-ID")
+    except Exception:  # noqa: BLE001 -- a broken header reads as no content id
+        return None
+    if value is None:
+        return None
+    value = clean_text(str(value)).strip().strip("<>").strip()
+    return value or None
+
+
+def _split_headers(raw: bytes, limit: int, parser: _Parser) -> bytes:
+    """Return `raw` with its header block cut to `limit` bytes at a line end, if it is longer."""
+    end = re.search(rb"\r?\n\r?\n", raw)
+    header_len = end.start() if end else len(raw)
+    if header_len <= limit:
+        return raw
+    head = raw[:limit]
+    head = head[: head.rfind(b"\n") + 1]
+    parser.defect(
+        f"header block of {header_len} bytes exceeds limit ({limit}); parsed the first {len(head)}"
+    )
+    body = raw[end.end() :] if end else b""
+    return head + (b"\r\n" if head.endswith(b"\r\n") else b"\n") + body
+
+
+def _addresses(msg: Message, name: str, parser: _Parser) -> list[str]:
+    out: list[str] = []
+    try:
+        for header in msg.get_all(name) or []:
+            parser.note_email_defects(f"{name} header: ", getattr(header, "defects", ()))
+            for addr in getattr(header, "addresses", ()):
+                spec = clean_text(addr.addr_spec).strip()
+                if spec and spec != "<>":
+                    out.append(spec)
+    except Exception as exc:  # noqa: BLE001 -- an unreadable address header reads as empty
+        parser.defect(f"{name} header unreadable: {type(exc).__name__}: {exc}")
+    return out
+
+
+def _header_text(msg: Message, name: str, parser: _Parser) -> str | None:
+    try:
+        value = msg.get(name)
+    except Exception as exc:  # noqa: BLE001 -- an unreadable header reads as missing
+        parser.defect(f"{name} header unreadable: {type(exc).__name__}: {exc}")
+        return None
+    return None if value is None else clean_text(str(value)).strip()
+
+
+def _date(msg: Message, parser: _Parser) -> datetime | None:
+    try:
+        header = msg.get("Date")
+        value = getattr(header, "datetime", None)
+    except Exception as exc:  # noqa: BLE001 -- an unreadable date reads as missing
+        parser.defect(f"Date header unreadable: {type(exc).__name__}: {exc}")
+        return None
+    if header is not None and value is None:
+        parser.defect(f"Date header not understood: {clean_text(str(header))[:100]!r}")
+    if not isinstance(value, datetime):
+        return None
+    # RFC 5322 section 3.3: -0000 (and, by extension, no zone at all) means UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _all_headers(msg: Message, parser: _Parser) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for name, raw_value in msg.raw_items():
+        try:
+            value = str(msg.policy.header_fetch_parse(name, raw_value))
+        except Exception as exc:  # noqa: BLE001 -- keep the undecoded text instead
+            parser.defect(f"{clean_text(name)} header undecodable: {type(exc).__name__}")
+            value = raw_value
+        out.append((clean_text(name), clean_text(value)))
+    return tuple(out)
+
+
+_DEFAULT_LIMITS = ParseLimits()
+
+
+def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS) -> ParsedMessage:
+    """Parse `raw` into a `ParsedMessage`; never raises.
+
+    The body is chosen by MIME structure: in multipart/alternative the last text/plain and the
+    last text/html alternatives; in multipart/mixed the first text part; in multipart/related
+    the root part. Every other leaf, every message/rfc822 part and every part marked as an
+    attachment (or carrying a file name without being inline) becomes an `Attachment`.
+    """
+    parser = _Parser(limits)
+    parse_policy = policy.default.clone(header_factory=_CachingRegistry())
+    content_hash = hashlib.sha256(raw).hexdigest()
+    data = _split_headers(raw, limits.max_header_bytes, parser)
+    budget = _PartBudget(2 * limits.max_parts + 2)
+    msg: Message | None = None
+    structure_read = False
+    try:
+        feed = BytesFeedParser(_factory=budget, policy=parse_policy)
+        budget.reset()  # the constructor calls the factory once to probe its signature
+        feed.feed(data)
+        msg = feed.close()
+        structure_read = True
+    except _PartLimitReached:
+        msg, structure_read = budget.root, True
+    except Exception as exc:  # noqa: BLE001 -- fall back to the headers alone
+        parser.defect(f"message structure unreadable: {type(exc).__name__}: {exc}")
+        try:
+            msg = BytesParser(policy=parse_policy).parsebytes(data, headersonly=True)
+        except Exception as exc2:  # noqa: BLE001 -- nothing could be read but the hash
+            parser.defect(f"headers unreadable: {type(exc2).__name__}: {exc2}")
+    if msg is None:
+        msg = EmailMessage()
+    found = _Found()
+    if structure_read:
+        try:
+            found = parser.visit(msg, 0, want_body=True)
+        except Exception as exc:  # noqa: BLE001 -- keep the header fields read below
+            parser.defect(f"body unreadable: {type(exc).__name__}: {exc}")
+    if budget.exhausted:
+        parser.over_parts = max(parser.over_parts, 1)
+    if parser.over_parts:
+        rest = " and the rest of the message" if budget.exhausted else ""
+        parser.defect(
+            f"part limit ({limits.max_parts}) reached; {parser.over_parts} parts{rest} not parsed"
+        )
+    if parser.over_depth:
+        parser.defect(
+            f"depth limit ({limits.max_depth}) reached; {parser.over_depth} parts not parsed"
+        )
+
+    from_addresses = _addresses(msg, "From", parser)
+    if "From" not in msg:
+        parser.defect("missing From header")
+    reply_to = _addresses(msg, "Reply-To", parser)
+    to_address = tuple(_addresses(msg, "To", parser))
+    cc_address = tuple(_addresses(msg, "Cc", parser))
+    message_id = _header_text(msg, "Message-ID", parser) or None
+    subject = _header_text(msg, "Subject", parser)
+    datetime_message = _date(msg, parser)
+    headers = _all_headers(msg, parser)
+    defects = [clean_text(d) for d in parser.defects[:_MAX_DEFECTS]]
+    if len(parser.defects) > _MAX_DEFECTS:
+        defects.append(f"{len(parser.defects) - _MAX_DEFECTS} more defects not recorded")
+    if defects:
+        logger.debug("message %s parsed with %d defects", content_hash[:12], len(defects))
+    return ParsedMessage(
+        message_id=message_id,
+        subject=subject,
+        from_address=from_addresses[0] if from_addresses else None,
+        to_address=to_address,
+        cc_address=cc_address,
+        reply_to=reply_to[0] if reply_to else None,
+        datetime_message=datetime_message,
+        body_text=found.text,
+        body_html=found.html,
+        attachments=tuple(
+            Attachment(
+                filename=sanitize_filename(p.filename, f"attachment-{i}"),
+                content_type=p.content_type,
+                size=len(p.data),
+                content_id=p.content_id,
+                disposition=p.disposition,
+                data=p.data,
+            )
+            for i, p in enumerate(found.attachments, start=1)
+        ),
+        headers=headers,
+        defects=tuple(defects),
+        content_hash=content_hash,
+    )

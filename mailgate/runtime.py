@@ -1,0 +1,589 @@
+"""Running actions in their contexts (foreground, check-in, background, callback, cron).
+
+The runtime is the core: it loads a session's answers, holds the session lease for the locked
+contexts, calls the handler (sync handlers in a thread pool, so the loop never blocks), turns how the
+handler ended into a result, and commits everything the action produced (answers, new tasks,
+events, a task's outcome, the lease's release) in one store transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from . import answers as codec
+from .commands import UI_NOTIFICATIONS, checkin_commands, notification_command
+from .config import Config
+from .context import (
+    ANONYMOUS,
+    CURRENT,
+    ActionContext,
+    ActionEnd,
+    BackgroundResponseActionEnd,
+    BackgroundResponseEnd,
+    CommandEnd,
+    ContextKind,
+    ResponseEnd,
+    User,
+)
+from .errors import (
+    ActionError,
+    AnswersError,
+    BudgetExceeded,
+    LeaseTimeout,
+    MailgateError,
+    NotFound,
+)
+from .events import EventBus
+from .interviews import Action, Interview, Registry
+from .store.base import (
+    Changes,
+    CommitResult,
+    LeaseInfo,
+    NewEvent,
+    NewTask,
+    SessionRecord,
+    SessionSave,
+    Store,
+    TaskFinish,
+    TaskRecord,
+)
+from .tasks import Task
+from .threads import DaemonThreadPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """How a locked action ended, and what was committed."""
+
+    kind: Literal["none", "response", "json", "command", "background_response"]
+    text: str | None = None
+    data: Any = None
+    command: str | None = None
+    commands: tuple[dict[str, Any], ...] = ()
+    saved: bool = False
+    deleted: bool = False
+    version: int | None = None
+    tasks: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "text": self.text,
+            "data": json.loads(codec.encode_value(self.data)) if self.data is not None else None,
+            "command": self.command,
+            "commands": list(self.commands),
+            "saved": self.saved,
+            "deleted": self.deleted,
+            "version": self.version,
+            "tasks": list(self.tasks),
+        }
+
+
+@dataclass
+class _Lease:
+    session_id: str
+    holder: str
+    deadline: float  # monotonic time the budget ends
+    budget: float
+    released: bool = False
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+@dataclass
+class _Failure:
+    error_type: str
+    error_message: str
+    error_trace: str | None = None
+    variables: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, prefix: str = "") -> _Failure:
+        variables: list[str] = []
+        if isinstance(exc, NameError) and getattr(exc, "name", None):
+            variables = [str(exc.name)]
+        elif isinstance(exc, KeyError) and exc.args:
+            variables = [str(exc.args[0])]
+        trace = "".join(traceback.format_exception(exc))
+        return cls(type(exc).__name__, prefix + str(exc), trace, variables)
+
+
+class Runtime:
+    """Runs actions against one store with one interview registry."""
+
+    def __init__(self, config: Config, store: Store, registry: Registry, *, bus: EventBus | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.bus = bus or EventBus()
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.executor = DaemonThreadPool(config.tasks.workers + 4)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._lease_counter = itertools.count(1)
+        self._task_listeners: list[Callable[[], None]] = []
+        self._finished: dict[str, asyncio.Event] = {}
+        self._interview_of: dict[str, str] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- sessions ----------------------------------------------------------------------------------
+    async def create_session(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS) -> SessionRecord:
+        """A new session of a loaded interview with initial ``answers``."""
+        self.registry.get(interview)
+        text = codec.encode(dict(answers or {}))
+        return await self.store.create_session(uuid.uuid4().hex, interview, text, owner.to_json())
+
+    async def get_session(self, session_id: str) -> SessionRecord:
+        rec = await self.store.get_session(session_id)
+        if rec is None:
+            raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
+        return rec
+
+    async def get_answers(self, session_id: str) -> dict[str, Any]:
+        """A session's answers, with Task handles bound to this runtime (read-only use)."""
+        rec = await self.get_session(session_id)
+        answers = codec.decode(rec.answers)
+        records = await self._task_records(answers)
+        for ref in codec.references(answers):
+            if isinstance(ref, Task):
+                ref._runtime = self
+                ref._record = records.get(ref.id)
+        return answers
+
+    async def delete_session(self, session_id: str) -> bool:
+        self._interview_of.pop(session_id, None)
+        return await self.store.delete_session(session_id)
+
+    # -- tasks -------------------------------------------------------------------------------------
+    def add_task_listener(self, callback: Callable[[], None]) -> None:
+        self._task_listeners.append(callback)
+
+    def remove_task_listener(self, callback: Callable[[], None]) -> None:
+        if callback in self._task_listeners:
+            self._task_listeners.remove(callback)
+
+    def new_task(self, ctx: ActionContext, action: str, ui_notification: str | None, arguments: dict[str, Any]) -> Task:
+        """Queue ``action`` as a background task of ``ctx``'s session; committed when ``ctx`` ends."""
+        ctx.interview.get_action(action)
+        if ui_notification is not None and ui_notification not in UI_NOTIFICATIONS:
+            raise ActionError(f"ui_notification {ui_notification!r} is not one of {', '.join(UI_NOTIFICATIONS)} or None")
+        task = NewTask(
+            id=uuid.uuid4().hex,
+            session_id=ctx.session_id,
+            interview=ctx.interview.name,
+            action=action,
+            arguments=codec.encode_value(arguments, f"background_action({action!r}) argument"),
+            user=ctx.user.to_json(),
+            ui_notification=ui_notification,
+            max_attempts=self.config.tasks.max_attempts,
+        )
+        ctx.new_tasks.append(task)
+        return Task(task.id, runtime=self)
+
+    async def start_background_action(
+        self, session_id: str, action: str, ui_notification: str | None = None,
+        arguments: dict[str, Any] | None = None, user: User = ANONYMOUS,
+    ) -> Task:
+        """Queue a background action from outside any action (API, CLI); durable on return."""
+        name = self._interview_of.get(session_id)
+        if name is None:
+            name = (await self.get_session(session_id)).interview
+            if len(self._interview_of) > 100_000:
+                self._interview_of.clear()
+            self._interview_of[session_id] = name  # a session never changes interview
+        interview = self.registry.get(name)
+        ctx = self._context("foreground", session_id, interview, action, arguments or {}, user)
+        task = self.new_task(ctx, action, ui_notification, arguments or {})
+        await self._commit(Changes(new_tasks=ctx.new_tasks))
+        return task
+
+    async def get_task_record(self, task_id: str) -> TaskRecord:
+        rec = await self.store.get_task(task_id)
+        if rec is None:
+            raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
+        return rec
+
+    async def wait_task(self, task_id: str, timeout: float) -> TaskRecord:
+        """The task's row once it is done, or as it is when ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self._finished.setdefault(task_id, asyncio.Event())
+            rec = await self.get_task_record(task_id)
+            remaining = deadline - time.monotonic()
+            if rec.done or remaining <= 0:
+                return rec
+            # Finishes in this process set the event at once; other processes' are seen by polling.
+            try:
+                await asyncio.wait_for(done.wait(), min(remaining, self.config.tasks.poll_interval))
+            except TimeoutError:
+                pass
+
+    # -- locked contexts ---------------------------------------------------------------------------
+    async def run_action(
+        self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
+        user: User = ANONYMOUS, *, kind: ContextKind = "foreground",
+    ) -> ActionResult:
+        """Run ``action`` under the session lease on live answers and commit what it did.
+
+        ``kind`` is foreground (saved unless ``response(null=True)``), checkin (saved only if the
+        answers changed; ``background_response`` becomes UI commands) or cron (as foreground, and the
+        cron user's access does not count as activity).
+        """
+        if kind not in ("foreground", "checkin", "cron"):
+            raise ValueError(f"run_action cannot run a {kind} action")
+        args = dict(arguments or {})
+        async with self._locked(session_id, f"{kind} {action}") as lease:
+            rec = await self.get_session(session_id)
+            interview = self.registry.get(rec.interview)
+            handler = interview.get_action(action)
+            answers = codec.decode(rec.answers)
+            ctx = self._context(kind, rec.id, interview, action, args, user)
+            ctx.task_records = await self._task_records(answers)
+            end = await self._invoke_locked(ctx, handler, answers, lease)
+            result = self._result_of(ctx, end)
+            save: SessionSave | None = None
+            if not result.deleted and not (isinstance(end, ResponseEnd) and end.null):
+                text = self._encode_after(ctx, answers)
+                if kind != "checkin" or text != rec.answers:
+                    save = SessionSave(session_id, text, rec.version, touch=user.id != "cron")
+            changes = Changes(
+                save=save,
+                delete_session=session_id if result.deleted else None,
+                new_tasks=ctx.new_tasks,
+                release_lease=(session_id, lease.holder),
+            )
+            committed = await self._commit(changes)
+            lease.released = True
+        return ActionResult(
+            result.kind, result.text, result.data, result.command, result.commands,
+            saved=save is not None, deleted=result.deleted, version=committed.version if save else rec.version,
+            tasks=tuple(t.id for t in ctx.new_tasks),
+        )
+
+    def _result_of(self, ctx: ActionContext, end: ActionEnd | None) -> ActionResult:
+        if end is None:
+            return ActionResult("none")
+        if isinstance(end, ResponseEnd):
+            if end.is_json:
+                return ActionResult("json", data=end.data)
+            return ActionResult("response", text=end.text)
+        if isinstance(end, CommandEnd):
+            return ActionResult("command", command=end.name, deleted=end.name == "exit")
+        if isinstance(end, BackgroundResponseEnd):
+            if ctx.kind == "checkin":
+                return ActionResult("background_response", commands=tuple(checkin_commands(end.args_, end.kwargs)))
+            return ActionResult("background_response", data=end.args_[0] if end.args_ else None)
+        raise ActionError(
+            f"action {ctx.action!r} called background_response_action(), which only ends a background action; "
+            "start it with background_action() instead"
+        )
+
+    async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: _Lease) -> ActionEnd | None:
+        try:
+            return await self._invoke(ctx, handler, answers, lease.remaining())
+        except TimeoutError:
+            log.warning(
+                "action %r of session %s ran past its %.1f s lock budget; nothing was saved",
+                ctx.action, ctx.session_id, lease.budget, extra={"event": "action.budget_exceeded"},
+            )
+            raise BudgetExceeded(
+                f"action {ctx.action!r} of session {ctx.session_id} ran past its {lease.budget:g} s lock budget "
+                "([sessions] lock_timeout); nothing was saved. Move slow work into a background_action()"
+            ) from None
+        except MailgateError:
+            raise
+        except Exception as exc:
+            log.warning("action %r of session %s raised", ctx.action, ctx.session_id, exc_info=True, extra={"event": "action.raised"})
+            raise ActionError(f"action {ctx.action!r} of interview {ctx.interview.name!r} raised {type(exc).__name__}: {exc}") from exc
+
+    def _encode_after(self, ctx: ActionContext, answers: dict[str, Any]) -> str:
+        try:
+            return codec.encode(answers)
+        except AnswersError as exc:
+            raise AnswersError(f"action {ctx.action!r} left answers that cannot be saved: {exc}; nothing was saved") from None
+
+    # -- background tasks --------------------------------------------------------------------------
+    async def execute_task(self, rec: TaskRecord, worker: str, session: SessionRecord | None = None) -> None:
+        """Run one claimed task to its end and commit its outcome (with any callback's save).
+
+        ``session`` is the session as read right after the claim (the pool reads a claimed batch's
+        sessions at once); without it the session is read here.
+        """
+        user = User.from_json(rec.user)
+        ctx: ActionContext | None = None
+        value: Any = None
+        failure: _Failure | None = None
+        callback: tuple[str, dict[str, Any]] | None = None
+        if session is None:
+            session = await self.store.get_session(rec.session_id)
+        handler: Action | None = None
+        if session is None:
+            failure = _Failure("SessionGone", f"session {rec.session_id} was deleted before the task ran")
+        else:
+            try:
+                interview = self.registry.get(rec.interview)
+                handler = interview.get_action(rec.action)
+                arguments = codec.decode_value(rec.arguments)
+            except MailgateError as exc:
+                failure = _Failure(type(exc).__name__, str(exc))
+            else:
+                ctx = self._context("background", session.id, interview, rec.action, arguments, user, task_id=rec.id)
+        if ctx is not None and handler is not None and session is not None:
+            try:
+                answers = codec.decode(session.answers)  # a throwaway copy: never saved
+                end = await self._invoke(ctx, handler, answers, self.config.tasks.timeout)
+            except TimeoutError:
+                failure = _Failure("TaskTimeout", f"background action {rec.action!r} ran longer than [tasks] timeout = {self.config.tasks.timeout:g} s")
+            except Exception as exc:
+                log.info("background action %r (task %s) raised %s", rec.action, rec.id, type(exc).__name__, extra={"event": "task.raised"})
+                failure = _Failure.from_exception(exc)
+            else:
+                if isinstance(end, BackgroundResponseEnd):
+                    value = end.args_[0] if end.args_ else None
+                elif isinstance(end, BackgroundResponseActionEnd):
+                    callback = (end.action, end.kwargs)
+                elif end is None:
+                    failure = _Failure(
+                        "NoBackgroundResponse",
+                        f"background action {rec.action!r} ended without calling background_response(); end it with "
+                        "background_response(value), or background_response() when there is no value",
+                    )
+                else:
+                    failure = _Failure(
+                        "ActionError",
+                        f"background action {rec.action!r} ended with {end}(), which only ends a foreground action; "
+                        "use background_response()",
+                    )
+        spawned = list(ctx.new_tasks) if ctx is not None else []
+        if callback is not None:
+            await self._finish_with_callback(rec, worker, user, spawned, callback, None)
+        elif failure is not None and ctx is not None and ctx.error_action is not None:
+            await self._finish_with_callback(rec, worker, user, spawned, ctx.error_action, failure)
+        else:
+            await self._finish(rec, worker, value, failure, spawned)
+
+    async def _finish(self, rec: TaskRecord, worker: str, value: Any, failure: _Failure | None,
+                      spawned: list[NewTask], extra: Changes | None = None, has_value: bool | None = None) -> None:
+        result_text: str | None = None
+        if has_value is None:
+            has_value = failure is None
+        if has_value:
+            try:
+                result_text = codec.encode_value({"value": value}, "background_response value")
+            except AnswersError as exc:
+                failure = _Failure("AnswersError", f"the value of background action {rec.action!r} cannot be stored: {exc}")
+                has_value = False
+        state: Literal["succeeded", "failed"] = "failed" if failure is not None else "succeeded"
+        finish = TaskFinish(
+            rec.id, worker, state, result_text,
+            failure.error_type if failure else None, failure.error_message if failure else None,
+            failure.error_trace if failure else None,
+            codec.encode_value(failure.variables) if failure else None,
+        )
+        changes = Changes(
+            save=extra.save if extra else None,
+            new_tasks=[*spawned, *(extra.new_tasks if extra else ())],
+            events=self._task_events(rec, state, has_value, value),
+            finish=finish,
+            release_lease=extra.release_lease if extra else None,
+        )
+        await self._commit(changes)
+        if failure is not None:
+            log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed"})
+
+    async def _finish_with_callback(self, rec: TaskRecord, worker: str, user: User, spawned: list[NewTask],
+                                    callback: tuple[str, dict[str, Any]], error: _Failure | None) -> None:
+        name, kwargs = callback
+        arguments = dict(kwargs)
+        if error is not None:
+            arguments.update(error_type=error.error_type, error_message=error.error_message,
+                             error_trace=error.error_trace, variables=list(error.variables))
+        what = "error action" if error is not None else "response action"
+        try:
+            async with self._locked(rec.session_id, f"callback {name}") as lease:
+                session = await self.store.get_session(rec.session_id)
+                if session is None:
+                    await self._finish(rec, worker, None, _Failure("SessionGone", f"session {rec.session_id} was deleted before the {what} {name!r} ran"), spawned,
+                                       extra=Changes(release_lease=(rec.session_id, lease.holder)))
+                    lease.released = True
+                    return
+                interview = self.registry.get(rec.interview)
+                handler = interview.get_action(name)
+                answers = codec.decode(session.answers)  # fresh, under the lease
+                ctx = self._context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
+                ctx.task_records = await self._task_records(answers)
+                failure: _Failure | None = None
+                value: Any = None
+                save: SessionSave | None = None
+                try:
+                    end = await self._invoke(ctx, handler, answers, lease.remaining())
+                except TimeoutError:
+                    failure = _Failure("BudgetExceeded", f"the {what} {name!r} ran past its {lease.budget:g} s lock budget; nothing was saved")
+                except Exception as exc:
+                    failure = _Failure.from_exception(exc, prefix=f"the {what} {name!r} raised: ")
+                else:
+                    if isinstance(end, BackgroundResponseEnd):
+                        value = end.args_[0] if end.args_ else None
+                    elif isinstance(end, (BackgroundResponseActionEnd, CommandEnd)):
+                        failure = _Failure("ActionError", f"the {what} {name!r} ended with {end}(); end it with background_response()")
+                    if failure is None and not (isinstance(end, ResponseEnd) and end.null):
+                        try:
+                            save = SessionSave(rec.session_id, codec.encode(answers), session.version)
+                        except AnswersError as exc:
+                            failure = _Failure("AnswersError", f"the {what} {name!r} left answers that cannot be saved: {exc}")
+                if failure is not None:
+                    log.warning("task %s: %s", rec.id, failure.error_message, extra={"event": "task.callback_failed"})
+                    if error is not None:
+                        failure = _Failure(error.error_type, f"{error.error_message}; then {failure.error_message}",
+                                           error.error_trace, error.variables)
+                    await self._finish(rec, worker, None, failure, spawned, extra=Changes(release_lease=(rec.session_id, lease.holder)))
+                else:
+                    await self._finish(rec, worker, value, error, spawned, has_value=True,
+                                       extra=Changes(save=save, new_tasks=ctx.new_tasks, release_lease=(rec.session_id, lease.holder)))
+                lease.released = True
+        except (LeaseTimeout, NotFound) as exc:
+            failure = _Failure(type(exc).__name__, f"the {what} {name!r} could not run: {exc}")
+            if error is not None:
+                failure = _Failure(error.error_type, f"{error.error_message}; then {failure.error_message}", error.error_trace, error.variables)
+            await self._finish(rec, worker, None, failure, spawned)
+
+    def _task_events(self, rec: TaskRecord, state: str, has_value: bool, value: Any) -> list[NewEvent]:
+        events = [NewEvent(rec.session_id, "task", json.dumps({"task": rec.id, "action": rec.action, "state": state}))]
+        mode = rec.ui_notification
+        if mode and (has_value or mode == "refresh"):
+            try:
+                command = notification_command(mode, value)
+                events.append(NewEvent(rec.session_id, "command", json.dumps(command, default=str)))
+            except ActionError as exc:
+                log.warning("task %s: no %s notification: %s", rec.id, mode, exc, extra={"event": "task.notification_skipped"})
+        return events
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _context(self, kind: ContextKind, session_id: str, interview: Interview, action: str,
+                 arguments: dict[str, Any], user: User, task_id: str | None = None) -> ActionContext:
+        return ActionContext(kind=kind, session_id=session_id, interview=interview, action=action, arguments=arguments,
+                             user=user, runtime=self, loop=self.loop, task_id=task_id)
+
+    async def _invoke(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], timeout: float) -> ActionEnd | None:
+        """Call the handler; return the ActionEnd that ended it, or None if it returned.
+
+        Handler exceptions propagate; TimeoutError means it overran ``timeout`` (a sync handler's
+        thread cannot be stopped: it finishes in the background and its changes are ignored).
+        """
+        token = CURRENT.set(ctx)
+        try:
+            async with asyncio.timeout(timeout):
+                if handler.is_async:
+                    await handler.fn(answers)
+                else:
+                    call = contextvars.copy_context().run
+                    await self.loop.run_in_executor(self.executor, call, handler.fn, answers)
+            return None
+        except ActionEnd as end:
+            return end
+        finally:
+            CURRENT.reset(token)
+
+    async def _commit(self, changes: Changes) -> CommitResult:
+        result = await self.store.commit(changes)
+        self.bus.publish(result.events)
+        if changes.finish is not None:
+            done = self._finished.pop(changes.finish.task_id, None)
+            if done is not None:
+                done.set()
+        if changes.new_tasks:
+            for listener in list(self._task_listeners):
+                listener()
+        return result
+
+    async def _task_records(self, answers: dict[str, Any]) -> dict[str, TaskRecord]:
+        ids = [ref.id for ref in codec.references(answers) if isinstance(ref, Task)]
+        return await self.store.get_tasks(ids) if ids else {}
+
+    @asynccontextmanager
+    async def _locked(self, session_id: str, what: str) -> AsyncIterator[_Lease]:
+        """Hold the session lease: first this process's lock, then the store's lease (cross-process)."""
+        budget = self.config.sessions.lock_timeout
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        try:
+            await asyncio.wait_for(lock.acquire(), budget)
+        except TimeoutError:
+            raise LeaseTimeout(
+                f"session {session_id} stayed busy in this process for {budget:g} s ([sessions] lock_timeout); "
+                "an action on it is running long; try again, or look for a slow action in the log"
+            ) from None
+        try:
+            holder = f"{self.process_id}#{next(self._lease_counter)}"
+            await self._acquire_lease(session_id, holder, budget)
+            lease = _Lease(session_id, holder, time.monotonic() + budget, budget)
+            renewer = asyncio.create_task(self._renew(lease), name=f"lease-renew-{session_id}")
+            try:
+                yield lease
+            finally:
+                renewer.cancel()
+                if not lease.released:
+                    await asyncio.shield(self.store.release_lease(session_id, holder))
+        finally:
+            lock.release()
+
+    async def _acquire_lease(self, session_id: str, holder: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        delay = 0.005
+        while True:
+            busy = await self.store.try_acquire_lease(session_id, holder, self.config.sessions.lease_ttl, wait)
+            if busy is None:
+                return
+            if time.monotonic() + delay > deadline:
+                raise LeaseTimeout(self._busy_message(busy, wait))
+            await asyncio.sleep(delay)  # polling another process's lease: there is no cross-process wake-up
+            delay = min(delay * 2, 0.05)
+
+    def _busy_message(self, busy: LeaseInfo, waited: float) -> str:
+        now = self.store_clock()
+        held = now - busy.acquired_at
+        text = f"session {busy.session_id} is locked by {busy.holder} for {held:.1f} s; gave up after waiting {waited:g} s"
+        if now > busy.budget_until:
+            text += (
+                f". The holder is past its {busy.budget_until - busy.acquired_at:g} s budget but still alive (it renews its "
+                "lease), so mailgate does not break the lease; find the slow action in that process's log"
+            )
+        return text
+
+    def store_clock(self) -> float:
+        return float(getattr(self.store, "clock", time.time)())
+
+    async def _renew(self, lease: _Lease) -> None:
+        interval = self.config.sessions.lease_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not await self.store.renew_lease(lease.session_id, lease.holder, self.config.sessions.lease_ttl):
+                log.error("lost the lease of session %s", lease.session_id, extra={"event": "lease.lost"})
+                return

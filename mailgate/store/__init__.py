@@ -1,0 +1,22 @@
+"""Durable state behind one interface; see :mod:`mailgate.store.base`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..config import StoreConfig
+from ..errors import ConfigError
+from .base import Store
+
+
+def open_store(config: StoreConfig, *, clock: Callable[[], float] = time.time) -> Store:
+    """A store for ``config`` (not yet opened)."""
+    if config.backend == "sqlite":
+        from .sqlite import SqliteStore
+
+        return SqliteStore(config.path, busy_timeout=config.busy_timeout, clock=clock)
+    raise ConfigError(f"[store] backend {config.backend!r} is not available yet; use backend = \"sqlite\"")
+
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,222 @@
+"""The Store interface: domain methods that every backend implements, and the records they return.
+
+Backends keep all their SQL in their own module. Times are POSIX seconds (UTC) as floats. Answers,
+arguments, users and results travel as JSON text encoded by :mod:`mailgate.answers`; the store never
+looks inside them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+TaskState = Literal["queued", "running", "succeeded", "failed"]
+DONE_STATES = ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    interview: str
+    answers: str
+    version: int
+    owner: str  # JSON of the owning user
+    created_at: float
+    modified_at: float
+    accessed_at: float  # last access by anyone but the cron user
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    session_id: str
+    interview: str
+    action: str
+    arguments: str  # JSON
+    user: str  # JSON of the user who started it
+    ui_notification: str | None
+    state: TaskState
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    lease_until: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: str | None  # JSON {"value": ...} when the task has a value
+    error_type: str | None
+    error_message: str | None
+    error_trace: str | None
+    variables: str | None  # JSON list
+
+    @property
+    def done(self) -> bool:
+        return self.state in DONE_STATES
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int  # increases within a session (and globally)
+    session_id: str
+    kind: str  # "command", "task", "email", ...
+    payload: str  # JSON
+    created_at: float
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    session_id: str
+    holder: str
+    acquired_at: float
+    expires_at: float
+    budget_until: float
+
+
+@dataclass(frozen=True)
+class NewTask:
+    id: str
+    session_id: str
+    interview: str
+    action: str
+    arguments: str
+    user: str
+    ui_notification: str | None
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    session_id: str
+    kind: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class SessionSave:
+    """Write answers if the stored version is still ``expected_version``."""
+
+    session_id: str
+    answers: str
+    expected_version: int
+    touch: bool = True  # counts as an access (False for the cron user)
+
+
+@dataclass(frozen=True)
+class TaskFinish:
+    task_id: str
+    worker: str
+    state: Literal["succeeded", "failed"]
+    result: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_trace: str | None = None
+    variables: str | None = None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Everything one action produced, committed in one transaction (all or nothing)."""
+
+    save: SessionSave | None = None
+    delete_session: str | None = None
+    new_tasks: Sequence[NewTask] = ()
+    events: Sequence[NewEvent] = ()
+    finish: TaskFinish | None = None
+    release_lease: tuple[str, str] | None = None  # (session_id, holder)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    version: int | None = None
+    events: Sequence[EventRecord] = field(default_factory=tuple)
+
+
+class Store(abc.ABC):
+    """Durable state of mailgate. One instance per process; safe for concurrent use in one loop."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending numbered migrations; return the numbers applied."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    def latest_migration(self) -> int: ...
+
+    # -- sessions --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_session(self, session_id: str, interview: str, answers: str, owner: str) -> SessionRecord: ...
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_sessions(self, session_ids: Sequence[str]) -> dict[str, SessionRecord]: ...
+
+    @abc.abstractmethod
+    async def list_sessions(self, *, interview: str | None = None, limit: int = 100, after: str | None = None) -> list[SessionRecord]: ...
+
+    @abc.abstractmethod
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete the session with its tasks, events and lease. False if it did not exist."""
+
+    # -- the one write path for actions --------------------------------------------------------------
+    @abc.abstractmethod
+    async def commit(self, changes: Changes) -> CommitResult:
+        """Apply ``changes`` atomically. Raises VersionConflict or LeaseLost and applies nothing."""
+
+    # -- session leases ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def try_acquire_lease(self, session_id: str, holder: str, ttl: float, budget: float) -> LeaseInfo | None:
+        """Take the lease if free or expired; None on success, else the current holder's lease."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, session_id: str, holder: str, ttl: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def release_lease(self, session_id: str, holder: str) -> None: ...
+
+    # -- tasks -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_tasks(self, worker: str, limit: int, lease: float) -> list[TaskRecord]:
+        """Claim up to ``limit`` runnable tasks: queued ones, and running ones whose lease expired.
+
+        An expired task that has used all its attempts is failed instead (its worker kept dying).
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker: str, task_ids: Sequence[str], lease: float) -> None: ...
+
+    @abc.abstractmethod
+    async def release_tasks(self, worker: str, task_ids: Sequence[str]) -> None:
+        """Give claimed tasks back to the queue (graceful shutdown), without counting the attempt."""
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]: ...
+
+    @abc.abstractmethod
+    async def list_tasks(self, *, session_id: str | None = None, state: str | None = None, limit: int = 100) -> list[TaskRecord]: ...
+
+    @abc.abstractmethod
+    async def retry_task(self, task_id: str) -> TaskRecord:
+        """Queue a failed task again with fresh attempts. Raises NotFound / MailgateError."""
+
+    @abc.abstractmethod
+    async def count_tasks(self) -> dict[str, int]: ...
+
+    # -- events ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]: ...

@@ -1,0 +1,178 @@
+"""Interviews used by the tests (loaded from this file path, as operators load theirs)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from mailgate import (
+    Interview,
+    action_argument,
+    background_action,
+    background_error_action,
+    background_response,
+    background_response_action,
+    command,
+    json_response,
+    response,
+    user_has_privilege,
+    user_info,
+    user_logged_in,
+)
+
+interview = Interview("testing")
+RELEASE = threading.Event()  # lets a test hold a sync handler until it says go
+
+
+@interview.action("set")
+def set_values(answers: dict[str, Any]) -> None:
+    answers.update(action_argument())
+
+
+@interview.action("incr")
+def incr(answers: dict[str, Any]) -> None:
+    answers["counter"] = answers.get("counter", 0) + 1
+
+
+@interview.action("noop")
+async def noop(answers: dict[str, Any]) -> None:
+    background_response()
+
+
+@interview.action("sleep_bg")
+def sleep_bg(answers: dict[str, Any]) -> None:
+    time.sleep(float(action_argument("seconds", 0.2)))
+    background_response("slept")
+
+
+@interview.action("start")
+def start(answers: dict[str, Any]) -> None:
+    kwargs = dict(action_argument("kwargs", {}))
+    answers["the_task"] = background_action(action_argument("task"), action_argument("ui"), **kwargs)
+
+
+@interview.action("start_many")
+def start_many(answers: dict[str, Any]) -> None:
+    answers["tasks"] = [background_action(action_argument("task"), **dict(action_argument("kwargs", {})))
+                        for _ in range(int(action_argument("n")))]
+
+
+@interview.action("no_response")
+def no_response(answers: dict[str, Any]) -> None:
+    answers["x"] = 1  # forgets background_response()
+
+
+@interview.action("respond_with_bad_value")
+def respond_with_bad_value(answers: dict[str, Any]) -> None:
+    background_response(object())
+
+
+@interview.action("with_callback")
+def with_callback(answers: dict[str, Any]) -> None:
+    background_response_action("save_result", value=action_argument("value"))
+
+
+@interview.action("save_result")
+def save_result(answers: dict[str, Any]) -> None:
+    answers["result"] = action_argument("value")
+    answers["callback_runs"] = answers.get("callback_runs", 0) + 1
+    background_response("saved")
+
+
+@interview.action("with_bad_callback")
+def with_bad_callback(answers: dict[str, Any]) -> None:
+    background_response_action("raising_callback")
+
+
+@interview.action("raising_callback")
+def raising_callback(answers: dict[str, Any]) -> None:
+    answers["should_not_be_saved"] = True
+    raise ValueError("the callback broke")
+
+
+@interview.action("fails")
+def fails(answers: dict[str, Any]) -> None:
+    background_response(answers["missing_variable"])
+
+
+@interview.action("unserialisable")
+def unserialisable(answers: dict[str, Any]) -> None:
+    answers["bad"] = {"inner": object()}
+
+
+@interview.action("slow_sync")
+def slow_sync(answers: dict[str, Any]) -> None:
+    time.sleep(float(action_argument("seconds")))
+    answers["slow_done"] = True
+
+
+@interview.action("slow_async")
+async def slow_async(answers: dict[str, Any]) -> None:
+    await asyncio.sleep(float(action_argument("seconds")))
+    answers["slow_done"] = True
+
+
+@interview.action("blocking_bg")
+def blocking_bg(answers: dict[str, Any]) -> None:
+    RELEASE.wait(10)
+    background_response("released")
+
+
+@interview.action("whoami")
+def whoami(answers: dict[str, Any]) -> None:
+    user = user_info()
+    json_response({"id": user.id, "logged_in": user_logged_in(), "admin": user_has_privilege("admin")})
+
+
+@interview.action("whoami_bg")
+def whoami_bg(answers: dict[str, Any]) -> None:
+    background_response({"id": user_info().id, "admin": user_has_privilege(["admin", "developer"])})
+
+
+@interview.action("null")
+def null(answers: dict[str, Any]) -> None:
+    answers["changed"] = True
+    response(null=True)
+
+
+@interview.action("exit")
+def exit_(answers: dict[str, Any]) -> None:
+    command("exit")
+
+
+@interview.action("task_status")
+def task_status(answers: dict[str, Any]) -> None:
+    task = answers["the_task"]
+    json_response({"ready": task.ready(), "failed": task.failed() if task.ready() else None,
+                   "value": task.get(1) if task.ready() and not task.failed() else None})
+
+
+@interview.action("task_status_async")
+async def task_status_async(answers: dict[str, Any]) -> None:
+    task = answers["the_task"]
+    json_response({"ready": task.ready(), "result": task.result().value if task.ready() else None})
+
+
+@interview.action("task_in_background")
+def task_in_background(answers: dict[str, Any]) -> None:
+    answers["the_task"].ready()
+
+
+@interview.action("spawn_from_bg")
+def spawn_from_bg(answers: dict[str, Any]) -> None:
+    background_action("noop")
+    background_response("spawned")
+
+
+@interview.action("error_action_then_fail")
+def error_action_then_fail(answers: dict[str, Any]) -> None:
+    background_error_action("record_error", where="here")
+    raise RuntimeError("boom")
+
+
+@interview.action("record_error")
+def record_error(answers: dict[str, Any]) -> None:
+    answers["error"] = {k: action_argument(k) for k in ("error_type", "error_message", "variables", "where")}
+    background_response("handled")

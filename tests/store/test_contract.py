@@ -1,0 +1,212 @@
+"""The Store contract: every backend must pass this module unchanged.
+
+Backends are the parameters of the ``store`` fixture; a new backend adds itself there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from mailgate.errors import LeaseLost, MailgateError, NotFound, VersionConflict
+from mailgate.store.base import Changes, NewEvent, NewTask, SessionSave, Store, TaskFinish
+from mailgate.store.sqlite import SqliteStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest_asyncio.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+    s: Store
+    if request.param == "sqlite":
+        s = SqliteStore(str(tmp_path / "contract.sqlite3"), clock=clock)
+    else:  # pragma: no cover - further backends register here
+        raise AssertionError(request.param)
+    await s.open()
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def new_task(task_id: str, session_id: str = "s1", max_attempts: int = 3) -> NewTask:
+    return NewTask(task_id, session_id, "iv", "act", "{}", "{}", None, max_attempts)
+
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_migrations_are_numbered_and_idempotent(store: Store) -> None:
+    assert await store.schema_version() == store.latest_migration() >= 1
+    assert await store.migrate() == []
+
+
+async def test_session_create_get_list_delete(store: Store) -> None:
+    rec = await store.create_session("s1", "iv", '{"a":1}', '{"id":"u"}')
+    assert rec.version == 1
+    got = await store.get_session("s1")
+    assert got == rec
+    await store.create_session("s2", "other", "{}", "{}")
+    assert [r.id for r in await store.list_sessions()] == ["s1", "s2"]
+    assert [r.id for r in await store.list_sessions(interview="other")] == ["s2"]
+    assert [r.id for r in await store.list_sessions(after="s1")] == ["s2"]
+    assert await store.delete_session("s1") is True
+    assert await store.delete_session("s1") is False
+    assert await store.get_session("s1") is None
+
+
+async def test_versioned_save_conflict_applies_nothing(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    clock.now += 5
+    result = await store.commit(Changes(save=SessionSave("s1", '{"v":2}', 1)))
+    assert result.version == 2
+    rec = await store.get_session("s1")
+    assert rec is not None and rec.answers == '{"v":2}' and rec.modified_at == clock.now
+    with pytest.raises(VersionConflict, match="version 2, not 1"):
+        await store.commit(Changes(save=SessionSave("s1", '{"v":3}', 1), new_tasks=[new_task("t1")],
+                                   events=[NewEvent("s1", "command", "{}")]))
+    assert (await store.get_session("s1")).answers == '{"v":2}'  # type: ignore[union-attr]
+    assert await store.get_task("t1") is None
+    assert await store.list_events("s1") == []
+
+
+async def test_save_of_deleted_session_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await store.commit(Changes(save=SessionSave("nope", "{}", 1)))
+
+
+async def test_untouched_save_keeps_access_time(store: Store, clock: Clock) -> None:
+    rec = await store.create_session("s1", "iv", "{}", "{}")
+    clock.now += 100
+    await store.commit(Changes(save=SessionSave("s1", '{"a":1}', 1, touch=False)))
+    after = await store.get_session("s1")
+    assert after is not None and after.accessed_at == rec.accessed_at and after.modified_at == clock.now
+
+
+async def test_lease_exclusive_until_expiry_and_renewal(store: Store, clock: Clock) -> None:
+    assert await store.try_acquire_lease("s1", "A", ttl=10, budget=4) is None
+    busy = await store.try_acquire_lease("s1", "B", ttl=10, budget=4)
+    assert busy is not None and busy.holder == "A" and busy.budget_until == busy.acquired_at + 4
+    clock.now += 8
+    assert await store.renew_lease("s1", "A", ttl=10) is True  # the holder is alive
+    clock.now += 8  # past the first expiry, within the renewed one
+    assert (await store.try_acquire_lease("s1", "B", ttl=10, budget=4)) is not None
+    clock.now += 3  # holder stopped renewing: expired
+    assert await store.try_acquire_lease("s1", "B", ttl=10, budget=4) is None
+    assert await store.renew_lease("s1", "A", ttl=10) is False
+    await store.release_lease("s1", "A")  # not the holder: no effect
+    assert (await store.try_acquire_lease("s1", "C", ttl=10, budget=4)) is not None
+    await store.release_lease("s1", "B")
+    assert await store.try_acquire_lease("s1", "C", ttl=10, budget=4) is None
+
+
+async def test_commit_releases_lease_atomically(store: Store) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    assert await store.try_acquire_lease("s1", "A", 10, 4) is None
+    await store.commit(Changes(save=SessionSave("s1", "{}", 1), release_lease=("s1", "A")))
+    assert await store.try_acquire_lease("s1", "B", 10, 4) is None
+
+
+async def test_claim_order_heartbeat_and_finish(store: Store, clock: Clock) -> None:
+    await store.commit(Changes(new_tasks=[new_task(f"t{i}") for i in range(5)]))
+    claimed = await store.claim_tasks("w1", 3, lease=30)
+    assert [t.id for t in claimed] == ["t0", "t1", "t2"]
+    assert all(t.state == "running" and t.worker == "w1" and t.attempts == 1 for t in claimed)
+    assert [t.id for t in await store.claim_tasks("w2", 10, lease=30)] == ["t3", "t4"]
+    assert await store.claim_tasks("w3", 10, lease=30) == []
+    clock.now += 20
+    await store.heartbeat("w1", ["t0"], lease=30)
+    clock.now += 15  # t1, t2 (w1, no heartbeat) and t3, t4 (w2) expired; t0 renewed
+    again = await store.claim_tasks("w3", 10, lease=30)
+    assert sorted(t.id for t in again) == ["t1", "t2", "t3", "t4"]
+    assert all(t.attempts == 2 for t in again)
+    result = await store.commit(Changes(finish=TaskFinish("t0", "w1", "succeeded", '{"value":1}'),
+                                        events=[NewEvent("s1", "task", '{"task":"t0"}')]))
+    assert [e.kind for e in result.events] == ["task"]
+    done = await store.get_task("t0")
+    assert done is not None and done.state == "succeeded" and done.result == '{"value":1}' and done.finished_at == clock.now
+    with pytest.raises(LeaseLost):  # w1 lost t1 to w3
+        await store.commit(Changes(finish=TaskFinish("t1", "w1", "succeeded")))
+    assert (await store.get_task("t1")).worker == "w3"  # type: ignore[union-attr]
+
+
+async def test_exhausted_attempts_fail_with_clear_error(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    await store.commit(Changes(new_tasks=[new_task("t1", max_attempts=2)]))
+    for _ in range(2):
+        assert [t.id for t in await store.claim_tasks("w", 1, lease=5)] == ["t1"]
+        clock.now += 6  # the worker "died"
+    assert await store.claim_tasks("w", 1, lease=5) == []
+    failed = await store.get_task("t1")
+    assert failed is not None and failed.state == "failed" and failed.error_type == "WorkerLost"
+    assert "2 times" in (failed.error_message or "") and "mailgate tasks retry t1" in (failed.error_message or "")
+    events = await store.list_events("s1")
+    assert json.loads(events[-1].payload) == {"task": "t1", "state": "failed"}
+    retried = await store.retry_task("t1")
+    assert retried.state == "queued" and retried.attempts == 0 and retried.error_type is None
+    with pytest.raises(MailgateError, match="only failed tasks"):
+        await store.retry_task("t1")
+    with pytest.raises(NotFound):
+        await store.retry_task("nope")
+
+
+async def test_release_tasks_requeues_without_counting(store: Store) -> None:
+    await store.commit(Changes(new_tasks=[new_task("t1")]))
+    await store.claim_tasks("w", 1, lease=30)
+    await store.release_tasks("w", ["t1"])
+    rec = await store.get_task("t1")
+    assert rec is not None and rec.state == "queued" and rec.attempts == 0 and rec.worker is None
+    assert [t.id for t in await store.claim_tasks("w2", 1, lease=30)] == ["t1"]
+
+
+async def test_events_increase_per_session(store: Store) -> None:
+    for i in range(3):
+        await store.commit(Changes(events=[NewEvent("a", "command", f'{{"i":{i}}}'), NewEvent("b", "command", "{}")]))
+    a = await store.list_events("a")
+    assert [json.loads(e.payload)["i"] for e in a] == [0, 1, 2]
+    assert a[0].id < a[1].id < a[2].id
+    assert [e.id for e in await store.list_events("a", after_id=a[0].id)] == [a[1].id, a[2].id]
+    assert len(await store.list_events("a", limit=2)) == 2
+
+
+async def test_delete_session_removes_tasks_events_lease(store: Store) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    await store.commit(Changes(new_tasks=[new_task("t1")], events=[NewEvent("s1", "task", "{}")]))
+    assert await store.try_acquire_lease("s1", "A", 10, 4) is None
+    await store.commit(Changes(delete_session="s1"))
+    assert await store.get_task("t1") is None
+    assert await store.list_events("s1") == []
+    assert await store.try_acquire_lease("s1", "B", 10, 4) is None
+
+
+async def test_concurrent_commits_share_group_commits(store: Store) -> None:
+    await asyncio.gather(*(store.commit(Changes(new_tasks=[new_task(f"t{i}")])) for i in range(200)))
+    counts = await store.count_tasks()
+    assert counts["queued"] == 200
+    if isinstance(store, SqliteStore):
+        batches, units = store.commit_stats
+        assert units >= 200 and batches < 100  # many units per fsync
+
+
+async def test_get_tasks_and_list(store: Store) -> None:
+    await store.commit(Changes(new_tasks=[new_task("t1", "s1"), new_task("t2", "s2")]))
+    assert set(await store.get_tasks(["t1", "t2", "zz"])) == {"t1", "t2"}
+    assert [t.id for t in await store.list_tasks(session_id="s2")] == ["t2"]
+    assert [t.id for t in await store.list_tasks(state="queued")] == ["t2", "t1"]

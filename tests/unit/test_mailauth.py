@@ -1,0 +1,667 @@
+"""Unit tests for mailgate.mailauth: DKIM, SPF, DMARC with a static resolver."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import socket
+import time
+from typing import Any, cast
+
+import dkim
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from mailgate.mailauth import (
+    AuthResults,
+    DkimResult,
+    DmarcResult,
+    DnsNotFound,
+    DnsResolver,
+    DnsTempError,
+    MailAuthError,
+    SpfResult,
+    StaticResolver,
+    authenticate,
+    check_dkim,
+    check_spf,
+    organizational_domain,
+)
+
+# --- an RSA key made here, in pure Python, so that no openssl or cryptography is needed --------
+
+
+def _is_probable_prime(n: int, rng: random.Random) -> bool:
+    if n % 2 == 0:
+        return n == 2
+    for p in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for _ in range(24):
+        x = pow(rng.randrange(2, n - 1), d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _prime(bits: int, rng: random.Random) -> int:
+    while True:
+        n = rng.getrandbits(bits) | (1 << (bits - 1)) | (1 << (bits - 2)) | 1
+        if (n - 1) % 65537 and _is_probable_prime(n, rng):
+            return n
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _der_int(v: int) -> bytes:
+    raw = v.to_bytes(v.bit_length() // 8 + 1, "big")
+    return b"\x02" + _der_len(len(raw)) + raw
+
+
+def _der_seq(*items: bytes) -> bytes:
+    body = b"".join(items)
+    return b"\x30" + _der_len(len(body)) + body
+
+
+class RsaKey:
+    """A 1024-bit RSA key (dkimpy's minimum) as PKCS#1 PEM plus its DKIM DNS record."""
+
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(seed)
+        e = 65537
+        p, q = _prime(512, rng), _prime(512, rng)
+        n, d = p * q, pow(e, -1, (p - 1) * (q - 1))
+        der = _der_seq(
+            *(_der_int(v) for v in (0, n, e, d, p, q, d % (p - 1), d % (q - 1), pow(q, -1, p)))
+        )
+        b64 = base64.encodebytes(der).decode()
+        self.pem = f"-----BEGIN RSA PRIVATE KEY-----\n{b64}-----END RSA PRIVATE KEY-----\n".encode()
+        public = base64.b64encode(_der_seq(_der_int(n), _der_int(e))).decode()
+        self.record = f"v=DKIM1; k=rsa; p={public}"
+
+
+@pytest.fixture(scope="module")
+def key1() -> RsaKey:
+    return RsaKey(1)
+
+
+@pytest.fixture(scope="module")
+def key2() -> RsaKey:
+    return RsaKey(2)
+
+
+MESSAGE = (
+    b"From: Alice <alice@example.com>\r\n"
+    b"To: bob@example.org\r\n"
+    b"Subject: hello\r\n"
+    b"Message-ID: <m1@example.com>\r\n"
+    b"Date: Tue, 02 Jan 2024 10:00:00 +0000\r\n"
+    b"\r\n"
+    b"Hello Bob.\r\n"
+)
+
+
+def sign(message: bytes, key: RsaKey, domain: str = "example.com", selector: str = "sel") -> bytes:
+    header = dkim.sign(
+        message,
+        selector.encode(),
+        domain.encode(),
+        key.pem,
+        include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+    )
+    return header + message
+
+
+# --- DKIM -----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_dkim_pass(key1: RsaKey) -> None:
+    resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): [key1.record]})
+    results = await check_dkim(sign(MESSAGE, key1), resolver)
+    assert results == (DkimResult("example.com", "sel", "pass"),)
+    assert resolver.queries == [("TXT", "sel._domainkey.example.com")]
+
+
+@pytest.mark.asyncio
+async def test_dkim_fail_after_tampering_the_body(key1: RsaKey) -> None:
+    resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): [key1.record]})
+    signed = sign(MESSAGE, key1).replace(b"Hello Bob.", b"Hello Eve.")
+    assert await check_dkim(signed, resolver) == (DkimResult("example.com", "sel", "fail"),)
+
+
+@pytest.mark.asyncio
+async def test_dkim_fail_after_tampering_a_signed_header(key1: RsaKey) -> None:
+    resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): [key1.record]})
+    signed = sign(MESSAGE, key1).replace(b"Subject: hello", b"Subject: HELLO")
+    assert await check_dkim(signed, resolver) == (DkimResult("example.com", "sel", "fail"),)
+
+
+@pytest.mark.asyncio
+async def test_two_signatures_one_good_one_bad(key1: RsaKey, key2: RsaKey) -> None:
+    # The relay's signature is made with key2 but DNS publishes key1 for its selector.
+    signed = sign(sign(MESSAGE, key1), key2, domain="relay.example.net", selector="r1")
+    resolver = StaticResolver(
+        {
+            ("TXT", "sel._domainkey.example.com"): [key1.record],
+            ("TXT", "r1._domainkey.relay.example.net"): [key1.record],
+        }
+    )
+    assert await check_dkim(signed, resolver) == (
+        DkimResult("relay.example.net", "r1", "fail"),
+        DkimResult("example.com", "sel", "pass"),
+    )
+
+
+@pytest.mark.asyncio
+async def test_dkim_key_lookup_errors(key1: RsaKey) -> None:
+    signed = sign(sign(MESSAGE, key1), key1, domain="other.example", selector="s2")
+    resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): DnsTempError("servfail")})
+    assert await check_dkim(signed, resolver) == (
+        DkimResult("other.example", "s2", "permerror"),  # no key published
+        DkimResult("example.com", "sel", "temperror"),
+    )
+
+
+@pytest.mark.asyncio
+async def test_dkim_revoked_or_garbage_key_is_permerror(key1: RsaKey) -> None:
+    for record in (
+        "v=DKIM1; p=",
+        "v=DKIM1; k=rsa; p=bm90IGEga2V5",
+        "v=DKIM1; k=rsa; p=not base64 !!",
+    ):
+        resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): [record]})
+        assert await check_dkim(sign(MESSAGE, key1), resolver) == (
+            DkimResult("example.com", "sel", "permerror"),
+        ), record
+
+
+@pytest.mark.asyncio
+async def test_dkim_malformed_signature_header() -> None:
+    raw = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; garbage\r\n" + MESSAGE
+    resolver = StaticResolver({})
+    assert await check_dkim(raw, resolver) == (DkimResult("", "", "permerror"),)
+    assert resolver.queries == []
+
+
+@pytest.mark.asyncio
+async def test_no_dkim_signature() -> None:
+    assert await check_dkim(MESSAGE, StaticResolver({})) == ()
+
+
+# --- SPF ------------------------------------------------------------------------------------
+
+
+def spf_resolver(records: dict[str, str | list[str] | BaseException]) -> StaticResolver:
+    """TXT records only; a plain string is one record."""
+    return StaticResolver(
+        {("TXT", name): [v] if isinstance(v, str) else v for name, v in records.items()}
+    )
+
+
+async def spf(
+    resolver: StaticResolver,
+    ip: str,
+    mail_from: str = "alice@example.com",
+    helo: str = "mx.example.com",
+) -> str:
+    result = await check_spf(resolver, ip, mail_from, helo)
+    return result.result
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("record", "ip", "expected"),
+    [
+        ("v=spf1 ip4:192.0.2.0/24 -all", "192.0.2.10", "pass"),
+        ("v=spf1 ip4:192.0.2.0/24 -all", "198.51.100.1", "fail"),
+        ("v=spf1 ip4:192.0.2.0/24 ~all", "198.51.100.1", "softfail"),
+        ("v=spf1 ip4:192.0.2.0/24 ?all", "198.51.100.1", "neutral"),
+        ("v=spf1 ip4:192.0.2.0/24", "198.51.100.1", "neutral"),
+        ("v=spf1 -ip4:192.0.2.10 +all", "192.0.2.10", "fail"),
+        ("v=spf1 ip6:2001:db8::/32 -all", "2001:db8::1", "pass"),
+        ("v=spf1 ip6:2001:db8::/32 -all", "2001:db9::1", "fail"),
+        ("v=spf1 ip6:2001:db8::/32 -all", "192.0.2.10", "fail"),
+        ("v=spf1 ip4:192.0.2.10 -all", "::ffff:192.0.2.10", "pass"),
+        ("V=SPF1 IP4:192.0.2.10 -ALL", "192.0.2.10", "pass"),
+        ("v=spf1 ip4:192.0.2.300 -all", "192.0.2.10", "permerror"),
+        ("v=spf1 ip4:192.0.2.10 frobnicate -all", "192.0.2.10", "permerror"),
+        ("v=spf1 ip4:192.0.2.10 unknown-mod=ignored -all", "192.0.2.10", "pass"),
+        ("v=spf1 redirect=a.example redirect=b.example", "192.0.2.10", "permerror"),
+        ("v=spf10 +all", "192.0.2.10", "none"),
+    ],
+)
+async def test_spf_ip_mechanisms(record: str, ip: str, expected: str) -> None:
+    assert await spf(spf_resolver({"example.com": record}), ip) == expected
+
+
+@pytest.mark.asyncio
+async def test_spf_no_record_and_two_records() -> None:
+    assert await spf(spf_resolver({}), "192.0.2.1") == "none"
+    assert await spf(spf_resolver({"example.com": "some other text"}), "192.0.2.1") == "none"
+    two = spf_resolver({"example.com": ["v=spf1 -all", "v=spf1 +all"]})
+    assert await spf(two, "192.0.2.1") == "permerror"
+
+
+@pytest.mark.asyncio
+async def test_spf_include() -> None:
+    resolver = spf_resolver(
+        {
+            "example.com": "v=spf1 include:_spf.provider.net -all",
+            "_spf.provider.net": "v=spf1 ip4:203.0.113.0/28 -all",
+        }
+    )
+    assert await spf(resolver, "203.0.113.5") == "pass"
+    assert await spf(resolver, "203.0.113.99") == "fail"  # the include's fail is "no match"
+
+
+@pytest.mark.asyncio
+async def test_spf_include_errors() -> None:
+    missing = spf_resolver({"example.com": "v=spf1 include:nothing.example -all"})
+    assert await spf(missing, "192.0.2.1") == "permerror"
+    temp = spf_resolver(
+        {"example.com": "v=spf1 include:flaky.example -all", "flaky.example": DnsTempError("x")}
+    )
+    assert await spf(temp, "192.0.2.1") == "temperror"
+
+
+@pytest.mark.asyncio
+async def test_spf_redirect() -> None:
+    resolver = spf_resolver(
+        {
+            "example.com": "v=spf1 redirect=_spf.example.net",
+            "_spf.example.net": "v=spf1 ip4:192.0.2.7 ~all",
+        }
+    )
+    assert await spf(resolver, "192.0.2.7") == "pass"
+    assert await spf(resolver, "192.0.2.8") == "softfail"
+    dangling = spf_resolver({"example.com": "v=spf1 redirect=nowhere.example"})
+    assert await spf(dangling, "192.0.2.7") == "permerror"
+
+
+@pytest.mark.asyncio
+async def test_spf_a_and_mx_with_cidr() -> None:
+    resolver = StaticResolver(
+        {
+            ("TXT", "example.com"): ["v=spf1 a/24 mx:mail.example.com//64 -all"],
+            ("A", "example.com"): ["192.0.2.1"],
+            ("MX", "mail.example.com"): [(10, "mx1.example.com"), (20, "mx2.example.com")],
+            ("AAAA", "mx2.example.com"): ["2001:db8:1:2::25"],
+        }
+    )
+    assert await spf(resolver, "192.0.2.200") == "pass"  # a/24
+    assert await spf(resolver, "2001:db8:1:2::99") == "pass"  # mx//64 via the second MX
+    assert await spf(resolver, "198.51.100.1") == "fail"
+
+
+@pytest.mark.asyncio
+async def test_spf_lookup_limit_is_permerror() -> None:
+    records: dict[str, str | list[str] | BaseException] = {
+        f"l{i}.example": f"v=spf1 include:l{i + 1}.example" for i in range(11)
+    }
+    records["example.com"] = "v=spf1 include:l0.example -all"
+    records["l11.example"] = "v=spf1 +all"
+    assert await spf(spf_resolver(records), "192.0.2.1") == "permerror"
+    # Ten lookups are allowed.
+    records["example.com"] = "v=spf1 include:l2.example -all"
+    assert await spf(spf_resolver(records), "192.0.2.1") == "pass"
+
+
+@pytest.mark.asyncio
+async def test_spf_void_lookup_limit_is_permerror() -> None:
+    three = spf_resolver({"example.com": "v=spf1 a:n1.example a:n2.example a:n3.example +all"})
+    assert await spf(three, "192.0.2.1") == "permerror"
+    two = spf_resolver({"example.com": "v=spf1 a:n1.example a:n2.example +all"})
+    assert await spf(two, "192.0.2.1") == "pass"
+
+
+@pytest.mark.asyncio
+async def test_spf_temperror() -> None:
+    assert (
+        await spf(spf_resolver({"example.com": DnsTempError("timeout")}), "192.0.2.1")
+        == "temperror"
+    )
+    resolver = StaticResolver(
+        {
+            ("TXT", "example.com"): ["v=spf1 a:flaky.example -all"],
+            ("A", "flaky.example"): DnsTempError("x"),
+        }
+    )
+    assert await spf(resolver, "192.0.2.1") == "temperror"
+
+
+@pytest.mark.asyncio
+async def test_spf_empty_mail_from_checks_helo() -> None:
+    resolver = spf_resolver({"mx.sender.example": "v=spf1 ip4:192.0.2.5 -all"})
+    result = await check_spf(resolver, "192.0.2.5", "", "mx.sender.example")
+    assert result == SpfResult("mx.sender.example", "pass")
+    result = await check_spf(resolver, "192.0.2.5", "<>", "mx.sender.example")
+    assert result == SpfResult("mx.sender.example", "pass")
+
+
+@pytest.mark.asyncio
+async def test_spf_macros() -> None:
+    resolver = StaticResolver(
+        {
+            ("TXT", "example.com"): ["v=spf1 exists:%{ir}.%{l1r-}._spf.%{d} -all"],
+            # RFC 7208 section 7.4: %{l1r-} of "alice-bounces" is "alice".
+            ("A", "10.2.0.192.alice._spf.example.com"): ["127.0.0.2"],
+        }
+    )
+    assert await spf(resolver, "192.0.2.10", mail_from="alice-bounces@example.com") == "pass"
+    assert await spf(resolver, "192.0.2.11", mail_from="alice-bounces@example.com") == "fail"
+    bad = spf_resolver({"example.com": "v=spf1 exists:%{x}.example -all"})
+    assert await spf(bad, "192.0.2.10") == "permerror"
+
+
+@pytest.mark.asyncio
+async def test_spf_bad_inputs() -> None:
+    resolver = spf_resolver({"example.com": "v=spf1 +all"})
+    assert await spf(resolver, "not-an-ip") == "permerror"
+    assert (await check_spf(resolver, "192.0.2.1", "", "[192.0.2.1]")).result == "none"
+
+
+# --- DMARC ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("domain", "org"),
+    [
+        ("example.com", "example.com"),
+        ("mail.example.com", "example.com"),
+        ("a.b.example.co.uk", "example.co.uk"),
+        ("example.co.uk", "example.co.uk"),
+        ("www.example.de", "example.de"),
+        ("x.example.com.au", "example.com.au"),
+        ("Example.COM.", "example.com"),
+    ],
+)
+def test_organizational_domain(domain: str, org: str) -> None:
+    assert organizational_domain(domain) == org
+
+
+def auth_resolver(
+    key: RsaKey, dmarc: str | None = "v=DMARC1; p=reject", txt: dict[str, Any] | None = None
+) -> StaticResolver:
+    table: dict[tuple[str, str], Any] = {
+        ("TXT", "sel._domainkey.example.com"): [key.record],
+        ("TXT", "sel._domainkey.mail.example.com"): [key.record],
+        ("TXT", "sel._domainkey.other.net"): [key.record],
+        ("TXT", "example.com"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("TXT", "other.net"): ["v=spf1 ip4:198.51.100.0/24 -all"],
+    }
+    if dmarc is not None:
+        table[("TXT", "_dmarc.example.com")] = [dmarc]
+    for name, value in (txt or {}).items():
+        table[("TXT", name)] = value
+    return StaticResolver(table)
+
+
+async def auth(raw: bytes, resolver: Any, **kwargs: Any) -> AuthResults:
+    args: dict[str, Any] = {
+        "client_ip": "192.0.2.25",
+        "mail_from": "alice@example.com",
+        "helo": "mx.example.com",
+        "from_domain": "example.com",
+        "authserv_id": "mx.example.org",
+    }
+    args.update(kwargs)
+    return await authenticate(raw, resolver=resolver, **args)
+
+
+@pytest.mark.asyncio
+async def test_everything_passes_and_the_header_says_so(key1: RsaKey) -> None:
+    results = await auth(sign(MESSAGE, key1), auth_resolver(key1))
+    assert results.dkim == (DkimResult("example.com", "sel", "pass"),)
+    assert results.spf == SpfResult("example.com", "pass")
+    assert results.dmarc == DmarcResult("example.com", "pass", "reject")
+    assert results.header == (
+        "mx.example.org; dkim=pass header.d=example.com header.s=sel; "
+        "spf=pass smtp.mailfrom=example.com; dmarc=pass header.from=example.com"
+    )
+
+
+@pytest.mark.asyncio
+async def test_dmarc_pass_through_aligned_dkim_alone(key1: RsaKey) -> None:
+    results = await auth(sign(MESSAGE, key1), auth_resolver(key1), client_ip="203.0.113.9")
+    assert results.spf.result == "fail"
+    assert results.dmarc == DmarcResult("example.com", "pass", "reject")
+
+
+@pytest.mark.asyncio
+async def test_dmarc_pass_through_aligned_spf_alone(key1: RsaKey) -> None:
+    results = await auth(MESSAGE, auth_resolver(key1))
+    assert results.dkim == ()
+    assert results.dmarc.result == "pass"
+    assert "dkim=none;" in results.header
+
+
+@pytest.mark.asyncio
+async def test_dmarc_fail_with_p_reject_when_nothing_aligns(key1: RsaKey) -> None:
+    signed = sign(MESSAGE, key1, domain="other.net")
+    results = await auth(
+        signed, auth_resolver(key1), client_ip="198.51.100.7", mail_from="bounce@other.net"
+    )
+    assert results.dkim == (DkimResult("other.net", "sel", "pass"),)
+    assert results.spf == SpfResult("other.net", "pass")
+    assert results.dmarc == DmarcResult("example.com", "fail", "reject")
+    assert results.header.endswith(
+        "spf=pass smtp.mailfrom=other.net; dmarc=fail header.from=example.com"
+    )
+
+
+@pytest.mark.asyncio
+async def test_dmarc_relaxed_and_strict_alignment(key1: RsaKey) -> None:
+    signed = sign(MESSAGE, key1, domain="mail.example.com")
+    relaxed = await auth(signed, auth_resolver(key1), client_ip="203.0.113.9")
+    assert relaxed.dmarc.result == "pass"
+    strict = await auth(
+        signed, auth_resolver(key1, "v=DMARC1; p=quarantine; adkim=s"), client_ip="203.0.113.9"
+    )
+    assert strict.dmarc == DmarcResult("example.com", "fail", "quarantine")
+    spf_strict = await auth(
+        MESSAGE,
+        auth_resolver(
+            key1, "v=DMARC1; p=reject; aspf=s", txt={"bounces.example.com": ["v=spf1 +all"]}
+        ),
+        mail_from="x@bounces.example.com",
+    )
+    assert spf_strict.spf.result == "pass"
+    assert spf_strict.dmarc.result == "fail"
+
+
+@pytest.mark.asyncio
+async def test_dmarc_subdomain_policy_from_the_organizational_record(key1: RsaKey) -> None:
+    resolver = auth_resolver(key1, "v=DMARC1; p=reject; sp=quarantine")
+    results = await auth(MESSAGE, resolver, from_domain="news.example.com", client_ip="203.0.113.9")
+    assert results.dmarc == DmarcResult("news.example.com", "fail", "quarantine")
+    assert ("TXT", "_dmarc.news.example.com") in resolver.queries
+    assert ("TXT", "_dmarc.example.com") in resolver.queries
+
+
+@pytest.mark.asyncio
+async def test_dmarc_none_without_a_record_and_with_a_bad_one(key1: RsaKey) -> None:
+    assert (await auth(MESSAGE, auth_resolver(key1, None))).dmarc == DmarcResult(
+        "example.com", "none", "none"
+    )
+    bad = await auth(MESSAGE, auth_resolver(key1, "v=DMARC1; p=bogus"))
+    assert bad.dmarc == DmarcResult("example.com", "none", "none")
+    with_rua = await auth(
+        MESSAGE, auth_resolver(key1, "v=DMARC1; p=bogus; rua=mailto:d@example.com")
+    )
+    assert with_rua.dmarc == DmarcResult("example.com", "pass", "none")
+
+
+@pytest.mark.asyncio
+async def test_dmarc_temperror_and_missing_from(key1: RsaKey) -> None:
+    resolver = auth_resolver(key1, txt={"_dmarc.example.com": DnsTempError("servfail")})
+    assert (await auth(MESSAGE, resolver)).dmarc == DmarcResult("example.com", "temperror", "none")
+    none = await auth(MESSAGE, auth_resolver(key1), from_domain=None)
+    assert none.dmarc == DmarcResult("", "permerror", "none")
+    assert none.header.endswith("; dmarc=permerror")
+
+
+@pytest.mark.asyncio
+async def test_helo_identity_in_the_header(key1: RsaKey) -> None:
+    resolver = auth_resolver(key1, txt={"mx.example.com": ["v=spf1 ip4:192.0.2.25 -all"]})
+    results = await auth(MESSAGE, resolver, mail_from="")
+    assert results.spf == SpfResult("mx.example.com", "pass")
+    assert "spf=pass smtp.helo=mx.example.com;" in results.header
+    assert results.dmarc.result == "pass"  # the HELO domain aligns with example.com (relaxed)
+
+
+@pytest.mark.asyncio
+async def test_hostile_values_are_quoted_in_the_header() -> None:
+    raw = b'DKIM-Signature: v=1; d=ev"il.com; s=a b\r\n' + MESSAGE
+    resolver = StaticResolver({})
+    results = await auth(raw, resolver, from_domain='ex"ample.com;\r\nX-Injected: 1')
+    assert "\r" not in results.header and "\n" not in results.header
+    assert 'dkim=permerror header.d="ev\\"il.com" header.s="a b";' in results.header
+    assert results.header.endswith('header.from="ex\\"ample.com;x-injected: 1"')
+    assert ("TXT", 'a b._domainkey.ev"il.com') not in resolver.queries
+
+
+class SlowResolver(StaticResolver):
+    """Answers like StaticResolver, but DMARC and SPF lookups never come back."""
+
+    async def txt(self, name: str) -> list[str]:
+        if name.startswith("_dmarc.") or name == "example.com":
+            await asyncio.sleep(3600)
+        return await super().txt(name)
+
+
+@pytest.mark.asyncio
+async def test_timeout_makes_unfinished_parts_temperror(key1: RsaKey) -> None:
+    resolver = SlowResolver({("TXT", "sel._domainkey.example.com"): [key1.record]})
+    start = time.monotonic()
+    results = await auth(sign(MESSAGE, key1), resolver, timeout=0.5)
+    assert time.monotonic() - start < 3
+    assert results.dkim == (DkimResult("example.com", "sel", "pass"),)
+    assert results.spf == SpfResult("example.com", "temperror")
+    assert results.dmarc == DmarcResult("example.com", "temperror", "none")
+
+
+class HangingResolver(StaticResolver):
+    async def txt(self, name: str) -> list[str]:
+        await asyncio.sleep(3600)
+        return []
+
+
+@pytest.mark.asyncio
+async def test_timeout_before_dkim_keys_arrive(key1: RsaKey) -> None:
+    results = await auth(sign(MESSAGE, key1), HangingResolver({}), timeout=0.3)
+    assert results.dkim == (DkimResult("example.com", "sel", "temperror"),)
+    assert results.header.startswith(
+        "mx.example.org; dkim=temperror header.d=example.com header.s=sel;"
+    )
+
+
+class BrokenResolver(StaticResolver):
+    async def _get(self, rtype: str, name: str) -> list[Any]:
+        raise RuntimeError("resolver bug")
+
+
+@pytest.mark.asyncio
+async def test_authenticate_never_raises(key1: RsaKey) -> None:
+    results = await auth(sign(MESSAGE, key1), BrokenResolver({}))
+    assert results.dkim == (DkimResult("example.com", "sel", "temperror"),)
+    assert results.spf.result == "temperror"
+    assert results.dmarc.result == "temperror"
+    garbage = await auth(b"\x00\xff" * 1000, StaticResolver({}), from_domain="")
+    assert garbage.dkim == () and garbage.dmarc.result == "permerror"
+
+
+@pytest.mark.asyncio
+async def test_to_dict_and_back(key1: RsaKey) -> None:
+    results = await auth(sign(MESSAGE, key1), auth_resolver(key1))
+    data = json.loads(json.dumps(results.to_dict()))
+    assert data["dkim"] == [{"domain": "example.com", "selector": "sel", "result": "pass"}]
+    assert AuthResults.from_dict(data) == results
+    for bad in (
+        {},
+        {"dkim": [{"domain": 1}], "spf": {}, "dmarc": {}, "header": ""},
+        {**data, "header": 5},
+    ):
+        with pytest.raises(MailAuthError):
+            AuthResults.from_dict(bad)
+
+
+# --- the dnspython resolver against a local fake DNS server ---------------------------------
+
+
+class FakeDns(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True)
+        if name == "silent.test":
+            return
+        response = dns.message.make_response(query)
+        if name == "servfail.test":
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif name == "txt.test" and question.rdtype == dns.rdatatype.TXT:
+            response.answer.append(
+                dns.rrset.from_text(name + ".", 60, "IN", "TXT", '"v=spf1 " "-all"')
+            )
+        elif name == "txt.test" and question.rdtype == dns.rdatatype.MX:
+            response.answer.append(
+                dns.rrset.from_text(name + ".", 60, "IN", "MX", "10 mx.txt.test.")
+            )
+        elif name == "txt.test" and question.rdtype == dns.rdatatype.A:
+            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", "192.0.2.1"))
+        elif name != "txt.test":
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        assert self.transport is not None
+        self.transport.sendto(response.to_wire(), addr)
+
+
+@pytest.mark.asyncio
+async def test_dns_resolver_maps_answers_and_errors() -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        FakeDns, local_addr=("127.0.0.1", 0), family=socket.AF_INET
+    )
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        resolver = DnsResolver(timeout=0.5, nameservers=["127.0.0.1"], port=port)
+        assert await resolver.txt("txt.test") == ["v=spf1 -all"]
+        assert await resolver.mx("txt.test") == [(10, "mx.txt.test")]
+        assert await resolver.a("txt.test") == ["192.0.2.1"]
+        with pytest.raises(DnsNotFound):
+            await resolver.aaaa("txt.test")  # the name exists, without AAAA data
+        with pytest.raises(DnsNotFound):
+            await resolver.txt("nxdomain.test")
+        with pytest.raises(DnsTempError):
+            await resolver.txt("servfail.test")
+        start = time.monotonic()
+        with pytest.raises(DnsTempError):
+            await resolver.txt("silent.test")
+        assert time.monotonic() - start < 2
+    finally:
+        transport.close()
