@@ -8,6 +8,7 @@ Interview authors import everything they need from here::
 from __future__ import annotations
 
 from .context import User
+from .daemail import DAEmail
 from .errors import MailgateError
 from .functions import (
     action_argument,
@@ -17,6 +18,9 @@ from .functions import (
     background_response,
     background_response_action,
     command,
+    get_emails,
+    get_emails_async,
+    interview_email,
     json_response,
     response,
     session_id,
@@ -30,6 +34,7 @@ from .tasks import Task, TaskResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "DAEmail",
     "Interview",
     "MailgateError",
     "Task",
@@ -42,6 +47,9 @@ __all__ = [
     "background_response",
     "background_response_action",
     "command",
+    "get_emails",
+    "get_emails_async",
+    "interview_email",
     "json_response",
     "response",
     "session_id",

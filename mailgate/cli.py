@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import json
 import sys
@@ -23,10 +24,10 @@ from .interviews import load_interviews
 from .logs import setup_logging
 from .runtime import Runtime
 from .store import open_store
-from .store.base import SessionRecord, TaskRecord
+from .store.base import EmailRecord, SessionRecord, TaskRecord
 from .tasks import TaskResult
 
-DEMO_MODULES = ("mailgate.demo.background",)
+DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email")
 
 
 class UsageError(MailgateError):
@@ -110,6 +111,7 @@ async def _runtime(config: Config) -> AsyncIterator[Runtime]:
     try:
         await store.migrate()
         runtime = Runtime(config, store, registry)
+        await runtime.open()
         try:
             yield runtime
         finally:
@@ -227,6 +229,95 @@ async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
+    parsed = json.loads(rec.parsed)
+    env = json.loads(rec.envelope)
+    data: dict[str, Any] = {
+        "id": rec.id,
+        "mailbox": env.get("address"),
+        "session": rec.session_id,
+        "received": _time(rec.received_at),
+        "from": parsed.get("from_address"),
+        "subject": parsed.get("subject"),
+        "size": rec.size,
+        "message_id": rec.message_id,
+    }
+    if full:
+        auth = json.loads(rec.authentication)
+        data.update({
+            "envelope_from": env.get("mail_from"),
+            "client_ip": env.get("client_ip"),
+            "to": parsed.get("to_address"),
+            "cc": parsed.get("cc_address"),
+            "reply_to": parsed.get("reply_to"),
+            "date": parsed.get("datetime_message"),
+            "authentication_results": auth.get("header"),
+            "attachments": parsed.get("attachments"),
+            "defects": parsed.get("defects"),
+            "body_text": parsed.get("body_text"),
+            "body_html": parsed.get("body_html"),
+        })
+    return data
+
+
+async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        boxes = await rt.store.list_mailboxes(session_id=args.session, limit=args.limit)
+        sessions = await rt.store.get_sessions([b.session_id for b in boxes])
+        rows = []
+        for box in boxes:
+            owner = json.loads(box.owner)
+            session = sessions.get(box.session_id)
+            rows.append({
+                "address": rt.addresses.address(box.local_part),
+                "session": box.session_id,
+                "interview": session.interview if session else None,
+                "owner": owner.get("email") or owner.get("id"),
+                "key": box.key or None,
+                "index": box.index or None,
+                "created": _time(box.created_at),
+                "expires": _time(box.expires_at),
+                "emails": box.emails,
+                "last_received": _time(box.last_received),
+            })
+        _print_json(rows) if args.json else _print_table(rows, ["address", "session", "interview", "owner", "created", "emails", "last_received"])
+    return 0
+
+
+async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.emails_cmd == "list":
+            local = None
+            if args.mailbox:
+                local = args.mailbox.partition("@")[0].lower()
+            recs = await rt.store.list_emails(session_id=args.session, local_part=local, limit=args.limit)
+            rows = [email_dict(r) for r in recs]
+            _print_json(rows) if args.json else _print_table(rows, ["id", "mailbox", "received", "from", "subject", "size"])
+        elif args.emails_cmd == "show":
+            found = await rt.store.get_emails([args.id])
+            if args.id not in found:
+                raise UsageError(f"no e-mail {args.id!r}; list e-mails with: mailgate emails list")
+            rec = found[args.id]
+            if args.raw:
+                raw = await rt.store.get_raw(rec.sha256) or b""
+                if args.json:
+                    _print_json({"id": rec.id, "raw_base64": base64.b64encode(raw).decode()})
+                else:
+                    sys.stdout.buffer.write(raw)
+                    sys.stdout.flush()
+            elif args.headers:
+                headers = json.loads(rec.parsed).get("headers") or []
+                if args.json:
+                    _print_json([{"name": n, "value": v} for n, v in headers])
+                else:
+                    for name, value in headers:
+                        print(f"{name}: {value}")
+            else:
+                data = email_dict(rec, full=True)
+                _print_json(data) if args.json else _print_record(data)
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     demo = config.replace(
         interviews={"modules": (*config.interviews.modules, *DEMO_MODULES)},
@@ -291,6 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for it to finish")
     p = t.add_parser("retry", parents=[common], help="queue a failed task again")
     p.add_argument("id")
+
+    m = sub.add_parser("mailboxes", help="per-session e-mail addresses").add_subparsers(
+        dest="mailboxes_cmd", required=True, metavar="COMMAND")
+    p = m.add_parser("list", parents=[common], help="list mailboxes with their e-mail counts")
+    p.add_argument("--session")
+    p.add_argument("--limit", type=int, default=100)
+
+    e = sub.add_parser("emails", help="received e-mails").add_subparsers(dest="emails_cmd", required=True, metavar="COMMAND")
+    p = e.add_parser("list", parents=[common], help="list e-mails, oldest first")
+    p.add_argument("--mailbox", help="address or local part")
+    p.add_argument("--session")
+    p.add_argument("--limit", type=int, default=100)
+    p = e.add_parser("show", parents=[common], help="show one e-mail (parsed, --raw bytes, or --headers)")
+    p.add_argument("id")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--raw", action="store_true", help="the message exactly as received (base64 with --json)")
+    group.add_argument("--headers", action="store_true", help="only the header fields")
     return parser
 
 
@@ -300,6 +408,8 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "db": cmd_db_migrate,
     "sessions": cmd_sessions,
     "tasks": cmd_tasks,
+    "mailboxes": cmd_mailboxes,
+    "emails": cmd_emails,
 }
 
 

@@ -69,12 +69,42 @@ class TasksConfig:
 
 
 @dataclass(frozen=True)
+class MailConfig:
+    domains: tuple[str, ...] = _f(("localhost",), "domains whose mail this host accepts; interview_email() uses the first")
+    local_part_length: int = _f(16, "characters in a generated local part (5 random bits each; 16 gives 80 bits)", minimum=10)
+    mailbox_expiry_days: float = _f(0.0, "days an address lives after interview_email() last handed it out; 0 = as long as its session", minimum=0)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = _f("127.0.0.1", "address the SMTP server listens on (0.0.0.0 or :: on an MX host)")
+    port: int = _f(2525, "SMTP port (25 on an MX host; 0 picks a free port)", minimum=0)
+    hostname: str = _f("", "name in the banner, EHLO reply and Authentication-Results; empty = this host's FQDN")
+    max_message_size: int = _f(33554432, "largest message accepted, in bytes (advertised with SIZE)", minimum=1024)
+    max_recipients: int = _f(50, "recipients accepted per message; more get 452 4.5.3", minimum=1)
+    max_connections_per_client: int = _f(20, "concurrent connections from one client address; more get 421", minimum=1)
+    max_unknown_recipients: int = _f(10, "unknown recipients one connection may try before it gets 421 and is closed", minimum=1)
+    timeout: float = _f(300.0, "seconds of client silence before the connection is closed (RFC 5321 4.5.3.2)", minimum=1)
+    tls_cert: str = _f("", "PEM certificate chain for STARTTLS; STARTTLS is offered when this and tls_key are set")
+    tls_key: str = _f("", "PEM private key for STARTTLS")
+    auth_policy: Literal["record", "reject"] = _f("record", "record: keep DKIM/SPF/DMARC results; reject: also refuse DMARC failures with p=reject")
+    dns_timeout: float = _f(5.0, "seconds for all DNS lookups of one message's authentication", minimum=0.1)
+    dns_servers: tuple[str, ...] = _f((), "DNS servers for authentication lookups as host or host:port; empty = the system's")
+    max_parts: int = _f(1000, "MIME parts parsed per message; the raw message is kept whole anyway", minimum=1)
+    max_depth: int = _f(20, "MIME nesting parsed per message", minimum=1)
+    max_header_bytes: int = _f(262144, "bytes of header block parsed per message", minimum=1024)
+    max_line_length: int = _f(65536, "longest line accepted in DATA (RFC 5321 says 1000; real mail is longer)", minimum=1001)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     interviews: InterviewsConfig = field(default_factory=InterviewsConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def replace(self, **tables: Any) -> Config:
@@ -184,6 +214,15 @@ def _check_cross(config: Config) -> None:
     for role in config.daemon.roles:
         if role not in ROLES:
             raise ConfigError(f"{src}: [daemon] roles: unknown role {role!r}; roles are {', '.join(ROLES)}")
+    if not config.mail.domains:
+        raise ConfigError(f"{src}: [mail] domains is empty; name at least one domain this host receives mail for")
+    for domain in config.mail.domains:
+        try:
+            domain.encode("idna")
+        except UnicodeError:
+            raise ConfigError(f"{src}: [mail] domains: {domain!r} is not a valid domain name") from None
+    if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
+        raise ConfigError(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
     if config.store.backend == "postgres" and not config.store.dsn:
         raise ConfigError(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
 

@@ -63,6 +63,7 @@ class ActionContext:
     loop: asyncio.AbstractEventLoop
     task_id: str | None = None
     new_tasks: list[Any] = field(default_factory=list)  # NewTask rows committed with the action
+    new_mailboxes: list[Any] = field(default_factory=list)  # NewMailbox rows committed with the action
     error_action: tuple[str, dict[str, Any]] | None = None
     task_records: dict[str, Any] = field(default_factory=dict)  # TaskRecord snapshots, by id
 

@@ -19,18 +19,21 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 from .events import EventBus
+from .inbound import Inbound
 from .interviews import Registry, load_interviews
+from .mailauth import DnsResolver, Resolver
 from .runtime import Runtime
+from .smtp import SmtpServer, server_hostname
 from .store import Store, open_store
 from .tasks import WorkerPool
 
 log = logging.getLogger(__name__)
-IMPLEMENTED_ROLES = ("worker",)
+IMPLEMENTED_ROLES = ("smtp", "worker")
 
 
 class Daemon:
     def __init__(self, config: Config, *, roles: Sequence[str] | None = None, registry: Registry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, resolver: Resolver | None = None) -> None:
         self.config = config
         self.roles = tuple(roles if roles is not None else config.daemon.roles)
         self._registry = registry
@@ -39,6 +42,9 @@ class Daemon:
         self.store: Store | None = None
         self.runtime: Runtime | None = None
         self.pool: WorkerPool | None = None
+        self.inbound: Inbound | None = None
+        self.smtp: SmtpServer | None = None
+        self._resolver = resolver
         self.failed: str | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._stop = asyncio.Event()
@@ -66,9 +72,15 @@ class Daemon:
         await self.store.open()
         await self.store.migrate()
         self.runtime = Runtime(self.config, self.store, registry, bus=self.bus)
+        await self.runtime.open()
+        self.inbound = Inbound(self.runtime, self.config, self._resolver or _dns_resolver(self.config),
+                               server_hostname(self.config.smtp))
         if "worker" in self.roles:
             self.pool = WorkerPool(self.runtime, self.config.tasks, self.runtime.process_id)
             self.spawn("workers", self.pool.run())
+        if "smtp" in self.roles:
+            self.smtp = SmtpServer(self.inbound, self.config.smtp)
+            await self.smtp.start()
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
 
@@ -108,6 +120,8 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        if self.smtp is not None:
+            await self.smtp.stop(self.config.daemon.grace_period)
         if self.pool is not None:
             await self.pool.stop(self.config.daemon.grace_period)
         for task in self._tasks.values():
@@ -118,6 +132,20 @@ class Daemon:
         if self.store is not None:
             await self.store.close()
         log.info("mailgate stopped", extra={"event": "daemon.stopped"})
+
+
+def _dns_resolver(config: Config) -> Resolver:
+    servers = config.smtp.dns_servers
+    if not servers:
+        return DnsResolver(timeout=config.smtp.dns_timeout)
+    hosts, ports = [], set()
+    for server in servers:
+        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "53")
+        hosts.append(host)
+        ports.add(int(port or 53))
+    if len(ports) > 1:
+        raise ConfigError(f"[smtp] dns_servers must all use one port, not {sorted(ports)}")
+    return DnsResolver(timeout=config.smtp.dns_timeout, nameservers=hosts, port=ports.pop())
 
 
 def check_roles(roles: Sequence[str]) -> tuple[str, ...]:

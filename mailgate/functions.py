@@ -7,6 +7,7 @@ a control exception: nothing after them runs.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, NoReturn
 
 from .context import (
@@ -102,6 +103,38 @@ def user_has_privilege(privilege: str | list[str] | tuple[str, ...]) -> bool:
     """True if the user has the privilege (or any of a list of them)."""
     wanted = [privilege] if isinstance(privilege, str) else list(privilege)
     return any(p in current("user_has_privilege").user.privileges for p in wanted)
+
+
+def interview_email(key: str | None = None, index: Any = None) -> str:
+    """The session's e-mail address; the same key and index always give the same address.
+
+    Mail to it is stored as DAEmail records and, if the interview defines it, starts the
+    ``incoming_email`` background action. The mailbox exists once the calling action commits.
+    """
+    ctx = current("interview_email")
+    return str(ctx.runtime.interview_email(ctx, key, index))
+
+
+def get_emails(key: str | None = None, index: Any = None) -> list[Any]:
+    """The session's mailboxes (``address``, ``key``, ``index``, ``emails``), e-mails oldest first.
+
+    Blocking read: in an ``async def`` handler use ``await get_emails_async()``.
+    """
+    ctx = current("get_emails")
+    try:
+        on_loop = asyncio.get_running_loop() is ctx.loop
+    except RuntimeError:
+        on_loop = False
+    if on_loop:
+        raise ActionError("get_emails() would block the event loop; in an async handler use `await get_emails_async()`")
+    coro = ctx.runtime.get_mailboxes(ctx.session_id, key, index)
+    return list(asyncio.run_coroutine_threadsafe(coro, ctx.loop).result(30))
+
+
+async def get_emails_async(key: str | None = None, index: Any = None) -> list[Any]:
+    """``get_emails()`` for async handlers."""
+    ctx = current("get_emails_async")
+    return list(await ctx.runtime.get_mailboxes(ctx.session_id, key, index))
 
 
 def session_id() -> str:

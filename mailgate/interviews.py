@@ -83,6 +83,9 @@ class Registry:
             known = ", ".join(sorted(self._by_name)) or "none loaded; add them to [interviews] modules or paths"
             raise UnknownInterview(f"no interview named {name!r}; known interviews: {known}") from None
 
+    def has(self, name: str) -> bool:
+        return name in self._by_name
+
     def names(self) -> list[str]:
         return sorted(self._by_name)
 

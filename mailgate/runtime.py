@@ -20,7 +20,7 @@ import time
 import traceback
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +40,7 @@ from .context import (
     ResponseEnd,
     User,
 )
+from .daemail import DAEmail
 from .errors import (
     ActionError,
     AnswersError,
@@ -49,12 +50,16 @@ from .errors import (
     NotFound,
 )
 from .events import EventBus
+from .inbound import Addresses
 from .interviews import Action, Interview, Registry
 from .store.base import (
     Changes,
     CommitResult,
+    EventRecord,
     LeaseInfo,
+    MailboxRecord,
     NewEvent,
+    NewMailbox,
     NewTask,
     SessionRecord,
     SessionSave,
@@ -94,6 +99,17 @@ class ActionResult:
             "version": self.version,
             "tasks": list(self.tasks),
         }
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """What ``get_emails()`` returns for each address: docassemble's ``address``, ``key``, ``index``, ``emails``."""
+
+    address: str
+    key: str | None
+    index: str | None
+    emails: list[DAEmail]
+    record: MailboxRecord
 
 
 @dataclass
@@ -142,6 +158,13 @@ class Runtime:
         self._task_listeners: list[Callable[[], None]] = []
         self._finished: dict[str, asyncio.Event] = {}
         self._interview_of: dict[str, str] = {}
+        self.addresses: Addresses
+
+    async def open(self) -> None:
+        """Read what the runtime needs from the store (the address secret)."""
+        self._loop = asyncio.get_running_loop()
+        secret = await self.store.setting("address_secret", secrets.token_hex(32))
+        self.addresses = Addresses(self.config.mail, bytes.fromhex(secret))
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -166,14 +189,10 @@ class Runtime:
         return rec
 
     async def get_answers(self, session_id: str) -> dict[str, Any]:
-        """A session's answers, with Task handles bound to this runtime (read-only use)."""
+        """A session's answers, with Task and DAEmail handles bound to this runtime (read-only use)."""
         rec = await self.get_session(session_id)
         answers = codec.decode(rec.answers)
-        records = await self._task_records(answers)
-        for ref in codec.references(answers):
-            if isinstance(ref, Task):
-                ref._runtime = self
-                ref._record = records.get(ref.id)
+        await self._hydrate(answers)
         return answers
 
     async def delete_session(self, session_id: str) -> bool:
@@ -244,6 +263,29 @@ class Runtime:
             except TimeoutError:
                 pass
 
+    # -- mailboxes ---------------------------------------------------------------------------------
+    def interview_email(self, ctx: ActionContext, key: str | None, index: Any) -> str:
+        """The session's address for (key, index); the mailbox is created (or its expiry renewed) with the action."""
+        key_s, index_s = "" if key is None else str(key), "" if index is None else str(index)
+        local = self.addresses.local_part(ctx.session_id, key_s, index_s)
+        if not any(m.local_part == local for m in ctx.new_mailboxes):
+            days = self.addresses.expiry_days
+            expires = self.store_clock() + days * 86400 if days else None
+            ctx.new_mailboxes.append(NewMailbox(local, ctx.session_id, key_s, index_s, ctx.user.to_json(), expires))
+        return self.addresses.address(local)
+
+    async def get_mailboxes(self, session_id: str, key: str | None = None, index: Any = None) -> list[Mailbox]:
+        """The session's mailboxes (optionally one key/index) with their e-mails, oldest first."""
+        boxes = await self.store.list_mailboxes(session_id=session_id, limit=10_000)
+        out = []
+        for box in boxes:
+            if (key is not None and box.key != str(key)) or (index is not None and box.index != str(index)):
+                continue
+            records = await self.store.list_emails(local_part=box.local_part, limit=10_000)
+            emails = [DAEmail(r.id, r, self) for r in records]
+            out.append(Mailbox(self.addresses.address(box.local_part), box.key or None, box.index or None, emails, box))
+        return out
+
     # -- locked contexts ---------------------------------------------------------------------------
     async def run_action(
         self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
@@ -264,7 +306,7 @@ class Runtime:
             handler = interview.get_action(action)
             answers = codec.decode(rec.answers)
             ctx = self._context(kind, rec.id, interview, action, args, user)
-            ctx.task_records = await self._task_records(answers)
+            ctx.task_records = await self._hydrate(answers, args)
             end = await self._invoke_locked(ctx, handler, answers, lease)
             result = self._result_of(ctx, end)
             save: SessionSave | None = None
@@ -276,6 +318,7 @@ class Runtime:
                 save=save,
                 delete_session=session_id if result.deleted else None,
                 new_tasks=ctx.new_tasks,
+                mailboxes=ctx.new_mailboxes,
                 release_lease=(session_id, lease.holder),
             )
             committed = await self._commit(changes)
@@ -357,6 +400,7 @@ class Runtime:
         if ctx is not None and handler is not None and session is not None:
             try:
                 answers = codec.decode(session.answers)  # a throwaway copy: never saved
+                await self._hydrate(answers, ctx.arguments)
                 end = await self._invoke(ctx, handler, answers, self.config.tasks.timeout)
             except TimeoutError:
                 failure = _Failure("TaskTimeout", f"background action {rec.action!r} ran longer than [tasks] timeout = {self.config.tasks.timeout:g} s")
@@ -380,7 +424,7 @@ class Runtime:
                         f"background action {rec.action!r} ended with {end}(), which only ends a foreground action; "
                         "use background_response()",
                     )
-        spawned = list(ctx.new_tasks) if ctx is not None else []
+        spawned = [ctx] if ctx is not None else []
         if callback is not None:
             await self._finish_with_callback(rec, worker, user, spawned, callback, None)
         elif failure is not None and ctx is not None and ctx.error_action is not None:
@@ -389,7 +433,8 @@ class Runtime:
             await self._finish(rec, worker, value, failure, spawned)
 
     async def _finish(self, rec: TaskRecord, worker: str, value: Any, failure: _Failure | None,
-                      spawned: list[NewTask], extra: Changes | None = None, has_value: bool | None = None) -> None:
+                      spawned: list[ActionContext], extra: Changes | None = None, has_value: bool | None = None) -> None:
+        """Commit a task's outcome with what the contexts in ``spawned`` produced (tasks, mailboxes)."""
         result_text: str | None = None
         if has_value is None:
             has_value = failure is None
@@ -408,7 +453,8 @@ class Runtime:
         )
         changes = Changes(
             save=extra.save if extra else None,
-            new_tasks=[*spawned, *(extra.new_tasks if extra else ())],
+            new_tasks=[t for c in spawned for t in c.new_tasks],
+            mailboxes=[m for c in spawned for m in c.new_mailboxes],
             events=self._task_events(rec, state, has_value, value),
             finish=finish,
             release_lease=extra.release_lease if extra else None,
@@ -417,7 +463,7 @@ class Runtime:
         if failure is not None:
             log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed"})
 
-    async def _finish_with_callback(self, rec: TaskRecord, worker: str, user: User, spawned: list[NewTask],
+    async def _finish_with_callback(self, rec: TaskRecord, worker: str, user: User, spawned: list[ActionContext],
                                     callback: tuple[str, dict[str, Any]], error: _Failure | None) -> None:
         name, kwargs = callback
         arguments = dict(kwargs)
@@ -437,7 +483,7 @@ class Runtime:
                 handler = interview.get_action(name)
                 answers = codec.decode(session.answers)  # fresh, under the lease
                 ctx = self._context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
-                ctx.task_records = await self._task_records(answers)
+                ctx.task_records = await self._hydrate(answers, arguments)
                 failure: _Failure | None = None
                 value: Any = None
                 save: SessionSave | None = None
@@ -464,8 +510,8 @@ class Runtime:
                                            error.error_trace, error.variables)
                     await self._finish(rec, worker, None, failure, spawned, extra=Changes(release_lease=(rec.session_id, lease.holder)))
                 else:
-                    await self._finish(rec, worker, value, error, spawned, has_value=True,
-                                       extra=Changes(save=save, new_tasks=ctx.new_tasks, release_lease=(rec.session_id, lease.holder)))
+                    await self._finish(rec, worker, value, error, [*spawned, ctx], has_value=True,
+                                       extra=Changes(save=save, release_lease=(rec.session_id, lease.holder)))
                 lease.released = True
         except (LeaseTimeout, NotFound) as exc:
             failure = _Failure(type(exc).__name__, f"the {what} {name!r} could not run: {exc}")
@@ -512,19 +558,36 @@ class Runtime:
 
     async def _commit(self, changes: Changes) -> CommitResult:
         result = await self.store.commit(changes)
-        self.bus.publish(result.events)
         if changes.finish is not None:
             done = self._finished.pop(changes.finish.task_id, None)
             if done is not None:
                 done.set()
-        if changes.new_tasks:
-            for listener in list(self._task_listeners):
-                listener()
+        self.after_commit(result.events, bool(changes.new_tasks))
         return result
 
-    async def _task_records(self, answers: dict[str, Any]) -> dict[str, TaskRecord]:
-        ids = [ref.id for ref in codec.references(answers) if isinstance(ref, Task)]
-        return await self.store.get_tasks(ids) if ids else {}
+    def after_commit(self, events: Sequence[EventRecord], new_tasks: bool) -> None:
+        """Tell this process what a commit did: publish its events, wake the workers for its tasks."""
+        self.bus.publish(events)
+        if new_tasks:
+            for listener in list(self._task_listeners):
+                listener()
+
+    async def _hydrate(self, *values: Any) -> dict[str, TaskRecord]:
+        """Fill the Task and DAEmail references inside ``values`` from the store (two reads at most)."""
+        refs = [r for v in values for r in codec.references(v)]
+        tasks = [r for r in refs if isinstance(r, Task)]
+        emails = [r for r in refs if isinstance(r, DAEmail)]
+        records = await self.store.get_tasks([t.id for t in tasks]) if tasks else {}
+        for t in tasks:
+            t._runtime = self
+            t._record = records.get(t.id)
+        if emails:
+            found = await self.store.get_emails([e.id for e in emails])
+            for e in emails:
+                e._runtime = self
+                if e.id in found:
+                    e._fill(found[e.id])
+        return records
 
     @asynccontextmanager
     async def _locked(self, session_id: str, what: str) -> AsyncIterator[_Lease]:

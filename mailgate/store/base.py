@@ -66,6 +66,66 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class MailboxRecord:
+    local_part: str
+    session_id: str
+    key: str  # "" when interview_email() was called without a key
+    index: str
+    owner: str  # JSON of the user who asked for the address
+    created_at: float
+    expires_at: float | None
+    emails: int = 0  # filled by list_mailboxes
+    last_received: float | None = None
+
+
+@dataclass(frozen=True)
+class EmailRecord:
+    id: str
+    local_part: str
+    session_id: str
+    message_id: str | None
+    sha256: str
+    size: int
+    envelope: str  # JSON: mail_from, rcpt_to, client_ip, helo
+    parsed: str  # JSON of the parsed message (attachment bytes excluded)
+    authentication: str  # JSON of the authentication results
+    received_at: float
+
+
+@dataclass(frozen=True)
+class NewMailbox:
+    local_part: str
+    session_id: str
+    key: str
+    index: str
+    owner: str
+    expires_at: float | None
+
+
+@dataclass(frozen=True)
+class NewEmail:
+    """One stored copy of a message for one recipient mailbox, with what it triggers."""
+
+    id: str
+    local_part: str
+    session_id: str
+    message_id: str | None
+    dedupe: str  # message id + content hash: the same message to the same mailbox is stored once
+    envelope: str
+    parsed: str
+    authentication: str
+    task: NewTask | None  # the incoming_email task, when the interview defines it
+    event: NewEvent
+
+
+@dataclass(frozen=True)
+class Delivery:
+    sha256: str
+    raw: bytes
+    emails: Sequence[NewEmail]
+
+
+@dataclass(frozen=True)
 class LeaseInfo:
     session_id: str
     holder: str
@@ -125,6 +185,7 @@ class Changes:
     events: Sequence[NewEvent] = ()
     finish: TaskFinish | None = None
     release_lease: tuple[str, str] | None = None  # (session_id, holder)
+    mailboxes: Sequence[NewMailbox] = ()  # created, or their expiry renewed
 
 
 @dataclass(frozen=True)
@@ -216,6 +277,35 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def count_tasks(self) -> dict[str, int]: ...
+
+    # -- mail ------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def setting(self, name: str, default: str) -> str:
+        """A process-wide setting; ``default`` is stored (once, atomically) if it has none yet."""
+
+    @abc.abstractmethod
+    async def find_mailbox(self, local_part: str) -> MailboxRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_mailboxes(self, *, session_id: str | None = None, limit: int = 100) -> list[MailboxRecord]: ...
+
+    @abc.abstractmethod
+    async def deliver(self, delivery: Delivery) -> tuple[list[str], list[EventRecord]]:
+        """Store the raw bytes once and each new e-mail with its task and event, atomically.
+
+        Returns the ids of the e-mails that were new (duplicates are skipped) and the events.
+        """
+
+    @abc.abstractmethod
+    async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]: ...
+
+    @abc.abstractmethod
+    async def list_emails(self, *, session_id: str | None = None, local_part: str | None = None,
+                          limit: int = 100) -> list[EmailRecord]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    async def get_raw(self, sha256: str) -> bytes | None: ...
 
     # -- events ------------------------------------------------------------------------------------
     @abc.abstractmethod

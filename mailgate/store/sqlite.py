@@ -29,8 +29,11 @@ from ..errors import LeaseLost, MailgateError, NotFound, VersionConflict
 from .base import (
     Changes,
     CommitResult,
+    Delivery,
+    EmailRecord,
     EventRecord,
     LeaseInfo,
+    MailboxRecord,
     SessionRecord,
     Store,
     TaskRecord,
@@ -47,6 +50,8 @@ TASK_COLS = (
     "error_message, error_trace, variables"
 )
 EVENT_COLS = "id, session_id, kind, payload, created_at"
+MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"
+EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, parsed, authentication, received_at"
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -411,6 +416,80 @@ class SqliteStore(Store):
         counts.update({state: int(n) for state, n in rows})
         return counts
 
+    # -- mail ------------------------------------------------------------------------------------------
+    async def setting(self, name: str, default: str) -> str:
+        def unit(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(name) DO NOTHING", (name, default))
+            return str(conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()[0])
+
+        rows = await self._read("SELECT value FROM settings WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else await self._writer.submit(unit)
+
+    async def find_mailbox(self, local_part: str) -> MailboxRecord | None:
+        rows = await self._read(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE local_part = ?", (local_part,))
+        return MailboxRecord(*rows[0]) if rows else None
+
+    async def list_mailboxes(self, *, session_id: str | None = None, limit: int = 100) -> list[MailboxRecord]:
+        where, params = ("WHERE m.session_id = ?", [session_id]) if session_id is not None else ("", [])
+        rows = await self._read(
+            f"SELECT {', '.join('m.' + c for c in MAILBOX_COLS.split(', '))}, COUNT(e.seq), MAX(e.received_at) "
+            f"FROM mailboxes m LEFT JOIN emails e ON e.local_part = m.local_part {where} "
+            "GROUP BY m.local_part ORDER BY m.created_at, m.local_part LIMIT ?",
+            (*params, limit),
+        )
+        return [MailboxRecord(*r) for r in rows]
+
+    async def deliver(self, delivery: Delivery) -> tuple[list[str], list[EventRecord]]:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> tuple[list[str], list[EventRecord]]:
+            conn.execute("INSERT INTO raw_messages VALUES (?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
+                         (delivery.sha256, len(delivery.raw), delivery.raw))
+            new_ids: list[str] = []
+            events: list[EventRecord] = []
+            for e in delivery.emails:
+                cur = conn.execute(
+                    f"INSERT INTO emails ({EMAIL_COLS}, dedupe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(local_part, dedupe) DO NOTHING",
+                    (e.id, e.local_part, e.session_id, e.message_id, delivery.sha256, len(delivery.raw),
+                     e.envelope, e.parsed, e.authentication, now, e.dedupe),
+                )
+                if cur.rowcount != 1:
+                    continue  # a duplicate: already stored (and its task queued) once
+                new_ids.append(e.id)
+                result = _apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now)
+                events.extend(result.events)
+            return new_ids, events
+
+        return await self._writer.submit(unit)
+
+    async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]:
+        out: dict[str, EmailRecord] = {}
+        ids = list(dict.fromkeys(email_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._read(f"SELECT {EMAIL_COLS} FROM emails WHERE id IN ({marks})", chunk):
+                out[row[0]] = EmailRecord(*row)
+        return out
+
+    async def list_emails(self, *, session_id: str | None = None, local_part: str | None = None,
+                          limit: int = 100) -> list[EmailRecord]:
+        where, params = ["1=1"], []
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if local_part is not None:
+            where.append("local_part = ?")
+            params.append(local_part)
+        rows = await self._read(f"SELECT {EMAIL_COLS} FROM emails WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                                (*params, limit))
+        return [EmailRecord(*r) for r in rows]
+
+    async def get_raw(self, sha256: str) -> bytes | None:
+        rows = await self._read("SELECT raw FROM raw_messages WHERE sha256 = ?", (sha256,))
+        return bytes(rows[0][0]) if rows else None
+
     # -- events ------------------------------------------------------------------------------------
     async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
         rows = await self._read(
@@ -433,6 +512,12 @@ def _statements(sql: str) -> list[str]:
 
 def _delete_session(conn: sqlite3.Connection, session_id: str) -> bool:
     cur = conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+    hashes = [h for (h,) in conn.execute("DELETE FROM emails WHERE session_id = ? RETURNING sha256", (session_id,))]
+    conn.executemany(
+        "DELETE FROM raw_messages WHERE sha256 = ? AND NOT EXISTS (SELECT 1 FROM emails WHERE sha256 = ?)",
+        [(h, h) for h in set(hashes)],
+    )
+    conn.execute("DELETE FROM mailboxes WHERE session_id = ?", (session_id,))
     conn.execute("DELETE FROM tasks WHERE session_id = ?", (session_id,))
     conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
     conn.execute("DELETE FROM session_leases WHERE session_id = ?", (session_id,))
@@ -481,6 +566,12 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
             (e.session_id, e.kind, e.payload, now),
         ).fetchone()
         events.append(EventRecord(int(row[0]), e.session_id, e.kind, e.payload, now))
+    if ch.mailboxes:
+        conn.executemany(
+            f"INSERT INTO mailboxes ({MAILBOX_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(local_part) DO UPDATE SET expires_at = excluded.expires_at",
+            [(m.local_part, m.session_id, m.key, m.index, m.owner, now, m.expires_at) for m in ch.mailboxes],
+        )
     if ch.release_lease is not None:
         conn.execute("DELETE FROM session_leases WHERE session_id = ? AND holder = ?", ch.release_lease)
     return CommitResult(version=version, events=tuple(events))

@@ -73,6 +73,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+    for log in e.logs:  # shown by pytest when the test failed
+        print(f"--- {log.name} ---\n{log.read_text()}")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,0 +1,218 @@
+"""The SMTP edge: an aiosmtpd server in the daemon's loop. Every reply code lives in this module.
+
+The handler implements only the hooks it needs (RCPT, DATA, exceptions) and turns the core's
+verdicts (:mod:`mailgate.inbound`) into replies. A small SMTP subclass adds what aiosmtpd has no
+hook for: a per-client connection cap, enhanced status codes on aiosmtpd's own size replies, and a
+line length that real mail needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .config import SmtpConfig
+from .inbound import Inbound, Verdict
+
+log = logging.getLogger(__name__)
+
+# Replies: RFC 5321 codes with RFC 3463 enhanced status codes. Texts name the reason, never internals.
+OK_RCPT = "250 2.1.5 Recipient ok"
+OK_DATA = "250 2.0.0 Message accepted"
+OK_DUPLICATE = "250 2.0.0 Message already received"
+UNKNOWN_MAILBOX = "550 5.1.1 No such mailbox here"
+RELAY_DENIED = "550 5.7.1 Relaying denied: this server accepts mail for its own domains only"
+BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients; send the rest in another message"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address; try again later"
+TOO_MANY_UNKNOWN = "421 4.7.0 Too many unknown recipients; closing connection"
+MESSAGE_TOO_BIG = "552 5.3.4 Message too big for this server"
+DMARC_REJECT = "550 5.7.1 Rejected by the DMARC policy of the sender's domain"
+MAILBOX_GONE = "550 5.1.1 Mailbox no longer exists"
+TEMPORARY_FAILURE = "451 4.3.0 Temporary server error; please try again later"
+
+# aiosmtpd's own replies that we restate with enhanced codes.
+_REWRITE = {
+    "552 Error: Too much mail data": MESSAGE_TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
+}
+
+
+class ClientLimits:
+    """Concurrent connections per client address."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self.counts: dict[str, int] = {}
+        self.open = 0
+
+    def enter(self, ip: str) -> bool:
+        if self.counts.get(ip, 0) >= self.per_client:
+            return False
+        self.counts[ip] = self.counts.get(ip, 0) + 1
+        self.open += 1
+        return True
+
+    def leave(self, ip: str) -> None:
+        self.open -= 1
+        left = self.counts.get(ip, 1) - 1
+        if left <= 0:
+            self.counts.pop(ip, None)
+        else:
+            self.counts[ip] = left
+
+
+class Handler:
+    def __init__(self, inbound: Inbound, config: SmtpConfig) -> None:
+        self.inbound = inbound
+        self.config = config
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        peer = _peer(session)
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            self.inbound.count_rejection("too_many_recipients")
+            return TOO_MANY_RECIPIENTS
+        verdict, mailbox = await self.inbound.check_recipient(address)
+        if verdict is Verdict.OK:
+            envelope.rcpt_tos.append(address)
+            return OK_RCPT
+        self.inbound.count_rejection(verdict.name.lower())
+        log.info("smtp peer=%s rcpt=%s rejected: %s", peer, address, verdict.value, extra={"event": "smtp.rcpt_rejected"})
+        if verdict is Verdict.FOREIGN_DOMAIN:
+            return RELAY_DENIED
+        if verdict is Verdict.BAD_ADDRESS:
+            return BAD_ADDRESS
+        unknown = getattr(session, "mailgate_unknown", 0) + 1
+        session.mailgate_unknown = unknown  # type: ignore[attr-defined]
+        if unknown > self.config.max_unknown_recipients:
+            transport = server.transport
+            if transport is not None:
+                asyncio.get_running_loop().call_soon(transport.close)  # after the reply is written
+            return TOO_MANY_UNKNOWN
+        return UNKNOWN_MAILBOX
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        peer = _peer(session)
+        raw = envelope.original_content or b""
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            result = await self.inbound.deliver(
+                mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos), raw=bytes(raw),
+                client_ip=peer, helo=session.host_name or "",
+            )
+        except Exception:
+            log.exception("smtp peer=%s: could not store a message; answered 451", peer, extra={"event": "smtp.store_failed"})
+            return TEMPORARY_FAILURE
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+        auth = result.auth
+        summary = f"dkim={','.join(d.result for d in auth.dkim) or 'none'} spf={auth.spf.result} dmarc={auth.dmarc.result}" if auth else ""
+        if result.rejected:
+            log.info("smtp peer=%s rejected message: %s %s", peer, result.rejected, summary, extra={"event": "smtp.rejected"})
+            return DMARC_REJECT
+        if not result.stored and not result.duplicates:
+            return MAILBOX_GONE
+        log.info("smtp peer=%s mailboxes=%s size=%d stored=%s duplicates=%d %s", peer,
+                 ",".join(a.partition("@")[0] for a in envelope.rcpt_tos), len(raw), ",".join(result.stored),
+                 result.duplicates, summary, extra={"event": "smtp.accepted"})
+        return OK_DATA if result.stored else OK_DUPLICATE
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("smtp session error: %r; answered 451", error, extra={"event": "smtp.error"})
+        return TEMPORARY_FAILURE
+
+
+class MailgateSMTP(SMTP):
+    def __init__(self, handler: Handler, limits: ClientLimits, *, max_line_length: int, **kwargs: Any) -> None:
+        self.line_length_limit = max_line_length  # read by SMTP.__init__ for the stream's limit
+        self._limits = limits
+        super().__init__(handler, **kwargs)
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = _REWRITE.get(status, status)
+        await super().push(status)
+
+    async def _handle_client(self) -> None:
+        ip = _peer(self.session) if self.session is not None else "?"
+        if not self._limits.enter(ip):
+            log.info("smtp peer=%s refused: connection limit", ip, extra={"event": "smtp.connection_limit"})
+            await self.push(TOO_MANY_CONNECTIONS)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            self._limits.leave(ip)
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
+
+
+def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def server_hostname(config: SmtpConfig) -> str:
+    return config.hostname or socket.getfqdn()
+
+
+class SmtpServer:
+    """The listening server; ``port`` is the bound port (useful with ``port = 0``)."""
+
+    def __init__(self, inbound: Inbound, config: SmtpConfig) -> None:
+        self.config = config
+        self.handler = Handler(inbound, config)
+        self.limits = ClientLimits(config.max_connections_per_client)
+        self.hostname = server_hostname(config)
+        self._tls = tls_context(config)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    def _protocol(self) -> MailgateSMTP:
+        return MailgateSMTP(
+            self.handler, self.limits, max_line_length=self.config.max_line_length,
+            data_size_limit=self.config.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+            hostname=self.hostname, ident="mailgate", tls_context=self._tls, require_starttls=False,
+            timeout=self.config.timeout, loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self.config.host, self.config.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("smtp listening on %s:%d (STARTTLS %s)", self.config.host, self.port,
+                 "offered" if self._tls else "off", extra={"event": "smtp.listening"})
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let messages being stored finish (no 250 is sent for unstored mail)."""
+        if self._server is None:
+            return
+        self._server.close()
+        try:
+            await asyncio.wait_for(self.handler.idle.wait(), grace)
+        except TimeoutError:
+            log.warning("stopped with %d messages still being stored (not acknowledged)", self.handler.in_flight,
+                        extra={"event": "smtp.stopped_in_flight"})
+        self._server = None
