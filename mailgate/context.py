@@ -66,6 +66,7 @@ class ActionContext:
     new_mailboxes: list[Any] = field(default_factory=list)  # NewMailbox rows committed with the action
     error_action: tuple[str, dict[str, Any]] | None = None
     task_records: dict[str, Any] = field(default_factory=dict)  # TaskRecord snapshots, by id
+    answers: dict[str, Any] = field(default_factory=dict)  # the dict the handler was given
 
 
 CURRENT: contextvars.ContextVar[ActionContext | None] = contextvars.ContextVar("mailgate_action", default=None)

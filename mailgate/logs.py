@@ -18,3 +18,5 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # aiosqlite logs every statement at debug level; keep our debug output readable.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
+    # aiosmtpd logs every connection at info level; mailgate logs one line per message instead.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, root.level))

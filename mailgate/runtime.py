@@ -542,6 +542,7 @@ class Runtime:
         Handler exceptions propagate; TimeoutError means it overran ``timeout`` (a sync handler's
         thread cannot be stopped: it finishes in the background and its changes are ignored).
         """
+        ctx.answers = answers
         token = CURRENT.set(ctx)
         try:
             async with asyncio.timeout(timeout):
