@@ -8,14 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as dt
 import json
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from . import answers as codec
 from .config import Config, find_config_path, load_config
 from .context import ANONYMOUS, User
 from .daemon import Daemon, check_roles
@@ -24,8 +22,7 @@ from .interviews import load_interviews
 from .logs import setup_logging
 from .runtime import Runtime
 from .store import open_store
-from .store.base import EmailRecord, SessionRecord, TaskRecord
-from .tasks import TaskResult
+from .views import email_dict, iso, session_dict, task_dict
 
 DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email")
 
@@ -35,12 +32,6 @@ class UsageError(MailgateError):
 
 
 # -- output ------------------------------------------------------------------------------------------
-def _time(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
@@ -62,43 +53,6 @@ def _print_record(data: dict[str, Any]) -> None:
         if isinstance(value, (dict, list)):
             value = json.dumps(value, indent=2, ensure_ascii=False, default=str).replace("\n", "\n" + " " * (width + 2))
         print(f"{key.ljust(width)}  {'' if value is None else value}")
-
-
-def session_dict(rec: SessionRecord, *, with_answers: bool = False) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": rec.id,
-        "interview": rec.interview,
-        "version": rec.version,
-        "owner": json.loads(rec.owner),
-        "created": _time(rec.created_at),
-        "modified": _time(rec.modified_at),
-        "accessed": _time(rec.accessed_at),
-    }
-    if with_answers:
-        data["answers"] = json.loads(rec.answers)
-    return data
-
-
-def task_dict(rec: TaskRecord) -> dict[str, Any]:
-    result = TaskResult.from_record(rec)
-    return {
-        "id": rec.id,
-        "session": rec.session_id,
-        "interview": rec.interview,
-        "action": rec.action,
-        "state": rec.state,
-        "ui_notification": rec.ui_notification,
-        "attempts": rec.attempts,
-        "created": _time(rec.created_at),
-        "started": _time(rec.started_at),
-        "finished": _time(rec.finished_at),
-        "value": json.loads(codec.encode_value(result.value)) if rec.result else None,
-        "error_type": rec.error_type,
-        "error_message": rec.error_message,
-        "error_trace": rec.error_trace,
-        "variables": result.variables,
-        "arguments": json.loads(rec.arguments),
-    }
 
 
 # -- plumbing ----------------------------------------------------------------------------------------
@@ -229,37 +183,6 @@ async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
-    parsed = json.loads(rec.parsed)
-    env = json.loads(rec.envelope)
-    data: dict[str, Any] = {
-        "id": rec.id,
-        "mailbox": env.get("address"),
-        "session": rec.session_id,
-        "received": _time(rec.received_at),
-        "from": parsed.get("from_address"),
-        "subject": parsed.get("subject"),
-        "size": rec.size,
-        "message_id": rec.message_id,
-    }
-    if full:
-        auth = json.loads(rec.authentication)
-        data.update({
-            "envelope_from": env.get("mail_from"),
-            "client_ip": env.get("client_ip"),
-            "to": parsed.get("to_address"),
-            "cc": parsed.get("cc_address"),
-            "reply_to": parsed.get("reply_to"),
-            "date": parsed.get("datetime_message"),
-            "authentication_results": auth.get("header"),
-            "attachments": parsed.get("attachments"),
-            "defects": parsed.get("defects"),
-            "body_text": parsed.get("body_text"),
-            "body_html": parsed.get("body_html"),
-        })
-    return data
-
-
 async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
     async with _runtime(config) as rt:
         boxes = await rt.store.list_mailboxes(session_id=args.session, limit=args.limit)
@@ -275,10 +198,10 @@ async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
                 "owner": owner.get("email") or owner.get("id"),
                 "key": box.key or None,
                 "index": box.index or None,
-                "created": _time(box.created_at),
-                "expires": _time(box.expires_at),
+                "created": iso(box.created_at),
+                "expires": iso(box.expires_at),
                 "emails": box.emails,
-                "last_received": _time(box.last_received),
+                "last_received": iso(box.last_received),
             })
         _print_json(rows) if args.json else _print_table(rows, ["address", "session", "interview", "owner", "created", "emails", "last_received"])
     return 0
@@ -322,12 +245,16 @@ async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     demo = config.replace(
         interviews={"modules": (*config.interviews.modules, *DEMO_MODULES)},
         store={"path": args.store} if args.store else {},
+        web={"demo_pages": True},
     )
     async with Daemon(demo) as daemon:
         assert daemon.runtime is not None
         names = ", ".join(daemon.runtime.registry.names())
-        print(f"mailgate demo is running on {demo.store.path}; interviews: {names}", flush=True)
-        print("try:  mailgate --config <same config> sessions new background_action   (see README, 'Demo')", flush=True)
+        print(f"mailgate demo: store {demo.store.path}; interviews: {names}", flush=True)
+        if daemon.web is not None:
+            print(f"open http://{demo.web.host}:{daemon.web.port}/demo/ in a browser", flush=True)
+        if daemon.smtp is not None:
+            print(f"mail for the demo sessions goes to SMTP {demo.smtp.host}:{daemon.smtp.port}", flush=True)
         return await daemon.run_until_stopped()
 
 

@@ -97,6 +97,26 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    host: str = _f("127.0.0.1", "address the HTTP/WebSocket server listens on")
+    port: int = _f(8025, "HTTP port (0 picks a free port)", minimum=0)
+    public_url: str = _f("", "URL browsers reach this server at, for interview_url_action(); empty = relative URLs")
+    api_key: str = _f("", "bearer key for /api (env MAILGATE_WEB_API_KEY); empty = the API answers 503 until one is set", secret=True)
+    secret_key: str = _f("", "key that signs browser tokens and action URLs (env MAILGATE_WEB_SECRET_KEY); empty = one kept in the store", secret=True)
+    allowed_origins: tuple[str, ...] = _f((), "extra origins (scheme://host[:port]) allowed to open /ws; the server's own origin always is")
+    token_ttl: float = _f(3600.0, "seconds a browser token is valid for opening /ws", minimum=1)
+    url_action_ttl: float = _f(86400.0, "seconds a URL from interview_url_action() stays valid", minimum=1)
+    checkin_interval: float = _f(6.0, "seconds between a page's periodic check-ins", minimum=0.5)
+    event_history: int = _f(500, "events a reconnecting browser can catch up on, per session", minimum=1)
+    event_poll_interval: float = _f(1.0, "seconds between checks for events committed by other processes", minimum=0.05)
+    send_queue: int = _f(256, "messages queued for one WebSocket before the slow client is dropped", minimum=1)
+    max_frame_bytes: int = _f(65536, "largest WebSocket message accepted from a browser", minimum=1024)
+    max_messages_per_second: float = _f(20.0, "sustained messages per second one WebSocket may send", minimum=0.1)
+    heartbeat: float = _f(20.0, "seconds between WebSocket pings; a peer that misses one is dropped", minimum=1)
+    demo_pages: bool = _f(False, "serve the demo pages under /demo (mailgate demo turns this on)")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -105,6 +125,7 @@ class Config:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def replace(self, **tables: Any) -> Config:

@@ -26,9 +26,10 @@ from .runtime import Runtime
 from .smtp import SmtpServer, server_hostname
 from .store import Store, open_store
 from .tasks import WorkerPool
+from .webapp.app import WebServer
 
 log = logging.getLogger(__name__)
-IMPLEMENTED_ROLES = ("smtp", "worker")
+IMPLEMENTED_ROLES = ("smtp", "web", "worker")
 
 
 class Daemon:
@@ -44,6 +45,7 @@ class Daemon:
         self.pool: WorkerPool | None = None
         self.inbound: Inbound | None = None
         self.smtp: SmtpServer | None = None
+        self.web: WebServer | None = None
         self._resolver = resolver
         self.failed: str | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
@@ -81,6 +83,10 @@ class Daemon:
         if "smtp" in self.roles:
             self.smtp = SmtpServer(self.inbound, self.config.smtp)
             await self.smtp.start()
+        if "web" in self.roles:
+            self.web = WebServer(self.runtime, self.config.web, self.inbound)
+            await self.web.start()
+            self.spawn("web-event-poll", self.web.poll())
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
 
@@ -122,6 +128,8 @@ class Daemon:
         self._stopping = True
         if self.smtp is not None:
             await self.smtp.stop(self.config.daemon.grace_period)
+        if self.web is not None:
+            await self.web.stop()
         if self.pool is not None:
             await self.pool.stop(self.config.daemon.grace_period)
         for task in self._tasks.values():

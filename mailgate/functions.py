@@ -137,6 +137,15 @@ async def get_emails_async(key: str | None = None, index: Any = None) -> list[An
     return list(await ctx.runtime.get_mailboxes(ctx.session_id, key, index))
 
 
+def interview_url_action(action: str, **kwargs: Any) -> str:
+    """A signed URL that runs ``action`` with ``kwargs`` on this session and returns its result.
+
+    The URL expires after ``[web] url_action_ttl`` seconds; the action runs as the current user.
+    """
+    ctx = current("interview_url_action")
+    return str(ctx.runtime.url_for_action(ctx, action, kwargs))
+
+
 def session_id() -> str:
     """The id of the session the action runs on."""
     return current("session_id").session_id

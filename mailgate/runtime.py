@@ -69,6 +69,7 @@ from .store.base import (
 )
 from .tasks import Task
 from .threads import DaemonThreadPool
+from .tokens import Signer
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +160,17 @@ class Runtime:
         self._finished: dict[str, asyncio.Event] = {}
         self._interview_of: dict[str, str] = {}
         self.addresses: Addresses
+        self.signer: Signer
 
     async def open(self) -> None:
         """Read what the runtime needs from the store (the address secret)."""
         self._loop = asyncio.get_running_loop()
         secret = await self.store.setting("address_secret", secrets.token_hex(32))
         self.addresses = Addresses(self.config.mail, bytes.fromhex(secret))
+        if self.config.web.secret_key:
+            self.signer = Signer(self.config.web.secret_key.encode())
+        else:
+            self.signer = Signer(bytes.fromhex(await self.store.setting("web_secret", secrets.token_hex(32))))
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -273,6 +279,24 @@ class Runtime:
             expires = self.store_clock() + days * 86400 if days else None
             ctx.new_mailboxes.append(NewMailbox(local, ctx.session_id, key_s, index_s, ctx.user.to_json(), expires))
         return self.addresses.address(local)
+
+    async def ensure_mailbox(self, session_id: str, key: str | None = None, index: Any = None,
+                             user: User = ANONYMOUS) -> str:
+        """``interview_email()`` from outside an action (the HTTP API): the address, created if needed."""
+        rec = await self.get_session(session_id)
+        ctx = self._context("foreground", rec.id, self.registry.get(rec.interview), "interview_email", {}, user)
+        address = self.interview_email(ctx, key, index)
+        await self._commit(Changes(mailboxes=ctx.new_mailboxes))
+        return address
+
+    def url_for_action(self, ctx: ActionContext, action: str, arguments: dict[str, Any]) -> str:
+        """A signed, expiring URL that runs ``action`` on ``ctx``'s session as ``ctx``'s user."""
+        ctx.interview.get_action(action)
+        token = self.signer.sign(
+            "run", self.config.web.url_action_ttl, s=ctx.session_id, a=action,
+            g=codec.encode_value(arguments, f"interview_url_action({action!r}) argument"), u=ctx.user.to_json(),
+        )
+        return f"{self.config.web.public_url.rstrip('/')}/run/{token}"
 
     async def get_mailboxes(self, session_id: str, key: str | None = None, index: Any = None) -> list[Mailbox]:
         """The session's mailboxes (optionally one key/index) with their e-mails, oldest first."""

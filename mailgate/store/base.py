@@ -310,3 +310,10 @@ class Store(abc.ABC):
     # -- events ------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
+        """Events of every session with an id above ``after_id``, oldest first (cross-process fan-out)."""
+
+    @abc.abstractmethod
+    async def last_event_id(self) -> int: ...

@@ -497,6 +497,14 @@ class SqliteStore(Store):
         )
         return [EventRecord(*r) for r in rows]
 
+    async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
+        rows = await self._read(f"SELECT {EVENT_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        return [EventRecord(*r) for r in rows]
+
+    async def last_event_id(self) -> int:
+        rows = await self._read("SELECT COALESCE(MAX(id), 0) FROM events")
+        return int(rows[0][0])
+
     # -- introspection for tests and metrics ---------------------------------------------------------
     @property
     def commit_stats(self) -> tuple[int, int]:

@@ -210,3 +210,13 @@ async def test_get_tasks_and_list(store: Store) -> None:
     assert set(await store.get_tasks(["t1", "t2", "zz"])) == {"t1", "t2"}
     assert [t.id for t in await store.list_tasks(session_id="s2")] == ["t2"]
     assert [t.id for t in await store.list_tasks(state="queued")] == ["t2", "t1"]
+
+
+async def test_events_after_spans_sessions(store: Store) -> None:
+    assert await store.last_event_id() == 0
+    await store.commit(Changes(events=[NewEvent("a", "command", "{}"), NewEvent("b", "email", "{}")]))
+    first = await store.events_after(0)
+    assert [(e.session_id, e.kind) for e in first] == [("a", "command"), ("b", "email")]
+    assert await store.last_event_id() == first[-1].id
+    assert await store.events_after(first[0].id) == first[1:]
+    assert len(await store.events_after(0, limit=1)) == 1

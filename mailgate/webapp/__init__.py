@@ -1,0 +1,1 @@
+"""The web edge: HTTP API, WebSockets, browser client and demo pages (aiohttp)."""

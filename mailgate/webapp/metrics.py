@@ -1,0 +1,45 @@
+"""Counters for ``/metrics`` (Prometheus text exposition format)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Metrics:
+    ws_connections: int = 0
+    checkins: int = 0
+    checkin_errors: int = 0
+    events_pushed: int = 0
+    slow_clients_dropped: int = 0
+    http_requests: int = 0
+
+
+def exposition(metrics: Metrics, tasks: dict[str, int], emails_received: int, emails_rejected: dict[str, int]) -> str:
+    lines = [
+        "# HELP mailgate_ws_connections Open browser WebSocket connections.",
+        "# TYPE mailgate_ws_connections gauge",
+        f"mailgate_ws_connections {metrics.ws_connections}",
+        "# HELP mailgate_checkins_total Check-ins run.",
+        "# TYPE mailgate_checkins_total counter",
+        f"mailgate_checkins_total {metrics.checkins}",
+        "# HELP mailgate_checkin_errors_total Check-ins that ended in an error.",
+        "# TYPE mailgate_checkin_errors_total counter",
+        f"mailgate_checkin_errors_total {metrics.checkin_errors}",
+        "# HELP mailgate_events_pushed_total Events sent to browsers.",
+        "# TYPE mailgate_events_pushed_total counter",
+        f"mailgate_events_pushed_total {metrics.events_pushed}",
+        "# HELP mailgate_slow_clients_dropped_total WebSockets closed because they did not keep up.",
+        "# TYPE mailgate_slow_clients_dropped_total counter",
+        f"mailgate_slow_clients_dropped_total {metrics.slow_clients_dropped}",
+        "# HELP mailgate_tasks Background tasks by state.",
+        "# TYPE mailgate_tasks gauge",
+        *(f'mailgate_tasks{{state="{state}"}} {n}' for state, n in sorted(tasks.items())),
+        "# HELP mailgate_emails_received_total E-mails stored (one per recipient mailbox) by this process.",
+        "# TYPE mailgate_emails_received_total counter",
+        f"mailgate_emails_received_total {emails_received}",
+        "# HELP mailgate_emails_rejected_total Recipients or messages refused, by reason.",
+        "# TYPE mailgate_emails_rejected_total counter",
+        *(f'mailgate_emails_rejected_total{{reason="{reason}"}} {n}' for reason, n in sorted(emails_rejected.items())),
+    ]
+    return "\n".join(lines) + "\n"

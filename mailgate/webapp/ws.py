@@ -1,0 +1,316 @@
+"""``/ws``: one WebSocket per page, bound to one session by a signed browser token.
+
+Protocol (JSON text frames):
+
+server -> browser
+  {"type": "welcome", "session": ID, "checkin_interval": 6.0, "last_event": N}
+  {"type": "event", "id": N, "kind": "command"|"email"|"task", "data": {...}}   # per-session ordered
+  {"type": "reset"}                      # missed more than the history holds: reload the page's state
+  {"type": "checkin", "ref": R, "commands": [...], "saved": bool}
+  {"type": "result", "ref": R, "result": {...}}                                 # answer to "run"
+  {"type": "error", "ref": R|null, "error": "what went wrong"}
+
+browser -> server
+  {"type": "checkin", "ref": R, "action": NAME, "fields": {...}, "changed": FIELD|null}
+  {"type": "run", "ref": R, "action": NAME, "arguments": {...}}                 # a foreground action
+
+Open with ``/ws?token=T&last=N``: N is the id of the last event the page saw; the events after it are
+sent first (at most ``[web] event_history``; more than that gives "reset"). Every open connection of a
+session receives every event. Each connection has a bounded send queue: a client too slow to drain
+it is disconnected (code 1013) and catches up when it reconnects, so it never stalls the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..config import WebConfig
+from ..context import User
+from ..errors import MailgateError
+from ..runtime import Runtime
+from ..store.base import EventRecord
+from ..tokens import TokenError
+from .keys import HUB, METRICS, RUNTIME
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def event_message(event: EventRecord) -> dict[str, Any]:
+    return {"type": "event", "id": event.id, "kind": event.kind, "data": json.loads(event.payload)}
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, session_id: str, user: User, config: WebConfig, metrics: Metrics) -> None:
+        self.ws = ws
+        self.session_id = session_id
+        self.user = user
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=config.send_queue)
+        self.last_queued = 0  # id of the last event put on the queue
+        self.paused: list[EventRecord] | None = []  # events that arrive while the backlog is read
+        self.metrics = metrics
+        self.dropped = False
+
+    def offer(self, event: EventRecord) -> None:
+        """Queue an event for this page unless it already has it; never blocks."""
+        if self.paused is not None:
+            self.paused.append(event)
+            return
+        if event.id <= self.last_queued:
+            return
+        self.last_queued = event.id
+        self.send(event_message(event))
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped = True
+            self.metrics.slow_clients_dropped += 1
+            log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client"})
+            asyncio.get_running_loop().create_task(
+                self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect to catch up"))
+
+    async def sender(self) -> None:
+        while True:
+            message = await self.queue.get()
+            if message is None:
+                return
+            await self.ws.send_str(json.dumps(message, default=str))
+            if message.get("type") == "event":
+                self.metrics.events_pushed += 1
+
+
+class Hub:
+    """Routes committed events to the open connections of their session."""
+
+    def __init__(self, runtime: Runtime, config: WebConfig, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.metrics = metrics
+        self.connections: dict[str, set[Connection]] = {}
+        self.last_seen = 0
+        self._unsubscribe = runtime.bus.subscribe(self.dispatch)
+
+    async def start(self) -> None:
+        self.last_seen = await self.runtime.store.last_event_id()
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+    def dispatch(self, event: EventRecord) -> None:
+        self.last_seen = max(self.last_seen, event.id)
+        for conn in self.connections.get(event.session_id, ()):
+            conn.offer(event)
+
+    async def poll(self) -> None:
+        """Fan out events committed by other processes (the CLI, other daemons). Runs forever."""
+        while True:
+            await asyncio.sleep(self.config.event_poll_interval)
+            if not self.connections:
+                self.last_seen = max(self.last_seen, await self.runtime.store.last_event_id())
+                continue
+            while True:
+                events = await self.runtime.store.events_after(self.last_seen, 1000)
+                for event in events:
+                    self.dispatch(event)  # connections skip ids they already have
+                if len(events) < 1000:
+                    break
+
+    def attach(self, conn: Connection) -> None:
+        self.connections.setdefault(conn.session_id, set()).add(conn)
+        self.metrics.ws_connections += 1
+
+    def detach(self, conn: Connection) -> None:
+        conns = self.connections.get(conn.session_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.connections[conn.session_id]
+        self.metrics.ws_connections -= 1
+
+
+class RateLimit:
+    """Token bucket: ``rate`` messages per second, bursts up to twice that."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate * 2)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def origin_allowed(request: web.Request, config: WebConfig) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser; the token still decides
+    own = f"{request.scheme}://{request.host}"
+    return origin == own or origin in config.allowed_origins
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    runtime: Runtime = request.app[RUNTIME]
+    hub: Hub = request.app[HUB]
+    config: WebConfig = runtime.config.web
+    metrics: Metrics = request.app[METRICS]
+    if not origin_allowed(request, config):
+        raise web.HTTPForbidden(text=json.dumps({"error": f"origin {request.headers.get('Origin')!r} is not allowed; "
+                                                 "add it to [web] allowed_origins"}), content_type="application/json")
+    token = request.query.get("token", "")
+    try:
+        claims = runtime.signer.verify(token, "browser")
+    except TokenError as exc:
+        raise web.HTTPUnauthorized(text=json.dumps({"error": f"{exc}"}), content_type="application/json") from None
+    try:
+        last = int(request.query.get("last", "0"))
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "last must be an event id (integer)"}), content_type="application/json") from None
+    session_id = str(claims["s"])
+    if await runtime.store.get_session(session_id) is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"session {session_id} no longer exists"}), content_type="application/json")
+
+    ws = web.WebSocketResponse(heartbeat=config.heartbeat, max_msg_size=config.max_frame_bytes)
+    await ws.prepare(request)
+    conn = Connection(ws, session_id, User.from_json(claims.get("u")), config, metrics)
+    conn.last_queued = last
+    hub.attach(conn)
+    sender = asyncio.create_task(conn.sender(), name="ws-sender")
+    checkins = CheckinRunner(conn, runtime, metrics)
+    try:
+        await _catch_up(conn, hub, config, last)
+        await _read(ws, conn, checkins, runtime, config)
+    finally:
+        hub.detach(conn)
+        checkins.stop()
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _catch_up(conn: Connection, hub: Hub, config: WebConfig, last: int) -> None:
+    """Welcome the page and send what it missed; events arriving meanwhile wait in ``conn.paused``."""
+    backlog: list[EventRecord] = []
+    reset = False
+    if last > 0:
+        backlog = await hub.runtime.store.list_events(conn.session_id, after_id=last, limit=config.event_history + 1)
+        if len(backlog) > config.event_history:
+            reset = True
+            backlog = backlog[-config.event_history:]
+    else:
+        conn.last_queued = hub.last_seen  # a new page starts from now
+    conn.send({"type": "welcome", "session": conn.session_id, "checkin_interval": config.checkin_interval,
+               "last_event": conn.last_queued})
+    if reset:
+        conn.send({"type": "reset"})
+    paused, conn.paused = conn.paused or [], None
+    for event in [*backlog, *paused]:
+        conn.offer(event)
+
+
+async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRunner, runtime: Runtime,
+                config: WebConfig) -> None:
+    limit = RateLimit(config.max_messages_per_second)
+    async for msg in ws:
+        if msg.type == WSMsgType.ERROR:
+            return
+        if msg.type != WSMsgType.TEXT:
+            conn.send({"type": "error", "ref": None, "error": "send JSON text frames"})
+            continue
+        if not limit.allow():
+            log.info("closing a WebSocket of session %s: message flood", conn.session_id, extra={"event": "ws.flood"})
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many messages")
+            return
+        try:
+            data = json.loads(msg.data)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            conn.send({"type": "error", "ref": None, "error": "messages must be JSON objects"})
+            continue
+        kind = data.get("type")
+        if kind == "checkin":
+            checkins.submit(data)
+        elif kind == "run":
+            asyncio.get_running_loop().create_task(_run(conn, runtime, data))
+        else:
+            conn.send({"type": "error", "ref": data.get("ref"), "error": f"unknown message type {kind!r}; use checkin or run"})
+
+
+def _args(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise MailgateError(f"{key} must be an object of name -> value")
+    return value
+
+
+async def _run(conn: Connection, runtime: Runtime, data: dict[str, Any]) -> None:
+    ref = data.get("ref")
+    try:
+        action = data.get("action")
+        if not isinstance(action, str) or not action:
+            raise MailgateError("run needs an action name")
+        result = await runtime.run_action(conn.session_id, action, _args(data, "arguments"), conn.user)
+        conn.send({"type": "result", "ref": ref, "result": result.to_dict()})
+    except MailgateError as exc:
+        conn.send({"type": "error", "ref": ref, "error": str(exc)})
+
+
+class CheckinRunner:
+    """Runs one connection's check-ins one at a time; a newer check-in replaces a waiting one."""
+
+    def __init__(self, conn: Connection, runtime: Runtime, metrics: Metrics) -> None:
+        self.conn = conn
+        self.runtime = runtime
+        self.metrics = metrics
+        self._next: dict[str, Any] | None = None
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="ws-checkins")
+
+    def submit(self, data: dict[str, Any]) -> None:
+        self._next = data
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            data, self._next = self._next, None
+            if data is not None:
+                await self._checkin(data)
+
+    async def _checkin(self, data: dict[str, Any]) -> None:
+        ref = data.get("ref")
+        try:
+            action = data.get("action")
+            if not isinstance(action, str) or not action:
+                raise MailgateError("checkin needs the check-in action's name")
+            arguments = dict(_args(data, "fields"))
+            arguments["_changed"] = data.get("changed")
+            result = await self.runtime.run_action(self.conn.session_id, action, arguments, self.conn.user, kind="checkin")
+            self.metrics.checkins += 1
+            self.conn.send({"type": "checkin", "ref": ref, "commands": list(result.commands), "saved": result.saved})
+        except MailgateError as exc:
+            self.metrics.checkin_errors += 1
+            self.conn.send({"type": "error", "ref": ref, "error": str(exc)})

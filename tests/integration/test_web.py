@@ -1,0 +1,272 @@
+"""The web edge in one process: real aiohttp server on port 0, real HTTP and WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from mailgate.config import Config
+from mailgate.daemon import Daemon
+from mailgate.mailauth import StaticResolver
+from tests.conftest import make_config
+
+pytestmark = pytest.mark.asyncio
+KEY = "test-api-key-123"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path, web={"port": 0, "api_key": KEY, "event_history": 5, "send_queue": 64,
+                                      "max_messages_per_second": 20, "max_frame_bytes": 4096,
+                                      "event_poll_interval": 0.1},
+                       smtp={"port": 0})
+
+
+@pytest_asyncio.fixture
+async def daemon(config: Config) -> AsyncIterator[Daemon]:
+    async with Daemon(config, roles=("worker", "web", "smtp"), resolver=StaticResolver({})) as d:
+        yield d
+
+
+@pytest_asyncio.fixture
+async def http(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
+    assert daemon.web is not None
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.web.port}",
+                                     headers={"Authorization": f"Bearer {KEY}"}) as s:
+        yield s
+
+
+async def api(http: aiohttp.ClientSession, method: str, path: str, expect: int, **kw: Any) -> Any:
+    async with http.request(method, path, **kw) as r:
+        text = await r.text()
+        assert r.status == expect, (r.status, text)
+        return json.loads(text) if text and r.content_type == "application/json" else text
+
+
+async def token_for(http: aiohttp.ClientSession, sid: str, **body: Any) -> str:
+    return str((await api(http, "POST", f"/api/sessions/{sid}/token", 201, json=body))["token"])
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 10) -> dict[str, Any]:
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        data = json.loads(msg.data)
+        if data["type"] == kind:
+            return dict(data)
+
+
+async def test_api_session_lifecycle_and_errors(http: aiohttp.ClientSession) -> None:
+    s = await api(http, "POST", "/api/sessions", 201, json={"interview": "testing", "answers": {"a": 1}})
+    sid = s["id"]
+    assert (await api(http, "GET", f"/api/sessions/{sid}", 200))["answers"] == {"a": 1}
+    result = await api(http, "POST", f"/api/sessions/{sid}/actions/set", 200, json={"arguments": {"b": 2}})
+    assert result["saved"] is True
+    assert (await api(http, "GET", f"/api/sessions/{sid}", 200))["answers"] == {"a": 1, "b": 2}
+    task = await api(http, "POST", f"/api/sessions/{sid}/tasks", 202, json={"action": "whoami_bg", "user": {"id": "u1"}})
+    done = await api(http, "GET", f"/api/tasks/{task['id']}?wait=10", 200)
+    assert done["state"] == "succeeded" and done["value"] == {"id": "u1", "admin": False}
+    err = await api(http, "POST", "/api/sessions", 404, json={"interview": "nope"})
+    assert "no interview named 'nope'" in err["error"]
+    assert "has no action" in (await api(http, "POST", f"/api/sessions/{sid}/actions/nope", 404))["error"]
+    assert "not valid JSON" in (await api(http, "POST", "/api/sessions", 400, data=b"{"))["error"]
+    assert "'interview' is required" in (await api(http, "POST", "/api/sessions", 400, json={}))["error"]
+    assert "must be str" in (await api(http, "POST", "/api/sessions", 400, json={"interview": 3}))["error"]
+    assert "cannot be saved" in (await api(http, "POST", f"/api/sessions/{sid}/actions/unserialisable", 422))["error"]
+    await api(http, "DELETE", f"/api/sessions/{sid}", 204)
+    await api(http, "GET", f"/api/sessions/{sid}", 404)
+
+
+async def test_api_key_required(daemon: Daemon) -> None:
+    assert daemon.web is not None
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.web.port}") as anon:
+        async with anon.post("/api/sessions", json={"interview": "testing"}) as r:
+            assert r.status == 401 and "API key" in (await r.json())["error"]
+        async with anon.get("/api/openapi.json") as r:
+            assert r.status == 200 and (await r.json())["openapi"].startswith("3.")
+        async with anon.get("/healthz") as r:
+            assert r.status == 200 and (await r.json())["ok"] is True
+
+
+async def test_address_emails_raw_and_attachment_over_api(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
+    assert daemon.smtp is not None
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "email-to-case-simple"}))["id"]
+    address = (await api(http, "POST", f"/api/sessions/{sid}/address", 200, json={"key": "docs"}))["address"]
+    assert (await api(http, "POST", f"/api/sessions/{sid}/address", 200, json={"key": "docs"}))["address"] == address
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@elsewhere.test", address, "With file"
+    msg.set_content("see attached")
+    msg.add_attachment(b"PDFDATA", maintype="application", subtype="pdf", filename="../evil name.pdf")
+    port = daemon.smtp.port
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.send_message(msg)
+
+    await asyncio.to_thread(send)
+    emails = await api(http, "GET", f"/api/sessions/{sid}/emails", 200)
+    assert [e["subject"] for e in emails] == ["With file"]
+    full = await api(http, "GET", f"/api/emails/{emails[0]['id']}", 200)
+    assert full["attachments"][0]["filename"] == "evil name.pdf" and full["authentication"]["dkim"] == []
+    async with http.get(f"/api/emails/{emails[0]['id']}/raw") as r:
+        assert r.status == 200 and b"Subject: With file" in await r.read()
+    async with http.get(f"/api/emails/{emails[0]['id']}/attachments/0") as r:
+        assert r.status == 200 and await r.read() == b"PDFDATA" and r.content_type == "application/pdf"
+    await api(http, "GET", f"/api/emails/{emails[0]['id']}/attachments/1", 404)
+
+
+async def test_ws_push_of_task_notification_and_two_tabs(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "background_action_flash"}))["id"]
+    token = await token_for(http, sid)
+    async with http.ws_connect(f"/ws?token={token}") as tab1, http.ws_connect(f"/ws?token={token}") as tab2:
+        welcome = await receive(tab1, "welcome")
+        assert welcome["session"] == sid and welcome["checkin_interval"] == 6.0
+        await receive(tab2, "welcome")
+        await tab1.send_json({"type": "run", "ref": 1, "action": "start", "arguments": {"value_to_add": 2}})
+        assert (await receive(tab1, "result"))["result"]["saved"] is True
+        for tab in (tab1, tab2):
+            while True:
+                event = await receive(tab, "event")
+                if event["kind"] == "command":
+                    break
+            assert event["data"] == {"command": "flash", "message": "The answer is 555."}
+
+
+async def test_ws_resume_gets_exactly_the_missed_events(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    token = await token_for(http, sid)
+    async with http.ws_connect(f"/ws?token={token}") as ws:
+        last = (await receive(ws, "welcome"))["last_event"]
+        await api(http, "POST", f"/api/sessions/{sid}/tasks", 202, json={"action": "noop"})
+        first = await receive(ws, "event")
+    # disconnected: three more tasks finish
+    for _ in range(3):
+        t = await api(http, "POST", f"/api/sessions/{sid}/tasks", 202, json={"action": "noop"})
+        await api(http, "GET", f"/api/tasks/{t['id']}?wait=10", 200)
+    async with http.ws_connect(f"/ws?token={token}&last={first['id']}") as ws:
+        assert (await receive(ws, "welcome"))["last_event"] == first["id"]
+        missed = [await receive(ws, "event") for _ in range(3)]
+        assert [e["kind"] for e in missed] == ["task"] * 3 and len({e["id"] for e in missed}) == 3
+        assert all(e["id"] > first["id"] for e in missed) and missed == sorted(missed, key=lambda e: e["id"])
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.5)  # nothing more: exactly the missed ones
+    assert first["id"] > last
+    # too far behind for the bounded history (5 events): reset
+    for _ in range(6):
+        t = await api(http, "POST", f"/api/sessions/{sid}/tasks", 202, json={"action": "noop"})
+        await api(http, "GET", f"/api/tasks/{t['id']}?wait=10", 200)
+    async with http.ws_connect(f"/ws?token={token}&last={first['id']}") as ws:
+        await receive(ws, "reset")
+
+
+async def test_ws_token_checks(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    assert daemon.runtime is not None
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    other = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    good = await token_for(http, sid)
+    expired = daemon.runtime.signer.sign("browser", -1, s=sid, u="{}")
+    run_kind = daemon.runtime.signer.sign("run", 60, s=sid, a="noop", g="{}", u="{}")
+    forged = good[:-5] + ("A" if good[-5] != "A" else "B") + good[-4:]
+    for bad, status in [("garbage", 401), (forged, 401), (expired, 401), (run_kind, 401)]:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(f"/ws?token={bad}")
+        assert info.value.status == status
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await http.ws_connect(f"/ws?token={good}", headers={"Origin": "https://evil.test"})
+    assert info.value.status == 403
+    # a token is bound to its session: the other session's events never reach it
+    async with http.ws_connect(f"/ws?token={good}") as ws:
+        await receive(ws, "welcome")
+        t = await api(http, "POST", f"/api/sessions/{other}/tasks", 202, json={"action": "noop"})
+        await api(http, "GET", f"/api/tasks/{t['id']}?wait=10", 200)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.receive(), 0.5)
+
+
+async def test_ws_oversized_frame_and_flood(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    token = await token_for(http, sid)
+    async with http.ws_connect(f"/ws?token={token}") as ws:
+        await receive(ws, "welcome")
+        await ws.send_str(json.dumps({"type": "checkin", "action": "set", "fields": {"x": "y" * 10_000}}))
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) and ws.close_code == 1009
+    async with http.ws_connect(f"/ws?token={token}") as ws:
+        await receive(ws, "welcome")
+        closes: list[Any] = []
+
+        async def reader() -> None:  # keeps up with the replies, so only the rate limit can close us
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.CLOSE:
+                    closes.append(msg.data)
+
+        reading = asyncio.create_task(reader())
+        for i in range(200):
+            if ws.closed or closes:
+                break
+            await ws.send_str(json.dumps({"type": "nonsense", "ref": i}))
+        await asyncio.wait_for(reading, 10)
+        assert closes == [1008] or ws.close_code == 1008
+    # the session is unharmed and a well-behaved client still works
+    async with http.ws_connect(f"/ws?token={token}") as ws:
+        await receive(ws, "welcome")
+        await ws.send_json({"type": "checkin", "ref": 7, "action": "set", "fields": {"x": 1}, "changed": "x"})
+        reply = await receive(ws, "checkin")
+        assert reply["ref"] == 7 and reply["saved"] is True
+
+
+async def test_checkin_saves_only_changes_and_returns_commands(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing", "answers": {"x": 1}}))["id"]
+    token = await token_for(http, sid)
+    async with http.ws_connect(f"/ws?token={token}") as ws:
+        await receive(ws, "welcome")
+        await ws.send_json({"type": "checkin", "ref": 1, "action": "set", "fields": {"x": 1}, "changed": None})
+        first = await receive(ws, "checkin")
+        # "_changed" is added to the arguments, as docassemble does, so the first check-in saves it
+        await ws.send_json({"type": "checkin", "ref": 2, "action": "set", "fields": {"x": 1}, "changed": None})
+        second = await receive(ws, "checkin")
+        assert first["saved"] is True and second["saved"] is False
+        await ws.send_json({"type": "checkin", "ref": 3, "action": "nope", "fields": {}})
+        assert "has no action 'nope'" in (await receive(ws, "error"))["error"]
+
+
+async def test_slow_client_is_dropped_without_stalling_others(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    assert daemon.web is not None
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    token = await token_for(http, sid)
+    async with http.ws_connect(f"/ws?token={token}") as fast:
+        await receive(fast, "welcome")
+        # a client that falls behind by more than its queue (64 messages) is dropped
+        conn = next(iter(daemon.web.hub.connections[sid]))
+        conn.queue.put_nowait  # noqa: B018 - the attribute exists
+        for i in range(100):
+            conn.send({"type": "filler", "i": i})
+        assert conn.dropped
+        t = await api(http, "POST", f"/api/sessions/{sid}/tasks", 202, json={"action": "noop"})
+        await api(http, "GET", f"/api/tasks/{t['id']}?wait=10", 200)
+        assert daemon.web.metrics.slow_clients_dropped == 1
+
+
+async def test_url_action_and_metrics(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    assert daemon.runtime is not None
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    from mailgate.context import User
+    rec = await daemon.runtime.get_session(sid)
+    ctx = daemon.runtime._context("foreground", rec.id, daemon.runtime.registry.get("testing"), "x", {}, User(id="u9"))
+    url = daemon.runtime.url_for_action(ctx, "whoami", {})
+    async with http.get(url) as r:
+        assert r.status == 200 and (await r.json()) == {"id": "u9", "logged_in": True, "admin": False}
+    async with http.get(url[:-3] + "abc") as r:
+        assert r.status == 403
+    async with http.get("/metrics") as r:
+        text = await r.text()
+    assert "mailgate_ws_connections 0" in text and 'mailgate_tasks{state="queued"}' in text
