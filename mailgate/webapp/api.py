@@ -136,7 +136,9 @@ def rt(request: web.Request) -> Runtime:
 
 @routes.get("/api/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    registry = rt(request).registry
+    actions = sorted({a for iv in registry for a in iv.actions})
+    return web.json_response(document(registry.names(), actions))
 
 
 @routes.post("/api/sessions")

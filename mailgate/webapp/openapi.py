@@ -27,8 +27,11 @@ SESSION_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "
 COMMON = (400, 401, 404, 503)
 
 
-def document() -> dict[str, Any]:
+def document(interviews: list[str] | None = None, actions: list[str] | None = None) -> dict[str, Any]:
+    """The document; ``interviews`` and ``actions`` (the loaded ones) become enums when given."""
     obj = {"type": "object"}
+    interview_schema: dict[str, Any] = {"type": "string", **({"enum": interviews} if interviews else {})}
+    action_schema: dict[str, Any] = {"type": "string", **({"enum": actions} if actions else {})}
     user = {"$ref": "#/components/schemas/User"}
     return {
         "openapi": "3.1.0",
@@ -63,8 +66,11 @@ def document() -> dict[str, Any]:
             "/api/sessions": {"post": {
                 "summary": "Create a session", "operationId": "createSession",
                 "requestBody": _body({"type": "object", "required": ["interview"], "properties": {
-                    "interview": {"type": "string"}, "answers": obj, "user": user}}, required=True),
-                "responses": {"201": _json({"$ref": "#/components/schemas/Session"}, "created"), **_errors(*COMMON)}}},
+                    "interview": interview_schema, "answers": obj, "user": user}}, required=True),
+                "responses": {"201": {**_json({"$ref": "#/components/schemas/Session"}, "created"), "links": {
+                    op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
+                    for op in ("getSession", "deleteSession", "sessionAddress", "sessionEmails", "runAction",
+                               "startTask", "browserToken")}}, **_errors(*COMMON)}}},
             "/api/sessions/{id}": {
                 "parameters": [SESSION_ID],
                 "get": {"summary": "Read a session with its answers", "operationId": "getSession",
@@ -95,7 +101,7 @@ def document() -> dict[str, Any]:
                                                                                "content": {"application/octet-stream": {"schema": {"type": "string"}}}},
                                                                        **_errors(*COMMON)}}},
             "/api/sessions/{id}/actions/{action}": {"parameters": [SESSION_ID, {"name": "action", "in": "path", "required": True,
-                                                                                  "schema": {"type": "string"}}], "post": {
+                                                                                  "schema": action_schema}], "post": {
                 "summary": "Run a foreground action under the session lease", "operationId": "runAction",
                 "requestBody": _body({"type": "object", "properties": {"arguments": obj, "user": user}}),
                 "responses": {"200": _json({"$ref": "#/components/schemas/ActionResult"}, "how the action ended"),
@@ -103,10 +109,12 @@ def document() -> dict[str, Any]:
             "/api/sessions/{id}/tasks": {"parameters": [SESSION_ID], "post": {
                 "summary": "Start a background action", "operationId": "startTask",
                 "requestBody": _body({"type": "object", "required": ["action"], "properties": {
-                    "action": {"type": "string"}, "ui_notification": {"type": ["string", "null"],
+                    "action": action_schema, "ui_notification": {"type": ["string", "null"],
                                                                       "enum": ["flash", "refresh", "javascript", "fields", None]},
                     "arguments": obj, "user": user}}, required=True),
-                "responses": {"202": _json({"$ref": "#/components/schemas/Task"}, "queued"), **_errors(*COMMON, 422)}}},
+                "responses": {"202": {**_json({"$ref": "#/components/schemas/Task"}, "queued"), "links": {
+                    "getTask": {"operationId": "getTask", "parameters": {"id": "$response.body#/id"}}}},
+                    **_errors(*COMMON, 422)}}},
             "/api/tasks/{id}": {"parameters": [SESSION_ID, {"name": "wait", "in": "query", "required": False,
                                                              "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
                                 "get": {"summary": "Read a task (optionally waiting up to `wait` seconds for it to finish)",
