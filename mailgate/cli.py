@@ -21,10 +21,11 @@ from .errors import ConfigError, MailgateError
 from .interviews import load_interviews
 from .logs import setup_logging
 from .runtime import Runtime
+from .scheduler import Cron
 from .store import open_store
 from .views import email_dict, iso, session_dict, task_dict
 
-DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email")
+DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin", "mailgate.demo.cron")
 
 
 class UsageError(MailgateError):
@@ -241,6 +242,38 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        cron = Cron(rt, config)
+        if args.cron_cmd == "run":
+            if args.type not in cron.types and not any(iv.has_action(args.type) for iv in rt.registry):
+                raise UsageError(f"no interview defines {args.type!r} and it is not a scheduled type; "
+                                 f"scheduled types: {', '.join(cron.types)}")
+
+            def show(session_id: str, result: Any) -> None:
+                if not args.json and result.text is not None:
+                    print(f"{session_id}: {result.text}", flush=True)
+
+            report = await cron.run(args.type, on_result=show)
+            if args.json:
+                _print_json(report.to_dict())
+            else:
+                print(f"{args.type}: {report.sessions} sessions, {report.saved} saved, {report.exited} exited, "
+                      f"{report.errors} errors" + (f", {report.deleted_inactive} inactive deleted" if args.type == "cron_daily" else "")
+                      + f" in {report.seconds:.2f} s")
+            return 1 if report.errors else 0
+        last = await rt.store.last_periods()
+        now = cron.now()
+        rows = []
+        for type_, expr in cron.types.items():
+            nxt = cron.next_fire(type_, now)
+            period, at = last.get(type_, (None, None))
+            rows.append({"type": type_, "schedule": expr, "timezone": config.scheduler.timezone,
+                         "last_period": period, "last_run": iso(at), "next_run": nxt.isoformat() if nxt else None})
+        _print_json(rows) if args.json else _print_table(rows, ["type", "schedule", "last_period", "last_run", "next_run"])
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     demo = config.replace(
         interviews={"modules": (*config.interviews.modules, *DEMO_MODULES)},
@@ -326,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--raw", action="store_true", help="the message exactly as received (base64 with --json)")
     group.add_argument("--headers", action="store_true", help="only the header fields")
+
+    c = sub.add_parser("cron", help="scheduled tasks").add_subparsers(dest="cron_cmd", required=True, metavar="COMMAND")
+    p = c.add_parser("run", parents=[common], help="run a scheduled type (or any event name) now on every cron-enabled session")
+    p.add_argument("type", help="cron_hourly, cron_daily, cron_weekly, cron_monthly, or another event name")
+    c.add_parser("status", parents=[common], help="the schedule with the last and next run of each type")
     return parser
 
 
@@ -337,6 +375,7 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "tasks": cmd_tasks,
     "mailboxes": cmd_mailboxes,
     "emails": cmd_emails,
+    "cron": cmd_cron,
 }
 
 

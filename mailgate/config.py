@@ -56,6 +56,7 @@ class InterviewsConfig:
 class SessionsConfig:
     lock_timeout: float = _f(4.0, "time budget in seconds of a locked action, and the longest wait for a session's lease", minimum=0.05)
     lease_ttl: float = _f(15.0, "seconds a session lease lives without renewal; its holder renews it while alive", minimum=0.5)
+    interview_delete_days: float = _f(90.0, "cron_daily deletes sessions not accessed for this many days (0 = never); interviews may override", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,18 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    timezone: str = _f("UTC", "time zone of the cron expressions (an IANA name such as Europe/Paris)")
+    hourly: str = _f("5 * * * *", "cron expression (minute hour day month weekday) of cron_hourly")
+    daily: str = _f("15 3 * * *", "cron expression of cron_daily (which also deletes inactive sessions)")
+    weekly: str = _f("30 3 * * mon", "cron expression of cron_weekly")
+    monthly: str = _f("45 3 1 * *", "cron expression of cron_monthly")
+    custom: tuple[str, ...] = _f((), "further scheduled types as \"name = cron expression\", e.g. \"cron_nightly = 0 1 * * *\"")
+    concurrency: int = _f(16, "sessions a scheduled event runs on at the same time", minimum=1)
+    page_size: int = _f(500, "sessions read from the store at a time (memory does not grow with their number)", minimum=1)
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -126,6 +139,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def replace(self, **tables: Any) -> Config:
@@ -244,6 +258,11 @@ def _check_cross(config: Config) -> None:
             raise ConfigError(f"{src}: [mail] domains: {domain!r} is not a valid domain name") from None
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
+    from .scheduler import (
+        check_schedule,  # the cron expressions and time zone are checked by APScheduler
+    )
+
+    check_schedule(config)
     if config.store.backend == "postgres" and not config.store.dsn:
         raise ConfigError(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
 

@@ -67,6 +67,7 @@ class ActionContext:
     error_action: tuple[str, dict[str, Any]] | None = None
     task_records: dict[str, Any] = field(default_factory=dict)  # TaskRecord snapshots, by id
     answers: dict[str, Any] = field(default_factory=dict)  # the dict the handler was given
+    accessed_at: float | None = None  # the session's last access by anyone but the cron user
 
 
 CURRENT: contextvars.ContextVar[ActionContext | None] = contextvars.ContextVar("mailgate_action", default=None)
@@ -84,10 +85,11 @@ class ActionEnd(BaseException):
 
 
 class BackgroundResponseEnd(ActionEnd):
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], commands: list[dict[str, Any]] | None = None) -> None:
         super().__init__("background_response")
         self.args_ = args
         self.kwargs = kwargs
+        self.commands = commands  # in a check-in: built while the action's context was live
 
 
 class BackgroundResponseActionEnd(ActionEnd):

@@ -23,13 +23,14 @@ from .inbound import Inbound
 from .interviews import Registry, load_interviews
 from .mailauth import DnsResolver, Resolver
 from .runtime import Runtime
+from .scheduler import Cron, Scheduler
 from .smtp import SmtpServer, server_hostname
 from .store import Store, open_store
 from .tasks import WorkerPool
 from .webapp.app import WebServer
 
 log = logging.getLogger(__name__)
-IMPLEMENTED_ROLES = ("smtp", "web", "worker")
+IMPLEMENTED_ROLES = ("smtp", "web", "worker", "scheduler")
 
 
 class Daemon:
@@ -46,7 +47,10 @@ class Daemon:
         self.inbound: Inbound | None = None
         self.smtp: SmtpServer | None = None
         self.web: WebServer | None = None
+        self.cron: Cron | None = None
+        self.scheduler: Scheduler | None = None
         self._resolver = resolver
+        self._catch_up_task: asyncio.Task[None] | None = None
         self.failed: str | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._stop = asyncio.Event()
@@ -87,8 +91,20 @@ class Daemon:
             self.web = WebServer(self.runtime, self.config.web, self.inbound)
             await self.web.start()
             self.spawn("web-event-poll", self.web.poll())
+        self.cron = Cron(self.runtime, self.config)
+        if "scheduler" in self.roles:
+            self.scheduler = Scheduler(self.cron)
+            self.scheduler.start()
+            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up(), name="cron-catch-up")
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
+
+    async def _catch_up(self) -> None:
+        assert self.cron is not None
+        try:
+            await self.cron.catch_up()
+        except Exception:
+            log.exception("catching up missed scheduled runs failed", extra={"event": "cron.catch_up_failed"})
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a named background task that must live as long as the daemon."""
@@ -126,6 +142,11 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self._catch_up_task is not None:
+            self._catch_up_task.cancel()
+            await asyncio.gather(self._catch_up_task, return_exceptions=True)
         if self.smtp is not None:
             await self.smtp.stop(self.config.daemon.grace_period)
         if self.web is not None:

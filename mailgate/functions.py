@@ -8,9 +8,13 @@ a control exception: nothing after them runs.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from typing import Any, NoReturn
 
+from .commands import checkin_commands
 from .context import (
+    CURRENT,
     BackgroundResponseActionEnd,
     BackgroundResponseEnd,
     CommandEnd,
@@ -35,7 +39,9 @@ def background_action(action: str, ui_notification: str | None = None, **kwargs:
 
 def background_response(*args: Any, **kwargs: Any) -> NoReturn:
     """End the action. In a background action: its value. In a check-in: commands for the browser."""
-    current("background_response")
+    ctx = current("background_response")
+    if ctx.kind == "checkin":  # render templates now, while the answers are visible to them
+        raise BackgroundResponseEnd(args, kwargs, checkin_commands(args, kwargs))
     raise BackgroundResponseEnd(args, kwargs)
 
 
@@ -144,6 +150,27 @@ def interview_url_action(action: str, **kwargs: Any) -> str:
     """
     ctx = current("interview_url_action")
     return str(ctx.runtime.url_for_action(ctx, action, kwargs))
+
+
+def current_datetime() -> dt.datetime:
+    """Now, timezone-aware (UTC), from mailgate's clock (which tests can control)."""
+    ctx = CURRENT.get()
+    now = ctx.runtime.store_clock() if ctx is not None else time.time()
+    return dt.datetime.fromtimestamp(now, dt.UTC)
+
+
+def last_access_time() -> dt.datetime | None:
+    """When the session was last accessed by anyone but the cron user (timezone-aware, UTC)."""
+    ctx = current("last_access_time")
+    return None if ctx.accessed_at is None else dt.datetime.fromtimestamp(ctx.accessed_at, dt.UTC)
+
+
+def last_access_days() -> float:
+    """Days since the session was last accessed by anyone but the cron user."""
+    ctx = current("last_access_days")
+    if ctx.accessed_at is None:
+        return 0.0
+    return max(0.0, (ctx.runtime.store_clock() - ctx.accessed_at) / 86400)
 
 
 def session_id() -> str:

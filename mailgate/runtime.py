@@ -185,8 +185,10 @@ class Runtime:
     async def create_session(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS) -> SessionRecord:
         """A new session of a loaded interview with initial ``answers``."""
         self.registry.get(interview)
-        text = codec.encode(dict(answers or {}))
-        return await self.store.create_session(uuid.uuid4().hex, interview, text, owner.to_json())
+        answers = dict(answers or {})
+        text = codec.encode(answers)
+        return await self.store.create_session(uuid.uuid4().hex, interview, text, owner.to_json(),
+                                               allow_cron=answers.get("allow_cron") is True)
 
     async def get_session(self, session_id: str) -> SessionRecord:
         rec = await self.store.get_session(session_id)
@@ -330,6 +332,7 @@ class Runtime:
             handler = interview.get_action(action)
             answers = codec.decode(rec.answers)
             ctx = self._context(kind, rec.id, interview, action, args, user)
+            ctx.accessed_at = rec.accessed_at
             ctx.task_records = await self._hydrate(answers, args)
             end = await self._invoke_locked(ctx, handler, answers, lease)
             result = self._result_of(ctx, end)
@@ -337,7 +340,8 @@ class Runtime:
             if not result.deleted and not (isinstance(end, ResponseEnd) and end.null):
                 text = self._encode_after(ctx, answers)
                 if kind != "checkin" or text != rec.answers:
-                    save = SessionSave(session_id, text, rec.version, touch=user.id != "cron")
+                    save = SessionSave(session_id, text, rec.version, touch=user.id != "cron",
+                                       allow_cron=answers.get("allow_cron") is True)
             changes = Changes(
                 save=save,
                 delete_session=session_id if result.deleted else None,
@@ -364,7 +368,8 @@ class Runtime:
             return ActionResult("command", command=end.name, deleted=end.name == "exit")
         if isinstance(end, BackgroundResponseEnd):
             if ctx.kind == "checkin":
-                return ActionResult("background_response", commands=tuple(checkin_commands(end.args_, end.kwargs)))
+                commands = end.commands if end.commands is not None else checkin_commands(end.args_, end.kwargs)
+                return ActionResult("background_response", commands=tuple(commands))
             return ActionResult("background_response", data=end.args_[0] if end.args_ else None)
         raise ActionError(
             f"action {ctx.action!r} called background_response_action(), which only ends a background action; "
@@ -421,6 +426,7 @@ class Runtime:
                 failure = _Failure(type(exc).__name__, str(exc))
             else:
                 ctx = self._context("background", session.id, interview, rec.action, arguments, user, task_id=rec.id)
+                ctx.accessed_at = session.accessed_at
         if ctx is not None and handler is not None and session is not None:
             try:
                 answers = codec.decode(session.answers)  # a throwaway copy: never saved
@@ -507,6 +513,7 @@ class Runtime:
                 handler = interview.get_action(name)
                 answers = codec.decode(session.answers)  # fresh, under the lease
                 ctx = self._context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
+                ctx.accessed_at = session.accessed_at
                 ctx.task_records = await self._hydrate(answers, arguments)
                 failure: _Failure | None = None
                 value: Any = None
@@ -524,7 +531,8 @@ class Runtime:
                         failure = _Failure("ActionError", f"the {what} {name!r} ended with {end}(); end it with background_response()")
                     if failure is None and not (isinstance(end, ResponseEnd) and end.null):
                         try:
-                            save = SessionSave(rec.session_id, codec.encode(answers), session.version)
+                            save = SessionSave(rec.session_id, codec.encode(answers), session.version,
+                                               touch=user.id != "cron", allow_cron=answers.get("allow_cron") is True)
                         except AnswersError as exc:
                             failure = _Failure("AnswersError", f"the {what} {name!r} left answers that cannot be saved: {exc}")
                 if failure is not None:

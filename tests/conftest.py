@@ -24,7 +24,7 @@ def make_config(tmp_path: Path, **tables: Any) -> Config:
     """Defaults on a fresh SQLite file in ``tmp_path``, fast polling, test interviews loaded."""
     base = load_config(None).replace(
         store={"path": str(tmp_path / "mailgate.sqlite3")},
-        interviews={"modules": ("mailgate.demo.background", "mailgate.demo.email"), "paths": (str(INTERVIEWS / "testing.py"),)},
+        interviews={"modules": ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin"), "paths": (str(INTERVIEWS / "testing.py"),)},
         tasks={"poll_interval": 0.05, "workers": 4},
         sessions={"lock_timeout": 2.0},
         daemon={"grace_period": 2.0},

@@ -161,6 +161,7 @@ class SessionSave:
     answers: str
     expected_version: int
     touch: bool = True  # counts as an access (False for the cron user)
+    allow_cron: bool = False  # answers["allow_cron"] is True: scheduled events run on the session
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,8 @@ class Store(abc.ABC):
 
     # -- sessions --------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_session(self, session_id: str, interview: str, answers: str, owner: str) -> SessionRecord: ...
+    async def create_session(self, session_id: str, interview: str, answers: str, owner: str,
+                             allow_cron: bool = False) -> SessionRecord: ...
 
     @abc.abstractmethod
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
@@ -277,6 +279,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def count_tasks(self) -> dict[str, int]: ...
+
+    # -- scheduled tasks -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_period(self, type_: str, period: str, holder: str) -> bool:
+        """Claim one fire of a scheduled type; False if some daemon already ran that period."""
+
+    @abc.abstractmethod
+    async def last_periods(self) -> dict[str, tuple[str, float]]:
+        """Type -> (latest period, when it was claimed)."""
+
+    @abc.abstractmethod
+    async def cron_session_ids(self, interviews: Sequence[str], after: str | None, limit: int) -> list[str]:
+        """Ids of cron-enabled sessions of these interviews, in id order after ``after`` (paging)."""
+
+    @abc.abstractmethod
+    async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
+                                   limit: int) -> list[str]:
+        """Sessions not accessed since ``before`` (of ``interviews``, or of any but ``exclude``)."""
 
     # -- mail ------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -235,13 +235,14 @@ class SqliteStore(Store):
         return list(await self._reader.execute_fetchall(sql, params))
 
     # -- sessions --------------------------------------------------------------------------------
-    async def create_session(self, session_id: str, interview: str, answers: str, owner: str) -> SessionRecord:
+    async def create_session(self, session_id: str, interview: str, answers: str, owner: str,
+                             allow_cron: bool = False) -> SessionRecord:
         now = self.clock()
 
         def unit(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO sessions ({SESSION_COLS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
-                (session_id, interview, answers, owner, now, now, now),
+                f"INSERT INTO sessions ({SESSION_COLS}, allow_cron) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)",
+                (session_id, interview, answers, owner, now, now, now, allow_cron),
             )
 
         await self._writer.submit(unit)
@@ -416,6 +417,45 @@ class SqliteStore(Store):
         counts.update({state: int(n) for state, n in rows})
         return counts
 
+    # -- scheduled tasks -------------------------------------------------------------------------------
+    async def claim_period(self, type_: str, period: str, holder: str) -> bool:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT INTO cron_periods VALUES (?, ?, ?, ?) ON CONFLICT(type, period) DO NOTHING",
+                               (type_, period, holder, now))
+            return cur.rowcount == 1
+
+        return bool(await self._writer.submit(unit))
+
+    async def last_periods(self) -> dict[str, tuple[str, float]]:
+        rows = await self._read("SELECT type, period, claimed_at FROM cron_periods c WHERE claimed_at = "
+                                "(SELECT MAX(claimed_at) FROM cron_periods WHERE type = c.type)")
+        return {t: (p, float(at)) for t, p, at in rows}
+
+    async def cron_session_ids(self, interviews: Sequence[str], after: str | None, limit: int) -> list[str]:
+        if not interviews:
+            return []
+        marks = ",".join("?" * len(interviews))
+        rows = await self._read(
+            f"SELECT id FROM sessions WHERE interview IN ({marks}) AND allow_cron = 1 AND id > ? ORDER BY id LIMIT ?",
+            (*interviews, after or "", limit),
+        )
+        return [r[0] for r in rows]
+
+    async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
+                                   limit: int) -> list[str]:
+        where: list[str] = ["accessed_at < ?"]
+        params: list[Any] = [before]
+        if interviews is not None:
+            where.append(f"interview IN ({','.join('?' * len(interviews))})")
+            params.extend(interviews)
+        if exclude:
+            where.append(f"interview NOT IN ({','.join('?' * len(exclude))})")
+            params.extend(exclude)
+        rows = await self._read(f"SELECT id FROM sessions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit))
+        return [r[0] for r in rows]
+
     # -- mail ------------------------------------------------------------------------------------------
     async def setting(self, name: str, default: str) -> str:
         def unit(conn: sqlite3.Connection) -> str:
@@ -546,9 +586,9 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
     if ch.save is not None:
         s = ch.save
         row = conn.execute(
-            "UPDATE sessions SET answers = ?, version = version + 1, modified_at = ?, "
+            "UPDATE sessions SET answers = ?, version = version + 1, modified_at = ?, allow_cron = ?, "
             "accessed_at = CASE WHEN ? THEN ? ELSE accessed_at END WHERE id = ? AND version = ? RETURNING version",
-            (s.answers, now, s.touch, now, s.session_id, s.expected_version),
+            (s.answers, now, s.allow_cron, s.touch, now, s.session_id, s.expected_version),
         ).fetchone()
         if row is None:
             current = conn.execute("SELECT version FROM sessions WHERE id = ?", (s.session_id,)).fetchone()

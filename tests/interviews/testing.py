@@ -176,3 +176,27 @@ def error_action_then_fail(answers: dict[str, Any]) -> None:
 def record_error(answers: dict[str, Any]) -> None:
     answers["error"] = {k: action_argument(k) for k in ("error_type", "error_message", "variables", "where")}
     background_response("handled")
+
+
+@interview.action("enable_cron")
+def enable_cron(answers: dict[str, Any]) -> None:
+    answers["allow_cron"] = True
+
+
+@interview.action("cron_daily")
+def cron_daily(answers: dict[str, Any]) -> None:
+    answers["daily_runs"] = answers.get("daily_runs", 0) + 1
+    response(f"daily run {answers['daily_runs']}")
+
+
+@interview.action("cron_hourly")
+def cron_hourly(answers: dict[str, Any]) -> None:
+    answers["hourly_runs"] = answers.get("hourly_runs", 0) + 1
+    response(null=True) if answers.get("no_save") else response()
+
+
+@interview.action("cron_weekly")
+def cron_weekly(answers: dict[str, Any]) -> None:
+    answers["weekly_task"] = background_action("whoami_bg")
+    answers["cron_user"] = {"id": user_info().id, "cron": user_has_privilege("cron")}
+    response()

@@ -1,0 +1,489 @@
+"""Benchmark: SMTP ingest of DKIM-signed mail into a real mailgate daemon, against a bare aiosmtpd.
+
+Throughput: ``--messages`` messages of about 10 KB (a text part plus one ~7 KB base64 attachment),
+each signed with dkimpy under an RSA 2048 key made once per run (``openssl genrsa``), are generated
+and signed before any timing. They are sent by ``--connections`` client threads, each with its own
+``smtplib.SMTP`` connection reused for all its messages (connect and EHLO happen before the clock
+starts; a barrier releases all threads at once; the clock stops when the last 250 is read). The
+same client code, messages and concurrency drive two servers in the same run (the bare one twice,
+before and after mailgate, each in a fresh process; the ceiling is the mean of the two, and the
+spread between them shows how noisy the machine was):
+
+* the ceiling: a bare aiosmtpd server (``loop.create_server`` with aiosmtpd's ``SMTP`` protocol,
+  the same size and line-length limits as mailgate's, a handler that accepts every RCPT and answers
+  DATA with 250 without looking at the message);
+* mailgate: a real ``Daemon(roles=("smtp",))`` on a fresh SQLite file with its default durability
+  (``synchronous=FULL``, group commit), with ``--sessions`` sessions of "email-to-case-simple"
+  (no ``incoming_email`` action, so no task work) whose addresses receive the messages round robin,
+  and a ``StaticResolver`` publishing the DKIM key, an SPF record and a DMARC record, so that
+  every message must come out dkim=pass spf=pass dmarc=pass; the stored authentication JSON of every
+  e-mail is checked after the run.
+
+Each server runs in its own subprocess (this file with the hidden ``--serve`` option), started
+fresh for each measurement, so that neither shares a GIL with the 16 client threads and both are
+measured the same way; the parent talks to it over stdin/stdout. Besides messages/s, the server's
+CPU time per message (getrusage in the server process) and the client's CPU use are printed: if
+the client is near 100 % of a core during the bare run, the ceiling is the client's, not aiosmtpd's.
+For mailgate the CPU seconds of each of its threads (from /proc/self/task) show where it is bound,
+and ``--profile`` adds a cProfile of every daemon thread, timed by each thread's CPU clock so that
+waiting (for the GIL, a queue, a socket) does not count (top 15 by tottime; profiled runs are much
+slower, so read the ratios from a run without it).
+
+Memory: one ``--big-mib`` MiB message (a text part plus one base64 attachment, DKIM-signed) is sent
+to a fresh server process after one small warm-up message; the server resets its peak RSS
+(``echo 5 > /proc/self/clear_refs``) just before, and the peak increase is VmHWM after the 250 minus
+VmRSS before. The client's copy of the message lives in the parent process, so it is not counted.
+
+Figures are ratios against the bare server measured in the same run, because the machines are
+shared and noisy; under heavy load the rates of both drop, while the server CPU per message (and
+so its ratio) barely moves, which makes it the steadier of the two comparisons.
+
+    python bench/smtp_ingest.py [--messages 2000] [--connections 16] [--sessions 100] [--big-mib 25] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import cProfile
+import gc
+import io
+import json
+import os
+import pstats
+import random
+import re
+import resource
+import shutil
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, cast
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SENDER_DOMAIN = "sender.test"
+SELECTOR = "sel"
+MAIL_FROM = f"bench@{SENDER_DOMAIN}"
+OUR_DOMAIN = "bench.test"
+HOSTNAME = "mx.bench.test"
+MAX_MESSAGE_SIZE = 33554432  # mailgate's default [smtp] max_message_size
+MAX_LINE_LENGTH = 65536  # mailgate's default [smtp] max_line_length
+TEXT = "".join(f"Line {n:02d} of the message text: the quick brown fox jumps over the lazy dog.\n" for n in range(25))
+
+
+# --- the servers (run in a subprocess: this file with --serve) --------------------------------------
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, summed by thread name without its number."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        try:
+            fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        name = "event loop" if t is threading.main_thread() else re.sub(r"[-_ ]*\d+( \(.*\))?$", "", t.name)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _memory() -> dict[str, int]:
+    status = Path("/proc/self/status").read_text()
+    return {k: int(re.search(rf"^{k}:\s+(\d+) kB", status, re.M).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}  # type: ignore[union-attr]
+
+
+def _reset_peak() -> None:
+    """Collect garbage, then make VmHWM start again from the current RSS (Linux 4.0+)."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+class _Snapshot:
+    """A profiler's figures without disabling it (pstats would, from the wrong thread)."""
+
+    def __init__(self, prof: cProfile.Profile) -> None:
+        prof.snapshot_stats()
+        self.stats = prof.stats  # type: ignore[attr-defined]
+
+    def create_stats(self) -> None:
+        pass
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the replies only
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[str] = asyncio.Queue()
+
+    def read_stdin() -> None:  # a thread of its own: no executor slot of the server is taken
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(commands.put_nowait, line.strip())
+        loop.call_soon_threadsafe(commands.put_nowait, "quit")
+
+    def reply(data: dict[str, Any]) -> None:
+        out.write(json.dumps(data) + "\n")
+        out.flush()
+
+    profilers: list[cProfile.Profile] = []
+    if args.profile:
+        def hook(frame: Any, event: str, arg: Any) -> None:  # first event of each new thread
+            prof = cProfile.Profile(time.thread_time)
+            profilers.append(prof)
+            prof.enable()
+
+        threading.setprofile(hook)
+        main_prof = cProfile.Profile(time.thread_time)
+        profilers.append(main_prof)
+        main_prof.enable()
+
+    async def command_loop(handle: Any) -> None:
+        threading.Thread(target=read_stdin, daemon=True, name="bench-stdin").start()
+        marks: dict[str, Any] = {}
+        while (cmd := await commands.get()) != "quit":
+            data: dict[str, Any] = {}
+            if cmd == "mark":
+                marks = {"cpu": _cpu(), "threads": _thread_cpu()}
+                for prof in profilers:
+                    prof.clear()
+            elif cmd == "stats":
+                threads = _thread_cpu()
+                data = {"cpu": _cpu() - marks["cpu"],
+                        "threads": {k: v - marks["threads"].get(k, 0.0) for k, v in threads.items()}}
+                if profilers:
+                    text = io.StringIO()
+                    pstats.Stats(*[cast(Any, _Snapshot(p)) for p in profilers], stream=text).sort_stats("tottime").print_stats(15)
+                    data["profile"] = text.getvalue()
+            elif cmd == "reset_peak":
+                _reset_peak()
+            elif cmd == "memory":
+                data = _memory()
+            data.update(await handle(cmd))
+            reply(data)
+        reply({})
+
+    if args.serve == "bare":
+        class BareHandler:
+            async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                return "250 OK"
+
+        class BareSMTP(SMTP):
+            line_length_limit = MAX_LINE_LENGTH  # as mailgate's: it is also the stream's buffer limit
+
+        handler = BareHandler()
+        server = await loop.create_server(
+            lambda: BareSMTP(handler, data_size_limit=MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, decode_data=False,
+                             hostname=HOSTNAME, ident="bare", loop=loop),
+            "127.0.0.1", 0)
+
+        async def bare_handle(cmd: str) -> dict[str, Any]:
+            return {}
+
+        reply({"port": server.sockets[0].getsockname()[1], "addresses": [f"anyone@{OUR_DOMAIN}"]})
+        await command_loop(bare_handle)
+        server.close()
+        return
+
+    from mailgate.config import load_config
+    from mailgate.daemon import Daemon
+    from mailgate.demo.email import simple
+    from mailgate.interviews import Registry
+    from mailgate.mailauth import StaticResolver
+
+    config = load_config(None).replace(
+        store={"path": str(Path(args.folder) / f"mailgate-{os.getpid()}.sqlite3")},
+        smtp={"port": 0, "hostname": HOSTNAME},
+        mail={"domains": (OUR_DOMAIN,)},
+        daemon={"roles": ("smtp",)},
+    )
+    resolver = StaticResolver({
+        ("TXT", f"{SELECTOR}._domainkey.{SENDER_DOMAIN}"): [args.dkim_record],
+        ("TXT", SENDER_DOMAIN): ["v=spf1 ip4:127.0.0.1 -all"],
+        ("TXT", f"_dmarc.{SENDER_DOMAIN}"): ["v=DMARC1; p=reject"],
+    })
+    async with Daemon(config, roles=("smtp",), registry=Registry([simple]), resolver=resolver) as daemon:
+        runtime, store, smtp = daemon.runtime, daemon.store, daemon.smtp
+        assert runtime is not None and store is not None and smtp is not None
+
+        async def new_address() -> str:
+            session = await runtime.create_session("email-to-case-simple")
+            result = await runtime.run_action(session.id, "start")
+            assert result.text and result.text.endswith("@" + OUR_DOMAIN), result
+            return result.text
+
+        addresses = await asyncio.gather(*(new_address() for _ in range(args.sessions)))
+        commits_at_mark = store.commit_stats  # type: ignore[attr-defined]
+
+        async def mailgate_handle(cmd: str) -> dict[str, Any]:
+            nonlocal commits_at_mark
+            if cmd == "mark":
+                commits_at_mark = store.commit_stats  # type: ignore[attr-defined]
+            elif cmd == "stats":
+                batches, units = store.commit_stats  # type: ignore[attr-defined]
+                verdicts: Counter[str] = Counter()
+                for record in await store.list_emails(limit=10**9):
+                    auth = json.loads(record.authentication)
+                    verdicts[" ".join([*(f"dkim={d['result']}" for d in auth["dkim"]),
+                                       f"spf={auth['spf']['result']}", f"dmarc={auth['dmarc']['result']}"])] += 1
+                return {"commits": [batches - commits_at_mark[0], units - commits_at_mark[1]],
+                        "verdicts": dict(verdicts)}
+            return {}
+
+        reply({"port": smtp.port, "addresses": list(addresses)})
+        await command_loop(mailgate_handle)
+
+
+# --- the parent: messages, client, orchestration ------------------------------------------------------
+
+
+class Server:
+    """A server subprocess and its one-line JSON command channel."""
+
+    def __init__(self, kind: str, folder: Path, dkim_record: str, sessions: int, profile: bool = False) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--folder", str(folder),
+               "--dkim-record", dkim_record, "--sessions", str(sessions)] + (["--profile"] if profile else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        hello = self._read()
+        self.port: int = hello["port"]
+        self.addresses: list[str] = hello["addresses"]
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the server process ended (exit code {self.proc.wait()})")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def call(self, cmd: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("quit")
+                self.proc.wait(30)
+            except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+_SIGNING_KEY = b""
+
+
+def _init_signer(key: bytes) -> None:
+    global _SIGNING_KEY
+    _SIGNING_KEY = key
+
+
+def make_message(tag: str, to: str, attachment_size: int) -> bytes:
+    """A text part plus one base64 attachment of ``attachment_size`` random bytes, DKIM-signed."""
+    import dkim
+
+    msg = EmailMessage()
+    msg["From"] = f"Bench Sender <{MAIL_FROM}>"
+    msg["To"] = to
+    msg["Subject"] = f"Bench message {tag}"
+    msg["Date"] = formatdate()
+    msg["Message-ID"] = f"<{tag}@{SENDER_DOMAIN}>"
+    msg.set_content(f"Message {tag}.\n" + TEXT)
+    msg.add_attachment(random.Random(tag).randbytes(attachment_size), maintype="application",
+                       subtype="octet-stream", filename=f"data-{tag}.bin")
+    raw = msg.as_bytes(policy=SMTP_POLICY)
+    return dkim.sign(raw, SELECTOR.encode(), SENDER_DOMAIN.encode(), _SIGNING_KEY) + raw
+
+
+def make_messages(key: bytes, jobs: list[tuple[str, str, int]]) -> list[bytes]:
+    with ProcessPoolExecutor(os.cpu_count() or 1, initializer=_init_signer, initargs=(key,)) as pool:
+        return list(pool.map(make_message, *zip(*jobs, strict=True), chunksize=16))
+
+
+def new_key(folder: Path) -> tuple[bytes, str]:
+    """An RSA 2048 key: PKCS#1 PEM for dkimpy, and its DKIM TXT record."""
+    pem = subprocess.run(["openssl", "genrsa", "-traditional", "2048"], check=True, capture_output=True).stdout
+    (folder / "dkim.pem").write_bytes(pem)
+    der = subprocess.run(["openssl", "rsa", "-in", str(folder / "dkim.pem"), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    return pem, f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def blast(port: int, messages: list[tuple[str, bytes]], connections: int) -> tuple[float, float]:
+    """Send ``(rcpt, raw)`` over ``connections`` reused connections; (wall seconds, client CPU seconds)."""
+    barrier = threading.Barrier(connections + 1)
+    errors: list[BaseException] = []
+
+    def sender(share: list[tuple[str, bytes]]) -> None:
+        try:
+            client = smtplib.SMTP("127.0.0.1", port, local_hostname=f"client.{SENDER_DOMAIN}", timeout=600)
+            client.ehlo()
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+            raise
+        try:
+            barrier.wait()
+            for rcpt, raw in share:
+                refused = client.sendmail(MAIL_FROM, [rcpt], raw)
+                assert not refused, refused
+            client.quit()
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    threads = [threading.Thread(target=sender, args=(messages[k::connections],)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.join()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if errors:
+        raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]!r}")
+    return elapsed, cpu
+
+
+def run_ingest(server: Server, warmup: list[tuple[str, bytes]], timed: list[tuple[str, bytes]],
+               connections: int) -> dict[str, Any]:
+    blast(server.port, warmup, 1)
+    server.call("mark")
+    elapsed, client_cpu = blast(server.port, timed, connections)
+    stats = server.call("stats")
+    stats.update(elapsed=elapsed, client_cpu=client_cpu, rate=len(timed) / elapsed)
+    return stats
+
+
+def run_memory(server: Server, warmup: bytes, big: bytes) -> dict[str, int]:
+    rcpt = server.addresses[0]
+    blast(server.port, [(rcpt, warmup)], 1)
+    server.call("reset_peak")
+    idle = server.call("memory")
+    blast(server.port, [(rcpt, big)], 1)
+    after = server.call("memory")
+    return {"idle": idle["VmRSS"], "peak": after["VmHWM"], "increase": after["VmHWM"] - idle["VmRSS"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages in the timed run")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent SMTP connections (client threads)")
+    parser.add_argument("--sessions", type=int, default=100, help="mailgate sessions whose addresses receive the mail")
+    parser.add_argument("--warmup", type=int, default=64, help="untimed messages sent first over one connection")
+    parser.add_argument("--attachment", type=int, default=5200, help="attachment bytes (base64: about 4/3 of that)")
+    parser.add_argument("--big-mib", type=float, default=25.0, help="size of the one message of the memory test (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="cProfile every mailgate thread in the timed run")
+    parser.add_argument("--serve", choices=("bare", "mailgate"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--dkim-record", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args))
+        return
+
+    folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
+    servers: list[Server] = []
+
+    def start(kind: str, sessions: int, profile: bool = False) -> Server:
+        servers.append(Server(kind, folder, record, sessions, profile))
+        return servers[-1]
+
+    try:
+        t0 = time.perf_counter()
+        key, record = new_key(folder)
+        run = f"{os.getpid()}.{int(time.time())}"
+        mailgate = start("mailgate", args.sessions, args.profile)  # its addresses go into the signed To headers
+        total = args.warmup + args.messages
+        rcpts = [mailgate.addresses[i % len(mailgate.addresses)] for i in range(total)]
+        raws = make_messages(key, [(f"bench.{i}.{run}", rcpts[i], args.attachment) for i in range(total)])
+        messages = list(zip(rcpts, raws, strict=True))
+        warmup, timed = messages[:args.warmup], messages[args.warmup:]
+        size = sum(len(r) for r in raws) / len(raws)
+        print(f"ingest: {args.messages} messages of {size / 1000:.1f} kB (DKIM RSA 2048) over {args.connections} "
+              f"SMTP connections, after {args.warmup} warm-up messages; mailgate: {args.sessions} sessions, "
+              f"SQLite synchronous=FULL (prepared in {time.perf_counter() - t0:.1f} s)")
+
+        bare = start("bare", 0)
+        bare_before = run_ingest(bare, warmup, timed, args.connections)
+        bare.close()
+        mine = run_ingest(mailgate, warmup, timed, args.connections)
+        mailgate.close()
+        bare = start("bare", 0)
+        bare_after = run_ingest(bare, warmup, timed, args.connections)
+        bare.close()
+        ceiling = {k: (bare_before[k] + bare_after[k]) / 2 for k in ("rate", "cpu", "client_cpu", "elapsed")}
+        expected = {"dkim=pass spf=pass dmarc=pass": total}
+        assert mine["verdicts"] == expected, f"stored e-mails {mine['verdicts']}, expected {expected}"
+
+        memory: dict[str, dict[str, int]] = {}
+        big_size = 0
+        if args.big_mib > 0:
+            target = int(args.big_mib * 2**20)
+            mem_mailgate = start("mailgate", 1)
+            rcpt = mem_mailgate.addresses[0]
+            attachment = int((target - 4000) * 3 / 4 * 76 / 78)
+            small, big = make_messages(key, [(f"warm.{run}", rcpt, args.attachment), (f"big.{run}", rcpt, attachment)])
+            big_size = len(big)
+            memory["mailgate"] = run_memory(mem_mailgate, small, big)
+            mem_mailgate.close()
+            mem_bare = start("bare", 0)
+            memory["bare aiosmtpd"] = run_memory(mem_bare, small, big)
+            mem_bare.close()
+
+        print()
+        print(f"{'':<30} {'msgs/s':>8} {'server CPU ms/msg':>18} {'client CPU':>11}")
+        rows = (("bare aiosmtpd, before", bare_before), ("mailgate (SQLite, durable)", mine),
+                ("bare aiosmtpd, after", bare_after), ("bare aiosmtpd (ceiling): mean", ceiling))
+        for name, r in rows:
+            print(f"{name:<30} {r['rate']:>8.0f} {r['cpu'] * 1000 / args.messages:>18.3f} "
+                  f"{r['client_cpu'] / r['elapsed']:>10.0%}")
+        ratio = mine["rate"] / ceiling["rate"]
+        batches, units = mine["commits"]
+        print()
+        print(f"mailgate / bare aiosmtpd:  throughput {ratio:.3f}x   "
+              f"server CPU per message {mine['cpu'] / max(ceiling['cpu'], 1e-9):.1f}x")
+        print(f"mailgate group commit: {units / max(batches, 1):.1f} units per durable commit "
+              f"({units} units in {batches} commits)")
+        busy = sorted(mine["threads"].items(), key=lambda kv: -kv[1])
+        print(f"mailgate CPU by thread over {mine['elapsed']:.2f} s: "
+              + ", ".join(f"{name} {sec:.2f} s ({sec / mine['elapsed']:.0%})" for name, sec in busy if sec >= 0.005))
+        print(f"all {total} stored e-mails: dkim=pass spf=pass dmarc=pass")
+        for name, m in memory.items():
+            print(f"memory, one {big_size / 2**20:.1f} MiB message, {name}: peak RSS +{m['increase'] / 2**20:.1f} MiB "
+                  f"over idle {m['idle'] / 2**20:.1f} MiB = {m['increase'] / big_size:.2f}x the message")
+        print(f"goal: mailgate >= 0.6 of the bare ceiling: {'met' if ratio >= 0.6 else 'NOT met'}")
+        if "profile" in mine:
+            print()
+            print("mailgate, cProfile of all threads in the timed run, thread CPU time (top 15 by tottime):")
+            print(mine["profile"])
+    finally:
+        for server in servers:
+            server.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""The demo pages in headless Chromium, against ``mailgate demo`` run as a subprocess on port 0.
+
+Debian's ``chromium`` is driven through Playwright's sync API (its browsers are never downloaded).
+Without /usr/bin/chromium or the playwright package the module is skipped, except under CI, where
+that is an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import mailgate_cmd, subprocess_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+DEMO_PAGES = (
+    "background_action", "background_action_with_response_action", "background-error-action-demo",
+    "background-error-action", "background_action_flash", "background_response_action_flash",
+    "background_action_refresh", "background_action_javascript", "background_action_fields", "check-in",
+    "target-template", "target-code-template", "target-code", "target-code-multiple", "ajax-calc", "ajax-flash",
+    "ajax-calc-javascript", "ajax-refresh", "email-to-case",
+)
+TIMEOUT_MS = 15_000
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is missing (pip install -e '.[test]')"
+    return None
+
+
+MISSING = _missing()
+if MISSING is not None and not os.environ.get("CI"):
+    pytest.skip(f"browser tests need Debian's chromium and playwright: {MISSING}", allow_module_level=True)
+if MISSING is not None:
+    pytest.fail(f"CI is set, so the browser tests must run, but {MISSING}", pytrace=False)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+
+# -- the daemon ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Demo:
+    base_url: str
+    smtp_port: int
+    log: Path
+
+
+def _unused_udp_port() -> int:
+    """A port nobody answers on: the daemon's DKIM/SPF lookups fail at once instead of leaving the host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_ports(proc: subprocess.Popen[str], log: Path, timeout: float) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text()
+        web = re.search(r"web listening on [\d.]+:(\d+)", text)
+        smtp = re.search(r"smtp listening on [\d.]+:(\d+) \(", text)
+        if web and smtp:
+            return int(web.group(1)), int(smtp.group(1))
+        if proc.poll() is not None:
+            raise AssertionError(f"mailgate demo exited with {proc.returncode} before listening:\n{text}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mailgate demo did not log its web and smtp ports within {timeout} s:\n{text}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    tmp = tmp_path_factory.mktemp("browser")
+    config = tmp / "mailgate.toml"
+    config.write_text("\n".join([
+        "[web]", "port = 0",
+        "[smtp]", "port = 0", f'dns_servers = ["127.0.0.1:{_unused_udp_port()}"]', "dns_timeout = 1.0",
+        "[tasks]", "poll_interval = 0.05",
+        "[interviews]", 'modules = ["mailgate.demo.checkin"]',
+        "[daemon]", "grace_period = 2",
+    ]) + "\n")
+    log = tmp / "daemon.log"
+    with log.open("w") as out:  # a file, not a pipe: a full pipe would block the daemon
+        proc = subprocess.Popen(mailgate_cmd("demo", "--store", str(tmp / "demo.sqlite3")), env=subprocess_env(config),
+                                text=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        web_port, smtp_port = _wait_for_ports(proc, log, 30)
+        yield Demo(f"http://127.0.0.1:{web_port}", smtp_port, log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, f"mailgate demo exited with {proc.returncode}:\n{log.read_text()}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, demo: Demo) -> Iterator[Page]:
+    context = browser.new_context(base_url=demo.base_url)
+    context.set_default_timeout(TIMEOUT_MS)
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def open_demo(page: Page, name: str) -> None:
+    """Open a demo page (a new session) and wait until its WebSocket is connected."""
+    page.goto(f"/demo/{name}")
+    expect(page).to_have_url(re.compile(rf"/demo/{re.escape(name)}\?session=\w+$"))
+    expect(page.locator("html")).to_have_attribute("data-mailgate", "connected")
+
+
+def add_to_553(page: Page, value: str) -> None:
+    page.get_by_label("Number").fill(value)
+    page.get_by_role("button", name="Continue").click()
+
+
+# -- the demos from the issue --------------------------------------------------------------------------
+def test_flash_demo_shows_the_answer_as_a_flash(page: Page) -> None:
+    open_demo(page, "background_action_flash")
+    add_to_553(page, "2")
+    expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 555.")
+    expect(page.locator("#mailgate-flash .mailgate-flash-message")).to_have_count(1)
+
+
+def test_ajax_calc_fills_in_c(page: Page) -> None:
+    open_demo(page, "ajax-calc")
+    page.get_by_label("A", exact=True).fill("4")
+    page.get_by_label("B", exact=True).fill("5")
+    page.get_by_label("B", exact=True).press("Tab")
+    expect(page.get_by_label("C", exact=True)).to_have_value("20")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#screen")).to_have_text("The correct answer is 20.")
+
+
+def test_target_template_renders_markdown_under_the_button(page: Page) -> None:
+    open_demo(page, "target-template")
+    food = page.get_by_label("Favorite food")
+    food.fill("soup")
+    food.press("Tab")
+    feedback = page.locator("[data-mailgate-target=feedback]")
+    expect(feedback).to_have_text("What? You like SOUP?")
+    expect(feedback.locator("strong")).to_have_text("SOUP")  # the Markdown was rendered
+    food.fill("<i>x</i>")  # a value is text, never markup
+    food.press("Tab")
+    expect(feedback).to_have_text("What? You like <I>X</I>?")
+    expect(feedback.locator("i")).to_have_count(0)
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#screen")).to_have_text("Your favorite food is <i>x</i>.")
+
+
+def test_ajax_refresh_offers_as_many_choices_as_things(page: Page) -> None:
+    open_demo(page, "ajax-refresh")
+    radios = page.locator("[data-mailgate-radio=thing] label")
+    expect(radios).to_have_text(["1", "2", "3"])
+    page.evaluate("window.beforeRefresh = true")
+    things = page.get_by_label("How many things are there?")
+    with page.expect_event("load"):
+        things.fill("5")
+        things.press("Tab")
+    expect(radios).to_have_text(["1", "2", "3", "4", "5"])
+    assert page.evaluate("window.beforeRefresh") is None  # it was a real reload
+    expect(things).to_have_value("5")
+    page.get_by_label("4").check()
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#screen")).to_have_text("You picked thing 4.")
+
+
+def test_email_to_case_shows_a_new_email_without_a_reload(page: Page, demo: Demo) -> None:
+    open_demo(page, "email-to-case")
+    address = page.locator("#address")
+    expect(address).to_contain_text("@")
+    loaded = page.evaluate("window.demoPageLoad")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    subject = f"Case {uuid.uuid4().hex[:8]}"
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "client@elsewhere.test", address.inner_text().strip(), subject
+    msg.set_content("Please open a case.")
+    with smtplib.SMTP("127.0.0.1", demo.smtp_port, timeout=30) as client:
+        client.send_message(msg)
+    expect(page.locator("#emails .subject")).to_have_text([subject])
+    expect(page.locator("#emails")).to_contain_text("from client@elsewhere.test")
+    assert page.evaluate("window.demoPageLoad") == loaded and navigations == []
+
+
+# -- the other demo pages ------------------------------------------------------------------------------
+def test_demo_index_lists_every_page(page: Page) -> None:
+    page.goto("/demo/")
+    hrefs = page.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert {f"/demo/{name}" for name in DEMO_PAGES} <= set(hrefs)
+
+
+def test_background_action(page: Page) -> None:
+    open_demo(page, "background_action")
+    add_to_553(page, "2")
+    expect(page.locator("#screen")).to_have_text("The answer is 555.")
+
+
+def test_background_action_with_response_action(page: Page) -> None:
+    open_demo(page, "background_action_with_response_action")
+    add_to_553(page, "7")
+    expect(page.locator("#screen")).to_have_text("The answer is 560.")
+
+
+def test_background_error_action_demo_divides_and_reports_the_error(page: Page) -> None:
+    open_demo(page, "background-error-action-demo")
+    screen = page.locator("#screen")
+    for numerator, denominator in (("8", "2"), ("4", "0")):
+        page.get_by_label("Numerator").fill(numerator)
+        page.get_by_label("Denominator").fill(denominator)
+        page.get_by_role("button", name="Continue").click()
+        if denominator == "2":
+            expect(screen).to_have_text("The answer is 4.0.")
+    expect(screen).to_contain_text("There was an error in the division:")
+    expect(screen).to_contain_text("division by zero")
+
+
+def test_background_error_action_is_handled(page: Page) -> None:
+    open_demo(page, "background-error-action")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#screen")).to_have_text(
+        "The task failed: True. Its value: handled_error. The error was a ZeroDivisionError: division by zero.")
+
+
+def test_background_response_action_flash(page: Page) -> None:
+    open_demo(page, "background_response_action_flash")
+    add_to_553(page, "2")
+    expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 555.")
+
+
+def test_background_action_refresh_reloads_the_page_with_the_answer(page: Page) -> None:
+    open_demo(page, "background_action_refresh")
+    expect(page.locator("#screen")).to_have_text("Waiting for the answer.")
+    page.evaluate("window.beforeRefresh = true")
+    with page.expect_event("load"):
+        add_to_553(page, "2")
+    expect(page.locator("#screen")).to_have_text("The answer is 555.")
+    assert page.evaluate("window.beforeRefresh") is None
+
+
+def test_background_action_javascript_alerts_the_answer(page: Page) -> None:
+    open_demo(page, "background_action_javascript")
+    with page.expect_event("dialog") as dialog_info:
+        add_to_553(page, "2")
+    dialog = dialog_info.value
+    assert dialog.type == "alert" and dialog.message == "The answer is 555."
+    dialog.accept()
+
+
+def test_background_action_fields_fills_in_the_fields(page: Page) -> None:
+    open_demo(page, "background_action_fields")
+    add_to_553(page, "2")
+    expect(page.get_by_label("Sum")).to_have_value("555")
+    expect(page.get_by_label("Product")).to_have_value("1106")
+
+
+def _checkins(text: str) -> int:
+    found = re.search(r"You checked in (\d+) times", text)
+    assert found, text
+    return int(found.group(1))
+
+
+def test_check_in_counts_and_keeps_drafts(page: Page) -> None:
+    open_demo(page, "check-in")
+    screen = page.locator("#screen")
+    expect(screen).to_contain_text(re.compile(r"You checked in [1-9]\d* times"))  # the check-in on connect
+    first = _checkins(screen.inner_text())
+    food = page.get_by_label("Favorite food")
+    food.fill("apple")
+    food.press("Tab")
+    expect(screen).to_contain_text("Your draft choices were apple.")
+    food.fill("pear")
+    food.press("Tab")
+    expect(screen).to_contain_text("Your draft choices were apple and pear.")
+    assert _checkins(screen.inner_text()) >= first + 2
+    page.get_by_role("button", name="Continue").click()
+    expect(screen).to_contain_text("Your favorite food is pear.")
+
+
+def test_target_code_inserts_raw_html(page: Page) -> None:
+    open_demo(page, "target-code")
+    food = page.get_by_label("Favorite food")
+    food.fill("soup")
+    food.press("Tab")
+    expect(page.locator("[data-mailgate-target=feedback]")).to_have_text("What? You like SOUP?")
+    food.fill("")
+    food.press("Tab")
+    expect(page.locator("[data-mailgate-target=feedback]")).to_have_text("")
+
+
+def test_target_code_template(page: Page) -> None:
+    open_demo(page, "target-code-template")
+    food = page.get_by_label("Favorite food")
+    food.fill("soup")
+    food.press("Tab")
+    feedback = page.locator("[data-mailgate-target=feedback]")
+    expect(feedback).to_have_text("What? You like SOUP?")
+    expect(feedback.locator("em")).to_have_text("What?")
+
+
+def test_target_code_multiple_fills_two_targets(page: Page) -> None:
+    open_demo(page, "target-code-multiple")
+    food = page.get_by_label("Favorite food")
+    food.fill("soup")
+    food.press("Tab")
+    expect(page.locator("[data-mailgate-target=feedback_one]")).to_have_text("(Please don't be gross.)")
+    expect(page.locator("h1")).to_contain_text("What is your favorite food? (Please don't be gross.)")
+    expect(page.locator("[data-mailgate-target=feedback_two]")).to_have_text("What? You like SOUP?")
+
+
+def test_ajax_flash_criticises_the_food(page: Page) -> None:
+    open_demo(page, "ajax-flash")
+    food = page.get_by_label("Favorite food")
+    food.fill("kale")
+    food.press("Tab")
+    expect(page.locator("#mailgate-flash")).to_have_text("What? You like KALE?")
+    page.get_by_label("Favorite drink").fill("tea")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#screen")).to_have_text("Your favorite food is kale and your favorite drink is tea.")
+    expect(page.locator("#mailgate-flash .mailgate-flash-message")).to_have_count(1)  # once per new value
+
+
+def test_ajax_calc_javascript_flashes_a_hint(page: Page) -> None:
+    open_demo(page, "ajax-calc-javascript")
+    page.get_by_label("A", exact=True).fill("4")
+    page.get_by_label("B", exact=True).fill("5")
+    page.get_by_label("B", exact=True).press("Tab")
+    expect(page.locator("#mailgate-flash")).to_contain_text("Hint: C should be 20")
+    expect(page.get_by_label("C", exact=True)).to_have_value("")  # a hint, not an answer
+    page.get_by_label("C", exact=True).fill("21")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#screen")).to_have_text("That answer is not right!")
+
+
+# -- the client itself -----------------------------------------------------------------------------------
+def test_client_reconnects_and_keeps_working(page: Page) -> None:
+    open_demo(page, "background_action_flash")
+    page.evaluate("window.reconnects = 0; document.addEventListener('mailgate:connected', () => window.reconnects++)")
+    page.evaluate("client.ws.close()")  # as if the network dropped
+    page.wait_for_function("window.reconnects === 1")
+    expect(page.locator("html")).to_have_attribute("data-mailgate", "connected")
+    add_to_553(page, "3")
+    expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 556.")

@@ -1,0 +1,252 @@
+"""Scheduled tasks with a controllable clock, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import smtplib
+import tracemalloc
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from mailgate.config import Config
+from mailgate.daemon import Daemon
+from mailgate.mailauth import StaticResolver
+from mailgate.runtime import Runtime
+from mailgate.scheduler import Cron, period_key
+from tests.conftest import make_config, wait_until
+
+pytestmark = pytest.mark.asyncio
+UTC = dt.UTC
+
+
+class Clock:
+    def __init__(self, when: dt.datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, when: dt.datetime) -> dt.datetime:
+        self.now = when.timestamp()
+        return when
+
+
+def cfg(tmp_path: Path, **tables: object) -> Config:
+    return make_config(tmp_path, interviews={"modules": ("mailgate.demo.cron", "mailgate.demo.email"),
+                                             "paths": (str(Path(__file__).parent.parent / "interviews" / "testing.py"),)},
+                       **tables)
+
+
+def rt(d: Daemon) -> Runtime:
+    assert d.runtime is not None
+    return d.runtime
+
+
+def cron(d: Daemon) -> Cron:
+    assert d.cron is not None
+    return d.cron
+
+
+async def cron_session(d: Daemon, **answers: object) -> str:
+    rec = await rt(d).create_session("testing", {"allow_cron": True, **answers})
+    return rec.id
+
+
+async def test_counter_demo_exits_after_48_hours(tmp_path: Path) -> None:
+    start = dt.datetime(2026, 1, 5, 0, 30, tzinfo=UTC)
+    clock = Clock(start)
+    async with Daemon(cfg(tmp_path), roles=(), clock=clock) as d:
+        sid = (await rt(d).create_session("cron-counter")).id
+        await rt(d).run_action(sid, "start")
+        for hour in range(1, 49):
+            report = await cron(d).fire("cron_hourly", clock.set(start + dt.timedelta(hours=hour)))
+            assert report is not None and report.sessions == 1
+        assert (await rt(d).get_answers(sid))["counter"] == 48
+        assert await cron(d).fire("cron_hourly", clock.set(start + dt.timedelta(hours=48, minutes=10))) is None
+        report = await cron(d).fire("cron_hourly", clock.set(start + dt.timedelta(hours=49)))
+        assert report is not None and report.exited == 1
+        assert await rt(d).store.get_session(sid) is None
+
+
+async def test_each_period_runs_once_across_two_daemons(tmp_path: Path) -> None:
+    when = dt.datetime(2026, 2, 10, 9, 0, tzinfo=UTC)
+    clock = Clock(when)
+    config = cfg(tmp_path)
+    async with Daemon(config, roles=(), clock=clock) as a, Daemon(config, roles=(), clock=clock) as b:
+        sid = await cron_session(a)
+        reports = await asyncio.gather(cron(a).fire("cron_daily", when), cron(b).fire("cron_daily", when))
+        assert sorted(r is None for r in reports) == [False, True]
+        assert await cron(b).fire("cron_daily", when + dt.timedelta(hours=5)) is None  # same day
+        assert (await rt(b).get_answers(sid))["daily_runs"] == 1
+        assert await cron(b).fire("cron_daily", when + dt.timedelta(days=1)) is not None
+
+
+async def test_missed_daily_fires_once_after_restart(tmp_path: Path) -> None:
+    clock = Clock(dt.datetime(2026, 3, 2, 10, 0, tzinfo=UTC))
+    config = cfg(tmp_path)
+    async with Daemon(config, roles=(), clock=clock) as d:
+        sid = await cron_session(d)
+        assert await cron(d).fire("cron_daily") is not None  # 2026-03-02 ran
+    clock.set(dt.datetime(2026, 3, 6, 10, 0, tzinfo=UTC))  # down for 3 daily fires
+    async with Daemon(config, roles=("scheduler",), clock=clock) as d:
+        async def caught_up() -> bool:
+            return (await rt(d).get_answers(sid))["daily_runs"] == 2
+
+        await wait_until(caught_up, what="the missed cron_daily to run")
+        assert d._catch_up_task is not None
+        await asyncio.wait_for(d._catch_up_task, 10)
+        assert (await rt(d).store.last_periods())["cron_daily"][0] == "2026-03-06"
+        assert (await rt(d).get_answers(sid))["daily_runs"] == 2  # once, not once per missed day
+        assert await cron(d).catch_up() == []  # nothing left to catch up
+
+
+async def test_daylight_saving_neither_skips_nor_doubles(tmp_path: Path) -> None:
+    paris = ZoneInfo("Europe/Paris")
+    config = cfg(tmp_path, scheduler={"timezone": "Europe/Paris", "daily": "30 2 * * *", "hourly": "0 * * * *"})
+    async with Daemon(config, roles=()) as d:
+        c = cron(d)
+        sid = await cron_session(d)
+        expected_runs = 0
+        # 02:30 does not exist on 2026-03-29 and happens twice on 2026-10-25 in Paris
+        for first, last in [(dt.date(2026, 3, 27), dt.date(2026, 4, 1)), (dt.date(2026, 10, 23), dt.date(2026, 10, 28))]:
+            fires = []
+            fire = c.next_fire("cron_daily", dt.datetime.combine(first, dt.time(0, 0), paris))
+            while fire is not None and fire.date() <= last:
+                fires.append(fire)
+                fire = c.next_fire("cron_daily", fire)
+            for fire in fires:  # every time the trigger fires, whatever it does around the change
+                await c.fire("cron_daily", fire)
+            days = (last - first).days + 1
+            expected_runs += days
+            assert sorted({period_key("cron_daily", f) for f in fires}) == [
+                (first + dt.timedelta(days=i)).isoformat() for i in range(days)]
+        assert (await rt(d).get_answers(sid))["daily_runs"] == expected_runs  # one run per local day
+        # hourly: every real hour is one period, including the repeated local hour
+        start = dt.datetime(2026, 10, 24, 22, 0, tzinfo=UTC)
+        hours = [period_key("cron_hourly", (start + dt.timedelta(hours=h)).astimezone(paris)) for h in range(6)]
+        assert len(set(hours)) == 6
+
+
+async def test_cron_runs_as_cron_user_and_can_start_background_actions(tmp_path: Path) -> None:
+    clock = Clock(dt.datetime(2026, 4, 1, 12, 0, tzinfo=UTC))
+    async with Daemon(cfg(tmp_path), roles=("worker",), clock=clock) as d:
+        sid = await cron_session(d)
+        report = await cron(d).fire("cron_weekly")
+        assert report is not None and report.sessions == 1
+        answers = await rt(d).get_answers(sid)
+        assert answers["cron_user"] == {"id": "cron", "cron": True}
+        assert await answers["weekly_task"].get_async(10) == {"id": "cron", "admin": False}
+
+
+async def test_null_response_skips_save_and_disabled_sessions_are_skipped(tmp_path: Path) -> None:
+    clock = Clock(dt.datetime(2026, 4, 1, 12, 0, tzinfo=UTC))
+    async with Daemon(cfg(tmp_path), roles=(), clock=clock) as d:
+        saved = await cron_session(d)
+        unsaved = await cron_session(d, no_save=True)
+        disabled = (await rt(d).create_session("testing", {"allow_cron": False})).id
+        report = await cron(d).run("cron_hourly")
+        assert report.sessions == 2 and report.saved == 1
+        assert (await rt(d).get_answers(saved))["hourly_runs"] == 1
+        assert "hourly_runs" not in await rt(d).get_answers(unsaved)
+        assert "hourly_runs" not in await rt(d).get_answers(disabled)
+        # switching allow_cron on through an action makes the session take part
+        await rt(d).run_action(disabled, "enable_cron")
+        assert (await cron(d).run("cron_hourly")).sessions == 3
+
+
+async def test_foreground_save_racing_cron_loses_no_update(tmp_path: Path) -> None:
+    async with Daemon(cfg(tmp_path), roles=()) as d:
+        sid = await cron_session(d, counter=0)
+        await asyncio.gather(*(cron(d).run("cron_daily") for _ in range(10)),
+                             *(rt(d).run_action(sid, "incr") for _ in range(30)))
+        answers = await rt(d).get_answers(sid)
+        assert answers["daily_runs"] == 10 and answers["counter"] == 30
+
+
+async def test_last_access_ignores_the_cron_user(tmp_path: Path) -> None:
+    clock = Clock(dt.datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
+    async with Daemon(cfg(tmp_path), roles=(), clock=clock) as d:
+        sid = await cron_session(d)
+        clock.set(dt.datetime(2026, 5, 4, 12, 0, tzinfo=UTC))
+        await cron(d).run("cron_daily")
+        before = (await rt(d).get_session(sid)).accessed_at
+        assert before == dt.datetime(2026, 5, 1, 12, 0, tzinfo=UTC).timestamp()
+        await rt(d).run_action(sid, "incr")
+        assert (await rt(d).get_session(sid)).accessed_at == clock.now
+
+
+async def test_inactive_sessions_are_deleted_with_every_trace(tmp_path: Path) -> None:
+    clock = Clock(dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+    config = cfg(tmp_path, smtp={"port": 0})
+    async with Daemon(config, roles=("smtp", "worker"), clock=clock, resolver=StaticResolver({})) as d:
+        assert d.smtp is not None
+        old = (await rt(d).create_session("email-to-case")).id
+        address = (await rt(d).run_action(old, "start")).text
+        assert address is not None
+        port = d.smtp.port
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port) as c:
+                c.sendmail("a@elsewhere.test", [address], b"Subject: hi\r\n\r\nbody\r\n")
+
+        await asyncio.to_thread(send)
+        await wait_until(lambda: _tasks_done(d, old), what="incoming_email")
+        clock.set(dt.datetime(2026, 8, 1, 12, 0, tzinfo=UTC))
+        fresh = (await rt(d).create_session("testing")).id  # accessed now: kept
+        clock.set(dt.datetime(2026, 9, 5, 12, 0, tzinfo=UTC))  # old: 96 days idle; fresh: 35
+        report = await cron(d).run("cron_daily")
+        assert report.deleted_inactive == 1
+        store = rt(d).store
+        assert await store.get_session(old) is None and await store.get_session(fresh) is not None
+        assert await store.list_tasks(session_id=old) == []
+        assert await store.list_events(old) == []
+        assert await store.list_emails(session_id=old) == []
+        assert await store.list_mailboxes(session_id=old) == []
+        raw_left = await store._read("SELECT COUNT(*) FROM raw_messages")  # type: ignore[attr-defined]
+        assert raw_left[0][0] == 0
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            await asyncio.to_thread(send)
+
+
+async def _tasks_done(d: Daemon, sid: str) -> bool:
+    tasks = await rt(d).store.list_tasks(session_id=sid)
+    return bool(tasks) and all(t.done for t in tasks)
+
+
+async def test_per_interview_delete_days_override(tmp_path: Path) -> None:
+    clock = Clock(dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+    async with Daemon(cfg(tmp_path, sessions={"interview_delete_days": 0}), roles=(), clock=clock) as d:
+        keep = (await rt(d).create_session("testing")).id
+        rt(d).registry.get("cron-counter").delete_days = 10
+        short = (await rt(d).create_session("cron-counter")).id
+        clock.set(dt.datetime(2026, 9, 1, 12, 0, tzinfo=UTC))
+        assert (await cron(d).run("cron_daily")).deleted_inactive == 1
+        assert await rt(d).store.get_session(keep) is not None and await rt(d).store.get_session(short) is None
+        rt(d).registry.get("cron-counter").delete_days = None
+
+
+async def _run_peak(tmp_path: Path, n: int) -> int:
+    tmp_path.mkdir()  # noqa: ASYNC240 - test set-up
+    async with Daemon(cfg(tmp_path, scheduler={"page_size": 500, "concurrency": 32}), roles=()) as d:
+        store = rt(d).store
+        await asyncio.gather(*(store.create_session(f"s{i:06d}", "testing", '{"allow_cron":true}', "{}", allow_cron=True)
+                               for i in range(n)))
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        report = await cron(d).run("cron_hourly")
+        peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        assert report.sessions == n and report.errors == 0
+        return peak
+
+
+@pytest.mark.slow
+async def test_memory_is_flat_in_the_number_of_sessions(tmp_path: Path) -> None:
+    small = await _run_peak(tmp_path / "small", 2000)
+    large = await _run_peak(tmp_path / "large", 10_000)
+    # one page at a time: five times the sessions must not mean five times the memory
+    assert large < small * 1.5 + 1_000_000, (small, large)
