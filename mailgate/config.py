@@ -94,6 +94,7 @@ class SmtpConfig:
     max_parts: int = _f(1000, "MIME parts parsed per message; the raw message is kept whole anyway", minimum=1)
     max_depth: int = _f(20, "MIME nesting parsed per message", minimum=1)
     max_header_bytes: int = _f(262144, "bytes of header block parsed per message", minimum=1024)
+    parse_processes: int = _f(1, "worker processes that parse and DKIM-verify messages (uses another core); 0 = in this process", minimum=0)
     max_line_length: int = _f(65536, "longest line accepted in DATA (RFC 5321 says 1000; real mail is longer)", minimum=1001)
 
 

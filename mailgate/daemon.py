@@ -156,6 +156,8 @@ class Daemon:
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self.inbound is not None:
+            self.inbound.close()
         if self.runtime is not None:
             self.runtime.close()
         if self.store is not None:

@@ -18,7 +18,11 @@ import hashlib
 import hmac
 import json
 import logging
+import multiprocessing
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +116,12 @@ class Inbound:
         self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes)
         self.received = 0
         self.rejected: dict[str, int] = {}
+        self._pool = _process_pool(config.smtp.parse_processes)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     @property
     def addresses(self) -> Addresses:
@@ -134,26 +144,32 @@ class Inbound:
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
-    async def deliver(self, *, mail_from: str, rcpt_tos: list[str], raw: bytes, client_ip: str, helo: str) -> DeliveryResult:
-        """Parse, authenticate and durably store ``raw`` for each recipient mailbox; queue its tasks."""
-        parsed = await asyncio.get_running_loop().run_in_executor(self.runtime.executor, parse_message, raw, self.limits)
+    async def deliver(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
+                      helo: str) -> DeliveryResult:
+        """Parse, authenticate and durably store ``raw`` for each recipient mailbox; queue its tasks.
+
+        ``mailboxes`` are those accepted at RCPT time; one whose session is gone since is skipped.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            parsed = await loop.run_in_executor(self._pool or self.runtime.executor, parse_for_store, raw, self.limits)
+        except BrokenProcessPool:
+            self._pool = _process_pool(self.config.smtp.parse_processes)  # a fresh one for the next message
+            raise
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
-                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=self.config.smtp.dns_timeout)
+                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=self.config.smtp.dns_timeout,
+                                  executor=self._pool)
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
             return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
-        mailboxes: dict[str, MailboxRecord] = {}
-        for rcpt in rcpt_tos:  # checked at RCPT time; read again for the owner and key
-            verdict, mailbox = await self.check_recipient(rcpt)
-            if verdict is Verdict.OK and mailbox is not None:
-                mailboxes.setdefault(mailbox.local_part, mailbox)
-        sessions = await self.runtime.store.get_sessions([m.session_id for m in mailboxes.values()])
-        parsed_json = _parsed_json(parsed)
+        unique = {m.local_part: m for m in mailboxes}  # the same address twice gets one copy
+        sessions = await self.runtime.store.get_sessions([m.session_id for m in unique.values()])
+        parsed_json = parsed.json
         auth_json = json.dumps(auth.to_dict(), separators=(",", ":"))
         sha = parsed.content_hash
         emails = []
-        for mailbox in mailboxes.values():
+        for mailbox in unique.values():
             session = sessions.get(mailbox.session_id)
             if session is None:
                 continue  # its session was deleted since RCPT
@@ -180,6 +196,30 @@ class Inbound:
         self.runtime.after_commit(events, any(e.task for e in emails if e.id in stored))
         self.received += len(stored)
         return DeliveryResult(stored, len(emails) - len(stored), auth=auth)
+
+
+@dataclass(frozen=True)
+class StoredParse:
+    """What delivery needs of a parsed message: small, so it crosses a process boundary cheaply."""
+
+    json: str
+    message_id: str | None
+    subject: str | None
+    from_address: str | None
+    content_hash: str
+
+
+def parse_for_store(raw: bytes, limits: ParseLimits) -> StoredParse:
+    """Parse ``raw`` (in a worker process when configured) into what is stored."""
+    parsed = parse_message(raw, limits)
+    return StoredParse(_parsed_json(parsed), parsed.message_id, parsed.subject, parsed.from_address, parsed.content_hash)
+
+
+def _process_pool(processes: int) -> ProcessPoolExecutor | None:
+    if processes <= 0:
+        return None
+    # forkserver: children never inherit the daemon's threads, sockets or event loop
+    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("forkserver"))
 
 
 def _parsed_json(parsed: ParsedMessage) -> str:

@@ -152,10 +152,13 @@ class _PartBudget:
         return msg
 
 
+_ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape kept
+
+
 def clean_text(value: str) -> str:
     """Return `value` as valid Unicode without NUL: surrogate-escaped bytes become UTF-8 (or
     Latin-1 when they are not UTF-8), NUL becomes U+FFFD (PostgreSQL text cannot hold NUL)."""
-    if any("\udc80" <= ch <= "\udcff" for ch in value):
+    if _ESCAPED.search(value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
             value = raw.decode("utf-8")

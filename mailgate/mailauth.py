@@ -14,6 +14,7 @@ import logging
 import re
 import urllib.parse
 from collections.abc import Awaitable, Mapping
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -304,8 +305,14 @@ def _dkim_verify_one(verifier: dkim.DKIM, idx: int, key: bytes) -> str:
         return "permerror"
 
 
+def verify_raw(raw: bytes, signatures: list[_Signature], keys: Mapping[str, object]) -> tuple[DkimResult, ...]:
+    """`_dkim_verify_all` from the raw bytes alone, so that it can run in another process."""
+    verifier, _ = _dkim_prepare(raw)
+    return _dkim_verify_all(verifier, signatures, keys)
+
+
 async def check_dkim(
-    raw: bytes, resolver: Resolver, run: _DkimRun | None = None
+    raw: bytes, resolver: Resolver, run: _DkimRun | None = None, executor: Executor | None = None
 ) -> tuple[DkimResult, ...]:
     """Verify every DKIM-Signature of `raw`, one result each (empty when there is none).
 
@@ -326,6 +333,8 @@ async def check_dkim(
             keys[name] = answer
         else:  # DnsTempError, or any failure of the resolver itself
             keys[name] = DnsTempError(f"{name}: {answer!r}")
+    if executor is not None and any(s.usable for s in signatures):
+        return await asyncio.get_running_loop().run_in_executor(executor, verify_raw, raw, signatures, keys)
     return await asyncio.to_thread(_dkim_verify_all, verifier, signatures, keys)
 
 
@@ -738,6 +747,7 @@ async def authenticate(
     resolver: Resolver,
     authserv_id: str,
     timeout: float = 5.0,
+    executor: Executor | None = None,
 ) -> AuthResults:
     """DKIM (every signature), SPF and DMARC for one message; never raises.
 
@@ -755,7 +765,7 @@ async def authenticate(
     spf_task: asyncio.Task[SpfResult] | None = None
     dmarc_task: asyncio.Task[_DmarcPolicy | None] | None = None
     try:
-        dkim_task = asyncio.create_task(check_dkim(raw, resolver, run))
+        dkim_task = asyncio.create_task(check_dkim(raw, resolver, run, executor))
         spf_task = asyncio.create_task(check_spf(resolver, client_ip, mail_from, helo))
         tasks = [dkim_task, spf_task]
         if from_dom:

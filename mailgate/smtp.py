@@ -82,8 +82,11 @@ class Handler:
             self.inbound.count_rejection("too_many_recipients")
             return TOO_MANY_RECIPIENTS
         verdict, mailbox = await self.inbound.check_recipient(address)
-        if verdict is Verdict.OK:
+        if verdict is Verdict.OK and mailbox is not None:
             envelope.rcpt_tos.append(address)
+            accepted = getattr(envelope, "mailgate_mailboxes", [])
+            accepted.append(mailbox)
+            envelope.mailgate_mailboxes = accepted  # type: ignore[attr-defined]
             return OK_RCPT
         self.inbound.count_rejection(verdict.name.lower())
         log.info("smtp peer=%s rcpt=%s rejected: %s", peer, address, verdict.value, extra={"event": "smtp.rcpt_rejected"})
@@ -107,8 +110,8 @@ class Handler:
         self.idle.clear()
         try:
             result = await self.inbound.deliver(
-                mail_from=envelope.mail_from or "", rcpt_tos=list(envelope.rcpt_tos), raw=bytes(raw),
-                client_ip=peer, helo=session.host_name or "",
+                mail_from=envelope.mail_from or "", mailboxes=list(getattr(envelope, "mailgate_mailboxes", [])),
+                raw=bytes(raw), client_ip=peer, helo=session.host_name or "",
             )
         except Exception:
             log.exception("smtp peer=%s: could not store a message; answered 451", peer, extra={"event": "smtp.store_failed"})

@@ -28,6 +28,7 @@ def make_config(tmp_path: Path, **tables: Any) -> Config:
         tasks={"poll_interval": 0.05, "workers": 4},
         sessions={"lock_timeout": 2.0},
         daemon={"grace_period": 2.0},
+        smtp={"parse_processes": 0},  # parse in-process: no worker start-up per test daemon
     )
     return base.replace(**tables)
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "max_recipients": 3,
+    return make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "max_recipients": 3, "parse_processes": 1,
                                        "max_message_size": 200_000, "max_unknown_recipients": 3},
                        mail={"domains": ("example.test", "Bücher.test")})
 
