@@ -33,7 +33,19 @@ from .functions import (
     user_logged_in,
 )
 from .interviews import Interview
+from .outbound import OutboundError
+from .sending import (
+    mark_task_as_performed,
+    record_messages,
+    send_email,
+    send_email_async,
+    set_task_counter,
+    task_not_yet_performed,
+    task_performed,
+    times_task_performed,
+)
 from .tasks import Task, TaskResult
+from .templates import Template
 
 __version__ = "0.1.0"
 
@@ -41,8 +53,10 @@ __all__ = [
     "DAEmail",
     "Interview",
     "MailgateError",
+    "OutboundError",
     "Task",
     "TaskResult",
+    "Template",
     "User",
     "action_argument",
     "action_arguments",
@@ -59,6 +73,14 @@ __all__ = [
     "json_response",
     "last_access_days",
     "last_access_time",
+    "mark_task_as_performed",
+    "record_messages",
+    "send_email",
+    "send_email_async",
+    "set_task_counter",
+    "task_not_yet_performed",
+    "task_performed",
+    "times_task_performed",
     "response",
     "session_id",
     "user_has_privilege",

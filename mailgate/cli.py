@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from .cli_send import add_parser as add_send_test_email_parser
+from .cli_send import cmd_send_test_email
 from .config import Config, find_config_path, load_config
 from .context import ANONYMOUS, User
 from .daemon import Daemon, check_roles
@@ -364,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = c.add_parser("run", parents=[common], help="run a scheduled type (or any event name) now on every cron-enabled session")
     p.add_argument("type", help="cron_hourly, cron_daily, cron_weekly, cron_monthly, or another event name")
     c.add_parser("status", parents=[common], help="the schedule with the last and next run of each type")
+    add_send_test_email_parser(sub, common)
     return parser
 
 
@@ -376,6 +379,7 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "mailboxes": cmd_mailboxes,
     "emails": cmd_emails,
     "cron": cmd_cron,
+    "send-test-email": cmd_send_test_email,
 }
 
 

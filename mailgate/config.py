@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from .errors import ConfigError
+from .outbound import OutboundConfig, check_outbound
 
 ROLES = ("smtp", "web", "worker", "scheduler")
 
@@ -141,6 +142,7 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     web: WebConfig = field(default_factory=WebConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def replace(self, **tables: Any) -> Config:
@@ -264,6 +266,7 @@ def _check_cross(config: Config) -> None:
     )
 
     check_schedule(config)
+    check_outbound(config.outbound, src, files=False)  # the DKIM key and CA file are read when the daemon starts
     if config.store.backend == "postgres" and not config.store.dsn:
         raise ConfigError(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
 

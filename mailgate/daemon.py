@@ -78,6 +78,7 @@ class Daemon:
         await self.store.open()
         await self.store.migrate()
         self.runtime = Runtime(self.config, self.store, registry, bus=self.bus)
+        self.runtime.outbound.check()  # an unusable DKIM key or CA file stops the start, not the first send
         await self.runtime.open()
         self.inbound = Inbound(self.runtime, self.config, self._resolver or _dns_resolver(self.config),
                                server_hostname(self.config.smtp))

@@ -52,6 +52,7 @@ from .errors import (
 from .events import EventBus
 from .inbound import Addresses
 from .interviews import Action, Interview, Registry
+from .outbound import Outbound
 from .store.base import (
     Changes,
     CommitResult,
@@ -153,6 +154,7 @@ class Runtime:
         self.bus = bus or EventBus()
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.executor = DaemonThreadPool(config.tasks.workers + 4)
+        self.outbound = Outbound(config.outbound)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._lease_counter = itertools.count(1)

@@ -7,9 +7,13 @@ from typing import Any
 
 from mailgate import (
     Interview,
+    Template,
     action_argument,
     command,
+    current_datetime,
     response,
+    send_email,
+    task_not_yet_performed,
 )
 
 Answers = dict[str, Any]
@@ -52,3 +56,17 @@ def _reminder_start(answers: Answers) -> None:
     answers["filing_date"] = _date(action_argument("filing_date"))
     answers["email_address"] = str(action_argument("email_address"))
     response(f"Ok, I'll e-mail you at {answers['email_address']} 20 days from {answers['filing_date']:%B %-d, %Y}.")
+
+
+reminder_email = Template(
+    subject="Hey, it's been 20 days.",
+    content="Don't forget about that thing you need to do!",
+)
+
+
+@reminder.action("cron_daily")
+def _reminder_daily(answers: Answers) -> None:
+    days = (current_datetime().date() - _date(answers["filing_date"])).days
+    if task_not_yet_performed("20 day reminder") and days > 20:
+        send_email(to=answers["email_address"], template=reminder_email, task="20 day reminder")
+    response()

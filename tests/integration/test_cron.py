@@ -250,3 +250,25 @@ async def test_memory_is_flat_in_the_number_of_sessions(tmp_path: Path) -> None:
     large = await _run_peak(tmp_path / "large", 10_000)
     # one page at a time: five times the sessions must not mean five times the memory
     assert large < small * 1.5 + 1_000_000, (small, large)
+
+
+async def test_reminder_demo_sends_once_on_day_21(tmp_path: Path) -> None:
+    from mailgate import record_messages
+
+    filed = dt.datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    clock = Clock(filed)
+    config = cfg(tmp_path, outbound={"default_sender": "Reminders <noreply@example.test>"})
+    async with Daemon(config, roles=(), clock=clock) as d:
+        sid = (await rt(d).create_session("cron-reminder")).id
+        await rt(d).run_action(sid, "start", {"filing_date": "2026-07-01", "email_address": "ann@example.test"})
+        sent_on = []
+        with record_messages() as outbox:
+            for day in range(1, 40):
+                before = len(outbox)
+                report = await cron(d).fire("cron_daily", clock.set(filed + dt.timedelta(days=day, hours=1)))
+                assert report is not None and report.errors == 0
+                if len(outbox) > before:
+                    sent_on.append(day)
+        assert sent_on == [21]  # more than 20 days after filing, exactly once
+        assert outbox[0].to == ["ann@example.test"] and outbox[0].subject == "Hey, it's been 20 days."
+        assert (await rt(d).get_answers(sid))["_internal"]["tasks"]["20 day reminder"] == 1
