@@ -276,6 +276,68 @@ async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
+    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": config.source}]
+    store = open_store(config.store)
+    try:
+        await store.open()
+        version, latest = await store.schema_version(), store.latest_migration()
+        checks.append({"check": "store", "ok": version == latest,
+                       "detail": f"{config.store.backend}, schema {version} of {latest}"
+                       + ("" if version == latest else "; run: mailgate db migrate")})
+    except MailgateError as exc:
+        checks.append({"check": "store", "ok": False, "detail": str(exc)})
+    finally:
+        await store.close()
+    roles = config.daemon.roles
+    if "smtp" in roles:
+        checks.append(await _check_smtp(config))
+    if "web" in roles:
+        checks.append(await _check_web(config))
+    ok = all(c["ok"] for c in checks)
+    if args.json:
+        _print_json({"ok": ok, "checks": checks})
+    else:
+        for c in checks:
+            print(f"{c['check']}: {'ok' if c['ok'] else 'FAILED'} ({c['detail']})")
+    return 0 if ok else 1
+
+
+def _local(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+async def _check_smtp(config: Config) -> dict[str, Any]:
+    host, port = _local(config.smtp.host), config.smtp.port
+    if port == 0:
+        return {"check": "smtp", "ok": True, "detail": "port 0 (picked at start): not checked"}
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+        try:
+            banner = (await asyncio.wait_for(reader.readline(), 5)).decode("ascii", "replace").strip()
+            writer.write(b"QUIT\r\n")
+            await writer.drain()
+        finally:
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        return {"check": "smtp", "ok": False, "detail": f"{host}:{port}: {exc or 'timed out'}"}
+    return {"check": "smtp", "ok": banner.startswith("220 "), "detail": f"{host}:{port} answered {banner[:60]!r}"}
+
+
+async def _check_web(config: Config) -> dict[str, Any]:
+    import aiohttp
+
+    host, port = _local(config.web.host), config.web.port
+    if port == 0:
+        return {"check": "web", "ok": True, "detail": "port 0 (picked at start): not checked"}
+    url = f"http://{host}:{port}/healthz"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, http.get(url) as r:
+            return {"check": "web", "ok": r.status == 200, "detail": f"{url} answered {r.status}"}
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return {"check": "web", "ok": False, "detail": f"{url}: {exc or 'timed out'}"}
+
+
 async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     demo = config.replace(
         interviews={"modules": (*config.interviews.modules, *DEMO_MODULES)},
@@ -367,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("type", help="cron_hourly, cron_daily, cron_weekly, cron_monthly, or another event name")
     c.add_parser("status", parents=[common], help="the schedule with the last and next run of each type")
     add_send_test_email_parser(sub, common)
+    sub.add_parser("healthcheck", parents=[common], help="config, store, SMTP and web: one line each; exit 1 if any fails")
     return parser
 
 
@@ -379,6 +442,7 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "mailboxes": cmd_mailboxes,
     "emails": cmd_emails,
     "cron": cmd_cron,
+    "healthcheck": cmd_healthcheck,
     "send-test-email": cmd_send_test_email,
 }
 
@@ -390,7 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return cmd_check_config(args)
         config = load_config(find_config_path(args.config))
-        setup_logging("warning" if args.command not in ("serve", "demo") else config.daemon.log_level)
+        quiet = args.command not in ("serve", "demo")
+        setup_logging("warning" if quiet else config.daemon.log_level, config.daemon.log_format)
         return int(asyncio.run(ASYNC_COMMANDS[args.command](args, config)))
     except ConfigError as exc:
         print(f"mailgate: config error: {exc}", file=sys.stderr)

@@ -37,6 +37,7 @@ class DaemonConfig:
     roles: tuple[str, ...] = _f(ROLES, "roles this process runs: any of smtp, web, worker, scheduler")
     grace_period: float = _f(10.0, "seconds to let running work finish on SIGTERM before stopping", minimum=0)
     log_level: Literal["debug", "info", "warning", "error"] = _f("info", "log level")
+    log_format: Literal["text", "json"] = _f("text", "text: one readable line per event; json: one JSON object per line")
 
 
 @dataclass(frozen=True)

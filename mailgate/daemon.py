@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from . import sdnotify
 from .config import Config
 from .errors import ConfigError
 from .events import EventBus
@@ -97,6 +98,10 @@ class Daemon:
             self.scheduler = Scheduler(self.cron)
             self.scheduler.start()
             self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up(), name="cron-catch-up")
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            self.spawn("systemd-watchdog", sdnotify.watchdog(interval))
+        sdnotify.notify(f"READY=1\nSTATUS=serving: {','.join(active) or 'no roles'}")
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
 
@@ -123,6 +128,21 @@ class Daemon:
         self.failed = task.get_name()
         self._stop.set()
 
+    def reload(self) -> None:
+        """SIGHUP: load the TLS certificate and key again from their configured paths.
+
+        Connections already open keep the certificate they started with; new STARTTLS handshakes
+        present the new one. Everything else in the config needs a restart.
+        """
+        sdnotify.notify("RELOADING=1")
+        try:
+            if self.smtp is not None:
+                self.smtp.reload_tls()
+        except Exception as exc:  # a bad new certificate must not take the running server down
+            log.error("reload failed, keeping the old certificate: %s", exc, extra={"event": "daemon.reload_failed"})
+        finally:
+            sdnotify.notify("READY=1")
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -131,10 +151,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("stopping (grace period %.1f s)", self.config.daemon.grace_period, extra={"event": "daemon.stopping"})
         return 1 if self.failed else 0
@@ -143,6 +164,7 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        sdnotify.notify("STOPPING=1")
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._catch_up_task is not None:

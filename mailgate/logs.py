@@ -1,18 +1,45 @@
-"""Logging set-up: one line per event; no timestamp of our own under journald (it adds one)."""
+"""Logging set-up: one line per event; no timestamp of our own under journald (it adds one).
+
+``json`` format writes one object per line with ``time``, ``level``, ``logger``, ``message`` and the
+stable ``event`` field that lifecycle lines carry. Nothing here logs message bodies or secrets.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-def setup_logging(level: str = "info") -> None:
+class JsonFormatter(logging.Formatter):
+    def __init__(self, with_time: bool) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {}
+        if self.with_time:
+            data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        data.update(level=record.levelname.lower(), logger=record.name, message=record.getMessage())
+        data.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger once for the CLI and the daemon."""
     under_journald = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_journald else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(with_time=not under_journald))
+    else:
+        text = "%(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(logging.Formatter(text if under_journald else "%(asctime)s " + text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -201,6 +201,14 @@ class SmtpServer:
             timeout=self.config.timeout, loop=asyncio.get_running_loop(),
         )
 
+    def reload_tls(self) -> None:
+        """Read the certificate and key again; the next STARTTLS handshake presents them."""
+        context = tls_context(self.config)
+        if context is None:
+            return
+        self._tls = context
+        log.info("smtp: reloaded the TLS certificate %s", self.config.tls_cert, extra={"event": "smtp.tls_reloaded"})
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, self.config.host, self.config.port)
