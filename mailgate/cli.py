@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import base64
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -39,11 +40,21 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _safe(text: str, *, newlines: bool = False) -> str:
+    """Text from mail made safe for a terminal: control characters shown as escapes, never sent."""
+    if not newlines:
+        text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("(none)")
         return
-    cells = [[str(r.get(c, "") if r.get(c) is not None else "") for c in columns] for r in rows]
+    cells = [[_safe(str(r.get(c, "") if r.get(c) is not None else "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
@@ -55,7 +66,8 @@ def _print_record(data: dict[str, Any]) -> None:
     for key, value in data.items():
         if isinstance(value, (dict, list)):
             value = json.dumps(value, indent=2, ensure_ascii=False, default=str).replace("\n", "\n" + " " * (width + 2))
-        print(f"{key.ljust(width)}  {'' if value is None else value}")
+        text = "" if value is None else _safe(str(value), newlines=True)
+        print(f"{key.ljust(width)}  {text}")
 
 
 # -- plumbing ----------------------------------------------------------------------------------------
@@ -237,7 +249,7 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
                     _print_json([{"name": n, "value": v} for n, v in headers])
                 else:
                     for name, value in headers:
-                        print(f"{name}: {value}")
+                        print(f"{_safe(name)}: {_safe(value)}")
             else:
                 data = email_dict(rec, full=True)
                 _print_json(data) if args.json else _print_record(data)
