@@ -121,6 +121,7 @@ class _Lease:
     deadline: float  # monotonic time the budget ends
     budget: float
     released: bool = False
+    session: SessionRecord | None = None  # read in the same store unit that took the lease
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -329,7 +330,9 @@ class Runtime:
             raise ValueError(f"run_action cannot run a {kind} action")
         args = dict(arguments or {})
         async with self._locked(session_id, f"{kind} {action}") as lease:
-            rec = await self.get_session(session_id)
+            rec = lease.session
+            if rec is None:
+                raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
             interview = self.registry.get(rec.interview)
             handler = interview.get_action(action)
             answers = codec.decode(rec.answers)
@@ -505,7 +508,7 @@ class Runtime:
         what = "error action" if error is not None else "response action"
         try:
             async with self._locked(rec.session_id, f"callback {name}") as lease:
-                session = await self.store.get_session(rec.session_id)
+                session = lease.session
                 if session is None:
                     await self._finish(rec, worker, None, _Failure("SessionGone", f"session {rec.session_id} was deleted before the {what} {name!r} ran"), spawned,
                                        extra=Changes(release_lease=(rec.session_id, lease.holder)))
@@ -632,7 +635,11 @@ class Runtime:
         if lock is None:
             lock = self._locks[session_id] = asyncio.Lock()
         try:
-            await asyncio.wait_for(lock.acquire(), budget)
+            if lock.locked():  # only a contended lock needs the (costlier) timeout machinery
+                async with asyncio.timeout(budget):
+                    await lock.acquire()
+            else:
+                await lock.acquire()
         except TimeoutError:
             raise LeaseTimeout(
                 f"session {session_id} stayed busy in this process for {budget:g} s ([sessions] lock_timeout); "
@@ -640,25 +647,31 @@ class Runtime:
             ) from None
         try:
             holder = f"{self.process_id}#{next(self._lease_counter)}"
-            await self._acquire_lease(session_id, holder, budget)
-            lease = _Lease(session_id, holder, time.monotonic() + budget, budget)
-            renewer = asyncio.create_task(self._renew(lease), name=f"lease-renew-{session_id}")
+            session = await self._acquire_lease(session_id, holder, budget)
+            lease = _Lease(session_id, holder, time.monotonic() + budget, budget, session=session)
+            # Renew only if the action runs long: most finish well before a third of the lease's life.
+            renewals: list[asyncio.Task[None]] = []
+            timer = self.loop.call_later(self.config.sessions.lease_ttl / 3, lambda: renewals.append(
+                self.loop.create_task(self._renew(lease), name=f"lease-renew-{session_id}")))
             try:
                 yield lease
             finally:
-                renewer.cancel()
+                timer.cancel()
+                for renewal in renewals:
+                    renewal.cancel()
                 if not lease.released:
                     await asyncio.shield(self.store.release_lease(session_id, holder))
         finally:
             lock.release()
 
-    async def _acquire_lease(self, session_id: str, holder: str, wait: float) -> None:
+    async def _acquire_lease(self, session_id: str, holder: str, wait: float) -> SessionRecord | None:
+        """Take the store lease; returns the session as read under it (None if it does not exist)."""
         deadline = time.monotonic() + wait
         delay = 0.005
         while True:
-            busy = await self.store.try_acquire_lease(session_id, holder, self.config.sessions.lease_ttl, wait)
+            busy, session = await self.store.acquire_lease_and_read(session_id, holder, self.config.sessions.lease_ttl, wait)
             if busy is None:
-                return
+                return session
             if time.monotonic() + delay > deadline:
                 raise LeaseTimeout(self._busy_message(busy, wait))
             await asyncio.sleep(delay)  # polling another process's lease: there is no cross-process wake-up
@@ -681,7 +694,7 @@ class Runtime:
     async def _renew(self, lease: _Lease) -> None:
         interval = self.config.sessions.lease_ttl / 3
         while True:
-            await asyncio.sleep(interval)
             if not await self.store.renew_lease(lease.session_id, lease.holder, self.config.sessions.lease_ttl):
                 log.error("lost the lease of session %s", lease.session_id, extra={"event": "lease.lost"})
                 return
+            await asyncio.sleep(interval)

@@ -244,6 +244,11 @@ class Store(abc.ABC):
         """Take the lease if free or expired; None on success, else the current holder's lease."""
 
     @abc.abstractmethod
+    async def acquire_lease_and_read(self, session_id: str, holder: str, ttl: float,
+                                     budget: float) -> tuple[LeaseInfo | None, SessionRecord | None]:
+        """``try_acquire_lease``, and on success the session as read under the new lease (None if gone)."""
+
+    @abc.abstractmethod
     async def renew_lease(self, session_id: str, holder: str, ttl: float) -> bool: ...
 
     @abc.abstractmethod

@@ -285,9 +285,14 @@ class SqliteStore(Store):
 
     # -- leases ------------------------------------------------------------------------------------
     async def try_acquire_lease(self, session_id: str, holder: str, ttl: float, budget: float) -> LeaseInfo | None:
+        busy, _ = await self.acquire_lease_and_read(session_id, holder, ttl, budget)
+        return busy
+
+    async def acquire_lease_and_read(self, session_id: str, holder: str, ttl: float,
+                                     budget: float) -> tuple[LeaseInfo | None, SessionRecord | None]:
         now = self.clock()
 
-        def unit(conn: sqlite3.Connection) -> LeaseInfo | None:
+        def unit(conn: sqlite3.Connection) -> tuple[LeaseInfo | None, SessionRecord | None]:
             cur = conn.execute(
                 "INSERT INTO session_leases VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(session_id) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at, "
@@ -296,9 +301,10 @@ class SqliteStore(Store):
                 (session_id, holder, now, now + ttl, now + budget, now),
             )
             if cur.rowcount == 1:
-                return None
+                session = conn.execute(f"SELECT {SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+                return None, SessionRecord(*session) if session else None
             row = conn.execute("SELECT session_id, holder, acquired_at, expires_at, budget_until FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
-            return LeaseInfo(*row)
+            return LeaseInfo(*row), None
 
         return await self._writer.submit(unit)
 

@@ -56,6 +56,12 @@ class Connection:
         self.paused: list[EventRecord] | None = []  # events that arrive while the backlog is read
         self.metrics = metrics
         self.dropped = False
+        self.jobs: set[asyncio.Task[Any]] = set()  # "run" requests and closes in flight (kept referenced)
+
+    def spawn(self, coro: Any) -> None:
+        job = asyncio.get_running_loop().create_task(coro)
+        self.jobs.add(job)
+        job.add_done_callback(self.jobs.discard)
 
     def offer(self, event: EventRecord) -> None:
         """Queue an event for this page unless it already has it; never blocks."""
@@ -76,8 +82,7 @@ class Connection:
             self.dropped = True
             self.metrics.slow_clients_dropped += 1
             log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client"})
-            asyncio.get_running_loop().create_task(
-                self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect to catch up"))
+            self.spawn(self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect to catch up"))
 
     async def sender(self) -> None:
         while True:
@@ -199,6 +204,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         hub.detach(conn)
         checkins.stop()
+        for job in list(conn.jobs):
+            job.cancel()
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         if not ws.closed:
@@ -250,7 +257,7 @@ async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRu
         if kind == "checkin":
             checkins.submit(data)
         elif kind == "run":
-            asyncio.get_running_loop().create_task(_run(conn, runtime, data))
+            conn.spawn(_run(conn, runtime, data))
         else:
             conn.send({"type": "error", "ref": data.get("ref"), "error": f"unknown message type {kind!r}; use checkin or run"})
 
@@ -283,14 +290,17 @@ class CheckinRunner:
         self.metrics = metrics
         self._next: dict[str, Any] | None = None
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="ws-checkins")
+        self._task: asyncio.Task[None] | None = None  # started by the first check-in: idle pages cost less
 
     def submit(self, data: dict[str, Any]) -> None:
         self._next = data
         self._wake.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="ws-checkins")
 
     def stop(self) -> None:
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
     async def _loop(self) -> None:
         while True:
