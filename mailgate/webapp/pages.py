@@ -33,6 +33,10 @@ async def client_js(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path, headers={"Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-cache"})
 
 
+async def demo_css(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(web_dir() / "demo" / "demo.css", headers={"Content-Type": "text/css; charset=utf-8"})
+
+
 async def demo_index(request: web.Request) -> web.Response:
     names = sorted(p.stem for p in (web_dir() / "demo").glob("*.html"))
     items = "\n".join(f'<li><a href="/demo/{html.escape(n)}">{html.escape(n)}</a></li>' for n in names)
@@ -60,6 +64,7 @@ async def demo_page(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application, *, demo: bool) -> None:
     app.router.add_get("/static/mailgate.js", client_js)
     if demo:
+        app.router.add_get("/static/demo.css", demo_css)
         app.router.add_get("/demo/", demo_index)
         app.router.add_get("/demo", demo_index)
         app.router.add_get("/demo/{name}", demo_page)
