@@ -424,7 +424,13 @@ def _header_text(msg: Message, name: str, parser: _Parser) -> str | None:
     except Exception as exc:  # noqa: BLE001 -- an unreadable header reads as missing
         parser.defect(f"{name} header unreadable: {type(exc).__name__}: {exc}")
         return None
-    return None if value is None else clean_text(str(value)).strip()
+    if value is None:
+        return None
+    # a single-line field: an encoded CR/LF must not reach a log line or a reply header as a break
+    return _BREAKS.sub(" ", clean_text(str(value))).strip()
+
+
+_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
 
 
 def _date(msg: Message, parser: _Parser) -> datetime | None:

@@ -32,6 +32,7 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients; send the rest in another m
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address; try again later"
 TOO_MANY_UNKNOWN = "421 4.7.0 Too many unknown recipients; closing connection"
 MESSAGE_TOO_BIG = "552 5.3.4 Message too big for this server"
+LINE_TOO_LONG = "500 5.5.2 Line too long for this server"
 DMARC_REJECT = "550 5.7.1 Rejected by the DMARC policy of the sender's domain"
 MAILBOX_GONE = "550 5.1.1 Mailbox no longer exists"
 TEMPORARY_FAILURE = "451 4.3.0 Temporary server error; please try again later"
@@ -40,6 +41,7 @@ TEMPORARY_FAILURE = "451 4.3.0 Temporary server error; please try again later"
 _REWRITE = {
     "552 Error: Too much mail data": MESSAGE_TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": LINE_TOO_LONG,
 }
 
 

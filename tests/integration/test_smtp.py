@@ -25,7 +25,7 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "max_recipients": 3, "parse_processes": 1,
+    return make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "max_recipients": 3, "parse_processes": 1, "max_line_length": 2000,
                                        "max_message_size": 200_000, "max_unknown_recipients": 3},
                        mail={"domains": ("example.test", "Bücher.test")})
 
@@ -196,4 +196,19 @@ async def test_deleting_the_session_kills_the_address(daemon: Daemon) -> None:
     await rt(daemon).delete_session(sid)
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         await smtp_call(daemon.smtp.port, lambda c: c.send_message(message(address, "After")))
+    assert await rt(daemon).store.list_emails(session_id=sid) == []
+
+
+async def test_line_too_long_is_refused_with_an_enhanced_code(daemon: Daemon) -> None:
+    assert daemon.smtp is not None
+    sid, address = await new_address(daemon, "email-to-case-simple")
+
+    def long_line(c: smtplib.SMTP) -> tuple[int, bytes]:
+        c.ehlo("client.test")
+        c.mail("a@elsewhere.test")
+        c.rcpt(address)
+        return c.data(b"Subject: long\r\n\r\n" + b"x" * 3000 + b"\r\n")
+
+    code, text = await smtp_call(daemon.smtp.port, long_line)
+    assert code == 500 and text.startswith(b"5.5.2"), (code, text)
     assert await rt(daemon).store.list_emails(session_id=sid) == []

@@ -476,3 +476,11 @@ def test_every_corpus_file_parses() -> None:
         raw = path.read_bytes()
         parsed = parse_message(raw)
         assert_storable(parsed, raw)
+
+
+def test_encoded_line_breaks_in_single_line_fields_become_spaces() -> None:
+    from mailgate.mail import parse_message
+
+    raw = b"From: a@b.test\r\nSubject: =?utf-8?q?Hi=0D=0AX-Fake:_row?=\r\n\r\nbody\r\n"
+    parsed = parse_message(raw)
+    assert parsed.subject == "Hi X-Fake: row"
