@@ -170,7 +170,7 @@ async def serve(args: argparse.Namespace) -> None:
                         "threads": {k: v - marks["threads"].get(k, 0.0) for k, v in threads.items()}}
                 if profilers:
                     text = io.StringIO()
-                    pstats.Stats(*[cast(Any, _Snapshot(p)) for p in profilers], stream=text).sort_stats("tottime").print_stats(15)
+                    pstats.Stats(*[cast(Any, snap) for snap in (_Snapshot(p) for p in profilers) if snap.stats], stream=text).sort_stats("tottime").print_stats(15)
                     data["profile"] = text.getvalue()
             elif cmd == "reset_peak":
                 _reset_peak()
