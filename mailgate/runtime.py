@@ -162,6 +162,7 @@ class Runtime:
         self._task_listeners: list[Callable[[], None]] = []
         self._finished: dict[str, asyncio.Event] = {}
         self._interview_of: dict[str, str] = {}
+        self._holding: dict[str, str] = {}  # session -> what holds its lock in this process (for errors)
         self.addresses: Addresses
         self.signer: Signer
 
@@ -642,9 +643,10 @@ class Runtime:
                 await lock.acquire()
         except TimeoutError:
             raise LeaseTimeout(
-                f"session {session_id} stayed busy in this process for {budget:g} s ([sessions] lock_timeout); "
-                "an action on it is running long; try again, or look for a slow action in the log"
+                f"session {session_id} stayed busy in this process for {budget:g} s ([sessions] lock_timeout): "
+                f"{self._holding.get(session_id, 'an action')} is running long; try again, or look for it in the log"
             ) from None
+        self._holding[session_id] = what
         try:
             holder = f"{self.process_id}#{next(self._lease_counter)}"
             session = await self._acquire_lease(session_id, holder, budget)
@@ -662,6 +664,7 @@ class Runtime:
                 if not lease.released:
                     await asyncio.shield(self.store.release_lease(session_id, holder))
         finally:
+            self._holding.pop(session_id, None)
             lock.release()
 
     async def _acquire_lease(self, session_id: str, holder: str, wait: float) -> SessionRecord | None:

@@ -367,3 +367,14 @@ async def test_many_tasks_from_one_action(daemon: Daemon) -> None:
         assert await task.wait_async(20)
     counts = await runtime.store.count_tasks()
     assert counts["succeeded"] == 50
+
+
+async def test_busy_session_in_this_process_names_the_holder(tmp_path: Path) -> None:
+    config = make_config(tmp_path, sessions={"lock_timeout": 0.3})
+    async with Daemon(config, roles=()) as d:
+        runtime = rt(d)
+        session = await runtime.create_session("testing")
+        async with runtime._locked(session.id, "foreground slow_report"):
+            with pytest.raises(LeaseTimeout, match="foreground slow_report is running long"):
+                await runtime.run_action(session.id, "set", {"x": 1})
+        await runtime.run_action(session.id, "set", {"x": 1})  # free again
