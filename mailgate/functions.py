@@ -42,6 +42,12 @@ def background_response(*args: Any, **kwargs: Any) -> NoReturn:
     ctx = current("background_response")
     if ctx.kind == "checkin":  # render templates now, while the answers are visible to them
         raise BackgroundResponseEnd(args, kwargs, checkin_commands(args, kwargs))
+    if ctx.kind == "foreground":  # a command form ("refresh", (msg, "flash"), target=...) is pushed
+        try:
+            commands = checkin_commands(args, kwargs)
+        except ActionError:
+            commands = None  # a plain value: the action's result
+        raise BackgroundResponseEnd(args, kwargs, commands or None)
     raise BackgroundResponseEnd(args, kwargs)
 
 

@@ -353,6 +353,9 @@ class Runtime:
                 delete_session=session_id if result.deleted else None,
                 new_tasks=ctx.new_tasks,
                 mailboxes=ctx.new_mailboxes,
+                # a foreground action's commands go to every open page of the session
+                events=[NewEvent(session_id, "command", json.dumps(c, default=str)) for c in result.commands]
+                if kind == "foreground" and not result.deleted else (),
                 release_lease=(session_id, lease.holder),
             )
             committed = await self._commit(changes)
@@ -376,7 +379,8 @@ class Runtime:
             if ctx.kind == "checkin":
                 commands = end.commands if end.commands is not None else checkin_commands(end.args_, end.kwargs)
                 return ActionResult("background_response", commands=tuple(commands))
-            return ActionResult("background_response", data=end.args_[0] if end.args_ else None)
+            return ActionResult("background_response", data=end.args_[0] if end.args_ else None,
+                                commands=tuple(end.commands or ()))
         raise ActionError(
             f"action {ctx.action!r} called background_response_action(), which only ends a background action; "
             "start it with background_action() instead"

@@ -270,3 +270,21 @@ async def test_url_action_and_metrics(daemon: Daemon, http: aiohttp.ClientSessio
     async with http.get("/metrics") as r:
         text = await r.text()
     assert "mailgate_ws_connections 0" in text and 'mailgate_tasks{state="queued"}' in text
+
+
+async def test_a_command_from_a_foreground_action_reaches_every_tab(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    token = await token_for(http, sid)
+    async with http.ws_connect(f"/ws?token={token}") as tab1, http.ws_connect(f"/ws?token={token}") as tab2:
+        await receive(tab1, "welcome")
+        await receive(tab2, "welcome")
+        result = await api(http, "POST", f"/api/sessions/{sid}/actions/announce", 200,
+                           json={"arguments": {"message": "Saved by the office"}})
+        assert result["commands"] == [{"command": "flash", "message": "Saved by the office"}]
+        for tab in (tab1, tab2):
+            event = await receive(tab, "event")
+            assert event["kind"] == "command" and event["data"]["message"] == "Saved by the office"
+        plain = await api(http, "POST", f"/api/sessions/{sid}/actions/plain_value", 200)
+        assert plain["data"] == 42 and plain["commands"] == []
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(tab1.receive(), 0.3)  # a plain value is not pushed

@@ -200,3 +200,13 @@ def cron_weekly(answers: dict[str, Any]) -> None:
     answers["weekly_task"] = background_action("whoami_bg")
     answers["cron_user"] = {"id": user_info().id, "cron": user_has_privilege("cron")}
     response()
+
+
+@interview.action("announce")
+def announce(answers: dict[str, Any]) -> None:
+    background_response(action_argument("message"), "flash")
+
+
+@interview.action("plain_value")
+def plain_value(answers: dict[str, Any]) -> None:
+    background_response(42)
