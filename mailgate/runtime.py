@@ -69,7 +69,7 @@ from .store.base import (
     TaskRecord,
 )
 from .tasks import Task
-from .threads import DaemonThreadPool
+from .threads import DaemonThreadPool, LoopResults
 from .tokens import Signer
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class Runtime:
         self._task_listeners: list[Callable[[], None]] = []
         self._finished: dict[str, asyncio.Event] = {}
         self._interview_of: dict[str, str] = {}
+        self._loop_results: LoopResults | None = None
         self._holding: dict[str, str] = {}  # session -> what holds its lock in this process (for errors)
         self.addresses: Addresses
         self.signer: Signer
@@ -175,6 +176,11 @@ class Runtime:
             self.signer = Signer(self.config.web.secret_key.encode())
         else:
             self.signer = Signer(bytes.fromhex(await self.store.setting("web_secret", secrets.token_hex(32))))
+
+    def _results(self) -> LoopResults:
+        if self._loop_results is None:
+            self._loop_results = LoopResults(self.loop)
+        return self._loop_results
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -592,7 +598,7 @@ class Runtime:
                     await handler.fn(answers)
                 else:
                     call = contextvars.copy_context().run
-                    await self.loop.run_in_executor(self.executor, call, handler.fn, answers)
+                    await self.executor.call(self._results(), call, handler.fn, answers)
             return None
         except ActionEnd as end:
             return end
