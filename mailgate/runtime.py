@@ -19,10 +19,10 @@ import socket
 import time
 import traceback
 import uuid
-import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from . import answers as codec
@@ -48,6 +48,7 @@ from .errors import (
     LeaseTimeout,
     MailgateError,
     NotFound,
+    VersionConflict,
 )
 from .events import EventBus
 from .inbound import Addresses
@@ -127,6 +128,74 @@ class _Lease:
         return max(0.0, self.deadline - time.monotonic())
 
 
+_NO_CHANGES = Changes()
+
+
+class _SessionLocks:
+    """This process's lock of each session: an entry while held, with its waiters in arrival order.
+
+    Cheaper than an asyncio.Lock per session (kept in a weak dictionary): an uncontended acquire is
+    one dictionary insert and never yields to the loop.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def locked(self, session_id: str) -> bool:
+        return session_id in self._held
+
+    async def acquire(self, session_id: str, timeout: float) -> None:
+        waiters = self._held.get(session_id)
+        if waiters is None:
+            self._held[session_id] = deque()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except BaseException:
+            if future.done() and not future.cancelled():  # handed the lock just as we gave up: pass it on
+                self.release(session_id)
+            elif future in waiters:
+                waiters.remove(future)
+            raise
+
+    def release(self, session_id: str) -> None:
+        waiters = self._held[session_id]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the lock passes to this waiter
+                return
+        del self._held[session_id]
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one locked action produced: its result and its changes, before they are committed."""
+
+    result: ActionResult
+    changes: Changes | None  # None: nothing to commit
+    read_version: int
+
+    def result_after(self, committed: CommitResult | None) -> ActionResult:
+        r, ch = self.result, self.changes
+        if ch is None:
+            return replace(r, version=self.read_version)
+        saved = ch.save is not None
+        return ActionResult(
+            r.kind, r.text, r.data, r.command, r.commands, saved=saved, deleted=r.deleted,
+            version=committed.version if saved and committed is not None and committed.version is not None else self.read_version,
+            tasks=tuple(t.id for t in ch.new_tasks),
+        )
+
+
 @dataclass
 class _Failure:
     error_type: str
@@ -157,8 +226,9 @@ class Runtime:
         self.executor = DaemonThreadPool(config.tasks.workers + 4)
         self.outbound = Outbound(config.outbound)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._locks = _SessionLocks()
         self._lease_counter = itertools.count(1)
+        self.checkin_retries = 0  # optimistic check-ins that had to run again under the lease
         self._task_listeners: list[Callable[[], None]] = []
         self._finished: dict[str, asyncio.Event] = {}
         self._interview_of: dict[str, str] = {}
@@ -332,45 +402,91 @@ class Runtime:
         ``kind`` is foreground (saved unless ``response(null=True)``), checkin (saved only if the
         answers changed; ``background_response`` becomes UI commands) or cron (as foreground, and the
         cron user's access does not count as activity).
+
+        A check-in first runs optimistically (see :meth:`_checkin_unleased`); if that finds the
+        session leased or changed by another process when it commits, it runs again under the lease.
         """
         if kind not in ("foreground", "checkin", "cron"):
             raise ValueError(f"run_action cannot run a {kind} action")
         args = dict(arguments or {})
+        if kind == "checkin":
+            done = await self._checkin_unleased(session_id, action, args, user)
+            if done is not None:
+                return done
+            self.checkin_retries += 1
         async with self._locked(session_id, f"{kind} {action}") as lease:
-            rec = lease.session
+            if lease.session is None:
+                raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
+            outcome = await self._perform(kind, lease.session, action, args, user, lease)
+            committed = await self._commit(replace(outcome.changes or _NO_CHANGES, release_lease=(session_id, lease.holder)))
+            lease.released = True
+        return outcome.result_after(committed)
+
+    async def _checkin_unleased(self, session_id: str, action: str, args: dict[str, Any], user: User) -> ActionResult | None:
+        """A check-in without the store lease: None if it must run again under the lease.
+
+        Check-ins come every few seconds from every open page and mostly change nothing, so they
+        skip the store lease's two writes. Under this process's lock (which orders them with every
+        other action of this process) the session is read as committed (from the store's cache while
+        the database is unchanged) and the action runs within the same time budget. If it changed
+        nothing, nothing is written. Otherwise its changes commit only if, at commit time, the
+        session is still at the version that was read and no other process holds its lease
+        (``Changes.unleased``); if not, nothing was written and the caller runs the check-in again
+        under the lease, so the action may run twice: check-in actions must be safe to repeat, as
+        they are already (they run again every ``checkin_interval``).
+        """
+        await self._lock_local(session_id, f"checkin {action}")
+        try:
+            rec = await self.store.get_session(session_id)
             if rec is None:
                 raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
-            interview = self.registry.get(rec.interview)
-            handler = interview.get_action(action)
-            answers = codec.decode(rec.answers)
-            ctx = self._context(kind, rec.id, interview, action, args, user)
-            ctx.accessed_at = rec.accessed_at
-            ctx.task_records = await self._hydrate(answers, args)
-            end = await self._invoke_locked(ctx, handler, answers, lease)
-            result = self._result_of(ctx, end)
-            save: SessionSave | None = None
-            if not result.deleted and not (isinstance(end, ResponseEnd) and end.null):
-                text = self._encode_after(ctx, answers)
-                if kind != "checkin" or text != rec.answers:
-                    save = SessionSave(session_id, text, rec.version, touch=user.id != "cron",
-                                       allow_cron=answers.get("allow_cron") is True)
-            changes = Changes(
-                save=save,
-                delete_session=session_id if result.deleted else None,
-                new_tasks=ctx.new_tasks,
-                mailboxes=ctx.new_mailboxes,
-                # a foreground action's commands go to every open page of the session
-                events=[NewEvent(session_id, "command", json.dumps(c, default=str)) for c in result.commands]
-                if kind == "foreground" and not result.deleted else (),
-                release_lease=(session_id, lease.holder),
-            )
-            committed = await self._commit(changes)
-            lease.released = True
-        return ActionResult(
-            result.kind, result.text, result.data, result.command, result.commands,
-            saved=save is not None, deleted=result.deleted, version=committed.version if save else rec.version,
-            tasks=tuple(t.id for t in ctx.new_tasks),
+            budget = self.config.sessions.lock_timeout
+            lease = _Lease(session_id, "", time.monotonic() + budget, budget, session=rec)
+            outcome = await self._perform("checkin", rec, action, args, user, lease)
+            if outcome.changes is None:
+                return outcome.result_after(None)
+            try:
+                committed = await self._commit(replace(outcome.changes, unleased=(session_id, rec.version)))
+            except VersionConflict:
+                return None
+            return outcome.result_after(committed)
+        finally:
+            self._unlock_local(session_id)
+
+    async def _perform(self, kind: ContextKind, rec: SessionRecord, action: str, args: dict[str, Any], user: User,
+                       lease: _Lease) -> _Outcome:
+        """Run the action on ``rec``'s answers; what it produced, not yet committed."""
+        interview = self.registry.get(rec.interview)
+        handler = interview.get_action(action)
+        answers = codec.decode(rec.answers)
+        ctx = self._context(kind, rec.id, interview, action, args, user)
+        ctx.accessed_at = rec.accessed_at
+        # Answers whose text has no tag hold no references: skip walking them. A check-in's arguments
+        # are the page's field values, plain JSON.
+        values = [answers] if codec.TAG in rec.answers else []
+        if kind != "checkin":
+            values.append(args)
+        ctx.task_records = await self._hydrate(*values) if values else {}
+        end = await self._invoke_locked(ctx, handler, answers, lease)
+        result = self._result_of(ctx, end)
+        save: SessionSave | None = None
+        if not result.deleted and not (isinstance(end, ResponseEnd) and end.null):
+            text = self._encode_after(ctx, answers)
+            if kind != "checkin" or text != rec.answers:
+                save = SessionSave(rec.id, text, rec.version, touch=user.id != "cron",
+                                   allow_cron=answers.get("allow_cron") is True)
+        # a foreground action's commands go to every open page of the session
+        commands = result.commands if kind == "foreground" and not result.deleted else ()
+        if save is None and not result.deleted and not ctx.new_tasks and not ctx.new_mailboxes and not commands:
+            return _Outcome(result, None, rec.version)
+        changes = Changes(
+            save=save,
+            delete_session=rec.id if result.deleted else None,
+            new_tasks=tuple(ctx.new_tasks),
+            mailboxes=tuple(ctx.new_mailboxes),
+            events=tuple(NewEvent(rec.id, "command", json.dumps(c, default=str)) for c in commands),
         )
+        return _Outcome(result, changes, rec.version)
 
     def _result_of(self, ctx: ActionContext, end: ActionEnd | None) -> ActionResult:
         if end is None:
@@ -593,12 +709,18 @@ class Runtime:
         ctx.answers = answers
         token = CURRENT.set(ctx)
         try:
-            async with asyncio.timeout(timeout):
-                if handler.is_async:
+            if handler.is_async:
+                async with asyncio.timeout(timeout):
                     await handler.fn(answers)
-                else:
-                    call = contextvars.copy_context().run
-                    await self.executor.call(self._results(), call, handler.fn, answers)
+            else:
+                call = contextvars.copy_context().run
+                done = self.executor.call(self._results(), call, handler.fn, answers)
+                # a plain timer, cheaper than asyncio.timeout(): the thread cannot be stopped anyway
+                timer = self.loop.call_at(self.loop.time() + timeout, _time_out, done)
+                try:
+                    await done
+                finally:
+                    timer.cancel()
             return None
         except ActionEnd as end:
             return end
@@ -638,25 +760,27 @@ class Runtime:
                     e._fill(found[e.id])
         return records
 
-    @asynccontextmanager
-    async def _locked(self, session_id: str, what: str) -> AsyncIterator[_Lease]:
-        """Hold the session lease: first this process's lock, then the store's lease (cross-process)."""
+    async def _lock_local(self, session_id: str, what: str) -> None:
+        """Take this process's lock of the session (bounded by ``lock_timeout``); release with _unlock_local."""
         budget = self.config.sessions.lock_timeout
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = self._locks[session_id] = asyncio.Lock()
         try:
-            if lock.locked():  # only a contended lock needs the (costlier) timeout machinery
-                async with asyncio.timeout(budget):
-                    await lock.acquire()
-            else:
-                await lock.acquire()
+            await self._locks.acquire(session_id, budget)
         except TimeoutError:
             raise LeaseTimeout(
                 f"session {session_id} stayed busy in this process for {budget:g} s ([sessions] lock_timeout): "
                 f"{self._holding.get(session_id, 'an action')} is running long; try again, or look for it in the log"
             ) from None
         self._holding[session_id] = what
+
+    def _unlock_local(self, session_id: str) -> None:
+        self._holding.pop(session_id, None)
+        self._locks.release(session_id)
+
+    @asynccontextmanager
+    async def _locked(self, session_id: str, what: str) -> AsyncIterator[_Lease]:
+        """Hold the session lease: first this process's lock, then the store's lease (cross-process)."""
+        budget = self.config.sessions.lock_timeout
+        await self._lock_local(session_id, what)
         try:
             holder = f"{self.process_id}#{next(self._lease_counter)}"
             session = await self._acquire_lease(session_id, holder, budget)
@@ -674,8 +798,7 @@ class Runtime:
                 if not lease.released:
                     await asyncio.shield(self.store.release_lease(session_id, holder))
         finally:
-            self._holding.pop(session_id, None)
-            lock.release()
+            self._unlock_local(session_id)
 
     async def _acquire_lease(self, session_id: str, holder: str, wait: float) -> SessionRecord | None:
         """Take the store lease; returns the session as read under it (None if it does not exist)."""

@@ -4,6 +4,13 @@ A sync handler cannot be interrupted. When one overruns its budget or the daemon
 is already discarded (the task went back to the queue, or nothing was saved); the standard
 ThreadPoolExecutor would still make the interpreter wait for it at exit, so SIGTERM could hang for
 as long as the slowest handler. Daemon threads let the process exit on time.
+
+Calls from the event loop (:meth:`DaemonThreadPool.call`) travel in batches both ways: the calls
+made in one turn of the loop go to the workers with one wake-up, a worker runs them one after the
+other, and the results come back with one wake-up of the loop (:class:`LoopResults`). Under load
+(a thousand pages checking in) this saves most of what a thread hop costs in Python: waking a
+thread and winning the GIL back. So that one slow handler does not hold up the calls queued behind
+it, a timer wakes another worker whenever calls have waited ``unstick_after`` seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 _STOP = object()
+_CALLS = object()  # wake-up: run the queued loop calls
 
 
 class LoopResults:
@@ -49,7 +57,7 @@ class LoopResults:
             self._items.clear()
             self._scheduled = False
         for future, ok, value in items:
-            if future.cancelled():  # the caller gave up (a budget ran out)
+            if future.done():  # the caller gave up (a budget ran out)
                 continue
             if ok:
                 future.set_result(value)
@@ -58,7 +66,7 @@ class LoopResults:
 
 
 class DaemonThreadPool(Executor):
-    def __init__(self, max_workers: int, name: str = "mailgate-action") -> None:
+    def __init__(self, max_workers: int, name: str = "mailgate-action", unstick_after: float = 0.005) -> None:
         self._max = max_workers
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -66,6 +74,11 @@ class DaemonThreadPool(Executor):
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._shutdown = False
+        self._unstick_after = unstick_after
+        # loop calls: made in this turn of the loop (loop thread only), then handed to the workers
+        self._made: list[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], LoopResults]] = []
+        self._calls: deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], LoopResults]] = deque()
+        self._unstick: asyncio.TimerHandle | None = None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
@@ -73,12 +86,52 @@ class DaemonThreadPool(Executor):
         return future
 
     def call(self, results: LoopResults, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run ``fn(*args)`` in a worker; the returned future (of ``results``' loop) gets its outcome."""
+        """Run ``fn(*args)`` in a worker; the returned future (of ``results``' loop) gets its outcome.
+
+        Call from ``results``' loop only. If the future is done (cancelled, timed out) before a
+        worker gets to the call, the call is skipped.
+        """
+        if self._shutdown:
+            raise RuntimeError("cannot run an action: the thread pool is shut down")
         future: asyncio.Future[Any] = results.loop.create_future()
-        self._put((future, fn, args, results))
+        if not self._made:
+            results.loop.call_soon(self._hand_over, results.loop)
+        self._made.append((future, fn, args, results))
         return future
 
-    def _put(self, item: tuple[Any, ...]) -> None:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        made, self._made = self._made, []
+        if self._shutdown:
+            for future, *_ in made:
+                future.cancel()
+            return
+        self._calls.extend(made)
+        self._put(_CALLS)
+        if self._unstick is None:
+            self._unstick = loop.call_later(self._unstick_after, self._check_stuck, loop)
+
+    def _check_stuck(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Calls still queued after a while: a worker is busy with a slow one, so wake another."""
+        self._unstick = None
+        if self._calls and not self._shutdown:
+            self._put(_CALLS)
+            self._unstick = loop.call_later(self._unstick_after, self._check_stuck, loop)
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                future, fn, args, results = self._calls.popleft()
+            except IndexError:
+                return
+            if future.done():
+                continue
+            try:
+                results.put(future, True, fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                results.put(future, False, exc)
+            del future, fn, args, results
+
+    def _put(self, item: Any) -> None:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot run an action: the thread pool is shut down")
@@ -93,13 +146,12 @@ class DaemonThreadPool(Executor):
             item = self._queue.get()
             if item is _STOP:
                 return
+            if item is _CALLS:
+                self._run_calls()
+                self._idle.release()
+                continue
             future, fn, args, extra = item
-            if isinstance(extra, LoopResults):
-                try:
-                    extra.put(future, True, fn(*args))
-                except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                    extra.put(future, False, exc)
-            elif future.set_running_or_notify_cancel():
+            if future.set_running_or_notify_cancel():
                 kwargs = extra
                 try:
                     future.set_result(fn(*args, **kwargs))
@@ -118,8 +170,10 @@ class DaemonThreadPool(Executor):
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _STOP:
+                if item is not _STOP and item is not _CALLS:
                     item[0].cancel()
+            while self._calls:
+                self._calls.popleft()[0].cancel()
         for _ in threads:
             self._queue.put(_STOP)
         if wait:

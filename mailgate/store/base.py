@@ -187,6 +187,9 @@ class Changes:
     finish: TaskFinish | None = None
     release_lease: tuple[str, str] | None = None  # (session_id, holder)
     mailboxes: Sequence[NewMailbox] = ()  # created, or their expiry renewed
+    # (session_id, version): apply only if the session is still at that version and nobody holds a
+    # live lease on it, else VersionConflict. For actions that ran without taking the lease.
+    unleased: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)

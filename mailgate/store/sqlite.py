@@ -8,6 +8,16 @@ writes do not go through aiosqlite: it hops to its thread once per statement (ab
 measured here), while a group commit needs the whole transaction in one hop. Reads go through an
 aiosqlite connection, which WAL lets run beside the writer.
 
+Sessions that were read are cached while the database is unchanged. A third connection, used only
+on the loop's thread, asks SQLite for ``PRAGMA data_version`` (about 1.5 us: it reads the shared WAL
+index, never a page), which changes whenever any *other* connection commits: this process's
+writer, the CLI, a second daemon. Any change empties the cache. The check runs at most once per
+turn of the event loop and again after each of this process's own commits (a sqlite3 call lets go
+of the GIL, and under load winning it back costs more than the call), so a cached session is never
+older than the database was at the start of the current turn, and never older than a commit this
+process has been told of. A process that only reads, as check-ins that change nothing do, reads
+each session once.
+
 Cross-process safety comes from SQLite itself: ``BEGIN IMMEDIATE`` takes the database's write lock
 and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) to let go.
 """
@@ -67,9 +77,10 @@ def _migrations() -> list[tuple[int, str, str]]:
 class _Writer:
     """One thread, one connection, group commits."""
 
-    def __init__(self, path: str, busy_timeout: float) -> None:
+    def __init__(self, path: str, busy_timeout: float, on_commit: Callable[[], None] = lambda: None) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
+        self._on_commit = on_commit
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-sqlite-writer")
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Unit, asyncio.Future[Any]]] = []
@@ -91,7 +102,10 @@ class _Writer:
         """Run ``fn`` outside any batch (migrations); it manages its own transaction."""
         assert self._conn is not None
         conn = self._conn
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        finally:
+            self._on_commit()
 
     async def submit(self, unit: Callable[[sqlite3.Connection], T]) -> T:
         """Apply ``unit`` in the next group commit; returns its result once durable."""
@@ -111,12 +125,14 @@ class _Writer:
                 try:
                     results = await loop.run_in_executor(self._executor, self._apply, [u for u, _ in batch])
                 except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
+                    self._on_commit()
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc if isinstance(exc, Exception) else MailgateError("store stopped"))
                     if not isinstance(exc, Exception):
                         raise
                     continue
+                self._on_commit()
                 self.batches += 1
                 self.units += len(batch)
                 for (_, fut), (ok, value) in zip(batch, results, strict=True):
@@ -169,26 +185,91 @@ class _Writer:
         self._executor.shutdown(wait=True)
 
 
+class _SessionCache:
+    """Sessions as last read, valid while ``PRAGMA data_version`` of the watch connection stays put."""
+
+    def __init__(self, watch: sqlite3.Connection, size: int) -> None:
+        self._watch = watch
+        self._size = size
+        self._version = self.data_version()
+        self._checked = False  # data_version was read in this turn of the loop, after our last commit
+        self._records: dict[str, SessionRecord] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def data_version(self) -> int | None:
+        try:
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:  # busy (never waited for: this runs on the loop) or broken: cache nothing
+            return None
+
+    def check(self) -> int | None:
+        """Empty the cache if any other connection committed since the last check; the version now."""
+        if self._checked:
+            return self._version
+        version = self.data_version()
+        if version is None or version != self._version:
+            self._records.clear()
+            self._version = version
+        if version is not None:
+            self._checked = True
+            asyncio.get_running_loop().call_soon(self.stale)
+        return version
+
+    def stale(self) -> None:
+        """Read data_version again at the next check (a new turn of the loop, or this process committed)."""
+        self._checked = False
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        self.check()
+        rec = self._records.get(session_id)
+        if rec is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return rec
+
+    def put(self, rec: SessionRecord, seen: int | None) -> None:
+        """Keep ``rec``, read after data_version ``seen`` was observed, if nothing committed since."""
+        if seen is None or self.check() != seen:
+            return
+        if len(self._records) >= self._size:
+            del self._records[next(iter(self._records))]  # the oldest entry
+        self._records[rec.id] = rec
+
+    def close(self) -> None:
+        self._records.clear()
+        self._watch.close()
+
+
 class SqliteStore(Store):
     """SQLite file store. ``clock`` returns POSIX seconds; tests may pass a controllable one."""
 
-    def __init__(self, path: str, *, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time,
+                 cache_sessions: int = 10_000) -> None:
         self.path = path
         self.clock = clock
         self._busy_timeout = busy_timeout
-        self._writer = _Writer(path, busy_timeout)
+        self._writer = _Writer(path, busy_timeout, on_commit=self._committed)
         self._reader: aiosqlite.Connection | None = None
+        self._cache_size = cache_sessions
+        self._cache: _SessionCache | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
         try:
             await self._writer.open()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
+            if self._cache_size > 0:
+                self._cache = _SessionCache(sqlite3.connect(self.path, isolation_level=None, timeout=0), self._cache_size)
         except sqlite3.Error as exc:
             raise MailgateError(f"cannot open the SQLite store {self.path!r}: {exc}; check the path and its permissions") from None
 
     async def close(self) -> None:
         await self._writer.close()
+        if self._cache is not None:
+            cache, self._cache = self._cache, None
+            cache.close()
         if self._reader is not None:
             reader, self._reader = self._reader, None
             await reader.close()
@@ -249,8 +330,29 @@ class SqliteStore(Store):
         return SessionRecord(session_id, interview, answers, 1, owner, now, now, now)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
+        cache = self._cache
+        if cache is None:
+            rows = await self._read(f"SELECT {SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
+            return SessionRecord(*rows[0]) if rows else None
+        rec = cache.get(session_id)
+        if rec is not None:
+            return rec
+        seen = cache.check()
         rows = await self._read(f"SELECT {SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
-        return SessionRecord(*rows[0]) if rows else None
+        if not rows:
+            return None
+        rec = SessionRecord(*rows[0])
+        if self._cache is cache:  # not closed meanwhile
+            cache.put(rec, seen)
+        return rec
+
+    def _committed(self) -> None:
+        if self._cache is not None:
+            self._cache.stale()
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of the session cache since the store was opened."""
+        return (self._cache.hits, self._cache.misses) if self._cache is not None else (0, 0)
 
     async def get_sessions(self, session_ids: Sequence[str]) -> dict[str, SessionRecord]:
         out: dict[str, SessionRecord] = {}
@@ -578,8 +680,21 @@ def _delete_session(conn: sqlite3.Connection, session_id: str) -> bool:
     return cur.rowcount == 1
 
 
+def _check_unleased(conn: sqlite3.Connection, session_id: str, expected_version: int, now: float) -> None:
+    holder = conn.execute("SELECT holder FROM session_leases WHERE session_id = ? AND expires_at >= ?", (session_id, now)).fetchone()
+    if holder is not None:
+        raise VersionConflict(f"session {session_id} is leased by {holder[0]}; nothing was saved")
+    current = conn.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if current is None:
+        raise NotFound(f"session {session_id} was deleted while the action ran; nothing was saved")
+    if current[0] != expected_version:
+        raise VersionConflict(f"session {session_id} is at version {current[0]}, not {expected_version}; nothing was saved")
+
+
 def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitResult:
     version: int | None = None
+    if ch.unleased is not None:
+        _check_unleased(conn, *ch.unleased, now)
     if ch.finish is not None:
         f = ch.finish
         cur = conn.execute(
