@@ -79,6 +79,7 @@ class DaemonThreadPool(Executor):
         self._made: list[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], LoopResults]] = []
         self._calls: deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], LoopResults]] = deque()
         self._unstick: asyncio.TimerHandle | None = None
+        self.handovers = 0  # batches of loop calls handed to the workers
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
@@ -106,6 +107,7 @@ class DaemonThreadPool(Executor):
                 future.cancel()
             return
         self._calls.extend(made)
+        self.handovers += 1
         self._put(_CALLS)
         if self._unstick is None:
             self._unstick = loop.call_later(self._unstick_after, self._check_stuck, loop)

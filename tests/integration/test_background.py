@@ -21,6 +21,8 @@ from mailgate.errors import (
     UnknownInterview,
 )
 from mailgate.runtime import Runtime
+from mailgate.store.base import Changes, SessionSave
+from mailgate.store.sqlite import SqliteStore
 from mailgate.tasks import Task
 from tests.conftest import make_config, wait_until
 
@@ -283,6 +285,70 @@ async def test_checkin_saves_only_changes(daemon: Daemon) -> None:
 
 
 # -- concurrency, leases, budgets ----------------------------------------------------------------------
+async def test_checkin_that_changes_nothing_writes_nothing(config: Any) -> None:
+    async with Daemon(config, roles=()) as d:  # no worker role: nothing else writes (task polling does)
+        runtime = rt(d)
+        store = runtime.store
+        assert isinstance(store, SqliteStore)
+        session = await runtime.create_session("testing", {"a": 1})
+        before = store.commit_stats
+        for _ in range(20):
+            result = await runtime.run_action(session.id, "set", {"a": 1}, kind="checkin")
+            assert not result.saved and result.version == 1
+        assert store.commit_stats == before  # no lease taken, nothing saved: not one write
+        changed = await runtime.run_action(session.id, "set", {"a": 2}, kind="checkin")
+        assert changed.saved and changed.version == 2
+        assert store.commit_stats[1] == before[1] + 1  # one unit: the save, with no lease writes around it
+        assert runtime.checkin_retries == 0
+
+
+async def test_checkin_that_saves_waits_for_another_process_lease(daemon: Daemon) -> None:
+    runtime = rt(daemon)
+    store = runtime.store
+    session = await runtime.create_session("testing", {"a": 1})
+    assert await store.try_acquire_lease(session.id, "other-host:9#1", ttl=30, budget=4) is None
+    # a check-in that changes nothing does not wait for the other process
+    assert not (await runtime.run_action(session.id, "set", {"a": 1}, kind="checkin")).saved
+    assert runtime.checkin_retries == 0
+    # one that saves is refused at commit and runs again under the lease, once the holder lets go
+    saving = asyncio.create_task(runtime.run_action(session.id, "set", {"a": 2}, kind="checkin"))
+
+    async def retried() -> bool:
+        return runtime.checkin_retries == 1
+
+    await wait_until(retried, what="the check-in to fall back to the lease")
+    assert not saving.done() and (await runtime.get_session(session.id)).version == 1
+    await store.release_lease(session.id, "other-host:9#1")
+    result = await asyncio.wait_for(saving, 10)
+    assert result.saved and result.version == 2
+    assert (await runtime.get_answers(session.id))["a"] == 2
+
+
+async def test_checkin_racing_another_writer_runs_again_and_loses_nothing(daemon: Daemon) -> None:
+    runtime = rt(daemon)
+    session = await runtime.create_session("testing", {"counted": 0})
+    other = SqliteStore(runtime.config.store.path)  # another process's connections to the same file
+    await other.open()
+
+    async def foreign_save() -> None:
+        rec = await other.get_session(session.id)
+        assert rec is not None
+        await other.commit(Changes(save=SessionSave(session.id, '{"counted":100,"foreign":true}', rec.version)))
+
+    # the interview module as the daemon loaded it (from its file path)
+    module = runtime.registry.get("testing").get_action("counted").fn.__globals__
+    module["COUNTED_RUNS"][0] = 0
+    module["RACE_HOOKS"].append(foreign_save)
+    try:
+        result = await runtime.run_action(session.id, "counted", kind="checkin")
+    finally:
+        module["RACE_HOOKS"].clear()
+        await other.close()
+    assert module["COUNTED_RUNS"][0] == 2 and runtime.checkin_retries == 1
+    assert result.saved and result.version == 3
+    assert await runtime.get_answers(session.id) == {"counted": 101, "foreign": True}
+
+
 async def test_callback_racing_foreground_saves_loses_no_update(daemon: Daemon) -> None:
     runtime = rt(daemon)
     session = await runtime.create_session("testing", {"counter": 0})

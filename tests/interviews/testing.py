@@ -210,3 +210,16 @@ def announce(answers: dict[str, Any]) -> None:
 @interview.action("plain_value")
 def plain_value(answers: dict[str, Any]) -> None:
     background_response(42)
+
+
+RACE_HOOKS: list[Any] = []  # a test's write from "another process", awaited inside the next "counted" run
+COUNTED_RUNS = [0]
+
+
+@interview.action("counted")
+async def counted(answers: dict[str, Any]) -> None:
+    """Counts its runs; a test can make another writer save the session while it runs."""
+    COUNTED_RUNS[0] += 1
+    if RACE_HOOKS:
+        await RACE_HOOKS.pop()()
+    answers["counted"] = answers.get("counted", 0) + 1

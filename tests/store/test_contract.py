@@ -124,6 +124,27 @@ async def test_commit_releases_lease_atomically(store: Store) -> None:
     assert await store.try_acquire_lease("s1", "B", 10, 4) is None
 
 
+async def test_unleased_commit_needs_the_read_version_and_no_live_lease(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    # at the version read, nobody leasing: applied, tasks and all
+    result = await store.commit(Changes(save=SessionSave("s1", '{"v":2}', 1), new_tasks=[new_task("t1")], unleased=("s1", 1)))
+    assert result.version == 2 and await store.get_task("t1") is not None
+    # the version moved on: nothing applied
+    with pytest.raises(VersionConflict, match="version 2, not 1"):
+        await store.commit(Changes(new_tasks=[new_task("t2")], unleased=("s1", 1)))
+    assert await store.get_task("t2") is None
+    # another holder's live lease: nothing applied, even at the right version
+    assert await store.try_acquire_lease("s1", "other-process#1", ttl=10, budget=4) is None
+    with pytest.raises(VersionConflict, match="leased by other-process#1"):
+        await store.commit(Changes(save=SessionSave("s1", '{"v":3}', 2), unleased=("s1", 2)))
+    assert (await store.get_session("s1")).answers == '{"v":2}'  # type: ignore[union-attr]
+    # once that lease has expired, the commit goes through
+    clock.now += 11
+    assert (await store.commit(Changes(save=SessionSave("s1", '{"v":3}', 2), unleased=("s1", 2)))).version == 3
+    with pytest.raises(NotFound):
+        await store.commit(Changes(unleased=("gone", 1)))
+
+
 async def test_claim_order_heartbeat_and_finish(store: Store, clock: Clock) -> None:
     await store.commit(Changes(new_tasks=[new_task(f"t{i}") for i in range(5)]))
     claimed = await store.claim_tasks("w1", 3, lease=30)
