@@ -49,7 +49,7 @@ ANONYMOUS = User()
 CRON_USER = User(id="cron", email="cron@localhost", first_name="Cron", last_name="User", privileges=("cron",))
 
 
-@dataclass
+@dataclass(slots=True)
 class ActionContext:
     """Mutable state of one running action, visible to the docassemble-named functions."""
 

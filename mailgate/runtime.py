@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import answers as codec
@@ -70,7 +70,7 @@ from .store.base import (
     TaskRecord,
 )
 from .tasks import Task
-from .threads import DaemonThreadPool, LoopResults
+from .threads import DaemonThreadPool, Deadlines, LoopResults
 from .tokens import Signer
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,6 @@ class _Lease:
         return max(0.0, self.deadline - time.monotonic())
 
 
-_NO_CHANGES = Changes()
-
 
 class _SessionLocks:
     """This process's lock of each session: an entry while held, with its waiters in arrival order.
@@ -171,9 +169,15 @@ class _SessionLocks:
         del self._held[session_id]
 
 
-def _time_out(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+def _call_sync(fn: Callable[[dict[str, Any]], Any], answers: dict[str, Any]) -> ActionEnd | None:
+    """Run a sync handler in a worker thread; the ActionEnd that ended it comes back as a value
+    (raising it again on the loop's side would only grow its traceback)."""
+    try:
+        fn(answers)
+    except ActionEnd as end:
+        end.__traceback__ = None
+        return end
+    return None
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ class _Outcome:
     def result_after(self, committed: CommitResult | None) -> ActionResult:
         r, ch = self.result, self.changes
         if ch is None:
-            return replace(r, version=self.read_version)
+            return ActionResult(r.kind, r.text, r.data, r.command, r.commands, deleted=r.deleted, version=self.read_version)
         saved = ch.save is not None
         return ActionResult(
             r.kind, r.text, r.data, r.command, r.commands, saved=saved, deleted=r.deleted,
@@ -224,6 +228,7 @@ class Runtime:
         self.bus = bus or EventBus()
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.executor = DaemonThreadPool(config.tasks.workers + 4)
+        self._deadlines = Deadlines()
         self.outbound = Outbound(config.outbound)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks = _SessionLocks()
@@ -408,17 +413,26 @@ class Runtime:
         """
         if kind not in ("foreground", "checkin", "cron"):
             raise ValueError(f"run_action cannot run a {kind} action")
-        args = dict(arguments or {})
         if kind == "checkin":
-            done = await self._checkin_unleased(session_id, action, args, user)
-            if done is not None:
-                return done
-            self.checkin_retries += 1
+            return await self.run_checkin(session_id, action, arguments or {}, user)
+        return await self._run_locked(session_id, action, dict(arguments or {}), user, kind)
+
+    async def run_checkin(self, session_id: str, action: str, arguments: dict[str, Any], user: User) -> ActionResult:
+        """``run_action(kind="checkin")``: optimistically first, then under the lease if it must."""
+        args = dict(arguments)
+        done = await self._checkin_unleased(session_id, action, args, user)
+        if done is not None:
+            return done
+        self.checkin_retries += 1
+        return await self._run_locked(session_id, action, args, user, "checkin")
+
+    async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind) -> ActionResult:
         async with self._locked(session_id, f"{kind} {action}") as lease:
             if lease.session is None:
                 raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
-            outcome = await self._perform(kind, lease.session, action, args, user, lease)
-            committed = await self._commit(replace(outcome.changes or _NO_CHANGES, release_lease=(session_id, lease.holder)))
+            release = (session_id, lease.holder)
+            outcome = await self._perform(kind, lease.session, action, args, user, lease, release_lease=release)
+            committed = await self._commit(outcome.changes or Changes(release_lease=release))
             lease.released = True
         return outcome.result_after(committed)
 
@@ -442,11 +456,11 @@ class Runtime:
                 raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
             budget = self.config.sessions.lock_timeout
             lease = _Lease(session_id, "", time.monotonic() + budget, budget, session=rec)
-            outcome = await self._perform("checkin", rec, action, args, user, lease)
+            outcome = await self._perform("checkin", rec, action, args, user, lease, unleased=(session_id, rec.version))
             if outcome.changes is None:
                 return outcome.result_after(None)
             try:
-                committed = await self._commit(replace(outcome.changes, unleased=(session_id, rec.version)))
+                committed = await self._commit(outcome.changes)
             except VersionConflict:
                 return None
             return outcome.result_after(committed)
@@ -454,8 +468,10 @@ class Runtime:
             self._unlock_local(session_id)
 
     async def _perform(self, kind: ContextKind, rec: SessionRecord, action: str, args: dict[str, Any], user: User,
-                       lease: _Lease) -> _Outcome:
-        """Run the action on ``rec``'s answers; what it produced, not yet committed."""
+                       lease: _Lease, *, release_lease: tuple[str, str] | None = None,
+                       unleased: tuple[str, int] | None = None) -> _Outcome:
+        """Run the action on ``rec``'s answers; what it produced, not yet committed (None if nothing,
+        else with ``release_lease`` and ``unleased`` set as given)."""
         interview = self.registry.get(rec.interview)
         handler = interview.get_action(action)
         answers = codec.decode(rec.answers)
@@ -485,6 +501,8 @@ class Runtime:
             new_tasks=tuple(ctx.new_tasks),
             mailboxes=tuple(ctx.new_mailboxes),
             events=tuple(NewEvent(rec.id, "command", json.dumps(c, default=str)) for c in commands),
+            release_lease=release_lease,
+            unleased=unleased,
         )
         return _Outcome(result, changes, rec.version)
 
@@ -510,7 +528,9 @@ class Runtime:
 
     async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: _Lease) -> ActionEnd | None:
         try:
-            return await self._invoke(ctx, handler, answers, lease.remaining())
+            if handler.is_async:
+                return await self._invoke(ctx, handler, answers, lease.remaining())
+            return await self._submit_sync(ctx, handler, answers, lease.remaining())
         except TimeoutError:
             log.warning(
                 "action %r of session %s ran past its %.1f s lock budget; nothing was saved",
@@ -706,26 +726,34 @@ class Runtime:
         Handler exceptions propagate; TimeoutError means it overran ``timeout`` (a sync handler's
         thread cannot be stopped: it finishes in the background and its changes are ignored).
         """
+        if not handler.is_async:
+            return await self._submit_sync(ctx, handler, answers, timeout)
         ctx.answers = answers
         token = CURRENT.set(ctx)
         try:
-            if handler.is_async:
-                async with asyncio.timeout(timeout):
-                    await handler.fn(answers)
-            else:
-                call = contextvars.copy_context().run
-                done = self.executor.call(self._results(), call, handler.fn, answers)
-                # a plain timer, cheaper than asyncio.timeout(): the thread cannot be stopped anyway
-                timer = self.loop.call_at(self.loop.time() + timeout, _time_out, done)
-                try:
-                    await done
-                finally:
-                    timer.cancel()
+            async with asyncio.timeout(timeout):
+                await handler.fn(answers)
             return None
         except ActionEnd as end:
             return end
         finally:
             CURRENT.reset(token)
+
+    def _submit_sync(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], timeout: float) -> asyncio.Future[ActionEnd | None]:
+        """Start a sync handler in the thread pool, in a copy of this context with ``ctx`` current.
+
+        The future fails with TimeoutError after ``timeout`` (a coarse shared timer, cheaper than
+        asyncio.timeout(); the thread cannot be stopped anyway).
+        """
+        ctx.answers = answers
+        token = CURRENT.set(ctx)
+        try:
+            call = contextvars.copy_context().run
+        finally:
+            CURRENT.reset(token)
+        done: asyncio.Future[ActionEnd | None] = self.executor.call(self._results(), call, _call_sync, handler.fn, answers)
+        self._deadlines.add(done, timeout)
+        return done
 
     async def _commit(self, changes: Changes) -> CommitResult:
         result = await self.store.commit(changes)

@@ -16,6 +16,7 @@ it, a timer wakes another worker whenever calls have waited ``unstick_after`` se
 from __future__ import annotations
 
 import asyncio
+import math
 import queue
 import threading
 from collections import deque
@@ -181,3 +182,30 @@ class DaemonThreadPool(Executor):
         if wait:
             for thread in threads:
                 thread.join()
+
+
+class Deadlines:
+    """Fails futures with TimeoutError once their time is up, with one timer per ``resolution`` slot.
+
+    A timer per call (or ``asyncio.timeout``) costs a heap entry and a cancellation per call; calls
+    that end in the same slot share one timer here, and a future that finished in time is skipped.
+    A deadline may fire up to ``resolution`` seconds late, never early.
+    """
+
+    def __init__(self, resolution: float = 0.01) -> None:
+        self.resolution = resolution
+        self._slots: dict[int, list[asyncio.Future[Any]]] = {}
+
+    def add(self, future: asyncio.Future[Any], timeout: float) -> None:
+        loop = future.get_loop()
+        slot = math.ceil((loop.time() + timeout) / self.resolution)
+        waiting = self._slots.get(slot)
+        if waiting is None:
+            waiting = self._slots[slot] = []
+            loop.call_at(slot * self.resolution, self._expire, slot)
+        waiting.append(future)
+
+    def _expire(self, slot: int) -> None:
+        for future in self._slots.pop(slot, ()):
+            if not future.done():
+                future.set_exception(TimeoutError())

@@ -333,7 +333,7 @@ class CheckinRunner:
                 raise MailgateError("checkin needs the check-in action's name")
             arguments = dict(_args(data, "fields"))
             arguments["_changed"] = data.get("changed")
-            result = await self.runtime.run_action(self.conn.session_id, action, arguments, self.conn.user, kind="checkin")
+            result = await self.runtime.run_checkin(self.conn.session_id, action, arguments, self.conn.user)
             self.metrics.checkins += 1
         except MailgateError as exc:
             self.metrics.checkin_errors += 1

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from mailgate.runtime import _SessionLocks
-from mailgate.threads import DaemonThreadPool, LoopResults
+from mailgate.threads import DaemonThreadPool, Deadlines, LoopResults
 
 pytestmark = pytest.mark.asyncio
 
@@ -91,3 +91,17 @@ async def test_session_locks_are_fifo_and_bounded() -> None:
     assert not locks.locked("s")
     await locks.acquire("other", 1)  # sessions are independent
     await locks.acquire("s", 0.05)
+
+
+async def test_deadlines_fire_late_never_early_and_skip_finished_futures() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(resolution=0.01)
+    finished, late = loop.create_future(), loop.create_future()
+    start = loop.time()
+    deadlines.add(finished, 0.05)
+    deadlines.add(late, 0.05)  # same slot: one timer
+    finished.set_result("in time")
+    with pytest.raises(TimeoutError):
+        await late
+    assert loop.time() - start >= 0.05
+    assert finished.result() == "in time"
