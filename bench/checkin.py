@@ -16,7 +16,9 @@ seconds after ``--warmup`` seconds of the same load, for two check-in actions:
 - ``calc`` leaves the answers unchanged (ajax-calc: fills C = A * B), so nothing is saved;
 - ``bump`` changes them (counter += 1, the draft kept), so every check-in saves the session.
 
-Both are plain ``def`` handlers (mailgate runs them in its thread pool). Anchor, same run: a bare
+Both are plain ``def`` handlers (mailgate runs them in its thread pool; the goals are judged on
+these), and both run again as ``async def`` handlers with the same body (``calc_async``,
+``bump_async``: no thread hop), to show what the hop costs. Anchor, same run: a bare
 aiohttp echo server (its own subprocess, no heartbeat, default limits) with another C clients in the
 same closed loop, sending the same check-in message and waiting for its echo: messages/s. Both
 servers are up at once and the windows take turns (echo, calc, bump) for ``--rounds`` rounds, so a
@@ -59,7 +61,9 @@ from push import (  # noqa: E402
 )
 
 GOALS = {"calc": 0.5, "bump": 0.2}
-WHAT = {"calc": "check-in, answers unchanged (no save)", "bump": "check-in that saves"}
+ACTIONS = {"calc": 0.5, "calc_async": None, "bump": 0.2, "bump_async": None}  # goal, None: shown for comparison
+WHAT = {"calc": "check-in, answers unchanged (no save)", "bump": "check-in that saves",
+        "calc_async": "  the same, async def handler", "bump_async": "  the same, async def handler"}
 
 
 @dataclass
@@ -121,7 +125,7 @@ async def bench_c(folder: Path, c: int, args: argparse.Namespace) -> tuple[dict[
     """
     echo = start_echo(folder)
     daemon: Server | None = None
-    windows: dict[str, list[Rate]] = {"echo": [], **{a: [] for a in GOALS}}
+    windows: dict[str, list[Rate]] = {"echo": [], **{a: [] for a in ACTIONS}}
     try:
         daemon = start_daemon(folder, f"checkin-{c}", web={"max_messages_per_second": 1_000_000.0})
         async with client_session() as http:
@@ -131,7 +135,7 @@ async def bench_c(folder: Path, c: int, args: argparse.Namespace) -> tuple[dict[
                 http, [(sid, f"http://127.0.0.1:{daemon.port}/ws?token={tok}") for sid, tok in ids], True, None)
             for _ in range(args.rounds):
                 windows["echo"].append(await closed_loop(echo_clients, echo, "calc", args.warmup, args.duration))
-                for action in GOALS:
+                for action in ACTIONS:
                     windows[action].append(await closed_loop(mg_clients, daemon, action, args.warmup, args.duration))
             await close_clients(mg_clients + echo_clients)
     finally:
@@ -147,7 +151,7 @@ async def bench_c(folder: Path, c: int, args: argparse.Namespace) -> tuple[dict[
         return Rate(sum(r.per_second for r in rates) / k, sum(r.errors for r in rates),
                     sum(r.server_cpu for r in rates) / k, sum(r.client_cpu for r in rates) / k)
 
-    return {a: total(windows[a]) for a in GOALS}, total(windows["echo"])
+    return {a: total(windows[a]) for a in ACTIONS}, total(windows["echo"])
 
 
 def main() -> None:
@@ -169,7 +173,7 @@ def main() -> None:
             print(f"{'C=' + str(c) + ' clients':<48} {'msgs/s':>8} {'ratio':>6} {'goal':>5} {'server CPU':>11} "
                   f"{'client CPU':>11} {'server us/msg':>14}")
             for name, r, goal in [("bare aiohttp echo", echo, None),
-                                  *((f"mailgate {WHAT[a]}", mine[a], g) for a, g in GOALS.items())]:
+                                  *((f"mailgate {WHAT[a]}", mine[a], g) for a, g in ACTIONS.items())]:
                 print(f"  {name:<46} {r.per_second:>8.0f} {r.per_second / echo.per_second:>6.3f} {goal or '':>5} "
                       f"{r.server_cpu:>11.0%} {r.client_cpu:>11.0%} {r.server_cpu / r.per_second * 1e6:>14.0f}"
                       + (f"   errors: {r.errors}" if r.errors else ""))

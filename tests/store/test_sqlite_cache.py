@@ -30,30 +30,40 @@ async def test_repeated_reads_of_an_unchanged_session_come_from_the_cache(tmp_pa
         for _ in range(5):
             assert await store.get_session("s1") == first
         assert store.cache_stats()[0] == hits + 5
-        # this process's own commit is seen by the next read
+        # this process's own commit is seen by the next read, which the cache serves
         await store.commit(Changes(save=SessionSave("s1", '{"a":2}', 1)))
+        hits = store.cache_stats()[0]
         after = await store.get_session("s1")
         assert after is not None and after.version == 2 and after.answers == '{"a":2}'
+        assert store.cache_stats()[0] == hits + 1
+        assert after == await store._read_session_uncached("s1")
         assert await store.get_session("missing") is None
+        await store.delete_session("s1")
+        assert await store.get_session("s1") is None
     finally:
         await store.close()
 
 
-async def test_a_commit_by_another_process_empties_the_cache(tmp_path: Path) -> None:
+async def test_a_commit_by_another_process_is_seen_and_unchanged_sessions_stay_cached(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     store = await opened(path)
     try:
         await store.create_session("s1", "iv", '{"a":1}', "{}")
-        assert (await store.get_session("s1")).version == 1  # type: ignore[union-attr]
-        assert (await store.get_session("s1")).version == 1  # type: ignore[union-attr]  # cached now
+        await store.create_session("s2", "iv", '{"b":1}', "{}")
+        for sid in ("s1", "s2", "s1", "s2"):  # cached after the first round
+            assert (await store.get_session(sid)).version == 1  # type: ignore[union-attr]
         script = (
             "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
             "c.execute(\"UPDATE sessions SET answers = '{\\\"a\\\":9}', version = version + 1 WHERE id = 's1'\"); c.commit()"
         )
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(path))
         assert await proc.wait() == 0
+        hits, misses = store.cache_stats()
         rec = await store.get_session("s1")
         assert rec is not None and rec.version == 2 and rec.answers == '{"a":9}'
+        assert store.cache_stats() == (hits, misses + 1)  # s1 changed: read again
+        assert (await store.get_session("s2")).answers == '{"b":1}'  # type: ignore[union-attr]
+        assert store.cache_stats() == (hits + 1, misses + 1)  # s2 did not: still served from memory
     finally:
         await store.close()
 
