@@ -148,9 +148,29 @@ class _Writer:
             self._flusher = None
 
     def _apply(self, units: list[Unit]) -> list[tuple[bool, Any]]:
+        """Apply ``units`` in one transaction; each one's (ok, result or exception).
+
+        Units rarely fail (a version conflict, a lost lease), so a batch first runs without a
+        savepoint per unit (two statements fewer per unit). If one does fail, the transaction is
+        rolled back and the batch runs again with a savepoint around each unit, so that only the
+        failing ones are undone.
+        """
         conn = self._conn
         assert conn is not None
-        results: list[tuple[bool, Any]] = []
+        if len(units) > 1:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results: list[tuple[bool, Any]] = [(True, unit(conn)) for unit in units]
+            except Exception:
+                conn.execute("ROLLBACK")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                self._finish(conn)
+                return results
+        results = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             if len(units) == 1:  # alone in its transaction: no savepoint needed
@@ -171,12 +191,21 @@ class _Writer:
                     else:
                         conn.execute("RELEASE unit")
                         results.append((True, value))
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._finish(conn)
+        return results
+
+    @staticmethod
+    def _finish(conn: sqlite3.Connection) -> None:
+        try:
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return results
 
     async def close(self) -> None:
         while self._flusher is not None:

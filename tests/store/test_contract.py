@@ -226,6 +226,28 @@ async def test_concurrent_commits_share_group_commits(store: Store) -> None:
         assert units >= 200 and batches < 100  # many units per fsync
 
 
+async def test_a_failing_commit_in_a_group_undoes_only_itself(store: Store) -> None:
+    for i in range(3):
+        await store.create_session(f"s{i}", "iv", "{}", "{}")
+    await store.commit(Changes(new_tasks=[new_task("t1", "s1")]))
+    assert [t.id for t in await store.claim_tasks("w", 10, 30)] == ["t1"]
+    before = store.commit_stats if isinstance(store, SqliteStore) else None
+    outcomes = await asyncio.gather(
+        store.commit(Changes(save=SessionSave("s0", '{"ok":0}', 1), new_tasks=[new_task("t0", "s0")])),
+        # writes (finishes t1) and then fails (wrong version): its write must be undone, not its neighbours'
+        store.commit(Changes(finish=TaskFinish("t1", "w", "succeeded", "1"), save=SessionSave("s1", '{"bad":1}', 7))),
+        store.commit(Changes(save=SessionSave("s2", '{"ok":2}', 1), new_tasks=[new_task("t2", "s2")])),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], VersionConflict)
+    assert [o.version for o in (outcomes[0], outcomes[2])] == [2, 2]  # type: ignore[union-attr]
+    assert (await store.get_task("t1")).state == "running"  # type: ignore[union-attr]
+    assert await store.get_task("t0") is not None and await store.get_task("t2") is not None
+    assert [(await store.get_session(f"s{i}")).answers for i in range(3)] == ['{"ok":0}', "{}", '{"ok":2}']  # type: ignore[union-attr]
+    if before is not None:
+        assert isinstance(store, SqliteStore) and store.commit_stats[1] == before[1] + 3
+
+
 async def test_get_tasks_and_list(store: Store) -> None:
     await store.commit(Changes(new_tasks=[new_task("t1", "s1"), new_task("t2", "s2")]))
     assert set(await store.get_tasks(["t1", "t2", "zz"])) == {"t1", "t2"}
