@@ -128,7 +128,6 @@ class _Lease:
         return max(0.0, self.deadline - time.monotonic())
 
 
-
 class _SessionLocks:
     """This process's lock of each session: an entry while held, with its waiters in arrival order.
 
@@ -424,6 +423,8 @@ class Runtime:
         if done is not None:
             return done
         self.checkin_retries += 1
+        log.debug("check-in %r of session %s met another writer; running it again under the lease", action, session_id,
+                  extra={"event": "checkin.retry"})
         return await self._run_locked(session_id, action, args, user, "checkin")
 
     async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind) -> ActionResult:
@@ -441,8 +442,8 @@ class Runtime:
 
         Check-ins come every few seconds from every open page and mostly change nothing, so they
         skip the store lease's two writes. Under this process's lock (which orders them with every
-        other action of this process) the session is read as committed (from the store's cache while
-        the database is unchanged) and the action runs within the same time budget. If it changed
+        other action of this process) the session is read as committed (through the store's session
+        cache) and the action runs within the same time budget. If it changed
         nothing, nothing is written. Otherwise its changes commit only if, at commit time, the
         session is still at the version that was read and no other process holds its lease
         (``Changes.unleased``); if not, nothing was written and the caller runs the check-in again
