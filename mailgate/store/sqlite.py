@@ -772,7 +772,9 @@ def _check_unleased(conn: sqlite3.Connection, session_id: str, expected_version:
 
 def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitResult:
     version: int | None = None
-    if ch.unleased is not None:
+    # An unleased save of the same session at the same version checks the lease in its UPDATE.
+    guard_in_save = ch.save is not None and ch.unleased == (ch.save.session_id, ch.save.expected_version)
+    if ch.unleased is not None and not guard_in_save:
         _check_unleased(conn, *ch.unleased, now)
     if ch.finish is not None:
         f = ch.finish
@@ -785,12 +787,16 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
             raise LeaseLost(f"task {f.task_id} is no longer claimed by worker {f.worker} (its lease expired and it was claimed again)")
     if ch.save is not None:
         s = ch.save
-        row = conn.execute(
-            "UPDATE sessions SET answers = ?, version = version + 1, modified_at = ?, allow_cron = ?, "
-            "accessed_at = CASE WHEN ? THEN ? ELSE accessed_at END WHERE id = ? AND version = ? RETURNING version",
-            (s.answers, now, s.allow_cron, s.touch, now, s.session_id, s.expected_version),
-        ).fetchone()
+        sql = ("UPDATE sessions SET answers = ?, version = version + 1, modified_at = ?, allow_cron = ?, "
+               "accessed_at = CASE WHEN ? THEN ? ELSE accessed_at END WHERE id = ? AND version = ?")
+        params: tuple[Any, ...] = (s.answers, now, s.allow_cron, s.touch, now, s.session_id, s.expected_version)
+        if guard_in_save:
+            sql += " AND NOT EXISTS (SELECT 1 FROM session_leases WHERE session_id = ? AND expires_at >= ?)"
+            params += (s.session_id, now)
+        row = conn.execute(sql + " RETURNING version", params).fetchone()
         if row is None:
+            if guard_in_save:
+                _check_unleased(conn, s.session_id, s.expected_version, now)  # raises the precise error
             current = conn.execute("SELECT version FROM sessions WHERE id = ?", (s.session_id,)).fetchone()
             if current is None:
                 raise NotFound(f"session {s.session_id} was deleted while the action ran; nothing was saved")
