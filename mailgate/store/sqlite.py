@@ -793,8 +793,8 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
         if guard_in_save:
             sql += " AND NOT EXISTS (SELECT 1 FROM session_leases WHERE session_id = ? AND expires_at >= ?)"
             params += (s.session_id, now)
-        row = conn.execute(sql + " RETURNING version", params).fetchone()
-        if row is None:
+        # rowcount, not RETURNING: one step of the statement (each step lets go of the GIL)
+        if conn.execute(sql, params).rowcount != 1:
             if guard_in_save:
                 _check_unleased(conn, s.session_id, s.expected_version, now)  # raises the precise error
             current = conn.execute("SELECT version FROM sessions WHERE id = ?", (s.session_id,)).fetchone()
@@ -804,7 +804,7 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
                 f"session {s.session_id} is at version {current[0]}, not {s.expected_version}: someone saved it "
                 "since it was read; nothing was saved"
             )
-        version = int(row[0])
+        version = s.expected_version + 1
     if ch.delete_session is not None:
         _delete_session(conn, ch.delete_session)
     if ch.new_tasks:
