@@ -93,6 +93,7 @@ class Daemon:
             self.web = WebServer(self.runtime, self.config.web, self.inbound)
             await self.web.start()
             self.spawn("web-event-poll", self.web.poll())
+            self.spawn("web-heartbeat", self.web.heartbeat())
         self.cron = Cron(self.runtime, self.config)
         if "scheduler" in self.roles:
             self.scheduler = Scheduler(self.cron)

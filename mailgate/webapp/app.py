@@ -74,6 +74,9 @@ class WebServer:
     async def poll(self) -> None:
         await self.hub.poll()
 
+    async def heartbeat(self) -> None:
+        await self.hub.heartbeat()
+
     async def stop(self) -> None:
         self.hub.close()
         for conns in list(self.hub.connections.values()):

@@ -64,6 +64,8 @@ class Connection:
         self.metrics = metrics
         self.dropped = False
         self.jobs: set[asyncio.Task[Any]] = set()  # "run" requests and closes in flight (kept referenced)
+        self.last_seen = asyncio.get_running_loop().time()  # when the page last sent anything
+        self.ping_sent: float | None = None
 
     def spawn(self, coro: Any) -> None:
         job = asyncio.get_running_loop().create_task(coro)
@@ -93,6 +95,25 @@ class Connection:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def check_alive(self, now: float, period: float) -> None:
+        """Ping a page that has been quiet for ``period``; close it if it then stays quiet for half that."""
+        if self.ping_sent is not None and self.last_seen < self.ping_sent:
+            if now - self.ping_sent >= period / 2:
+                self.ping_sent = None
+                log.info("closing a WebSocket of session %s: no answer to a ping", self.session_id,
+                         extra={"event": "ws.dead_peer"})
+                self.spawn(self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"no answer to ping"))
+            return
+        if now - self.last_seen >= period:
+            self.ping_sent = now
+            self.spawn(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            await self.ws.ping()
+        except (ConnectionError, RuntimeError):  # closing already: its reader ends the connection
+            pass
 
     async def sender(self) -> None:
         loop = asyncio.get_running_loop()
@@ -141,6 +162,23 @@ class Hub:
                     self.dispatch(event)  # connections skip ids they already have
                 if len(events) < 1000:
                     break
+
+    async def heartbeat(self) -> None:
+        """Keep-alive for every page, in one task. Runs forever.
+
+        aiohttp's own heartbeat re-arms a timer on every message it receives, which costs every
+        check-in a callback; here each message only notes its time, and this sweep pings the pages
+        that have been quiet for ``[web] heartbeat`` seconds and closes those that do not answer
+        within half of that (a dead peer's TCP connection may never report an error).
+        """
+        loop = asyncio.get_running_loop()
+        period = self.config.heartbeat
+        while True:
+            await asyncio.sleep(period / 4)
+            now = loop.time()
+            for conns in list(self.connections.values()):
+                for conn in list(conns):
+                    conn.check_alive(now, period)
 
     def attach(self, conn: Connection) -> None:
         self.connections.setdefault(conn.session_id, set()).add(conn)
@@ -203,7 +241,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if await runtime.store.get_session(session_id) is None:
         raise web.HTTPNotFound(text=json.dumps({"error": f"session {session_id} no longer exists"}), content_type="application/json")
 
-    ws = web.WebSocketResponse(heartbeat=config.heartbeat, max_msg_size=config.max_frame_bytes)
+    # no aiohttp heartbeat and no autoping: Hub.heartbeat keeps connections alive, _read answers pings
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_frame_bytes)
     await ws.prepare(request)
     conn = Connection(ws, session_id, User.from_json(claims.get("u")), config, metrics)
     conn.last_queued = last
@@ -248,9 +287,16 @@ async def _catch_up(conn: Connection, hub: Hub, config: WebConfig, last: int) ->
 async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRunner, runtime: Runtime,
                 config: WebConfig) -> None:
     limit = RateLimit(config.max_messages_per_second)
+    clock = asyncio.get_running_loop().time
     async for msg in ws:
+        conn.last_seen = clock()
         if msg.type == WSMsgType.ERROR:
             return
+        if msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+            continue
+        if msg.type == WSMsgType.PONG:
+            continue
         if msg.type != WSMsgType.TEXT:
             conn.send({"type": "error", "ref": None, "error": "send JSON text frames"})
             continue

@@ -15,7 +15,7 @@ import pytest_asyncio
 from mailgate.config import Config
 from mailgate.daemon import Daemon
 from mailgate.mailauth import StaticResolver
-from tests.conftest import make_config
+from tests.conftest import make_config, wait_until
 
 pytestmark = pytest.mark.asyncio
 KEY = "test-api-key-123"
@@ -288,3 +288,38 @@ async def test_a_command_from_a_foreground_action_reaches_every_tab(daemon: Daem
         assert plain["data"] == 42 and plain["commands"] == []
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(tab1.receive(), 0.3)  # a plain value is not pushed
+
+
+async def test_heartbeat_pings_quiet_pages_and_drops_dead_ones(tmp_path: Path) -> None:
+    config = make_config(tmp_path, web={"port": 0, "api_key": KEY, "heartbeat": 1.0})
+    async with Daemon(config, roles=("web",)) as d:
+        assert d.web is not None
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{d.web.port}", headers={"Authorization": f"Bearer {KEY}"}) as http:
+            sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+            token = await token_for(http, sid)
+            # a page whose browser answers pings (aiohttp's client does while it reads), and a dead one
+            async with http.ws_connect(f"/ws?token={token}") as alive, \
+                    http.ws_connect(f"/ws?token={token}", autoping=False) as dead:
+                await receive(alive, "welcome")
+                await receive(dead, "welcome")
+                alive_messages: list[aiohttp.WSMessage] = []
+
+                async def read_alive() -> None:
+                    async for msg in alive:
+                        alive_messages.append(msg)
+
+                reading = asyncio.create_task(read_alive())
+                ping = await asyncio.wait_for(dead.receive(), 5)  # quiet for 1 s: pinged
+                assert ping.type == aiohttp.WSMsgType.PING
+                closed = await asyncio.wait_for(dead.receive(), 5)  # no pong within 0.5 s: closed
+                assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                assert dead.close_code == 1001
+                # the live page was pinged too, answered, and is still served
+                assert not alive.closed
+                await alive.send_json({"type": "checkin", "ref": 1, "action": "set", "fields": {"x": 1}, "changed": "x"})
+
+                async def replied() -> bool:
+                    return any(m.type == aiohttp.WSMsgType.TEXT and json.loads(m.data).get("ref") == 1 for m in alive_messages)
+
+                await wait_until(replied, what="the live page's check-in reply")
+                reading.cancel()
