@@ -116,7 +116,7 @@ class WebConfig:
     send_queue: int = _f(256, "messages queued for one WebSocket before the slow client is dropped", minimum=1)
     max_frame_bytes: int = _f(65536, "largest WebSocket message accepted from a browser", minimum=1024)
     max_messages_per_second: float = _f(20.0, "sustained messages per second one WebSocket may send", minimum=0.1)
-    heartbeat: float = _f(20.0, "seconds between WebSocket pings; a peer that misses one is dropped", minimum=1)
+    heartbeat: float = _f(20.0, "seconds of quiet before a page is pinged; one that does not answer within half that is dropped", minimum=1)
     demo_pages: bool = _f(False, "serve the demo pages under /demo (mailgate demo turns this on)")
 
 
