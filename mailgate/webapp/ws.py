@@ -293,7 +293,10 @@ async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRu
         if msg.type == WSMsgType.ERROR:
             return
         if msg.type == WSMsgType.PING:
-            await ws.pong(msg.data)
+            try:
+                await ws.pong(msg.data)
+            except ConnectionError:  # the page went away mid-answer
+                return
             continue
         if msg.type == WSMsgType.PONG:
             continue
