@@ -20,23 +20,33 @@ import json
 import logging
 import multiprocessing
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import answers as codec
 from .config import Config, MailConfig
 from .daemail import DAEmail
 from .mail import ParsedMessage, ParseLimits, parse_message
-from .mailauth import AuthResults, Resolver, authenticate
+from .mailauth import (
+    AuthResults,
+    DkimResult,
+    DnsTempError,
+    Resolver,
+    authenticate,
+    dkim_key_names,
+    fetch_dkim_keys,
+    verify_dkim,
+)
 from .store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # 32 symbols: no l/1, o/0 to confuse
 MAX_LOCAL_PART = 51  # 256 HMAC bits / 5 bits per symbol
@@ -141,6 +151,23 @@ class Inbound:
             return Verdict.EXPIRED, mailbox
         return Verdict.OK, mailbox
 
+    async def _dkim_keys(self, names: list[str]) -> dict[str, object]:
+        if not names:
+            return {}
+        try:
+            return await asyncio.wait_for(fetch_dkim_keys(names, self.resolver), self.config.smtp.dns_timeout)
+        except TimeoutError:
+            return {name: DnsTempError(f"{name}: no answer within {self.config.smtp.dns_timeout} s") for name in names}
+
+    async def _in_worker(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in the parse worker processes (a thread when there are none)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool or self.runtime.executor, fn, *args)
+        except BrokenProcessPool:
+            self._pool = _process_pool(self.config.smtp.parse_processes)  # a fresh one for the next message
+            raise
+
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
@@ -150,16 +177,18 @@ class Inbound:
 
         ``mailboxes`` are those accepted at RCPT time; one whose session is gone since is skipped.
         """
-        loop = asyncio.get_running_loop()
-        try:
-            parsed = await loop.run_in_executor(self._pool or self.runtime.executor, parse_for_store, raw, self.limits)
-        except BrokenProcessPool:
-            self._pool = _process_pool(self.config.smtp.parse_processes)  # a fresh one for the next message
-            raise
+        # DKIM keys are fetched first, so that one call to a worker process both parses the
+        # message and verifies its signatures: the raw bytes cross the process boundary once.
+        keys = await self._dkim_keys(dkim_key_names(raw))
+        prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
+        parsed, dkim = prepared.parsed, prepared.dkim
+        if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
+            keys.update(await self._dkim_keys(prepared.missing_keys))
+            dkim, _ = await self._in_worker(verify_dkim, raw, keys)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
                                   resolver=self.resolver, authserv_id=self.authserv_id, timeout=self.config.smtp.dns_timeout,
-                                  executor=self._pool)
+                                  dkim_results=dkim)
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
             return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
@@ -213,6 +242,25 @@ def parse_for_store(raw: bytes, limits: ParseLimits) -> StoredParse:
     """Parse ``raw`` (in a worker process when configured) into what is stored."""
     parsed = parse_message(raw, limits)
     return StoredParse(_parsed_json(parsed), parsed.message_id, parsed.subject, parsed.from_address, parsed.content_hash)
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message parsed and its DKIM signatures verified, in one worker call."""
+
+    parsed: StoredParse
+    dkim: tuple[DkimResult, ...]
+    missing_keys: list[str]  # keys `verify_dkim` needed but was not given; `dkim` is empty then
+
+
+def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) -> PreparedMessage:
+    """`parse_for_store` and `verify_dkim` of ``raw`` (in a worker process when configured)."""
+    try:
+        dkim, missing = verify_dkim(raw, keys)
+    except Exception:  # the message is stored all the same, with DKIM unknown
+        log.exception("DKIM verification failed")
+        dkim, missing = (DkimResult("", "", "temperror"),), []
+    return PreparedMessage(parse_for_store(raw, limits), dkim, missing)
 
 
 def _process_pool(processes: int) -> ProcessPoolExecutor | None:
