@@ -10,6 +10,7 @@ thread or process. SPF lives in :mod:`mailgate.spf`; DKIM, DMARC and the combine
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -215,10 +216,18 @@ def _dkim_verify_all(
     return tuple(results)
 
 
-def _dkim_verify_one(verifier: dkim.DKIM, idx: int, key: bytes) -> str:
+@functools.lru_cache(maxsize=256)
+def _key_usable(key: bytes) -> bool:
+    """Whether a key record is usable; remembered, since one key signs many messages."""
     try:
         dkim.evaluate_pk(b"", key)
     except Exception:  # noqa: BLE001 -- unusable or revoked key record (RFC 6376 section 3.6.1)
+        return False
+    return True
+
+
+def _dkim_verify_one(verifier: dkim.DKIM, idx: int, key: bytes) -> str:
+    if not _key_usable(key):
         return "permerror"
     try:
         return "pass" if verifier.verify(idx=idx, dnsfunc=lambda _name, timeout=5: key) else "fail"
