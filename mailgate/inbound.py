@@ -18,11 +18,8 @@ import hashlib
 import hmac
 import json
 import logging
-import multiprocessing
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,6 +38,7 @@ from .mailauth import (
     verify_dkim,
 )
 from .store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask
+from .workers import WorkerPool
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -126,11 +124,11 @@ class Inbound:
         self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes)
         self.received = 0
         self.rejected: dict[str, int] = {}
-        self._pool = _process_pool(config.smtp.parse_processes)
+        self._pool = WorkerPool(config.smtp.parse_processes) if config.smtp.parse_processes > 0 else None
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     @property
@@ -160,13 +158,10 @@ class Inbound:
             return {name: DnsTempError(f"{name}: no answer within {self.config.smtp.dns_timeout} s") for name in names}
 
     async def _in_worker(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` in the parse worker processes (a thread when there are none)."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool or self.runtime.executor, fn, *args)
-        except BrokenProcessPool:
-            self._pool = _process_pool(self.config.smtp.parse_processes)  # a fresh one for the next message
-            raise
+        """``fn(*args)`` in a worker process (in a thread when there are none)."""
+        if self._pool is not None:
+            return await self._pool.run(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.runtime.executor, fn, *args)
 
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -261,13 +256,6 @@ def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) ->
         log.exception("DKIM verification failed")
         dkim, missing = (DkimResult("", "", "temperror"),), []
     return PreparedMessage(parse_for_store(raw, limits), dkim, missing)
-
-
-def _process_pool(processes: int) -> ProcessPoolExecutor | None:
-    if processes <= 0:
-        return None
-    # forkserver: children never inherit the daemon's threads, sockets or event loop
-    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("forkserver"))
 
 
 def _parsed_json(parsed: ParsedMessage) -> str:

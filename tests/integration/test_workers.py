@@ -1,0 +1,79 @@
+"""mailgate.workers against real worker processes: answers, errors, a dying worker, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from mailgate.errors import MailgateError
+from mailgate.workers import WorkerDied, WorkerPool
+
+
+def digest(data: bytes) -> tuple[int, str, int]:
+    return len(data), hashlib.sha256(data).hexdigest(), os.getpid()
+
+
+def fail(text: str) -> None:
+    raise ValueError(text)
+
+
+def die() -> None:
+    os._exit(3)
+
+
+@pytest.mark.asyncio
+async def test_calls_run_in_worker_processes_and_answer_in_order_of_their_own() -> None:
+    pool = WorkerPool(2)
+    try:
+        blobs = [bytes([n]) * (n * 1000 + 1) for n in range(40)]
+        blobs.append(os.urandom(3 * 2**20))  # bigger than what is written from the loop itself
+        answers = await asyncio.gather(*(pool.run(digest, b) for b in blobs))
+        assert [a[:2] for a in answers] == [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
+        pids = {a[2] for a in answers}
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
+async def test_an_exception_is_raised_in_the_caller_and_the_worker_stays() -> None:
+    pool = WorkerPool(1)
+    try:
+        pid = (await pool.run(digest, b"x"))[2]
+        with pytest.raises(ValueError, match="bad input"):
+            await pool.run(fail, "bad input")
+        assert (await pool.run(digest, b"y"))[2] == pid
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_worker_fails_its_call_and_is_replaced() -> None:
+    pool = WorkerPool(1)
+    try:
+        pid = (await pool.run(digest, b"x"))[2]
+        others = [asyncio.create_task(pool.run(digest, b"queued")) for _ in range(3)]  # wait for the worker
+        with pytest.raises(WorkerDied):
+            await pool.run(die)
+        answers = await asyncio.gather(*others)
+        assert all(a[:1] == (6,) for a in answers)
+        new_pids = {a[2] for a in answers} | {(await pool.run(digest, b"z"))[2]}
+        assert pid not in new_pids and len(new_pids) == 1
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
+async def test_closed_pool_refuses_calls() -> None:
+    pool = WorkerPool(1)
+    await pool.run(digest, b"x")
+    workers = list(pool._workers)
+    pool.close()
+    with pytest.raises(MailgateError):
+        await pool.run(digest, b"x")
+    for worker in workers:
+        await asyncio.to_thread(worker.process.join, 10)
+        assert worker.process.exitcode is not None
