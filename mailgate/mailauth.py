@@ -182,23 +182,34 @@ def _signatures(headers: list[list[bytes]], readable: bool) -> list[_Signature]:
     return signatures
 
 
-# The blank line that ends the header block, as dkimpy's rfc822_parse finds it (lines end in LF or CRLF).
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SIGNATURE_FIELD = re.compile(rb"(?im)^dkim-signature[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+_FWS = re.compile(rb"[ \t\r\n]+")
 
 
 def dkim_key_names(raw: bytes) -> list[str]:
-    """The DNS names of the keys that the DKIM-Signatures of `raw` need, from its header block.
+    """The DNS names of the keys the DKIM-Signatures of `raw` need, from its header block.
 
-    Reads no more than the header block, with dkimpy's own header parser, so it is cheap enough
-    for the event loop: the keys can be fetched before the message goes to a worker process, and
-    the worker verifies them together with the parsing (see `verify_dkim`).
+    A quick scan, cheap enough for the event loop, so that the keys can be fetched before the
+    message goes to a worker process, which verifies the signatures together with the parsing.
+    `verify_dkim` decides with dkimpy's own reading of the message: a key this scan missed is
+    asked for there, and one it names needlessly is not used.
     """
     end = _HEADER_END.search(raw)
-    try:
-        headers = dkim.rfc822_parse(raw[: end.end()] if end else raw)[0]
-        return sorted({s.key_name for s in _signatures(headers, readable=True) if s.usable})
-    except Exception:  # noqa: BLE001 -- unreadable header block: no signature is usable
-        return []
+    names = set()
+    for field in _SIGNATURE_FIELD.finditer(raw, 0, end.start() if end else len(raw)):
+        tags: dict[bytes, bytes] = {}
+        for item in _FWS.sub(b"", field.group(1)).split(b";"):
+            name, eq, value = item.partition(b"=")
+            if eq:
+                tags.setdefault(name, value)
+        try:
+            sig = _Signature(_norm(tags.get(b"d", b"").decode("ascii")), _norm(tags.get(b"s", b"").decode("ascii")), True)
+        except UnicodeDecodeError:
+            continue
+        if _LABELS.fullmatch(sig.domain) and _LABELS.fullmatch(sig.selector):
+            names.add(sig.key_name)
+    return sorted(names)
 
 
 def _dkim_verify_all(

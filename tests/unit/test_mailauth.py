@@ -162,14 +162,29 @@ async def test_keys_fetched_first_then_verified_without_dns(key1: RsaKey, key2: 
         (DkimResult("example.com", "sel", "temperror"),), [])
 
 
-def test_key_names_read_the_header_block_only(key1: RsaKey) -> None:
+@pytest.mark.asyncio
+async def test_key_names_scan_and_dkimpy_agree_on_the_results(key1: RsaKey) -> None:
     signed = sign(MESSAGE, key1)
-    body_signature = MESSAGE + b"DKIM-Signature: v=1; d=body.example; s=x; b=; bh=\r\n"
-    assert dkim_key_names(body_signature) == []
+    assert dkim_key_names(MESSAGE + b"DKIM-Signature: v=1; d=body.example; s=x; b=; bh=\r\n") == []
     assert dkim_key_names(signed.replace(b"\r\n", b"\n")) == ["sel._domainkey.example.com"]
-    assert dkim_key_names(b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; garbage\r\n" + MESSAGE) == []
-    assert dkim_key_names(b"not a header line\r\n" + signed) == []
+    assert dkim_key_names(b"dkim-signature : v=1; d=Example.COM.; s=\r\n sel; b=x\r\n" + MESSAGE) == ["sel._domainkey.example.com"]
     assert dkim_key_names(b"") == []
+    resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): [key1.record]})
+    odd = [
+        signed,
+        signed.replace(b"\r\n", b"\n"),
+        b"not a header line\r\n" + signed,  # dkimpy cannot read the header block: permerror
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; garbage\r\n" + MESSAGE,
+        b"DKIM-Signature: v=1; d=ex\xe4mple.com; s=sel; b=x\r\n" + MESSAGE,
+        signed.replace(b"DKIM-Signature", b"X-Hidden: 1\r\nDKIM-Signature", 1),
+    ]
+    for raw in odd:
+        keys = await fetch_dkim_keys(dkim_key_names(raw), resolver)
+        results, missing = verify_dkim(raw, keys)
+        if missing:  # the scan missed a key: the caller fetches it and verifies again
+            keys.update(await fetch_dkim_keys(missing, resolver))
+            results, missing = verify_dkim(raw, keys)
+        assert missing == [] and results == await check_dkim(raw, resolver), raw[:60]
 
 
 @pytest.mark.asyncio
