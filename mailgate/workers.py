@@ -31,8 +31,15 @@ from .errors import MailgateError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_HEADER = struct.Struct("!Q")  # the length of the pickle that follows
+# A call: the length of its pickle and the number of out-of-band buffers, their lengths, the
+# pickle, the buffers. An answer: the length of its pickle, the pickle.
+_CALL = struct.Struct("!QI")
+_LENGTH = struct.Struct("!Q")
 _MAX_QUEUED = 3  # calls handed to one worker before it answers the first
+# A bytes argument this long (a big message) is not copied into the pickle but written to the
+# socket from where it is, in blocks, as the worker reads it: the daemon holds no copy of it.
+_OUT_OF_BAND = 64 * 1024
+_BLOCK = 256 * 1024
 
 
 class WorkerDied(MailgateError):
@@ -44,15 +51,20 @@ def _serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
     reader = sock.makefile("rb")
     while True:
-        header = reader.read(_HEADER.size)
-        if len(header) < _HEADER.size:
+        header = reader.read(_CALL.size)
+        if len(header) < _CALL.size:
             return
-        (size,) = _HEADER.unpack(header)
+        size, count = _CALL.unpack(header)
+        lengths = reader.read(_LENGTH.size * count)
+        if len(lengths) < _LENGTH.size * count:
+            return
+        sizes = [n for (n,) in _LENGTH.iter_unpack(lengths)]
         data = reader.read(size)
-        if len(data) < size:
+        buffers = [reader.read(n) for n in sizes]
+        if len(data) < size or any(len(b) < n for b, n in zip(buffers, sizes, strict=True)):
             return
-        fn, args = pickle.loads(data)
-        del data
+        fn, args = pickle.loads(data, buffers=buffers)
+        del data, buffers
         try:
             answer: tuple[bool, Any] = (True, fn(*args))
         except Exception as exc:  # noqa: BLE001 -- handed back to the caller
@@ -62,7 +74,7 @@ def _serve(sock: socket.socket) -> None:
             out = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 -- e.g. an unpicklable result
             out = pickle.dumps((False, MailgateError(f"the worker could not send its answer: {exc!r}")))
-        sock.sendall(_HEADER.pack(len(out)))
+        sock.sendall(_LENGTH.pack(len(out)))
         sock.sendall(out)
 
 
@@ -83,8 +95,21 @@ class _Worker(asyncio.Protocol):
         self.calls: collections.deque[_Call] = collections.deque()  # the first is running
         self._chunks: list[bytes] = []
         self._buffered = 0
-        self._needed = _HEADER.size  # bytes that complete the header or the pickle being read
+        self._needed = _LENGTH.size  # bytes that complete the header or the pickle being read
         self._size: int | None = None  # the pickle's length once its header is read
+        self.send_lock = asyncio.Lock()  # held while a call is written in several pieces
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drained(self) -> None:
+        """Return once the transport wants more data (or is gone)."""
+        await self._writable.wait()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -99,10 +124,10 @@ class _Worker(asyncio.Protocol):
             self._chunks = [rest] if rest else []
             self._buffered = len(rest)
             if self._size is None:
-                (self._size,) = _HEADER.unpack(part)
+                (self._size,) = _LENGTH.unpack(part)
                 self._needed = self._size
                 continue
-            self._size, self._needed = None, _HEADER.size
+            self._size, self._needed = None, _LENGTH.size
             answer = pickle.loads(part)
             if self.calls:
                 future = self.calls.popleft().future
@@ -112,6 +137,7 @@ class _Worker(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._writable.set()
         self.pool._lost(self)
 
 
@@ -160,10 +186,34 @@ class WorkerPool:
             self._waiting.append(waiter)
             await waiter
         assert worker.transport is not None
-        payload = pickle.dumps((call.fn, call.args), pickle.HIGHEST_PROTOCOL)
-        worker.calls.append(call)
-        worker.transport.write(_HEADER.pack(len(payload)))
-        worker.transport.write(payload)  # the transport keeps what the socket cannot take yet
+        args = tuple(pickle.PickleBuffer(a) if type(a) is bytes and len(a) >= _OUT_OF_BAND else a for a in call.args)
+        buffers: list[pickle.PickleBuffer] = []
+        payload = pickle.dumps((call.fn, args), pickle.HIGHEST_PROTOCOL, buffer_callback=buffers.append)
+        views = [b.raw() for b in buffers]
+        head = _CALL.pack(len(payload), len(views)) + b"".join(_LENGTH.pack(v.nbytes) for v in views)
+        if not views and not worker.send_lock.locked():
+            worker.calls.append(call)
+            worker.transport.write(head + payload)  # the transport keeps what the socket cannot take yet
+            return
+        # Written in pieces: shielded, since a call cut off halfway would garble the ones after it.
+        task = asyncio.get_running_loop().create_task(self._send_in_pieces(worker, call, head + payload, views))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
+    async def _send_in_pieces(self, worker: _Worker, call: _Call, head: bytes, views: list[memoryview]) -> None:
+        async with worker.send_lock:
+            if worker.transport is None:
+                call.future.set_result((False, WorkerDied("a mail worker process ended before the call was sent")))
+                return
+            worker.calls.append(call)
+            worker.transport.write(head)
+            for view in views:
+                for start in range(0, view.nbytes, _BLOCK):
+                    await worker.drained()
+                    if worker.transport is None:
+                        return  # connection_lost failed the call
+                    worker.transport.write(view[start : start + _BLOCK])
 
     async def _redispatch(self, call: _Call) -> None:
         try:

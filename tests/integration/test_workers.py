@@ -39,6 +39,18 @@ async def test_calls_run_in_worker_processes_and_answer_in_order_of_their_own() 
 
 
 @pytest.mark.asyncio
+async def test_big_and_small_calls_to_one_worker_keep_their_answers() -> None:
+    pool = WorkerPool(1)
+    try:
+        blobs = [os.urandom(n) for n in (10, 5 * 2**20, 100, 70_000, 3, 2 * 2**20, 64 * 1024, 64 * 1024 - 1)] * 3
+        answers = await asyncio.gather(*(pool.run(digest, b) for b in blobs))
+        assert [a[:2] for a in answers] == [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
+        assert len({a[2] for a in answers}) == 1
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
 async def test_an_exception_is_raised_in_the_caller_and_the_worker_stays() -> None:
     pool = WorkerPool(1)
     try:
