@@ -22,8 +22,12 @@ import asyncio
 import enum
 
 _END = b"\r\n.\r\n"
-# What the stream read so far may end with while the end of the data could still be starting.
-_PARTIAL_ENDS = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+# Blocks are read up to the end's last four bytes: whatever ends with them stops a read, so no
+# read goes past the end; one that is not the end (a bare LF before the dot) only ends a block.
+_SEARCH = _END[1:]
+# What was read may end with these while an end that `_SEARCH` would not find whole has begun;
+# a lone CR is safe, since the rest of that end is `_SEARCH` itself.
+_UNSAFE_ENDS = (b"\r\n.\r", b"\r\n.", b"\r\n")
 
 
 class DataError(enum.Enum):
@@ -134,15 +138,15 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
     `asyncio.IncompleteReadError` when the stream ends before the end of data.
     """
     data = DataReader(size_limit, line_limit)
-    # Until the data read so far cannot be the start of the end any more (usually after one
-    # byte), read byte by byte: `readuntil` below only finds an end that lies wholly in the stream.
-    while data.buf.endswith(_PARTIAL_ENDS) and not data.ended():
-        data.add(await reader.readexactly(1))
     while not data.ended():
+        if data.buf.endswith(_UNSAFE_ENDS):
+            # An end may have begun in what was read: `readuntil` would not see it whole.
+            data.add(await reader.readexactly(1))
+            continue
         try:
-            chunk = await reader.readuntil(_END)
+            chunk = await reader.readuntil(_SEARCH)
         except asyncio.LimitOverrunError as exc:
-            # `consumed` leaves in the stream every byte that may start the end of data.
+            # `consumed` leaves in the stream every byte that may start the separator.
             chunk = await reader.readexactly(exc.consumed)
         data.add(chunk)
     if data.error is not None:

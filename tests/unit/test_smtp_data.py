@@ -144,3 +144,30 @@ async def test_random_streams_read_as_aiosmtpd_reads_them() -> None:
         cuts = [rng.randrange(1, len(stream)) for _ in range(rng.randrange(0, 6))]
         got = await read_in_pieces(split(stream, cuts), size_limit, line_limit)
         assert got == want, (case, stream, cuts, line_limit, size_limit)
+
+
+class CountingReader(asyncio.StreamReader):
+    reads = 0
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        self.reads += 1
+        return await super().readuntil(separator)
+
+    async def readexactly(self, n: int) -> bytes:
+        self.reads += 1
+        return await super().readexactly(n)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("filler", [b"\r", b"\r\n", b"\n", b".", b"\r\n.", b"x\r\n"])
+async def test_no_input_makes_it_read_in_small_pieces(filler: bytes) -> None:
+    """A long run of what could start the end of data is read in blocks, not byte by byte."""
+    body = filler * (2 * 2**20 // len(filler))
+    wire = body + b"\r\n.\r\n" + REST
+    reader = CountingReader(limit=2**16)
+    reader.feed_data(wire)
+    reader.feed_eof()
+    content, error = await read_data(reader, 2**30, 2**16)
+    want = aiosmtpd_rules(wire, 2**30, 2**16)
+    assert (content, error, await reader.read()) == want
+    assert reader.reads <= 2 * len(wire) // 2**16 + 10, reader.reads
