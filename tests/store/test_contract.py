@@ -15,7 +15,16 @@ import pytest
 import pytest_asyncio
 
 from mailgate.errors import LeaseLost, MailgateError, NotFound, VersionConflict
-from mailgate.store.base import Changes, Delivery, NewEmail, NewEvent, NewTask, SessionSave, Store, TaskFinish
+from mailgate.store.base import (
+    Changes,
+    Delivery,
+    NewEmail,
+    NewEvent,
+    NewTask,
+    SessionSave,
+    Store,
+    TaskFinish,
+)
 from mailgate.store.sqlite import SqliteStore
 
 
