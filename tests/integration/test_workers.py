@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +92,45 @@ async def test_closed_pool_refuses_calls() -> None:
     for worker in workers:
         await asyncio.to_thread(worker.process.join, 10)
         assert worker.process.exitcode is not None
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DAEMON = """
+import asyncio, os, sys
+from mailgate.workers import WorkerPool
+
+async def main():
+    pool = WorkerPool(2)
+    await asyncio.gather(*(pool.run(os.getpid) for _ in range(4)))
+    print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
+    await asyncio.sleep(3600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.asyncio
+async def test_workers_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON)
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), stdout=asyncio.subprocess.PIPE,
+                                                cwd=str(ROOT))
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    pids = [int(p) for p in line.split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    proc.kill()  # SIGKILL: no clean-up runs in the daemon
+    await proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived the killed daemon"
+        await asyncio.sleep(0.05)
