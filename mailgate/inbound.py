@@ -149,13 +149,14 @@ class Inbound:
             return Verdict.EXPIRED, mailbox
         return Verdict.OK, mailbox
 
-    async def _dkim_keys(self, names: list[str]) -> dict[str, object]:
+    async def _dkim_keys(self, names: list[str], timeout: float | None = None) -> dict[str, object]:
         if not names:
             return {}
+        timeout = self.config.smtp.dns_timeout if timeout is None else max(timeout, 0.0)
         try:
-            return await asyncio.wait_for(fetch_dkim_keys(names, self.resolver), self.config.smtp.dns_timeout)
+            return await asyncio.wait_for(fetch_dkim_keys(names, self.resolver), timeout)
         except TimeoutError:
-            return {name: DnsTempError(f"{name}: no answer within {self.config.smtp.dns_timeout} s") for name in names}
+            return {name: DnsTempError(f"{name}: no answer in time") for name in names}
 
     async def _in_worker(self, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in a worker process (in a thread when there are none)."""
@@ -174,15 +175,21 @@ class Inbound:
         """
         # DKIM keys are fetched first, so that one call to a worker process both parses the
         # message and verifies its signatures: the raw bytes cross the process boundary once.
+        # dns_timeout bounds the key lookups and SPF + DMARC together (parsing is not DNS time).
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         keys = await self._dkim_keys(dkim_key_names(raw))
+        dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
         prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
         parsed, dkim = prepared.parsed, prepared.dkim
         if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
-            keys.update(await self._dkim_keys(prepared.missing_keys))
+            started = loop.time()
+            keys.update(await self._dkim_keys(prepared.missing_keys, dns_left))
+            dns_left -= loop.time() - started
             dkim, _ = await self._in_worker(verify_dkim, raw, keys)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
-                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=self.config.smtp.dns_timeout,
+                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
                                   dkim_results=dkim)
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
