@@ -120,15 +120,18 @@ class _Worker(asyncio.Protocol):
         self._buffered += len(data)
         while self._buffered >= self._needed:
             buf = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-            part, rest = buf[: self._needed], buf[self._needed :]
-            self._chunks = [rest] if rest else []
-            self._buffered = len(rest)
-            if self._size is None:
-                (self._size,) = _LENGTH.unpack(part)
-                self._needed = self._size
-                continue
-            self._size, self._needed = None, _LENGTH.size
-            answer = pickle.loads(part)
+            with memoryview(buf) as view:  # no copy of a big answer: a view of it is unpickled
+                part, rest = view[: self._needed], bytes(view[self._needed :])
+                self._chunks = [rest] if rest else []
+                self._buffered = len(rest)
+                if self._size is None:
+                    (self._size,) = _LENGTH.unpack(part)
+                    self._needed = self._size
+                    part.release()
+                    continue
+                self._size, self._needed = None, _LENGTH.size
+                answer = pickle.loads(part)
+                part.release()
             if self.calls:
                 future = self.calls.popleft().future
                 if not future.done():  # its caller may have given up

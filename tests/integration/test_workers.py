@@ -19,6 +19,10 @@ def digest(data: bytes) -> tuple[int, str, int]:
     return len(data), hashlib.sha256(data).hexdigest(), os.getpid()
 
 
+def echo(data: bytes) -> bytes:
+    return data[::-1]
+
+
 def fail(text: str) -> None:
     raise ValueError(text)
 
@@ -49,6 +53,8 @@ async def test_big_and_small_calls_to_one_worker_keep_their_answers() -> None:
         answers = await asyncio.gather(*(pool.run(digest, b) for b in blobs))
         assert [a[:2] for a in answers] == [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
         assert len({a[2] for a in answers}) == 1
+        echoed = await asyncio.gather(*(pool.run(echo, b) for b in blobs))  # big answers too
+        assert echoed == [b[::-1] for b in blobs]
     finally:
         pool.close()
 
