@@ -18,25 +18,33 @@ import hashlib
 import hmac
 import json
 import logging
-import multiprocessing
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import answers as codec
 from .config import Config, MailConfig
 from .daemail import DAEmail
 from .mail import ParsedMessage, ParseLimits, parse_message
-from .mailauth import AuthResults, Resolver, authenticate
+from .mailauth import (
+    AuthResults,
+    DkimResult,
+    DnsTempError,
+    Resolver,
+    authenticate,
+    dkim_key_names,
+    fetch_dkim_keys,
+    verify_dkim,
+)
 from .store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask
+from .workers import WorkerPool
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # 32 symbols: no l/1, o/0 to confuse
 MAX_LOCAL_PART = 51  # 256 HMAC bits / 5 bits per symbol
@@ -116,11 +124,11 @@ class Inbound:
         self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes)
         self.received = 0
         self.rejected: dict[str, int] = {}
-        self._pool = _process_pool(config.smtp.parse_processes)
+        self._pool = WorkerPool(config.smtp.parse_processes) if config.smtp.parse_processes > 0 else None
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     @property
@@ -141,6 +149,21 @@ class Inbound:
             return Verdict.EXPIRED, mailbox
         return Verdict.OK, mailbox
 
+    async def _dkim_keys(self, names: list[str], timeout: float | None = None) -> dict[str, object]:
+        if not names:
+            return {}
+        timeout = self.config.smtp.dns_timeout if timeout is None else max(timeout, 0.0)
+        try:
+            return await asyncio.wait_for(fetch_dkim_keys(names, self.resolver), timeout)
+        except TimeoutError:
+            return {name: DnsTempError(f"{name}: no answer in time") for name in names}
+
+    async def _in_worker(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a worker process (in a thread when there are none)."""
+        if self._pool is not None:
+            return await self._pool.run(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.runtime.executor, fn, *args)
+
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
@@ -150,16 +173,24 @@ class Inbound:
 
         ``mailboxes`` are those accepted at RCPT time; one whose session is gone since is skipped.
         """
+        # DKIM keys are fetched first, so that one call to a worker process both parses the
+        # message and verifies its signatures: the raw bytes cross the process boundary once.
+        # dns_timeout bounds the key lookups and SPF + DMARC together (parsing is not DNS time).
         loop = asyncio.get_running_loop()
-        try:
-            parsed = await loop.run_in_executor(self._pool or self.runtime.executor, parse_for_store, raw, self.limits)
-        except BrokenProcessPool:
-            self._pool = _process_pool(self.config.smtp.parse_processes)  # a fresh one for the next message
-            raise
+        started = loop.time()
+        keys = await self._dkim_keys(dkim_key_names(raw))
+        dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
+        prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
+        parsed, dkim = prepared.parsed, prepared.dkim
+        if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
+            started = loop.time()
+            keys.update(await self._dkim_keys(prepared.missing_keys, dns_left))
+            dns_left -= loop.time() - started
+            dkim, _ = await self._in_worker(verify_dkim, raw, keys)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
-                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=self.config.smtp.dns_timeout,
-                                  executor=self._pool)
+                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
+                                  dkim_results=dkim)
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
             return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
@@ -215,11 +246,23 @@ def parse_for_store(raw: bytes, limits: ParseLimits) -> StoredParse:
     return StoredParse(_parsed_json(parsed), parsed.message_id, parsed.subject, parsed.from_address, parsed.content_hash)
 
 
-def _process_pool(processes: int) -> ProcessPoolExecutor | None:
-    if processes <= 0:
-        return None
-    # forkserver: children never inherit the daemon's threads, sockets or event loop
-    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("forkserver"))
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message parsed and its DKIM signatures verified, in one worker call."""
+
+    parsed: StoredParse
+    dkim: tuple[DkimResult, ...]
+    missing_keys: list[str]  # keys `verify_dkim` needed but was not given; `dkim` is empty then
+
+
+def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) -> PreparedMessage:
+    """`parse_for_store` and `verify_dkim` of ``raw`` (in a worker process when configured)."""
+    try:
+        dkim, missing = verify_dkim(raw, keys)
+    except Exception:  # the message is stored all the same, with DKIM unknown
+        log.exception("DKIM verification failed")
+        dkim, missing = (DkimResult("", "", "temperror"),), []
+    return PreparedMessage(parse_for_store(raw, limits), dkim, missing)
 
 
 def _parsed_json(parsed: ParsedMessage) -> str:

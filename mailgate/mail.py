@@ -98,25 +98,44 @@ class _CachingRegistry(HeaderRegistry):
     dominated parse time. Header objects are immutable, so sharing them is safe.
     """
 
+    # The classes depend on the header name only, so every parse shares them; making one costs
+    # a type() call, about as much as parsing a short header.
+    _classes: dict[str, type[BaseHeader]] = {}
+
     def __init__(self) -> None:
         super().__init__()
-        self._classes: dict[str, type[BaseHeader]] = {}
         self._made: dict[tuple[str, str], BaseHeader] = {}
 
     def __getitem__(self, name: str) -> type[BaseHeader]:
         key = name.lower()
         cls = self._classes.get(key)
         if cls is None:
+            if len(self._classes) >= 1000:  # names are chosen by senders: bound the memory
+                self._classes.clear()
             cls = self._classes[key] = super().__getitem__(name)
         return cls
+
+    # Short header fields recur from message to message (MIME-Version, a part's Content-Type and
+    # Content-Transfer-Encoding, a correspondent's From or To), so parses also share those.
+    _shared: dict[tuple[str, str], BaseHeader] = {}
+    _SHARED_MAX_VALUE = 200
+    _SHARED_MAX = 2000
 
     def __call__(self, name: str, value: str) -> BaseHeader:
         key = (name, value)
         made = self._made.get(key)
         if made is None:
+            shared = len(value) <= self._SHARED_MAX_VALUE
+            made = self._shared.get(key) if shared else None
+            if made is None:
+                made = self[name](name, value)
+                if shared:
+                    if len(self._shared) >= self._SHARED_MAX:
+                        self._shared.clear()
+                    self._shared[key] = made
             if len(self._made) >= 20_000:
                 self._made.clear()
-            made = self._made[key] = self[name](name, value)
+            self._made[key] = made
         return made
 
 

@@ -10,12 +10,13 @@ thread or process. SPF lives in :mod:`mailgate.spf`; DKIM, DMARC and the combine
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import dkim
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AuthResults", "DkimResult", "DmarcResult", "DnsNotFound", "DnsResolver", "DnsTempError", "MailAuthError",
-    "Resolver", "SpfResult", "StaticResolver", "authenticate", "check_dkim", "check_spf", "organizational_domain",
+    "Resolver", "SpfResult", "StaticResolver", "authenticate", "check_dkim", "check_spf", "dkim_key_names",
+    "fetch_dkim_keys", "organizational_domain", "verify_dkim",
 ]
 
 _T = TypeVar("_T")
@@ -78,7 +80,13 @@ class AuthResults:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; `from_dict` reads it back."""
-        return asdict(self) | {"dkim": [asdict(d) for d in self.dkim]}
+        # written out: dataclasses.asdict deep-copies, which cost more than all the rest per message
+        return {
+            "dkim": [{"domain": d.domain, "selector": d.selector, "result": d.result} for d in self.dkim],
+            "spf": {"domain": self.spf.domain, "result": self.spf.result},
+            "dmarc": {"domain": self.dmarc.domain, "result": self.dmarc.result, "policy": self.dmarc.policy},
+            "header": self.header,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuthResults:
@@ -154,6 +162,10 @@ def _dkim_prepare(raw: bytes) -> tuple[dkim.DKIM | None, list[_Signature]]:
                 re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0],
             )
         ]
+    return verifier, _signatures(headers, readable=verifier is not None)
+
+
+def _signatures(headers: list[list[bytes]], readable: bool) -> list[_Signature]:
     signatures = []
     for name, value in headers:
         if name.lower() != b"dkim-signature":
@@ -165,11 +177,39 @@ def _dkim_prepare(raw: bytes) -> tuple[dkim.DKIM | None, list[_Signature]]:
         except (InvalidTagValueList, UnicodeDecodeError):
             signatures.append(_Signature("", "", usable=False))
             continue
-        usable = (
-            bool(_LABELS.fullmatch(domain) and _LABELS.fullmatch(selector)) and verifier is not None
-        )
+        usable = bool(_LABELS.fullmatch(domain) and _LABELS.fullmatch(selector)) and readable
         signatures.append(_Signature(domain, selector, usable))
-    return verifier, signatures
+    return signatures
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SIGNATURE_FIELD = re.compile(rb"(?im)^dkim-signature[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+_FWS = re.compile(rb"[ \t\r\n]+")
+
+
+def dkim_key_names(raw: bytes) -> list[str]:
+    """The DNS names of the keys the DKIM-Signatures of `raw` need, from its header block.
+
+    A quick scan, cheap enough for the event loop, so that the keys can be fetched before the
+    message goes to a worker process, which verifies the signatures together with the parsing.
+    `verify_dkim` decides with dkimpy's own reading of the message: a key this scan missed is
+    asked for there, and one it names needlessly is not used.
+    """
+    end = _HEADER_END.search(raw)
+    names = set()
+    for field in _SIGNATURE_FIELD.finditer(raw, 0, end.start() if end else len(raw)):
+        tags: dict[bytes, bytes] = {}
+        for item in _FWS.sub(b"", field.group(1)).split(b";"):
+            name, eq, value = item.partition(b"=")
+            if eq:
+                tags.setdefault(name, value)
+        try:
+            sig = _Signature(_norm(tags.get(b"d", b"").decode("ascii")), _norm(tags.get(b"s", b"").decode("ascii")), True)
+        except UnicodeDecodeError:
+            continue
+        if _LABELS.fullmatch(sig.domain) and _LABELS.fullmatch(sig.selector):
+            names.add(sig.key_name)
+    return sorted(names)
 
 
 def _dkim_verify_all(
@@ -187,10 +227,18 @@ def _dkim_verify_all(
     return tuple(results)
 
 
-def _dkim_verify_one(verifier: dkim.DKIM, idx: int, key: bytes) -> str:
+@functools.lru_cache(maxsize=256)
+def _key_usable(key: bytes) -> bool:
+    """Whether a key record is usable; remembered, since one key signs many messages."""
     try:
         dkim.evaluate_pk(b"", key)
     except Exception:  # noqa: BLE001 -- unusable or revoked key record (RFC 6376 section 3.6.1)
+        return False
+    return True
+
+
+def _dkim_verify_one(verifier: dkim.DKIM, idx: int, key: bytes) -> str:
+    if not _key_usable(key):
         return "permerror"
     try:
         return "pass" if verifier.verify(idx=idx, dnsfunc=lambda _name, timeout=5: key) else "fail"
@@ -207,6 +255,35 @@ def verify_raw(raw: bytes, signatures: list[_Signature], keys: Mapping[str, obje
     return _dkim_verify_all(verifier, signatures, keys)
 
 
+def verify_dkim(raw: bytes, keys: Mapping[str, object]) -> tuple[tuple[DkimResult, ...], list[str]]:
+    """Verify every DKIM-Signature of `raw` with `keys` (as `fetch_dkim_keys` returns them); never
+    raises, and needs no DNS, so it runs in a worker process.
+
+    Returns (results, []), or ((), the key names missing from `keys`) when `dkim_key_names`
+    did not name every key dkimpy needs: fetch those and call again.
+    """
+    verifier, signatures = _dkim_prepare(raw)
+    missing = sorted({s.key_name for s in signatures if s.usable and s.key_name not in keys})
+    if missing:
+        return (), missing
+    return _dkim_verify_all(verifier, signatures, keys), []
+
+
+async def fetch_dkim_keys(names: list[str], resolver: Resolver) -> dict[str, object]:
+    """The key record (bytes) of each name, or the `DnsNotFound` / `DnsTempError` it met."""
+    answers = await asyncio.gather(*(resolver.txt(n) for n in names), return_exceptions=True)
+    keys: dict[str, object] = {}
+    for name, answer in zip(names, answers, strict=True):
+        if isinstance(answer, list):
+            records = [r for r in answer if re.search(r"(?:^|;)\s*p\s*=", r)]
+            keys[name] = records[0].encode("ascii", "replace") if records else DnsNotFound(name)
+        elif isinstance(answer, DnsNotFound):
+            keys[name] = answer
+        else:  # DnsTempError, or any failure of the resolver itself
+            keys[name] = DnsTempError(f"{name}: {answer!r}")
+    return keys
+
+
 async def check_dkim(
     raw: bytes, resolver: Resolver, run: _DkimRun | None = None, executor: Executor | None = None
 ) -> tuple[DkimResult, ...]:
@@ -218,17 +295,7 @@ async def check_dkim(
     run = run or _DkimRun()
     verifier, signatures = await asyncio.to_thread(_dkim_prepare, raw)
     run.signatures = signatures
-    names = sorted({s.key_name for s in signatures if s.usable})
-    answers = await asyncio.gather(*(resolver.txt(n) for n in names), return_exceptions=True)
-    keys: dict[str, object] = {}
-    for name, answer in zip(names, answers, strict=True):
-        if isinstance(answer, list):
-            records = [r for r in answer if re.search(r"(?:^|;)\s*p\s*=", r)]
-            keys[name] = records[0].encode("ascii", "replace") if records else DnsNotFound(name)
-        elif isinstance(answer, DnsNotFound):
-            keys[name] = answer
-        else:  # DnsTempError, or any failure of the resolver itself
-            keys[name] = DnsTempError(f"{name}: {answer!r}")
+    keys = await fetch_dkim_keys(sorted({s.key_name for s in signatures if s.usable}), resolver)
     if executor is not None and any(s.usable for s in signatures):
         return await asyncio.get_running_loop().run_in_executor(executor, verify_raw, raw, signatures, keys)
     return await asyncio.to_thread(_dkim_verify_all, verifier, signatures, keys)
@@ -386,8 +453,12 @@ async def authenticate(
     authserv_id: str,
     timeout: float = 5.0,
     executor: Executor | None = None,
+    dkim_results: tuple[DkimResult, ...] | None = None,
 ) -> AuthResults:
     """DKIM (every signature), SPF and DMARC for one message; never raises.
+
+    `dkim_results`, when given, are the message's DKIM results already (`verify_dkim`), and only
+    SPF and DMARC are looked up.
 
     `from_domain` is the domain of the header From address; None (no usable From) makes DMARC a
     permerror. DNS failures become temperror, and so does every part still unfinished when
@@ -403,9 +474,11 @@ async def authenticate(
     spf_task: asyncio.Task[SpfResult] | None = None
     dmarc_task: asyncio.Task[_DmarcPolicy | None] | None = None
     try:
-        dkim_task = asyncio.create_task(check_dkim(raw, resolver, run, executor))
         spf_task = asyncio.create_task(check_spf(resolver, client_ip, mail_from, helo))
-        tasks = [dkim_task, spf_task]
+        tasks = [spf_task]
+        if dkim_results is None:
+            dkim_task = asyncio.create_task(check_dkim(raw, resolver, run, executor))
+            tasks.append(dkim_task)
         if from_dom:
             dmarc_task = asyncio.create_task(discover_dmarc(resolver, from_dom))
             tasks.append(dmarc_task)
@@ -419,7 +492,8 @@ async def authenticate(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    dkim_results = _outcome(dkim_task, run.unfinished())
+    if dkim_results is None:
+        dkim_results = _outcome(dkim_task, run.unfinished())
     spf = _outcome(spf_task, SpfResult(spf_domain, "temperror"))
     unknown = _DmarcPolicy("temperror", "", "")
     policy = _outcome(dmarc_task, unknown)

@@ -2,8 +2,9 @@
 
 The handler implements only the hooks it needs (RCPT, DATA, exceptions) and turns the core's
 verdicts (:mod:`mailgate.inbound`) into replies. A small SMTP subclass adds what aiosmtpd has no
-hook for: a per-client connection cap, enhanced status codes on aiosmtpd's own size replies, and a
-line length that real mail needs.
+hook for: a per-client connection cap, enhanced status codes on aiosmtpd's own size replies, a
+line length that real mail needs, and a DATA reader that reads blocks instead of lines
+(:mod:`mailgate.smtp_data`, same rules as aiosmtpd 1.4.6's, a fraction of its CPU).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import socket
 import ssl
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from .config import SmtpConfig
 from .inbound import Inbound, Verdict
+from .smtp_data import DataError, read_data
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,56 @@ class MailgateSMTP(SMTP):
         if isinstance(status, str):
             status = _REWRITE.get(status, status)
         await super().push(status)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd 1.4.6's ``smtp_DATA`` with the data read by `read_data` instead of line by line.
+
+        Everything around the reading is aiosmtpd's: the state checks and their replies, 354,
+        ``envelope.content`` / ``original_content`` (decoded when ``decode_data``), the DATA hook
+        and the reset of the envelope. Only the deprecated ``process_message`` handler API is left
+        out: mailgate's handler has ``handle_DATA``.
+        """
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            original_content, error = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        except asyncio.CancelledError:
+            log.info("smtp: connection lost during DATA")
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:  # the client closed the connection within DATA
+            self._writer.close()
+            return
+        if error is not None or original_content is None:
+            await self.push(LINE_TOO_LONG if error is DataError.TOO_LONG else MESSAGE_TOO_BIG)
+            self._set_post_data_state()
+            return
+        content: str | bytes = original_content
+        if self._decode_data:
+            if self.enable_SMTPUTF8:
+                content = original_content.decode("utf-8", errors="surrogateescape")
+            else:
+                try:
+                    content = original_content.decode("ascii", errors="strict")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: strict ASCII mode")
+                    return
+        self.envelope.content = content
+        self.envelope.original_content = original_content
+        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def _handle_client(self) -> None:
         ip = _peer(self.session) if self.session is not None else "?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -48,6 +49,13 @@ _MODIFIER = re.compile(r"([a-z][a-z0-9_.-]*)=(.*)", re.I | re.S)
 _DOMAIN_CIDR = re.compile(r"(?::([^/]+))?(?:/(\d{1,2}))?(?://(\d{1,3}))?", re.S)
 _MECHANISM_NAMES = frozenset({"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"})
 _MACRO_LETTERS = "slodiphv"  # c, r and t belong to exp= only, which is not evaluated here
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``ip_network(text, strict=False)``, remembered: the same records come back message after
+    message, and parsing a network costs more than the rest of an ip4 check."""
+    return ipaddress.ip_network(text, strict=False)
 
 
 def _valid_domain(domain: str) -> bool:
@@ -142,7 +150,7 @@ class _SpfCheck:
             return _Term(qualifier, name, "", 32, 128)
         if name in ("ip4", "ip6") and rest.startswith(":"):
             try:
-                net = ipaddress.ip_network(rest[1:], strict=False)
+                net = _network(rest[1:])
             except ValueError as exc:
                 raise _SpfPermError(f"bad network {rest[1:60]!r}") from exc
             if net.version != (4 if name == "ip4" else 6):
@@ -164,7 +172,7 @@ class _SpfCheck:
         if name == "all":
             return True
         if name in ("ip4", "ip6"):
-            net = ipaddress.ip_network(term.target)
+            net = _network(term.target)
             return net.version == self.ip.version and self.ip in net
         self.count_lookup()
         if name == "include":
@@ -198,7 +206,7 @@ class _SpfCheck:
         prefix = term.cidr4 if self.ip.version == 4 else term.cidr6
         for address in addresses:
             try:
-                if self.ip in ipaddress.ip_network(f"{address}/{prefix}", strict=False):
+                if self.ip in _network(f"{address}/{prefix}"):
                     return True
             except ValueError:
                 continue

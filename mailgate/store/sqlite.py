@@ -670,8 +670,7 @@ class SqliteStore(Store):
         now = self.clock()
 
         def unit(conn: sqlite3.Connection) -> tuple[list[str], list[EventRecord]]:
-            conn.execute("INSERT INTO raw_messages VALUES (?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
-                         (delivery.sha256, len(delivery.raw), delivery.raw))
+            _insert_raw(conn, delivery.sha256, delivery.raw)
             new_ids: list[str] = []
             events: list[EventRecord] = []
             for e in delivery.emails:
@@ -737,6 +736,28 @@ class SqliteStore(Store):
     def commit_stats(self) -> tuple[int, int]:
         """(group commits, units committed) since open."""
         return self._writer.batches, self._writer.units
+
+
+_RAW_IN_PIECES = 1 << 20  # raw messages this big are written through the blob API, in pieces
+
+
+def _insert_raw(conn: sqlite3.Connection, sha256: str, raw: bytes) -> None:
+    """Store the raw bytes once per content hash.
+
+    A bound blob is copied by sqlite3 and again into the row SQLite assembles, so a 25 MB message
+    would cost 50 MB more in the daemon; a big one is inserted as a zero blob and filled in place.
+    """
+    if len(raw) < _RAW_IN_PIECES:
+        conn.execute("INSERT INTO raw_messages VALUES (?, ?, ?) ON CONFLICT(sha256) DO NOTHING", (sha256, len(raw), raw))
+        return
+    cur = conn.execute("INSERT INTO raw_messages VALUES (?, ?, zeroblob(?)) ON CONFLICT(sha256) DO NOTHING",
+                       (sha256, len(raw), len(raw)))
+    if cur.rowcount != 1 or cur.lastrowid is None:
+        return  # already stored
+    view = memoryview(raw)
+    with conn.blobopen("raw_messages", "raw", cur.lastrowid) as blob:
+        for start in range(0, len(raw), _RAW_IN_PIECES):
+            blob.write(view[start : start + _RAW_IN_PIECES])
 
 
 def _statements(sql: str) -> list[str]:

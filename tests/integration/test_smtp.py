@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import json
 import smtplib
+import time
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 import pytest_asyncio
 
@@ -19,6 +22,7 @@ from mailgate.mailauth import StaticResolver
 from mailgate.runtime import Runtime
 from mailgate.tasks import Task
 from tests.conftest import make_config
+from tests.keys import RsaKey
 
 pytestmark = pytest.mark.asyncio
 
@@ -212,3 +216,31 @@ async def test_line_too_long_is_refused_with_an_enhanced_code(daemon: Daemon) ->
     code, text = await smtp_call(daemon.smtp.port, long_line)
     assert code == 500 and text.startswith(b"5.5.2"), (code, text)
     assert await rt(daemon).store.list_emails(session_id=sid) == []
+
+
+class StuckDns(StaticResolver):
+    """A DNS that never answers."""
+
+    async def txt(self, name: str) -> list[str]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_dns_timeout_bounds_all_lookups_of_a_message(tmp_path: Path) -> None:
+    timeout = 2.0
+    config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "dns_timeout": timeout},
+                         mail={"domains": ("example.test",)})
+    async with Daemon(config, roles=("smtp",), resolver=StuckDns({})) as d:
+        assert d.smtp is not None
+        sid, address = await new_address(d, "email-to-case-simple")
+        msg = message(address, "Stuck DNS").as_bytes(policy=email.policy.SMTP)
+        signed = dkim.sign(msg, b"sel", b"elsewhere.test", RsaKey(3).pem, include_headers=[b"from", b"to"]) + msg
+        started = time.monotonic()
+        assert await smtp_call(d.smtp.port, lambda c: c.sendmail("sender@elsewhere.test", [address], signed)) == {}
+        elapsed = time.monotonic() - started
+        [stored] = await rt(d).store.list_emails(session_id=sid)
+    auth = json.loads(stored.authentication)
+    assert ([x["result"] for x in auth["dkim"]], auth["spf"]["result"], auth["dmarc"]["result"]) == (
+        ["temperror"], "temperror", "temperror")
+    # the key lookups and then SPF + DMARC share one budget: not one timeout each (2 x 2 s)
+    assert timeout <= elapsed < 1.75 * timeout, elapsed

@@ -6,6 +6,7 @@ Backends are the parameters of the ``store`` fixture; a new backend adds itself 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,16 @@ import pytest
 import pytest_asyncio
 
 from mailgate.errors import LeaseLost, MailgateError, NotFound, VersionConflict
-from mailgate.store.base import Changes, NewEvent, NewTask, SessionSave, Store, TaskFinish
+from mailgate.store.base import (
+    Changes,
+    Delivery,
+    NewEmail,
+    NewEvent,
+    NewTask,
+    SessionSave,
+    Store,
+    TaskFinish,
+)
 from mailgate.store.sqlite import SqliteStore
 
 
@@ -263,3 +273,17 @@ async def test_events_after_spans_sessions(store: Store) -> None:
     assert await store.last_event_id() == first[-1].id
     assert await store.events_after(first[0].id) == first[1:]
     assert len(await store.events_after(0, limit=1)) == 1
+
+
+async def test_delivered_raw_bytes_come_back_exactly_and_once(store: Store) -> None:
+    sess = await store.create_session("s-mail", "iv", "{}", "{}")
+    small = b"Subject: small\r\n\r\nhello\r\n"
+    big = b"Subject: big\r\n\r\n" + bytes(range(256)) * (5 * 2**20 // 256) + b"\r\n"  # written in pieces
+    for n, raw in enumerate((small, big, big)):  # the third is a duplicate of the second
+        sha = hashlib.sha256(raw).hexdigest()
+        email = NewEmail(f"e{n}", "box", sess.id, f"<m{n}@x>", f"<m{min(n, 1)}@x>\0{sha}", "{}", "{}", "{}", None,
+                         NewEvent(sess.id, "email", "{}"))
+        stored, _ = await store.deliver(Delivery(sha, raw, [email]))
+        assert stored == ([] if n == 2 else [f"e{n}"])
+        assert await store.get_raw(sha) == raw
+    assert [e.size for e in await store.list_emails(session_id=sess.id)] == [len(small), len(big)]

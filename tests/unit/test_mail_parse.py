@@ -484,3 +484,21 @@ def test_encoded_line_breaks_in_single_line_fields_become_spaces() -> None:
     raw = b"From: a@b.test\r\nSubject: =?utf-8?q?Hi=0D=0AX-Fake:_row?=\r\n\r\nbody\r\n"
     parsed = parse_message(raw)
     assert parsed.subject == "Hi X-Fake: row"
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"shared corpus not found at {CORPUS}")
+def test_header_objects_shared_between_parses_do_not_change_results() -> None:
+    raws = [p.read_bytes() for p in _corpus_files()]
+    raws.append(b"From: =?utf-8?q?Caf=C3=A9?= <a@x.test>\r\nTo: bad <<>@\r\nDate: never\r\n\r\nbody\r\n")
+    raws.append(b"From: a@x.test\r\nTo: bad <<>@\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n\r\nbody\r\n")
+    assert len(raws) > 10
+    shared = mail._CachingRegistry._shared
+    shared.clear()
+    alone = []
+    for raw in raws:  # each parse with nothing shared
+        alone.append(parse_message(raw))
+        shared.clear()
+    forwards = [parse_message(raw) for raw in raws]
+    assert shared  # something was shared
+    backwards = [parse_message(raw) for raw in reversed(raws)][::-1]
+    assert forwards == alone and backwards == alone

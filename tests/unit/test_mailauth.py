@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import time
@@ -29,7 +30,10 @@ from mailgate.mailauth import (
     authenticate,
     check_dkim,
     check_spf,
+    dkim_key_names,
+    fetch_dkim_keys,
     organizational_domain,
+    verify_dkim,
 )
 from tests.keys import RsaKey
 
@@ -136,6 +140,51 @@ async def test_dkim_malformed_signature_header() -> None:
     resolver = StaticResolver({})
     assert await check_dkim(raw, resolver) == (DkimResult("", "", "permerror"),)
     assert resolver.queries == []
+
+
+@pytest.mark.asyncio
+async def test_keys_fetched_first_then_verified_without_dns(key1: RsaKey, key2: RsaKey) -> None:
+    """The inbound path: key names from the header block, keys fetched, then one verification."""
+    raw = sign(sign(MESSAGE, key1), key2, domain="Other.Example", selector="s2")
+    assert dkim_key_names(raw) == ["s2._domainkey.other.example", "sel._domainkey.example.com"]
+    resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): [key1.record],
+                               ("TXT", "s2._domainkey.other.example"): [key1.record]})  # the wrong key for s2
+    keys = await fetch_dkim_keys(dkim_key_names(raw), resolver)
+    assert verify_dkim(raw, keys) == (
+        (DkimResult("other.example", "s2", "fail"), DkimResult("example.com", "sel", "pass")), [])
+    assert verify_dkim(raw, keys) == ((await check_dkim(raw, resolver)), [])
+    # a key the caller did not fetch is asked for, not guessed
+    assert verify_dkim(raw, {"sel._domainkey.example.com": keys["sel._domainkey.example.com"]}) == (
+        (), ["s2._domainkey.other.example"])
+    missing = await fetch_dkim_keys(["nokey._domainkey.example.com"], resolver)
+    assert isinstance(missing["nokey._domainkey.example.com"], DnsNotFound)
+    assert verify_dkim(sign(MESSAGE, key1), missing | {"sel._domainkey.example.com": DnsTempError("x")}) == (
+        (DkimResult("example.com", "sel", "temperror"),), [])
+
+
+@pytest.mark.asyncio
+async def test_key_names_scan_and_dkimpy_agree_on_the_results(key1: RsaKey) -> None:
+    signed = sign(MESSAGE, key1)
+    assert dkim_key_names(MESSAGE + b"DKIM-Signature: v=1; d=body.example; s=x; b=; bh=\r\n") == []
+    assert dkim_key_names(signed.replace(b"\r\n", b"\n")) == ["sel._domainkey.example.com"]
+    assert dkim_key_names(b"dkim-signature : v=1; d=Example.COM.; s=\r\n sel; b=x\r\n" + MESSAGE) == ["sel._domainkey.example.com"]
+    assert dkim_key_names(b"") == []
+    resolver = StaticResolver({("TXT", "sel._domainkey.example.com"): [key1.record]})
+    odd = [
+        signed,
+        signed.replace(b"\r\n", b"\n"),
+        b"not a header line\r\n" + signed,  # dkimpy cannot read the header block: permerror
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; garbage\r\n" + MESSAGE,
+        b"DKIM-Signature: v=1; d=ex\xe4mple.com; s=sel; b=x\r\n" + MESSAGE,
+        signed.replace(b"DKIM-Signature", b"X-Hidden: 1\r\nDKIM-Signature", 1),
+    ]
+    for raw in odd:
+        keys = await fetch_dkim_keys(dkim_key_names(raw), resolver)
+        results, missing = verify_dkim(raw, keys)
+        if missing:  # the scan missed a key: the caller fetches it and verifies again
+            keys.update(await fetch_dkim_keys(missing, resolver))
+            results, missing = verify_dkim(raw, keys)
+        assert missing == [] and results == await check_dkim(raw, resolver), raw[:60]
 
 
 @pytest.mark.asyncio
@@ -530,6 +579,8 @@ async def test_to_dict_and_back(key1: RsaKey) -> None:
     results = await auth(sign(MESSAGE, key1), auth_resolver(key1))
     data = json.loads(json.dumps(results.to_dict()))
     assert data["dkim"] == [{"domain": "example.com", "selector": "sel", "result": "pass"}]
+    assert data == dataclasses.asdict(results) | {"dkim": [dataclasses.asdict(d) for d in results.dkim]}
+    assert list(data) == [f.name for f in dataclasses.fields(AuthResults)]
     assert AuthResults.from_dict(data) == results
     for bad in (
         {},

@@ -1,0 +1,142 @@
+"""mailgate.workers against real worker processes: answers, errors, a dying worker, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailgate.errors import MailgateError
+from mailgate.workers import WorkerDied, WorkerPool
+
+
+def digest(data: bytes) -> tuple[int, str, int]:
+    return len(data), hashlib.sha256(data).hexdigest(), os.getpid()
+
+
+def echo(data: bytes) -> bytes:
+    return data[::-1]
+
+
+def fail(text: str) -> None:
+    raise ValueError(text)
+
+
+def die() -> None:
+    os._exit(3)
+
+
+@pytest.mark.asyncio
+async def test_calls_run_in_worker_processes_and_answer_in_order_of_their_own() -> None:
+    pool = WorkerPool(2)
+    try:
+        blobs = [bytes([n]) * (n * 1000 + 1) for n in range(40)]
+        blobs.append(os.urandom(3 * 2**20))  # bigger than what is written from the loop itself
+        answers = await asyncio.gather(*(pool.run(digest, b) for b in blobs))
+        assert [a[:2] for a in answers] == [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
+        pids = {a[2] for a in answers}
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
+async def test_big_and_small_calls_to_one_worker_keep_their_answers() -> None:
+    pool = WorkerPool(1)
+    try:
+        blobs = [os.urandom(n) for n in (10, 5 * 2**20, 100, 70_000, 3, 2 * 2**20, 64 * 1024, 64 * 1024 - 1)] * 3
+        answers = await asyncio.gather(*(pool.run(digest, b) for b in blobs))
+        assert [a[:2] for a in answers] == [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
+        assert len({a[2] for a in answers}) == 1
+        echoed = await asyncio.gather(*(pool.run(echo, b) for b in blobs))  # big answers too
+        assert echoed == [b[::-1] for b in blobs]
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
+async def test_an_exception_is_raised_in_the_caller_and_the_worker_stays() -> None:
+    pool = WorkerPool(1)
+    try:
+        pid = (await pool.run(digest, b"x"))[2]
+        with pytest.raises(ValueError, match="bad input"):
+            await pool.run(fail, "bad input")
+        assert (await pool.run(digest, b"y"))[2] == pid
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_worker_fails_its_call_and_is_replaced() -> None:
+    pool = WorkerPool(1)
+    try:
+        pid = (await pool.run(digest, b"x"))[2]
+        others = [asyncio.create_task(pool.run(digest, b"queued")) for _ in range(3)]  # wait for the worker
+        with pytest.raises(WorkerDied):
+            await pool.run(die)
+        answers = await asyncio.gather(*others)
+        assert all(a[:1] == (6,) for a in answers)
+        new_pids = {a[2] for a in answers} | {(await pool.run(digest, b"z"))[2]}
+        assert pid not in new_pids and len(new_pids) == 1
+    finally:
+        pool.close()
+
+
+@pytest.mark.asyncio
+async def test_closed_pool_refuses_calls() -> None:
+    pool = WorkerPool(1)
+    await pool.run(digest, b"x")
+    workers = list(pool._workers)
+    pool.close()
+    with pytest.raises(MailgateError):
+        await pool.run(digest, b"x")
+    for worker in workers:
+        await asyncio.to_thread(worker.process.join, 10)
+        assert worker.process.exitcode is not None
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DAEMON = """
+import asyncio, os, sys
+from mailgate.workers import WorkerPool
+
+async def main():
+    pool = WorkerPool(2)
+    await asyncio.gather(*(pool.run(os.getpid) for _ in range(4)))
+    print(" ".join(str(w.process.pid) for w in pool._workers), flush=True)
+    await asyncio.sleep(3600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.asyncio
+async def test_workers_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON)
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), stdout=asyncio.subprocess.PIPE,
+                                                cwd=str(ROOT))
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    pids = [int(p) for p in line.split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    proc.kill()  # SIGKILL: no clean-up runs in the daemon
+    await proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived the killed daemon"
+        await asyncio.sleep(0.05)
