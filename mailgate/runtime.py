@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import json
 import logging
 import os
@@ -19,9 +18,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,12 +50,12 @@ from .errors import (
 from .events import EventBus
 from .inbound import Addresses
 from .interviews import Action, Interview, Registry
+from .leases import Lease, Leases
 from .outbound import Outbound
 from .store.base import (
     Changes,
     CommitResult,
     EventRecord,
-    LeaseInfo,
     MailboxRecord,
     NewEvent,
     NewMailbox,
@@ -113,59 +110,6 @@ class Mailbox:
     index: str | None
     emails: list[DAEmail]
     record: MailboxRecord
-
-
-@dataclass
-class _Lease:
-    session_id: str
-    holder: str
-    deadline: float  # monotonic time the budget ends
-    budget: float
-    released: bool = False
-    session: SessionRecord | None = None  # read in the same store unit that took the lease
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
-
-
-class _SessionLocks:
-    """This process's lock of each session: an entry while held, with its waiters in arrival order.
-
-    Cheaper than an asyncio.Lock per session (kept in a weak dictionary): an uncontended acquire is
-    one dictionary insert and never yields to the loop.
-    """
-
-    def __init__(self) -> None:
-        self._held: dict[str, deque[asyncio.Future[None]]] = {}
-
-    def locked(self, session_id: str) -> bool:
-        return session_id in self._held
-
-    async def acquire(self, session_id: str, timeout: float) -> None:
-        waiters = self._held.get(session_id)
-        if waiters is None:
-            self._held[session_id] = deque()
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters.append(future)
-        try:
-            async with asyncio.timeout(timeout):
-                await future
-        except BaseException:
-            if future.done() and not future.cancelled():  # handed the lock just as we gave up: pass it on
-                self.release(session_id)
-            elif future in waiters:
-                waiters.remove(future)
-            raise
-
-    def release(self, session_id: str) -> None:
-        waiters = self._held[session_id]
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)  # the lock passes to this waiter
-                return
-        del self._held[session_id]
 
 
 def _call_sync(fn: Callable[[dict[str, Any]], Any], answers: dict[str, Any]) -> ActionEnd | None:
@@ -230,14 +174,12 @@ class Runtime:
         self._deadlines = Deadlines()
         self.outbound = Outbound(config.outbound)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._locks = _SessionLocks()
-        self._lease_counter = itertools.count(1)
+        self.leases = Leases(config.sessions, store, self.process_id)
         self.checkin_retries = 0  # optimistic check-ins that had to run again under the lease
         self._task_listeners: list[Callable[[], None]] = []
         self._finished: dict[str, asyncio.Event] = {}
         self._interview_of: dict[str, str] = {}
         self._loop_results: LoopResults | None = None
-        self._holding: dict[str, str] = {}  # session -> what holds its lock in this process (for errors)
         self.addresses: Addresses
         self.signer: Signer
 
@@ -428,7 +370,7 @@ class Runtime:
         return await self._run_locked(session_id, action, args, user, "checkin")
 
     async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind) -> ActionResult:
-        async with self._locked(session_id, f"{kind} {action}") as lease:
+        async with self.leases.locked(session_id, f"{kind} {action}") as lease:
             if lease.session is None:
                 raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
             release = (session_id, lease.holder)
@@ -450,13 +392,13 @@ class Runtime:
         under the lease, so the action may run twice: check-in actions must be safe to repeat, as
         they are already (they run again every ``checkin_interval``).
         """
-        await self._lock_local(session_id, f"checkin {action}")
+        await self.leases.lock_local(session_id, f"checkin {action}")
         try:
             rec = await self.store.get_session(session_id)
             if rec is None:
                 raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
             budget = self.config.sessions.lock_timeout
-            lease = _Lease(session_id, "", time.monotonic() + budget, budget, session=rec)
+            lease = Lease(session_id, "", time.monotonic() + budget, budget, session=rec)
             outcome = await self._perform("checkin", rec, action, args, user, lease, unleased=(session_id, rec.version))
             if outcome.changes is None:
                 return outcome.result_after(None)
@@ -466,10 +408,10 @@ class Runtime:
                 return None
             return outcome.result_after(committed)
         finally:
-            self._unlock_local(session_id)
+            self.leases.unlock_local(session_id)
 
     async def _perform(self, kind: ContextKind, rec: SessionRecord, action: str, args: dict[str, Any], user: User,
-                       lease: _Lease, *, release_lease: tuple[str, str] | None = None,
+                       lease: Lease, *, release_lease: tuple[str, str] | None = None,
                        unleased: tuple[str, int] | None = None) -> _Outcome:
         """Run the action on ``rec``'s answers; what it produced, not yet committed (None if nothing,
         else with ``release_lease`` and ``unleased`` set as given)."""
@@ -527,7 +469,7 @@ class Runtime:
             "start it with background_action() instead"
         )
 
-    async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: _Lease) -> ActionEnd | None:
+    async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: Lease) -> ActionEnd | None:
         try:
             if handler.is_async:
                 return await self._invoke(ctx, handler, answers, lease.remaining())
@@ -655,7 +597,7 @@ class Runtime:
                              error_trace=error.error_trace, variables=list(error.variables))
         what = "error action" if error is not None else "response action"
         try:
-            async with self._locked(rec.session_id, f"callback {name}") as lease:
+            async with self.leases.locked(rec.session_id, f"callback {name}") as lease:
                 session = lease.session
                 if session is None:
                     await self._finish(rec, worker, None, _Failure("SessionGone", f"session {rec.session_id} was deleted before the {what} {name!r} ran"), spawned,
@@ -789,77 +731,5 @@ class Runtime:
                     e._fill(found[e.id])
         return records
 
-    async def _lock_local(self, session_id: str, what: str) -> None:
-        """Take this process's lock of the session (bounded by ``lock_timeout``); release with _unlock_local."""
-        budget = self.config.sessions.lock_timeout
-        try:
-            await self._locks.acquire(session_id, budget)
-        except TimeoutError:
-            raise LeaseTimeout(
-                f"session {session_id} stayed busy in this process for {budget:g} s ([sessions] lock_timeout): "
-                f"{self._holding.get(session_id, 'an action')} is running long; try again, or look for it in the log"
-            ) from None
-        self._holding[session_id] = what
-
-    def _unlock_local(self, session_id: str) -> None:
-        self._holding.pop(session_id, None)
-        self._locks.release(session_id)
-
-    @asynccontextmanager
-    async def _locked(self, session_id: str, what: str) -> AsyncIterator[_Lease]:
-        """Hold the session lease: first this process's lock, then the store's lease (cross-process)."""
-        budget = self.config.sessions.lock_timeout
-        await self._lock_local(session_id, what)
-        try:
-            holder = f"{self.process_id}#{next(self._lease_counter)}"
-            session = await self._acquire_lease(session_id, holder, budget)
-            lease = _Lease(session_id, holder, time.monotonic() + budget, budget, session=session)
-            # Renew only if the action runs long: most finish well before a third of the lease's life.
-            renewals: list[asyncio.Task[None]] = []
-            timer = self.loop.call_later(self.config.sessions.lease_ttl / 3, lambda: renewals.append(
-                self.loop.create_task(self._renew(lease), name=f"lease-renew-{session_id}")))
-            try:
-                yield lease
-            finally:
-                timer.cancel()
-                for renewal in renewals:
-                    renewal.cancel()
-                if not lease.released:
-                    await asyncio.shield(self.store.release_lease(session_id, holder))
-        finally:
-            self._unlock_local(session_id)
-
-    async def _acquire_lease(self, session_id: str, holder: str, wait: float) -> SessionRecord | None:
-        """Take the store lease; returns the session as read under it (None if it does not exist)."""
-        deadline = time.monotonic() + wait
-        delay = 0.005
-        while True:
-            busy, session = await self.store.acquire_lease_and_read(session_id, holder, self.config.sessions.lease_ttl, wait)
-            if busy is None:
-                return session
-            if time.monotonic() + delay > deadline:
-                raise LeaseTimeout(self._busy_message(busy, wait))
-            await asyncio.sleep(delay)  # polling another process's lease: there is no cross-process wake-up
-            delay = min(delay * 2, 0.05)
-
-    def _busy_message(self, busy: LeaseInfo, waited: float) -> str:
-        now = self.store_clock()
-        held = now - busy.acquired_at
-        text = f"session {busy.session_id} is locked by {busy.holder} for {held:.1f} s; gave up after waiting {waited:g} s"
-        if now > busy.budget_until:
-            text += (
-                f". The holder is past its {busy.budget_until - busy.acquired_at:g} s budget but still alive (it renews its "
-                "lease), so mailgate does not break the lease; find the slow action in that process's log"
-            )
-        return text
-
     def store_clock(self) -> float:
-        return float(getattr(self.store, "clock", time.time)())
-
-    async def _renew(self, lease: _Lease) -> None:
-        interval = self.config.sessions.lease_ttl / 3
-        while True:
-            if not await self.store.renew_lease(lease.session_id, lease.holder, self.config.sessions.lease_ttl):
-                log.error("lost the lease of session %s", lease.session_id, extra={"event": "lease.lost"})
-                return
-            await asyncio.sleep(interval)
+        return self.leases.store_clock()

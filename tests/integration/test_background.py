@@ -440,7 +440,7 @@ async def test_busy_session_in_this_process_names_the_holder(tmp_path: Path) -> 
     async with Daemon(config, roles=()) as d:
         runtime = rt(d)
         session = await runtime.create_session("testing")
-        async with runtime._locked(session.id, "foreground slow_report"):
+        async with runtime.leases.locked(session.id, "foreground slow_report"):
             with pytest.raises(LeaseTimeout, match="foreground slow_report is running long"):
                 await runtime.run_action(session.id, "set", {"x": 1})
         await runtime.run_action(session.id, "set", {"x": 1})  # free again

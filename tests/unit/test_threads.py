@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mailgate.runtime import _SessionLocks
+from mailgate.leases import SessionLocks
 from mailgate.threads import DaemonThreadPool, Deadlines, LoopResults
 
 pytestmark = pytest.mark.asyncio
@@ -68,7 +68,7 @@ async def test_a_call_given_up_before_it_starts_is_skipped() -> None:
 
 
 async def test_session_locks_are_fifo_and_bounded() -> None:
-    locks = _SessionLocks()
+    locks = SessionLocks()
     await locks.acquire("s", 1)
     order: list[str] = []
 
