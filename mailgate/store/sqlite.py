@@ -1,24 +1,8 @@
 """The embedded SQLite backend: WAL, durable (``synchronous=FULL``) group commits.
 
-Writes go through one writer thread that owns one ``sqlite3`` connection: every write of the
-process is a *unit* (a function of the connection), units that arrive while a commit is in flight
-are applied together in the next transaction (each under its own SAVEPOINT, so one failing unit
-does not undo its neighbours), and all of them are answered after that one fsync. This is why
-writes do not go through aiosqlite: it hops to its thread once per statement (about 125 us
-measured here), while a group commit needs the whole transaction in one hop. Reads go through an
-aiosqlite connection, which WAL lets run beside the writer.
-
-Sessions that were read or saved here are cached. A third connection, used only on the loop's
-thread, asks SQLite for ``PRAGMA data_version`` (about 1.5 us: it reads the shared WAL index, never
-a page), which changes whenever any *other* connection commits: this process's writer, the CLI, a
-second daemon. While it stands still, cached sessions are current. Once it moves, each entry is
-checked before use with a primary-key lookup of the session's version on that connection; a
-changed or deleted session is read again. The data_version check runs at most once per turn of the
-event loop and again after each of this process's own commits (a sqlite3 call lets go of the GIL,
-and under load winning it back costs more than the call), so a cached session is never older than
-the database was at the start of the current turn, and never older than a commit this process has
-been told of. Check-ins that change nothing read nothing; those that save find their session's new
-state cached.
+Writes go through one writer thread with group commits (:mod:`.sqlite_writer`); reads through an
+aiosqlite connection, which WAL lets run beside the writer; sessions through a cache that is
+checked against the database before use (:mod:`.sqlite_cache`).
 
 Cross-process safety comes from SQLite itself: ``BEGIN IMMEDIATE`` takes the database's write lock
 and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) to let go.
@@ -26,14 +10,12 @@ and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
@@ -50,10 +32,10 @@ from .base import (
     Store,
     TaskRecord,
 )
+from .sqlite_cache import SessionCache
+from .sqlite_writer import SqliteWriter
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Unit = Callable[[sqlite3.Connection], Any]
 
 SESSION_COLS = "id, interview, answers, version, owner, created_at, modified_at, accessed_at"
 TASK_COLS = (
@@ -76,239 +58,6 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-class _Writer:
-    """One thread, one connection, group commits."""
-
-    def __init__(self, path: str, busy_timeout: float, on_commit: Callable[[], None] = lambda: None) -> None:
-        self._path = path
-        self._busy_timeout = busy_timeout
-        self._on_commit = on_commit
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-sqlite-writer")
-        self._conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[Unit, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.units = 0
-
-    async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
-
-    def _connect(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self._conn = conn
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` outside any batch (migrations); it manages its own transaction."""
-        assert self._conn is not None
-        conn = self._conn
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
-        finally:
-            self._on_commit()
-
-    async def submit(self, unit: Callable[[sqlite3.Connection], T]) -> T:
-        """Apply ``unit`` in the next group commit; returns its result once durable."""
-        if self._conn is None:
-            raise MailgateError("the store is closed")
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((unit, fut))
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="sqlite-group-commit")
-        return await fut
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await loop.run_in_executor(self._executor, self._apply, [u for u, _ in batch])
-                except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
-                    self._on_commit()
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc if isinstance(exc, Exception) else MailgateError("store stopped"))
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                self._on_commit()
-                self.batches += 1
-                self.units += len(batch)
-                for (_, fut), (ok, value) in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(value)
-        finally:
-            self._flusher = None
-
-    def _apply(self, units: list[Unit]) -> list[tuple[bool, Any]]:
-        """Apply ``units`` in one transaction; each one's (ok, result or exception).
-
-        Units rarely fail (a version conflict, a lost lease), so a batch first runs without a
-        savepoint per unit (two statements fewer per unit). If one does fail, the transaction is
-        rolled back and the batch runs again with a savepoint around each unit, so that only the
-        failing ones are undone.
-        """
-        conn = self._conn
-        assert conn is not None
-        if len(units) > 1:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                results: list[tuple[bool, Any]] = [(True, unit(conn)) for unit in units]
-            except Exception:
-                conn.execute("ROLLBACK")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            else:
-                self._finish(conn)
-                return results
-        results = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if len(units) == 1:  # alone in its transaction: no savepoint needed
-                try:
-                    results.append((True, units[0](conn)))
-                except Exception as exc:
-                    conn.execute("ROLLBACK")
-                    return [(False, exc)]
-            else:
-                for unit in units:
-                    conn.execute("SAVEPOINT unit")
-                    try:
-                        value = unit(conn)
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO unit")
-                        conn.execute("RELEASE unit")
-                        results.append((False, exc))
-                    else:
-                        conn.execute("RELEASE unit")
-                        results.append((True, value))
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self._finish(conn)
-        return results
-
-    @staticmethod
-    def _finish(conn: sqlite3.Connection) -> None:
-        try:
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    async def close(self) -> None:
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=True)
-
-
-class _SessionCache:
-    """Sessions as last read or saved here, each checked against the database before use.
-
-    ``PRAGMA data_version`` of the watch connection (read at most once per turn of the loop and
-    after each of this process's commits) tells whether anyone committed since the entries were
-    last checked. While it stands still every entry is current. Once it moves, an entry is used
-    again only after a primary-key lookup of its session's version (a few microseconds, on the
-    loop's thread, ``timeout=0`` so that it never waits on a lock) shows it unchanged; otherwise it
-    is dropped and read again.
-    """
-
-    def __init__(self, watch: sqlite3.Connection, size: int) -> None:
-        self._watch = watch
-        self._size = size
-        self._version = self.data_version()
-        self._checked = False  # data_version was read in this turn of the loop, after our last commit
-        self._records: dict[str, SessionRecord] = {}
-        self._current: set[str] = set()  # ids checked since data_version last moved
-        self.hits = 0
-        self.misses = 0
-
-    def data_version(self) -> int | None:
-        try:
-            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.Error:  # busy (never waited for: this runs on the loop) or broken: trust nothing
-            return None
-
-    def check(self) -> int | None:
-        """Note whether any other connection committed since the last check; the version now."""
-        if self._checked:
-            return self._version
-        version = self.data_version()
-        if version is None or version != self._version:
-            self._current.clear()
-            self._version = version
-        if version is not None:
-            self._checked = True
-            asyncio.get_running_loop().call_soon(self.stale)
-        return version
-
-    def stale(self) -> None:
-        """Read data_version again at the next check (a new turn of the loop, or this process committed)."""
-        self._checked = False
-
-    def get(self, session_id: str) -> SessionRecord | None:
-        self.check()
-        rec = self._records.get(session_id)
-        if rec is not None and session_id not in self._current:
-            try:
-                row = self._watch.execute("SELECT version, created_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
-            except sqlite3.Error:
-                row = None
-            if row is not None and row[0] == rec.version and row[1] == rec.created_at and self._version is not None:
-                self._current.add(session_id)
-            else:
-                del self._records[session_id]
-                rec = None
-        if rec is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return rec
-
-    def put(self, rec: SessionRecord, seen: int | None) -> None:
-        """Keep ``rec``, read after data_version ``seen`` was observed; current if nothing moved since."""
-        if len(self._records) >= self._size and rec.id not in self._records:
-            oldest = next(iter(self._records))
-            del self._records[oldest]
-            self._current.discard(oldest)
-        self._records[rec.id] = rec
-        if seen is not None and self.check() == seen:
-            self._current.add(rec.id)
-        else:
-            self._current.discard(rec.id)
-
-    def saved(self, session_id: str, answers: str, version: int, now: float, touch: bool) -> None:
-        """This process saved the session: keep its new state (checked before use, like any entry)."""
-        old = self._records.get(session_id)
-        if old is not None:
-            self._records[session_id] = SessionRecord(old.id, old.interview, answers, version, old.owner, old.created_at,
-                                                      now, now if touch else old.accessed_at)
-            self._current.discard(session_id)
-
-    def drop(self, session_id: str) -> None:
-        self._records.pop(session_id, None)
-        self._current.discard(session_id)
-
-    def close(self) -> None:
-        self._records.clear()
-        self._current.clear()
-        self._watch.close()
-
-
 class SqliteStore(Store):
     """SQLite file store. ``clock`` returns POSIX seconds; tests may pass a controllable one."""
 
@@ -317,10 +66,10 @@ class SqliteStore(Store):
         self.path = path
         self.clock = clock
         self._busy_timeout = busy_timeout
-        self._writer = _Writer(path, busy_timeout, on_commit=self._committed)
+        self._writer = SqliteWriter(path, busy_timeout, on_commit=self._committed)
         self._reader: aiosqlite.Connection | None = None
         self._cache_size = cache_sessions
-        self._cache: _SessionCache | None = None
+        self._cache: SessionCache | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -328,7 +77,7 @@ class SqliteStore(Store):
             await self._writer.open()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
             if self._cache_size > 0:
-                self._cache = _SessionCache(sqlite3.connect(self.path, isolation_level=None, timeout=0), self._cache_size)
+                self._cache = SessionCache(sqlite3.connect(self.path, isolation_level=None, timeout=0), self._cache_size)
         except sqlite3.Error as exc:
             raise MailgateError(f"cannot open the SQLite store {self.path!r}: {exc}; check the path and its permissions") from None
 
