@@ -33,7 +33,7 @@ from .functions import (
     user_logged_in,
 )
 from .interviews import Interview
-from .outbound import OutboundError
+from .outbound_message import OutboundError
 from .sending import (
     mark_task_as_performed,
     record_messages,

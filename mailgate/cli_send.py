@@ -13,7 +13,8 @@ import socket
 import sys
 from typing import Any, Protocol
 
-from .outbound import Message, Outbound, OutboundConfig, OutboundError, RelayTransport, SendResult
+from .outbound import Outbound, OutboundConfig, RelayTransport, SendResult
+from .outbound_message import Message, OutboundError
 
 
 class _HasOutbound(Protocol):

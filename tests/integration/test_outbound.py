@@ -32,7 +32,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from mailgate.cli_send import add_parser, cmd_send_test_email
 from mailgate.daemon import Daemon
 from mailgate.errors import ActionError, ConfigError
-from mailgate.outbound import HeaderInjectionError, Message, Outbound, OutboundConfig
+from mailgate.outbound import Outbound, OutboundConfig
+from mailgate.outbound_message import HeaderInjectionError, Message
 from mailgate.runtime import Runtime
 from mailgate.sending import record_messages
 from tests.conftest import INTERVIEWS, make_config

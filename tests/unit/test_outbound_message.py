@@ -19,21 +19,23 @@ from mailgate.config import _build_table, _f
 from mailgate.context import CURRENT, ActionContext, User
 from mailgate.errors import ActionError, ConfigError, MailgateError
 from mailgate.outbound import (
+    MessageRecorder,
+    Outbound,
+    OutboundConfig,
+    RecordingTransport,
+    SendResult,
+    SuppressTransport,
+    check_outbound,
+)
+from mailgate.outbound_message import (
     AddressError,
     Attachment,
     AttachmentError,
     HeaderInjectionError,
     Message,
-    MessageRecorder,
     NoRecipientsError,
     NoSenderError,
-    Outbound,
-    OutboundConfig,
     OutboundError,
-    RecordingTransport,
-    SendResult,
-    SuppressTransport,
-    check_outbound,
     format_address,
     normalize_addresses,
     to_attachment,
