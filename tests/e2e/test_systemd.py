@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -195,3 +196,12 @@ def test_healthcheck(tmp_path: Path) -> None:
     res = subprocess.run(mailgate_cmd("healthcheck", "--json"), env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert '"check": "smtp",\n      "ok": false' in res.stdout
+
+
+def test_healthcheck_without_a_store_says_so_and_creates_none(tmp_path: Path) -> None:
+    res = subprocess.run(mailgate_cmd("healthcheck", "--json"), cwd=tmp_path, env=dict(os.environ, MAILGATE_CONFIG=""),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    store = json.loads(res.stdout)["checks"][1]
+    assert store["check"] == "store" and not store["ok"] and store["detail"].startswith("no SQLite store at ")
+    assert list(tmp_path.iterdir()) == []
