@@ -38,7 +38,7 @@ from .mailauth import (
     verify_dkim,
 )
 from .store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask
-from .workers import WorkerPool
+from .workers import WorkerPool, WorkerTimeout
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -124,7 +124,7 @@ class Inbound:
         self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes)
         self.received = 0
         self.rejected: dict[str, int] = {}
-        self._pool = WorkerPool(config.smtp.parse_processes) if config.smtp.parse_processes > 0 else None
+        self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker) if config.smtp.parse_processes > 0 else None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -159,9 +159,10 @@ class Inbound:
             return {name: DnsTempError(f"{name}: no answer in time") for name in names}
 
     async def _in_worker(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` in a worker process (in a thread when there are none)."""
+        """``fn(*args)`` in a worker process within ``parse_timeout`` (in a thread, unbounded, when
+        there are no worker processes: a thread cannot be stopped)."""
         if self._pool is not None:
-            return await self._pool.run(fn, *args)
+            return await self._pool.run(fn, *args, timeout=self.config.smtp.parse_timeout)
         return await asyncio.get_running_loop().run_in_executor(self.runtime.executor, fn, *args)
 
     def count_rejection(self, reason: str) -> None:
@@ -180,13 +181,19 @@ class Inbound:
         started = loop.time()
         keys = await self._dkim_keys(dkim_key_names(raw))
         dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
-        prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
-        parsed, dkim = prepared.parsed, prepared.dkim
-        if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
-            started = loop.time()
-            keys.update(await self._dkim_keys(prepared.missing_keys, dns_left))
-            dns_left -= loop.time() - started
-            dkim, _ = await self._in_worker(verify_dkim, raw, keys)
+        try:
+            prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
+            parsed, dkim = prepared.parsed, prepared.dkim
+            if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
+                started = loop.time()
+                keys.update(await self._dkim_keys(prepared.missing_keys, dns_left))
+                dns_left -= loop.time() - started
+                dkim, _ = await self._in_worker(verify_dkim, raw, keys)
+        except WorkerTimeout as exc:  # stored all the same: raw bytes, and a defect that says why
+            log.warning("stored a message unparsed: %s", exc, extra={"event": "mail.parse_timeout"})
+            parsed = unparsed(raw, f"not parsed: parsing and DKIM took longer than {self.config.smtp.parse_timeout:g} s "
+                                   "([smtp] parse_timeout)")
+            dkim = (DkimResult("", "", "temperror"),)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
                                   resolver=self.resolver, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
@@ -244,6 +251,19 @@ def parse_for_store(raw: bytes, limits: ParseLimits) -> StoredParse:
     """Parse ``raw`` (in a worker process when configured) into what is stored."""
     parsed = parse_message(raw, limits)
     return StoredParse(_parsed_json(parsed), parsed.message_id, parsed.subject, parsed.from_address, parsed.content_hash)
+
+
+def warm_worker() -> None:
+    """Run once in each new worker process: loads the parser and DKIM code a message needs."""
+    prepare_message(b"From: warm@up.invalid\r\nSubject: warm-up\r\n\r\nwarm-up\r\n", ParseLimits(10, 5, 4096), {})
+
+
+def unparsed(raw: bytes, defect: str) -> StoredParse:
+    """What is stored of a message that was not parsed: its hash, and ``defect`` saying why."""
+    parsed = ParsedMessage(message_id=None, subject=None, from_address=None, to_address=(), cc_address=(), reply_to=None,
+                           datetime_message=None, body_text=None, body_html=None, attachments=(), headers=(),
+                           defects=(defect,), content_hash=hashlib.sha256(raw).hexdigest())
+    return StoredParse(_parsed_json(parsed), None, None, None, parsed.content_hash)
 
 
 @dataclass(frozen=True)

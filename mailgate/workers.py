@@ -46,6 +46,10 @@ class WorkerDied(MailgateError):
     """The worker process running a call ended before answering."""
 
 
+class WorkerTimeout(MailgateError):
+    """A call ran past its time limit; the worker running it was stopped and is replaced."""
+
+
 def _serve(sock: socket.socket) -> None:
     """A worker's life: answer ``(fn, args)`` calls, in order, until the socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
@@ -148,8 +152,9 @@ class WorkerPool:
     """``processes`` worker processes (forkserver: they inherit no thread, socket or loop of the
     daemon), started on the first call."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, warm_up: Callable[[], Any] | None = None) -> None:
         self.processes = processes
+        self._warm_up = warm_up  # run in each new worker before it takes calls (imports, caches)
         self._context = multiprocessing.get_context("forkserver")
         self._workers: list[_Worker] = []
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -159,16 +164,35 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()  # calls being handed to another worker
         self._closed = False
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a worker process; ``fn``, the arguments and the result must pickle."""
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """``fn(*args)`` in a worker process; ``fn``, the arguments and the result must pickle.
+
+        ``timeout`` limits the call once a worker has it: past it, `WorkerTimeout` is raised and,
+        if the worker is still running the call (a message that sends the parser into a very long
+        loop, say), that worker is killed and replaced; the calls queued behind it move on.
+        """
         loop = asyncio.get_running_loop()
         self._loop = self._loop or loop
         call = _Call(loop.create_future(), fn, args)
         await self._dispatch(call)
-        ok, value = await call.future
+        try:
+            ok, value = await asyncio.wait_for(asyncio.shield(call.future), timeout)
+        except TimeoutError:
+            self._time_out(call)
+            raise WorkerTimeout(f"a mail worker process ran past the {timeout:g} s limit on one call; "
+                                "it was stopped and another is started") from None
         if not ok:
             raise value
         return value  # type: ignore[no-any-return]
+
+    def _time_out(self, call: _Call) -> None:
+        for worker in self._workers:
+            if worker.calls and worker.calls[0] is call:  # running it: stuck, stop the process
+                log.warning("a mail worker process ran past its time limit; stopping it", extra={"event": "mail.worker_timeout"})
+                worker.process.kill()
+                break
+        if not call.future.done():  # still queued: its answer, when it comes, is dropped
+            call.future.cancel()
 
     async def _dispatch(self, call: _Call) -> None:
         """Hand ``call`` to the worker with the fewest calls, once one has room."""
@@ -244,6 +268,16 @@ class WorkerPool:
         theirs.close()
         worker = _Worker(self, process)
         await self._loop.connect_accepted_socket(lambda: worker, ours)
+        if self._warm_up is not None and worker.transport is not None:
+            # A fresh process imports what a call needs when it unpickles the first one; that
+            # happens here, so that no message's time limit pays for it.
+            call = _Call(self._loop.create_future(), self._warm_up, ())
+            payload = pickle.dumps((call.fn, ()), pickle.HIGHEST_PROTOCOL)
+            worker.calls.append(call)
+            worker.transport.write(_CALL.pack(len(payload), 0) + payload)
+            ok, value = await call.future
+            if not ok:
+                raise value
         if self._closed:
             self._stop(worker)
             return

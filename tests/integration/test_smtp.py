@@ -244,3 +244,23 @@ async def test_dns_timeout_bounds_all_lookups_of_a_message(tmp_path: Path) -> No
         ["temperror"], "temperror", "temperror")
     # the key lookups and then SPF + DMARC share one budget: not one timeout each (2 x 2 s)
     assert timeout <= elapsed < 1.75 * timeout, elapsed
+
+
+async def test_a_message_the_worker_takes_too_long_on_is_stored_unparsed(tmp_path: Path) -> None:
+    # 2,000,000 short lines (6 MB) take the stdlib parser about 0.7 s here: well past the 0.2 s allowed
+    config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "parse_processes": 1, "parse_timeout": 0.2},
+                         mail={"domains": ("example.test",)})
+    async with Daemon(config, roles=("smtp",), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None
+        sid, address = await new_address(d, "email-to-case-simple")
+        raw = message(address, "Slow", "x\n" * 2_000_000).as_bytes(policy=email.policy.SMTP)
+        assert await smtp_call(d.smtp.port, lambda c: c.sendmail("sender@elsewhere.test", [address], raw)) == {}
+        [stored] = await rt(d).store.list_emails(session_id=sid)
+        assert await rt(d).store.get_raw(stored.sha256) == raw  # the message itself is kept whole
+        parsed = json.loads(stored.parsed)
+        assert parsed["defects"] == ["not parsed: parsing and DKIM took longer than 0.2 s ([smtp] parse_timeout)"]
+        assert parsed["subject"] is None and parsed["body_text"] is None
+        # the worker was replaced: the next message is parsed as usual
+        assert await smtp_call(d.smtp.port, lambda c: c.send_message(message(address, "Quick"))) == {}
+        subjects = {json.loads(e.parsed)["subject"] for e in await rt(d).store.list_emails(session_id=sid)}
+        assert subjects == {None, "Quick"}

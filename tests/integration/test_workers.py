@@ -140,3 +140,25 @@ async def test_workers_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
     while any(_alive(p) for p in pids):
         assert time.monotonic() < deadline, f"workers {pids} outlived the killed daemon"
         await asyncio.sleep(0.05)
+
+
+def hang(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@pytest.mark.asyncio
+async def test_a_call_past_its_time_limit_stops_its_worker_and_the_calls_behind_it_move_on() -> None:
+    from mailgate.workers import WorkerTimeout
+
+    pool = WorkerPool(1)
+    try:
+        first = await pool.run(digest, b"warm")  # the worker is up
+        stuck = asyncio.ensure_future(pool.run(hang, 60, timeout=0.5))
+        behind = asyncio.ensure_future(pool.run(digest, b"behind"))  # queued in the same worker
+        with pytest.raises(WorkerTimeout, match="0.5 s limit"):
+            await stuck
+        answer = await asyncio.wait_for(behind, 30)
+        assert answer[:2] == (6, hashlib.sha256(b"behind").hexdigest())
+        assert answer[2] != first[2]  # answered by the worker started in place of the stopped one
+    finally:
+        pool.close()
