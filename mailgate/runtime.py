@@ -354,13 +354,16 @@ class Runtime:
         """
         if kind not in ("foreground", "checkin", "cron"):
             raise ValueError(f"run_action cannot run a {kind} action")
+        args = dict(arguments or {})  # the action's own: it may change them
         if kind == "checkin":
-            return await self.run_checkin(session_id, action, arguments or {}, user)
-        return await self._run_locked(session_id, action, dict(arguments or {}), user, kind)
+            return await self.run_checkin(session_id, action, args, user)
+        return await self._run_locked(session_id, action, args, user, kind)
 
-    async def run_checkin(self, session_id: str, action: str, arguments: dict[str, Any], user: User) -> ActionResult:
-        """``run_action(kind="checkin")``: optimistically first, then under the lease if it must."""
-        args = dict(arguments)
+    async def run_checkin(self, session_id: str, action: str, args: dict[str, Any], user: User) -> ActionResult:
+        """``run_action(kind="checkin")``: optimistically first, then under the lease if it must.
+
+        ``args`` become the action's own (it may change them): pass a dict made for this call.
+        """
         done = await self._checkin_unleased(session_id, action, args, user)
         if done is not None:
             return done

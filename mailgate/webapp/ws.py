@@ -380,8 +380,7 @@ class CheckinRunner:
             action = data.get("action")
             if not isinstance(action, str) or not action:
                 raise MailgateError("checkin needs the check-in action's name")
-            arguments = dict(_args(data, "fields"))
-            arguments["_changed"] = data.get("changed")
+            arguments = {**_args(data, "fields"), "_changed": data.get("changed")}  # made for this check-in
             result = await self.runtime.run_checkin(self.conn.session_id, action, arguments, self.conn.user)
             self.metrics.checkins += 1
         except MailgateError as exc:
