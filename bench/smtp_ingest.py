@@ -237,7 +237,7 @@ async def serve(args: argparse.Namespace) -> None:
         return
 
     from mailgate.config import load_config
-    from mailgate.daemon import Daemon
+    from mailgate.daemon import Daemon, tune_gc
     from mailgate.demo.email import simple
     from mailgate.interviews import Registry
     from mailgate.mailauth import StaticResolver
@@ -264,6 +264,7 @@ async def serve(args: argparse.Namespace) -> None:
             return result.text
 
         addresses = await asyncio.gather(*(new_address() for _ in range(args.sessions)))
+        tune_gc(config.daemon.gc_threshold)  # as `mailgate serve` does once started
         commits_at_mark = store.commit_stats  # type: ignore[attr-defined]
 
         async def mailgate_handle(cmd: str) -> dict[str, Any]:

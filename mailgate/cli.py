@@ -20,7 +20,7 @@ from .cli_send import add_parser as add_send_test_email_parser
 from .cli_send import cmd_send_test_email
 from .config import Config, find_config_path, load_config
 from .context import ANONYMOUS, User
-from .daemon import Daemon, check_roles
+from .daemon import Daemon, check_roles, tune_gc
 from .errors import ConfigError, MailgateError
 from .interviews import load_interviews
 from .logs import setup_logging
@@ -125,6 +125,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     roles = check_roles(args.roles.split(",")) if args.roles else None
     async with Daemon(config, roles=roles) as daemon:
+        tune_gc(config.daemon.gc_threshold)
         return await daemon.run_until_stopped()
 
 
@@ -366,6 +367,7 @@ async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         web={"demo_pages": True},
     )
     async with Daemon(demo) as daemon:
+        tune_gc(demo.daemon.gc_threshold)
         assert daemon.runtime is not None
         names = ", ".join(daemon.runtime.registry.names())
         print(f"mailgate demo: store {demo.store.path}; interviews: {names}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 
@@ -41,5 +42,19 @@ def exposition(metrics: Metrics, tasks: dict[str, int], emails_received: int, em
         "# HELP mailgate_emails_rejected_total Recipients or messages refused, by reason.",
         "# TYPE mailgate_emails_rejected_total counter",
         *(f'mailgate_emails_rejected_total{{reason="{reason}"}} {n}' for reason, n in sorted(emails_rejected.items())),
+        *_gc_lines(),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _gc_lines() -> list[str]:
+    """The garbage collector's work, under the names of the Prometheus Python client."""
+    stats = list(enumerate(gc.get_stats()))
+    return [
+        "# HELP python_gc_collections_total Times the garbage collector ran, by generation.",
+        "# TYPE python_gc_collections_total counter",
+        *(f'python_gc_collections_total{{generation="{g}"}} {s["collections"]}' for g, s in stats),
+        "# HELP python_gc_objects_collected_total Objects the garbage collector freed, by generation.",
+        "# TYPE python_gc_objects_collected_total counter",
+        *(f'python_gc_objects_collected_total{{generation="{g}"}} {s["collected"]}' for g, s in stats),
+    ]

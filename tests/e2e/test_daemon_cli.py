@@ -104,6 +104,7 @@ def test_cli_session_and_background_action_against_running_daemon(env: Env) -> N
     assert "SUCCEEDED" not in table and "succeeded" in table and table.startswith("ID")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(20) == 0
+    assert "garbage collector: new objects every 50000 allocations" in env.log_of(daemon)  # [daemon] gc_threshold
     env.cli("sessions", "delete", sid)
     assert env.cli_json("sessions", "list") == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -270,6 +271,8 @@ async def test_url_action_and_metrics(daemon: Daemon, http: aiohttp.ClientSessio
     async with http.get("/metrics") as r:
         text = await r.text()
     assert "mailgate_ws_connections 0" in text and 'mailgate_tasks{state="queued"}' in text
+    young = [line.split()[-1] for line in text.splitlines() if line.startswith('python_gc_collections_total{generation="0"}')]
+    assert len(young) == 1 and 0 < int(young[0]) <= gc.get_stats()[0]["collections"]
 
 
 async def test_a_command_from_a_foreground_action_reaches_every_tab(daemon: Daemon, http: aiohttp.ClientSession) -> None:
