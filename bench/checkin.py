@@ -31,7 +31,7 @@ the echo server's, so the ratios flatter mailgate.
 Goals: check-ins/s at least 0.5 of the echo rate when the action leaves the answers unchanged, 0.2
 when it saves.
 
-    python bench/checkin.py [--clients 1000] [--warmup 2] [--duration 5] [--rounds 2]
+    python bench/checkin.py [--clients 1000,5000] [--warmup 2] [--duration 5] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ async def bench_c(folder: Path, c: int, args: argparse.Namespace) -> tuple[dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--clients", default="1000", help="comma-separated numbers of concurrent closed-loop clients")
+    parser.add_argument("--clients", default="1000,5000", help="comma-separated numbers of concurrent closed-loop clients")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each counted window")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds counted per window")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (echo, unchanged, saves) windows")
