@@ -3,7 +3,9 @@
 The runtime is the core: it loads a session's answers, holds the session lease for the locked
 contexts, calls the handler (sync handlers in a thread pool, so the loop never blocks), turns how the
 handler ended into a result, and commits everything the action produced (answers, new tasks,
-events, a task's outcome, the lease's release) in one store transaction.
+events, a task's outcome, the lease's release) in one store transaction. A claimed background
+task runs through ``background.TaskRunner``, on this runtime's plumbing (``new_context``, ``hydrate``,
+``invoke``, ``commit``).
 """
 
 from __future__ import annotations
@@ -16,21 +18,20 @@ import os
 import secrets
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import answers as codec
-from .commands import UI_NOTIFICATIONS, checkin_commands, notification_command
+from .background import TaskRunner
+from .commands import UI_NOTIFICATIONS, checkin_commands
 from .config import Config
 from .context import (
     ANONYMOUS,
     CURRENT,
     ActionContext,
     ActionEnd,
-    BackgroundResponseActionEnd,
     BackgroundResponseEnd,
     CommandEnd,
     ContextKind,
@@ -42,7 +43,6 @@ from .errors import (
     ActionError,
     AnswersError,
     BudgetExceeded,
-    LeaseTimeout,
     MailgateError,
     NotFound,
     VersionConflict,
@@ -63,7 +63,6 @@ from .store.base import (
     SessionRecord,
     SessionSave,
     Store,
-    TaskFinish,
     TaskRecord,
 )
 from .tasks import Task
@@ -143,24 +142,6 @@ class _Outcome:
         )
 
 
-@dataclass
-class _Failure:
-    error_type: str
-    error_message: str
-    error_trace: str | None = None
-    variables: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_exception(cls, exc: BaseException, prefix: str = "") -> _Failure:
-        variables: list[str] = []
-        if isinstance(exc, NameError) and getattr(exc, "name", None):
-            variables = [str(exc.name)]
-        elif isinstance(exc, KeyError) and exc.args:
-            variables = [str(exc.args[0])]
-        trace = "".join(traceback.format_exception(exc))
-        return cls(type(exc).__name__, prefix + str(exc), trace, variables)
-
-
 class Runtime:
     """Runs actions against one store with one interview registry."""
 
@@ -180,6 +161,7 @@ class Runtime:
         self._finished: dict[str, asyncio.Event] = {}
         self._interview_of: dict[str, str] = {}
         self._loop_results: LoopResults | None = None
+        self._task_runner = TaskRunner(self)
         self.addresses: Addresses
         self.signer: Signer
 
@@ -226,7 +208,7 @@ class Runtime:
         """A session's answers, with Task and DAEmail handles bound to this runtime (read-only use)."""
         rec = await self.get_session(session_id)
         answers = codec.decode(rec.answers)
-        await self._hydrate(answers)
+        await self.hydrate(answers)
         return answers
 
     async def delete_session(self, session_id: str) -> bool:
@@ -271,9 +253,9 @@ class Runtime:
                 self._interview_of.clear()
             self._interview_of[session_id] = name  # a session never changes interview
         interview = self.registry.get(name)
-        ctx = self._context("foreground", session_id, interview, action, arguments or {}, user)
+        ctx = self.new_context("foreground", session_id, interview, action, arguments or {}, user)
         task = self.new_task(ctx, action, ui_notification, arguments or {})
-        await self._commit(Changes(new_tasks=ctx.new_tasks))
+        await self.commit(Changes(new_tasks=ctx.new_tasks))
         return task
 
     async def get_task_record(self, task_id: str) -> TaskRecord:
@@ -312,9 +294,9 @@ class Runtime:
                              user: User = ANONYMOUS) -> str:
         """``interview_email()`` from outside an action (the HTTP API): the address, created if needed."""
         rec = await self.get_session(session_id)
-        ctx = self._context("foreground", rec.id, self.registry.get(rec.interview), "interview_email", {}, user)
+        ctx = self.new_context("foreground", rec.id, self.registry.get(rec.interview), "interview_email", {}, user)
         address = self.interview_email(ctx, key, index)
-        await self._commit(Changes(mailboxes=ctx.new_mailboxes))
+        await self.commit(Changes(mailboxes=ctx.new_mailboxes))
         return address
 
     def url_for_action(self, ctx: ActionContext, action: str, arguments: dict[str, Any]) -> str:
@@ -378,7 +360,7 @@ class Runtime:
                 raise NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
             release = (session_id, lease.holder)
             outcome = await self._perform(kind, lease.session, action, args, user, lease, release_lease=release)
-            committed = await self._commit(outcome.changes or Changes(release_lease=release))
+            committed = await self.commit(outcome.changes or Changes(release_lease=release))
             lease.released = True
         return outcome.result_after(committed)
 
@@ -406,7 +388,7 @@ class Runtime:
             if outcome.changes is None:
                 return outcome.result_after(None)
             try:
-                committed = await self._commit(outcome.changes)
+                committed = await self.commit(outcome.changes)
             except VersionConflict:
                 return None
             return outcome.result_after(committed)
@@ -421,14 +403,14 @@ class Runtime:
         interview = self.registry.get(rec.interview)
         handler = interview.get_action(action)
         answers = codec.decode(rec.answers)
-        ctx = self._context(kind, rec.id, interview, action, args, user)
+        ctx = self.new_context(kind, rec.id, interview, action, args, user)
         ctx.accessed_at = rec.accessed_at
         # Answers whose text has no tag hold no references: skip walking them. A check-in's arguments
         # are the page's field values, plain JSON.
         values = [answers] if codec.TAG in rec.answers else []
         if kind != "checkin":
             values.append(args)
-        ctx.task_records = await self._hydrate(*values) if values else {}
+        ctx.task_records = await self.hydrate(*values) if values else {}
         end = await self._invoke_locked(ctx, handler, answers, lease)
         result = self._result_of(ctx, end)
         save: SessionSave | None = None
@@ -475,7 +457,7 @@ class Runtime:
     async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: Lease) -> ActionEnd | None:
         try:
             if handler.is_async:
-                return await self._invoke(ctx, handler, answers, lease.remaining())
+                return await self.invoke(ctx, handler, answers, lease.remaining())
             return await self._submit_sync(ctx, handler, answers, lease.remaining())
         except TimeoutError:
             log.warning(
@@ -500,173 +482,16 @@ class Runtime:
 
     # -- background tasks --------------------------------------------------------------------------
     async def execute_task(self, rec: TaskRecord, worker: str, session: SessionRecord | None = None) -> None:
-        """Run one claimed task to its end and commit its outcome (with any callback's save).
-
-        ``session`` is the session as read right after the claim (the pool reads a claimed batch's
-        sessions at once); without it the session is read here.
-        """
-        user = User.from_json(rec.user)
-        ctx: ActionContext | None = None
-        value: Any = None
-        failure: _Failure | None = None
-        callback: tuple[str, dict[str, Any]] | None = None
-        if session is None:
-            session = await self.store.get_session(rec.session_id)
-        handler: Action | None = None
-        if session is None:
-            failure = _Failure("SessionGone", f"session {rec.session_id} was deleted before the task ran")
-        else:
-            try:
-                interview = self.registry.get(rec.interview)
-                handler = interview.get_action(rec.action)
-                arguments = codec.decode_value(rec.arguments)
-            except MailgateError as exc:
-                failure = _Failure(type(exc).__name__, str(exc))
-            else:
-                ctx = self._context("background", session.id, interview, rec.action, arguments, user, task_id=rec.id)
-                ctx.accessed_at = session.accessed_at
-        if ctx is not None and handler is not None and session is not None:
-            try:
-                answers = codec.decode(session.answers)  # a throwaway copy: never saved
-                await self._hydrate(answers, ctx.arguments)
-                end = await self._invoke(ctx, handler, answers, self.config.tasks.timeout)
-            except TimeoutError:
-                failure = _Failure("TaskTimeout", f"background action {rec.action!r} ran longer than [tasks] timeout = {self.config.tasks.timeout:g} s")
-            except Exception as exc:
-                log.info("background action %r (task %s) raised %s", rec.action, rec.id, type(exc).__name__, extra={"event": "task.raised"})
-                failure = _Failure.from_exception(exc)
-            else:
-                if isinstance(end, BackgroundResponseEnd):
-                    value = end.args_[0] if end.args_ else None
-                elif isinstance(end, BackgroundResponseActionEnd):
-                    callback = (end.action, end.kwargs)
-                elif end is None:
-                    failure = _Failure(
-                        "NoBackgroundResponse",
-                        f"background action {rec.action!r} ended without calling background_response(); end it with "
-                        "background_response(value), or background_response() when there is no value",
-                    )
-                else:
-                    failure = _Failure(
-                        "ActionError",
-                        f"background action {rec.action!r} ended with {end}(), which only ends a foreground action; "
-                        "use background_response()",
-                    )
-        spawned = [ctx] if ctx is not None else []
-        if callback is not None:
-            await self._finish_with_callback(rec, worker, user, spawned, callback, None)
-        elif failure is not None and ctx is not None and ctx.error_action is not None:
-            await self._finish_with_callback(rec, worker, user, spawned, ctx.error_action, failure)
-        else:
-            await self._finish(rec, worker, value, failure, spawned)
-
-    async def _finish(self, rec: TaskRecord, worker: str, value: Any, failure: _Failure | None,
-                      spawned: list[ActionContext], extra: Changes | None = None, has_value: bool | None = None) -> None:
-        """Commit a task's outcome with what the contexts in ``spawned`` produced (tasks, mailboxes)."""
-        result_text: str | None = None
-        if has_value is None:
-            has_value = failure is None
-        if has_value:
-            try:
-                result_text = codec.encode_value({"value": value}, "background_response value")
-            except AnswersError as exc:
-                failure = _Failure("AnswersError", f"the value of background action {rec.action!r} cannot be stored: {exc}")
-                has_value = False
-        state: Literal["succeeded", "failed"] = "failed" if failure is not None else "succeeded"
-        finish = TaskFinish(
-            rec.id, worker, state, result_text,
-            failure.error_type if failure else None, failure.error_message if failure else None,
-            failure.error_trace if failure else None,
-            codec.encode_value(failure.variables) if failure else None,
-        )
-        changes = Changes(
-            save=extra.save if extra else None,
-            new_tasks=[t for c in spawned for t in c.new_tasks],
-            mailboxes=[m for c in spawned for m in c.new_mailboxes],
-            events=self._task_events(rec, state, has_value, value),
-            finish=finish,
-            release_lease=extra.release_lease if extra else None,
-        )
-        await self._commit(changes)
-        if failure is not None:
-            log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed"})
-
-    async def _finish_with_callback(self, rec: TaskRecord, worker: str, user: User, spawned: list[ActionContext],
-                                    callback: tuple[str, dict[str, Any]], error: _Failure | None) -> None:
-        name, kwargs = callback
-        arguments = dict(kwargs)
-        if error is not None:
-            arguments.update(error_type=error.error_type, error_message=error.error_message,
-                             error_trace=error.error_trace, variables=list(error.variables))
-        what = "error action" if error is not None else "response action"
-        try:
-            async with self.leases.locked(rec.session_id, f"callback {name}") as lease:
-                session = lease.session
-                if session is None:
-                    await self._finish(rec, worker, None, _Failure("SessionGone", f"session {rec.session_id} was deleted before the {what} {name!r} ran"), spawned,
-                                       extra=Changes(release_lease=(rec.session_id, lease.holder)))
-                    lease.released = True
-                    return
-                interview = self.registry.get(rec.interview)
-                handler = interview.get_action(name)
-                answers = codec.decode(session.answers)  # fresh, under the lease
-                ctx = self._context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
-                ctx.accessed_at = session.accessed_at
-                ctx.task_records = await self._hydrate(answers, arguments)
-                failure: _Failure | None = None
-                value: Any = None
-                save: SessionSave | None = None
-                try:
-                    end = await self._invoke(ctx, handler, answers, lease.remaining())
-                except TimeoutError:
-                    failure = _Failure("BudgetExceeded", f"the {what} {name!r} ran past its {lease.budget:g} s lock budget; nothing was saved")
-                except Exception as exc:
-                    failure = _Failure.from_exception(exc, prefix=f"the {what} {name!r} raised: ")
-                else:
-                    if isinstance(end, BackgroundResponseEnd):
-                        value = end.args_[0] if end.args_ else None
-                    elif isinstance(end, (BackgroundResponseActionEnd, CommandEnd)):
-                        failure = _Failure("ActionError", f"the {what} {name!r} ended with {end}(); end it with background_response()")
-                    if failure is None and not (isinstance(end, ResponseEnd) and end.null):
-                        try:
-                            save = SessionSave(rec.session_id, codec.encode(answers), session.version,
-                                               touch=user.id != "cron", allow_cron=answers.get("allow_cron") is True)
-                        except AnswersError as exc:
-                            failure = _Failure("AnswersError", f"the {what} {name!r} left answers that cannot be saved: {exc}")
-                if failure is not None:
-                    log.warning("task %s: %s", rec.id, failure.error_message, extra={"event": "task.callback_failed"})
-                    if error is not None:
-                        failure = _Failure(error.error_type, f"{error.error_message}; then {failure.error_message}",
-                                           error.error_trace, error.variables)
-                    await self._finish(rec, worker, None, failure, spawned, extra=Changes(release_lease=(rec.session_id, lease.holder)))
-                else:
-                    await self._finish(rec, worker, value, error, [*spawned, ctx], has_value=True,
-                                       extra=Changes(save=save, release_lease=(rec.session_id, lease.holder)))
-                lease.released = True
-        except (LeaseTimeout, NotFound) as exc:
-            failure = _Failure(type(exc).__name__, f"the {what} {name!r} could not run: {exc}")
-            if error is not None:
-                failure = _Failure(error.error_type, f"{error.error_message}; then {failure.error_message}", error.error_trace, error.variables)
-            await self._finish(rec, worker, None, failure, spawned)
-
-    def _task_events(self, rec: TaskRecord, state: str, has_value: bool, value: Any) -> list[NewEvent]:
-        events = [NewEvent(rec.session_id, "task", json.dumps({"task": rec.id, "action": rec.action, "state": state}))]
-        mode = rec.ui_notification
-        if mode and (has_value or mode == "refresh"):
-            try:
-                command = notification_command(mode, value)
-                events.append(NewEvent(rec.session_id, "command", json.dumps(command, default=str)))
-            except ActionError as exc:
-                log.warning("task %s: no %s notification: %s", rec.id, mode, exc, extra={"event": "task.notification_skipped"})
-        return events
+        """Run one claimed task to its end and commit its outcome (see :class:`TaskRunner`)."""
+        await self._task_runner.execute(rec, worker, session)
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def _context(self, kind: ContextKind, session_id: str, interview: Interview, action: str,
+    def new_context(self, kind: ContextKind, session_id: str, interview: Interview, action: str,
                  arguments: dict[str, Any], user: User, task_id: str | None = None) -> ActionContext:
         return ActionContext(kind=kind, session_id=session_id, interview=interview, action=action, arguments=arguments,
                              user=user, runtime=self, loop=self.loop, task_id=task_id)
 
-    async def _invoke(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], timeout: float) -> ActionEnd | None:
+    async def invoke(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], timeout: float) -> ActionEnd | None:
         """Call the handler; return the ActionEnd that ended it, or None if it returned.
 
         Handler exceptions propagate; TimeoutError means it overran ``timeout`` (a sync handler's
@@ -701,7 +526,7 @@ class Runtime:
         self._deadlines.add(done, timeout)
         return done
 
-    async def _commit(self, changes: Changes) -> CommitResult:
+    async def commit(self, changes: Changes) -> CommitResult:
         result = await self.store.commit(changes)
         if changes.finish is not None:
             done = self._finished.pop(changes.finish.task_id, None)
@@ -717,7 +542,7 @@ class Runtime:
             for listener in list(self._task_listeners):
                 listener()
 
-    async def _hydrate(self, *values: Any) -> dict[str, TaskRecord]:
+    async def hydrate(self, *values: Any) -> dict[str, TaskRecord]:
         """Fill the Task and DAEmail references inside ``values`` from the store (two reads at most)."""
         refs = [r for v in values for r in codec.references(v)]
         tasks = [r for r in refs if isinstance(r, Task)]

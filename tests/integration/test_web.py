@@ -262,7 +262,7 @@ async def test_url_action_and_metrics(daemon: Daemon, http: aiohttp.ClientSessio
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     from mailgate.context import User
     rec = await daemon.runtime.get_session(sid)
-    ctx = daemon.runtime._context("foreground", rec.id, daemon.runtime.registry.get("testing"), "x", {}, User(id="u9"))
+    ctx = daemon.runtime.new_context("foreground", rec.id, daemon.runtime.registry.get("testing"), "x", {}, User(id="u9"))
     url = daemon.runtime.url_for_action(ctx, "whoami", {})
     async with http.get(url) as r:
         assert r.status == 200 and (await r.json()) == {"id": "u9", "logged_in": True, "admin": False}
