@@ -132,6 +132,22 @@ async def test_rejections_at_rcpt(daemon: Daemon) -> None:
     assert replies[6][0] == 452 and replies[6][1].startswith(b"4.5.3")
 
 
+async def test_paths_that_break_the_address_parser_are_malformed_not_internal_failures(daemon: Daemon) -> None:
+    assert daemon.smtp is not None
+    _, address = await new_address(daemon, "email-to-case-simple")
+
+    def talk(c: smtplib.SMTP) -> list[tuple[int, bytes]]:
+        c.ehlo("client.test")
+        out = [c.docmd("MAIL FROM:<a@[elsewhere.test>"), c.docmd("MAIL FROM:a@")]
+        out.append(c.docmd("MAIL FROM:<sender@elsewhere.test>  SIZE=100"))
+        out.append(c.docmd(f"RCPT TO:<{address}>"))
+        return out
+
+    replies = await smtp_call(daemon.smtp.port, talk)
+    assert [r[0] for r in replies] == [553, 553, 250, 250]
+    assert replies[0][1] == b"5.1.3 Error: malformed address"
+
+
 async def test_unknown_recipient_cap_closes(daemon: Daemon) -> None:
     assert daemon.smtp is not None
 
