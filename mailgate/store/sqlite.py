@@ -171,13 +171,29 @@ class SqliteStore(Store):
         return (self._cache.hits, self._cache.misses) if self._cache is not None else (0, 0)
 
     async def get_sessions(self, session_ids: Sequence[str]) -> dict[str, SessionRecord]:
+        """The sessions that exist among ``session_ids``: from the cache where it has them (the
+        recipients of mail, message after message), the rest in reads of 500."""
         out: dict[str, SessionRecord] = {}
         ids = list(dict.fromkeys(session_ids))
+        cache = self._cache
+        seen = None
+        if cache is not None:
+            missing = []
+            for session_id in ids:
+                rec = cache.get(session_id)
+                if rec is None:
+                    missing.append(session_id)
+                else:
+                    out[session_id] = rec
+            ids = missing
+            seen = cache.check() if ids else None
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in await self._read(f"SELECT {SESSION_COLS} FROM sessions WHERE id IN ({marks})", chunk):
-                out[row[0]] = SessionRecord(*row)
+                rec = out[row[0]] = SessionRecord(*row)
+                if cache is not None and self._cache is cache:  # not closed meanwhile
+                    cache.put(rec, seen)
         return out
 
     async def list_sessions(self, *, interview: str | None = None, limit: int = 100, after: str | None = None) -> list[SessionRecord]:

@@ -81,3 +81,30 @@ async def test_a_second_store_on_the_same_file_sees_the_first_ones_saves(tmp_pat
     finally:
         await one.close()
         await two.close()
+
+
+async def test_get_sessions_uses_the_cache_and_sees_another_process_change_and_delete(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = await opened(path)
+    try:
+        for sid in ("s1", "s2", "s3"):
+            await store.create_session(sid, "iv", '{"a":1}', "{}")
+        first = await store.get_sessions(["s1", "s2", "s3", "nope", "s1"])
+        assert sorted(first) == ["s1", "s2", "s3"]
+        hits, misses = store.cache_stats()
+        assert await store.get_sessions(["s1", "s2", "s3"]) == {k: first[k] for k in ("s1", "s2", "s3")}
+        assert store.cache_stats() == (hits + 3, misses)  # all three from memory
+        script = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute(\"UPDATE sessions SET answers = '{\\\"a\\\":9}', version = version + 1 WHERE id = 's1'\"); "
+            "c.execute(\"DELETE FROM sessions WHERE id = 's3'\"); c.commit()"
+        )
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(path))
+        assert await proc.wait() == 0
+        after = await store.get_sessions(["s1", "s2", "s3"])
+        assert sorted(after) == ["s1", "s2"]
+        assert after["s1"].version == 2 and after["s1"].answers == '{"a":9}'
+        assert after["s2"] == first["s2"]
+        assert await store.get_session("s1") == after["s1"]  # the new state is what the cache keeps
+    finally:
+        await store.close()
