@@ -100,7 +100,7 @@ class SmtpConfig:
     max_depth: int = _f(20, "MIME nesting parsed per message", minimum=1)
     max_header_bytes: int = _f(262144, "bytes of header block parsed per message", minimum=1024)
     parse_processes: int = _f(1, "worker processes that parse and DKIM-verify messages (uses another core); 0 = in this process", minimum=0)
-    parse_timeout: float = _f(30.0, "seconds a worker process may spend on one message; past it the worker is replaced and the message stored unparsed (raw bytes kept, a defect says why); not enforced with parse_processes = 0", minimum=0.1)
+    parse_timeout: float = _f(30.0, "seconds a worker process may spend on one message; past it the worker is replaced and the message stored unparsed (raw bytes kept, a defect says why); with parse_processes = 0 the message is stored unparsed all the same, but the parsing thread cannot be stopped and runs on unused", minimum=0.1)
     max_line_length: int = _f(65536, "longest line accepted in DATA (RFC 5321 says 1000; real mail is longer)", minimum=1001)
 
 

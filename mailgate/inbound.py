@@ -159,11 +159,23 @@ class Inbound:
             return {name: DnsTempError(f"{name}: no answer in time") for name in names}
 
     async def _in_worker(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` in a worker process within ``parse_timeout`` (in a thread, unbounded, when
-        there are no worker processes: a thread cannot be stopped)."""
+        """``fn(*args)`` in a worker process within ``parse_timeout``; `WorkerTimeout` past it.
+
+        Without worker processes (``parse_processes = 0``) the call runs in the thread pool. The same
+        limit applies to the wait, but a thread cannot be stopped: it runs on to the end in the
+        background (holding a thread of the pool and sharing the GIL) and its result is dropped.
+        """
+        timeout = self.config.smtp.parse_timeout
         if self._pool is not None:
-            return await self._pool.run(fn, *args, timeout=self.config.smtp.parse_timeout)
-        return await asyncio.get_running_loop().run_in_executor(self.runtime.executor, fn, *args)
+            return await self._pool.run(fn, *args, timeout=timeout)
+        call = asyncio.get_running_loop().run_in_executor(self.runtime.executor, fn, *args)
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            log.warning("a parse in this process ran past its time limit; it finishes in the background, unused",
+                        extra={"event": "mail.parse_thread_timeout"})
+            raise WorkerTimeout(f"parsing in this process ran past the {timeout:g} s limit on one message; "
+                                "the thread finishes it in the background and its result is dropped") from None
 
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
