@@ -14,6 +14,7 @@ from mailgate.daemon import tune_gc
 def restore_gc() -> Iterator[None]:
     before = gc.get_threshold()
     yield
+    gc.enable()
     gc.unfreeze()
     gc.set_threshold(*before)
 
@@ -40,8 +41,10 @@ def test_garbage_is_collected_before_freezing(restore_gc: None) -> None:
 
     import weakref
 
+    gc.disable()  # no automatic pass may free it first
     node = Node()
     ref = weakref.ref(node)
     del node
+    assert ref() is not None
     tune_gc(50_000)
     assert ref() is None  # collected, not frozen for the life of the process
