@@ -7,9 +7,11 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from mailgate.errors import MailgateError
 from mailgate.workers import WorkerDied, WorkerPool
@@ -46,45 +48,33 @@ async def test_calls_run_in_worker_processes_and_answer_in_order_of_their_own() 
 
 
 @pytest.mark.asyncio
-async def test_big_and_small_calls_to_one_worker_keep_their_answers() -> None:
-    pool = WorkerPool(1)
-    try:
-        blobs = [os.urandom(n) for n in (10, 5 * 2**20, 100, 70_000, 3, 2 * 2**20, 64 * 1024, 64 * 1024 - 1)] * 3
-        answers = await asyncio.gather(*(pool.run(digest, b) for b in blobs))
-        assert [a[:2] for a in answers] == [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
-        assert len({a[2] for a in answers}) == 1
-        echoed = await asyncio.gather(*(pool.run(echo, b) for b in blobs))  # big answers too
-        assert echoed == [b[::-1] for b in blobs]
-    finally:
-        pool.close()
+async def test_big_and_small_calls_to_one_worker_keep_their_answers(pool: WorkerPool) -> None:
+    blobs = [os.urandom(n) for n in (10, 5 * 2**20, 100, 70_000, 3, 2 * 2**20, 64 * 1024, 64 * 1024 - 1)] * 3
+    answers = await asyncio.gather(*(pool.run(digest, b) for b in blobs))
+    assert [a[:2] for a in answers] == [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
+    assert len({a[2] for a in answers}) == 1
+    echoed = await asyncio.gather(*(pool.run(echo, b) for b in blobs))  # big answers too
+    assert echoed == [b[::-1] for b in blobs]
 
 
 @pytest.mark.asyncio
-async def test_an_exception_is_raised_in_the_caller_and_the_worker_stays() -> None:
-    pool = WorkerPool(1)
-    try:
-        pid = (await pool.run(digest, b"x"))[2]
-        with pytest.raises(ValueError, match="bad input"):
-            await pool.run(fail, "bad input")
-        assert (await pool.run(digest, b"y"))[2] == pid
-    finally:
-        pool.close()
+async def test_an_exception_is_raised_in_the_caller_and_the_worker_stays(pool: WorkerPool) -> None:
+    pid = (await pool.run(digest, b"x"))[2]
+    with pytest.raises(ValueError, match="bad input"):
+        await pool.run(fail, "bad input")
+    assert (await pool.run(digest, b"y"))[2] == pid
 
 
 @pytest.mark.asyncio
-async def test_a_dead_worker_fails_its_call_and_is_replaced() -> None:
-    pool = WorkerPool(1)
-    try:
-        pid = (await pool.run(digest, b"x"))[2]
-        others = [asyncio.create_task(pool.run(digest, b"queued")) for _ in range(3)]  # wait for the worker
-        with pytest.raises(WorkerDied):
-            await pool.run(die)
-        answers = await asyncio.gather(*others)
-        assert all(a[:1] == (6,) for a in answers)
-        new_pids = {a[2] for a in answers} | {(await pool.run(digest, b"z"))[2]}
-        assert pid not in new_pids and len(new_pids) == 1
-    finally:
-        pool.close()
+async def test_a_dead_worker_fails_its_call_and_is_replaced(pool: WorkerPool) -> None:
+    pid = (await pool.run(digest, b"x"))[2]
+    others = [asyncio.create_task(pool.run(digest, b"queued")) for _ in range(3)]  # wait for the worker
+    with pytest.raises(WorkerDied):
+        await pool.run(die)
+    answers = await asyncio.gather(*others)
+    assert all(a[:1] == (6,) for a in answers)
+    new_pids = {a[2] for a in answers} | {(await pool.run(digest, b"z"))[2]}
+    assert pid not in new_pids and len(new_pids) == 1
 
 
 @pytest.mark.asyncio
@@ -146,19 +136,23 @@ def hang(seconds: float) -> None:
     time.sleep(seconds)
 
 
+@pytest_asyncio.fixture
+async def pool() -> AsyncIterator[WorkerPool]:
+    """One worker process, closed after the test (on the test's loop)."""
+    workers = WorkerPool(1)
+    yield workers
+    workers.close()
+
+
 @pytest.mark.asyncio
-async def test_a_call_past_its_time_limit_stops_its_worker_and_the_calls_behind_it_move_on() -> None:
+async def test_a_call_past_its_time_limit_stops_its_worker_and_the_calls_behind_it_move_on(pool: WorkerPool) -> None:
     from mailgate.workers import WorkerTimeout
 
-    pool = WorkerPool(1)
-    try:
-        first = await pool.run(digest, b"warm")  # the worker is up
-        stuck = asyncio.ensure_future(pool.run(hang, 60, timeout=0.5))
-        behind = asyncio.ensure_future(pool.run(digest, b"behind"))  # queued in the same worker
-        with pytest.raises(WorkerTimeout, match="0.5 s limit"):
-            await stuck
-        answer = await asyncio.wait_for(behind, 30)
-        assert answer[:2] == (6, hashlib.sha256(b"behind").hexdigest())
-        assert answer[2] != first[2]  # answered by the worker started in place of the stopped one
-    finally:
-        pool.close()
+    first = await pool.run(digest, b"warm")  # the worker is up
+    stuck = asyncio.ensure_future(pool.run(hang, 60, timeout=0.5))
+    behind = asyncio.ensure_future(pool.run(digest, b"behind"))  # queued in the same worker
+    with pytest.raises(WorkerTimeout, match="0.5 s limit"):
+        await stuck
+    answer = await asyncio.wait_for(behind, 30)
+    assert answer[:2] == (6, hashlib.sha256(b"behind").hexdigest())
+    assert answer[2] != first[2]  # answered by the worker started in place of the stopped one
