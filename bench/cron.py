@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from mailgate import Interview, response  # noqa: E402
 from mailgate.config import load_config  # noqa: E402
-from mailgate.daemon import Daemon  # noqa: E402
-from mailgate.interviews import Registry  # noqa: E402
+from mailgate.core.interviews import Registry  # noqa: E402
+from mailgate.daemon.lifecycle import Daemon  # noqa: E402
 from mailgate.store.base import Changes, SessionSave  # noqa: E402
 
 bench_interview = Interview("cron-bench")

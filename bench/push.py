@@ -149,7 +149,7 @@ def start_daemon(folder: Path, tag: str, web: dict[str, Any] | None = None) -> S
     log = folder / f"{tag}.log"
     env = dict(os.environ, MAILGATE_CONFIG=str(config), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=folder,
+        proc = subprocess.Popen([sys.executable, "-m", "mailgate", "serve"], env=env, cwd=folder,
                                 stdout=out, stderr=subprocess.STDOUT)
     port = _wait_for_port("the mailgate daemon", proc, log, r"web listening on 127\.0\.0\.1:(\d+)")
     return Server("mailgate", proc, port, log)

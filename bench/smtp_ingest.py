@@ -237,10 +237,10 @@ async def serve(args: argparse.Namespace) -> None:
         return
 
     from mailgate.config import load_config
-    from mailgate.daemon import Daemon, tune_gc
+    from mailgate.core.interviews import Registry
+    from mailgate.daemon.lifecycle import Daemon, tune_gc
     from mailgate.demo.email import simple
-    from mailgate.interviews import Registry
-    from mailgate.mailauth import StaticResolver
+    from mailgate.mail.auth import StaticResolver
 
     config = load_config(None).replace(
         store={"path": str(Path(args.folder) / f"mailgate-{os.getpid()}.sqlite3")},

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from mailgate import Interview, action_argument, background_response  # noqa: E402
 from mailgate.config import load_config  # noqa: E402
-from mailgate.daemon import Daemon  # noqa: E402
-from mailgate.interviews import Registry  # noqa: E402
+from mailgate.core.interviews import Registry  # noqa: E402
+from mailgate.daemon.lifecycle import Daemon  # noqa: E402
 
 STARTED: dict[int, float] = {}
 bench_interview = Interview("bench")

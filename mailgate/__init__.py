@@ -7,10 +7,7 @@ Interview authors import everything they need from here::
 
 from __future__ import annotations
 
-from .context import User
-from .daemail import DAEmail
-from .errors import MailgateError
-from .functions import (
+from mailgate.author.functions import (
     action_argument,
     action_arguments,
     background_action,
@@ -32,9 +29,7 @@ from .functions import (
     user_info,
     user_logged_in,
 )
-from .interviews import Interview
-from .outbound_message import OutboundError
-from .sending import (
+from mailgate.author.sending import (
     mark_task_as_performed,
     record_messages,
     send_email,
@@ -44,8 +39,13 @@ from .sending import (
     task_performed,
     times_task_performed,
 )
-from .tasks import Task, TaskResult
-from .templates import Template
+from mailgate.author.templates import Template
+from mailgate.core.context import User
+from mailgate.core.daemail import DAEmail
+from mailgate.core.interviews import Interview
+from mailgate.core.tasks import Task, TaskResult
+from mailgate.errors import MailgateError
+from mailgate.outbound.message import OutboundError
 
 __version__ = "0.1.0"
 

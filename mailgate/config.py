@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .errors import ConfigError
-from .outbound import OutboundConfig, check_outbound
+from mailgate.errors import ConfigError
+from mailgate.outbound.transport import OutboundConfig, check_outbound
 
 ROLES = ("smtp", "web", "worker", "scheduler")
 
@@ -266,9 +266,7 @@ def _check_cross(config: Config) -> None:
             raise ConfigError(f"{src}: [mail] domains: {domain!r} is not a valid domain name") from None
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
-    from .scheduler import (
-        check_schedule,  # the cron expressions and time zone are checked by APScheduler
-    )
+    from mailgate.edges.scheduler.scheduler import check_schedule
 
     check_schedule(config)
     check_outbound(config.outbound, src, files=False)  # the DKIM key and CA file are read when the daemon starts

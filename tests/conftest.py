@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from mailgate.config import Config, load_config
-from mailgate.daemon import Daemon
+from mailgate.daemon.lifecycle import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERVIEWS = ROOT / "tests" / "interviews"
@@ -54,7 +54,7 @@ async def daemon(config: Config) -> AsyncIterator[Daemon]:
 
 
 def mailgate_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mailgate.cli", *args]
+    return [sys.executable, "-m", "mailgate", *args]
 
 
 def subprocess_env(config_path: Path) -> dict[str, str]:

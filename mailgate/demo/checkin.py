@@ -17,14 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mailgate import (
-    Interview,
-    action_argument,
-    background_response,
-    json_response,
-    response,
-)
-from mailgate.templates import Template
+from mailgate import Interview, action_argument, background_response, json_response, response
+from mailgate.author.templates import Template
 
 Answers = dict[str, Any]
 

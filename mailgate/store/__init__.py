@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..config import StoreConfig
-from ..errors import ConfigError
-from .base import Store
+from mailgate.config import StoreConfig
+from mailgate.errors import ConfigError
+from mailgate.store.base import Store
 
 
 def open_store(config: StoreConfig, *, clock: Callable[[], float] = time.time) -> Store:
     """A store for ``config`` (not yet opened)."""
     if config.backend == "sqlite":
-        from .sqlite import SqliteStore
+        from mailgate.store.sqlite.backend import SqliteStore
 
         return SqliteStore(config.path, busy_timeout=config.busy_timeout, clock=clock)
     raise ConfigError(f"[store] backend {config.backend!r} is not available yet; use backend = \"sqlite\"")

@@ -203,12 +203,12 @@ def crlf(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
-# Many CLI calls in one Python process: ``mailgate.cli.main(argv)`` once per argv, each with its own
+# Many CLI calls in one Python process: ``mailgate.edges.cli.main.main(argv)`` once per argv, each with its own
 # stdout (bytes, as a pipe would get them), stderr and exit code. A process per call costs ~0.5 s of
 # start-up on a small machine, which for a corpus of e-mails times two calls is most of a minute.
 BATCH_CLI = r"""
 import base64, io, json, sys, traceback
-from mailgate.cli import main
+from mailgate.edges.cli.main import main
 results = []
 real_out, real_err = sys.stdout, sys.stderr
 for argv in json.load(sys.stdin):

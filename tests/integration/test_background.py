@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from mailgate.context import User
-from mailgate.daemon import Daemon
+from mailgate.core.context import User
+from mailgate.core.runtime import Runtime
+from mailgate.core.tasks import Task
+from mailgate.daemon.lifecycle import Daemon
 from mailgate.errors import (
     ActionError,
     AnswersError,
@@ -20,10 +22,8 @@ from mailgate.errors import (
     UnknownAction,
     UnknownInterview,
 )
-from mailgate.runtime import Runtime
 from mailgate.store.base import Changes, SessionSave
-from mailgate.store.sqlite import SqliteStore
-from mailgate.tasks import Task
+from mailgate.store.sqlite.backend import SqliteStore
 from tests.conftest import make_config, wait_until
 
 pytestmark = pytest.mark.asyncio

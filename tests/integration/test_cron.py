@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mailgate.config import Config
-from mailgate.daemon import Daemon
-from mailgate.mailauth import StaticResolver
-from mailgate.runtime import Runtime
-from mailgate.scheduler import Cron, period_key
+from mailgate.core.runtime import Runtime
+from mailgate.daemon.lifecycle import Daemon
+from mailgate.edges.scheduler.scheduler import Cron, period_key
+from mailgate.mail.auth import StaticResolver
 from tests.conftest import make_config, wait_until
 
 pytestmark = pytest.mark.asyncio

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.daemon import Daemon
+from mailgate.daemon.lifecycle import Daemon
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.asyncio

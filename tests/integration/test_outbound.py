@@ -29,13 +29,13 @@ import pytest
 import pytest_asyncio
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailgate.cli_send import add_parser, cmd_send_test_email
-from mailgate.daemon import Daemon
+from mailgate.author.sending import record_messages
+from mailgate.core.runtime import Runtime
+from mailgate.daemon.lifecycle import Daemon
+from mailgate.edges.cli.send import add_parser, cmd_send_test_email
 from mailgate.errors import ActionError, ConfigError
-from mailgate.outbound import Outbound, OutboundConfig
-from mailgate.outbound_message import HeaderInjectionError, Message
-from mailgate.runtime import Runtime
-from mailgate.sending import record_messages
+from mailgate.outbound.message import HeaderInjectionError, Message
+from mailgate.outbound.transport import Outbound, OutboundConfig
 from tests.conftest import INTERVIEWS, make_config
 
 pytestmark = pytest.mark.asyncio
@@ -390,7 +390,7 @@ async def test_relay_4xx_returns_false_without_marking(daemon: Daemon, sink: Sin
     sink.data_reply = "451 4.3.0 Try again later"
     use(daemon, relay(sink))
     sid = await new_session(daemon)
-    caplog.set_level(logging.ERROR, "mailgate.outbound")
+    caplog.set_level(logging.ERROR, "mailgate.outbound.transport")
     await rt(daemon).run_action(sid, action, {"kwargs": {"to": "ann@example.org", "subject": "x", "task": "t"}})
     assert (await rt(daemon).get_answers(sid))["sent"] is False
     assert await tasks_of(daemon, sid) == {}
@@ -403,7 +403,7 @@ async def test_relay_down_returns_false_without_marking(daemon: Daemon, caplog: 
     port = closed_port()
     use(daemon, OutboundConfig(relay_host="127.0.0.1", relay_port=port, tls="none", timeout=5, default_sender=SENDER))
     sid = await new_session(daemon)
-    caplog.set_level(logging.ERROR, "mailgate.outbound")
+    caplog.set_level(logging.ERROR, "mailgate.outbound.transport")
     await rt(daemon).run_action(sid, "cron_daily", kind="cron")
     assert await tasks_of(daemon, sid) == {}
     (failure,) = [r for r in caplog.records if getattr(r, "event", None) == "outbound.failed"]

@@ -17,10 +17,10 @@ import pytest
 import pytest_asyncio
 
 from mailgate.config import Config
-from mailgate.daemon import Daemon
-from mailgate.mailauth import StaticResolver
-from mailgate.runtime import Runtime
-from mailgate.tasks import Task
+from mailgate.core.runtime import Runtime
+from mailgate.core.tasks import Task
+from mailgate.daemon.lifecycle import Daemon
+from mailgate.mail.auth import StaticResolver
 from tests.conftest import make_config
 from tests.keys import RsaKey
 

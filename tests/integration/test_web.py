@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 
 from mailgate.config import Config
-from mailgate.daemon import Daemon
-from mailgate.mailauth import StaticResolver
+from mailgate.daemon.lifecycle import Daemon
+from mailgate.mail.auth import StaticResolver
 from tests.conftest import make_config, wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -260,7 +260,7 @@ async def test_slow_client_is_dropped_without_stalling_others(daemon: Daemon, ht
 async def test_url_action_and_metrics(daemon: Daemon, http: aiohttp.ClientSession) -> None:
     assert daemon.runtime is not None
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
-    from mailgate.context import User
+    from mailgate.core.context import User
     rec = await daemon.runtime.get_session(sid)
     ctx = daemon.runtime.new_context("foreground", rec.id, daemon.runtime.registry.get("testing"), "x", {}, User(id="u9"))
     url = daemon.runtime.url_for_action(ctx, "whoami", {})

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from mailgate.errors import MailgateError
-from mailgate.workers import WorkerDied, WorkerPool
+from mailgate.mail.workers import WorkerDied, WorkerPool
 
 
 def digest(data: bytes) -> tuple[int, str, int]:
@@ -146,7 +146,7 @@ async def pool() -> AsyncIterator[WorkerPool]:
 
 @pytest.mark.asyncio
 async def test_a_call_past_its_time_limit_stops_its_worker_and_the_calls_behind_it_move_on(pool: WorkerPool) -> None:
-    from mailgate.workers import WorkerTimeout
+    from mailgate.mail.workers import WorkerTimeout
 
     first = await pool.run(digest, b"warm")  # the worker is up
     stuck = asyncio.ensure_future(pool.run(hang, 60, timeout=0.5))

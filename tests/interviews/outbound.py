@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailgate import Interview, action_argument, background_response, response
-from mailgate.sending import (
+from mailgate.author.sending import (
     mark_task_as_performed,
     send_email,
     send_email_async,
@@ -17,7 +17,7 @@ from mailgate.sending import (
     task_performed,
     times_task_performed,
 )
-from mailgate.templates import Template
+from mailgate.author.templates import Template
 
 interview = Interview("reminders")
 

@@ -25,7 +25,7 @@ from mailgate.store.base import (
     Store,
     TaskFinish,
 )
-from mailgate.store.sqlite import SqliteStore
+from mailgate.store.sqlite.backend import SqliteStore
 
 
 class Clock:

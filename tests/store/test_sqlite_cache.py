@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.store.base import Changes, SessionSave
-from mailgate.store.sqlite import SqliteStore
+from mailgate.store.sqlite.backend import SqliteStore
 
 pytestmark = pytest.mark.asyncio
 

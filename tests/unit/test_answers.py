@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from mailgate import answers as codec
+from mailgate.core import answers as codec
+from mailgate.core.tasks import Task
 from mailgate.errors import AnswersError
-from mailgate.tasks import Task
 
 
 def test_round_trip_of_tagged_values() -> None:

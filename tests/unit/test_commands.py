@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.commands import checkin_commands, notification_command
+from mailgate.core.commands import checkin_commands, notification_command
 from mailgate.errors import ActionError
 
 

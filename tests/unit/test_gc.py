@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailgate.daemon import tune_gc
+from mailgate.daemon.lifecycle import tune_gc
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from mailgate import Interview
+from mailgate.core.interviews import Registry, load_interviews
 from mailgate.errors import InterviewLoadError, UnknownAction, UnknownInterview
-from mailgate.interviews import Registry, load_interviews
 from tests.conftest import INTERVIEWS
 
 

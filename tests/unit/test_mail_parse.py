@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from mailgate import mail
-from mailgate.mail import Attachment, ParsedMessage, ParseLimits, parse_message, sanitize_filename
+from mailgate.mail import parse as mail
+from mailgate.mail.parse import (
+    Attachment,
+    ParsedMessage,
+    ParseLimits,
+    parse_message,
+    sanitize_filename,
+)
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "eml"
 
@@ -479,7 +485,7 @@ def test_every_corpus_file_parses() -> None:
 
 
 def test_encoded_line_breaks_in_single_line_fields_become_spaces() -> None:
-    from mailgate.mail import parse_message
+    from mailgate.mail.parse import parse_message
 
     raw = b"From: a@b.test\r\nSubject: =?utf-8?q?Hi=0D=0AX-Fake:_row?=\r\n\r\nbody\r\n"
     parsed = parse_message(raw)

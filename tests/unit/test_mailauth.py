@@ -17,7 +17,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from mailgate.mailauth import (
+from mailgate.mail.auth import (
     AuthResults,
     DkimResult,
     DmarcResult,

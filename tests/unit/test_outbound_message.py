@@ -15,19 +15,19 @@ from typing import Any
 
 import pytest
 
-from mailgate.config import _build_table, _f
-from mailgate.context import CURRENT, ActionContext, User
-from mailgate.errors import ActionError, ConfigError, MailgateError
-from mailgate.outbound import (
-    MessageRecorder,
-    Outbound,
-    OutboundConfig,
-    RecordingTransport,
-    SendResult,
-    SuppressTransport,
-    check_outbound,
+from mailgate.author.sending import (
+    mark_task_as_performed,
+    record_messages,
+    set_task_counter,
+    task_not_yet_performed,
+    task_performed,
+    times_task_performed,
 )
-from mailgate.outbound_message import (
+from mailgate.author.templates import Template, TemplateError
+from mailgate.config import _build_table, _f
+from mailgate.core.context import CURRENT, ActionContext, User
+from mailgate.errors import ActionError, ConfigError, MailgateError
+from mailgate.outbound.message import (
     AddressError,
     Attachment,
     AttachmentError,
@@ -40,15 +40,15 @@ from mailgate.outbound_message import (
     normalize_addresses,
     to_attachment,
 )
-from mailgate.sending import (
-    mark_task_as_performed,
-    record_messages,
-    set_task_counter,
-    task_not_yet_performed,
-    task_performed,
-    times_task_performed,
+from mailgate.outbound.transport import (
+    MessageRecorder,
+    Outbound,
+    OutboundConfig,
+    RecordingTransport,
+    SendResult,
+    SuppressTransport,
+    check_outbound,
 )
-from mailgate.templates import Template, TemplateError
 
 SENDER = "Reminders <noreply@example.org>"
 
@@ -312,7 +312,7 @@ async def test_default_sender_suppress_and_dispatched(caplog: pytest.LogCaptureF
         raise RuntimeError("receiver bug")
 
     outbound.dispatched.connect(broken)
-    caplog.set_level(logging.ERROR, "mailgate.outbound")
+    caplog.set_level(logging.ERROR, "mailgate.outbound.transport")
     results = await outbound.send([Message(to="a@example.org", subject="one"), Message(to="b@example.org", subject="two")])
     assert [r.accepted for r in results] == [True, True]
     assert [m.subject for m, _ in seen] == ["one", "two"]
@@ -347,7 +347,7 @@ async def test_unreadable_dkim_key_fails_the_send_with_reason(tmp_path: Path) ->
 
 @pytest.mark.asyncio
 async def test_no_relay_configured_fails_with_reason(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, "mailgate.outbound")
+    caplog.set_level(logging.ERROR, "mailgate.outbound.transport")
     (result,) = await Outbound(OutboundConfig(default_sender=SENDER)).send([Message(to="a@example.org")])
     assert not result.accepted and "relay_host" in (result.error or "")
     assert "relay_host" in caplog.text

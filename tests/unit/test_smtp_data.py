@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mailgate.smtp_data import DataError, DataReader, read_data
+from mailgate.edges.smtp.data import DataError, DataReader, read_data
 
 REST = b"QUIT\r\n"  # a pipelined command after the data: must stay in the stream
 

@@ -7,7 +7,7 @@ import random
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from mailgate.smtp import _PLAIN_PATH, MailgateSMTP
+from mailgate.edges.smtp.server import _PLAIN_PATH, MailgateSMTP
 
 
 def _server(local_part_limit: int = 0) -> MailgateSMTP:

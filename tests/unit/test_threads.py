@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from mailgate.leases import SessionLocks
-from mailgate.threads import DaemonThreadPool, Deadlines, LoopResults
+from mailgate.core.leases import SessionLocks
+from mailgate.core.threads import DaemonThreadPool, Deadlines, LoopResults
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,0 +1,184 @@
+"""The interview author's API, with docassemble's names and meaning.
+
+Every function reads the action context that the runtime set for the running handler. Functions
+that end a handler (``background_response*``, ``response``, ``json_response``, ``command``) raise
+a control exception: nothing after them runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any, NoReturn
+
+from mailgate.core.commands import checkin_commands
+from mailgate.core.context import (
+    CURRENT,
+    BackgroundResponseActionEnd,
+    BackgroundResponseEnd,
+    CommandEnd,
+    ResponseEnd,
+    User,
+    current,
+)
+from mailgate.core.tasks import Task
+from mailgate.errors import ActionError
+
+
+def background_action(action: str, ui_notification: str | None = None, **kwargs: Any) -> Task:
+    """Start ``action`` in the background; returns its Task at once.
+
+    ``ui_notification`` is None, 'flash', 'refresh', 'javascript' or 'fields': what the session's
+    browsers are sent when the task finishes. Keyword arguments reach the action through
+    ``action_argument()``. The task is queued when the calling action ends (with its save).
+    """
+    ctx = current("background_action")
+    return ctx.runtime.new_task(ctx, action, ui_notification, kwargs)
+
+
+def background_response(*args: Any, **kwargs: Any) -> NoReturn:
+    """End the action. In a background action: its value. In a check-in: commands for the browser."""
+    ctx = current("background_response")
+    if ctx.kind == "checkin":  # render templates now, while the answers are visible to them
+        raise BackgroundResponseEnd(args, kwargs, checkin_commands(args, kwargs))
+    if ctx.kind == "foreground":  # a command form ("refresh", (msg, "flash"), target=...) is pushed
+        try:
+            commands = checkin_commands(args, kwargs)
+        except ActionError:
+            commands = None  # a plain value: the action's result
+        raise BackgroundResponseEnd(args, kwargs, commands or None)
+    raise BackgroundResponseEnd(args, kwargs)
+
+
+def background_response_action(action: str, **kwargs: Any) -> NoReturn:
+    """End a background action by running ``action`` on the live answers (saved) with ``kwargs``."""
+    ctx = current("background_response_action")
+    if ctx.kind != "background":
+        raise ActionError("background_response_action() can only be called from a background action")
+    ctx.interview.get_action(action)
+    raise BackgroundResponseActionEnd(action, kwargs)
+
+
+def background_error_action(action: str, **kwargs: Any) -> None:
+    """If this background action fails from here on, run ``action`` (saved) with the error added."""
+    ctx = current("background_error_action")
+    if ctx.kind != "background":
+        raise ActionError("background_error_action() can only be called from a background action")
+    ctx.interview.get_action(action)
+    ctx.error_action = (action, kwargs)
+
+
+def action_argument(name: str | None = None, default: Any = None) -> Any:
+    """One argument of the running action (all of them, as a dict, when ``name`` is None)."""
+    args = current("action_argument").arguments
+    if name is None:
+        return dict(args)
+    return args.get(name, default)
+
+
+def action_arguments() -> dict[str, Any]:
+    """All arguments of the running action."""
+    return dict(current("action_arguments").arguments)
+
+
+def response(text: str | None = None, null: bool = False, **_: Any) -> NoReturn:
+    """End a foreground action with ``text``; ``null=True`` ends it without saving the answers."""
+    current("response")
+    raise ResponseEnd(text, null)
+
+
+def json_response(data: Any) -> NoReturn:
+    """End a foreground action with ``data`` as its JSON result."""
+    current("json_response")
+    raise ResponseEnd(None, False, data=data, is_json=True)
+
+
+def command(name: str) -> NoReturn:
+    """End the action with ``'exit'`` (delete the session) or ``'leave'`` (keep it)."""
+    current("command")
+    if name not in ("exit", "leave"):
+        raise ActionError(f"command({name!r}) is not supported; use 'exit' (delete the session) or 'leave'")
+    raise CommandEnd(name)
+
+
+def user_info() -> User:
+    """The user the action runs as (``id``, ``email``, ``first_name``, ``last_name``, ``privileges``)."""
+    return current("user_info").user
+
+
+def user_logged_in() -> bool:
+    return current("user_logged_in").user.logged_in
+
+
+def user_has_privilege(privilege: str | list[str] | tuple[str, ...]) -> bool:
+    """True if the user has the privilege (or any of a list of them)."""
+    wanted = [privilege] if isinstance(privilege, str) else list(privilege)
+    return any(p in current("user_has_privilege").user.privileges for p in wanted)
+
+
+def interview_email(key: str | None = None, index: Any = None) -> str:
+    """The session's e-mail address; the same key and index always give the same address.
+
+    Mail to it is stored as DAEmail records and, if the interview defines it, starts the
+    ``incoming_email`` background action. The mailbox exists once the calling action commits.
+    """
+    ctx = current("interview_email")
+    return str(ctx.runtime.interview_email(ctx, key, index))
+
+
+def get_emails(key: str | None = None, index: Any = None) -> list[Any]:
+    """The session's mailboxes (``address``, ``key``, ``index``, ``emails``), e-mails oldest first.
+
+    Blocking read: in an ``async def`` handler use ``await get_emails_async()``.
+    """
+    ctx = current("get_emails")
+    try:
+        on_loop = asyncio.get_running_loop() is ctx.loop
+    except RuntimeError:
+        on_loop = False
+    if on_loop:
+        raise ActionError("get_emails() would block the event loop; in an async handler use `await get_emails_async()`")
+    coro = ctx.runtime.get_mailboxes(ctx.session_id, key, index)
+    return list(asyncio.run_coroutine_threadsafe(coro, ctx.loop).result(30))
+
+
+async def get_emails_async(key: str | None = None, index: Any = None) -> list[Any]:
+    """``get_emails()`` for async handlers."""
+    ctx = current("get_emails_async")
+    return list(await ctx.runtime.get_mailboxes(ctx.session_id, key, index))
+
+
+def interview_url_action(action: str, **kwargs: Any) -> str:
+    """A signed URL that runs ``action`` with ``kwargs`` on this session and returns its result.
+
+    The URL expires after ``[web] url_action_ttl`` seconds; the action runs as the current user.
+    """
+    ctx = current("interview_url_action")
+    return str(ctx.runtime.url_for_action(ctx, action, kwargs))
+
+
+def current_datetime() -> dt.datetime:
+    """Now, timezone-aware (UTC), from mailgate's clock (which tests can control)."""
+    ctx = CURRENT.get()
+    now = ctx.runtime.store_clock() if ctx is not None else time.time()
+    return dt.datetime.fromtimestamp(now, dt.UTC)
+
+
+def last_access_time() -> dt.datetime | None:
+    """When the session was last accessed by anyone but the cron user (timezone-aware, UTC)."""
+    ctx = current("last_access_time")
+    return None if ctx.accessed_at is None else dt.datetime.fromtimestamp(ctx.accessed_at, dt.UTC)
+
+
+def last_access_days() -> float:
+    """Days since the session was last accessed by anyone but the cron user."""
+    ctx = current("last_access_days")
+    if ctx.accessed_at is None:
+        return 0.0
+    return max(0.0, (ctx.runtime.store_clock() - ctx.accessed_at) / 86400)
+
+
+def session_id() -> str:
+    """The id of the session the action runs on."""
+    return current("session_id").session_id

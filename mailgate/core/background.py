@@ -1,0 +1,234 @@
+"""Background tasks: running one claimed task to its end, its callback, and committing its outcome.
+
+A background action runs on a throwaway copy of the answers (never saved). How it ends decides the
+rest: a value (``background_response``) is the task's result; ``background_response_action`` runs a
+callback under the session lease on fresh answers and saves them; an exception, a time-out or a
+missing ``background_response`` fails the task, and a registered ``background_error_action`` runs
+then as a callback with the error's details. The outcome, the callback's save, the tasks and
+mailboxes the handlers made and the events for the session's browsers commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from mailgate.core import answers as codec
+from mailgate.core.commands import notification_command
+from mailgate.core.context import (
+    ActionContext,
+    BackgroundResponseActionEnd,
+    BackgroundResponseEnd,
+    CommandEnd,
+    ResponseEnd,
+    User,
+)
+from mailgate.core.interviews import Action
+from mailgate.errors import ActionError, AnswersError, LeaseTimeout, MailgateError, NotFound
+from mailgate.store.base import (
+    Changes,
+    NewEvent,
+    SessionRecord,
+    SessionSave,
+    TaskFinish,
+    TaskRecord,
+)
+
+if TYPE_CHECKING:
+    from mailgate.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Failure:
+    """How a background task failed: what its error action receives and its record keeps."""
+
+    error_type: str
+    error_message: str
+    error_trace: str | None = None
+    variables: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, prefix: str = "") -> Failure:
+        variables: list[str] = []
+        if isinstance(exc, NameError) and getattr(exc, "name", None):
+            variables = [str(exc.name)]
+        elif isinstance(exc, KeyError) and exc.args:
+            variables = [str(exc.args[0])]
+        trace = "".join(traceback.format_exception(exc))
+        return cls(type(exc).__name__, prefix + str(exc), trace, variables)
+
+
+class TaskRunner:
+    """Runs claimed tasks for one :class:`~mailgate.runtime.Runtime` (its store, registry and leases)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def execute(self, rec: TaskRecord, worker: str, session: SessionRecord | None = None) -> None:
+        """Run one claimed task to its end and commit its outcome (with any callback's save).
+
+        ``session`` is the session as read right after the claim (the pool reads a claimed batch's
+        sessions at once); without it the session is read here.
+        """
+        rt = self.runtime
+        user = User.from_json(rec.user)
+        ctx: ActionContext | None = None
+        value: Any = None
+        failure: Failure | None = None
+        callback: tuple[str, dict[str, Any]] | None = None
+        if session is None:
+            session = await rt.store.get_session(rec.session_id)
+        handler: Action | None = None
+        if session is None:
+            failure = Failure("SessionGone", f"session {rec.session_id} was deleted before the task ran")
+        else:
+            try:
+                interview = rt.registry.get(rec.interview)
+                handler = interview.get_action(rec.action)
+                arguments = codec.decode_value(rec.arguments)
+            except MailgateError as exc:
+                failure = Failure(type(exc).__name__, str(exc))
+            else:
+                ctx = rt.new_context("background", session.id, interview, rec.action, arguments, user, task_id=rec.id)
+                ctx.accessed_at = session.accessed_at
+        if ctx is not None and handler is not None and session is not None:
+            try:
+                answers = codec.decode(session.answers)  # a throwaway copy: never saved
+                await rt.hydrate(answers, ctx.arguments)
+                end = await rt.invoke(ctx, handler, answers, rt.config.tasks.timeout)
+            except TimeoutError:
+                failure = Failure("TaskTimeout", f"background action {rec.action!r} ran longer than [tasks] timeout = {rt.config.tasks.timeout:g} s")
+            except Exception as exc:
+                log.info("background action %r (task %s) raised %s", rec.action, rec.id, type(exc).__name__, extra={"event": "task.raised"})
+                failure = Failure.from_exception(exc)
+            else:
+                if isinstance(end, BackgroundResponseEnd):
+                    value = end.args_[0] if end.args_ else None
+                elif isinstance(end, BackgroundResponseActionEnd):
+                    callback = (end.action, end.kwargs)
+                elif end is None:
+                    failure = Failure(
+                        "NoBackgroundResponse",
+                        f"background action {rec.action!r} ended without calling background_response(); end it with "
+                        "background_response(value), or background_response() when there is no value",
+                    )
+                else:
+                    failure = Failure(
+                        "ActionError",
+                        f"background action {rec.action!r} ended with {end}(), which only ends a foreground action; "
+                        "use background_response()",
+                    )
+        spawned = [ctx] if ctx is not None else []
+        if callback is not None:
+            await self._finish_with_callback(rec, worker, user, spawned, callback, None)
+        elif failure is not None and ctx is not None and ctx.error_action is not None:
+            await self._finish_with_callback(rec, worker, user, spawned, ctx.error_action, failure)
+        else:
+            await self._finish(rec, worker, value, failure, spawned)
+
+    async def _finish(self, rec: TaskRecord, worker: str, value: Any, failure: Failure | None,
+                      spawned: list[ActionContext], extra: Changes | None = None, has_value: bool | None = None) -> None:
+        """Commit a task's outcome with what the contexts in ``spawned`` produced (tasks, mailboxes)."""
+        rt = self.runtime
+        result_text: str | None = None
+        if has_value is None:
+            has_value = failure is None
+        if has_value:
+            try:
+                result_text = codec.encode_value({"value": value}, "background_response value")
+            except AnswersError as exc:
+                failure = Failure("AnswersError", f"the value of background action {rec.action!r} cannot be stored: {exc}")
+                has_value = False
+        state: Literal["succeeded", "failed"] = "failed" if failure is not None else "succeeded"
+        finish = TaskFinish(
+            rec.id, worker, state, result_text,
+            failure.error_type if failure else None, failure.error_message if failure else None,
+            failure.error_trace if failure else None,
+            codec.encode_value(failure.variables) if failure else None,
+        )
+        changes = Changes(
+            save=extra.save if extra else None,
+            new_tasks=[t for c in spawned for t in c.new_tasks],
+            mailboxes=[m for c in spawned for m in c.new_mailboxes],
+            events=self._task_events(rec, state, has_value, value),
+            finish=finish,
+            release_lease=extra.release_lease if extra else None,
+        )
+        await rt.commit(changes)
+        if failure is not None:
+            log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed"})
+
+    async def _finish_with_callback(self, rec: TaskRecord, worker: str, user: User, spawned: list[ActionContext],
+                                    callback: tuple[str, dict[str, Any]], error: Failure | None) -> None:
+        rt = self.runtime
+        name, kwargs = callback
+        arguments = dict(kwargs)
+        if error is not None:
+            arguments.update(error_type=error.error_type, error_message=error.error_message,
+                             error_trace=error.error_trace, variables=list(error.variables))
+        what = "error action" if error is not None else "response action"
+        try:
+            async with rt.leases.locked(rec.session_id, f"callback {name}") as lease:
+                session = lease.session
+                if session is None:
+                    await self._finish(rec, worker, None, Failure("SessionGone", f"session {rec.session_id} was deleted before the {what} {name!r} ran"), spawned,
+                                       extra=Changes(release_lease=(rec.session_id, lease.holder)))
+                    lease.released = True
+                    return
+                interview = rt.registry.get(rec.interview)
+                handler = interview.get_action(name)
+                answers = codec.decode(session.answers)  # fresh, under the lease
+                ctx = rt.new_context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
+                ctx.accessed_at = session.accessed_at
+                ctx.task_records = await rt.hydrate(answers, arguments)
+                failure: Failure | None = None
+                value: Any = None
+                save: SessionSave | None = None
+                try:
+                    end = await rt.invoke(ctx, handler, answers, lease.remaining())
+                except TimeoutError:
+                    failure = Failure("BudgetExceeded", f"the {what} {name!r} ran past its {lease.budget:g} s lock budget; nothing was saved")
+                except Exception as exc:
+                    failure = Failure.from_exception(exc, prefix=f"the {what} {name!r} raised: ")
+                else:
+                    if isinstance(end, BackgroundResponseEnd):
+                        value = end.args_[0] if end.args_ else None
+                    elif isinstance(end, (BackgroundResponseActionEnd, CommandEnd)):
+                        failure = Failure("ActionError", f"the {what} {name!r} ended with {end}(); end it with background_response()")
+                    if failure is None and not (isinstance(end, ResponseEnd) and end.null):
+                        try:
+                            save = SessionSave(rec.session_id, codec.encode(answers), session.version,
+                                               touch=user.id != "cron", allow_cron=answers.get("allow_cron") is True)
+                        except AnswersError as exc:
+                            failure = Failure("AnswersError", f"the {what} {name!r} left answers that cannot be saved: {exc}")
+                if failure is not None:
+                    log.warning("task %s: %s", rec.id, failure.error_message, extra={"event": "task.callback_failed"})
+                    if error is not None:
+                        failure = Failure(error.error_type, f"{error.error_message}; then {failure.error_message}",
+                                          error.error_trace, error.variables)
+                    await self._finish(rec, worker, None, failure, spawned, extra=Changes(release_lease=(rec.session_id, lease.holder)))
+                else:
+                    await self._finish(rec, worker, value, error, [*spawned, ctx], has_value=True,
+                                       extra=Changes(save=save, release_lease=(rec.session_id, lease.holder)))
+                lease.released = True
+        except (LeaseTimeout, NotFound) as exc:
+            failure = Failure(type(exc).__name__, f"the {what} {name!r} could not run: {exc}")
+            if error is not None:
+                failure = Failure(error.error_type, f"{error.error_message}; then {failure.error_message}", error.error_trace, error.variables)
+            await self._finish(rec, worker, None, failure, spawned)
+
+    def _task_events(self, rec: TaskRecord, state: str, has_value: bool, value: Any) -> list[NewEvent]:
+        events = [NewEvent(rec.session_id, "task", json.dumps({"task": rec.id, "action": rec.action, "state": state}))]
+        mode = rec.ui_notification
+        if mode and (has_value or mode == "refresh"):
+            try:
+                command = notification_command(mode, value)
+                events.append(NewEvent(rec.session_id, "command", json.dumps(command, default=str)))
+            except ActionError as exc:
+                log.warning("task %s: no %s notification: %s", rec.id, mode, exc, extra={"event": "task.notification_skipped"})
+        return events

@@ -1,0 +1,165 @@
+"""DAEmail: one received message as seen by interview code, with docassemble's attribute names.
+
+Stored in answers (and passed as ``action_argument('email')``) by id; the runtime fills in the
+fields from the store when it loads answers or arguments. The raw bytes and attachment contents are
+read on demand (``email.raw``, ``email.attachment[0].data()``), since they can be large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mailgate.core import answers as codec
+from mailgate.core.context import CURRENT
+from mailgate.errors import ActionError, NotFound
+from mailgate.store.base import EmailRecord
+
+if TYPE_CHECKING:
+    from mailgate.core.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class EmailAttachment:
+    filename: str
+    content_type: str
+    size: int
+    content_id: str | None
+    disposition: str
+    number: int  # position among the message's attachments
+    email: DAEmail
+
+    def data(self) -> bytes:
+        """The attachment's bytes (decoded), read from the stored raw message."""
+        from mailgate.mail.parse import parse_message
+
+        attachments = parse_message(self.email.raw).attachments
+        if self.number >= len(attachments):
+            raise NotFound(f"e-mail {self.email.id} has no attachment {self.number}")
+        return attachments[self.number].data
+
+
+class DAEmail:
+    ref_kind = "email"
+
+    short: str | None
+    key: str | None
+    index: str | None
+    address_owner: str | None
+    to_address: list[str]
+    cc_address: list[str]
+    from_address: str | None
+    reply_to: str | None
+    return_path: str | None
+    subject: str | None
+    datetime_message: dt.datetime | None
+    datetime_received: dt.datetime | None
+    body_text: str | None
+    body_html: str | None
+    attachment: list[EmailAttachment]
+    headers: dict[str, str]
+    message_id: str | None
+    size: int
+    authentication: dict[str, Any]
+    defects: list[str]
+    address: str | None
+    envelope: dict[str, Any]
+
+    def __init__(self, email_id: str, record: EmailRecord | None = None, runtime: Runtime | None = None) -> None:
+        self._id = email_id
+        self._runtime = runtime
+        self._raw: bytes | None = None
+        self._record: EmailRecord | None = None
+        if record is not None:
+            self._fill(record)
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"DAEmail({self._id!r}, subject={getattr(self, 'subject', None)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DAEmail) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(("email", self._id))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for the fields before the record was loaded.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise ActionError(f"DAEmail {self._id} was not loaded from the store (reading {name!r}); "
+                          "load it through a session's answers or action arguments")
+
+    def _fill(self, rec: EmailRecord) -> None:
+        self._record = rec
+        parsed = json.loads(rec.parsed)
+        env = json.loads(rec.envelope)
+        self.envelope = env
+        self.short = env.get("short")
+        self.key = env.get("key") or None
+        self.index = env.get("index") or None
+        self.address_owner = env.get("address_owner")
+        self.address = env.get("address")
+        self.to_address = list(parsed.get("to_address") or [])
+        self.cc_address = list(parsed.get("cc_address") or [])
+        self.from_address = parsed.get("from_address")
+        self.reply_to = parsed.get("reply_to")
+        self.return_path = env.get("mail_from")
+        self.subject = parsed.get("subject")
+        when = parsed.get("datetime_message")
+        self.datetime_message = dt.datetime.fromisoformat(when) if when else None
+        self.datetime_received = dt.datetime.fromtimestamp(rec.received_at, dt.UTC)
+        self.body_text = parsed.get("body_text")
+        self.body_html = parsed.get("body_html")
+        self.attachment = [
+            EmailAttachment(a["filename"], a["content_type"], a["size"], a.get("content_id"), a["disposition"], i, self)
+            for i, a in enumerate(parsed.get("attachments") or [])
+        ]
+        self.headers = {}
+        for name, value in parsed.get("headers") or []:
+            self.headers.setdefault(name, value)  # the first of repeated headers, as docassemble
+        self.message_id = rec.message_id
+        self.size = rec.size
+        self.authentication = json.loads(rec.authentication)
+        self.defects = list(parsed.get("defects") or [])
+
+    @property
+    def raw(self) -> bytes:
+        """The message exactly as received."""
+        if self._raw is None:
+            runtime, loop = self._bridge()
+            try:
+                on_loop = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                on_loop = False
+            if on_loop:
+                raise ActionError("DAEmail.raw would block the event loop; in an async handler use `await email.raw_async()`")
+            self._raw = asyncio.run_coroutine_threadsafe(self.raw_async(), loop).result(30)
+        return self._raw
+
+    async def raw_async(self) -> bytes:
+        if self._raw is None:
+            runtime, _ = self._bridge()
+            if self._record is None:
+                raise ActionError(f"DAEmail {self._id} was not loaded from the store")
+            raw = await runtime.store.get_raw(self._record.sha256)
+            if raw is None:
+                raise NotFound(f"the raw bytes of e-mail {self._id} are gone (its session was deleted)")
+            self._raw = raw
+        return self._raw
+
+    def _bridge(self) -> tuple[Runtime, asyncio.AbstractEventLoop]:
+        ctx = CURRENT.get()
+        runtime = self._runtime or (ctx.runtime if ctx is not None else None)
+        if runtime is None:
+            raise ActionError("reading a DAEmail's raw bytes needs a running mailgate")
+        return runtime, runtime.loop
+
+
+codec.register_reference("email", DAEmail, DAEmail)

@@ -1,0 +1,318 @@
+"""Mail to a session, the core half: addresses, recipient checks and durable delivery.
+
+The SMTP edge (:mod:`mailgate.smtp`) asks :class:`Inbound` whether a recipient exists and hands it
+the message; everything here is independent of aiosmtpd and of reply codes.
+
+Addresses are derived, not looked up: the local part is an HMAC of (session, key, index) under a
+secret kept in the store, written in an unambiguous lower-case alphabet. The same key and index
+always give the same address, nobody without the secret can guess one, and creating it again is
+idempotent. An address accepts mail while its mailbox row exists (deleted with its session) and
+has not expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mailgate.config import Config, MailConfig
+from mailgate.core import answers as codec
+from mailgate.core.daemail import DAEmail
+from mailgate.mail.auth import (
+    AuthResults,
+    DkimResult,
+    DnsTempError,
+    Resolver,
+    authenticate,
+    dkim_key_names,
+    fetch_dkim_keys,
+    verify_dkim,
+)
+from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
+from mailgate.mail.workers import WorkerPool, WorkerTimeout
+from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask
+
+if TYPE_CHECKING:
+    from mailgate.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # 32 symbols: no l/1, o/0 to confuse
+MAX_LOCAL_PART = 51  # 256 HMAC bits / 5 bits per symbol
+
+
+def normalise_domain(domain: str) -> str | None:
+    """Lower-case ASCII (IDNA) form of a domain, or None if it is not a valid one."""
+    domain = domain.strip().rstrip(".")
+    if not domain or domain.startswith("["):
+        return None
+    try:
+        return domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
+def split_address(address: str) -> tuple[str, str] | None:
+    """(local part lower-cased, normalised domain) of an envelope address, or None."""
+    address = address.strip().strip("<>")
+    local, at, domain = address.rpartition("@")
+    if not at or not local:
+        return None
+    norm = normalise_domain(domain)
+    if norm is None:
+        return None
+    return local.lower(), norm
+
+
+class Addresses:
+    """Derives and recognises per-session addresses."""
+
+    def __init__(self, config: MailConfig, secret: bytes) -> None:
+        self._secret = secret
+        self.length = min(config.local_part_length, MAX_LOCAL_PART)
+        self.domains = [d for d in (normalise_domain(x) for x in config.domains) if d]
+        self.domain = config.domains[0].strip().rstrip(".").lower()
+        self.expiry_days = config.mailbox_expiry_days
+
+    def local_part(self, session_id: str, key: str, index: str) -> str:
+        digest = hmac.new(self._secret, f"{session_id}\0{key}\0{index}".encode(), hashlib.sha256).digest()
+        n = int.from_bytes(digest, "big")
+        chars = []
+        for _ in range(self.length):
+            chars.append(ALPHABET[n & 31])
+            n >>= 5
+        return "".join(chars)
+
+    def address(self, local_part: str) -> str:
+        return f"{local_part}@{self.domain}"
+
+    def is_ours(self, domain: str) -> bool:
+        return domain in self.domains
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    FOREIGN_DOMAIN = "foreign domain"
+    UNKNOWN = "unknown mailbox"
+    EXPIRED = "expired mailbox"
+    BAD_ADDRESS = "bad address"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    stored: list[str]  # ids of e-mails stored now
+    duplicates: int  # recipients for whom this message was already stored
+    rejected: str | None = None  # why the whole message was refused (DMARC policy)
+    auth: AuthResults | None = None
+
+
+class Inbound:
+    def __init__(self, runtime: Runtime, config: Config, resolver: Resolver, authserv_id: str) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.resolver = resolver
+        self.authserv_id = authserv_id
+        self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes)
+        self.received = 0
+        self.rejected: dict[str, int] = {}
+        self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker) if config.smtp.parse_processes > 0 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    @property
+    def addresses(self) -> Addresses:
+        return self.runtime.addresses
+
+    async def check_recipient(self, address: str) -> tuple[Verdict, MailboxRecord | None]:
+        parts = split_address(address)
+        if parts is None:
+            return Verdict.BAD_ADDRESS, None
+        local, domain = parts
+        if not self.addresses.is_ours(domain):
+            return Verdict.FOREIGN_DOMAIN, None
+        mailbox = await self.runtime.store.find_mailbox(local)
+        if mailbox is None:
+            return Verdict.UNKNOWN, None
+        if mailbox.expires_at is not None and mailbox.expires_at < self.runtime.store_clock():
+            return Verdict.EXPIRED, mailbox
+        return Verdict.OK, mailbox
+
+    async def _dkim_keys(self, names: list[str], timeout: float | None = None) -> dict[str, object]:
+        if not names:
+            return {}
+        timeout = self.config.smtp.dns_timeout if timeout is None else max(timeout, 0.0)
+        try:
+            return await asyncio.wait_for(fetch_dkim_keys(names, self.resolver), timeout)
+        except TimeoutError:
+            return {name: DnsTempError(f"{name}: no answer in time") for name in names}
+
+    async def _in_worker(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a worker process within ``parse_timeout``; `WorkerTimeout` past it.
+
+        Without worker processes (``parse_processes = 0``) the call runs in the thread pool. The same
+        limit applies to the wait, but a thread cannot be stopped: it runs on to the end in the
+        background (holding a thread of the pool and sharing the GIL) and its result is dropped.
+        """
+        timeout = self.config.smtp.parse_timeout
+        if self._pool is not None:
+            return await self._pool.run(fn, *args, timeout=timeout)
+        call = asyncio.get_running_loop().run_in_executor(self.runtime.executor, fn, *args)
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            log.warning("a parse in this process ran past its time limit; it finishes in the background, unused",
+                        extra={"event": "mail.parse_thread_timeout"})
+            raise WorkerTimeout(f"parsing in this process ran past the {timeout:g} s limit on one message; "
+                                "the thread finishes it in the background and its result is dropped") from None
+
+    def count_rejection(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    async def deliver(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
+                      helo: str) -> DeliveryResult:
+        """Parse, authenticate and durably store ``raw`` for each recipient mailbox; queue its tasks.
+
+        ``mailboxes`` are those accepted at RCPT time; one whose session is gone since is skipped.
+        """
+        # DKIM keys are fetched first, so that one call to a worker process both parses the
+        # message and verifies its signatures: the raw bytes cross the process boundary once.
+        # dns_timeout bounds the key lookups and SPF + DMARC together (parsing is not DNS time).
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        keys = await self._dkim_keys(dkim_key_names(raw))
+        dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
+        try:
+            prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
+            parsed, dkim = prepared.parsed, prepared.dkim
+            if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
+                started = loop.time()
+                keys.update(await self._dkim_keys(prepared.missing_keys, dns_left))
+                dns_left -= loop.time() - started
+                dkim, _ = await self._in_worker(verify_dkim, raw, keys)
+        except WorkerTimeout as exc:  # stored all the same: raw bytes, and a defect that says why
+            log.warning("stored a message unparsed: %s", exc, extra={"event": "mail.parse_timeout"})
+            parsed = unparsed(raw, f"not parsed: parsing and DKIM took longer than {self.config.smtp.parse_timeout:g} s "
+                                   "([smtp] parse_timeout)")
+            dkim = (DkimResult("", "", "temperror"),)
+        from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
+        auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
+                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
+                                  dkim_results=dkim)
+        if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
+            self.count_rejection("dmarc")
+            return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
+        unique = {m.local_part: m for m in mailboxes}  # the same address twice gets one copy
+        sessions = await self.runtime.store.get_sessions([m.session_id for m in unique.values()])
+        parsed_json = parsed.json
+        auth_json = json.dumps(auth.to_dict(), separators=(",", ":"))
+        sha = parsed.content_hash
+        emails = []
+        for mailbox in unique.values():
+            session = sessions.get(mailbox.session_id)
+            if session is None:
+                continue  # its session was deleted since RCPT
+            email_id = uuid.uuid4().hex
+            address = self.addresses.address(mailbox.local_part)
+            owner = json.loads(mailbox.owner)
+            envelope = json.dumps({
+                "mail_from": mail_from, "rcpt_to": address, "client_ip": client_ip, "helo": helo,
+                "short": mailbox.local_part, "key": mailbox.key, "index": mailbox.index,
+                "address": address, "address_owner": owner.get("email") or owner.get("id"),
+            }, separators=(",", ":"))
+            task = None
+            interview = self.runtime.registry.get(session.interview) if self.runtime.registry.has(session.interview) else None
+            if interview is not None and interview.has_action("incoming_email"):
+                task = NewTask(uuid.uuid4().hex, session.id, session.interview, "incoming_email",
+                               codec.encode_value({"email": DAEmail(email_id)}), mailbox.owner, None,
+                               self.config.tasks.max_attempts)
+            event = NewEvent(session.id, "email", json.dumps({
+                "email": email_id, "address": address, "subject": parsed.subject, "from": parsed.from_address,
+            }))
+            emails.append(NewEmail(email_id, mailbox.local_part, session.id, parsed.message_id,
+                                   f"{parsed.message_id or ''}\0{sha}", envelope, parsed_json, auth_json, task, event))
+        stored, events = await self.runtime.store.deliver(Delivery(sha, raw, emails))
+        self.runtime.after_commit(events, any(e.task for e in emails if e.id in stored))
+        self.received += len(stored)
+        return DeliveryResult(stored, len(emails) - len(stored), auth=auth)
+
+
+@dataclass(frozen=True)
+class StoredParse:
+    """What delivery needs of a parsed message: small, so it crosses a process boundary cheaply."""
+
+    json: str
+    message_id: str | None
+    subject: str | None
+    from_address: str | None
+    content_hash: str
+
+
+def parse_for_store(raw: bytes, limits: ParseLimits) -> StoredParse:
+    """Parse ``raw`` (in a worker process when configured) into what is stored."""
+    parsed = parse_message(raw, limits)
+    return StoredParse(_parsed_json(parsed), parsed.message_id, parsed.subject, parsed.from_address, parsed.content_hash)
+
+
+def warm_worker() -> None:
+    """Run once in each new worker process: loads the parser and DKIM code a message needs."""
+    prepare_message(b"From: warm@up.invalid\r\nSubject: warm-up\r\n\r\nwarm-up\r\n", ParseLimits(10, 5, 4096), {})
+
+
+def unparsed(raw: bytes, defect: str) -> StoredParse:
+    """What is stored of a message that was not parsed: its hash, and ``defect`` saying why."""
+    parsed = ParsedMessage(message_id=None, subject=None, from_address=None, to_address=(), cc_address=(), reply_to=None,
+                           datetime_message=None, body_text=None, body_html=None, attachments=(), headers=(),
+                           defects=(defect,), content_hash=hashlib.sha256(raw).hexdigest())
+    return StoredParse(_parsed_json(parsed), None, None, None, parsed.content_hash)
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message parsed and its DKIM signatures verified, in one worker call."""
+
+    parsed: StoredParse
+    dkim: tuple[DkimResult, ...]
+    missing_keys: list[str]  # keys `verify_dkim` needed but was not given; `dkim` is empty then
+
+
+def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) -> PreparedMessage:
+    """`parse_for_store` and `verify_dkim` of ``raw`` (in a worker process when configured)."""
+    try:
+        dkim, missing = verify_dkim(raw, keys)
+    except Exception:  # the message is stored all the same, with DKIM unknown
+        log.exception("DKIM verification failed")
+        dkim, missing = (DkimResult("", "", "temperror"),), []
+    return PreparedMessage(parse_for_store(raw, limits), dkim, missing)
+
+
+def _parsed_json(parsed: ParsedMessage) -> str:
+    data: dict[str, Any] = {
+        "subject": parsed.subject,
+        "from_address": parsed.from_address,
+        "to_address": list(parsed.to_address),
+        "cc_address": list(parsed.cc_address),
+        "reply_to": parsed.reply_to,
+        "datetime_message": parsed.datetime_message.isoformat() if parsed.datetime_message else None,
+        "body_text": parsed.body_text,
+        "body_html": parsed.body_html,
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size,
+             "content_id": a.content_id, "disposition": a.disposition}
+            for a in parsed.attachments
+        ],
+        "headers": [list(h) for h in parsed.headers],
+        "defects": list(parsed.defects),
+    }
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,138 @@
+"""Interviews: named collections of actions, and loading them from modules and files."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailgate.errors import InterviewLoadError, UnknownAction, UnknownInterview
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    fn: Handler
+    is_async: bool
+
+
+class Interview:
+    """A named interview. Register handlers with ``@interview.action("name")``.
+
+    ``delete_days`` overrides ``[sessions] interview_delete_days`` for this interview's sessions.
+    """
+
+    def __init__(self, name: str, *, delete_days: int | None = None) -> None:
+        if not name or not isinstance(name, str):
+            raise ValueError("an interview needs a non-empty name")
+        self.name = name
+        self.delete_days = delete_days
+        self.actions: dict[str, Action] = {}
+
+    def action(self, name: str) -> Callable[[Handler], Handler]:
+        """Decorator: register a sync or async handler ``fn(answers)`` under ``name``."""
+
+        def register(fn: Handler) -> Handler:
+            if name in self.actions:
+                raise ValueError(f"interview {self.name!r} already has an action {name!r}")
+            self.actions[name] = Action(name, fn, inspect.iscoroutinefunction(fn))
+            return fn
+
+        return register
+
+    def has_action(self, name: str) -> bool:
+        return name in self.actions
+
+    def get_action(self, name: str) -> Action:
+        try:
+            return self.actions[name]
+        except KeyError:
+            known = ", ".join(sorted(self.actions)) or "none"
+            raise UnknownAction(f"interview {self.name!r} has no action {name!r}; its actions: {known}") from None
+
+    def __repr__(self) -> str:
+        return f"Interview({self.name!r}, actions={sorted(self.actions)})"
+
+
+class Registry:
+    """The interviews this process knows, by name."""
+
+    def __init__(self, interviews: Iterable[Interview] = ()) -> None:
+        self._by_name: dict[str, Interview] = {}
+        for interview in interviews:
+            self.add(interview)
+
+    def add(self, interview: Interview) -> None:
+        existing = self._by_name.get(interview.name)
+        if existing is not None and existing is not interview:
+            raise InterviewLoadError(f"two interviews are named {interview.name!r}; interview names must be unique")
+        self._by_name[interview.name] = interview
+
+    def get(self, name: str) -> Interview:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name)) or "none loaded; add them to [interviews] modules or paths"
+            raise UnknownInterview(f"no interview named {name!r}; known interviews: {known}") from None
+
+    def has(self, name: str) -> bool:
+        return name in self._by_name
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def __iter__(self) -> Any:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+def load_interviews(modules: Iterable[str] = (), paths: Iterable[str] = ()) -> Registry:
+    """Import the given modules and files and collect every ``Interview`` defined at their top level."""
+    registry = Registry()
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:
+            raise InterviewLoadError(f"cannot import interview module {name!r}: {type(exc).__name__}: {exc}") from exc
+        _collect(module, registry, name)
+    for path in paths:
+        _collect(_import_path(Path(path)), registry, path)
+    return registry
+
+
+def _import_path(path: Path) -> Any:
+    if not path.is_file():
+        raise InterviewLoadError(f"interview file {str(path)!r} does not exist")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_name = f"mailgate_interview_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InterviewLoadError(f"cannot load {str(path)!r} as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise InterviewLoadError(f"interview file {str(path)!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _collect(module: Any, registry: Registry, where: str) -> None:
+    found = [v for v in vars(module).values() if isinstance(v, Interview)]
+    if not found:
+        raise InterviewLoadError(f"{where!r} defines no Interview at its top level; add `interview = Interview(\"name\")`")
+    for interview in found:
+        registry.add(interview)

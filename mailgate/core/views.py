@@ -1,0 +1,85 @@
+"""JSON-ready views of stored records, shared by the CLI and the HTTP API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from mailgate.core import answers as codec
+from mailgate.core.tasks import TaskResult
+from mailgate.store.base import EmailRecord, SessionRecord, TaskRecord
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def session_dict(rec: SessionRecord, *, with_answers: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": rec.id,
+        "interview": rec.interview,
+        "version": rec.version,
+        "owner": json.loads(rec.owner),
+        "created": iso(rec.created_at),
+        "modified": iso(rec.modified_at),
+        "accessed": iso(rec.accessed_at),
+    }
+    if with_answers:
+        data["answers"] = json.loads(rec.answers)
+    return data
+
+
+def task_dict(rec: TaskRecord) -> dict[str, Any]:
+    result = TaskResult.from_record(rec)
+    return {
+        "id": rec.id,
+        "session": rec.session_id,
+        "interview": rec.interview,
+        "action": rec.action,
+        "state": rec.state,
+        "ui_notification": rec.ui_notification,
+        "attempts": rec.attempts,
+        "created": iso(rec.created_at),
+        "started": iso(rec.started_at),
+        "finished": iso(rec.finished_at),
+        "value": json.loads(codec.encode_value(result.value)) if rec.result else None,
+        "error_type": rec.error_type,
+        "error_message": rec.error_message,
+        "error_trace": rec.error_trace,
+        "variables": result.variables,
+        "arguments": json.loads(rec.arguments),
+    }
+
+
+def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
+    parsed = json.loads(rec.parsed)
+    env = json.loads(rec.envelope)
+    data: dict[str, Any] = {
+        "id": rec.id,
+        "mailbox": env.get("address"),
+        "session": rec.session_id,
+        "received": iso(rec.received_at),
+        "from": parsed.get("from_address"),
+        "subject": parsed.get("subject"),
+        "size": rec.size,
+        "message_id": rec.message_id,
+    }
+    if full:
+        auth = json.loads(rec.authentication)
+        data.update({
+            "envelope_from": env.get("mail_from"),
+            "client_ip": env.get("client_ip"),
+            "to": parsed.get("to_address"),
+            "cc": parsed.get("cc_address"),
+            "reply_to": parsed.get("reply_to"),
+            "date": parsed.get("datetime_message"),
+            "authentication_results": auth.get("header"),
+            "attachments": parsed.get("attachments"),
+            "defects": parsed.get("defects"),
+            "body_text": parsed.get("body_text"),
+            "body_html": parsed.get("body_html"),
+        })
+    return data

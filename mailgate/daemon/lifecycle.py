@@ -1,0 +1,232 @@
+"""The Daemon: one object that owns the process's lifecycle, used by the CLI and by the tests.
+
+``async with Daemon(config) as daemon:`` opens and migrates the store, loads the interviews, starts
+the roles this process runs, and watches each long-running background task: if one of them dies,
+it is logged and the daemon stops (under systemd, ``Restart=on-failure`` then starts a clean
+process). Leaving the block, or SIGTERM/SIGINT in :meth:`run_until_stopped`, stops in reverse
+order: workers get ``grace_period`` to finish; what does not finish goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from mailgate.config import Config
+from mailgate.core.events import EventBus
+from mailgate.core.inbound import Inbound
+from mailgate.core.interviews import Registry, load_interviews
+from mailgate.core.runtime import Runtime
+from mailgate.core.tasks import WorkerPool
+from mailgate.daemon import sdnotify
+from mailgate.edges.scheduler.scheduler import Cron, Scheduler
+from mailgate.edges.smtp.server import SmtpServer, server_hostname
+from mailgate.edges.web.app import WebServer
+from mailgate.errors import ConfigError
+from mailgate.mail.auth import DnsResolver, Resolver
+from mailgate.store import Store, open_store
+
+log = logging.getLogger(__name__)
+IMPLEMENTED_ROLES = ("smtp", "web", "worker", "scheduler")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, roles: Sequence[str] | None = None, registry: Registry | None = None,
+                 clock: Callable[[], float] = time.time, resolver: Resolver | None = None) -> None:
+        self.config = config
+        self.roles = tuple(roles if roles is not None else config.daemon.roles)
+        self._registry = registry
+        self._clock = clock
+        self.bus = EventBus()
+        self.store: Store | None = None
+        self.runtime: Runtime | None = None
+        self.pool: WorkerPool | None = None
+        self.inbound: Inbound | None = None
+        self.smtp: SmtpServer | None = None
+        self.web: WebServer | None = None
+        self.cron: Cron | None = None
+        self.scheduler: Scheduler | None = None
+        self._resolver = resolver
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self.failed: str | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._stop = asyncio.Event()
+        self._stopping = False
+
+    async def __aenter__(self) -> Daemon:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        active = [r for r in self.roles if r in IMPLEMENTED_ROLES]
+        for role in self.roles:
+            if role not in IMPLEMENTED_ROLES:
+                log.warning("role %r is not part of this version yet; running %s", role, ", ".join(active) or "nothing",
+                            extra={"event": "daemon.role_unavailable"})
+        registry = self._registry or load_interviews(self.config.interviews.modules, self.config.interviews.paths)
+        self.store = open_store(self.config.store, clock=self._clock)
+        await self.store.open()
+        await self.store.migrate()
+        self.runtime = Runtime(self.config, self.store, registry, bus=self.bus)
+        self.runtime.outbound.check()  # an unusable DKIM key or CA file stops the start, not the first send
+        await self.runtime.open()
+        self.inbound = Inbound(self.runtime, self.config, self._resolver or _dns_resolver(self.config),
+                               server_hostname(self.config.smtp))
+        if "worker" in self.roles:
+            self.pool = WorkerPool(self.runtime, self.config.tasks, self.runtime.process_id)
+            self.spawn("workers", self.pool.run())
+        if "smtp" in self.roles:
+            self.smtp = SmtpServer(self.inbound, self.config.smtp)
+            await self.smtp.start()
+        if "web" in self.roles:
+            self.web = WebServer(self.runtime, self.config.web, self.inbound)
+            await self.web.start()
+            self.spawn("web-event-poll", self.web.poll())
+            self.spawn("web-heartbeat", self.web.heartbeat())
+        self.cron = Cron(self.runtime, self.config)
+        if "scheduler" in self.roles:
+            self.scheduler = Scheduler(self.cron)
+            self.scheduler.start()
+            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up(), name="cron-catch-up")
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            self.spawn("systemd-watchdog", sdnotify.watchdog(interval))
+        sdnotify.notify(f"READY=1\nSTATUS=serving: {','.join(active) or 'no roles'}")
+        log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
+                 ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
+
+    async def _catch_up(self) -> None:
+        assert self.cron is not None
+        try:
+            await self.cron.catch_up()
+        except Exception:
+            log.exception("catching up missed scheduled runs failed", extra={"event": "cron.catch_up_failed"})
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a named background task that must live as long as the daemon."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks[name] = task
+        task.add_done_callback(self._watch)
+        return task
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        if self._stopping:
+            return
+        exc = None if task.cancelled() else task.exception()
+        log.error("background task %r stopped unexpectedly: %r; stopping the daemon", task.get_name(), exc,
+                  exc_info=exc, extra={"event": "daemon.task_died"})
+        self.failed = task.get_name()
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: load the TLS certificate and key again from their configured paths.
+
+        Connections already open keep the certificate they started with; new STARTTLS handshakes
+        present the new one. Everything else in the config needs a restart.
+        """
+        sdnotify.notify("RELOADING=1")
+        try:
+            if self.smtp is not None:
+                self.smtp.reload_tls()
+        except Exception as exc:  # a bad new certificate must not take the running server down
+            log.error("reload failed, keeping the old certificate: %s", exc, extra={"event": "daemon.reload_failed"})
+        finally:
+            sdnotify.notify("READY=1")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> int:
+        """Serve until SIGTERM/SIGINT or a watched task dies; 0 on a requested stop, 1 on a failure."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("stopping (grace period %.1f s)", self.config.daemon.grace_period, extra={"event": "daemon.stopping"})
+        return 1 if self.failed else 0
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        sdnotify.notify("STOPPING=1")
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self._catch_up_task is not None:
+            self._catch_up_task.cancel()
+            await asyncio.gather(self._catch_up_task, return_exceptions=True)
+        if self.smtp is not None:
+            await self.smtp.stop(self.config.daemon.grace_period)
+        if self.web is not None:
+            await self.web.stop()
+        if self.pool is not None:
+            await self.pool.stop(self.config.daemon.grace_period)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self.inbound is not None:
+            self.inbound.close()
+        if self.runtime is not None:
+            self.runtime.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("mailgate stopped", extra={"event": "daemon.stopped"})
+
+
+def tune_gc(threshold: int) -> None:
+    """Fit Python's garbage collector to a long-running server: call once, when the daemon has started.
+
+    The collector walks its young objects every ``threshold`` allocations (Python's default is 700).
+    A daemon with a thousand pages checking in allocates that many in a few check-ins, and its
+    collector then took a third of the CPU while finding little: with 50,000 the same daemon ran
+    about 60 % more check-ins per second (bench/checkin.py). What lives from the start to the end
+    (modules, interviews, the web app) is frozen, so that no full collection walks it again. ``0``
+    keeps Python's threshold. Process-wide, so it belongs to the process's entry point (``mailgate
+    serve``, ``mailgate demo``), not to a Daemon that tests start in their own process.
+    """
+    if threshold:
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
+    gc.collect()
+    gc.freeze()
+    log.info("garbage collector: new objects every %d allocations; %d objects from the start frozen",
+             gc.get_threshold()[0], gc.get_freeze_count(), extra={"event": "daemon.gc"})
+
+
+def _dns_resolver(config: Config) -> Resolver:
+    servers = config.smtp.dns_servers
+    if not servers:
+        return DnsResolver(timeout=config.smtp.dns_timeout)
+    hosts, ports = [], set()
+    for server in servers:
+        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "53")
+        hosts.append(host)
+        ports.add(int(port or 53))
+    if len(ports) > 1:
+        raise ConfigError(f"[smtp] dns_servers must all use one port, not {sorted(ports)}")
+    return DnsResolver(timeout=config.smtp.dns_timeout, nameservers=hosts, port=ports.pop())
+
+
+def check_roles(roles: Sequence[str]) -> tuple[str, ...]:
+    from mailgate.config import ROLES
+
+    for role in roles:
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    return tuple(roles)

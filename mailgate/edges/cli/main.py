@@ -1,0 +1,497 @@
+"""The admin CLI: thin commands over the core that print tables for people or ``--json`` for scripts.
+
+A user error prints one line (``mailgate: error: ...``) and exits 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mailgate.config import Config, find_config_path, load_config
+from mailgate.core.context import ANONYMOUS, User
+from mailgate.core.interviews import load_interviews
+from mailgate.core.runtime import Runtime
+from mailgate.core.views import email_dict, iso, session_dict, task_dict
+from mailgate.daemon.lifecycle import Daemon, check_roles, tune_gc
+from mailgate.daemon.logs import setup_logging
+from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
+from mailgate.edges.cli.send import cmd_send_test_email
+from mailgate.edges.scheduler.scheduler import Cron
+from mailgate.errors import ConfigError, MailgateError
+from mailgate.store import open_store
+
+DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin", "mailgate.demo.cron")
+
+
+class UsageError(MailgateError):
+    pass
+
+
+# -- output ------------------------------------------------------------------------------------------
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _safe(text: str, *, newlines: bool = False) -> str:
+    """Text from mail made safe for a terminal: control characters shown as escapes, never sent."""
+    if not newlines:
+        text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[_safe(str(r.get(c, "") if r.get(c) is not None else "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_record(data: dict[str, Any]) -> None:
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, indent=2, ensure_ascii=False, default=str).replace("\n", "\n" + " " * (width + 2))
+        text = "" if value is None else _safe(str(value), newlines=True)
+        print(f"{key.ljust(width)}  {text}")
+
+
+# -- plumbing ----------------------------------------------------------------------------------------
+@asynccontextmanager
+async def _runtime(config: Config) -> AsyncIterator[Runtime]:
+    """Store + interviews + runtime, without the daemon's roles (for one-shot commands)."""
+    registry = load_interviews(config.interviews.modules, config.interviews.paths)
+    store = open_store(config.store)
+    await store.open()
+    try:
+        await store.migrate()
+        runtime = Runtime(config, store, registry)
+        await runtime.open()
+        try:
+            yield runtime
+        finally:
+            runtime.close()
+    finally:
+        await store.close()
+
+
+def _parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--arg {item!r} must look like name=value")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw  # not JSON: keep the text as given
+    return out
+
+
+def _user_from(args: argparse.Namespace) -> User:
+    if getattr(args, "user", None):
+        return User(id=args.user, email=args.user if "@" in args.user else None,
+                    privileges=tuple(args.privilege or ()))
+    return ANONYMOUS
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.path or find_config_path(args.config)
+    config = load_config(path)
+    load_interviews(config.interviews.modules, config.interviews.paths)
+    if args.json:
+        _print_json({"ok": True, "path": path, "source": config.source})
+    else:
+        print(f"{path or 'built-in defaults'}: OK")
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    roles = check_roles(args.roles.split(",")) if args.roles else None
+    async with Daemon(config, roles=roles) as daemon:
+        tune_gc(config.daemon.gc_threshold)
+        return await daemon.run_until_stopped()
+
+
+async def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
+    store = open_store(config.store)
+    await store.open()
+    try:
+        applied = await store.migrate()
+        version = await store.schema_version()
+    finally:
+        await store.close()
+    if args.json:
+        _print_json({"applied": applied, "version": version})
+    else:
+        print(f"applied {len(applied)} migration(s); schema version {version}")
+    return 0
+
+
+async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.sessions_cmd == "new":
+            answers = json.loads(args.answers) if args.answers else {}
+            if not isinstance(answers, dict):
+                raise UsageError("--answers must be a JSON object")
+            rec = await rt.create_session(args.interview, answers, owner=_user_from(args))
+            data = session_dict(rec)
+            _print_json(data) if args.json else print(rec.id)
+        elif args.sessions_cmd == "list":
+            recs = await rt.store.list_sessions(interview=args.interview, limit=args.limit)
+            rows = [session_dict(r) for r in recs]
+            _print_json(rows) if args.json else _print_table(rows, ["id", "interview", "version", "modified", "accessed"])
+        elif args.sessions_cmd == "show":
+            data = session_dict(await rt.get_session(args.id), with_answers=True)
+            data["tasks"] = [t.id for t in await rt.store.list_tasks(session_id=args.id, limit=1000)]
+            _print_json(data) if args.json else _print_record(data)
+        elif args.sessions_cmd == "delete":
+            if not await rt.delete_session(args.id):
+                raise UsageError(f"no session {args.id!r}; list sessions with: mailgate sessions list")
+            _print_json({"deleted": args.id}) if args.json else print(f"deleted session {args.id}")
+        elif args.sessions_cmd == "run":
+            result = await rt.run_action(args.id, args.action, _parse_args_kv(args.arg or ()), user=_user_from(args))
+            data = result.to_dict()
+            if args.json:
+                _print_json(data)
+            else:
+                if result.text is not None:
+                    print(result.text)
+                elif result.data is not None:
+                    _print_json(data["data"])
+                else:
+                    print(f"ended: {result.kind}{' ' + result.command if result.command else ''}; "
+                          f"saved: {'yes' if result.saved else 'no'}; tasks started: {', '.join(result.tasks) or 'none'}")
+    return 0
+
+
+async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.tasks_cmd == "list":
+            recs = await rt.store.list_tasks(session_id=args.session, state=args.state, limit=args.limit)
+            rows = [task_dict(r) for r in recs]
+            _print_json(rows) if args.json else _print_table(rows, ["id", "session", "action", "state", "attempts", "created", "finished"])
+        elif args.tasks_cmd == "show":
+            rec = await (rt.wait_task(args.id, args.wait) if args.wait else rt.get_task_record(args.id))
+            data = task_dict(rec)
+            _print_json(data) if args.json else _print_record(data)
+            if args.wait and not rec.done:
+                print(f"mailgate: error: task {args.id} still {rec.state} after {args.wait:g} s", file=sys.stderr)
+                return 1
+        elif args.tasks_cmd == "retry":
+            rec = await rt.store.retry_task(args.id)
+            _print_json(task_dict(rec)) if args.json else print(f"task {rec.id} queued again")
+    return 0
+
+
+async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        boxes = await rt.store.list_mailboxes(session_id=args.session, limit=args.limit)
+        sessions = await rt.store.get_sessions([b.session_id for b in boxes])
+        rows = []
+        for box in boxes:
+            owner = json.loads(box.owner)
+            session = sessions.get(box.session_id)
+            rows.append({
+                "address": rt.addresses.address(box.local_part),
+                "session": box.session_id,
+                "interview": session.interview if session else None,
+                "owner": owner.get("email") or owner.get("id"),
+                "key": box.key or None,
+                "index": box.index or None,
+                "created": iso(box.created_at),
+                "expires": iso(box.expires_at),
+                "emails": box.emails,
+                "last_received": iso(box.last_received),
+            })
+        _print_json(rows) if args.json else _print_table(rows, ["address", "session", "interview", "owner", "created", "emails", "last_received"])
+    return 0
+
+
+async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.emails_cmd == "list":
+            local = None
+            if args.mailbox:
+                local = args.mailbox.partition("@")[0].lower()
+            recs = await rt.store.list_emails(session_id=args.session, local_part=local, limit=args.limit)
+            rows = [email_dict(r) for r in recs]
+            _print_json(rows) if args.json else _print_table(rows, ["id", "mailbox", "received", "from", "subject", "size"])
+        elif args.emails_cmd == "show":
+            found = await rt.store.get_emails([args.id])
+            if args.id not in found:
+                raise UsageError(f"no e-mail {args.id!r}; list e-mails with: mailgate emails list")
+            rec = found[args.id]
+            if args.raw:
+                raw = await rt.store.get_raw(rec.sha256) or b""
+                if args.json:
+                    _print_json({"id": rec.id, "raw_base64": base64.b64encode(raw).decode()})
+                else:
+                    sys.stdout.buffer.write(raw)
+                    sys.stdout.flush()
+            elif args.headers:
+                headers = json.loads(rec.parsed).get("headers") or []
+                if args.json:
+                    _print_json([{"name": n, "value": v} for n, v in headers])
+                else:
+                    for name, value in headers:
+                        print(f"{_safe(name)}: {_safe(value)}")
+            else:
+                data = email_dict(rec, full=True)
+                _print_json(data) if args.json else _print_record(data)
+    return 0
+
+
+async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        cron = Cron(rt, config)
+        if args.cron_cmd == "run":
+            if args.type not in cron.types and not any(iv.has_action(args.type) for iv in rt.registry):
+                raise UsageError(f"no interview defines {args.type!r} and it is not a scheduled type; "
+                                 f"scheduled types: {', '.join(cron.types)}")
+
+            def show(session_id: str, result: Any) -> None:
+                if not args.json and result.text is not None:
+                    print(f"{session_id}: {result.text}", flush=True)
+
+            report = await cron.run(args.type, on_result=show)
+            if args.json:
+                _print_json(report.to_dict())
+            else:
+                print(f"{args.type}: {report.sessions} sessions, {report.saved} saved, {report.exited} exited, "
+                      f"{report.errors} errors" + (f", {report.deleted_inactive} inactive deleted" if args.type == "cron_daily" else "")
+                      + f" in {report.seconds:.2f} s")
+            return 1 if report.errors else 0
+        last = await rt.store.last_periods()
+        now = cron.now()
+        rows = []
+        for type_, expr in cron.types.items():
+            nxt = cron.next_fire(type_, now)
+            period, at = last.get(type_, (None, None))
+            rows.append({"type": type_, "schedule": expr, "timezone": config.scheduler.timezone,
+                         "last_period": period, "last_run": iso(at), "next_run": nxt.isoformat() if nxt else None})
+        _print_json(rows) if args.json else _print_table(rows, ["type", "schedule", "last_period", "last_run", "next_run"])
+    return 0
+
+
+async def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
+    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": config.source}]
+    if config.store.backend == "sqlite" and not os.path.exists(config.store.path):  # noqa: ASYNC240 - one stat in a CLI probe
+        # a probe must not leave an empty database behind where the daemon's should be
+        checks.append({"check": "store", "ok": False, "detail": f"no SQLite store at {config.store.path}; "
+                       "check [store] path, or start the daemon (it creates and migrates the store)"})
+    else:
+        checks.append(await _check_store(config))
+    roles = config.daemon.roles
+    if "smtp" in roles:
+        checks.append(await _check_smtp(config))
+    if "web" in roles:
+        checks.append(await _check_web(config))
+    ok = all(c["ok"] for c in checks)
+    if args.json:
+        _print_json({"ok": ok, "checks": checks})
+    else:
+        for c in checks:
+            print(f"{c['check']}: {'ok' if c['ok'] else 'FAILED'} ({c['detail']})")
+    return 0 if ok else 1
+
+
+async def _check_store(config: Config) -> dict[str, Any]:
+    store = open_store(config.store)
+    try:
+        await store.open()
+        version, latest = await store.schema_version(), store.latest_migration()
+        return {"check": "store", "ok": version == latest, "detail": f"{config.store.backend}, schema {version} of {latest}"
+                + ("" if version == latest else "; run: mailgate db migrate")}
+    except MailgateError as exc:
+        return {"check": "store", "ok": False, "detail": str(exc)}
+    finally:
+        await store.close()
+
+
+def _local(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+async def _check_smtp(config: Config) -> dict[str, Any]:
+    host, port = _local(config.smtp.host), config.smtp.port
+    if port == 0:
+        return {"check": "smtp", "ok": True, "detail": "port 0 (picked at start): not checked"}
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+        try:
+            banner = (await asyncio.wait_for(reader.readline(), 5)).decode("ascii", "replace").strip()
+            writer.write(b"QUIT\r\n")
+            await writer.drain()
+        finally:
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        return {"check": "smtp", "ok": False, "detail": f"{host}:{port}: {exc or 'timed out'}"}
+    return {"check": "smtp", "ok": banner.startswith("220 "), "detail": f"{host}:{port} answered {banner[:60]!r}"}
+
+
+async def _check_web(config: Config) -> dict[str, Any]:
+    import aiohttp
+
+    host, port = _local(config.web.host), config.web.port
+    if port == 0:
+        return {"check": "web", "ok": True, "detail": "port 0 (picked at start): not checked"}
+    url = f"http://{host}:{port}/healthz"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, http.get(url) as r:
+            return {"check": "web", "ok": r.status == 200, "detail": f"{url} answered {r.status}"}
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return {"check": "web", "ok": False, "detail": f"{url}: {exc or 'timed out'}"}
+
+
+async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    demo = config.replace(
+        interviews={"modules": (*config.interviews.modules, *DEMO_MODULES)},
+        store={"path": args.store} if args.store else {},
+        web={"demo_pages": True},
+    )
+    async with Daemon(demo) as daemon:
+        tune_gc(demo.daemon.gc_threshold)
+        assert daemon.runtime is not None
+        names = ", ".join(daemon.runtime.registry.names())
+        print(f"mailgate demo: store {demo.store.path}; interviews: {names}", flush=True)
+        if daemon.web is not None:
+            print(f"open http://{demo.web.host}:{daemon.web.port}/demo/ in a browser", flush=True)
+        if daemon.smtp is not None:
+            print(f"mail for the demo sessions goes to SMTP {demo.smtp.host}:{daemon.smtp.port}", flush=True)
+        return await daemon.run_until_stopped()
+
+
+# -- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $MAILGATE_CONFIG or ./mailgate.toml)")
+
+    parser = argparse.ArgumentParser(prog="mailgate", description="Inbound-mail and notification gateway daemon.")
+    parser.add_argument("--config", help="config file (default: $MAILGATE_CONFIG or ./mailgate.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the daemon")
+    p.add_argument("--roles", help="comma-separated subset of smtp,web,worker,scheduler")
+    p = sub.add_parser("demo", parents=[common], help="run the daemon with the demo interviews")
+    p.add_argument("--store", help="SQLite file for the demo (default: the configured one)")
+    p = sub.add_parser("check-config", parents=[common], help="validate a config file")
+    p.add_argument("path", nargs="?", help="file to check (default: the one in use)")
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True, metavar="COMMAND")
+    db.add_parser("migrate", parents=[common], help="apply pending migrations")
+
+    s = sub.add_parser("sessions", help="list, create, inspect, delete sessions; run actions").add_subparsers(
+        dest="sessions_cmd", required=True, metavar="COMMAND")
+    p = s.add_parser("new", parents=[common], help="create a session")
+    p.add_argument("interview")
+    p.add_argument("--answers", help="initial answers as a JSON object")
+    p.add_argument("--user", help="owner user id (an e-mail address is also used as the e-mail)")
+    p.add_argument("--privilege", action="append", help="owner privilege (repeatable)")
+    p = s.add_parser("list", parents=[common], help="list sessions")
+    p.add_argument("--interview")
+    p.add_argument("--limit", type=int, default=100)
+    p = s.add_parser("show", parents=[common], help="show a session and its answers")
+    p.add_argument("id")
+    p = s.add_parser("delete", parents=[common], help="delete a session and everything it owns")
+    p.add_argument("id")
+    p = s.add_parser("run", parents=[common], help="run a foreground action on a session")
+    p.add_argument("id")
+    p.add_argument("action")
+    p.add_argument("--arg", action="append", metavar="NAME=VALUE", help="action argument; VALUE is JSON or text (repeatable)")
+    p.add_argument("--user", help="run as this user id")
+    p.add_argument("--privilege", action="append", help="privilege of --user (repeatable)")
+
+    t = sub.add_parser("tasks", help="list, inspect and retry background tasks").add_subparsers(
+        dest="tasks_cmd", required=True, metavar="COMMAND")
+    p = t.add_parser("list", parents=[common], help="list tasks, newest first")
+    p.add_argument("--session")
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed"])
+    p.add_argument("--limit", type=int, default=100)
+    p = t.add_parser("show", parents=[common], help="show a task with its result or error")
+    p.add_argument("id")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for it to finish")
+    p = t.add_parser("retry", parents=[common], help="queue a failed task again")
+    p.add_argument("id")
+
+    m = sub.add_parser("mailboxes", help="per-session e-mail addresses").add_subparsers(
+        dest="mailboxes_cmd", required=True, metavar="COMMAND")
+    p = m.add_parser("list", parents=[common], help="list mailboxes with their e-mail counts")
+    p.add_argument("--session")
+    p.add_argument("--limit", type=int, default=100)
+
+    e = sub.add_parser("emails", help="received e-mails").add_subparsers(dest="emails_cmd", required=True, metavar="COMMAND")
+    p = e.add_parser("list", parents=[common], help="list e-mails, oldest first")
+    p.add_argument("--mailbox", help="address or local part")
+    p.add_argument("--session")
+    p.add_argument("--limit", type=int, default=100)
+    p = e.add_parser("show", parents=[common], help="show one e-mail (parsed, --raw bytes, or --headers)")
+    p.add_argument("id")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--raw", action="store_true", help="the message exactly as received (base64 with --json)")
+    group.add_argument("--headers", action="store_true", help="only the header fields")
+
+    c = sub.add_parser("cron", help="scheduled tasks").add_subparsers(dest="cron_cmd", required=True, metavar="COMMAND")
+    p = c.add_parser("run", parents=[common], help="run a scheduled type (or any event name) now on every cron-enabled session")
+    p.add_argument("type", help="cron_hourly, cron_daily, cron_weekly, cron_monthly, or another event name")
+    c.add_parser("status", parents=[common], help="the schedule with the last and next run of each type")
+    add_send_test_email_parser(sub, common)
+    sub.add_parser("healthcheck", parents=[common], help="config, store, SMTP and web: one line each; exit 1 if any fails")
+    return parser
+
+
+ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
+    "serve": cmd_serve,
+    "demo": cmd_demo,
+    "db": cmd_db_migrate,
+    "sessions": cmd_sessions,
+    "tasks": cmd_tasks,
+    "mailboxes": cmd_mailboxes,
+    "emails": cmd_emails,
+    "cron": cmd_cron,
+    "healthcheck": cmd_healthcheck,
+    "send-test-email": cmd_send_test_email,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        config = load_config(find_config_path(args.config))
+        quiet = args.command not in ("serve", "demo")
+        setup_logging("warning" if quiet else config.daemon.log_level, config.daemon.log_format)
+        return int(asyncio.run(ASYNC_COMMANDS[args.command](args, config)))
+    except ConfigError as exc:
+        print(f"mailgate: config error: {exc}", file=sys.stderr)
+        return 2
+    except MailgateError as exc:
+        print(f"mailgate: error: {exc}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as exc:
+        print(f"mailgate: error: invalid JSON: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

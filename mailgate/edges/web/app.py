@@ -1,0 +1,87 @@
+"""The aiohttp application and its server, run in the daemon's loop (``AppRunner`` + ``TCPSite``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from mailgate.config import WebConfig
+from mailgate.core.inbound import Inbound
+from mailgate.core.runtime import Runtime
+from mailgate.edges.web import api, pages
+from mailgate.edges.web.keys import HUB, INBOUND, METRICS, RUNTIME
+from mailgate.edges.web.metrics import Metrics, exposition
+from mailgate.edges.web.ws import Hub, websocket
+
+log = logging.getLogger(__name__)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime: Runtime = request.app[RUNTIME]
+    version = await runtime.store.schema_version()
+    ok = version == runtime.store.latest_migration()
+    return web.json_response({"ok": ok, "schema_version": version}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime: Runtime = request.app[RUNTIME]
+    inbound: Inbound | None = request.app[INBOUND]
+    tasks = await runtime.store.count_tasks()
+    text = exposition(request.app[METRICS], tasks, inbound.received if inbound else 0,
+                      dict(inbound.rejected) if inbound else {})
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+
+def build_app(runtime: Runtime, inbound: Inbound | None, hub: Hub, metrics_: Metrics) -> web.Application:
+    config = runtime.config.web
+    app = web.Application(middlewares=[api.errors_middleware, api.api_key_middleware], client_max_size=1024 * 1024)
+    app[RUNTIME] = runtime
+    app[INBOUND] = inbound
+    app[HUB] = hub
+    app[METRICS] = metrics_
+    app.router.add_routes(api.routes)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    pages.add_routes(app, demo=config.demo_pages)
+    return app
+
+
+class WebServer:
+    """The listening HTTP/WebSocket server; ``port`` is the bound port (useful with ``port = 0``)."""
+
+    def __init__(self, runtime: Runtime, config: WebConfig, inbound: Inbound | None) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.metrics = Metrics()
+        self.hub = Hub(runtime, config, self.metrics)
+        self.app = build_app(runtime, inbound, self.hub, self.metrics)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.hub.start()
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        address: Any = self._runner.addresses[0]
+        self.port = int(address[1])
+        log.info("web listening on %s:%d", self.config.host, self.port, extra={"event": "web.listening"})
+
+    async def poll(self) -> None:
+        await self.hub.poll()
+
+    async def heartbeat(self) -> None:
+        await self.hub.heartbeat()
+
+    async def stop(self) -> None:
+        self.hub.close()
+        for conns in list(self.hub.connections.values()):
+            for conn in list(conns):
+                await conn.ws.close(code=1001, message=b"server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,132 @@
+"""The OpenAPI 3.1 document of the HTTP API (served at ``/api/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailgate import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "bad request", 401: "missing or wrong API key", 404: "not found", 409: "session busy or conflict",
+            422: "the action failed or cannot run", 503: "API disabled (no api_key configured)"}
+    return {str(c): _json(ERROR, text[c]) for c in codes}
+
+
+def _body(schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+SESSION_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+COMMON = (400, 401, 404, 503)
+
+
+def document(interviews: list[str] | None = None, actions: list[str] | None = None) -> dict[str, Any]:
+    """The document; ``interviews`` and ``actions`` (the loaded ones) become enums when given."""
+    obj = {"type": "object"}
+    interview_schema: dict[str, Any] = {"type": "string", **({"enum": interviews} if interviews else {})}
+    action_schema: dict[str, Any] = {"type": "string", **({"enum": actions} if actions else {})}
+    user = {"$ref": "#/components/schemas/User"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailgate API", "version": __version__,
+                 "description": "Sessions, their e-mail addresses and e-mails, actions, background tasks and browser tokens."},
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "User": {"type": "object", "additionalProperties": False, "properties": {
+                    "id": {"type": "string"}, "email": {"type": "string"}, "first_name": {"type": "string"},
+                    "last_name": {"type": "string"}, "privileges": {"type": "array", "items": {"type": "string"}}}},
+                "Session": {"type": "object", "required": ["id", "interview", "version"], "properties": {
+                    "id": {"type": "string"}, "interview": {"type": "string"}, "version": {"type": "integer"},
+                    "owner": obj, "created": {"type": "string"}, "modified": {"type": "string"},
+                    "accessed": {"type": "string"}, "answers": obj}},
+                "Task": {"type": "object", "required": ["id", "state"], "properties": {
+                    "id": {"type": "string"}, "session": {"type": "string"}, "action": {"type": "string"},
+                    "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                    "value": {}, "error_type": {"type": ["string", "null"]}, "error_message": {"type": ["string", "null"]}}},
+                "ActionResult": {"type": "object", "required": ["kind"], "properties": {
+                    "kind": {"type": "string"}, "text": {"type": ["string", "null"]}, "data": {},
+                    "commands": {"type": "array", "items": obj}, "saved": {"type": "boolean"},
+                    "tasks": {"type": "array", "items": {"type": "string"}}}},
+                "Email": {"type": "object", "required": ["id"], "properties": {
+                    "id": {"type": "string"}, "mailbox": {"type": ["string", "null"]}, "subject": {"type": ["string", "null"]},
+                    "from": {"type": ["string", "null"]}, "size": {"type": "integer"}}},
+            },
+        },
+        "paths": {
+            "/api/sessions": {"post": {
+                "summary": "Create a session", "operationId": "createSession",
+                "requestBody": _body({"type": "object", "required": ["interview"], "properties": {
+                    "interview": interview_schema, "answers": obj, "user": user}}, required=True),
+                "responses": {"201": {**_json({"$ref": "#/components/schemas/Session"}, "created"), "links": {
+                    op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
+                    for op in ("getSession", "deleteSession", "sessionAddress", "sessionEmails", "runAction",
+                               "startTask", "browserToken")}}, **_errors(*COMMON)}}},
+            "/api/sessions/{id}": {
+                "parameters": [SESSION_ID],
+                "get": {"summary": "Read a session with its answers", "operationId": "getSession",
+                        "responses": {"200": _json({"$ref": "#/components/schemas/Session"}, "the session"), **_errors(*COMMON)}},
+                "delete": {"summary": "Delete a session and everything it owns", "operationId": "deleteSession",
+                           "responses": {"204": {"description": "deleted"}, **_errors(*COMMON)}}},
+            "/api/sessions/{id}/address": {"parameters": [SESSION_ID], "post": {
+                "summary": "The session's e-mail address (interview_email)", "operationId": "sessionAddress",
+                "requestBody": _body({"type": "object", "properties": {"key": {"type": "string"},
+                                                                       "index": {"type": ["string", "integer"]}, "user": user}}),
+                "responses": {"200": _json({"type": "object", "required": ["address"], "properties": {
+                    "address": {"type": "string"}}}, "the address"), **_errors(*COMMON)}}},
+            "/api/sessions/{id}/emails": {"parameters": [SESSION_ID], "get": {
+                "summary": "The session's e-mails, oldest first", "operationId": "sessionEmails",
+                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Email"}}, "e-mails"),
+                              **_errors(*COMMON)}}},
+            "/api/emails/{id}": {"parameters": [SESSION_ID], "get": {
+                "summary": "One e-mail, parsed", "operationId": "getEmail",
+                "responses": {"200": _json({"$ref": "#/components/schemas/Email"}, "the e-mail"), **_errors(*COMMON)}}},
+            "/api/emails/{id}/raw": {"parameters": [SESSION_ID], "get": {
+                "summary": "One e-mail exactly as received", "operationId": "getEmailRaw",
+                "responses": {"200": {"description": "the message", "content": {"message/rfc822": {"schema": {"type": "string"}}}},
+                              **_errors(*COMMON)}}},
+            "/api/emails/{id}/attachments/{n}": {"parameters": [SESSION_ID, {"name": "n", "in": "path", "required": True,
+                                                                               "schema": {"type": "integer", "minimum": 0}}],
+                                                 "get": {"summary": "Download an attachment", "operationId": "getAttachment",
+                                                         "responses": {"200": {"description": "the attachment's bytes",
+                                                                               "content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+                                                                       **_errors(*COMMON)}}},
+            "/api/sessions/{id}/actions/{action}": {"parameters": [SESSION_ID, {"name": "action", "in": "path", "required": True,
+                                                                                  "schema": action_schema}], "post": {
+                "summary": "Run a foreground action under the session lease", "operationId": "runAction",
+                "requestBody": _body({"type": "object", "properties": {"arguments": obj, "user": user}}),
+                "responses": {"200": _json({"$ref": "#/components/schemas/ActionResult"}, "how the action ended"),
+                              **_errors(*COMMON, 409, 422)}}},
+            "/api/sessions/{id}/tasks": {"parameters": [SESSION_ID], "post": {
+                "summary": "Start a background action", "operationId": "startTask",
+                "requestBody": _body({"type": "object", "required": ["action"], "properties": {
+                    "action": action_schema, "ui_notification": {"type": ["string", "null"],
+                                                                      "enum": ["flash", "refresh", "javascript", "fields", None]},
+                    "arguments": obj, "user": user}}, required=True),
+                "responses": {"202": {**_json({"$ref": "#/components/schemas/Task"}, "queued"), "links": {
+                    "getTask": {"operationId": "getTask", "parameters": {"id": "$response.body#/id"}}}},
+                    **_errors(*COMMON, 422)}}},
+            "/api/tasks/{id}": {"parameters": [SESSION_ID, {"name": "wait", "in": "query", "required": False,
+                                                             "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
+                                "get": {"summary": "Read a task (optionally waiting up to `wait` seconds for it to finish)",
+                                        "operationId": "getTask",
+                                        "responses": {"200": _json({"$ref": "#/components/schemas/Task"}, "the task"),
+                                                      **_errors(*COMMON)}}},
+            "/api/sessions/{id}/token": {"parameters": [SESSION_ID], "post": {
+                "summary": "Issue a signed, expiring browser token for /ws", "operationId": "browserToken",
+                "requestBody": _body({"type": "object", "properties": {"ttl": {"type": "number", "exclusiveMinimum": 0,
+                                                                               "maximum": 86400}, "user": user}}),
+                "responses": {"201": _json({"type": "object", "required": ["token"], "properties": {
+                    "token": {"type": "string"}, "expires_in": {"type": "number"}, "ws_path": {"type": "string"}}}, "the token"),
+                    **_errors(*COMMON)}}},
+        },
+    }

@@ -1,0 +1,618 @@
+"""The embedded SQLite backend: WAL, durable (``synchronous=FULL``) group commits.
+
+Writes go through one writer thread with group commits (:mod:`.sqlite_writer`); reads through an
+aiosqlite connection, which WAL lets run beside the writer; sessions through a cache that is
+checked against the database before use (:mod:`.sqlite_cache`).
+
+Cross-process safety comes from SQLite itself: ``BEGIN IMMEDIATE`` takes the database's write lock
+and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) to let go.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import aiosqlite
+
+from mailgate.errors import LeaseLost, MailgateError, NotFound, VersionConflict
+from mailgate.store.base import (
+    Changes,
+    CommitResult,
+    Delivery,
+    EmailRecord,
+    EventRecord,
+    LeaseInfo,
+    MailboxRecord,
+    SessionRecord,
+    Store,
+    TaskRecord,
+)
+from mailgate.store.sqlite.cache import SessionCache
+from mailgate.store.sqlite.writer import SqliteWriter
+
+log = logging.getLogger(__name__)
+
+SESSION_COLS = "id, interview, answers, version, owner, created_at, modified_at, accessed_at"
+TASK_COLS = (
+    "id, session_id, interview, action, arguments, user, ui_notification, state, attempts, "
+    "max_attempts, worker, lease_until, created_at, started_at, finished_at, result, error_type, "
+    "error_message, error_trace, variables"
+)
+EVENT_COLS = "id, session_id, kind, payload, created_at"
+MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"
+EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, parsed, authentication, received_at"
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("mailgate.store.sqlite") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number = int(entry.name.split("_", 1)[0])
+            found.append((number, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class SqliteStore(Store):
+    """SQLite file store. ``clock`` returns POSIX seconds; tests may pass a controllable one."""
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time,
+                 cache_sessions: int = 10_000) -> None:
+        self.path = path
+        self.clock = clock
+        self._busy_timeout = busy_timeout
+        self._writer = SqliteWriter(path, busy_timeout, on_commit=self._committed)
+        self._reader: aiosqlite.Connection | None = None
+        self._cache_size = cache_sessions
+        self._cache: SessionCache | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            await self._writer.open()
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
+            if self._cache_size > 0:
+                self._cache = SessionCache(sqlite3.connect(self.path, isolation_level=None, timeout=0), self._cache_size)
+        except sqlite3.Error as exc:
+            raise MailgateError(f"cannot open the SQLite store {self.path!r}: {exc}; check the path and its permissions") from None
+
+    async def close(self) -> None:
+        await self._writer.close()
+        if self._cache is not None:
+            cache, self._cache = self._cache, None
+            cache.close()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
+
+    def latest_migration(self) -> int:
+        return max(n for n, _, _ in _migrations())
+
+    async def migrate(self) -> list[int]:
+        clock = self.clock
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+            applied_now: list[int] = []
+            for number, name, sql in _migrations():
+                conn.execute("BEGIN IMMEDIATE")  # serialises migrating processes
+                try:
+                    done = conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (number,)).fetchone()
+                    if not done:
+                        for statement in _statements(sql):
+                            conn.execute(statement)
+                        conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (number, name, clock()))
+                        applied_now.append(number)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            return applied_now
+
+        applied = await self._writer.run(run)
+        for number in applied:
+            log.info("applied migration %04d", number, extra={"event": "store.migrated"})
+        return applied
+
+    async def schema_version(self) -> int:
+        rows = await self._read("SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'")
+        if not rows:
+            return 0
+        rows = await self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self._reader is None:
+            raise MailgateError("the store is closed")
+        return list(await self._reader.execute_fetchall(sql, params))
+
+    # -- sessions --------------------------------------------------------------------------------
+    async def create_session(self, session_id: str, interview: str, answers: str, owner: str,
+                             allow_cron: bool = False) -> SessionRecord:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO sessions ({SESSION_COLS}, allow_cron) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)",
+                (session_id, interview, answers, owner, now, now, now, allow_cron),
+            )
+
+        await self._writer.submit(unit)
+        return SessionRecord(session_id, interview, answers, 1, owner, now, now, now)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        cache = self._cache
+        if cache is None:
+            return await self._read_session_uncached(session_id)
+        rec = cache.get(session_id)
+        if rec is not None:
+            return rec
+        seen = cache.check()
+        rec = await self._read_session_uncached(session_id)
+        if rec is not None and self._cache is cache:  # not closed meanwhile
+            cache.put(rec, seen)
+        return rec
+
+    async def _read_session_uncached(self, session_id: str) -> SessionRecord | None:
+        rows = await self._read(f"SELECT {SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
+        return SessionRecord(*rows[0]) if rows else None
+
+    def _committed(self) -> None:
+        if self._cache is not None:
+            self._cache.stale()
+
+    def cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of the session cache since the store was opened."""
+        return (self._cache.hits, self._cache.misses) if self._cache is not None else (0, 0)
+
+    async def get_sessions(self, session_ids: Sequence[str]) -> dict[str, SessionRecord]:
+        """The sessions that exist among ``session_ids``: from the cache where it has them (the
+        recipients of mail, message after message), the rest in reads of 500."""
+        out: dict[str, SessionRecord] = {}
+        ids = list(dict.fromkeys(session_ids))
+        cache = self._cache
+        seen = None
+        if cache is not None:
+            missing = []
+            for session_id in ids:
+                rec = cache.get(session_id)
+                if rec is None:
+                    missing.append(session_id)
+                else:
+                    out[session_id] = rec
+            ids = missing
+            seen = cache.check() if ids else None
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._read(f"SELECT {SESSION_COLS} FROM sessions WHERE id IN ({marks})", chunk):
+                rec = out[row[0]] = SessionRecord(*row)
+                if cache is not None and self._cache is cache:  # not closed meanwhile
+                    cache.put(rec, seen)
+        return out
+
+    async def list_sessions(self, *, interview: str | None = None, limit: int = 100, after: str | None = None) -> list[SessionRecord]:
+        where, params = ["1=1"], []
+        if interview is not None:
+            where.append("interview = ?")
+            params.append(interview)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
+        rows = await self._read(
+            f"SELECT {SESSION_COLS} FROM sessions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [SessionRecord(*r) for r in rows]
+
+    async def delete_session(self, session_id: str) -> bool:
+        try:
+            return bool(await self._writer.submit(lambda conn: _delete_session(conn, session_id)))
+        finally:
+            if self._cache is not None:
+                self._cache.drop(session_id)
+
+    # -- commit ------------------------------------------------------------------------------------
+    async def commit(self, changes: Changes) -> CommitResult:
+        now = self.clock()
+        result: CommitResult = await self._writer.submit(lambda conn: _apply_changes(conn, changes, now))
+        cache = self._cache
+        if cache is not None:
+            if changes.save is not None and result.version is not None:
+                s = changes.save
+                cache.saved(s.session_id, s.answers, result.version, now, s.touch)
+            if changes.delete_session is not None:
+                cache.drop(changes.delete_session)
+        return result
+
+    # -- leases ------------------------------------------------------------------------------------
+    async def try_acquire_lease(self, session_id: str, holder: str, ttl: float, budget: float) -> LeaseInfo | None:
+        busy, _ = await self.acquire_lease_and_read(session_id, holder, ttl, budget)
+        return busy
+
+    async def acquire_lease_and_read(self, session_id: str, holder: str, ttl: float,
+                                     budget: float) -> tuple[LeaseInfo | None, SessionRecord | None]:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> tuple[LeaseInfo | None, SessionRecord | None]:
+            cur = conn.execute(
+                "INSERT INTO session_leases VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(session_id) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at, "
+                "expires_at = excluded.expires_at, budget_until = excluded.budget_until "
+                "WHERE session_leases.expires_at < ?",
+                (session_id, holder, now, now + ttl, now + budget, now),
+            )
+            if cur.rowcount == 1:
+                session = conn.execute(f"SELECT {SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+                return None, SessionRecord(*session) if session else None
+            row = conn.execute("SELECT session_id, holder, acquired_at, expires_at, budget_until FROM session_leases WHERE session_id = ?", (session_id,)).fetchone()
+            return LeaseInfo(*row), None
+
+        return await self._writer.submit(unit)
+
+    async def renew_lease(self, session_id: str, holder: str, ttl: float) -> bool:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("UPDATE session_leases SET expires_at = ? WHERE session_id = ? AND holder = ?", (now + ttl, session_id, holder))
+            return cur.rowcount == 1
+
+        return bool(await self._writer.submit(unit))
+
+    async def release_lease(self, session_id: str, holder: str) -> None:
+        await self._writer.submit(
+            lambda conn: conn.execute("DELETE FROM session_leases WHERE session_id = ? AND holder = ?", (session_id, holder))
+        )
+
+    # -- tasks -------------------------------------------------------------------------------------
+    async def claim_tasks(self, worker: str, limit: int, lease: float) -> list[TaskRecord]:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> list[TaskRecord]:
+            exhausted = conn.execute(
+                "UPDATE tasks SET state = 'failed', finished_at = ?, lease_until = NULL, error_type = 'WorkerLost', "
+                "error_message = 'the worker running this task stopped (killed or crashed) ' || attempts || "
+                "' times; giving up. Fix the cause, then run: mailgate tasks retry ' || id "
+                "WHERE state = 'running' AND lease_until < ? AND attempts >= max_attempts RETURNING id, session_id",
+                (now, now),
+            ).fetchall()
+            for task_id, session_id in exhausted:
+                log.error("task %s failed: its worker died on every attempt", task_id, extra={"event": "task.worker_lost"})
+                conn.execute(
+                    "INSERT INTO events (session_id, kind, payload, created_at) VALUES (?, 'task', ?, ?)",
+                    (session_id, f'{{"task":"{task_id}","state":"failed"}}', now),
+                )
+            rows = conn.execute(
+                f"UPDATE tasks SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, started_at = ? "
+                "WHERE seq IN (SELECT seq FROM tasks WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
+                f"ORDER BY seq LIMIT ?) RETURNING {TASK_COLS}",
+                (worker, now + lease, now, now, limit),
+            ).fetchall()
+            return [TaskRecord(*r) for r in rows]
+
+        return await self._writer.submit(unit)
+
+    async def heartbeat(self, worker: str, task_ids: Sequence[str], lease: float) -> None:
+        if not task_ids:
+            return
+        until = self.clock() + lease
+        ids = list(task_ids)
+        await self._writer.submit(
+            lambda conn: conn.executemany(
+                "UPDATE tasks SET lease_until = ? WHERE id = ? AND worker = ? AND state = 'running'",
+                [(until, i, worker) for i in ids],
+            )
+        )
+
+    async def release_tasks(self, worker: str, task_ids: Sequence[str]) -> None:
+        if not task_ids:
+            return
+        ids = list(task_ids)
+        await self._writer.submit(
+            lambda conn: conn.executemany(
+                "UPDATE tasks SET state = 'queued', worker = NULL, lease_until = NULL, attempts = attempts - 1 "
+                "WHERE id = ? AND worker = ? AND state = 'running'",
+                [(i, worker) for i in ids],
+            )
+        )
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        rows = await self._read(f"SELECT {TASK_COLS} FROM tasks WHERE id = ?", (task_id,))
+        return TaskRecord(*rows[0]) if rows else None
+
+    async def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        out: dict[str, TaskRecord] = {}
+        ids = list(dict.fromkeys(task_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._read(f"SELECT {TASK_COLS} FROM tasks WHERE id IN ({marks})", chunk):
+                rec = TaskRecord(*row)
+                out[rec.id] = rec
+        return out
+
+    async def list_tasks(self, *, session_id: str | None = None, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        where, params = ["1=1"], []
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        rows = await self._read(f"SELECT {TASK_COLS} FROM tasks WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?", (*params, limit))
+        return [TaskRecord(*r) for r in rows]
+
+    async def retry_task(self, task_id: str) -> TaskRecord:
+        def unit(conn: sqlite3.Connection) -> TaskRecord:
+            row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
+            if row[0] != "failed":
+                raise MailgateError(f"task {task_id} is {row[0]}; only failed tasks can be retried")
+            cur = conn.execute(
+                "UPDATE tasks SET state = 'queued', attempts = 0, worker = NULL, lease_until = NULL, started_at = NULL, "
+                "finished_at = NULL, result = NULL, error_type = NULL, error_message = NULL, error_trace = NULL, "
+                f"variables = NULL WHERE id = ? RETURNING {TASK_COLS}",
+                (task_id,),
+            )
+            return TaskRecord(*cur.fetchone())
+
+        return await self._writer.submit(unit)
+
+    async def count_tasks(self) -> dict[str, int]:
+        rows = await self._read("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        counts = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
+        counts.update({state: int(n) for state, n in rows})
+        return counts
+
+    # -- scheduled tasks -------------------------------------------------------------------------------
+    async def claim_period(self, type_: str, period: str, holder: str) -> bool:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT INTO cron_periods VALUES (?, ?, ?, ?) ON CONFLICT(type, period) DO NOTHING",
+                               (type_, period, holder, now))
+            return cur.rowcount == 1
+
+        return bool(await self._writer.submit(unit))
+
+    async def last_periods(self) -> dict[str, tuple[str, float]]:
+        rows = await self._read("SELECT type, period, claimed_at FROM cron_periods c WHERE claimed_at = "
+                                "(SELECT MAX(claimed_at) FROM cron_periods WHERE type = c.type)")
+        return {t: (p, float(at)) for t, p, at in rows}
+
+    async def cron_session_ids(self, interviews: Sequence[str], after: str | None, limit: int) -> list[str]:
+        if not interviews:
+            return []
+        marks = ",".join("?" * len(interviews))
+        rows = await self._read(
+            f"SELECT id FROM sessions WHERE interview IN ({marks}) AND allow_cron = 1 AND id > ? ORDER BY id LIMIT ?",
+            (*interviews, after or "", limit),
+        )
+        return [r[0] for r in rows]
+
+    async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
+                                   limit: int) -> list[str]:
+        where: list[str] = ["accessed_at < ?"]
+        params: list[Any] = [before]
+        if interviews is not None:
+            where.append(f"interview IN ({','.join('?' * len(interviews))})")
+            params.extend(interviews)
+        if exclude:
+            where.append(f"interview NOT IN ({','.join('?' * len(exclude))})")
+            params.extend(exclude)
+        rows = await self._read(f"SELECT id FROM sessions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit))
+        return [r[0] for r in rows]
+
+    # -- mail ------------------------------------------------------------------------------------------
+    async def setting(self, name: str, default: str) -> str:
+        def unit(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(name) DO NOTHING", (name, default))
+            return str(conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()[0])
+
+        rows = await self._read("SELECT value FROM settings WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else await self._writer.submit(unit)
+
+    async def find_mailbox(self, local_part: str) -> MailboxRecord | None:
+        rows = await self._read(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE local_part = ?", (local_part,))
+        return MailboxRecord(*rows[0]) if rows else None
+
+    async def list_mailboxes(self, *, session_id: str | None = None, limit: int = 100) -> list[MailboxRecord]:
+        where, params = ("WHERE m.session_id = ?", [session_id]) if session_id is not None else ("", [])
+        rows = await self._read(
+            f"SELECT {', '.join('m.' + c for c in MAILBOX_COLS.split(', '))}, COUNT(e.seq), MAX(e.received_at) "
+            f"FROM mailboxes m LEFT JOIN emails e ON e.local_part = m.local_part {where} "
+            "GROUP BY m.local_part ORDER BY m.created_at, m.local_part LIMIT ?",
+            (*params, limit),
+        )
+        return [MailboxRecord(*r) for r in rows]
+
+    async def deliver(self, delivery: Delivery) -> tuple[list[str], list[EventRecord]]:
+        now = self.clock()
+
+        def unit(conn: sqlite3.Connection) -> tuple[list[str], list[EventRecord]]:
+            _insert_raw(conn, delivery.sha256, delivery.raw)
+            new_ids: list[str] = []
+            events: list[EventRecord] = []
+            for e in delivery.emails:
+                cur = conn.execute(
+                    f"INSERT INTO emails ({EMAIL_COLS}, dedupe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(local_part, dedupe) DO NOTHING",
+                    (e.id, e.local_part, e.session_id, e.message_id, delivery.sha256, len(delivery.raw),
+                     e.envelope, e.parsed, e.authentication, now, e.dedupe),
+                )
+                if cur.rowcount != 1:
+                    continue  # a duplicate: already stored (and its task queued) once
+                new_ids.append(e.id)
+                result = _apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now)
+                events.extend(result.events)
+            return new_ids, events
+
+        return await self._writer.submit(unit)
+
+    async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]:
+        out: dict[str, EmailRecord] = {}
+        ids = list(dict.fromkeys(email_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in await self._read(f"SELECT {EMAIL_COLS} FROM emails WHERE id IN ({marks})", chunk):
+                out[row[0]] = EmailRecord(*row)
+        return out
+
+    async def list_emails(self, *, session_id: str | None = None, local_part: str | None = None,
+                          limit: int = 100) -> list[EmailRecord]:
+        where, params = ["1=1"], []
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if local_part is not None:
+            where.append("local_part = ?")
+            params.append(local_part)
+        rows = await self._read(f"SELECT {EMAIL_COLS} FROM emails WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                                (*params, limit))
+        return [EmailRecord(*r) for r in rows]
+
+    async def get_raw(self, sha256: str) -> bytes | None:
+        rows = await self._read("SELECT raw FROM raw_messages WHERE sha256 = ?", (sha256,))
+        return bytes(rows[0][0]) if rows else None
+
+    # -- events ------------------------------------------------------------------------------------
+    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+        rows = await self._read(
+            f"SELECT {EVENT_COLS} FROM events WHERE session_id = ? AND id > ? ORDER BY id LIMIT ?", (session_id, after_id, limit)
+        )
+        return [EventRecord(*r) for r in rows]
+
+    async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
+        rows = await self._read(f"SELECT {EVENT_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        return [EventRecord(*r) for r in rows]
+
+    async def last_event_id(self) -> int:
+        rows = await self._read("SELECT COALESCE(MAX(id), 0) FROM events")
+        return int(rows[0][0])
+
+    # -- introspection for tests and metrics ---------------------------------------------------------
+    @property
+    def commit_stats(self) -> tuple[int, int]:
+        """(group commits, units committed) since open."""
+        return self._writer.batches, self._writer.units
+
+
+_RAW_IN_PIECES = 1 << 20  # raw messages this big are written through the blob API, in pieces
+
+
+def _insert_raw(conn: sqlite3.Connection, sha256: str, raw: bytes) -> None:
+    """Store the raw bytes once per content hash.
+
+    A bound blob is copied by sqlite3 and again into the row SQLite assembles, so a 25 MB message
+    would cost 50 MB more in the daemon; a big one is inserted as a zero blob and filled in place.
+    """
+    if len(raw) < _RAW_IN_PIECES:
+        conn.execute("INSERT INTO raw_messages VALUES (?, ?, ?) ON CONFLICT(sha256) DO NOTHING", (sha256, len(raw), raw))
+        return
+    cur = conn.execute("INSERT INTO raw_messages VALUES (?, ?, zeroblob(?)) ON CONFLICT(sha256) DO NOTHING",
+                       (sha256, len(raw), len(raw)))
+    if cur.rowcount != 1 or cur.lastrowid is None:
+        return  # already stored
+    view = memoryview(raw)
+    with conn.blobopen("raw_messages", "raw", cur.lastrowid) as blob:
+        for start in range(0, len(raw), _RAW_IN_PIECES):
+            blob.write(view[start : start + _RAW_IN_PIECES])
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration file into statements (the files hold no semicolons inside statements)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _delete_session(conn: sqlite3.Connection, session_id: str) -> bool:
+    cur = conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+    hashes = [h for (h,) in conn.execute("DELETE FROM emails WHERE session_id = ? RETURNING sha256", (session_id,))]
+    conn.executemany(
+        "DELETE FROM raw_messages WHERE sha256 = ? AND NOT EXISTS (SELECT 1 FROM emails WHERE sha256 = ?)",
+        [(h, h) for h in set(hashes)],
+    )
+    conn.execute("DELETE FROM mailboxes WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM tasks WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
+    conn.execute("DELETE FROM session_leases WHERE session_id = ?", (session_id,))
+    return cur.rowcount == 1
+
+
+def _check_unleased(conn: sqlite3.Connection, session_id: str, expected_version: int, now: float) -> None:
+    holder = conn.execute("SELECT holder FROM session_leases WHERE session_id = ? AND expires_at >= ?", (session_id, now)).fetchone()
+    if holder is not None:
+        raise VersionConflict(f"session {session_id} is leased by {holder[0]}; nothing was saved")
+    current = conn.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if current is None:
+        raise NotFound(f"session {session_id} was deleted while the action ran; nothing was saved")
+    if current[0] != expected_version:
+        raise VersionConflict(f"session {session_id} is at version {current[0]}, not {expected_version}; nothing was saved")
+
+
+def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitResult:
+    version: int | None = None
+    # An unleased save of the same session at the same version checks the lease in its UPDATE.
+    guard_in_save = ch.save is not None and ch.unleased == (ch.save.session_id, ch.save.expected_version)
+    if ch.unleased is not None and not guard_in_save:
+        _check_unleased(conn, *ch.unleased, now)
+    if ch.finish is not None:
+        f = ch.finish
+        cur = conn.execute(
+            "UPDATE tasks SET state = ?, result = ?, error_type = ?, error_message = ?, error_trace = ?, variables = ?, "
+            "finished_at = ?, lease_until = NULL WHERE id = ? AND worker = ? AND state = 'running'",
+            (f.state, f.result, f.error_type, f.error_message, f.error_trace, f.variables, now, f.task_id, f.worker),
+        )
+        if cur.rowcount != 1:
+            raise LeaseLost(f"task {f.task_id} is no longer claimed by worker {f.worker} (its lease expired and it was claimed again)")
+    if ch.save is not None:
+        s = ch.save
+        sql = ("UPDATE sessions SET answers = ?, version = version + 1, modified_at = ?, allow_cron = ?, "
+               "accessed_at = CASE WHEN ? THEN ? ELSE accessed_at END WHERE id = ? AND version = ?")
+        params: tuple[Any, ...] = (s.answers, now, s.allow_cron, s.touch, now, s.session_id, s.expected_version)
+        if guard_in_save:
+            sql += " AND NOT EXISTS (SELECT 1 FROM session_leases WHERE session_id = ? AND expires_at >= ?)"
+            params += (s.session_id, now)
+        # rowcount, not RETURNING: one step of the statement (each step lets go of the GIL)
+        if conn.execute(sql, params).rowcount != 1:
+            if guard_in_save:
+                _check_unleased(conn, s.session_id, s.expected_version, now)  # raises the precise error
+            current = conn.execute("SELECT version FROM sessions WHERE id = ?", (s.session_id,)).fetchone()
+            if current is None:
+                raise NotFound(f"session {s.session_id} was deleted while the action ran; nothing was saved")
+            raise VersionConflict(
+                f"session {s.session_id} is at version {current[0]}, not {s.expected_version}: someone saved it "
+                "since it was read; nothing was saved"
+            )
+        version = s.expected_version + 1
+    if ch.delete_session is not None:
+        _delete_session(conn, ch.delete_session)
+    if ch.new_tasks:
+        conn.executemany(
+            "INSERT INTO tasks (id, session_id, interview, action, arguments, user, ui_notification, state, max_attempts, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            [(t.id, t.session_id, t.interview, t.action, t.arguments, t.user, t.ui_notification, t.max_attempts, now) for t in ch.new_tasks],
+        )
+    events = []
+    for e in ch.events:
+        row = conn.execute(
+            "INSERT INTO events (session_id, kind, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            (e.session_id, e.kind, e.payload, now),
+        ).fetchone()
+        events.append(EventRecord(int(row[0]), e.session_id, e.kind, e.payload, now))
+    if ch.mailboxes:
+        conn.executemany(
+            f"INSERT INTO mailboxes ({MAILBOX_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(local_part) DO UPDATE SET expires_at = excluded.expires_at",
+            [(m.local_part, m.session_id, m.key, m.index, m.owner, now, m.expires_at) for m in ch.mailboxes],
+        )
+    if ch.release_lease is not None:
+        conn.execute("DELETE FROM session_leases WHERE session_id = ? AND holder = ?", ch.release_lease)
+    return CommitResult(version=version, events=tuple(events))
+

@@ -1,0 +1,163 @@
+"""The SQLite writer: one thread, one connection, durable group commits.
+
+Every write of the process is a *unit* (a function of the connection). Units that arrive while a
+commit is in flight are applied together in the next transaction and all of them are answered
+after that one fsync. A batch runs without a savepoint per unit; if a unit fails, the transaction
+is rolled back and the batch runs again with a SAVEPOINT around each unit, so that one failing
+unit does not undo its neighbours. This is why writes do not go through aiosqlite: it hops to its
+thread once per statement (about 125 us measured here), while a group commit needs the whole
+transaction in one hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from mailgate.errors import MailgateError
+
+T = TypeVar("T")
+Unit = Callable[[sqlite3.Connection], Any]
+
+
+class SqliteWriter:
+    """One thread, one connection, group commits."""
+
+    def __init__(self, path: str, busy_timeout: float, on_commit: Callable[[], None] = lambda: None) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._on_commit = on_commit
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-sqlite-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Unit, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.units = 0
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` outside any batch (migrations); it manages its own transaction."""
+        assert self._conn is not None
+        conn = self._conn
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        finally:
+            self._on_commit()
+
+    async def submit(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+        """Apply ``unit`` in the next group commit; returns its result once durable."""
+        if self._conn is None:
+            raise MailgateError("the store is closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((unit, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="sqlite-group-commit")
+        return await fut
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await loop.run_in_executor(self._executor, self._apply, [u for u, _ in batch])
+                except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
+                    self._on_commit()
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc if isinstance(exc, Exception) else MailgateError("store stopped"))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._on_commit()
+                self.batches += 1
+                self.units += len(batch)
+                for (_, fut), (ok, value) in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+        finally:
+            self._flusher = None
+
+    def _apply(self, units: list[Unit]) -> list[tuple[bool, Any]]:
+        """Apply ``units`` in one transaction; each one's (ok, result or exception).
+
+        Units rarely fail (a version conflict, a lost lease), so a batch first runs without a
+        savepoint per unit (two statements fewer per unit). If one does fail, the transaction is
+        rolled back and the batch runs again with a savepoint around each unit, so that only the
+        failing ones are undone.
+        """
+        conn = self._conn
+        assert conn is not None
+        if len(units) > 1:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results: list[tuple[bool, Any]] = [(True, unit(conn)) for unit in units]
+            except Exception:
+                conn.execute("ROLLBACK")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                self._finish(conn)
+                return results
+        results = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if len(units) == 1:  # alone in its transaction: no savepoint needed
+                try:
+                    results.append((True, units[0](conn)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    return [(False, exc)]
+            else:
+                for unit in units:
+                    conn.execute("SAVEPOINT unit")
+                    try:
+                        value = unit(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO unit")
+                        conn.execute("RELEASE unit")
+                        results.append((False, exc))
+                    else:
+                        conn.execute("RELEASE unit")
+                        results.append((True, value))
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._finish(conn)
+        return results
+
+    @staticmethod
+    def _finish(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
