@@ -266,9 +266,6 @@ def _check_cross(config: Config) -> None:
             raise ConfigError(f"{src}: [mail] domains: {domain!r} is not a valid domain name") from None
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
-    from mailgate.edges.scheduler.scheduler import check_schedule
-
-    check_schedule(config)
     check_outbound(config.outbound, src, files=False)  # the DKIM key and CA file are read when the daemon starts
     if config.store.backend == "postgres" and not config.store.dsn:
         raise ConfigError(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")

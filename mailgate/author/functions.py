@@ -7,11 +7,11 @@ a control exception: nothing after them runs.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from typing import Any, NoReturn
 
+from mailgate.core.bridge import refuse_on_loop, run_on_loop
 from mailgate.core.commands import checkin_commands
 from mailgate.core.context import (
     CURRENT,
@@ -133,14 +133,8 @@ def get_emails(key: str | None = None, index: Any = None) -> list[Any]:
     Blocking read: in an ``async def`` handler use ``await get_emails_async()``.
     """
     ctx = current("get_emails")
-    try:
-        on_loop = asyncio.get_running_loop() is ctx.loop
-    except RuntimeError:
-        on_loop = False
-    if on_loop:
-        raise ActionError("get_emails() would block the event loop; in an async handler use `await get_emails_async()`")
-    coro = ctx.runtime.get_mailboxes(ctx.session_id, key, index)
-    return list(asyncio.run_coroutine_threadsafe(coro, ctx.loop).result(30))
+    refuse_on_loop(ctx.loop, "get_emails()", "await get_emails_async()")
+    return list(run_on_loop(ctx.loop, ctx.runtime.get_mailboxes(ctx.session_id, key, index), 30))
 
 
 async def get_emails_async(key: str | None = None, index: Any = None) -> list[Any]:

@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from mailgate.author.templates import Template
+from mailgate.core.bridge import refuse_on_loop, run_on_loop
 from mailgate.core.context import ActionContext, current
 from mailgate.errors import ActionError
 from mailgate.outbound.message import (
@@ -54,19 +55,13 @@ def send_email(
     ``async def`` handler use ``await send_email_async(...)``.
     """
     ctx = current("send_email")
-    try:
-        on_loop = asyncio.get_running_loop() is ctx.loop
-    except RuntimeError:
-        on_loop = False
-    if on_loop:
-        raise ActionError("send_email() would block the event loop; in an async handler use `await send_email_async(...)`")
+    refuse_on_loop(ctx.loop, "send_email()", "await send_email_async(...)")
     outbound = _outbound(ctx)
     message = outbound.prepare(_message(ctx, to, subject, body, html, template, attachments, sender, cc, bcc, reply_to))
-    future = asyncio.run_coroutine_threadsafe(outbound.send_one(message), ctx.loop)
     try:
-        result = future.result(outbound.deadline + 5)  # send_one ends by its deadline; this only guards a stopped loop
+        # send_one ends by its deadline; this only guards a stopped loop
+        result = run_on_loop(ctx.loop, outbound.send_one(message), outbound.deadline + 5)
     except concurrent.futures.TimeoutError:
-        future.cancel()
         log.error("outbound message %s: no answer from the event loop in %g s; not sent", message.message_id,
                   outbound.deadline + 5, extra={"event": "outbound.failed"})
         return False

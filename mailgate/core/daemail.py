@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mailgate.core import answers as codec
+from mailgate.core.bridge import refuse_on_loop, run_on_loop
 from mailgate.core.context import CURRENT
-from mailgate.errors import ActionError, NotFound
+from mailgate.core.emails import attachment_of
+from mailgate.errors import ActionError
 from mailgate.store.base import EmailRecord
 
 if TYPE_CHECKING:
-    from mailgate.core.runtime import Runtime
+    from mailgate.core.emails import Emails
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,7 @@ class EmailAttachment:
 
     def data(self) -> bytes:
         """The attachment's bytes (decoded), read from the stored raw message."""
-        from mailgate.mail.parse import parse_message
-
-        attachments = parse_message(self.email.raw).attachments
-        if self.number >= len(attachments):
-            raise NotFound(f"e-mail {self.email.id} has no attachment {self.number}")
-        return attachments[self.number].data
+        return attachment_of(self.email.raw, self.number, self.email.id).data
 
 
 class DAEmail:
@@ -68,9 +65,11 @@ class DAEmail:
     address: str | None
     envelope: dict[str, Any]
 
-    def __init__(self, email_id: str, record: EmailRecord | None = None, runtime: Runtime | None = None) -> None:
+    def __init__(self, email_id: str, record: EmailRecord | None = None, emails: Emails | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._id = email_id
-        self._runtime = runtime
+        self._emails = emails
+        self._loop = loop
         self._raw: bytes | None = None
         self._record: EmailRecord | None = None
         if record is not None:
@@ -133,33 +132,26 @@ class DAEmail:
     def raw(self) -> bytes:
         """The message exactly as received."""
         if self._raw is None:
-            runtime, loop = self._bridge()
-            try:
-                on_loop = asyncio.get_running_loop() is loop
-            except RuntimeError:
-                on_loop = False
-            if on_loop:
-                raise ActionError("DAEmail.raw would block the event loop; in an async handler use `await email.raw_async()`")
-            self._raw = asyncio.run_coroutine_threadsafe(self.raw_async(), loop).result(30)
+            _, loop = self._bridge()
+            refuse_on_loop(loop, "DAEmail.raw", "await email.raw_async()")
+            self._raw = run_on_loop(loop, self.raw_async(), 30)
         return self._raw
 
     async def raw_async(self) -> bytes:
         if self._raw is None:
-            runtime, _ = self._bridge()
+            emails, _ = self._bridge()
             if self._record is None:
                 raise ActionError(f"DAEmail {self._id} was not loaded from the store")
-            raw = await runtime.store.get_raw(self._record.sha256)
-            if raw is None:
-                raise NotFound(f"the raw bytes of e-mail {self._id} are gone (its session was deleted)")
-            self._raw = raw
+            self._raw = await emails.raw(self._record)
         return self._raw
 
-    def _bridge(self) -> tuple[Runtime, asyncio.AbstractEventLoop]:
+    def _bridge(self) -> tuple[Emails, asyncio.AbstractEventLoop]:
         ctx = CURRENT.get()
-        runtime = self._runtime or (ctx.runtime if ctx is not None else None)
-        if runtime is None:
+        emails = self._emails or (ctx.runtime.emails if ctx is not None else None)
+        loop = self._loop or (ctx.loop if ctx is not None else None)
+        if emails is None or loop is None:
             raise ActionError("reading a DAEmail's raw bytes needs a running mailgate")
-        return runtime, runtime.loop
+        return emails, loop
 
 
 codec.register_reference("email", DAEmail, DAEmail)

@@ -39,11 +39,12 @@ from mailgate.core.context import (
     User,
 )
 from mailgate.core.daemail import DAEmail
+from mailgate.core.emails import Emails, MailboxView
 from mailgate.core.events import EventBus
 from mailgate.core.inbound import Addresses
 from mailgate.core.interviews import Action, Interview, Registry
 from mailgate.core.leases import Lease, Leases
-from mailgate.core.tasks import Task
+from mailgate.core.tasks import Task, TaskBook
 from mailgate.core.threads import DaemonThreadPool, Deadlines, LoopResults
 from mailgate.core.tokens import Signer
 from mailgate.errors import (
@@ -158,7 +159,8 @@ class Runtime:
         self.leases = Leases(config.sessions, store, self.process_id)
         self.checkin_retries = 0  # optimistic check-ins that had to run again under the lease
         self._task_listeners: list[Callable[[], None]] = []
-        self._finished: dict[str, asyncio.Event] = {}
+        self.tasks = TaskBook(store, config.tasks, config.sessions.lock_timeout + 5)
+        self.emails = Emails(store)
         self._interview_of: dict[str, str] = {}
         self._loop_results: LoopResults | None = None
         self._task_runner = TaskRunner(self)
@@ -167,7 +169,7 @@ class Runtime:
 
     async def open(self) -> None:
         """Read what the runtime needs from the store (the address secret)."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = self.tasks.loop = asyncio.get_running_loop()
         secret = await self.store.setting("address_secret", secrets.token_hex(32))
         self.addresses = Addresses(self.config.mail, bytes.fromhex(secret))
         if self.config.web.secret_key:
@@ -183,7 +185,7 @@ class Runtime:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+            self._loop = self.tasks.loop = asyncio.get_running_loop()
         return self._loop
 
     def close(self) -> None:
@@ -210,6 +212,12 @@ class Runtime:
         answers = codec.decode(rec.answers)
         await self.hydrate(answers)
         return answers
+
+    async def list_sessions(self, *, interview: str | None = None, limit: int = 100) -> list[SessionRecord]:
+        return await self.store.list_sessions(interview=interview, limit=limit)
+
+    async def session_exists(self, session_id: str) -> bool:
+        return await self.store.get_session(session_id) is not None
 
     async def delete_session(self, session_id: str) -> bool:
         self._interview_of.pop(session_id, None)
@@ -239,7 +247,7 @@ class Runtime:
             max_attempts=self.config.tasks.max_attempts,
         )
         ctx.new_tasks.append(task)
-        return Task(task.id, runtime=self)
+        return Task(task.id, self.tasks)
 
     async def start_background_action(
         self, session_id: str, action: str, ui_notification: str | None = None,
@@ -259,25 +267,11 @@ class Runtime:
         return task
 
     async def get_task_record(self, task_id: str) -> TaskRecord:
-        rec = await self.store.get_task(task_id)
-        if rec is None:
-            raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
-        return rec
+        return await self.tasks.get(task_id)
 
     async def wait_task(self, task_id: str, timeout: float) -> TaskRecord:
         """The task's row once it is done, or as it is when ``timeout`` runs out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            done = self._finished.setdefault(task_id, asyncio.Event())
-            rec = await self.get_task_record(task_id)
-            remaining = deadline - time.monotonic()
-            if rec.done or remaining <= 0:
-                return rec
-            # Finishes in this process set the event at once; other processes' are seen by polling.
-            try:
-                await asyncio.wait_for(done.wait(), min(remaining, self.config.tasks.poll_interval))
-            except TimeoutError:
-                pass
+        return await self.tasks.wait(task_id, timeout)
 
     # -- mailboxes ---------------------------------------------------------------------------------
     def interview_email(self, ctx: ActionContext, key: str | None, index: Any) -> str:
@@ -308,6 +302,10 @@ class Runtime:
         )
         return f"{self.config.web.public_url.rstrip('/')}/run/{token}"
 
+    def browser_token(self, session_id: str, user: User = ANONYMOUS, ttl: float | None = None) -> str:
+        """A signed, expiring token with which a page of ``session_id`` opens its WebSocket as ``user``."""
+        return self.signer.sign("browser", self.config.web.token_ttl if ttl is None else ttl, s=session_id, u=user.to_json())
+
     async def get_mailboxes(self, session_id: str, key: str | None = None, index: Any = None) -> list[Mailbox]:
         """The session's mailboxes (optionally one key/index) with their e-mails, oldest first."""
         boxes = await self.store.list_mailboxes(session_id=session_id, limit=10_000)
@@ -316,9 +314,22 @@ class Runtime:
             if (key is not None and box.key != str(key)) or (index is not None and box.index != str(index)):
                 continue
             records = await self.store.list_emails(local_part=box.local_part, limit=10_000)
-            emails = [DAEmail(r.id, r, self) for r in records]
+            emails = [DAEmail(r.id, r, self.emails, self.loop) for r in records]
             out.append(Mailbox(self.addresses.address(box.local_part), box.key or None, box.index or None, emails, box))
         return out
+
+    async def mailboxes(self, *, session_id: str | None = None, limit: int = 100) -> list[MailboxView]:
+        """Mailboxes (of one session, or all) with their addresses and sessions, for the edges."""
+        return await self.emails.mailboxes(self.addresses.address, session_id=session_id, limit=limit)
+
+    # -- the store as the edges see it ---------------------------------------------------------------
+    async def schema_status(self) -> tuple[int, int]:
+        """(the store's schema version, the latest this code knows)."""
+        return await self.store.schema_version(), self.store.latest_migration()
+
+    async def last_periods(self) -> dict[str, tuple[str, float]]:
+        """Scheduled type -> (its last period, when it ran)."""
+        return await self.store.last_periods()
 
     # -- locked contexts ---------------------------------------------------------------------------
     async def run_action(
@@ -529,9 +540,7 @@ class Runtime:
     async def commit(self, changes: Changes) -> CommitResult:
         result = await self.store.commit(changes)
         if changes.finish is not None:
-            done = self._finished.pop(changes.finish.task_id, None)
-            if done is not None:
-                done.set()
+            self.tasks.finished(changes.finish.task_id)
         self.after_commit(result.events, bool(changes.new_tasks))
         return result
 
@@ -549,12 +558,12 @@ class Runtime:
         emails = [r for r in refs if isinstance(r, DAEmail)]
         records = await self.store.get_tasks([t.id for t in tasks]) if tasks else {}
         for t in tasks:
-            t._runtime = self
+            t._book = self.tasks
             t._record = records.get(t.id)
         if emails:
             found = await self.store.get_emails([e.id for e in emails])
             for e in emails:
-                e._runtime = self
+                e._emails, e._loop = self.emails, self.loop
                 if e.id in found:
                     e._fill(found[e.id])
         return records

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from mailgate.config import TasksConfig
 from mailgate.core import answers as codec
+from mailgate.core.bridge import on_loop, refuse_on_loop, run_on_loop
 from mailgate.core.context import CURRENT
-from mailgate.errors import ActionError, LeaseLost, TaskFailed, TaskNotReady
+from mailgate.errors import ActionError, LeaseLost, NotFound, TaskFailed, TaskNotReady
 from mailgate.store.base import SessionRecord, TaskRecord
 
 if TYPE_CHECKING:
     from mailgate.core.runtime import Runtime
+    from mailgate.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +47,65 @@ class TaskResult:
         return cls(value, rec.error_type, rec.error_message, rec.error_trace, variables, rec.state)
 
 
+class TaskBook:
+    """Reads task rows and waits for tasks to finish: what Task handles and the edges use.
+
+    A finish committed by this process wakes its waiters at once (:meth:`finished`); other
+    processes' finishes are seen by polling every ``poll_interval``.
+    """
+
+    def __init__(self, store: Store, config: TasksConfig, read_timeout: float) -> None:
+        self._store = store
+        self.config = config
+        self.read_timeout = read_timeout  # how long a sync handler waits for one read
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when the runtime opens
+        self._finished: dict[str, asyncio.Event] = {}
+
+    async def get(self, task_id: str) -> TaskRecord:
+        rec = await self._store.get_task(task_id)
+        if rec is None:
+            raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
+        return rec
+
+    async def wait(self, task_id: str, timeout: float) -> TaskRecord:
+        """The task's row once it is done, or as it is when ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self._finished.setdefault(task_id, asyncio.Event())
+            rec = await self.get(task_id)
+            remaining = deadline - time.monotonic()
+            if rec.done or remaining <= 0:
+                return rec
+            try:
+                await asyncio.wait_for(done.wait(), min(remaining, self.config.poll_interval))
+            except TimeoutError:
+                pass
+
+    def finished(self, task_id: str) -> None:
+        """This process committed the task's finish: wake whoever waits for it."""
+        done = self._finished.pop(task_id, None)
+        if done is not None:
+            done.set()
+
+    async def list(self, *, session_id: str | None = None, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        return await self._store.list_tasks(session_id=session_id, state=state, limit=limit)
+
+    async def retry(self, task_id: str) -> TaskRecord:
+        """Queue a finished task again (``mailgate tasks retry``)."""
+        return await self._store.retry_task(task_id)
+
+    async def counts(self) -> dict[str, int]:
+        return await self._store.count_tasks()
+
+
 class Task:
     """Handle on one background action run."""
 
     ref_kind = "task"
 
-    def __init__(self, task_id: str, runtime: Runtime | None = None, record: TaskRecord | None = None) -> None:
+    def __init__(self, task_id: str, book: TaskBook | None = None, record: TaskRecord | None = None) -> None:
         self._id = task_id
-        self._runtime = runtime
+        self._book = book
         self._record = record
 
     @property
@@ -79,12 +132,10 @@ class Task:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the task finishes, at most ``timeout`` seconds; True if it finished."""
-        runtime, loop = self._bridge("wait")
-        limit = runtime.config.tasks.wait_timeout if timeout is None else timeout
-        if self._on_loop(loop):
-            raise ActionError("Task.wait() would block the event loop; in an async handler use `await task.wait_async()`")
-        future = asyncio.run_coroutine_threadsafe(runtime.wait_task(self._id, limit), loop)
-        rec = future.result(limit + 5)
+        book, loop = self._bridge("wait")
+        limit = book.config.wait_timeout if timeout is None else timeout
+        refuse_on_loop(loop, "Task.wait()", "await task.wait_async()")
+        rec = run_on_loop(loop, book.wait(self._id, limit), limit + 5)
         self._record = rec
         return rec.done
 
@@ -100,9 +151,9 @@ class Task:
 
     # -- async twins -------------------------------------------------------------------------------
     async def wait_async(self, timeout: float | None = None) -> bool:
-        runtime, _ = self._bridge("wait_async")
-        limit = runtime.config.tasks.wait_timeout if timeout is None else timeout
-        self._record = await runtime.wait_task(self._id, limit)
+        book, _ = self._bridge("wait_async")
+        limit = book.config.wait_timeout if timeout is None else timeout
+        self._record = await book.wait(self._id, limit)
         return self._record.done
 
     async def get_async(self, timeout: float | None = None) -> Any:
@@ -112,8 +163,8 @@ class Task:
         return self._value(self._record)
 
     async def refresh(self) -> TaskResult:
-        runtime, _ = self._bridge("refresh")
-        self._record = await runtime.get_task_record(self._id)
+        book, _ = self._bridge("refresh")
+        self._record = await book.get(self._id)
         return TaskResult.from_record(self._record)
 
     # -- internals ---------------------------------------------------------------------------------
@@ -122,32 +173,25 @@ class Task:
             raise TaskFailed(f"task {self._id} failed: {rec.error_type}: {rec.error_message}")
         return codec.decode_value(rec.result)["value"] if rec.result else None
 
-    def _bridge(self, method: str) -> tuple[Runtime, asyncio.AbstractEventLoop]:
+    def _bridge(self, method: str) -> tuple[TaskBook, asyncio.AbstractEventLoop]:
         ctx = CURRENT.get()
         if ctx is not None and ctx.kind == "background":
             raise ActionError(f"Task.{method}() cannot be used in code that runs in the background (docassemble's timing rule)")
-        runtime = self._runtime or (ctx.runtime if ctx is not None else None)
-        if runtime is None:
+        book = self._book or (ctx.runtime.tasks if ctx is not None else None)
+        if book is None or book.loop is None:
             raise ActionError(f"Task.{method}() needs a running mailgate: call it from an action, or load answers with Runtime.get_answers()")
-        return runtime, runtime.loop
-
-    @staticmethod
-    def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-        try:
-            return asyncio.get_running_loop() is loop
-        except RuntimeError:
-            return False
+        return book, book.loop
 
     def _fetch(self) -> TaskRecord:
-        runtime, loop = self._bridge("ready")
-        if self._on_loop(loop):
+        book, loop = self._bridge("ready")
+        if on_loop(loop):
             ctx = CURRENT.get()
             rec = ctx.task_records.get(self._id) if ctx is not None else None
             rec = rec or self._record
             if rec is None:
                 raise ActionError(f"task {self._id} was started by this action and cannot be read before the action ends")
             return rec
-        rec = asyncio.run_coroutine_threadsafe(runtime.get_task_record(self._id), loop).result(runtime.config.sessions.lock_timeout + 5)
+        rec = run_on_loop(loop, book.get(self._id), book.read_timeout)
         self._record = rec
         return rec
 

@@ -18,13 +18,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from mailgate.config import Config
+from mailgate.core.cron import Cron
 from mailgate.core.events import EventBus
 from mailgate.core.inbound import Inbound
 from mailgate.core.interviews import Registry, load_interviews
 from mailgate.core.runtime import Runtime
 from mailgate.core.tasks import WorkerPool
 from mailgate.daemon import sdnotify
-from mailgate.edges.scheduler.scheduler import Cron, Scheduler
+from mailgate.edges.scheduler import CronCalendar, Scheduler, check_schedule
 from mailgate.edges.smtp.server import SmtpServer, server_hostname
 from mailgate.edges.web.app import WebServer
 from mailgate.errors import ConfigError
@@ -35,10 +36,38 @@ log = logging.getLogger(__name__)
 IMPLEMENTED_ROLES = ("smtp", "web", "worker", "scheduler")
 
 
+def check_config(config: Config) -> None:
+    """What only the edges can check of a loaded config (the cron expressions); ConfigError if wrong."""
+    check_schedule(config)
+
+
+async def migrate_store(config: Config) -> tuple[list[int], int]:
+    """Apply the store's pending migrations: (the numbers applied, the schema version now)."""
+    store = open_store(config.store)
+    await store.open()
+    try:
+        applied = await store.migrate()
+        return applied, await store.schema_version()
+    finally:
+        await store.close()
+
+
+async def store_status(config: Config) -> tuple[int, int]:
+    """(the store's schema version, the latest this code knows), without migrating it."""
+    store = open_store(config.store)
+    try:
+        await store.open()
+        return await store.schema_version(), store.latest_migration()
+    finally:
+        await store.close()
+
+
 class Daemon:
     def __init__(self, config: Config, *, roles: Sequence[str] | None = None, registry: Registry | None = None,
-                 clock: Callable[[], float] = time.time, resolver: Resolver | None = None) -> None:
+                 clock: Callable[[], float] = time.time, resolver: Resolver | None = None,
+                 one_shot: bool = False) -> None:
         self.config = config
+        self.one_shot = one_shot  # a CLI command: no systemd notifications, no lifecycle log lines
         self.roles = tuple(roles if roles is not None else config.daemon.roles)
         self._registry = registry
         self._clock = clock
@@ -70,6 +99,7 @@ class Daemon:
         await self.stop()
 
     async def start(self) -> None:
+        check_config(self.config)
         active = [r for r in self.roles if r in IMPLEMENTED_ROLES]
         for role in self.roles:
             if role not in IMPLEMENTED_ROLES:
@@ -80,7 +110,8 @@ class Daemon:
         await self.store.open()
         await self.store.migrate()
         self.runtime = Runtime(self.config, self.store, registry, bus=self.bus)
-        self.runtime.outbound.check()  # an unusable DKIM key or CA file stops the start, not the first send
+        if not self.one_shot:
+            self.runtime.outbound.check()  # an unusable DKIM key or CA file stops the start, not the first send
         await self.runtime.open()
         self.inbound = Inbound(self.runtime, self.config, self._resolver or _dns_resolver(self.config),
                                server_hostname(self.config.smtp))
@@ -95,11 +126,14 @@ class Daemon:
             await self.web.start()
             self.spawn("web-event-poll", self.web.poll())
             self.spawn("web-heartbeat", self.web.heartbeat())
-        self.cron = Cron(self.runtime, self.config)
+        calendar = CronCalendar(self.config)
+        self.cron = Cron(self.runtime, self.config, calendar)
         if "scheduler" in self.roles:
-            self.scheduler = Scheduler(self.cron)
+            self.scheduler = Scheduler(self.cron, calendar)
             self.scheduler.start()
             self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up(), name="cron-catch-up")
+        if self.one_shot:
+            return
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self.spawn("systemd-watchdog", sdnotify.watchdog(interval))
@@ -166,7 +200,8 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
-        sdnotify.notify("STOPPING=1")
+        if not self.one_shot:
+            sdnotify.notify("STOPPING=1")
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._catch_up_task is not None:
@@ -187,7 +222,8 @@ class Daemon:
             self.runtime.close()
         if self.store is not None:
             await self.store.close()
-        log.info("mailgate stopped", extra={"event": "daemon.stopped"})
+        if not self.one_shot:
+            log.info("mailgate stopped", extra={"event": "daemon.stopped"})
 
 
 def tune_gc(threshold: int) -> None:

@@ -21,13 +21,18 @@ from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.interviews import load_interviews
 from mailgate.core.runtime import Runtime
 from mailgate.core.views import email_dict, iso, session_dict, task_dict
-from mailgate.daemon.lifecycle import Daemon, check_roles, tune_gc
+from mailgate.daemon.lifecycle import (
+    Daemon,
+    check_config,
+    check_roles,
+    migrate_store,
+    store_status,
+    tune_gc,
+)
 from mailgate.daemon.logs import setup_logging
 from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
 from mailgate.edges.cli.send import cmd_send_test_email
-from mailgate.edges.scheduler.scheduler import Cron
 from mailgate.errors import ConfigError, MailgateError
-from mailgate.store import open_store
 
 DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin", "mailgate.demo.cron")
 
@@ -74,20 +79,10 @@ def _print_record(data: dict[str, Any]) -> None:
 # -- plumbing ----------------------------------------------------------------------------------------
 @asynccontextmanager
 async def _runtime(config: Config) -> AsyncIterator[Runtime]:
-    """Store + interviews + runtime, without the daemon's roles (for one-shot commands)."""
-    registry = load_interviews(config.interviews.modules, config.interviews.paths)
-    store = open_store(config.store)
-    await store.open()
-    try:
-        await store.migrate()
-        runtime = Runtime(config, store, registry)
-        await runtime.open()
-        try:
-            yield runtime
-        finally:
-            runtime.close()
-    finally:
-        await store.close()
+    """The core as the daemon starts it, with no roles (for one-shot commands)."""
+    async with Daemon(config, roles=(), one_shot=True) as daemon:
+        assert daemon.runtime is not None
+        yield daemon.runtime
 
 
 def _parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
@@ -114,6 +109,7 @@ def _user_from(args: argparse.Namespace) -> User:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.path or find_config_path(args.config)
     config = load_config(path)
+    check_config(config)
     load_interviews(config.interviews.modules, config.interviews.paths)
     if args.json:
         _print_json({"ok": True, "path": path, "source": config.source})
@@ -130,13 +126,7 @@ async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
-    store = open_store(config.store)
-    await store.open()
-    try:
-        applied = await store.migrate()
-        version = await store.schema_version()
-    finally:
-        await store.close()
+    applied, version = await migrate_store(config)
     if args.json:
         _print_json({"applied": applied, "version": version})
     else:
@@ -154,12 +144,12 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
             data = session_dict(rec)
             _print_json(data) if args.json else print(rec.id)
         elif args.sessions_cmd == "list":
-            recs = await rt.store.list_sessions(interview=args.interview, limit=args.limit)
+            recs = await rt.list_sessions(interview=args.interview, limit=args.limit)
             rows = [session_dict(r) for r in recs]
             _print_json(rows) if args.json else _print_table(rows, ["id", "interview", "version", "modified", "accessed"])
         elif args.sessions_cmd == "show":
             data = session_dict(await rt.get_session(args.id), with_answers=True)
-            data["tasks"] = [t.id for t in await rt.store.list_tasks(session_id=args.id, limit=1000)]
+            data["tasks"] = [t.id for t in await rt.tasks.list(session_id=args.id, limit=1000)]
             _print_json(data) if args.json else _print_record(data)
         elif args.sessions_cmd == "delete":
             if not await rt.delete_session(args.id):
@@ -184,7 +174,7 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
 async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
     async with _runtime(config) as rt:
         if args.tasks_cmd == "list":
-            recs = await rt.store.list_tasks(session_id=args.session, state=args.state, limit=args.limit)
+            recs = await rt.tasks.list(session_id=args.session, state=args.state, limit=args.limit)
             rows = [task_dict(r) for r in recs]
             _print_json(rows) if args.json else _print_table(rows, ["id", "session", "action", "state", "attempts", "created", "finished"])
         elif args.tasks_cmd == "show":
@@ -195,21 +185,19 @@ async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
                 print(f"mailgate: error: task {args.id} still {rec.state} after {args.wait:g} s", file=sys.stderr)
                 return 1
         elif args.tasks_cmd == "retry":
-            rec = await rt.store.retry_task(args.id)
+            rec = await rt.tasks.retry(args.id)
             _print_json(task_dict(rec)) if args.json else print(f"task {rec.id} queued again")
     return 0
 
 
 async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
     async with _runtime(config) as rt:
-        boxes = await rt.store.list_mailboxes(session_id=args.session, limit=args.limit)
-        sessions = await rt.store.get_sessions([b.session_id for b in boxes])
         rows = []
-        for box in boxes:
+        for view in await rt.mailboxes(session_id=args.session, limit=args.limit):
+            box, session = view.record, view.session
             owner = json.loads(box.owner)
-            session = sessions.get(box.session_id)
             rows.append({
-                "address": rt.addresses.address(box.local_part),
+                "address": view.address,
                 "session": box.session_id,
                 "interview": session.interview if session else None,
                 "owner": owner.get("email") or owner.get("id"),
@@ -230,16 +218,13 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
             local = None
             if args.mailbox:
                 local = args.mailbox.partition("@")[0].lower()
-            recs = await rt.store.list_emails(session_id=args.session, local_part=local, limit=args.limit)
+            recs = await rt.emails.list(session_id=args.session, local_part=local, limit=args.limit)
             rows = [email_dict(r) for r in recs]
             _print_json(rows) if args.json else _print_table(rows, ["id", "mailbox", "received", "from", "subject", "size"])
         elif args.emails_cmd == "show":
-            found = await rt.store.get_emails([args.id])
-            if args.id not in found:
-                raise UsageError(f"no e-mail {args.id!r}; list e-mails with: mailgate emails list")
-            rec = found[args.id]
+            rec = await rt.emails.get(args.id)
             if args.raw:
-                raw = await rt.store.get_raw(rec.sha256) or b""
+                raw = await rt.emails.raw(rec)
                 if args.json:
                     _print_json({"id": rec.id, "raw_base64": base64.b64encode(raw).decode()})
                 else:
@@ -259,8 +244,9 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
-    async with _runtime(config) as rt:
-        cron = Cron(rt, config)
+    async with Daemon(config, roles=(), one_shot=True) as daemon:
+        assert daemon.runtime is not None and daemon.cron is not None
+        rt, cron = daemon.runtime, daemon.cron
         if args.cron_cmd == "run":
             if args.type not in cron.types and not any(iv.has_action(args.type) for iv in rt.registry):
                 raise UsageError(f"no interview defines {args.type!r} and it is not a scheduled type; "
@@ -278,7 +264,7 @@ async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
                       f"{report.errors} errors" + (f", {report.deleted_inactive} inactive deleted" if args.type == "cron_daily" else "")
                       + f" in {report.seconds:.2f} s")
             return 1 if report.errors else 0
-        last = await rt.store.last_periods()
+        last = await rt.last_periods()
         now = cron.now()
         rows = []
         for type_, expr in cron.types.items():
@@ -313,16 +299,12 @@ async def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _check_store(config: Config) -> dict[str, Any]:
-    store = open_store(config.store)
     try:
-        await store.open()
-        version, latest = await store.schema_version(), store.latest_migration()
+        version, latest = await store_status(config)
         return {"check": "store", "ok": version == latest, "detail": f"{config.store.backend}, schema {version} of {latest}"
                 + ("" if version == latest else "; run: mailgate db migrate")}
     except MailgateError as exc:
         return {"check": "store", "ok": False, "detail": str(exc)}
-    finally:
-        await store.close()
 
 
 def _local(host: str) -> str:

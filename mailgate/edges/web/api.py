@@ -31,7 +31,7 @@ from mailgate.errors import (
     TaskNotReady,
     VersionConflict,
 )
-from mailgate.mail.parse import parse_message
+from mailgate.store.base import EmailRecord
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -175,15 +175,12 @@ async def session_address(request: web.Request) -> web.Response:
 async def session_emails(request: web.Request) -> web.Response:
     runtime = rt(request)
     await runtime.get_session(request.match_info["id"])
-    records = await runtime.store.list_emails(session_id=request.match_info["id"], limit=10_000)
+    records = await runtime.emails.list(session_id=request.match_info["id"], limit=10_000)
     return web.json_response([email_dict(r) for r in records])
 
 
-async def _email(request: web.Request) -> Any:
-    found = await rt(request).store.get_emails([request.match_info["id"]])
-    if request.match_info["id"] not in found:
-        raise NotFound(f"no e-mail {request.match_info['id']!r}")
-    return found[request.match_info["id"]]
+async def _email(request: web.Request) -> EmailRecord:
+    return await rt(request).emails.get(request.match_info["id"])
 
 
 @routes.get("/api/emails/{id}")
@@ -198,9 +195,7 @@ async def get_email(request: web.Request) -> web.Response:
 @routes.get("/api/emails/{id}/raw")
 async def get_email_raw(request: web.Request) -> web.Response:
     rec = await _email(request)
-    raw = await rt(request).store.get_raw(rec.sha256)
-    if raw is None:
-        raise NotFound(f"the raw bytes of e-mail {rec.id} are gone")
+    raw = await rt(request).emails.raw(rec)
     return web.Response(body=raw, content_type="message/rfc822")
 
 
@@ -211,11 +206,7 @@ async def get_attachment(request: web.Request) -> web.Response:
         n = int(request.match_info["n"])
     except ValueError:
         raise BadRequest("the attachment number must be an integer") from None
-    raw = await rt(request).store.get_raw(rec.sha256) or b""
-    attachments = parse_message(raw).attachments
-    if not 0 <= n < len(attachments):
-        raise NotFound(f"e-mail {rec.id} has {len(attachments)} attachment(s); there is no number {n}")
-    att = attachments[n]
+    att = await rt(request).emails.attachment(rec, n)
     content_type = att.content_type if "/" in att.content_type else "application/octet-stream"
     return web.Response(body=att.data, content_type=content_type,
                         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(att.filename)}"})
@@ -268,7 +259,7 @@ async def browser_token(request: web.Request) -> web.Response:
     ttl = field(data, "ttl", (int, float), runtime.config.web.token_ttl)
     if not 0 < ttl <= 86400:
         raise BadRequest("ttl must be between 0 and 86400 seconds")
-    token = runtime.signer.sign("browser", float(ttl), s=request.match_info["id"], u=user_of(data).to_json())
+    token = runtime.browser_token(request.match_info["id"], user_of(data), float(ttl))
     return web.json_response({"token": token, "expires_in": ttl, "ws_path": f"/ws?token={token}"}, status=201)
 
 

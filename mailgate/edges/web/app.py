@@ -20,15 +20,15 @@ log = logging.getLogger(__name__)
 
 async def healthz(request: web.Request) -> web.Response:
     runtime: Runtime = request.app[RUNTIME]
-    version = await runtime.store.schema_version()
-    ok = version == runtime.store.latest_migration()
+    version, latest = await runtime.schema_status()
+    ok = version == latest
     return web.json_response({"ok": ok, "schema_version": version}, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
     runtime: Runtime = request.app[RUNTIME]
     inbound: Inbound | None = request.app[INBOUND]
-    tasks = await runtime.store.count_tasks()
+    tasks = await runtime.tasks.counts()
     text = exposition(request.app[METRICS], tasks, inbound.received if inbound else 0,
                       dict(inbound.rejected) if inbound else {})
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})

@@ -52,10 +52,10 @@ async def demo_page(request: web.Request) -> web.StreamResponse:
     if not NAME.match(name) or not path.is_file():
         raise web.HTTPNotFound(reason=f"no demo page {name!r}; see /demo/")
     session_id = request.query.get("session")
-    if not session_id or await runtime.store.get_session(session_id) is None:
+    if not session_id or not await runtime.session_exists(session_id):
         rec = await runtime.create_session(name)
         raise web.HTTPFound(f"/demo/{name}?session={rec.id}")
-    token = runtime.signer.sign("browser", runtime.config.web.token_ttl, s=session_id, u="{}")
+    token = runtime.browser_token(session_id)
     text = path.read_text(encoding="utf-8")
     text = text.replace("{{TOKEN}}", token).replace("{{SESSION}}", session_id).replace("{{NAME}}", html.escape(name))
     return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})

@@ -238,7 +238,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise web.HTTPBadRequest(text=json.dumps({"error": "last must be an event id (integer)"}), content_type="application/json") from None
     session_id = str(claims["s"])
-    if await runtime.store.get_session(session_id) is None:
+    if not await runtime.session_exists(session_id):
         raise web.HTTPNotFound(text=json.dumps({"error": f"session {session_id} no longer exists"}), content_type="application/json")
 
     # no aiohttp heartbeat and no autoping: Hub.heartbeat keeps connections alive, _read answers pings

@@ -1,10 +1,11 @@
 """Scheduled tasks: ``cron_hourly``/``daily``/``weekly``/``monthly`` and custom types over sessions.
 
-:class:`Cron` is the core: a *fire* claims its (type, period) in the store, so each period runs once
+:class:`Cron` runs them: a *fire* claims its (type, period) in the store, so each period runs once
 however many daemons share the store, then runs the event as the cron user on every cron-enabled
 session of the interviews that define it: under the session lease, on fresh answers, in parallel up
-to ``[scheduler] concurrency``, one page of sessions at a time. :class:`Scheduler` is only the
-APScheduler wiring that calls :meth:`Cron.fire` on the configured cron expressions.
+to ``[scheduler] concurrency``, one page of sessions at a time.  When each type is due comes
+from a :class:`Calendar`, which the scheduler edge builds on APScheduler's cron triggers; the same
+edge calls :meth:`Cron.fire` on time.
 
 Periods are named so that daylight-saving changes neither skip nor double a run: an hourly period
 is a real (UTC) hour; daily, weekly and monthly periods are local calendar dates, weeks and months,
@@ -19,49 +20,28 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
+from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
 from mailgate.core.context import CRON_USER
-from mailgate.errors import ConfigError, MailgateError
+from mailgate.errors import MailgateError
 
 if TYPE_CHECKING:
     from mailgate.config import Config
     from mailgate.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
-BUILTIN = {"cron_hourly": "hourly", "cron_daily": "daily", "cron_weekly": "weekly", "cron_monthly": "monthly"}
-LOOKBACK = {"cron_hourly": dt.timedelta(hours=2), "cron_daily": dt.timedelta(days=2),
-            "cron_weekly": dt.timedelta(days=8), "cron_monthly": dt.timedelta(days=32)}
 
 
-def schedule(config: Config) -> dict[str, str]:
-    """Scheduled type -> cron expression, built-in types first."""
-    out = {name: getattr(config.scheduler, key) for name, key in BUILTIN.items()}
-    for item in config.scheduler.custom:
-        name, sep, expr = item.partition("=")
-        out[name.strip()] = expr.strip()
-    return out
+class Calendar(Protocol):
+    """When each scheduled type fires: the scheduler edge implements it on its cron triggers."""
 
+    tz: ZoneInfo
+    types: dict[str, str]  # scheduled type -> cron expression
 
-def check_schedule(config: Config) -> None:
-    src = config.source
-    try:
-        tz = ZoneInfo(config.scheduler.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{src}: [scheduler] timezone {config.scheduler.timezone!r} is not a known time zone") from None
-    for item in config.scheduler.custom:
-        name, sep, expr = item.partition("=")
-        if not sep or not name.strip() or not expr.strip():
-            raise ConfigError(f"{src}: [scheduler] custom entry {item!r} must look like \"name = cron expression\"")
-    for name, expr in schedule(config).items():
-        try:
-            CronTrigger.from_crontab(expr, timezone=tz)
-        except ValueError as exc:
-            raise ConfigError(f"{src}: [scheduler] the cron expression {expr!r} of {name} is invalid: {exc}") from None
+    def previous_fire(self, type_: str, now: dt.datetime) -> dt.datetime | None: ...
+
+    def next_fire(self, type_: str, now: dt.datetime) -> dt.datetime | None: ...
 
 
 def period_key(type_: str, fire: dt.datetime) -> str:
@@ -97,36 +77,25 @@ class CronReport:
 
 
 class Cron:
-    def __init__(self, runtime: Runtime, config: Config) -> None:
+    """Runs scheduled types over sessions; :class:`Calendar` says when they are due."""
+
+    def __init__(self, runtime: Runtime, config: Config, calendar: Calendar) -> None:
         self.runtime = runtime
         self.config = config
-        self.tz = ZoneInfo(config.scheduler.timezone)
-        self.types = schedule(config)
-        self.triggers = {name: CronTrigger.from_crontab(expr, timezone=self.tz) for name, expr in self.types.items()}
+        self.calendar = calendar
+        self.tz = calendar.tz
+        self.types = calendar.types
 
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.runtime.store_clock(), self.tz)
 
     def previous_fire(self, type_: str, now: dt.datetime) -> dt.datetime | None:
         """The latest scheduled fire at or before ``now``."""
-        trigger = self.triggers[type_]
-        start = now - LOOKBACK.get(type_, dt.timedelta(days=32))
-        fire = trigger.get_next_fire_time(None, start)
-        previous = None
-        while fire is not None and fire <= now:
-            previous = fire
-            fire = trigger.get_next_fire_time(fire, self._after(fire))
-        return previous
+        return self.calendar.previous_fire(type_, now)
 
     def next_fire(self, type_: str, now: dt.datetime) -> dt.datetime | None:
         """The first scheduled fire after ``now``."""
-        result: dt.datetime | None = self.triggers[type_].get_next_fire_time(None, self._after(now))
-        return result
-
-    def _after(self, moment: dt.datetime) -> dt.datetime:
-        # One second later in real time. Aware datetime arithmetic is wall-clock arithmetic and drops
-        # `fold`, which on the night the clocks go back steps *backwards* (and loops forever).
-        return (moment.astimezone(dt.UTC) + dt.timedelta(seconds=1)).astimezone(self.tz)
+        return self.calendar.next_fire(type_, now)
 
     async def fire(self, type_: str, now: dt.datetime | None = None) -> CronReport | None:
         """Run the period that ``now`` falls in, unless some daemon already did; None if it did."""
@@ -213,30 +182,3 @@ class Cron:
                 results = await asyncio.gather(*(self.runtime.delete_session(i) for i in ids))
                 deleted += sum(results)
         return deleted
-
-
-class Scheduler:
-    """APScheduler (3.x, asyncio) calling :meth:`Cron.fire` on the configured expressions."""
-
-    def __init__(self, cron: Cron) -> None:
-        self.cron = cron
-        self._scheduler = AsyncIOScheduler(timezone=cron.tz)
-
-    def start(self) -> None:
-        for type_, trigger in self.cron.triggers.items():
-            # coalesce: a backlog of missed fires runs once; the period claim makes that once per period
-            self._scheduler.add_job(self._job, trigger, args=[type_], id=type_, coalesce=True, max_instances=1,
-                                    misfire_grace_time=3600)
-        self._scheduler.start()
-        log.info("scheduler started (%s): %s", self.cron.tz,
-                 ", ".join(f"{t} '{e}'" for t, e in self.cron.types.items()), extra={"event": "scheduler.started"})
-
-    async def _job(self, type_: str) -> None:
-        try:
-            await self.cron.fire(type_)
-        except Exception:
-            log.exception("%s failed", type_, extra={"event": "cron.failed"})
-
-    def stop(self) -> None:
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
