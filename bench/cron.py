@@ -1,6 +1,6 @@
 """Benchmark: cron_daily over many cron-enabled sessions with a trivial handler.
 
-mailgate's run (:meth:`mailgate.scheduler.Cron.run`: per session the lease, a fresh read, the handler
+mailgate's run (:meth:`mailgate.core.cron.Cron.run`: per session the lease, a fresh read, the handler
 as the cron user, the versioned save that releases the lease, all durable) is compared with the
 ceiling measured in the same run on the same SQLite file: a plain loop that reads each session and
 saves it straight through the store, with the same concurrency (so both get group commits), no

@@ -46,7 +46,7 @@ def send_email(
     them; ``sender`` defaults to ``[outbound] default_sender``. ``template`` (a :class:`Template`)
     supplies the subject, text and HTML that are not given explicitly, rendered with the session's
     answers. ``attachments`` is one item or a list: a path, ``(filename, content_type, data)``, an
-    :class:`~mailgate.outbound_message.Attachment` or a received e-mail's attachment. If the message is
+    :class:`~mailgate.outbound.message.Attachment` or a received e-mail's attachment. If the message is
     accepted and ``task`` is given, the task is marked performed (see the module docstring).
 
     Raises an OutboundError for a message that must not be sent (a line break in a subject or an
@@ -88,7 +88,7 @@ def record_messages() -> MessageRecorder:
     """Record instead of send, for tests: ``with record_messages() as outbox:`` (or ``async with``).
 
     While the block runs, every message that any action of this process sends is appended to
-    ``outbox`` (a list of :class:`~mailgate.outbound_message.Message`) and nothing goes to the relay; each
+    ``outbox`` (a list of :class:`~mailgate.outbound.message.Message`) and nothing goes to the relay; each
     counts as accepted, so ``send_email`` returns True and marks its task.
     """
     return MessageRecorder()

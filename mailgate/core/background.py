@@ -64,7 +64,7 @@ class Failure:
 
 
 class TaskRunner:
-    """Runs claimed tasks for one :class:`~mailgate.runtime.Runtime` (its store, registry and leases)."""
+    """Runs claimed tasks for one :class:`~mailgate.core.runtime.Runtime` (its store, registry and leases)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -1,7 +1,7 @@
 """The context an action runs in, and the control exceptions that end an action.
 
 The runtime sets :data:`CURRENT` before calling a handler (sync handlers get a copy of the context
-in their worker thread); :mod:`mailgate.functions` reads it. Control exceptions derive from
+in their worker thread); :mod:`mailgate.author.functions` reads it. Control exceptions derive from
 BaseException so that an author's ``except Exception`` cannot swallow them.
 """
 

@@ -1,13 +1,8 @@
-"""Mail to a session, the core half: addresses, recipient checks and durable delivery.
+"""Mail to a session, the core half: recipient checks and durable delivery.
 
-The SMTP edge (:mod:`mailgate.smtp`) asks :class:`Inbound` whether a recipient exists and hands it
-the message; everything here is independent of aiosmtpd and of reply codes.
-
-Addresses are derived, not looked up: the local part is an HMAC of (session, key, index) under a
-secret kept in the store, written in an unambiguous lower-case alphabet. The same key and index
-always give the same address, nobody without the secret can guess one, and creating it again is
-idempotent. An address accepts mail while its mailbox row exists (deleted with its session) and
-has not expired.
+The SMTP edge asks :class:`Inbound` whether a recipient exists (an address of
+:mod:`mailgate.core.mailboxes`) and hands it the message; everything here is independent of
+aiosmtpd and of reply codes.
 """
 
 from __future__ import annotations
@@ -15,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import hmac
 import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from mailgate.config import Config, MailConfig
+from mailgate.config import Config
 from mailgate.core import answers as codec
+from mailgate.core.commits import Commits
 from mailgate.core.daemail import DAEmail
+from mailgate.core.interviews import Registry
+from mailgate.core.mailboxes import Addresses, Mailboxes, split_address
 from mailgate.mail.auth import (
     AuthResults,
     DkimResult,
@@ -38,66 +36,10 @@ from mailgate.mail.auth import (
 )
 from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
 from mailgate.mail.workers import WorkerPool, WorkerTimeout
-from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask
-
-if TYPE_CHECKING:
-    from mailgate.core.runtime import Runtime
+from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask, Store
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # 32 symbols: no l/1, o/0 to confuse
-MAX_LOCAL_PART = 51  # 256 HMAC bits / 5 bits per symbol
-
-
-def normalise_domain(domain: str) -> str | None:
-    """Lower-case ASCII (IDNA) form of a domain, or None if it is not a valid one."""
-    domain = domain.strip().rstrip(".")
-    if not domain or domain.startswith("["):
-        return None
-    try:
-        return domain.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return None
-
-
-def split_address(address: str) -> tuple[str, str] | None:
-    """(local part lower-cased, normalised domain) of an envelope address, or None."""
-    address = address.strip().strip("<>")
-    local, at, domain = address.rpartition("@")
-    if not at or not local:
-        return None
-    norm = normalise_domain(domain)
-    if norm is None:
-        return None
-    return local.lower(), norm
-
-
-class Addresses:
-    """Derives and recognises per-session addresses."""
-
-    def __init__(self, config: MailConfig, secret: bytes) -> None:
-        self._secret = secret
-        self.length = min(config.local_part_length, MAX_LOCAL_PART)
-        self.domains = [d for d in (normalise_domain(x) for x in config.domains) if d]
-        self.domain = config.domains[0].strip().rstrip(".").lower()
-        self.expiry_days = config.mailbox_expiry_days
-
-    def local_part(self, session_id: str, key: str, index: str) -> str:
-        digest = hmac.new(self._secret, f"{session_id}\0{key}\0{index}".encode(), hashlib.sha256).digest()
-        n = int.from_bytes(digest, "big")
-        chars = []
-        for _ in range(self.length):
-            chars.append(ALPHABET[n & 31])
-            n >>= 5
-        return "".join(chars)
-
-    def address(self, local_part: str) -> str:
-        return f"{local_part}@{self.domain}"
-
-    def is_ours(self, domain: str) -> bool:
-        return domain in self.domains
-
 
 class Verdict(enum.Enum):
     OK = "ok"
@@ -116,8 +58,13 @@ class DeliveryResult:
 
 
 class Inbound:
-    def __init__(self, runtime: Runtime, config: Config, resolver: Resolver, authserv_id: str) -> None:
-        self.runtime = runtime
+    def __init__(self, config: Config, store: Store, registry: Registry, mailboxes: Mailboxes, commits: Commits,
+                 executor: Executor, resolver: Resolver, authserv_id: str) -> None:
+        self._store = store
+        self._registry = registry
+        self._mailboxes = mailboxes
+        self._commits = commits
+        self._executor = executor
         self.config = config
         self.resolver = resolver
         self.authserv_id = authserv_id
@@ -133,7 +80,7 @@ class Inbound:
 
     @property
     def addresses(self) -> Addresses:
-        return self.runtime.addresses
+        return self._mailboxes.addresses
 
     async def check_recipient(self, address: str) -> tuple[Verdict, MailboxRecord | None]:
         parts = split_address(address)
@@ -142,10 +89,10 @@ class Inbound:
         local, domain = parts
         if not self.addresses.is_ours(domain):
             return Verdict.FOREIGN_DOMAIN, None
-        mailbox = await self.runtime.store.find_mailbox(local)
+        mailbox = await self._store.find_mailbox(local)
         if mailbox is None:
             return Verdict.UNKNOWN, None
-        if mailbox.expires_at is not None and mailbox.expires_at < self.runtime.store_clock():
+        if mailbox.expires_at is not None and mailbox.expires_at < self._store.now():
             return Verdict.EXPIRED, mailbox
         return Verdict.OK, mailbox
 
@@ -168,7 +115,7 @@ class Inbound:
         timeout = self.config.smtp.parse_timeout
         if self._pool is not None:
             return await self._pool.run(fn, *args, timeout=timeout)
-        call = asyncio.get_running_loop().run_in_executor(self.runtime.executor, fn, *args)
+        call = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         try:
             return await asyncio.wait_for(call, timeout)
         except TimeoutError:
@@ -214,7 +161,7 @@ class Inbound:
             self.count_rejection("dmarc")
             return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
         unique = {m.local_part: m for m in mailboxes}  # the same address twice gets one copy
-        sessions = await self.runtime.store.get_sessions([m.session_id for m in unique.values()])
+        sessions = await self._store.get_sessions([m.session_id for m in unique.values()])
         parsed_json = parsed.json
         auth_json = json.dumps(auth.to_dict(), separators=(",", ":"))
         sha = parsed.content_hash
@@ -232,7 +179,7 @@ class Inbound:
                 "address": address, "address_owner": owner.get("email") or owner.get("id"),
             }, separators=(",", ":"))
             task = None
-            interview = self.runtime.registry.get(session.interview) if self.runtime.registry.has(session.interview) else None
+            interview = self._registry.get(session.interview) if self._registry.has(session.interview) else None
             if interview is not None and interview.has_action("incoming_email"):
                 task = NewTask(uuid.uuid4().hex, session.id, session.interview, "incoming_email",
                                codec.encode_value({"email": DAEmail(email_id)}), mailbox.owner, None,
@@ -242,8 +189,8 @@ class Inbound:
             }))
             emails.append(NewEmail(email_id, mailbox.local_part, session.id, parsed.message_id,
                                    f"{parsed.message_id or ''}\0{sha}", envelope, parsed_json, auth_json, task, event))
-        stored, events = await self.runtime.store.deliver(Delivery(sha, raw, emails))
-        self.runtime.after_commit(events, any(e.task for e in emails if e.id in stored))
+        stored, events = await self._store.deliver(Delivery(sha, raw, emails))
+        self._commits.after_commit(events, any(e.task for e in emails if e.id in stored))
         self.received += len(stored)
         return DeliveryResult(stored, len(emails) - len(stored), auth=auth)
 

@@ -113,8 +113,9 @@ class Daemon:
         if not self.one_shot:
             self.runtime.outbound.check()  # an unusable DKIM key or CA file stops the start, not the first send
         await self.runtime.open()
-        self.inbound = Inbound(self.runtime, self.config, self._resolver or _dns_resolver(self.config),
-                               server_hostname(self.config.smtp))
+        rt = self.runtime
+        self.inbound = Inbound(self.config, self.store, rt.registry, rt.mailboxes, rt.commits, rt.executor,
+                               self._resolver or _dns_resolver(self.config), server_hostname(self.config.smtp))
         if "worker" in self.roles:
             self.pool = WorkerPool(self.runtime, self.config.tasks, self.runtime.process_id)
             self.spawn("workers", self.pool.run())

@@ -2,9 +2,9 @@
 
 `authenticate` is the entry point: it never raises, turns DNS trouble into ``temperror``, and is
 bounded as a whole by a timeout. DNS goes through a `Resolver` (`DnsResolver` in production,
-`StaticResolver` in tests; see :mod:`mailgate.resolver`), so no lookup blocks the event loop;
+`StaticResolver` in tests; see :mod:`mailgate.mail.resolver`), so no lookup blocks the event loop;
 dkimpy's synchronous verifier gets its keys from a dictionary filled beforehand and runs in a worker
-thread or process. SPF lives in :mod:`mailgate.spf`; DKIM, DMARC and the combined result here.
+thread or process. SPF lives in :mod:`mailgate.mail.spf`; DKIM, DMARC and the combined result here.
 """
 
 from __future__ import annotations

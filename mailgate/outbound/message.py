@@ -3,7 +3,7 @@
 A :class:`Message` is checked before anything leaves the process: a line break in the subject, an
 address or an extra header is refused as header injection, and so are a message without sender or
 recipients and an attachment that cannot be read; each with its own :class:`OutboundError`. How
-messages travel (relay, suppress, recorder) is :mod:`mailgate.outbound`.
+messages travel (relay, suppress, recorder) is :mod:`mailgate.outbound.transport`.
 """
 
 from __future__ import annotations

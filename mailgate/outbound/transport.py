@@ -1,6 +1,6 @@
 """Outbound mail: the transports that carry messages, and the Outbound object the runtime holds.
 
-Messages and their checks are :mod:`mailgate.outbound_message`. :class:`Outbound` fills in the
+Messages and their checks are :mod:`mailgate.outbound.message`. :class:`Outbound` fills in the
 default sender, hands the messages to a :class:`Transport` and fires its ``dispatched`` signal for every message the transport accepted. The transports are
 :class:`RelayTransport` (SMTP to the configured relay with aiosmtplib, optional DKIM signing with
 dkimpy), :class:`SuppressTransport` (nothing leaves the host) and :class:`RecordingTransport`,

@@ -1,7 +1,7 @@
 """The Store interface: domain methods that every backend implements, and the records they return.
 
 Backends keep all their SQL in their own module. Times are POSIX seconds (UTC) as floats. Answers,
-arguments, users and results travel as JSON text encoded by :mod:`mailgate.answers`; the store never
+arguments, users and results travel as JSON text encoded by :mod:`mailgate.core.answers`; the store never
 looks inside them.
 """
 

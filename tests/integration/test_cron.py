@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mailgate.config import Config
+from mailgate.core.cron import Cron, period_key
 from mailgate.core.runtime import Runtime
 from mailgate.daemon.lifecycle import Daemon
-from mailgate.core.cron import Cron, period_key
 from mailgate.mail.auth import StaticResolver
 from tests.conftest import make_config, wait_until
 

@@ -80,7 +80,7 @@ async def test_mail_to_session_fires_incoming_email_and_is_saved(daemon: Daemon)
     assert refused == {}
     tasks = await rt(daemon).store.list_tasks(session_id=sid)
     assert [t.action for t in tasks] == ["incoming_email"]
-    assert await Task(tasks[0].id, runtime=rt(daemon)).wait_async(10)
+    assert await Task(tasks[0].id, rt(daemon).tasks).wait_async(10)
     answers = await rt(daemon).get_answers(sid)
     assert answers["email"].subject == "Case 1" and answers["email"].from_address == "sender@elsewhere.test"
     assert answers["email"].body_text.strip() == "Body text" and answers["email"].short == local

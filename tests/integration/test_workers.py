@@ -1,4 +1,4 @@
-"""mailgate.workers against real worker processes: answers, errors, a dying worker, closing."""
+"""mailgate.mail.workers against real worker processes: answers, errors, a dying worker, closing."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ async def test_closed_pool_refuses_calls() -> None:
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON = """
 import asyncio, os, sys
-from mailgate.workers import WorkerPool
+from mailgate.mail.workers import WorkerPool
 
 async def main():
     pool = WorkerPool(2)

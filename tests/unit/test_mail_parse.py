@@ -1,4 +1,4 @@
-"""Unit tests for mailgate.mail: MIME -> ParsedMessage, never raising."""
+"""Unit tests for mailgate.mail.parse: MIME -> ParsedMessage, never raising."""
 
 from __future__ import annotations
 

@@ -193,7 +193,7 @@ async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
 async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
     async with _runtime(config) as rt:
         rows = []
-        for view in await rt.mailboxes(session_id=args.session, limit=args.limit):
+        for view in await rt.list_mailboxes(session_id=args.session, limit=args.limit):
             box, session = view.record, view.session
             owner = json.loads(box.owner)
             rows.append({

@@ -1,10 +1,10 @@
 """The SMTP edge: an aiosmtpd server in the daemon's loop. Every reply code lives in this module.
 
 The handler implements only the hooks it needs (RCPT, DATA, exceptions) and turns the core's
-verdicts (:mod:`mailgate.inbound`) into replies. A small SMTP subclass adds what aiosmtpd has no
+verdicts (:mod:`mailgate.core.inbound`) into replies. A small SMTP subclass adds what aiosmtpd has no
 hook for: a per-client connection cap, enhanced status codes on aiosmtpd's own size replies, a
 line length that real mail needs, and a DATA reader that reads blocks instead of lines
-(:mod:`mailgate.smtp_data`, same rules as aiosmtpd 1.4.6's, a fraction of its CPU).
+(:mod:`mailgate.edges.smtp.data`, same rules as aiosmtpd 1.4.6's, a fraction of its CPU).
 """
 
 from __future__ import annotations

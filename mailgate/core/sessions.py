@@ -1,0 +1,225 @@
+"""Running actions on a session's live answers: the locked contexts (foreground, check-in, cron).
+
+The action runs under the session lease (a check-in first without it, see
+:meth:`Sessions.run_checkin`), on the answers as committed, within the lease's time budget; what it
+produced (the save, new tasks and mailboxes, events for the session's pages, the lease's release)
+commits in one store transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mailgate.config import Config
+from mailgate.core import answers as codec
+from mailgate.core.actions import ActionResult, Invoker, end_result, session_save, skips_save
+from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
+from mailgate.core.interviews import Action, Registry
+from mailgate.core.leases import Lease, Leases
+from mailgate.errors import ActionError, BudgetExceeded, MailgateError, NotFound, VersionConflict
+from mailgate.store.base import (
+    Changes,
+    CommitResult,
+    NewEvent,
+    SessionRecord,
+    SessionSave,
+    Store,
+    TaskRecord,
+)
+
+log = logging.getLogger(__name__)
+Hydrate = Callable[..., Awaitable[dict[str, TaskRecord]]]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one locked action produced: its result and its changes, before they are committed."""
+
+    result: ActionResult
+    changes: Changes | None  # None: nothing to commit
+    read_version: int
+
+    def result_after(self, committed: CommitResult | None) -> ActionResult:
+        r, ch = self.result, self.changes
+        if ch is None:
+            return ActionResult(r.kind, r.text, r.data, r.command, r.commands, deleted=r.deleted, version=self.read_version)
+        saved = ch.save is not None
+        return ActionResult(
+            r.kind, r.text, r.data, r.command, r.commands, saved=saved, deleted=r.deleted,
+            version=committed.version if saved and committed is not None and committed.version is not None else self.read_version,
+            tasks=tuple(t.id for t in ch.new_tasks),
+        )
+
+
+def no_session(session_id: str) -> NotFound:
+    return NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
+
+
+class Sessions:
+    """Sessions and the actions that run on their live answers."""
+
+    def __init__(self, config: Config, store: Store, registry: Registry, leases: Leases, invoker: Invoker,
+                 commit: Callable[[Changes], Awaitable[CommitResult]], hydrate: Hydrate) -> None:
+        self.config = config
+        self._store = store
+        self._registry = registry
+        self._leases = leases
+        self._invoker = invoker
+        self._commit = commit
+        self._hydrate = hydrate
+        self.checkin_retries = 0  # optimistic check-ins that had to run again under the lease
+
+    # -- records -----------------------------------------------------------------------------------
+    async def create(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS) -> SessionRecord:
+        """A new session of a loaded interview with initial ``answers``."""
+        self._registry.get(interview)
+        answers = dict(answers or {})
+        return await self._store.create_session(uuid.uuid4().hex, interview, codec.encode(answers), owner.to_json(),
+                                                allow_cron=answers.get("allow_cron") is True)
+
+    async def get(self, session_id: str) -> SessionRecord:
+        rec = await self._store.get_session(session_id)
+        if rec is None:
+            raise no_session(session_id)
+        return rec
+
+    async def exists(self, session_id: str) -> bool:
+        return await self._store.get_session(session_id) is not None
+
+    async def list(self, *, interview: str | None = None, limit: int = 100) -> list[SessionRecord]:
+        return await self._store.list_sessions(interview=interview, limit=limit)
+
+    async def delete(self, session_id: str) -> bool:
+        return await self._store.delete_session(session_id)
+
+    # -- locked contexts ---------------------------------------------------------------------------
+    async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
+                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground") -> ActionResult:
+        """Run ``action`` under the session lease on live answers and commit what it did.
+
+        ``kind`` is foreground (saved unless ``response(null=True)``), checkin (saved only if the
+        answers changed; ``background_response`` becomes UI commands) or cron (as foreground, and the
+        cron user's access does not count as activity).
+        """
+        if kind not in ("foreground", "checkin", "cron"):
+            raise ValueError(f"run_action cannot run a {kind} action")
+        args = dict(arguments or {})  # the action's own: it may change them
+        if kind == "checkin":
+            return await self.run_checkin(session_id, action, args, user)
+        return await self._run_locked(session_id, action, args, user, kind)
+
+    async def run_checkin(self, session_id: str, action: str, args: dict[str, Any], user: User) -> ActionResult:
+        """A check-in: optimistically first, then under the lease if it must.
+
+        ``args`` become the action's own (it may change them): pass a dict made for this call.
+        """
+        done = await self._checkin_unleased(session_id, action, args, user)
+        if done is not None:
+            return done
+        self.checkin_retries += 1
+        log.debug("check-in %r of session %s met another writer; running it again under the lease", action, session_id,
+                  extra={"event": "checkin.retry"})
+        return await self._run_locked(session_id, action, args, user, "checkin")
+
+    async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind) -> ActionResult:
+        async with self._leases.locked(session_id, f"{kind} {action}") as lease:
+            if lease.session is None:
+                raise no_session(session_id)
+            release = (session_id, lease.holder)
+            outcome = await self._perform(kind, lease.session, action, args, user, lease, release_lease=release)
+            committed = await self._commit(outcome.changes or Changes(release_lease=release))
+            lease.released = True
+        return outcome.result_after(committed)
+
+    async def _checkin_unleased(self, session_id: str, action: str, args: dict[str, Any], user: User) -> ActionResult | None:
+        """A check-in without the store lease: None if it must run again under the lease.
+
+        Check-ins come every few seconds from every open page and mostly change nothing, so they
+        skip the store lease's two writes. Under this process's lock (which orders them with every
+        other action of this process) the session is read as committed (through the store's session
+        cache) and the action runs within the same time budget. If it changed
+        nothing, nothing is written. Otherwise its changes commit only if, at commit time, the
+        session is still at the version that was read and no other process holds its lease
+        (``Changes.unleased``); if not, nothing was written and the caller runs the check-in again
+        under the lease, so the action may run twice: check-in actions must be safe to repeat, as
+        they are already (they run again every ``checkin_interval``).
+        """
+        await self._leases.lock_local(session_id, f"checkin {action}")
+        try:
+            rec = await self._store.get_session(session_id)
+            if rec is None:
+                raise no_session(session_id)
+            budget = self.config.sessions.lock_timeout
+            lease = Lease(session_id, "", time.monotonic() + budget, budget, session=rec)
+            outcome = await self._perform("checkin", rec, action, args, user, lease, unleased=(session_id, rec.version))
+            if outcome.changes is None:
+                return outcome.result_after(None)
+            try:
+                committed = await self._commit(outcome.changes)
+            except VersionConflict:
+                return None
+            return outcome.result_after(committed)
+        finally:
+            self._leases.unlock_local(session_id)
+
+    async def _perform(self, kind: ContextKind, rec: SessionRecord, action: str, args: dict[str, Any], user: User,
+                       lease: Lease, *, release_lease: tuple[str, str] | None = None,
+                       unleased: tuple[str, int] | None = None) -> _Outcome:
+        """Run the action on ``rec``'s answers; what it produced, not yet committed (None if nothing,
+        else with ``release_lease`` and ``unleased`` set as given)."""
+        interview = self._registry.get(rec.interview)
+        handler = interview.get_action(action)
+        answers = codec.decode(rec.answers)
+        ctx = self._invoker.new_context(kind, rec.id, interview, action, args, user)
+        ctx.accessed_at = rec.accessed_at
+        # Answers whose text has no tag hold no references: skip walking them. A check-in's arguments
+        # are the page's field values, plain JSON.
+        values = [answers] if codec.TAG in rec.answers else []
+        if kind != "checkin":
+            values.append(args)
+        ctx.task_records = await self._hydrate(*values) if values else {}
+        end = await self._invoke_locked(ctx, handler, answers, lease)
+        result = end_result(ctx, end)
+        save: SessionSave | None = None
+        if not result.deleted and not skips_save(end):
+            save = session_save(rec, answers, user, f"action {action!r}")
+            if kind == "checkin" and save.answers == rec.answers:
+                save = None  # a check-in that changed nothing writes nothing
+        # a foreground action's commands go to every open page of the session
+        commands = result.commands if kind == "foreground" and not result.deleted else ()
+        if save is None and not result.deleted and not ctx.new_tasks and not ctx.new_mailboxes and not commands:
+            return _Outcome(result, None, rec.version)
+        changes = Changes(
+            save=save,
+            delete_session=rec.id if result.deleted else None,
+            new_tasks=tuple(ctx.new_tasks),
+            mailboxes=tuple(ctx.new_mailboxes),
+            events=tuple(NewEvent(rec.id, "command", json.dumps(c, default=str)) for c in commands),
+            release_lease=release_lease,
+            unleased=unleased,
+        )
+        return _Outcome(result, changes, rec.version)
+
+    async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: Lease) -> ActionEnd | None:
+        try:
+            return await self._invoker.invoke(ctx, handler, answers, lease.remaining())
+        except TimeoutError:
+            log.warning(
+                "action %r of session %s ran past its %.1f s lock budget; nothing was saved",
+                ctx.action, ctx.session_id, lease.budget, extra={"event": "action.budget_exceeded"},
+            )
+            raise BudgetExceeded(
+                f"action {ctx.action!r} of session {ctx.session_id} ran past its {lease.budget:g} s lock budget "
+                "([sessions] lock_timeout); nothing was saved. Move slow work into a background_action()"
+            ) from None
+        except MailgateError:
+            raise
+        except Exception as exc:
+            log.warning("action %r of session %s raised", ctx.action, ctx.session_id, exc_info=True, extra={"event": "action.raised"})
+            raise ActionError(f"action {ctx.action!r} of interview {ctx.interview.name!r} raised {type(exc).__name__}: {exc}") from exc
