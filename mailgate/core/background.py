@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mailgate.core import answers as codec
+from mailgate.core.actions import response_value, session_save, skips_save
 from mailgate.core.commands import notification_command
 from mailgate.core.context import (
     ActionContext,
     BackgroundResponseActionEnd,
     BackgroundResponseEnd,
     CommandEnd,
-    ResponseEnd,
     User,
 )
 from mailgate.core.interviews import Action
@@ -108,7 +108,7 @@ class TaskRunner:
                 failure = Failure.from_exception(exc)
             else:
                 if isinstance(end, BackgroundResponseEnd):
-                    value = end.args_[0] if end.args_ else None
+                    value = response_value(end)
                 elif isinstance(end, BackgroundResponseActionEnd):
                     callback = (end.action, end.kwargs)
                 elif end is None:
@@ -197,15 +197,14 @@ class TaskRunner:
                     failure = Failure.from_exception(exc, prefix=f"the {what} {name!r} raised: ")
                 else:
                     if isinstance(end, BackgroundResponseEnd):
-                        value = end.args_[0] if end.args_ else None
+                        value = response_value(end)
                     elif isinstance(end, (BackgroundResponseActionEnd, CommandEnd)):
                         failure = Failure("ActionError", f"the {what} {name!r} ended with {end}(); end it with background_response()")
-                    if failure is None and not (isinstance(end, ResponseEnd) and end.null):
+                    if failure is None and not skips_save(end):
                         try:
-                            save = SessionSave(rec.session_id, codec.encode(answers), session.version,
-                                               touch=user.id != "cron", allow_cron=answers.get("allow_cron") is True)
+                            save = session_save(session, answers, user, f"the {what} {name!r}")
                         except AnswersError as exc:
-                            failure = Failure("AnswersError", f"the {what} {name!r} left answers that cannot be saved: {exc}")
+                            failure = Failure("AnswersError", str(exc))
                 if failure is not None:
                     log.warning("task %s: %s", rec.id, failure.error_message, extra={"event": "task.callback_failed"})
                     if error is not None:

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from mailgate.daemon.lifecycle import (
     tune_gc,
 )
 from mailgate.daemon.logs import setup_logging
+from mailgate.edges.cli.output import emit, print_json, safe
 from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
 from mailgate.edges.cli.send import cmd_send_test_email
 from mailgate.errors import ConfigError, MailgateError
@@ -39,41 +39,6 @@ DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.dem
 
 class UsageError(MailgateError):
     pass
-
-
-# -- output ------------------------------------------------------------------------------------------
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _safe(text: str, *, newlines: bool = False) -> str:
-    """Text from mail made safe for a terminal: control characters shown as escapes, never sent."""
-    if not newlines:
-        text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[_safe(str(r.get(c, "") if r.get(c) is not None else "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _print_record(data: dict[str, Any]) -> None:
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, indent=2, ensure_ascii=False, default=str).replace("\n", "\n" + " " * (width + 2))
-        text = "" if value is None else _safe(str(value), newlines=True)
-        print(f"{key.ljust(width)}  {text}")
 
 
 # -- plumbing ----------------------------------------------------------------------------------------
@@ -112,7 +77,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     check_config(config)
     load_interviews(config.interviews.modules, config.interviews.paths)
     if args.json:
-        _print_json({"ok": True, "path": path, "source": config.source})
+        print_json({"ok": True, "path": path, "source": config.source})
     else:
         print(f"{path or 'built-in defaults'}: OK")
     return 0
@@ -128,7 +93,7 @@ async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 async def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
     applied, version = await migrate_store(config)
     if args.json:
-        _print_json({"applied": applied, "version": version})
+        print_json({"applied": applied, "version": version})
     else:
         print(f"applied {len(applied)} migration(s); schema version {version}")
     return 0
@@ -142,29 +107,29 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
                 raise UsageError("--answers must be a JSON object")
             rec = await rt.create_session(args.interview, answers, owner=_user_from(args))
             data = session_dict(rec)
-            _print_json(data) if args.json else print(rec.id)
+            emit(args.json, data, text=rec.id)
         elif args.sessions_cmd == "list":
             recs = await rt.list_sessions(interview=args.interview, limit=args.limit)
             rows = [session_dict(r) for r in recs]
-            _print_json(rows) if args.json else _print_table(rows, ["id", "interview", "version", "modified", "accessed"])
+            emit(args.json, rows, columns=["id", "interview", "version", "modified", "accessed"])
         elif args.sessions_cmd == "show":
             data = session_dict(await rt.get_session(args.id), with_answers=True)
             data["tasks"] = [t.id for t in await rt.tasks.list(session_id=args.id, limit=1000)]
-            _print_json(data) if args.json else _print_record(data)
+            emit(args.json, data)
         elif args.sessions_cmd == "delete":
             if not await rt.delete_session(args.id):
                 raise UsageError(f"no session {args.id!r}; list sessions with: mailgate sessions list")
-            _print_json({"deleted": args.id}) if args.json else print(f"deleted session {args.id}")
+            emit(args.json, {"deleted": args.id}, text=f"deleted session {args.id}")
         elif args.sessions_cmd == "run":
             result = await rt.run_action(args.id, args.action, _parse_args_kv(args.arg or ()), user=_user_from(args))
             data = result.to_dict()
             if args.json:
-                _print_json(data)
+                print_json(data)
             else:
                 if result.text is not None:
                     print(result.text)
                 elif result.data is not None:
-                    _print_json(data["data"])
+                    print_json(data["data"])
                 else:
                     print(f"ended: {result.kind}{' ' + result.command if result.command else ''}; "
                           f"saved: {'yes' if result.saved else 'no'}; tasks started: {', '.join(result.tasks) or 'none'}")
@@ -176,17 +141,17 @@ async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
         if args.tasks_cmd == "list":
             recs = await rt.tasks.list(session_id=args.session, state=args.state, limit=args.limit)
             rows = [task_dict(r) for r in recs]
-            _print_json(rows) if args.json else _print_table(rows, ["id", "session", "action", "state", "attempts", "created", "finished"])
+            emit(args.json, rows, columns=["id", "session", "action", "state", "attempts", "created", "finished"])
         elif args.tasks_cmd == "show":
             rec = await (rt.wait_task(args.id, args.wait) if args.wait else rt.get_task_record(args.id))
             data = task_dict(rec)
-            _print_json(data) if args.json else _print_record(data)
+            emit(args.json, data)
             if args.wait and not rec.done:
                 print(f"mailgate: error: task {args.id} still {rec.state} after {args.wait:g} s", file=sys.stderr)
                 return 1
         elif args.tasks_cmd == "retry":
             rec = await rt.tasks.retry(args.id)
-            _print_json(task_dict(rec)) if args.json else print(f"task {rec.id} queued again")
+            emit(args.json, task_dict(rec), text=f"task {rec.id} queued again")
     return 0
 
 
@@ -208,7 +173,7 @@ async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
                 "emails": box.emails,
                 "last_received": iso(box.last_received),
             })
-        _print_json(rows) if args.json else _print_table(rows, ["address", "session", "interview", "owner", "created", "emails", "last_received"])
+        emit(args.json, rows, columns=["address", "session", "interview", "owner", "created", "emails", "last_received"])
     return 0
 
 
@@ -220,26 +185,26 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
                 local = args.mailbox.partition("@")[0].lower()
             recs = await rt.emails.list(session_id=args.session, local_part=local, limit=args.limit)
             rows = [email_dict(r) for r in recs]
-            _print_json(rows) if args.json else _print_table(rows, ["id", "mailbox", "received", "from", "subject", "size"])
+            emit(args.json, rows, columns=["id", "mailbox", "received", "from", "subject", "size"])
         elif args.emails_cmd == "show":
             rec = await rt.emails.get(args.id)
             if args.raw:
                 raw = await rt.emails.raw(rec)
                 if args.json:
-                    _print_json({"id": rec.id, "raw_base64": base64.b64encode(raw).decode()})
+                    print_json({"id": rec.id, "raw_base64": base64.b64encode(raw).decode()})
                 else:
                     sys.stdout.buffer.write(raw)
                     sys.stdout.flush()
             elif args.headers:
                 headers = json.loads(rec.parsed).get("headers") or []
                 if args.json:
-                    _print_json([{"name": n, "value": v} for n, v in headers])
+                    print_json([{"name": n, "value": v} for n, v in headers])
                 else:
                     for name, value in headers:
-                        print(f"{_safe(name)}: {_safe(value)}")
+                        print(f"{safe(name)}: {safe(value)}")
             else:
                 data = email_dict(rec, full=True)
-                _print_json(data) if args.json else _print_record(data)
+                emit(args.json, data)
     return 0
 
 
@@ -258,7 +223,7 @@ async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
 
             report = await cron.run(args.type, on_result=show)
             if args.json:
-                _print_json(report.to_dict())
+                print_json(report.to_dict())
             else:
                 print(f"{args.type}: {report.sessions} sessions, {report.saved} saved, {report.exited} exited, "
                       f"{report.errors} errors" + (f", {report.deleted_inactive} inactive deleted" if args.type == "cron_daily" else "")
@@ -272,7 +237,7 @@ async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
             period, at = last.get(type_, (None, None))
             rows.append({"type": type_, "schedule": expr, "timezone": config.scheduler.timezone,
                          "last_period": period, "last_run": iso(at), "next_run": nxt.isoformat() if nxt else None})
-        _print_json(rows) if args.json else _print_table(rows, ["type", "schedule", "last_period", "last_run", "next_run"])
+        emit(args.json, rows, columns=["type", "schedule", "last_period", "last_run", "next_run"])
     return 0
 
 
@@ -291,7 +256,7 @@ async def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
         checks.append(await _check_web(config))
     ok = all(c["ok"] for c in checks)
     if args.json:
-        _print_json({"ok": ok, "checks": checks})
+        print_json({"ok": ok, "checks": checks})
     else:
         for c in checks:
             print(f"{c['check']}: {'ok' if c['ok'] else 'FAILED'} ({c['detail']})")

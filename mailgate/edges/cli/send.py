@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import socket
-import sys
 from typing import Any, Protocol
 
+from mailgate.edges.cli.output import fail, print_json
 from mailgate.outbound.message import Message, OutboundError
 from mailgate.outbound.transport import Outbound, OutboundConfig, RelayTransport, SendResult
 
@@ -56,7 +55,7 @@ async def cmd_send_test_email(args: argparse.Namespace, config: _HasOutbound) ->
         return _fail(args, result.error or "the relay did not accept the message", result)
     data = _result_dict(transport, result)
     if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print_json(data)
     else:
         print(f"accepted by {transport.relay}: {result.code} {result.reply}".rstrip())
         for addr, why in result.refused.items():
@@ -81,11 +80,5 @@ def _result_dict(transport: RelayTransport, result: SendResult) -> dict[str, Any
 
 
 def _fail(args: argparse.Namespace, error: str, result: SendResult | None = None) -> int:
-    if args.json:
-        data: dict[str, Any] = {"ok": False, "error": error}
-        if result is not None:
-            data.update(code=result.code, message_id=result.message.message_id)
-        print(json.dumps(data, indent=2, ensure_ascii=False))
-    else:
-        print(f"mailgate: error: {error}", file=sys.stderr)
-    return 1
+    details = {} if result is None else {"code": result.code, "message_id": result.message.message_id}
+    return fail(args.json, error, **details)
