@@ -39,7 +39,7 @@ from mailgate.core.context import (
     User,
 )
 from mailgate.core.daemail import DAEmail
-from mailgate.core.events import EventBus
+from mailgate.core.events import EventFeed
 from mailgate.core.inbound import Addresses
 from mailgate.core.interviews import Action, Interview, Registry
 from mailgate.core.leases import Lease, Leases
@@ -145,11 +145,11 @@ class _Outcome:
 class Runtime:
     """Runs actions against one store with one interview registry."""
 
-    def __init__(self, config: Config, store: Store, registry: Registry, *, bus: EventBus | None = None) -> None:
+    def __init__(self, config: Config, store: Store, registry: Registry, *, feed: EventFeed | None = None) -> None:
         self.config = config
         self.store = store
         self.registry = registry
-        self.bus = bus or EventBus()
+        self.feed = feed or EventFeed(store, config.web.event_poll_interval)
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.executor = DaemonThreadPool(config.tasks.workers + 4)
         self._deadlines = Deadlines()
@@ -536,8 +536,10 @@ class Runtime:
         return result
 
     def after_commit(self, events: Sequence[EventRecord], new_tasks: bool) -> None:
-        """Tell this process what a commit did: publish its events, wake the workers for its tasks."""
-        self.bus.publish(events)
+        """Tell this process what a commit did: wake the event feed for its events (the feed reads
+        them from the store), wake the workers for its tasks."""
+        if events:
+            self.feed.wake()
         if new_tasks:
             for listener in list(self._task_listeners):
                 listener()
