@@ -107,7 +107,7 @@ async def bench_mailgate(n: int, concurrency: int, workers: int, rate: float | N
                 if finished == n:
                     all_done.set()
 
-        daemon.bus.subscribe(on_event, session.id)
+        (await daemon.start_feed()).subscribe(on_event, session.id)
         enqueued: dict[int, float] = {}
         start = time.perf_counter()
 

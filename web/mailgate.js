@@ -193,8 +193,9 @@
       switch (msg.type) {
         case "welcome": return this.welcome(msg);
         case "event":
-          if (msg.id <= this.last) return;
-          this.last = msg.id;
+          // a "late" event became visible after a higher id was sent: it is new although its id is lower
+          if (msg.id <= this.last && !msg.late) return;
+          if (msg.id > this.last) this.last = msg.id;
           if (msg.kind === "command") return applyCommand(msg.data);
           return void fire("mailgate:" + msg.kind, msg.data);
         case "reset":

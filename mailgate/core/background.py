@@ -63,6 +63,34 @@ class Failure:
         return cls(type(exc).__name__, prefix + str(exc), trace, variables)
 
 
+def task_event_payload(rec: TaskRecord, state: str, error_type: str | None) -> str:
+    """The payload of every ``task`` event (what ``mailgate:task`` gives the page): one shape for
+    every way a task ends, the worker's death included."""
+    return json.dumps({"task": rec.id, "action": rec.action, "state": state, "error_type": error_type})
+
+
+def task_events(rec: TaskRecord, state: str, has_value: bool, value: Any, error_type: str | None) -> list[NewEvent]:
+    """The events a finished task sends its session's browsers: its ``task`` event, and the command
+    of its ``ui_notification`` (when it has a value, or always for ``refresh``)."""
+    events = [NewEvent(rec.session_id, "task", task_event_payload(rec, state, error_type))]
+    mode = rec.ui_notification
+    if mode and (has_value or mode == "refresh"):
+        try:
+            command = notification_command(mode, value)
+            events.append(NewEvent(rec.session_id, "command", json.dumps(command, default=str)))
+        except ActionError as exc:
+            log.warning("task %s: no %s notification: %s", rec.id, mode, exc, extra={"event": "task.notification_skipped"})
+    return events
+
+
+def lost_task_events(rec: TaskRecord) -> list[NewEvent]:
+    """The events of a task the store failed because its worker kept dying (``Store.claim_tasks``).
+
+    Runs inside the store's transaction (the SQLite writer's thread): pure, no I/O.
+    """
+    return task_events(rec, "failed", False, None, rec.error_type)
+
+
 class TaskRunner:
     """Runs claimed tasks for one :class:`~mailgate.core.runtime.Runtime` (its store, registry and leases)."""
 
@@ -155,7 +183,7 @@ class TaskRunner:
             save=extra.save if extra else None,
             new_tasks=[t for c in spawned for t in c.new_tasks],
             mailboxes=[m for c in spawned for m in c.new_mailboxes],
-            events=self._task_events(rec, state, has_value, value),
+            events=task_events(rec, state, has_value, value, failure.error_type if failure else None),
             finish=finish,
             release_lease=extra.release_lease if extra else None,
         )
@@ -220,14 +248,3 @@ class TaskRunner:
             if error is not None:
                 failure = Failure(error.error_type, f"{error.error_message}; then {failure.error_message}", error.error_trace, error.variables)
             await self._finish(rec, worker, None, failure, spawned)
-
-    def _task_events(self, rec: TaskRecord, state: str, has_value: bool, value: Any) -> list[NewEvent]:
-        events = [NewEvent(rec.session_id, "task", json.dumps({"task": rec.id, "action": rec.action, "state": state}))]
-        mode = rec.ui_notification
-        if mode and (has_value or mode == "refresh"):
-            try:
-                command = notification_command(mode, value)
-                events.append(NewEvent(rec.session_id, "command", json.dumps(command, default=str)))
-            except ActionError as exc:
-                log.warning("task %s: no %s notification: %s", rec.id, mode, exc, extra={"event": "task.notification_skipped"})
-        return events

@@ -2,22 +2,22 @@
 
 Every change of durable state that an action, a task or a delivery made goes through
 :meth:`Commits.commit` (one store transaction); then this process learns what it did: the event
-feed is woken for its events, the worker pool for its new tasks, waiters for its finished tasks.
+feed is woken for its events (it reads them from the store: its cursor moves only by what the store returns), the worker pool for its new tasks, waiters for its finished tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from mailgate.core.events import EventBus
+from mailgate.core.events import EventFeed
 from mailgate.core.tasks import TaskBook
 from mailgate.store.base import Changes, CommitResult, EventRecord, Store
 
 
 class Commits:
-    def __init__(self, store: Store, bus: EventBus, tasks: TaskBook) -> None:
+    def __init__(self, store: Store, feed: EventFeed, tasks: TaskBook) -> None:
         self._store = store
-        self._bus = bus
+        self._feed = feed
         self._tasks = tasks
         self._task_listeners: list[Callable[[], None]] = []
 
@@ -37,8 +37,10 @@ class Commits:
         return result
 
     def after_commit(self, events: Sequence[EventRecord], new_tasks: bool) -> None:
-        """Tell this process what a commit did: publish its events, wake the workers for its tasks."""
-        self._bus.publish(events)
+        """Tell this process what a commit did: wake the event feed for its events (the feed reads
+        them from the store), wake the workers for its tasks."""
+        if events:
+            self._feed.wake()
         if new_tasks:
             for listener in list(self._task_listeners):
                 listener()

@@ -34,7 +34,7 @@ from mailgate.core.commits import Commits
 from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
 from mailgate.core.daemail import DAEmail
 from mailgate.core.emails import Emails, MailboxView
-from mailgate.core.events import EventBus
+from mailgate.core.events import EventFeed
 from mailgate.core.interviews import Action, Interview, Registry
 from mailgate.core.leases import Leases
 from mailgate.core.mailboxes import Addresses, Mailbox, Mailboxes
@@ -59,11 +59,11 @@ __all__ = ["ActionResult", "Mailbox", "Runtime"]
 class Runtime:
     """Runs actions against one store with one interview registry; what the edges call."""
 
-    def __init__(self, config: Config, store: Store, registry: Registry, *, bus: EventBus | None = None) -> None:
+    def __init__(self, config: Config, store: Store, registry: Registry, *, feed: EventFeed | None = None) -> None:
         self.config = config
         self.store = store  # for the core's own parts (inbound delivery, cron, the worker pool); never the edges
         self.registry = registry
-        self.bus = bus or EventBus()
+        self.feed = feed or EventFeed(store, config.web.event_poll_interval)
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.outbound = Outbound(config.outbound)
         self.leases = Leases(config.sessions, store, self.process_id)
@@ -71,7 +71,7 @@ class Runtime:
         self.emails = Emails(store)
         self.mailboxes = Mailboxes(config.mail, store, self.emails, store.now)
         self.invoker = Invoker(config.tasks.workers + 4, services=self)
-        self.commits = Commits(store, self.bus, self.tasks)
+        self.commits = Commits(store, self.feed, self.tasks)
         self.sessions = Sessions(config, store, registry, self.leases, self.invoker, self.commits.commit, self.hydrate)
         self._task_runner = TaskRunner(self)
         self._interview_of: dict[str, str] = {}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailgate.config import TasksConfig
 from mailgate.core import answers as codec
+from mailgate.core.background import lost_task_events
 from mailgate.core.bridge import on_loop, refuse_on_loop, run_on_loop
 from mailgate.core.context import CURRENT
 from mailgate.errors import ActionError, LeaseLost, NotFound, TaskFailed, TaskNotReady
@@ -225,7 +226,10 @@ class WorkerPool:
                 self._wake.clear()
                 free = self.config.workers - len(self.running)
                 if free > 0:
-                    claimed = await self.runtime.store.claim_tasks(self.worker_id, free, self.config.lease)
+                    claim = await self.runtime.store.claim_tasks(self.worker_id, free, self.config.lease, lost_task_events)
+                    if claim.events:
+                        self.runtime.after_commit(claim.events, False)
+                    claimed = claim.tasks
                     if claimed:
                         sessions = await self.runtime.store.get_sessions([rec.session_id for rec in claimed])
                         for rec in claimed:

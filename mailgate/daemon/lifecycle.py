@@ -19,7 +19,7 @@ from typing import Any
 
 from mailgate.config import Config
 from mailgate.core.cron import Cron
-from mailgate.core.events import EventBus
+from mailgate.core.events import EventFeed
 from mailgate.core.inbound import Inbound
 from mailgate.core.interviews import Registry, load_interviews
 from mailgate.core.runtime import Runtime
@@ -34,6 +34,7 @@ from mailgate.store import Store, open_store
 
 log = logging.getLogger(__name__)
 IMPLEMENTED_ROLES = ("smtp", "web", "worker", "scheduler")
+FEED_ROLES = ("web",)  # roles that push events to subscribers in this process
 
 
 def check_config(config: Config) -> None:
@@ -71,7 +72,6 @@ class Daemon:
         self.roles = tuple(roles if roles is not None else config.daemon.roles)
         self._registry = registry
         self._clock = clock
-        self.bus = EventBus()
         self.store: Store | None = None
         self.runtime: Runtime | None = None
         self.pool: WorkerPool | None = None
@@ -109,7 +109,8 @@ class Daemon:
         self.store = open_store(self.config.store, clock=self._clock)
         await self.store.open()
         await self.store.migrate()
-        self.runtime = Runtime(self.config, self.store, registry, bus=self.bus)
+        self.runtime = Runtime(self.config, self.store, registry,
+                               feed=EventFeed(self.store, self.config.web.event_poll_interval))
         if not self.one_shot:
             self.runtime.outbound.check()  # an unusable DKIM key or CA file stops the start, not the first send
         await self.runtime.open()
@@ -122,10 +123,11 @@ class Daemon:
         if "smtp" in self.roles:
             self.smtp = SmtpServer(self.inbound, self.config.smtp)
             await self.smtp.start()
+        if any(role in FEED_ROLES for role in self.roles):
+            await self.start_feed()
         if "web" in self.roles:
             self.web = WebServer(self.runtime, self.config.web, self.inbound)
             await self.web.start()
-            self.spawn("web-event-poll", self.web.poll())
             self.spawn("web-heartbeat", self.web.heartbeat())
         calendar = CronCalendar(self.config)
         self.cron = Cron(self.runtime, self.config, calendar)
@@ -141,6 +143,22 @@ class Daemon:
         sdnotify.notify(f"READY=1\nSTATUS=serving: {','.join(active) or 'no roles'}")
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
+
+    @property
+    def feed(self) -> EventFeed:
+        """This process's event feed (it delivers only once :meth:`start_feed` has run)."""
+        assert self.runtime is not None, "the daemon has not started"
+        return self.runtime.feed
+
+    async def start_feed(self) -> EventFeed:
+        """Run the event feed as the named task ``event-feed``, unless it runs already. The roles in
+        ``FEED_ROLES`` start it; code that watches events in a daemon without them (tests,
+        benchmarks) calls this."""
+        feed = self.feed
+        if "event-feed" not in self._tasks:
+            await feed.open()
+            self.spawn("event-feed", feed.run())
+        return feed
 
     async def _catch_up(self) -> None:
         assert self.cron is not None

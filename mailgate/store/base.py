@@ -8,7 +8,7 @@ looks inside them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -198,6 +198,18 @@ class CommitResult:
     events: Sequence[EventRecord] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim_tasks`` did: the tasks now claimed, and the events of the tasks it failed instead."""
+
+    tasks: Sequence[TaskRecord] = ()
+    events: Sequence[EventRecord] = ()
+
+
+# The events that tell a session's browsers that a task failed (built by the core, committed by the store)
+LostTaskEvents = Callable[[TaskRecord], Sequence[NewEvent]]
+
+
 class Store(abc.ABC):
     """Durable state of mailgate. One instance per process; safe for concurrent use in one loop.
 
@@ -274,10 +286,13 @@ class Store(abc.ABC):
 
     # -- tasks -------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def claim_tasks(self, worker: str, limit: int, lease: float) -> list[TaskRecord]:
+    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTaskEvents) -> Claim:
         """Claim up to ``limit`` runnable tasks: queued ones, and running ones whose lease expired.
 
-        An expired task that has used all its attempts is failed instead (its worker kept dying).
+        An expired task that has used all its attempts is failed instead (its worker kept dying,
+        error type ``WorkerLost``); the events ``lost(failed task)`` returns are inserted in the same
+        transaction and returned in ``Claim.events`` (the core builds them, so that every task event
+        has one shape).
         """
 
     @abc.abstractmethod
@@ -357,6 +372,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
         """Events of every session with an id above ``after_id``, oldest first (cross-process fan-out)."""
+
+    @abc.abstractmethod
+    async def events_with_ids(self, ids: Sequence[int]) -> list[EventRecord]:
+        """The events among ``ids`` that exist (are visible) now, in id order: the event feed asks
+        again for ids it saw skipped (see :mod:`mailgate.core.events`)."""
 
     @abc.abstractmethod
     async def last_event_id(self) -> int: ...

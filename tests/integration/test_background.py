@@ -97,10 +97,14 @@ async def test_background_error_action_handled(daemon: Daemon) -> None:
 )
 async def test_ui_notifications_record_command_events(daemon: Daemon, interview: str, expected: dict[str, Any]) -> None:
     seen: list[Any] = []
-    daemon.bus.subscribe(lambda e: seen.append(e))
+    (await daemon.start_feed()).subscribe(lambda e: seen.append(e))
     sid, _ = await start_task(daemon, interview, {"value_to_add": 2})
     assert await commands(daemon, sid) == [expected]
-    assert [json.loads(e.payload) for e in seen if e.session_id == sid and e.kind == "command"] == [expected]
+
+    async def pushed() -> bool:
+        return [json.loads(e.payload) for e in seen if e.session_id == sid and e.kind == "command"] == [expected]
+
+    await wait_until(pushed, what="the command event from the feed")
 
 
 # -- Task handle -------------------------------------------------------------------------------------

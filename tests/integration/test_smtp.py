@@ -21,7 +21,7 @@ from mailgate.core.runtime import Runtime
 from mailgate.core.tasks import Task
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.mail.auth import StaticResolver
-from tests.conftest import make_config
+from tests.conftest import make_config, wait_until
 from tests.keys import RsaKey
 
 pytestmark = pytest.mark.asyncio
@@ -75,7 +75,7 @@ async def test_mail_to_session_fires_incoming_email_and_is_saved(daemon: Daemon)
     local, _, domain = address.partition("@")
     assert domain == "example.test" and len(local) == 16 and set(local) <= set("abcdefghijkmnpqrstuvwxyz23456789")
     events: list[Any] = []
-    daemon.bus.subscribe(events.append, sid)
+    (await daemon.start_feed()).subscribe(events.append, sid)
     refused = await smtp_call(daemon.smtp.port, lambda c: c.send_message(message(address, "Case 1")))
     assert refused == {}
     tasks = await rt(daemon).store.list_tasks(session_id=sid)
@@ -85,7 +85,11 @@ async def test_mail_to_session_fires_incoming_email_and_is_saved(daemon: Daemon)
     assert answers["email"].subject == "Case 1" and answers["email"].from_address == "sender@elsewhere.test"
     assert answers["email"].body_text.strip() == "Body text" and answers["email"].short == local
     assert (await rt(daemon).run_action(sid, "screen")).text == "From sender@elsewhere.test: Case 1"
-    assert [e.kind for e in events][:1] == ["email"]
+
+    async def pushed() -> bool:
+        return [e.kind for e in events][:1] == ["email"]
+
+    await wait_until(pushed, what="the email event from the feed")
 
 
 async def test_same_key_same_address_and_case_insensitive_domain(daemon: Daemon) -> None:

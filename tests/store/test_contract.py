@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from mailgate.core.background import lost_task_events
 from mailgate.errors import LeaseLost, MailgateError, NotFound, VersionConflict
 from mailgate.store.base import (
     Changes,
@@ -157,15 +158,15 @@ async def test_unleased_commit_needs_the_read_version_and_no_live_lease(store: S
 
 async def test_claim_order_heartbeat_and_finish(store: Store, clock: Clock) -> None:
     await store.commit(Changes(new_tasks=[new_task(f"t{i}") for i in range(5)]))
-    claimed = await store.claim_tasks("w1", 3, lease=30)
+    claimed = (await store.claim_tasks("w1", 3, lease=30, lost=lost_task_events)).tasks
     assert [t.id for t in claimed] == ["t0", "t1", "t2"]
     assert all(t.state == "running" and t.worker == "w1" and t.attempts == 1 for t in claimed)
-    assert [t.id for t in await store.claim_tasks("w2", 10, lease=30)] == ["t3", "t4"]
-    assert await store.claim_tasks("w3", 10, lease=30) == []
+    assert [t.id for t in (await store.claim_tasks("w2", 10, lease=30, lost=lost_task_events)).tasks] == ["t3", "t4"]
+    assert (await store.claim_tasks("w3", 10, lease=30, lost=lost_task_events)).tasks == ()
     clock.now += 20
     await store.heartbeat("w1", ["t0"], lease=30)
     clock.now += 15  # t1, t2 (w1, no heartbeat) and t3, t4 (w2) expired; t0 renewed
-    again = await store.claim_tasks("w3", 10, lease=30)
+    again = (await store.claim_tasks("w3", 10, lease=30, lost=lost_task_events)).tasks
     assert sorted(t.id for t in again) == ["t1", "t2", "t3", "t4"]
     assert all(t.attempts == 2 for t in again)
     result = await store.commit(Changes(finish=TaskFinish("t0", "w1", "succeeded", '{"value":1}'),
@@ -182,14 +183,14 @@ async def test_exhausted_attempts_fail_with_clear_error(store: Store, clock: Clo
     await store.create_session("s1", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task("t1", max_attempts=2)]))
     for _ in range(2):
-        assert [t.id for t in await store.claim_tasks("w", 1, lease=5)] == ["t1"]
+        assert [t.id for t in (await store.claim_tasks("w", 1, lease=5, lost=lost_task_events)).tasks] == ["t1"]
         clock.now += 6  # the worker "died"
-    assert await store.claim_tasks("w", 1, lease=5) == []
+    assert (await store.claim_tasks("w", 1, lease=5, lost=lost_task_events)).tasks == ()
     failed = await store.get_task("t1")
     assert failed is not None and failed.state == "failed" and failed.error_type == "WorkerLost"
     assert "2 times" in (failed.error_message or "") and "mailgate tasks retry t1" in (failed.error_message or "")
     events = await store.list_events("s1")
-    assert json.loads(events[-1].payload) == {"task": "t1", "state": "failed"}
+    assert json.loads(events[-1].payload) == {"task": "t1", "action": "act", "state": "failed", "error_type": "WorkerLost"}
     retried = await store.retry_task("t1")
     assert retried.state == "queued" and retried.attempts == 0 and retried.error_type is None
     with pytest.raises(MailgateError, match="only failed tasks"):
@@ -200,11 +201,11 @@ async def test_exhausted_attempts_fail_with_clear_error(store: Store, clock: Clo
 
 async def test_release_tasks_requeues_without_counting(store: Store) -> None:
     await store.commit(Changes(new_tasks=[new_task("t1")]))
-    await store.claim_tasks("w", 1, lease=30)
+    await store.claim_tasks("w", 1, lease=30, lost=lost_task_events)
     await store.release_tasks("w", ["t1"])
     rec = await store.get_task("t1")
     assert rec is not None and rec.state == "queued" and rec.attempts == 0 and rec.worker is None
-    assert [t.id for t in await store.claim_tasks("w2", 1, lease=30)] == ["t1"]
+    assert [t.id for t in (await store.claim_tasks("w2", 1, lease=30, lost=lost_task_events)).tasks] == ["t1"]
 
 
 async def test_events_increase_per_session(store: Store) -> None:
@@ -240,7 +241,7 @@ async def test_a_failing_commit_in_a_group_undoes_only_itself(store: Store) -> N
     for i in range(3):
         await store.create_session(f"s{i}", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task("t1", "s1")]))
-    assert [t.id for t in await store.claim_tasks("w", 10, 30)] == ["t1"]
+    assert [t.id for t in (await store.claim_tasks("w", 10, 30, lost=lost_task_events)).tasks] == ["t1"]
     before = store.commit_stats if isinstance(store, SqliteStore) else None
     outcomes = await asyncio.gather(
         store.commit(Changes(save=SessionSave("s0", '{"ok":0}', 1), new_tasks=[new_task("t0", "s0")])),

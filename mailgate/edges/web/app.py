@@ -62,7 +62,6 @@ class WebServer:
         self.port = 0
 
     async def start(self) -> None:
-        await self.hub.start()
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -70,9 +69,6 @@ class WebServer:
         address: Any = self._runner.addresses[0]
         self.port = int(address[1])
         log.info("web listening on %s:%d", self.config.host, self.port, extra={"event": "web.listening"})
-
-    async def poll(self) -> None:
-        await self.hub.poll()
 
     async def heartbeat(self) -> None:
         await self.hub.heartbeat()

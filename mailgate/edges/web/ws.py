@@ -5,6 +5,7 @@ Protocol (JSON text frames):
 server -> browser
   {"type": "welcome", "session": ID, "checkin_interval": 6.0, "last_event": N}
   {"type": "event", "id": N, "kind": "command"|"email"|"task", "data": {...}}   # per-session ordered
+  {"type": "event", ..., "late": true}   # an event that became visible after a higher id was sent
   {"type": "reset"}                      # missed more than the history holds: reload the page's state
   {"type": "checkin", "ref": R, "commands": [...], "saved": bool}
   {"type": "result", "ref": R, "result": {...}}                                 # answer to "run"
@@ -16,7 +17,9 @@ browser -> server
 
 Open with ``/ws?token=T&last=N``: N is the id of the last event the page saw; the events after it are
 sent first (at most ``[web] event_history``; more than that gives "reset"). Every open connection of a
-session receives every event. Each connection has a bounded send queue: a client too slow to drain
+session receives every event, from the process's event feed (:mod:`mailgate.core.events`), whichever
+process committed it; one that became visible only after a higher id was sent comes marked "late"
+(the page applies it although its id is below the last one it saw). Each connection has a bounded send queue: a client too slow to drain
 it is disconnected (code 1013) and catches up when it reconnects, so it never stalls the others.
 """
 
@@ -27,6 +30,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -43,8 +47,11 @@ from mailgate.store.base import EventRecord
 log = logging.getLogger(__name__)
 
 
-def event_message(event: EventRecord) -> dict[str, Any]:
-    return {"type": "event", "id": event.id, "kind": event.kind, "data": json.loads(event.payload)}
+def event_message(event: EventRecord, late: bool = False) -> dict[str, Any]:
+    message = {"type": "event", "id": event.id, "kind": event.kind, "data": json.loads(event.payload)}
+    if late:
+        message["late"] = True
+    return message
 
 
 class Connection:
@@ -59,7 +66,9 @@ class Connection:
         self.queue: deque[dict[str, Any]] = deque()
         self.queue_limit = config.send_queue
         self._waiter: asyncio.Future[None] | None = None
-        self.last_queued = 0  # id of the last event put on the queue
+        self.last_queued = 0  # highest id put on the queue (or that the page said it had)
+        self.floor = 0  # the page has every event up to this id (its ``last``)
+        self.backlog_ids: set[int] = set()  # ids sent from the history: the feed may bring them again
         self.paused: list[EventRecord] | None = []  # events that arrive while the backlog is read
         self.metrics = metrics
         self.dropped = False
@@ -73,14 +82,20 @@ class Connection:
         job.add_done_callback(self.jobs.discard)
 
     def offer(self, event: EventRecord) -> None:
-        """Queue an event for this page unless it already has it; never blocks."""
+        """Queue an event for this page unless it already has it; never blocks.
+
+        The feed brings each event once, so only the history read at connect can repeat one; an
+        event below an id already sent is one that became visible late and goes out marked so.
+        """
         if self.paused is not None:
             self.paused.append(event)
             return
-        if event.id <= self.last_queued:
+        if event.id <= self.floor or event.id in self.backlog_ids:
             return
-        self.last_queued = event.id
-        self.send(event_message(event))
+        late = event.id < self.last_queued
+        if not late:
+            self.last_queued = event.id
+        self.send(event_message(event, late))
 
     def send(self, message: dict[str, Any]) -> None:
         if self.dropped:
@@ -128,40 +143,25 @@ class Connection:
 
 
 class Hub:
-    """Routes committed events to the open connections of their session."""
+    """Routes the feed's events to the open connections of their session (subscribed per session,
+    so that a process without pages reads no events)."""
 
     def __init__(self, runtime: Runtime, config: WebConfig, metrics: Metrics) -> None:
         self.runtime = runtime
+        self.feed = runtime.feed
         self.config = config
         self.metrics = metrics
         self.connections: dict[str, set[Connection]] = {}
-        self.last_seen = 0
-        self._unsubscribe = runtime.bus.subscribe(self.dispatch)
-
-    async def start(self) -> None:
-        self.last_seen = await self.runtime.store.last_event_id()
+        self._unsubscribe: dict[str, Callable[[], None]] = {}
 
     def close(self) -> None:
-        self._unsubscribe()
+        for unsubscribe in self._unsubscribe.values():
+            unsubscribe()
+        self._unsubscribe.clear()
 
     def dispatch(self, event: EventRecord) -> None:
-        self.last_seen = max(self.last_seen, event.id)
         for conn in self.connections.get(event.session_id, ()):
             conn.offer(event)
-
-    async def poll(self) -> None:
-        """Fan out events committed by other processes (the CLI, other daemons). Runs forever."""
-        while True:
-            await asyncio.sleep(self.config.event_poll_interval)
-            if not self.connections:
-                self.last_seen = max(self.last_seen, await self.runtime.store.last_event_id())
-                continue
-            while True:
-                events = await self.runtime.store.events_after(self.last_seen, 1000)
-                for event in events:
-                    self.dispatch(event)  # connections skip ids they already have
-                if len(events) < 1000:
-                    break
 
     async def heartbeat(self) -> None:
         """Keep-alive for every page, in one task. Runs forever.
@@ -181,7 +181,11 @@ class Hub:
                     conn.check_alive(now, period)
 
     def attach(self, conn: Connection) -> None:
-        self.connections.setdefault(conn.session_id, set()).add(conn)
+        conns = self.connections.get(conn.session_id)
+        if conns is None:
+            conns = self.connections[conn.session_id] = set()
+            self._unsubscribe[conn.session_id] = self.feed.subscribe(self.dispatch, conn.session_id)
+        conns.add(conn)
         self.metrics.ws_connections += 1
 
     def detach(self, conn: Connection) -> None:
@@ -190,6 +194,9 @@ class Hub:
             conns.discard(conn)
             if not conns:
                 del self.connections[conn.session_id]
+                unsubscribe = self._unsubscribe.pop(conn.session_id, None)
+                if unsubscribe is not None:
+                    unsubscribe()
         self.metrics.ws_connections -= 1
 
 
@@ -245,7 +252,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_frame_bytes)
     await ws.prepare(request)
     conn = Connection(ws, session_id, User.from_json(claims.get("u")), config, metrics)
-    conn.last_queued = last
+    conn.last_queued = conn.floor = last
     hub.attach(conn)
     sender = asyncio.create_task(conn.sender(), name="ws-sender")
     checkins = CheckinRunner(conn, runtime, metrics)
@@ -274,13 +281,16 @@ async def _catch_up(conn: Connection, hub: Hub, config: WebConfig, last: int) ->
             reset = True
             backlog = backlog[-config.event_history:]
     else:
-        conn.last_queued = hub.last_seen  # a new page starts from now
+        conn.last_queued = hub.feed.cursor  # a new page starts from now: what the feed brings from here on
     conn.send({"type": "welcome", "session": conn.session_id, "checkin_interval": config.checkin_interval,
                "last_event": conn.last_queued})
     if reset:
         conn.send({"type": "reset"})
     paused, conn.paused = conn.paused or [], None
-    for event in [*backlog, *paused]:
+    for event in backlog:
+        conn.offer(event)
+    conn.backlog_ids = {event.id for event in backlog}
+    for event in paused:
         conn.offer(event)
 
 

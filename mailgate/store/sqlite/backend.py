@@ -22,11 +22,13 @@ import aiosqlite
 from mailgate.errors import LeaseLost, MailgateError, NotFound, StoreUnavailable, VersionConflict
 from mailgate.store.base import (
     Changes,
+    Claim,
     CommitResult,
     Delivery,
     EmailRecord,
     EventRecord,
     LeaseInfo,
+    LostTaskEvents,
     MailboxRecord,
     SessionRecord,
     Store,
@@ -277,30 +279,29 @@ class SqliteStore(Store):
         )
 
     # -- tasks -------------------------------------------------------------------------------------
-    async def claim_tasks(self, worker: str, limit: int, lease: float) -> list[TaskRecord]:
+    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTaskEvents) -> Claim:
         now = self.now()
 
-        def unit(conn: sqlite3.Connection) -> list[TaskRecord]:
+        def unit(conn: sqlite3.Connection) -> Claim:
             exhausted = conn.execute(
                 "UPDATE tasks SET state = 'failed', finished_at = ?, lease_until = NULL, error_type = 'WorkerLost', "
                 "error_message = 'the worker running this task stopped (killed or crashed) ' || attempts || "
                 "' times; giving up. Fix the cause, then run: mailgate tasks retry ' || id "
-                "WHERE state = 'running' AND lease_until < ? AND attempts >= max_attempts RETURNING id, session_id",
+                f"WHERE state = 'running' AND lease_until < ? AND attempts >= max_attempts RETURNING {TASK_COLS}",
                 (now, now),
             ).fetchall()
-            for task_id, session_id in exhausted:
-                log.error("task %s failed: its worker died on every attempt", task_id, extra={"event": "task.worker_lost"})
-                conn.execute(
-                    "INSERT INTO events (session_id, kind, payload, created_at) VALUES (?, 'task', ?, ?)",
-                    (session_id, f'{{"task":"{task_id}","state":"failed"}}', now),
-                )
+            events: list[EventRecord] = []
+            for row in exhausted:
+                failed = TaskRecord(*row)
+                log.error("task %s failed: its worker died on every attempt", failed.id, extra={"event": "task.worker_lost"})
+                events.extend(_apply_changes(conn, Changes(events=lost(failed)), now).events)
             rows = conn.execute(
                 f"UPDATE tasks SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, started_at = ? "
                 "WHERE seq IN (SELECT seq FROM tasks WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
                 f"ORDER BY seq LIMIT ?) RETURNING {TASK_COLS}",
                 (worker, now + lease, now, now, limit),
             ).fetchall()
-            return [TaskRecord(*r) for r in rows]
+            return Claim(tuple(TaskRecord(*r) for r in rows), tuple(events))
 
         return await self._writer.submit(unit)
 
@@ -499,6 +500,16 @@ class SqliteStore(Store):
     async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
         rows = await self._read(f"SELECT {EVENT_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         return [EventRecord(*r) for r in rows]
+
+    async def events_with_ids(self, ids: Sequence[int]) -> list[EventRecord]:
+        out: list[EventRecord] = []
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(f"SELECT {EVENT_COLS} FROM events WHERE id IN ({marks}) ORDER BY id", chunk)
+            out.extend(EventRecord(*r) for r in rows)
+        return out
 
     async def last_event_id(self) -> int:
         rows = await self._read("SELECT COALESCE(MAX(id), 0) FROM events")
