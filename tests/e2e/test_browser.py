@@ -10,11 +10,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import signal
 import smtplib
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import mailgate_cmd, subprocess_env
+from tests.helpers import kill_process, start_mailgate, stop_process, subprocess_env, wait_for_log
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -72,21 +69,6 @@ def _unused_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_ports(proc: subprocess.Popen[str], log: Path, timeout: float) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = log.read_text()
-        web = re.search(r"web listening on [\d.]+:(\d+)", text)
-        smtp = re.search(r"smtp listening on [\d.]+:(\d+) \(", text)
-        if web and smtp:
-            return int(web.group(1)), int(smtp.group(1))
-        if proc.poll() is not None:
-            raise AssertionError(f"mailgate demo exited with {proc.returncode} before listening:\n{text}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"mailgate demo did not log its web and smtp ports within {timeout} s:\n{text}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     tmp = tmp_path_factory.mktemp("browser")
@@ -99,18 +81,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         "[daemon]", "grace_period = 2",
     ]) + "\n")
     log = tmp / "daemon.log"
-    with log.open("w") as out:  # a file, not a pipe: a full pipe would block the daemon
-        proc = subprocess.Popen(mailgate_cmd("demo", "--store", str(tmp / "demo.sqlite3")), env=subprocess_env(config),
-                                text=True, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_mailgate("demo", "--store", str(tmp / "demo.sqlite3"), env=subprocess_env(config), log=log)
     try:
-        web_port, smtp_port = _wait_for_ports(proc, log, 30)
+        web_port = int(wait_for_log(proc, log, r"web listening on [\d.]+:(\d+)", 30, "the web port").group(1))
+        smtp_port = int(wait_for_log(proc, log, r"smtp listening on [\d.]+:(\d+) \(", 30, "the SMTP port").group(1))
         yield Demo(f"http://127.0.0.1:{web_port}", smtp_port, log)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, f"mailgate demo exited with {proc.returncode}:\n{log.read_text()}"
+        assert stop_process(proc, 20) == 0, f"mailgate demo exited with {proc.returncode}:\n{log.read_text()}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,20 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import INTERVIEWS, mailgate_cmd, subprocess_env
+from tests.helpers import (
+    INTERVIEWS,
+    kill_process,
+    mailgate_cmd,
+    start_mailgate,
+    subprocess_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +44,7 @@ class Env:
         self.env = subprocess_env(self.config)
         self.db = tmp_path / "mailgate.sqlite3"
         self.tmp_path = tmp_path
-        self.procs: list[subprocess.Popen[str]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -49,15 +56,14 @@ class Env:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
-    def serve(self) -> subprocess.Popen[str]:
+    def serve(self) -> subprocess.Popen[bytes]:
         log = self.tmp_path / f"daemon-{len(self.procs)}.log"
-        with log.open("w") as out:  # a file, not a pipe: a full pipe would block the daemon
-            proc = subprocess.Popen(mailgate_cmd("serve"), env=self.env, text=True, stdout=out, stderr=subprocess.STDOUT)
+        proc = start_mailgate("serve", env=self.env, log=log)
         self.procs.append(proc)
         self.logs.append(log)
         return proc
 
-    def log_of(self, proc: subprocess.Popen[str]) -> str:
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
         return self.logs[self.procs.index(proc)].read_text()
 
     def states(self) -> dict[str, int]:
@@ -70,19 +76,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
     e = Env(tmp_path)
     yield e
     for proc in e.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_process(proc)
     for log in e.logs:  # shown by pytest when the test failed
         print(f"--- {log.name} ---\n{log.read_text()}")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_cli_session_and_background_action_against_running_daemon(env: Env) -> None:

@@ -14,7 +14,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import INTERVIEWS, mailgate_cmd, subprocess_env
+from tests.helpers import (
+    INTERVIEWS,
+    kill_process,
+    start_mailgate,
+    subprocess_env,
+    wait_for_log,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 KEY = "feed-e2e-key"
@@ -34,10 +40,10 @@ class Cluster:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.db = tmp_path / "mailgate.sqlite3"
-        self.procs: list[subprocess.Popen[str]] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
-    def serve(self, roles: str, **tasks: Any) -> subprocess.Popen[str]:
+    def serve(self, roles: str, **tasks: Any) -> subprocess.Popen[bytes]:
         n = len(self.procs)
         tasks_table = {"workers": 4, "poll_interval": 0.05, **tasks}
         config = self.tmp_path / f"daemon-{n}.toml"
@@ -49,28 +55,16 @@ class Cluster:
             "[tasks]", *(f"{k} = {json.dumps(v)}" for k, v in tasks_table.items()),
         ]) + "\n")
         log = self.tmp_path / f"daemon-{n}.log"
-        with log.open("w") as out:  # a file, not a pipe: a full pipe would block the daemon
-            proc = subprocess.Popen(mailgate_cmd("serve", "--roles", roles), env=subprocess_env(config), text=True,
-                                    stdout=out, stderr=subprocess.STDOUT)
+        proc = start_mailgate("serve", "--roles", roles, env=subprocess_env(config), log=log)
         self.procs.append(proc)
         self.logs.append(log)
         self.wait_log(proc, r"mailgate started", "start-up")
         return proc
 
-    def wait_log(self, proc: subprocess.Popen[str], pattern: str, what: str, timeout: float = 30) -> re.Match[str]:
-        log = self.logs[self.procs.index(proc)]
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(pattern, log.read_text())
-            if found:
-                return found
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {proc.returncode} before its {what}:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {what} within {timeout} s:\n{log.read_text()}")
-            time.sleep(0.05)
+    def wait_log(self, proc: subprocess.Popen[bytes], pattern: str, what: str, timeout: float = 30) -> re.Match[str]:
+        return wait_for_log(proc, self.logs[self.procs.index(proc)], pattern, timeout, what)
 
-    def web_url(self, proc: subprocess.Popen[str]) -> str:
+    def web_url(self, proc: subprocess.Popen[bytes]) -> str:
         port = self.wait_log(proc, r"web listening on [\d.]+:(\d+)", "web port").group(1)
         return f"http://127.0.0.1:{port}"
 
@@ -84,9 +78,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
     yield c
     for proc in c.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_process(proc)
     for log in c.logs:  # shown by pytest when the test failed
         print(f"--- {log.name} ---\n{log.read_text()}")
 
@@ -195,10 +187,7 @@ async def test_worker_lost_reaches_the_page_after_kill_9(cluster: Cluster) -> No
             def running() -> bool:
                 return cluster.query("SELECT state FROM tasks WHERE id = ?", held["id"]) == [("running",)]
 
-            deadline = time.monotonic() + 30
-            while not running():
-                assert time.monotonic() < deadline, "the worker daemon never claimed the task"
-                await asyncio.sleep(0.05)
+            await wait_until(running, 30, "the worker daemon to claim the task")
             os.kill(doomed.pid, signal.SIGKILL)
             doomed.wait(10)
             cluster.serve("worker", **lease)  # reclaims once the lease has expired: attempts are used up

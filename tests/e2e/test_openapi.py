@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import INTERVIEWS, mailgate_cmd, subprocess_env
+from tests.helpers import INTERVIEWS, start_mailgate, stop_process, subprocess_env, wait_for_log
 
 pytestmark = pytest.mark.e2e
 KEY = "schemathesis-key"
@@ -35,24 +35,13 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "[tasks]", "poll_interval = 0.05", "timeout = 2.0",
     ]) + "\n")
     log = tmp / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(mailgate_cmd("serve"), env=subprocess_env(config), stdout=out, stderr=subprocess.STDOUT)
+    proc = start_mailgate("serve", env=subprocess_env(config), log=log)
     try:
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None:
-            found = re.search(r"web listening on 127\.0\.0\.1:(\d+)", log.read_text())
-            if found:
-                port = int(found.group(1))
-            elif time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError(f"daemon did not start:\n{log.read_text()}")
-            else:
-                time.sleep(0.05)
+        port = int(wait_for_log(proc, log, r"web listening on 127\.0\.0\.1:(\d+)", 30, "the web port").group(1))
         yield f"http://127.0.0.1:{port}"
         assert proc.poll() is None, "the daemon died during the run"
     finally:
-        proc.terminate()
-        proc.wait(20)
+        assert stop_process(proc, 20) != -signal.SIGKILL, "the daemon did not stop within 20 s of SIGTERM"
         text = log.read_text()
         # actions raising is the interview's business (logged as warnings); mailgate itself must not fail
         assert "ERROR mailgate" not in text, text[-3000:]

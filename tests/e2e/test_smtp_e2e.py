@@ -11,7 +11,6 @@ import base64
 import json
 import re
 import shutil
-import signal
 import smtplib
 import socket
 import sqlite3
@@ -22,15 +21,22 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dkim
 import pytest
 
-from tests.conftest import mailgate_cmd, subprocess_env
 from tests.e2e.dnsfake import FakeDns, RsaKey
+from tests.helpers import (
+    mailgate_cmd,
+    start_mailgate,
+    stop_process,
+    subprocess_env,
+    wait_for,
+    wait_for_log,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -42,16 +48,7 @@ MAX_CONNECTIONS = 20  # [smtp] max_connections_per_client, the default
 SENDER = "sender@elsewhere.test"
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "eml"
 CORPUS_FOLDERS = ("malformed", "rfc", "thirdparty")
-LISTENING = re.compile(r"smtp listening on 127\.0\.0\.1:(\d+) \(STARTTLS (offered|off)\)")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+LISTENING = r"smtp listening on 127\.0\.0\.1:(\d+) \(STARTTLS (offered|off)\)"
 
 
 def toml_value(value: Any) -> str:
@@ -96,23 +93,12 @@ class MailDaemon:
 
     def serve(self) -> subprocess.Popen[bytes]:
         log = self.tmp_path / f"daemon-{len(self.procs)}.log"
-        with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the daemon
-            proc = subprocess.Popen(mailgate_cmd("serve"), env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        proc = start_mailgate("serve", env=self.env, log=log)
         self.procs.append(proc)
         self.logs.append(log)
-        found: list[re.Match[str]] = []
-
-        def listening() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-            match = LISTENING.search(log.read_text(errors="replace"))
-            if match:
-                found.append(match)
-            return bool(match)
-
-        wait_for(listening, 60, "the daemon's 'smtp listening' log line")
-        self.port = int(found[-1].group(1))
-        self.starttls = found[-1].group(2) == "offered"
+        found = wait_for_log(proc, log, LISTENING, 60, "the daemon's 'smtp listening' log line")
+        self.port = int(found.group(1))
+        self.starttls = found.group(2) == "offered"
         return proc
 
     @property
@@ -127,13 +113,7 @@ class MailDaemon:
 
     def close(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_process(proc, 20)
         for log in self.logs:  # shown by pytest when a test failed
             print(f"--- {log.name} ---\n{log.read_text(errors='replace')}")
 

@@ -13,13 +13,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, mailgate_cmd, subprocess_env
+from tests.helpers import ROOT, mailgate_cmd, start_mailgate, subprocess_env, wait_for, wait_for_log
 
 pytestmark = pytest.mark.e2e
 UNIT = ROOT / "systemd" / "mailgate.service"
@@ -53,14 +52,6 @@ def write_config(tmp: Path, smtp_port: int = 0, web_port: int = 0, tls: tuple[Pa
     path = tmp / "mailgate.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
@@ -105,8 +96,7 @@ def test_notify_ready_only_after_both_ports_accept_and_stopping_on_sigterm(
     env["WATCHDOG_USEC"] = "2000000"
     env["WATCHDOG_PID"] = ""
     log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(mailgate_cmd(*exec_start_args()), env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_mailgate(*exec_start_args(), env=env, log=log)
     try:
         messages = []
         while not any(m.startswith("READY=1") for m in messages):
@@ -159,11 +149,9 @@ def test_sighup_reloads_the_certificate_for_the_next_handshake(tmp_path: Path) -
         shutil.copy(src, dst)
     env = subprocess_env(write_config(tmp_path, tls=paths))
     log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(mailgate_cmd("serve"), env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_mailgate("serve", env=env, log=log)
     try:
-        wait_for(lambda: "smtp listening" in log.read_text(), 30, "the SMTP server")
-        port = int(re.search(r"smtp listening on 127\.0\.0\.1:(\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+        port = int(wait_for_log(proc, log, r"smtp listening on 127\.0\.0\.1:(\d+)", 30, "the SMTP server").group(1))
         fp = {name: hashlib.sha256(ssl.PEM_cert_to_DER_cert(pair[0].read_text())).hexdigest()
               for name, pair in (("first", first), ("second", second))}
         assert presented_fingerprint(port) == fp["first"]
@@ -182,8 +170,7 @@ def test_healthcheck(tmp_path: Path) -> None:
     config = write_config(tmp_path, smtp_port=free_port(), web_port=free_port())
     env = subprocess_env(config)
     log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(mailgate_cmd("serve"), env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_mailgate("serve", env=env, log=log)
     try:
         wait_for(lambda: "mailgate started" in log.read_text() or proc.poll() is not None, 30, "the daemon")
         res = subprocess.run(mailgate_cmd("healthcheck"), env=env, capture_output=True, text=True, timeout=60)

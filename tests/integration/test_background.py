@@ -24,14 +24,10 @@ from mailgate.errors import (
 )
 from mailgate.store.base import Changes, SessionSave
 from mailgate.store.sqlite.backend import SqliteStore
-from tests.conftest import make_config, wait_until
+from tests.helpers import make_config, wait_until
+from tests.helpers import runtime_of as rt
 
 pytestmark = pytest.mark.asyncio
-
-
-def rt(daemon: Daemon) -> Runtime:
-    assert daemon.runtime is not None
-    return daemon.runtime
 
 
 async def start_task(daemon: Daemon, interview: str, start_args: dict[str, Any], timeout: float = 10) -> tuple[str, Task]:

@@ -13,10 +13,10 @@ import pytest
 
 from mailgate.config import Config
 from mailgate.core.cron import Cron, period_key
-from mailgate.core.runtime import Runtime
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.mail.auth import StaticResolver
-from tests.conftest import make_config, wait_until
+from tests.helpers import make_config, wait_until
+from tests.helpers import runtime_of as rt
 
 pytestmark = pytest.mark.asyncio
 UTC = dt.UTC
@@ -38,11 +38,6 @@ def cfg(tmp_path: Path, **tables: object) -> Config:
     return make_config(tmp_path, interviews={"modules": ("mailgate.demo.cron", "mailgate.demo.email"),
                                              "paths": (str(Path(__file__).parent.parent / "interviews" / "testing.py"),)},
                        **tables)
-
-
-def rt(d: Daemon) -> Runtime:
-    assert d.runtime is not None
-    return d.runtime
 
 
 def cron(d: Daemon) -> Cron:

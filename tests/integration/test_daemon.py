@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.daemon.lifecycle import Daemon
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 pytestmark = pytest.mark.asyncio
 

@@ -30,13 +30,14 @@ import pytest_asyncio
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailgate.author.sending import record_messages
-from mailgate.core.runtime import Runtime
+from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.cli.send import add_parser, cmd_send_test_email
 from mailgate.errors import ActionError, ConfigError
 from mailgate.outbound.message import HeaderInjectionError, Message
 from mailgate.outbound.transport import Outbound, OutboundConfig
-from tests.conftest import INTERVIEWS, make_config
+from tests.helpers import INTERVIEWS, make_config
+from tests.helpers import runtime_of as rt
 
 pytestmark = pytest.mark.asyncio
 
@@ -162,16 +163,9 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest_asyncio.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
-    config = make_config(tmp_path, interviews={"paths": (str(INTERVIEWS / "outbound.py"),)})
-    async with Daemon(config, roles=("worker",)) as d:
-        yield d
-
-
-def rt(daemon: Daemon) -> Runtime:
-    assert daemon.runtime is not None
-    return daemon.runtime
+@pytest.fixture
+def config(tmp_path: Path) -> Config:  # the conftest's daemon runs on this
+    return make_config(tmp_path, interviews={"paths": (str(INTERVIEWS / "outbound.py"),)})
 
 
 def use(daemon: Daemon, config: OutboundConfig) -> Outbound:

@@ -7,21 +7,19 @@ import email.policy
 import json
 import smtplib
 import time
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import dkim
 import pytest
-import pytest_asyncio
 
 from mailgate.config import Config
-from mailgate.core.runtime import Runtime
 from mailgate.core.tasks import Task
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.mail.auth import StaticResolver
-from tests.conftest import make_config, wait_until
+from tests.helpers import make_config, wait_until
+from tests.helpers import runtime_of as rt
 from tests.keys import RsaKey
 
 pytestmark = pytest.mark.asyncio
@@ -34,15 +32,14 @@ def config(tmp_path: Path) -> Config:
                        mail={"domains": ("example.test", "Bücher.test")})
 
 
-@pytest_asyncio.fixture
-async def daemon(config: Config) -> AsyncIterator[Daemon]:
-    async with Daemon(config, roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
-        yield d
+@pytest.fixture
+def daemon_roles() -> tuple[str, ...]:  # the conftest's daemon runs these
+    return ("worker", "smtp")
 
 
-def rt(d: Daemon) -> Runtime:
-    assert d.runtime is not None
-    return d.runtime
+@pytest.fixture
+def resolver() -> StaticResolver:
+    return StaticResolver({})
 
 
 def message(to: str, subject: str = "Hello", body: str = "Body text") -> EmailMessage:

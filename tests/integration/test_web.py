@@ -1,25 +1,35 @@
-"""The web edge in one process: real aiohttp server on port 0, real HTTP and WebSocket clients."""
+"""The web edge in one process: the aiohttp app under pytest-aiohttp's test server, real HTTP and WebSocket clients.
+
+The daemon runs without its web role; the ``web`` fixture builds the web edge on the daemon's runtime
+and runs its event poll and heartbeat, as the daemon does, and ``aiohttp_client`` serves its app.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web as aioweb
+from aiohttp.test_utils import TestClient
 
 from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
+from mailgate.edges.web.app import WebServer
 from mailgate.mail.auth import StaticResolver
-from tests.conftest import make_config, wait_until
+from tests.helpers import make_config, runtime_of, wait_until
 
 pytestmark = pytest.mark.asyncio
 KEY = "test-api-key-123"
+AiohttpClient = Callable[..., Awaitable[TestClient[aioweb.Request, aioweb.Application]]]
+Http = TestClient[aioweb.Request, aioweb.Application]
 
 
 @pytest.fixture
@@ -30,28 +40,50 @@ def config(tmp_path: Path) -> Config:
                        smtp={"port": 0})
 
 
-@pytest_asyncio.fixture
-async def daemon(config: Config) -> AsyncIterator[Daemon]:
-    async with Daemon(config, roles=("worker", "web", "smtp"), resolver=StaticResolver({})) as d:
-        yield d
+@pytest.fixture
+def daemon_roles() -> tuple[str, ...]:  # the conftest's daemon runs these; the web edge is the ``web`` fixture
+    return ("worker", "smtp")
+
+
+@pytest.fixture
+def resolver() -> StaticResolver:
+    return StaticResolver({})
+
+
+@asynccontextmanager
+async def web_edge(daemon: Daemon) -> AsyncIterator[WebServer]:
+    """The web edge on the daemon's runtime, the event feed and the heartbeat running, but no listening site."""
+    server = WebServer(runtime_of(daemon), daemon.config.web, daemon.inbound)
+    await daemon.start_feed()
+    loops = [asyncio.create_task(server.heartbeat())]
+    try:
+        yield server
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await server.stop()
 
 
 @pytest_asyncio.fixture
-async def http(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    assert daemon.web is not None
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.web.port}",
-                                     headers={"Authorization": f"Bearer {KEY}"}) as s:
-        yield s
+async def web(daemon: Daemon) -> AsyncIterator[WebServer]:
+    async with web_edge(daemon) as server:
+        yield server
 
 
-async def api(http: aiohttp.ClientSession, method: str, path: str, expect: int, **kw: Any) -> Any:
+@pytest_asyncio.fixture
+async def http(web: WebServer, aiohttp_client: AiohttpClient) -> Http:
+    return await aiohttp_client(web.app, headers={"Authorization": f"Bearer {KEY}"})
+
+
+async def api(http: Http, method: str, path: str, expect: int, **kw: Any) -> Any:
     async with http.request(method, path, **kw) as r:
         text = await r.text()
         assert r.status == expect, (r.status, text)
         return json.loads(text) if text and r.content_type == "application/json" else text
 
 
-async def token_for(http: aiohttp.ClientSession, sid: str, **body: Any) -> str:
+async def token_for(http: Http, sid: str, **body: Any) -> str:
     return str((await api(http, "POST", f"/api/sessions/{sid}/token", 201, json=body))["token"])
 
 
@@ -64,7 +96,7 @@ async def receive(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float
             return dict(data)
 
 
-async def test_api_session_lifecycle_and_errors(http: aiohttp.ClientSession) -> None:
+async def test_api_session_lifecycle_and_errors(http: Http) -> None:
     s = await api(http, "POST", "/api/sessions", 201, json={"interview": "testing", "answers": {"a": 1}})
     sid = s["id"]
     assert (await api(http, "GET", f"/api/sessions/{sid}", 200))["answers"] == {"a": 1}
@@ -85,18 +117,17 @@ async def test_api_session_lifecycle_and_errors(http: aiohttp.ClientSession) -> 
     await api(http, "GET", f"/api/sessions/{sid}", 404)
 
 
-async def test_api_key_required(daemon: Daemon) -> None:
-    assert daemon.web is not None
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.web.port}") as anon:
-        async with anon.post("/api/sessions", json={"interview": "testing"}) as r:
+async def test_api_key_required(http: Http) -> None:
+    async with aiohttp.ClientSession() as anon:  # the same server, without the API key
+        async with anon.post(http.make_url("/api/sessions"), json={"interview": "testing"}) as r:
             assert r.status == 401 and "API key" in (await r.json())["error"]
-        async with anon.get("/api/openapi.json") as r:
+        async with anon.get(http.make_url("/api/openapi.json")) as r:
             assert r.status == 200 and (await r.json())["openapi"].startswith("3.")
-        async with anon.get("/healthz") as r:
+        async with anon.get(http.make_url("/healthz")) as r:
             assert r.status == 200 and (await r.json())["ok"] is True
 
 
-async def test_address_emails_raw_and_attachment_over_api(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_address_emails_raw_and_attachment_over_api(daemon: Daemon, http: Http) -> None:
     import smtplib
     from email.message import EmailMessage
 
@@ -125,7 +156,7 @@ async def test_address_emails_raw_and_attachment_over_api(daemon: Daemon, http: 
     await api(http, "GET", f"/api/emails/{emails[0]['id']}/attachments/1", 404)
 
 
-async def test_ws_push_of_task_notification_and_two_tabs(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_ws_push_of_task_notification_and_two_tabs(daemon: Daemon, http: Http) -> None:
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "background_action_flash"}))["id"]
     token = await token_for(http, sid)
     async with http.ws_connect(f"/ws?token={token}") as tab1, http.ws_connect(f"/ws?token={token}") as tab2:
@@ -142,7 +173,7 @@ async def test_ws_push_of_task_notification_and_two_tabs(daemon: Daemon, http: a
             assert event["data"] == {"command": "flash", "message": "The answer is 555."}
 
 
-async def test_ws_resume_gets_exactly_the_missed_events(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_ws_resume_gets_exactly_the_missed_events(daemon: Daemon, http: Http) -> None:
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     token = await token_for(http, sid)
     async with http.ws_connect(f"/ws?token={token}") as ws:
@@ -169,7 +200,7 @@ async def test_ws_resume_gets_exactly_the_missed_events(daemon: Daemon, http: ai
         await receive(ws, "reset")
 
 
-async def test_ws_token_checks(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_ws_token_checks(daemon: Daemon, http: Http) -> None:
     assert daemon.runtime is not None
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     other = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
@@ -193,7 +224,7 @@ async def test_ws_token_checks(daemon: Daemon, http: aiohttp.ClientSession) -> N
             await asyncio.wait_for(ws.receive(), 0.5)
 
 
-async def test_ws_oversized_frame_and_flood(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_ws_oversized_frame_and_flood(daemon: Daemon, http: Http) -> None:
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     token = await token_for(http, sid)
     async with http.ws_connect(f"/ws?token={token}") as ws:
@@ -225,7 +256,7 @@ async def test_ws_oversized_frame_and_flood(daemon: Daemon, http: aiohttp.Client
         assert reply["ref"] == 7 and reply["saved"] is True
 
 
-async def test_checkin_saves_only_changes_and_returns_commands(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_checkin_saves_only_changes_and_returns_commands(daemon: Daemon, http: Http) -> None:
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing", "answers": {"x": 1}}))["id"]
     token = await token_for(http, sid)
     async with http.ws_connect(f"/ws?token={token}") as ws:
@@ -240,24 +271,23 @@ async def test_checkin_saves_only_changes_and_returns_commands(daemon: Daemon, h
         assert "has no action 'nope'" in (await receive(ws, "error"))["error"]
 
 
-async def test_slow_client_is_dropped_without_stalling_others(daemon: Daemon, http: aiohttp.ClientSession) -> None:
-    assert daemon.web is not None
+async def test_slow_client_is_dropped_without_stalling_others(web: WebServer, http: Http) -> None:
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     token = await token_for(http, sid)
     async with http.ws_connect(f"/ws?token={token}") as fast:
         await receive(fast, "welcome")
         # a client that falls behind by more than its queue (64 messages) is dropped
-        conn = next(iter(daemon.web.hub.connections[sid]))
+        conn = next(iter(web.hub.connections[sid]))
         assert conn.queue_limit == 64
         for i in range(100):
             conn.send({"type": "filler", "i": i})
         assert conn.dropped
         t = await api(http, "POST", f"/api/sessions/{sid}/tasks", 202, json={"action": "noop"})
         await api(http, "GET", f"/api/tasks/{t['id']}?wait=10", 200)
-        assert daemon.web.metrics.slow_clients_dropped == 1
+        assert web.metrics.slow_clients_dropped == 1
 
 
-async def test_url_action_and_metrics(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_url_action_and_metrics(daemon: Daemon, http: Http) -> None:
     assert daemon.runtime is not None
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     from mailgate.core.context import User
@@ -275,7 +305,7 @@ async def test_url_action_and_metrics(daemon: Daemon, http: aiohttp.ClientSessio
     assert len(young) == 1 and 0 < int(young[0]) <= gc.get_stats()[0]["collections"]
 
 
-async def test_a_command_from_a_foreground_action_reaches_every_tab(daemon: Daemon, http: aiohttp.ClientSession) -> None:
+async def test_a_command_from_a_foreground_action_reaches_every_tab(daemon: Daemon, http: Http) -> None:
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     token = await token_for(http, sid)
     async with http.ws_connect(f"/ws?token={token}") as tab1, http.ws_connect(f"/ws?token={token}") as tab2:
@@ -293,36 +323,35 @@ async def test_a_command_from_a_foreground_action_reaches_every_tab(daemon: Daem
             await asyncio.wait_for(tab1.receive(), 0.3)  # a plain value is not pushed
 
 
-async def test_heartbeat_pings_quiet_pages_and_drops_dead_ones(tmp_path: Path) -> None:
+async def test_heartbeat_pings_quiet_pages_and_drops_dead_ones(tmp_path: Path, aiohttp_client: AiohttpClient) -> None:
     config = make_config(tmp_path, web={"port": 0, "api_key": KEY, "heartbeat": 1.0})
-    async with Daemon(config, roles=("web",)) as d:
-        assert d.web is not None
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{d.web.port}", headers={"Authorization": f"Bearer {KEY}"}) as http:
-            sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
-            token = await token_for(http, sid)
-            # a page whose browser answers pings (aiohttp's client does while it reads), and a dead one
-            async with http.ws_connect(f"/ws?token={token}") as alive, \
-                    http.ws_connect(f"/ws?token={token}", autoping=False) as dead:
-                await receive(alive, "welcome")
-                await receive(dead, "welcome")
-                alive_messages: list[aiohttp.WSMessage] = []
+    async with Daemon(config, roles=()) as d, web_edge(d) as server:
+        http = await aiohttp_client(server.app, headers={"Authorization": f"Bearer {KEY}"})
+        sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+        token = await token_for(http, sid)
+        # a page whose browser answers pings (aiohttp's client does while it reads), and a dead one
+        async with http.ws_connect(f"/ws?token={token}") as alive, \
+                http.ws_connect(f"/ws?token={token}", autoping=False) as dead:
+            await receive(alive, "welcome")
+            await receive(dead, "welcome")
+            alive_messages: list[aiohttp.WSMessage] = []
 
-                async def read_alive() -> None:
-                    async for msg in alive:
-                        alive_messages.append(msg)
+            async def read_alive() -> None:
+                async for msg in alive:
+                    alive_messages.append(msg)
 
-                reading = asyncio.create_task(read_alive())
-                ping = await asyncio.wait_for(dead.receive(), 5)  # quiet for 1 s: pinged
-                assert ping.type == aiohttp.WSMsgType.PING
-                closed = await asyncio.wait_for(dead.receive(), 5)  # no pong within 0.5 s: closed
-                assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-                assert dead.close_code == 1001
-                # the live page was pinged too, answered, and is still served
-                assert not alive.closed
-                await alive.send_json({"type": "checkin", "ref": 1, "action": "set", "fields": {"x": 1}, "changed": "x"})
+            reading = asyncio.create_task(read_alive())
+            ping = await asyncio.wait_for(dead.receive(), 5)  # quiet for 1 s: pinged
+            assert ping.type == aiohttp.WSMsgType.PING
+            closed = await asyncio.wait_for(dead.receive(), 5)  # no pong within 0.5 s: closed
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert dead.close_code == 1001
+            # the live page was pinged too, answered, and is still served
+            assert not alive.closed
+            await alive.send_json({"type": "checkin", "ref": 1, "action": "set", "fields": {"x": 1}, "changed": "x"})
 
-                async def replied() -> bool:
-                    return any(m.type == aiohttp.WSMsgType.TEXT and json.loads(m.data).get("ref") == 1 for m in alive_messages)
+            async def replied() -> bool:
+                return any(m.type == aiohttp.WSMsgType.TEXT and json.loads(m.data).get("ref") == 1 for m in alive_messages)
 
-                await wait_until(replied, what="the live page's check-in reply")
-                reading.cancel()
+            await wait_until(replied, what="the live page's check-in reply")
+            reading.cancel()

@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from mailgate.errors import MailgateError
 from mailgate.mail.workers import WorkerDied, WorkerPool
+from tests.helpers import ROOT, wait_until
 
 
 def digest(data: bytes) -> tuple[int, str, int]:
@@ -90,7 +91,6 @@ async def test_closed_pool_refuses_calls() -> None:
         assert worker.process.exitcode is not None
 
 
-ROOT = Path(__file__).resolve().parents[2]
 DAEMON = """
 import asyncio, os, sys
 from mailgate.mail.workers import WorkerPool
@@ -126,10 +126,7 @@ async def test_workers_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
     assert len(pids) == 2 and all(_alive(p) for p in pids)
     proc.kill()  # SIGKILL: no clean-up runs in the daemon
     await proc.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"workers {pids} outlived the killed daemon"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: not any(_alive(p) for p in pids), 30, f"workers {pids} to end with the killed daemon")
 
 
 def hang(seconds: float) -> None:

@@ -25,7 +25,7 @@ from mailgate.core.background import lost_task_events, task_events
 from mailgate.core.events import EventFeed
 from mailgate.store.base import Changes, EventRecord, NewEvent, NewTask, Store, TaskFinish
 from mailgate.store.sqlite.backend import SqliteStore
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.asyncio
 

@@ -8,7 +8,7 @@ import pytest
 
 from mailgate.config import load_config, render_example, tables
 from mailgate.errors import ConfigError
-from tests.conftest import ROOT, mailgate_cmd, subprocess_env
+from tests.helpers import ROOT, mailgate_cmd, subprocess_env
 
 
 def test_example_file_is_in_step_with_the_code() -> None:

@@ -7,7 +7,7 @@ import pytest
 from mailgate import Interview
 from mailgate.core.interviews import Registry, load_interviews
 from mailgate.errors import InterviewLoadError, UnknownAction, UnknownInterview
-from tests.conftest import INTERVIEWS
+from tests.helpers import INTERVIEWS
 
 
 def test_sync_and_async_actions() -> None:

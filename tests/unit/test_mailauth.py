@@ -1,4 +1,4 @@
-"""Unit tests for mailgate.mailauth: DKIM, SPF, DMARC with a static resolver."""
+"""Unit tests for mailgate.mail.auth: DKIM, SPF, DMARC with a static resolver."""
 
 from __future__ import annotations
 
