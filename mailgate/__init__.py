@@ -7,45 +7,104 @@ Interview authors import everything they need from here::
 
 from __future__ import annotations
 
-from mailgate.author.functions import (
-    action_argument,
-    action_arguments,
-    background_action,
-    background_error_action,
-    background_response,
-    background_response_action,
-    command,
-    current_datetime,
-    get_emails,
-    get_emails_async,
-    interview_email,
-    interview_url_action,
-    json_response,
-    last_access_days,
-    last_access_time,
-    response,
-    session_id,
-    user_has_privilege,
-    user_info,
-    user_logged_in,
-)
-from mailgate.author.sending import (
-    mark_task_as_performed,
-    record_messages,
-    send_email,
-    send_email_async,
-    set_task_counter,
-    task_not_yet_performed,
-    task_performed,
-    times_task_performed,
-)
-from mailgate.author.templates import Template
-from mailgate.core.context import User
-from mailgate.core.daemail import DAEmail
-from mailgate.core.interviews import Interview
-from mailgate.core.tasks import Task, TaskResult
-from mailgate.errors import MailgateError
-from mailgate.outbound.message import OutboundError
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names as type checkers see them; at run time each loads on first use
+    from mailgate.author.functions import (
+        action_argument,
+        action_arguments,
+        background_action,
+        background_error_action,
+        background_response,
+        background_response_action,
+        command,
+        current_datetime,
+        get_emails,
+        get_emails_async,
+        interview_email,
+        interview_url_action,
+        json_response,
+        last_access_days,
+        last_access_time,
+        response,
+        session_id,
+        user_has_privilege,
+        user_info,
+        user_logged_in,
+    )
+    from mailgate.author.sending import (
+        mark_task_as_performed,
+        record_messages,
+        send_email,
+        send_email_async,
+        set_task_counter,
+        task_not_yet_performed,
+        task_performed,
+        times_task_performed,
+    )
+    from mailgate.author.templates import Template
+    from mailgate.core.context import User
+    from mailgate.core.daemail import DAEmail
+    from mailgate.core.interviews import Interview
+    from mailgate.core.tasks import Task, TaskResult
+    from mailgate.errors import MailgateError
+    from mailgate.outbound.message import OutboundError
+
+# Loaded on first use (PEP 562), so that ``import mailgate.errors`` (or any one module) does not load
+# the whole package with its mail and template libraries.
+_LAZY = {
+    "action_argument": "mailgate.author.functions",
+    "action_arguments": "mailgate.author.functions",
+    "background_action": "mailgate.author.functions",
+    "background_error_action": "mailgate.author.functions",
+    "background_response": "mailgate.author.functions",
+    "background_response_action": "mailgate.author.functions",
+    "command": "mailgate.author.functions",
+    "current_datetime": "mailgate.author.functions",
+    "get_emails": "mailgate.author.functions",
+    "get_emails_async": "mailgate.author.functions",
+    "interview_email": "mailgate.author.functions",
+    "interview_url_action": "mailgate.author.functions",
+    "json_response": "mailgate.author.functions",
+    "last_access_days": "mailgate.author.functions",
+    "last_access_time": "mailgate.author.functions",
+    "response": "mailgate.author.functions",
+    "session_id": "mailgate.author.functions",
+    "user_has_privilege": "mailgate.author.functions",
+    "user_info": "mailgate.author.functions",
+    "user_logged_in": "mailgate.author.functions",
+    "mark_task_as_performed": "mailgate.author.sending",
+    "record_messages": "mailgate.author.sending",
+    "send_email": "mailgate.author.sending",
+    "send_email_async": "mailgate.author.sending",
+    "set_task_counter": "mailgate.author.sending",
+    "task_not_yet_performed": "mailgate.author.sending",
+    "task_performed": "mailgate.author.sending",
+    "times_task_performed": "mailgate.author.sending",
+    "Template": "mailgate.author.templates",
+    "User": "mailgate.core.context",
+    "DAEmail": "mailgate.core.daemail",
+    "Interview": "mailgate.core.interviews",
+    "Task": "mailgate.core.tasks",
+    "TaskResult": "mailgate.core.tasks",
+    "MailgateError": "mailgate.errors",
+    "OutboundError": "mailgate.outbound.message",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mailgate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

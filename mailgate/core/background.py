@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from mailgate.config import Config
 from mailgate.core import answers as codec
-from mailgate.core.actions import response_value, session_save, skips_save
+from mailgate.core.actions import Invoker, response_value, session_save, skips_save
 from mailgate.core.commands import notification_command
 from mailgate.core.context import (
     ActionContext,
@@ -26,19 +28,20 @@ from mailgate.core.context import (
     CommandEnd,
     User,
 )
-from mailgate.core.interviews import Action
+from mailgate.core.interviews import Action, Registry
+from mailgate.core.leases import Leases
+from mailgate.core.references import Hydrate
 from mailgate.errors import ActionError, AnswersError, LeaseTimeout, MailgateError, NotFound
 from mailgate.store.base import (
     Changes,
+    CommitResult,
     NewEvent,
     SessionRecord,
     SessionSave,
+    Store,
     TaskFinish,
     TaskRecord,
 )
-
-if TYPE_CHECKING:
-    from mailgate.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,18 @@ def lost_task_events(rec: TaskRecord) -> list[NewEvent]:
 
 
 class TaskRunner:
-    """Runs claimed tasks for one :class:`~mailgate.core.runtime.Runtime` (its store, registry and leases)."""
+    """Runs claimed tasks: each on a throwaway copy of its session's answers, its callback under the
+    session lease, its outcome committed with what the handlers produced."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, config: Config, store: Store, registry: Registry, invoker: Invoker, hydrate: Hydrate,
+                 leases: Leases, commit: Callable[[Changes], Awaitable[CommitResult]]) -> None:
+        self.config = config
+        self._store = store
+        self._registry = registry
+        self._invoker = invoker
+        self._hydrate = hydrate
+        self._leases = leases
+        self._commit = commit
 
     async def execute(self, rec: TaskRecord, worker: str, session: SessionRecord | None = None) -> None:
         """Run one claimed task to its end and commit its outcome (with any callback's save).
@@ -103,34 +114,33 @@ class TaskRunner:
         ``session`` is the session as read right after the claim (the pool reads a claimed batch's
         sessions at once); without it the session is read here.
         """
-        rt = self.runtime
         user = User.from_json(rec.user)
         ctx: ActionContext | None = None
         value: Any = None
         failure: Failure | None = None
         callback: tuple[str, dict[str, Any]] | None = None
         if session is None:
-            session = await rt.store.get_session(rec.session_id)
+            session = await self._store.get_session(rec.session_id)
         handler: Action | None = None
         if session is None:
             failure = Failure("SessionGone", f"session {rec.session_id} was deleted before the task ran")
         else:
             try:
-                interview = rt.registry.get(rec.interview)
+                interview = self._registry.get(rec.interview)
                 handler = interview.get_action(rec.action)
                 arguments = codec.decode_value(rec.arguments)
             except MailgateError as exc:
                 failure = Failure(type(exc).__name__, str(exc))
             else:
-                ctx = rt.new_context("background", session.id, interview, rec.action, arguments, user, task_id=rec.id)
+                ctx = self._invoker.new_context("background", session.id, interview, rec.action, arguments, user, task_id=rec.id)
                 ctx.accessed_at = session.accessed_at
         if ctx is not None and handler is not None and session is not None:
             try:
                 answers = codec.decode(session.answers)  # a throwaway copy: never saved
-                await rt.hydrate(answers, ctx.arguments)
-                end = await rt.invoke(ctx, handler, answers, rt.config.tasks.timeout)
+                await self._hydrate(answers, ctx.arguments)
+                end = await self._invoker.invoke(ctx, handler, answers, self.config.tasks.timeout)
             except TimeoutError:
-                failure = Failure("TaskTimeout", f"background action {rec.action!r} ran longer than [tasks] timeout = {rt.config.tasks.timeout:g} s")
+                failure = Failure("TaskTimeout", f"background action {rec.action!r} ran longer than [tasks] timeout = {self.config.tasks.timeout:g} s")
             except Exception as exc:
                 log.info("background action %r (task %s) raised %s", rec.action, rec.id, type(exc).__name__, extra={"event": "task.raised"})
                 failure = Failure.from_exception(exc)
@@ -162,7 +172,6 @@ class TaskRunner:
     async def _finish(self, rec: TaskRecord, worker: str, value: Any, failure: Failure | None,
                       spawned: list[ActionContext], extra: Changes | None = None, has_value: bool | None = None) -> None:
         """Commit a task's outcome with what the contexts in ``spawned`` produced (tasks, mailboxes)."""
-        rt = self.runtime
         result_text: str | None = None
         if has_value is None:
             has_value = failure is None
@@ -187,13 +196,12 @@ class TaskRunner:
             finish=finish,
             release_lease=extra.release_lease if extra else None,
         )
-        await rt.commit(changes)
+        await self._commit(changes)
         if failure is not None:
             log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed"})
 
     async def _finish_with_callback(self, rec: TaskRecord, worker: str, user: User, spawned: list[ActionContext],
                                     callback: tuple[str, dict[str, Any]], error: Failure | None) -> None:
-        rt = self.runtime
         name, kwargs = callback
         arguments = dict(kwargs)
         if error is not None:
@@ -201,24 +209,24 @@ class TaskRunner:
                              error_trace=error.error_trace, variables=list(error.variables))
         what = "error action" if error is not None else "response action"
         try:
-            async with rt.leases.locked(rec.session_id, f"callback {name}") as lease:
+            async with self._leases.locked(rec.session_id, f"callback {name}") as lease:
                 session = lease.session
                 if session is None:
                     await self._finish(rec, worker, None, Failure("SessionGone", f"session {rec.session_id} was deleted before the {what} {name!r} ran"), spawned,
                                        extra=Changes(release_lease=(rec.session_id, lease.holder)))
                     lease.released = True
                     return
-                interview = rt.registry.get(rec.interview)
+                interview = self._registry.get(rec.interview)
                 handler = interview.get_action(name)
                 answers = codec.decode(session.answers)  # fresh, under the lease
-                ctx = rt.new_context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
+                ctx = self._invoker.new_context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
                 ctx.accessed_at = session.accessed_at
-                ctx.task_records = await rt.hydrate(answers, arguments)
+                ctx.task_records = await self._hydrate(answers, arguments)
                 failure: Failure | None = None
                 value: Any = None
                 save: SessionSave | None = None
                 try:
-                    end = await rt.invoke(ctx, handler, answers, lease.remaining())
+                    end = await self._invoker.invoke(ctx, handler, answers, lease.remaining())
                 except TimeoutError:
                     failure = Failure("BudgetExceeded", f"the {what} {name!r} ran past its {lease.budget:g} s lock budget; nothing was saved")
                 except Exception as exc:

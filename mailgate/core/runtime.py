@@ -32,12 +32,12 @@ from mailgate.core.background import TaskRunner
 from mailgate.core.commands import UI_NOTIFICATIONS
 from mailgate.core.commits import Commits
 from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
-from mailgate.core.daemail import DAEmail
 from mailgate.core.emails import Emails, MailboxView
 from mailgate.core.events import EventFeed
 from mailgate.core.interviews import Action, Interview, Registry
 from mailgate.core.leases import Leases
 from mailgate.core.mailboxes import Addresses, Mailbox, Mailboxes
+from mailgate.core.references import References
 from mailgate.core.sessions import Sessions
 from mailgate.core.tasks import Task, TaskBook
 from mailgate.core.tokens import Signer
@@ -72,8 +72,10 @@ class Runtime:
         self.mailboxes = Mailboxes(config.mail, store, self.emails, store.now)
         self.invoker = Invoker(config.tasks.workers + 4, services=self)
         self.commits = Commits(store, self.feed, self.tasks)
-        self.sessions = Sessions(config, store, registry, self.leases, self.invoker, self.commits.commit, self.hydrate)
-        self._task_runner = TaskRunner(self)
+        self.references = References(store, self.tasks, self.emails)
+        hydrate = self.references.hydrate
+        self.sessions = Sessions(config, store, registry, self.leases, self.invoker, self.commits.commit, hydrate)
+        self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
         self._interview_of: dict[str, str] = {}
         self.signer: Signer
 
@@ -193,7 +195,7 @@ class Runtime:
 
     async def execute_task(self, rec: TaskRecord, worker: str, session: SessionRecord | None = None) -> None:
         """Run one claimed task to its end and commit its outcome (see :class:`TaskRunner`)."""
-        await self._task_runner.execute(rec, worker, session)
+        await self.task_runner.execute(rec, worker, session)
 
     # -- mailboxes and e-mails ---------------------------------------------------------------------
     def interview_email(self, ctx: ActionContext, key: str | None, index: Any) -> str:
@@ -240,6 +242,10 @@ class Runtime:
         """Scheduled type -> (its last period, when it ran)."""
         return await self.store.last_periods()
 
+    async def session_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+        """A session's events after ``after_id``, oldest first (a page catching up)."""
+        return await self.store.list_events(session_id, after_id=after_id, limit=limit)
+
     def store_clock(self) -> float:
         return self.store.now()
 
@@ -259,17 +265,4 @@ class Runtime:
 
     async def hydrate(self, *values: Any) -> dict[str, TaskRecord]:
         """Fill the Task and DAEmail references inside ``values`` from the store (two reads at most)."""
-        refs = [r for v in values for r in codec.references(v)]
-        tasks = [r for r in refs if isinstance(r, Task)]
-        emails = [r for r in refs if isinstance(r, DAEmail)]
-        records = await self.store.get_tasks([t.id for t in tasks]) if tasks else {}
-        for t in tasks:
-            t._book = self.tasks
-            t._record = records.get(t.id)
-        if emails:
-            found = await self.emails.get_many([e.id for e in emails])
-            for e in emails:
-                e._emails, e._loop = self.emails, self.loop
-                if e.id in found:
-                    e._fill(found[e.id])
-        return records
+        return await self.references.hydrate(*values)

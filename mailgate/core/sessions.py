@@ -22,6 +22,7 @@ from mailgate.core.actions import ActionResult, Invoker, end_result, session_sav
 from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
 from mailgate.core.interviews import Action, Registry
 from mailgate.core.leases import Lease, Leases
+from mailgate.core.references import Hydrate
 from mailgate.errors import ActionError, BudgetExceeded, MailgateError, NotFound, VersionConflict
 from mailgate.store.base import (
     Changes,
@@ -30,11 +31,9 @@ from mailgate.store.base import (
     SessionRecord,
     SessionSave,
     Store,
-    TaskRecord,
 )
 
 log = logging.getLogger(__name__)
-Hydrate = Callable[..., Awaitable[dict[str, TaskRecord]]]
 
 
 @dataclass(frozen=True)

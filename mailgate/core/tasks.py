@@ -1,4 +1,5 @@
-"""Background tasks: the Task handle that interview code keeps in its answers, and the worker pool.
+"""Background tasks as they are read: the Task handle that interview code keeps in its answers, and
+the TaskBook behind it (the worker pool that runs them is :mod:`mailgate.core.pool`).
 
 A Task is stored in answers by id. Its methods follow docassemble (``ready``, ``failed``, ``wait``,
 ``get``, ``result``) and read the task's durable row. In a sync handler (a worker thread) they ask
@@ -13,19 +14,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mailgate.config import TasksConfig
 from mailgate.core import answers as codec
-from mailgate.core.background import lost_task_events
 from mailgate.core.bridge import on_loop, refuse_on_loop, run_on_loop
 from mailgate.core.context import CURRENT
-from mailgate.errors import ActionError, LeaseLost, NotFound, TaskFailed, TaskNotReady
-from mailgate.store.base import SessionRecord, TaskRecord
-
-if TYPE_CHECKING:
-    from mailgate.core.runtime import Runtime
-    from mailgate.store.base import Store
+from mailgate.errors import ActionError, NotFound, TaskFailed, TaskNotReady
+from mailgate.store.base import Store, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -198,94 +194,3 @@ class Task:
 
 
 codec.register_reference("task", Task, Task)
-
-
-class WorkerPool:
-    """Claims tasks from the store and runs up to ``config.workers`` of them at once."""
-
-    def __init__(self, runtime: Runtime, config: TasksConfig, worker_id: str) -> None:
-        self.runtime = runtime
-        self.config = config
-        self.worker_id = worker_id
-        self.running: dict[str, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self.completed = 0
-
-    def wake(self) -> None:
-        """New work may be queued (called after a local commit that queued tasks)."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Claim loop; runs until :meth:`stop`. A store error propagates (the daemon stops)."""
-        self.runtime.add_task_listener(self.wake)
-        heartbeat = asyncio.create_task(self._heartbeat(), name="task-heartbeat")
-        try:
-            while not self._stopping:
-                # Cleared before looking, so a wake-up that arrives while we claim is not lost.
-                self._wake.clear()
-                free = self.config.workers - len(self.running)
-                if free > 0:
-                    claim = await self.runtime.store.claim_tasks(self.worker_id, free, self.config.lease, lost_task_events)
-                    if claim.events:
-                        self.runtime.after_commit(claim.events, False)
-                    claimed = claim.tasks
-                    if claimed:
-                        sessions = await self.runtime.store.get_sessions([rec.session_id for rec in claimed])
-                        for rec in claimed:
-                            self._start(rec, sessions.get(rec.session_id))
-                    if len(claimed) == free:
-                        continue  # there may be more: claim again once a slot frees up
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
-                except TimeoutError:
-                    pass
-        finally:
-            self.runtime.remove_task_listener(self.wake)
-            heartbeat.cancel()
-
-    def _start(self, rec: TaskRecord, session: SessionRecord | None) -> None:
-        job = asyncio.create_task(self._execute(rec, session), name=f"task-{rec.id}")
-        self.running[rec.id] = job
-        job.add_done_callback(lambda _: self._done(rec.id))
-
-    def _done(self, task_id: str) -> None:
-        self.running.pop(task_id, None)
-        self.completed += 1
-        self._wake.set()
-
-    async def _execute(self, rec: TaskRecord, session: SessionRecord | None) -> None:
-        try:
-            await self.runtime.execute_task(rec, self.worker_id, session)
-        except LeaseLost as exc:
-            log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # A bug or a store failure: the task stays claimed and is rerun after its lease expires.
-            log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed"})
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.lease / 3)
-            if self.running:
-                try:
-                    await self.runtime.store.heartbeat(self.worker_id, list(self.running), self.config.lease)
-                except Exception:
-                    log.exception("task heartbeat failed", extra={"event": "task.heartbeat_failed"})
-
-    async def stop(self, grace: float) -> None:
-        """Stop claiming, let running tasks finish within ``grace``, give the rest back to the queue."""
-        self._stopping = True
-        self._wake.set()
-        deadline = time.monotonic() + grace
-        while self.running and time.monotonic() < deadline:
-            await asyncio.wait(list(self.running.values()), timeout=max(0.0, deadline - time.monotonic()))
-        leftover = list(self.running)
-        jobs = list(self.running.values())
-        for job in jobs:
-            job.cancel()
-        if leftover:
-            await asyncio.gather(*jobs, return_exceptions=True)
-            await self.runtime.store.release_tasks(self.worker_id, leftover)
-            log.warning("gave %d unfinished tasks back to the queue", len(leftover), extra={"event": "task.released"})

@@ -22,8 +22,8 @@ from mailgate.core.cron import Cron
 from mailgate.core.events import EventFeed
 from mailgate.core.inbound import Inbound
 from mailgate.core.interviews import Registry, load_interviews
+from mailgate.core.pool import WorkerPool
 from mailgate.core.runtime import Runtime
-from mailgate.core.tasks import WorkerPool
 from mailgate.daemon import sdnotify
 from mailgate.edges.scheduler import CronCalendar, Scheduler, check_schedule
 from mailgate.edges.smtp.server import SmtpServer, server_hostname
@@ -118,7 +118,7 @@ class Daemon:
         self.inbound = Inbound(self.config, self.store, rt.registry, rt.mailboxes, rt.commits, rt.executor,
                                self._resolver or _dns_resolver(self.config), server_hostname(self.config.smtp))
         if "worker" in self.roles:
-            self.pool = WorkerPool(self.runtime, self.config.tasks, self.runtime.process_id)
+            self.pool = WorkerPool(self.store, rt.commits, rt.task_runner, self.config.tasks, rt.process_id)
             self.spawn("workers", self.pool.run())
         if "smtp" in self.roles:
             self.smtp = SmtpServer(self.inbound, self.config.smtp)

@@ -11,9 +11,10 @@ from mailgate.config import WebConfig
 from mailgate.core.inbound import Inbound
 from mailgate.core.runtime import Runtime
 from mailgate.edges.web import api, pages
+from mailgate.edges.web.hub import Hub
 from mailgate.edges.web.keys import HUB, INBOUND, METRICS, RUNTIME
 from mailgate.edges.web.metrics import Metrics, exposition
-from mailgate.edges.web.ws import Hub, websocket
+from mailgate.edges.web.ws import websocket
 
 log = logging.getLogger(__name__)
 

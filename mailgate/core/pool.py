@@ -1,0 +1,110 @@
+"""The worker pool: claims background tasks from the store and runs them, up to ``[tasks] workers``
+at once, with a lease it keeps alive by heartbeat; on stop, what does not finish within the grace
+period goes back to the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mailgate.config import TasksConfig
+from mailgate.core.background import TaskRunner, lost_task_events
+from mailgate.core.commits import Commits
+from mailgate.errors import LeaseLost
+from mailgate.store.base import SessionRecord, Store, TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    """Claims tasks from the store and runs up to ``config.workers`` of them at once."""
+
+    def __init__(self, store: Store, commits: Commits, runner: TaskRunner, config: TasksConfig, worker_id: str) -> None:
+        self._store = store
+        self._commits = commits
+        self._runner = runner
+        self.config = config
+        self.worker_id = worker_id
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.completed = 0
+
+    def wake(self) -> None:
+        """New work may be queued (called after a local commit that queued tasks)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim loop; runs until :meth:`stop`. A store error propagates (the daemon stops)."""
+        self._commits.add_task_listener(self.wake)
+        heartbeat = asyncio.create_task(self._heartbeat(), name="task-heartbeat")
+        try:
+            while not self._stopping:
+                # Cleared before looking, so a wake-up that arrives while we claim is not lost.
+                self._wake.clear()
+                free = self.config.workers - len(self.running)
+                if free > 0:
+                    claim = await self._store.claim_tasks(self.worker_id, free, self.config.lease, lost_task_events)
+                    if claim.events:
+                        self._commits.after_commit(claim.events, False)
+                    claimed = claim.tasks
+                    if claimed:
+                        sessions = await self._store.get_sessions([rec.session_id for rec in claimed])
+                        for rec in claimed:
+                            self._start(rec, sessions.get(rec.session_id))
+                    if len(claimed) == free:
+                        continue  # there may be more: claim again once a slot frees up
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            self._commits.remove_task_listener(self.wake)
+            heartbeat.cancel()
+
+    def _start(self, rec: TaskRecord, session: SessionRecord | None) -> None:
+        job = asyncio.create_task(self._execute(rec, session), name=f"task-{rec.id}")
+        self.running[rec.id] = job
+        job.add_done_callback(lambda _: self._done(rec.id))
+
+    def _done(self, task_id: str) -> None:
+        self.running.pop(task_id, None)
+        self.completed += 1
+        self._wake.set()
+
+    async def _execute(self, rec: TaskRecord, session: SessionRecord | None) -> None:
+        try:
+            await self._runner.execute(rec, self.worker_id, session)
+        except LeaseLost as exc:
+            log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug or a store failure: the task stays claimed and is rerun after its lease expires.
+            log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed"})
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease / 3)
+            if self.running:
+                try:
+                    await self._store.heartbeat(self.worker_id, list(self.running), self.config.lease)
+                except Exception:
+                    log.exception("task heartbeat failed", extra={"event": "task.heartbeat_failed"})
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let running tasks finish within ``grace``, give the rest back to the queue."""
+        self._stopping = True
+        self._wake.set()
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.wait(list(self.running.values()), timeout=max(0.0, deadline - time.monotonic()))
+        leftover = list(self.running)
+        jobs = list(self.running.values())
+        for job in jobs:
+            job.cancel()
+        if leftover:
+            await asyncio.gather(*jobs, return_exceptions=True)
+            await self._store.release_tasks(self.worker_id, leftover)
+            log.warning("gave %d unfinished tasks back to the queue", len(leftover), extra={"event": "task.released"})
