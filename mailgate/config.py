@@ -49,6 +49,8 @@ class StoreConfig:
     path: str = _f("mailgate.sqlite3", "SQLite database file, relative to the working directory")
     dsn: str = _f("", "PostgreSQL connection string (env MAILGATE_STORE_DSN)", secret=True)
     busy_timeout: float = _f(10.0, "seconds a SQLite writer waits for another process's write lock", minimum=0.1)
+    max_pages: int = _f(0, "SQLite only: cap the database at this many pages (PRAGMA max_page_count; 0 = no cap). "
+                        "For tests of a full store; a real disk needs no cap", minimum=0)
 
 
 @dataclass(frozen=True)

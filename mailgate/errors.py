@@ -62,3 +62,23 @@ class TaskNotReady(MailgateError):
 
 class TaskFailed(MailgateError):
     """``Task.get()`` on a task that failed and has no value from an error action."""
+
+
+class StoreError(MailgateError):
+    """The store failed for a reason outside mailgate's domain (its disk, its file, its locks).
+
+    Backends raise these (never their driver's own exceptions); edges answer them as temporary
+    failures (HTTP 503 with Retry-After, SMTP 451) because the same request can succeed later.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be used now: it cannot be opened, stayed locked too long, or an I/O error."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store, or the database itself, is full; nothing was written."""
+
+
+class StoreConflict(StoreError):
+    """The store refused a write on a constraint that is not an expected domain outcome."""

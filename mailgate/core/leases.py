@@ -93,7 +93,7 @@ class Leases:
 
     def store_clock(self) -> float:
         """The store's clock (POSIX seconds; tests may control it)."""
-        return float(getattr(self.store, "clock", time.time)())
+        return self.store.now()
 
     async def lock_local(self, session_id: str, what: str) -> None:
         """Take this process's lock of the session (bounded by ``lock_timeout``); release with unlock_local."""

@@ -15,7 +15,7 @@ def open_store(config: StoreConfig, *, clock: Callable[[], float] = time.time) -
     if config.backend == "sqlite":
         from mailgate.store.sqlite.backend import SqliteStore
 
-        return SqliteStore(config.path, busy_timeout=config.busy_timeout, clock=clock)
+        return SqliteStore(config.path, busy_timeout=config.busy_timeout, clock=clock, max_pages=config.max_pages)
     raise ConfigError(f"[store] backend {config.backend!r} is not available yet; use backend = \"sqlite\"")
 
 

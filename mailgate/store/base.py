@@ -199,7 +199,22 @@ class CommitResult:
 
 
 class Store(abc.ABC):
-    """Durable state of mailgate. One instance per process; safe for concurrent use in one loop."""
+    """Durable state of mailgate. One instance per process; safe for concurrent use in one loop.
+
+    Every failure of the backend itself (its driver, its disk, its locks) is raised as a
+    :class:`~mailgate.errors.StoreError` (StoreUnavailable, StoreFull, StoreConflict); domain
+    outcomes (NotFound, VersionConflict, LeaseLost, ...) keep their own types.
+    """
+
+    # -- time ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The store's clock, POSIX seconds: the time every stored timestamp and expiry is in.
+
+        Code that compares its own "now" with stored times (lease expiries, mailbox expiry, access
+        times) must ask here, never ``time.time()``: tests control this clock, and a backend may
+        take it from its server.
+        """
 
     # -- lifecycle -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from mailgate.errors import LeaseLost, MailgateError, NotFound, VersionConflict
+from mailgate.errors import LeaseLost, MailgateError, NotFound, StoreUnavailable, VersionConflict
 from mailgate.store.base import (
     Changes,
     CommitResult,
@@ -33,7 +33,7 @@ from mailgate.store.base import (
     TaskRecord,
 )
 from mailgate.store.sqlite.cache import SessionCache
-from mailgate.store.sqlite.writer import SqliteWriter
+from mailgate.store.sqlite.writer import SqliteWriter, store_error
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,27 @@ class SqliteStore(Store):
     """SQLite file store. ``clock`` returns POSIX seconds; tests may pass a controllable one."""
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time,
-                 cache_sessions: int = 10_000) -> None:
+                 cache_sessions: int = 10_000, max_pages: int = 0) -> None:
         self.path = path
         self.clock = clock
         self._busy_timeout = busy_timeout
-        self._writer = SqliteWriter(path, busy_timeout, on_commit=self._committed)
+        self._writer = SqliteWriter(path, busy_timeout, on_commit=self._committed, max_pages=max_pages)
         self._reader: aiosqlite.Connection | None = None
         self._cache_size = cache_sessions
         self._cache: SessionCache | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock()
+
     async def open(self) -> None:
+        await self._writer.open()
         try:
-            await self._writer.open()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
             if self._cache_size > 0:
                 self._cache = SessionCache(sqlite3.connect(self.path, isolation_level=None, timeout=0), self._cache_size)
-        except sqlite3.Error as exc:
-            raise MailgateError(f"cannot open the SQLite store {self.path!r}: {exc}; check the path and its permissions") from None
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self.path, self._busy_timeout) from exc
 
     async def close(self) -> None:
         await self._writer.close()
@@ -94,7 +97,7 @@ class SqliteStore(Store):
         return max(n for n, _, _ in _migrations())
 
     async def migrate(self) -> list[int]:
-        clock = self.clock
+        clock = self.now
 
         def run(conn: sqlite3.Connection) -> list[int]:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
@@ -127,14 +130,19 @@ class SqliteStore(Store):
         return int(rows[0][0])
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Every read of this backend runs here (writes run in the writer): SQLite's and the OS's
+        errors become StoreErrors at this one place."""
         if self._reader is None:
-            raise MailgateError("the store is closed")
-        return list(await self._reader.execute_fetchall(sql, params))
+            raise StoreUnavailable("the store is closed")
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self.path, self._busy_timeout) from exc
 
     # -- sessions --------------------------------------------------------------------------------
     async def create_session(self, session_id: str, interview: str, answers: str, owner: str,
                              allow_cron: bool = False) -> SessionRecord:
-        now = self.clock()
+        now = self.now()
 
         def unit(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -218,7 +226,7 @@ class SqliteStore(Store):
 
     # -- commit ------------------------------------------------------------------------------------
     async def commit(self, changes: Changes) -> CommitResult:
-        now = self.clock()
+        now = self.now()
         result: CommitResult = await self._writer.submit(lambda conn: _apply_changes(conn, changes, now))
         cache = self._cache
         if cache is not None:
@@ -236,7 +244,7 @@ class SqliteStore(Store):
 
     async def acquire_lease_and_read(self, session_id: str, holder: str, ttl: float,
                                      budget: float) -> tuple[LeaseInfo | None, SessionRecord | None]:
-        now = self.clock()
+        now = self.now()
 
         def unit(conn: sqlite3.Connection) -> tuple[LeaseInfo | None, SessionRecord | None]:
             cur = conn.execute(
@@ -255,7 +263,7 @@ class SqliteStore(Store):
         return await self._writer.submit(unit)
 
     async def renew_lease(self, session_id: str, holder: str, ttl: float) -> bool:
-        now = self.clock()
+        now = self.now()
 
         def unit(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("UPDATE session_leases SET expires_at = ? WHERE session_id = ? AND holder = ?", (now + ttl, session_id, holder))
@@ -270,7 +278,7 @@ class SqliteStore(Store):
 
     # -- tasks -------------------------------------------------------------------------------------
     async def claim_tasks(self, worker: str, limit: int, lease: float) -> list[TaskRecord]:
-        now = self.clock()
+        now = self.now()
 
         def unit(conn: sqlite3.Connection) -> list[TaskRecord]:
             exhausted = conn.execute(
@@ -299,7 +307,7 @@ class SqliteStore(Store):
     async def heartbeat(self, worker: str, task_ids: Sequence[str], lease: float) -> None:
         if not task_ids:
             return
-        until = self.clock() + lease
+        until = self.now() + lease
         ids = list(task_ids)
         await self._writer.submit(
             lambda conn: conn.executemany(
@@ -371,7 +379,7 @@ class SqliteStore(Store):
 
     # -- scheduled tasks -------------------------------------------------------------------------------
     async def claim_period(self, type_: str, period: str, holder: str) -> bool:
-        now = self.clock()
+        now = self.now()
 
         def unit(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("INSERT INTO cron_periods VALUES (?, ?, ?, ?) ON CONFLICT(type, period) DO NOTHING",
@@ -432,7 +440,7 @@ class SqliteStore(Store):
         return [MailboxRecord(*r) for r in rows]
 
     async def deliver(self, delivery: Delivery) -> tuple[list[str], list[EventRecord]]:
-        now = self.clock()
+        now = self.now()
 
         def unit(conn: sqlite3.Connection) -> tuple[list[str], list[EventRecord]]:
             _insert_raw(conn, delivery.sha256, delivery.raw)

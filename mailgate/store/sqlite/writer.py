@@ -12,23 +12,70 @@ transaction in one hop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from mailgate.errors import MailgateError
+from mailgate.errors import StoreConflict, StoreError, StoreFull, StoreUnavailable
 
 T = TypeVar("T")
 Unit = Callable[[sqlite3.Connection], Any]
+
+# SQLite's primary result codes (https://www.sqlite.org/rescode.html) that say the store is unusable
+# for now rather than that mailgate asked for something wrong.
+_UNAVAILABLE = {
+    sqlite3.SQLITE_PERM, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_AUTH,
+}
+
+
+def store_error(exc: sqlite3.Error | OSError, path: str, busy_timeout: float) -> StoreError:
+    """The StoreError for a driver or OS error of the SQLite store at ``path``.
+
+    The one translation of the SQLite backend: the writer applies it to everything it runs, the
+    backend to its reads. The message says what happened and what to do next.
+    """
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreFull(f"the disk holding the SQLite store {path} is full ({exc.strerror}); free space there "
+                             "and mailgate retries (nothing was written)")
+        return StoreUnavailable(f"cannot use the SQLite store {path}: {exc}; check the disk, the file and its permissions")
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    detail = str(exc) or type(exc).__name__
+    if primary == sqlite3.SQLITE_FULL:
+        return StoreFull(f"the SQLite store {path} is full ({detail}): free space on the disk holding it (or raise "
+                         "[store] max_pages) and mailgate retries; nothing was written")
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreUnavailable(f"the SQLite store {path} stayed locked by another process for more than {busy_timeout:g} s "
+                                f"([store] busy_timeout): {detail}; look for a long-running CLI command or a second daemon, "
+                                "or try again")
+    if primary in _UNAVAILABLE:
+        return StoreUnavailable(f"cannot use the SQLite store {path} ({detail}); check the disk, the file and its "
+                                "permissions, then try again")
+    if primary == sqlite3.SQLITE_CONSTRAINT or isinstance(exc, sqlite3.IntegrityError):
+        return StoreConflict(f"the SQLite store {path} refused a write ({detail}); nothing was saved")
+    return StoreError(f"the SQLite store {path} failed ({detail}); check its schema with: mailgate healthcheck")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open: after SQLITE_FULL or an I/O error SQLite may
+    already have rolled it back itself, and a second ROLLBACK would hide the first error."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 class SqliteWriter:
     """One thread, one connection, group commits."""
 
-    def __init__(self, path: str, busy_timeout: float, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, path: str, busy_timeout: float, on_commit: Callable[[], None] = lambda: None, *,
+                 max_pages: int = 0) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
+        self._max_pages = max_pages
         self._on_commit = on_commit
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-sqlite-writer")
         self._conn: sqlite3.Connection | None = None
@@ -38,33 +85,53 @@ class SqliteWriter:
         self.units = 0
 
     async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self._path, self._busy_timeout) from exc
 
     def _connect(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            if self._max_pages:
+                # Per connection, and only this one writes: the cap holds for every write of the process.
+                conn.execute(f"PRAGMA max_page_count = {int(self._max_pages)}")
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` outside any batch (migrations); it manages its own transaction."""
-        assert self._conn is not None
+        if self._conn is None:
+            raise StoreUnavailable("the store is closed")
         conn = self._conn
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self._path, self._busy_timeout) from exc
         finally:
             self._on_commit()
 
     async def submit(self, unit: Callable[[sqlite3.Connection], T]) -> T:
-        """Apply ``unit`` in the next group commit; returns its result once durable."""
+        """Apply ``unit`` in the next group commit; returns its result once durable.
+
+        Domain errors raised by ``unit`` (NotFound, VersionConflict, ...) come back unchanged; every
+        error of SQLite or the OS comes back as a :class:`~mailgate.errors.StoreError`.
+        """
         if self._conn is None:
-            raise MailgateError("the store is closed")
+            raise StoreUnavailable("the store is closed")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((unit, fut))
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="sqlite-group-commit")
-        return await fut
+        try:
+            return await fut
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self._path, self._busy_timeout) from exc
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,7 +144,7 @@ class SqliteWriter:
                     self._on_commit()
                     for _, fut in batch:
                         if not fut.done():
-                            fut.set_exception(exc if isinstance(exc, Exception) else MailgateError("store stopped"))
+                            fut.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable("the store stopped"))
                     if not isinstance(exc, Exception):
                         raise
                     continue
@@ -109,10 +176,9 @@ class SqliteWriter:
             try:
                 results: list[tuple[bool, Any]] = [(True, unit(conn)) for unit in units]
             except Exception:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             else:
                 self._finish(conn)
@@ -124,7 +190,7 @@ class SqliteWriter:
                 try:
                     results.append((True, units[0](conn)))
                 except Exception as exc:
-                    conn.execute("ROLLBACK")
+                    _rollback(conn)
                     return [(False, exc)]
             else:
                 for unit in units:
@@ -132,6 +198,8 @@ class SqliteWriter:
                     try:
                         value = unit(conn)
                     except Exception as exc:
+                        if not conn.in_transaction:  # SQLite rolled back the whole transaction (disk full, I/O)
+                            raise
                         conn.execute("ROLLBACK TO unit")
                         conn.execute("RELEASE unit")
                         results.append((False, exc))
@@ -139,8 +207,7 @@ class SqliteWriter:
                         conn.execute("RELEASE unit")
                         results.append((True, value))
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self._finish(conn)
         return results
@@ -150,8 +217,7 @@ class SqliteWriter:
         try:
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     async def close(self) -> None:
