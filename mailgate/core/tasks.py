@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mailgate.config import TasksConfig
 from mailgate.core import answers as codec
 from mailgate.core.context import CURRENT
-from mailgate.errors import ActionError, LeaseLost, TaskFailed, TaskNotReady
+from mailgate.errors import ActionError, LeaseLost, StoreError, TaskFailed, TaskNotReady
 from mailgate.store.base import SessionRecord, TaskRecord
 
 if TYPE_CHECKING:
@@ -213,6 +213,8 @@ class WorkerPool:
             log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
         except asyncio.CancelledError:
             raise
+        except StoreError as exc:  # the store's message says what to do; a traceback would add nothing
+            log.error("task %s could not be finished: %s; it will be retried", rec.id, exc, extra={"event": "task.store_error"})
         except Exception:
             # A bug or a store failure: the task stays claimed and is rerun after its lease expires.
             log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed"})
@@ -223,6 +225,8 @@ class WorkerPool:
             if self.running:
                 try:
                     await self.runtime.store.heartbeat(self.worker_id, list(self.running), self.config.lease)
+                except StoreError as exc:
+                    log.error("task heartbeat failed: %s", exc, extra={"event": "task.heartbeat_failed"})
                 except Exception:
                     log.exception("task heartbeat failed", extra={"event": "task.heartbeat_failed"})
 

@@ -37,7 +37,7 @@ from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
 from mailgate.edges.web.keys import HUB, METRICS, RUNTIME
 from mailgate.edges.web.metrics import Metrics
-from mailgate.errors import MailgateError
+from mailgate.errors import MailgateError, StoreError
 from mailgate.store.base import EventRecord
 
 log = logging.getLogger(__name__)
@@ -151,17 +151,26 @@ class Hub:
 
     async def poll(self) -> None:
         """Fan out events committed by other processes (the CLI, other daemons). Runs forever."""
+        failing = False
         while True:
             await asyncio.sleep(self.config.event_poll_interval)
-            if not self.connections:
-                self.last_seen = max(self.last_seen, await self.runtime.store.last_event_id())
-                continue
-            while True:
-                events = await self.runtime.store.events_after(self.last_seen, 1000)
-                for event in events:
-                    self.dispatch(event)  # connections skip ids they already have
-                if len(events) < 1000:
-                    break
+            try:
+                if not self.connections:
+                    self.last_seen = max(self.last_seen, await self.runtime.store.last_event_id())
+                while self.connections:
+                    events = await self.runtime.store.events_after(self.last_seen, 1000)
+                    for event in events:
+                        self.dispatch(event)  # connections skip ids they already have
+                    if len(events) < 1000:
+                        break
+            except StoreError as exc:  # locked or unreadable for now: the next poll picks up from last_seen
+                if not failing:  # once per outage, not once per poll
+                    log.warning("polling for events failed: %s; retrying", exc, extra={"event": "ws.poll_failed"})
+                failing = True
+            else:
+                if failing:
+                    log.info("polling for events works again", extra={"event": "ws.poll_recovered"})
+                failing = False
 
     async def heartbeat(self) -> None:
         """Keep-alive for every page, in one task. Runs forever.
