@@ -7,6 +7,7 @@ disk is full"), a write lock held by another connection, a path that cannot be o
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,17 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from mailgate.errors import NotFound, StoreError, StoreFull, StoreUnavailable, VersionConflict
+from mailgate.errors import (
+    NotFound,
+    StoreConflict,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+    VersionConflict,
+)
 from mailgate.store.base import Changes, NewTask, SessionSave
 from mailgate.store.sqlite.backend import SqliteStore
+from mailgate.store.sqlite.writer import store_error
 
 pytestmark = pytest.mark.asyncio
 
@@ -118,3 +127,30 @@ async def test_a_broken_schema_is_a_store_error_not_a_driver_error(tmp_path: Pat
             await store.create_session("s1", "iv", "{}", "{}")
     finally:
         await store.close()
+
+
+def driver_error(cls: type[sqlite3.Error], code: int, text: str) -> sqlite3.Error:
+    exc = cls(text)
+    exc.sqlite_errorcode = code  # type: ignore[attr-defined]  # set by sqlite3 itself on real errors
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected", "says"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), StoreFull, "free space there"),
+        (OSError(errno.EACCES, "Permission denied"), StoreUnavailable, "permissions"),
+        (driver_error(sqlite3.OperationalError, sqlite3.SQLITE_FULL, "database or disk is full"), StoreFull, "free space"),
+        (driver_error(sqlite3.OperationalError, sqlite3.SQLITE_IOERR_WRITE, "disk I/O error"), StoreUnavailable, "check the disk"),
+        (driver_error(sqlite3.OperationalError, sqlite3.SQLITE_BUSY, "database is locked"), StoreUnavailable, "busy_timeout"),
+        (driver_error(sqlite3.DatabaseError, sqlite3.SQLITE_NOTADB, "file is not a database"), StoreUnavailable, "check the disk"),
+        (driver_error(sqlite3.IntegrityError, sqlite3.SQLITE_CONSTRAINT_UNIQUE, "UNIQUE constraint failed"), StoreConflict,
+         "nothing was saved"),
+        (driver_error(sqlite3.OperationalError, sqlite3.SQLITE_ERROR, "no such table: x"), StoreError, "healthcheck"),
+    ],
+)
+async def test_store_error_maps_each_kind_and_says_what_to_do(exc: Exception, expected: type[StoreError], says: str) -> None:
+    assert isinstance(exc, (sqlite3.Error, OSError))
+    translated = store_error(exc, "/data/mailgate.sqlite3", 10.0)
+    assert type(translated) is expected
+    assert "/data/mailgate.sqlite3" in str(translated) and says in str(translated)
