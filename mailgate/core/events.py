@@ -36,6 +36,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
+from mailgate.errors import StoreError
 from mailgate.store.base import EventRecord, Store
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,12 @@ class EventFeed:
             self._opened = True
 
     async def run(self) -> None:
-        """Read after every wake-up, and every ``poll_interval`` without one. Runs until cancelled;
-        a store error propagates (the daemon watching this task stops)."""
-        await self.open()
+        """Read after every wake-up, and every ``poll_interval`` without one. Runs until cancelled.
+
+        A store that fails for a while (locked, unreadable) is logged once per outage and read again
+        at the next poll, from the same cursor: nothing is skipped, and the pages stay open.
+        """
+        failing = False
         while True:
             if not self._wake.is_set():
                 try:
@@ -110,7 +114,16 @@ class EventFeed:
                     pass
             # Cleared before reading: a commit that wakes us during the read is read next time.
             self._wake.clear()
-            await self.read()
+            try:
+                await self.read()
+            except StoreError as exc:
+                if not failing:
+                    log.warning("reading events failed: %s; retrying", exc, extra={"event": "events.read_failed"})
+                failing = True
+            else:
+                if failing:
+                    log.info("reading events works again", extra={"event": "events.read_recovered"})
+                failing = False
 
     async def read(self) -> None:
         """One read: the pending gaps, then everything above the cursor, delivered to subscribers."""

@@ -11,7 +11,7 @@ import time
 from mailgate.config import TasksConfig
 from mailgate.core.background import TaskRunner, lost_task_events
 from mailgate.core.commits import Commits
-from mailgate.errors import LeaseLost
+from mailgate.errors import LeaseLost, StoreError
 from mailgate.store.base import SessionRecord, Store, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ class WorkerPool:
             log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
         except asyncio.CancelledError:
             raise
+        except StoreError as exc:  # the store's message says what to do; a traceback would add nothing
+            log.error("task %s could not be finished: %s; it will be retried", rec.id, exc, extra={"event": "task.store_error"})
         except Exception:
             # A bug or a store failure: the task stays claimed and is rerun after its lease expires.
             log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed"})
@@ -90,6 +92,8 @@ class WorkerPool:
             if self.running:
                 try:
                     await self._store.heartbeat(self.worker_id, list(self.running), self.config.lease)
+                except StoreError as exc:
+                    log.error("task heartbeat failed: %s", exc, extra={"event": "task.heartbeat_failed"})
                 except Exception:
                     log.exception("task heartbeat failed", extra={"event": "task.heartbeat_failed"})
 

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from mailgate.config import SmtpConfig
 from mailgate.core.inbound import Inbound, Verdict
 from mailgate.edges.smtp.data import DataError, read_data
+from mailgate.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,10 @@ class Handler:
                 mail_from=envelope.mail_from or "", mailboxes=list(getattr(envelope, "mailgate_mailboxes", [])),
                 raw=bytes(raw), client_ip=peer, helo=session.host_name or "",
             )
+        except StoreError as exc:  # the store's own failure (full, locked, I/O): the sender retries later
+            log.error("smtp peer=%s: could not store a message: %s; answered 451", peer, exc,
+                      extra={"event": "smtp.store_unavailable"})
+            return TEMPORARY_FAILURE
         except Exception:
             log.exception("smtp peer=%s: could not store a message; answered 451", peer, extra={"event": "smtp.store_failed"})
             return TEMPORARY_FAILURE
@@ -138,6 +143,7 @@ class Handler:
         return OK_DATA if result.stored else OK_DUPLICATE
 
     async def handle_exception(self, error: Exception) -> str:
+        # A StoreError at RCPT (the mailbox lookup) lands here too: 451, never 5xx, so the sender retries.
         log.error("smtp session error: %r; answered 451", error, extra={"event": "smtp.error"})
         return TEMPORARY_FAILURE
 

@@ -28,6 +28,7 @@ from mailgate.errors import (
     LeaseTimeout,
     MailgateError,
     NotFound,
+    StoreError,
     TaskNotReady,
     VersionConflict,
 )
@@ -58,6 +59,9 @@ STATUS = [
     (BudgetExceeded, 422),
     (MailgateError, 422),
 ]
+# Seconds a client should wait after a 503 for a StoreError (full, locked, I/O): long enough for an
+# operator's fix or a lock to clear, short enough that a page's retry feels like a hiccup.
+STORE_RETRY_AFTER = 5
 
 
 @web.middleware
@@ -69,6 +73,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.content_type == "application/json" or exc.status < 400:
             raise
         return error(exc.status, exc.reason)
+    except StoreError as exc:  # temporary by nature: the same request can succeed later
+        log.warning("store error on %s %s: %s; answered 503", request.method, request.path, exc,
+                    extra={"event": "http.store_unavailable"})
+        return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": str(STORE_RETRY_AFTER)})
     except MailgateError as exc:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return error(status, str(exc))

@@ -15,7 +15,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad request", 401: "missing or wrong API key", 404: "not found", 409: "session busy or conflict",
-            422: "the action failed or cannot run", 503: "API disabled (no api_key configured)"}
+            422: "the action failed or cannot run", 503: "API disabled (no api_key configured), or the store is unavailable for now (full, locked): "
+            "retry after the Retry-After header's seconds"}
     return {str(c): _json(ERROR, text[c]) for c in codes}
 
 

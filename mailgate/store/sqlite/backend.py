@@ -1,8 +1,13 @@
 """The embedded SQLite backend: WAL, durable (``synchronous=FULL``) group commits.
 
-Writes go through one writer thread with group commits (:mod:`.sqlite_writer`); reads through an
+Writes go through one writer thread with group commits (:mod:`.writer`); reads through an
 aiosqlite connection, which WAL lets run beside the writer; sessions through a cache that is
-checked against the database before use (:mod:`.sqlite_cache`).
+checked against the database before use (:mod:`.cache`).
+
+SQL: the schema is in ``migrations/*.sql`` (numbered; ``tests/store/test_sqlite_schema.py`` holds
+them to a snapshot), and every statement on it is in this module, except the writer's transaction
+control and PRAGMAs and the cache's one version lookup. Errors: every sqlite3 and OS error becomes
+a StoreError in :func:`.writer.store_error`, applied by the writer and by :meth:`SqliteStore._read`.
 
 Cross-process safety comes from SQLite itself: ``BEGIN IMMEDIATE`` takes the database's write lock
 and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) to let go.

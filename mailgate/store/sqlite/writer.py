@@ -58,7 +58,9 @@ def store_error(exc: sqlite3.Error | OSError, path: str, busy_timeout: float) ->
                                 "permissions, then try again")
     if primary == sqlite3.SQLITE_CONSTRAINT or isinstance(exc, sqlite3.IntegrityError):
         return StoreConflict(f"the SQLite store {path} refused a write ({detail}); nothing was saved")
-    return StoreError(f"the SQLite store {path} failed ({detail}); check its schema with: mailgate healthcheck")
+    if primary == sqlite3.SQLITE_ERROR:  # e.g. no such table: a database older or newer than this code
+        return StoreError(f"the SQLite store {path} failed ({detail}); check its schema with: mailgate healthcheck")
+    return StoreError(f"the SQLite store {path} failed ({detail})")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
