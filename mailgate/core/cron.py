@@ -20,15 +20,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from mailgate.config import Config
 from mailgate.core.context import CRON_USER
+from mailgate.core.interviews import Registry
+from mailgate.core.sessions import Sessions
 from mailgate.errors import MailgateError
-
-if TYPE_CHECKING:
-    from mailgate.config import Config
-    from mailgate.core.runtime import Runtime
+from mailgate.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,19 @@ class CronReport:
 class Cron:
     """Runs scheduled types over sessions; :class:`Calendar` says when they are due."""
 
-    def __init__(self, runtime: Runtime, config: Config, calendar: Calendar) -> None:
-        self.runtime = runtime
+    def __init__(self, config: Config, store: Store, registry: Registry, sessions: Sessions, calendar: Calendar,
+                 holder: str) -> None:
+        self._store = store
+        self._registry = registry
+        self._sessions = sessions
+        self._holder = holder  # who claims the periods this process runs (its process id)
         self.config = config
         self.calendar = calendar
         self.tz = calendar.tz
         self.types = calendar.types
 
     def now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.runtime.store_clock(), self.tz)
+        return dt.datetime.fromtimestamp(self._store.now(), self.tz)
 
     def previous_fire(self, type_: str, now: dt.datetime) -> dt.datetime | None:
         """The latest scheduled fire at or before ``now``."""
@@ -102,7 +106,7 @@ class Cron:
         now = now or self.now()
         scheduled = self.previous_fire(type_, now) or now
         period = period_key(type_, scheduled)
-        if not await self.runtime.store.claim_period(type_, period, self.runtime.process_id):
+        if not await self._store.claim_period(type_, period, self._holder):
             log.info("%s %s already ran", type_, period, extra={"event": "cron.already_ran"})
             return None
         return await self.run(type_, period=period)
@@ -113,7 +117,7 @@ class Cron:
         Only types that ran before are caught up (a fresh install does not fire everything at once).
         """
         now = now or self.now()
-        last = await self.runtime.store.last_periods()
+        last = await self._store.last_periods()
         reports = []
         for type_ in self.types:
             scheduled = self.previous_fire(type_, now)
@@ -130,13 +134,13 @@ class Cron:
         """Run ``type_`` now on every cron-enabled session whose interview defines it."""
         started = time.monotonic()
         report = CronReport(type_, period)
-        interviews = [iv.name for iv in self.runtime.registry if iv.has_action(type_)]
+        interviews = [iv.name for iv in self._registry if iv.has_action(type_)]
         limit = asyncio.Semaphore(self.config.scheduler.concurrency)
 
         async def one(session_id: str) -> None:
             async with limit:
                 try:
-                    result = await self.runtime.run_action(session_id, type_, {}, CRON_USER, kind="cron")
+                    result = await self._sessions.run_action(session_id, type_, {}, CRON_USER, kind="cron")
                 except MailgateError as exc:
                     report.errors += 1
                     log.warning("%s on session %s failed: %s", type_, session_id, exc, extra={"event": "cron.session_failed"})
@@ -151,7 +155,7 @@ class Cron:
 
         after: str | None = None
         while True:
-            ids = await self.runtime.store.cron_session_ids(interviews, after, self.config.scheduler.page_size)
+            ids = await self._store.cron_session_ids(interviews, after, self.config.scheduler.page_size)
             if not ids:
                 break
             await asyncio.gather(*(one(i) for i in ids))
@@ -166,8 +170,8 @@ class Cron:
 
     async def delete_inactive(self) -> int:
         """Delete sessions inactive longer than their interview's limit, with everything they own."""
-        now = self.runtime.store_clock()
-        overrides = {iv.name: iv.delete_days for iv in self.runtime.registry if iv.delete_days is not None}
+        now = self._store.now()
+        overrides = {iv.name: iv.delete_days for iv in self._registry if iv.delete_days is not None}
         groups: list[tuple[float, list[str] | None, list[str]]] = [
             (self.config.sessions.interview_delete_days, None, list(overrides))]
         groups += [(days, [name], []) for name, days in overrides.items()]
@@ -176,9 +180,9 @@ class Cron:
             if not days:
                 continue  # 0 = never
             while True:
-                ids = await self.runtime.store.inactive_session_ids(now - days * 86400, only, exclude, 500)
+                ids = await self._store.inactive_session_ids(now - days * 86400, only, exclude, 500)
                 if not ids:
                     break
-                results = await asyncio.gather(*(self.runtime.delete_session(i) for i in ids))
+                results = await asyncio.gather(*(self._sessions.delete(i) for i in ids))
                 deleted += sum(results)
         return deleted

@@ -36,16 +36,33 @@ class WorkerPool:
         self._wake.set()
 
     async def run(self) -> None:
-        """Claim loop; runs until :meth:`stop`. A store error propagates (the daemon stops)."""
+        """Claim loop; runs until :meth:`stop`.
+
+        A store that refuses the claim for a while (full, locked) is logged once per outage and
+        asked again every ``poll_interval``: the queued tasks wait in the store, nothing is lost, and
+        the daemon's other roles keep serving. Any other error propagates (the daemon stops).
+        """
         self._commits.add_task_listener(self.wake)
         heartbeat = asyncio.create_task(self._heartbeat(), name="task-heartbeat")
+        failing = False
         try:
             while not self._stopping:
                 # Cleared before looking, so a wake-up that arrives while we claim is not lost.
                 self._wake.clear()
                 free = self.config.workers - len(self.running)
                 if free > 0:
-                    claim = await self._store.claim_tasks(self.worker_id, free, self.config.lease, lost_task_events)
+                    try:
+                        claim = await self._store.claim_tasks(self.worker_id, free, self.config.lease, lost_task_events)
+                    except StoreError as exc:
+                        if not failing:
+                            log.error("claiming tasks failed: %s; trying again every %g s", exc, self.config.poll_interval,
+                                      extra={"event": "task.claim_failed"})
+                        failing = True
+                        await asyncio.sleep(self.config.poll_interval)
+                        continue
+                    if failing:
+                        log.info("claiming tasks works again", extra={"event": "task.claim_recovered"})
+                        failing = False
                     if claim.events:
                         self._commits.after_commit(claim.events, False)
                     claimed = claim.tasks

@@ -76,7 +76,6 @@ class Runtime:
         hydrate = self.references.hydrate
         self.sessions = Sessions(config, store, registry, self.leases, self.invoker, self.commits.commit, hydrate)
         self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
-        self._interview_of: dict[str, str] = {}
         self.signer: Signer
 
     async def open(self) -> None:
@@ -131,7 +130,6 @@ class Runtime:
         return await self.sessions.exists(session_id)
 
     async def delete_session(self, session_id: str) -> bool:
-        self._interview_of.pop(session_id, None)
         return await self.sessions.delete(session_id)
 
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
@@ -174,13 +172,7 @@ class Runtime:
         arguments: dict[str, Any] | None = None, user: User = ANONYMOUS,
     ) -> Task:
         """Queue a background action from outside any action (API, CLI); durable on return."""
-        name = self._interview_of.get(session_id)
-        if name is None:
-            name = (await self.get_session(session_id)).interview
-            if len(self._interview_of) > 100_000:
-                self._interview_of.clear()
-            self._interview_of[session_id] = name  # a session never changes interview
-        interview = self.registry.get(name)
+        interview = self.registry.get(await self.sessions.interview_of(session_id))
         ctx = self.new_context("foreground", session_id, interview, action, arguments or {}, user)
         task = self.new_task(ctx, action, ui_notification, arguments or {})
         await self.commit(Changes(new_tasks=ctx.new_tasks))

@@ -73,6 +73,7 @@ class Sessions:
         self._commit = commit
         self._hydrate = hydrate
         self.checkin_retries = 0  # optimistic check-ins that had to run again under the lease
+        self._interview_of: dict[str, str] = {}
 
     # -- records -----------------------------------------------------------------------------------
     async def create(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS) -> SessionRecord:
@@ -95,7 +96,19 @@ class Sessions:
         return await self._store.list_sessions(interview=interview, limit=limit)
 
     async def delete(self, session_id: str) -> bool:
+        """Delete the session with everything it owns (mailboxes, e-mails, tasks, events)."""
+        self._interview_of.pop(session_id, None)
         return await self._store.delete_session(session_id)
+
+    async def interview_of(self, session_id: str) -> str:
+        """The name of the session's interview (remembered: a session never changes interview)."""
+        name = self._interview_of.get(session_id)
+        if name is None:
+            name = (await self.get(session_id)).interview
+            if len(self._interview_of) > 100_000:
+                self._interview_of.clear()
+            self._interview_of[session_id] = name
+        return name
 
     # -- locked contexts ---------------------------------------------------------------------------
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,

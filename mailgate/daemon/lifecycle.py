@@ -130,7 +130,7 @@ class Daemon:
             await self.web.start()
             self.spawn("web-heartbeat", self.web.heartbeat())
         calendar = CronCalendar(self.config)
-        self.cron = Cron(self.runtime, self.config, calendar)
+        self.cron = Cron(self.config, self.store, rt.registry, rt.sessions, calendar, rt.process_id)
         if "scheduler" in self.roles:
             self.scheduler = Scheduler(self.cron, calendar)
             self.scheduler.start()

@@ -15,18 +15,17 @@ import re
 import signal
 import smtplib
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import mailgate_cmd, subprocess_env
 from tests.e2e.dnsfake import FakeDns
+from tests.helpers import kill_process, mailgate_cmd, start_mailgate, subprocess_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,14 +34,6 @@ API_KEY = "test-api-key-for-the-full-store"
 MAX_PAGES = 120  # the migrated schema takes ~32 pages of 4 KiB: room for a dozen 20 KB messages
 SMTP_LISTENING = re.compile(r"smtp listening on 127\.0\.0\.1:(\d+)")
 WEB_LISTENING = re.compile(r"web listening on 127\.0\.0\.1:(\d+)")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Daemon:
@@ -76,8 +67,7 @@ class Daemon:
 
     def serve(self) -> subprocess.Popen[bytes]:
         log = self.tmp_path / f"daemon-{len(self.procs)}.log"
-        with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the daemon
-            proc = subprocess.Popen(mailgate_cmd("serve"), env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        proc = start_mailgate("serve", env=self.env, log=log)
         self.procs.append(proc)
         self.logs.append(log)
 
@@ -134,9 +124,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield d
     finally:
         for proc in d.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            kill_process(proc)
         dns.close()
         for log in d.logs:  # shown by pytest when the test failed
             print(f"--- {log.name} ---\n{log.read_text(errors='replace')}")

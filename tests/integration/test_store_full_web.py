@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.errors import StoreFull
-from tests.conftest import make_config
+from tests.helpers import make_config
 
 pytestmark = pytest.mark.asyncio
 KEY = "test-api-key-full"

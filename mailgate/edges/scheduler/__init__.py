@@ -12,7 +12,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from mailgate.config import Config
 from mailgate.core.cron import Cron
-from mailgate.errors import ConfigError
+from mailgate.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
 BUILTIN = {"cron_hourly": "hourly", "cron_daily": "daily", "cron_weekly": "weekly", "cron_monthly": "monthly"}
@@ -94,6 +94,8 @@ class Scheduler:
     async def _job(self, type_: str) -> None:
         try:
             await self.cron.fire(type_)
+        except StoreError as exc:  # the store says what to do; the next fire (or the catch-up) runs the period
+            log.error("%s failed: %s", type_, exc, extra={"event": "cron.failed"})
         except Exception:
             log.exception("%s failed", type_, extra={"event": "cron.failed"})
 
