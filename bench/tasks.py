@@ -33,6 +33,7 @@ from mailgate.core.interviews import Registry  # noqa: E402
 from mailgate.daemon.lifecycle import Daemon  # noqa: E402
 
 STARTED: dict[int, float] = {}
+CPU_PER_TASK: dict[str, float] = {}  # process CPU seconds per task in the burst
 bench_interview = Interview("bench")
 
 
@@ -73,7 +74,7 @@ async def bench_queue(n: int, concurrency: int, workers: int, rate: float | None
                 done.set()
 
     consumers = [asyncio.create_task(consumer()) for _ in range(workers)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
 
     async def enqueue(i: int) -> None:
         await queue.put((i, time.perf_counter()))
@@ -81,6 +82,8 @@ async def bench_queue(n: int, concurrency: int, workers: int, rate: float | None
     await paced(n, rate, concurrency, enqueue)
     await done.wait()
     elapsed = time.perf_counter() - start
+    if rate is None:
+        CPU_PER_TASK["asyncio.Queue"] = (time.process_time() - cpu) / n
     for c in consumers:
         c.cancel()
     return elapsed, latencies
@@ -109,7 +112,7 @@ async def bench_mailgate(n: int, concurrency: int, workers: int, rate: float | N
 
         (await daemon.start_feed()).subscribe(on_event, session.id)
         enqueued: dict[int, float] = {}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
 
         async def enqueue(i: int) -> None:
             enqueued[i] = time.perf_counter()
@@ -118,6 +121,8 @@ async def bench_mailgate(n: int, concurrency: int, workers: int, rate: float | N
         await paced(n, rate, concurrency, enqueue)
         await asyncio.wait_for(all_done.wait(), 600)
         elapsed = time.perf_counter() - start
+        if rate is None:  # the enqueuers, the daemon and its SQLite writer thread share this process
+            CPU_PER_TASK["mailgate"] = (time.process_time() - cpu) / n
         counts = await runtime.store.count_tasks()
         assert counts["succeeded"] == n, counts
         if rate is None:
@@ -228,6 +233,10 @@ def main() -> None:
         ceiling = results["asyncio.Queue (ceiling)"]
         print()
         print(f"mailgate / asyncio.Queue:  throughput {mine['rate'] / ceiling['rate']:.4f}x")
+        if len(CPU_PER_TASK) == 2:
+            print(f"process CPU per task in the burst: mailgate {CPU_PER_TASK['mailgate'] * 1e6:.0f} us, "
+                  f"asyncio.Queue {CPU_PER_TASK['asyncio.Queue'] * 1e6:.1f} us "
+                  f"({CPU_PER_TASK['mailgate'] / CPU_PER_TASK['asyncio.Queue']:.0f}x)")
         celery = results.get("celery + redis (loopback)")
         if celery:
             print(f"mailgate / celery+redis:   throughput {mine['rate'] / celery['rate']:.2f}x   "

@@ -37,10 +37,9 @@ class Commits:
         return result
 
     def after_commit(self, events: Sequence[EventRecord], new_tasks: bool) -> None:
-        """Tell this process what a commit did: wake the event feed for its events (the feed reads
-        them from the store), wake the workers for its tasks."""
-        if events:
-            self._feed.wake()
+        """Tell this process what a commit did: its events to the event feed, its tasks to the
+        workers."""
+        self._feed.committed(events)
         if new_tasks:
             for listener in list(self._task_listeners):
                 listener()

@@ -4,15 +4,19 @@ Every event is a store row; the feed reads them from the store and hands each to
 of its session (and to those of all sessions), once per process. Subscribers are plain callables
 run on the event loop; they must not block (put the event on a bounded queue and return).
 
-Cursor. The feed keeps one cursor per process: the highest event id the store has returned to it.
-It is advanced only by what the store returns, never by the ids of this process's own commits: a
-commit here says nothing about the lower ids other processes may have committed meanwhile, and
-skipping past them was how events got lost when several daemons shared one store.
+Cursor. The feed keeps one cursor per process: the highest event id it has seen. It never jumps
+past an id it has not seen: a read of the store returns every visible id above it (and any id it
+skips is remembered as a gap, below), and this process's own commits move it only when their ids
+directly follow it. Moving it to the ids of the process's own commits, whatever lay between, was
+how events got lost when several daemons shared one store: the lower ids other processes had
+committed meanwhile were never asked for.
 
-Wake-ups. A commit in this process calls :meth:`EventFeed.wake` (``Runtime.after_commit``): the
-feed reads from the store at once, so a process's own events reach its own pages after one read. A
-wake-up only sets a flag: a burst of commits while a read runs costs one more read, not one per
-commit. Other processes' commits are found by polling every ``poll_interval`` seconds (``[web]
+Own commits. A commit in this process hands the events the store returned to
+:meth:`EventFeed.committed`. When their ids are exactly the ones that follow the cursor, nothing
+can lie between, so they are delivered at once and the cursor moves past them without a read.
+Otherwise (another process committed in between, or
+ids out of order) the feed is woken to read the store. A wake-up only sets a flag: a burst of
+commits while a read runs costs one more read, not one per commit. Other processes' commits are found by polling every ``poll_interval`` seconds (``[web]
 event_poll_interval``); a PostgreSQL ``NOTIFY`` listener will call the same :meth:`wake`.
 
 Gaps. Ids are handed out at insert, but a store may make rows visible in another order (PostgreSQL
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from mailgate.errors import StoreError
 from mailgate.store.base import EventRecord, Store
@@ -90,8 +94,27 @@ class EventFeed:
 
     # -- reading ------------------------------------------------------------------------------------
     def wake(self) -> None:
-        """Events were committed (by this process, or announced by the store): read soon."""
+        """Events were committed (announced by the store, or out of this feed's order): read soon."""
         self._wake.set()
+
+    def committed(self, events: Sequence[EventRecord]) -> None:
+        """Events this process just committed, as the store returned them from the commit.
+
+        If they are exactly the ids that follow the cursor, nothing else can lie between: they are
+        delivered now and the cursor moves past them, with no read (the common case with one
+        writer). Anything else (another process committed in between, or ids out of order) wakes
+        the feed to read the store, which finds what lies between.
+        """
+        if not events:
+            return
+        ordered = sorted(events, key=lambda e: e.id)
+        follows = self._opened and ordered[0].id == self.cursor + 1 and ordered[-1].id == self.cursor + len(ordered)
+        if not follows:
+            self.wake()
+            return
+        self.cursor = ordered[-1].id
+        if self._all or self._by_session:
+            self._deliver(ordered)
 
     async def open(self) -> None:
         """Start from the store's last event: what was committed before is history, not news."""
@@ -162,6 +185,8 @@ class EventFeed:
                 self.late = False
 
     def _advance(self, events: list[EventRecord]) -> None:
+        # this process's own commits may have moved the cursor while the read was under way
+        events = [e for e in events if e.id > self.cursor]
         if not events:
             return
         deadline = asyncio.get_running_loop().time() + self.gap_timeout

@@ -98,6 +98,28 @@ async def test_an_event_visible_after_a_higher_id_is_still_delivered(store: Stor
     assert got == [(second, False), (first, True), (third, False)] and feed.pending_gaps == ()
 
 
+async def test_own_commits_that_follow_the_cursor_are_delivered_without_a_read(store: Store) -> None:
+    """The common case with one writer: the commit's own events, no read; but when another process
+    committed in between, the own commit's ids do not follow the cursor and the feed reads the store
+    (the old hub delivered the own events and jumped its cursor past the other process's)."""
+    feed = EventFeed(store, poll_interval=60)
+    await feed.open()
+    got: list[int] = []
+    feed.subscribe(lambda e: got.append(e.id))
+    own = (await store.commit(Changes(events=[NewEvent("s1", "command", '{"n":1}'), NewEvent("s1", "command", '{"n":2}')]))).events
+    feed.committed(own)
+    assert got == [e.id for e in own] and feed.reads == 0 and feed.cursor == own[-1].id
+    other = await commit_events(store, '{"other":1}', session="s2")  # another process's commit
+    mine = (await store.commit(Changes(events=[NewEvent("s1", "command", '{"n":3}')]))).events
+    feed.committed(mine)
+    assert got == [e.id for e in own]  # not delivered past the unseen id: the feed reads instead
+    await feed.read()
+    assert got == [*(e.id for e in own), *other, mine[0].id] and feed.reads == 1
+    feed.committed(mine)  # the same events again (a late duplicate): never delivered twice
+    await feed.read()
+    assert got == [*(e.id for e in own), *other, mine[0].id]
+
+
 async def test_the_feed_reads_what_other_processes_commit_below_its_own_ids(store: Store) -> None:
     """The old hub moved its cursor by its own commits' ids; the feed only by what the store returns."""
     feed = EventFeed(store, poll_interval=0.05)
