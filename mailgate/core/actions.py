@@ -4,7 +4,7 @@
 thread pool (so the loop never blocks), each within a time limit. How a handler ended (returned,
 or raised one of the control exceptions of :mod:`mailgate.core.context`) is read here once, for
 every context: :func:`end_result` for the locked contexts, :func:`response_value` and
-:func:`session_save` for them and for the background runner alike.
+:func:`encode_answers` and :func:`session_save` for them and for the background runner alike.
 """
 
 from __future__ import annotations
@@ -93,13 +93,17 @@ def end_result(ctx: ActionContext, end: ActionEnd | None) -> ActionResult:
     )
 
 
-def session_save(session: SessionRecord, answers: dict[str, Any], user: User, what: str) -> SessionSave:
-    """The save of ``answers`` over ``session`` as read (versioned); AnswersError naming ``what`` if
-    they cannot be stored. The cron user's saves do not count as the session's activity."""
+def encode_answers(answers: dict[str, Any], what: str, name: str) -> str:
+    """The answers as stored; AnswersError naming ``what`` and ``name`` (the action) if they cannot be."""
     try:
-        text = codec.encode(answers)
+        return codec.encode(answers)
     except AnswersError as exc:
-        raise AnswersError(f"{what} left answers that cannot be saved: {exc}; nothing was saved") from None
+        raise AnswersError(f"{what} {name!r} left answers that cannot be saved: {exc}; nothing was saved") from None
+
+
+def session_save(session: SessionRecord, text: str, answers: dict[str, Any], user: User) -> SessionSave:
+    """The save of ``answers`` (encoded as ``text``) over ``session`` as read (versioned). The cron
+    user's saves do not count as the session's activity."""
     return SessionSave(session.id, text, session.version, touch=user.id != "cron",
                        allow_cron=answers.get("allow_cron") is True)
 
@@ -140,8 +144,9 @@ class Invoker:
 
     def new_context(self, kind: ContextKind, session_id: str, interview: Interview, action: str,
                     arguments: dict[str, Any], user: User, task_id: str | None = None) -> ActionContext:
+        loop = self._loop if self._loop is not None else self.loop
         return ActionContext(kind=kind, session_id=session_id, interview=interview, action=action, arguments=arguments,
-                             user=user, runtime=self._services, loop=self.loop, task_id=task_id)
+                             user=user, runtime=self._services, loop=loop, task_id=task_id)
 
     async def invoke(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], timeout: float) -> ActionEnd | None:
         """Call the handler; return the ActionEnd that ended it, or None if it returned.

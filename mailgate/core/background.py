@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from mailgate.config import Config
 from mailgate.core import answers as codec
-from mailgate.core.actions import Invoker, response_value, session_save, skips_save
+from mailgate.core.actions import Invoker, encode_answers, response_value, session_save, skips_save
 from mailgate.core.commands import notification_command
 from mailgate.core.context import (
     ActionContext,
@@ -238,7 +238,7 @@ class TaskRunner:
                         failure = Failure("ActionError", f"the {what} {name!r} ended with {end}(); end it with background_response()")
                     if failure is None and not skips_save(end):
                         try:
-                            save = session_save(session, answers, user, f"the {what} {name!r}")
+                            save = session_save(session, encode_answers(answers, f"the {what}", name), answers, user)
                         except AnswersError as exc:
                             failure = Failure("AnswersError", str(exc))
                 if failure is not None:

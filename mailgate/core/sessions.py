@@ -18,7 +18,14 @@ from typing import Any
 
 from mailgate.config import Config
 from mailgate.core import answers as codec
-from mailgate.core.actions import ActionResult, Invoker, end_result, session_save, skips_save
+from mailgate.core.actions import (
+    ActionResult,
+    Invoker,
+    encode_answers,
+    end_result,
+    session_save,
+    skips_save,
+)
 from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
 from mailgate.core.interviews import Action, Registry
 from mailgate.core.leases import Lease, Leases
@@ -200,9 +207,9 @@ class Sessions:
         result = end_result(ctx, end)
         save: SessionSave | None = None
         if not result.deleted and not skips_save(end):
-            save = session_save(rec, answers, user, f"action {action!r}")
-            if kind == "checkin" and save.answers == rec.answers:
-                save = None  # a check-in that changed nothing writes nothing
+            text = encode_answers(answers, "action", action)
+            if kind != "checkin" or text != rec.answers:  # a check-in that changed nothing writes nothing
+                save = session_save(rec, text, answers, user)
         # a foreground action's commands go to every open page of the session
         commands = result.commands if kind == "foreground" and not result.deleted else ()
         if save is None and not result.deleted and not ctx.new_tasks and not ctx.new_mailboxes and not commands:

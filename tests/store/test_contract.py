@@ -14,11 +14,9 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-import pytest_asyncio
 
 from mailgate.core.background import lost_task_events
 from mailgate.errors import (
@@ -40,51 +38,7 @@ from mailgate.store.base import (
     Store,
     TaskFinish,
 )
-from mailgate.store.sqlite.backend import SqliteStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# A backend: given the test's temporary folder, a factory of (unopened) stores on one fresh
-# database; called again, the factory opens another store on the same database (a restart).
-Backend = Callable[[Path], Callable[[Clock], Store]]
-
-
-def sqlite_backend(tmp_path: Path) -> Callable[[Clock], Store]:
-    path = str(tmp_path / "contract.sqlite3")
-    return lambda clock: SqliteStore(path, clock=clock)
-
-
-BACKENDS: dict[str, Backend] = {
-    "sqlite": sqlite_backend,
-}
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Clock], Store]:
-    return BACKENDS[request.param](tmp_path)
-
-
-@pytest_asyncio.fixture
-async def store(make_store: Callable[[Clock], Store], clock: Clock) -> AsyncIterator[Store]:
-    s = make_store(clock)
-    await s.open()
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
+from tests.store.conftest import Clock
 
 
 def new_task(task_id: str, session_id: str = "s1", max_attempts: int = 3) -> NewTask:

@@ -15,47 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
-import pytest_asyncio
 
 from mailgate.core.background import lost_task_events, task_events
 from mailgate.core.events import EventFeed
 from mailgate.store.base import Changes, EventRecord, NewEvent, NewTask, Store, TaskFinish
-from mailgate.store.sqlite.backend import SqliteStore
 from tests.helpers import wait_until
+from tests.store.conftest import Clock
 
 pytestmark = pytest.mark.asyncio
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest_asyncio.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "sqlite":
-        s = SqliteStore(str(tmp_path / "contract-events.sqlite3"), clock=clock)
-    else:  # pragma: no cover - further backends register here
-        raise AssertionError(request.param)
-    await s.open()
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 class LateStore:
