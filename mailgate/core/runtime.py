@@ -40,6 +40,7 @@ from mailgate.core.mailboxes import Addresses, Mailbox, Mailboxes
 from mailgate.core.references import References
 from mailgate.core.sessions import Sessions
 from mailgate.core.tasks import Task, TaskBook
+from mailgate.core.threads import DaemonThreadPool
 from mailgate.core.tokens import Signer
 from mailgate.errors import ActionError
 from mailgate.outbound.transport import Outbound
@@ -95,7 +96,7 @@ class Runtime:
         return self.invoker.loop
 
     @property
-    def executor(self) -> Any:
+    def executor(self) -> DaemonThreadPool:
         """The thread pool of sync handlers (and of in-process parsing)."""
         return self.invoker.executor
 

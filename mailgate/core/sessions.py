@@ -227,7 +227,9 @@ class Sessions:
 
     async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: Lease) -> ActionEnd | None:
         try:
-            return await self._invoker.invoke(ctx, handler, answers, lease.remaining())
+            if handler.is_async:
+                return await self._invoker.invoke(ctx, handler, answers, lease.remaining())
+            return await self._invoker.submit_sync(ctx, handler, answers, lease.remaining())  # no coroutine in between
         except TimeoutError:
             log.warning(
                 "action %r of session %s ran past its %.1f s lock budget; nothing was saved",
