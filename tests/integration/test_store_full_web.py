@@ -1,7 +1,8 @@
 """The web edge on a full store (an in-process daemon, a real capped SQLite file, real HTTP/WebSocket).
 
 The HTTP API answers 503 with Retry-After; a WebSocket check-in that cannot be saved gets an error
-reply and the socket stays open for the next one. The subprocess version of the whole scenario
+reply and the socket stays open for the next one; once room comes back the same daemon saves again,
+with no restart. The subprocess version of the whole scenario
 (SMTP, CLI, restart) is tests/e2e/test_store_full.py.
 """
 
@@ -78,4 +79,14 @@ async def test_full_store_http_503_and_websocket_lives(daemon: Daemon) -> None:
             await ws.send_json({"type": "checkin", "ref": 2, "action": "set", "fields": {"x": 1}, "changed": None})
             reply = await receive(ws, "checkin")  # the same socket serves the next check-in
             assert reply["ref"] == 2 and not ws.closed
+
+            # room comes back (as when an operator frees disk space): the same daemon, no restart
+            assert daemon.store is not None
+            for i in range(100):
+                await daemon.store.delete_session(f"fill{i}")
+            async with http.post("/api/sessions", json={"interview": "testing", "answers": {"big": BIG}}) as r:
+                assert r.status == 201, await r.text()
+            await ws.send_json({"type": "checkin", "ref": 3, "action": "set", "fields": {"x": BIG}, "changed": None})
+            reply = await receive(ws, "checkin")
+            assert reply["ref"] == 3 and reply["saved"] is True
     assert daemon.failed is None
