@@ -1,6 +1,7 @@
 """The browser client (``/static/mailgate.js``) and, for ``mailgate demo``, the demo pages.
 
-The files live in the project's ``web/`` folder (``$MAILGATE_WEB_DIR`` overrides). A demo page
+The files live in the project's ``web/`` folder, which a wheel installs as
+``<prefix>/share/mailgate/web`` (``$MAILGATE_WEB_DIR`` overrides both). A demo page
 ``web/demo/NAME.html`` is served at ``/demo/NAME``: the first visit creates a session of the
 interview NAME and redirects to ``?session=ID`` so that a reload keeps it; the page gets a fresh
 browser token. Placeholders in the file: ``{{TOKEN}}``, ``{{SESSION}}``, ``{{NAME}}``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import sysconfig
 from pathlib import Path
 
 from aiohttp import web
@@ -22,8 +24,14 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def web_dir() -> Path:
+    """``$MAILGATE_WEB_DIR``; else the source checkout's ``web/``; else where a wheel installed it."""
     override = os.environ.get("MAILGATE_WEB_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[3] / "web"
+    if override:
+        return Path(override)
+    checkout = Path(__file__).resolve().parents[3] / "web"
+    if (checkout / "mailgate.js").is_file():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "mailgate" / "web"
 
 
 async def client_js(request: web.Request) -> web.FileResponse:
