@@ -1,4 +1,4 @@
-"""Stored e-mails and mailboxes as the edges and :class:`~mailgate.core.daemail.DAEmail` read them.
+"""Stored e-mails as the edges and :class:`~mailgate.core.daemail.DAEmail` read them.
 
 One place reads a message's raw bytes and parses its attachments again on demand (the store keeps
 what was parsed at delivery, not the attachment contents, which can be large).
@@ -6,13 +6,9 @@ what was parsed at delivery, not the attachment contents, which can be large).
 
 from __future__ import annotations
 
-import builtins
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from mailgate.errors import NotFound
 from mailgate.mail.parse import Attachment, parse_message
-from mailgate.store.base import EmailRecord, MailboxRecord, SessionRecord, Store
+from mailgate.store.base import EmailRecord, Store
 
 
 def attachment_of(raw: bytes, number: int, email_id: str) -> Attachment:
@@ -23,17 +19,8 @@ def attachment_of(raw: bytes, number: int, email_id: str) -> Attachment:
     return attachments[number]
 
 
-@dataclass(frozen=True)
-class MailboxView:
-    """A mailbox with its full address and its session (None if the session is gone)."""
-
-    address: str
-    record: MailboxRecord
-    session: SessionRecord | None
-
-
 class Emails:
-    """Reads e-mails, their raw bytes and attachments, and mailboxes from the store."""
+    """Reads e-mails, their raw bytes and attachments from the store."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -60,10 +47,3 @@ class Emails:
 
     async def attachment(self, rec: EmailRecord, number: int) -> Attachment:
         return attachment_of(await self.raw(rec), number, rec.id)
-
-    async def mailboxes(self, address_of: Callable[[str], str], *, session_id: str | None = None,
-                        limit: int = 100) -> builtins.list[MailboxView]:
-        """Mailboxes (of one session, or all); ``address_of`` makes a local part a full address."""
-        boxes = await self._store.list_mailboxes(session_id=session_id, limit=limit)
-        sessions = await self._store.get_sessions([b.session_id for b in boxes])
-        return [MailboxView(address_of(b.local_part), b, sessions.get(b.session_id)) for b in boxes]

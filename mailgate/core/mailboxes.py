@@ -21,8 +21,8 @@ from typing import Any
 from mailgate.config import MailConfig
 from mailgate.core.context import ActionContext
 from mailgate.core.daemail import DAEmail
-from mailgate.core.emails import Emails, MailboxView
-from mailgate.store.base import MailboxRecord, NewMailbox, Store
+from mailgate.core.emails import Emails
+from mailgate.store.base import MailboxRecord, NewMailbox, SessionRecord, Store
 
 ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # 32 symbols: no l/1, o/0 to confuse
 MAX_LOCAL_PART = 51  # 256 HMAC bits / 5 bits per symbol
@@ -78,6 +78,15 @@ class Addresses:
 
 
 @dataclass(frozen=True)
+class MailboxView:
+    """A mailbox with its full address and its session (None if the session is gone), for the edges."""
+
+    address: str
+    record: MailboxRecord
+    session: SessionRecord | None
+
+
+@dataclass(frozen=True)
 class Mailbox:
     """What ``get_emails()`` returns for each address: docassemble's ``address``, ``key``, ``index``, ``emails``."""
 
@@ -128,4 +137,6 @@ class Mailboxes:
 
     async def list(self, *, session_id: str | None = None, limit: int = 100) -> builtins.list[MailboxView]:
         """Mailboxes (of one session, or all) with their addresses and sessions, for the edges."""
-        return await self._emails.mailboxes(self.addresses.address, session_id=session_id, limit=limit)
+        boxes = await self._store.list_mailboxes(session_id=session_id, limit=limit)
+        sessions = await self._store.get_sessions([b.session_id for b in boxes])
+        return [MailboxView(self.addresses.address(b.local_part), b, sessions.get(b.session_id)) for b in boxes]

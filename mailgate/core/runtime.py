@@ -32,11 +32,11 @@ from mailgate.core.background import TaskRunner
 from mailgate.core.commands import UI_NOTIFICATIONS
 from mailgate.core.commits import Commits
 from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
-from mailgate.core.emails import Emails, MailboxView
+from mailgate.core.emails import Emails
 from mailgate.core.events import EventFeed
 from mailgate.core.interviews import Action, Interview, Registry
 from mailgate.core.leases import Leases
-from mailgate.core.mailboxes import Addresses, Mailbox, Mailboxes
+from mailgate.core.mailboxes import Addresses, Mailbox, Mailboxes, MailboxView
 from mailgate.core.references import References
 from mailgate.core.sessions import Sessions
 from mailgate.core.tasks import Task, TaskBook
