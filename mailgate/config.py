@@ -48,6 +48,8 @@ class StoreConfig:
     backend: Literal["sqlite", "postgres"] = _f("sqlite", "storage backend: sqlite (embedded) or postgres (several hosts)")
     path: str = _f("mailgate.sqlite3", "SQLite database file, relative to the working directory")
     dsn: str = _f("", "PostgreSQL connection string (env MAILGATE_STORE_DSN)", secret=True)
+    pool_size: int = _f(10, "PostgreSQL only: connections each process keeps open (plus one that listens for events)", minimum=1)
+    connect_timeout: float = _f(10.0, "PostgreSQL only: seconds to wait for a connection or an answer to it", minimum=0.1)
     busy_timeout: float = _f(10.0, "seconds a SQLite writer waits for another process's write lock", minimum=0.1)
     max_pages: int = _f(0, "SQLite only: cap the database at this many pages (PRAGMA max_page_count; 0 = no cap). "
                         "For tests of a full store; a real disk needs no cap", minimum=0)

@@ -16,8 +16,10 @@ Own commits. A commit in this process hands the events the store returned to
 can lie between, so they are delivered at once and the cursor moves past them without a read.
 Otherwise (another process committed in between, or
 ids out of order) the feed is woken to read the store. A wake-up only sets a flag: a burst of
-commits while a read runs costs one more read, not one per commit. Other processes' commits are found by polling every ``poll_interval`` seconds (``[web]
-event_poll_interval``); a PostgreSQL ``NOTIFY`` listener will call the same :meth:`wake`.
+commits while a read runs costs one more read, not one per commit. Other processes' commits ring
+:meth:`wake` where the store can ring (:meth:`~mailgate.store.base.Store.watch`: PostgreSQL's
+``NOTIFY``), and are found by polling every ``poll_interval`` seconds (``[web]
+event_poll_interval``) where it cannot, or while its doorbell is down.
 
 Gaps. Ids are handed out at insert, but a store may make rows visible in another order (PostgreSQL
 sequences: transactions commit in any order), so a read can return id 12 while 11 is still
@@ -121,6 +123,7 @@ class EventFeed:
         if not self._opened:
             self.cursor = max(self.cursor, await self.store.last_event_id())
             self._opened = True
+            self.store.watch(self.wake)  # other processes' commits ring here, where the store can ring
 
     async def run(self) -> None:
         """Read after every wake-up, and every ``poll_interval`` without one. Runs until cancelled.

@@ -16,7 +16,14 @@ def open_store(config: StoreConfig, *, clock: Callable[[], float] = time.time) -
         from mailgate.store.sqlite.backend import SqliteStore
 
         return SqliteStore(config.path, busy_timeout=config.busy_timeout, clock=clock, max_pages=config.max_pages)
-    raise ConfigError(f"[store] backend {config.backend!r} is not available yet; use backend = \"sqlite\"")
+    if config.backend == "postgres":
+        try:
+            from mailgate.store.postgres.backend import PgStore
+        except ImportError as exc:
+            raise ConfigError(f"[store] backend = \"postgres\" needs the PostgreSQL driver ({exc}); "
+                              "install it with: pip install 'mailgate[postgres]'") from exc
+        return PgStore(config.dsn, pool_size=config.pool_size, connect_timeout=config.connect_timeout)
+    raise ConfigError(f"[store] backend {config.backend!r} is unknown; use \"sqlite\" or \"postgres\"")
 
 
 __all__ = ["Store", "open_store"]

@@ -232,6 +232,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def open(self) -> None: ...
 
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on the loop) whenever another process may have committed events: a doorbell.
+
+        Backends that cannot ring do nothing (the default): the event feed's polling finds those
+        commits. A backend that rings also calls ``wake`` after any pause in its ringing (a lost
+        connection), so that the feed catches up.
+        """
+        del wake  # nothing rings here: the feed's polling finds other processes' commits
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 

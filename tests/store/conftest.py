@@ -6,14 +6,18 @@ unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from mailgate.store.base import Store
+from mailgate.store.postgres.backend import PgStore
 from mailgate.store.sqlite.backend import SqliteStore
+from tests.pg import create_database, drop_database
 
 
 class Clock:
@@ -24,18 +28,27 @@ class Clock:
         return self.now
 
 
-# A backend: given the test's temporary folder, a factory of (unopened) stores on one fresh
-# database; called again, the factory opens another store on the same database (a restart).
-Backend = Callable[[Path], Callable[[Clock], Store]]
-
-
-def sqlite_backend(tmp_path: Path) -> Callable[[Clock], Store]:
+@contextmanager
+def sqlite_backend(tmp_path: Path) -> Iterator[Callable[[Clock], Store]]:
     path = str(tmp_path / "contract.sqlite3")
-    return lambda clock: SqliteStore(path, clock=clock)
+    yield lambda clock: SqliteStore(path, clock=clock)
 
 
-BACKENDS: dict[str, Backend] = {
+@contextmanager
+def postgres_backend(tmp_path: Path) -> Iterator[Callable[[Clock], Store]]:
+    dsn = create_database()
+    try:
+        yield lambda clock: PgStore(dsn, clock=clock, pool_size=4)
+    finally:
+        drop_database(dsn)
+
+
+# A backend: given the test's temporary folder, a context that yields a factory of (unopened)
+# stores on one fresh database (called again, the factory opens another store on the same database:
+# a restart), and removes the database at its end.
+BACKENDS: dict[str, Callable[[Path], Any]] = {
     "sqlite": sqlite_backend,
+    "postgres": postgres_backend,
 }
 
 
@@ -45,8 +58,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Clock], Store]:
-    return BACKENDS[request.param](tmp_path)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[Clock], Store]]:
+    with BACKENDS[request.param](tmp_path) as factory:
+        yield factory
 
 
 @pytest_asyncio.fixture

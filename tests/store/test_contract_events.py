@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -43,6 +43,9 @@ class LateStore:
 
     async def last_event_id(self) -> int:
         return await self.store.last_event_id()
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        self.store.watch(wake)
 
 
 async def commit_events(store: Store, *payloads: str, session: str = "s1") -> list[int]:

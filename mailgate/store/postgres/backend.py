@@ -1,0 +1,538 @@
+"""The PostgreSQL backend: several daemons on several hosts share one database.
+
+Driver: asyncpg (chosen by ``bench/pg_driver.py``: on the task path it used 0.64x psycopg 3's CPU per
+task at the same throughput; see the README). A connection pool serves every call; one more
+connection, outside the pool, listens for the event doorbell (:mod:`.listener`).
+
+Round trips. Every call that writes several rows is one call of a server-side function
+(``migrations/0002_functions.sql``), so it costs one round trip. Commits are grouped: the commits
+that arrive while one group is on its way go together in the next (``mailgate_commit``), each all
+or nothing on its own, so that under load a batch of finished tasks costs one round trip and one
+disk flush.
+
+Time. Every comparison with "now" happens in SQL on the database's clock (``mailgate_now(NULL)``);
+:meth:`PgStore.now` is this host's clock corrected by the offset to the database's, measured at open
+and again every minute. Tests pass a ``clock``: then that time is sent with each call instead.
+
+Errors. Every driver and network error becomes a StoreError in :func:`.errors.store_error`; the
+functions' own SQLSTATEs (MG001-MG003) become VersionConflict, LeaseLost and NotFound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+
+import asyncpg
+
+from mailgate.errors import MailgateError, NotFound, StoreError, StoreUnavailable
+from mailgate.store.base import (
+    Changes,
+    Claim,
+    CommitResult,
+    Delivery,
+    EmailRecord,
+    EventRecord,
+    LeaseInfo,
+    LostTaskEvents,
+    MailboxRecord,
+    SessionRecord,
+    Store,
+    TaskRecord,
+)
+from mailgate.store.postgres.errors import Outage, domain_error, store_error
+from mailgate.store.postgres.listener import Listener
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SESSION_COLS = "id, interview, answers, version, owner, created_at, modified_at, accessed_at"
+TASK_COLS = (
+    'id, session_id, interview, action, arguments, "user", ui_notification, state, attempts, '
+    "max_attempts, worker, lease_until, created_at, started_at, finished_at, result, error_type, "
+    "error_message, error_trace, variables"
+)
+TASK_FIELDS = tuple(c.strip().strip('"') for c in TASK_COLS.split(","))
+EVENT_COLS = "id, session_id, kind, payload, created_at"
+MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"
+EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, parsed, authentication, received_at"
+CLOCK_REFRESH = 60.0  # seconds between measurements of the database's clock
+MIGRATION_LOCK = 0x6D61696C67617465  # pg_advisory_xact_lock key of migrating processes ("mailgate")
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("mailgate.store.postgres") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number = int(entry.name.split("_", 1)[0])
+            found.append((number, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _task(row: asyncpg.Record) -> TaskRecord:
+    return TaskRecord(*(row[name] for name in TASK_FIELDS))
+
+
+def _session(row: asyncpg.Record) -> SessionRecord:
+    return SessionRecord(*row[:8])
+
+
+def _changes_json(ch: Changes) -> dict[str, Any]:
+    """``Changes`` as the JSON ``mailgate_apply`` reads (absent parts left out: SQL NULL there)."""
+    s, f = ch.save, ch.finish
+    out = {
+        "save": None if s is None else {
+            "session_id": s.session_id, "answers": s.answers, "expected_version": s.expected_version,
+            "touch": s.touch, "allow_cron": s.allow_cron},
+        "delete_session": ch.delete_session,
+        "new_tasks": [{"id": t.id, "session_id": t.session_id, "interview": t.interview, "action": t.action,
+                       "arguments": t.arguments, "user": t.user, "ui_notification": t.ui_notification,
+                       "max_attempts": t.max_attempts} for t in ch.new_tasks],
+        "events": [{"session_id": e.session_id, "kind": e.kind, "payload": e.payload} for e in ch.events],
+        "finish": None if f is None else {
+            "task_id": f.task_id, "worker": f.worker, "state": f.state, "result": f.result,
+            "error_type": f.error_type, "error_message": f.error_message, "error_trace": f.error_trace,
+            "variables": f.variables},
+        "release_lease": list(ch.release_lease) if ch.release_lease is not None else None,
+        "mailboxes": [{"local_part": m.local_part, "session_id": m.session_id, "key": m.key, "index": m.index,
+                       "owner": m.owner, "expires_at": m.expires_at} for m in ch.mailboxes],
+        "unleased": list(ch.unleased) if ch.unleased is not None else None,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _text(value: T) -> T:
+    """Free text for a ``text`` column, which cannot hold NUL: each NUL becomes U+FFFD. (The
+    dedupe key ends in a fixed-length hash, so it stays unambiguous; JSON columns never hold NUL,
+    which JSON escapes.)"""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value  # type: ignore[return-value]
+
+
+class _Pending:
+    __slots__ = ("changes", "future")
+
+    def __init__(self, changes: Changes, future: asyncio.Future[CommitResult]) -> None:
+        self.changes = changes
+        self.future = future
+
+
+class PgStore(Store):
+    """A store on one PostgreSQL database. ``clock`` (tests only) replaces the database's clock."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0,
+                 statement_timeout: float = 30.0, clock: Callable[[], float] | None = None,
+                 max_batch: int = 256) -> None:
+        self.dsn = dsn
+        self.clock = clock
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self.max_batch = max_batch
+        self.round_trips = 0  # calls sent to the database (for benchmarks)
+        self.outage = Outage(dsn)
+        self._pool: asyncpg.Pool | None = None
+        self._offset = 0.0  # database clock minus this host's
+        self._clock_task: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
+        self._pending: list[_Pending] = []
+        self._flushing = False
+
+    # -- time ------------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock() if self.clock is not None else time.time() + self._offset
+
+    def _t(self) -> float | None:
+        """The time to send with a call: the test clock's, or None for the database's own."""
+        return self.clock() if self.clock is not None else None
+
+    async def _measure_clock(self) -> None:
+        before = time.time()
+        db_now = await self._call(lambda c: c.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
+        after = time.time()
+        self._offset = float(db_now) - (before + after) / 2
+
+    async def _keep_clock(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_REFRESH)  # a periodic refresh, not synchronisation
+            try:
+                await self._measure_clock()
+            except StoreError:
+                pass  # the outage is logged once by the call itself; measured again next time
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout,
+                command_timeout=self.statement_timeout, server_settings={"application_name": "mailgate"})
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ValueError) as exc:
+            raise store_error(exc, self.dsn) from exc
+        if self.clock is None:
+            await self._measure_clock()
+            self._clock_task = asyncio.get_running_loop().create_task(self._keep_clock(), name="pg-clock")
+
+    async def close(self) -> None:
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            self._clock_task = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self.connect_timeout)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process commits events: LISTEN on a connection of its own."""
+        if self._listener is None:
+            self._listener = Listener(self.dsn, wake, self.outage, self.connect_timeout)
+            self._listener.start()
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and self._listener.connected
+
+    def latest_migration(self) -> int:
+        return max(n for n, _, _ in _migrations())
+
+    async def migrate(self) -> list[int]:
+        async def run(conn: asyncpg.Connection) -> list[int]:
+            applied: list[int] = []
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)  # one migrating process
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                    "applied_at double precision NOT NULL)")
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for number, name, sql in _migrations():
+                    if number in done:
+                        continue
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, COALESCE($3::float8, extract(epoch FROM clock_timestamp())))",
+                                       number, name, self._t())
+                    applied.append(number)
+            return applied
+
+        applied = await self._call(run)
+        for number in applied:
+            log.info("applied migration %04d", number, extra={"event": "store.migrated"})
+        return applied
+
+    async def schema_version(self) -> int:
+        exists = await self._call(lambda c: c.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"))
+        if not exists:
+            return 0
+        return int(await self._call(lambda c: c.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")))
+
+    async def _call(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Every call of this backend runs here: one pooled connection, errors translated, the
+        outage logged once when it starts and once when it ends."""
+        if self._pool is None:
+            raise StoreUnavailable("the store is closed")
+        self.round_trips += 1
+        try:
+            async with self._pool.acquire() as conn:
+                result = await work(conn)
+        except asyncpg.PostgresError as exc:
+            domain = domain_error(exc)
+            if domain is not None:
+                self.outage.ok()
+                raise domain from None
+            raise self.outage.failed(store_error(exc, self.dsn)) from exc
+        except (OSError, asyncpg.InterfaceError, TimeoutError, ConnectionError) as exc:
+            raise self.outage.failed(store_error(exc, self.dsn)) from exc
+        self.outage.ok()
+        return result
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._call(lambda c: c.fetch(sql, *args))
+
+    # -- sessions --------------------------------------------------------------------------------
+    async def create_session(self, session_id: str, interview: str, answers: str, owner: str,
+                             allow_cron: bool = False) -> SessionRecord:
+        row = await self._call(lambda c: c.fetchrow(
+            f"INSERT INTO sessions ({SESSION_COLS}, allow_cron) SELECT $1, $2, $3, 1, $4, n, n, n, $5 "
+            f"FROM mailgate_now($6) AS n RETURNING {SESSION_COLS}",
+            session_id, interview, answers, owner, allow_cron, self._t()))
+        return _session(row)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = await self._fetch(f"SELECT {SESSION_COLS} FROM sessions WHERE id = $1", session_id)
+        return _session(rows[0]) if rows else None
+
+    async def get_sessions(self, session_ids: Sequence[str]) -> dict[str, SessionRecord]:
+        ids = list(dict.fromkeys(session_ids))
+        if not ids:
+            return {}
+        rows = await self._fetch(f"SELECT {SESSION_COLS} FROM sessions WHERE id = ANY($1::text[])", ids)
+        return {r["id"]: _session(r) for r in rows}
+
+    async def list_sessions(self, *, interview: str | None = None, limit: int = 100, after: str | None = None) -> list[SessionRecord]:
+        rows = await self._fetch(
+            f"SELECT {SESSION_COLS} FROM sessions WHERE ($1::text IS NULL OR interview = $1) "
+            "AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3", interview, after, limit)
+        return [_session(r) for r in rows]
+
+    async def delete_session(self, session_id: str) -> bool:
+        return bool(await self._call(lambda c: c.fetchval("SELECT mailgate_delete_session($1)", session_id)))
+
+    # -- commit ------------------------------------------------------------------------------------
+    async def commit(self, changes: Changes) -> CommitResult:
+        future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(changes, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush(), name="pg-commit")
+        return await future
+
+    async def _flush(self) -> None:
+        """Send the waiting commits, a group at a time, until none wait (group commit)."""
+        try:
+            while self._pending:
+                group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                try:
+                    await self._commit_group(group)
+                except BaseException as exc:  # the group's calls all failed alike
+                    for p in group:
+                        if not p.future.done():
+                            p.future.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable(str(exc)))
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            self._flushing = False
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
+        batch = json.dumps([_changes_json(p.changes) for p in group], separators=(",", ":"))
+        raw = await self._call(lambda c: c.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
+        outcome = json.loads(raw)
+        now = float(outcome["now"])
+        for p, result in zip(group, outcome["results"], strict=True):
+            if p.future.done():
+                continue
+            if "error" in result:
+                p.future.set_exception(domain_error(None, result["error"], result["message"]) or MailgateError(result["message"]))
+                continue
+            events = tuple(EventRecord(int(i), e.session_id, e.kind, e.payload, now)
+                           for i, e in zip(result["events"], p.changes.events, strict=True))
+            p.future.set_result(CommitResult(version=result["version"], events=events))
+
+    # -- leases ------------------------------------------------------------------------------------
+    async def try_acquire_lease(self, session_id: str, holder: str, ttl: float, budget: float) -> LeaseInfo | None:
+        busy, _ = await self.acquire_lease_and_read(session_id, holder, ttl, budget)
+        return busy
+
+    async def acquire_lease_and_read(self, session_id: str, holder: str, ttl: float,
+                                     budget: float) -> tuple[LeaseInfo | None, SessionRecord | None]:
+        row = await self._call(lambda c: c.fetchrow(
+            "SELECT * FROM mailgate_acquire_lease($1, $2, $3, $4, $5)", session_id, holder, ttl, budget, self._t()))
+        if row is None:  # the lease was released between the attempt and the read: try again
+            return await self.acquire_lease_and_read(session_id, holder, ttl, budget)
+        if not row["acquired"]:
+            return LeaseInfo(session_id, row["holder"], row["acquired_at"], row["expires_at"], row["budget_until"]), None
+        if not row["s_exists"]:
+            return None, None
+        return None, SessionRecord(session_id, row["s_interview"], row["s_answers"], row["s_version"], row["s_owner"],
+                                   row["s_created_at"], row["s_modified_at"], row["s_accessed_at"])
+
+    async def renew_lease(self, session_id: str, holder: str, ttl: float) -> bool:
+        done = await self._call(lambda c: c.fetchval(
+            "UPDATE session_leases SET expires_at = mailgate_now($3) + $4 WHERE session_id = $1 AND holder = $2 "
+            "RETURNING true", session_id, holder, self._t(), ttl))
+        return bool(done)
+
+    async def release_lease(self, session_id: str, holder: str) -> None:
+        await self._call(lambda c: c.execute(
+            "DELETE FROM session_leases WHERE session_id = $1 AND holder = $2", session_id, holder))
+
+    # -- tasks -------------------------------------------------------------------------------------
+    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTaskEvents) -> Claim:
+        rows = await self._fetch("SELECT * FROM mailgate_claim($1, $2, $3, $4)", worker, limit, lease, self._t())
+        tasks = tuple(_task(r) for r in rows if r["id"] is not None)
+        events: tuple[EventRecord, ...] = ()
+        if rows and rows[0]["exhausted"]:
+            events = await self._fail_exhausted(lost)
+        return Claim(tasks, events)
+
+    async def _fail_exhausted(self, lost: LostTaskEvents) -> tuple[EventRecord, ...]:
+        """Fail the tasks whose worker died on every attempt, with their events, in one transaction."""
+        async def run(conn: asyncpg.Connection) -> tuple[EventRecord, ...]:
+            async with conn.transaction():
+                failed = [_task(r) for r in await conn.fetch("SELECT * FROM mailgate_fail_exhausted($1)", self._t())]
+                if not failed:
+                    return ()
+                new_events = [e for rec in failed for e in lost(rec)]
+                for rec in failed:
+                    log.error("task %s failed: its worker died on every attempt", rec.id, extra={"event": "task.worker_lost"})
+                batch = json.dumps([_changes_json(Changes(events=new_events))])
+                outcome = json.loads(await conn.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
+            now = float(outcome["now"])
+            ids = outcome["results"][0]["events"]
+            return tuple(EventRecord(int(i), e.session_id, e.kind, e.payload, now) for i, e in zip(ids, new_events, strict=True))
+
+        return await self._call(run)
+
+    async def heartbeat(self, worker: str, task_ids: Sequence[str], lease: float) -> None:
+        if task_ids:
+            await self._call(lambda c: c.execute(
+                "UPDATE tasks SET lease_until = mailgate_now($3) + $4 WHERE id = ANY($1::text[]) AND worker = $2 "
+                "AND state = 'running'", list(task_ids), worker, self._t(), lease))
+
+    async def release_tasks(self, worker: str, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            await self._call(lambda c: c.execute(
+                "UPDATE tasks SET state = 'queued', worker = NULL, lease_until = NULL, attempts = attempts - 1 "
+                "WHERE id = ANY($1::text[]) AND worker = $2 AND state = 'running'", list(task_ids), worker))
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        rows = await self._fetch(f"SELECT {TASK_COLS} FROM tasks WHERE id = $1", task_id)
+        return _task(rows[0]) if rows else None
+
+    async def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        rows = await self._fetch(f"SELECT {TASK_COLS} FROM tasks WHERE id = ANY($1::text[])", ids)
+        return {r["id"]: _task(r) for r in rows}
+
+    async def list_tasks(self, *, session_id: str | None = None, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        rows = await self._fetch(
+            f"SELECT {TASK_COLS} FROM tasks WHERE ($1::text IS NULL OR session_id = $1) "
+            "AND ($2::text IS NULL OR state = $2) ORDER BY seq DESC LIMIT $3", session_id, state, limit)
+        return [_task(r) for r in rows]
+
+    async def retry_task(self, task_id: str) -> TaskRecord:
+        async def run(conn: asyncpg.Connection) -> TaskRecord:
+            async with conn.transaction():
+                state = await conn.fetchval("SELECT state FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+                if state is None:
+                    raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
+                if state != "failed":
+                    raise MailgateError(f"task {task_id} is {state}; only failed tasks can be retried")
+                row = await conn.fetchrow(
+                    "UPDATE tasks SET state = 'queued', attempts = 0, worker = NULL, lease_until = NULL, started_at = NULL, "
+                    "finished_at = NULL, result = NULL, error_type = NULL, error_message = NULL, error_trace = NULL, "
+                    f"variables = NULL WHERE id = $1 RETURNING {TASK_COLS}", task_id)
+                return _task(row)
+
+        return await self._call(run)
+
+    async def count_tasks(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        counts = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    # -- scheduled tasks -------------------------------------------------------------------------------
+    async def claim_period(self, type_: str, period: str, holder: str) -> bool:
+        done = await self._call(lambda c: c.fetchval(
+            "INSERT INTO cron_periods VALUES ($1, $2, $3, mailgate_now($4)) ON CONFLICT (type, period) DO NOTHING "
+            "RETURNING true", type_, period, holder, self._t()))
+        return bool(done)
+
+    async def last_periods(self) -> dict[str, tuple[str, float]]:
+        rows = await self._fetch(
+            "SELECT DISTINCT ON (type) type, period, claimed_at FROM cron_periods ORDER BY type, claimed_at DESC, period DESC")
+        return {r[0]: (r[1], float(r[2])) for r in rows}
+
+    async def cron_session_ids(self, interviews: Sequence[str], after: str | None, limit: int) -> list[str]:
+        if not interviews:
+            return []
+        rows = await self._fetch(
+            "SELECT id FROM sessions WHERE interview = ANY($1::text[]) AND allow_cron AND id > $2 ORDER BY id LIMIT $3",
+            list(interviews), after or "", limit)
+        return [r[0] for r in rows]
+
+    async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
+                                   limit: int) -> list[str]:
+        rows = await self._fetch(
+            "SELECT id FROM sessions WHERE accessed_at < $1 AND ($2::text[] IS NULL OR interview = ANY($2)) "
+            "AND NOT (interview = ANY($3::text[])) ORDER BY id LIMIT $4",
+            before, list(interviews) if interviews is not None else None, list(exclude), limit)
+        return [r[0] for r in rows]
+
+    # -- mail ------------------------------------------------------------------------------------------
+    async def setting(self, name: str, default: str) -> str:
+        value = await self._call(lambda c: c.fetchval("SELECT value FROM settings WHERE name = $1", name))
+        if value is not None:
+            return str(value)
+        await self._call(lambda c: c.execute(
+            "INSERT INTO settings VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", name, default))
+        return str(await self._call(lambda c: c.fetchval("SELECT value FROM settings WHERE name = $1", name)))
+
+    async def find_mailbox(self, local_part: str) -> MailboxRecord | None:
+        rows = await self._fetch(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE local_part = $1", local_part)
+        return MailboxRecord(*rows[0]) if rows else None
+
+    async def list_mailboxes(self, *, session_id: str | None = None, limit: int = 100) -> list[MailboxRecord]:
+        cols = ", ".join("m." + c for c in MAILBOX_COLS.split(", "))
+        rows = await self._fetch(
+            f"SELECT {cols}, COUNT(e.seq), MAX(e.received_at) FROM mailboxes m "
+            "LEFT JOIN emails e ON e.local_part = m.local_part WHERE ($1::text IS NULL OR m.session_id = $1) "
+            "GROUP BY m.local_part ORDER BY m.created_at, m.local_part LIMIT $2", session_id, limit)
+        return [MailboxRecord(*r) for r in rows]
+
+    async def deliver(self, delivery: Delivery) -> tuple[list[str], list[EventRecord]]:
+        emails = json.dumps([{
+            "id": e.id, "local_part": e.local_part, "session_id": e.session_id, "message_id": _text(e.message_id),
+            "dedupe": _text(e.dedupe), "envelope": e.envelope, "parsed": e.parsed, "authentication": e.authentication,
+            "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event])),
+        } for e in delivery.emails], separators=(",", ":"))
+        # asyncpg sends the bytes as they are (binary protocol): no copy into an escaped text form
+        raw = await self._call(lambda c: c.fetchval("SELECT mailgate_deliver($1, $2, $3::jsonb, $4)",
+                                                    delivery.sha256, delivery.raw, emails, self._t()))
+        outcome = json.loads(raw)
+        now = float(outcome["now"])
+        new_ids: list[str] = outcome["emails"]
+        by_id = {e.id: e for e in delivery.emails}
+        events = [EventRecord(int(i), by_id[email_id].event.session_id, by_id[email_id].event.kind,
+                              by_id[email_id].event.payload, now)
+                  for email_id, i in zip(new_ids, outcome["events"], strict=True)]
+        return new_ids, events
+
+    async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]:
+        ids = list(dict.fromkeys(email_ids))
+        if not ids:
+            return {}
+        rows = await self._fetch(f"SELECT {EMAIL_COLS} FROM emails WHERE id = ANY($1::text[])", ids)
+        return {r["id"]: EmailRecord(*r) for r in rows}
+
+    async def list_emails(self, *, session_id: str | None = None, local_part: str | None = None,
+                          limit: int = 100) -> list[EmailRecord]:
+        rows = await self._fetch(
+            f"SELECT {EMAIL_COLS} FROM emails WHERE ($1::text IS NULL OR session_id = $1) "
+            "AND ($2::text IS NULL OR local_part = $2) ORDER BY seq LIMIT $3", session_id, local_part, limit)
+        return [EmailRecord(*r) for r in rows]
+
+    async def get_raw(self, sha256: str) -> bytes | None:
+        value = await self._call(lambda c: c.fetchval("SELECT raw FROM raw_messages WHERE sha256 = $1", sha256))
+        return bytes(value) if value is not None else None
+
+    # -- events ------------------------------------------------------------------------------------
+    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLS} FROM events WHERE session_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            session_id, after_id, limit)
+        return [EventRecord(*r) for r in rows]
+
+    async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
+        rows = await self._fetch(f"SELECT {EVENT_COLS} FROM events WHERE id > $1 ORDER BY id LIMIT $2", after_id, limit)
+        return [EventRecord(*r) for r in rows]
+
+    async def events_with_ids(self, ids: Sequence[int]) -> list[EventRecord]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        rows = await self._fetch(f"SELECT {EVENT_COLS} FROM events WHERE id = ANY($1::bigint[]) ORDER BY id", wanted)
+        return [EventRecord(*r) for r in rows]
+
+    async def last_event_id(self) -> int:
+        return int(await self._call(lambda c: c.fetchval("SELECT COALESCE(MAX(id), 0) FROM events")))

@@ -1,0 +1,79 @@
+"""The event doorbell: one connection per process that LISTENs for ``mailgate_events``.
+
+A pooled connection would lose its LISTEN when the pool closes or replaces it, so the listener has a
+connection of its own. Each notification calls ``wake`` (the event feed then reads the store). When
+the connection drops, the listener reconnects with a growing pause (at most ``MAX_PAUSE``) and calls
+``wake`` once connected again, so that the feed catches up on what it missed; meanwhile the feed's
+own polling (``[web] event_poll_interval``) is the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from mailgate.store.postgres.errors import Outage, store_error
+
+log = logging.getLogger("mailgate.store.postgres")
+CHANNEL = "mailgate_events"
+MAX_PAUSE = 5.0
+
+
+def _setter(event: asyncio.Event) -> Callable[[Any], None]:
+    return lambda _conn: event.set()
+
+
+class Listener:
+    def __init__(self, dsn: str, wake: Callable[[], None], outage: Outage, connect_timeout: float) -> None:
+        self.dsn = dsn
+        self.wake = wake
+        self.outage = outage
+        self.connect_timeout = connect_timeout
+        self.connected = False
+        self.notifications = 0
+        self._task: asyncio.Task[None] | None = None
+        self._lost: asyncio.Event | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="pg-listen")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _notified(self, *_: Any) -> None:
+        self.notifications += 1
+        self.wake()
+
+    async def _run(self) -> None:
+        pause = 0.1
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+                lost = self._lost = asyncio.Event()
+                conn.add_termination_listener(_setter(lost))
+                await conn.add_listener(CHANNEL, self._notified)
+                self.connected = True
+                self.outage.ok()
+                pause = 0.1
+                self.wake()  # catch up on whatever was committed while not listening
+                await lost.wait()
+                log.warning("the event listener lost its connection; reconnecting", extra={"event": "store.listen_lost"})
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self.outage.failed(store_error(exc, self.dsn))
+            finally:
+                self.connected = False
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(pause)  # back-off before reconnecting, not synchronisation
+            pause = min(MAX_PAUSE, pause * 2)
