@@ -67,7 +67,10 @@ class WorkerPool:
                         self._commits.after_commit(claim.events, False)
                     claimed = claim.tasks
                     if claimed:
-                        sessions = await self._store.get_sessions([rec.session_id for rec in claimed])
+                        try:
+                            sessions = await self._store.get_sessions([rec.session_id for rec in claimed])
+                        except StoreError:
+                            sessions = {}  # each task reads its session itself (and fails to, if the store is still down)
                         for rec in claimed:
                             self._start(rec, sessions.get(rec.session_id))
                     if len(claimed) == free:

@@ -45,7 +45,7 @@ from mailgate.store.base import (
     Store,
     TaskRecord,
 )
-from mailgate.store.postgres.errors import Outage, domain_error, store_error
+from mailgate.store.postgres.errors import DRIVER_ERRORS, Outage, domain_error, lost_connection, store_error
 from mailgate.store.postgres.listener import Listener
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class PgStore(Store):
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout,
                 command_timeout=self.statement_timeout, server_settings={"application_name": "mailgate"})
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ValueError) as exc:
+        except (asyncpg.PostgresError, ValueError, *DRIVER_ERRORS) as exc:
             raise store_error(exc, self.dsn) from exc
         if self.clock is None:
             await self._measure_clock()
@@ -239,17 +239,28 @@ class PgStore(Store):
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         self.round_trips += 1
+        pool = self._pool
         try:
-            async with self._pool.acquire() as conn:
+            conn = await pool.acquire()
+        except (asyncpg.PostgresError, *DRIVER_ERRORS) as exc:  # no connection: the server is away for us
+            raise self.outage.failed(exc, store_error(exc, self.dsn), lost=True) from exc
+        try:
+            try:
                 result = await work(conn)
+            except BaseException as exc:
+                if lost_connection(exc):
+                    conn.terminate()  # never hand a broken connection back out; the pool opens a new one
+                raise
+            finally:
+                await pool.release(conn)
         except asyncpg.PostgresError as exc:
             domain = domain_error(exc)
             if domain is not None:
                 self.outage.ok()
                 raise domain from None
-            raise self.outage.failed(store_error(exc, self.dsn)) from exc
-        except (OSError, asyncpg.InterfaceError, TimeoutError, ConnectionError) as exc:
-            raise self.outage.failed(store_error(exc, self.dsn)) from exc
+            raise self.outage.failed(exc, store_error(exc, self.dsn)) from exc
+        except DRIVER_ERRORS as exc:
+            raise self.outage.failed(exc, store_error(exc, self.dsn)) from exc
         self.outage.ok()
         return result
 

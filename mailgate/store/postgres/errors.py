@@ -45,6 +45,20 @@ def domain_error(exc: asyncpg.PostgresError | None, sqlstate: str | None = None,
     return kind(message if exc is None else getattr(exc, "message", str(exc)))
 
 
+# What the driver raises, besides server errors (PostgresError), when the connection or the network fails
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ConnectionError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server cannot be reached (down, restarting, network), not that one
+    statement failed."""
+    code = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, asyncpg.PostgresError):
+        return code.startswith(("08", "57P"))
+    return isinstance(exc, DRIVER_ERRORS)
+
+
 def store_error(exc: BaseException, dsn: str) -> StoreError:
     """The StoreError for a driver, network or server error; the message says what to do next."""
     at = where(dsn)
@@ -78,8 +92,10 @@ class Outage:
         self.dsn = dsn
         self.down = False
 
-    def failed(self, error: StoreError) -> StoreError:
-        if isinstance(error, StoreUnavailable) and not self.down and "unreachable" in str(error):
+    def failed(self, exc: BaseException, error: StoreError, *, lost: bool = False) -> StoreError:
+        """Note a failed call (``exc``, translated to ``error``; ``lost``: it found no connection);
+        returns ``error``."""
+        if (lost or lost_connection(exc)) and not self.down:
             self.down = True
             log.error("%s", error, extra={"event": "store.unavailable"})
         return error

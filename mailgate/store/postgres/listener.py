@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from mailgate.store.postgres.errors import Outage, store_error
+from mailgate.store.postgres.errors import DRIVER_ERRORS, Outage, store_error
 
 log = logging.getLogger("mailgate.store.postgres")
 CHANNEL = "mailgate_events"
@@ -69,8 +69,8 @@ class Listener:
                 self.wake()  # catch up on whatever was committed while not listening
                 await lost.wait()
                 log.warning("the event listener lost its connection; reconnecting", extra={"event": "store.listen_lost"})
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                self.outage.failed(store_error(exc, self.dsn))
+            except (asyncpg.PostgresError, *DRIVER_ERRORS) as exc:
+                self.outage.failed(exc, store_error(exc, self.dsn), lost=True)
             finally:
                 self.connected = False
                 if conn is not None and not conn.is_closed():

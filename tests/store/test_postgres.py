@@ -1,0 +1,242 @@
+"""What only the PostgreSQL backend does: several stores (daemons) on one database, its doorbell,
+its grouped commits, its clock, and losing the server. The contract suites cover the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from mailgate.core.background import lost_task_events
+from mailgate.errors import StoreUnavailable, VersionConflict
+from mailgate.store.base import Changes, NewEvent, NewTask, SessionSave, TaskFinish
+from mailgate.store.postgres.backend import PgStore
+from tests.helpers import wait_until
+from tests.pg import ADMIN_DSN, create_database_async, drop_database_async
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def dsn() -> AsyncIterator[str]:
+    name = await create_database_async()
+    try:
+        yield name
+    finally:
+        await drop_database_async(name)
+
+
+async def open_store(dsn: str, **kwargs: object) -> PgStore:
+    store = PgStore(dsn, pool_size=4, **kwargs)  # type: ignore[arg-type]
+    await store.open()
+    await store.migrate()
+    return store
+
+
+def task(n: int, session: str = "s1") -> NewTask:
+    return NewTask(f"t{n:05d}", session, "iv", "act", "{}", "{}", None, 3)
+
+
+async def test_two_stores_never_claim_the_same_task(dsn: str) -> None:
+    a, b = await open_store(dsn), await open_store(dsn)
+    try:
+        await a.commit(Changes(new_tasks=[task(n) for n in range(600)]))
+
+        async def drain(store: PgStore, worker: str) -> list[str]:
+            got: list[str] = []
+            while True:
+                claim = await store.claim_tasks(worker, 7, 30, lost_task_events)
+                if not claim.tasks:
+                    return got
+                got.extend(t.id for t in claim.tasks)
+
+        runs = await asyncio.gather(drain(a, "wa"), drain(b, "wb"), drain(a, "wa2"), drain(b, "wb2"))
+        claimed = [i for run in runs for i in run]
+        assert len(claimed) == len(set(claimed)) == 600
+        assert all(runs), "every claimer got some: SKIP LOCKED let them claim side by side"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_task_of_a_dead_node_is_claimed_by_another(dsn: str) -> None:
+    a, b = await open_store(dsn), await open_store(dsn)
+    try:
+        await a.commit(Changes(new_tasks=[task(1)]))
+        assert [t.id for t in (await a.claim_tasks("node-a", 10, 0.3, lost_task_events)).tasks] == ["t00001"]
+        assert not (await b.claim_tasks("node-b", 10, 30, lost_task_events)).tasks  # a's lease is live
+        await a.close()  # node A dies without finishing; its lease runs out on the database's clock
+        async def claimed_by_b() -> bool:
+            return bool((await b.claim_tasks("node-b", 10, 30, lost_task_events)).tasks)
+
+        await wait_until(claimed_by_b, timeout=5, what="node B claiming the expired task")
+        rec = await b.get_task("t00001")
+        assert rec is not None and rec.worker == "node-b" and rec.attempts == 2
+    finally:
+        await b.close()
+
+
+async def test_grouped_commits_keep_each_all_or_nothing(dsn: str) -> None:
+    store = await open_store(dsn)
+    try:
+        await store.create_session("s1", "iv", "{}", "{}")
+        await store.commit(Changes(new_tasks=[task(n) for n in range(50)]))
+        claim = await store.claim_tasks("w", 50, 30, lost_task_events)
+        before = store.round_trips
+        finishes = [store.commit(Changes(finish=TaskFinish(t.id, "w", "succeeded", '{"value":1}'),
+                                         events=[NewEvent("s1", "task", '{"n":1}')])) for t in claim.tasks]
+        # two saves of the same version in the same group: one wins, the other conflicts, alone
+        saves = [store.commit(Changes(save=SessionSave("s1", f'{{"v":{i}}}', 1), events=[NewEvent("s1", "command", "{}")]))
+                 for i in range(2)]
+        results = await asyncio.gather(*finishes, *saves, return_exceptions=True)
+        assert store.round_trips - before < 10, "52 commits in a handful of grouped calls"
+        assert all(not isinstance(r, BaseException) for r in results[:50])
+        outcomes = results[50:]
+        assert sum(isinstance(r, VersionConflict) for r in outcomes) == 1
+        assert (await store.count_tasks())["succeeded"] == 50
+        events = await store.list_events("s1", limit=1000)
+        assert len(events) == 51  # 50 task events and the winning save's; the conflicting one left none
+        assert len({e.id for e in events}) == 51
+    finally:
+        await store.close()
+
+
+async def test_the_doorbell_rings_for_another_stores_commits_and_after_reconnecting(dsn: str) -> None:
+    a, b = await open_store(dsn), await open_store(dsn)
+    rings = 0
+
+    def wake() -> None:
+        nonlocal rings
+        rings += 1
+
+    try:
+        a.watch(wake)
+        await wait_until(lambda: a.listening, timeout=5, what="the listener")
+        start = rings
+        await b.commit(Changes(events=[NewEvent("s1", "command", "{}")]))
+        await wait_until(lambda: rings > start, timeout=5, what="a ring")
+        await b.commit(Changes(new_tasks=[task(1)]))  # no event: no ring
+        # The listening connection is cut (a restart, a proxy): it comes back and rings once to catch up.
+        admin = await asyncpg.connect(dsn)
+        try:
+            cut = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'LISTEN%'")
+        finally:
+            await admin.close()
+        assert cut == 1
+        before_cut = rings
+        await wait_until(lambda: rings > before_cut, timeout=10, what="a catch-up ring")
+        await wait_until(lambda: a.listening, timeout=10, what="the listener back")
+        after = rings
+        await b.commit(Changes(events=[NewEvent("s1", "command", "{}")]))
+        await wait_until(lambda: rings > after, timeout=5, what="a ring after reconnecting")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_time_is_the_databases(dsn: str) -> None:
+    store = await open_store(dsn)
+    try:
+        admin = await asyncpg.connect(dsn)
+        try:
+            db_now = await admin.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+        finally:
+            await admin.close()
+        assert abs(store.now() - db_now) < 1.0
+        rec = await store.create_session("s1", "iv", "{}", "{}")
+        assert abs(rec.created_at - db_now) < 5
+        busy = await store.try_acquire_lease("s1", "A", 0.2, 4)
+        assert busy is None
+        assert (await store.try_acquire_lease("s1", "B", 10, 4)) is not None  # A's lease is live
+        async def b_holds() -> bool:
+            return await store.try_acquire_lease("s1", "B", 10, 4) is None
+
+        await wait_until(b_holds, timeout=5, what="A's lease to expire on the database's clock")
+    finally:
+        await store.close()
+
+
+async def test_concurrent_migrations_apply_each_once(dsn: str) -> None:
+    stores = [PgStore(dsn, pool_size=2) for _ in range(3)]
+    for s in stores:
+        await s.open()
+    try:
+        applied = await asyncio.gather(*(s.migrate() for s in stores))
+        assert sorted(n for run in applied for n in run) == list(range(1, stores[0].latest_migration() + 1))
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_an_unreachable_server_is_a_clear_store_error() -> None:
+    store = PgStore(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing", connect_timeout=2)
+    with pytest.raises(StoreUnavailable, match=r"PostgreSQL at 127\.0\.0\.1:\d+/nothing is unreachable.*check that it runs"):
+        await store.open()
+
+
+async def test_losing_the_server_is_logged_once_each_way(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Connections cut under the store (the server restarting): calls fail with StoreUnavailable
+    while the pool reconnects, one line says it went, one that it is back."""
+    store = await open_store(dsn)
+    caplog.set_level(logging.INFO, logger="mailgate.store.postgres")
+    try:
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            # Refuse new connections to this database, then cut the open ones: "down".
+            name = dsn.rsplit("/", 1)[1]
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            cut = await admin.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1", name)
+            assert cut >= 1
+            failures = 0
+            for _ in range(5):
+                with pytest.raises(StoreUnavailable):
+                    await store.get_session("s1")
+                failures += 1
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        finally:
+            await admin.close()
+        await wait_until(lambda: _answers(store), timeout=10, what="the store to answer again")
+        went = [r for r in caplog.records if getattr(r, "event", "") == "store.unavailable"]
+        back = [r for r in caplog.records if getattr(r, "event", "") == "store.available"]
+        assert failures == 5 and len(went) == 1 and len(back) == 1, [r.getMessage() for r in caplog.records]
+    finally:
+        await store.close()
+
+
+async def _answers(store: PgStore) -> bool:
+    try:
+        await store.get_session("s1")
+    except StoreUnavailable:
+        return False
+    return True
+
+
+async def test_nul_in_free_text_is_stored(dsn: str) -> None:
+    """PostgreSQL's text cannot hold NUL; a hostile Message-ID with one is still stored."""
+    from mailgate.store.base import Delivery, NewEmail
+
+    store = await open_store(dsn)
+    try:
+        await store.create_session("s1", "iv", "{}", "{}")
+        email = NewEmail("e1", "box", "s1", "<a\0b@x>", "<a\0b@x>\0" + "0" * 64, "{}", "{}", "{}", None,
+                         NewEvent("s1", "email", "{}"))
+        new, _ = await store.deliver(Delivery("0" * 64, b"raw\0bytes", [email]))
+        assert new == ["e1"]
+        rec = (await store.get_emails(["e1"]))["e1"]
+        assert rec.message_id == "<a\ufffdb@x>"
+        assert await store.get_raw("0" * 64) == b"raw\0bytes"  # bytes are bytes
+    finally:
+        await store.close()
