@@ -141,7 +141,7 @@ class PgStore(Store):
         self._clock_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
         self._pending: list[_Pending] = []
-        self._flushing = False
+        self._flush_task: asyncio.Task[None] | None = None  # the one sending commits, while any wait
 
     # -- time ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -300,9 +300,8 @@ class PgStore(Store):
     async def commit(self, changes: Changes) -> CommitResult:
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(changes, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush(), name="pg-commit")
+        if self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush(), name="pg-commit")
         return await future
 
     async def _flush(self) -> None:
@@ -319,7 +318,7 @@ class PgStore(Store):
                     if not isinstance(exc, Exception):
                         raise
         finally:
-            self._flushing = False
+            self._flush_task = None
 
     async def _commit_group(self, group: list[_Pending]) -> None:
         batch = json.dumps([_changes_json(p.changes) for p in group], separators=(",", ":"))

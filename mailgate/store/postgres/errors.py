@@ -81,8 +81,7 @@ def store_error(exc: BaseException, dsn: str) -> StoreError:
         return StoreUnavailable(f"{at} failed a statement ({detail}); if it goes on, run: mailgate db status")
     if isinstance(exc, TimeoutError):
         return StoreUnavailable(f"{at} did not answer in time; check that it runs and that this host reaches it")
-    return StoreUnavailable(f"{at} is unreachable ({detail}); check that it runs and that this host reaches it; "
-                            "mailgate reconnects by itself")
+    return StoreUnavailable(f"{at} is unreachable ({detail}); check that it runs and that this host reaches it")
 
 
 class Outage:
@@ -97,7 +96,7 @@ class Outage:
         returns ``error``."""
         if (lost or lost_connection(exc)) and not self.down:
             self.down = True
-            log.error("%s", error, extra={"event": "store.unavailable"})
+            log.error("%s; mailgate keeps trying and resumes by itself", error, extra={"event": "store.unavailable"})
         return error
 
     def ok(self) -> None:
