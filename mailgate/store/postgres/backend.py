@@ -45,7 +45,13 @@ from mailgate.store.base import (
     Store,
     TaskRecord,
 )
-from mailgate.store.postgres.errors import DRIVER_ERRORS, Outage, domain_error, lost_connection, store_error
+from mailgate.store.postgres.errors import (
+    DRIVER_ERRORS,
+    Outage,
+    domain_error,
+    lost_connection,
+    store_error,
+)
 from mailgate.store.postgres.listener import Listener
 
 log = logging.getLogger(__name__)
@@ -188,7 +194,7 @@ class PgStore(Store):
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), self.connect_timeout)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (asyncpg.PostgresError, *DRIVER_ERRORS):
                 pool.terminate()
 
     def watch(self, wake: Callable[[], None]) -> None:
@@ -240,10 +246,11 @@ class PgStore(Store):
             raise StoreUnavailable("the store is closed")
         self.round_trips += 1
         pool = self._pool
+        started = time.monotonic()
         try:
             conn = await pool.acquire()
         except (asyncpg.PostgresError, *DRIVER_ERRORS) as exc:  # no connection: the server is away for us
-            raise self.outage.failed(exc, store_error(exc, self.dsn), lost=True) from exc
+            raise self.outage.failed(exc, store_error(exc, self.dsn), started, lost=True) from exc
         try:
             try:
                 result = await work(conn)
@@ -256,12 +263,12 @@ class PgStore(Store):
         except asyncpg.PostgresError as exc:
             domain = domain_error(exc)
             if domain is not None:
-                self.outage.ok()
+                self.outage.ok(started)
                 raise domain from None
-            raise self.outage.failed(exc, store_error(exc, self.dsn)) from exc
+            raise self.outage.failed(exc, store_error(exc, self.dsn), started) from exc
         except DRIVER_ERRORS as exc:
-            raise self.outage.failed(exc, store_error(exc, self.dsn)) from exc
-        self.outage.ok()
+            raise self.outage.failed(exc, store_error(exc, self.dsn), started) from exc
+        self.outage.ok(started)
         return result
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -85,21 +86,30 @@ def store_error(exc: BaseException, dsn: str) -> StoreError:
 
 
 class Outage:
-    """Logs once when the database stops answering and once when it answers again."""
+    """Logs once when the database stops answering and once when it answers again.
+
+    Calls overlap: one sent before the outage began may still succeed after another has failed, and
+    one sent during the outage may fail after another has succeeded again. Only a call *started*
+    after the last change (``started``: its ``time.monotonic()``) changes the state, so that one
+    outage is one pair of lines.
+    """
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.down = False
+        self.changed = float("-inf")  # monotonic time of the last change
 
-    def failed(self, exc: BaseException, error: StoreError, *, lost: bool = False) -> StoreError:
-        """Note a failed call (``exc``, translated to ``error``; ``lost``: it found no connection);
-        returns ``error``."""
-        if (lost or lost_connection(exc)) and not self.down:
+    def failed(self, exc: BaseException, error: StoreError, started: float, *, lost: bool = False) -> StoreError:
+        """Note a call started at ``started`` that failed with ``exc`` (translated to ``error``;
+        ``lost``: it found no connection); returns ``error``."""
+        if (lost or lost_connection(exc)) and not self.down and started >= self.changed:
             self.down = True
+            self.changed = time.monotonic()
             log.error("%s; mailgate keeps trying and resumes by itself", error, extra={"event": "store.unavailable"})
         return error
 
-    def ok(self) -> None:
-        if self.down:
+    def ok(self, started: float) -> None:
+        if self.down and started >= self.changed:
             self.down = False
+            self.changed = time.monotonic()
             log.warning("%s answers again", where(self.dsn), extra={"event": "store.available"})

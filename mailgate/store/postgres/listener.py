@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,19 +59,20 @@ class Listener:
         pause = 0.1
         while True:
             conn: asyncpg.Connection | None = None
+            started = time.monotonic()
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 lost = self._lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
                 await conn.add_listener(CHANNEL, self._notified)
                 self.connected = True
-                self.outage.ok()
+                self.outage.ok(started)
                 pause = 0.1
                 self.wake()  # catch up on whatever was committed while not listening
                 await lost.wait()
                 log.warning("the event listener lost its connection; reconnecting", extra={"event": "store.listen_lost"})
             except (asyncpg.PostgresError, *DRIVER_ERRORS) as exc:
-                self.outage.failed(exc, store_error(exc, self.dsn), lost=True)
+                self.outage.failed(exc, store_error(exc, self.dsn), started, lost=True)
             finally:
                 self.connected = False
                 if conn is not None and not conn.is_closed():
