@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from mailgate.config import Config, load_config, tables
+from mailgate.config import Config, load_config
+from mailgate.config import tables as config_tables
 from mailgate.core.runtime import Runtime
 from mailgate.daemon.lifecycle import Daemon
 
@@ -46,7 +47,7 @@ def make_config(tmp_path: Path, *, store_dsn: str | None = None, **tables: Any) 
 def config_toml(config: Config) -> str:
     """``config`` as the text of a config file (every key of every table), for a daemon subprocess."""
     lines = []
-    for name in tables():
+    for name in config_tables():
         lines.append(f"[{name}]")
         lines.extend(f"{key} = {json.dumps(value)}" for key, value in vars(getattr(config, name)).items())
     return "\n".join(lines) + "\n"  # JSON strings, numbers, booleans and lists read the same in TOML

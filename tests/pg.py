@@ -86,9 +86,6 @@ class PrivateCluster:
         """Stop the server as an operator would (``-m fast``: sessions cut, a clean shutdown)."""
         self._pg_ctl("-m", "fast", "stop")
 
-    def restart(self) -> None:
-        self._pg_ctl("-m", "fast", "restart")
-
 
 def _as_postgres(*argv: str) -> None:
     """Run a PostgreSQL tool as the ``postgres`` OS user when this is root (initdb refuses root)."""
