@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.config import Config, load_config
+from mailgate.config import tables as config_tables
 from mailgate.core.runtime import Runtime
 from mailgate.daemon.lifecycle import Daemon
 
@@ -25,10 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 INTERVIEWS = ROOT / "tests" / "interviews"
 
 
-def make_config(tmp_path: Path, **tables: Any) -> Config:
-    """Defaults on a fresh SQLite file in ``tmp_path``, fast polling, test interviews loaded."""
+def make_config(tmp_path: Path, *, store_dsn: str | None = None, **tables: Any) -> Config:
+    """Defaults on a fresh SQLite file in ``tmp_path`` (or, given ``store_dsn``, on that PostgreSQL
+    database), fast polling, test interviews loaded."""
+    store: dict[str, Any] = {"path": str(tmp_path / "mailgate.sqlite3")}
+    if store_dsn is not None:
+        store.update(backend="postgres", dsn=store_dsn)
     base = load_config(None).replace(
-        store={"path": str(tmp_path / "mailgate.sqlite3")},
+        store=store,
         interviews={"modules": ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin"), "paths": (str(INTERVIEWS / "testing.py"),)},
         tasks={"poll_interval": 0.05, "workers": 4},
         sessions={"lock_timeout": 2.0},
@@ -36,6 +42,15 @@ def make_config(tmp_path: Path, **tables: Any) -> Config:
         smtp={"parse_processes": 0},  # parse in-process: no worker start-up per test daemon
     )
     return base.replace(**tables)
+
+
+def config_toml(config: Config) -> str:
+    """``config`` as the text of a config file (every key of every table), for a daemon subprocess."""
+    lines = []
+    for name in config_tables():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in vars(getattr(config, name)).items())
+    return "\n".join(lines) + "\n"  # JSON strings, numbers, booleans and lists read the same in TOML
 
 
 def runtime_of(daemon: Daemon) -> Runtime:
