@@ -25,7 +25,20 @@ servers are up at once and the two systems take turns batch by batch, so a chang
 background load hits both alike; figures are ratios against the anchor because the machines are
 shared and noisy. Servers and clients share the machine's cores.
 
+Across nodes (``--store postgres --nodes 2``): the pushes come from a PostgreSQL store shared by two
+daemons in separate processes: node A (``roles = ["web"]``) holds the pages, node B (``roles =
+["worker"]``, ``[tasks] workers = 8``) claims and runs the tasks that A's API queued. B's commit of
+the task's outcome rings PostgreSQL's ``NOTIFY mailgate_events``; A's listener wakes A's event feed,
+which reads the events and pushes the flash. Latency is measured as above (the handler's
+``time.time()`` just before it returns, to the client's receipt; one machine clock), so it includes
+B's commit, the doorbell, A's read of the events, the fan-out and the send. Each N gets a fresh
+database (tests/pg.py: the server of ``MAILGATE_TEST_PG``, 127.0.0.1:5432 by default), dropped
+afterwards. Anchors, same run and taking turns with it batch by batch: the single-node SQLite push
+above (its own daemon, its own N pages) and the aiohttp echo round trip. ``--nodes 1`` runs web and
+worker in one PostgreSQL daemon instead.
+
     python bench/push.py [--clients 1000,5000] [--sample 500] [--batch 4] [--gap 0.05]
+    python bench/push.py --store postgres --nodes 2 --clients 1000
 """
 
 from __future__ import annotations
@@ -123,23 +136,31 @@ class Server:
 
 
 def _wait_for_port(name: str, proc: subprocess.Popen[bytes], log: Path, pattern: str) -> int:
+    return int(_wait_for_line(name, proc, log, pattern).group(1))
+
+
+def _wait_for_line(name: str, proc: subprocess.Popen[bytes], log: Path, pattern: str) -> re.Match[str]:
     deadline = time.monotonic() + 60
     while True:
         found = re.search(pattern, log.read_text(errors="replace"))
         if found:
-            return int(found.group(1))
+            return found
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise SystemExit(f"{name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.05)  # polling the log for the bound port (a subprocess: no event to wait on)
 
 
-def start_daemon(folder: Path, tag: str, web: dict[str, Any] | None = None) -> Server:
-    """``mailgate serve`` (web + worker) on a fresh SQLite file in ``folder``; returns once it listens."""
+def start_daemon(folder: Path, tag: str, web: dict[str, Any] | None = None, *, roles: tuple[str, ...] = ("web", "worker"),
+                 dsn: str | None = None) -> Server:
+    """``mailgate serve`` with ``roles`` (web + worker by default) on a fresh SQLite file in ``folder``,
+    or on the PostgreSQL database ``dsn``; returns once it listens (once it started, without the web role)."""
     web_keys = {"port": 0, "api_key": API_KEY, **(web or {})}
+    store = ([f"path = {json.dumps(str(folder / f'{tag}.sqlite3'))}"] if dsn is None
+             else ['backend = "postgres"', f"dsn = {json.dumps(dsn)}"])
     lines = [
-        "[daemon]", 'roles = ["web", "worker"]', "grace_period = 2.0",
-        "[store]", f"path = {json.dumps(str(folder / f'{tag}.sqlite3'))}",
+        "[daemon]", f"roles = {json.dumps(list(roles))}", "grace_period = 2.0",
+        "[store]", *store,
         "[interviews]", f"paths = [{json.dumps(str(INTERVIEW_FILE))}]",
         "[tasks]", "workers = 8",
         "[web]", *(f"{k} = {json.dumps(v)}" for k, v in web_keys.items()),
@@ -151,7 +172,11 @@ def start_daemon(folder: Path, tag: str, web: dict[str, Any] | None = None) -> S
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mailgate", "serve"], env=env, cwd=folder,
                                 stdout=out, stderr=subprocess.STDOUT)
-    port = _wait_for_port("the mailgate daemon", proc, log, r"web listening on 127\.0\.0\.1:(\d+)")
+    if "web" in roles:
+        port = _wait_for_port("the mailgate daemon", proc, log, r"web listening on 127\.0\.0\.1:(\d+)")
+    else:
+        _wait_for_line("the mailgate daemon", proc, log, r"mailgate started: roles ")
+        port = 0
     return Server("mailgate", proc, port, log)
 
 
@@ -300,6 +325,11 @@ class Figures:
     p99_ms: float
     kib_per_conn: float
     lost: int
+    max_ms: float = 0.0
+
+
+def figures(lat: list[float], lost: int, kib_per_conn: float) -> Figures:
+    return Figures(statistics.median(lat) * 1000, percentile(lat, 0.99) * 1000, kib_per_conn, lost, max(lat) * 1000)
 
 
 async def settle() -> None:
@@ -341,10 +371,68 @@ async def bench_n(folder: Path, n: int, args: argparse.Namespace) -> tuple[Figur
         for line in daemon.problems()[:10]:
             print(f"  daemon log: {line}")
 
-    def figures(lat: list[float], lost: int, k: int) -> Figures:
-        return Figures(statistics.median(lat) * 1000, percentile(lat, 0.99) * 1000, (after[k] - before[k]) / n, lost)
+    return (figures(mg_lat, mg_lost, (after[0] - before[0]) / n),
+            figures(echo_lat, echo_lost, (after[1] - before[1]) / n))
 
-    return figures(mg_lat, mg_lost, 0), figures(echo_lat, echo_lost, 1)
+
+def page_urls(daemon: Server, ids: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(session id, WebSocket URL) of one page per (session id, token) on ``daemon``."""
+    return [(sid, f"http://127.0.0.1:{daemon.port}/ws?token={tok}") for sid, tok in ids]
+
+
+def pusher(http: aiohttp.ClientSession, daemon: Server) -> Callable[[Client], Awaitable[None]]:
+    """The trigger of one push: queue the ``stamp`` task of the page's session through ``daemon``'s API."""
+    async def push(c: Client) -> None:
+        await api(http, daemon.port, "POST", f"/api/sessions/{c.session_id}/tasks", {"action": "stamp", "ui_notification": "flash"})
+
+    return push
+
+
+async def bench_nodes(folder: Path, n: int, dsn: str, args: argparse.Namespace) -> dict[str, Figures]:
+    """PostgreSQL (node A: web; node B: worker), the single-node SQLite daemon and the echo server,
+    all up at once with N pages each, taking turns batch by batch; their figures by name."""
+    servers: list[Server] = []
+    try:
+        echo = start_echo(folder)
+        servers.append(echo)
+        sqlite = start_daemon(folder, f"push-{n}")
+        servers.append(sqlite)
+        if args.nodes == 2:
+            node_a = start_daemon(folder, f"pg-web-{n}", roles=("web",), dsn=dsn)
+            servers.append(node_a)
+            servers.append(start_daemon(folder, f"pg-worker-{n}", roles=("worker",), dsn=dsn))
+        else:
+            node_a = start_daemon(folder, f"pg-{n}", dsn=dsn)
+            servers.append(node_a)
+        measured = (node_a, sqlite, echo)
+        async with client_session() as http:
+            pg_ids = await sessions_with_tokens(http, node_a.port, n)
+            sqlite_ids = await sessions_with_tokens(http, sqlite.port, n)
+            await settle()
+            before = [s.rss_kib() for s in measured]
+            echo_clients = await open_clients(http, [("", f"http://127.0.0.1:{echo.port}/ws")] * n, False, on_echo)
+            pg_pages = await open_clients(http, page_urls(node_a, pg_ids), True, on_flash)
+            sqlite_pages = await open_clients(http, page_urls(sqlite, sqlite_ids), True, on_flash)
+            await settle()
+            after = [s.rss_kib() for s in measured]
+
+            async def send_echo(c: Client) -> None:
+                await c.ws.send_str(repr(time.time()))
+
+            systems: list[tuple[list[Client], Callable[[Client], Awaitable[None]]]] = [
+                (pg_pages, pusher(http, node_a)), (sqlite_pages, pusher(http, sqlite)), (echo_clients, send_echo)]
+            await sample_latencies(systems, min(20, args.sample), args.batch, args.gap)  # warm-up
+            measured_lat = await sample_latencies(systems, args.sample, args.batch, args.gap)
+            await close_clients(pg_pages + sqlite_pages + echo_clients)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    for server in servers:
+        for line in server.problems()[:10]:
+            print(f"  {server.log.stem} log: {line}")
+    names = (f"postgres push, {args.nodes} node{'s' if args.nodes > 1 else ''}", "sqlite push, 1 node", "aiohttp echo (round trip)")
+    return {name: figures(lat, lost, (after[k] - before[k]) / n)
+            for k, (name, (lat, lost)) in enumerate(zip(names, measured_lat, strict=True))}
 
 
 def main() -> None:
@@ -353,8 +441,17 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=500, help="pushes (and echo round trips) measured per N")
     parser.add_argument("--batch", type=int, default=4, help="pushes started at the same time")
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between batches")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: push from a PostgreSQL store (anchored on the SQLite run, measured alongside)")
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                        help="with --store postgres, 2: the pages on a web daemon, the tasks run by a worker daemon")
     args = parser.parse_args()
+    if args.nodes != 1 and args.store != "postgres":
+        parser.error("--nodes 2 needs --store postgres (the daemons share the store)")
     counts = [int(x) for x in args.clients.split(",") if x.strip()]
+    if args.store == "postgres":
+        main_postgres(args, counts)
+        return
     folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-push-"))
     results: dict[int, tuple[Figures, Figures]] = {}
     try:
@@ -377,6 +474,44 @@ def main() -> None:
             p99 = results[1000][0].p99_ms
             print(f"goal: push p99 under {GOAL_P99_MS:g} ms at 1,000 clients: {'met' if p99 < GOAL_P99_MS else 'NOT met'} "
                   f"(p99 {p99:.2f} ms)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main_postgres(args: argparse.Namespace, counts: list[int]) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.pg import ADMIN_DSN, create_database, drop_database
+
+    folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-push-"))
+    results: dict[int, dict[str, Figures]] = {}
+    try:
+        print(f"push: task completion -> flash at the client; PostgreSQL at {ADMIN_DSN.rsplit('@', 1)[-1]}, "
+              f"{args.nodes} node{'s' if args.nodes > 1 else ''}; {args.sample} samples per N, {args.batch} at a time, "
+              f"{args.gap:g} s apart; anchors: the SQLite single-node push and a bare aiohttp echo round trip")
+        for n in counts:
+            started = time.perf_counter()
+            dsn = create_database()
+            try:
+                results[n] = asyncio.run(bench_nodes(folder, n, dsn, args))
+            finally:
+                drop_database(dsn)
+            print(f"  N={n}: done in {time.perf_counter() - started:.0f} s")
+        print()
+        print(f"{'clients':>7}  {'':<26} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'KiB/conn':>9} {'lost':>5}")
+        for n, by_name in results.items():
+            for name, f in by_name.items():
+                print(f"{n:>7}  {name:<26} {f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.max_ms:>8.2f} {f.kib_per_conn:>9.1f} {f.lost:>5}")
+        print()
+        for n, by_name in results.items():
+            (pg_name, pg), (sqlite_name, sqlite), (_, echo) = by_name.items()
+            for name, mine, anchor in ((f"{pg_name} / {sqlite_name}", pg, sqlite), (f"{pg_name} / echo", pg, echo),
+                                       (f"{sqlite_name} / echo", sqlite, echo)):
+                print(f"N={n}: {name + ':':<48} p50 {mine.p50_ms / anchor.p50_ms:5.2f}x   p99 {mine.p99_ms / anchor.p99_ms:5.2f}x   "
+                      f"max {mine.max_ms / anchor.max_ms:5.2f}x   memory per idle connection {mine.kib_per_conn / anchor.kib_per_conn:.2f}x")
+        if 1000 in results:
+            p99 = next(iter(results[1000].values())).p99_ms
+            print(f"goal: push p99 under {GOAL_P99_MS:g} ms at 1,000 clients ({next(iter(results[1000]))}): "
+                  f"{'met' if p99 < GOAL_P99_MS else 'NOT met'} (p99 {p99:.2f} ms)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
