@@ -28,7 +28,14 @@ import pytest
 from mailgate.config import load_config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.mail.auth import StaticResolver
-from tests.helpers import INTERVIEWS, mailgate_cmd, runtime_of, subprocess_env, wait_until
+from tests.helpers import (
+    config_toml,
+    mailgate_cmd,
+    make_config,
+    runtime_of,
+    subprocess_env,
+    wait_until,
+)
 from tests.pg import create_database, drop_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -37,20 +44,12 @@ DOMAIN = "mail.test"
 BIG = 25_000_000  # bytes of the large message, at least
 
 
-def write_config(path: Path, store: dict[str, Any]) -> Path:
-    tables: dict[str, dict[str, Any]] = {
-        "store": store,
-        "interviews": {"modules": ["mailgate.demo.background", "mailgate.demo.email"],
-                       "paths": [str(INTERVIEWS / "testing.py")]},
-        "tasks": {"poll_interval": 0.05},
-        "mail": {"domains": [DOMAIN]},
-        "smtp": {"port": 0, "hostname": "mx.test", "parse_processes": 0, "max_message_size": 40_000_000},
-    }
-    lines = []
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in table.items())  # JSON strings and lists are TOML
-    path.write_text("\n".join(lines) + "\n")
+def write_config(tmp_path: Path, name: str, store_dsn: str | None = None) -> Path:
+    """The test's config (SQLite in ``tmp_path``, or the PostgreSQL database ``store_dsn``) as a file."""
+    config = make_config(tmp_path, store_dsn=store_dsn, mail={"domains": (DOMAIN,)},
+                         smtp={"port": 0, "hostname": "mx.test", "parse_processes": 0, "max_message_size": 40_000_000})
+    path = tmp_path / name
+    path.write_text(config_toml(config))
     return path
 
 
@@ -134,8 +133,8 @@ def target() -> Iterator[str]:
 
 
 def test_db_copy_moves_the_store_and_every_listing_stays_the_same(tmp_path: Path, target: str) -> None:
-    sqlite_config = write_config(tmp_path / "sqlite.toml", {"path": str(tmp_path / "mailgate.sqlite3")})
-    pg_config = write_config(tmp_path / "pg.toml", {"backend": "postgres", "dsn": target})
+    sqlite_config = write_config(tmp_path, "sqlite.toml")
+    pg_config = write_config(tmp_path, "pg.toml", store_dsn=target)
     sent = asyncio.run(fill(sqlite_config))
     on_sqlite, on_pg = Cli(sqlite_config), Cli(pg_config)
 
@@ -190,7 +189,7 @@ async def tamper(dsn: str) -> None:
 
 
 def test_db_copy_errors_are_one_line(tmp_path: Path, target: str) -> None:
-    config = write_config(tmp_path / "sqlite.toml", {"path": str(tmp_path / "mailgate.sqlite3")})
+    config = write_config(tmp_path, "sqlite.toml")
     cli = Cli(config)
     res = cli.run("db", "copy", "--to", target)
     assert res.returncode == 1 and res.stderr.decode().startswith("mailgate: error: no SQLite store at ")
