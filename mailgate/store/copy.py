@@ -387,20 +387,19 @@ class _Tables:
             size += _size(row)
             top = max(top, table.serial_of(row))
             if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
-                await self._write(table, batch, size)
+                await self._write(table, batch)
                 self.progress("copy", table.name, digest.rows, total)
                 batch, size = [], 0
         if batch:
-            await self._write(table, batch, size)
+            await self._write(table, batch)
         self.progress("copy", table.name, digest.rows, max(total, digest.rows))
         if table.serial is not None:
             await _set_sequence(self.conn, table, max(top, self.used.get(table.name, 0)))
         return digest, top
 
-    async def _write(self, table: Table, rows: list[tuple[Any, ...]], size: int) -> None:
+    async def _write(self, table: Table, rows: list[tuple[Any, ...]]) -> None:
         await self.conn.copy_records_to_table(table.name, records=rows, columns=table.column_names)
-        if table.name == "raw_messages":
-            self.bytes += size
+        self.bytes += sum(len(v) for row in rows for v in row if isinstance(v, bytes))  # raw messages
 
     async def check(self, table: Table, source: Digest, source_top: int) -> TableCheck:
         """Read the target's table back and compare it with the source's digest."""
