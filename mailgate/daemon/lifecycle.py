@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgate.config import Config
 from mailgate.core.cron import Cron
@@ -28,9 +28,12 @@ from mailgate.daemon import sdnotify
 from mailgate.edges.scheduler import CronCalendar, Scheduler, check_schedule
 from mailgate.edges.smtp.server import SmtpServer, server_hostname
 from mailgate.edges.web.app import WebServer
-from mailgate.errors import ConfigError
+from mailgate.errors import ConfigError, MailgateError
 from mailgate.mail.auth import DnsResolver, Resolver
 from mailgate.store import Store, open_store
+
+if TYPE_CHECKING:
+    from mailgate.store.copy import CopyReport, ProgressCallback
 
 log = logging.getLogger(__name__)
 IMPLEMENTED_ROLES = ("smtp", "web", "worker", "scheduler")
@@ -61,6 +64,27 @@ async def store_status(config: Config) -> tuple[int, int]:
         return await store.schema_version(), store.latest_migration()
     finally:
         await store.close()
+
+
+async def copy_store(config: Config, dsn: str, *, on_progress: ProgressCallback | None = None,
+                     verify_only: bool = False) -> CopyReport:
+    """Copy the configured SQLite store whole into the empty PostgreSQL database ``dsn`` and verify
+    it (``verify_only``: only compare the two). See :mod:`mailgate.store.copy`."""
+    if config.store.backend != "sqlite":
+        raise ConfigError("db copy copies the SQLite store ([store] path) into PostgreSQL, but [store] backend is "
+                          f"{config.store.backend!r}; run it with the config the SQLite daemon used")
+    if not dsn:
+        raise MailgateError("db copy needs the target: --to postgresql://USER@HOST/DATABASE (or MAILGATE_STORE_DSN)")
+    try:
+        from mailgate.store import copy
+    except ImportError as exc:
+        raise ConfigError(f"db copy needs the PostgreSQL driver ({exc}); install it with: "
+                          "pip install 'mailgate[postgres]'") from exc
+    if verify_only:
+        return await copy.verify_copy(config.store.path, dsn, on_progress=on_progress,
+                                      connect_timeout=config.store.connect_timeout)
+    return await copy.copy_to_postgres(config.store.path, dsn, on_progress=on_progress,
+                                       connect_timeout=config.store.connect_timeout)
 
 
 class Daemon:

@@ -32,6 +32,8 @@ from mailgate.daemon.lifecycle import (
     tune_gc,
 )
 from mailgate.daemon.logs import setup_logging
+from mailgate.edges.cli.dbcopy import add_parser as add_db_copy_parser
+from mailgate.edges.cli.dbcopy import cmd_db_copy
 from mailgate.edges.cli.output import emit, print_json, safe
 from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
 from mailgate.edges.cli.send import cmd_send_test_email
@@ -91,6 +93,12 @@ async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     async with Daemon(config, roles=roles) as daemon:
         tune_gc(config.daemon.gc_threshold)
         return await daemon.run_until_stopped()
+
+
+async def cmd_db(args: argparse.Namespace, config: Config) -> int:
+    if args.db_cmd == "copy":
+        return await cmd_db_copy(args, config)
+    return await cmd_db_migrate(args, config)
 
 
 async def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
@@ -354,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="file to check (default: the one in use)")
     db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True, metavar="COMMAND")
     db.add_parser("migrate", parents=[common], help="apply pending migrations")
+    add_db_copy_parser(db, common)
 
     s = sub.add_parser("sessions", help="list, create, inspect, delete sessions; run actions").add_subparsers(
         dest="sessions_cmd", required=True, metavar="COMMAND")
@@ -417,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "serve": cmd_serve,
     "demo": cmd_demo,
-    "db": cmd_db_migrate,
+    "db": cmd_db,
     "sessions": cmd_sessions,
     "tasks": cmd_tasks,
     "mailboxes": cmd_mailboxes,
