@@ -45,6 +45,13 @@ so its ratio) barely moves, which makes it the steadier of the two comparisons.
 
     python bench/smtp_ingest.py [--messages 2000] [--connections 16] [--sessions 100] [--big-mib 25]
                                 [--profile [--profile-lines 15] [--profile-sort tottime]]
+
+``--store postgres`` runs mailgate on PostgreSQL (the server of ``MAILGATE_TEST_PG``, 127.0.0.1 by
+default) instead: one node, then two nodes (two SMTP daemons, each a subprocess, on one database, the
+client connections split evenly across them), each on a fresh copy of a template database that holds
+the sessions, between the two bare runs; the figures are the same ratios, with the nodes' CPU summed,
+plus the database round trips per message (each node's ``PgStore.round_trips``) and the PostgreSQL
+server's CPU per message (its processes' /proc stat). ``--profile`` is for the SQLite mode only.
 """
 
 from __future__ import annotations
@@ -242,8 +249,10 @@ async def serve(args: argparse.Namespace) -> None:
     from mailgate.demo.email import simple
     from mailgate.mail.auth import StaticResolver
 
+    store_table = ({"backend": "postgres", "dsn": args.dsn} if args.dsn
+                   else {"path": str(Path(args.folder) / f"mailgate-{os.getpid()}.sqlite3")})
     config = load_config(None).replace(
-        store={"path": str(Path(args.folder) / f"mailgate-{os.getpid()}.sqlite3")},
+        store=store_table,
         smtp={"port": 0, "hostname": HOSTNAME},
         mail={"domains": (OUR_DOMAIN,)},
         daemon={"roles": ("smtp",)},
@@ -265,14 +274,20 @@ async def serve(args: argparse.Namespace) -> None:
 
         addresses = await asyncio.gather(*(new_address() for _ in range(args.sessions)))
         tune_gc(config.daemon.gc_threshold)  # as `mailgate serve` does once started
-        commits_at_mark = store.commit_stats  # type: ignore[attr-defined]
+
+        def counters() -> tuple[int, int]:  # SQLite: (durable commits, units); PostgreSQL: (round trips, 0)
+            if args.dsn:
+                return store.round_trips, 0  # type: ignore[attr-defined]
+            return store.commit_stats  # type: ignore[attr-defined,no-any-return]
+
+        commits_at_mark = counters()
 
         async def mailgate_handle(cmd: str) -> dict[str, Any]:
             nonlocal commits_at_mark
             if cmd == "mark":
-                commits_at_mark = store.commit_stats  # type: ignore[attr-defined]
+                commits_at_mark = counters()
             elif cmd == "stats":
-                batches, units = store.commit_stats  # type: ignore[attr-defined]
+                batches, units = counters()
                 verdicts: Counter[str] = Counter()
                 for record in await store.list_emails(limit=10**9):
                     auth = json.loads(record.authentication)
@@ -292,9 +307,10 @@ async def serve(args: argparse.Namespace) -> None:
 class Server:
     """A server subprocess and its one-line JSON command channel."""
 
-    def __init__(self, kind: str, folder: Path, dkim_record: str, sessions: int, profile: list[str] | None = None) -> None:
+    def __init__(self, kind: str, folder: Path, dkim_record: str, sessions: int, profile: list[str] | None = None,
+                 dsn: str | None = None) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--folder", str(folder),
-               "--dkim-record", dkim_record, "--sessions", str(sessions)] + (profile or [])
+               "--dkim-record", dkim_record, "--sessions", str(sessions)] + (profile or []) + (["--dsn", dsn] if dsn else [])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         hello = self._read()
         self.port: int = hello["port"]
@@ -362,12 +378,14 @@ def new_key(folder: Path) -> tuple[bytes, str]:
     return pem, f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
 
 
-def blast(port: int, messages: list[tuple[str, bytes]], connections: int) -> tuple[float, float]:
-    """Send ``(rcpt, raw)`` over ``connections`` reused connections; (wall seconds, client CPU seconds)."""
+def blast(port: int | list[int], messages: list[tuple[str, bytes]], connections: int) -> tuple[float, float]:
+    """Send ``(rcpt, raw)`` over ``connections`` reused connections; (wall seconds, client CPU seconds).
+    With several ports, connection k goes to ``port[k % len(port)]``: the load is split evenly."""
+    ports = port if isinstance(port, list) else [port]
     barrier = threading.Barrier(connections + 1)
     errors: list[BaseException] = []
 
-    def sender(share: list[tuple[str, bytes]]) -> None:
+    def sender(share: list[tuple[str, bytes]], port: int) -> None:
         try:
             client = smtplib.SMTP("127.0.0.1", port, local_hostname=f"client.{SENDER_DOMAIN}", timeout=600)
             client.ehlo()
@@ -385,7 +403,8 @@ def blast(port: int, messages: list[tuple[str, bytes]], connections: int) -> tup
             errors.append(exc)
             raise
 
-    threads = [threading.Thread(target=sender, args=(messages[k::connections],)) for k in range(connections)]
+    threads = [threading.Thread(target=sender, args=(messages[k::connections], ports[k % len(ports)]))
+               for k in range(connections)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -406,6 +425,149 @@ def run_ingest(server: Server, warmup: list[tuple[str, bytes]], timed: list[tupl
     stats = server.call("stats")
     stats.update(elapsed=elapsed, client_cpu=client_cpu, rate=len(timed) / elapsed)
     return stats
+
+
+def run_ingest_nodes(nodes: list[Server], warmup: list[tuple[str, bytes]], timed: list[tuple[str, bytes]],
+                     connections: int) -> dict[str, Any]:
+    """``run_ingest`` over nodes sharing one store: the warm-up and the connections split across them;
+    CPU figures summed over the nodes, the verdicts read from the first (they share the store)."""
+    from tasks_pg import pg_server_cpu
+
+    for k, node in enumerate(nodes):
+        blast(node.port, warmup[k::len(nodes)], 1)
+    for node in nodes:
+        node.call("mark")
+    pg_cpu = pg_server_cpu()
+    elapsed, client_cpu = blast([node.port for node in nodes], timed, connections)
+    pg_cpu = pg_server_cpu() - pg_cpu
+    per_node = [node.call("stats") for node in nodes]
+    threads: Counter[str] = Counter()
+    for stats in per_node:
+        threads.update(stats["threads"])
+    return {"elapsed": elapsed, "client_cpu": client_cpu, "rate": len(timed) / elapsed, "pg_cpu": pg_cpu,
+            "cpu": sum(st["cpu"] for st in per_node), "children_cpu": sum(st["children_cpu"] for st in per_node),
+            "threads": dict(threads), "verdicts": per_node[0].get("verdicts"),
+            "node_cpu": [st["cpu"] for st in per_node], "round_trips": [st.get("commits", [0])[0] for st in per_node]}
+
+
+async def _clone_database(template: str) -> str:
+    """A new database copied from ``template`` (which nobody may be connected to); returns its DSN."""
+    import uuid
+
+    import asyncpg
+
+    from tests.pg import ADMIN_DSN, dsn_for
+
+    name = f"mailgate_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template.rsplit("/", 1)[1]}"')
+    finally:
+        await conn.close()
+    return dsn_for(name)
+
+
+def main_postgres(args: argparse.Namespace, folder: Path, servers: list[Server]) -> None:
+    """``--store postgres``: mailgate on a fresh PostgreSQL database, one node and two nodes."""
+    from tests.pg import create_database, drop_database
+
+    databases: list[str] = []
+
+    def start(kind: str, sessions: int, dsn: str | None = None) -> Server:
+        servers.append(Server(kind, folder, record, sessions, None, dsn))
+        return servers[-1]
+
+    try:
+        t0 = time.perf_counter()
+        key, record = new_key(folder)
+        run = f"{os.getpid()}.{int(time.time())}"
+        # The sessions are made once, in a template database that both runs copy, so that the same
+        # signed messages (their To headers) reach the same addresses in each.
+        databases.append(create_database())
+        setup = start("mailgate", args.sessions, databases[0])
+        addresses = setup.addresses
+        setup.close()
+        one, two = (asyncio.run(_clone_database(databases[0])) for _ in range(2))
+        databases += [one, two]
+        total = args.warmup + args.messages
+        rcpts = [addresses[i % len(addresses)] for i in range(total)]
+        raws = make_messages(key, [(f"bench.{i}.{run}", rcpts[i], args.attachment) for i in range(total)])
+        messages = list(zip(rcpts, raws, strict=True))
+        warmup, timed = messages[:args.warmup], messages[args.warmup:]
+        size = sum(len(r) for r in raws) / len(raws)
+        print(f"ingest: {args.messages} messages of {size / 1000:.1f} kB (DKIM RSA 2048) over {args.connections} "
+              f"SMTP connections, after {args.warmup} warm-up messages; mailgate: {args.sessions} sessions, "
+              f"PostgreSQL (synchronous_commit as the server has it), one node, then two nodes sharing one database "
+              f"with the connections split across them (prepared in {time.perf_counter() - t0:.1f} s)")
+
+        bare = start("bare", 0)
+        bare_before = run_ingest_nodes([bare], warmup, timed, args.connections)
+        bare.close()
+        nodes = [start("mailgate", 0, one)]
+        mine1 = run_ingest_nodes(nodes, warmup, timed, args.connections)
+        for node in nodes:
+            node.close()
+        nodes = [start("mailgate", 0, two) for _ in range(2)]
+        mine2 = run_ingest_nodes(nodes, warmup, timed, args.connections)
+        for node in nodes:
+            node.close()
+        bare = start("bare", 0)
+        bare_after = run_ingest_nodes([bare], warmup, timed, args.connections)
+        bare.close()
+        ceiling = {k: (bare_before[k] + bare_after[k]) / 2 for k in ("rate", "cpu", "client_cpu", "elapsed", "pg_cpu")}
+        expected = {"dkim=pass spf=pass dmarc=pass": total}
+        for mine in (mine1, mine2):
+            assert mine["verdicts"] == expected, f"stored e-mails {mine['verdicts']}, expected {expected}"
+
+        memory: dict[str, int] = {}
+        big_size = 0
+        if args.big_mib > 0:
+            target = int(args.big_mib * 2**20)
+            databases.append(create_database())
+            mem_mailgate = start("mailgate", 1, databases[-1])
+            rcpt = mem_mailgate.addresses[0]
+            attachment = int((target - 4000) * 3 / 4 * 76 / 78)
+            small, big = make_messages(key, [(f"warm.{run}", rcpt, args.attachment), (f"big.{run}", rcpt, attachment)])
+            big_size = len(big)
+            memory = run_memory(mem_mailgate, small, big)
+            mem_mailgate.close()
+
+        n = args.messages
+        print()
+        print(f"{'':<34} {'msgs/s':>8} {'server CPU ms/msg':>18} {'PG CPU ms/msg':>14} {'client CPU':>11}")
+        rows = (("bare aiosmtpd, before", bare_before), ("mailgate (PostgreSQL, 1 node)", mine1),
+                ("mailgate (PostgreSQL, 2 nodes)", mine2), ("bare aiosmtpd, after", bare_after),
+                ("bare aiosmtpd (ceiling): mean", ceiling))
+        for name, r in rows:
+            print(f"{name:<34} {r['rate']:>8.0f} {r['cpu'] * 1000 / n:>18.3f} {r['pg_cpu'] * 1000 / n:>14.3f} "
+                  f"{r['client_cpu'] / r['elapsed']:>10.0%}")
+        print()
+        for label, mine in (("1 node ", mine1), ("2 nodes", mine2)):
+            ratio = mine["rate"] / ceiling["rate"]
+            print(f"mailgate {label} / bare aiosmtpd:  throughput {ratio:.3f}x   "
+                  f"server CPU per message {mine['cpu'] / max(ceiling['cpu'], 1e-9):.1f}x (nodes summed)   "
+                  f"goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'}")
+        print(f"mailgate 2 nodes / 1 node:  throughput {mine2['rate'] / mine1['rate']:.2f}x")
+        for label, mine in (("1 node", mine1), ("2 nodes", mine2)):
+            trips = mine["round_trips"]
+            print(f"mailgate {label}: {sum(trips) / n:.2f} database round trips per message "
+                  f"({' + '.join(str(t) for t in trips)} by node, PgStore.round_trips); PostgreSQL server CPU "
+                  f"{mine['pg_cpu'] * 1000 / n:.3f} ms per message, {mine['pg_cpu'] / mine['elapsed']:.0%} of a core")
+            busy = sorted(mine["threads"].items(), key=lambda kv: -kv[1])
+            print(f"  CPU by thread over {mine['elapsed']:.2f} s (nodes summed): "
+                  + ", ".join(f"{name} {sec:.2f} s ({sec / mine['elapsed']:.0%})" for name, sec in busy if sec >= 0.005))
+            print(f"  worker processes (not in server CPU above): {mine['children_cpu'] * 1000 / n:.3f} ms CPU per message, "
+                  f"{mine['children_cpu'] / mine['elapsed']:.0%} of a core")
+        print(f"all {total} stored e-mails of each run: dkim=pass spf=pass dmarc=pass")
+        if memory:
+            print(f"memory, one {big_size / 2**20:.1f} MiB message, mailgate (PostgreSQL): peak RSS "
+                  f"+{memory['increase'] / 2**20:.1f} MiB over idle {memory['idle'] / 2**20:.1f} MiB = "
+                  f"{memory['increase'] / big_size:.2f}x the message")
+    finally:
+        for server in servers:
+            server.close()
+        for dsn in databases:
+            drop_database(dsn)
 
 
 def run_memory(server: Server, warmup: bytes, big: bytes) -> dict[str, int]:
@@ -429,7 +591,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile every mailgate thread in the timed run")
     parser.add_argument("--profile-lines", type=int, default=15, help="lines of the profile to print")
     parser.add_argument("--profile-sort", default="tottime", help="pstats sort key of the profile (tottime, cumtime, ...)")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: mailgate on a fresh PostgreSQL database (MAILGATE_TEST_PG's server), "
+                             "one node and two nodes")
     parser.add_argument("--serve", choices=("bare", "mailgate"), help=argparse.SUPPRESS)
+    parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--dkim-record", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -439,6 +605,12 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
     servers: list[Server] = []
+    if args.store == "postgres":
+        try:
+            main_postgres(args, folder, servers)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
 
     def start(kind: str, sessions: int, profile: list[str] | None = None) -> Server:
         servers.append(Server(kind, folder, record, sessions, profile))

@@ -8,6 +8,11 @@ and Celery with a Redis broker on loopback (what users would otherwise pick). Fi
 against the anchors because the machines are shared and noisy.
 
     python bench/tasks.py [--tasks 5000] [--concurrency 64] [--workers 32] [--rate 200] [--no-celery]
+
+``--store postgres`` measures the PostgreSQL backend instead, with one and two worker nodes against
+Procrastinate on the same server (see ``bench/tasks_pg.py``):
+
+    python bench/tasks.py --store postgres [--tasks 5000] [--concurrency 64] [--workers 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -203,9 +208,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent enqueuers in the burst")
     parser.add_argument("--workers", type=int, default=32, help="worker slots (mailgate) / threads (celery)")
     parser.add_argument("--latency-tasks", type=int, default=1000, help="tasks in the paced latency run")
-    parser.add_argument("--rate", type=float, default=200.0, help="offered tasks/s in the latency run")
+    parser.add_argument("--rate", type=float, help="offered tasks/s in the latency run (200; postgres: 100, below "
+                        "Procrastinate's capacity here)")
     parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: one and two nodes against Procrastinate (bench/tasks_pg.py)")
+    parser.add_argument("--rounds", type=int, default=3, help="postgres: interleaved rounds (medians are printed)")
+    parser.add_argument("--warmup", type=int, default=200, help="postgres: untimed tasks before each burst")
     args = parser.parse_args()
+    if args.rate is None:
+        args.rate = 100.0 if args.store == "postgres" else 200.0
+    if args.store == "postgres":
+        import tasks_pg  # this file's folder is on sys.path when run as a script
+
+        tasks_pg.main(args)
+        return
     folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
     results: dict[str, dict[str, float]] = {}
     try:

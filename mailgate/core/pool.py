@@ -43,6 +43,7 @@ class WorkerPool:
         the daemon's other roles keep serving. Any other error propagates (the daemon stops).
         """
         self._commits.add_task_listener(self.wake)
+        self._store.watch_tasks(self.wake)  # tasks queued by other processes, where the store can ring
         heartbeat = asyncio.create_task(self._heartbeat(), name="task-heartbeat")
         failing = False
         try:

@@ -241,6 +241,12 @@ class Store(abc.ABC):
         """
         del wake  # nothing rings here: the feed's polling finds other processes' commits
 
+    def watch_tasks(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on the loop) whenever another process may have queued tasks: the worker
+        pool's doorbell, as :meth:`watch` is the feed's. Backends that cannot ring do nothing (the
+        default): the pool's polling (``[tasks] poll_interval``) finds those tasks."""
+        del wake  # nothing rings here: the pool's polling finds other processes' tasks
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 

@@ -52,7 +52,7 @@ from mailgate.store.postgres.errors import (
     lost_connection,
     store_error,
 )
-from mailgate.store.postgres.listener import Listener
+from mailgate.store.postgres.listener import CHANNEL, TASK_CHANNEL, Listener
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,6 +146,7 @@ class PgStore(Store):
         self._offset = 0.0  # database clock minus this host's
         self._clock_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
+        self._wakes: dict[str, Callable[[], None]] = {}
         self._pending: list[_Pending] = []
         self._flush_task: asyncio.Task[None] | None = None  # the one sending commits, while any wait
 
@@ -199,8 +200,16 @@ class PgStore(Store):
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` when another process commits events: LISTEN on a connection of its own."""
+        self._listen(CHANNEL, wake)
+
+    def watch_tasks(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process queues tasks (the same listening connection)."""
+        self._listen(TASK_CHANNEL, wake)
+
+    def _listen(self, channel: str, wake: Callable[[], None]) -> None:
+        self._wakes.setdefault(channel, wake)
         if self._listener is None:
-            self._listener = Listener(self.dsn, wake, self.outage, self.connect_timeout)
+            self._listener = Listener(self.dsn, self._wakes, self.outage, self.connect_timeout)
             self._listener.start()
 
     @property
@@ -406,8 +415,10 @@ class PgStore(Store):
     async def release_tasks(self, worker: str, task_ids: Sequence[str]) -> None:
         if task_ids:
             await self._call(lambda c: c.execute(
-                "UPDATE tasks SET state = 'queued', worker = NULL, lease_until = NULL, attempts = attempts - 1 "
-                "WHERE id = ANY($1::text[]) AND worker = $2 AND state = 'running'", list(task_ids), worker))
+                "WITH given AS (UPDATE tasks SET state = 'queued', worker = NULL, lease_until = NULL, "
+                "attempts = attempts - 1 WHERE id = ANY($1::text[]) AND worker = $2 AND state = 'running' RETURNING 1) "
+                "SELECT pg_notify('mailgate_tasks', '') FROM (SELECT 1 FROM given LIMIT 1) AS any_given",
+                list(task_ids), worker))
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         rows = await self._fetch(f"SELECT {TASK_COLS} FROM tasks WHERE id = $1", task_id)
@@ -438,6 +449,7 @@ class PgStore(Store):
                     "UPDATE tasks SET state = 'queued', attempts = 0, worker = NULL, lease_until = NULL, started_at = NULL, "
                     "finished_at = NULL, result = NULL, error_type = NULL, error_message = NULL, error_trace = NULL, "
                     f"variables = NULL WHERE id = $1 RETURNING {TASK_COLS}", task_id)
+                await conn.execute("SELECT pg_notify('mailgate_tasks', '')")
                 return _task(row)
 
         return await self._call(run)

@@ -1,10 +1,12 @@
-"""The event doorbell: one connection per process that LISTENs for ``mailgate_events``.
+"""The doorbells: one connection per process that LISTENs for ``mailgate_events`` (committed events)
+and ``mailgate_tasks`` (queued tasks).
 
 A pooled connection would lose its LISTEN when the pool closes or replaces it, so the listener has a
-connection of its own. Each notification calls ``wake`` (the event feed then reads the store). When
-the connection drops, the listener reconnects with a growing pause (at most ``MAX_PAUSE``) and calls
-``wake`` once connected again, so that the feed catches up on what it missed; meanwhile the feed's
-own polling (``[web] event_poll_interval``) is the fallback.
+connection of its own. Each notification calls its channel's ``wake`` (the event feed then reads the
+store; the worker pool claims). When the connection drops, the listener reconnects with a growing
+pause (at most ``MAX_PAUSE``) and calls every ``wake`` once connected again, so that each catches up
+on what it missed; meanwhile their own polling (``[web] event_poll_interval``, ``[tasks]
+poll_interval``) is the fallback.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mailgate.store.postgres.errors import DRIVER_ERRORS, Outage, store_error
 
 log = logging.getLogger("mailgate.store.postgres")
 CHANNEL = "mailgate_events"
+TASK_CHANNEL = "mailgate_tasks"
 MAX_PAUSE = 5.0
 
 
@@ -29,9 +32,9 @@ def _setter(event: asyncio.Event) -> Callable[[Any], None]:
 
 
 class Listener:
-    def __init__(self, dsn: str, wake: Callable[[], None], outage: Outage, connect_timeout: float) -> None:
+    def __init__(self, dsn: str, wakes: dict[str, Callable[[], None]], outage: Outage, connect_timeout: float) -> None:
         self.dsn = dsn
-        self.wake = wake
+        self.wakes = wakes  # channel -> callback; the store adds to it while the listener runs
         self.outage = outage
         self.connect_timeout = connect_timeout
         self.connected = False
@@ -51,9 +54,15 @@ class Listener:
                 pass
             self._task = None
 
-    def _notified(self, *_: Any) -> None:
+    def _notified(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
         self.notifications += 1
-        self.wake()
+        wake = self.wakes.get(channel)
+        if wake is not None:
+            wake()
+
+    def _wake_all(self) -> None:
+        for wake in list(self.wakes.values()):
+            wake()
 
     async def _run(self) -> None:
         pause = 0.1
@@ -64,11 +73,12 @@ class Listener:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 lost = self._lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
-                await conn.add_listener(CHANNEL, self._notified)
+                for channel in (CHANNEL, TASK_CHANNEL):
+                    await conn.add_listener(channel, self._notified)
                 self.connected = True
                 self.outage.ok(started)
                 pause = 0.1
-                self.wake()  # catch up on whatever was committed while not listening
+                self._wake_all()  # catch up on whatever was committed while not listening
                 await lost.wait()
                 log.warning("the event listener lost its connection; reconnecting", extra={"event": "store.listen_lost"})
             except (asyncpg.PostgresError, *DRIVER_ERRORS) as exc:

@@ -136,16 +136,19 @@ DECLARE
     item jsonb;
     outcome jsonb;
     any_events boolean := false;
+    any_tasks boolean := false;
 BEGIN
     IF jsonb_array_length(batch) = 1 THEN  -- alone: no subtransaction needed, an error aborts it all
         outcome := mailgate_apply(batch->0, t_now);
         results := jsonb_build_array(outcome);
         any_events := jsonb_array_length(outcome->'events') > 0;
+        any_tasks := jsonb_array_length(batch->0->'new_tasks') > 0;
     ELSE
         FOR item IN SELECT value FROM jsonb_array_elements(batch) LOOP
             BEGIN
                 outcome := mailgate_apply(item, t_now);
                 any_events := any_events OR jsonb_array_length(outcome->'events') > 0;
+                any_tasks := any_tasks OR jsonb_array_length(item->'new_tasks') > 0;
             EXCEPTION WHEN SQLSTATE 'MG001' OR SQLSTATE 'MG002' OR SQLSTATE 'MG003' THEN
                 outcome := jsonb_build_object('error', SQLSTATE, 'message', SQLERRM);
             END;
@@ -154,6 +157,9 @@ BEGIN
     END IF;
     IF any_events THEN
         PERFORM pg_notify('mailgate_events', '');
+    END IF;
+    IF any_tasks THEN  -- the worker pools of other processes claim at once instead of at their next poll
+        PERFORM pg_notify('mailgate_tasks', '');
     END IF;
     RETURN jsonb_build_object('now', t_now, 'results', results);
 END $$;
@@ -251,6 +257,7 @@ DECLARE
     new_ids jsonb := '[]';
     events jsonb := '[]';
     outcome jsonb;
+    any_tasks boolean := false;
 BEGIN
     INSERT INTO raw_messages VALUES (hash, length(raw), raw) ON CONFLICT (sha256) DO NOTHING;
     FOR e IN SELECT value FROM jsonb_array_elements(emails) LOOP
@@ -263,10 +270,14 @@ BEGIN
             new_ids := new_ids || to_jsonb(e->>'id');
             outcome := mailgate_apply(e->'changes', t_now);
             events := events || (outcome->'events');
+            any_tasks := any_tasks OR jsonb_array_length(e->'changes'->'new_tasks') > 0;
         END IF;
     END LOOP;
     IF jsonb_array_length(events) > 0 THEN
         PERFORM pg_notify('mailgate_events', '');
+    END IF;
+    IF any_tasks THEN
+        PERFORM pg_notify('mailgate_tasks', '');
     END IF;
     RETURN jsonb_build_object('now', t_now, 'emails', new_ids, 'events', events);
 END $$;
