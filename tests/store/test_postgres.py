@@ -240,3 +240,30 @@ async def test_nul_in_free_text_is_stored(dsn: str) -> None:
         assert await store.get_raw("0" * 64) == b"raw\0bytes"  # bytes are bytes
     finally:
         await store.close()
+
+
+async def test_deliveries_are_grouped_and_each_keeps_its_own_outcome(dsn: str) -> None:
+    import hashlib
+
+    from mailgate.store.base import Delivery, NewEmail
+
+    store = await open_store(dsn)
+    try:
+        await store.create_session("s1", "iv", "{}", "{}")
+
+        def delivery(n: int) -> Delivery:
+            raw = f"message {n % 20}".encode()  # every message twice: the second is a duplicate
+            sha = hashlib.sha256(raw).hexdigest()
+            email = NewEmail(f"e{n}", "box", "s1", None, sha, "{}", "{}", "{}", task(n), NewEvent("s1", "email", "{}"))
+            return Delivery(sha, raw, [email])
+
+        before = store.round_trips
+        outcomes = await asyncio.gather(*(store.deliver(delivery(n)) for n in range(40)))
+        assert store.round_trips - before < 20, "40 deliveries in a few grouped calls"
+        stored = [new for new, _ in outcomes if new]
+        assert len(stored) == 20 and all(len(events) == 1 for new, events in outcomes if new)
+        assert all(not new and not events for new, events in outcomes[20:])
+        assert len(await store.list_emails(limit=100)) == 20
+        assert (await store.count_tasks())["queued"] == 20
+    finally:
+        await store.close()

@@ -5,10 +5,12 @@ task at the same throughput; see the README). A connection pool serves every cal
 connection, outside the pool, listens for the event doorbell (:mod:`.listener`).
 
 Round trips. Every call that writes several rows is one call of a server-side function
-(``migrations/0002_functions.sql``), so it costs one round trip. Commits are grouped: the commits
-that arrive while one group is on its way go together in the next (``mailgate_commit``), each all
-or nothing on its own, so that under load a batch of finished tasks costs one round trip and one
-disk flush.
+(``migrations/0002_functions.sql``), so it costs one round trip. Commits and deliveries are grouped
+(:mod:`.grouper`): those that arrive while one group is on its way go together in the next
+(``mailgate_commit``, ``mailgate_deliver``), so that under load a batch of finished tasks or of
+received messages costs one round trip and one disk flush. A commit in a group stays all or nothing
+on its own (a subtransaction); a group of deliveries that fails for another reason than the
+connection is sent again one by one, so that one bad message cannot refuse the others.
 
 Time. Every comparison with "now" happens in SQL on the database's clock (``mailgate_now(NULL)``);
 :meth:`PgStore.now` is this host's clock corrected by the offset to the database's, measured at open
@@ -52,6 +54,7 @@ from mailgate.store.postgres.errors import (
     lost_connection,
     store_error,
 )
+from mailgate.store.postgres.grouper import Grouper
 from mailgate.store.postgres.listener import CHANNEL, TASK_CHANNEL, Listener
 
 log = logging.getLogger(__name__)
@@ -120,14 +123,6 @@ def _text(value: T) -> T:
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value  # type: ignore[return-value]
 
 
-class _Pending:
-    __slots__ = ("changes", "future")
-
-    def __init__(self, changes: Changes, future: asyncio.Future[CommitResult]) -> None:
-        self.changes = changes
-        self.future = future
-
-
 class PgStore(Store):
     """A store on one PostgreSQL database. ``clock`` (tests only) replaces the database's clock."""
 
@@ -147,8 +142,8 @@ class PgStore(Store):
         self._clock_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
         self._wakes: dict[str, Callable[[], None]] = {}
-        self._pending: list[_Pending] = []
-        self._flush_task: asyncio.Task[None] | None = None  # the one sending commits, while any wait
+        self._commits = Grouper(self._commit_group, max_batch, "pg-commit")
+        self._deliveries = Grouper(self._deliver_group, max(1, max_batch // 8), "pg-deliver")
 
     # -- time ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -314,42 +309,22 @@ class PgStore(Store):
 
     # -- commit ------------------------------------------------------------------------------------
     async def commit(self, changes: Changes) -> CommitResult:
-        future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(changes, future))
-        if self._flush_task is None:
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush(), name="pg-commit")
-        return await future
+        return await self._commits.submit(changes)
 
-    async def _flush(self) -> None:
-        """Send the waiting commits, a group at a time, until none wait (group commit)."""
-        try:
-            while self._pending:
-                group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-                try:
-                    await self._commit_group(group)
-                except BaseException as exc:  # the group's calls all failed alike
-                    for p in group:
-                        if not p.future.done():
-                            p.future.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable(str(exc)))
-                    if not isinstance(exc, Exception):
-                        raise
-        finally:
-            self._flush_task = None
-
-    async def _commit_group(self, group: list[_Pending]) -> None:
-        batch = json.dumps([_changes_json(p.changes) for p in group], separators=(",", ":"))
+    async def _commit_group(self, group: list[Changes]) -> list[CommitResult | Exception]:
+        batch = json.dumps([_changes_json(ch) for ch in group], separators=(",", ":"))
         raw = await self._call(lambda c: c.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
         outcome = json.loads(raw)
         now = float(outcome["now"])
-        for p, result in zip(group, outcome["results"], strict=True):
-            if p.future.done():
-                continue
+        out: list[CommitResult | Exception] = []
+        for ch, result in zip(group, outcome["results"], strict=True):
             if "error" in result:
-                p.future.set_exception(domain_error(None, result["error"], result["message"]) or MailgateError(result["message"]))
+                out.append(domain_error(None, result["error"], result["message"]) or MailgateError(result["message"]))
                 continue
             events = tuple(EventRecord(int(i), e.session_id, e.kind, e.payload, now)
-                           for i, e in zip(result["events"], p.changes.events, strict=True))
-            p.future.set_result(CommitResult(version=result["version"], events=events))
+                           for i, e in zip(result["events"], ch.events, strict=True))
+            out.append(CommitResult(version=result["version"], events=events))
+        return out
 
     # -- leases ------------------------------------------------------------------------------------
     async def try_acquire_lease(self, session_id: str, holder: str, ttl: float, budget: float) -> LeaseInfo | None:
@@ -510,22 +485,29 @@ class PgStore(Store):
         return [MailboxRecord(*r) for r in rows]
 
     async def deliver(self, delivery: Delivery) -> tuple[list[str], list[EventRecord]]:
-        emails = json.dumps([{
+        return await self._deliveries.submit(delivery)
+
+    async def _deliver_group(self, group: list[Delivery]) -> list[tuple[list[str], list[EventRecord]] | Exception]:
+        emails = json.dumps([[{
             "id": e.id, "local_part": e.local_part, "session_id": e.session_id, "message_id": _text(e.message_id),
             "dedupe": _text(e.dedupe), "envelope": e.envelope, "parsed": e.parsed, "authentication": e.authentication,
             "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event])),
-        } for e in delivery.emails], separators=(",", ":"))
+        } for e in d.emails] for d in group], separators=(",", ":"))
         # asyncpg sends the bytes as they are (binary protocol): no copy into an escaped text form
-        raw = await self._call(lambda c: c.fetchval("SELECT mailgate_deliver($1, $2, $3::jsonb, $4)",
-                                                    delivery.sha256, delivery.raw, emails, self._t()))
+        raw = await self._call(lambda c: c.fetchval(
+            "SELECT mailgate_deliver($1::text[], $2::bytea[], $3::jsonb, $4)",
+            [d.sha256 for d in group], [d.raw for d in group], emails, self._t()))
         outcome = json.loads(raw)
         now = float(outcome["now"])
-        new_ids: list[str] = outcome["emails"]
-        by_id = {e.id: e for e in delivery.emails}
-        events = [EventRecord(int(i), by_id[email_id].event.session_id, by_id[email_id].event.kind,
-                              by_id[email_id].event.payload, now)
-                  for email_id, i in zip(new_ids, outcome["events"], strict=True)]
-        return new_ids, events
+        out: list[tuple[list[str], list[EventRecord]] | Exception] = []
+        for d, result in zip(group, outcome["results"], strict=True):
+            new_ids: list[str] = result["emails"]
+            by_id = {e.id: e for e in d.emails}
+            events = [EventRecord(int(i), by_id[email_id].event.session_id, by_id[email_id].event.kind,
+                                  by_id[email_id].event.payload, now)
+                      for email_id, i in zip(new_ids, result["events"], strict=True)]
+            out.append((new_ids, events))
+        return out
 
     async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]:
         ids = list(dict.fromkeys(email_ids))

@@ -247,37 +247,47 @@ LANGUAGE sql AS $$
     RETURNING *
 $$;
 
--- One received message: its raw bytes once per content hash, and each new e-mail (duplicates are
--- skipped) with its task and event. Returns {"now": t, "emails": [new ids], "events": [[email, ids]]}.
-CREATE FUNCTION mailgate_deliver(hash text, raw bytea, emails jsonb, t double precision) RETURNS jsonb
+-- Received messages, a group of them in one transaction: each one's raw bytes once per content hash,
+-- and each new e-mail (duplicates are skipped) with its task and event. ``groups`` holds one array of
+-- e-mails per message. Returns {"now": t, "results": [{"emails": [new ids], "events": [ids]}, ...]}.
+CREATE FUNCTION mailgate_deliver(hashes text[], raws bytea[], groups jsonb, t double precision) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     t_now double precision := mailgate_now(t);
+    n integer;
     e jsonb;
-    new_ids jsonb := '[]';
-    events jsonb := '[]';
+    new_ids jsonb;
+    events jsonb;
     outcome jsonb;
+    results jsonb := '[]';
+    any_events boolean := false;
     any_tasks boolean := false;
 BEGIN
-    INSERT INTO raw_messages VALUES (hash, length(raw), raw) ON CONFLICT (sha256) DO NOTHING;
-    FOR e IN SELECT value FROM jsonb_array_elements(emails) LOOP
-        INSERT INTO emails (id, local_part, session_id, message_id, sha256, dedupe, size, envelope, parsed,
-                            authentication, received_at)
-        VALUES (e->>'id', e->>'local_part', e->>'session_id', e->>'message_id', hash, e->>'dedupe', length(raw),
-                e->>'envelope', e->>'parsed', e->>'authentication', t_now)
-        ON CONFLICT (local_part, dedupe) DO NOTHING;
-        IF FOUND THEN
-            new_ids := new_ids || to_jsonb(e->>'id');
-            outcome := mailgate_apply(e->'changes', t_now);
-            events := events || (outcome->'events');
-            any_tasks := any_tasks OR jsonb_array_length(e->'changes'->'new_tasks') > 0;
-        END IF;
+    FOR n IN 1 .. coalesce(array_length(hashes, 1), 0) LOOP
+        INSERT INTO raw_messages VALUES (hashes[n], length(raws[n]), raws[n]) ON CONFLICT (sha256) DO NOTHING;
+        new_ids := '[]';
+        events := '[]';
+        FOR e IN SELECT value FROM jsonb_array_elements(groups->(n - 1)) LOOP
+            INSERT INTO emails (id, local_part, session_id, message_id, sha256, dedupe, size, envelope, parsed,
+                                authentication, received_at)
+            VALUES (e->>'id', e->>'local_part', e->>'session_id', e->>'message_id', hashes[n], e->>'dedupe',
+                    length(raws[n]), e->>'envelope', e->>'parsed', e->>'authentication', t_now)
+            ON CONFLICT (local_part, dedupe) DO NOTHING;
+            IF FOUND THEN
+                new_ids := new_ids || to_jsonb(e->>'id');
+                outcome := mailgate_apply(e->'changes', t_now);
+                events := events || (outcome->'events');
+                any_tasks := any_tasks OR jsonb_array_length(e->'changes'->'new_tasks') > 0;
+            END IF;
+        END LOOP;
+        any_events := any_events OR jsonb_array_length(events) > 0;
+        results := results || jsonb_build_array(jsonb_build_object('emails', new_ids, 'events', events));
     END LOOP;
-    IF jsonb_array_length(events) > 0 THEN
+    IF any_events THEN
         PERFORM pg_notify('mailgate_events', '');
     END IF;
     IF any_tasks THEN
         PERFORM pg_notify('mailgate_tasks', '');
     END IF;
-    RETURN jsonb_build_object('now', t_now, 'emails', new_ids, 'events', events);
+    RETURN jsonb_build_object('now', t_now, 'results', results);
 END $$;

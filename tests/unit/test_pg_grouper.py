@@ -1,0 +1,60 @@
+"""The PostgreSQL backend's group commit: grouping, and which items an error fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mailgate.errors import StoreConflict, StoreUnavailable, VersionConflict
+from mailgate.store.postgres.grouper import Grouper
+
+pytestmark = pytest.mark.asyncio
+
+
+class Server:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.fail = fail
+
+    async def send(self, group: list[int]) -> list[int | Exception]:
+        self.calls.append(group)
+        await asyncio.sleep(0)  # on its way: later items gather meanwhile
+        if self.fail is not None:
+            raise self.fail
+        if 13 in group and len(group) > 1:
+            raise StoreConflict("item 13 breaks any group it is in")
+        if group == [13]:
+            raise StoreConflict("item 13 alone")
+        return [VersionConflict(f"{n} conflicts") if n == 7 else n * 10 for n in group]
+
+
+async def test_items_that_arrive_while_a_group_is_sent_go_together() -> None:
+    server = Server()
+    grouper = Grouper(server.send, 100, "test")
+    results = await asyncio.gather(*(grouper.submit(n) for n in range(1, 6)))
+    assert results == [10, 20, 30, 40, 50]
+    assert len(server.calls) <= 2 and sum(map(len, server.calls)) == 5
+
+
+async def test_one_item_that_breaks_a_group_fails_alone() -> None:
+    server = Server()
+    grouper = Grouper(server.send, 100, "test")
+    outcomes = await asyncio.gather(*(grouper.submit(n) for n in (1, 13, 7, 2)), return_exceptions=True)
+    assert outcomes[0] == 10 and outcomes[3] == 20
+    assert isinstance(outcomes[1], StoreConflict) and isinstance(outcomes[2], VersionConflict)
+
+
+async def test_the_server_away_fails_every_item_of_the_group_once() -> None:
+    server = Server(StoreUnavailable("away"))
+    grouper = Grouper(server.send, 100, "test")
+    outcomes = await asyncio.gather(*(grouper.submit(n) for n in range(4)), return_exceptions=True)
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+    assert sum(map(len, server.calls)) == 4  # not sent again one by one
+
+
+async def test_groups_are_capped() -> None:
+    server = Server()
+    grouper = Grouper(server.send, 3, "test")
+    await asyncio.gather(*(grouper.submit(n) for n in range(10)), return_exceptions=True)
+    assert max(map(len, server.calls)) <= 3
