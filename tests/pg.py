@@ -6,6 +6,7 @@ A test that stops and starts the server gets a server of its own instead: :func:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import pwd
 import shutil
@@ -13,12 +14,15 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+T = TypeVar("T")
 
 ADMIN_DSN = os.environ.get("MAILGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -47,13 +51,20 @@ async def drop_database_async(dsn: str) -> None:
         await conn.close()
 
 
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a loop of its own, in a thread of its own if this one runs a loop already
+    (Playwright's sync API does)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def create_database() -> str:
-    """A new empty database; returns its DSN. Runs its own loop: call it outside any running loop."""
-    return asyncio.run(create_database_async())
+    """A new empty database; returns its DSN."""
+    return run_async(create_database_async())
 
 
 def drop_database(dsn: str) -> None:
-    asyncio.run(drop_database_async(dsn))
+    run_async(drop_database_async(dsn))
 
 
 # -- a private PostgreSQL cluster, for a test that stops and starts its server ---------------------

@@ -12,6 +12,7 @@ import os
 import re
 import smtplib
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -352,3 +353,62 @@ def test_client_reconnects_and_keeps_working(page: Page) -> None:
     expect(page.locator("html")).to_have_attribute("data-mailgate", "connected")
     add_to_553(page, "3")
     expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 556.")
+
+
+# -- several hosts ---------------------------------------------------------------------------------------
+def test_a_page_on_node_a_shows_what_a_worker_on_node_b_did(browser: Browser, tmp_path: Path) -> None:
+    """Two daemons on one PostgreSQL database: the page is served by node A (web only, polling the
+    store every 30 s), the background action runs on node B (worker only); the flash appears at
+    once, rung through NOTIFY."""
+    from tests.pg import create_database, drop_database
+    from tests.pg import run_async as _run
+
+    dsn = create_database()
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        def node(name: str, roles: str, web: str) -> tuple[subprocess.Popen[bytes], Path]:
+            config = tmp_path / f"{name}.toml"
+            config.write_text("\n".join([
+                "[store]", 'backend = "postgres"', f'dsn = "{dsn}"',
+                "[web]", "port = 0", "demo_pages = true", web,
+                "[smtp]", "port = 0",
+                "[tasks]", "poll_interval = 30",  # only the doorbell can make it quick
+                "[interviews]", 'modules = ["mailgate.demo.background"]',
+                "[daemon]", "grace_period = 2",
+            ]) + "\n")
+            log = tmp_path / f"{name}.log"
+            proc = start_mailgate("serve", "--roles", roles, env=subprocess_env(config), log=log)
+            procs.append((proc, log))
+            return proc, log
+
+        a, a_log = node("a", "web", "event_poll_interval = 30")
+        b, b_log = node("b", "worker", "")
+        web_port = int(wait_for_log(a, a_log, r"web listening on [\d.]+:(\d+)", 30, "node A's web port").group(1))
+        wait_for_log(b, b_log, r"mailgate started", 30, "node B")
+        context = browser.new_context(base_url=f"http://127.0.0.1:{web_port}")
+        context.set_default_timeout(5_000)  # far below both poll intervals
+        try:
+            page = context.new_page()
+            open_demo(page, "background_action_flash")
+            add_to_553(page, "4")
+            expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 557.")
+        finally:
+            context.close()
+        workers = _run(_task_workers(dsn))
+        assert workers and all(f":{b.pid}:" in w for w in workers), (workers, b.pid)  # "host:pid:random"
+        for proc, log in procs:
+            assert stop_process(proc, 20) == 0, log.read_text()
+    finally:
+        for proc, _ in procs:
+            kill_process(proc)
+        drop_database(dsn)
+
+
+async def _task_workers(dsn: str) -> list[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT worker FROM tasks WHERE state = 'succeeded'")]
+    finally:
+        await conn.close()
