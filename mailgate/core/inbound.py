@@ -34,6 +34,7 @@ from mailgate.mail.auth import (
     fetch_dkim_keys,
     verify_dkim,
 )
+from mailgate.mail.auth import warm_up as load_public_suffixes
 from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
 from mailgate.mail.workers import WorkerPool, WorkerTimeout
 from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask, Store
@@ -72,6 +73,7 @@ class Inbound:
         self.received = 0
         self.rejected: dict[str, int] = {}
         self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker) if config.smtp.parse_processes > 0 else None
+        load_public_suffixes()  # here, not on the first message's time
 
     def close(self) -> None:
         if self._pool is not None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
+from publicsuffixlist import PublicSuffixList
 
 from mailgate.mail.resolver import (
     DnsNotFound,
@@ -43,10 +44,6 @@ __all__ = [
 
 _T = TypeVar("_T")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_ORG_SECOND_LEVEL = frozenset({"co", "com", "org", "net", "ac", "gov", "edu"})
-
-
 
 
 @dataclass(frozen=True)
@@ -305,16 +302,28 @@ async def check_dkim(
 # --- DMARC (RFC 7489) -----------------------------------------------------------------------
 
 
+@functools.cache
+def _public_suffix_list() -> PublicSuffixList:
+    # The package ships the list: loading it reads no network, and costs about 0.3 s once.
+    return PublicSuffixList()
+
+
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
-    """The organizational domain of `domain` by a small heuristic, not the Public Suffix List:
-    the last two labels, or three when the TLD has two letters and the second-level label is
-    one of co, com, org, net, ac, gov, edu (example.co.uk). It is wrong for other multi-label
-    public suffixes (e.g. example.pvt.k12.ma.us, user.github.io), where it may treat
-    unrelated domains as aligned under relaxed alignment."""
-    labels = _norm(domain).split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _ORG_SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
+    """The organizational domain of `domain` (RFC 7489 section 3.2): its public suffix from the
+    Public Suffix List (ICANN and private sections, so ``github.io`` is a suffix) plus one label.
+    A domain that is itself a public suffix, or that the list cannot read, is its own."""
+    name = _norm(domain)
+    try:
+        org = _public_suffix_list().privatesuffix(name)
+    except Exception:  # noqa: BLE001 -- a name the list's code cannot read is compared as itself
+        org = None
+    return org or name
+
+
+def warm_up() -> None:
+    """Load the Public Suffix List now, so that no message waits for it."""
+    _public_suffix_list()
 
 
 def _aligned(domain: str, from_domain: str, mode: str) -> bool:

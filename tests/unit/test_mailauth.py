@@ -377,10 +377,67 @@ async def test_spf_bad_inputs() -> None:
         ("www.example.de", "example.de"),
         ("x.example.com.au", "example.com.au"),
         ("Example.COM.", "example.com"),
+        # from the Public Suffix List, not a two- or three-label guess
+        ("victim.github.io", "victim.github.io"),
+        ("www.victim.github.io", "victim.github.io"),
+        ("github.io", "github.io"),  # a public suffix is its own organizational domain
+        ("com", "com"),
+        ("a.b.example.pvt.k12.ma.us", "example.pvt.k12.ma.us"),
+        ("shop.example.com.br", "example.com.br"),
+        ("x.example.uk", "example.uk"),
+        ("mail.example.co.uk", "example.co.uk"),
     ],
 )
 def test_organizational_domain(domain: str, org: str) -> None:
     assert organizational_domain(domain) == org
+
+
+@pytest.mark.asyncio
+async def test_relaxed_alignment_does_not_join_two_owners_of_a_private_suffix(key1: RsaKey) -> None:
+    # attacker.github.io has a valid SPF pass and DKIM signature of its own; the From claims
+    # victim.github.io, whose DMARC record says reject. Under the two-label guess both are
+    # "github.io" and relaxed alignment passed the spoof.
+    spoof = MESSAGE.replace(b"alice@example.com", b"ceo@victim.github.io")
+    signed = sign(spoof, key1, domain="attacker.github.io")
+    resolver = StaticResolver({
+        ("TXT", "sel._domainkey.attacker.github.io"): [key1.record],
+        ("TXT", "attacker.github.io"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("TXT", "_dmarc.victim.github.io"): ["v=DMARC1; p=reject"],
+        ("TXT", "_dmarc.github.io"): ["v=DMARC1; p=none"],
+    })
+    results = await auth(signed, resolver, mail_from="x@attacker.github.io", from_domain="victim.github.io")
+    assert results.dkim == (DkimResult("attacker.github.io", "sel", "pass"),)
+    assert results.spf == SpfResult("attacker.github.io", "pass")
+    assert results.dmarc == DmarcResult("victim.github.io", "fail", "reject")
+    # the owner's own subdomain still aligns
+    own = await auth(sign(spoof, key1, domain="mail.victim.github.io"),
+                     StaticResolver({("TXT", "sel._domainkey.mail.victim.github.io"): [key1.record],
+                                     ("TXT", "_dmarc.victim.github.io"): ["v=DMARC1; p=reject"]}),
+                     mail_from="x@attacker.github.io", from_domain="victim.github.io")
+    assert own.dmarc == DmarcResult("victim.github.io", "pass", "reject")
+
+
+@pytest.mark.asyncio
+async def test_relaxed_alignment_under_co_uk(key1: RsaKey) -> None:
+    resolver = StaticResolver({
+        ("TXT", "sel._domainkey.mail.example.co.uk"): [key1.record],
+        ("TXT", "sel._domainkey.other.co.uk"): [key1.record],
+        ("TXT", "_dmarc.example.co.uk"): ["v=DMARC1; p=reject"],
+    })
+    same = await auth(sign(MESSAGE, key1, domain="mail.example.co.uk"), resolver, from_domain="news.example.co.uk",
+                      client_ip="203.0.113.9")
+    assert same.dmarc == DmarcResult("news.example.co.uk", "pass", "reject")
+    other = await auth(sign(MESSAGE, key1, domain="other.co.uk"), resolver, from_domain="example.co.uk",
+                       client_ip="203.0.113.9")
+    assert other.dmarc == DmarcResult("example.co.uk", "fail", "reject")
+
+
+@pytest.mark.asyncio
+async def test_dmarc_record_of_a_subdomain_is_looked_up_at_its_organizational_domain() -> None:
+    resolver = StaticResolver({("TXT", "_dmarc.victim.github.io"): ["v=DMARC1; p=none; sp=reject"]})
+    results = await auth(MESSAGE, resolver, from_domain="news.victim.github.io", client_ip="203.0.113.9")
+    assert results.dmarc == DmarcResult("news.victim.github.io", "fail", "reject")
+    assert ("TXT", "_dmarc.github.io") not in resolver.queries
 
 
 def auth_resolver(

@@ -1,0 +1,69 @@
+"""Bounded work per message and DMARC alignment, through the real SMTP edge (port 0, smtplib, SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import json
+import smtplib
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate.daemon.lifecycle import Daemon
+from mailgate.mail.auth import StaticResolver
+from tests.helpers import make_config
+from tests.helpers import runtime_of as rt
+
+pytestmark = pytest.mark.asyncio
+
+
+def message(to: str, sender: str, subject: str = "Hello", body: str = "Body text") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject.replace(' ', '.')}@elsewhere.test>"
+    msg.set_content(body)
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+async def send(port: int, mail_from: str, to: str, raw: bytes) -> Any:
+    def run() -> Any:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            try:
+                return client.sendmail(mail_from, [to], raw)
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code, exc.smtp_error
+    return await asyncio.to_thread(run)
+
+
+async def new_address(d: Daemon) -> tuple[str, str]:
+    session = await rt(d).create_session("email-to-case-simple")
+    result = await rt(d).run_action(session.id, "start")
+    assert result.text is not None
+    return session.id, result.text
+
+
+async def test_reject_policy_refuses_a_spoof_from_a_neighbour_under_a_private_suffix(tmp_path: Path) -> None:
+    # attacker.github.io passes SPF for the client's address; the From claims victim.github.io,
+    # whose DMARC record says reject. Only the Public Suffix List tells the two apart.
+    resolver = StaticResolver({
+        ("TXT", "attacker.github.io"): ["v=spf1 ip4:127.0.0.0/8 -all"],
+        ("TXT", "_dmarc.victim.github.io"): ["v=DMARC1; p=reject"],
+    })
+    config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "auth_policy": "reject"},
+                         mail={"domains": ("example.test",)})
+    async with Daemon(config, roles=("smtp",), resolver=resolver) as d:
+        assert d.smtp is not None
+        sid, address = await new_address(d)
+        spoof = message(address, "CEO <ceo@victim.github.io>", "Wire the money")
+        code, text = await send(d.smtp.port, "bounce@attacker.github.io", address, spoof)
+        assert code == 550 and b"DMARC" in text, (code, text)
+        # the attacker's own From domain is aligned with its own SPF pass, and is accepted
+        honest = message(address, "Attacker <me@attacker.github.io>", "Hello")
+        assert await send(d.smtp.port, "bounce@attacker.github.io", address, honest) == {}
+        [stored] = await rt(d).store.list_emails(session_id=sid)
+        assert json.loads(stored.parsed)["subject"] == "Hello"
