@@ -36,6 +36,7 @@ from mailgate.mail.auth import (
 )
 from mailgate.mail.auth import warm_up as load_public_suffixes
 from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
+from mailgate.mail.resolver import QueryBudget
 from mailgate.mail.workers import WorkerPool, WorkerTimeout
 from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask, Store
 
@@ -69,7 +70,8 @@ class Inbound:
         self.config = config
         self.resolver = resolver
         self.authserv_id = authserv_id
-        self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes)
+        self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes,
+                                  config.smtp.max_dkim_signatures)
         self.received = 0
         self.rejected: dict[str, int] = {}
         self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker) if config.smtp.parse_processes > 0 else None
@@ -98,12 +100,13 @@ class Inbound:
             return Verdict.EXPIRED, mailbox
         return Verdict.OK, mailbox
 
-    async def _dkim_keys(self, names: list[str], timeout: float | None = None) -> dict[str, object]:
+    async def _dkim_keys(self, names: list[str], timeout: float | None = None, resolver: Resolver | None = None
+                         ) -> dict[str, object]:
         if not names:
             return {}
         timeout = self.config.smtp.dns_timeout if timeout is None else max(timeout, 0.0)
         try:
-            return await asyncio.wait_for(fetch_dkim_keys(names, self.resolver), timeout)
+            return await asyncio.wait_for(fetch_dkim_keys(names, resolver or self.resolver), timeout)
         except TimeoutError:
             return {name: DnsTempError(f"{name}: no answer in time") for name in names}
 
@@ -140,16 +143,17 @@ class Inbound:
         # dns_timeout bounds the key lookups and SPF + DMARC together (parsing is not DNS time).
         loop = asyncio.get_running_loop()
         started = loop.time()
-        keys = await self._dkim_keys(dkim_key_names(raw))
+        dns = QueryBudget(self.resolver, self.config.smtp.max_dns_queries)  # one budget for the message's lookups
+        keys = await self._dkim_keys(dkim_key_names(raw, self.limits.max_dkim_signatures), resolver=dns)
         dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
         try:
             prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
             parsed, dkim = prepared.parsed, prepared.dkim
             if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
                 started = loop.time()
-                keys.update(await self._dkim_keys(prepared.missing_keys, dns_left))
+                keys.update(await self._dkim_keys(prepared.missing_keys, dns_left, dns))
                 dns_left -= loop.time() - started
-                dkim, _ = await self._in_worker(verify_dkim, raw, keys)
+                dkim, _ = await self._in_worker(verify_dkim, raw, keys, self.limits.max_dkim_signatures)
         except WorkerTimeout as exc:  # stored all the same: raw bytes, and a defect that says why
             log.warning("stored a message unparsed: %s", exc, extra={"event": "mail.parse_timeout"})
             parsed = unparsed(raw, f"not parsed: parsing and DKIM took longer than {self.config.smtp.parse_timeout:g} s "
@@ -157,7 +161,7 @@ class Inbound:
             dkim = (DkimResult("", "", "temperror"),)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
-                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
+                                  resolver=dns, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
                                   dkim_results=dkim)
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
@@ -239,7 +243,7 @@ class PreparedMessage:
 def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) -> PreparedMessage:
     """`parse_for_store` and `verify_dkim` of ``raw`` (in a worker process when configured)."""
     try:
-        dkim, missing = verify_dkim(raw, keys)
+        dkim, missing = verify_dkim(raw, keys, limits.max_dkim_signatures)
     except Exception:  # the message is stored all the same, with DKIM unknown
         log.exception("DKIM verification failed")
         dkim, missing = (DkimResult("", "", "temperror"),), []

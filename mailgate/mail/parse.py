@@ -32,11 +32,13 @@ _PARSE_POLICY = policy.default
 
 @dataclass(frozen=True)
 class ParseLimits:
-    """Bounds on the work done for one message; beyond them parsing stops and says so."""
+    """Bounds on the work done for one message in a worker; beyond them parsing stops and says so
+    (`max_dkim_signatures` is the DKIM verification's, done in the same worker call)."""
 
     max_parts: int = 1000
     max_depth: int = 20
     max_header_bytes: int = 256 * 1024
+    max_dkim_signatures: int = 5
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,24 @@ async def test_reject_policy_refuses_a_spoof_from_a_neighbour_under_a_private_su
         assert await send(d.smtp.port, "bounce@attacker.github.io", address, honest) == {}
         [stored] = await rt(d).store.list_emails(session_id=sid)
         assert json.loads(stored.parsed)["subject"] == "Hello"
+
+
+async def test_five_hundred_dkim_signatures_cost_at_most_the_configured_queries(tmp_path: Path) -> None:
+    resolver = StaticResolver({})
+    config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "parse_processes": 1, "max_dns_queries": 8},
+                         mail={"domains": ("example.test",)})
+    async with Daemon(config, roles=("smtp",), resolver=resolver) as d:
+        assert d.smtp is not None
+        sid, address = await new_address(d)
+        signatures = b"".join(f"DKIM-Signature: v=1; a=rsa-sha256; d=signer{n}.example; s=sel1; h=from; bh=; b=\r\n"
+                              .encode() for n in range(500))
+        raw = signatures + message(address, "Sender <s@elsewhere.test>", "Signed")
+        assert 40_000 < len(raw) < 50_000
+        assert await send(d.smtp.port, "s@elsewhere.test", address, raw) == {}
+        [stored] = await rt(d).store.list_emails(session_id=sid)
+        auth = json.loads(stored.authentication)
+        assert [x["result"] for x in auth["dkim"]] == ["permerror"] * 5 + ["policy"]
+        assert auth["dkim"][5]["reason"] == "not checked: 495 signatures past the first 5 ([smtp] max_dkim_signatures)"
+        assert len([q for q in resolver.queries if "._domainkey." in q[1]]) == 5
+        assert len(resolver.queries) <= 8 + 2  # the budget, and DMARC's two lookups
+        assert json.loads(stored.parsed)["subject"] == "Signed"

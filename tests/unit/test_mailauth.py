@@ -21,10 +21,12 @@ from mailgate.mail.auth import (
     AuthResults,
     DkimResult,
     DmarcResult,
+    DnsBudgetSpent,
     DnsNotFound,
     DnsResolver,
     DnsTempError,
     MailAuthError,
+    QueryBudget,
     SpfResult,
     StaticResolver,
     authenticate,
@@ -557,8 +559,8 @@ async def test_dmarc_temperror_and_missing_from(key1: RsaKey) -> None:
     resolver = auth_resolver(key1, txt={"_dmarc.example.com": DnsTempError("servfail")})
     assert (await auth(MESSAGE, resolver)).dmarc == DmarcResult("example.com", "temperror", "none")
     none = await auth(MESSAGE, auth_resolver(key1), from_domain=None)
-    assert none.dmarc == DmarcResult("", "permerror", "none")
-    assert none.header.endswith("; dmarc=permerror")
+    assert none.dmarc == DmarcResult("", "permerror", "none", "no usable From address")
+    assert none.header.endswith('; dmarc=permerror reason="no usable From address"')
 
 
 @pytest.mark.asyncio
@@ -636,7 +638,10 @@ async def test_to_dict_and_back(key1: RsaKey) -> None:
     results = await auth(sign(MESSAGE, key1), auth_resolver(key1))
     data = json.loads(json.dumps(results.to_dict()))
     assert data["dkim"] == [{"domain": "example.com", "selector": "sel", "result": "pass"}]
-    assert data == dataclasses.asdict(results) | {"dkim": [dataclasses.asdict(d) for d in results.dkim]}
+    plain = dataclasses.asdict(results)
+    plain["dkim"] = [{k: v for k, v in d.items() if k != "reason"} for d in plain["dkim"]]
+    plain["dmarc"] = {k: v for k, v in plain["dmarc"].items() if k != "reason"}
+    assert data == plain  # a reason is written only when there is one: ordinary results are stored as before
     assert list(data) == [f.name for f in dataclasses.fields(AuthResults)]
     assert AuthResults.from_dict(data) == results
     for bad in (
@@ -707,3 +712,75 @@ async def test_dns_resolver_maps_answers_and_errors() -> None:
         assert time.monotonic() - start < 2
     finally:
         transport.close()
+
+
+# --- bounded work per message ----------------------------------------------------------------
+
+
+def many_signatures(key: RsaKey, count: int) -> bytes:
+    """`count` DKIM-Signatures, each by its own domain (d0.example ... ), on MESSAGE."""
+    raw = MESSAGE
+    for n in range(count):
+        raw = sign(raw, key, domain=f"d{n}.example")
+    return raw
+
+
+@pytest.mark.asyncio
+async def test_only_the_first_signatures_are_checked_and_looked_up(key1: RsaKey) -> None:
+    raw = many_signatures(key1, 8)  # the last signed is the first header: d7, d6, ... d0
+    assert len(dkim_key_names(raw)) == 5
+    assert dkim_key_names(raw, 2) == ["sel._domainkey.d6.example", "sel._domainkey.d7.example"]
+    resolver = StaticResolver({("TXT", f"sel._domainkey.d{n}.example"): [key1.record] for n in range(8)})
+    results = await check_dkim(raw, resolver, max_signatures=3)
+    assert [(d.domain, d.result) for d in results] == [
+        ("d7.example", "pass"), ("d6.example", "pass"), ("d5.example", "pass"), ("", "policy")]
+    assert results[-1].reason == "not checked: 5 signatures past the first 3 ([smtp] max_dkim_signatures)"
+    assert len(resolver.queries) == 3
+    keys = await fetch_dkim_keys(dkim_key_names(raw, 3), resolver)
+    assert verify_dkim(raw, keys, 3) == (results, [])
+    header = (await auth(raw, resolver, max_dkim_signatures=3)).header
+    assert 'dkim=policy reason="not checked: 5 signatures past the first 3 ([smtp] max_dkim_signatures)";' in header
+
+
+@pytest.mark.asyncio
+async def test_five_hundred_signatures_cost_a_bounded_number_of_dns_queries() -> None:
+    # the finding: 500 DKIM-Signature headers in a 45 KB message caused 294 DNS queries
+    raw = b"".join(f"DKIM-Signature: v=1; a=rsa-sha256; d=signer{n}.example; s=sel1; h=from; bh=; b=\r\n".encode()
+                   for n in range(500)) + MESSAGE
+    assert 40_000 < len(raw) < 50_000
+    resolver = StaticResolver({})
+    results = await auth(raw, resolver)
+    key_queries = [q for q in resolver.queries if "._domainkey." in q[1]]
+    assert len(key_queries) == 5
+    assert [d.result for d in results.dkim[5:]] == ["policy"] and len(results.dkim) == 6
+    assert AuthResults.from_dict(json.loads(json.dumps(results.to_dict()))) == results
+
+
+@pytest.mark.asyncio
+async def test_query_budget_refuses_past_the_limit_but_never_dmarc() -> None:
+    inner = StaticResolver({("TXT", "a.example"): ["x"], ("TXT", "_dmarc.a.example"): ["v=DMARC1; p=reject"]})
+    budget = QueryBudget(inner, 2)
+    assert await budget.txt("a.example") == ["x"]
+    with pytest.raises(DnsNotFound):
+        await budget.a("a.example")
+    with pytest.raises(DnsBudgetSpent):
+        await budget.mx("a.example")
+    assert await budget.txt("_dmarc.a.example") == ["v=DMARC1; p=reject"]  # counted, not refused
+    assert (budget.used, budget.refused) == (3, 1)
+    assert len(inner.queries) == 3
+
+
+@pytest.mark.asyncio
+async def test_spf_sprawl_stops_at_the_budget_and_dmarc_still_decides() -> None:
+    # an SPF record whose ten mx terms would cost over a hundred queries within RFC 7208's limits
+    table: dict[tuple[str, str], Any] = {
+        ("TXT", "sprawl.example"): ["v=spf1 " + " ".join(f"mx:m{n}.example.com" for n in range(10)) + " -all"],
+        ("TXT", "_dmarc.example.com"): ["v=DMARC1; p=reject"],
+    }
+    for n in range(10):
+        table[("MX", f"m{n}.example.com")] = [(10, f"h{n}-{k}.example.com") for k in range(10)]
+    budget = QueryBudget(StaticResolver(table), 12)
+    results = await auth(MESSAGE, budget, client_ip="203.0.113.9", mail_from="x@sprawl.example")
+    assert results.spf == SpfResult("sprawl.example", "temperror")
+    assert results.dmarc == DmarcResult("example.com", "fail", "reject")
+    assert budget.used <= 12 + 2 and budget.refused >= 1
