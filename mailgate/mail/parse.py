@@ -410,8 +410,20 @@ def _content_id(part: Message) -> str | None:
     return value or None
 
 
+# The fields a message's record and its DMARC check cannot do without: read even when they come
+# after `max_header_bytes` (a sender can put any amount of Received: above them), the first
+# occurrence of each, up to _RESCUE_BYTES in all. DKIM-Signature fields need no rescue: DKIM
+# reads the raw header block itself.
+_RESCUED = (b"from", b"sender", b"reply-to", b"to", b"cc", b"subject", b"message-id", b"date", b"mime-version",
+            b"content-type", b"content-transfer-encoding", b"content-disposition")
+_RESCUE_BYTES = 64 * 1024
+_RESCUE_FIELD = re.compile(rb"(?im)^(" + b"|".join(_RESCUED) + rb")[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*")
+_FIELD_NAME = re.compile(rb"(?im)^(" + b"|".join(_RESCUED) + rb")[ \t]*:")
+
+
 def _split_headers(raw: bytes, limit: int, parser: _Parser) -> bytes:
-    """Return `raw` with its header block cut to `limit` bytes at a line end, if it is longer."""
+    """Return `raw` with its header block cut to `limit` bytes at a line end, if it is longer,
+    plus the first occurrence of each `_RESCUED` field found past the cut and not before it."""
     end = re.search(rb"\r?\n\r?\n", raw)
     header_len = end.start() if end else len(raw)
     if header_len <= limit:
@@ -421,6 +433,24 @@ def _split_headers(raw: bytes, limit: int, parser: _Parser) -> bytes:
     parser.defect(
         f"header block of {header_len} bytes exceeds limit ({limit}); parsed the first {len(head)}"
     )
+    have = {m.group(1).lower() for m in _FIELD_NAME.finditer(head)}
+    rescued: list[bytes] = []
+    size = 0
+    block_end = raw.index(b"\n", header_len) + 1 if end else len(raw)  # with the last field's line end
+    for m in _RESCUE_FIELD.finditer(raw, len(head), block_end):
+        name = m.group(1).lower()
+        if name in have:
+            continue
+        have.add(name)
+        if size + len(m.group(0)) > _RESCUE_BYTES:
+            parser.defect(f"{clean_text(m.group(1).decode('latin-1'))} field past the header limit not read: too long")
+            continue
+        size += len(m.group(0))
+        rescued.append(m.group(0) if m.group(0).endswith(b"\n") else m.group(0) + b"\r\n")
+    if rescued:
+        names = ", ".join(clean_text(f.split(b":", 1)[0].strip().decode("latin-1")) for f in rescued)
+        parser.defect(f"read past the header limit all the same: {names}")
+        head += b"".join(rescued)
     body = raw[end.end() :] if end else b""
     return head + (b"\r\n" if head.endswith(b"\r\n") else b"\n") + body
 

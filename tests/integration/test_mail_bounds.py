@@ -88,3 +88,20 @@ async def test_five_hundred_dkim_signatures_cost_at_most_the_configured_queries(
         assert len([q for q in resolver.queries if "._domainkey." in q[1]]) == 5
         assert len(resolver.queries) <= 8 + 2  # the budget, and DMARC's two lookups
         assert json.loads(stored.parsed)["subject"] == "Signed"
+
+
+async def test_from_past_the_header_limit_still_decides_dmarc(tmp_path: Path) -> None:
+    # 256 KB of Received: fields in front of From used to leave DMARC without a From domain,
+    # so a spoof of a p=reject domain was recorded as dmarc=permerror and accepted
+    resolver = StaticResolver({("TXT", "_dmarc.victim.example"): ["v=DMARC1; p=reject"]})
+    config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "auth_policy": "reject",
+                                         "max_line_length": 2000}, mail={"domains": ("example.test",)})
+    async with Daemon(config, roles=("smtp",), resolver=resolver) as d:
+        assert d.smtp is not None
+        _, address = await new_address(d)
+        received = b"".join(b"Received: from relay%d.example by mx.example; Tue, 2 Jan 2024 10:00:00 +0000\r\n" % i
+                            for i in range(3500))
+        spoof = received + message(address, "CEO <ceo@victim.example>", "Wire the money")
+        assert spoof.index(b"From:") > config.smtp.max_header_bytes
+        code, text = await send(d.smtp.port, "bounce@attacker.example", address, spoof)
+        assert code == 550 and b"DMARC" in text, (code, text)
