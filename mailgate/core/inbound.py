@@ -37,7 +37,7 @@ from mailgate.mail.auth import (
 from mailgate.mail.auth import warm_up as load_public_suffixes
 from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
 from mailgate.mail.resolver import QueryBudget
-from mailgate.mail.workers import WorkerPool, WorkerTimeout
+from mailgate.mail.workers import WorkerOutOfMemory, WorkerPool, WorkerTimeout
 from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask, Store
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class Inbound:
                                   config.smtp.max_dkim_signatures)
         self.received = 0
         self.rejected: dict[str, int] = {}
-        self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker) if config.smtp.parse_processes > 0 else None
+        self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker, memory_limit=config.smtp.parse_memory_limit,
+                                max_rss=config.smtp.parse_worker_max_rss) if config.smtp.parse_processes > 0 else None
         load_public_suffixes()  # here, not on the first message's time
 
     def close(self) -> None:
@@ -129,6 +130,12 @@ class Inbound:
             raise WorkerTimeout(f"parsing in this process ran past the {timeout:g} s limit on one message; "
                                 "the thread finishes it in the background and its result is dropped") from None
 
+    def _unparsed_defect(self, exc: Exception) -> str:
+        if isinstance(exc, WorkerOutOfMemory):
+            return (f"not parsed: parsing and DKIM needed more than {self.config.smtp.parse_memory_limit >> 20} MiB "
+                    "([smtp] parse_memory_limit)")
+        return f"not parsed: parsing and DKIM took longer than {self.config.smtp.parse_timeout:g} s ([smtp] parse_timeout)"
+
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
@@ -154,10 +161,9 @@ class Inbound:
                 keys.update(await self._dkim_keys(prepared.missing_keys, dns_left, dns))
                 dns_left -= loop.time() - started
                 dkim, _ = await self._in_worker(verify_dkim, raw, keys, self.limits.max_dkim_signatures)
-        except WorkerTimeout as exc:  # stored all the same: raw bytes, and a defect that says why
+        except (WorkerTimeout, WorkerOutOfMemory) as exc:  # stored all the same: raw bytes, and a defect that says why
             log.warning("stored a message unparsed: %s", exc, extra={"event": "mail.parse_timeout"})
-            parsed = unparsed(raw, f"not parsed: parsing and DKIM took longer than {self.config.smtp.parse_timeout:g} s "
-                                   "([smtp] parse_timeout)")
+            parsed = unparsed(raw, self._unparsed_defect(exc))
             dkim = (DkimResult("", "", "temperror"),)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
@@ -244,6 +250,8 @@ def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) ->
     """`parse_for_store` and `verify_dkim` of ``raw`` (in a worker process when configured)."""
     try:
         dkim, missing = verify_dkim(raw, keys, limits.max_dkim_signatures)
+    except MemoryError:  # the worker's memory limit: the caller stores the message unparsed
+        raise
     except Exception:  # the message is stored all the same, with DKIM unknown
         log.exception("DKIM verification failed")
         dkim, missing = (DkimResult("", "", "temperror"),), []

@@ -247,6 +247,8 @@ class _Parser:
             if part.get_content_maintype() == "multipart" and part.is_multipart():
                 return self.visit_multipart(part, depth, want_body)
             return self.visit_leaf(part, want_body)
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 -- a broken part must not lose the others
             self.defect(
                 f"part {number} ({_safe_type(part)}) unreadable: {type(exc).__name__}: {exc}"
@@ -599,6 +601,8 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS) -> ParsedMe
         structure_read = True
     except _PartLimitReached:
         msg, structure_read = budget.root, True
+    except MemoryError:  # not a defect of the message: the worker's limit (see mailgate.mail.workers)
+        raise
     except Exception as exc:  # noqa: BLE001 -- fall back to the headers alone
         parser.defect(f"message structure unreadable: {type(exc).__name__}: {exc}")
         try:
@@ -611,6 +615,8 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS) -> ParsedMe
     if structure_read:
         try:
             found = parser.visit(msg, 0, want_body=True)
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 -- keep the header fields read below
             parser.defect(f"body unreadable: {type(exc).__name__}: {exc}")
     if budget.exhausted:

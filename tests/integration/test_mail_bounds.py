@@ -14,7 +14,7 @@ import pytest
 
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.mail.auth import StaticResolver
-from tests.helpers import make_config
+from tests.helpers import make_config, wait_until
 from tests.helpers import runtime_of as rt
 
 pytestmark = pytest.mark.asyncio
@@ -105,3 +105,49 @@ async def test_from_past_the_header_limit_still_decides_dmarc(tmp_path: Path) ->
         assert spoof.index(b"From:") > config.smtp.max_header_bytes
         code, text = await send(d.smtp.port, "bounce@attacker.example", address, spoof)
         assert code == 550 and b"DMARC" in text, (code, text)
+
+
+def empty_lines_in_a_part(to: str, mib: int) -> bytes:
+    """A multipart message whose one text part is ``mib`` MiB of empty lines (the stdlib parser keeps
+    a string per line: about 30 times the bytes)."""
+    return (f"From: s@elsewhere.test\r\nTo: {to}\r\nSubject: Empty lines\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n").encode() \
+        + b"\r\n" * (mib * 2**19) + b"--b--\r\n"
+
+
+async def test_a_message_past_the_worker_memory_limit_is_stored_unparsed(tmp_path: Path) -> None:
+    config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "parse_processes": 1,
+                                         "parse_memory_limit": 200 * 2**20}, mail={"domains": ("example.test",)})
+    async with Daemon(config, roles=("smtp",), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None and d.inbound is not None
+        sid, address = await new_address(d)
+        raw = empty_lines_in_a_part(address, 8)
+        assert await send(d.smtp.port, "s@elsewhere.test", address, raw) == {}
+        [stored] = await rt(d).store.list_emails(session_id=sid)
+        assert await rt(d).store.get_raw(stored.sha256) == raw  # kept whole
+        parsed = json.loads(stored.parsed)
+        assert parsed["defects"] == ["not parsed: parsing and DKIM needed more than 200 MiB ([smtp] parse_memory_limit)"]
+        # the worker was replaced: the next message is parsed as usual
+        assert await send(d.smtp.port, "s@elsewhere.test", address, message(address, "s@elsewhere.test", "Next")) == {}
+        subjects = {json.loads(e.parsed)["subject"] for e in await rt(d).store.list_emails(session_id=sid)}
+        assert subjects == {None, "Next"}
+        assert d.inbound._pool is not None and d.inbound._pool.recycled == 1
+
+
+async def test_a_worker_left_with_too_much_memory_is_replaced(tmp_path: Path) -> None:
+    # a threshold below any Python process's resident size: every worker ends itself after its message
+    config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "parse_processes": 1,
+                                         "parse_worker_max_rss": 1}, mail={"domains": ("example.test",)})
+    async with Daemon(config, roles=("smtp",), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None and d.inbound is not None and d.inbound._pool is not None
+        pool = d.inbound._pool
+        sid, address = await new_address(d)
+        pids = set()
+        for subject in ("One", "Two", "Three"):
+            assert await send(d.smtp.port, "s@elsewhere.test", address, message(address, "s@elsewhere.test", subject)) == {}
+            await wait_until(lambda: bool(pool._workers), what="a worker in place")
+            pids.add(pool._workers[0].process.pid)
+        assert pool.recycled >= 2 and len(pids) >= 2
+        parsed = [json.loads(e.parsed) for e in await rt(d).store.list_emails(session_id=sid)]
+        assert sorted(p["subject"] for p in parsed) == ["One", "Three", "Two"]
+        assert all(p["defects"] == [] for p in parsed)
