@@ -179,6 +179,8 @@ _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape kept
 def clean_text(value: str) -> str:
     """Return `value` as valid Unicode without NUL: surrogate-escaped bytes become UTF-8 (or
     Latin-1 when they are not UTF-8), NUL becomes U+FFFD (PostgreSQL text cannot hold NUL)."""
+    if value.isascii():  # the common case, and no copy of a big text: nothing to repair but NUL
+        return value.replace("\x00", "\ufffd")
     if _ESCAPED.search(value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
