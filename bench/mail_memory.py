@@ -24,8 +24,12 @@ from mailgate.mail.workers import WorkerOutOfMemory, WorkerPool
 
 
 def _status(pid: int) -> dict[str, int]:
-    with open(f"/proc/{pid}/status") as f:
-        return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.startswith(("VmRSS", "VmHWM"))}
+    """VmRSS and VmHWM of ``pid``; empty once it has ended."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.startswith(("VmRSS", "VmHWM"))}
+    except FileNotFoundError:
+        return {}
 
 
 def messages() -> dict[str, bytes]:
@@ -55,8 +59,7 @@ async def measure(raw: bytes, memory_limit: int) -> tuple[float, float, str]:
             outcome = "stored unparsed (memory limit)"
         elapsed = time.perf_counter() - started
         # a worker that ended itself is gone: its peak is at least the limit
-        status = _status(pid) if os.path.exists(f"/proc/{pid}") else {}
-        peak = status.get("VmHWM", before + memory_limit)  # gone: it reached its limit
+        peak = _status(pid).get("VmHWM", before + memory_limit)  # gone: it reached its limit
         return (peak - before) / len(raw), elapsed, outcome
     finally:
         pool.close()
