@@ -102,8 +102,19 @@ class SmtpConfig:
     dns_servers: tuple[str, ...] = _f((), "DNS servers for authentication lookups as host or host:port; empty = the system's")
     max_parts: int = _f(1000, "MIME parts parsed per message; the raw message is kept whole anyway", minimum=1)
     max_depth: int = _f(20, "MIME nesting parsed per message", minimum=1)
-    max_header_bytes: int = _f(262144, "bytes of header block parsed per message", minimum=1024)
+    max_header_bytes: int = _f(262144, "bytes of header block parsed per message; From, Subject, Message-ID, Date, the "
+                               "address and MIME fields past it are still read (their first occurrence)", minimum=1024)
+    max_dkim_signatures: int = _f(5, "DKIM-Signatures verified per message, in header order; the rest are recorded as "
+                                  "not checked (dkim=policy) and cost no DNS query", minimum=0)
+    max_dns_queries: int = _f(30, "DNS queries for one message's DKIM keys and SPF (within RFC 7208's own limits); past it "
+                              "the check is a temperror. DMARC's at most two lookups always run", minimum=1)
     parse_processes: int = _f(1, "worker processes that parse and DKIM-verify messages (uses another core); 0 = in this process", minimum=0)
+    parse_memory_limit: int = _f(1073741824, "bytes of memory (RLIMIT_DATA) a parse worker process may use; a message that "
+                                 "needs more is stored unparsed (raw bytes kept, a defect says why) and the worker replaced; "
+                                 "0 = no limit. Not applied with parse_processes = 0", minimum=0)
+    parse_worker_max_rss: int = _f(268435456, "a parse worker process left with more resident memory than this many bytes "
+                                   "after a message ends itself and another starts (Python keeps freed memory); 0 = never",
+                                   minimum=0)
     parse_timeout: float = _f(30.0, "seconds a worker process may spend on one message; past it the worker is replaced and the message stored unparsed (raw bytes kept, a defect says why); with parse_processes = 0 the message is stored unparsed all the same, but the parsing thread cannot be stopped and runs on unused", minimum=0.1)
     max_line_length: int = _f(65536, "longest line accepted in DATA (RFC 5321 says 1000; real mail is longer)", minimum=1001)
 

@@ -34,8 +34,10 @@ from mailgate.mail.auth import (
     fetch_dkim_keys,
     verify_dkim,
 )
+from mailgate.mail.auth import warm_up as load_public_suffixes
 from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
-from mailgate.mail.workers import WorkerPool, WorkerTimeout
+from mailgate.mail.resolver import QueryBudget
+from mailgate.mail.workers import WorkerOutOfMemory, WorkerPool, WorkerTimeout
 from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask, Store
 
 log = logging.getLogger(__name__)
@@ -68,10 +70,13 @@ class Inbound:
         self.config = config
         self.resolver = resolver
         self.authserv_id = authserv_id
-        self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes)
+        self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes,
+                                  config.smtp.max_dkim_signatures)
         self.received = 0
         self.rejected: dict[str, int] = {}
-        self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker) if config.smtp.parse_processes > 0 else None
+        self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker, memory_limit=config.smtp.parse_memory_limit,
+                                max_rss=config.smtp.parse_worker_max_rss) if config.smtp.parse_processes > 0 else None
+        load_public_suffixes()  # here, not on the first message's time
 
     def close(self) -> None:
         if self._pool is not None:
@@ -96,12 +101,13 @@ class Inbound:
             return Verdict.EXPIRED, mailbox
         return Verdict.OK, mailbox
 
-    async def _dkim_keys(self, names: list[str], timeout: float | None = None) -> dict[str, object]:
+    async def _dkim_keys(self, names: list[str], timeout: float | None = None, resolver: Resolver | None = None
+                         ) -> dict[str, object]:
         if not names:
             return {}
         timeout = self.config.smtp.dns_timeout if timeout is None else max(timeout, 0.0)
         try:
-            return await asyncio.wait_for(fetch_dkim_keys(names, self.resolver), timeout)
+            return await asyncio.wait_for(fetch_dkim_keys(names, resolver or self.resolver), timeout)
         except TimeoutError:
             return {name: DnsTempError(f"{name}: no answer in time") for name in names}
 
@@ -124,6 +130,12 @@ class Inbound:
             raise WorkerTimeout(f"parsing in this process ran past the {timeout:g} s limit on one message; "
                                 "the thread finishes it in the background and its result is dropped") from None
 
+    def _unparsed_defect(self, exc: Exception) -> str:
+        if isinstance(exc, WorkerOutOfMemory):
+            return (f"not parsed: parsing and DKIM needed more than {self.config.smtp.parse_memory_limit >> 20} MiB "
+                    "([smtp] parse_memory_limit)")
+        return f"not parsed: parsing and DKIM took longer than {self.config.smtp.parse_timeout:g} s ([smtp] parse_timeout)"
+
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
@@ -138,24 +150,24 @@ class Inbound:
         # dns_timeout bounds the key lookups and SPF + DMARC together (parsing is not DNS time).
         loop = asyncio.get_running_loop()
         started = loop.time()
-        keys = await self._dkim_keys(dkim_key_names(raw))
+        dns = QueryBudget(self.resolver, self.config.smtp.max_dns_queries)  # one budget for the message's lookups
+        keys = await self._dkim_keys(dkim_key_names(raw, self.limits.max_dkim_signatures), resolver=dns)
         dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
         try:
             prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
             parsed, dkim = prepared.parsed, prepared.dkim
             if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
                 started = loop.time()
-                keys.update(await self._dkim_keys(prepared.missing_keys, dns_left))
+                keys.update(await self._dkim_keys(prepared.missing_keys, dns_left, dns))
                 dns_left -= loop.time() - started
-                dkim, _ = await self._in_worker(verify_dkim, raw, keys)
-        except WorkerTimeout as exc:  # stored all the same: raw bytes, and a defect that says why
+                dkim, _ = await self._in_worker(verify_dkim, raw, keys, self.limits.max_dkim_signatures)
+        except (WorkerTimeout, WorkerOutOfMemory) as exc:  # stored all the same: raw bytes, and a defect that says why
             log.warning("stored a message unparsed: %s", exc, extra={"event": "mail.parse_timeout"})
-            parsed = unparsed(raw, f"not parsed: parsing and DKIM took longer than {self.config.smtp.parse_timeout:g} s "
-                                   "([smtp] parse_timeout)")
+            parsed = unparsed(raw, self._unparsed_defect(exc))
             dkim = (DkimResult("", "", "temperror"),)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
-                                  resolver=self.resolver, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
+                                  resolver=dns, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
                                   dkim_results=dkim)
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
@@ -237,7 +249,9 @@ class PreparedMessage:
 def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) -> PreparedMessage:
     """`parse_for_store` and `verify_dkim` of ``raw`` (in a worker process when configured)."""
     try:
-        dkim, missing = verify_dkim(raw, keys)
+        dkim, missing = verify_dkim(raw, keys, limits.max_dkim_signatures)
+    except MemoryError:  # the worker's memory limit: the caller stores the message unparsed
+        raise
     except Exception:  # the message is stored all the same, with DKIM unknown
         log.exception("DKIM verification failed")
         dkim, missing = (DkimResult("", "", "temperror"),), []

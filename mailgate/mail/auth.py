@@ -21,12 +21,15 @@ from typing import Any, TypeVar
 
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
+from publicsuffixlist import PublicSuffixList
 
 from mailgate.mail.resolver import (
+    DnsBudgetSpent,
     DnsNotFound,
     DnsResolver,
     DnsTempError,
     MailAuthError,
+    QueryBudget,
     Resolver,
     StaticResolver,
     _norm,
@@ -36,37 +39,36 @@ from mailgate.mail.spf import SpfResult, check_spf, spf_identity
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AuthResults", "DkimResult", "DmarcResult", "DnsNotFound", "DnsResolver", "DnsTempError", "MailAuthError",
-    "Resolver", "SpfResult", "StaticResolver", "authenticate", "check_dkim", "check_spf", "dkim_key_names",
+    "AuthResults", "DkimResult", "DmarcResult", "DnsBudgetSpent", "DnsNotFound", "DnsResolver", "DnsTempError", "MailAuthError",
+    "QueryBudget", "Resolver", "SpfResult", "StaticResolver", "authenticate", "check_dkim", "check_spf", "dkim_key_names",
     "fetch_dkim_keys", "organizational_domain", "verify_dkim",
 ]
 
 _T = TypeVar("_T")
+MAX_DKIM_SIGNATURES = 5  # the default of [smtp] max_dkim_signatures
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-_ORG_SECOND_LEVEL = frozenset({"co", "com", "org", "net", "ac", "gov", "edu"})
-
-
 
 
 @dataclass(frozen=True)
 class DkimResult:
-    """One DKIM-Signature: pass, fail, neutral, temperror or permerror."""
+    """One DKIM-Signature: pass, fail, neutral, temperror or permerror; or policy (with a
+    `reason`) for the signatures past the per-message limit, which are not checked."""
 
     domain: str
     selector: str
     result: str
-
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class DmarcResult:
-    """DMARC for the From domain: pass, fail or none (also temperror/permerror), and the policy
-    (none, quarantine, reject) its record asks for."""
+    """DMARC for the From domain: pass, fail or none (also temperror/permerror), the policy
+    (none, quarantine, reject) its record asks for, and why, when that is not plain."""
 
     domain: str
     result: str
     policy: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,11 @@ class AuthResults:
         """A JSON-ready dict; `from_dict` reads it back."""
         # written out: dataclasses.asdict deep-copies, which cost more than all the rest per message
         return {
-            "dkim": [{"domain": d.domain, "selector": d.selector, "result": d.result} for d in self.dkim],
+            "dkim": [_with_reason({"domain": d.domain, "selector": d.selector, "result": d.result}, d.reason)
+                     for d in self.dkim],
             "spf": {"domain": self.spf.domain, "result": self.spf.result},
-            "dmarc": {"domain": self.dmarc.domain, "result": self.dmarc.result, "policy": self.dmarc.policy},
+            "dmarc": _with_reason({"domain": self.dmarc.domain, "result": self.dmarc.result,
+                                   "policy": self.dmarc.policy}, self.dmarc.reason),
             "header": self.header,
         }
 
@@ -93,16 +97,30 @@ class AuthResults:
         """Rebuild from `to_dict` output; raises `MailAuthError` on anything else."""
         try:
             dkim_results = tuple(
-                DkimResult(**_strs(d, "domain", "selector", "result")) for d in data["dkim"]
+                DkimResult(**_strs(d, "domain", "selector", "result"), reason=_reason(d)) for d in data["dkim"]
             )
             spf = SpfResult(**_strs(data["spf"], "domain", "result"))
-            dmarc = DmarcResult(**_strs(data["dmarc"], "domain", "result", "policy"))
+            dmarc = DmarcResult(**_strs(data["dmarc"], "domain", "result", "policy"), reason=_reason(data["dmarc"]))
             header = data["header"]
             if not isinstance(header, str):
                 raise TypeError("header is not a string")
         except (KeyError, TypeError, AttributeError) as exc:
             raise MailAuthError(f"not a stored authentication result: {exc}") from exc
         return cls(dkim_results, spf, dmarc, header)
+
+
+def _with_reason(item: dict[str, str], reason: str) -> dict[str, str]:
+    # written only when there is one: the results of ordinary messages are stored as before
+    if reason:
+        item["reason"] = reason
+    return item
+
+
+def _reason(data: Mapping[str, Any]) -> str:
+    reason = data.get("reason", "")
+    if not isinstance(reason, str):
+        raise TypeError("reason is not a string")
+    return reason
 
 
 def _strs(data: Mapping[str, Any], *keys: str) -> dict[str, str]:
@@ -149,9 +167,24 @@ class _DkimRun:
         return tuple(DkimResult(s.domain, s.selector, "temperror") for s in self.signatures)
 
 
+_BLANK_LINE = re.compile(rb"\A\r?\n|\r?\n\r?\n")  # the end of the header block, as dkimpy finds it
+_ANY_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
+_LINE_END = re.compile(rb"\r?\n")
+
+
 def _dkim_prepare(raw: bytes) -> tuple[dkim.DKIM | None, list[_Signature]]:
+    # dkimpy splits the whole message into a list of lines to find its header block (33 MB of
+    # empty lines made 17 million objects, 1.4 GB); it is given the header block alone, and the
+    # body joined with CRLF as its parser would, in one pass. A message without a signature
+    # needs no dkimpy at all.
+    end = _BLANK_LINE.search(raw)
+    head = raw[: end.end()] if end else raw
+    if not _ANY_SIGNATURE.search(head):
+        return None, []
     try:
-        verifier = dkim.DKIM(raw, logger=_DKIM_LOG)
+        verifier = dkim.DKIM(head, logger=_DKIM_LOG)
+        if end:
+            verifier.body = _LINE_END.sub(b"\r\n", raw[end.end() :])
         headers = verifier.headers
     except Exception:  # noqa: BLE001 -- dkimpy cannot read the header block; see below
         verifier = None
@@ -187,8 +220,9 @@ _SIGNATURE_FIELD = re.compile(rb"(?im)^dkim-signature[ \t]*:(.*(?:\r?\n[ \t].*)*
 _FWS = re.compile(rb"[ \t\r\n]+")
 
 
-def dkim_key_names(raw: bytes) -> list[str]:
-    """The DNS names of the keys the DKIM-Signatures of `raw` need, from its header block.
+def dkim_key_names(raw: bytes, max_signatures: int = MAX_DKIM_SIGNATURES) -> list[str]:
+    """The DNS names of the keys the first `max_signatures` DKIM-Signatures of `raw` need, from
+    its header block (the others are not checked: see `verify_dkim`).
 
     A quick scan, cheap enough for the event loop, so that the keys can be fetched before the
     message goes to a worker process, which verifies the signatures together with the parsing.
@@ -197,7 +231,8 @@ def dkim_key_names(raw: bytes) -> list[str]:
     """
     end = _HEADER_END.search(raw)
     names = set()
-    for field in _SIGNATURE_FIELD.finditer(raw, 0, end.start() if end else len(raw)):
+    fields = _SIGNATURE_FIELD.finditer(raw, 0, end.start() if end else len(raw))
+    for _, field in zip(range(max_signatures), fields, strict=False):
         tags: dict[bytes, bytes] = {}
         for item in _FWS.sub(b"", field.group(1)).split(b";"):
             name, eq, value = item.partition(b"=")
@@ -213,10 +248,11 @@ def dkim_key_names(raw: bytes) -> list[str]:
 
 
 def _dkim_verify_all(
-    verifier: dkim.DKIM | None, signatures: list[_Signature], keys: Mapping[str, object]
+    verifier: dkim.DKIM | None, signatures: list[_Signature], keys: Mapping[str, object],
+    max_signatures: int = MAX_DKIM_SIGNATURES,
 ) -> tuple[DkimResult, ...]:
     results = []
-    for idx, sig in enumerate(signatures):
+    for idx, sig in enumerate(signatures[:max_signatures]):
         result = "permerror"
         key = keys.get(sig.key_name)
         if isinstance(key, DnsTempError):
@@ -224,7 +260,17 @@ def _dkim_verify_all(
         elif sig.usable and verifier is not None and isinstance(key, bytes):
             result = _dkim_verify_one(verifier, idx, key)
         results.append(DkimResult(sig.domain, sig.selector, result))
-    return tuple(results)
+    return tuple(results) + _not_checked(signatures, max_signatures)
+
+
+def _not_checked(signatures: list[_Signature], max_signatures: int) -> tuple[DkimResult, ...]:
+    """One result for all the signatures past the limit: each would cost a DNS query and an RSA
+    verification, and a sender may add any number (500 in 45 KB cost 294 queries)."""
+    rest = len(signatures) - max_signatures
+    if rest <= 0:
+        return ()
+    return (DkimResult("", "", "policy", f"not checked: {rest} signatures past the first {max_signatures} "
+                                         "([smtp] max_dkim_signatures)"),)
 
 
 @functools.lru_cache(maxsize=256)
@@ -249,24 +295,27 @@ def _dkim_verify_one(verifier: dkim.DKIM, idx: int, key: bytes) -> str:
         return "permerror"
 
 
-def verify_raw(raw: bytes, signatures: list[_Signature], keys: Mapping[str, object]) -> tuple[DkimResult, ...]:
+def verify_raw(raw: bytes, signatures: list[_Signature], keys: Mapping[str, object],
+               max_signatures: int = MAX_DKIM_SIGNATURES) -> tuple[DkimResult, ...]:
     """`_dkim_verify_all` from the raw bytes alone, so that it can run in another process."""
     verifier, _ = _dkim_prepare(raw)
-    return _dkim_verify_all(verifier, signatures, keys)
+    return _dkim_verify_all(verifier, signatures, keys, max_signatures)
 
 
-def verify_dkim(raw: bytes, keys: Mapping[str, object]) -> tuple[tuple[DkimResult, ...], list[str]]:
-    """Verify every DKIM-Signature of `raw` with `keys` (as `fetch_dkim_keys` returns them); never
-    raises, and needs no DNS, so it runs in a worker process.
+def verify_dkim(raw: bytes, keys: Mapping[str, object],
+                max_signatures: int = MAX_DKIM_SIGNATURES) -> tuple[tuple[DkimResult, ...], list[str]]:
+    """Verify the first `max_signatures` DKIM-Signatures of `raw` with `keys` (as `fetch_dkim_keys`
+    returns them), and record the rest as not checked (one ``policy`` result); never raises, and
+    needs no DNS, so it runs in a worker process.
 
     Returns (results, []), or ((), the key names missing from `keys`) when `dkim_key_names`
     did not name every key dkimpy needs: fetch those and call again.
     """
     verifier, signatures = _dkim_prepare(raw)
-    missing = sorted({s.key_name for s in signatures if s.usable and s.key_name not in keys})
+    missing = sorted({s.key_name for s in signatures[:max_signatures] if s.usable and s.key_name not in keys})
     if missing:
         return (), missing
-    return _dkim_verify_all(verifier, signatures, keys), []
+    return _dkim_verify_all(verifier, signatures, keys, max_signatures), []
 
 
 async def fetch_dkim_keys(names: list[str], resolver: Resolver) -> dict[str, object]:
@@ -285,36 +334,52 @@ async def fetch_dkim_keys(names: list[str], resolver: Resolver) -> dict[str, obj
 
 
 async def check_dkim(
-    raw: bytes, resolver: Resolver, run: _DkimRun | None = None, executor: Executor | None = None
+    raw: bytes, resolver: Resolver, run: _DkimRun | None = None, executor: Executor | None = None,
+    max_signatures: int = MAX_DKIM_SIGNATURES,
 ) -> tuple[DkimResult, ...]:
-    """Verify every DKIM-Signature of `raw`, one result each (empty when there is none).
+    """Verify the first `max_signatures` DKIM-Signatures of `raw`, one result each (empty when
+    there is none), and one ``policy`` result for the rest, which are not checked.
 
     Keys are fetched through `resolver` first; dkimpy then verifies in a worker thread, since
     RSA is CPU work. Ed25519 signatures need PyNaCl and read as permerror without it.
     """
     run = run or _DkimRun()
     verifier, signatures = await asyncio.to_thread(_dkim_prepare, raw)
-    run.signatures = signatures
-    keys = await fetch_dkim_keys(sorted({s.key_name for s in signatures if s.usable}), resolver)
-    if executor is not None and any(s.usable for s in signatures):
-        return await asyncio.get_running_loop().run_in_executor(executor, verify_raw, raw, signatures, keys)
-    return await asyncio.to_thread(_dkim_verify_all, verifier, signatures, keys)
+    run.signatures = signatures[:max_signatures]
+    checked = signatures[:max_signatures]
+    keys = await fetch_dkim_keys(sorted({s.key_name for s in checked if s.usable}), resolver)
+    if executor is not None and any(s.usable for s in checked):
+        return await asyncio.get_running_loop().run_in_executor(executor, verify_raw, raw, signatures, keys,
+                                                                max_signatures)
+    return await asyncio.to_thread(_dkim_verify_all, verifier, signatures, keys, max_signatures)
 
 
 
 # --- DMARC (RFC 7489) -----------------------------------------------------------------------
 
 
+@functools.cache
+def _public_suffix_list() -> PublicSuffixList:
+    # The package ships the list: loading it reads no network, and costs about 0.3 s once.
+    return PublicSuffixList()
+
+
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
-    """The organizational domain of `domain` by a small heuristic, not the Public Suffix List:
-    the last two labels, or three when the TLD has two letters and the second-level label is
-    one of co, com, org, net, ac, gov, edu (example.co.uk). It is wrong for other multi-label
-    public suffixes (e.g. example.pvt.k12.ma.us, user.github.io), where it may treat
-    unrelated domains as aligned under relaxed alignment."""
-    labels = _norm(domain).split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _ORG_SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
+    """The organizational domain of `domain` (RFC 7489 section 3.2): its public suffix from the
+    Public Suffix List (ICANN and private sections, so ``github.io`` is a suffix) plus one label.
+    A domain that is itself a public suffix, or that the list cannot read, is its own."""
+    name = _norm(domain)
+    try:
+        org = _public_suffix_list().privatesuffix(name)
+    except Exception:  # noqa: BLE001 -- a name the list's code cannot read is compared as itself
+        org = None
+    return org or name
+
+
+def warm_up() -> None:
+    """Load the Public Suffix List now, so that no message waits for it."""
+    _public_suffix_list()
 
 
 def _aligned(domain: str, from_domain: str, mode: str) -> bool:
@@ -414,14 +479,15 @@ def format_header(
     if not dkim_results:
         items.append("dkim=none")
     for d in dkim_results:
-        text = f"dkim={d.result}"
+        text = f"dkim={d.result}" + (f" reason={_pvalue(d.reason)}" if d.reason else "")
         text += f" header.d={_pvalue(d.domain)}" if d.domain else ""
         text += f" header.s={_pvalue(d.selector)}" if d.selector else ""
         items.append(text)
     prop = "smtp.helo" if helo_identity else "smtp.mailfrom"
     items.append(f"spf={spf.result}" + (f" {prop}={_pvalue(spf.domain)}" if spf.domain else ""))
     items.append(
-        f"dmarc={dmarc.result}" + (f" header.from={_pvalue(dmarc.domain)}" if dmarc.domain else "")
+        f"dmarc={dmarc.result}" + (f" reason={_pvalue(dmarc.reason)}" if dmarc.reason else "")
+        + (f" header.from={_pvalue(dmarc.domain)}" if dmarc.domain else "")
     )
     return "; ".join(items)
 
@@ -454,6 +520,7 @@ async def authenticate(
     timeout: float = 5.0,
     executor: Executor | None = None,
     dkim_results: tuple[DkimResult, ...] | None = None,
+    max_dkim_signatures: int = MAX_DKIM_SIGNATURES,
 ) -> AuthResults:
     """DKIM (every signature), SPF and DMARC for one message; never raises.
 
@@ -477,7 +544,7 @@ async def authenticate(
         spf_task = asyncio.create_task(check_spf(resolver, client_ip, mail_from, helo))
         tasks = [spf_task]
         if dkim_results is None:
-            dkim_task = asyncio.create_task(check_dkim(raw, resolver, run, executor))
+            dkim_task = asyncio.create_task(check_dkim(raw, resolver, run, executor, max_dkim_signatures))
             tasks.append(dkim_task)
         if from_dom:
             dmarc_task = asyncio.create_task(discover_dmarc(resolver, from_dom))
@@ -498,7 +565,9 @@ async def authenticate(
     unknown = _DmarcPolicy("temperror", "", "")
     policy = _outcome(dmarc_task, unknown)
     if not from_dom:
-        dmarc = DmarcResult("", "permerror", "none")
+        # RFC 7489 section 6.6.1: a message without one usable From domain cannot be evaluated;
+        # it is recorded as such, never as a message that has no DMARC policy.
+        dmarc = DmarcResult("", "permerror", "none", "no usable From address")
     elif policy is unknown:
         dmarc = DmarcResult(from_dom, "temperror", "none")
     else:

@@ -32,11 +32,13 @@ _PARSE_POLICY = policy.default
 
 @dataclass(frozen=True)
 class ParseLimits:
-    """Bounds on the work done for one message; beyond them parsing stops and says so."""
+    """Bounds on the work done for one message in a worker; beyond them parsing stops and says so
+    (`max_dkim_signatures` is the DKIM verification's, done in the same worker call)."""
 
     max_parts: int = 1000
     max_depth: int = 20
     max_header_bytes: int = 256 * 1024
+    max_dkim_signatures: int = 5
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,8 @@ _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape kept
 def clean_text(value: str) -> str:
     """Return `value` as valid Unicode without NUL: surrogate-escaped bytes become UTF-8 (or
     Latin-1 when they are not UTF-8), NUL becomes U+FFFD (PostgreSQL text cannot hold NUL)."""
+    if value.isascii():  # the common case, and no copy of a big text: nothing to repair but NUL
+        return value.replace("\x00", "\ufffd")
     if _ESCAPED.search(value):
         raw = value.encode("utf-8", "surrogateescape")
         try:
@@ -245,6 +249,8 @@ class _Parser:
             if part.get_content_maintype() == "multipart" and part.is_multipart():
                 return self.visit_multipart(part, depth, want_body)
             return self.visit_leaf(part, want_body)
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 -- a broken part must not lose the others
             self.defect(
                 f"part {number} ({_safe_type(part)}) unreadable: {type(exc).__name__}: {exc}"
@@ -408,8 +414,20 @@ def _content_id(part: Message) -> str | None:
     return value or None
 
 
+# The fields a message's record and its DMARC check cannot do without: read even when they come
+# after `max_header_bytes` (a sender can put any amount of Received: above them), the first
+# occurrence of each, up to _RESCUE_BYTES in all. DKIM-Signature fields need no rescue: DKIM
+# reads the raw header block itself.
+_RESCUED = (b"from", b"sender", b"reply-to", b"to", b"cc", b"subject", b"message-id", b"date", b"mime-version",
+            b"content-type", b"content-transfer-encoding", b"content-disposition")
+_RESCUE_BYTES = 64 * 1024
+_RESCUE_FIELD = re.compile(rb"(?im)^(" + b"|".join(_RESCUED) + rb")[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*")
+_FIELD_NAME = re.compile(rb"(?im)^(" + b"|".join(_RESCUED) + rb")[ \t]*:")
+
+
 def _split_headers(raw: bytes, limit: int, parser: _Parser) -> bytes:
-    """Return `raw` with its header block cut to `limit` bytes at a line end, if it is longer."""
+    """Return `raw` with its header block cut to `limit` bytes at a line end, if it is longer,
+    plus the first occurrence of each `_RESCUED` field found past the cut and not before it."""
     end = re.search(rb"\r?\n\r?\n", raw)
     header_len = end.start() if end else len(raw)
     if header_len <= limit:
@@ -419,6 +437,24 @@ def _split_headers(raw: bytes, limit: int, parser: _Parser) -> bytes:
     parser.defect(
         f"header block of {header_len} bytes exceeds limit ({limit}); parsed the first {len(head)}"
     )
+    have = {m.group(1).lower() for m in _FIELD_NAME.finditer(head)}
+    rescued: list[bytes] = []
+    size = 0
+    block_end = raw.index(b"\n", header_len) + 1 if end else len(raw)  # with the last field's line end
+    for m in _RESCUE_FIELD.finditer(raw, len(head), block_end):
+        name = m.group(1).lower()
+        if name in have:
+            continue
+        have.add(name)
+        if size + len(m.group(0)) > _RESCUE_BYTES:
+            parser.defect(f"{clean_text(m.group(1).decode('latin-1'))} field past the header limit not read: too long")
+            continue
+        size += len(m.group(0))
+        rescued.append(m.group(0) if m.group(0).endswith(b"\n") else m.group(0) + b"\r\n")
+    if rescued:
+        names = ", ".join(clean_text(f.split(b":", 1)[0].strip().decode("latin-1")) for f in rescued)
+        parser.defect(f"read past the header limit all the same: {names}")
+        head += b"".join(rescued)
     body = raw[end.end() :] if end else b""
     return head + (b"\r\n" if head.endswith(b"\r\n") else b"\n") + body
 
@@ -496,6 +532,50 @@ def _all_headers(msg: Message, parser: _Parser) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # email.feedparser.headerRE
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|\Z)")  # a line as the feed parser splits them
+
+
+def _feed_parser(budget: _PartBudget, parse_policy: Policy) -> BytesFeedParser:
+    feed = BytesFeedParser(_factory=budget, policy=parse_policy)
+    budget.reset()  # the constructor calls the factory once to probe its signature
+    return feed
+
+
+def _parse_single_part(feed: BytesFeedParser, data: bytes) -> Message | None:
+    """The message, when it is not multipart or message/*, with its body set in one piece; else
+    None, and `feed` is spent: parse with a new one.
+
+    The stdlib feed parser keeps every body line as a string of its own until the part ends: about
+    60 bytes per line, so 33 MB of empty lines took 1.7 GB and 11 s. For a part that is not a
+    container it then sets the payload to the lines joined again, that is to the body text exactly;
+    here the parser reads the header block (and the first body line, so that it notes the same
+    defects), and the body is given to the message whole.
+    """
+    pos = 0
+    size = len(data)
+    while True:  # the header block as the feed parser ends it: at a blank line or a non-header line
+        line = _LINE.match(data, pos)
+        if line is None or line.end() == pos:
+            return None  # no body at all: the ordinary way is as cheap
+        if line.group().startswith((b"\r", b"\n")):
+            body = line.end()
+            break
+        if not _HEADER_LINE.match(data, pos):
+            body = pos
+            break
+        pos = line.end()
+        if pos >= size:
+            return None
+    first = _LINE.match(data, body)
+    feed.feed(data[: first.end() if first is not None else body])
+    msg = feed.close()
+    if msg.get_content_maintype() in ("multipart", "message"):
+        return None  # a fresh parser reads the whole message the ordinary way
+    msg.set_payload(data[body:].decode("ascii", "surrogateescape"))
+    return msg
+
+
 _DEFAULT_LIMITS = ParseLimits()
 
 
@@ -515,13 +595,16 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS) -> ParsedMe
     msg: Message | None = None
     structure_read = False
     try:
-        feed = BytesFeedParser(_factory=budget, policy=parse_policy)
-        budget.reset()  # the constructor calls the factory once to probe its signature
-        feed.feed(data)
-        msg = feed.close()
+        msg = _parse_single_part(_feed_parser(budget, parse_policy), data)
+        if msg is None:
+            feed = _feed_parser(budget, parse_policy)
+            feed.feed(data)
+            msg = feed.close()
         structure_read = True
     except _PartLimitReached:
         msg, structure_read = budget.root, True
+    except MemoryError:  # not a defect of the message: the worker's limit (see mailgate.mail.workers)
+        raise
     except Exception as exc:  # noqa: BLE001 -- fall back to the headers alone
         parser.defect(f"message structure unreadable: {type(exc).__name__}: {exc}")
         try:
@@ -534,6 +617,8 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS) -> ParsedMe
     if structure_read:
         try:
             found = parser.visit(msg, 0, want_body=True)
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 -- keep the header fields read below
             parser.defect(f"body unreadable: {type(exc).__name__}: {exc}")
     if budget.exhausted:

@@ -33,6 +33,10 @@ class DnsTempError(MailAuthError):
     """The lookup failed for now (timeout, SERVFAIL, no reachable server)."""
 
 
+class DnsBudgetSpent(DnsTempError):
+    """The message's budget of DNS queries is spent; the lookup was not made."""
+
+
 class Resolver(Protocol):
     """Asynchronous DNS as mail authentication needs it. Each TXT string is one record with its
     character-strings joined; every method raises `DnsNotFound` or `DnsTempError`."""
@@ -121,3 +125,41 @@ class StaticResolver:
 
     async def mx(self, name: str) -> list[tuple[int, str]]:
         return await self._get("MX", name)
+
+
+class QueryBudget:
+    """A `Resolver` that passes at most `limit` queries for one message to `resolver`; past that
+    each query raises `DnsBudgetSpent` (a temperror for the check that asked).
+
+    DMARC's own lookups (``_dmarc.*``) are counted but never refused: RFC 7489 section 6.6.3
+    makes at most two per message, and without them a DMARC policy could not be applied at all.
+    `used` and `refused` count the queries made and refused.
+    """
+
+    def __init__(self, resolver: Resolver, limit: int) -> None:
+        self._resolver = resolver
+        self.limit = limit
+        self.used = 0
+        self.refused = 0
+
+    def _spend(self, rtype: str, name: str) -> None:
+        if self.used >= self.limit and not _norm(name).startswith("_dmarc."):
+            self.refused += 1
+            raise DnsBudgetSpent(f"{rtype} {name}: not asked, the message used its {self.limit} DNS queries")
+        self.used += 1
+
+    async def txt(self, name: str) -> list[str]:
+        self._spend("TXT", name)
+        return await self._resolver.txt(name)
+
+    async def a(self, name: str) -> list[str]:
+        self._spend("A", name)
+        return await self._resolver.a(name)
+
+    async def aaaa(self, name: str) -> list[str]:
+        self._spend("AAAA", name)
+        return await self._resolver.aaaa(name)
+
+    async def mx(self, name: str) -> list[tuple[int, str]]:
+        self._spend("MX", name)
+        return await self._resolver.mx(name)

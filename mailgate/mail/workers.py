@@ -17,7 +17,9 @@ import asyncio
 import collections
 import logging
 import multiprocessing
+import os
 import pickle
+import resource
 import signal
 import socket
 import struct
@@ -40,6 +42,7 @@ _MAX_QUEUED = 3  # calls handed to one worker before it answers the first
 # socket from where it is, in blocks, as the worker reads it: the daemon holds no copy of it.
 _OUT_OF_BAND = 64 * 1024
 _BLOCK = 256 * 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class WorkerDied(MailgateError):
@@ -50,10 +53,30 @@ class WorkerTimeout(MailgateError):
     """A call ran past its time limit; the worker running it was stopped and is replaced."""
 
 
-def _serve(sock: socket.socket) -> None:
-    """A worker's life: answer ``(fn, args)`` calls, in order, until the socket closes."""
+class WorkerOutOfMemory(MailgateError):
+    """A call needed more memory than the worker's limit; the worker is replaced."""
+
+
+def _rss() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _serve(sock: socket.socket, memory_limit: int = 0, max_rss: int = 0, warm_up: bool = False) -> None:
+    """A worker's life: answer ``(fn, args)`` calls, in order, until the socket closes.
+
+    ``memory_limit`` (bytes, 0 = none) caps the process's data segment (RLIMIT_DATA: its heap and
+    private mappings), so a call that would need more fails with MemoryError instead of taking
+    the host's memory; ``max_rss`` (bytes, 0 = never) ends the worker after a call that leaves it
+    with more resident memory than that (Python keeps freed memory for reuse), or after a
+    MemoryError. The pool starts another in its place. The warm-up call (``warm_up``: the first)
+    is not measured: a worker must be able to start.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
+    if memory_limit:
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
     reader = sock.makefile("rb")
+    unmeasured = 1 if warm_up else 0
     while True:
         header = reader.read(_CALL.size)
         if len(header) < _CALL.size:
@@ -69,8 +92,13 @@ def _serve(sock: socket.socket) -> None:
             return
         fn, args = pickle.loads(data, buffers=buffers)
         del data, buffers
+        recycle = False
         try:
             answer: tuple[bool, Any] = (True, fn(*args))
+        except MemoryError:
+            answer = (False, WorkerOutOfMemory(f"a mail worker process needed more than its {memory_limit >> 20} MiB "
+                                               "on one call; another is started"))
+            recycle = True
         except Exception as exc:  # noqa: BLE001 -- handed back to the caller
             answer = (False, exc)
         del fn, args
@@ -80,6 +108,12 @@ def _serve(sock: socket.socket) -> None:
             out = pickle.dumps((False, MailgateError(f"the worker could not send its answer: {exc!r}")))
         sock.sendall(_LENGTH.pack(len(out)))
         sock.sendall(out)
+        del answer, out
+        if recycle or (max_rss and not unmeasured and _rss() > max_rss):
+            sock.sendall(_LENGTH.pack(0))  # an empty answer: "I end myself", so the pool knows it was no crash
+            sock.shutdown(socket.SHUT_WR)
+            os._exit(0)
+        unmeasured = max(unmeasured - 1, 0)
 
 
 @dataclass
@@ -101,6 +135,7 @@ class _Worker(asyncio.Protocol):
         self._buffered = 0
         self._needed = _LENGTH.size  # bytes that complete the header or the pickle being read
         self._size: int | None = None  # the pickle's length once its header is read
+        self.recycling = False  # the worker said it ends itself after its last answer
         self.send_lock = asyncio.Lock()  # held while a call is written in several pieces
         self._writable = asyncio.Event()
         self._writable.set()
@@ -132,6 +167,8 @@ class _Worker(asyncio.Protocol):
                     (self._size,) = _LENGTH.unpack(part)
                     self._needed = self._size
                     part.release()
+                    if not self._size:
+                        self._size, self._needed, self.recycling = None, _LENGTH.size, True
                     continue
                 self._size, self._needed = None, _LENGTH.size
                 answer = pickle.loads(part)
@@ -152,8 +189,12 @@ class WorkerPool:
     """``processes`` worker processes (forkserver: they inherit no thread, socket or loop of the
     daemon), started on the first call."""
 
-    def __init__(self, processes: int, warm_up: Callable[[], Any] | None = None) -> None:
+    def __init__(self, processes: int, warm_up: Callable[[], Any] | None = None, *, memory_limit: int = 0,
+                 max_rss: int = 0) -> None:
         self.processes = processes
+        self.memory_limit = memory_limit  # see `_serve`
+        self.max_rss = max_rss
+        self.recycled = 0  # workers that ended themselves to give memory back
         self._warm_up = warm_up  # run in each new worker before it takes calls (imports, caches)
         self._context = multiprocessing.get_context("forkserver")
         self._workers: list[_Worker] = []
@@ -263,7 +304,8 @@ class WorkerPool:
     async def _add_worker(self) -> None:
         assert self._loop is not None
         ours, theirs = socket.socketpair()
-        process = self._context.Process(target=_serve, args=(theirs,), daemon=True, name="mailgate-mail-worker")
+        process = self._context.Process(target=_serve, args=(theirs, self.memory_limit, self.max_rss, self._warm_up is not None), daemon=True,
+                                        name="mailgate-mail-worker")
         await asyncio.to_thread(process.start)  # the first start also starts the fork server
         theirs.close()
         worker = _Worker(self, process)
@@ -301,7 +343,17 @@ class WorkerPool:
             self._workers.remove(worker)
         worker.process.join(0)
         died = WorkerDied(f"a mail worker process ended (exit code {worker.process.exitcode})")
-        if worker.calls:  # the call it was running fails; those it had not started go elsewhere
+        if worker.recycling:
+            self.recycled += 1
+            log.info("a mail worker process ended itself to give back its memory; starting another",
+                     extra={"event": "mail.worker_recycled"})
+        elif not self._closed:
+            log.warning("%s; starting another", died, extra={"event": "mail.worker_died"})
+        self._replace(worker, died)
+
+    def _replace(self, worker: _Worker, died: WorkerDied) -> None:
+        """Fail the call ``worker`` was running with ``died``, hand its queued calls on, start another."""
+        if worker.calls and not worker.recycling:  # the call it was running fails; those it had not started go elsewhere
             running = worker.calls.popleft().future
             if not running.done():
                 running.set_result((False, died))
@@ -314,10 +366,8 @@ class WorkerPool:
                 task = self._loop.create_task(self._redispatch(call))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        if not self._closed:
-            log.warning("%s; starting another", died, extra={"event": "mail.worker_died"})
-            if self._loop is not None and self._starting is None:
-                self._starting = self._loop.create_task(self._start())
+        if not self._closed and self._loop is not None and self._starting is None:
+            self._starting = self._loop.create_task(self._start())
         self._wake()
 
     def _stop(self, worker: _Worker) -> None:

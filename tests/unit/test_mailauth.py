@@ -21,10 +21,12 @@ from mailgate.mail.auth import (
     AuthResults,
     DkimResult,
     DmarcResult,
+    DnsBudgetSpent,
     DnsNotFound,
     DnsResolver,
     DnsTempError,
     MailAuthError,
+    QueryBudget,
     SpfResult,
     StaticResolver,
     authenticate,
@@ -377,10 +379,67 @@ async def test_spf_bad_inputs() -> None:
         ("www.example.de", "example.de"),
         ("x.example.com.au", "example.com.au"),
         ("Example.COM.", "example.com"),
+        # from the Public Suffix List, not a two- or three-label guess
+        ("victim.github.io", "victim.github.io"),
+        ("www.victim.github.io", "victim.github.io"),
+        ("github.io", "github.io"),  # a public suffix is its own organizational domain
+        ("com", "com"),
+        ("a.b.example.pvt.k12.ma.us", "example.pvt.k12.ma.us"),
+        ("shop.example.com.br", "example.com.br"),
+        ("x.example.uk", "example.uk"),
+        ("mail.example.co.uk", "example.co.uk"),
     ],
 )
 def test_organizational_domain(domain: str, org: str) -> None:
     assert organizational_domain(domain) == org
+
+
+@pytest.mark.asyncio
+async def test_relaxed_alignment_does_not_join_two_owners_of_a_private_suffix(key1: RsaKey) -> None:
+    # attacker.github.io has a valid SPF pass and DKIM signature of its own; the From claims
+    # victim.github.io, whose DMARC record says reject. Under the two-label guess both are
+    # "github.io" and relaxed alignment passed the spoof.
+    spoof = MESSAGE.replace(b"alice@example.com", b"ceo@victim.github.io")
+    signed = sign(spoof, key1, domain="attacker.github.io")
+    resolver = StaticResolver({
+        ("TXT", "sel._domainkey.attacker.github.io"): [key1.record],
+        ("TXT", "attacker.github.io"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("TXT", "_dmarc.victim.github.io"): ["v=DMARC1; p=reject"],
+        ("TXT", "_dmarc.github.io"): ["v=DMARC1; p=none"],
+    })
+    results = await auth(signed, resolver, mail_from="x@attacker.github.io", from_domain="victim.github.io")
+    assert results.dkim == (DkimResult("attacker.github.io", "sel", "pass"),)
+    assert results.spf == SpfResult("attacker.github.io", "pass")
+    assert results.dmarc == DmarcResult("victim.github.io", "fail", "reject")
+    # the owner's own subdomain still aligns
+    own = await auth(sign(spoof, key1, domain="mail.victim.github.io"),
+                     StaticResolver({("TXT", "sel._domainkey.mail.victim.github.io"): [key1.record],
+                                     ("TXT", "_dmarc.victim.github.io"): ["v=DMARC1; p=reject"]}),
+                     mail_from="x@attacker.github.io", from_domain="victim.github.io")
+    assert own.dmarc == DmarcResult("victim.github.io", "pass", "reject")
+
+
+@pytest.mark.asyncio
+async def test_relaxed_alignment_under_co_uk(key1: RsaKey) -> None:
+    resolver = StaticResolver({
+        ("TXT", "sel._domainkey.mail.example.co.uk"): [key1.record],
+        ("TXT", "sel._domainkey.other.co.uk"): [key1.record],
+        ("TXT", "_dmarc.example.co.uk"): ["v=DMARC1; p=reject"],
+    })
+    same = await auth(sign(MESSAGE, key1, domain="mail.example.co.uk"), resolver, from_domain="news.example.co.uk",
+                      client_ip="203.0.113.9")
+    assert same.dmarc == DmarcResult("news.example.co.uk", "pass", "reject")
+    other = await auth(sign(MESSAGE, key1, domain="other.co.uk"), resolver, from_domain="example.co.uk",
+                       client_ip="203.0.113.9")
+    assert other.dmarc == DmarcResult("example.co.uk", "fail", "reject")
+
+
+@pytest.mark.asyncio
+async def test_dmarc_record_of_a_subdomain_is_looked_up_at_its_organizational_domain() -> None:
+    resolver = StaticResolver({("TXT", "_dmarc.victim.github.io"): ["v=DMARC1; p=none; sp=reject"]})
+    results = await auth(MESSAGE, resolver, from_domain="news.victim.github.io", client_ip="203.0.113.9")
+    assert results.dmarc == DmarcResult("news.victim.github.io", "fail", "reject")
+    assert ("TXT", "_dmarc.github.io") not in resolver.queries
 
 
 def auth_resolver(
@@ -500,8 +559,8 @@ async def test_dmarc_temperror_and_missing_from(key1: RsaKey) -> None:
     resolver = auth_resolver(key1, txt={"_dmarc.example.com": DnsTempError("servfail")})
     assert (await auth(MESSAGE, resolver)).dmarc == DmarcResult("example.com", "temperror", "none")
     none = await auth(MESSAGE, auth_resolver(key1), from_domain=None)
-    assert none.dmarc == DmarcResult("", "permerror", "none")
-    assert none.header.endswith("; dmarc=permerror")
+    assert none.dmarc == DmarcResult("", "permerror", "none", "no usable From address")
+    assert none.header.endswith('; dmarc=permerror reason="no usable From address"')
 
 
 @pytest.mark.asyncio
@@ -579,7 +638,10 @@ async def test_to_dict_and_back(key1: RsaKey) -> None:
     results = await auth(sign(MESSAGE, key1), auth_resolver(key1))
     data = json.loads(json.dumps(results.to_dict()))
     assert data["dkim"] == [{"domain": "example.com", "selector": "sel", "result": "pass"}]
-    assert data == dataclasses.asdict(results) | {"dkim": [dataclasses.asdict(d) for d in results.dkim]}
+    plain = dataclasses.asdict(results)
+    plain["dkim"] = [{k: v for k, v in d.items() if k != "reason"} for d in plain["dkim"]]
+    plain["dmarc"] = {k: v for k, v in plain["dmarc"].items() if k != "reason"}
+    assert data == plain  # a reason is written only when there is one: ordinary results are stored as before
     assert list(data) == [f.name for f in dataclasses.fields(AuthResults)]
     assert AuthResults.from_dict(data) == results
     for bad in (
@@ -650,3 +712,75 @@ async def test_dns_resolver_maps_answers_and_errors() -> None:
         assert time.monotonic() - start < 2
     finally:
         transport.close()
+
+
+# --- bounded work per message ----------------------------------------------------------------
+
+
+def many_signatures(key: RsaKey, count: int) -> bytes:
+    """`count` DKIM-Signatures, each by its own domain (d0.example ... ), on MESSAGE."""
+    raw = MESSAGE
+    for n in range(count):
+        raw = sign(raw, key, domain=f"d{n}.example")
+    return raw
+
+
+@pytest.mark.asyncio
+async def test_only_the_first_signatures_are_checked_and_looked_up(key1: RsaKey) -> None:
+    raw = many_signatures(key1, 8)  # the last signed is the first header: d7, d6, ... d0
+    assert len(dkim_key_names(raw)) == 5
+    assert dkim_key_names(raw, 2) == ["sel._domainkey.d6.example", "sel._domainkey.d7.example"]
+    resolver = StaticResolver({("TXT", f"sel._domainkey.d{n}.example"): [key1.record] for n in range(8)})
+    results = await check_dkim(raw, resolver, max_signatures=3)
+    assert [(d.domain, d.result) for d in results] == [
+        ("d7.example", "pass"), ("d6.example", "pass"), ("d5.example", "pass"), ("", "policy")]
+    assert results[-1].reason == "not checked: 5 signatures past the first 3 ([smtp] max_dkim_signatures)"
+    assert len(resolver.queries) == 3
+    keys = await fetch_dkim_keys(dkim_key_names(raw, 3), resolver)
+    assert verify_dkim(raw, keys, 3) == (results, [])
+    header = (await auth(raw, resolver, max_dkim_signatures=3)).header
+    assert 'dkim=policy reason="not checked: 5 signatures past the first 3 ([smtp] max_dkim_signatures)";' in header
+
+
+@pytest.mark.asyncio
+async def test_five_hundred_signatures_cost_a_bounded_number_of_dns_queries() -> None:
+    # the finding: 500 DKIM-Signature headers in a 45 KB message caused 294 DNS queries
+    raw = b"".join(f"DKIM-Signature: v=1; a=rsa-sha256; d=signer{n}.example; s=sel1; h=from; bh=; b=\r\n".encode()
+                   for n in range(500)) + MESSAGE
+    assert 40_000 < len(raw) < 50_000
+    resolver = StaticResolver({})
+    results = await auth(raw, resolver)
+    key_queries = [q for q in resolver.queries if "._domainkey." in q[1]]
+    assert len(key_queries) == 5
+    assert [d.result for d in results.dkim[5:]] == ["policy"] and len(results.dkim) == 6
+    assert AuthResults.from_dict(json.loads(json.dumps(results.to_dict()))) == results
+
+
+@pytest.mark.asyncio
+async def test_query_budget_refuses_past_the_limit_but_never_dmarc() -> None:
+    inner = StaticResolver({("TXT", "a.example"): ["x"], ("TXT", "_dmarc.a.example"): ["v=DMARC1; p=reject"]})
+    budget = QueryBudget(inner, 2)
+    assert await budget.txt("a.example") == ["x"]
+    with pytest.raises(DnsNotFound):
+        await budget.a("a.example")
+    with pytest.raises(DnsBudgetSpent):
+        await budget.mx("a.example")
+    assert await budget.txt("_dmarc.a.example") == ["v=DMARC1; p=reject"]  # counted, not refused
+    assert (budget.used, budget.refused) == (3, 1)
+    assert len(inner.queries) == 3
+
+
+@pytest.mark.asyncio
+async def test_spf_sprawl_stops_at_the_budget_and_dmarc_still_decides() -> None:
+    # an SPF record whose ten mx terms would cost over a hundred queries within RFC 7208's limits
+    table: dict[tuple[str, str], Any] = {
+        ("TXT", "sprawl.example"): ["v=spf1 " + " ".join(f"mx:m{n}.example.com" for n in range(10)) + " -all"],
+        ("TXT", "_dmarc.example.com"): ["v=DMARC1; p=reject"],
+    }
+    for n in range(10):
+        table[("MX", f"m{n}.example.com")] = [(10, f"h{n}-{k}.example.com") for k in range(10)]
+    budget = QueryBudget(StaticResolver(table), 12)
+    results = await auth(MESSAGE, budget, client_ip="203.0.113.9", mail_from="x@sprawl.example")
+    assert results.spf == SpfResult("sprawl.example", "temperror")
+    assert results.dmarc == DmarcResult("example.com", "fail", "reject")
+    assert budget.used <= 12 + 2 and budget.refused >= 1
