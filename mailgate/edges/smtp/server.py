@@ -175,12 +175,40 @@ class MailgateSMTP(SMTP):
         self._started = self._last_command = self._data_started = self._last_read = 0.0
         self._received = 0
         self._timed_out = False
+        self._refused = False
+        self._counted: str | None = None  # the client address counted in `limits` while connected
         super().__init__(handler, timeout=timing.timeout, **kwargs)
         self._started = self.loop.time()
         for name in _JUNK_COMMANDS:
             method = self._smtp_methods.get(name)
             if method is not None:
                 self._smtp_methods[name] = functools.partial(self._junk_command, name, method)
+
+    # -- connection caps: decided before aiosmtpd starts a session, so that a refusal costs little ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and self.transport is None:  # a new connection, not TLS after STARTTLS
+            ip = _ip(transport.get_extra_info("peername"))
+            refusal = self._limits.enter(ip)
+            if refusal is not None:
+                self._refused = True
+                log.info("smtp peer=%s refused: %s (%d open, %d from this address)", ip, refusal.value,
+                         self._limits.open, self._limits.counts.get(ip, 0), extra={"event": "smtp.connection_limit"})
+                reply = TOO_MANY_CONNECTIONS if refusal is Refusal.PER_CLIENT else SERVER_BUSY
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(reply.encode() + b"\r\n")  # a socket takes this much at once
+                transport.close()  # the file is closed in the next loop iteration
+                return
+            self._counted = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # no session was started
+        if self._counted is not None:
+            self._limits.leave(self._counted)
+            self._counted = None
+        super().connection_lost(error)
 
     @property
     def _peer_ip(self) -> str:
@@ -383,23 +411,11 @@ class MailgateSMTP(SMTP):
         self._reset_timeout()
         await self.push(reply)
 
-    async def _handle_client(self) -> None:
-        ip = self._peer_ip
-        refusal = self._limits.enter(ip)
-        if refusal is not None:
-            log.info("smtp peer=%s refused: %s (%d open, %d from this address)", ip, refusal.value,
-                     self._limits.open, self._limits.counts.get(ip, 0), extra={"event": "smtp.connection_limit"})
-            await self.push(TOO_MANY_CONNECTIONS if refusal is Refusal.PER_CLIENT else SERVER_BUSY)
-            self._close()
-            return
-        try:
-            await super()._handle_client()
-        finally:
-            self._limits.leave(ip)
-
-
 def _peer(session: Session) -> str:
-    peer = session.peer
+    return _ip(session.peer)
+
+
+def _ip(peer: Any) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return str(peer)
