@@ -92,9 +92,18 @@ class SmtpConfig:
     hostname: str = _f("", "name in the banner, EHLO reply and Authentication-Results; empty = this host's FQDN")
     max_message_size: int = _f(33554432, "largest message accepted, in bytes (advertised with SIZE)", minimum=1024)
     max_recipients: int = _f(50, "recipients accepted per message; more get 452 4.5.3", minimum=1)
+    max_connections: int = _f(1000, "concurrent connections in all; more get 421 4.7.0 and are closed. Lowered at start to "
+                              "leave a quarter of the open-files limit (at least 164 files) to the rest of the daemon", minimum=1)
     max_connections_per_client: int = _f(20, "concurrent connections from one client address; more get 421", minimum=1)
     max_unknown_recipients: int = _f(10, "unknown recipients one connection may try before it gets 421 and is closed", minimum=1)
-    timeout: float = _f(300.0, "seconds of client silence before the connection is closed (RFC 5321 4.5.3.2)", minimum=1)
+    timeout: float = _f(300.0, "seconds the server waits for each command and for each read within DATA before it answers "
+                        "421 4.4.2 and closes (RFC 5321 4.5.3.2 asks for at least 300); storing a message is not counted", minimum=1)
+    min_data_rate: float = _f(1024.0, "bytes per second a sender must keep up within DATA: the whole DATA section may take "
+                              "timeout + its size / min_data_rate seconds (1 MB at 1 KB/s passes with the defaults)", minimum=1)
+    max_session_age: float = _f(1800.0, "seconds a connection may last; checked while it waits for a command (a DATA "
+                                "in progress is bounded by timeout and min_data_rate instead)", minimum=1)
+    max_junk_commands: int = _f(100, "NOOP, RSET, VRFY, EXPN and HELP commands a connection may send between two accepted "
+                                "messages; one more gets 421 4.7.0 and the connection is closed", minimum=1)
     tls_cert: str = _f("", "PEM certificate chain for STARTTLS; STARTTLS is offered when this and tls_key are set")
     tls_key: str = _f("", "PEM private key for STARTTLS")
     auth_policy: Literal["record", "reject"] = _f("record", "record: keep DKIM/SPF/DMARC results; reject: also refuse DMARC failures with p=reject")

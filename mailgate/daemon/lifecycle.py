@@ -25,6 +25,7 @@ from mailgate.core.interviews import Registry, load_interviews
 from mailgate.core.pool import WorkerPool
 from mailgate.core.runtime import Runtime
 from mailgate.daemon import sdnotify
+from mailgate.daemon.resources import AcceptFailureLog, raise_open_files_limit
 from mailgate.edges.scheduler import CronCalendar, Scheduler, check_schedule
 from mailgate.edges.smtp.server import SmtpServer, server_hostname
 from mailgate.edges.web.app import WebServer
@@ -110,6 +111,7 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._stop = asyncio.Event()
         self._stopping = False
+        self._accept_failures = AcceptFailureLog()
 
     async def __aenter__(self) -> Daemon:
         try:
@@ -130,6 +132,9 @@ class Daemon:
                 log.warning("role %r is not part of this version yet; running %s", role, ", ".join(active) or "nothing",
                             extra={"event": "daemon.role_unavailable"})
         registry = self._registry or load_interviews(self.config.interviews.modules, self.config.interviews.paths)
+        if not self.one_shot:
+            raise_open_files_limit()  # before the SMTP edge sizes its connection cap from it
+            self._accept_failures.install(asyncio.get_running_loop())
         self.store = open_store(self.config.store, clock=self._clock)
         await self.store.open()
         await self.store.migrate()
@@ -265,6 +270,7 @@ class Daemon:
             self.runtime.close()
         if self.store is not None:
             await self.store.close()
+        self._accept_failures.uninstall()
         if not self.one_shot:
             log.info("mailgate stopped", extra={"event": "daemon.stopped"})
 

@@ -2,6 +2,11 @@
 
 ``json`` format writes one object per line with ``time``, ``level``, ``logger``, ``message`` and the
 stable ``event`` field that lifecycle lines carry. Nothing here logs message bodies or secrets.
+
+Messages often carry what a client sent (an address, a command, a HELO name); the edges escape it,
+and both formats escape again whatever control characters reach a message (from a library's own
+log line, say), so that no client can write an ESC sequence to the operator's terminal or forge a
+log line with a CR or LF. Tracebacks keep their lines.
 """
 
 from __future__ import annotations
@@ -9,10 +14,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control, bidi-override and undecodable characters as escapes (a tab stays)."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +47,7 @@ class JsonFormatter(logging.Formatter):
         data: dict[str, object] = {}
         if self.with_time:
             data["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        data.update(level=record.levelname.lower(), logger=record.name, message=record.getMessage())
+        data.update(level=record.levelname.lower(), logger=record.name, message=escape_controls(record.getMessage()))
         data.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
@@ -39,7 +62,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter(with_time=not under_journald))
     else:
         text = "%(levelname)s %(name)s: %(message)s"
-        handler.setFormatter(logging.Formatter(text if under_journald else "%(asctime)s " + text))
+        handler.setFormatter(TextFormatter(text if under_journald else "%(asctime)s " + text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

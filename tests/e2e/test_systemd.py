@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.config import SmtpConfig
+from mailgate.edges.smtp.limits import connection_cap
 from tests.helpers import ROOT, mailgate_cmd, start_mailgate, subprocess_env, wait_for, wait_for_log
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +68,11 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
                        ("ProtectSystem", "strict"), ("NoNewPrivileges", "yes"), ("StateDirectory", "mailgate"),
                        ("ConfigurationDirectory", "mailgate"), ("User", "mailgate")]:
         assert value in unit_value(key), key
+    # the unit's open-files limit leaves room for the default SMTP connection cap (the daemon may not
+    # raise the limit itself under the unit's system-call filter)
+    (limit,) = unit_value("LimitNOFILE")
+    default_cap = SmtpConfig().max_connections
+    assert connection_cap(default_cap, int(limit)) == default_cap, limit
     res = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60)
     score = re.search(r"Overall exposure level for mailgate.service: ([\d.]+)", res.stdout)
     assert score and float(score.group(1)) <= 2.0, res.stdout[-500:]

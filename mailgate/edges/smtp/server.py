@@ -2,25 +2,41 @@
 
 The handler implements only the hooks it needs (RCPT, DATA, exceptions) and turns the core's
 verdicts (:mod:`mailgate.core.inbound`) into replies. A small SMTP subclass adds what aiosmtpd has no
-hook for: a per-client connection cap, enhanced status codes on aiosmtpd's own size replies, a
-line length that real mail needs, and a DATA reader that reads blocks instead of lines
-(:mod:`mailgate.edges.smtp.data`, same rules as aiosmtpd 1.4.6's, a fraction of its CPU).
+hook for: connection caps per client and in all, RFC 5321 timeouts that never count mailgate's own
+work, a cap on commands that do not move a transaction, no STARTTLS within TLS, answers to a client
+that half-closes after its last command, one log line per refusal, enhanced status codes on
+aiosmtpd's own size replies, a line length that real mail needs, and a DATA reader that reads
+blocks instead of lines (:mod:`mailgate.edges.smtp.data`, same rules as aiosmtpd 1.4.6's, a
+fraction of its CPU). The subclass uses aiosmtpd internals of 1.4.x, which is why pyproject.toml
+pins ``aiosmtpd<1.5``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+import resource
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
 from mailgate.config import SmtpConfig
 from mailgate.core.inbound import Inbound, Verdict
 from mailgate.edges.smtp.data import DataError, read_data
+from mailgate.edges.smtp.limits import (
+    ACCEPT_BACKLOG,
+    ClientLimits,
+    Phase,
+    Refusal,
+    Timing,
+    connection_cap,
+    shown,
+)
 from mailgate.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -34,6 +50,10 @@ RELAY_DENIED = "550 5.7.1 Relaying denied: this server accepts mail for its own 
 BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients; send the rest in another message"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address; try again later"
+SERVER_BUSY = "421 4.7.0 Too many connections; try again later"
+TIMED_OUT = "421 4.4.2 Timeout; closing connection"
+TOO_MANY_JUNK_COMMANDS = "421 4.7.0 Too many commands that send no mail; closing connection"
+TLS_ALREADY_ACTIVE = "503 5.5.1 TLS already active"
 TOO_MANY_UNKNOWN = "421 4.7.0 Too many unknown recipients; closing connection"
 MESSAGE_TOO_BIG = "552 5.3.4 Message too big for this server"
 LINE_TOO_LONG = "500 5.5.2 Line too long for this server"
@@ -47,30 +67,15 @@ _REWRITE = {
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": LINE_TOO_LONG,
 }
-
-
-class ClientLimits:
-    """Concurrent connections per client address."""
-
-    def __init__(self, per_client: int) -> None:
-        self.per_client = per_client
-        self.counts: dict[str, int] = {}
-        self.open = 0
-
-    def enter(self, ip: str) -> bool:
-        if self.counts.get(ip, 0) >= self.per_client:
-            return False
-        self.counts[ip] = self.counts.get(ip, 0) + 1
-        self.open += 1
-        return True
-
-    def leave(self, ip: str) -> None:
-        self.open -= 1
-        left = self.counts.get(ip, 1) - 1
-        if left <= 0:
-            self.counts.pop(ip, None)
-        else:
-            self.counts[ip] = left
+# aiosmtpd's own refusals that it does not log (or logs without the peer): the reason we log.
+_AIOSMTPD_REFUSALS = {
+    "552 Error: message size exceeds fixed maximum message size": "MAIL FROM declares a SIZE above max_message_size",
+    "500 Command line too long": "command line too long",
+    "502 5.5.1 Too many unrecognized commands, goodbye.": "too many unrecognized commands; closing",
+}
+# Commands that send no mail (Postfix's "junk commands"): a client may send only so many of them
+# between two accepted messages, or a NOOP every minute would keep a connection forever.
+_JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "EXPN", "HELP")
 
 
 class Handler:
@@ -86,6 +91,8 @@ class Handler:
         peer = _peer(session)
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             self.inbound.count_rejection("too_many_recipients")
+            log.info("smtp peer=%s rcpt=%s rejected: more than %d recipients", peer, shown(address),
+                     self.config.max_recipients, extra={"event": "smtp.rcpt_rejected"})
             return TOO_MANY_RECIPIENTS
         verdict, mailbox = await self.inbound.check_recipient(address)
         if verdict is Verdict.OK and mailbox is not None:
@@ -95,7 +102,7 @@ class Handler:
             envelope.mailgate_mailboxes = accepted  # type: ignore[attr-defined]
             return OK_RCPT
         self.inbound.count_rejection(verdict.name.lower())
-        log.info("smtp peer=%s rcpt=%s rejected: %s", peer, address, verdict.value, extra={"event": "smtp.rcpt_rejected"})
+        log.info("smtp peer=%s rcpt=%s rejected: %s", peer, shown(address), verdict.value, extra={"event": "smtp.rcpt_rejected"})
         if verdict is Verdict.FOREIGN_DOMAIN:
             return RELAY_DENIED
         if verdict is Verdict.BAD_ADDRESS:
@@ -136,6 +143,8 @@ class Handler:
             log.info("smtp peer=%s rejected message: %s %s", peer, result.rejected, summary, extra={"event": "smtp.rejected"})
             return DMARC_REJECT
         if not result.stored and not result.duplicates:
+            log.info("smtp peer=%s mailboxes=%s rejected message: the mailboxes were deleted after RCPT", peer,
+                     shown(",".join(envelope.rcpt_tos)), extra={"event": "smtp.rejected"})
             return MAILBOX_GONE
         log.info("smtp peer=%s mailboxes=%s size=%d stored=%s duplicates=%d %s", peer,
                  ",".join(a.partition("@")[0] for a in envelope.rcpt_tos), len(raw), ",".join(result.stored),
@@ -155,15 +164,156 @@ _PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0
 
 
 class MailgateSMTP(SMTP):
-    def __init__(self, handler: Handler, limits: ClientLimits, *, max_line_length: int, **kwargs: Any) -> None:
+    def __init__(self, handler: Handler, limits: ClientLimits, *, max_line_length: int, timing: Timing,
+                 max_junk_commands: int, **kwargs: Any) -> None:
         self.line_length_limit = max_line_length  # read by SMTP.__init__ for the stream's limit
         self._limits = limits
-        super().__init__(handler, **kwargs)
+        self._timing = timing
+        self._max_junk = max_junk_commands
+        self._junk = 0
+        self._phase = Phase.COMMAND
+        self._started = self._last_command = self._data_started = self._last_read = 0.0
+        self._received = 0
+        self._timed_out = False
+        self._refused = False
+        self._counted: str | None = None  # the client address counted in `limits` while connected
+        super().__init__(handler, timeout=timing.timeout, **kwargs)
+        self._started = self.loop.time()
+        for name in _JUNK_COMMANDS:
+            method = self._smtp_methods.get(name)
+            if method is not None:
+                self._smtp_methods[name] = functools.partial(self._junk_command, name, method)
+
+    # -- connection caps: decided before aiosmtpd starts a session, so that a refusal costs little ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and self.transport is None:  # a new connection, not TLS after STARTTLS
+            ip = _ip(transport.get_extra_info("peername"))
+            refusal = self._limits.enter(ip)
+            if refusal is not None:
+                self._refused = True
+                log.info("smtp peer=%s refused: %s (%d open, %d from this address)", ip, refusal.value,
+                         self._limits.open, self._limits.counts.get(ip, 0), extra={"event": "smtp.connection_limit"})
+                reply = TOO_MANY_CONNECTIONS if refusal is Refusal.PER_CLIENT else SERVER_BUSY
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(reply.encode() + b"\r\n")  # a socket takes this much at once
+                transport.close()  # the file is closed in the next loop iteration
+                return
+            self._counted = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # no session was started
+        if self._counted is not None:
+            self._limits.leave(self._counted)
+            self._counted = None
+        super().connection_lost(error)
+
+    @property
+    def _peer_ip(self) -> str:
+        return _peer(self.session) if self.session is not None else "?"
+
+    def _mailboxes(self) -> str:
+        return shown(",".join(dict.fromkeys(self.envelope.rcpt_tos))) if self.envelope is not None else ""
+
+    def _close(self) -> None:
+        """Close the connection after what was written; aiosmtpd's command loop ends at once."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close()
 
     async def push(self, status: Any) -> None:
+        if self.transport is None:
+            return  # closed by mailgate (a refusal, a timeout, the client's end of stream)
         if isinstance(status, str):
+            reason = _AIOSMTPD_REFUSALS.get(status)
+            if reason is not None:
+                log.info("smtp peer=%s refused: %s", self._peer_ip, reason, extra={"event": "smtp.refused"})
             status = _REWRITE.get(status, status)
         await super().push(status)
+
+    # -- timeouts (RFC 5321 section 4.5.3.2): one timer, re-armed lazily ---------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd calls this when a connection starts and after each valid command."""
+        self._phase = Phase.COMMAND
+        self._last_command = self.loop.time()
+        self._arm()
+
+    def _deadline(self) -> tuple[float, str]:
+        if self._phase is Phase.DATA:
+            return self._timing.data_deadline(data_started=self._data_started, last_read=self._last_read,
+                                              received=self._received)
+        return self._timing.command_deadline(started=self._started, last_command=self._last_command)
+
+    def _arm(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timeout_handle = self.loop.call_at(self._deadline()[0], self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        if self.transport is None or self._phase is Phase.PROCESSING:
+            return
+        when, reason = self._deadline()
+        if when > self.loop.time() + 0.01:  # reads since the timer was armed moved the deadline
+            self._timeout_handle = self.loop.call_at(when, self._timeout_cb)
+            return
+        log.info("smtp peer=%s mailboxes=%s closed while %s: %s", self._peer_ip, self._mailboxes(),
+                 self._phase.value, reason, extra={"event": "smtp.timeout"})
+        self._timed_out = True
+        self._writer.write(TIMED_OUT.encode() + b"\r\n")
+        self._close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase is Phase.DATA:  # each read within DATA restarts its wait
+            self._received += len(data)
+            self._last_read = self.loop.time()
+        super().data_received(data)
+
+    # -- the end of the client's stream, TLS -------------------------------------------------
+
+    def eof_received(self) -> bool | None:
+        if self.session is not None and self.session.ssl is not None:
+            return super().eof_received()  # TLS has no half-close
+        # aiosmtpd 1.4.6 stops the session here, dropping the commands still in the buffer. A
+        # client that writes its whole session and then closes its side (`nc`) gets every command
+        # answered instead: the command loop ends when it reads the end (handle_exception).
+        return asyncio.StreamReaderProtocol.eof_received(self)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, asyncio.IncompleteReadError):
+            self._close()  # the client's end of stream, every command before it answered
+            return ""
+        if isinstance(error, TLSSetupException):
+            # aiosmtpd closes the connection after this and sends nothing
+            cause = error.__cause__ or error
+            log.info("smtp peer=%s: TLS handshake failed: %s; connection closed", self._peer_ip,
+                     shown(str(cause) or type(cause).__name__), extra={"event": "smtp.tls_failed"})
+            return ""
+        status: str = await super().handle_exception(error)
+        return status
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            # RFC 3207 section 4.2: no second STARTTLS; aiosmtpd 1.4.6 answered 220 and then broke down
+            log.info("smtp peer=%s refused: STARTTLS within TLS", self._peer_ip, extra={"event": "smtp.refused"})
+            await self.push(TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def _junk_command(self, name: str, method: Callable[[str], Awaitable[None]], arg: str) -> None:
+        self._junk += 1
+        if self._junk > self._max_junk:
+            log.info("smtp peer=%s refused: more than %d %s commands without a message; closing", self._peer_ip,
+                     self._max_junk, "/".join(_JUNK_COMMANDS), extra={"event": "smtp.refused"})
+            await self.push(TOO_MANY_JUNK_COMMANDS)
+            self._close()
+            return
+        await method(arg)
+
+    # -- addresses and DATA -----------------------------------------------------------------
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser, with a shortcut for a plain ``<local@domain>``.
@@ -208,19 +358,29 @@ class MailgateSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
+        now = self.loop.time()
+        self._phase, self._data_started, self._last_read, self._received = Phase.DATA, now, now, 0
+        self._arm()
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             original_content, error = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
         except asyncio.CancelledError:
-            log.info("smtp: connection lost during DATA")
+            if not self._timed_out:  # a timeout has logged its own line
+                log.info("smtp peer=%s mailboxes=%s: connection lost during DATA after %d bytes", self._peer_ip,
+                         self._mailboxes(), self._received, extra={"event": "smtp.dropped"})
             self._writer.close()
             raise
-        except asyncio.IncompleteReadError:  # the client closed the connection within DATA
-            self._writer.close()
+        except asyncio.IncompleteReadError:
+            log.info("smtp peer=%s mailboxes=%s: the client closed the connection during DATA after %d bytes",
+                     self._peer_ip, self._mailboxes(), self._received, extra={"event": "smtp.dropped"})
+            self._close()
             return
         if error is not None or original_content is None:
-            await self.push(LINE_TOO_LONG if error is DataError.TOO_LONG else MESSAGE_TOO_BIG)
+            log.info("smtp peer=%s mailboxes=%s refused message: %s", self._peer_ip, self._mailboxes(),
+                     (error or DataError.TOO_MUCH).value, extra={"event": "smtp.refused"})
             self._set_post_data_state()
+            self._reset_timeout()
+            await self.push(LINE_TOO_LONG if error is DataError.TOO_LONG else MESSAGE_TOO_BIG)
             return
         content: str | bytes = original_content
         if self._decode_data:
@@ -234,26 +394,28 @@ class MailgateSMTP(SMTP):
                     return
         self.envelope.content = content
         self.envelope.original_content = original_content
-        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
-
-    async def _handle_client(self) -> None:
-        ip = _peer(self.session) if self.session is not None else "?"
-        if not self._limits.enter(ip):
-            log.info("smtp peer=%s refused: connection limit", ip, extra={"event": "smtp.connection_limit"})
-            await self.push(TOO_MANY_CONNECTIONS)
-            if self.transport is not None:
-                self.transport.close()
-            return
+        # Storing the message is mailgate's time, not the client's: no timer runs meanwhile.
+        self._phase = Phase.PROCESSING
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
         try:
-            await super()._handle_client()
-        finally:
-            self._limits.leave(ip)
-
+            status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
+        except asyncio.CancelledError:
+            log.info("smtp peer=%s mailboxes=%s: connection lost while the message was being stored; no reply sent",
+                     self._peer_ip, self._mailboxes(), extra={"event": "smtp.dropped"})
+            raise
+        self._set_post_data_state()
+        reply = "250 OK" if status is MISSING else status
+        if isinstance(reply, str) and reply.startswith("250"):
+            self._junk = 0
+        self._reset_timeout()
+        await self.push(reply)
 
 def _peer(session: Session) -> str:
-    peer = session.peer
+    return _ip(session.peer)
+
+
+def _ip(peer: Any) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return str(peer)
@@ -277,7 +439,8 @@ class SmtpServer:
     def __init__(self, inbound: Inbound, config: SmtpConfig) -> None:
         self.config = config
         self.handler = Handler(inbound, config)
-        self.limits = ClientLimits(config.max_connections_per_client)
+        self.limits = ClientLimits(config.max_connections_per_client, config.max_connections)
+        self.timing = Timing(config.timeout, config.min_data_rate, config.max_session_age)
         self.hostname = server_hostname(config)
         self._tls = tls_context(config)
         self._server: asyncio.Server | None = None
@@ -285,10 +448,10 @@ class SmtpServer:
 
     def _protocol(self) -> MailgateSMTP:
         return MailgateSMTP(
-            self.handler, self.limits, max_line_length=self.config.max_line_length,
-            data_size_limit=self.config.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+            self.handler, self.limits, max_line_length=self.config.max_line_length, timing=self.timing,
+            max_junk_commands=self.config.max_junk_commands, data_size_limit=self.config.max_message_size, enable_SMTPUTF8=True, decode_data=False,
             hostname=self.hostname, ident="mailgate", tls_context=self._tls, require_starttls=False,
-            timeout=self.config.timeout, loop=asyncio.get_running_loop(),
+            loop=asyncio.get_running_loop(),
         )
 
     def reload_tls(self) -> None:
@@ -301,10 +464,20 @@ class SmtpServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.config.host, self.config.port)
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if open_files == resource.RLIM_INFINITY:
+            open_files = 1 << 20
+        self.limits.total = connection_cap(self.config.max_connections, open_files)
+        if self.limits.total < self.config.max_connections:
+            log.warning("smtp: at most %d connections, not [smtp] max_connections = %d: the open-files limit is %d "
+                        "(raise LimitNOFILE= in the systemd unit)", self.limits.total, self.config.max_connections,
+                        open_files, extra={"event": "smtp.connection_cap"})
+        self._server = await loop.create_server(self._protocol, self.config.host, self.config.port,
+                                                backlog=ACCEPT_BACKLOG)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("smtp listening on %s:%d (STARTTLS %s)", self.config.host, self.port,
-                 "offered" if self._tls else "off", extra={"event": "smtp.listening"})
+        log.info("smtp listening on %s:%d (STARTTLS %s), at most %d connections, %d per client address",
+                 self.config.host, self.port, "offered" if self._tls else "off", self.limits.total,
+                 self.limits.per_client, extra={"event": "smtp.listening"})
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; let messages being stored finish (no 250 is sent for unstored mail)."""
