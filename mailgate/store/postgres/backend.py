@@ -27,7 +27,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 
 import asyncpg
@@ -47,6 +46,7 @@ from mailgate.store.base import (
     Store,
     TaskRecord,
 )
+from mailgate.store.migrations import numbered
 from mailgate.store.postgres.errors import (
     DRIVER_ERRORS,
     Outage,
@@ -75,13 +75,7 @@ MIGRATION_LOCK = 0x6D61696C67617465  # pg_advisory_xact_lock key of migrating pr
 
 
 def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("mailgate.store.postgres") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            number = int(entry.name.split("_", 1)[0])
-            found.append((number, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
+    return numbered("mailgate.store.postgres")
 
 
 def _task(row: asyncpg.Record) -> TaskRecord:

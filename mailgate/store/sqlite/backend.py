@@ -19,7 +19,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from importlib import resources
 from typing import Any
 
 import aiosqlite
@@ -39,6 +38,7 @@ from mailgate.store.base import (
     Store,
     TaskRecord,
 )
+from mailgate.store.migrations import numbered
 from mailgate.store.sqlite.cache import SessionCache
 from mailgate.store.sqlite.writer import SqliteWriter, store_error
 
@@ -56,13 +56,7 @@ EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, pa
 
 
 def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("mailgate.store.sqlite") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            number = int(entry.name.split("_", 1)[0])
-            found.append((number, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
+    return numbered("mailgate.store.sqlite")
 
 
 class SqliteStore(Store):
