@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import kill_process, mailgate_cmd, start_mailgate, stop_process, subprocess_env, wait_for_log
+from tests.helpers import (
+    kill_process,
+    mailgate_cmd,
+    start_mailgate,
+    stop_process,
+    subprocess_env,
+    wait_for_log,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

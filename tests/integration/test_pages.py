@@ -26,6 +26,7 @@ from tests.integration.test_web import web_edge
 
 pytestmark = pytest.mark.asyncio
 KEY = "test-api-key-123"
+PAGES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "web" / "demo").glob("*.html"))
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 AiohttpClient = Callable[..., Awaitable[TestClient[aioweb.Request, aioweb.Application]]]
 Http = TestClient[aioweb.Request, aioweb.Application]
@@ -85,8 +86,7 @@ async def test_the_index_says_what_each_demo_shows_and_what_it_ports(http: Http)
     kind, text, _ = await fetch(http, "GET", "/demo/", 200)
     assert kind == "text/html"
     assert '<link rel="stylesheet" href="/static/demo.css">' in text
-    pages = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "web" / "demo").glob("*.html"))
-    assert sorted(DEMOS) == pages  # every page is described, and only pages that exist
+    assert sorted(DEMOS) == PAGES  # every page is described, and only pages that exist
     for name, demo in DEMOS.items():
         assert demo.shows and demo.ports
         item = text[text.index(f'id="demo-{name}"'):]
