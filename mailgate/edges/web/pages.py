@@ -171,7 +171,7 @@ async def demo_index(request: web.Request) -> web.Response:
             f"{_start_form(name)}</li>")
     body = ("<h1>mailgate demos</h1>\n<p>Ports of docassemble's background-action and check-in demo interviews. "
             "Each Start button creates a new session and opens its page; a page's address keeps the session.</p>\n"
-            f'<ul class="demos">\n' + "\n".join(items) + "\n</ul>")
+            '<ul class="demos">\n' + "\n".join(items) + "\n</ul>")
     return page("demos", body)
 
 
