@@ -8,20 +8,31 @@ that is an error.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import smtplib
 import socket
 import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import kill_process, start_mailgate, stop_process, subprocess_env, wait_for_log
+from tests.helpers import (
+    kill_process,
+    mailgate_cmd,
+    start_mailgate,
+    stop_process,
+    subprocess_env,
+    wait_for_log,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -34,6 +45,12 @@ DEMO_PAGES = (
     "ajax-calc-javascript", "ajax-refresh", "email-to-case",
 )
 TIMEOUT_MS = 15_000
+RECONNECT_MS = 30_000  # a page retries with backoff (up to 10 s between attempts) while the daemon is down
+API_KEY = "browser-test-api-key"
+BUSY = re.compile(r"(^|\s)mailgate-busy(\s|$)")
+# The page's token has expired by its own payload (base64url JSON with "exp"); atob needs no padding.
+TOKEN_EXPIRED_JS = ("Date.now() / 1000 > JSON.parse(atob(client.token.split('.')[0]"
+                    ".replace(/-/g, '+').replace(/_/g, '/'))).exp")
 
 
 def _missing() -> str | None:
@@ -50,7 +67,7 @@ if MISSING is not None and not os.environ.get("CI"):
 if MISSING is not None:
     pytest.fail(f"CI is set, so the browser tests must run, but {MISSING}", pytrace=False)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +92,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     tmp = tmp_path_factory.mktemp("browser")
     config = tmp / "mailgate.toml"
     config.write_text("\n".join([
-        "[web]", "port = 0",
+        "[web]", "port = 0", f'api_key = "{API_KEY}"',
         "[smtp]", "port = 0", f'dns_servers = ["127.0.0.1:{_unused_udp_port()}"]', "dns_timeout = 1.0",
         "[tasks]", "poll_interval = 0.05",
         "[interviews]", 'modules = ["mailgate.demo.checkin"]',
@@ -100,23 +117,94 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture
-def page(browser: Browser, demo: Demo) -> Iterator[Page]:
-    context = browser.new_context(base_url=demo.base_url)
+@contextmanager
+def new_page(browser: Browser, base_url: str) -> Iterator[Page]:
+    """A page in a context of its own; fails the test if the page had JavaScript errors."""
+    context = browser.new_context(base_url=base_url)
     context.set_default_timeout(TIMEOUT_MS)
     p = context.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield p
-    context.close()
+    try:
+        yield p
+    finally:
+        context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
-def open_demo(page: Page, name: str) -> None:
-    """Open a demo page (a new session) and wait until its WebSocket is connected."""
+@pytest.fixture
+def page(browser: Browser, demo: Demo) -> Iterator[Page]:
+    with new_page(browser, demo.base_url) as p:
+        yield p
+
+
+class Restartable:
+    """``mailgate demo`` that a test stops and starts again on the same store and the same port."""
+
+    def __init__(self, tmp: Path, web: list[str]) -> None:
+        self.tmp = tmp
+        self.web = web
+        self.port = 0
+        self.starts = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.config = tmp / "mailgate.toml"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> None:
+        self.config.write_text("\n".join([
+            "[store]", f'path = "{self.tmp / "demo.sqlite3"}"',
+            "[web]", f"port = {self.port}", *self.web,
+            "[smtp]", "port = 0", f'dns_servers = ["127.0.0.1:{_unused_udp_port()}"]', "dns_timeout = 1.0",
+            "[tasks]", "poll_interval = 0.05",
+            "[interviews]", 'modules = ["mailgate.demo.checkin"]',
+            "[daemon]", "grace_period = 2",
+        ]) + "\n")
+
+    def start(self) -> None:
+        self._write_config()
+        self.starts += 1
+        log = self.tmp / f"daemon-{self.starts}.log"
+        self.proc = start_mailgate("demo", env=subprocess_env(self.config), log=log)
+        port = int(wait_for_log(self.proc, log, r"web listening on [\d.]+:(\d+)", 30, "the web port").group(1))
+        assert self.port in (0, port), (self.port, port)
+        self.port = port
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        assert stop_process(self.proc, 20) == 0, (self.tmp / f"daemon-{self.starts}.log").read_text()
+        self.proc = None
+
+    def cli(self, *args: str) -> str:
+        """``mailgate ARGS`` on the same config and store; its standard output."""
+        done = subprocess.run(mailgate_cmd(*args), env=subprocess_env(self.config), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Iterator[Restartable]:
+    """A demo daemon with browser tokens valid for 2 s (``token_ttl``), started."""
+    daemon = Restartable(tmp_path, ["token_ttl = 2"])
+    daemon.start()
+    try:
+        yield daemon
+        if daemon.proc is not None:
+            daemon.stop()
+    finally:
+        if daemon.proc is not None:
+            kill_process(daemon.proc)
+
+
+def open_demo(page: Page, name: str) -> str:
+    """Start a demo (a new session) and wait until its WebSocket is connected; the session's id."""
     page.goto(f"/demo/{name}")
+    page.get_by_role("button", name="Start the demo").click()
     expect(page).to_have_url(re.compile(rf"/demo/{re.escape(name)}\?session=\w+$"))
     expect(page.locator("html")).to_have_attribute("data-mailgate", "connected")
+    return page.url.rsplit("=", 1)[1]
 
 
 def add_to_553(page: Page, value: str) -> None:
@@ -149,7 +237,8 @@ def test_target_template_renders_markdown_under_the_button(page: Page) -> None:
     food.press("Tab")
     feedback = page.locator("[data-mailgate-target=feedback]")
     expect(feedback).to_have_text("What? You like SOUP?")
-    expect(feedback.locator("strong")).to_have_text("SOUP")  # the Markdown was rendered
+    expect(feedback.locator("em")).to_have_text("What?")  # the Markdown was rendered, as docassemble's "_What?_"
+    expect(feedback.locator("strong")).to_have_count(0)
     food.fill("<i>x</i>")  # a value is text, never markup
     food.press("Tab")
     expect(feedback).to_have_text("What? You like <I>X</I>?")
@@ -353,6 +442,149 @@ def test_client_reconnects_and_keeps_working(page: Page) -> None:
     expect(page.locator("html")).to_have_attribute("data-mailgate", "connected")
     add_to_553(page, "3")
     expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 556.")
+
+
+def test_a_page_whose_token_expired_recovers_after_a_restart_with_what_it_missed(
+        browser: Browser, restartable: Restartable) -> None:
+    """Finding 11: the page outlives its token (2 s here, 1 h by default), the daemon restarts, and the
+    page renews its token, reconnects and shows the flashes committed while it was away."""
+    with new_page(browser, restartable.base_url) as page:
+        sid = open_demo(page, "ajax-flash")
+        page.evaluate("window.demoPageLoad = 1; window.renewed = 0;"
+                      "document.addEventListener('mailgate:renewed', () => window.renewed++)")
+        first_token = page.evaluate("client.token")
+        # One event seen live first: in a store without any event a page has no id to resume from
+        # (the server takes last=0 for a new page), which is not what this test is about.
+        restartable.cli("sessions", "run", sid, "criticize_food", "--arg", "favorite_food=apple")
+        expect(page.locator("#mailgate-flash")).to_have_text("What? You like APPLE?")
+        page.wait_for_function(TOKEN_EXPIRED_JS)
+        restartable.stop()
+        expect(page.locator("html")).to_have_attribute("data-mailgate", "reconnecting")
+        for food in ("kale", "pear"):  # committed while the daemon is down: the page can only catch up on them
+            restartable.cli("sessions", "run", sid, "criticize_food", "--arg", f"favorite_food={food}")
+        restartable.start()
+        flashes = page.locator("#mailgate-flash .mailgate-flash-message")
+        expect(flashes).to_have_text(["What? You like APPLE?", "What? You like KALE?", "What? You like PEAR?"],
+                                     timeout=RECONNECT_MS)
+        expect(page.locator("html")).to_have_attribute("data-mailgate", "connected")
+        assert page.evaluate("window.renewed") >= 1 and page.evaluate("client.token") != first_token
+        assert page.evaluate("window.demoPageLoad") == 1  # caught up without a reload
+
+
+def test_while_the_daemon_is_down_the_page_says_so_and_runs_no_click(browser: Browser, restartable: Restartable) -> None:
+    """Finding 12: the page shows it is offline, its buttons are off, a run made meanwhile fails at
+    once and is never sent later (three clicks used to give three tasks after the reconnect)."""
+    with new_page(browser, restartable.base_url) as page:
+        sid = open_demo(page, "background_action_flash")
+        html, banner = page.locator("html"), page.locator("#mailgate-status")
+        expect(banner).to_be_hidden()
+        restartable.stop()
+        expect(html).to_have_class(re.compile(r"(^|\s)mailgate-reconnecting(\s|$)"))
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("Reconnecting…")
+        button = page.get_by_role("button", name="Continue")
+        expect(button).to_be_disabled()
+        page.get_by_label("Number").fill("2")
+        for _ in range(3):
+            button.click(force=True)  # a disabled button: nothing happens
+            page.locator("#question").evaluate("form => form.requestSubmit()")  # past the button: the client refuses
+        expect(page.locator("#screen")).to_have_text("not connected: start was not run")
+        assert page.evaluate("client.run('start', {value_to_add: 1}).then(() => 'sent', (e) => e.code)") == "offline"
+        restartable.start()
+        expect(html).to_have_attribute("data-mailgate", "connected", timeout=RECONNECT_MS)
+        expect(banner).to_be_hidden()
+        expect(button).to_be_enabled()
+        add_to_553(page, "3")
+        expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 556.")
+        tasks = json.loads(restartable.cli("tasks", "list", "--session", sid, "--json"))
+        assert len(tasks) == 1, tasks  # only the click made while connected
+
+
+def test_a_run_without_an_answer_times_out_and_a_running_task_shows(page: Page) -> None:
+    """Finding 12: ``run`` rejects after its timeout; the page shows a task at work until it ends."""
+    routes: list[WebSocketRoute] = []
+    held: list[str] = []
+    holding = [False]
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        routes.append(ws)
+
+        def to_server(message: str | bytes) -> None:
+            if json.loads(message).get("action") != "screen":  # "screen" runs get no answer
+                server.send(message)
+
+        def to_page(message: str | bytes) -> None:
+            data = json.loads(message)
+            if data.get("kind") == "task" or (held and holding[0]):
+                holding[0] = True
+                held.append(str(message))  # the task's end, and what follows it, wait
+            else:
+                ws.send(message)
+
+        ws.on_message(to_server)
+        server.on_message(to_page)
+
+    page.route_web_socket(re.compile(r"/ws\?token="), route)
+    open_demo(page, "background_action_flash")
+    html = page.locator("html")
+    outcome = page.evaluate("""Promise.race([
+        client.run("screen", {}, {timeout: 300}).then(() => "answered", (e) => e.code + ": " + e.message),
+        new Promise((resolve) => setTimeout(() => resolve("still waiting after 5 s"), 5000))])""")
+    assert outcome == "timeout: no answer to screen within 0.3 s"
+    expect(html).not_to_have_class(BUSY)  # a run that timed out no longer counts
+    add_to_553(page, "2")
+    expect(page.locator("#screen")).to_have_text("Your answer will appear shortly.")  # the run answered...
+    expect(html).to_have_class(BUSY)  # ...and its task runs
+    expect(page.locator("#mailgate-working")).to_be_visible()
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not held:  # the route's callbacks run while Playwright is called: wait in the page
+        assert time.monotonic() < deadline, "the task's end never came"
+        page.evaluate("new Promise((resolve) => setTimeout(resolve, 20))")
+    expect(html).to_have_class(BUSY)
+    holding[0] = False
+    for message in held:
+        routes[-1].send(message)
+    expect(page.locator("#mailgate-flash")).to_contain_text("The answer is 555.")
+    expect(html).not_to_have_class(BUSY)
+    expect(page.locator("#mailgate-working")).to_be_hidden()
+
+
+@pytest.mark.xfail(reason="finding 8 (server side, another branch): a backlog over send_queue (256) ends in 1013 too slow, "
+                          "so the page needs a second connection", strict=True)
+def test_a_page_catches_up_on_400_missed_events_with_one_reconnect(page: Page, demo: Demo) -> None:
+    """Must show (finding 8's server side with the client): 400 events committed while the page was
+    away arrive over one new connection, none of them dropped as "too slow"."""
+    blocked = [False]
+    opened: list[str] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        if blocked[0]:
+            ws.close(code=1013, reason="blocked by the test")
+            return
+        opened.append(ws.url)
+        ws.connect_to_server()
+
+    page.route_web_socket(re.compile(r"/ws\?token="), route)
+    sid = open_demo(page, "ajax-flash")
+    page.evaluate("window.flashes = 0; window.welcomes = 0;"
+                  "document.addEventListener('mailgate:flash', () => window.flashes++);"
+                  "document.addEventListener('mailgate:connected', () => window.welcomes++)")
+    blocked[0] = True
+    page.evaluate("client.ws.close()")
+    expect(page.locator("html")).to_have_attribute("data-mailgate", "reconnecting")
+    for i in range(400):
+        request = urllib.request.Request(
+            f"{demo.base_url}/api/sessions/{sid}/actions/criticize_food", method="POST",
+            data=json.dumps({"arguments": {"favorite_food": f"food {i}"}}).encode(),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+    before = len(opened)
+    blocked[0] = False
+    page.wait_for_function("window.flashes === 400", timeout=RECONNECT_MS)
+    expect(page.locator("#mailgate-flash .mailgate-flash-message").last).to_have_text("What? You like FOOD 399?")
+    assert page.evaluate("window.welcomes") == 1 and len(opened) == before + 1, opened[before:]
 
 
 # -- several hosts ---------------------------------------------------------------------------------------

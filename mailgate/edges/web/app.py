@@ -37,7 +37,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def build_app(runtime: Runtime, inbound: Inbound | None, hub: Hub, metrics_: Metrics) -> web.Application:
     config = runtime.config.web
-    app = web.Application(middlewares=[api.errors_middleware, api.api_key_middleware], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[api.errors_middleware, api.api_key_middleware, pages.html_errors], client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
     app[INBOUND] = inbound
     app[HUB] = hub
