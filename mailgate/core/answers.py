@@ -141,7 +141,7 @@ def _dec(value: Any, depth: int) -> Any:
     if not isinstance(value, (list, dict)):
         return value
     tag = value.get(TAG) if isinstance(value, dict) else None
-    if isinstance(tag, str) and (tag in _LEAF_TAGS or tag in _ref_types):
+    if isinstance(value, dict) and isinstance(tag, str) and (tag in _LEAF_TAGS or tag in _ref_types):
         return _dec_leaf(value, tag)
     if depth >= MAX_DEPTH:  # the same containers as _enc counts, so whatever encode wrote decodes
         raise _too_deep("stored data")
