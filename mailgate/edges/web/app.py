@@ -33,7 +33,7 @@ class UnparsableRequests(logging.Filter):
         if isinstance(exc, HttpProcessingError):
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             record.msg, record.args = "unparsable HTTP request from %s answered %d: %s", (
-                remote, exc.code, " ".join(exc.message.split())[:200])
+                remote, exc.code, (exc.message.strip().splitlines() or ["?"])[0][:200])  # not the header line it quotes next: it may hold a key
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
             record.event = "http.unparsable"
