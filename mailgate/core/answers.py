@@ -56,7 +56,7 @@ def encode(answers: dict[str, Any]) -> str:
 
 def _dumps(value: Any, path: str) -> str:
     text = json.dumps(_enc(value, path, 0), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    if _SURROGATE.search(text):  # rare: find which string, for the message
+    if not text.isascii() and _SURROGATE.search(text):  # rare: find which string, for the message
         _find_surrogate(value, path)
     return text
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -268,6 +269,13 @@ async def test_finding_4_a_405_says_which_methods_are_allowed(http: Http) -> Non
         async with http.request(method, path) as r:
             assert r.status == 405 and set(r.headers["Allow"].split(",")) == allowed, (method, path, r.headers.get("Allow"))
             assert "not allowed" in (await r.json())["error"]
+
+
+async def test_an_oversized_body_is_a_json_413_as_documented(http: Http) -> None:
+    err = await api(http, "POST", "/api/sessions", 413, data=io.BytesIO(b" " * (1024 * 1024 + 1)), headers={"Content-Type": "application/json"})
+    assert "larger than 1048576 bytes" in err["error"]
+    doc = await api(http, "GET", "/api/openapi.json", 200)
+    assert "413" in doc["paths"]["/api/sessions"]["post"]["responses"]
 
 
 async def test_finding_4_the_openapi_document_names_each_interviews_actions(daemon: Daemon, http: Http) -> None:

@@ -21,7 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad request", 401: "missing or wrong API key", 404: "not found", 409: "session busy or conflict",
-            422: "the action failed or cannot run", 503: "API disabled (no api_key configured), or the store is unavailable for now (full, locked): "
+            413: "the body is larger than 1 MiB", 422: "the action failed or cannot run", 503: "API disabled (no api_key configured), or the store is unavailable for now (full, locked): "
             "retry after the Retry-After header's seconds"}
     return {str(c): _json(ERROR, text[c]) for c in codes}
 
@@ -90,7 +90,7 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                 "responses": {"201": {**_json({"$ref": "#/components/schemas/Session"}, "created"), "links": {
                     op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
                     for op in ("getSession", "deleteSession", "sessionAddress", "sessionEmails", "runAction",
-                               "startTask", "browserToken")}}, **_errors(*COMMON)}}},
+                               "startTask", "browserToken")}}, **_errors(*COMMON, 413)}}},
             "/api/sessions/{id}": {
                 "parameters": [SESSION_ID],
                 "get": {"summary": "Read a session with its answers", "operationId": "getSession",
@@ -103,7 +103,7 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                                                                        "index": _optional({"type": ["string", "integer"]}),
                                                                        "user": user}}),
                 "responses": {"200": _json({"type": "object", "required": ["address"], "properties": {
-                    "address": {"type": "string"}}}, "the address"), **_errors(*COMMON)}}},
+                    "address": {"type": "string"}}}, "the address"), **_errors(*COMMON, 413)}}},
             "/api/sessions/{id}/emails": {"parameters": [SESSION_ID], "get": {
                 "summary": "The session's e-mails, oldest first", "operationId": "sessionEmails",
                 "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Email"}}, "e-mails"),
@@ -126,7 +126,7 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                 "summary": "Run a foreground action under the session lease", "operationId": "runAction",
                 "requestBody": _body({"type": "object", "properties": {"arguments": arguments, "user": user}}),
                 "responses": {"200": _json({"$ref": "#/components/schemas/ActionResult"}, "how the action ended"),
-                              **_errors(*COMMON, 409, 422)}}},
+                              **_errors(*COMMON, 413, 409, 422)}}},
             "/api/sessions/{id}/tasks": {"parameters": [SESSION_ID], "post": {
                 "summary": "Start a background action", "operationId": "startTask",
                 "requestBody": _body({"type": "object", "required": ["action"], "properties": {
@@ -135,7 +135,7 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                     "arguments": arguments, "user": user}}, required=True),
                 "responses": {"202": {**_json({"$ref": "#/components/schemas/Task"}, "queued"), "links": {
                     "getTask": {"operationId": "getTask", "parameters": {"id": "$response.body#/id"}}}},
-                    **_errors(*COMMON, 422)}}},
+                    **_errors(*COMMON, 413, 422)}}},
             "/api/tasks/{id}": {"parameters": [SESSION_ID, {"name": "wait", "in": "query", "required": False,
                                                              "schema": {"type": "number", "minimum": 0, "maximum": WAIT_CAP}}],
                                 "get": {"summary": "Read a task (optionally waiting up to `wait` seconds for it to finish)",
@@ -149,6 +149,6 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                                                                        "user": user}}),
                 "responses": {"201": _json({"type": "object", "required": ["token"], "properties": {
                     "token": {"type": "string"}, "expires_in": {"type": "number"}, "ws_path": {"type": "string"}}}, "the token"),
-                    **_errors(*COMMON)}}},
+                    **_errors(*COMMON, 413)}}},
         },
     }
