@@ -68,8 +68,8 @@ class TaskBook:
         """The task's row once it is done, or as it is when ``timeout`` runs out."""
         deadline = time.monotonic() + timeout
         while True:
+            rec = await self.get(task_id)  # first: a task that is not there raises before it gets a waiter
             done = self._finished.setdefault(task_id, asyncio.Event())
-            rec = await self.get(task_id)
             remaining = deadline - time.monotonic()
             if rec.done or remaining <= 0:
                 return rec

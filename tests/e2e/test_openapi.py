@@ -1,4 +1,4 @@
-"""The OpenAPI document validates, and schemathesis finds no 5xx against the real daemon."""
+"""The OpenAPI document validates, and schemathesis with all its checks finds nothing against the real daemon."""
 
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         assert stop_process(proc, 20) != -signal.SIGKILL, "the daemon did not stop within 20 s of SIGTERM"
         text = log.read_text()
-        # actions raising is the interview's business (logged as warnings); mailgate itself must not fail
-        assert "ERROR mailgate" not in text, text[-3000:]
+        # actions raising is the interview's business (logged as warnings); mailgate itself must not fail,
+        # and no request, however malformed, is an error in the log (aiohttp's own included)
+        errors = [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line]
+        assert not errors, "\n".join(errors[:20])
 
 
 def test_openapi_document_validates(base_url: str) -> None:
@@ -55,15 +57,27 @@ def test_openapi_document_validates(base_url: str) -> None:
     assert "testing" in doc["paths"]["/api/sessions"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["interview"]["enum"]
 
 
+def test_the_document_lists_each_interviews_actions(base_url: str) -> None:
+    with urllib.request.urlopen(f"{base_url}/api/openapi.json", timeout=10) as r:
+        doc = json.load(r)
+    interviews = doc["x-mailgate-interviews"]
+    assert "noop" in interviews["testing"]["actions"] and "noop" not in interviews["email-to-case"]["actions"]
+    assert set(interviews) == set(doc["paths"]["/api/sessions"]["post"]["requestBody"]["content"]["application/json"]
+                                  ["schema"]["properties"]["interview"]["enum"])
+
+
 @pytest.mark.slow
-def test_schemathesis_finds_no_server_errors(base_url: str) -> None:
+def test_schemathesis_with_all_checks_finds_nothing(base_url: str) -> None:
+    """Every check (schema conformance both ways, status codes, headers, Allow, stateful links...):
+    about 1,300 cases in 15-25 s; tests/e2e/schemathesis.toml says why two operations may answer 422."""
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is part of the test extra: pip install -e '.[test]'"
     res = subprocess.run(
-        [st, "run", f"{base_url}/api/openapi.json", "-H", f"Authorization: Bearer {KEY}",
-         "--checks", "not_a_server_error", "--max-examples", "25", "--phases", "coverage,fuzzing,stateful",
-         "--seed", "1", "--workers", "2"],
-        capture_output=True, text=True, timeout=600,
+        [st, "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
+         f"{base_url}/api/openapi.json", "-H", f"Authorization: Bearer {KEY}", "--checks", "all",
+         "--max-examples", "50", "--phases", "examples,coverage,fuzzing,stateful", "--seed", "1", "--workers", "2"],
+        capture_output=True, text=True, timeout=300,
     )
-    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-2000:]
-    assert re.search(r"(\d+) generated, \1 passed", res.stdout), res.stdout[-2000:]
+    assert res.returncode == 0, res.stdout[-8000:] + res.stderr[-2000:]
+    found = re.search(r"(\d+) generated, \1 passed", res.stdout)
+    assert found and int(found.group(1)) > 500, res.stdout[-2000:]

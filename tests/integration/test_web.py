@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -154,6 +156,145 @@ async def test_address_emails_raw_and_attachment_over_api(daemon: Daemon, http: 
     async with http.get(f"/api/emails/{emails[0]['id']}/attachments/0") as r:
         assert r.status == 200 and await r.read() == b"PDFDATA" and r.content_type == "application/pdf"
     await api(http, "GET", f"/api/emails/{emails[0]['id']}/attachments/1", 404)
+
+
+# -- malformed requests: a 4xx with a JSON error that says what to send, and no traceback in the log --
+
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [f"{r.name}: {r.getMessage()}" for r in bad]
+
+
+async def raw_request(http: Http, request_line: bytes, *headers: bytes, body: bytes = b"") -> tuple[int, str, dict[str, Any]]:
+    """One request written byte for byte (aiohttp's client only sends headers it can encode): status, Allow, JSON."""
+    reader, writer = await asyncio.open_connection(http.host, http.port)
+    try:
+        writer.write(b"\r\n".join([request_line, b"Host: localhost", b"Connection: close",
+                                   b"Content-Length: %d" % len(body), *headers, b"", body]))
+        head, _, payload = (await asyncio.wait_for(reader.read(), 10)).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert fields.get("Content-Type", "").startswith("application/json"), (lines, payload)
+    return int(lines[0].split()[1]), fields.get("Allow", ""), json.loads(payload)
+
+
+async def test_finding_1_a_non_utf8_authorization_header_is_a_401(http: Http, caplog: pytest.LogCaptureFixture) -> None:
+    for value in (b"Bearer \xff\xfe", b"Bearer " + KEY.encode() + b"\xe9", b"\xc3"):
+        status, _, data = await raw_request(http, b"GET /api/sessions/x HTTP/1.1", b"Authorization: " + value)
+        assert status == 401 and "Authorization: Bearer <key>" in data["error"], (value, status, data)
+    status, _, _ = await raw_request(http, b"GET /api/sessions/x HTTP/1.1", b"Authorization: Bearer " + KEY.encode())
+    assert status == 404  # the right key still opens the API
+    no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize("levels", [150, 500, 1000, 100_000])
+async def test_finding_2_deeply_nested_json_is_a_400(http: Http, caplog: pytest.LogCaptureFixture, levels: int) -> None:
+    deep = "[" * levels + "]" * levels
+    err = await api(http, "POST", "/api/sessions", 400, data='{"interview": "testing", "answers": {"a": ' + deep + "}}",
+                    headers={"Content-Type": "application/json"})
+    assert "deeper than" in err["error"] and "flatten" in err["error"]
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    err = await api(http, "POST", f"/api/sessions/{sid}/actions/set", 400, data='{"arguments": {"a": ' + deep + "}}")
+    assert "deeper than" in err["error"]
+    no_tracebacks(caplog)
+
+
+async def test_nesting_within_the_limit_is_stored_and_too_deep_answers_from_an_action_are_a_422(http: Http) -> None:
+    ok = {"a": json.loads("[" * 90 + "]" * 90)}
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing", "answers": ok}))["id"]
+    assert (await api(http, "GET", f"/api/sessions/{sid}", 200))["answers"] == ok
+    # the body is shallow enough, but the action nests it under more levels than answers hold
+    from mailgate.core.answers import MAX_DEPTH
+    arguments = {"x": json.loads("[" * MAX_DEPTH + "]" * MAX_DEPTH)}
+    err = await api(http, "POST", f"/api/sessions/{sid}/actions/set", 422, json={"arguments": arguments})
+    assert f"deeper than {MAX_DEPTH} levels" in err["error"]
+
+
+@pytest.mark.parametrize(("body", "expect"), [
+    ('{"interview": "testing", "answers": {"a": "\\ud800"}}', "lone UTF-16 surrogate"),
+    ('{"interview": "testing", "answers": {"\\udfff": 1}}', "lone UTF-16 surrogate"),
+    ('{"interview": "testing\\udc80"}', "lone UTF-16 surrogate"),
+    ('{"interview": "testing", "answers": {"a": NaN}}', "NaN is not JSON"),
+    ('{"interview": "testing", "answers": {"a": -Infinity}}', "-Infinity is not JSON"),
+    ('{"interview": "testing", "answers": {"a": 1e999}}', "too large"),
+    ('{"interview": "testing", "answers": {"a": ' + "9" * 5000 + "}}", "not valid JSON"),
+    (b'{"interview": "testing", "answers": {"a": "\xff"}}', "not valid JSON"),
+])
+async def test_finding_3_surrogates_and_numbers_json_cannot_hold_are_a_400(
+        http: Http, caplog: pytest.LogCaptureFixture, body: str | bytes, expect: str) -> None:
+    err = await api(http, "POST", "/api/sessions", 400, data=body, headers={"Content-Type": "application/json"})
+    assert expect in err["error"]
+    no_tracebacks(caplog)
+
+
+async def test_finding_3_a_body_that_is_not_in_its_content_encoding_is_a_400(http: Http, caplog: pytest.LogCaptureFixture) -> None:
+    import gzip
+    for encoding, data in [("gzip", b'{"interview": "testing"}'), ("deflate", b"\x00\x01garbage"),
+                           ("gzip", b"\x1f\x8b" + b"\xff" * 30)]:
+        err = await api(http, "POST", "/api/sessions", 400, data=data,
+                        headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+        assert "Content-Encoding" in err["error"] and "uncompressed" in err["error"], (encoding, err)
+    created = await api(http, "POST", "/api/sessions", 201, data=gzip.compress(b'{"interview": "testing"}'),
+                        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert created["interview"] == "testing"  # real gzip is fine
+    # an encoding aiohttp cannot decode at all is refused by its HTTP parser, before the application
+    async with http.post("/api/sessions", data=b"{}", headers={"Content-Encoding": "br"}) as r:
+        assert r.status == 400 and "content-encoding" in (await r.text()).lower()
+    no_tracebacks(caplog)
+    assert any("unparsable HTTP request" in r.getMessage() for r in caplog.records if r.name == "aiohttp.server")
+
+
+async def test_finding_4_wait_must_be_a_finite_number_and_is_capped(tmp_path: Path, aiohttp_client: AiohttpClient,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(tmp_path, web={"port": 0, "api_key": KEY})
+    async with Daemon(config, roles=()) as d, web_edge(d) as server:  # no worker: the task stays queued
+        http = await aiohttp_client(server.app, headers={"Authorization": f"Bearer {KEY}"})
+        sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+        task = await api(http, "POST", f"/api/sessions/{sid}/tasks", 202, json={"action": "noop"})
+        for wait in ("nan", "NaN", "inf", "-inf", "1e999", "-1", "abc", "", "0x10"):
+            err = await asyncio.wait_for(api(http, "GET", f"/api/tasks/{task['id']}", 400, params={"wait": wait}), 5)
+            assert "wait must be a number of seconds from 0 to 60" in err["error"], wait
+        state = await asyncio.wait_for(api(http, "GET", f"/api/tasks/{task['id']}?wait=0.2", 200), 5)
+        assert state["state"] == "queued"
+        await asyncio.wait_for(api(http, "GET", "/api/tasks/nope?wait=0.2", 404), 5)
+        assert d.runtime is not None and "nope" not in d.runtime.tasks._finished  # no waiter kept for a task that is not there
+    no_tracebacks(caplog)
+
+
+async def test_finding_4_a_405_says_which_methods_are_allowed(http: Http) -> None:
+    for method, path, allowed in [("DELETE", "/api/sessions", {"POST"}), ("PUT", "/api/sessions/x", {"GET", "HEAD", "DELETE"}),
+                                  ("TRACE", "/api/tasks/x", {"GET", "HEAD"})]:
+        async with http.request(method, path) as r:
+            assert r.status == 405 and set(r.headers["Allow"].split(",")) == allowed, (method, path, r.headers.get("Allow"))
+            assert "not allowed" in (await r.json())["error"]
+
+
+async def test_an_oversized_body_is_a_json_413_as_documented(http: Http) -> None:
+    err = await api(http, "POST", "/api/sessions", 413, data=io.BytesIO(b" " * (1024 * 1024 + 1)), headers={"Content-Type": "application/json"})
+    assert "larger than 1048576 bytes" in err["error"]
+    doc = await api(http, "GET", "/api/openapi.json", 200)
+    assert "413" in doc["paths"]["/api/sessions"]["post"]["responses"]
+
+
+async def test_finding_4_the_openapi_document_names_each_interviews_actions(daemon: Daemon, http: Http) -> None:
+    doc = await api(http, "GET", "/api/openapi.json", 200)
+    registry = runtime_of(daemon).registry
+    per_interview = doc["x-mailgate-interviews"]
+    assert per_interview == {iv.name: {"actions": sorted(iv.actions)} for iv in registry}
+    run_action = doc["paths"]["/api/sessions/{id}/actions/{action}"]
+    action = next(p for p in run_action["parameters"] if p["name"] == "action")
+    start_task = doc["paths"]["/api/sessions/{id}/tasks"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    # no global enum: a value valid for one interview is not valid for another
+    assert "enum" not in action["schema"] and "enum" not in start_task["properties"]["action"]
+    assert "save_email" in per_interview["email-to-case"]["actions"] and "save_email" not in per_interview["testing"]["actions"]
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
+    # an action of another interview is the body's mistake (422); the session itself is there
+    err = await api(http, "POST", f"/api/sessions/{sid}/tasks", 422, json={"action": "save_email"})
+    assert "has no action 'save_email'" in err["error"]
+    assert "has no action" in (await api(http, "POST", f"/api/sessions/{sid}/actions/save_email", 404))["error"]
+    assert "422" in doc["paths"]["/api/sessions/{id}/tasks"]["post"]["responses"]
 
 
 async def test_ws_push_of_task_notification_and_two_tabs(daemon: Daemon, http: Http) -> None:

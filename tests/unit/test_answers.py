@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,43 @@ def test_decode_errors_are_clear() -> None:
 def test_references_finds_tasks_anywhere() -> None:
     answers = {"a": Task("1"), "b": [{"c": (Task("2"),)}], "d": "Task"}
     assert sorted(t.id for t in codec.references(answers)) == ["1", "2"]
+
+
+def nested(levels: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("levels", [codec.MAX_DEPTH + 1, 500, 5000])
+def test_deep_answers_are_refused_not_a_recursion_error(levels: int) -> None:
+    with pytest.raises(AnswersError, match=f"deeper than {codec.MAX_DEPTH} levels"):
+        codec.encode({"a": nested(levels - 1)})  # the answers dict is the first level
+    with pytest.raises(AnswersError, match=f"deeper than {codec.MAX_DEPTH} levels"):
+        codec.encode_value(nested(levels))
+    text = "[" * levels + "]" * levels
+    with pytest.raises(AnswersError, match="deeper than"):
+        codec.decode_value(text)
+    with pytest.raises(AnswersError):
+        codec.decode('{"a":' + text + "}")
+
+
+def test_the_deepest_answers_allowed_round_trip_with_tags_inside() -> None:
+    deepest = {"a": nested(codec.MAX_DEPTH - 2, (dt.date(2026, 1, 2), Task("t")))}
+    assert codec.decode(codec.encode(deepest)) == deepest
+    assert codec.decode_value(codec.encode_value(nested(codec.MAX_DEPTH, dt.time(9)))) == nested(codec.MAX_DEPTH, dt.time(9))
+
+
+@pytest.mark.parametrize(("value", "where"), [
+    ({"name": "\ud800"}, "answers['name']"),
+    ({"list": ["ok", ("x", "a\udfffb")]}, "answers['list'][1][1]"),
+    ({"k\udc80": 1}, "key"),
+    ({"s": {"\ud83d"}}, "answers['s']{...}"),
+])
+def test_lone_surrogates_are_refused_naming_where(value: dict[str, Any], where: str) -> None:
+    with pytest.raises(AnswersError, match="lone UTF-16 surrogate") as info:
+        codec.encode(value)
+    assert where in str(info.value)
+    pair = json.loads('"\\ud83d\\ude00"')  # JSON's escaped surrogate pair is one character
+    assert codec.decode(codec.encode({"emoji": pair})) == {"emoji": "\U0001f600"}

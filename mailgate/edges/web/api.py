@@ -9,18 +9,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mailgate.core import answers as codec
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
 from mailgate.core.views import email_dict, session_dict, task_dict
+from mailgate.edges.web import strictjson
 from mailgate.edges.web.keys import METRICS, RUNTIME
-from mailgate.edges.web.openapi import document
+from mailgate.edges.web.openapi import WAIT_CAP, document
 from mailgate.errors import (
     ActionError,
     AnswersError,
@@ -30,6 +34,7 @@ from mailgate.errors import (
     NotFound,
     StoreError,
     TaskNotReady,
+    UnknownAction,
     VersionConflict,
 )
 from mailgate.store.base import EmailRecord
@@ -40,7 +45,15 @@ routes = web.RouteTableDef()
 
 
 class BadRequest(MailgateError):
-    pass
+    """The request itself is malformed (400)."""
+
+
+class UnreadableBody(BadRequest):
+    """aiohttp could not decode the body (its Content-Encoding): answered, then the connection closed."""
+
+
+class Unprocessable(MailgateError):
+    """A well-formed request that names something its session does not have (422)."""
 
 
 def error(status: int, message: str) -> web.Response:
@@ -49,6 +62,7 @@ def error(status: int, message: str) -> web.Response:
 
 STATUS = [
     (BadRequest, 400),
+    (Unprocessable, 422),
     (TokenError, 403),
     (NotFound, 404),
     (LeaseTimeout, 409),
@@ -72,17 +86,47 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise
-        return error(exc.status, exc.reason)
+        # keep what the client needs to act on (Allow on a 405), drop what described the text body
+        headers = {k: v for k, v in exc.headers.items() if k not in ("Content-Type", "Content-Length")}
+        return web.json_response({"error": _http_message(request, exc)}, status=exc.status, headers=headers)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # a body aiohttp could not read
+        return _closing(request, error(400, f"the request could not be read: {_reason(exc)}"))
     except StoreError as exc:  # temporary by nature: the same request can succeed later
         log.warning("store error on %s %s: %s; answered 503", request.method, request.path, exc,
                     extra={"event": "http.store_unavailable"})
         return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": str(STORE_RETRY_AFTER)})
+    except UnreadableBody as exc:
+        return _closing(request, error(400, str(exc)))
     except MailgateError as exc:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return error(status, str(exc))
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path, extra={"event": "http.error"})
         return error(500, "internal error; the server log has the details")
+
+
+def _closing(request: web.Request, response: web.Response) -> web.Response:
+    """Answer and close: the rest of a body that cannot be decoded cannot be skipped to a next request,
+    and aiohttp would otherwise try to read it after the answer (and log the same error as unhandled)."""
+    request.content.feed_eof()
+    response.force_close()
+    return response
+
+
+def _reason(exc: BaseException) -> str:
+    """aiohttp's one-line reason for a body it could not read (its errors print as '400, message: ...')."""
+    cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
+    return cause.message if isinstance(cause, HttpProcessingError) else str(exc).strip()
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return f"{request.method} is not allowed on {request.path}; allowed: {', '.join(sorted(exc.allowed_methods))}"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return f"the request body is larger than {request.client_max_size} bytes; send less"
+    if exc.status == 404:
+        return f"no such path {request.path}; the API is described at /api/openapi.json"
+    return exc.reason
 
 
 @web.middleware
@@ -92,8 +136,9 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
     key = request.app[RUNTIME].config.web.api_key
     if not key:
         return error(503, "the API is disabled: set [web] api_key (or MAILGATE_WEB_API_KEY)")
-    given = request.headers.get("Authorization", "")
-    if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), key.encode()):
+    # aiohttp keeps bytes that are not UTF-8 as surrogate escapes; compare the bytes as sent
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if not given.startswith(b"Bearer ") or not hmac.compare_digest(given[7:], key.encode()):
         return web.json_response({"error": "missing or wrong API key; send 'Authorization: Bearer <key>'"},
                                  status=401, headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
@@ -103,9 +148,17 @@ async def body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        data = await request.json()
-    except ValueError:
-        raise BadRequest("the request body is not valid JSON") from None
+        raw = await request.read()
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # the decompressor's complaint
+        raise UnreadableBody(f"the request body is not valid for its Content-Encoding "
+                         f"{request.headers.get('Content-Encoding', '')!r} ({_reason(exc)}); "
+                         "send it uncompressed, or compressed as that header says") from None
+    try:
+        data = strictjson.loads(raw.decode("utf-8"))  # RFC 8259 section 8.1: JSON between systems is UTF-8
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: it is not UTF-8 (byte {exc.start})") from None
+    except strictjson.JSONRejected as exc:
+        raise BadRequest(str(exc)) from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
@@ -144,9 +197,7 @@ def rt(request: web.Request) -> Runtime:
 
 @routes.get("/api/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    registry = rt(request).registry
-    actions = sorted({a for iv in registry for a in iv.actions})
-    return web.json_response(document(registry.names(), actions))
+    return web.json_response(document({iv.name: list(iv.actions) for iv in rt(request).registry}))
 
 
 @routes.post("/api/sessions")
@@ -237,9 +288,12 @@ async def run_action(request: web.Request) -> web.Response:
 @routes.post("/api/sessions/{id}/tasks")
 async def start_task(request: web.Request) -> web.Response:
     data = await body(request)
-    task = await rt(request).start_background_action(
-        request.match_info["id"], field(data, "action", str, required=True), field(data, "ui_notification", str),
-        field(data, "arguments", dict, {}), user_of(data))
+    try:
+        task = await rt(request).start_background_action(
+            request.match_info["id"], field(data, "action", str, required=True), field(data, "ui_notification", str),
+            field(data, "arguments", dict, {}), user_of(data))
+    except UnknownAction as exc:  # the session exists (404 is for that); the body names a wrong action
+        raise Unprocessable(str(exc)) from None
     rec = await rt(request).get_task_record(task.id)
     return web.json_response(task_dict(rec), status=202)
 
@@ -249,14 +303,21 @@ async def get_task(request: web.Request) -> web.Response:
     runtime = rt(request)
     wait = request.query.get("wait")
     if wait is not None:
-        try:
-            seconds = min(float(wait), 60.0)
-        except ValueError:
-            raise BadRequest("wait must be a number of seconds") from None
-        rec = await runtime.wait_task(request.match_info["id"], seconds)
+        rec = await runtime.wait_task(request.match_info["id"], _wait_seconds(wait))
     else:
         rec = await runtime.get_task_record(request.match_info["id"])
     return web.json_response(task_dict(rec))
+
+
+# A plain decimal: float() would also take "nan", "inf", "1_0" and non-ASCII digits.
+_DECIMAL = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def _wait_seconds(text: str) -> float:
+    seconds = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not 0 <= seconds <= WAIT_CAP:  # also false for nan
+        raise BadRequest(f"wait must be a number of seconds from 0 to {WAIT_CAP:g}, not {text[:40]!r}")
+    return seconds
 
 
 @routes.post("/api/sessions/{id}/token")

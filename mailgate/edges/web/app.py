@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mailgate.config import WebConfig
 from mailgate.core.inbound import Inbound
@@ -17,6 +18,32 @@ from mailgate.edges.web.metrics import Metrics, exposition
 from mailgate.edges.web.ws import websocket
 
 log = logging.getLogger(__name__)
+
+
+class UnparsableRequests(logging.Filter):
+    """One line instead of a traceback for requests aiohttp cannot parse as HTTP.
+
+    Bytes a header may not hold, a Content-Encoding aiohttp cannot decode: aiohttp answers these
+    400 itself, before the application and its JSON errors, and logs each with a traceback at ERROR.
+    They are the client's mistake, so they get one INFO line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = "unparsable HTTP request from %s answered %d: %s", (
+                remote, exc.code, (exc.message.strip().splitlines() or ["?"])[0][:200])  # not the header line it quotes next: it may hold a key
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+            record.event = "http.unparsable"
+        return True
+
+
+def quiet_unparsable_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequests) for f in server_log.filters):
+        server_log.addFilter(UnparsableRequests())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -37,6 +64,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def build_app(runtime: Runtime, inbound: Inbound | None, hub: Hub, metrics_: Metrics) -> web.Application:
     config = runtime.config.web
+    quiet_unparsable_requests()
     app = web.Application(middlewares=[api.errors_middleware, api.api_key_middleware, pages.html_errors], client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
     app[INBOUND] = inbound

@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document of the HTTP API (served at ``/api/openapi.json``)."""
+"""The OpenAPI 3.1 document of the HTTP API (served at ``/api/openapi.json``).
+
+It says what the server accepts, no more: an optional body field may be ``null`` (the same as
+leaving it out), and an action name is any string, because which actions exist depends on the
+session's interview; ``x-mailgate-interviews`` lists each loaded interview's actions.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 from mailgate import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+WAIT_CAP = 60.0  # seconds a GET /api/tasks/{id}?wait=... may hold the request open
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -15,7 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad request", 401: "missing or wrong API key", 404: "not found", 409: "session busy or conflict",
-            422: "the action failed or cannot run", 503: "API disabled (no api_key configured), or the store is unavailable for now (full, locked): "
+            413: "the body is larger than 1 MiB", 422: "the action failed or cannot run", 503: "API disabled (no api_key configured), or the store is unavailable for now (full, locked): "
             "retry after the Retry-After header's seconds"}
     return {str(c): _json(ERROR, text[c]) for c in codes}
 
@@ -28,24 +34,37 @@ SESSION_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "
 COMMON = (400, 401, 404, 503)
 
 
-def document(interviews: list[str] | None = None, actions: list[str] | None = None) -> dict[str, Any]:
-    """The document; ``interviews`` and ``actions`` (the loaded ones) become enums when given."""
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional body field: ``null`` means the same as leaving it out."""
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    return {**schema, "type": [*kinds, "null"]}
+
+
+def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The document; ``interviews`` (each loaded interview's name and actions) make the interview enum."""
     obj = {"type": "object"}
-    interview_schema: dict[str, Any] = {"type": "string", **({"enum": interviews} if interviews else {})}
-    action_schema: dict[str, Any] = {"type": "string", **({"enum": actions} if actions else {})}
-    user = {"$ref": "#/components/schemas/User"}
+    interview_schema: dict[str, Any] = {"type": "string", **({"enum": sorted(interviews)} if interviews else {})}
+    action_schema: dict[str, Any] = {
+        "type": "string", "description": "an action of the session's interview (see x-mailgate-interviews); "
+        "another name gets 404 in the path, 422 in a body"}
+    user = _optional({"$ref": "#/components/schemas/User"})
+    arguments = _optional(obj)
     return {
         "openapi": "3.1.0",
         "info": {"title": "mailgate API", "version": __version__,
                  "description": "Sessions, their e-mail addresses and e-mails, actions, background tasks and browser tokens."},
+        "x-mailgate-interviews": {name: {"actions": sorted(actions)} for name, actions in sorted((interviews or {}).items())},
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "User": {"type": "object", "additionalProperties": False, "properties": {
-                    "id": {"type": "string"}, "email": {"type": "string"}, "first_name": {"type": "string"},
-                    "last_name": {"type": "string"}, "privileges": {"type": "array", "items": {"type": "string"}}}},
+                    "id": _optional({"type": "string"}), "email": _optional({"type": "string"}),
+                    "first_name": _optional({"type": "string"}), "last_name": _optional({"type": "string"}),
+                    "privileges": _optional({"type": "array", "items": {"type": "string"}})}},
                 "Session": {"type": "object", "required": ["id", "interview", "version"], "properties": {
                     "id": {"type": "string"}, "interview": {"type": "string"}, "version": {"type": "integer"},
                     "owner": obj, "created": {"type": "string"}, "modified": {"type": "string"},
@@ -67,11 +86,11 @@ def document(interviews: list[str] | None = None, actions: list[str] | None = No
             "/api/sessions": {"post": {
                 "summary": "Create a session", "operationId": "createSession",
                 "requestBody": _body({"type": "object", "required": ["interview"], "properties": {
-                    "interview": interview_schema, "answers": obj, "user": user}}, required=True),
+                    "interview": interview_schema, "answers": _optional(obj), "user": user}}, required=True),
                 "responses": {"201": {**_json({"$ref": "#/components/schemas/Session"}, "created"), "links": {
                     op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
                     for op in ("getSession", "deleteSession", "sessionAddress", "sessionEmails", "runAction",
-                               "startTask", "browserToken")}}, **_errors(*COMMON)}}},
+                               "startTask", "browserToken")}}, **_errors(*COMMON, 413)}}},
             "/api/sessions/{id}": {
                 "parameters": [SESSION_ID],
                 "get": {"summary": "Read a session with its answers", "operationId": "getSession",
@@ -80,10 +99,11 @@ def document(interviews: list[str] | None = None, actions: list[str] | None = No
                            "responses": {"204": {"description": "deleted"}, **_errors(*COMMON)}}},
             "/api/sessions/{id}/address": {"parameters": [SESSION_ID], "post": {
                 "summary": "The session's e-mail address (interview_email)", "operationId": "sessionAddress",
-                "requestBody": _body({"type": "object", "properties": {"key": {"type": "string"},
-                                                                       "index": {"type": ["string", "integer"]}, "user": user}}),
+                "requestBody": _body({"type": "object", "properties": {"key": _optional({"type": "string"}),
+                                                                       "index": _optional({"type": ["string", "integer"]}),
+                                                                       "user": user}}),
                 "responses": {"200": _json({"type": "object", "required": ["address"], "properties": {
-                    "address": {"type": "string"}}}, "the address"), **_errors(*COMMON)}}},
+                    "address": {"type": "string"}}}, "the address"), **_errors(*COMMON, 413)}}},
             "/api/sessions/{id}/emails": {"parameters": [SESSION_ID], "get": {
                 "summary": "The session's e-mails, oldest first", "operationId": "sessionEmails",
                 "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Email"}}, "e-mails"),
@@ -104,30 +124,31 @@ def document(interviews: list[str] | None = None, actions: list[str] | None = No
             "/api/sessions/{id}/actions/{action}": {"parameters": [SESSION_ID, {"name": "action", "in": "path", "required": True,
                                                                                   "schema": action_schema}], "post": {
                 "summary": "Run a foreground action under the session lease", "operationId": "runAction",
-                "requestBody": _body({"type": "object", "properties": {"arguments": obj, "user": user}}),
+                "requestBody": _body({"type": "object", "properties": {"arguments": arguments, "user": user}}),
                 "responses": {"200": _json({"$ref": "#/components/schemas/ActionResult"}, "how the action ended"),
-                              **_errors(*COMMON, 409, 422)}}},
+                              **_errors(*COMMON, 413, 409, 422)}}},
             "/api/sessions/{id}/tasks": {"parameters": [SESSION_ID], "post": {
                 "summary": "Start a background action", "operationId": "startTask",
                 "requestBody": _body({"type": "object", "required": ["action"], "properties": {
                     "action": action_schema, "ui_notification": {"type": ["string", "null"],
                                                                       "enum": ["flash", "refresh", "javascript", "fields", None]},
-                    "arguments": obj, "user": user}}, required=True),
+                    "arguments": arguments, "user": user}}, required=True),
                 "responses": {"202": {**_json({"$ref": "#/components/schemas/Task"}, "queued"), "links": {
                     "getTask": {"operationId": "getTask", "parameters": {"id": "$response.body#/id"}}}},
-                    **_errors(*COMMON, 422)}}},
+                    **_errors(*COMMON, 413, 422)}}},
             "/api/tasks/{id}": {"parameters": [SESSION_ID, {"name": "wait", "in": "query", "required": False,
-                                                             "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
+                                                             "schema": {"type": "number", "minimum": 0, "maximum": WAIT_CAP}}],
                                 "get": {"summary": "Read a task (optionally waiting up to `wait` seconds for it to finish)",
                                         "operationId": "getTask",
                                         "responses": {"200": _json({"$ref": "#/components/schemas/Task"}, "the task"),
                                                       **_errors(*COMMON)}}},
             "/api/sessions/{id}/token": {"parameters": [SESSION_ID], "post": {
                 "summary": "Issue a signed, expiring browser token for /ws", "operationId": "browserToken",
-                "requestBody": _body({"type": "object", "properties": {"ttl": {"type": "number", "exclusiveMinimum": 0,
-                                                                               "maximum": 86400}, "user": user}}),
+                "requestBody": _body({"type": "object", "properties": {"ttl": _optional({"type": "number", "exclusiveMinimum": 0,
+                                                                                         "maximum": 86400}),
+                                                                       "user": user}}),
                 "responses": {"201": _json({"type": "object", "required": ["token"], "properties": {
                     "token": {"type": "string"}, "expires_in": {"type": "number"}, "ws_path": {"type": "string"}}}, "the token"),
-                    **_errors(*COMMON)}}},
+                    **_errors(*COMMON, 413)}}},
         },
     }
