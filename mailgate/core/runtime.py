@@ -234,9 +234,11 @@ class Runtime:
         """Scheduled type -> (its last period, when it ran)."""
         return await self.store.last_periods()
 
-    async def session_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
-        """A session's events after ``after_id``, oldest first (a page catching up)."""
-        return await self.store.list_events(session_id, after_id=after_id, limit=limit)
+    async def session_events(self, session_id: str, after_id: int = 0, limit: int = 100, *,
+                             newest: bool = False) -> list[EventRecord]:
+        """A session's events after ``after_id``, oldest first (a page catching up): the first
+        ``limit``, or with ``newest`` the last ``limit``."""
+        return await self.store.list_events(session_id, after_id=after_id, limit=limit, newest=newest)
 
     def store_clock(self) -> float:
         return self.store.now()
