@@ -137,10 +137,11 @@ class Runtime:
         return await self.sessions.delete(session_id)
 
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
-                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground") -> ActionResult:
+                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground", browser: bool = False) -> ActionResult:
         """Run ``action`` under the session lease on live answers and commit what it did (see
-        :meth:`Sessions.run_action <mailgate.core.sessions.Sessions.run_action>`)."""
-        return await self.sessions.run_action(session_id, action, arguments, user, kind=kind)
+        :meth:`Sessions.run_action <mailgate.core.sessions.Sessions.run_action>`); ``browser``: a page
+        asked for it, and only actions declared ``browser=True`` run."""
+        return await self.sessions.run_action(session_id, action, arguments, user, kind=kind, browser=browser)
 
     # -- tasks -------------------------------------------------------------------------------------
     def add_task_listener(self, callback: Callable[[], None]) -> None:
