@@ -6,29 +6,23 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.web.app import WebServer
 from mailgate.edges.web.hub import Connection
 from mailgate.errors import ActionError
+from mailgate.mail.auth import StaticResolver
 from mailgate.store.base import Changes, NewEvent
 from tests.helpers import make_config, runtime_of, wait_until
-from tests.integration.test_web import (  # noqa: F401 - fixtures
-    Http,
-    api,
-    daemon_roles,
-    http,
-    receive,
-    resolver,
-    token_for,
-    web,
-)
+from tests.integration.test_web import KEY, AiohttpClient, Http, api, receive, token_for, web_edge
 
 pytestmark = pytest.mark.asyncio
 PUBLIC = "https://help.example.org"
@@ -36,11 +30,32 @@ PUBLIC = "https://help.example.org"
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return make_config(tmp_path, web={"port": 0, "api_key": "test-api-key-123", "event_history": 300, "send_queue": 64,
+    return make_config(tmp_path, web={"port": 0, "api_key": KEY, "event_history": 300, "send_queue": 64,
                                       "max_messages_per_second": 20, "max_frame_bytes": 65536,
                                       "event_poll_interval": 0.1, "public_url": PUBLIC,
                                       "max_sockets_per_token": 3, "max_sockets_per_address": 5},
                        smtp={"port": 0})
+
+
+@pytest.fixture
+def daemon_roles() -> tuple[str, ...]:  # the web edge is the ``web`` fixture, as in test_web.py
+    return ("worker",)
+
+
+@pytest.fixture
+def resolver() -> StaticResolver:
+    return StaticResolver({})
+
+
+@pytest_asyncio.fixture
+async def web(daemon: Daemon) -> AsyncIterator[WebServer]:
+    async with web_edge(daemon) as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def http(web: WebServer, aiohttp_client: AiohttpClient) -> Http:
+    return await aiohttp_client(web.app, headers={"Authorization": f"Bearer {KEY}"})
 
 
 async def new_session(http: Http, interview: str = "testing", **answers: Any) -> str:

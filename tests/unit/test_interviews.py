@@ -6,7 +6,13 @@ import pytest
 
 from mailgate import Interview
 from mailgate.core.interviews import Registry, load_interviews
-from mailgate.errors import ActionError, BrowserForbidden, InterviewLoadError, UnknownAction, UnknownInterview
+from mailgate.errors import (
+    ActionError,
+    BrowserForbidden,
+    InterviewLoadError,
+    UnknownAction,
+    UnknownInterview,
+)
 from tests.helpers import INTERVIEWS
 
 
