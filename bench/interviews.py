@@ -22,7 +22,7 @@ def stamp(answers: dict[str, Any]) -> None:
     background_response(repr(time.time()))
 
 
-@interview.action("calc")
+@interview.action("calc", browser=True)
 def calc(answers: dict[str, Any]) -> None:
     """Check-in that leaves the answers unchanged (ajax-calc style): fills C = A * B, saves nothing."""
     a = action_argument("a") or 0
@@ -30,7 +30,7 @@ def calc(answers: dict[str, Any]) -> None:
     background_response({"c": a * b}, "fields")
 
 
-@interview.action("bump")
+@interview.action("bump", browser=True)
 def bump(answers: dict[str, Any]) -> None:
     """Check-in that changes the answers (a draft being kept): the session is saved every time."""
     answers["counter"] = answers.get("counter", 0) + 1
@@ -38,7 +38,7 @@ def bump(answers: dict[str, Any]) -> None:
     background_response({"counter": answers["counter"]}, "fields")
 
 
-@interview.action("calc_async")
+@interview.action("calc_async", browser=True)
 async def calc_async(answers: dict[str, Any]) -> None:
     """``calc`` as an ``async def`` handler."""
     a = action_argument("a") or 0
@@ -46,7 +46,7 @@ async def calc_async(answers: dict[str, Any]) -> None:
     background_response({"c": a * b}, "fields")
 
 
-@interview.action("bump_async")
+@interview.action("bump_async", browser=True)
 async def bump_async(answers: dict[str, Any]) -> None:
     """``bump`` as an ``async def`` handler."""
     answers["counter"] = answers.get("counter", 0) + 1

@@ -155,7 +155,8 @@ def start_daemon(folder: Path, tag: str, web: dict[str, Any] | None = None, *, r
                  dsn: str | None = None) -> Server:
     """``mailgate serve`` with ``roles`` (web + worker by default) on a fresh SQLite file in ``folder``,
     or on the PostgreSQL database ``dsn``; returns once it listens (once it started, without the web role)."""
-    web_keys = {"port": 0, "api_key": API_KEY, **(web or {})}
+    # thousands of pages from one address: lift the per-address cap that protects a real server
+    web_keys = {"port": 0, "api_key": API_KEY, "max_sockets_per_address": 0, **(web or {})}
     store = ([f"path = {json.dumps(str(folder / f'{tag}.sqlite3'))}"] if dsn is None
              else ['backend = "postgres"', f"dsn = {json.dumps(dsn)}"])
     lines = [

@@ -10,6 +10,7 @@ variables named ``MAILGATE_<TABLE>_<KEY>``, which override the file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -17,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 from mailgate.errors import ConfigError
 from mailgate.outbound.transport import OutboundConfig, check_outbound
@@ -132,10 +134,19 @@ class SmtpConfig:
 class WebConfig:
     host: str = _f("127.0.0.1", "address the HTTP/WebSocket server listens on")
     port: int = _f(8025, "HTTP port (0 picks a free port)", minimum=0)
-    public_url: str = _f("", "URL browsers reach this server at, for interview_url_action(); empty = relative URLs")
+    public_url: str = _f("", "URL browsers reach this server at (e.g. https://help.example.org): the URLs of interview_url_action() "
+                         "and the server's own origin and host name for /ws; empty = relative URLs, and pages must reach "
+                         "/ws by IP address or localhost")
     api_key: str = _f("", "bearer key for /api (env MAILGATE_WEB_API_KEY); empty = the API answers 503 until one is set", secret=True)
     secret_key: str = _f("", "key that signs browser tokens and action URLs (env MAILGATE_WEB_SECRET_KEY); empty = one kept in the store", secret=True)
     allowed_origins: tuple[str, ...] = _f((), "extra origins (scheme://host[:port]) allowed to open /ws; the server's own origin always is")
+    trusted_proxies: tuple[str, ...] = _f(("127.0.0.1", "::1"), "addresses or networks (e.g. 10.0.0.0/8) of reverse proxies whose "
+                                          "Forwarded / X-Forwarded-Proto, -Host and -For headers are believed; from any other "
+                                          "peer they are ignored")
+    max_sockets_per_token: int = _f(16, "WebSockets open at once with one browser token (a page's tabs and reconnects); "
+                                    "0 = no cap", minimum=0)
+    max_sockets_per_address: int = _f(256, "WebSockets open at once from one client address (as forwarded by a trusted "
+                                      "proxy); 0 = no cap", minimum=0)
     token_ttl: float = _f(3600.0, "seconds a browser token is valid for opening /ws", minimum=1)
     url_action_ttl: float = _f(86400.0, "seconds a URL from interview_url_action() stays valid", minimum=1)
     checkin_interval: float = _f(6.0, "seconds between a page's periodic check-ins", minimum=0.5)
@@ -143,7 +154,9 @@ class WebConfig:
     event_poll_interval: float = _f(1.0, "seconds between checks for events committed by other processes", minimum=0.05)
     send_queue: int = _f(256, "messages queued for one WebSocket before the slow client is dropped", minimum=1)
     max_frame_bytes: int = _f(65536, "largest WebSocket message accepted from a browser", minimum=1024)
-    max_messages_per_second: float = _f(20.0, "sustained messages per second one WebSocket may send", minimum=0.1)
+    max_messages_per_second: float = _f(20.0, "sustained frames per second one WebSocket may send, of every kind "
+                                        "(text, binary, ping, pong), bursts up to twice that; past it the socket is closed (1008)",
+                                        minimum=0.1)
     heartbeat: float = _f(20.0, "seconds of quiet before a page is pinged; one that does not answer within half that is dropped", minimum=1)
     demo_pages: bool = _f(False, "serve the demo pages under /demo (mailgate demo turns this on)")
 
@@ -291,8 +304,25 @@ def _check_cross(config: Config) -> None:
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
     check_outbound(config.outbound, src, files=False)  # the DKIM key and CA file are read when the daemon starts
+    _check_web(config.web, src)
     if config.store.backend == "postgres" and not config.store.dsn:
         raise ConfigError(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
+
+
+def _check_web(web: WebConfig, src: str) -> None:
+    if web.public_url:
+        parts = urlsplit(web.public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{src}: [web] public_url {web.public_url!r} must be an http:// or https:// URL with a host name")
+    for origin in web.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(f"{src}: [web] allowed_origins: {origin!r} is not an origin (scheme://host[:port])")
+    for entry in web.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"{src}: [web] trusted_proxies: {entry!r} is not an IP address or network") from None
 
 
 def find_config_path(explicit: str | None) -> str | None:

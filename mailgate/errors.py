@@ -28,6 +28,10 @@ class UnknownAction(NotFound):
     """The interview defines no action of this name."""
 
 
+class BrowserForbidden(MailgateError):
+    """A page asked to run an action its interview does not declare ``browser=True``."""
+
+
 class InterviewLoadError(MailgateError):
     """An interview module or file could not be imported."""
 

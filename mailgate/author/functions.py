@@ -56,7 +56,7 @@ def background_response_action(action: str, **kwargs: Any) -> NoReturn:
     ctx = current("background_response_action")
     if ctx.kind != "background":
         raise ActionError("background_response_action() can only be called from a background action")
-    ctx.interview.get_action(action)
+    ctx.interview.callback_action(action, "background_response_action")
     raise BackgroundResponseActionEnd(action, kwargs)
 
 
@@ -65,7 +65,7 @@ def background_error_action(action: str, **kwargs: Any) -> None:
     ctx = current("background_error_action")
     if ctx.kind != "background":
         raise ActionError("background_error_action() can only be called from a background action")
-    ctx.interview.get_action(action)
+    ctx.interview.callback_action(action, "background_error_action")
     ctx.error_action = (action, kwargs)
 
 

@@ -12,9 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailgate.errors import InterviewLoadError, UnknownAction, UnknownInterview
+from mailgate.errors import (
+    ActionError,
+    BrowserForbidden,
+    InterviewLoadError,
+    UnknownAction,
+    UnknownInterview,
+)
 
 Handler = Callable[[dict[str, Any]], Any]
+INCOMING_EMAIL = "incoming_email"
+
+
+def never_browser(name: str) -> bool:
+    """Whether ``name`` is an event that mailgate itself runs (incoming mail, the built-in scheduled
+    types and, by convention, every ``cron_*`` name), which a page may never run."""
+    return name == INCOMING_EMAIL or name.startswith("cron_")
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,7 @@ class Action:
     name: str
     fn: Handler
     is_async: bool
+    browser: bool = False  # a page may run it (``run``) or check in with it (``checkin``) over /ws
 
 
 class Interview:
@@ -37,19 +51,47 @@ class Interview:
         self.delete_days = delete_days
         self.actions: dict[str, Action] = {}
 
-    def action(self, name: str) -> Callable[[Handler], Handler]:
-        """Decorator: register a sync or async handler ``fn(answers)`` under ``name``."""
+    def action(self, name: str, *, browser: bool = False) -> Callable[[Handler], Handler]:
+        """Decorator: register a sync or async handler ``fn(answers)`` under ``name``.
+
+        ``browser=True`` lets the session's pages run it over the WebSocket, as a foreground action
+        (``client.run``) or as the check-in action of a form. Every other action is out of a page's
+        reach: whatever a browser sends can be forged, so only actions written to take the page's
+        arguments as untrusted input should be browser actions. ``incoming_email`` and ``cron_*``
+        never are, and a browser action cannot be a callback (``background_response_action``,
+        ``background_error_action``), whose arguments are trusted.
+        """
+        if browser and never_browser(name):
+            raise ValueError(f"interview {self.name!r}: {name!r} is run by mailgate itself and cannot be a browser action")
 
         def register(fn: Handler) -> Handler:
             if name in self.actions:
                 raise ValueError(f"interview {self.name!r} already has an action {name!r}")
-            self.actions[name] = Action(name, fn, inspect.iscoroutinefunction(fn))
+            self.actions[name] = Action(name, fn, inspect.iscoroutinefunction(fn), browser=browser)
             return fn
 
         return register
 
     def has_action(self, name: str) -> bool:
         return name in self.actions
+
+    def browser_action(self, name: str) -> Action:
+        """The action a page asked for, if the interview lets pages run it (else ``BrowserForbidden``)."""
+        action = self.get_action(name)
+        if not action.browser:
+            raise BrowserForbidden(
+                f"action {name!r} of interview {self.name!r} cannot be run from a browser; "
+                f"declare it with @interview.action({name!r}, browser=True) if pages should run it")
+        return action
+
+    def callback_action(self, name: str, function: str) -> Action:
+        """The action named as a callback by ``function`` (it must not be a browser action)."""
+        action = self.get_action(name)
+        if action.browser:
+            raise ActionError(
+                f"{function}({name!r}): {name!r} is a browser action (browser=True), so a page could run it with "
+                "forged arguments; a callback must be an action pages cannot run")
+        return action
 
     def get_action(self, name: str) -> Action:
         try:

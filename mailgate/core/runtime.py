@@ -137,10 +137,11 @@ class Runtime:
         return await self.sessions.delete(session_id)
 
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
-                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground") -> ActionResult:
+                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground", browser: bool = False) -> ActionResult:
         """Run ``action`` under the session lease on live answers and commit what it did (see
-        :meth:`Sessions.run_action <mailgate.core.sessions.Sessions.run_action>`)."""
-        return await self.sessions.run_action(session_id, action, arguments, user, kind=kind)
+        :meth:`Sessions.run_action <mailgate.core.sessions.Sessions.run_action>`); ``browser``: a page
+        asked for it, and only actions declared ``browser=True`` run."""
+        return await self.sessions.run_action(session_id, action, arguments, user, kind=kind, browser=browser)
 
     # -- tasks -------------------------------------------------------------------------------------
     def add_task_listener(self, callback: Callable[[], None]) -> None:
@@ -234,9 +235,11 @@ class Runtime:
         """Scheduled type -> (its last period, when it ran)."""
         return await self.store.last_periods()
 
-    async def session_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
-        """A session's events after ``after_id``, oldest first (a page catching up)."""
-        return await self.store.list_events(session_id, after_id=after_id, limit=limit)
+    async def session_events(self, session_id: str, after_id: int = 0, limit: int = 100, *,
+                             newest: bool = False) -> list[EventRecord]:
+        """A session's events after ``after_id``, oldest first (a page catching up): the first
+        ``limit``, or with ``newest`` the last ``limit``."""
+        return await self.store.list_events(session_id, after_id=after_id, limit=limit, newest=newest)
 
     def store_clock(self) -> float:
         return self.store.now()

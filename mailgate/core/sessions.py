@@ -119,19 +119,20 @@ class Sessions:
 
     # -- locked contexts ---------------------------------------------------------------------------
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
-                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground") -> ActionResult:
+                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground", browser: bool = False) -> ActionResult:
         """Run ``action`` under the session lease on live answers and commit what it did.
 
         ``kind`` is foreground (saved unless ``response(null=True)``), checkin (saved only if the
         answers changed; ``background_response`` becomes UI commands) or cron (as foreground, and the
-        cron user's access does not count as activity).
+        cron user's access does not count as activity). ``browser``: a page asked for it, so the
+        action must be declared ``browser=True`` (a check-in always comes from a page).
         """
         if kind not in ("foreground", "checkin", "cron"):
             raise ValueError(f"run_action cannot run a {kind} action")
         args = dict(arguments or {})  # the action's own: it may change them
         if kind == "checkin":
             return await self.run_checkin(session_id, action, args, user)
-        return await self._run_locked(session_id, action, args, user, kind)
+        return await self._run_locked(session_id, action, args, user, kind, browser=browser)
 
     async def run_checkin(self, session_id: str, action: str, args: dict[str, Any], user: User) -> ActionResult:
         """A check-in: optimistically first, then under the lease if it must.
@@ -146,12 +147,14 @@ class Sessions:
                   extra={"event": "checkin.retry"})
         return await self._run_locked(session_id, action, args, user, "checkin")
 
-    async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind) -> ActionResult:
+    async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind,
+                          *, browser: bool = False) -> ActionResult:
         async with self._leases.locked(session_id, f"{kind} {action}") as lease:
             if lease.session is None:
                 raise no_session(session_id)
             release = (session_id, lease.holder)
-            outcome = await self._perform(kind, lease.session, action, args, user, lease, release_lease=release)
+            outcome = await self._perform(kind, lease.session, action, args, user, lease, release_lease=release,
+                                          browser=browser)
             committed = await self._commit(outcome.changes or Changes(release_lease=release))
             lease.released = True
         return outcome.result_after(committed)
@@ -189,11 +192,17 @@ class Sessions:
 
     async def _perform(self, kind: ContextKind, rec: SessionRecord, action: str, args: dict[str, Any], user: User,
                        lease: Lease, *, release_lease: tuple[str, str] | None = None,
-                       unleased: tuple[str, int] | None = None) -> _Outcome:
+                       unleased: tuple[str, int] | None = None, browser: bool = False) -> _Outcome:
         """Run the action on ``rec``'s answers; what it produced, not yet committed (None if nothing,
         else with ``release_lease`` and ``unleased`` set as given)."""
         interview = self._registry.get(rec.interview)
-        handler = interview.get_action(action)
+        if browser or kind == "checkin":
+            handler = interview.browser_action(action)
+        else:
+            handler = interview.get_action(action)
+            if kind == "cron" and handler.browser:
+                raise ActionError(f"action {action!r} of interview {rec.interview!r} is a browser action (browser=True); "
+                                  "a scheduled type must name an action pages cannot run")
         answers = codec.decode(rec.answers)
         ctx = self._invoker.new_context(kind, rec.id, interview, action, args, user)
         ctx.accessed_at = rec.accessed_at

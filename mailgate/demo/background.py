@@ -36,7 +36,7 @@ def _waiting_or(answers: Answers, final: str) -> None:
 background_action_demo = Interview("background_action")
 
 
-@background_action_demo.action("start")
+@background_action_demo.action("start", browser=True)
 def _ba_start(answers: Answers) -> None:
     answers["value_to_add"] = int(action_argument("value_to_add"))
     answers["the_task"] = background_action("bg_task", additional=answers["value_to_add"])
@@ -47,7 +47,7 @@ def _ba_task(answers: Answers) -> None:
     background_response(553 + action_argument("additional"))
 
 
-@background_action_demo.action("screen")
+@background_action_demo.action("screen", browser=True)
 def _ba_screen(answers: Answers) -> None:
     task = answers.get("the_task")
     _waiting_or(answers, f"The answer is {task.get() if task is not None and task.ready() else ''}.")
@@ -57,7 +57,7 @@ def _ba_screen(answers: Answers) -> None:
 with_response = Interview("background_action_with_response_action")
 
 
-@with_response.action("start")
+@with_response.action("start", browser=True)
 def _wr_start(answers: Answers) -> None:
     answers["value_to_add"] = int(action_argument("value_to_add"))
     answers["the_task"] = background_action("bg_task", additional=answers["value_to_add"])
@@ -75,7 +75,7 @@ def _wr_resp(answers: Answers) -> None:
     background_response()
 
 
-@with_response.action("screen")
+@with_response.action("screen", browser=True)
 def _wr_screen(answers: Answers) -> None:
     _waiting_or(answers, f"The answer is {answers.get('answer')}.")
 
@@ -84,7 +84,7 @@ def _wr_screen(answers: Answers) -> None:
 error_demo = Interview("background-error-action-demo")
 
 
-@error_demo.action("start")
+@error_demo.action("start", browser=True)
 def _ed_start(answers: Answers) -> None:
     answers["numerator"] = float(action_argument("numerator"))
     answers["denominator"] = float(action_argument("denominator"))
@@ -111,7 +111,7 @@ def _ed_failure(answers: Answers) -> None:
     background_response()
 
 
-@error_demo.action("screen")
+@error_demo.action("screen", browser=True)
 def _ed_screen(answers: Answers) -> None:
     task = answers.get("the_task")
     if task is not None and task.ready() and task.failed():
@@ -123,7 +123,7 @@ def _ed_screen(answers: Answers) -> None:
 handled = Interview("background-error-action")
 
 
-@handled.action("start")
+@handled.action("start", browser=True)
 def _he_start(answers: Answers) -> None:
     answers["the_task"] = background_action("bg_task")
 
@@ -143,7 +143,7 @@ def _he_fail(answers: Answers) -> None:
     background_response("handled_error")
 
 
-@handled.action("screen")
+@handled.action("screen", browser=True)
 def _he_screen(answers: Answers) -> None:
     task = answers.get("the_task")
     if task is None or not task.ready():
@@ -158,7 +158,7 @@ def _he_screen(answers: Answers) -> None:
 flash = Interview("background_action_flash")
 
 
-@flash.action("start")
+@flash.action("start", browser=True)
 def _fl_start(answers: Answers) -> None:
     answers["value_to_add"] = int(action_argument("value_to_add"))
     answers["the_task"] = background_action("bg_task", "flash", additional=answers["value_to_add"])
@@ -172,7 +172,7 @@ def _fl_task(answers: Answers) -> None:
 response_flash = Interview("background_response_action_flash")
 
 
-@response_flash.action("start")
+@response_flash.action("start", browser=True)
 def _rf_start(answers: Answers) -> None:
     answers["value_to_add"] = int(action_argument("value_to_add"))
     answers["the_task"] = background_action("bg_task", "flash", additional=answers["value_to_add"])
@@ -192,7 +192,7 @@ def _rf_resp(answers: Answers) -> None:
 refresh = Interview("background_action_refresh")
 
 
-@refresh.action("start")
+@refresh.action("start", browser=True)
 def _re_start(answers: Answers) -> None:
     answers["value_to_add"] = int(action_argument("value_to_add"))
     answers["the_task"] = background_action("bg_task", "refresh", additional=answers["value_to_add"])
@@ -209,7 +209,7 @@ def _re_resp(answers: Answers) -> None:
     background_response()
 
 
-@refresh.action("screen")
+@refresh.action("screen", browser=True)
 def _re_screen(answers: Answers) -> None:
     if "answer" in answers:
         response(f"The answer is {answers['answer']}.")
@@ -219,7 +219,7 @@ def _re_screen(answers: Answers) -> None:
 javascript = Interview("background_action_javascript")
 
 
-@javascript.action("start")
+@javascript.action("start", browser=True)
 def _js_start(answers: Answers) -> None:
     answers["value_to_add"] = int(action_argument("value_to_add"))
     answers["the_task"] = background_action("bg_task", "javascript", additional=answers["value_to_add"])
@@ -233,7 +233,7 @@ def _js_task(answers: Answers) -> None:
 fields = Interview("background_action_fields")
 
 
-@fields.action("start")
+@fields.action("start", browser=True)
 def _fi_start(answers: Answers) -> None:
     answers["value_to_add"] = int(action_argument("value_to_add"))
     answers["the_task"] = background_action("bg_task", "fields", additional=answers["value_to_add"])

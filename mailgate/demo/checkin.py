@@ -69,7 +69,7 @@ def _comma_and_list(items: list[str]) -> str:
 check_in = Interview("check-in")
 
 
-@check_in.action("track_drafts")
+@check_in.action("track_drafts", browser=True)
 def _ci_track(answers: Answers) -> None:
     answers["counter"] = answers.get("counter", 0) + 1
     drafts = answers.setdefault("drafts", set())
@@ -79,12 +79,12 @@ def _ci_track(answers: Answers) -> None:
     background_response()
 
 
-@check_in.action("start")
+@check_in.action("start", browser=True)
 def _ci_start(answers: Answers) -> None:
     answers["favorite_food"] = _text(action_argument("favorite_food"))
 
 
-@check_in.action("screen")
+@check_in.action("screen", browser=True)
 def _ci_screen(answers: Answers) -> None:
     drafts = sorted(answers.get("drafts", set()))
     lines = []
@@ -98,11 +98,11 @@ def _ci_screen(answers: Answers) -> None:
 def _favorite_food(interview: Interview) -> None:
     """The Continue button and final screen shared by the target-* demos."""
 
-    @interview.action("start")
+    @interview.action("start", browser=True)
     def _start(answers: Answers) -> None:
         answers["favorite_food"] = _text(action_argument("favorite_food"))
 
-    @interview.action("screen")
+    @interview.action("screen", browser=True)
     def _screen(answers: Answers) -> None:
         if "favorite_food" not in answers:
             response("What is your favorite food?", null=True)
@@ -114,7 +114,7 @@ target_template = Interview("target-template")
 _favorite_food(target_template)
 
 
-@target_template.action("question_food")
+@target_template.action("question_food", browser=True)
 def _tt_check(answers: Answers) -> None:
     food = _text(action_argument("favorite_food"))
     content = Filled(FOOD_FEEDBACK, {"food": food.upper()}) if food else ""
@@ -126,7 +126,7 @@ target_code_template = Interview("target-code-template")
 _favorite_food(target_code_template)
 
 
-@target_code_template.action("question_food")
+@target_code_template.action("question_food", browser=True)
 def _tct_check(answers: Answers) -> None:
     food = _text(action_argument("favorite_food"))
     answers["the_food"] = food.upper() if food else "nothing"
@@ -138,7 +138,7 @@ target_code = Interview("target-code")
 _favorite_food(target_code)
 
 
-@target_code.action("question_food")
+@target_code.action("question_food", browser=True)
 def _tc_check(answers: Answers) -> None:
     food = _text(action_argument("favorite_food"))
     content = f"What? You like {html.escape(food.upper())}?" if food else ""
@@ -150,7 +150,7 @@ target_code_multiple = Interview("target-code-multiple")
 _favorite_food(target_code_multiple)
 
 
-@target_code_multiple.action("question_food")
+@target_code_multiple.action("question_food", browser=True)
 def _tcm_check(answers: Answers) -> None:
     food = _text(action_argument("favorite_food"))
     one = " (Please don't be gross.)" if food else ""
@@ -162,12 +162,12 @@ def _tcm_check(answers: Answers) -> None:
 def _calculator(interview: Interview) -> None:
     """The Continue button and final screen shared by ajax-calc and ajax-calc-javascript."""
 
-    @interview.action("start")
+    @interview.action("start", browser=True)
     def _start(answers: Answers) -> None:
         for name in ("A", "B", "C"):
             answers[name] = _number(action_argument(name))
 
-    @interview.action("screen")
+    @interview.action("screen", browser=True)
     def _screen(answers: Answers) -> None:
         if "C" not in answers:
             response("Let's calculate some stuff.", null=True)
@@ -188,7 +188,7 @@ ajax_calc = Interview("ajax-calc")
 _calculator(ajax_calc)
 
 
-@ajax_calc.action("add_numbers")
+@ajax_calc.action("add_numbers", browser=True)
 def _ac_check(answers: Answers) -> None:
     product = _product()
     if product is not None:
@@ -200,7 +200,7 @@ def _ac_check(answers: Answers) -> None:
 ajax_flash = Interview("ajax-flash")
 
 
-@ajax_flash.action("criticize_food")
+@ajax_flash.action("criticize_food", browser=True)
 def _af_check(answers: Answers) -> None:
     food = _text(action_argument("favorite_food"))
     if food and food != answers.get("favorite_food_interim", ""):
@@ -209,13 +209,13 @@ def _af_check(answers: Answers) -> None:
     background_response()
 
 
-@ajax_flash.action("start")
+@ajax_flash.action("start", browser=True)
 def _af_start(answers: Answers) -> None:
     answers["favorite_food"] = _text(action_argument("favorite_food"))
     answers["favorite_drink"] = _text(action_argument("favorite_drink"))
 
 
-@ajax_flash.action("screen")
+@ajax_flash.action("screen", browser=True)
 def _af_screen(answers: Answers) -> None:
     if "favorite_food" not in answers:
         response("What is your favorite food?", null=True)
@@ -228,7 +228,7 @@ ajax_calc_javascript = Interview("ajax-calc-javascript")
 _calculator(ajax_calc_javascript)
 
 
-@ajax_calc_javascript.action("add_numbers")
+@ajax_calc_javascript.action("add_numbers", browser=True)
 def _acj_check(answers: Answers) -> None:
     product = _product()
     if product is not None:
@@ -241,7 +241,7 @@ ajax_refresh = Interview("ajax-refresh")
 THINGS_DEFAULT, THINGS_MAX = 3, 10
 
 
-@ajax_refresh.action("set_number_of_things")
+@ajax_refresh.action("set_number_of_things", browser=True)
 def _ar_check(answers: Answers) -> None:
     current = answers.setdefault("number_of_things", THINGS_DEFAULT)
     wanted = _number(action_argument("number_of_things"))
@@ -254,18 +254,18 @@ def _ar_check(answers: Answers) -> None:
     background_response()
 
 
-@ajax_refresh.action("state")
+@ajax_refresh.action("state", browser=True)
 def _ar_state(answers: Answers) -> None:
     count = answers.get("number_of_things", THINGS_DEFAULT)
     json_response({"number_of_things": count, "choices": list(range(1, count + 1)), "thing": answers.get("thing")})
 
 
-@ajax_refresh.action("start")
+@ajax_refresh.action("start", browser=True)
 def _ar_start(answers: Answers) -> None:
     answers["thing"] = _number(action_argument("thing"))
 
 
-@ajax_refresh.action("screen")
+@ajax_refresh.action("screen", browser=True)
 def _ar_screen(answers: Answers) -> None:
     if answers.get("thing") is None:
         response("Tell me which thing you want.", null=True)

@@ -46,7 +46,7 @@ def _simple_screen(answers: Answers) -> None:
 case = Interview("email-to-case")
 
 
-@case.action("start")
+@case.action("start", browser=True)
 def _case_start(answers: Answers) -> None:
     answers["multi_user"] = True
     answers["address"] = interview_email()
@@ -66,7 +66,7 @@ def _case_save(answers: Answers) -> None:
     background_response()
 
 
-@case.action("screen")
+@case.action("screen", browser=True)
 def _case_screen(answers: Answers) -> None:
     emails = answers.get("emails", [])
     if not emails:
@@ -74,7 +74,7 @@ def _case_screen(answers: Answers) -> None:
     response("\n".join(f"From {e.from_address}: {e.subject}" for e in emails))
 
 
-@case.action("emails")
+@case.action("emails", browser=True)
 def _case_emails(answers: Answers) -> None:
     json_response([{"id": e.id, "subject": e.subject, "from": e.from_address, "body_text": e.body_text}
                    for e in answers.get("emails", [])])

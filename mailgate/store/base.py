@@ -382,7 +382,10 @@ class Store(abc.ABC):
 
     # -- events ------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]: ...
+    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100, *,
+                          newest: bool = False) -> list[EventRecord]:
+        """A session's events with an id above ``after_id``, oldest first: the first ``limit`` of
+        them, or with ``newest`` the last ``limit``."""
 
     @abc.abstractmethod
     async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:

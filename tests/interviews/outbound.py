@@ -77,6 +77,6 @@ def counters(answers: dict[str, Any]) -> None:
 greeting = Template(content="Hello **{name}**, you have {count} new messages.")
 
 
-@interview.action("greet")
+@interview.action("greet", browser=True)  # a check-in action
 def greet(answers: dict[str, Any]) -> None:
     background_response(target="greeting", content=greeting)

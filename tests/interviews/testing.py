@@ -26,7 +26,7 @@ interview = Interview("testing")
 RELEASE = threading.Event()  # lets a test hold a sync handler until it says go
 
 
-@interview.action("set")
+@interview.action("set", browser=True)  # the web tests check in with it
 def set_values(answers: dict[str, Any]) -> None:
     answers.update(action_argument())
 
@@ -216,10 +216,15 @@ RACE_HOOKS: list[Any] = []  # a test's write from "another process", awaited ins
 COUNTED_RUNS = [0]
 
 
-@interview.action("counted")
+@interview.action("counted", browser=True)  # a check-in action
 async def counted(answers: dict[str, Any]) -> None:
     """Counts its runs; a test can make another writer save the session while it runs."""
     COUNTED_RUNS[0] += 1
     if RACE_HOOKS:
         await RACE_HOOKS.pop()()
     answers["counted"] = answers.get("counted", 0) + 1
+
+
+@interview.action("bg_calls_a_browser_action_back")
+def bg_calls_a_browser_action_back(answers: dict[str, Any]) -> None:
+    background_response_action("set", x="from the background")  # "set" is a browser action: refused

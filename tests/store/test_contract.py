@@ -206,7 +206,9 @@ async def test_events_increase_per_session(store: Store) -> None:
     assert [json.loads(e.payload)["i"] for e in a] == [0, 1, 2]
     assert a[0].id < a[1].id < a[2].id
     assert [e.id for e in await store.list_events("a", after_id=a[0].id)] == [a[1].id, a[2].id]
-    assert len(await store.list_events("a", limit=2)) == 2
+    assert [e.id for e in await store.list_events("a", limit=2)] == [a[0].id, a[1].id]
+    # the newest window (a page that missed too much), still oldest first
+    assert [e.id for e in await store.list_events("a", limit=2, newest=True)] == [a[1].id, a[2].id]
 
 
 async def test_delete_session_removes_tasks_events_lease(store: Store) -> None:

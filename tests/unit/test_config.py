@@ -50,6 +50,9 @@ def test_values_are_typed_and_frozen(tmp_path: Path) -> None:
         ("tasks = 3\n", r"\[tasks\] must be a table"),
         ("[tasks\nworkers = 3\n", r"not valid TOML"),
         ("[store]\nbackend = 'postgres'\n", r"dsn is empty"),
+        ("[web]\ntrusted_proxies = ['10.0.0.0/33']\n", r"\[web\] trusted_proxies: '10.0.0.0/33' is not an IP"),
+        ("[web]\npublic_url = 'help.example.org'\n", r"\[web\] public_url 'help.example.org' must be an http"),
+        ("[web]\nallowed_origins = ['https://app.example.org/page']\n", r"is not an origin"),
     ],
 )
 def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message: str) -> None:

@@ -13,8 +13,9 @@ from mailgate.core.inbound import Inbound
 from mailgate.core.runtime import Runtime
 from mailgate.edges.web import api, pages
 from mailgate.edges.web.hub import Hub
-from mailgate.edges.web.keys import HUB, INBOUND, METRICS, RUNTIME
+from mailgate.edges.web.keys import HUB, INBOUND, METRICS, ORIGINS, RUNTIME
 from mailgate.edges.web.metrics import Metrics, exposition
+from mailgate.edges.web.origins import Origins
 from mailgate.edges.web.ws import websocket
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def build_app(runtime: Runtime, inbound: Inbound | None, hub: Hub, metrics_: Met
     app[INBOUND] = inbound
     app[HUB] = hub
     app[METRICS] = metrics_
+    app[ORIGINS] = Origins(config)
     app.router.add_routes(api.routes)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +23,10 @@ from mailgate.store.base import EventRecord
 
 log = logging.getLogger(__name__)
 PING_SLICE = 50  # heartbeat pings started per turn of the event loop
+# Seconds a closing page gets to answer the close frame (RFC 6455 section 7.1.1: the server should
+# close the TCP connection first) before its connection is aborted: a page that stopped reading would
+# otherwise keep the connection, and what the kernel buffered for it, for as long as it likes.
+CLOSE_GRACE = 1.0
 
 
 def event_message(event: EventRecord, late: bool = False) -> dict[str, Any]:
@@ -34,20 +40,27 @@ class Connection:
     """One open page. Messages wait in a bounded queue for the sender task; a page that lets the
     queue fill up is dropped (it reconnects and catches up from its last event id)."""
 
-    def __init__(self, ws: web.WebSocketResponse, session_id: str, user: User, config: WebConfig, metrics: Metrics) -> None:
+    def __init__(self, ws: web.WebSocketResponse, session_id: str, user: User, config: WebConfig, metrics: Metrics,
+                 *, transport: asyncio.Transport | None = None, token: str = "", address: str = "") -> None:
         self.ws = ws
+        self.transport = transport  # the TCP connection, aborted when the page is closed
+        self.token = token
+        self.address = address  # the client's address (as a trusted proxy reported it)
         self.session_id = session_id
         self.user = user
         # a deque and one waiter rather than asyncio.Queue: one reply per check-in is the hot path
         self.queue: deque[dict[str, Any]] = deque()
         self.queue_limit = config.send_queue
+        self.low_water = max(1, config.send_queue // 2)  # a replay waits for the queue to drain below this
         self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None  # a replay waiting for room in the queue
         self.last_queued = 0  # highest id put on the queue (or that the page said it had)
         self.floor = 0  # the page has every event up to this id (its ``last``)
         self.backlog_ids: set[int] = set()  # ids sent from the history: the feed may bring them again
         self.paused: list[EventRecord] | None = []  # events that arrive while the backlog is read
         self.metrics = metrics
         self.dropped = False
+        self.closing = False
         self.jobs: set[asyncio.Task[Any]] = set()  # "run" requests and closes in flight (kept referenced)
         self.last_seen = asyncio.get_running_loop().time()  # when the page last sent anything
         self.ping_sent: float | None = None
@@ -65,7 +78,13 @@ class Connection:
         """
         if self.paused is not None:
             self.paused.append(event)
+            if len(self.paused) > self.queue_limit:  # the replay before them does not move: a page that does not read
+                self.drop()
             return
+        self.offer_now(event)
+
+    def offer_now(self, event: EventRecord) -> None:
+        """:meth:`offer` for the events the page missed, read from the history (not paused)."""
         if event.id <= self.floor or event.id in self.backlog_ids:
             return
         late = event.id < self.last_queued
@@ -77,15 +96,61 @@ class Connection:
         if self.dropped:
             return
         if len(self.queue) >= self.queue_limit:
-            self.dropped = True
-            self.metrics.slow_clients_dropped += 1
-            log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client"})
-            self.spawn(self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow; reconnect to catch up"))
+            self.drop()
             return
         self.queue.append(message)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def drop(self) -> None:
+        """Disconnect a page that does not keep up (it reconnects and catches up from its last event)."""
+        if self.dropped:
+            return
+        self.dropped = True
+        self.queue.clear()
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)  # the replay stops
+        self.metrics.slow_clients_dropped += 1
+        log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client"})
+        self.close(WSCloseCode.TRY_AGAIN_LATER, b"too slow; reconnect to catch up")
+
+    def close(self, code: int, message: bytes) -> None:
+        """Close the page's socket from outside its reader (see :meth:`shut`)."""
+        if not self.closing:
+            self.spawn(self.shut(code, message))
+
+    async def shut(self, code: int, message: bytes) -> None:
+        """Send the close frame, give the page ``CLOSE_GRACE`` to answer, then abort the TCP connection,
+        dropping whatever is still buffered for it: its reader then ends and the page leaves the hub."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=message), CLOSE_GRACE)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Reset the TCP connection, discarding what the kernel still holds for the page (SO_LINGER 0:
+        a plain close would leave it queued there until the page reads it or TCP gives up)."""
+        if self.transport is None or self.transport.is_closing() and self.transport.get_extra_info("socket") is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:  # closed meanwhile
+                pass
+        self.transport.abort()
+
+    async def room(self) -> None:
+        """Wait until the send queue has drained below half (a replay of missed events is paced by it)."""
+        while len(self.queue) >= self.low_water and not self.dropped:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
 
     def check_alive(self, now: float, period: float) -> bool:
         """Ping a page that has been quiet for ``period``; close it if it then stays quiet for half that.
@@ -97,7 +162,7 @@ class Connection:
                 self.ping_sent = None
                 log.info("closing a WebSocket of session %s: no answer to a ping", self.session_id,
                          extra={"event": "ws.dead_peer"})
-                self.spawn(self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"no answer to ping"))
+                self.close(WSCloseCode.GOING_AWAY, b"no answer to ping")
                 return True
             return False
         if now - self.last_seen >= period:
@@ -119,6 +184,11 @@ class Connection:
                 self._waiter = loop.create_future()
                 await self._waiter
             message = self.queue.popleft()
+            room = self._room
+            if room is not None and len(self.queue) < self.low_water:
+                self._room = None
+                if not room.done():
+                    room.set_result(None)
             await self.ws.send_str(json.dumps(message, default=str))
             if message.get("type") == "event":
                 self.metrics.events_pushed += 1
@@ -135,6 +205,8 @@ class Hub:
         self.metrics = metrics
         self.connections: dict[str, set[Connection]] = {}
         self._unsubscribe: dict[str, Callable[[], None]] = {}
+        self.per_token: dict[str, int] = {}
+        self.per_address: dict[str, int] = {}
 
     def close(self) -> None:
         for unsubscribe in self._unsubscribe.values():
@@ -172,12 +244,24 @@ class Hub:
                     if started % PING_SLICE == 0:
                         await asyncio.sleep(0)  # yield to the loop: the slice's pings and whatever else is ready run
 
+    def refusal(self, token: str, address: str) -> str | None:
+        """Why one more socket with ``token`` from ``address`` is refused (None: it is not)."""
+        cap = self.config.max_sockets_per_token
+        if cap and self.per_token.get(token, 0) >= cap:
+            return f"{cap} WebSockets are open with this token already ([web] max_sockets_per_token)"
+        cap = self.config.max_sockets_per_address
+        if cap and self.per_address.get(address, 0) >= cap:
+            return f"{cap} WebSockets are open from {address} already ([web] max_sockets_per_address)"
+        return None
+
     def attach(self, conn: Connection) -> None:
         conns = self.connections.get(conn.session_id)
         if conns is None:
             conns = self.connections[conn.session_id] = set()
             self._unsubscribe[conn.session_id] = self.feed.subscribe(self.dispatch, conn.session_id)
         conns.add(conn)
+        self.per_token[conn.token] = self.per_token.get(conn.token, 0) + 1
+        self.per_address[conn.address] = self.per_address.get(conn.address, 0) + 1
         self.metrics.ws_connections += 1
 
     def detach(self, conn: Connection) -> None:
@@ -189,7 +273,17 @@ class Hub:
                 unsubscribe = self._unsubscribe.pop(conn.session_id, None)
                 if unsubscribe is not None:
                     unsubscribe()
+        _decrement(self.per_token, conn.token)
+        _decrement(self.per_address, conn.address)
         self.metrics.ws_connections -= 1
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class RateLimit:

@@ -16,11 +16,22 @@ browser -> server
   {"type": "run", "ref": R, "action": NAME, "arguments": {...}}                 # a foreground action
 
 Open with ``/ws?token=T&last=N``: N is the id of the last event the page saw; the events after it are
-sent first (at most ``[web] event_history``; more than that gives "reset"). Every open connection of a
+sent first (at most ``[web] event_history``; more than that gives "reset" and then the newest
+``event_history`` of them), paced by the page's send queue so that catching up never looks like a
+slow client, while check-ins and runs are answered meanwhile. Every open connection of a
 session receives every event, from the process's event feed (:mod:`mailgate.core.events`), whichever
 process committed it; one that became visible only after a higher id was sent comes marked "late"
 (the page applies it although its id is below the last one it saw). Each connection has a bounded send queue: a client too slow to drain
-it is disconnected (code 1013) and catches up when it reconnects, so it never stalls the others.
+it is disconnected (code 1013, then its TCP connection is aborted) and catches up when it reconnects,
+so it never stalls the others.
+
+What a page may do is bounded: the handshake must name one of our hosts and an allowed origin
+(:mod:`mailgate.edges.web.origins`), sockets per token and per client address are capped, every
+frame (text, binary, ping, pong) counts against ``max_messages_per_second`` (1008 past it), binary
+frames close the socket (1003), and a message that is not a JSON object of plain values (nested at
+most ``MAX_DEPTH``, integers within JavaScript's safe range, finite numbers, text without lone
+surrogates) is answered with an error, as is a ``run`` or ``checkin`` of an action that its interview
+does not declare ``browser=True``. A bad message never ends the socket.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -37,20 +49,27 @@ from mailgate.core.context import User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
 from mailgate.edges.web.hub import Connection, Hub, RateLimit
-from mailgate.edges.web.keys import HUB, METRICS, RUNTIME
+from mailgate.edges.web.keys import HUB, METRICS, ORIGINS, RUNTIME
 from mailgate.edges.web.metrics import Metrics
 from mailgate.errors import MailgateError
 from mailgate.store.base import EventRecord
 
 log = logging.getLogger(__name__)
+MAX_DEPTH = 32  # nesting of a message's values (a form's fields are flat; this leaves room for lists of objects)
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER: a page cannot mean a bigger integer
+MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit integers in both stores
 
 
-def origin_allowed(request: web.Request, config: WebConfig) -> bool:
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True  # not a browser; the token still decides
-    own = f"{request.scheme}://{request.host}"
-    return origin == own or origin in config.allowed_origins
+class BadMessage(ValueError):
+    """A message from a page that is not what the protocol allows (``ref``: its ref, if it had a usable one)."""
+
+    def __init__(self, message: str, ref: int | str | None = None) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+def refuse(status: type[web.HTTPException], error: str) -> web.HTTPException:
+    return status(text=json.dumps({"error": error}), content_type="application/json")
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -58,64 +77,87 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     hub: Hub = request.app[HUB]
     config: WebConfig = runtime.config.web
     metrics: Metrics = request.app[METRICS]
-    if not origin_allowed(request, config):
-        raise web.HTTPForbidden(text=json.dumps({"error": f"origin {request.headers.get('Origin')!r} is not allowed; "
-                                                 "add it to [web] allowed_origins"}), content_type="application/json")
+    seen, refusal = request.app[ORIGINS].check(request)
+    if refusal is not None:
+        raise refuse(web.HTTPForbidden, refusal)
     token = request.query.get("token", "")
     try:
         claims = runtime.signer.verify(token, "browser")
     except TokenError as exc:
-        raise web.HTTPUnauthorized(text=json.dumps({"error": f"{exc}"}), content_type="application/json") from None
-    try:
-        last = int(request.query.get("last", "0"))
-    except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "last must be an event id (integer)"}), content_type="application/json") from None
+        raise refuse(web.HTTPUnauthorized, f"{exc}") from None
+    last_text = request.query.get("last", "0")
+    if not (last_text.isascii() and last_text.isdigit() and len(last_text) <= 19 and int(last_text) <= MAX_EVENT_ID):
+        raise refuse(web.HTTPBadRequest, "last must be the id of an event (an integer from 0 to 2^63-1)")
+    last = int(last_text)
     session_id = str(claims["s"])
     if not await runtime.session_exists(session_id):
-        raise web.HTTPNotFound(text=json.dumps({"error": f"session {session_id} no longer exists"}), content_type="application/json")
+        raise refuse(web.HTTPNotFound, f"session {session_id} no longer exists")
+    refusal = hub.refusal(token, seen.client)
+    if refusal is not None:
+        log.info("refusing a WebSocket of session %s: %s", session_id, refusal, extra={"event": "ws.refused"})
+        raise refuse(web.HTTPTooManyRequests, refusal)
 
     # no aiohttp heartbeat and no autoping: Hub.heartbeat keeps connections alive, _read answers pings
     ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_frame_bytes)
-    await ws.prepare(request)
-    conn = Connection(ws, session_id, User.from_json(claims.get("u")), config, metrics)
+    conn = Connection(ws, session_id, User.from_json(claims.get("u")), config, metrics,
+                      transport=request.transport, token=token, address=seen.client)
     conn.last_queued = conn.floor = last
-    hub.attach(conn)
-    sender = asyncio.create_task(conn.sender(), name="ws-sender")
+    hub.attach(conn)  # before the first await after the caps were checked: concurrent handshakes count
+    sender: asyncio.Task[None] | None = None
     checkins = CheckinRunner(conn, runtime, metrics)
     try:
-        await _catch_up(conn, hub, config, last)
+        await ws.prepare(request)
+        sender = asyncio.create_task(conn.sender(), name="ws-sender")
+        backlog = await _welcome(conn, hub, config, last)
+        conn.spawn(_replay(conn, backlog))
         await _read(ws, conn, checkins, runtime, config)
     finally:
         hub.detach(conn)
         checkins.stop()
         for job in list(conn.jobs):
-            job.cancel()
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-        if not ws.closed:
-            await ws.close()
+            if job is not asyncio.current_task():
+                job.cancel()
+        if sender is not None:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        if ws.prepared and not ws.closed and not conn.closing:
+            await conn.shut(WSCloseCode.OK, b"")
+        elif conn.dropped:
+            conn.abort()
     return ws
 
 
-async def _catch_up(conn: Connection, hub: Hub, config: WebConfig, last: int) -> None:
-    """Welcome the page and send what it missed; events arriving meanwhile wait in ``conn.paused``."""
+async def _welcome(conn: Connection, hub: Hub, config: WebConfig, last: int) -> list[EventRecord]:
+    """Welcome the page; the events it missed, to be replayed (events arriving meanwhile wait in
+    ``conn.paused``)."""
     backlog: list[EventRecord] = []
     reset = False
     if last > 0:
         backlog = await hub.runtime.session_events(conn.session_id, after_id=last, limit=config.event_history + 1)
         if len(backlog) > config.event_history:
-            reset = True
-            backlog = backlog[-config.event_history:]
+            reset = True  # more than the history holds: the page reloads its state, then gets the newest
+            backlog = await hub.runtime.session_events(conn.session_id, after_id=last, limit=config.event_history,
+                                                       newest=True)
     else:
         conn.last_queued = hub.feed.cursor  # a new page starts from now: what the feed brings from here on
     conn.send({"type": "welcome", "session": conn.session_id, "checkin_interval": config.checkin_interval,
                "last_event": conn.last_queued})
     if reset:
         conn.send({"type": "reset"})
-    paused, conn.paused = conn.paused or [], None
+    return backlog
+
+
+async def _replay(conn: Connection, backlog: list[EventRecord]) -> None:
+    """Send the missed events as the page takes them (at most half its send queue waits at a time,
+    so a page catching up on more than ``send_queue`` events is not taken for a slow one), then the
+    events that arrived meanwhile."""
     for event in backlog:
-        conn.offer(event)
+        await conn.room()
+        if conn.dropped:
+            return
+        conn.offer_now(event)
     conn.backlog_ids = {event.id for event in backlog}
+    paused, conn.paused = conn.paused or [], None
     for event in paused:
         conn.offer(event)
 
@@ -128,6 +170,10 @@ async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRu
         conn.last_seen = clock()
         if msg.type == WSMsgType.ERROR:
             return
+        if not limit.allow():  # every kind of frame counts: pings and binary frames cost us as much
+            log.info("closing a WebSocket of session %s: message flood", conn.session_id, extra={"event": "ws.flood"})
+            await conn.shut(WSCloseCode.POLICY_VIOLATION, b"too many messages")
+            return
         if msg.type == WSMsgType.PING:
             try:
                 await ws.pong(msg.data)
@@ -137,18 +183,12 @@ async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRu
         if msg.type == WSMsgType.PONG:
             continue
         if msg.type != WSMsgType.TEXT:
-            conn.send({"type": "error", "ref": None, "error": "send JSON text frames"})
-            continue
-        if not limit.allow():
-            log.info("closing a WebSocket of session %s: message flood", conn.session_id, extra={"event": "ws.flood"})
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many messages")
+            await conn.shut(WSCloseCode.UNSUPPORTED_DATA, b"send JSON text frames")
             return
         try:
-            data = json.loads(msg.data)
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            conn.send({"type": "error", "ref": None, "error": "messages must be JSON objects"})
+            data = parse_message(msg.data)
+        except BadMessage as exc:
+            conn.send({"type": "error", "ref": exc.ref, "error": str(exc)})
             continue
         kind = data.get("type")
         if kind == "checkin":
@@ -157,6 +197,66 @@ async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRu
             conn.spawn(_run(conn, runtime, data))
         else:
             conn.send({"type": "error", "ref": data.get("ref"), "error": f"unknown message type {kind!r}; use checkin or run"})
+
+
+def parse_message(text: str) -> dict[str, Any]:
+    """A page's message as a dict of plain values, or ``BadMessage`` saying why it is not one."""
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadMessage(f"a message may nest values at most {MAX_DEPTH} deep") from None
+    except ValueError as exc:  # not JSON, NaN/Infinity, an integer of more than 4,300 digits
+        raise BadMessage(f"messages must be JSON objects: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadMessage("messages must be JSON objects")
+    try:
+        _check_values(data)
+    except BadMessage as exc:
+        ref = data.get("ref")
+        usable = (type(ref) is int and abs(ref) <= MAX_SAFE_INTEGER) or (type(ref) is str and ref.isascii() and len(ref) <= 64)
+        exc.ref = ref if usable else None
+        raise
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_values(data: dict[str, Any]) -> None:
+    """Refuse what a page cannot mean and what the store could not keep (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                _check_text(value)
+        elif isinstance(value, dict):
+            if depth > MAX_DEPTH:
+                raise BadMessage(f"a message may nest values at most {MAX_DEPTH} deep")
+            for key, item in value.items():
+                if not key.isascii():
+                    _check_text(key)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            if depth > MAX_DEPTH:
+                raise BadMessage(f"a message may nest values at most {MAX_DEPTH} deep")
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, bool) or value is None:
+            pass
+        elif isinstance(value, int):
+            if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                raise BadMessage(f"integers must be within +-{MAX_SAFE_INTEGER} (JavaScript's safe integers); "
+                                 "send bigger numbers as text")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise BadMessage("numbers must be finite")
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadMessage("text must be valid Unicode (a lone surrogate such as \\ud800 is not)") from None
 
 
 def _args(data: dict[str, Any], key: str) -> dict[str, Any]:
@@ -172,10 +272,14 @@ async def _run(conn: Connection, runtime: Runtime, data: dict[str, Any]) -> None
         action = data.get("action")
         if not isinstance(action, str) or not action:
             raise MailgateError("run needs an action name")
-        result = await runtime.run_action(conn.session_id, action, _args(data, "arguments"), conn.user)
+        result = await runtime.run_action(conn.session_id, action, _args(data, "arguments"), conn.user, browser=True)
         conn.send({"type": "result", "ref": ref, "result": result.to_dict()})
     except MailgateError as exc:
         conn.send({"type": "error", "ref": ref, "error": str(exc)})
+    except Exception as exc:  # a bug: say so to the page and in the log, and keep the socket
+        log.error("run %r of session %s failed", data.get("action"), conn.session_id, exc_info=True,
+                  extra={"event": "ws.run_failed"})
+        conn.send({"type": "error", "ref": ref, "error": f"internal error: {type(exc).__name__}"})
 
 
 class CheckinRunner:
@@ -205,7 +309,13 @@ class CheckinRunner:
         while True:
             data, self._next = self._next, None
             if data is not None:
-                await self._checkin(data)
+                try:
+                    await self._checkin(data)
+                except Exception as exc:  # a bug: say so to the page and in the log; the next check-in runs
+                    log.error("check-in %r of session %s failed", data.get("action"), self.conn.session_id,
+                              exc_info=True, extra={"event": "ws.checkin_failed"})
+                    self.metrics.checkin_errors += 1
+                    self.conn.send({"type": "error", "ref": data.get("ref"), "error": f"internal error: {type(exc).__name__}"})
             elif self._next is None:
                 self._waiter = loop.create_future()
                 await self._waiter

@@ -522,11 +522,14 @@ class PgStore(Store):
         return bytes(value) if value is not None else None
 
     # -- events ------------------------------------------------------------------------------------
-    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100, *,
+                          newest: bool = False) -> list[EventRecord]:
+        order = "DESC" if newest else ""
         rows = await self._fetch(
-            f"SELECT {EVENT_COLS} FROM events WHERE session_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            f"SELECT {EVENT_COLS} FROM events WHERE session_id = $1 AND id > $2 ORDER BY id {order} LIMIT $3",
             session_id, after_id, limit)
-        return [EventRecord(*r) for r in rows]
+        events = [EventRecord(*r) for r in rows]
+        return events[::-1] if newest else events
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
         rows = await self._fetch(f"SELECT {EVENT_COLS} FROM events WHERE id > $1 ORDER BY id LIMIT $2", after_id, limit)

@@ -490,11 +490,15 @@ class SqliteStore(Store):
         return bytes(rows[0][0]) if rows else None
 
     # -- events ------------------------------------------------------------------------------------
-    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+    async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100, *,
+                          newest: bool = False) -> list[EventRecord]:
+        order = "DESC" if newest else ""
         rows = await self._read(
-            f"SELECT {EVENT_COLS} FROM events WHERE session_id = ? AND id > ? ORDER BY id LIMIT ?", (session_id, after_id, limit)
+            f"SELECT {EVENT_COLS} FROM events WHERE session_id = ? AND id > ? ORDER BY id {order} LIMIT ?",
+            (session_id, after_id, limit),
         )
-        return [EventRecord(*r) for r in rows]
+        events = [EventRecord(*r) for r in rows]
+        return events[::-1] if newest else events
 
     async def events_after(self, after_id: int, limit: int = 1000) -> list[EventRecord]:
         rows = await self._read(f"SELECT {EVENT_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
