@@ -550,8 +550,6 @@ def test_a_run_without_an_answer_times_out_and_a_running_task_shows(page: Page) 
     expect(page.locator("#mailgate-working")).to_be_hidden()
 
 
-@pytest.mark.xfail(reason="finding 8 (server side, another branch): a backlog over send_queue (256) ends in 1013 too slow, "
-                          "so the page needs a second connection", strict=True)
 def test_a_page_catches_up_on_400_missed_events_with_one_reconnect(page: Page, demo: Demo) -> None:
     """Must show (finding 8's server side with the client): 400 events committed while the page was
     away arrive over one new connection, none of them dropped as "too slow"."""
