@@ -71,6 +71,23 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     assert score and float(score.group(1)) <= 2.0, res.stdout[-500:]
 
 
+def test_sysusers_file_creates_the_units_user_and_group(tmp_path: Path) -> None:
+    sysusers = need("systemd-sysusers")
+    (tmp_path / "etc").mkdir()
+    res = subprocess.run([sysusers, f"--root={tmp_path}", str(ROOT / "systemd" / "mailgate.sysusers")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    users = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()}
+    groups = {line.split(":")[0] for line in (tmp_path / "etc/group").read_text().splitlines()}
+    (user,) = unit_value("User")
+    (group,) = unit_value("Group")
+    (working,) = unit_value("WorkingDirectory")
+    assert user in users and group in groups
+    assert users[user][5] == working and users[user][6] == "/usr/sbin/nologin"  # home = the store's folder
+    readme = (ROOT / "README.md").read_text()
+    assert "useradd" not in readme and "systemd-sysusers" in readme
+
+
 def exec_start_args() -> list[str]:
     (command,) = unit_value("ExecStart")
     binary, *args = command.split()
