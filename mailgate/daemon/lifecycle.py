@@ -14,7 +14,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailgate.config import Config
@@ -25,6 +25,7 @@ from mailgate.core.interviews import Registry, load_interviews
 from mailgate.core.pool import WorkerPool
 from mailgate.core.runtime import Runtime
 from mailgate.daemon import sdnotify
+from mailgate.daemon.preflight import listen_error, load_tls, require_store
 from mailgate.edges.scheduler import CronCalendar, Scheduler, check_schedule
 from mailgate.edges.smtp.server import SmtpServer, server_hostname
 from mailgate.edges.web.app import WebServer
@@ -90,9 +91,10 @@ async def copy_store(config: Config, dsn: str, *, on_progress: ProgressCallback 
 class Daemon:
     def __init__(self, config: Config, *, roles: Sequence[str] | None = None, registry: Registry | None = None,
                  clock: Callable[[], float] = time.time, resolver: Resolver | None = None,
-                 one_shot: bool = False) -> None:
+                 one_shot: bool = False, existing_store: bool = False) -> None:
         self.config = config
         self.one_shot = one_shot  # a CLI command: no systemd notifications, no lifecycle log lines
+        self.existing_store = existing_store  # a CLI command on the store: never create an empty one
         self.roles = tuple(roles if roles is not None else config.daemon.roles)
         self._registry = registry
         self._clock = clock
@@ -110,6 +112,7 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._stop = asyncio.Event()
         self._stopping = False
+        self._started = False  # "mailgate stopped" only after "mailgate started"
 
     async def __aenter__(self) -> Daemon:
         try:
@@ -130,8 +133,15 @@ class Daemon:
                 log.warning("role %r is not part of this version yet; running %s", role, ", ".join(active) or "nothing",
                             extra={"event": "daemon.role_unavailable"})
         registry = self._registry or load_interviews(self.config.interviews.modules, self.config.interviews.paths)
+        if self.existing_store:
+            require_store(self.config)
+        if "smtp" in self.roles and self.config.smtp.tls_cert:
+            load_tls(self.config.smtp.tls_cert, self.config.smtp.tls_key)  # names the files, unlike ssl's error
         self.store = open_store(self.config.store, clock=self._clock)
         await self.store.open()
+        if self.existing_store and await self.store.schema_version() == 0:
+            raise MailgateError(f"the {self.config.store.backend} store has no mailgate schema yet; "
+                                "create it with: mailgate db migrate")
         await self.store.migrate()
         self.runtime = Runtime(self.config, self.store, registry,
                                feed=EventFeed(self.store, self.config.web.event_poll_interval))
@@ -146,12 +156,12 @@ class Daemon:
             self.spawn("workers", self.pool.run())
         if "smtp" in self.roles:
             self.smtp = SmtpServer(self.inbound, self.config.smtp)
-            await self.smtp.start()
+            await self._listen("smtp", self.config.smtp.host, self.config.smtp.port, self.smtp.start)
         if any(role in FEED_ROLES for role in self.roles):
             await self.start_feed()
         if "web" in self.roles:
             self.web = WebServer(self.runtime, self.config.web, self.inbound)
-            await self.web.start()
+            await self._listen("web", self.config.web.host, self.config.web.port, self.web.start)
             self.spawn("web-heartbeat", self.web.heartbeat())
         calendar = CronCalendar(self.config)
         self.cron = Cron(self.config, self.store, rt.registry, rt.sessions, calendar, rt.process_id)
@@ -164,9 +174,17 @@ class Daemon:
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self.spawn("systemd-watchdog", sdnotify.watchdog(interval))
+        self._started = True
         sdnotify.notify(f"READY=1\nSTATUS=serving: {','.join(active) or 'no roles'}")
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
+
+    async def _listen(self, table: str, host: str, port: int, start: Callable[[], Awaitable[None]]) -> None:
+        """Start a listener; failing to bind is one line that says what to do (StartupError)."""
+        try:
+            await start()
+        except OSError as exc:
+            raise listen_error(table, host, port, exc) from exc
 
     @property
     def feed(self) -> EventFeed:
@@ -265,7 +283,7 @@ class Daemon:
             self.runtime.close()
         if self.store is not None:
             await self.store.close()
-        if not self.one_shot:
+        if self._started:
             log.info("mailgate stopped", extra={"event": "daemon.stopped"})
 
 
