@@ -10,6 +10,7 @@ order: workers get ``grace_period`` to finish; what does not finish goes back to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mailgate.config import Config
+from mailgate.config import Config, load_config, tables
 from mailgate.core.cron import Cron
 from mailgate.core.events import EventFeed
 from mailgate.core.inbound import Inbound
@@ -113,6 +114,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stopping = False
         self._started = False  # "mailgate stopped" only after "mailgate started"
+        self._sighup = False
 
     async def __aenter__(self) -> Daemon:
         try:
@@ -175,6 +177,9 @@ class Daemon:
         if interval is not None:
             self.spawn("systemd-watchdog", sdnotify.watchdog(interval))
         self._started = True
+        # before READY=1: systemd may send the reload (SIGHUP) as soon as it has READY=1, and a
+        # SIGHUP with no handler ends the process
+        self._sighup = _add_signal_handler(signal.SIGHUP, self.reload)
         sdnotify.notify(f"READY=1\nSTATUS=serving: {','.join(active) or 'no roles'}")
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
@@ -226,19 +231,53 @@ class Daemon:
         self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: load the TLS certificate and key again from their configured paths.
+        """SIGHUP: read the config file again and apply what can change live.
 
-        Connections already open keep the certificate they started with; new STARTTLS handshakes
-        present the new one. Everything else in the config needs a restart.
+        Live: ``[daemon] log_level`` and the STARTTLS certificate and key (read again even when their
+        paths did not change, for a renewed certificate; open connections keep the one they started
+        with). Every other changed key is named in one log line as needing a restart, and keeps its
+        running value. A config that does not load is logged and changes nothing.
         """
         sdnotify.notify("RELOADING=1")
         try:
+            self._reload()
+        finally:
+            sdnotify.notify("READY=1")
+
+    def _reload(self) -> None:
+        running = self.config
+        try:
+            new = load_config(None if running.source == "<defaults>" else running.source)
+            check_config(new)
+            if self.smtp is not None and new.smtp.tls_cert:
+                load_tls(new.smtp.tls_cert, new.smtp.tls_key)
+        except MailgateError as exc:
+            log.error("reload: %s; kept the running configuration", str(exc).replace("\n", "; "),
+                      extra={"event": "daemon.reload_failed"})
+        else:
+            changed = changed_keys(running, new)
+            # a new certificate is live; turning STARTTLS on or off changes the server: a restart
+            toggled = bool(running.smtp.tls_cert) != bool(new.smtp.tls_cert)
+            live = [key for key in changed if key in LIVE_KEYS and not (toggled and key.startswith("smtp.tls_"))]
+            restart = [key for key in changed if key not in live]
+            # logged before the new level applies, so that a quieter level does not hide it
+            log.log(logging.WARNING if restart else logging.INFO,
+                    "reloaded %s: changed live: %s; changed but needs a restart: %s", running.source,
+                    ", ".join(live) or "nothing", ", ".join(restart) or "nothing",
+                    extra={"event": "daemon.reloaded", "live": live, "restart": restart})
+            self.config = dataclasses.replace(
+                running, daemon=dataclasses.replace(running.daemon, log_level=new.daemon.log_level),
+                smtp=running.smtp if toggled else dataclasses.replace(running.smtp, tls_cert=new.smtp.tls_cert,
+                                                                      tls_key=new.smtp.tls_key))
+            logging.getLogger().setLevel(new.daemon.log_level.upper())
+        try:
             if self.smtp is not None:
+                cert, key = self.config.smtp.tls_cert, self.config.smtp.tls_key
+                if (self.smtp.config.tls_cert, self.smtp.config.tls_key) != (cert, key):
+                    self.smtp.config = dataclasses.replace(self.smtp.config, tls_cert=cert, tls_key=key)
                 self.smtp.reload_tls()
         except Exception as exc:  # a bad new certificate must not take the running server down
             log.error("reload failed, keeping the old certificate: %s", exc, extra={"event": "daemon.reload_failed"})
-        finally:
-            sdnotify.notify("READY=1")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -248,11 +287,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         log.info("stopping (grace period %.1f s)", self.config.daemon.grace_period, extra={"event": "daemon.stopping"})
         return 1 if self.failed else 0
@@ -261,6 +299,8 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if not self.one_shot:
             sdnotify.notify("STOPPING=1")
         if self.scheduler is not None:
@@ -285,6 +325,34 @@ class Daemon:
             await self.store.close()
         if self._started:
             log.info("mailgate stopped", extra={"event": "daemon.stopped"})
+
+
+def _add_signal_handler(sig: int, handler: Callable[[], None]) -> bool:
+    """Handle ``sig`` on the running loop; False where a loop cannot (not the main thread)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(sig, handler)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return False
+    return True
+
+
+# keys a SIGHUP applies to the running daemon; a change to any other key needs a restart
+LIVE_KEYS = frozenset({"daemon.log_level", "smtp.tls_cert", "smtp.tls_key"})
+
+
+def changed_keys(running: Config, new: Config) -> list[str]:
+    """``table.key`` of every value that differs, except those the program set itself (``mailgate
+    demo``'s interviews and pages): the file never held them."""
+    changed = []
+    for name in tables():
+        old_table, new_table = getattr(running, name), getattr(new, name)
+        for f in dataclasses.fields(old_table):
+            key = f"{name}.{f.name}"
+            if running.origins.get(key) == "set by the program":
+                continue
+            if getattr(old_table, f.name) != getattr(new_table, f.name):
+                changed.append(key)
+    return changed
 
 
 def tune_gc(threshold: int) -> None:

@@ -183,6 +183,32 @@ def test_sighup_reloads_the_certificate_for_the_next_handshake(tmp_path: Path) -
         assert proc.wait(30) == 0
 
 
+def test_sighup_applies_the_log_level_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    env = subprocess_env(config)
+    log = tmp_path / "daemon.log"
+    proc = start_mailgate("serve", env=env, log=log)
+    try:
+        wait_for_log(proc, log, r"mailgate started", 30, "the daemon")
+        text = config.read_text().replace("[daemon]", "[daemon]\nlog_level = 'warning'")
+        config.write_text(text.replace('port = 0\nhostname = "mx.test"', 'port = 2601\nhostname = "mx.test"')
+                          + "[tasks]\nworkers = 3\n")
+        proc.send_signal(signal.SIGHUP)
+        line = wait_for_log(proc, log, r".*reloaded .*", 30, "the reload line").group(0)
+        assert " WARNING " in line  # a change that did not apply
+        assert f"reloaded {config}: changed live: daemon.log_level; changed but needs a restart: tasks.workers, smtp.port" in line
+        config.write_text(config.read_text().replace("workers = 3", "workers = 'many'"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for_log(proc, log, r"reload: .*\[tasks\] workers must be an integer.*; kept the running configuration", 30,
+                     "the failed reload")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    after = log.read_text().split("kept the running configuration", 1)[1]
+    assert "stopping (grace period" not in after and "mailgate stopped" not in after  # info lines: below warning
+
+
 def test_healthcheck(tmp_path: Path) -> None:
     config = write_config(tmp_path, smtp_port=free_port(), web_port=free_port())
     env = subprocess_env(config)
