@@ -249,7 +249,16 @@ def _unknown_variables(env: typing.Mapping[str, str], known: dict[str, type]) ->
 
 
 def _build_table(cls: type, name: str, section: dict[str, Any], source: str, env: typing.Mapping[str, str],
-                 errors: list[str], origins: dict[str, str]) -> Any:
+                 errors: list[str] | None = None, origins: dict[str, str] | None = None) -> Any:
+    """One table from its file section and the environment; its errors go to ``errors`` (raised
+    here when None), each value's origin to ``origins``."""
+    if errors is None:
+        found: list[str] = []
+        table = _build_table(cls, name, section, source, env, found, origins)
+        if found:
+            raise ConfigError("\n".join(found), found)
+        return table
+    origins = {} if origins is None else origins
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in section:
