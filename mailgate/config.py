@@ -3,8 +3,9 @@
 Each table of the file is a frozen dataclass below; each field carries its one-line explanation in
 ``metadata["doc"]``. ``config.example.toml`` documents every key with its default, and a test keeps
 that file and these classes in step. Unknown tables or keys and values of the wrong type are
-rejected with the file, table and key named. Secrets (``secret=True``) may come from environment
-variables named ``MAILGATE_<TABLE>_<KEY>``, which override the file.
+rejected with the file, table and key named, every error at once. Any key may come from an
+environment variable named ``MAILGATE_<TABLE>_<KEY>``, which overrides the file (secrets,
+``secret=True``, usually do); ``Config.origins`` says where each value came from.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from mailgate.outbound.transport import OutboundConfig, check_outbound
 ROLES = ("smtp", "web", "worker", "scheduler")
 
 
-def _f(default: Any, doc: str, *, secret: bool = False, minimum: float | None = None) -> Any:
-    meta = {"doc": doc, "secret": secret, "minimum": minimum}
+def _f(default: Any, doc: str, *, secret: bool = False, minimum: float | None = None,
+       maximum: float | None = None) -> Any:
+    meta = {"doc": doc, "secret": secret, "minimum": minimum, "maximum": maximum}
     if isinstance(default, (list, tuple)):
         value = tuple(default)
         return field(default_factory=lambda: value, metadata=meta)
@@ -48,7 +50,8 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     backend: Literal["sqlite", "postgres"] = _f("sqlite", "storage backend: sqlite (embedded) or postgres (several hosts)")
-    path: str = _f("mailgate.sqlite3", "SQLite database file, relative to the working directory")
+    path: str = _f("mailgate.sqlite3", "SQLite database file; a relative path set in this file is relative to this file's "
+                   "folder (the default and one from the environment: to the working directory)")
     dsn: str = _f("", "PostgreSQL connection string (env MAILGATE_STORE_DSN)", secret=True)
     pool_size: int = _f(10, "PostgreSQL only: connections each process keeps open (plus one that listens for events)", minimum=1)
     connect_timeout: float = _f(10.0, "PostgreSQL only: seconds to wait for a connection or an answer to it", minimum=0.1)
@@ -90,7 +93,7 @@ class MailConfig:
 @dataclass(frozen=True)
 class SmtpConfig:
     host: str = _f("127.0.0.1", "address the SMTP server listens on (0.0.0.0 or :: on an MX host)")
-    port: int = _f(2525, "SMTP port (25 on an MX host; 0 picks a free port)", minimum=0)
+    port: int = _f(2525, "SMTP port (25 on an MX host; 0 picks a free port)", minimum=0, maximum=65535)
     hostname: str = _f("", "name in the banner, EHLO reply and Authentication-Results; empty = this host's FQDN")
     max_message_size: int = _f(33554432, "largest message accepted, in bytes (advertised with SIZE)", minimum=1024)
     max_recipients: int = _f(50, "recipients accepted per message; more get 452 4.5.3", minimum=1)
@@ -133,7 +136,7 @@ class SmtpConfig:
 @dataclass(frozen=True)
 class WebConfig:
     host: str = _f("127.0.0.1", "address the HTTP/WebSocket server listens on")
-    port: int = _f(8025, "HTTP port (0 picks a free port)", minimum=0)
+    port: int = _f(8025, "HTTP port (0 picks a free port)", minimum=0, maximum=65535)
     public_url: str = _f("", "URL browsers reach this server at (e.g. https://help.example.org): the URLs of interview_url_action() "
                          "and the server's own origin and host name for /ws; empty = relative URLs, and pages must reach "
                          "/ws by IP address or localhost")
@@ -186,6 +189,8 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
+    # "table.key" -> where its value came from: "default", "file PATH" or "env MAILGATE_TABLE_KEY"
+    origins: typing.Mapping[str, str] = field(default_factory=dict, compare=False, metadata={"internal": True})
 
     def replace(self, **tables: Any) -> Config:
         """A copy with whole tables or single keys replaced: ``replace(tasks={"workers": 2})``."""
@@ -193,7 +198,11 @@ class Config:
         for name, value in tables.items():
             current = getattr(self, name)
             changes[name] = dataclasses.replace(current, **value) if isinstance(value, dict) else value
-        return dataclasses.replace(self, **changes)
+        origins = dict(self.origins)
+        for name, value in tables.items():
+            keys = value if isinstance(value, dict) else vars(value)
+            origins.update({f"{name}.{key}": "set by the program" for key in keys})
+        return dataclasses.replace(self, **changes, origins=origins)
 
 
 def tables() -> dict[str, type]:
@@ -202,8 +211,24 @@ def tables() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
 
 
+# MAILGATE_* variables that are not config keys, though their names look like ones
+OTHER_VARIABLES = frozenset({"MAILGATE_CONFIG", "MAILGATE_WEB_DIR"})
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None) -> Config:
-    """Load ``path`` (or only defaults when None), validate it and apply ``MAILGATE_*`` secrets."""
+    """Load ``path`` (or only defaults when None), apply ``MAILGATE_<TABLE>_<KEY>`` variables and
+    validate the result; ConfigError lists every problem at once (``errors``)."""
+    config, errors = load_config_with_errors(path, env=env)
+    if errors:
+        raise ConfigError("\n".join(errors), errors)
+    return config
+
+
+def load_config_with_errors(path: str | os.PathLike[str] | None = None, *,
+                            env: typing.Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """The config and every problem found in it (``mailgate check-config`` goes on to check the
+    host with it); a key in error keeps its default. ConfigError only for a file that cannot be
+    read or parsed at all."""
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
     source = "<defaults>"
@@ -219,41 +244,105 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mappi
             raise ConfigError(f"{source}: the config file is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    errors: list[str] = []
     known = tables()
     for name in data:
         if name not in known:
-            raise ConfigError(f"{source}: unknown table [{name}]; known tables: {', '.join(known)}")
+            errors.append(f"{source}: unknown table [{name}]; known tables: {', '.join(known)}")
+    errors += _unknown_variables(env, known)
     built: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for name, cls in known.items():
         section = data.get(name, {})
         if not isinstance(section, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table, not a {type(section).__name__}")
-        built[name] = _build_table(cls, name, section, source, env)
-    config = Config(**built, source=source)
-    _check_cross(config)
-    return config
+            errors.append(f"{source}: [{name}] must be a table, not a {type(section).__name__}")
+            section = {}
+        built[name] = _build_table(cls, name, section, source, env, errors, origins)
+    if path is not None and origins["store.path"].startswith("file ") and not os.path.isabs(built["store"].path):
+        # a path written in a file means a place next to that file, wherever the command runs
+        folder = os.path.dirname(os.path.abspath(path))
+        built["store"] = dataclasses.replace(built["store"], path=os.path.join(folder, built["store"].path))
+    config = Config(**built, source=source, origins=origins)
+    if not errors:  # cross-checks of values that failed would only repeat the first error
+        errors += _check_cross(config)
+    return config, errors
 
 
-def _build_table(cls: type, name: str, section: dict[str, Any], source: str, env: typing.Mapping[str, str]) -> Any:
+def _unknown_variables(env: typing.Mapping[str, str], known: dict[str, type]) -> list[str]:
+    """A ``MAILGATE_<TABLE>_...`` variable that names no key would be ignored in silence: an error."""
+    errors = []
+    for var in env:
+        table, _, key = var.removeprefix("MAILGATE_").partition("_")
+        if not var.startswith("MAILGATE_") or var in OTHER_VARIABLES or table.lower() not in known:
+            continue
+        keys = [f.name for f in dataclasses.fields(known[table.lower()])]
+        if key.lower() not in keys:
+            errors.append(f"environment: {var} names no key of [{table.lower()}]; known keys: {', '.join(keys)}")
+    return errors
+
+
+def _build_table(cls: type, name: str, section: dict[str, Any], source: str, env: typing.Mapping[str, str],
+                 errors: list[str] | None = None, origins: dict[str, str] | None = None) -> Any:
+    """One table from its file section and the environment; its errors go to ``errors`` (raised
+    here when None), each value's origin to ``origins``."""
+    if errors is None:
+        found: list[str] = []
+        table = _build_table(cls, name, section, source, env, found, origins)
+        if found:
+            raise ConfigError("\n".join(found), found)
+        return table
+    origins = {} if origins is None else origins
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in section:
         if key not in fields:
-            raise ConfigError(f"{source}: [{name}] unknown key {key!r}; known keys: {', '.join(fields)}")
+            errors.append(f"{source}: [{name}] unknown key {key!r}; known keys: {', '.join(fields)}")
     values: dict[str, Any] = {}
     for key, f in fields.items():
-        where = f"{source}: [{name}] {key}"
-        if f.metadata.get("secret"):
-            env_name = f"MAILGATE_{name.upper()}_{key.upper()}"
-            if env.get(env_name):
-                values[key] = env[env_name]
+        env_name = f"MAILGATE_{name.upper()}_{key.upper()}"
+        origins[f"{name}.{key}"] = "default"
+        try:
+            if env.get(env_name):  # an empty variable (a placeholder in an EnvironmentFile) is no value
+                where = f"environment: {env_name}"
+                value = _coerce(_from_env(env[env_name], hints[key], where), hints[key], where)
+                origin = f"env {env_name}"
+            elif key in section:
+                where = f"{source}: [{name}] {key}"
+                value = _coerce(section[key], hints[key], where)
+                origin = f"file {source}"
+            else:
                 continue
-        if key in section:
-            values[key] = _coerce(section[key], hints[key], where)
-            minimum = f.metadata.get("minimum")
-            if minimum is not None and values[key] < minimum:
-                raise ConfigError(f"{where} = {section[key]!r} is below the minimum {minimum}")
+            _check_range(value, f, where)
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        values[key] = value
+        origins[f"{name}.{key}"] = origin
     return cls(**values)
+
+
+def _check_range(value: Any, f: dataclasses.Field[Any], where: str) -> None:
+    minimum, maximum = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where} = {value!r} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{where} = {value!r} is above the maximum {maximum}")
+
+
+def _from_env(raw: str, hint: Any, where: str) -> Any:
+    """An environment variable's text as the value a TOML file would give: numbers and booleans
+    parsed, lists as TOML (``["a", "b"]``) or comma-separated (``a,b``), text as it is."""
+    if hint is str or get_origin(hint) is Literal:
+        return raw
+    if get_origin(hint) is tuple and not raw.lstrip().startswith("["):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    lowered = raw.strip().lower()
+    if hint is bool and lowered in ("1", "yes", "on", "0", "no", "off"):
+        return lowered in ("1", "yes", "on")
+    try:
+        return tomllib.loads(f"v = {raw.strip() if hint is not bool else lowered}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"{where} = {raw!r} is not a valid {getattr(hint, '__name__', 'list')}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -289,24 +378,32 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover - a bug in this module
 
 
-def _check_cross(config: Config) -> None:
+def _check_cross(config: Config) -> list[str]:
     src = config.source
+    errors = []
     for role in config.daemon.roles:
         if role not in ROLES:
-            raise ConfigError(f"{src}: [daemon] roles: unknown role {role!r}; roles are {', '.join(ROLES)}")
+            errors.append(f"{src}: [daemon] roles: unknown role {role!r}; roles are {', '.join(ROLES)}")
     if not config.mail.domains:
-        raise ConfigError(f"{src}: [mail] domains is empty; name at least one domain this host receives mail for")
+        errors.append(f"{src}: [mail] domains is empty; name at least one domain this host receives mail for")
     for domain in config.mail.domains:
         try:
             domain.encode("idna")
         except UnicodeError:
-            raise ConfigError(f"{src}: [mail] domains: {domain!r} is not a valid domain name") from None
+            errors.append(f"{src}: [mail] domains: {domain!r} is not a valid domain name")
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
-        raise ConfigError(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
-    check_outbound(config.outbound, src, files=False)  # the DKIM key and CA file are read when the daemon starts
-    _check_web(config.web, src)
+        errors.append(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
+    try:
+        check_outbound(config.outbound, src, files=False)  # the DKIM key and CA file are read when the daemon starts
+    except ConfigError as exc:
+        errors.append(str(exc))
+    try:
+        _check_web(config.web, src)
+    except ConfigError as exc:
+        errors.append(str(exc))
     if config.store.backend == "postgres" and not config.store.dsn:
-        raise ConfigError(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
+        errors.append(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
+    return errors
 
 
 def _check_web(web: WebConfig, src: str) -> None:
@@ -334,7 +431,23 @@ def find_config_path(explicit: str | None) -> str | None:
     return "mailgate.toml" if Path("mailgate.toml").exists() else None
 
 
-def _toml_value(value: Any) -> str:
+def effective(config: Config) -> dict[str, dict[str, tuple[Any, str]]]:
+    """Every key of every table: (its value, where it came from); a secret that is set shows as
+    ``********``."""
+    shown: dict[str, dict[str, tuple[Any, str]]] = {}
+    for name in tables():
+        table = getattr(config, name)
+        shown[name] = {}
+        for f in dataclasses.fields(table):
+            value = getattr(table, f.name)
+            if f.metadata.get("secret") and value:
+                value = "********"
+            shown[name][f.name] = (value, config.origins.get(f"{name}.{f.name}", "default"))
+    return shown
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML source text."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -342,7 +455,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(value)  # pragma: no cover
 
 
@@ -358,5 +471,8 @@ def render_example() -> str:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
             lines.append(f"# {f.metadata['doc']}")
-            lines.append(f"{f.name} = {_toml_value(default)}")
+            # written out, the default would mean a file next to this one (/etc/mailgate, read-only
+            # under the unit); left out, it is the working directory (the unit's /var/lib/mailgate)
+            commented = "# " if (name, f.name) == ("store", "path") else ""
+            lines.append(f"{commented}{f.name} = {toml_value(default)}")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,11 @@ class MailgateError(Exception):
 
 
 class ConfigError(MailgateError):
-    """A configuration file or value is invalid."""
+    """A configuration file or value is invalid; ``errors`` lists every problem found, one line each."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors) if errors else [message]
 
 
 class NotFound(MailgateError):

@@ -10,14 +10,15 @@ order: workers get ``grace_period`` to finish; what does not finish goes back to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mailgate.config import Config
+from mailgate.config import Config, load_config, tables
 from mailgate.core.cron import Cron
 from mailgate.core.events import EventFeed
 from mailgate.core.inbound import Inbound
@@ -25,6 +26,7 @@ from mailgate.core.interviews import Registry, load_interviews
 from mailgate.core.pool import WorkerPool
 from mailgate.core.runtime import Runtime
 from mailgate.daemon import sdnotify
+from mailgate.daemon.preflight import listen_error, load_tls, require_store
 from mailgate.daemon.resources import AcceptFailureLog, raise_open_files_limit
 from mailgate.edges.scheduler import CronCalendar, Scheduler, check_schedule
 from mailgate.edges.smtp.server import SmtpServer, server_hostname
@@ -91,9 +93,10 @@ async def copy_store(config: Config, dsn: str, *, on_progress: ProgressCallback 
 class Daemon:
     def __init__(self, config: Config, *, roles: Sequence[str] | None = None, registry: Registry | None = None,
                  clock: Callable[[], float] = time.time, resolver: Resolver | None = None,
-                 one_shot: bool = False) -> None:
+                 one_shot: bool = False, existing_store: bool = False) -> None:
         self.config = config
         self.one_shot = one_shot  # a CLI command: no systemd notifications, no lifecycle log lines
+        self.existing_store = existing_store  # a CLI command on the store: never create an empty one
         self.roles = tuple(roles if roles is not None else config.daemon.roles)
         self._registry = registry
         self._clock = clock
@@ -112,6 +115,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stopping = False
         self._accept_failures = AcceptFailureLog()
+        self._started = False  # "mailgate stopped" only after "mailgate started"
+        self._sighup = False
 
     async def __aenter__(self) -> Daemon:
         try:
@@ -135,8 +140,15 @@ class Daemon:
         if not self.one_shot:
             raise_open_files_limit()  # before the SMTP edge sizes its connection cap from it
             self._accept_failures.install(asyncio.get_running_loop())
+        if self.existing_store:
+            require_store(self.config)
+        if "smtp" in self.roles and self.config.smtp.tls_cert:
+            load_tls(self.config.smtp.tls_cert, self.config.smtp.tls_key)  # names the files, unlike ssl's error
         self.store = open_store(self.config.store, clock=self._clock)
         await self.store.open()
+        if self.existing_store and await self.store.schema_version() == 0:
+            raise MailgateError(f"the {self.config.store.backend} store has no mailgate schema yet; "
+                                "create it with: mailgate db migrate")
         await self.store.migrate()
         self.runtime = Runtime(self.config, self.store, registry,
                                feed=EventFeed(self.store, self.config.web.event_poll_interval))
@@ -151,12 +163,12 @@ class Daemon:
             self.spawn("workers", self.pool.run())
         if "smtp" in self.roles:
             self.smtp = SmtpServer(self.inbound, self.config.smtp)
-            await self.smtp.start()
+            await self._listen("smtp", self.config.smtp.host, self.config.smtp.port, self.smtp.start)
         if any(role in FEED_ROLES for role in self.roles):
             await self.start_feed()
         if "web" in self.roles:
             self.web = WebServer(self.runtime, self.config.web, self.inbound)
-            await self.web.start()
+            await self._listen("web", self.config.web.host, self.config.web.port, self.web.start)
             self.spawn("web-heartbeat", self.web.heartbeat())
         calendar = CronCalendar(self.config)
         self.cron = Cron(self.config, self.store, rt.registry, rt.sessions, calendar, rt.process_id)
@@ -169,9 +181,20 @@ class Daemon:
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             self.spawn("systemd-watchdog", sdnotify.watchdog(interval))
+        self._started = True
+        # before READY=1: systemd may send the reload (SIGHUP) as soon as it has READY=1, and a
+        # SIGHUP with no handler ends the process
+        self._sighup = _add_signal_handler(signal.SIGHUP, self.reload)
         sdnotify.notify(f"READY=1\nSTATUS=serving: {','.join(active) or 'no roles'}")
         log.info("mailgate started: roles %s, store %s, interviews %s", ",".join(active), self.config.store.backend,
                  ",".join(registry.names()) or "none", extra={"event": "daemon.started"})
+
+    async def _listen(self, table: str, host: str, port: int, start: Callable[[], Awaitable[None]]) -> None:
+        """Start a listener; failing to bind is one line that says what to do (StartupError)."""
+        try:
+            await start()
+        except OSError as exc:
+            raise listen_error(table, host, port, exc) from exc
 
     @property
     def feed(self) -> EventFeed:
@@ -213,19 +236,53 @@ class Daemon:
         self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: load the TLS certificate and key again from their configured paths.
+        """SIGHUP: read the config file again and apply what can change live.
 
-        Connections already open keep the certificate they started with; new STARTTLS handshakes
-        present the new one. Everything else in the config needs a restart.
+        Live: ``[daemon] log_level`` and the STARTTLS certificate and key (read again even when their
+        paths did not change, for a renewed certificate; open connections keep the one they started
+        with). Every other changed key is named in one log line as needing a restart, and keeps its
+        running value. A config that does not load is logged and changes nothing.
         """
         sdnotify.notify("RELOADING=1")
         try:
+            self._reload()
+        finally:
+            sdnotify.notify("READY=1")
+
+    def _reload(self) -> None:
+        running = self.config
+        try:
+            new = load_config(None if running.source == "<defaults>" else running.source)
+            check_config(new)
+            if self.smtp is not None and new.smtp.tls_cert:
+                load_tls(new.smtp.tls_cert, new.smtp.tls_key)
+        except MailgateError as exc:
+            log.error("reload: %s; kept the running configuration", str(exc).replace("\n", "; "),
+                      extra={"event": "daemon.reload_failed"})
+        else:
+            changed = changed_keys(running, new)
+            # a new certificate is live; turning STARTTLS on or off changes the server: a restart
+            toggled = bool(running.smtp.tls_cert) != bool(new.smtp.tls_cert)
+            live = [key for key in changed if key in LIVE_KEYS and not (toggled and key.startswith("smtp.tls_"))]
+            restart = [key for key in changed if key not in live]
+            # logged before the new level applies, so that a quieter level does not hide it
+            log.log(logging.WARNING if restart else logging.INFO,
+                    "reloaded %s: changed live: %s; changed but needs a restart: %s", running.source,
+                    ", ".join(live) or "nothing", ", ".join(restart) or "nothing",
+                    extra={"event": "daemon.reloaded", "live": live, "restart": restart})
+            self.config = dataclasses.replace(
+                running, daemon=dataclasses.replace(running.daemon, log_level=new.daemon.log_level),
+                smtp=running.smtp if toggled else dataclasses.replace(running.smtp, tls_cert=new.smtp.tls_cert,
+                                                                      tls_key=new.smtp.tls_key))
+            logging.getLogger().setLevel(new.daemon.log_level.upper())
+        try:
             if self.smtp is not None:
+                cert, key = self.config.smtp.tls_cert, self.config.smtp.tls_key
+                if (self.smtp.config.tls_cert, self.smtp.config.tls_key) != (cert, key):
+                    self.smtp.config = dataclasses.replace(self.smtp.config, tls_cert=cert, tls_key=key)
                 self.smtp.reload_tls()
         except Exception as exc:  # a bad new certificate must not take the running server down
             log.error("reload failed, keeping the old certificate: %s", exc, extra={"event": "daemon.reload_failed"})
-        finally:
-            sdnotify.notify("READY=1")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -235,11 +292,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         log.info("stopping (grace period %.1f s)", self.config.daemon.grace_period, extra={"event": "daemon.stopping"})
         return 1 if self.failed else 0
@@ -248,6 +304,8 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if not self.one_shot:
             sdnotify.notify("STOPPING=1")
         if self.scheduler is not None:
@@ -271,8 +329,36 @@ class Daemon:
         if self.store is not None:
             await self.store.close()
         self._accept_failures.uninstall()
-        if not self.one_shot:
+        if self._started:
             log.info("mailgate stopped", extra={"event": "daemon.stopped"})
+
+
+def _add_signal_handler(sig: int, handler: Callable[[], None]) -> bool:
+    """Handle ``sig`` on the running loop; False where a loop cannot (not the main thread)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(sig, handler)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return False
+    return True
+
+
+# keys a SIGHUP applies to the running daemon; a change to any other key needs a restart
+LIVE_KEYS = frozenset({"daemon.log_level", "smtp.tls_cert", "smtp.tls_key"})
+
+
+def changed_keys(running: Config, new: Config) -> list[str]:
+    """``table.key`` of every value that differs, except those the program set itself (``mailgate
+    demo``'s interviews and pages): the file never held them."""
+    changed = []
+    for name in tables():
+        old_table, new_table = getattr(running, name), getattr(new, name)
+        for f in dataclasses.fields(old_table):
+            key = f"{name}.{f.name}"
+            if running.origins.get(key) == "set by the program":
+                continue
+            if getattr(old_table, f.name) != getattr(new_table, f.name):
+                changed.append(key)
+    return changed
 
 
 def tune_gc(threshold: int) -> None:

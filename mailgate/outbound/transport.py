@@ -39,16 +39,17 @@ from mailgate.outbound.message import (
 log = logging.getLogger(__name__)
 
 
-def _f(default: Any, doc: str, *, secret: bool = False, minimum: float | None = None) -> Any:
+def _f(default: Any, doc: str, *, secret: bool = False, minimum: float | None = None,
+       maximum: float | None = None) -> Any:
     # config._f, repeated: config.py imports OutboundConfig from here for its [outbound] table, so
     # this module must not import config.py (a unit test keeps the two in step).
-    return field(default=default, metadata={"doc": doc, "secret": secret, "minimum": minimum})
+    return field(default=default, metadata={"doc": doc, "secret": secret, "minimum": minimum, "maximum": maximum})
 
 
 @dataclass(frozen=True)
 class OutboundConfig:
     relay_host: str = _f("", "SMTP relay that carries mailgate's outgoing mail; empty = none (send_email() returns False and logs why)")
-    relay_port: int = _f(587, "relay port: 587 for STARTTLS, 465 for implicit TLS, 25 for a relay on this host", minimum=1)
+    relay_port: int = _f(587, "relay port: 587 for STARTTLS, 465 for implicit TLS, 25 for a relay on this host", minimum=1, maximum=65535)
     tls: Literal["starttls", "implicit", "none"] = _f("starttls", "starttls (the relay must offer it, or nothing is sent), implicit (TLS from the first byte, port 465) or none")
     ca_file: str = _f("", "PEM CA certificates the relay's certificate is checked against; empty = the system's trust store")
     username: str = _f("", "user name for AUTH at the relay; empty = no AUTH")

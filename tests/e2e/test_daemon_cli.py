@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -46,6 +48,7 @@ class Env:
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
+        self.cli("db", "migrate")  # the commands open an existing store only
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(mailgate_cmd(*args), capture_output=True, text=True, env=self.env, timeout=60)
@@ -171,3 +174,126 @@ def test_sigterm_gives_unfinished_tasks_back(env: Env) -> None:
     with sqlite3.connect(env.db) as conn:
         assert {a for (a,) in conn.execute("SELECT attempts FROM tasks")} == {0}
     assert "gave 8 unfinished tasks back to the queue" in env.log_of(daemon)
+
+
+# -- what an operator meets around the daemon (issue 16) ---------------------------------------
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = env if env is not None else subprocess_env(Path(os.devnull))
+    if env.get("MAILGATE_CONFIG") == os.devnull:
+        env["MAILGATE_CONFIG"] = ""  # no config: the defaults, in the working directory
+    return subprocess.run(mailgate_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=60, **kw)
+
+
+@pytest.mark.parametrize("command", [("tasks", "list"), ("sessions", "list"), ("mailboxes", "list"), ("cron", "status")])
+def test_a_command_on_a_missing_store_fails_and_creates_nothing(tmp_path: Path, command: tuple[str, ...]) -> None:
+    res = run_cli(*command, cwd=tmp_path)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith(f"mailgate: error: no SQLite store at {tmp_path / 'mailgate.sqlite3'} ")
+    assert "mailgate db migrate" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_db_migrate_creates_the_store_next_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "work").mkdir()
+    config = tmp_path / "etc" / "mailgate.toml"
+    config.write_text('[store]\npath = "mailgate.sqlite3"\n')
+    env = subprocess_env(config)
+    assert run_cli("db", "migrate", cwd=tmp_path / "work", env=env).returncode == 0
+    assert (tmp_path / "etc" / "mailgate.sqlite3").exists() and list((tmp_path / "work").iterdir()) == []
+    res = run_cli("tasks", "list", cwd=tmp_path / "work", env=env)
+    assert res.returncode == 0 and res.stdout == "(none)\n"
+
+
+def test_version_and_json_before_or_after_the_command(env: Env) -> None:
+    res = env.cli("--version")
+    assert res.stdout.startswith("mailgate ") and res.stdout.split()[1][0].isdigit()
+    sid = env.cli("sessions", "new", "testing").stdout.strip()
+    for args in (("--json", "sessions", "list"), ("sessions", "--json", "list"), ("sessions", "list", "--json")):
+        assert [s["id"] for s in json.loads(env.cli(*args).stdout)] == [sid], args
+
+
+def test_errors_under_json_are_json(env: Env) -> None:
+    res = env.cli("--json", "tasks", "show", "nope", check=False)
+    assert res.returncode == 1 and res.stderr == ""
+    out = json.loads(res.stdout)
+    assert out["ok"] is False and "no task 'nope'" in out["error"]
+    res = env.cli("tasks", "lst", "--json", check=False)  # a usage error
+    assert res.returncode == 2 and json.loads(res.stdout)["ok"] is False and "invalid choice" in res.stdout
+    bad = env.tmp_path / "bad.toml"
+    bad.write_text("[smtp]\nport = 99999\n[web]\nport = -1\n")
+    res = env.cli("--json", "--config", str(bad), "tasks", "list", check=False)
+    assert res.returncode == 2 and len(json.loads(res.stdout)["errors"]) == 2
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(env: Env) -> None:
+    for _ in range(3):
+        env.cli("sessions", "new", "testing")
+    read, write = os.pipe()
+    os.close(read)  # like `| head` that has already exited
+    try:
+        res = subprocess.run(mailgate_cmd("sessions", "list"), stdout=write, stderr=subprocess.PIPE, text=True,
+                             env=env.env, timeout=60)
+    finally:
+        os.close(write)
+    assert res.stderr == "" and res.returncode == 128 + signal.SIGPIPE
+
+
+def test_start_up_failures_are_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = {
+            "port in use": (f"[smtp]\nport = {port}\n", f"[smtp] cannot listen on 127.0.0.1:{port}: the port is in use"),
+            "address not here": ('[smtp]\nport = 0\nhost = "192.0.2.55"\n', "192.0.2.55 is not an address of this host"),
+            "web address not here": ('[web]\nport = 0\nhost = "192.0.2.55"\n', "[web] cannot listen on 192.0.2.55:0"),
+            "missing TLS key": (f'[smtp]\nport = 0\ntls_cert = "{tmp_path / "c.pem"}"\ntls_key = "{tmp_path / "k.pem"}"\n',
+                                f"[smtp] tls_cert = '{tmp_path / 'c.pem'}': cannot read it: No such file or directory"),
+        }
+        for name, (table, message) in cases.items():
+            config = tmp_path / f"{name.replace(' ', '-')}.toml"
+            config.write_text(f'[store]\npath = "{tmp_path / "mailgate.sqlite3"}"\n[daemon]\nroles = ["smtp", "web"]\n'
+                              '[web]\nport = 0\n' * ("[web]" not in table) + table)
+            res = run_cli("serve", cwd=tmp_path, env=subprocess_env(config))
+            errors = [line for line in res.stderr.splitlines() if line.startswith("mailgate: ")]
+            assert res.returncode in (1, 2) and "Traceback" not in res.stderr, (name, res.stderr)
+            assert len(errors) == 1 and message in errors[0], (name, res.stderr)
+
+
+def test_check_config_reports_every_error_at_once(tmp_path: Path) -> None:
+    key = tmp_path / "dkim.key"
+    key.write_text("not a key")
+    key.chmod(0o644)
+    config = tmp_path / "mailgate.toml"
+    config.write_text(f'[store]\npath = "absent/mailgate.sqlite3"\n'
+                      f'[smtp]\nport = 99999\ntls_cert = "{tmp_path / "c.pem"}"\ntls_key = "{tmp_path / "k.pem"}"\n'
+                      '[web]\nhost = "192.0.2.55"\n'
+                      f'[outbound]\ndkim_domain = "example.org"\ndkim_selector = "s1"\ndkim_key_file = "{key}"\n')
+    res = run_cli("check-config", str(config), cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    for message in ["[smtp] port = 99999 is above the maximum 65535", f"tls_cert = '{tmp_path / 'c.pem'}': cannot read it",
+                    "[web] cannot listen on 192.0.2.55", f"the folder {tmp_path / 'absent'} does not exist",
+                    "dkim_key_file", "readable by every user (mode 0644)", "6 error(s)"]:
+        assert message in res.stderr, (message, res.stderr)
+    out = json.loads(run_cli("check-config", "--json", str(config), cwd=tmp_path).stdout)
+    assert out["ok"] is False and len(out["errors"]) == 6
+
+
+def test_config_show_masks_secrets_and_says_where_each_value_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text('[tasks]\nworkers = 3\n[web]\napi_key = "from-the-file"\n')
+    env = dict(subprocess_env(config), MAILGATE_SMTP_PORT="2600", MAILGATE_OUTBOUND_PASSWORD="from-the-env")
+    res = run_cli("config", "show", cwd=tmp_path, env=env)
+    assert res.returncode == 0 and "from-the-" not in res.stdout
+    lines = {line.split("#")[0].strip(): line.split("#")[1].strip() for line in res.stdout.splitlines() if " = " in line}
+    assert lines["workers = 3"] == f"file {config}"
+    assert lines["port = 2600"] == "env MAILGATE_SMTP_PORT"
+    assert lines['api_key = "********"'] == f"file {config}"
+    assert lines['password = "********"'] == "env MAILGATE_OUTBOUND_PASSWORD"
+    assert lines['secret_key = ""'] == "default"
+    shown = json.loads(run_cli("config", "show", "--json", cwd=tmp_path, env=env).stdout)
+    assert shown["tables"]["smtp"]["port"] == {"value": 2600, "from": "env MAILGATE_SMTP_PORT"}
+    res = run_cli("config", "show", cwd=tmp_path, env=dict(env, MAILGATE_SMTP_PORT="many"))
+    assert res.returncode == 2 and "MAILGATE_SMTP_PORT = 'many' is not a valid int" in res.stderr

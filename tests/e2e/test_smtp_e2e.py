@@ -785,6 +785,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path, dns: Fa
     total, threads, kill_after = 1_000, 8, 200
     d = MailDaemon(tmp_path, dns)
     try:
+        d.cli("db", "migrate")  # the CLI opens an existing store only
         sid, address = d.new_address()  # before the daemon runs: the CLI works on the file alone
         d.serve()
         run = uuid.uuid4().hex[:8]

@@ -78,6 +78,23 @@ def test_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     assert score and float(score.group(1)) <= 2.0, res.stdout[-500:]
 
 
+def test_sysusers_file_creates_the_units_user_and_group(tmp_path: Path) -> None:
+    sysusers = need("systemd-sysusers")
+    (tmp_path / "etc").mkdir()
+    res = subprocess.run([sysusers, f"--root={tmp_path}", str(ROOT / "systemd" / "mailgate.sysusers")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    users = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()}
+    groups = {line.split(":")[0] for line in (tmp_path / "etc/group").read_text().splitlines()}
+    (user,) = unit_value("User")
+    (group,) = unit_value("Group")
+    (working,) = unit_value("WorkingDirectory")
+    assert user in users and group in groups
+    assert users[user][5] == working and users[user][6] == "/usr/sbin/nologin"  # home = the store's folder
+    readme = (ROOT / "README.md").read_text()
+    assert "useradd" not in readme and "systemd-sysusers" in readme
+
+
 def exec_start_args() -> list[str]:
     (command,) = unit_value("ExecStart")
     binary, *args = command.split()
@@ -171,6 +188,32 @@ def test_sighup_reloads_the_certificate_for_the_next_handshake(tmp_path: Path) -
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_sighup_applies_the_log_level_and_names_what_needs_a_restart(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    env = subprocess_env(config)
+    log = tmp_path / "daemon.log"
+    proc = start_mailgate("serve", env=env, log=log)
+    try:
+        wait_for_log(proc, log, r"mailgate started", 30, "the daemon")
+        text = config.read_text().replace("[daemon]", "[daemon]\nlog_level = 'warning'")
+        config.write_text(text.replace('port = 0\nhostname = "mx.test"', 'port = 2601\nhostname = "mx.test"')
+                          + "[tasks]\nworkers = 3\n")
+        proc.send_signal(signal.SIGHUP)
+        line = wait_for_log(proc, log, r".*reloaded .*", 30, "the reload line").group(0)
+        assert " WARNING " in line  # a change that did not apply
+        assert f"reloaded {config}: changed live: daemon.log_level; changed but needs a restart: tasks.workers, smtp.port" in line
+        config.write_text(config.read_text().replace("workers = 3", "workers = 'many'"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for_log(proc, log, r"reload: .*\[tasks\] workers must be an integer.*; kept the running configuration", 30,
+                     "the failed reload")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    after = log.read_text().split("kept the running configuration", 1)[1]
+    assert "stopping (grace period" not in after and "mailgate stopped" not in after  # info lines: below warning
 
 
 def test_healthcheck(tmp_path: Path) -> None:

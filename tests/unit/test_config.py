@@ -82,3 +82,56 @@ def test_check_config_cli(tmp_path: Path) -> None:
     res = subprocess.run(mailgate_cmd("check-config", str(bad)), capture_output=True, text=True, env=subprocess_env(good))
     assert res.returncode == 2
     assert "[tasks] workers must be an integer" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_any_key_from_the_environment_typed_and_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp]\nport = 2526\n[tasks]\nworkers = 2\n")
+    env = {"MAILGATE_SMTP_PORT": "25", "MAILGATE_WEB_DEMO_PAGES": "yes", "MAILGATE_MAIL_DOMAINS": "a.test, b.test",
+           "MAILGATE_SMTP_DNS_SERVERS": '["192.0.2.1"]', "MAILGATE_TASKS_TIMEOUT": "7", "MAILGATE_DAEMON_LOG_LEVEL": "debug",
+           "MAILGATE_WEB_API_KEY": "", "MAILGATE_WEB_DIR": "/elsewhere", "MAILGATE_CONFIG": str(path)}
+    config = load_config(path, env=env)
+    assert config.smtp.port == 25 and config.web.demo_pages is True and config.tasks.workers == 2
+    assert config.mail.domains == ("a.test", "b.test") and config.smtp.dns_servers == ("192.0.2.1",)
+    assert config.tasks.timeout == 7.0 and config.daemon.log_level == "debug"
+    assert config.origins["smtp.port"] == "env MAILGATE_SMTP_PORT"
+    assert config.origins["tasks.workers"] == f"file {path}"
+    assert config.origins["web.api_key"] == "default"  # an empty variable is no value
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MAILGATE_SMTP_PORT": "twenty-five"}, r"MAILGATE_SMTP_PORT = 'twenty-five' is not a valid int"),
+        ({"MAILGATE_SMTP_PORT": "99999"}, r"MAILGATE_SMTP_PORT = 99999 is above the maximum 65535"),
+        ({"MAILGATE_TASKS_WORKERS": "0"}, r"MAILGATE_TASKS_WORKERS = 0 is below the minimum 1"),
+        ({"MAILGATE_DAEMON_LOG_LEVEL": "loud"}, r"MAILGATE_DAEMON_LOG_LEVEL = 'loud' is not one of"),
+        ({"MAILGATE_SMTP_PORTT": "25"}, r"MAILGATE_SMTP_PORTT names no key of \[smtp\]"),
+    ],
+)
+def test_bad_environment_variable_is_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, env=env)
+
+
+def test_every_error_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "[smtp]\nport = 99999\ntls_cert = '/x.pem'\n[web]\nport = -1\n[tasks]\nworkerz = 1\n[nope]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    errors = info.value.errors
+    assert len(errors) == 4, errors
+    assert any("[smtp] port = 99999 is above the maximum 65535" in e for e in errors)
+    assert any("[web] port = -1 is below the minimum 0" in e for e in errors)
+    assert any("[tasks] unknown key 'workerz'" in e for e in errors)
+    assert any("unknown table [nope]" in e for e in errors)
+    assert all(e.startswith(str(path)) for e in errors)
+
+
+def test_a_relative_store_path_in_a_file_is_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "mailgate.toml"
+    path.write_text("[store]\npath = 'data/mailgate.sqlite3'\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("etc/mailgate.toml", env={}).store.path == str(tmp_path / "etc" / "data" / "mailgate.sqlite3")
+    assert load_config(None, env={}).store.path == "mailgate.sqlite3"  # the default: the working directory
+    env = {"MAILGATE_STORE_PATH": "env.sqlite3"}
+    assert load_config(path, env=env).store.path == "env.sqlite3"

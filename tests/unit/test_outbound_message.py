@@ -283,7 +283,7 @@ def test_outbound_config_doc_env_and_checks(tmp_path: Path) -> None:
     for f in dataclasses.fields(OutboundConfig):
         assert f.metadata["doc"], f.name
         assert dict(f.metadata) == {**_f(f.default, f.metadata["doc"]).metadata, "secret": f.name == "password",
-                                    "minimum": f.metadata["minimum"]}, f"{f.name}: metadata differs from config._f"
+                                    "minimum": f.metadata["minimum"], "maximum": f.metadata["maximum"]}, f"{f.name}: metadata differs from config._f"
     table = _build_table(OutboundConfig, "outbound", {"relay_host": "smtp.example.org", "tls": "implicit"}, "m.toml",
                          {"MAILGATE_OUTBOUND_PASSWORD": "s3cret"})
     assert table == OutboundConfig(relay_host="smtp.example.org", tls="implicit", password="s3cret")

@@ -1,6 +1,9 @@
 """The admin CLI: thin commands over the core that print tables for people or ``--json`` for scripts.
 
-A user error prints one line (``mailgate: error: ...``) and exits 1; no traceback.
+A user error prints one line (``mailgate: error: ...``, or ``{"ok": false, "error": ...}`` on stdout
+under ``--json``) and exits 1 (2 for a configuration or usage error); no traceback. ``--json`` goes
+before or after the command. A reader that goes away (``mailgate tasks list | head``) ends the
+command quietly.
 """
 
 from __future__ import annotations
@@ -9,16 +12,26 @@ import argparse
 import asyncio
 import base64
 import http.client
+import importlib.metadata
 import json
 import os
+import signal
 import sys
+import typing
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from mailgate.config import Config, find_config_path, load_config
+from mailgate.config import (
+    Config,
+    effective,
+    find_config_path,
+    load_config,
+    load_config_with_errors,
+    toml_value,
+)
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.interviews import load_interviews
 from mailgate.core.runtime import Runtime
@@ -32,6 +45,7 @@ from mailgate.daemon.lifecycle import (
     tune_gc,
 )
 from mailgate.daemon.logs import setup_logging
+from mailgate.daemon.preflight import check_host
 from mailgate.edges.cli.dbcopy import add_parser as add_db_copy_parser
 from mailgate.edges.cli.dbcopy import cmd_db_copy
 from mailgate.edges.cli.output import emit, print_json, safe
@@ -50,7 +64,7 @@ class UsageError(MailgateError):
 @asynccontextmanager
 async def _runtime(config: Config) -> AsyncIterator[Runtime]:
     """The core as the daemon starts it, with no roles (for one-shot commands)."""
-    async with Daemon(config, roles=(), one_shot=True) as daemon:
+    async with Daemon(config, roles=(), one_shot=True, existing_store=True) as daemon:
         assert daemon.runtime is not None
         yield daemon.runtime
 
@@ -77,14 +91,40 @@ def _user_from(args: argparse.Namespace) -> User:
 
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The file, then what it names on this host (files, addresses, ports): every error at once."""
     path = args.path or find_config_path(args.config)
-    config = load_config(path)
-    check_config(config)
-    load_interviews(config.interviews.modules, config.interviews.paths)
+    config, errors = load_config_with_errors(path)
+    for check in (lambda: check_config(config), lambda: load_interviews(config.interviews.modules, config.interviews.paths)):
+        try:
+            check()
+        except MailgateError as exc:
+            errors.append(str(exc))
+    errors += check_host(config)
     if args.json:
-        print_json({"ok": True, "path": path, "source": config.source})
+        print_json({"ok": not errors, "path": path, "source": config.source, "errors": errors})
+    elif errors:
+        for error in errors:
+            print(f"mailgate: config error: {error}", file=sys.stderr)
+        print(f"{path or 'built-in defaults'}: {len(errors)} error(s)", file=sys.stderr)
     else:
         print(f"{path or 'built-in defaults'}: OK")
+    return 2 if errors else 0
+
+
+def cmd_config_show(args: argparse.Namespace, config: Config) -> int:
+    """The effective configuration: every key, its value (secrets masked) and where it came from."""
+    shown = effective(config)
+    if args.json:
+        print_json({"source": config.source,
+                    "tables": {t: {k: {"value": v, "from": o} for k, (v, o) in keys.items()} for t, keys in shown.items()}})
+        return 0
+    print(f"# effective configuration: {config.source}, then MAILGATE_<TABLE>_<KEY> variables")
+    for table, keys in shown.items():
+        print(f"\n[{table}]")
+        lines = [(f"{key} = {toml_value(value)}", origin) for key, (value, origin) in keys.items()]
+        width = max(len(text) for text, _ in lines)
+        for text, origin in lines:
+            print(f"{text.ljust(width)}  # {origin}")
     return 0
 
 
@@ -93,6 +133,10 @@ async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     async with Daemon(config, roles=roles) as daemon:
         tune_gc(config.daemon.gc_threshold)
         return await daemon.run_until_stopped()
+
+
+async def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    return cmd_config_show(args, config)
 
 
 async def cmd_db(args: argparse.Namespace, config: Config) -> int:
@@ -220,7 +264,7 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
-    async with Daemon(config, roles=(), one_shot=True) as daemon:
+    async with Daemon(config, roles=(), one_shot=True, existing_store=True) as daemon:
         assert daemon.runtime is not None and daemon.cron is not None
         rt, cron = daemon.runtime, daemon.cron
         if args.cron_cmd == "run":
@@ -345,12 +389,35 @@ async def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as JSON on stdout when the command line asks for ``--json``."""
+
+    json_errors = False
+
+    def error(self, message: str) -> typing.NoReturn:
+        if self.json_errors:
+            print_json({"ok": False, "error": f"{self.prog}: {message}"})
+            self.exit(2)
+        super().error(message)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("mailgate")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed)"
+
+
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    parser_class = type("Parser", (_Parser,), {"json_errors": json_errors})
+    # the options every command takes, after it; SUPPRESS keeps the same option given before it
+    common = parser_class(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of a table")
     common.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $MAILGATE_CONFIG or ./mailgate.toml)")
 
-    parser = argparse.ArgumentParser(prog="mailgate", description="Inbound-mail and notification gateway daemon.")
+    parser = parser_class(prog="mailgate", description="Inbound-mail and notification gateway daemon.")
+    parser.add_argument("--version", action="version", version=f"mailgate {version()}")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table (here or after the command)")
     parser.add_argument("--config", help="config file (default: $MAILGATE_CONFIG or ./mailgate.toml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -360,11 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="SQLite file for the demo (default: the configured one)")
     p = sub.add_parser("check-config", parents=[common], help="validate a config file")
     p.add_argument("path", nargs="?", help="file to check (default: the one in use)")
-    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True, metavar="COMMAND")
+    cfg = sub.add_parser("config", help="the configuration in use", parents=[common]).add_subparsers(dest="config_cmd", required=True, metavar="COMMAND")
+    cfg.add_parser("show", parents=[common], help="every key's effective value (secrets masked) and where it came from")
+    db = sub.add_parser("db", help="database maintenance", parents=[common]).add_subparsers(dest="db_cmd", required=True, metavar="COMMAND")
     db.add_parser("migrate", parents=[common], help="apply pending migrations")
     add_db_copy_parser(db, common)
 
-    s = sub.add_parser("sessions", help="list, create, inspect, delete sessions; run actions").add_subparsers(
+    s = sub.add_parser("sessions", help="list, create, inspect, delete sessions; run actions", parents=[common]).add_subparsers(
         dest="sessions_cmd", required=True, metavar="COMMAND")
     p = s.add_parser("new", parents=[common], help="create a session")
     p.add_argument("interview")
@@ -385,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="run as this user id")
     p.add_argument("--privilege", action="append", help="privilege of --user (repeatable)")
 
-    t = sub.add_parser("tasks", help="list, inspect and retry background tasks").add_subparsers(
+    t = sub.add_parser("tasks", help="list, inspect and retry background tasks", parents=[common]).add_subparsers(
         dest="tasks_cmd", required=True, metavar="COMMAND")
     p = t.add_parser("list", parents=[common], help="list tasks, newest first")
     p.add_argument("--session")
@@ -397,13 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = t.add_parser("retry", parents=[common], help="queue a failed task again")
     p.add_argument("id")
 
-    m = sub.add_parser("mailboxes", help="per-session e-mail addresses").add_subparsers(
+    m = sub.add_parser("mailboxes", help="per-session e-mail addresses", parents=[common]).add_subparsers(
         dest="mailboxes_cmd", required=True, metavar="COMMAND")
     p = m.add_parser("list", parents=[common], help="list mailboxes with their e-mail counts")
     p.add_argument("--session")
     p.add_argument("--limit", type=int, default=100)
 
-    e = sub.add_parser("emails", help="received e-mails").add_subparsers(dest="emails_cmd", required=True, metavar="COMMAND")
+    e = sub.add_parser("emails", help="received e-mails", parents=[common]).add_subparsers(dest="emails_cmd", required=True, metavar="COMMAND")
     p = e.add_parser("list", parents=[common], help="list e-mails, oldest first")
     p.add_argument("--mailbox", help="address or local part")
     p.add_argument("--session")
@@ -414,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--raw", action="store_true", help="the message exactly as received (base64 with --json)")
     group.add_argument("--headers", action="store_true", help="only the header fields")
 
-    c = sub.add_parser("cron", help="scheduled tasks").add_subparsers(dest="cron_cmd", required=True, metavar="COMMAND")
+    c = sub.add_parser("cron", help="scheduled tasks", parents=[common]).add_subparsers(dest="cron_cmd", required=True, metavar="COMMAND")
     p = c.add_parser("run", parents=[common], help="run a scheduled type (or any event name) now on every cron-enabled session")
     p.add_argument("type", help="cron_hourly, cron_daily, cron_weekly, cron_monthly, or another event name")
     c.add_parser("status", parents=[common], help="the schedule with the last and next run of each type")
@@ -426,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "serve": cmd_serve,
     "demo": cmd_demo,
+    "config": cmd_config,
     "db": cmd_db,
     "sessions": cmd_sessions,
     "tasks": cmd_tasks,
@@ -438,8 +508,24 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    try:
+        try:
+            status = _run(argv, as_json)
+        except SystemExit as exc:  # argparse's --help, --version and usage errors
+            status = exc.code if isinstance(exc.code, int) else 2
+        sys.stdout.flush()  # inside the try: a reader that went away shows here
+        return status
+    except BrokenPipeError:
+        # the reader (head, less, grep -q) has what it wanted; Python would print a traceback, then
+        # complain again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what the shell reports for a command that SIGPIPE ended
+
+
+def _run(argv: list[str], as_json: bool) -> int:
+    args = build_parser(json_errors=as_json).parse_args(argv)
     try:
         if args.command == "check-config":
             return cmd_check_config(args)
@@ -448,16 +534,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("warning" if quiet else config.daemon.log_level, config.daemon.log_format)
         return int(asyncio.run(ASYNC_COMMANDS[args.command](args, config)))
     except ConfigError as exc:
-        print(f"mailgate: config error: {exc}", file=sys.stderr)
-        return 2
+        return _error(as_json, "config error", exc.errors, 2)
     except MailgateError as exc:
-        print(f"mailgate: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(as_json, "error", [str(exc)], 1)
     except json.JSONDecodeError as exc:
-        print(f"mailgate: error: invalid JSON: {exc}", file=sys.stderr)
-        return 1
+        return _error(as_json, "error", [f"invalid JSON: {exc}"], 1)
     except KeyboardInterrupt:
         return 130
+
+
+def _error(as_json: bool, kind: str, errors: list[str], status: int) -> int:
+    """A failed command: one line per error on stderr, or one JSON object on stdout under --json."""
+    if as_json:
+        print_json({"ok": False, "error": "; ".join(errors), "errors": errors, "kind": kind.split()[0]})
+    else:
+        for error in errors:
+            print(f"mailgate: {kind}: {error}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
