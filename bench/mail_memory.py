@@ -27,8 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from email.message import EmailMessage
+from pathlib import Path
 
 from mailgate.core.inbound import prepare_message, warm_worker
 from mailgate.mail.parse import ParseLimits
@@ -90,6 +90,15 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _sample(pid: int, peaks: dict[int, int], done: threading.Event) -> None:
+    """Keep the highest VmHWM of each descendant of ``pid`` in ``peaks`` until ``done``."""
+    while not done.wait(0.02):
+        for kid in _descendants(pid):
+            hwm = _status(kid).get("VmHWM")
+            if hwm is not None:
+                peaks[kid] = max(peaks.get(kid, 0), hwm)
+
+
 def measure_daemon() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import smtp_ingest as bench
@@ -111,15 +120,7 @@ def measure_daemon() -> None:
                     Path(f"/proc/{pid}/clear_refs").write_text("5")
                 peaks: dict[int, int] = {}
                 done = threading.Event()
-
-                def sample() -> None:
-                    while not done.wait(0.02):
-                        for pid in _descendants(server.proc.pid):  # noqa: B023 -- joined below
-                            hwm = _status(pid).get("VmHWM")
-                            if hwm is not None:
-                                peaks[pid] = max(peaks.get(pid, 0), hwm)  # noqa: B023
-
-                sampler = threading.Thread(target=sample)
+                sampler = threading.Thread(target=_sample, args=(server.proc.pid, peaks, done))
                 sampler.start()
                 server.call("reset_peak")
                 idle = server.call("memory")["VmRSS"]

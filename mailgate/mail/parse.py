@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
-from email.feedparser import BufferedSubFile, BytesFeedParser, FeedParser, NeedMoreData
+from email.feedparser import BufferedSubFile, BytesFeedParser, FeedParser, NeedMoreData  # type: ignore[attr-defined]
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -397,8 +397,8 @@ class _Parser:
                         f"cannot re-serialise a {_safe_type(part)} part: {type(exc).__name__}"
                     )
             return b""
-        data = self.payload(part)
-        return data if isinstance(data, bytes) else bytes(data)
+        payload = self.payload(part)
+        return payload if isinstance(payload, bytes) else bytes(payload)
 
 
 def _utf8_or_latin1(data: bytes | bytearray | memoryview) -> str:
