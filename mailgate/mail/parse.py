@@ -686,12 +686,15 @@ class _LeanInput(BufferedSubFile):
         text = "".join(lines)
         stop, taken = len(lines), len(text)
         ends: list[int] = []
-        for found in _LINE_DASH.finditer(text):
-            ends = ends or list(itertools.accumulate(map(len, lines)))
-            index = bisect.bisect_right(ends, found.start())  # the line that begins there
-            if any(match(lines[index]) for match in matchers):
-                stop, taken = index, found.start()
-                break
+        at = text.find("-")
+        while at >= 0:
+            if at == 0 or text[at - 1] in "\r\n":  # a line begins with "-"
+                ends = ends or list(itertools.accumulate(map(len, lines)))
+                index = bisect.bisect_right(ends, at)
+                if any(match(lines[index]) for match in matchers):
+                    stop, taken = index, at
+                    break
+            at = text.find("-", at + 1)
         if taken:
             tail = text[max(taken - 2, 0) : taken] if taken >= 2 else tail[-1:] + text[:taken]
             self.pos += taken
@@ -743,7 +746,6 @@ class _LeanFeedParser(BytesFeedParser):
 
 
 _BOUNDARY_START = "(?P<sep>" + re.escape("--")  # how _parsegen's boundary patterns begin
-_LINE_DASH = re.compile(r"(?:\A|(?<=[\r\n]))-")  # a "-" that begins a line
 
 
 def _is_boundary_matcher(match: Callable[[str], object]) -> bool:
