@@ -220,7 +220,7 @@ class StoredParse:
 
 def parse_for_store(raw: bytes, limits: ParseLimits) -> StoredParse:
     """Parse ``raw`` (in a worker process when configured) into what is stored."""
-    parsed = parse_message(raw, limits)
+    parsed = parse_message(raw, limits, attachment_data=False)  # only their sizes are stored
     return StoredParse(_parsed_json(parsed), parsed.message_id, parsed.subject, parsed.from_address, parsed.content_hash)
 
 

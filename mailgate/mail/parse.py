@@ -7,19 +7,23 @@ stay the source of truth (the caller stores them); this record is a convenience 
 
 from __future__ import annotations
 
+import binascii
+import bisect
 import hashlib
+import itertools
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
-from email.feedparser import BytesFeedParser
+from email.feedparser import BufferedSubFile, BytesFeedParser, FeedParser, NeedMoreData  # type: ignore[attr-defined]
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.policy import Policy
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class _Pending:
     content_type: str
     content_id: str | None
     disposition: str
+    size: int
     data: bytes
 
 
@@ -221,8 +226,10 @@ def sanitize_filename(name: str | None, fallback: str) -> str:
 class _Parser:
     """The state of one parse: limits, counters and the defects found on the way."""
 
-    def __init__(self, limits: ParseLimits) -> None:
+    def __init__(self, limits: ParseLimits, data: bytes = b"", attachment_data: bool = True) -> None:
         self.limits = limits
+        self.data = data  # what the feed parser was given: leaf bodies are read from it (see _LeanInput)
+        self.attachment_data = attachment_data
         self.defects: list[str] = []
         self.visited = 0
         self.over_parts = 0
@@ -317,26 +324,61 @@ class _Parser:
         cid = _content_id(part)
         if disposition is None:
             disposition = "inline" if cid else "attachment"
-        pending = _Pending(filename, ctype, cid, disposition, self.part_bytes(part))
+        if self.attachment_data:
+            data = self.part_bytes(part)
+            pending = _Pending(filename, ctype, cid, disposition, len(data), data)
+        else:
+            pending = _Pending(filename, ctype, cid, disposition, self.part_size(part), b"")
         return _Found(attachments=[pending])
 
     def decode_text(self, part: Message) -> str:
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
+        data = self.payload(part)
         charset = str(part.get_content_charset() or "us-ascii")
+        if isinstance(data, memoryview) and charset not in _VIEW_CHARSETS:
+            data = bytes(data)  # codecs written in Python may not take a memoryview
         try:
-            text = data.decode(charset)
+            text = str(data, charset)
         except UnicodeDecodeError:
             # Undeclared 8-bit text is most often UTF-8 in a part that claims ASCII.
-            text = _utf8_or_latin1(data) if charset in _ASCII else data.decode(charset, "replace")
+            text = _utf8_or_latin1(data) if charset in _ASCII else str(data, charset, "replace")
         except Exception:  # noqa: BLE001 -- unknown or non-text codec names
             self.defect(
                 f"unknown charset {clean_text(charset)[:60]!r}; decoded as UTF-8 or Latin-1"
             )
             text = _utf8_or_latin1(data)
+        del data
         if "\x00" in text:
             self.defect("NUL characters in a text part replaced by U+FFFD")
         return clean_text(text)
+
+    def payload(self, part: Message) -> bytes | bytearray | memoryview:
+        """What ``part.get_payload(decode=True)`` gives for a leaf, without a copy of the part where
+        the transfer encoding is the identity (a view of the message) or well-formed base64."""
+        span = _span(part)
+        if span is not None:
+            cte = _cte(part)
+            if cte not in _DECODING:
+                return memoryview(self.data)[span[0] : span[1]]
+            if cte == "base64":
+                out = bytearray()
+                if _base64_stream(memoryview(self.data)[span[0] : span[1]], out.extend):
+                    return out
+        _materialize(part, self.data)
+        payload = part.get_payload(decode=True)
+        return payload if isinstance(payload, bytes) else b""
+
+    def part_size(self, part: Message) -> int:
+        """``len(self.part_bytes(part))``, with no decoded copy of a leaf that is not needed."""
+        span = _span(part)
+        if span is not None:
+            cte = _cte(part)
+            if cte not in _DECODING:
+                return span[1] - span[0]
+            if cte == "base64":
+                sizes: list[int] = []
+                if _base64_stream(memoryview(self.data)[span[0] : span[1]], lambda b: sizes.append(len(b))):
+                    return sum(sizes)
+        return len(self.part_bytes(part))
 
     def part_bytes(self, part: Message) -> bytes:
         if part.is_multipart():  # message/rfc822 and other container attachments
@@ -344,6 +386,8 @@ class _Parser:
             target = inner[0] if isinstance(inner, list) and len(inner) == 1 else part
             if not isinstance(target, Message):
                 return b""
+            for node in part.walk():  # the generator writes every leaf's body
+                _materialize(node, self.data)
             for pol in (policy.compat32, policy.default):
                 try:
                     data = target.as_bytes(policy=pol)
@@ -353,15 +397,49 @@ class _Parser:
                         f"cannot re-serialise a {_safe_type(part)} part: {type(exc).__name__}"
                     )
             return b""
-        payload = part.get_payload(decode=True)
-        return payload if isinstance(payload, bytes) else b""
+        payload = self.payload(part)
+        return payload if isinstance(payload, bytes) else bytes(payload)
 
 
-def _utf8_or_latin1(data: bytes) -> str:
+def _utf8_or_latin1(data: bytes | bytearray | memoryview) -> str:
     try:
-        return data.decode("utf-8")
+        return str(data, "utf-8")
     except UnicodeDecodeError:
-        return data.decode("latin-1")
+        return str(data, "latin-1")
+
+
+# Transfer encodings `Message.get_payload(decode=True)` decodes; any other gives the body's bytes.
+_DECODING = ("quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue")
+# Charsets whose codec (in C) decodes a memoryview as it decodes bytes.
+_VIEW_CHARSETS = (*_ASCII, "utf-8", "utf8", "iso-8859-1", "latin-1", "latin1")
+_BASE64_BLOCK = 1 << 20
+
+
+def _cte(part: Message) -> str:
+    return str(part.get("content-transfer-encoding", "")).lower()  # as Message.get_payload reads it
+
+
+def _base64_stream(view: memoryview, sink: Callable[[bytes], object]) -> bool:
+    """Decode base64 ``view`` block by block into ``sink``, as ``get_payload(decode=True)`` decodes
+    it when it is well formed (line ends dropped, strict alphabet, padding only at the very end,
+    a length that is a multiple of 4); False at the first sign it is not: the caller then lets the
+    stdlib decode it (and note its defects), and ``sink`` has been given a part of it."""
+    carry = b""
+    padded = False
+    for start in range(0, len(view), _BASE64_BLOCK):
+        block = carry + bytes(view[start : start + _BASE64_BLOCK]).translate(None, b"\r\n")
+        cut = len(block) - len(block) % 4
+        carry, block = block[cut:], block[:cut]
+        if not block:
+            continue
+        if padded:
+            return False  # data after padding: the stdlib's error path
+        try:
+            sink(binascii.a2b_base64(block, strict_mode=True))
+        except binascii.Error:
+            return False
+        padded = block.endswith(b"=")
+    return not carry
 
 
 def _subtree_size(part: Message) -> int:
@@ -532,74 +610,196 @@ def _all_headers(msg: Message, parser: _Parser) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-_HEADER_LINE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")  # email.feedparser.headerRE
-_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|\Z)")  # a line as the feed parser splits them
+_FEED_BLOCK = 64 * 1024
 
 
-def _feed_parser(budget: _PartBudget, parse_policy: Policy) -> BytesFeedParser:
-    feed = BytesFeedParser(_factory=budget, policy=parse_policy)
+class _LeanInput(BufferedSubFile):
+    """The feed parser's line source, which hands it a leaf part's body as a few short stand-ins.
+
+    The stdlib feed parser keeps every body line of a part as a string of its own until the part
+    ends (about 60 bytes of overhead per line: 33 MB of empty lines took 1.7 GB), then joins them.
+    Here, once the headers of a part that is not a container are read (`_LeanFeedParser`), the
+    lines the parser asks for are taken in runs, each run up to the next line an end-of-part matcher
+    stops at, and handed over as its last two characters: what the parser does with a leaf's
+    body (join it, then drop one line end before the boundary that follows) then depends on those
+    only. Where the real body lies in the data is noted on the part (`_span`), and it is read from
+    there when needed (`_materialize`, `_Parser.payload`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = 0  # offset in the fed data of the next line `readline` returns
+        self.leaf: Message | None = None
+        self.start = 0
+        self.handed = 0  # characters of stand-ins handed over for the current leaf
+
+    def begin_leaf(self, msg: Message) -> None:
+        self.leaf, self.start, self.handed = msg, self.pos, 0
+
+    def end_leaf(self) -> None:
+        if self.leaf is not None:
+            self.leaf.__dict__["_mailgate_span"] = (self.start, self.pos, self.handed)
+            self.leaf = None
+
+    def unreadline(self, line: str) -> None:
+        assert self.leaf is None, "the feed parser never pushes back a leaf's body line"
+        super().unreadline(line)
+        self.pos -= len(line)
+
+    def readline(self) -> Any:
+        line = super().readline()
+        if line is NeedMoreData:
+            return line
+        if line == "":
+            self.end_leaf()
+            return line
+        self.pos += len(line)
+        if self.leaf is None:
+            return line
+        lines, matchers = self._lines, self._eofstack  # type: ignore[attr-defined]
+        tail = line[-2:]
+        if not matchers:  # a message that is not multipart: every line there is is body
+            if lines:
+                self.pos += sum(map(len, lines))
+                last = lines[-1]
+                tail = last[-2:] if len(last) >= 2 else (lines[-2] if len(lines) > 1 else line)[-1:] + last
+                lines.clear()
+        elif all(_is_boundary_matcher(m) for m in matchers):
+            tail = self._skip_to_dash(tail)
+        else:  # message/delivery-status blocks: a blank line ends one
+            while lines:
+                following = lines[0]
+                if any(match(following) for match in matchers):
+                    break
+                lines.popleft()
+                self.pos += len(following)
+                tail = following[-2:] if len(following) >= 2 else tail[-1:] + following
+        self.handed += len(tail)
+        return tail
+
+    def _skip_to_dash(self, tail: str) -> str:
+        """Take the buffered lines up to the first one an end-of-part matcher stops at, knowing
+        that each of them matches boundary lines only, which begin with "--"; return the run's tail."""
+        lines, matchers = self._lines, self._eofstack  # type: ignore[attr-defined]
+        if not lines:
+            return tail
+        text = "".join(lines)
+        stop, taken = len(lines), len(text)
+        ends: list[int] = []
+        at = text.find("-")
+        while at >= 0:
+            if at == 0 or text[at - 1] in "\r\n":  # a line begins with "-"
+                ends = ends or list(itertools.accumulate(map(len, lines)))
+                index = bisect.bisect_right(ends, at)
+                if any(match(lines[index]) for match in matchers):
+                    stop, taken = index, at
+                    break
+            at = text.find("-", at + 1)
+        if taken:
+            tail = text[max(taken - 2, 0) : taken] if taken >= 2 else tail[-1:] + text[:taken]
+            self.pos += taken
+            if stop == len(lines):
+                lines.clear()
+            else:
+                for _ in range(stop):
+                    lines.popleft()
+        return tail
+
+
+class _LeanFeedParser(BytesFeedParser):
+    """The stdlib feed parser reading leaf bodies through `_LeanInput`, fed in blocks."""
+
+    def __init__(self, _factory: Callable[..., Message], policy: Policy) -> None:
+        super().__init__(_factory=_factory, policy=policy)
+        self._input: _LeanInput = _LeanInput()
+
+    def _parse_headers(self, lines: list[str]) -> None:
+        super()._parse_headers(lines)  # type: ignore[misc]
+        msg: Message = self._cur  # type: ignore[attr-defined]
+        if self._headersonly:  # type: ignore[attr-defined]
+            return
+        # As _parsegen goes on: a part that is not message/* nor a multipart with a boundary
+        # has the rest of its input as its payload.
+        maintype = msg.get_content_maintype()
+        if maintype != "message" and (maintype != "multipart" or msg.get_boundary() is None):
+            self._input.begin_leaf(msg)
+
+    def feed_all(self, data: bytes) -> Message:
+        view = memoryview(data)
+        inp = self._input
+        for start in range(0, len(data), _FEED_BLOCK):
+            FeedParser.feed(self, str(view[start : start + _FEED_BLOCK], "ascii", "surrogateescape"))
+            if inp.leaf is not None and not inp._eofstack:  # type: ignore[attr-defined]
+                # The body of a message that is no container: the rest of the data is its payload,
+                # and no line end of it is dropped, so one stand-in for all of it will do.
+                rest = len(inp._partial.getvalue()) + sum(map(len, inp._lines)) + max(len(data) - start - _FEED_BLOCK, 0)  # type: ignore[attr-defined]
+                inp._partial.seek(0)  # type: ignore[attr-defined]
+                inp._partial.truncate()  # type: ignore[attr-defined]
+                inp._lines.clear()  # type: ignore[attr-defined]
+                if rest > 0:
+                    inp.pos += rest - 1
+                    inp._lines.append("x")  # type: ignore[attr-defined]
+                break
+        root = self.close()
+        self._input.end_leaf()
+        return root
+
+
+_BOUNDARY_START = "(?P<sep>" + re.escape("--")  # how _parsegen's boundary patterns begin
+
+
+def _is_boundary_matcher(match: Callable[[str], object]) -> bool:
+    pattern = getattr(getattr(match, "__self__", None), "pattern", None)
+    return isinstance(pattern, str) and pattern.startswith(_BOUNDARY_START)
+
+
+def _span(part: Message) -> tuple[int, int] | None:
+    """Where ``part``'s payload lies in the data fed to `_LeanFeedParser`, if it was read so."""
+    span = part.__dict__.get("_mailgate_span")
+    if span is None:
+        return None
+    start, end, handed = span
+    payload = part._payload  # type: ignore[attr-defined]
+    # the stand-ins joined, less the line end the parser dropped before a boundary
+    return start, end - (handed - len(payload))
+
+
+def _materialize(part: Message, data: bytes) -> None:
+    """Give ``part`` its real payload, as the stdlib parser would have set it."""
+    span = _span(part)
+    if span is not None:
+        part._payload = str(memoryview(data)[span[0] : span[1]], "ascii", "surrogateescape")  # type: ignore[attr-defined]
+        del part.__dict__["_mailgate_span"]
+
+
+def _feed_parser(budget: _PartBudget, parse_policy: Policy) -> _LeanFeedParser:
+    feed = _LeanFeedParser(budget, parse_policy)
     budget.reset()  # the constructor calls the factory once to probe its signature
     return feed
-
-
-def _parse_single_part(feed: BytesFeedParser, data: bytes) -> Message | None:
-    """The message, when it is not multipart or message/*, with its body set in one piece; else
-    None, and `feed` is spent: parse with a new one.
-
-    The stdlib feed parser keeps every body line as a string of its own until the part ends: about
-    60 bytes per line, so 33 MB of empty lines took 1.7 GB and 11 s. For a part that is not a
-    container it then sets the payload to the lines joined again, that is to the body text exactly;
-    here the parser reads the header block (and the first body line, so that it notes the same
-    defects), and the body is given to the message whole.
-    """
-    pos = 0
-    size = len(data)
-    while True:  # the header block as the feed parser ends it: at a blank line or a non-header line
-        line = _LINE.match(data, pos)
-        if line is None or line.end() == pos:
-            return None  # no body at all: the ordinary way is as cheap
-        if line.group().startswith((b"\r", b"\n")):
-            body = line.end()
-            break
-        if not _HEADER_LINE.match(data, pos):
-            body = pos
-            break
-        pos = line.end()
-        if pos >= size:
-            return None
-    first = _LINE.match(data, body)
-    feed.feed(data[: first.end() if first is not None else body])
-    msg = feed.close()
-    if msg.get_content_maintype() in ("multipart", "message"):
-        return None  # a fresh parser reads the whole message the ordinary way
-    msg.set_payload(data[body:].decode("ascii", "surrogateescape"))
-    return msg
 
 
 _DEFAULT_LIMITS = ParseLimits()
 
 
-def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS) -> ParsedMessage:
+def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS, *, attachment_data: bool = True) -> ParsedMessage:
     """Parse `raw` into a `ParsedMessage`; never raises.
 
     The body is chosen by MIME structure: in multipart/alternative the last text/plain and the
     last text/html alternatives; in multipart/mixed the first text part; in multipart/related
     the root part. Every other leaf, every message/rfc822 part and every part marked as an
     attachment (or carrying a file name without being inline) becomes an `Attachment`.
+    ``attachment_data=False`` leaves `Attachment.data` empty (its size is still given): no decoded
+    copy of an attachment is made then.
     """
-    parser = _Parser(limits)
+    parser = _Parser(limits, attachment_data=attachment_data)
     parse_policy = policy.default.clone(header_factory=_CachingRegistry())
     content_hash = hashlib.sha256(raw).hexdigest()
-    data = _split_headers(raw, limits.max_header_bytes, parser)
+    data = parser.data = _split_headers(raw, limits.max_header_bytes, parser)
     budget = _PartBudget(2 * limits.max_parts + 2)
     msg: Message | None = None
     structure_read = False
     try:
-        msg = _parse_single_part(_feed_parser(budget, parse_policy), data)
-        if msg is None:
-            feed = _feed_parser(budget, parse_policy)
-            feed.feed(data)
-            msg = feed.close()
+        msg = _feed_parser(budget, parse_policy).feed_all(data)
         structure_read = True
     except _PartLimitReached:
         msg, structure_read = budget.root, True
@@ -662,7 +862,7 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS) -> ParsedMe
             Attachment(
                 filename=sanitize_filename(p.filename, f"attachment-{i}"),
                 content_type=p.content_type,
-                size=len(p.data),
+                size=p.size,
                 content_id=p.content_id,
                 disposition=p.disposition,
                 data=p.data,

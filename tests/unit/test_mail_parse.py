@@ -389,7 +389,7 @@ def test_an_exception_inside_the_parser_becomes_a_defect(monkeypatch: pytest.Mon
         def __init__(self, *args: object, **kwargs: object) -> None:
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(mail, "BytesFeedParser", Exploding)
+    monkeypatch.setattr(mail, "_LeanFeedParser", Exploding)
     p = parse(HEAD + PLAIN)
     assert p.subject == "test"  # the headers-only fallback still read the header fields
     assert p.body_text is None
