@@ -62,6 +62,7 @@ AddressInput: TypeAlias = "str | tuple[str, str] | HasEmail"
 AddressesInput: TypeAlias = "AddressInput | Iterable[AddressInput] | None"
 
 _BREAK = re.compile(r"[\r\n\x00]")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 3.6.8: printable ASCII except colon
 
 
 def _no_break(value: str, what: str) -> None:
@@ -125,12 +126,23 @@ _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
 
 @dataclass(frozen=True)
 class Attachment:
+    """A file sent with a message; ``disposition`` "inline" and a ``Content-ID`` in ``headers`` let the
+    HTML part show it (``<img src="cid:...">``)."""
+
     filename: str
     content_type: str
     data: bytes
+    disposition: str = "attachment"
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         _no_break(self.filename, "attachment file name")
+        if self.disposition not in ("attachment", "inline"):
+            raise AttachmentError(f"attachment {self.filename!r}: disposition {self.disposition!r} is not 'attachment' or 'inline'")
+        for name, value in self.headers:
+            if not isinstance(name, str) or not _HEADER_NAME.match(name) or name.lower() in ("content-type", "content-disposition"):
+                raise AttachmentError(f"attachment {self.filename!r}: {name!r} is not a header it may set")
+            _no_break(str(value), f"attachment {self.filename!r} header {name}")
         if not _CONTENT_TYPE.match(self.content_type):
             raise AttachmentError(f"attachment {self.filename!r}: {self.content_type!r} is not a content type like 'application/pdf'")
         if not isinstance(self.data, bytes):
@@ -186,7 +198,6 @@ def _ascii_filename(name: str) -> str:
 # Set from the Message fields; an extra header of one of these names would contradict them.
 _RESERVED = frozenset({"from", "to", "cc", "bcc", "reply-to", "subject", "content-type",
                        "content-transfer-encoding", "mime-version", "content-disposition"})
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 3.6.8: printable ASCII except colon
 # Bodies go out 7-bit clean (quoted-printable or base64), so the relay needs no 8BITMIME.
 _POLICY = email.policy.SMTP.clone(cte_type="7bit")
 
@@ -285,7 +296,8 @@ class Message:
         for a in self.attachments:
             maintype, subtype = a.content_type.split("/", 1)
             name = _ascii_filename(a.filename) if ascii_filenames else a.filename
-            msg.add_attachment(a.data, maintype=maintype, subtype=subtype, filename=name)
+            msg.add_attachment(a.data, maintype=maintype, subtype=subtype, filename=name, disposition=a.disposition,
+                               headers=[f"{k}: {v}" for k, v in a.headers] or None)
         return msg
 
     def as_bytes(self, *, ascii_filenames: bool = False) -> bytes:

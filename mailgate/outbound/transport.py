@@ -420,6 +420,11 @@ class Outbound:
         prepared = [self.prepare(m) for m in messages]
         transport = _override() or self.transport
         results = await transport.send(prepared)
+        self.report(results)
+        return results
+
+    def report(self, results: Sequence[SendResult]) -> None:
+        """Fire ``dispatched`` for the accepted messages and log the failures (with the relay's reply)."""
         for r in results:
             if r.accepted:
                 if r.refused:
@@ -429,7 +434,6 @@ class Outbound:
             else:
                 log.error("outbound message %s to %s not sent: %s", r.message.message_id, ", ".join(r.message.recipients()),
                           r.error, extra={"event": "outbound.failed"})
-        return results
 
     async def send_one(self, message: Message) -> SendResult:
         """Send one message within :attr:`deadline`."""
@@ -442,3 +446,101 @@ class Outbound:
             log.error("outbound message %s to %s not sent: %s", prepared.message_id, ", ".join(prepared.recipients()),
                       result.error, extra={"event": "outbound.failed"})
         return result
+
+
+# -- one connection across sends (Flask-Mail's Connection) ---------------------------------------------
+class RelayLink:
+    """One relay connection kept open across :meth:`send` calls: opened at the first message, closed
+    and opened again after ``max_messages_per_connection`` messages, closed by :meth:`close`.
+
+    It uses the transport's connect, transaction and quit steps (TLS, AUTH, DKIM as configured). It
+    holds no ``connections`` slot: its caller opened it explicitly and sends one message at a time.
+    """
+
+    def __init__(self, transport: RelayTransport) -> None:
+        self.transport = transport
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._used = 0
+
+    async def send(self, message: Message) -> SendResult:
+        """Send one prepared message; failures are results, as with :meth:`RelayTransport.send`."""
+        t = self.transport
+        if not t.config.relay_host:
+            return SendResult(message, False, error="no relay is configured; set [outbound] relay_host")
+        if not t._loaded:
+            try:
+                await asyncio.to_thread(t.load)
+            except ConfigError as exc:
+                return SendResult(message, False, error=f"cannot send: {exc}")
+        raw = await asyncio.to_thread(t.render, message)
+        if t._helo is None:
+            t._helo = await asyncio.to_thread(socket.getfqdn)
+        result = SendResult(message, False, error="not sent")
+        for _attempt in (1, 2):
+            if self._smtp is not None and self._used >= t.config.max_messages_per_connection:
+                await t._quit(self._smtp)
+                self._smtp = None
+            if self._smtp is None:
+                try:
+                    self._smtp, self._used = await t._connect(), 0
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    return SendResult(message, False, code=_smtp_code(exc),
+                                      error=f"cannot send through the relay {t.relay}: {_smtp_failure(exc)}")
+            reused = self._used > 0
+            result, usable = await t._transact(self._smtp, message, raw)
+            self._used += 1
+            if not usable:
+                self._smtp.close()
+                self._smtp = None
+            # as in RelayTransport._worker: a reused connection the relay dropped gets one fresh one
+            if result.accepted or usable or not reused:
+                break
+        return result
+
+    def abort(self) -> None:
+        """Drop the connection without QUIT (after a deadline passed)."""
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    async def close(self) -> None:
+        """QUIT and close the connection, if one is open."""
+        if self._smtp is not None:
+            smtp, self._smtp = self._smtp, None
+            await self.transport._quit(smtp)
+
+
+class OutboundConnection:
+    """Messages sent one at a time, each within :attr:`Outbound.deadline`, over one relay connection
+    (a :class:`RelayLink`) when the transport is the relay; with the suppress transport or while a
+    :class:`MessageRecorder` is active, through that instead. Reports like :meth:`Outbound.send`."""
+
+    def __init__(self, outbound: Outbound) -> None:
+        self.outbound = outbound
+        self._link: RelayLink | None = None
+
+    async def send(self, message: Message) -> SendResult:
+        """Prepare (raises OutboundError), send and report one message; the result says what became of it."""
+        prepared = self.outbound.prepare(message)
+        transport = _override() or self.outbound.transport
+        try:
+            async with asyncio.timeout(self.outbound.deadline):
+                if isinstance(transport, RelayTransport):
+                    if self._link is None or self._link.transport is not transport:
+                        await self.close()
+                        self._link = RelayLink(transport)
+                    result = await self._link.send(prepared)
+                else:
+                    (result,) = await transport.send([prepared])
+        except TimeoutError:
+            if self._link is not None:
+                self._link.abort()
+            result = SendResult(prepared, False, error=f"gave up after {self.outbound.deadline:g} s ([outbound] timeout x 6)")
+        self.outbound.report([result])
+        return result
+
+    async def close(self) -> None:
+        """Close the relay connection, if one is open."""
+        if self._link is not None:
+            link, self._link = self._link, None
+            await link.close()
