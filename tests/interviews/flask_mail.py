@@ -1,0 +1,29 @@
+"""An interview whose handlers send with Flask-Mail's API, for tests/integration/test_flask_mail.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailgate import Interview, action_argument
+from mailgate.flask_mail import Mail, Message
+
+interview = Interview("flask_mail")
+mail = Mail()  # no app: inside an action it sends through [outbound]
+
+
+@interview.action("notify")
+def notify(answers: dict[str, Any]) -> None:
+    mail.send_message(subject="Your case", recipients=[answers["email"]], body=f"Hello {answers['name']}.")
+    answers["sent"] = True
+
+
+@interview.action("bulk")
+def bulk(answers: dict[str, Any]) -> None:
+    with mail.connect() as conn:
+        for address in action_argument("addresses"):
+            conn.send(Message(recipients=[address], body="news", subject=f"hello, {address}"))
+
+
+@interview.action("send_on_loop")
+async def send_on_loop(answers: dict[str, Any]) -> None:
+    mail.send_message(subject="never", recipients=["a@example.org"], body="x")

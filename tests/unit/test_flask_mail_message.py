@@ -1,0 +1,60 @@
+"""Flask-Mail's Message shape (mailgate.flask_mail), without a relay."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from mailgate.flask_mail import Attachment, BadHeaderError, Message
+from mailgate.outbound.message import HeaderInjectionError, NoSenderError, OutboundError
+
+
+def test_constructor_positional_order_is_flask_mails() -> None:
+    msg = Message("Subject", ["to@example.com"], "text", "<p>html</p>", ("Me", "me@example.com"), ["cc@example.com"],
+                  ["bcc@example.com"], [Attachment("a.txt", "text/plain", b"a")], "reply@example.com", 0.0,
+                  None, {"X-Campaign": "7"})
+    assert (msg.subject, msg.recipients, msg.body, msg.html, msg.sender) == (
+        "Subject", ["to@example.com"], "text", "<p>html</p>", "Me <me@example.com>")
+    assert (msg.cc, msg.bcc, msg.reply_to, msg.date, msg.extra_headers) == (
+        ["cc@example.com"], ["bcc@example.com"], "reply@example.com", 0.0, {"X-Campaign": "7"})
+    assert msg.send_to == {"to@example.com", "cc@example.com", "bcc@example.com"}
+    assert msg.alts == {"html": "<p>html</p>"}
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert (parsed["From"], parsed["Cc"], parsed["Reply-To"], parsed["X-Campaign"]) == (
+        "Me <me@example.com>", "cc@example.com", "reply@example.com", "7")
+    assert parsed["Bcc"] is None and parsed["Date"] == "Thu, 01 Jan 1970 00:00:00 +0000"
+    assert [p.get_filename() for p in parsed.iter_attachments()] == ["a.txt"]
+    assert "Subject: Subject" in str(msg)
+
+
+def test_html_is_the_html_alternative() -> None:
+    msg = Message("x", recipients=["to@example.com"], sender="me@example.com")
+    assert msg.html is None and msg.alts == {}
+    msg.html = "<b>x</b>"
+    assert msg.alts == {"html": "<b>x</b>"}
+    msg.html = None
+    assert msg.alts == {}
+
+
+def test_bad_header_error_is_the_outbound_layers_header_injection_error() -> None:
+    assert BadHeaderError is HeaderInjectionError
+    with pytest.raises(BadHeaderError):
+        Message("a\nb", recipients=["to@example.com"], sender="me@example.com").as_bytes()
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    ({"alts": {"amp": "<html amp>"}}, "alternative parts"),
+    ({"mail_options": ["SMTPUTF8"]}, "mail_options"),
+    ({"charset": "iso-8859-1"}, "charset"),
+])
+def test_what_mailgate_does_not_do_is_refused_not_ignored(fields: dict[str, object], match: str) -> None:
+    msg = Message("x", recipients=["to@example.com"], sender="me@example.com", **fields)  # type: ignore[arg-type]
+    with pytest.raises(OutboundError, match=match):
+        msg.as_bytes()
+
+
+def test_a_message_needs_a_sender_to_be_rendered() -> None:
+    with pytest.raises(NoSenderError):
+        Message("x", recipients=["to@example.com"]).as_bytes()
