@@ -97,7 +97,7 @@ class Message:
     def __init__(self, subject: str = "", recipients: list[Any] | None = None, body: str | None = None,
                  html: str | None = None, sender: str | tuple[str, str] | None = None, cc: list[Any] | None = None,
                  bcc: list[Any] | None = None, attachments: list[Attachment] | None = None, reply_to: Any = None,
-                 date: float | None = None, charset: str | None = None, extra_headers: dict[str, str] | None = None,
+                 date: float | dt.datetime | None = None, charset: str | None = None, extra_headers: dict[str, str] | None = None,
                  mail_options: list[str] | None = None, rcpt_options: list[str] | None = None, *,
                  alts: dict[str, str] | None = None) -> None:
         if isinstance(sender, tuple):
@@ -171,7 +171,7 @@ class Message:
             sender=format_address(sender, "sender") if sender else None, subject=self.subject or "",
             body=self.body, html=self.html, attachments=[a.to_outbound() for a in self.attachments],
             headers=dict(self.extra_headers or {}), message_id=self.msgId,
-            date=dt.datetime.fromtimestamp(self.date, dt.UTC) if self.date is not None else None,
+            date=self.date if isinstance(self.date, dt.datetime) or self.date is None else dt.datetime.fromtimestamp(self.date, dt.UTC),
         )
 
     def as_bytes(self) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailgate.author.sending import record_messages
 from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.errors import ActionError
@@ -383,3 +384,7 @@ async def test_from_interview_code(daemon: Daemon, relay: Relay) -> None:
     with pytest.raises(ActionError, match="send_email_async"):
         await rt(daemon).run_action(sid, "send_on_loop")
     assert len(relay.received) == 6
+    with record_messages() as outbox:  # mailgate's recorder also catches Flask-Mail sends of interview code
+        await rt(daemon).run_action(sid, "notify")
+    assert [(m.subject, m.to, m.sender) for m in outbox] == [("Your case", ["ann@example.org"], "Cases <cases@example.org>")]
+    assert len(relay.received) == 6 and relay.connections == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 
@@ -58,3 +59,10 @@ def test_what_mailgate_does_not_do_is_refused_not_ignored(fields: dict[str, obje
 def test_a_message_needs_a_sender_to_be_rendered() -> None:
     with pytest.raises(NoSenderError):
         Message("x", recipients=["to@example.com"]).as_bytes()
+
+
+def test_date_may_be_a_timestamp_or_a_datetime() -> None:
+    when = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    for date in (when, when.timestamp()):
+        msg = Message("x", recipients=["to@example.com"], sender="me@example.com", date=date)
+        assert email.message_from_bytes(msg.as_bytes())["Date"] == "Sun, 01 Mar 2026 12:00:00 +0000"
