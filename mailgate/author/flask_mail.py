@@ -24,7 +24,7 @@ import smtplib
 import threading
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from blinker import Namespace
@@ -232,7 +232,7 @@ class _State:
 
     server: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)  # never in a log line or a traceback's locals
     port: int
     use_tls: bool
     use_ssl: bool
