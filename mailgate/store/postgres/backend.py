@@ -544,7 +544,7 @@ class PgStore(Store):
             "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS picked WHERE q.seq = picked.seq "
             f"RETURNING {', '.join('q.' + c for c in INBOUND_COLS.split(', '))}, q.raw",
             worker, limit, lease, self._t())
-        return sorted((InboundRecord(*r[:-1], raw=bytes(r[-1])) for r in rows), key=lambda r: r.seq)
+        return sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
 
     async def deliver_inbound(self, delivery: InboundDelivery) -> tuple[list[str], list[EventRecord]]:
         return await self._processed.submit(delivery)

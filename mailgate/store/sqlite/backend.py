@@ -481,7 +481,7 @@ class SqliteStore(Store):
                 f"ORDER BY seq LIMIT ?) RETURNING {INBOUND_COLS}, raw",
                 (worker, now + lease, now, limit),
             ).fetchall()
-            return sorted((InboundRecord(*r[:-1], raw=bytes(r[-1])) for r in rows), key=lambda r: r.seq)
+            return sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
 
         return list(await self._writer.submit(unit))
 
