@@ -165,6 +165,12 @@ class Inbound:
         """
         if self.config.smtp.auth_policy == "reject":
             return await self.deliver(mail_from=mail_from, mailboxes=mailboxes, raw=raw, client_ip=client_ip, helo=helo)
+        # A mailbox whose session was deleted since RCPT is refused now, while the sender can still be
+        # told (550); one deleted after the reply is dropped by the processor, with a log line.
+        sessions = await self.sessions_of(mailboxes)
+        mailboxes = [m for m in mailboxes if m.session_id in sessions]
+        if not mailboxes:
+            return DeliveryResult([], 0)
         sha = (await asyncio.to_thread(_sha256, raw)) if len(raw) >= _HASH_IN_THREAD else _sha256(raw)
         entry_id = uuid.uuid4().hex
         envelope = json.dumps({

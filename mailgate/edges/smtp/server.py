@@ -142,6 +142,8 @@ class Handler:
             log.info("smtp peer=%s rejected message: %s %s", peer, result.rejected, summary, extra={"event": "smtp.rejected"})
             return DMARC_REJECT
         if not result.stored and not result.duplicates:
+            log.info("smtp peer=%s mailboxes=%s refused message: the mailboxes' sessions were deleted after RCPT", peer,
+                     boxes, extra={"event": "smtp.mailbox_gone"})
             return MAILBOX_GONE
         log.info("smtp peer=%s mailboxes=%s size=%d stored=%s duplicates=%d %s", peer, boxes, len(raw),
                  ",".join(result.stored), result.duplicates, summary, extra={"event": "smtp.accepted"})
