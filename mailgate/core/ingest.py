@@ -10,8 +10,10 @@ refuses once the claim is no longer this processor's (:meth:`Store.deliver_inbou
 <mailgate.store.base.Store.deliver_inbound>`): so each message is delivered once, also when a
 processor dies halfway and another takes its messages over after the lease.
 
-Order: messages are claimed oldest first, and a message is committed only after the earlier messages
-this processor holds for the same mailboxes are, so that each mailbox gets its mail in arrival order.
+Order: messages are claimed oldest first, and a message is handed to the store only after the earlier
+messages this processor holds for the same mailboxes were: the store commits its calls in the order
+they are made (the SQLite writer's queue, the PostgreSQL grouper's), so each mailbox gets its mail in
+arrival order, and messages to one busy mailbox still share group commits.
 
 Wake-ups: this process's own queued messages wake the processor at once; those queued by other
 processes ring the store's doorbell (PostgreSQL's NOTIFY), with polling every ``[tasks]
@@ -52,7 +54,7 @@ class Ingest:
         self.worker_id = worker_id
         self.lease = config.smtp.queue_lease
         self.running: dict[str, asyncio.Task[None]] = {}
-        self._latest: dict[str, asyncio.Task[None]] = {}  # mailbox -> the last message in hand for it
+        self._latest: dict[str, asyncio.Future[None]] = {}  # mailbox -> when the last message for it went to the store
         self._wake = asyncio.Event()
         self._stopping = False
         self.processed = 0
@@ -100,23 +102,26 @@ class Ingest:
         envelope = json.loads(rec.envelope)
         mailboxes = [MailboxRecord(*m) for m in envelope["rcpt"]]
         before = {self._latest[m.local_part] for m in mailboxes if m.local_part in self._latest}
-        job = asyncio.get_running_loop().create_task(self._process(rec, envelope, mailboxes, before),
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for m in mailboxes:
+            self._latest[m.local_part] = handed
+        job = asyncio.get_running_loop().create_task(self._process(rec, envelope, mailboxes, before, handed),
                                                      name=f"inbound-{rec.id}")
         self.running[rec.id] = job
-        for m in mailboxes:
-            self._latest[m.local_part] = job
 
         def done(_: asyncio.Task[None]) -> None:
+            if not handed.done():  # it ended before reaching the store: the next ones need not wait
+                handed.set_result(None)
             self.running.pop(rec.id, None)
             for m in mailboxes:
-                if self._latest.get(m.local_part) is job:
+                if self._latest.get(m.local_part) is handed:
                     del self._latest[m.local_part]
             self._wake.set()
 
         job.add_done_callback(done)
 
     async def _process(self, rec: InboundRecord, envelope: dict[str, Any], mailboxes: list[MailboxRecord],
-                       before: set[asyncio.Task[None]]) -> None:
+                       before: set[asyncio.Future[None]], handed: asyncio.Future[None]) -> None:
         raw = rec.raw or b""
         mail_from, client_ip, helo = envelope["mail_from"], envelope["client_ip"], envelope["helo"]
         attempts = self.config.smtp.queue_attempts
@@ -138,12 +143,17 @@ class Ingest:
                 parsed, auth = await self._inbound.prepare(
                     raw, mail_from=mail_from, client_ip=client_ip, helo=helo,
                     unparsed_because=f"not parsed: parsing failed ({type(exc).__name__}: {exc})")
-            if before:  # the earlier messages to the same mailboxes commit first (whatever their outcome)
-                await asyncio.wait(before)
             sessions = await self._inbound.sessions_of(mailboxes)
             emails = self._inbound.emails_for(mailboxes, sessions, parsed, auth, mail_from=mail_from,
                                               client_ip=client_ip, helo=helo, tls=envelope.get("tls"), entry=rec.id)
-            stored, events = await self._store.deliver_inbound(InboundDelivery(rec.id, self.worker_id, emails))
+            if before:  # the earlier messages to the same mailboxes go to the store first
+                await asyncio.wait(before)
+            # a task starts at the next loop turn, in creation order: so the store receives the calls in
+            # the order the messages were handed over, and the next message for these mailboxes, woken
+            # by ``handed``, calls after this one
+            delivery = asyncio.ensure_future(self._store.deliver_inbound(InboundDelivery(rec.id, self.worker_id, emails)))
+            handed.set_result(None)
+            stored, events = await delivery
         except LeaseLost as exc:
             log.warning("queued message %s: %s; left to its new holder", rec.id, exc, extra={"event": "mail.claim_lost"})
             return
