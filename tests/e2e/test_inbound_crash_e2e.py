@@ -64,7 +64,7 @@ class Node:
             "[web]", "port = 0", f'api_key = "{KEY}"', "event_history = 5000", "send_queue = 8192",
             "[interviews]", 'modules = ["mailgate.demo.email"]',
             "[daemon]", 'roles = ["smtp", "worker", "web"]', "grace_period = 2",
-            "[tasks]", "workers = 4", "poll_interval = 0.05", "lease = 2.0",
+            "[tasks]", "workers = 4", "poll_interval = 0.05",
             "[mail]", f'domains = ["{DOMAIN}"]',
             "[smtp]", "port = 0", 'hostname = "mx.test"', f'dns_servers = ["{self.dns.address}"]', "dns_timeout = 2.0",
             f"process_queue = {'true' if process_queue else 'false'}", "queue_lease = 3.0",
@@ -146,9 +146,9 @@ def message(to: str, mid: str) -> bytes:
 class Load:
     """Client threads that send each message until it gets 250, reconnecting when the daemon is gone."""
 
-    def __init__(self, node: Node, address: str, raws: list[bytes], threads: int) -> None:
+    def __init__(self, node: Node, rcpts: list[str], raws: list[bytes], threads: int) -> None:
         self.node = node
-        self.address = address
+        self.rcpts = rcpts
         self.raws = raws
         self.lock = threading.Lock()
         self.todo = list(range(len(raws) - 1, -1, -1))
@@ -188,7 +188,7 @@ class Load:
                         client.ehlo()
                     code, text = client.mail(SENDER)
                     if code == 250:
-                        code, text = client.rcpt(self.address)
+                        code, text = client.rcpt(self.rcpts[i])
                     if code == 250:
                         code, text = client.data(self.raws[i])
                 except (OSError, smtplib.SMTPException) as exc:  # the daemon is gone: retry later, as an MTA does
@@ -214,6 +214,10 @@ class Load:
                 client.close()
 
 
+async def new_sessions(node: Node, n: int) -> list[tuple[str, str]]:
+    return [await new_session(node) for _ in range(n)]
+
+
 async def new_session(node: Node) -> tuple[str, str]:
     async with aiohttp.ClientSession(node.web, headers={"Authorization": f"Bearer {KEY}"}) as http:
         async with http.post("/api/sessions", json={"interview": "email-to-case"}) as r:
@@ -222,6 +226,11 @@ async def new_session(node: Node) -> tuple[str, str]:
         async with http.post(f"/api/sessions/{sid}/address", json={}) as r:
             assert r.status == 200, await r.text()
             return sid, (await r.json())["address"]
+
+
+async def check_all(node: Node, sessions: list[tuple[str, str]], mids: list[str], pages: list[Page]) -> None:
+    for k, ((sid, _), page) in enumerate(zip(sessions, pages, strict=True)):
+        await check_exactly_once(node, sid, mids[k::len(sessions)], page)
 
 
 async def check_exactly_once(node: Node, sid: str, mids: list[str], page: Page) -> None:
@@ -252,16 +261,37 @@ async def check_exactly_once(node: Node, sid: str, mids: list[str], page: Page) 
     assert set(page.emails()) == email_ids and set(page.emails().values()) == {1} and page.repeated == 0
 
 
+class Mail:
+    """Messages spread over several sessions (one page open on each): the load of one MX."""
+
+    def __init__(self, sessions: list[tuple[str, str]], total: int, tag: str) -> None:
+        self.sessions = sessions
+        run = uuid.uuid4().hex[:8]
+        self.mids = [f"{tag}-{run}-{i:04d}@client.test" for i in range(total)]
+        self.rcpts = [sessions[i % len(sessions)][1] for i in range(total)]
+        self.raws = [message(to, mid) for to, mid in zip(self.rcpts, self.mids, strict=True)]
+
+
+def open_pages(node: Node, sessions: list[tuple[str, str]], pages: list[Page] | None = None) -> list[Page]:
+    pages = pages or [Page(sid) for sid, _ in sessions]
+    for page in pages:
+        page.open(node.web)
+    return pages
+
+
+async def close_pages(pages: list[Page]) -> None:
+    for page in pages:
+        await page.close()
+
+
 @pytest.mark.slow
 async def test_kill_9_under_load_every_acknowledged_message_is_delivered_once(node: Node) -> None:
     total, kill_after = 1_200, 300
     node.serve()
-    sid, address = await new_session(node)
-    page = Page(sid)
-    page.open(node.web)
-    run = uuid.uuid4().hex[:8]
-    mids = [f"crash-{run}-{i:04d}@client.test" for i in range(total)]
-    load = Load(node, address, [message(address, mid) for mid in mids], threads=8)
+    sessions = await new_sessions(node, 12)
+    pages = open_pages(node, sessions)
+    mail = Mail(sessions, total, "crash")
+    load = Load(node, mail.rcpts, mail.raws, threads=8)
     load.start()
     try:
         await wait_until(lambda: len(load.acked) >= kill_after or bool(load.unexpected), 120,
@@ -273,32 +303,31 @@ async def test_kill_9_under_load_every_acknowledged_message_is_delivered_once(no
         # every message acknowledged so far is on disk: as an e-mail, or still queued
         stored = {m for (m,) in node.query("SELECT message_id FROM emails")}
         queued = {bytes(r) for (r,) in node.query("SELECT raw FROM inbound_queue")}
-        lost = [mids[i] for i in acked_at_kill if f"<{mids[i]}>" not in stored and load.raws[i] not in queued]
+        lost = [mail.mids[i] for i in acked_at_kill if f"<{mail.mids[i]}>" not in stored and mail.raws[i] not in queued]
         assert not lost, f"{len(lost)} acknowledged messages were lost by kill -9: {lost[:5]}"
         print(f"at the kill: {len(acked_at_kill)} acknowledged, {len(stored)} stored, {len(queued)} still queued")
-        await page.close()
+        await close_pages(pages)
         node.serve()
-        page.open(node.web)
+        open_pages(node, sessions, pages)
         await wait_until(load.done, 180, "every message acknowledged after the restart")
     finally:
         await asyncio.to_thread(load.join)
     assert not load.unexpected, load.unexpected[:5]
     assert load.errors, "the clients should have seen the daemon die"
     try:
-        await check_exactly_once(node, sid, mids, page)
+        await check_all(node, sessions, mail.mids, pages)
     finally:
-        await page.close()
+        await close_pages(pages)
 
 
 @pytest.mark.slow
 async def test_kill_9_with_queued_unprocessed_messages_then_all_are_delivered_once(node: Node) -> None:
     total = 300
     node.serve(process_queue=False)  # this daemon only queues
-    sid, address = await new_session(node)
-    page = Page(sid)
-    page.open(node.web)
-    mids = [f"held-{uuid.uuid4().hex[:8]}-{i:04d}@client.test" for i in range(total)]
-    load = Load(node, address, [message(address, mid) for mid in mids], threads=6)
+    sessions = await new_sessions(node, 6)
+    pages = open_pages(node, sessions)
+    mail = Mail(sessions, total, "held")
+    load = Load(node, mail.rcpts, mail.raws, threads=6)
     load.start()
     try:
         await wait_until(load.done, 120, "every message acknowledged")
@@ -308,10 +337,10 @@ async def test_kill_9_with_queued_unprocessed_messages_then_all_are_delivered_on
     assert node.query("SELECT COUNT(*) FROM inbound_queue") == [(total,)]
     assert node.query("SELECT COUNT(*) FROM emails") == [(0,)]
     node.kill()
-    await page.close()
+    await close_pages(pages)
     node.serve()  # processes what the dead daemon queued
-    page.open(node.web)
+    open_pages(node, sessions, pages)
     try:
-        await check_exactly_once(node, sid, mids, page)
+        await check_all(node, sessions, mail.mids, pages)
     finally:
-        await page.close()
+        await close_pages(pages)

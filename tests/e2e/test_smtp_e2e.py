@@ -65,6 +65,7 @@ class MailDaemon:
             "port": 0, "hostname": "mx.test", "max_message_size": MAX_MESSAGE_SIZE,
             "max_recipients": MAX_RECIPIENTS, "max_unknown_recipients": MAX_UNKNOWN,
             "max_connections_per_client": MAX_CONNECTIONS, "dns_servers": [dns.address], "dns_timeout": 2.0,
+            "queue_lease": 3.0,  # what the killed daemon had claimed is taken up again soon after the restart
             **smtp,
         }
         if tls is not None:
