@@ -57,6 +57,7 @@ class Ingest:
         self._latest: dict[str, asyncio.Future[None]] = {}  # mailbox -> when the last message for it went to the store
         self._wake = asyncio.Event()
         self._stopping = False
+        self._store_failing = False
         self.processed = 0
 
     def wake(self) -> None:
@@ -157,11 +158,17 @@ class Ingest:
         except LeaseLost as exc:
             log.warning("queued message %s: %s; left to its new holder", rec.id, exc, extra={"event": "mail.claim_lost"})
             return
-        except StoreError as exc:
-            log.error("queued message %s could not be stored: %s; it goes back to the queue", rec.id, exc,
-                      extra={"event": "mail.store_failed"})
+        except StoreError as exc:  # full, locked, away: back to the queue after a pause, never a busy loop
+            if not self._store_failing:
+                log.error("queued messages cannot be stored: %s; they stay queued and are tried again every %g s",
+                          exc, self.config.tasks.poll_interval, extra={"event": "mail.store_failed"})
+            self._store_failing = True
+            await asyncio.sleep(self.config.tasks.poll_interval)  # a retry interval, not synchronisation
             await self._give_back([rec.id])
             return
+        if self._store_failing:
+            self._store_failing = False
+            log.info("queued messages are stored again", extra={"event": "mail.store_recovered"})
         self._commits.after_commit(events, any(e.task for e in emails if e.id in stored))
         self._inbound.delivered(len(stored))
         self.processed += 1

@@ -247,6 +247,8 @@ async def check_exactly_once(node: Node, sid: str, mids: list[str], page: Page) 
     assert set(counts) == {f"<{m}>" for m in mids}
     email_ids = {e for (e,) in node.query("SELECT id FROM emails WHERE session_id = ?", sid)}
     tasks = node.query("SELECT arguments, state FROM tasks WHERE session_id = ? AND action = 'incoming_email'", sid)
+    failed = node.query("SELECT error_type, error_message, attempts FROM tasks WHERE session_id = ? AND state = 'failed'", sid)
+    assert not failed, failed[:3]
     per_email = Counter(e for args, _ in tasks for e in email_ids if e in args)
     assert len(tasks) == len(mids) and set(per_email.values()) == {1} and set(per_email) == email_ids
     assert {state for _, state in tasks} == {"succeeded"}
