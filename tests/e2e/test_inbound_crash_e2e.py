@@ -108,12 +108,24 @@ class Page:
         self.sid = sid
         self.events: dict[int, dict[str, Any]] = {}
         self.repeated = 0
+        self.drops: list[str] = []
         self._task: asyncio.Task[None] | None = None
 
     def open(self, base: str) -> None:
         self._task = asyncio.get_running_loop().create_task(self._read(base))
 
     async def _read(self, base: str) -> None:
+        """Like the browser client: when the socket drops, open it again with the last id seen."""
+        while True:
+            try:
+                await self._read_once(base)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.drops.append(repr(exc))
+            else:
+                self.drops.append("closed")
+            await asyncio.sleep(0.2)  # the page's reconnect back-off, not synchronisation
+
+    async def _read_once(self, base: str) -> None:
         async with aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {KEY}"}) as http:
             async with http.post(f"/api/sessions/{self.sid}/token", json={}) as r:
                 assert r.status == 201, await r.text()
@@ -259,7 +271,11 @@ async def check_exactly_once(node: Node, sid: str, mids: list[str], page: Page) 
     async def all_pushed() -> bool:
         return set(page.emails()) >= email_ids
 
-    await wait_until(all_pushed, 60, "every email event on the page")
+    try:
+        await wait_until(all_pushed, 60, "every email event on the page")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {len(email_ids - set(page.emails()))} missing; the page's drops: "
+                             f"{page.drops[-5:]}") from None
     assert set(page.emails()) == email_ids and set(page.emails().values()) == {1} and page.repeated == 0
 
 
