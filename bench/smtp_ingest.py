@@ -281,12 +281,39 @@ async def serve(args: argparse.Namespace) -> None:
             return store.commit_stats  # type: ignore[attr-defined,no-any-return]
 
         commits_at_mark = counters()
+        # The moment each e-mail became visible: its email event, as this process's feed delivers it.
+        seen: dict[str, float] = {}
+        marked_at = time.time()
+
+        progress = asyncio.Event()
+
+        def on_event(event: Any) -> None:
+            if event.kind == "email":
+                seen[json.loads(event.payload)["email"]] = time.time()
+                progress.set()
+
+        (await daemon.start_feed()).subscribe(on_event)
 
         async def mailgate_handle(cmd: str) -> dict[str, Any]:
-            nonlocal commits_at_mark
+            nonlocal commits_at_mark, marked_at
             if cmd == "mark":
                 commits_at_mark = counters()
+                seen.clear()
+                marked_at = time.time()
             elif cmd == "stats":
+                accepted_at = time.time()
+                while await store.count_inbound() > 0:  # the e-mails of every 250 first
+                    progress.clear()
+                    try:
+                        await asyncio.wait_for(progress.wait(), 0.5)
+                    except TimeoutError:
+                        pass
+                records = await store.get_emails(list(seen))
+                delays = sorted(seen[i] - rec.received_at for i, rec in records.items())
+                processing = {"elapsed": max(seen.values(), default=marked_at) - marked_at, "emails": len(seen),
+                              "backlog_s": max(seen.values(), default=accepted_at) - accepted_at,
+                              "p50": delays[len(delays) // 2] if delays else 0.0,
+                              "p99": delays[min(len(delays) - 1, int(len(delays) * 0.99))] if delays else 0.0}
                 batches, units = counters()
                 verdicts: Counter[str] = Counter()
                 for record in await store.list_emails(limit=10**9):
@@ -294,7 +321,7 @@ async def serve(args: argparse.Namespace) -> None:
                     verdicts[" ".join([*(f"dkim={d['result']}" for d in auth["dkim"]),
                                        f"spf={auth['spf']['result']}", f"dmarc={auth['dmarc']['result']}"])] += 1
                 return {"commits": [batches - commits_at_mark[0], units - commits_at_mark[1]],
-                        "verdicts": dict(verdicts)}
+                        "verdicts": dict(verdicts), "processing": processing}
             return {}
 
         reply({"port": smtp.port, "addresses": list(addresses)})
@@ -415,6 +442,70 @@ def blast(port: int | list[int], messages: list[tuple[str, bytes]], connections:
     if errors:
         raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]!r}")
     return elapsed, cpu
+
+
+def paced(port: int, messages: list[tuple[str, bytes]], connections: int, rate: float) -> float:
+    """Send ``messages`` at ``rate`` per second in all (each connection its share, on a fixed schedule);
+    returns the rate reached."""
+    errors: list[BaseException] = []
+    start = time.perf_counter() + 0.2
+
+    def sender(k: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, local_hostname=f"client.{SENDER_DOMAIN}", timeout=600) as client:
+                client.ehlo()
+                for n, (rcpt, raw) in enumerate(messages[k::connections]):
+                    due = start + (n * connections + k) / rate
+                    time.sleep(max(0.0, due - time.perf_counter()))  # the load's schedule, not synchronisation
+                    refused = client.sendmail(MAIL_FROM, [rcpt], raw)
+                    assert not refused, refused
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    threads = [threading.Thread(target=sender, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]!r}")
+    return len(messages) / (time.perf_counter() - start)
+
+
+def library_ceiling(raws: list[bytes], dkim_record: str) -> float:
+    """Messages per second of the same work by the libraries alone, in this one process: parse
+    (mailgate.mail.parse, the stdlib email package), DKIM (dkimpy, keys from a static resolver), SPF
+    and DMARC (the same resolver): what mailgate's processor does, without mailgate around it."""
+    from mailgate.mail.auth import (
+        StaticResolver,
+        authenticate,
+        dkim_key_names,
+        fetch_dkim_keys,
+        verify_dkim,
+    )
+    from mailgate.mail.parse import ParseLimits, parse_message
+
+    resolver = StaticResolver({
+        ("TXT", f"{SELECTOR}._domainkey.{SENDER_DOMAIN}"): [dkim_record],
+        ("TXT", SENDER_DOMAIN): ["v=spf1 ip4:127.0.0.1 -all"],
+        ("TXT", f"_dmarc.{SENDER_DOMAIN}"): ["v=DMARC1; p=reject"],
+    })
+    limits = ParseLimits(1000, 20, 262144)
+
+    async def run() -> float:
+        start = time.perf_counter()
+        for raw in raws:
+            keys = await fetch_dkim_keys(dkim_key_names(raw), resolver)
+            parsed = parse_message(raw, limits)
+            dkim, _ = verify_dkim(raw, keys)
+            auth = await authenticate(raw, client_ip="127.0.0.1", mail_from=MAIL_FROM, helo=f"client.{SENDER_DOMAIN}",
+                                      from_domain=SENDER_DOMAIN, resolver=resolver, authserv_id=HOSTNAME, timeout=5.0,
+                                      dkim_results=dkim)
+            assert parsed.subject and auth.dmarc.result == "pass", auth
+        return len(raws) / (time.perf_counter() - start)
+
+    return asyncio.run(run())
 
 
 def run_ingest(server: Server, warmup: list[tuple[str, bytes]], timed: list[tuple[str, bytes]],
@@ -640,6 +731,20 @@ def main() -> None:
         bare = start("bare", 0)
         bare_after = run_ingest(bare, warmup, timed, args.connections)
         bare.close()
+        ceiling_processing = library_ceiling([raw for _, raw in timed], record)
+        processing_rate = args.messages / mine["processing"]["elapsed"]
+        # the time from the 250 to the DAEmail, on a fresh daemon, at half the processing rate
+        paced_mailgate = start("mailgate", args.sessions)
+        paced_rcpts = [paced_mailgate.addresses[i % len(paced_mailgate.addresses)] for i in range(total)]
+        paced_raws = make_messages(key, [(f"paced.{i}.{run}", paced_rcpts[i], args.attachment) for i in range(total)])
+        paced_msgs = list(zip(paced_rcpts, paced_raws, strict=True))
+        paced_mailgate.call("mark")
+        blast(paced_mailgate.port, paced_msgs[:args.warmup], 1)
+        paced_mailgate.call("stats")  # the warm-up processed
+        paced_mailgate.call("mark")
+        paced_rate = paced(paced_mailgate.port, paced_msgs[args.warmup:], args.connections, processing_rate / 2)
+        latency = paced_mailgate.call("stats")["processing"]
+        paced_mailgate.close()
         ceiling = {k: (bare_before[k] + bare_after[k]) / 2 for k in ("rate", "cpu", "client_cpu", "elapsed")}
         expected = {"dkim=pass spf=pass dmarc=pass": total}
         assert mine["verdicts"] == expected, f"stored e-mails {mine['verdicts']}, expected {expected}"
@@ -679,6 +784,13 @@ def main() -> None:
         print(f"mailgate worker processes (not in server CPU above): {mine['children_cpu'] * 1000 / args.messages:.3f} ms CPU "
               f"per message, {mine['children_cpu'] / mine['elapsed']:.0%} of a core")
         print(f"all {total} stored e-mails: dkim=pass spf=pass dmarc=pass")
+        proc = mine["processing"]
+        print(f"processing: {proc['emails']} DAEmails visible {proc['elapsed']:.2f} s after the first byte "
+              f"({processing_rate:.0f} msgs/s; the last {proc['backlog_s'] * 1000:.0f} ms after the last 250); the same "
+              f"parse + DKIM + SPF/DMARC by the libraries alone in one process: {ceiling_processing:.0f} msgs/s; "
+              f"ratio {processing_rate / ceiling_processing:.3f}x (goal >= 0.8)")
+        print(f"250 -> DAEmail at {paced_rate:.0f} msgs/s (half the processing rate), {latency['emails']} messages: "
+              f"p50 {latency['p50'] * 1000:.1f} ms, p99 {latency['p99'] * 1000:.1f} ms (goal: p99 < 100 ms)")
         for name, m in memory.items():
             print(f"memory, one {big_size / 2**20:.1f} MiB message, {name}: peak RSS +{m['increase'] / 2**20:.1f} MiB "
                   f"over idle {m['idle'] / 2**20:.1f} MiB = {m['increase'] / big_size:.2f}x the message")

@@ -85,6 +85,15 @@ async def wait_until(predicate: Callable[[], Awaitable[bool] | bool], timeout: f
         await asyncio.sleep(0.02)
 
 
+async def queue_processed(runtime: Runtime, timeout: float = 10.0) -> None:
+    """Wait until the inbound queue is empty: the SMTP 250 comes once a message is queued, its
+    e-mails (and their tasks and events) once the processor has stored them, right after."""
+    async def empty() -> bool:
+        return await runtime.store.count_inbound() == 0
+
+    await wait_until(empty, timeout, "the inbound queue to be processed")
+
+
 # -- the real daemon as a subprocess -----------------------------------------------------------
 
 def mailgate_cmd(*args: str) -> list[str]:

@@ -6,9 +6,11 @@ what was parsed at delivery, not the attachment contents, which can be large).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mailgate.errors import NotFound
 from mailgate.mail.parse import Attachment, parse_message
-from mailgate.store.base import EmailRecord, Store
+from mailgate.store.base import EmailRecord, InboundRecord, Store
 
 
 def attachment_of(raw: bytes, number: int, email_id: str) -> Attachment:
@@ -37,6 +39,13 @@ class Emails:
     async def list(self, *, session_id: str | None = None, local_part: str | None = None,
                    limit: int = 100) -> list[EmailRecord]:
         return await self._store.list_emails(session_id=session_id, local_part=local_part, limit=limit)
+
+    async def queued(self, limit: int = 100) -> Sequence[InboundRecord]:
+        """Messages answered 250 and not processed yet (the inbound queue), oldest first."""
+        return await self._store.list_inbound(limit)
+
+    async def queue_depth(self) -> int:
+        return await self._store.count_inbound()
 
     async def raw(self, rec: EmailRecord) -> bytes:
         """The message exactly as received; NotFound once its session (and so its bytes) is gone."""

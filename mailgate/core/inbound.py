@@ -1,8 +1,12 @@
-"""Mail to a session, the core half: recipient checks and durable delivery.
+"""Mail to a session, the core half: recipient checks, the inbound queue, and delivery.
 
 The SMTP edge asks :class:`Inbound` whether a recipient exists (an address of
-:mod:`mailgate.core.mailboxes`) and hands it the message; everything here is independent of
-aiosmtpd and of reply codes.
+:mod:`mailgate.core.mailboxes`) and hands it the message (:meth:`Inbound.receive`): the raw bytes and
+the envelope are queued durably, and the edge answers 250. The processor
+(:mod:`mailgate.core.ingest`) then parses and authenticates each queued message with
+:meth:`Inbound.prepare` and stores it with :meth:`Inbound.emails_for`. With ``auth_policy =
+"reject"`` the reply depends on DMARC, so :meth:`Inbound.deliver` does all of it before the reply,
+as one step. Everything here is independent of aiosmtpd and of reply codes.
 """
 
 from __future__ import annotations
@@ -38,7 +42,16 @@ from mailgate.mail.auth import warm_up as load_public_suffixes
 from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
 from mailgate.mail.resolver import QueryBudget
 from mailgate.mail.workers import WorkerOutOfMemory, WorkerPool, WorkerTimeout
-from mailgate.store.base import Delivery, MailboxRecord, NewEmail, NewEvent, NewTask, Store
+from mailgate.store.base import (
+    Delivery,
+    MailboxRecord,
+    NewEmail,
+    NewEvent,
+    NewInbound,
+    NewTask,
+    SessionRecord,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -57,6 +70,10 @@ class DeliveryResult:
     duplicates: int  # recipients for whom this message was already stored
     rejected: str | None = None  # why the whole message was refused (DMARC policy)
     auth: AuthResults | None = None
+    queued: str | None = None  # the inbound queue entry: processed after the reply
+
+
+_HASH_IN_THREAD = 1 << 20  # messages this big are hashed off the loop
 
 
 class Inbound:
@@ -73,7 +90,9 @@ class Inbound:
         self.limits = ParseLimits(config.smtp.max_parts, config.smtp.max_depth, config.smtp.max_header_bytes,
                                   config.smtp.max_dkim_signatures)
         self.received = 0
+        self.queued = 0
         self.rejected: dict[str, int] = {}
+        self._queue_listeners: list[Callable[[], None]] = []
         self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker, memory_limit=config.smtp.parse_memory_limit,
                                 max_rss=config.smtp.parse_worker_max_rss) if config.smtp.parse_processes > 0 else None
         load_public_suffixes()  # here, not on the first message's time
@@ -139,41 +158,89 @@ class Inbound:
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
-    async def deliver(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
-                      helo: str) -> DeliveryResult:
-        """Parse, authenticate and durably store ``raw`` for each recipient mailbox; queue its tasks.
+    def add_queue_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever this process queues a message (the local processor's wake-up)."""
+        self._queue_listeners.append(callback)
 
-        ``mailboxes`` are those accepted at RCPT time; one whose session is gone since is skipped.
+    def remove_queue_listener(self, callback: Callable[[], None]) -> None:
+        if callback in self._queue_listeners:
+            self._queue_listeners.remove(callback)
+
+    async def receive(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
+                      helo: str, tls: bool = False) -> DeliveryResult:
+        """Take a message the SMTP edge is about to answer.
+
+        With ``auth_policy = "record"`` (the default) nothing decides the reply any more: the raw bytes
+        and the envelope are queued durably (``DeliveryResult.queued``) and processed after the reply.
+        With ``"reject"``, DMARC decides it: the message is parsed, authenticated and stored before it,
+        by :meth:`deliver` (the 250 then means it is stored as e-mails already).
+        """
+        if self.config.smtp.auth_policy == "reject":
+            return await self.deliver(mail_from=mail_from, mailboxes=mailboxes, raw=raw, client_ip=client_ip, helo=helo)
+        # A mailbox whose session was deleted since RCPT is refused now, while the sender can still be
+        # told (550); one deleted after the reply is dropped by the processor, with a log line.
+        sessions = await self.sessions_of(mailboxes)
+        mailboxes = [m for m in mailboxes if m.session_id in sessions]
+        if not mailboxes:
+            return DeliveryResult([], 0)
+        sha = (await asyncio.to_thread(_sha256, raw)) if len(raw) >= _HASH_IN_THREAD else _sha256(raw)
+        entry_id = uuid.uuid4().hex
+        envelope = json.dumps({
+            "mail_from": mail_from, "client_ip": client_ip, "helo": helo, "tls": tls,
+            "rcpt": [[m.local_part, m.session_id, m.key, m.index, m.owner, m.created_at, m.expires_at]
+                     for m in {m.local_part: m for m in mailboxes}.values()],
+        }, separators=(",", ":"))
+        await self._store.enqueue_inbound(NewInbound(entry_id, sha, raw, envelope))
+        self.queued += 1
+        for listener in list(self._queue_listeners):
+            listener()
+        return DeliveryResult([], 0, queued=entry_id)
+
+    async def prepare(self, raw: bytes, *, mail_from: str, client_ip: str, helo: str,
+                      unparsed_because: str | None = None) -> tuple[StoredParse, AuthResults]:
+        """Parse ``raw``, verify its DKIM signatures (in a worker process) and check SPF and DMARC.
+
+        Past ``parse_timeout`` the message is taken unparsed, with a defect saying why; so it is with
+        ``unparsed_because`` (the reason, said in the defect), which skips parsing and DKIM.
         """
         # DKIM keys are fetched first, so that one call to a worker process both parses the
         # message and verifies its signatures: the raw bytes cross the process boundary once.
         # dns_timeout bounds the key lookups and SPF + DMARC together (parsing is not DNS time).
         loop = asyncio.get_running_loop()
         started = loop.time()
+        dkim: tuple[DkimResult, ...]
         dns = QueryBudget(self.resolver, self.config.smtp.max_dns_queries)  # one budget for the message's lookups
-        keys = await self._dkim_keys(dkim_key_names(raw, self.limits.max_dkim_signatures), resolver=dns)
-        dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
-        try:
-            prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
-            parsed, dkim = prepared.parsed, prepared.dkim
-            if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
-                started = loop.time()
-                keys.update(await self._dkim_keys(prepared.missing_keys, dns_left, dns))
-                dns_left -= loop.time() - started
-                dkim, _ = await self._in_worker(verify_dkim, raw, keys, self.limits.max_dkim_signatures)
-        except (WorkerTimeout, WorkerOutOfMemory) as exc:  # stored all the same: raw bytes, and a defect that says why
-            log.warning("stored a message unparsed: %s", exc, extra={"event": "mail.parse_timeout"})
-            parsed = unparsed(raw, self._unparsed_defect(exc))
-            dkim = (DkimResult("", "", "temperror"),)
+        if unparsed_because is not None:
+            parsed, dkim = unparsed(raw, unparsed_because), (DkimResult("", "", "temperror"),)
+            dns_left = self.config.smtp.dns_timeout
+        else:
+            keys = await self._dkim_keys(dkim_key_names(raw, self.limits.max_dkim_signatures), resolver=dns)
+            dns_left = self.config.smtp.dns_timeout - (loop.time() - started)
+            try:
+                prepared = await self._in_worker(prepare_message, raw, self.limits, keys)
+                parsed, dkim = prepared.parsed, prepared.dkim
+                if prepared.missing_keys:  # dkimpy found signatures the header scan did not: rare, costs a second call
+                    started = loop.time()
+                    keys.update(await self._dkim_keys(prepared.missing_keys, dns_left, dns))
+                    dns_left -= loop.time() - started
+                    dkim, _ = await self._in_worker(verify_dkim, raw, keys, self.limits.max_dkim_signatures)
+            except (WorkerTimeout, WorkerOutOfMemory) as exc:  # stored all the same: raw bytes, and a defect that says why
+                log.warning("stored a message unparsed: %s", exc, extra={"event": "mail.parse_timeout"})
+                parsed = unparsed(raw, self._unparsed_defect(exc))
+                dkim = (DkimResult("", "", "temperror"),)
         from_domain = parsed.from_address.rpartition("@")[2] if parsed.from_address and "@" in parsed.from_address else None
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
                                   resolver=dns, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
                                   dkim_results=dkim)
-        if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
-            self.count_rejection("dmarc")
-            return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
-        unique = {m.local_part: m for m in mailboxes}  # the same address twice gets one copy
-        sessions = await self._store.get_sessions([m.session_id for m in unique.values()])
+        return parsed, auth
+
+    def emails_for(self, mailboxes: Sequence[MailboxRecord], sessions: dict[str, SessionRecord], parsed: StoredParse,
+                   auth: AuthResults, *, mail_from: str, client_ip: str, helo: str, tls: bool | None = None,
+                   entry: str | None = None) -> list[NewEmail]:
+        """One e-mail per recipient mailbox (the same address twice gets one), with its
+        ``incoming_email`` task and ``email`` event. A mailbox whose session is gone since RCPT is
+        skipped, with a log line."""
+        unique = {m.local_part: m for m in mailboxes}
         parsed_json = parsed.json
         auth_json = json.dumps(auth.to_dict(), separators=(",", ":"))
         sha = parsed.content_hash
@@ -181,15 +248,21 @@ class Inbound:
         for mailbox in unique.values():
             session = sessions.get(mailbox.session_id)
             if session is None:
-                continue  # its session was deleted since RCPT
+                log.info("mail to mailbox %s dropped: its session %s was deleted after the message was accepted%s",
+                         mailbox.local_part, mailbox.session_id, f" (queued as {entry})" if entry else "",
+                         extra={"event": "mail.recipient_gone"})
+                continue
             email_id = uuid.uuid4().hex
             address = self.addresses.address(mailbox.local_part)
             owner = json.loads(mailbox.owner)
-            envelope = json.dumps({
+            fields: dict[str, Any] = {
                 "mail_from": mail_from, "rcpt_to": address, "client_ip": client_ip, "helo": helo,
                 "short": mailbox.local_part, "key": mailbox.key, "index": mailbox.index,
                 "address": address, "address_owner": owner.get("email") or owner.get("id"),
-            }, separators=(",", ":"))
+            }
+            if tls is not None:
+                fields["tls"] = tls
+            envelope = json.dumps(fields, separators=(",", ":"))
             task = None
             interview = self._registry.get(session.interview) if self._registry.has(session.interview) else None
             if interview is not None and interview.has_action("incoming_email"):
@@ -201,10 +274,36 @@ class Inbound:
             }))
             emails.append(NewEmail(email_id, mailbox.local_part, session.id, parsed.message_id,
                                    f"{parsed.message_id or ''}\0{sha}", envelope, parsed_json, auth_json, task, event))
-        stored, events = await self._store.deliver(Delivery(sha, raw, emails))
+        return emails
+
+    async def sessions_of(self, mailboxes: Sequence[MailboxRecord]) -> dict[str, SessionRecord]:
+        return await self._store.get_sessions(list({m.session_id for m in mailboxes}))
+
+    async def deliver(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
+                      helo: str) -> DeliveryResult:
+        """Parse, authenticate and durably store ``raw`` for each recipient mailbox; queue its tasks.
+
+        The inline path (``auth_policy = "reject"``): the reply waits for all of it. ``mailboxes``
+        are those accepted at RCPT time; one whose session is gone since is skipped.
+        """
+        parsed, auth = await self.prepare(raw, mail_from=mail_from, client_ip=client_ip, helo=helo)
+        if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
+            self.count_rejection("dmarc")
+            return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
+        emails = self.emails_for(mailboxes, await self.sessions_of(mailboxes), parsed, auth, mail_from=mail_from,
+                                 client_ip=client_ip, helo=helo)
+        stored, events = await self._store.deliver(Delivery(parsed.content_hash, raw, emails))
         self._commits.after_commit(events, any(e.task for e in emails if e.id in stored))
         self.received += len(stored)
         return DeliveryResult(stored, len(emails) - len(stored), auth=auth)
+
+    def delivered(self, stored: int) -> None:
+        """Count e-mails the processor stored (for ``/metrics``)."""
+        self.received += stored
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(frozen=True)

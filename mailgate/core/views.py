@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 from mailgate.core import answers as codec
 from mailgate.core.tasks import TaskResult
-from mailgate.store.base import EmailRecord, SessionRecord, TaskRecord
+from mailgate.store.base import EmailRecord, InboundRecord, SessionRecord, TaskRecord
 
 
 def iso(ts: float | None) -> str | None:
@@ -66,6 +67,7 @@ def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
         "subject": parsed.get("subject"),
         "size": rec.size,
         "message_id": rec.message_id,
+        "state": "stored",
     }
     if full:
         auth = json.loads(rec.authentication)
@@ -83,3 +85,24 @@ def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
             "body_html": parsed.get("body_html"),
         })
     return data
+
+
+def queued_email_dicts(rec: InboundRecord, address: Callable[[str], str]) -> list[dict[str, Any]]:
+    """A queued message (answered 250, not processed yet) as rows like :func:`email_dict`'s, one per
+    recipient mailbox: its envelope and size; subject and From are known once it is parsed."""
+    env = json.loads(rec.envelope)
+    return [{
+        "id": rec.id,
+        "mailbox": address(local_part),
+        "session": session_id,
+        "received": iso(rec.received_at),
+        "from": env.get("mail_from") or None,
+        "subject": None,
+        "size": rec.size,
+        "message_id": None,
+        "state": "queued" if rec.worker is None else "processing",
+        "client_ip": env.get("client_ip"),
+        "helo": env.get("helo"),
+        "tls": env.get("tls"),
+        "attempts": rec.attempts,
+    } for local_part, session_id, *_ in env.get("rcpt", [])]

@@ -22,6 +22,7 @@ from mailgate.config import Config, load_config, tables
 from mailgate.core.cron import Cron
 from mailgate.core.events import EventFeed
 from mailgate.core.inbound import Inbound
+from mailgate.core.ingest import Ingest
 from mailgate.core.interviews import Registry, load_interviews
 from mailgate.core.pool import WorkerPool
 from mailgate.core.runtime import Runtime
@@ -104,6 +105,7 @@ class Daemon:
         self.runtime: Runtime | None = None
         self.pool: WorkerPool | None = None
         self.inbound: Inbound | None = None
+        self.ingest: Ingest | None = None
         self.smtp: SmtpServer | None = None
         self.web: WebServer | None = None
         self.cron: Cron | None = None
@@ -161,6 +163,9 @@ class Daemon:
         if "worker" in self.roles:
             self.pool = WorkerPool(self.store, rt.commits, rt.task_runner, self.config.tasks, rt.process_id)
             self.spawn("workers", self.pool.run())
+        if self.config.smtp.process_queue and ("smtp" in self.roles or "worker" in self.roles):
+            self.ingest = Ingest(self.config, self.store, self.inbound, rt.commits, rt.process_id)
+            self.spawn("inbound-processor", self.ingest.run())
         if "smtp" in self.roles:
             self.smtp = SmtpServer(self.inbound, self.config.smtp)
             await self._listen("smtp", self.config.smtp.host, self.config.smtp.port, self.smtp.start)
@@ -317,6 +322,8 @@ class Daemon:
             await self.smtp.stop(self.config.daemon.grace_period)
         if self.web is not None:
             await self.web.stop()
+        if self.ingest is not None:  # after the SMTP server: what it queued while stopping is processed now or later
+            await self.ingest.stop(self.config.daemon.grace_period)
         if self.pool is not None:
             await self.pool.stop(self.config.daemon.grace_period)
         for task in self._tasks.values():

@@ -126,6 +126,43 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class NewInbound:
+    """A message as the SMTP edge accepted it, before it is parsed: what the inbound queue keeps."""
+
+    id: str
+    sha256: str  # of ``raw``
+    raw: bytes
+    envelope: str  # JSON: client_ip, helo, mail_from, tls, rcpt (the accepted mailboxes)
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """A queued message. ``raw`` is filled by ``claim_inbound`` (the processor needs it), not by
+    ``list_inbound``."""
+
+    id: str
+    seq: int  # arrival order
+    sha256: str
+    size: int
+    envelope: str
+    received_at: float  # when it was queued (the 250): the e-mails' received time
+    attempts: int  # claims so far
+    worker: str | None  # the processor that holds it, while its lease runs
+    lease_until: float | None
+    raw: bytes | None = None
+
+
+@dataclass(frozen=True)
+class InboundDelivery:
+    """What one queued message became: its e-mails (none when every recipient is gone), committed
+    only while ``worker`` still holds the entry, which the same transaction removes from the queue."""
+
+    entry_id: str
+    worker: str
+    emails: Sequence[NewEmail]
+
+
+@dataclass(frozen=True)
 class LeaseInfo:
     session_id: str
     holder: str
@@ -246,6 +283,12 @@ class Store(abc.ABC):
         pool's doorbell, as :meth:`watch` is the feed's. Backends that cannot ring do nothing (the
         default): the pool's polling (``[tasks] poll_interval``) finds those tasks."""
         del wake  # nothing rings here: the pool's polling finds other processes' tasks
+
+    def watch_inbound(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on the loop) whenever another process may have queued inbound mail: the
+        queue processor's doorbell. Backends that cannot ring do nothing (the default): the
+        processor's polling finds those messages."""
+        del wake  # nothing rings here: the processor's polling finds other processes' messages
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -368,6 +411,38 @@ class Store(abc.ABC):
 
         Returns the ids of the e-mails that were new (duplicates are skipped) and the events.
         """
+
+    # -- the inbound queue ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue_inbound(self, entry: NewInbound) -> float:
+        """Queue a received message durably (messages arriving together share one commit); returns
+        its received time (the store's clock)."""
+
+    @abc.abstractmethod
+    async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
+        """Claim up to ``limit`` queued messages, oldest first, with their raw bytes: unclaimed ones
+        and those whose claim's lease expired (their processor died). Each claim counts an attempt."""
+
+    @abc.abstractmethod
+    async def deliver_inbound(self, delivery: InboundDelivery) -> tuple[list[str], list[EventRecord]]:
+        """Turn one queued message into its e-mails, tasks and events and remove it from the queue,
+        atomically. Raises LeaseLost and changes nothing if ``delivery.worker`` no longer holds the
+        entry (its lease expired and another claimed it, or it is done already): so each queued
+        message is delivered once. Duplicates are skipped as in :meth:`deliver`; returns the ids of
+        the new e-mails and their events."""
+
+    @abc.abstractmethod
+    async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
+        """Give claimed messages back to the queue without counting the attempt (shutdown, a store
+        error while delivering)."""
+
+    @abc.abstractmethod
+    async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:
+        """Queued (not yet processed) messages, oldest first, without their raw bytes."""
+
+    @abc.abstractmethod
+    async def count_inbound(self) -> int:
+        """How many messages wait in the inbound queue (claimed ones included)."""
 
     @abc.abstractmethod
     async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]: ...

@@ -105,6 +105,9 @@ TABLES: tuple[Table, ...] = (
     Table("raw_messages", _cols("sha256 size:int raw:bytes"), ("sha256",), fetch=1),
     Table("emails", _cols("seq:int id local_part session_id message_id sha256 dedupe size:int envelope parsed "
                           "authentication received_at:float"), ("seq",), serial="seq"),
+    # messages answered 250 but not processed yet: the new daemon processes them (a claim's lease runs out)
+    Table("inbound_queue", _cols("seq:int id sha256 size:int raw:bytes envelope received_at:float attempts:int "
+                                 "worker lease_until:float"), ("seq",), serial="seq", fetch=1),
 )
 NOT_COPIED = ("session_leases", "schema_migrations")
 

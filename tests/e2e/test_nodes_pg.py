@@ -119,7 +119,8 @@ class Nodes:
             "daemon": {"log_format": "json", "grace_period": 2.0},
             "interviews": {"modules": (), "paths": (str(INTERVIEWS / "nodes.py"),)},
             "mail": {"domains": (DOMAIN,)},
-            "smtp": {"port": 0, "hostname": "mx.nodes.test", "dns_servers": (self.dns.address,), "dns_timeout": 2.0},
+            "smtp": {"port": 0, "hostname": "mx.nodes.test", "dns_servers": (self.dns.address,), "dns_timeout": 2.0,
+                     "queue_lease": 3.0},  # a message claimed when the database went away is taken up again soon
             "web": {"port": 0, "api_key": KEY, "event_poll_interval": POLL},
             "tasks": {"lease": LEASE, "poll_interval": 0.05, "workers": 4},
             "sessions": {"lock_timeout": 4.0},  # the shipped default
@@ -502,6 +503,10 @@ async def restart_under_load(nodes: Nodes, pg: PrivateCluster) -> None:
         rows = await nodes.query("SELECT message_id FROM emails WHERE session_id = $1", sid)
         return Counter(str(r["message_id"]).strip("<>") for r in rows)
 
+    async def processed() -> bool:
+        return (await nodes.query("SELECT COUNT(*) FROM inbound_queue"))[0][0] == 0
+
+    await wait_until(processed, 60, "every queued message processed")
     copies = await stored()
     for mid, code, text in load.results:
         if code == 250:
@@ -513,6 +518,7 @@ async def restart_under_load(nodes: Nodes, pg: PrivateCluster) -> None:
     for mid, _, _ in refused:
         code, text = await asyncio.to_thread(send_one, port, address, f"load {mid}", mid)  # the same bytes
         assert code == 250, (mid, code, text)
+    await wait_until(processed, 60, "the retried messages processed")
     after = await stored()
     assert set(after.values()) == {1} and set(after) == {mid for mid, _, _ in load.results}, after.most_common(3)
     # one line when the database went away, one when it came back; and the daemon still serves
@@ -522,4 +528,5 @@ async def restart_under_load(nodes: Nodes, pg: PrivateCluster) -> None:
     fresh = f"{uuid.uuid4().hex}@elsewhere.test"
     code, text = await asyncio.to_thread(send_one, port, address, "after the restart", fresh)
     assert code == 250, text
+    await wait_until(processed, 60, "the last message processed")
     assert (await stored())[fresh] == 1

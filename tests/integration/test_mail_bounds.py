@@ -69,6 +69,18 @@ async def test_reject_policy_refuses_a_spoof_from_a_neighbour_under_a_private_su
         assert json.loads(stored.parsed)["subject"] == "Hello"
 
 
+async def emails_of(d: Daemon, sid: str, n: int) -> list[Any]:
+    """The session's e-mails once ``n`` are stored: a 250 queues a message, the processor stores it."""
+    found: list[Any] = []
+
+    async def stored() -> bool:
+        found[:] = await rt(d).store.list_emails(session_id=sid)
+        return len(found) >= n
+
+    await wait_until(stored, what=f"{n} e-mails processed")
+    return found
+
+
 async def test_five_hundred_dkim_signatures_cost_at_most_the_configured_queries(tmp_path: Path) -> None:
     resolver = StaticResolver({})
     config = make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test", "parse_processes": 1, "max_dns_queries": 8},
@@ -81,7 +93,7 @@ async def test_five_hundred_dkim_signatures_cost_at_most_the_configured_queries(
         raw = signatures + message(address, "Sender <s@elsewhere.test>", "Signed")
         assert 40_000 < len(raw) < 50_000
         assert await send(d.smtp.port, "s@elsewhere.test", address, raw) == {}
-        [stored] = await rt(d).store.list_emails(session_id=sid)
+        [stored] = await emails_of(d, sid, 1)
         auth = json.loads(stored.authentication)
         assert [x["result"] for x in auth["dkim"]] == ["permerror"] * 5 + ["policy"]
         assert auth["dkim"][5]["reason"] == "not checked: 495 signatures past the first 5 ([smtp] max_dkim_signatures)"
@@ -123,13 +135,13 @@ async def test_a_message_past_the_worker_memory_limit_is_stored_unparsed(tmp_pat
         sid, address = await new_address(d)
         raw = empty_lines_in_a_part(address, 16)
         assert await send(d.smtp.port, "s@elsewhere.test", address, raw) == {}
-        [stored] = await rt(d).store.list_emails(session_id=sid)
+        [stored] = await emails_of(d, sid, 1)
         assert await rt(d).store.get_raw(stored.sha256) == raw  # kept whole
         parsed = json.loads(stored.parsed)
         assert parsed["defects"] == ["not parsed: parsing and DKIM needed more than 64 MiB ([smtp] parse_memory_limit)"]
         # the worker was replaced: the next message is parsed as usual
         assert await send(d.smtp.port, "s@elsewhere.test", address, message(address, "s@elsewhere.test", "Next")) == {}
-        subjects = {json.loads(e.parsed)["subject"] for e in await rt(d).store.list_emails(session_id=sid)}
+        subjects = {json.loads(e.parsed)["subject"] for e in await emails_of(d, sid, 2)}
         assert subjects == {None, "Next"}
         assert d.inbound._pool is not None and d.inbound._pool.recycled == 1
 
@@ -143,11 +155,12 @@ async def test_a_worker_left_with_too_much_memory_is_replaced(tmp_path: Path) ->
         pool = d.inbound._pool
         sid, address = await new_address(d)
         pids = set()
-        for subject in ("One", "Two", "Three"):
+        for n, subject in enumerate(("One", "Two", "Three"), 1):
             assert await send(d.smtp.port, "s@elsewhere.test", address, message(address, "s@elsewhere.test", subject)) == {}
+            await emails_of(d, sid, n)
             await wait_until(lambda: bool(pool._workers), what="a worker in place")
             pids.add(pool._workers[0].process.pid)
         assert pool.recycled >= 2 and len(pids) >= 2
-        parsed = [json.loads(e.parsed) for e in await rt(d).store.list_emails(session_id=sid)]
+        parsed = [json.loads(e.parsed) for e in await emails_of(d, sid, 3)]
         assert sorted(p["subject"] for p in parsed) == ["One", "Three", "Two"]
         assert all(p["defects"] == [] for p in parsed)

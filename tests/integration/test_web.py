@@ -26,7 +26,7 @@ from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.web.app import WebServer
 from mailgate.mail.auth import StaticResolver
-from tests.helpers import make_config, runtime_of, wait_until
+from tests.helpers import make_config, queue_processed, runtime_of, wait_until
 
 pytestmark = pytest.mark.asyncio
 KEY = "test-api-key-123"
@@ -147,6 +147,7 @@ async def test_address_emails_raw_and_attachment_over_api(daemon: Daemon, http: 
             client.send_message(msg)
 
     await asyncio.to_thread(send)
+    await queue_processed(runtime_of(daemon))
     emails = await api(http, "GET", f"/api/sessions/{sid}/emails", 200)
     assert [e["subject"] for e in emails] == ["With file"]
     full = await api(http, "GET", f"/api/emails/{emails[0]['id']}", 200)

@@ -30,8 +30,10 @@ from mailgate.errors import (
 from mailgate.store.base import (
     Changes,
     Delivery,
+    InboundDelivery,
     NewEmail,
     NewEvent,
+    NewInbound,
     NewMailbox,
     NewTask,
     SessionSave,
@@ -423,6 +425,115 @@ async def test_delivery_queues_tasks_and_emails_are_fetched_by_id(store: Store, 
     assert [e.id for e in await store.list_emails(local_part="box1")] == ["e1"]
     again, _ = await store.deliver(Delivery(sha, raw, emails))  # the same message to the same mailboxes
     assert again == [] and await store.count_tasks() == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0}
+
+
+# -- the inbound queue -------------------------------------------------------------------------------
+def queued(entry_id: str, raw: bytes, rcpt: str = "box") -> NewInbound:
+    return NewInbound(entry_id, hashlib.sha256(raw).hexdigest(), raw, json.dumps({"rcpt": [rcpt]}))
+
+
+def email_of(email_id: str, raw: bytes, session_id: str = "s1", box: str = "box", task: NewTask | None = None) -> NewEmail:
+    sha = hashlib.sha256(raw).hexdigest()
+    return NewEmail(email_id, box, session_id, "<m@x>", f"<m@x>\0{sha}", "{}", "{}", "{}", task,
+                    NewEvent(session_id, "email", json.dumps({"email": email_id})))
+
+
+async def test_queued_mail_is_listed_claimed_in_order_and_delivered_once(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    raws = [f"Subject: {n}\r\n\r\nbody {n}\r\n".encode() for n in range(3)]
+    received = []
+    for n, raw in enumerate(raws):
+        received.append(await store.enqueue_inbound(queued(f"q{n}", raw)))
+        clock.now += 1
+    assert received == [1_000_000.0, 1_000_001.0, 1_000_002.0]
+    listed = await store.list_inbound()
+    assert [(q.id, q.size, q.envelope, q.received_at, q.attempts, q.worker, q.raw) for q in listed] == [
+        (f"q{n}", len(raw), '{"rcpt": ["box"]}', received[n], 0, None, None) for n, raw in enumerate(raws)]
+    assert [q.seq for q in listed] == sorted(q.seq for q in listed) and await store.count_inbound() == 3
+    assert [q.id for q in await store.list_inbound(limit=2)] == ["q0", "q1"]
+    first = await store.claim_inbound("A", 2, 30)
+    assert [(q.id, q.raw, q.attempts, q.worker, q.lease_until) for q in first] == [
+        ("q0", raws[0], 1, "A", clock.now + 30), ("q1", raws[1], 1, "A", clock.now + 30)]
+    assert [q.id for q in await store.claim_inbound("B", 5, 30)] == ["q2"]  # the claimed ones are not offered
+    assert await store.claim_inbound("B", 5, 30) == []
+    stored, events = await store.deliver_inbound(InboundDelivery("q0", "A", [email_of("e0", raws[0], task=new_task("t0"))]))
+    assert stored == ["e0"] and [(e.kind, e.session_id) for e in events] == [("email", "s1")]
+    [email] = (await store.get_emails(["e0"])).values()
+    assert (email.received_at, email.size, email.sha256) == (received[0], len(raws[0]), hashlib.sha256(raws[0]).hexdigest())
+    assert await store.get_raw(email.sha256) == raws[0]
+    assert (await store.get_task("t0")) is not None and await store.count_inbound() == 2
+    # done: a second delivery of the same entry is refused and stores nothing
+    with pytest.raises(LeaseLost):
+        await store.deliver_inbound(InboundDelivery("q0", "A", [email_of("e0bis", raws[0])]))
+    assert set(await store.get_emails(["e0", "e0bis"])) == {"e0"}
+    # the same message queued twice to the same mailbox: stored once (the second is a duplicate)
+    await store.enqueue_inbound(queued("q3", raws[0]))
+    [again] = await store.claim_inbound("A", 5, 30)
+    assert again.id == "q3"
+    assert await store.deliver_inbound(InboundDelivery("q3", "A", [email_of("e3", raws[0])])) == ([], [])
+    # every recipient gone: the entry is removed, nothing stored
+    assert await store.deliver_inbound(InboundDelivery("q1", "A", [])) == ([], [])
+    assert [q.id for q in await store.list_inbound()] == ["q2"]
+    assert [e.id for e in await store.list_emails(session_id="s1")] == ["e0"]
+
+
+async def test_a_queued_message_whose_claim_expired_is_delivered_by_its_new_holder_only(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    raw = b"Subject: once\r\n\r\nonce\r\n"
+    await store.enqueue_inbound(queued("q", raw))
+    [held] = await store.claim_inbound("A", 1, 10)
+    clock.now += 9
+    assert await store.claim_inbound("B", 1, 10) == []  # A's lease still runs
+    clock.now += 2
+    [taken] = await store.claim_inbound("B", 1, 10)  # A died (or stalled): B takes it over
+    assert (taken.id, taken.attempts, taken.worker, taken.raw) == ("q", 2, "B", raw) and held.attempts == 1
+    with pytest.raises(LeaseLost):
+        await store.deliver_inbound(InboundDelivery("q", "A", [email_of("eA", raw, task=new_task("tA"))]))
+    assert await store.get_emails(["eA"]) == {} and await store.get_task("tA") is None
+    assert await store.count_inbound() == 1  # A's refused delivery changed nothing
+    stored, _ = await store.deliver_inbound(InboundDelivery("q", "B", [email_of("eB", raw, task=new_task("tB"))]))
+    assert stored == ["eB"] and await store.count_inbound() == 0
+    with pytest.raises(LeaseLost):
+        await store.deliver_inbound(InboundDelivery("q", "B", [email_of("eB2", raw)]))
+    assert [e.id for e in await store.list_emails(session_id="s1")] == ["eB"]
+    assert [t.id for t in await store.list_tasks(session_id="s1")] == ["tB"]
+
+
+async def test_two_processors_never_both_deliver_one_queued_message(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    raws = [f"Subject: race {n}\r\n\r\nrace\r\n".encode() for n in range(20)]
+    for n, raw in enumerate(raws):
+        await store.enqueue_inbound(queued(f"q{n}", raw, rcpt=f"box{n}"))
+    await store.claim_inbound("A", 20, 10)
+    clock.now += 11
+    claimed_by_b = await store.claim_inbound("B", 20, 10)
+    assert len(claimed_by_b) == 20
+    # both deliver every entry at once (the same groups and transactions): each entry is stored by B only
+    deliveries = [store.deliver_inbound(InboundDelivery(f"q{n}", worker, [email_of(f"{worker}{n}", raw, box=f"box{n}")]))
+                  for n, raw in enumerate(raws) for worker in ("A", "B")]
+    outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+    for n in range(20):
+        a, b = outcomes[2 * n], outcomes[2 * n + 1]
+        assert isinstance(a, LeaseLost), a
+        assert not isinstance(b, BaseException) and b[0] == [f"B{n}"] and len(b[1]) == 1, b
+    assert sorted(e.id for e in await store.list_emails(session_id="s1")) == sorted(f"B{n}" for n in range(20))
+    assert await store.count_inbound() == 0
+
+
+async def test_released_queued_messages_are_offered_again_without_counting_the_attempt(store: Store) -> None:
+    big = b"Subject: big\r\n\r\n" + bytes(range(256)) * (3 * 2**20 // 256) + b"\r\n"  # written in pieces
+    await store.enqueue_inbound(queued("q", big))
+    [claimed] = await store.claim_inbound("A", 1, 30)
+    assert claimed.raw == big and claimed.size == len(big)
+    await store.release_inbound("B", ["q"])  # not B's to give back: nothing changes
+    assert [(q.worker, q.attempts) for q in await store.list_inbound()] == [("A", 1)]
+    await store.release_inbound("A", ["q"])
+    assert [(q.worker, q.attempts, q.lease_until) for q in await store.list_inbound()] == [(None, 0, None)]
+    [again] = await store.claim_inbound("B", 1, 30)
+    assert (again.worker, again.attempts, again.raw) == ("B", 1, big)
+    await store.create_session("s1", "iv", "{}", "{}")
+    stored, _ = await store.deliver_inbound(InboundDelivery("q", "B", [email_of("e", big)]))
+    assert stored == ["e"] and await store.get_raw(hashlib.sha256(big).hexdigest()) == big
 
 
 async def test_every_store_method_is_covered() -> None:

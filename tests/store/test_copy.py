@@ -22,8 +22,10 @@ from mailgate.store import copy as store_copy
 from mailgate.store.base import (
     Changes,
     Delivery,
+    InboundDelivery,
     NewEmail,
     NewEvent,
+    NewInbound,
     NewMailbox,
     NewTask,
     TaskFinish,
@@ -35,6 +37,7 @@ from tests.pg import create_database_async, drop_database_async
 
 pytestmark = pytest.mark.asyncio
 
+QUEUED = b"From: q@b.test\r\nSubject: queued\r\n\r\nwaiting\r\n"
 RAW = b"From: a@b.test\r\nSubject: hi\r\n\r\n" + bytes(range(256)) * 1024 + b"\r\n"  # every byte value
 
 
@@ -80,6 +83,11 @@ async def build(path: str) -> None:
                                                          '{"subject":"hi"}', '{"spf":"none"}', None,
                                                          NewEvent("s1", "email", '{"email":"e1"}'))]))
         await store.claim_period("cron_hourly", "2024-01-01T10", "w1")
+        # one queued message processed (its seq used), one still waiting: the new daemon processes it
+        for n in range(2):
+            await store.enqueue_inbound(NewInbound(f"q{n}", hashlib.sha256(QUEUED).hexdigest(), QUEUED, '{"rcpt":[]}'))
+        await store.claim_inbound("w1", 1, 30.0)
+        await store.deliver_inbound(InboundDelivery("q0", "w1", []))
         await store.create_session("gone", "iv", "{}", "{}")
         await store.commit(Changes(events=[NewEvent("gone", "command", "{}")] * 3))
         await store.delete_session("gone")
@@ -134,8 +142,8 @@ async def test_copy_moves_every_row_and_sets_the_sequences_past_every_used_id(so
     assert report.ok and report.committed, report.to_dict()
     counts = {c.table: c.target_rows for c in report.checks}
     assert counts == {"settings": 1, "sessions": 2, "mailboxes": 1, "tasks": 3, "events": 2, "cron_periods": 1,
-                      "raw_messages": 1, "emails": 1}
-    assert report.bytes == len(RAW)
+                      "raw_messages": 1, "emails": 1, "inbound_queue": 1}
+    assert report.bytes == len(RAW) + len(QUEUED)
     assert ("copy", "raw_messages", 1, 1) in seen and ("verify", "emails", 1, 1) in seen
     # The values as the daemon reads them back through PgStore
     pg = PgStore(dsn, pool_size=1)
@@ -155,10 +163,13 @@ async def test_copy_moves_every_row_and_sets_the_sequences_past_every_used_id(so
         assert result.events[0].id == used["events"] + 1
         await pg.commit(Changes(new_tasks=[task("t4", "s1")]))
         assert [t.id for t in await pg.list_tasks(limit=1)] == ["t4"]  # after the copied ones
+        [waiting] = await pg.claim_inbound("w2", 5, 30.0)
+        assert (waiting.id, waiting.raw, waiting.attempts) == ("q1", QUEUED, 1)
     finally:
         await pg.close()
     next_ids = {c.table: c.next_id for c in report.checks if c.next_id is not None}
-    assert next_ids == {"tasks": used["tasks"] + 1, "events": used["events"] + 1, "emails": used["emails"] + 1}
+    assert next_ids == {"tasks": used["tasks"] + 1, "events": used["events"] + 1, "emails": used["emails"] + 1,
+                        "inbound_queue": used["inbound_queue"] + 1}
 
 
 async def test_a_target_that_holds_data_is_refused_and_left_alone(source: str, dsn: str) -> None:

@@ -35,7 +35,7 @@ from mailgate.config import (
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.interviews import load_interviews
 from mailgate.core.runtime import Runtime
-from mailgate.core.views import email_dict, iso, session_dict, task_dict
+from mailgate.core.views import email_dict, iso, queued_email_dicts, session_dict, task_dict
 from mailgate.daemon.lifecycle import (
     Daemon,
     check_config,
@@ -238,9 +238,14 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
             local = None
             if args.mailbox:
                 local = args.mailbox.partition("@")[0].lower()
-            recs = await rt.emails.list(session_id=args.session, local_part=local, limit=args.limit)
-            rows = [email_dict(r) for r in recs]
-            emit(args.json, rows, columns=["id", "mailbox", "received", "from", "subject", "size"])
+            rows = [] if args.queued else [email_dict(r) for r in
+                                           await rt.emails.list(session_id=args.session, local_part=local, limit=args.limit)]
+            # then what was answered 250 but is not processed yet: envelope and size, no subject yet
+            for entry in await rt.emails.queued(args.limit):
+                rows.extend(row for row in queued_email_dicts(entry, rt.addresses.address)
+                            if (args.session is None or row["session"] == args.session)
+                            and (local is None or row["mailbox"].partition("@")[0] == local))
+            emit(args.json, rows[: args.limit], columns=["id", "mailbox", "received", "from", "subject", "size", "state"])
         elif args.emails_cmd == "show":
             rec = await rt.emails.get(args.id)
             if args.raw:
@@ -473,8 +478,9 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
 
     e = sub.add_parser("emails", help="received e-mails", parents=[common]).add_subparsers(dest="emails_cmd", required=True, metavar="COMMAND")
-    p = e.add_parser("list", parents=[common], help="list e-mails, oldest first")
+    p = e.add_parser("list", parents=[common], help="list e-mails, oldest first, then those queued (accepted, not processed yet)")
     p.add_argument("--mailbox", help="address or local part")
+    p.add_argument("--queued", action="store_true", help="only the queued messages (state queued or processing)")
     p.add_argument("--session")
     p.add_argument("--limit", type=int, default=100)
     p = e.add_parser("show", parents=[common], help="show one e-mail (parsed, --raw bytes, or --headers)")

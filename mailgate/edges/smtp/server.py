@@ -119,12 +119,13 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         peer = _peer(session)
         raw = envelope.original_content or b""
+        mailboxes = list(getattr(envelope, "mailgate_mailboxes", []))
         self.in_flight += 1
         self.idle.clear()
         try:
-            result = await self.inbound.deliver(
-                mail_from=envelope.mail_from or "", mailboxes=list(getattr(envelope, "mailgate_mailboxes", [])),
-                raw=bytes(raw), client_ip=peer, helo=session.host_name or "",
+            result = await self.inbound.receive(
+                mail_from=envelope.mail_from or "", mailboxes=mailboxes, raw=bytes(raw), client_ip=peer,
+                helo=session.host_name or "", tls=session.ssl is not None,
             )
         except StoreError as exc:  # the store's own failure (full, locked, I/O): the sender retries later
             log.error("smtp peer=%s: could not store a message: %s; answered 451", peer, exc,
@@ -137,18 +138,22 @@ class Handler:
             self.in_flight -= 1
             if not self.in_flight:
                 self.idle.set()
+        boxes = ",".join(m.local_part for m in mailboxes)
+        if result.queued is not None:  # durably queued: parsed, authenticated and stored right after this reply
+            log.info("smtp peer=%s mailboxes=%s size=%d queued=%s", peer, boxes, len(raw), result.queued,
+                     extra={"event": "smtp.accepted"})
+            return OK_DATA
         auth = result.auth
         summary = f"dkim={','.join(d.result for d in auth.dkim) or 'none'} spf={auth.spf.result} dmarc={auth.dmarc.result}" if auth else ""
         if result.rejected:
             log.info("smtp peer=%s rejected message: %s %s", peer, result.rejected, summary, extra={"event": "smtp.rejected"})
             return DMARC_REJECT
         if not result.stored and not result.duplicates:
-            log.info("smtp peer=%s mailboxes=%s rejected message: the mailboxes were deleted after RCPT", peer,
-                     shown(",".join(envelope.rcpt_tos)), extra={"event": "smtp.rejected"})
+            log.info("smtp peer=%s mailboxes=%s refused message: the mailboxes' sessions were deleted after RCPT", peer,
+                     shown(boxes), extra={"event": "smtp.mailbox_gone"})
             return MAILBOX_GONE
-        log.info("smtp peer=%s mailboxes=%s size=%d stored=%s duplicates=%d %s", peer,
-                 ",".join(a.partition("@")[0] for a in envelope.rcpt_tos), len(raw), ",".join(result.stored),
-                 result.duplicates, summary, extra={"event": "smtp.accepted"})
+        log.info("smtp peer=%s mailboxes=%s size=%d stored=%s duplicates=%d %s", peer, boxes, len(raw),
+                 ",".join(result.stored), result.duplicates, summary, extra={"event": "smtp.accepted"})
         return OK_DATA if result.stored else OK_DUPLICATE
 
     async def handle_exception(self, error: Exception) -> str:

@@ -59,7 +59,7 @@ async def metrics(request: web.Request) -> web.Response:
     inbound: Inbound | None = request.app[INBOUND]
     tasks = await runtime.tasks.counts()
     text = exposition(request.app[METRICS], tasks, inbound.received if inbound else 0,
-                      dict(inbound.rejected) if inbound else {})
+                      dict(inbound.rejected) if inbound else {}, await runtime.emails.queue_depth())
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
 

@@ -16,7 +16,8 @@ class Metrics:
     http_requests: int = 0
 
 
-def exposition(metrics: Metrics, tasks: dict[str, int], emails_received: int, emails_rejected: dict[str, int]) -> str:
+def exposition(metrics: Metrics, tasks: dict[str, int], emails_received: int, emails_rejected: dict[str, int],
+               inbound_queued: int = 0) -> str:
     lines = [
         "# HELP mailgate_ws_connections Open browser WebSocket connections.",
         "# TYPE mailgate_ws_connections gauge",
@@ -42,6 +43,9 @@ def exposition(metrics: Metrics, tasks: dict[str, int], emails_received: int, em
         "# HELP mailgate_emails_rejected_total Recipients or messages refused, by reason.",
         "# TYPE mailgate_emails_rejected_total counter",
         *(f'mailgate_emails_rejected_total{{reason="{reason}"}} {n}' for reason, n in sorted(emails_rejected.items())),
+        "# HELP mailgate_inbound_queue Messages answered 250 and not yet stored as e-mails (all nodes).",
+        "# TYPE mailgate_inbound_queue gauge",
+        f"mailgate_inbound_queue {inbound_queued}",
         *_gc_lines(),
     ]
     return "\n".join(lines) + "\n"

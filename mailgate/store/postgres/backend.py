@@ -39,9 +39,13 @@ from mailgate.store.base import (
     Delivery,
     EmailRecord,
     EventRecord,
+    InboundDelivery,
+    InboundRecord,
     LeaseInfo,
     LostTaskEvents,
     MailboxRecord,
+    NewEmail,
+    NewInbound,
     SessionRecord,
     Store,
     TaskRecord,
@@ -55,7 +59,7 @@ from mailgate.store.postgres.errors import (
     store_error,
 )
 from mailgate.store.postgres.grouper import Grouper
-from mailgate.store.postgres.listener import CHANNEL, TASK_CHANNEL, Listener
+from mailgate.store.postgres.listener import CHANNEL, INBOUND_CHANNEL, TASK_CHANNEL, Listener
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +73,7 @@ TASK_COLS = (
 TASK_FIELDS = tuple(c.strip().strip('"') for c in TASK_COLS.split(","))
 EVENT_COLS = "id, session_id, kind, payload, created_at"
 MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"
+INBOUND_COLS = "id, seq, sha256, size, envelope, received_at, attempts, worker, lease_until"
 EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, parsed, authentication, received_at"
 CLOCK_REFRESH = 60.0  # seconds between measurements of the database's clock
 MIGRATION_LOCK = 0x6D61696C67617465  # pg_advisory_xact_lock key of migrating processes ("mailgate")
@@ -117,6 +122,15 @@ def _text(value: T) -> T:
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value  # type: ignore[return-value]
 
 
+def _emails_json(emails: Sequence[NewEmail]) -> list[dict[str, Any]]:
+    """New e-mails as ``mailgate_deliver`` and ``mailgate_deliver_inbound`` read them."""
+    return [{
+        "id": e.id, "local_part": e.local_part, "session_id": e.session_id, "message_id": _text(e.message_id),
+        "dedupe": _text(e.dedupe), "envelope": e.envelope, "parsed": e.parsed, "authentication": e.authentication,
+        "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event])),
+    } for e in emails]
+
+
 class PgStore(Store):
     """A store on one PostgreSQL database. ``clock`` (tests only) replaces the database's clock."""
 
@@ -138,6 +152,8 @@ class PgStore(Store):
         self._wakes: dict[str, Callable[[], None]] = {}
         self._commits = Grouper(self._commit_group, max_batch, "pg-commit")
         self._deliveries = Grouper(self._deliver_group, max(1, max_batch // 8), "pg-deliver")
+        self._enqueues = Grouper(self._enqueue_group, max(1, max_batch // 8), "pg-enqueue")
+        self._processed = Grouper(self._deliver_inbound_group, max(1, max_batch // 8), "pg-deliver-inbound")
 
     # -- time ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -194,6 +210,10 @@ class PgStore(Store):
     def watch_tasks(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` when another process queues tasks (the same listening connection)."""
         self._listen(TASK_CHANNEL, wake)
+
+    def watch_inbound(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process queues inbound mail (the same listening connection)."""
+        self._listen(INBOUND_CHANNEL, wake)
 
     def _listen(self, channel: str, wake: Callable[[], None]) -> None:
         self._wakes.setdefault(channel, wake)
@@ -482,11 +502,7 @@ class PgStore(Store):
         return await self._deliveries.submit(delivery)
 
     async def _deliver_group(self, group: list[Delivery]) -> list[tuple[list[str], list[EventRecord]] | Exception]:
-        emails = json.dumps([[{
-            "id": e.id, "local_part": e.local_part, "session_id": e.session_id, "message_id": _text(e.message_id),
-            "dedupe": _text(e.dedupe), "envelope": e.envelope, "parsed": e.parsed, "authentication": e.authentication,
-            "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event])),
-        } for e in d.emails] for d in group], separators=(",", ":"))
+        emails = json.dumps([_emails_json(d.emails) for d in group], separators=(",", ":"))
         # asyncpg sends the bytes as they are (binary protocol): no copy into an escaped text form
         raw = await self._call(lambda c: c.fetchval(
             "SELECT mailgate_deliver($1::text[], $2::bytea[], $3::jsonb, $4)",
@@ -502,6 +518,64 @@ class PgStore(Store):
                       for email_id, i in zip(new_ids, result["events"], strict=True)]
             out.append((new_ids, events))
         return out
+
+    # -- the inbound queue ---------------------------------------------------------------------------
+    async def enqueue_inbound(self, entry: NewInbound) -> float:
+        return await self._enqueues.submit(entry)
+
+    async def _enqueue_group(self, group: list[NewInbound]) -> list[float | Exception]:
+        # asyncpg sends the bytes as they are (binary protocol), one round trip for the group
+        now = await self._call(lambda c: c.fetchval(
+            "SELECT mailgate_enqueue($1::text[], $2::text[], $3::bytea[], $4::text[], $5)",
+            [e.id for e in group], [e.sha256 for e in group], [e.raw for e in group], [e.envelope for e in group],
+            self._t()))
+        return [float(now)] * len(group)
+
+    async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
+        rows = await self._fetch(
+            "UPDATE inbound_queue q SET worker = $1, lease_until = mailgate_now($4) + $3, attempts = q.attempts + 1 "
+            "FROM (SELECT seq FROM inbound_queue WHERE worker IS NULL OR lease_until < mailgate_now($4) "
+            "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS picked WHERE q.seq = picked.seq "
+            f"RETURNING {', '.join('q.' + c for c in INBOUND_COLS.split(', '))}, q.raw",
+            worker, limit, lease, self._t())
+        return sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
+
+    async def deliver_inbound(self, delivery: InboundDelivery) -> tuple[list[str], list[EventRecord]]:
+        return await self._processed.submit(delivery)
+
+    async def _deliver_inbound_group(self, group: list[InboundDelivery]
+                                     ) -> list[tuple[list[str], list[EventRecord]] | Exception]:
+        batch = json.dumps([{"entry": d.entry_id, "worker": d.worker, "emails": _emails_json(d.emails)} for d in group],
+                           separators=(",", ":"))
+        outcome = json.loads(await self._call(lambda c: c.fetchval(
+            "SELECT mailgate_deliver_inbound($1::jsonb, $2)", batch, self._t())))
+        now = float(outcome["now"])
+        out: list[tuple[list[str], list[EventRecord]] | Exception] = []
+        for d, result in zip(group, outcome["results"], strict=True):
+            if "error" in result:
+                out.append(domain_error(None, result["error"], result["message"]) or MailgateError(result["message"]))
+                continue
+            new_ids: list[str] = result["emails"]
+            by_id = {e.id: e.event for e in d.emails}
+            out.append((new_ids, [EventRecord(int(i), by_id[email_id].session_id, by_id[email_id].kind,
+                                              by_id[email_id].payload, now)
+                                  for email_id, i in zip(new_ids, result["events"], strict=True)]))
+        return out
+
+    async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self._call(lambda c: c.execute(
+                "WITH given AS (UPDATE inbound_queue SET worker = NULL, lease_until = NULL, attempts = attempts - 1 "
+                "WHERE id = ANY($1::text[]) AND worker = $2 RETURNING 1) "
+                "SELECT pg_notify('mailgate_inbound', '') FROM (SELECT 1 FROM given LIMIT 1) AS any_given",
+                list(entry_ids), worker))
+
+    async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:
+        rows = await self._fetch(f"SELECT {INBOUND_COLS} FROM inbound_queue ORDER BY seq LIMIT $1", limit)
+        return [InboundRecord(*r) for r in rows]
+
+    async def count_inbound(self) -> int:
+        return int(await self._call(lambda c: c.fetchval("SELECT COUNT(*) FROM inbound_queue")))
 
     async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]:
         ids = list(dict.fromkeys(email_ids))

@@ -31,9 +31,13 @@ from mailgate.store.base import (
     Delivery,
     EmailRecord,
     EventRecord,
+    InboundDelivery,
+    InboundRecord,
     LeaseInfo,
     LostTaskEvents,
     MailboxRecord,
+    NewEmail,
+    NewInbound,
     SessionRecord,
     Store,
     TaskRecord,
@@ -52,6 +56,7 @@ TASK_COLS = (
 )
 EVENT_COLS = "id, session_id, kind, payload, created_at"
 MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"
+INBOUND_COLS = "id, seq, sha256, size, envelope, received_at, attempts, worker, lease_until"
 EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, parsed, authentication, received_at"
 
 
@@ -444,23 +449,72 @@ class SqliteStore(Store):
 
         def unit(conn: sqlite3.Connection) -> tuple[list[str], list[EventRecord]]:
             _insert_raw(conn, delivery.sha256, delivery.raw)
-            new_ids: list[str] = []
-            events: list[EventRecord] = []
-            for e in delivery.emails:
-                cur = conn.execute(
-                    f"INSERT INTO emails ({EMAIL_COLS}, dedupe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(local_part, dedupe) DO NOTHING",
-                    (e.id, e.local_part, e.session_id, e.message_id, delivery.sha256, len(delivery.raw),
-                     e.envelope, e.parsed, e.authentication, now, e.dedupe),
-                )
-                if cur.rowcount != 1:
-                    continue  # a duplicate: already stored (and its task queued) once
-                new_ids.append(e.id)
-                result = _apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now)
-                events.extend(result.events)
-            return new_ids, events
+            return _insert_emails(conn, delivery.emails, delivery.sha256, len(delivery.raw), now, now)
 
         return await self._writer.submit(unit)
+
+    # -- the inbound queue ---------------------------------------------------------------------------
+    async def enqueue_inbound(self, entry: NewInbound) -> float:
+        now = self.now()
+
+        def unit(conn: sqlite3.Connection) -> float:
+            _insert_blob(conn, "INSERT INTO inbound_queue (id, sha256, size, raw, envelope, received_at) "
+                         "VALUES (?, ?, ?, {raw}, ?, ?)", (entry.id, entry.sha256, len(entry.raw)),
+                         (entry.envelope, now), entry.raw, "inbound_queue")
+            return now
+
+        return float(await self._writer.submit(unit))
+
+    async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
+        now = self.now()
+
+        def unit(conn: sqlite3.Connection) -> list[InboundRecord]:
+            rows = conn.execute(
+                "UPDATE inbound_queue SET worker = ?, lease_until = ?, attempts = attempts + 1 "
+                "WHERE seq IN (SELECT seq FROM inbound_queue WHERE worker IS NULL OR lease_until < ? "
+                f"ORDER BY seq LIMIT ?) RETURNING {INBOUND_COLS}, raw",
+                (worker, now + lease, now, limit),
+            ).fetchall()
+            return sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
+
+        return list(await self._writer.submit(unit))
+
+    async def deliver_inbound(self, delivery: InboundDelivery) -> tuple[list[str], list[EventRecord]]:
+        def unit(conn: sqlite3.Connection) -> tuple[list[str], list[EventRecord]]:
+            entry = conn.execute("SELECT seq, sha256, size, received_at FROM inbound_queue WHERE id = ? AND worker = ?",
+                                 (delivery.entry_id, delivery.worker)).fetchone()
+            if entry is None:
+                raise LeaseLost(f"queued message {delivery.entry_id} is no longer held by {delivery.worker} (its lease "
+                                "expired and another processor claimed it, or it was delivered already)")
+            seq, sha256, size, received_at = entry
+            if delivery.emails:
+                conn.execute("INSERT INTO raw_messages SELECT sha256, size, raw FROM inbound_queue WHERE seq = ? "
+                             "ON CONFLICT(sha256) DO NOTHING", (seq,))
+            result = _insert_emails(conn, delivery.emails, sha256, size, received_at, self.now())
+            conn.execute("DELETE FROM inbound_queue WHERE seq = ?", (seq,))
+            return result
+
+        return await self._writer.submit(unit)
+
+    async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        ids = list(entry_ids)
+        await self._writer.submit(
+            lambda conn: conn.executemany(
+                "UPDATE inbound_queue SET worker = NULL, lease_until = NULL, attempts = attempts - 1 "
+                "WHERE id = ? AND worker = ?",
+                [(i, worker) for i in ids],
+            )
+        )
+
+    async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:
+        rows = await self._read(f"SELECT {INBOUND_COLS} FROM inbound_queue ORDER BY seq LIMIT ?", (limit,))
+        return [InboundRecord(*r) for r in rows]
+
+    async def count_inbound(self) -> int:
+        rows = await self._read("SELECT COUNT(*) FROM inbound_queue")
+        return int(rows[0][0])
 
     async def get_emails(self, email_ids: Sequence[str]) -> dict[str, EmailRecord]:
         out: dict[str, EmailRecord] = {}
@@ -545,6 +599,40 @@ def _insert_raw(conn: sqlite3.Connection, sha256: str, raw: bytes) -> None:
     with conn.blobopen("raw_messages", "raw", cur.lastrowid) as blob:
         for start in range(0, len(raw), _RAW_IN_PIECES):
             blob.write(view[start : start + _RAW_IN_PIECES])
+
+
+def _insert_blob(conn: sqlite3.Connection, sql: str, before: tuple[Any, ...], after: tuple[Any, ...], raw: bytes,
+                 table: str) -> None:
+    """``sql`` with ``{raw}`` standing for the blob column, as :func:`_insert_raw` writes it: bound
+    when small, a zero blob filled in place when big."""
+    if len(raw) < _RAW_IN_PIECES:
+        conn.execute(sql.format(raw="?"), (*before, raw, *after))
+        return
+    cur = conn.execute(sql.format(raw=f"zeroblob({len(raw)})"), (*before, *after))
+    assert cur.lastrowid is not None
+    view = memoryview(raw)
+    with conn.blobopen(table, "raw", cur.lastrowid) as blob:
+        for start in range(0, len(raw), _RAW_IN_PIECES):
+            blob.write(view[start : start + _RAW_IN_PIECES])
+
+
+def _insert_emails(conn: sqlite3.Connection, emails: Sequence[NewEmail], sha256: str, size: int, received_at: float,
+                   now: float) -> tuple[list[str], list[EventRecord]]:
+    """Each new e-mail with its task and event (a duplicate, already stored once, is skipped)."""
+    new_ids: list[str] = []
+    events: list[EventRecord] = []
+    for e in emails:
+        cur = conn.execute(
+            f"INSERT INTO emails ({EMAIL_COLS}, dedupe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(local_part, dedupe) DO NOTHING",
+            (e.id, e.local_part, e.session_id, e.message_id, sha256, size, e.envelope, e.parsed, e.authentication,
+             received_at, e.dedupe),
+        )
+        if cur.rowcount != 1:
+            continue  # a duplicate: already stored (and its task queued) once
+        new_ids.append(e.id)
+        events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now).events)
+    return new_ids, events
 
 
 def _statements(sql: str) -> list[str]:

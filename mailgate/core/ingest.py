@@ -1,0 +1,202 @@
+"""The inbound queue's processor: queued messages become e-mails, tasks and events, exactly once.
+
+The SMTP edge answers 250 once a message's raw bytes and envelope are queued in the store
+(:meth:`Inbound.receive <mailgate.core.inbound.Inbound.receive>`). A processor runs in every process
+with the smtp or worker role (unless ``[smtp] process_queue = false``): it claims queued messages
+with a lease (``[smtp] queue_lease``), parses and authenticates several at once
+(:meth:`Inbound.prepare <mailgate.core.inbound.Inbound.prepare>`: the parse worker processes, SPF and
+DMARC), and stores each in one transaction that also removes it from the queue and that the store
+refuses once the claim is no longer this processor's (:meth:`Store.deliver_inbound
+<mailgate.store.base.Store.deliver_inbound>`): so each message is delivered once, also when a
+processor dies halfway and another takes its messages over after the lease.
+
+Order: messages are claimed oldest first, and a message is handed to the store only after the earlier
+messages this processor holds for the same mailboxes were: the store commits its calls in the order
+they are made (the SQLite writer's queue, the PostgreSQL grouper's), so each mailbox gets its mail in
+arrival order, and messages to one busy mailbox still share group commits.
+
+Wake-ups: this process's own queued messages wake the processor at once; those queued by other
+processes ring the store's doorbell (PostgreSQL's NOTIFY), with polling every ``[tasks]
+poll_interval`` as the fallback.
+
+Never lost, never retried forever: a message whose parse fails or runs out of time is stored unparsed
+with a defect saying why, and one claimed ``[smtp] queue_attempts`` times already (its processors
+kept dying on it) is stored unparsed at the next claim without being parsed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from mailgate.config import Config
+from mailgate.core.commits import Commits
+from mailgate.core.inbound import Inbound
+from mailgate.errors import LeaseLost, StoreError
+from mailgate.store.base import InboundDelivery, InboundRecord, MailboxRecord, Store
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 64  # messages in hand at once: parsing and DNS of several overlap, commits group
+
+
+class Ingest:
+    """Claims queued messages and turns them into e-mails; one per process."""
+
+    def __init__(self, config: Config, store: Store, inbound: Inbound, commits: Commits, worker_id: str) -> None:
+        self.config = config
+        self._store = store
+        self._inbound = inbound
+        self._commits = commits
+        self.worker_id = worker_id
+        self.lease = config.smtp.queue_lease
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._latest: dict[str, asyncio.Future[None]] = {}  # mailbox -> when the last message for it went to the store
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._store_failing = False
+        self.processed = 0
+
+    def wake(self) -> None:
+        """A message may have been queued."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim loop; runs until :meth:`stop`. A store that refuses the claim (full, away) is logged
+        once per outage and asked again every poll interval: the messages wait in the queue."""
+        poll = self.config.tasks.poll_interval
+        self._inbound.add_queue_listener(self.wake)
+        self._store.watch_inbound(self.wake)
+        failing = False
+        try:
+            while not self._stopping:
+                self._wake.clear()  # before looking, so that a wake-up while claiming is not lost
+                free = CONCURRENCY - len(self.running)
+                if free > 0:
+                    try:
+                        claimed = await self._store.claim_inbound(self.worker_id, free, self.lease)
+                    except StoreError as exc:
+                        if not failing:
+                            log.error("claiming queued mail failed: %s; trying again every %g s", exc, poll,
+                                      extra={"event": "mail.claim_failed"})
+                        failing = True
+                        await asyncio.sleep(poll)  # the store's outage: a retry interval, not synchronisation
+                        continue
+                    if failing:
+                        log.info("claiming queued mail works again", extra={"event": "mail.claim_recovered"})
+                        failing = False
+                    for rec in claimed:
+                        self._start(rec)
+                    if len(claimed) == free:
+                        continue
+                try:
+                    await asyncio.wait_for(self._wake.wait(), poll)
+                except TimeoutError:
+                    pass
+        finally:
+            self._inbound.remove_queue_listener(self.wake)
+
+    def _start(self, rec: InboundRecord) -> None:
+        envelope = json.loads(rec.envelope)
+        mailboxes = [MailboxRecord(*m) for m in envelope["rcpt"]]
+        before = {self._latest[m.local_part] for m in mailboxes if m.local_part in self._latest}
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for m in mailboxes:
+            self._latest[m.local_part] = handed
+        job = asyncio.get_running_loop().create_task(self._process(rec, envelope, mailboxes, before, handed),
+                                                     name=f"inbound-{rec.id}")
+        self.running[rec.id] = job
+
+        def done(_: asyncio.Task[None]) -> None:
+            if not handed.done():  # it ended before reaching the store: the next ones need not wait
+                handed.set_result(None)
+            self.running.pop(rec.id, None)
+            for m in mailboxes:
+                if self._latest.get(m.local_part) is handed:
+                    del self._latest[m.local_part]
+            self._wake.set()
+
+        job.add_done_callback(done)
+
+    async def _process(self, rec: InboundRecord, envelope: dict[str, Any], mailboxes: list[MailboxRecord],
+                       before: set[asyncio.Future[None]], handed: asyncio.Future[None]) -> None:
+        raw = rec.raw or b""
+        mail_from, client_ip, helo = envelope["mail_from"], envelope["client_ip"], envelope["helo"]
+        attempts = self.config.smtp.queue_attempts
+        reason = None
+        if rec.attempts > attempts:
+            reason = (f"not parsed: processing this message was started {rec.attempts - 1} times and never finished "
+                      "(the process handling it stopped or crashed; [smtp] queue_attempts)")
+            log.error("queued message %s: stored unparsed after %d unfinished attempts", rec.id, rec.attempts - 1,
+                      extra={"event": "mail.attempts_exhausted"})
+        try:
+            try:
+                parsed, auth = await self._inbound.prepare(raw, mail_from=mail_from, client_ip=client_ip, helo=helo,
+                                                           unparsed_because=reason)
+            except (asyncio.CancelledError, StoreError):
+                raise
+            except Exception as exc:  # a parse worker that died, a bug: stored all the same, never lost
+                log.exception("queued message %s could not be parsed; stored unparsed", rec.id,
+                              extra={"event": "mail.parse_failed"})
+                parsed, auth = await self._inbound.prepare(
+                    raw, mail_from=mail_from, client_ip=client_ip, helo=helo,
+                    unparsed_because=f"not parsed: parsing failed ({type(exc).__name__}: {exc})")
+            sessions = await self._inbound.sessions_of(mailboxes)
+            emails = self._inbound.emails_for(mailboxes, sessions, parsed, auth, mail_from=mail_from,
+                                              client_ip=client_ip, helo=helo, tls=envelope.get("tls"), entry=rec.id)
+            if before:  # the earlier messages to the same mailboxes go to the store first
+                await asyncio.wait(before)
+            # a task starts at the next loop turn, in creation order: so the store receives the calls in
+            # the order the messages were handed over, and the next message for these mailboxes, woken
+            # by ``handed``, calls after this one
+            delivery = asyncio.ensure_future(self._store.deliver_inbound(InboundDelivery(rec.id, self.worker_id, emails)))
+            handed.set_result(None)
+            stored, events = await delivery
+        except LeaseLost as exc:
+            log.warning("queued message %s: %s; left to its new holder", rec.id, exc, extra={"event": "mail.claim_lost"})
+            return
+        except StoreError as exc:  # full, locked, away: back to the queue after a pause, never a busy loop
+            if not self._store_failing:
+                log.error("queued messages cannot be stored: %s; they stay queued and are tried again every %g s",
+                          exc, self.config.tasks.poll_interval, extra={"event": "mail.store_failed"})
+            self._store_failing = True
+            await asyncio.sleep(self.config.tasks.poll_interval)  # a retry interval, not synchronisation
+            await self._give_back([rec.id])
+            return
+        if self._store_failing:
+            self._store_failing = False
+            log.info("queued messages are stored again", extra={"event": "mail.store_recovered"})
+        self._commits.after_commit(events, any(e.task for e in emails if e.id in stored))
+        self._inbound.delivered(len(stored))
+        self.processed += 1
+        auth_summary = f"dkim={','.join(d.result for d in auth.dkim) or 'none'} spf={auth.spf.result} dmarc={auth.dmarc.result}"
+        log.info("mail processed: queued=%s mailboxes=%s size=%d stored=%s duplicates=%d delay=%.3fs %s", rec.id,
+                 ",".join(m.local_part for m in mailboxes), rec.size, ",".join(stored), len(emails) - len(stored),
+                 max(0.0, self._store.now() - rec.received_at), auth_summary, extra={"event": "mail.processed"})
+
+    async def _give_back(self, entry_ids: list[str]) -> None:
+        try:
+            await self._store.release_inbound(self.worker_id, entry_ids)
+        except StoreError as exc:  # still claimed: offered again once the lease runs out
+            log.error("could not give %d queued messages back: %s; they are processed after their lease",
+                      len(entry_ids), exc, extra={"event": "mail.release_failed"})
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let messages in hand finish within ``grace``, give the rest back to the queue."""
+        self._stopping = True
+        self._wake.set()
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.wait(list(self.running.values()), timeout=max(0.0, deadline - time.monotonic()))
+        leftover = list(self.running)
+        jobs = list(self.running.values())
+        for job in jobs:
+            job.cancel()
+        if leftover:
+            await asyncio.gather(*jobs, return_exceptions=True)
+            await self._give_back(leftover)
+            log.warning("gave %d unprocessed queued messages back to the queue", len(leftover),
+                        extra={"event": "mail.released"})
