@@ -189,8 +189,9 @@ def interview_functions() -> dict[str, Any]:
     """The names every template sees under the answers: what ``mailgate`` exports for interviews."""
     global _functions
     if _functions is None:
-        import mailgate
-
+        # Read, not imported: the package has run before any of its modules (so it is in
+        # sys.modules), and an import would be a cycle, since the package exports Template.
+        mailgate = sys.modules["mailgate"]
         found: dict[str, Any] = {}
         for name in mailgate.__all__:
             value: Callable[..., Any] | Any = getattr(mailgate, name)
