@@ -21,7 +21,8 @@ arithmetic, ``| filters``), ``% if`` / ``% for`` / ``% endif`` lines, ``<%doc>``
 names a template sees are the session's answers and, under them, the interview functions that
 ``mailgate`` exports (``format_date``, ``date_difference``, ``user_info``, ``interview_email``, ...),
 as in docassemble where a template sees the interview's variables and ``docassemble.base.util``.
-A name that is neither raises :class:`TemplateError`; ``None`` renders as nothing.
+A name that is neither raises :class:`TemplateError` where it is used (not in a branch that does
+not run: docassemble too asks only for what a template evaluates); ``None`` renders as nothing.
 
 The content is dedented, so it can be written indented in a triple-quoted string. Its text part is
 the rendered Markdown with the values as given; its HTML part is that Markdown rendered by
@@ -35,6 +36,7 @@ it renders) raise :class:`TemplateError` naming the template, the part and the l
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import textwrap
@@ -44,6 +46,7 @@ from functools import cached_property
 from typing import Any
 
 from mako import exceptions as mako_exceptions
+from mako.runtime import UNDEFINED, Context
 from mako.template import Template as MakoTemplate
 from markdown_it import MarkdownIt
 
@@ -76,7 +79,7 @@ _IMPORTS = ["from mailgate.author.templates import text_value as _mailgate_text,
 
 def _compile(source: str, label: str, part: str, value_filter: str) -> MakoTemplate:
     try:
-        return MakoTemplate(source, strict_undefined=True, imports=_IMPORTS, default_filters=[value_filter],
+        return MakoTemplate(source, imports=_IMPORTS, default_filters=[value_filter],
                             enable_loop=False, uri=f"{label}:{part}")
     except (mako_exceptions.SyntaxException, mako_exceptions.CompileException) as exc:
         lineno = getattr(exc, "lineno", None)
@@ -93,24 +96,68 @@ def _source_line(source: str, name: str) -> int | None:
     return None
 
 
+class _Missing:
+    """A name the answers do not have: any use of it raises NameError where it is used, so a name in
+    a branch that does not run is no error (docassemble asks only for what a template evaluates)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _fail(self, *_: Any, **__: Any) -> Any:
+        raise NameError(f"'{self._name}' is not defined")
+
+    def __getattr__(self, _: str) -> Any:
+        self._fail()
+
+    __str__ = __repr__ = __bool__ = __len__ = __iter__ = __call__ = __getitem__ = __contains__ = _fail
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = _fail
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __neg__ = __int__ = __float__ = __format__ = _fail
+
+
+class _Context(Context):
+    missing: list[str]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._data:
+            return self._data[key]
+        if default is not UNDEFINED:
+            return default
+        found = getattr(self, "missing", None)
+        if found is not None:
+            found.append(key)
+        return _Missing(key)
+
+
 def _render(template: MakoTemplate, source: str, label: str, part: str, names: Mapping[str, Any]) -> str:
     reserved = sorted(_RESERVED.intersection(names))
     if reserved:
         raise TemplateError(f"template {label}: {', '.join(map(repr, reserved))} cannot be used as a name "
                             "in a template (Mako reserves it); rename the answer")
+    out = io.StringIO()
+    context = _Context(out, **names)
+    context.missing = []
     try:
-        return str(template.render(**names))
-    except NameError as exc:
-        name = str(exc).split("'")[1] if str(exc).count("'") >= 2 else str(exc)
-        lineno = _source_line(source, name)
-        raise TemplateError(f"template {label}, {part} line {lineno}: {name!r} is neither in the answers "
-                            "nor an interview function") from None
+        template.render_context(context)
     except Exception as exc:
         lineno = None
         for record in mako_exceptions.RichTraceback().records:
             if record[4] == template.uri:
                 lineno = record[5]
+        name = None
+        if isinstance(exc, NameError) and str(exc).count("'") >= 2:
+            name = str(exc).split("'")[1]
+        elif lineno:  # a missing name handed to a function, which failed on it
+            line = source.splitlines()[lineno - 1] if lineno <= len(source.splitlines()) else ""
+            name = next((m for m in context.missing if re.search(rf"(?<![\w.]){re.escape(m)}\b", line)), None)
+        if name is not None:
+            lineno = lineno or _source_line(source, name)
+            raise TemplateError(f"template {label}, {part} line {lineno}: {name!r} is neither in the answers "
+                                "nor an interview function") from None
         raise TemplateError(f"template {label}, {part} line {lineno}: {type(exc).__name__}: {exc}") from exc
+    return out.getvalue()
 
 
 def _caller() -> str:

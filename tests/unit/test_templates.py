@@ -88,11 +88,22 @@ def test_interview_functions_are_visible_and_answers_shadow_them() -> None:
         ("line one\n\n${ missing }\n", r"template reminder, content line 3: 'missing' is neither in the answers"),
         ("a\n% if n > 1:\n${ n / 0 }\n% endif\n", r"template reminder, content line 3: ZeroDivisionError"),
         ("a\n${ case['nope'] }\n", r"template reminder, content line 2: KeyError"),
+        ("a\n% if missing:\nx\n% endif\n", r"template reminder, content line 2: 'missing' is neither"),
+        ("${ n }\n\nfrom ${ format_date(missing) }\n", r"template reminder, content line 3: 'missing' is neither"),
+        ("${ n }\n${ missing.attribute }\n", r"template reminder, content line 2: 'missing' is neither"),
     ],
 )
 def test_render_errors_name_the_template_and_line(content: str, message: str) -> None:
     with pytest.raises(TemplateError, match=message):
         Template("s", content, name="reminder").render(ANSWERS)
+
+
+def test_a_name_in_a_branch_that_does_not_run_need_not_exist() -> None:
+    # as in docassemble, which asks only for the names a template evaluates
+    t = Template(content="% if n > 5:\nDog: ${ dog_name }\n% endif\nDone ${ n }.\n")
+    assert t.render_text({"n": 1}) == "Done 1.\n"
+    with pytest.raises(TemplateError, match="line 2: 'dog_name'"):
+        t.render_text({"n": 6})
 
 
 def test_syntax_errors_name_the_template_and_line_when_made() -> None:
