@@ -11,6 +11,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names as type checkers see them; at run time each loads on first use
+    from mailgate.author.dates import (
+        DADateTime,
+        DateDifference,
+        as_datetime,
+        date_difference,
+        format_date,
+        format_datetime,
+        format_time,
+        get_default_timezone,
+        today,
+    )
     from mailgate.author.functions import (
         action_argument,
         action_arguments,
@@ -82,6 +93,15 @@ _LAZY = {
     "task_not_yet_performed": "mailgate.author.sending",
     "task_performed": "mailgate.author.sending",
     "times_task_performed": "mailgate.author.sending",
+    "DADateTime": "mailgate.author.dates",
+    "DateDifference": "mailgate.author.dates",
+    "as_datetime": "mailgate.author.dates",
+    "date_difference": "mailgate.author.dates",
+    "format_date": "mailgate.author.dates",
+    "format_datetime": "mailgate.author.dates",
+    "format_time": "mailgate.author.dates",
+    "get_default_timezone": "mailgate.author.dates",
+    "today": "mailgate.author.dates",
     "Template": "mailgate.author.templates",
     "User": "mailgate.core.context",
     "DAEmail": "mailgate.core.daemail",
@@ -145,4 +165,14 @@ __all__ = [
     "user_has_privilege",
     "user_info",
     "user_logged_in",
+    # docassemble's date functions
+    "DADateTime",
+    "DateDifference",
+    "as_datetime",
+    "date_difference",
+    "format_date",
+    "format_datetime",
+    "format_time",
+    "get_default_timezone",
+    "today",
 ]

@@ -1,123 +1,255 @@
-"""Templates: a subject and Markdown content with placeholders filled from the session's answers.
+"""Templates: a subject and content written in Mako, then Markdown, as docassemble's ``template`` block.
 
 docassemble's ``template`` block as a Python object::
 
     reminder = Template(
+        "reminder",
         subject="Hey, it's been 20 days, ${ first_name }.",
         content='''
-            Don't forget about **that thing** you need to do!
+            Don't forget about **that thing** you need to do
+            from ${ format_date(filing_date) }.
 
-            Your reference is {case.number}.
+            % if len(cases) > 1:
+            You have ${ len(cases) } cases.
+            % endif
         ''',
     )
 
-Placeholders are ``{path}`` or ``${ path }``. A path is a name from the answers followed by
-``.attribute``, ``[0]`` or ``['key']`` steps: a step into a dict takes the key, otherwise the
-public attribute (names starting with ``_`` are refused). Nothing is evaluated: no calls, no
-operators, no expressions. A missing name raises :class:`TemplateError`; ``None`` renders as
-nothing. ``{{`` and ``}}`` stand for literal braces. Other braces are left alone.
+Both parts are Mako (https://docs.makotemplates.org/): ``${ expression }`` (names, calls,
+arithmetic, ``| filters``), ``% if`` / ``% for`` / ``% endif`` lines, ``<%doc>``, ``## comments``
+(so a Markdown level-2 heading cannot start with ``##``; write ``<h2>``, as in docassemble). The
+names a template sees are the session's answers and, under them, the interview functions that
+``mailgate`` exports (``format_date``, ``date_difference``, ``user_info``, ``interview_email``, ...),
+as in docassemble where a template sees the interview's variables and ``docassemble.base.util``.
+A name that is neither raises :class:`TemplateError` where it is used (not in a branch that does
+not run: docassemble too asks only for what a template evaluates); ``None`` renders as nothing.
 
 The content is dedented, so it can be written indented in a triple-quoted string. Its text part is
-the Markdown with the values as given; its HTML part is the Markdown rendered by markdown-it-py
-(CommonMark and tables) with every value escaped first: a value is always text, never markup,
-while the template's own Markdown and HTML are kept.
+the rendered Markdown with the values as given; its HTML part is that Markdown rendered by
+markdown-it-py (CommonMark and tables) with every value escaped first: a value is text, never
+markup, while the template's own Markdown and HTML are kept. Mako's ``n`` filter turns the escaping
+off for one expression: ``${ snippet | n }`` inserts ``snippet`` as Markdown/HTML.
+
+Errors (a Mako syntax error when the template is made; a missing name or a failing expression when
+it renders) raise :class:`TemplateError` naming the template, the part and the line.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import sys
 import textwrap
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from mako import exceptions as mako_exceptions
+from mako.runtime import UNDEFINED, Context
+from mako.template import Template as MakoTemplate
 from markdown_it import MarkdownIt
 
 from mailgate.core.context import CURRENT
 from mailgate.errors import MailgateError
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_STEP = rf"(?:\.{_NAME}|\[\s*(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\")\s*\])"
-_PATH = rf"{_NAME}{_STEP}*"
-_PLACEHOLDER = re.compile(rf"\{{\{{|\}}\}}|\$\{{\s*({_PATH})\s*\}}|\{{\s*({_PATH})\s*\}}")
-_STEPS = re.compile(rf"\.({_NAME})|\[\s*(-?\d+|'[^'\]]*'|\"[^\"\]]*\")\s*\]")
 _MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")  # CommonMark: any ASCII punctuation can be backslash-escaped
+_CONTROL_LINE = re.compile(r"^\s*%(?!%)", re.MULTILINE)
+_RESERVED = frozenset({"context", "loop", "UNDEFINED", "capture", "caller", "local", "self", "parent", "next"})
 
 _markdown = MarkdownIt("commonmark").enable("table")
 
 
 class TemplateError(MailgateError):
-    """A template names something the answers do not have, or a step that is not allowed."""
+    """A template does not compile, names something that is not defined, or an expression failed."""
 
 
-def _lookup(answers: Mapping[str, Any], path: str) -> Any:
-    first = re.match(_NAME, path)
-    assert first is not None  # the placeholder pattern guarantees it
-    name = first.group(0)
-    if name not in answers:
-        raise TemplateError(f"the template uses {{{path}}}, but {name!r} is not in the answers")
-    value = answers[name]
-    for attr, index in _STEPS.findall(path[first.end():]):
-        try:
-            if attr:
-                if attr.startswith("_"):
-                    raise TemplateError(f"the template uses {{{path}}}: names starting with '_' are not allowed")
-                value = value[attr] if isinstance(value, Mapping) and attr in value else getattr(value, attr)
-            else:
-                value = value[int(index)] if index.lstrip("-").isdigit() else value[index[1:-1]]
-        except (LookupError, AttributeError, TypeError) as exc:
-            raise TemplateError(f"the template uses {{{path}}}, which the answers do not have ({type(exc).__name__}: {exc})") from None
-    return value
+def text_value(value: Any) -> str:
+    """Mako's default filter for the text part and the subject: the value as text, ``None`` as nothing."""
+    return "" if value is None else str(value)
 
 
-def substitute(text: str, answers: Mapping[str, Any], *, markdown_escape: bool = False) -> str:
-    """Fill the placeholders of ``text`` from ``answers``; escape the values for Markdown if asked."""
+def markdown_value(value: Any) -> str:
+    """Mako's default filter for the HTML part: the value escaped, so Markdown shows it as text."""
+    return _MD_PUNCT.sub(r"\\\1", text_value(value))
 
-    def fill(match: re.Match[str]) -> str:
-        token = match.group(0)
-        if token == "{{":
-            return "{"
-        if token == "}}":
-            return "}"
-        value = _lookup(answers, match.group(1) or match.group(2))
-        out = "" if value is None else str(value)
-        return _MD_PUNCT.sub(r"\\\1", out) if markdown_escape else out
 
-    return _PLACEHOLDER.sub(fill, text)
+_IMPORTS = ["from mailgate.author.templates import text_value as _mailgate_text, markdown_value as _mailgate_md"]
+
+
+def _compile(source: str, label: str, part: str, value_filter: str) -> MakoTemplate:
+    try:
+        return MakoTemplate(source, imports=_IMPORTS, default_filters=[value_filter],
+                            enable_loop=False, uri=f"{label}:{part}")
+    except (mako_exceptions.SyntaxException, mako_exceptions.CompileException) as exc:
+        lineno = getattr(exc, "lineno", None)
+        message = str(exc).split(" at line:")[0]
+        raise TemplateError(f"template {label}, {part} line {lineno}: {message}") from None
+
+
+def _source_line(source: str, name: str) -> int | None:
+    """The first line that mentions ``name`` (Mako reads every name before the first line runs)."""
+    word = re.compile(rf"(?<![\w.]){re.escape(name)}\b")
+    for number, line in enumerate(source.splitlines(), 1):
+        if word.search(line) and ("${" in line or _CONTROL_LINE.match(line) or "<%" in line):
+            return number
+    return None
+
+
+class _Missing:
+    """A name the answers do not have: any use of it raises NameError where it is used, so a name in
+    a branch that does not run is no error (docassemble asks only for what a template evaluates)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _fail(self, *_: Any, **__: Any) -> Any:
+        raise NameError(f"'{self._name}' is not defined")
+
+    def __getattr__(self, _: str) -> Any:
+        self._fail()
+
+    __str__ = __repr__ = __bool__ = __len__ = __iter__ = __call__ = __getitem__ = __contains__ = _fail
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __hash__ = _fail
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __neg__ = __int__ = __float__ = __format__ = _fail
+
+
+class _Context(Context):
+    missing: list[str]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._data:
+            return self._data[key]
+        if default is not UNDEFINED:
+            return default
+        found = getattr(self, "missing", None)
+        if found is not None:
+            found.append(key)
+        return _Missing(key)
+
+
+def _render(template: MakoTemplate, source: str, label: str, part: str, names: Mapping[str, Any]) -> str:
+    reserved = sorted(_RESERVED.intersection(names))
+    if reserved:
+        raise TemplateError(f"template {label}: {', '.join(map(repr, reserved))} cannot be used as a name "
+                            "in a template (Mako reserves it); rename the answer")
+    out = io.StringIO()
+    context = _Context(out, **names)
+    context.missing = []
+    try:
+        template.render_context(context)
+    except Exception as exc:
+        lineno = None
+        for record in mako_exceptions.RichTraceback().records:
+            if record[4] == template.uri:
+                lineno = record[5]
+        name = None
+        if isinstance(exc, NameError) and str(exc).count("'") >= 2:
+            name = str(exc).split("'")[1]
+        elif lineno:  # a missing name handed to a function, which failed on it
+            line = source.splitlines()[lineno - 1] if lineno <= len(source.splitlines()) else ""
+            name = next((m for m in context.missing if re.search(rf"(?<![\w.]){re.escape(m)}\b", line)), None)
+        if name is not None:
+            lineno = lineno or _source_line(source, name)
+            raise TemplateError(f"template {label}, {part} line {lineno}: {name!r} is neither in the answers "
+                                "nor an interview function") from None
+        raise TemplateError(f"template {label}, {part} line {lineno}: {type(exc).__name__}: {exc}") from exc
+    return out.getvalue()
+
+
+def _caller() -> str:
+    """``file:line`` of the code that made the template, its name in errors when it has none."""
+    frame = sys._getframe(3)  # _caller <- __post_init__ <- the dataclass __init__ <- the author's code
+    return f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"
 
 
 @dataclass(frozen=True)
 class Template:
-    """A subject and Markdown content; renders to (subject, text, HTML) with the session's answers."""
+    """A subject and Markdown content, both Mako; renders to (subject, text, HTML) with the answers.
+
+    ``name`` is how errors name the template (default: the file and line that made it).
+    """
 
     subject: str = ""
     content: str = ""
+    name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        # The author's own line breaks in a subject are layout (docassemble's YAML `subject: |`
-        # ends with one); a line break that comes from a value is refused when the mail is built.
-        object.__setattr__(self, "subject", " ".join(self.subject.split()))
+        subject = textwrap.dedent(self.subject).strip()
+        if not _CONTROL_LINE.search(subject):
+            # The author's own line breaks in a plain subject are layout (docassemble's YAML
+            # `subject: |` ends with one); a line break that comes from a value is refused when
+            # the mail is built.
+            subject = " ".join(subject.split())
+        object.__setattr__(self, "subject", subject)
         object.__setattr__(self, "content", textwrap.dedent(self.content).strip("\n") + "\n")
+        if not self.name:
+            object.__setattr__(self, "name", _caller())
+        # compile now, so a syntax error shows when the interview is loaded
+        _ = self._subject_t, self._text_t, self._html_t
+
+    @cached_property
+    def _subject_t(self) -> MakoTemplate:
+        return _compile(self.subject, self.name, "subject", "_mailgate_text")
+
+    @cached_property
+    def _text_t(self) -> MakoTemplate:
+        return _compile(self.content, self.name, "content", "_mailgate_text")
+
+    @cached_property
+    def _html_t(self) -> MakoTemplate:
+        return _compile(self.content, self.name, "content", "_mailgate_md")
 
     def render(self, answers: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
         """``(subject, text, html)``; without ``answers``, those of the running action."""
-        values = _answers(answers)
-        return self.render_subject(values), self.render_text(values), self.render_html(values)
+        names = _names(answers)
+        return self._subject(names), self._text(names), self._html(names)
 
     def render_subject(self, answers: Mapping[str, Any] | None = None) -> str:
-        return substitute(self.subject, _answers(answers))
+        return self._subject(_names(answers))
 
     def render_text(self, answers: Mapping[str, Any] | None = None) -> str:
-        """The text part: the Markdown source with the values as given."""
-        return substitute(self.content, _answers(answers))
+        """The text part: the rendered Markdown with the values as given."""
+        return self._text(_names(answers))
 
     def render_html(self, answers: Mapping[str, Any] | None = None) -> str:
         """The HTML part (a fragment); check-in ``target`` content calls this without arguments."""
-        return str(_markdown.render(substitute(self.content, _answers(answers), markdown_escape=True)))
+        return self._html(_names(answers))
+
+    def _subject(self, names: Mapping[str, Any]) -> str:
+        return _render(self._subject_t, self.subject, self.name, "subject", names).strip()
+
+    def _text(self, names: Mapping[str, Any]) -> str:
+        return _render(self._text_t, self.content, self.name, "content", names)
+
+    def _html(self, names: Mapping[str, Any]) -> str:
+        return str(_markdown.render(_render(self._html_t, self.content, self.name, "content", names)))
 
 
-def _answers(answers: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if answers is not None:
-        return answers
-    ctx = CURRENT.get()
-    return ctx.answers if ctx is not None else {}
+_functions: dict[str, Any] | None = None
+
+
+def interview_functions() -> dict[str, Any]:
+    """The names every template sees under the answers: what ``mailgate`` exports for interviews."""
+    global _functions
+    if _functions is None:
+        # Read, not imported: the package has run before any of its modules (so it is in
+        # sys.modules), and an import would be a cycle, since the package exports Template.
+        mailgate = sys.modules["mailgate"]
+        found: dict[str, Any] = {}
+        for name in mailgate.__all__:
+            value: Callable[..., Any] | Any = getattr(mailgate, name)
+            if name not in _RESERVED:
+                found[name] = value
+        _functions = found
+    return _functions
+
+
+def _names(answers: Mapping[str, Any] | None) -> dict[str, Any]:
+    if answers is None:
+        ctx = CURRENT.get()
+        answers = ctx.answers if ctx is not None else {}
+    return {**interview_functions(), **answers}

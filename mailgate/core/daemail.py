@@ -3,13 +3,23 @@
 Stored in answers (and passed as ``action_argument('email')``) by id; the runtime fills in the
 fields from the store when it loads answers or arguments. The raw bytes and attachment contents are
 read on demand (``email.raw``, ``email.attachment[0].data()``), since they can be large.
+
+As in docassemble, ``body_text``, ``body_html`` and each attachment are file objects: ``slurp()``,
+``path()`` (a temporary file with the content), ``url_for()`` (a signed, expiring URL of the web
+side), ``filename``, ``mimetype`` and ``extension``. The bodies are also the text itself (a ``str``),
+so ``if email.body_text:`` and string methods work as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime as dt
 import json
+import mimetypes
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +32,82 @@ from mailgate.store.base import EmailRecord
 
 if TYPE_CHECKING:
     from mailgate.core.emails import Emails
+
+
+_temp_dir: str | None = None
+
+
+def _temp_path(email_id: str, part: str, extension: str, data: bytes) -> str:
+    """A private temporary file holding ``data``; one per e-mail part, removed when the process exits."""
+    global _temp_dir
+    if _temp_dir is None:
+        _temp_dir = tempfile.mkdtemp(prefix="mailgate-files-")  # mode 0700: the mail is private
+        atexit.register(shutil.rmtree, _temp_dir, True)
+    name = f"{email_id}-{part}" + (f".{extension}" if extension else "")
+    path = os.path.join(_temp_dir, "".join(c if c.isalnum() or c in "-_." else "_" for c in name))
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=_temp_dir)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _decoded(data: bytes, mimetype: str, auto_decode: bool) -> str | bytes:
+    """docassemble's ``slurp()``: text types decoded (UTF-8, else Windows-1252), others as bytes."""
+    if auto_decode and (mimetype.startswith("text/") or mimetype in ("application/json", "application/javascript")):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("windows-1252", errors="replace")
+    return data
+
+
+def _extension(filename: str, mimetype: str) -> str:
+    suffix = os.path.splitext(filename)[1].lstrip(".").lower()
+    if suffix:
+        return suffix
+    guessed = mimetypes.guess_extension(mimetype) if "/" in mimetype else None
+    return guessed.lstrip(".") if guessed else ""
+
+
+def _file_url(email_id: str, part: str, seconds: float | None) -> str:
+    ctx = CURRENT.get()
+    if ctx is None or ctx.runtime is None:
+        raise ActionError("url_for() of an e-mail part needs a running mailgate")
+    return str(ctx.runtime.url_for_email_part(email_id, part, seconds))
+
+
+class EmailBody(str):
+    """A body of a DAEmail: its text, and a file object as docassemble's (``slurp()``, ``path()``, ...)."""
+
+    filename: str
+    mimetype: str
+    extension: str
+    _email_id: str
+
+    def __new__(cls, text: str, email_id: str, mimetype: str) -> EmailBody:
+        body = super().__new__(cls, text)
+        body.mimetype = mimetype
+        body.extension = "html" if mimetype == "text/html" else "txt"
+        body.filename = f"body.{body.extension}"
+        body._email_id = email_id
+        return body
+
+    def slurp(self, auto_decode: bool = True) -> str | bytes:
+        """The body's text (its UTF-8 bytes with ``auto_decode=False``)."""
+        return str(self) if auto_decode else str(self).encode("utf-8")
+
+    def path(self) -> str:
+        """A temporary file with the body (UTF-8)."""
+        return _temp_path(self._email_id, self.extension, self.extension, str(self).encode("utf-8"))
+
+    def url_for(self, seconds: float | None = None, **_: object) -> str:
+        """A signed URL of the web side that serves the body (valid ``[web] url_action_ttl`` seconds)."""
+        return _file_url(self._email_id, self.extension, seconds)
+
+    def size_in_bytes(self) -> int:
+        return len(str(self).encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -37,6 +123,34 @@ class EmailAttachment:
     def data(self) -> bytes:
         """The attachment's bytes (decoded), read from the stored raw message."""
         return attachment_of(self.email.raw, self.number, self.email.id).data
+
+    # -- docassemble's file-object attributes --------------------------------------------------------
+    @property
+    def mimetype(self) -> str:
+        return self.content_type
+
+    @property
+    def extension(self) -> str:
+        """Lower-case, without the dot: from the file name, else from the MIME type ("" if neither)."""
+        return _extension(self.filename, self.content_type)
+
+    def slurp(self, auto_decode: bool = True) -> str | bytes:
+        """The content: text types decoded to ``str`` (unless ``auto_decode=False``), others as bytes."""
+        return _decoded(self.data(), self.content_type, auto_decode)
+
+    def path(self) -> str:
+        """A temporary file with the content (private to the process, removed when it exits)."""
+        return _temp_path(self.email.id, f"attachment{self.number}", self.extension, self.data())
+
+    def url_for(self, seconds: float | None = None, **_: object) -> str:
+        """A signed URL of the web side that serves the attachment (valid ``[web] url_action_ttl`` seconds)."""
+        return _file_url(self.email.id, str(self.number), seconds)
+
+    def size_in_bytes(self) -> int:
+        return self.size
+
+    def __str__(self) -> str:
+        return self.filename
 
 
 class DAEmail:
@@ -54,8 +168,8 @@ class DAEmail:
     subject: str | None
     datetime_message: dt.datetime | None
     datetime_received: dt.datetime | None
-    body_text: str | None
-    body_html: str | None
+    body_text: EmailBody | None
+    body_html: EmailBody | None
     attachment: list[EmailAttachment]
     headers: dict[str, str]
     message_id: str | None
@@ -114,8 +228,9 @@ class DAEmail:
         when = parsed.get("datetime_message")
         self.datetime_message = dt.datetime.fromisoformat(when) if when else None
         self.datetime_received = dt.datetime.fromtimestamp(rec.received_at, dt.UTC)
-        self.body_text = parsed.get("body_text")
-        self.body_html = parsed.get("body_html")
+        text, html = parsed.get("body_text"), parsed.get("body_html")
+        self.body_text = None if text is None else EmailBody(text, self._id, "text/plain")
+        self.body_html = None if html is None else EmailBody(html, self._id, "text/html")
         self.attachment = [
             EmailAttachment(a["filename"], a["content_type"], a["size"], a.get("content_id"), a["disposition"], i, self)
             for i, a in enumerate(parsed.get("attachments") or [])

@@ -222,6 +222,12 @@ class Runtime:
         )
         return f"{self.config.web.public_url.rstrip('/')}/run/{token}"
 
+    def url_for_email_part(self, email_id: str, part: str, ttl: float | None = None) -> str:
+        """A signed, expiring URL that serves one part of a received e-mail: ``txt`` (the text body),
+        ``html`` (the HTML body) or an attachment's number; ``url_for()`` of a DAEmail's files."""
+        token = self.signer.sign("file", self.config.web.url_action_ttl if ttl is None else ttl, e=email_id, p=part)
+        return f"{self.config.web.public_url.rstrip('/')}/file/{token}"
+
     def browser_token(self, session_id: str, user: User = ANONYMOUS, ttl: float | None = None) -> str:
         """A signed, expiring token with which a page of ``session_id`` opens its WebSocket as ``user``."""
         return self.signer.sign("browser", self.config.web.token_ttl if ttl is None else ttl, s=session_id, u=user.to_json())

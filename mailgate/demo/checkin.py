@@ -25,8 +25,8 @@ Answers = dict[str, Any]
 
 # docassemble's `template` blocks with a `target` (both demos' template reads "_What?_ You like ..."). Values
 # are escaped by the template, so a user's draft is shown as text, never as markup.
-FOOD_FEEDBACK = Template(content="_What?_ You like {food}?")
-FOOD_MESSAGE = Template(content="_What?_ You like {the_food}?")
+FOOD_FEEDBACK = Template(content="_What?_ You like ${ food }?")
+FOOD_MESSAGE = Template(content="_What?_ You like ${ the_food }?")
 
 
 @dataclass(frozen=True)

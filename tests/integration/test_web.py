@@ -159,6 +159,70 @@ async def test_address_emails_raw_and_attachment_over_api(daemon: Daemon, http: 
     await api(http, "GET", f"/api/emails/{emails[0]['id']}/attachments/1", 404)
 
 
+async def test_received_mail_parts_are_file_objects_with_signed_urls(daemon: Daemon, http: Http) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
+    from mailgate.core.context import CURRENT, User
+    from mailgate.core.daemail import DAEmail
+
+    assert daemon.smtp is not None and daemon.runtime is not None
+    runtime = daemon.runtime
+    sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "email-to-case-simple"}))["id"]
+    address = (await api(http, "POST", f"/api/sessions/{sid}/address", 200, json={}))["address"]
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@elsewhere.test", address, "Parts"
+    msg.set_content("plain café")
+    msg.add_alternative("<p>rich <script>alert(1)</script></p>", subtype="html")
+    msg.add_attachment(b"a,b\n1,2\n", maintype="text", subtype="csv", filename="Data.CSV")
+    msg.add_attachment(b"%PDF-1", maintype="application", subtype="pdf", filename="scan")
+    port = daemon.smtp.port
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.send_message(msg)
+
+    await asyncio.to_thread(send)
+    rec = (await runtime.emails.list(session_id=sid))[0]
+    email = DAEmail(rec.id, rec, runtime.emails, asyncio.get_running_loop())
+    ctx = runtime.new_context("foreground", sid, runtime.registry.get("email-to-case-simple"), "x", {}, User())
+    token = CURRENT.set(ctx)
+    try:
+        text, html = email.body_text, email.body_html
+        assert text is not None and html is not None
+        assert text.slurp().rstrip() == "plain café" and text.startswith("plain")  # still the text itself
+        assert (text.filename, text.mimetype, text.extension) == ("body.txt", "text/plain", "txt")
+        assert (html.filename, html.mimetype, html.extension) == ("body.html", "text/html", "html")
+        assert "<script>" in html.slurp() and html.slurp(auto_decode=False) == str(html).encode()
+        assert await asyncio.to_thread(Path(text.path()).read_bytes) == str(text).encode()
+        csv, pdf = email.attachment
+        assert (csv.filename, csv.mimetype, csv.extension) == ("Data.CSV", "text/csv", "csv")
+        assert (pdf.filename, pdf.mimetype, pdf.extension) == ("scan", "application/pdf", "pdf")
+        assert await asyncio.to_thread(csv.slurp) == "a,b\n1,2\n"
+        assert await asyncio.to_thread(pdf.slurp) == b"%PDF-1"
+        pdf_path = await asyncio.to_thread(pdf.path)
+        assert pdf_path.endswith(".pdf") and await asyncio.to_thread(Path(pdf_path).read_bytes) == b"%PDF-1"
+        assert (await asyncio.to_thread(Path(pdf_path).stat)).st_mode & 0o077 == 0  # private to mailgate's user
+        urls = [html.url_for(), text.url_for(), pdf.url_for(), csv.url_for(seconds=-1)]
+    finally:
+        CURRENT.reset(token)
+    bare = aiohttp.ClientSession()  # a signed URL needs no API key
+    try:
+        async with bare.get(http.make_url(urls[0])) as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            assert "<script>" in await r.text() and r.headers["Content-Security-Policy"] == "sandbox"
+        async with bare.get(http.make_url(urls[1])) as r:
+            assert r.status == 200 and (await r.text()).rstrip() == "plain café"
+        async with bare.get(http.make_url(urls[2])) as r:
+            assert r.status == 200 and await r.read() == b"%PDF-1" and r.content_type == "application/pdf"
+        async with bare.get(http.make_url(urls[3])) as r:
+            assert r.status == 403  # expired
+        async with bare.get(http.make_url(urls[2][:-3] + "abc")) as r:
+            assert r.status == 403  # forged
+    finally:
+        await bare.close()
+
+
 # -- malformed requests: a 4xx with a JSON error that says what to send, and no traceback in the log --
 
 def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:

@@ -28,7 +28,7 @@ reminder_email = Template(
     content="""
         Don't forget about that thing you need to do, ${ name }!
 
-        Your case: **{case.number}**.
+        Your case: **${ case["number"] }**.
     """,
 )
 
@@ -74,7 +74,7 @@ def counters(answers: dict[str, Any]) -> None:
     answers["seen"] = seen
 
 
-greeting = Template(content="Hello **{name}**, you have {count} new messages.")
+greeting = Template(content="Hello **${ name }**, you have ${ count } new messages.")
 
 
 @interview.action("greet", browser=True)  # a check-in action

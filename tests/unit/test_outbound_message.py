@@ -23,7 +23,7 @@ from mailgate.author.sending import (
     task_performed,
     times_task_performed,
 )
-from mailgate.author.templates import Template, TemplateError
+from mailgate.author.templates import Template
 from mailgate.config import _build_table, _f
 from mailgate.core.context import CURRENT, ActionContext, User
 from mailgate.errors import ActionError, ConfigError, MailgateError
@@ -222,58 +222,9 @@ def test_non_ascii_address_needs_smtputf8() -> None:
     assert parse(msg.as_bytes())["To"] == "jörg@bücher.example"
 
 
-# -- templates ---------------------------------------------------------------------------------------
-ANSWERS: dict[str, Any] = {
-    "name": "Ann <script>alert(1)</script> **not bold**",
-    "case": {"number": 7, "parties": ["Ann", "Bob"]},
-    "user": User(id="u", email="u@example.org", first_name="Una"),
-    "nothing": None,
-}
-
-
-def test_template_placeholders_and_parts() -> None:
-    t = Template(
-        subject="""
-            Reminder for case {case.number}
-        """,
-        content="""
-            Dear ${ name },
-
-            Case **{case.number}** between {case.parties[0]} and ${case.parties[-1]}; user {user.first_name}.
-            Empty: [{nothing}] literal {{braces}} and { not a placeholder }.
-        """,
-    )
-    subject, text, html = t.render(ANSWERS)
-    assert subject == "Reminder for case 7"
-    assert text == (
-        "Dear Ann <script>alert(1)</script> **not bold**,\n\n"
-        "Case **7** between Ann and Bob; user Una.\n"
-        "Empty: [] literal {braces} and { not a placeholder }.\n"
-    )
-    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "**not bold**" in html and "<strong>not bold</strong>" not in html  # values are text, never markup
-    assert "<strong>7</strong>" in html  # the template's own Markdown is rendered
-    assert t.render_html(ANSWERS) == html
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [("{missing}", "'missing' is not in the answers"), ("{case.nope}", "case.nope"),
-     ("{case.parties[5]}", "IndexError"), ("{user._private}", "'_'"), ("{case.__class__}", "'_'")],
-)
-def test_template_errors(content: str, message: str) -> None:
-    with pytest.raises(TemplateError, match=message.replace("[", r"\[").replace(".", r"\.")):
-        Template("s", content).render(ANSWERS)
-
-
-def test_template_uses_the_running_actions_answers(action_context: ActionContext) -> None:
-    action_context.answers = {"name": "Zoë"}
-    assert Template("Hi {name}", "Hello *{name}*").render_html() == "<p>Hello <em>Zoë</em></p>\n"
-    assert Template("Hi {name}", "x").render()[0] == "Hi Zoë"
-
-
+# -- templates (the rendering itself: tests/unit/test_templates.py) -----------------------------------
 def test_template_value_with_line_break_in_subject_is_refused() -> None:
-    subject, text, html = Template("Hello {name}", "x").render({"name": "Ann\r\nBcc: victim@example.net"})
+    subject, text, html = Template("Hello ${ name }", "x").render({"name": "Ann\r\nBcc: victim@example.net"})
     with pytest.raises(HeaderInjectionError):
         Message(to="a@example.org", sender=SENDER, subject=subject, body=text, html=html)
 

@@ -271,6 +271,27 @@ async def get_attachment(request: web.Request) -> web.Response:
                         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(att.filename)}"})
 
 
+@routes.get("/file/{token}")
+async def get_email_part(request: web.Request) -> web.Response:
+    """A part of a received e-mail through a signed URL from ``url_for()`` (no API key: the token is it)."""
+    runtime = rt(request)
+    claims = runtime.signer.verify(request.match_info["token"], "file")
+    rec = await runtime.emails.get(str(claims["e"]))
+    part = str(claims["p"])
+    # The mail is the sender's content: a sandboxed, unsniffed response cannot run script as this site.
+    headers = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+    if part in ("txt", "html"):
+        text = json.loads(rec.parsed).get("body_text" if part == "txt" else "body_html")
+        if text is None:
+            raise NotFound(f"e-mail {rec.id} has no {'text' if part == 'txt' else 'HTML'} body")
+        return web.Response(text=text, content_type="text/plain" if part == "txt" else "text/html",
+                            charset="utf-8", headers=headers)
+    att = await runtime.emails.attachment(rec, int(part))
+    content_type = att.content_type if "/" in att.content_type else "application/octet-stream"
+    headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(att.filename)}"
+    return web.Response(body=att.data, content_type=content_type, headers=headers)
+
+
 def _quote(name: str) -> str:
     from urllib.parse import quote
 

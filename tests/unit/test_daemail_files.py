@@ -1,0 +1,42 @@
+"""A DAEmail's bodies and attachments as docassemble's file objects, without a store (the web side's
+signed URLs: tests/integration/test_web.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailgate.core.daemail import EmailBody, _decoded, _extension
+from mailgate.errors import ActionError
+
+
+def test_a_body_is_its_text_and_a_file() -> None:
+    body = EmailBody("<p>café</p>", "e1", "text/html")
+    assert body == "<p>café</p>" and body.upper() == "<P>CAFÉ</P>"  # still a str
+    assert (body.filename, body.mimetype, body.extension) == ("body.html", "text/html", "html")
+    assert body.slurp() == "<p>café</p>" and body.slurp(auto_decode=False) == "<p>café</p>".encode()
+    assert body.size_in_bytes() == 12
+    path = Path(body.path())
+    assert path.name == "e1-html.html" and path.read_bytes() == "<p>café</p>".encode()
+    assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0
+    assert body.path() == str(path)  # one file per part
+    with pytest.raises(ActionError, match="needs a running mailgate"):
+        body.url_for()
+
+
+def test_slurp_decodes_text_types_as_docassemble() -> None:
+    assert _decoded("naïve".encode(), "text/csv", True) == "naïve"
+    assert _decoded("naïve".encode("windows-1252"), "text/plain", True) == "naïve"
+    assert _decoded(b'{"a": 1}', "application/json", True) == '{"a": 1}'
+    assert _decoded(b"%PDF", "application/pdf", True) == b"%PDF"
+    assert _decoded(b"text", "text/plain", False) == b"text"
+
+
+@pytest.mark.parametrize(
+    ("filename", "mimetype", "extension"),
+    [("Scan.PDF", "application/pdf", "pdf"), ("scan", "application/pdf", "pdf"), ("notes", "text/plain", "txt"),
+     ("archive.tar.gz", "application/gzip", "gz"), ("blob", "application/x-unknown-thing", ""), ("x", "bogus", "")],
+)
+def test_extension(filename: str, mimetype: str, extension: str) -> None:
+    assert _extension(filename, mimetype) == extension

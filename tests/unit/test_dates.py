@@ -1,0 +1,109 @@
+"""docassemble's date functions: signatures and results as its documentation gives them, via Babel."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from mailgate import (
+    DADateTime,
+    Template,
+    as_datetime,
+    date_difference,
+    format_date,
+    format_datetime,
+    format_time,
+    get_default_timezone,
+    today,
+)
+from mailgate.core.context import CURRENT, ActionContext, User
+from mailgate.errors import ActionError
+
+NOW = dt.datetime(2026, 3, 1, 3, 30, tzinfo=dt.UTC)  # still February 28 in New York
+
+
+@pytest.fixture
+def clock() -> Iterator[ActionContext]:
+    """A running action whose mailgate clock reads NOW and whose server time zone is New York's."""
+    runtime = SimpleNamespace(store_clock=lambda: NOW.timestamp(),
+                              config=SimpleNamespace(scheduler=SimpleNamespace(timezone="America/New_York")))
+    ctx = ActionContext(kind="foreground", session_id="s1", interview=None, action="a", arguments={}, user=User(),
+                        runtime=runtime, loop=asyncio.new_event_loop())
+    token = CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        CURRENT.reset(token)
+        ctx.loop.close()
+
+
+def test_format_date_is_babel_in_the_language_given() -> None:
+    day = dt.date(2026, 1, 5)
+    assert format_date(day) == "January 5, 2026"
+    assert format_date(day, format="short") == "1/5/26"
+    assert format_date(day, format="yyyy-MM-dd") == "2026-01-05"
+    assert format_date(day, language="fr") == "5 janvier 2026"
+    assert format_date(day, format="full", language="de") == "Montag, 5. Januar 2026"
+    assert format_date("2026-01-05") == format_date("January 5, 2026") == "January 5, 2026"
+    assert format_date(None) == "" and format_date("") == ""
+    with pytest.raises(ActionError, match="not a date"):
+        format_date("not a date at all")
+
+
+def test_format_datetime_and_format_time() -> None:
+    moment = dt.datetime(2026, 1, 5, 15, 30, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    assert format_time(moment) == "3:30\u202fPM" or format_time(moment) == "3:30 PM"
+    assert format_time(moment, format="HH:mm") == "15:30"
+    assert format_datetime(moment, format="yyyy-MM-dd HH:mm zzzz") == "2026-01-05 15:30 Central European Standard Time"
+    assert format_datetime(moment, language="fr").startswith("5 janvier 2026")
+
+
+def test_as_datetime_and_today_in_the_server_time_zone(clock: ActionContext) -> None:
+    assert get_default_timezone() == "America/New_York"
+    naive = as_datetime("2026-01-05 10:00")
+    assert isinstance(naive, DADateTime)
+    assert naive.utcoffset() == dt.timedelta(hours=-5) and naive.hour == 10  # read in the server's zone
+    aware = as_datetime(dt.datetime(2026, 1, 5, 15, 0, tzinfo=dt.UTC), timezone="Europe/Paris")
+    assert (aware.hour, aware.tzinfo) == (16, zoneinfo.ZoneInfo("Europe/Paris"))
+    assert as_datetime(dt.date(2026, 1, 5)).hour == 0
+    assert aware.format_date() == "January 5, 2026" and aware.plus(months=1).month == 2
+    assert aware.minus(days=5).day == 31 and aware.dow == 1
+    midnight = today()
+    assert isinstance(midnight, DADateTime)
+    assert (midnight.date(), midnight.hour) == (dt.date(2026, 2, 28), 0)  # New York's day, not UTC's
+    assert today(timezone="UTC") == dt.datetime(2026, 3, 1, tzinfo=zoneinfo.ZoneInfo("UTC"))
+    assert today(format="yyyy-MM-dd") == "2026-02-28"
+    with pytest.raises(ActionError, match="unknown time zone"):
+        as_datetime("2026-01-05", timezone="Mars/Olympus")
+
+
+def test_date_difference(clock: ActionContext) -> None:
+    diff = date_difference(starting=dt.date(2026, 2, 7))  # to now; the date is midnight in New York
+    assert diff.days == pytest.approx(22 - 1.5 / 24)
+    assert diff.delta == NOW - dt.datetime(2026, 2, 7, 5, tzinfo=dt.UTC)
+    assert diff.weeks == pytest.approx(diff.days / 7) and diff.hours == pytest.approx(diff.days * 24)
+    assert diff.minutes == pytest.approx(diff.hours * 60) and diff.seconds == diff.delta.total_seconds()
+    back = date_difference(starting="2026-03-04", ending="2026-03-01")
+    assert back.days == -3
+    long = date_difference(starting=dt.date(2024, 1, 1), ending=dt.date(2026, 3, 4))
+    assert long.describe() == "two years, two months, and three days"
+    assert long.describe(specificity="month") == "two years and two months"
+    assert long.describe(nice=False) == "2 years, 2 months, and 3 days"
+    assert date_difference(starting="2026-01-01 10:00", ending="2026-01-01 12:30").describe() == "two hours and 30 minutes"
+
+
+def test_the_20_day_reminder_as_docassemble_writes_it(clock: ActionContext) -> None:
+    # 000/001 "Scheduled tasks": the question and the cron test, verbatim but for YAML.
+    question = Template(content="""
+        Ok, I'll e-mail you at ${ email_address} 20 days
+        from ${ format_date(filing_date) }.
+    """)
+    answers = {"email_address": "ann@example.org", "filing_date": dt.date(2026, 2, 7)}
+    assert question.render_text(answers) == "Ok, I'll e-mail you at ann@example.org 20 days\nfrom February 7, 2026.\n"
+    assert date_difference(starting=answers["filing_date"]).days > 20
+    assert not date_difference(starting=dt.date(2026, 2, 9)).days > 20

@@ -1,0 +1,143 @@
+"""Templates are Mako, then Markdown (docassemble's ``template`` blocks), with values escaped in HTML."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mailgate.author.templates import Template, TemplateError, interview_functions
+from mailgate.core.context import CURRENT, ActionContext, User
+
+ANSWERS: dict[str, Any] = {
+    "name": "Ann <script>alert(1)</script> **not bold**",
+    "case": {"number": 7, "parties": ["Ann", "Bob"]},
+    "user": User(id="u", email="u@example.org", first_name="Una"),
+    "nothing": None,
+    "n": 3,
+    "filing_date": dt.date(2026, 1, 5),
+}
+
+
+def test_mako_lines_and_expressions_are_evaluated() -> None:
+    t = Template(
+        subject="""
+            Reminder for case ${ case["number"] }
+        """,
+        content="""
+            Dear ${ name },
+
+            % if n > 1:
+            You have ${ n * 2 } papers, ${ ", ".join(case["parties"]) }; user ${ user.first_name }.
+            % else:
+            One paper.
+            % endif
+            % for party in case["parties"]:
+            * ${ party.upper() }
+            % endfor
+            Empty: [${ nothing }], filed ${ format_date(filing_date) }.
+        """,
+    )
+    subject, text, html = t.render(ANSWERS)
+    assert subject == "Reminder for case 7"
+    assert text == (
+        "Dear Ann <script>alert(1)</script> **not bold**,\n\n"
+        "You have 6 papers, Ann, Bob; user Una.\n"
+        "* ANN\n* BOB\n"
+        "Empty: [], filed January 5, 2026.\n"
+    )
+    assert "% if" not in text and "${" not in text
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "**not bold**" in html and "<strong>not bold</strong>" not in html  # values are text, never markup
+    assert "<li>ANN</li>" in html  # the template's own Markdown is rendered
+    assert t.render_html(ANSWERS) == html
+    assert Template(content="% if n > 5:\nmany\n% else:\nfew\n% endif\n").render_text(ANSWERS) == "few\n"
+
+
+def test_the_n_filter_turns_escaping_off() -> None:
+    t = Template(content="${ snippet } and ${ snippet | n }")
+    assert t.render_html({"snippet": "<b>x</b>"}) == "<p>&lt;b&gt;x&lt;/b&gt; and <b>x</b></p>\n"
+
+
+def test_subject_with_control_lines() -> None:
+    t = Template(subject="""
+        % if n > 1:
+        ${ n } reminders
+        % else:
+        One reminder
+        % endif
+    """)
+    assert t.render_subject({"n": 2}) == "2 reminders"
+    assert t.render_subject({"n": 1}) == "One reminder"
+
+
+def test_interview_functions_are_visible_and_answers_shadow_them() -> None:
+    names = interview_functions()
+    for name in ("format_date", "date_difference", "as_datetime", "today", "user_info", "interview_email",
+                 "action_argument", "current_datetime"):
+        assert callable(names[name]), name
+    assert Template(content="${ format_date }").render_text({"format_date": "mine"}) == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("line one\n\n${ missing }\n", r"template reminder, content line 3: 'missing' is neither in the answers"),
+        ("a\n% if n > 1:\n${ n / 0 }\n% endif\n", r"template reminder, content line 3: ZeroDivisionError"),
+        ("a\n${ case['nope'] }\n", r"template reminder, content line 2: KeyError"),
+        ("a\n% if missing:\nx\n% endif\n", r"template reminder, content line 2: 'missing' is neither"),
+        ("${ n }\n\nfrom ${ format_date(missing) }\n", r"template reminder, content line 3: 'missing' is neither"),
+        ("${ n }\n${ missing.attribute }\n", r"template reminder, content line 2: 'missing' is neither"),
+    ],
+)
+def test_render_errors_name_the_template_and_line(content: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        Template("s", content, name="reminder").render(ANSWERS)
+
+
+def test_a_name_in_a_branch_that_does_not_run_need_not_exist() -> None:
+    # as in docassemble, which asks only for the names a template evaluates
+    t = Template(content="% if n > 5:\nDog: ${ dog_name }\n% endif\nDone ${ n }.\n")
+    assert t.render_text({"n": 1}) == "Done 1.\n"
+    with pytest.raises(TemplateError, match="line 2: 'dog_name'"):
+        t.render_text({"n": 6})
+
+
+def test_syntax_errors_name_the_template_and_line_when_made() -> None:
+    with pytest.raises(TemplateError, match=r"template bad, content line 2: .*if x"):
+        Template(content="fine\n% if x\n% endif\n", name="bad")
+    with pytest.raises(TemplateError, match=r"template test_templates.py:\d+, subject line 1"):
+        Template(subject="${ 1 + }")
+
+
+def test_reserved_mako_names_are_refused_clearly() -> None:
+    with pytest.raises(TemplateError, match="'loop' cannot be used"):
+        Template(content="x").render({"loop": 1})
+
+
+@pytest.fixture
+def action_context() -> Iterator[ActionContext]:
+    ctx = ActionContext(kind="foreground", session_id="s1", interview=None, action="a", arguments={}, user=User(),
+                        runtime=None, loop=asyncio.new_event_loop())
+    token = CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        CURRENT.reset(token)
+        ctx.loop.close()
+
+
+def test_template_uses_the_running_actions_answers(action_context: ActionContext) -> None:
+    action_context.answers = {"name": "Zoë"}
+    assert Template("Hi ${ name }", "Hello *${ name }*").render_html() == "<p>Hello <em>Zoë</em></p>\n"
+    assert Template("Hi ${ name }", "x").render()[0] == "Hi Zoë"
+
+
+def test_docassemble_target_template() -> None:
+    # docassemble's target-template demo: "_What?_ You like ${ food }?"
+    t = Template(content="_What?_ You like ${ food }?")
+    assert t.render_html({"food": "APPLES"}) == "<p><em>What?</em> You like APPLES?</p>\n"
+    assert t.render_html({"food": "<i>X</i>"}) == "<p><em>What?</em> You like &lt;i&gt;X&lt;/i&gt;?</p>\n"
