@@ -131,9 +131,11 @@ class TaskBook:
                 return deleted
 
     async def retry_failed(self, on_progress: Callable[[int, int], None] | None = None) -> builtins.list[str]:
-        """Queue every failed task again (those failed now; a task that fails again meanwhile is not
-        retried twice); the ids queued."""
-        failed = [rec.id for rec in await self._store.list_tasks(state="failed", limit=10**9)]
+        """Queue every failed task again, except those an operator cancelled (``mailgate tasks retry
+        ID`` still queues one of those); the ids queued. The failed tasks are those failed when it
+        starts: one that fails again meanwhile is not retried twice."""
+        failed = [rec.id for rec in await self._store.list_tasks(state="failed", limit=10**9)
+                  if rec.error_type != "Cancelled"]
         queued = []
         for n, task_id in enumerate(failed, 1):
             try:

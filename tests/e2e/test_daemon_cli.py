@@ -321,17 +321,23 @@ def test_tasks_cancel_purge_and_retry_all_failed(env: Env) -> None:
     shown = env.cli_json("tasks", "show", sleeper)
     assert (shown["state"], shown["error_type"], shown.get("value")) == ("failed", "Cancelled", None)
 
-    retried = env.cli_json("tasks", "retry", "--all-failed")
-    assert sorted(retried["queued"]) == sorted([queued, sleeper])
-    for task_id in (queued, sleeper):
+    failing = _task_of(env, sid, "fails")
+    assert env.cli_json("tasks", "show", failing, "--wait", "20")["state"] == "failed"
+    retried = env.cli_json("tasks", "retry", "--all-failed")  # not the cancelled ones: an operator stopped those
+    assert retried["queued"] == [failing]
+    assert env.cli_json("tasks", "show", failing, "--wait", "20")["attempts"] == 1
+    assert env.cli_json("tasks", "show", queued)["error_type"] == "Cancelled"
+    for task_id in (queued, sleeper):  # one by one, a cancelled task runs again
+        assert env.cli_json("tasks", "retry", task_id)["state"] == "queued"
         assert env.cli_json("tasks", "show", task_id, "--wait", "20")["state"] == "succeeded"
-    assert env.cli("tasks", "retry", "--all-failed").stdout == "queued 0 failed task(s) again\n"
+    assert env.cli("tasks", "retry", "--all-failed").stdout == "queued 1 failed task(s) again\n"  # failing, failed again
+    assert env.cli_json("tasks", "show", failing, "--wait", "20")["state"] == "failed"
     res = env.cli("tasks", "retry", check=False)
     assert res.returncode == 1 and "mailgate tasks retry --all-failed" in res.stderr
 
     assert env.cli_json("tasks", "purge", "--state", "succeeded", "--older-than", "1h")["deleted"] == 0
     assert env.cli("tasks", "purge", "--state", "succeeded").stdout == "deleted 2 succeeded task(s)\n"
-    assert env.cli_json("tasks", "list") == []
+    assert [t["id"] for t in env.cli_json("tasks", "list")] == [failing]
     res = env.cli("tasks", "purge", "--state", "running", check=False)
     assert res.returncode == 2 and "invalid choice: 'running'" in res.stderr
     res = env.cli("tasks", "purge", "--state", "failed", "--older-than", "soon", check=False)
@@ -354,6 +360,8 @@ def test_db_backup_while_the_daemon_writes_then_restore(env: Env) -> None:
     assert not (env.tmp_path / "backup.sqlite3-wal").exists()
     res = env.cli("db", "backup", str(backup), check=False)
     assert res.returncode == 1 and "exists; give a new file name" in res.stderr
+    res = env.cli("db", "backup", str(env.tmp_path / "nope" / "b.sqlite3"), check=False)
+    assert res.returncode == 1 and res.stderr.startswith(f"mailgate: error: cannot write the backup into {env.tmp_path / 'nope'}: ")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(20) == 0
 

@@ -482,9 +482,9 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p = t.add_parser("show", parents=[common], help="show a task with its result or error")
     p.add_argument("id")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for it to finish")
-    p = t.add_parser("retry", parents=[common], help="queue a failed task again (or every failed one: --all-failed)")
+    p = t.add_parser("retry", parents=[common], help="queue a failed task again (or every failed one but the cancelled: --all-failed)")
     p.add_argument("id", nargs="?")
-    p.add_argument("--all-failed", action="store_true", help="every task failed now")
+    p.add_argument("--all-failed", action="store_true", help="every task failed now, except those cancelled")
     add_task_parsers(t, common)
 
     m = sub.add_parser("mailboxes", help="per-session e-mail addresses", parents=[common]).add_subparsers(

@@ -257,11 +257,14 @@ def _size(n: int) -> str:
 
 
 def _age(seconds: float) -> str:
+    """``3 d 4 h``, ``2 h``, ``5 min 3 s``, ``40 s``: the two largest units, a zero second one left out."""
     delta = dt.timedelta(seconds=int(seconds))
     if delta.days:
-        return f"{delta.days} d {delta.seconds // 3600} h"
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
-    if seconds >= 60:
-        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
-    return f"{int(seconds)} s"
+        big, small = f"{delta.days} d", f"{delta.seconds // 3600} h"
+    elif seconds >= 3600:
+        big, small = f"{int(seconds // 3600)} h", f"{int(seconds % 3600 // 60)} min"
+    elif seconds >= 60:
+        big, small = f"{int(seconds // 60)} min", f"{int(seconds % 60)} s"
+    else:
+        return f"{int(seconds)} s"
+    return big if small.startswith("0 ") else f"{big} {small}"

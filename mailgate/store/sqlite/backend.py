@@ -585,6 +585,9 @@ class SqliteStore(Store):
         def run() -> int:
             if os.path.exists(path):
                 raise MailgateError(f"{path} exists; give a new file name (a backup never overwrites)")
+            folder = os.path.dirname(path) or "."
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise MailgateError(f"cannot write the backup into {folder}: no such folder, or not writable by this user")
             source = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
             target = sqlite3.connect(partial, isolation_level=None)
             try:
