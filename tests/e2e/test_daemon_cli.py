@@ -317,7 +317,8 @@ def test_tasks_cancel_purge_and_retry_all_failed(env: Env) -> None:
     wait_for(lambda: env.cli_json("tasks", "show", sleeper)["state"] == "running", 20, "the worker to claim the sleeper")
     assert env.cli("tasks", "cancel", sleeper).stdout == f"task {sleeper} cancelled\n"
     # the worker finishes its sleep; its finish is refused, so the task stays cancelled with no value
-    wait_for(lambda: "its result was discarded" in env.log_of(daemon), 20, "the worker's refused finish")
+    wait_for(lambda: f"task {sleeper} was cancelled while it ran (mailgate tasks cancel); its result was discarded" in env.log_of(daemon),
+             20, "the worker's refused finish")
     shown = env.cli_json("tasks", "show", sleeper)
     assert (shown["state"], shown["error_type"], shown.get("value")) == ("failed", "Cancelled", None)
 
