@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import socket
 import sqlite3
@@ -347,6 +348,27 @@ def test_tasks_cancel_purge_and_retry_all_failed(env: Env) -> None:
     assert daemon.wait(20) == 0
 
 
+def _stderr_on_a_terminal(env: Env, *args: str) -> bytes:
+    """What the command writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    master, slave = pty.openpty()
+    try:
+        res = subprocess.run(mailgate_cmd(*args), stdout=subprocess.PIPE, stderr=slave, env=env.env, timeout=60)
+        os.close(slave)
+        assert res.returncode == 0, res
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(master)
+
+
 def test_db_backup_while_the_daemon_writes_then_restore(env: Env) -> None:
     sid = env.cli("sessions", "new", "testing").stdout.strip()
     daemon = env.serve()
@@ -361,6 +383,8 @@ def test_db_backup_while_the_daemon_writes_then_restore(env: Env) -> None:
     assert not (env.tmp_path / "backup.sqlite3-wal").exists()
     res = env.cli("db", "backup", str(backup), check=False)
     assert res.returncode == 1 and "exists; give a new file name" in res.stderr
+    assert "backing up" not in env.cli("db", "backup", str(backup) + ".2").stderr  # piped: no bar
+    assert b"backing up pages         [##############################] " in _stderr_on_a_terminal(env, "db", "backup", str(backup) + ".3")
     res = env.cli("db", "backup", str(env.tmp_path / "nope" / "b.sqlite3"), check=False)
     assert res.returncode == 1 and res.stderr.startswith(f"mailgate: error: cannot write the backup into {env.tmp_path / 'nope'}: ")
     daemon.send_signal(signal.SIGTERM)
