@@ -54,5 +54,10 @@ class Emails:
             raise NotFound(f"the raw bytes of e-mail {rec.id} are gone (its session was deleted)")
         return raw
 
+    async def delete(self, email_id: str) -> None:
+        """Delete one stored e-mail (``mailgate emails delete``); its raw bytes go with the last e-mail sharing them."""
+        if not await self._store.delete_email(email_id):
+            raise NotFound(f"no e-mail {email_id!r}; list e-mails with: mailgate emails list")
+
     async def attachment(self, rec: EmailRecord, number: int) -> Attachment:
         return attachment_of(await self.raw(rec), number, rec.id)

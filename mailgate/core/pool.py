@@ -98,7 +98,11 @@ class WorkerPool:
         try:
             await self._runner.execute(rec, self.worker_id, session)
         except LeaseLost as exc:
-            log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
+            if await self._cancelled(rec.id):
+                log.warning("task %s was cancelled while it ran (mailgate tasks cancel); its result was discarded",
+                            rec.id, extra={"event": "task.cancelled_while_running"})
+            else:
+                log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
         except asyncio.CancelledError:
             raise
         except StoreError as exc:  # the store's message says what to do; a traceback would add nothing
@@ -106,6 +110,14 @@ class WorkerPool:
         except Exception:
             # A bug or a store failure: the task stays claimed and is rerun after its lease expires.
             log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed"})
+
+    async def _cancelled(self, task_id: str) -> bool:
+        """Whether an operator cancelled the task (so its lost finish is no lease expiry)."""
+        try:
+            rec = await self._store.get_task(task_id)
+        except StoreError:
+            return False
+        return rec is not None and rec.error_type == "Cancelled"
 
     async def _heartbeat(self) -> None:
         while True:

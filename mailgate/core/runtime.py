@@ -28,10 +28,11 @@ from typing import Any
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import ActionResult, Invoker
-from mailgate.core.background import TaskRunner
+from mailgate.core.background import TaskRunner, lost_task_events
 from mailgate.core.commands import UI_NOTIFICATIONS
 from mailgate.core.commits import Commits
 from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
+from mailgate.core.daemail import DAEmail
 from mailgate.core.emails import Emails
 from mailgate.core.events import EventFeed
 from mailgate.core.interviews import Action, Interview, Registry
@@ -51,6 +52,8 @@ from mailgate.store.base import (
     NewTask,
     SessionRecord,
     Store,
+    StoreOverview,
+    StoreProgress,
     TaskRecord,
 )
 
@@ -249,6 +252,41 @@ class Runtime:
 
     def store_clock(self) -> float:
         return self.store.now()
+
+    # -- operations (the admin CLI) ------------------------------------------------------------------
+    async def cancel_task(self, task_id: str) -> TaskRecord:
+        """Fail a queued or running task as ``Cancelled`` and tell its session's pages (see
+        :meth:`TaskBook.cancel <mailgate.core.tasks.TaskBook.cancel>`)."""
+        rec, events = await self.tasks.cancel(task_id, lost_task_events)
+        self.commits.after_commit(events, False)
+        return rec
+
+    async def replay_email(self, email_id: str) -> Task:
+        """Queue ``incoming_email`` again on a stored e-mail, as its delivery did (Action Mailbox's
+        reroute): a new task of the e-mail's session, run by the worker pool as the mailbox's owner."""
+        rec = await self.emails.get(email_id)
+        session = await self.sessions.get(rec.session_id)
+        interview = self.registry.get(session.interview)
+        if not interview.has_action("incoming_email"):
+            raise ActionError(f"interview {session.interview!r} defines no incoming_email action; nothing to replay")
+        mailbox = await self.store.find_mailbox(rec.local_part)
+        task = NewTask(uuid.uuid4().hex, session.id, session.interview, "incoming_email",
+                       codec.encode_value({"email": DAEmail(email_id)}),
+                       mailbox.owner if mailbox is not None else ANONYMOUS.to_json(), None, self.config.tasks.max_attempts)
+        await self.commit(Changes(new_tasks=[task]))
+        return Task(task.id, self.tasks)
+
+    async def overview(self, since: float) -> StoreOverview:
+        """Counts, ages and size of the store (``mailgate status``), e-mails counted from ``since``."""
+        return await self.store.overview(since)
+
+    async def backup(self, path: str, on_progress: StoreProgress | None = None) -> int:
+        """A consistent online copy of the store in the new file ``path``; its size."""
+        return await self.store.backup(path, on_progress)
+
+    async def restore(self, path: str, on_progress: StoreProgress | None = None) -> int:
+        """Replace the store with the backup at ``path``; the schema version it is at now."""
+        return await self.store.restore(path, on_progress)
 
     # -- plumbing of the core's parts --------------------------------------------------------------
     def new_context(self, kind: ContextKind, session_id: str, interview: Interview, action: str,

@@ -11,8 +11,10 @@ blocking waits have async twins (``wait_async``, ``get_async``) for that case. E
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +22,18 @@ from mailgate.config import TasksConfig
 from mailgate.core import answers as codec
 from mailgate.core.bridge import on_loop, refuse_on_loop, run_on_loop
 from mailgate.core.context import CURRENT
-from mailgate.errors import ActionError, NotFound, TaskFailed, TaskNotReady
-from mailgate.store.base import Store, TaskRecord
+from mailgate.errors import (
+    ActionError,
+    MailgateError,
+    NotFound,
+    StoreError,
+    TaskFailed,
+    TaskNotReady,
+)
+from mailgate.store.base import EventRecord, LostTaskEvents, Store, TaskRecord
+
+PURGEABLE = ("succeeded", "failed", "queued")
+PURGE_BATCH = 1000  # rows deleted per transaction: a purge never holds the write lock for long
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +105,50 @@ class TaskBook:
 
     async def counts(self) -> dict[str, int]:
         return await self._store.count_tasks()
+
+    async def cancel(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, builtins.list[EventRecord]]:
+        """Fail a queued or running task as ``Cancelled`` (``mailgate tasks cancel``).
+
+        A queued task is never claimed; a running one keeps running in its worker until it ends, but
+        its finish is refused (the task is no longer running: ``LeaseLost``), so nothing it did is
+        saved. Its session's browsers get the task's failure event (``lost``)."""
+        return await self._store.cancel_task(task_id, lost)
+
+    async def purge(self, state: str, before: float | None, on_progress: Callable[[int, int], None] | None = None) -> int:
+        """Delete the tasks in ``state`` that finished (queued: were created) before ``before``, in
+        batches; ``on_progress(deleted, total)`` after each. Running tasks are cancelled, not purged."""
+        if state not in PURGEABLE:
+            raise MailgateError(f"tasks in state {state!r} cannot be purged; purge one of {', '.join(PURGEABLE)} "
+                              "(cancel a running task first: mailgate tasks cancel ID)")
+        total = (await self._store.count_tasks()).get(state, 0)  # at most this many: the age is not counted
+        deleted = 0
+        while True:
+            n = await self._store.purge_tasks(state, before, PURGE_BATCH)
+            deleted += n
+            if on_progress is not None:
+                on_progress(deleted, max(total, deleted) if n else deleted)
+            if n == 0:
+                return deleted
+
+    async def retry_failed(self, on_progress: Callable[[int, int], None] | None = None) -> builtins.list[str]:
+        """Queue every failed task again, except those an operator cancelled (``mailgate tasks retry
+        ID`` still queues one of those); the ids queued. The failed tasks are those failed when it
+        starts: one that fails again meanwhile is not retried twice."""
+        failed = [rec.id for rec in await self._store.list_tasks(state="failed", limit=10**9)
+                  if rec.error_type != "Cancelled"]
+        queued = []
+        for n, task_id in enumerate(failed, 1):
+            try:
+                queued.append((await self._store.retry_task(task_id)).id)
+            except StoreError:
+                raise
+            except MailgateError:
+                pass  # retried, cancelled or deleted by someone else since the list was read
+            if on_progress is not None:
+                on_progress(n, len(failed))
+        if on_progress is not None and not failed:
+            on_progress(0, 0)
+        return queued
 
 
 class Task:

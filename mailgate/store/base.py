@@ -243,6 +243,21 @@ class Claim:
     events: Sequence[EventRecord] = ()
 
 
+@dataclass(frozen=True)
+class StoreOverview:
+    """What ``mailgate status`` shows of the store: counts, ages and size, read in one go."""
+
+    tasks: dict[str, tuple[int, float | None]]  # state -> (count, created_at of the oldest)
+    sessions: int
+    mailboxes: int
+    emails: int
+    emails_since: int  # received at or after the ``since`` asked for
+    size_bytes: int  # the database on disk (SQLite: file and WAL; PostgreSQL: pg_database_size)
+
+
+# Called from a worker thread by long store operations: (done, total) in the operation's own units
+StoreProgress = Callable[[int, int], None]
+
 # The events that tell a session's browsers that a task failed (built by the core, committed by the store)
 LostTaskEvents = Callable[[TaskRecord], Sequence[NewEvent]]
 
@@ -473,3 +488,34 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def last_event_id(self) -> int: ...
+
+    # -- operations (the admin CLI) -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def cancel_task(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, list[EventRecord]]:
+        """Fail a queued or running task with error type ``Cancelled``, with the events ``lost(task)``
+        returns, in one transaction. A worker still running it is refused its finish (``LeaseLost``,
+        since the task is no longer ``running``), so what it did is not committed.
+
+        Raises NotFound, or MailgateError when the task is already done."""
+
+    @abc.abstractmethod
+    async def purge_tasks(self, state: str, before: float | None, limit: int) -> int:
+        """Delete up to ``limit`` tasks in ``state`` (queued, succeeded or failed) that finished (or,
+        queued, were created) before ``before``; the number deleted. Called until it returns 0."""
+
+    @abc.abstractmethod
+    async def delete_email(self, email_id: str) -> bool:
+        """Delete one stored e-mail (its raw bytes too when no other e-mail shares them). False if absent."""
+
+    @abc.abstractmethod
+    async def overview(self, since: float) -> StoreOverview: ...
+
+    @abc.abstractmethod
+    async def backup(self, path: str, progress: StoreProgress | None = None) -> int:
+        """Write a consistent copy of the live store to the new file ``path``; its size in bytes.
+        Backends that cannot raise MailgateError naming the tool to use instead."""
+
+    @abc.abstractmethod
+    async def restore(self, path: str, progress: StoreProgress | None = None) -> int:
+        """Replace the whole store with the backup at ``path`` (then migrate it); its schema version.
+        Backends that cannot raise MailgateError naming the tool to use instead."""

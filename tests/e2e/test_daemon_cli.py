@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import socket
 import sqlite3
@@ -297,3 +298,130 @@ def test_config_show_masks_secrets_and_says_where_each_value_came_from(tmp_path:
     assert shown["tables"]["smtp"]["port"] == {"value": 2600, "from": "env MAILGATE_SMTP_PORT"}
     res = run_cli("config", "show", cwd=tmp_path, env=dict(env, MAILGATE_SMTP_PORT="many"))
     assert res.returncode == 2 and "MAILGATE_SMTP_PORT = 'many' is not a valid int" in res.stderr
+
+
+# -- operations: cancel, purge, retry --all-failed, backup, restore, db status, status -------------------
+def _task_of(env: Env, sid: str, task: str, **kwargs: Any) -> str:
+    run = env.cli_json("sessions", "run", sid, "start", "--arg", f"task={task}", "--arg", f"kwargs={json.dumps(kwargs)}")
+    return str(run["tasks"][0])
+
+
+def test_tasks_cancel_purge_and_retry_all_failed(env: Env) -> None:
+    sid = env.cli("sessions", "new", "testing").stdout.strip()
+    queued = _task_of(env, sid, "noop")
+    cancelled = env.cli_json("tasks", "cancel", queued)
+    assert (cancelled["state"], cancelled["error_type"]) == ("failed", "Cancelled")
+    res = env.cli("tasks", "cancel", queued, check=False)
+    assert res.returncode == 1 and res.stderr == f"mailgate: error: task {queued} is failed; only queued and running tasks can be cancelled\n"
+    sleeper = _task_of(env, sid, "sleep_bg", seconds=6)
+    daemon = env.serve()
+    wait_for(lambda: env.cli_json("tasks", "show", sleeper)["state"] == "running", 20, "the worker to claim the sleeper")
+    assert env.cli("tasks", "cancel", sleeper).stdout == f"task {sleeper} cancelled\n"
+    # the worker finishes its sleep; its finish is refused, so the task stays cancelled with no value
+    wait_for(lambda: f"task {sleeper} was cancelled while it ran (mailgate tasks cancel); its result was discarded" in env.log_of(daemon),
+             20, "the worker's refused finish")
+    shown = env.cli_json("tasks", "show", sleeper)
+    assert (shown["state"], shown["error_type"], shown.get("value")) == ("failed", "Cancelled", None)
+
+    failing = _task_of(env, sid, "fails")
+    assert env.cli_json("tasks", "show", failing, "--wait", "20")["state"] == "failed"
+    retried = env.cli_json("tasks", "retry", "--all-failed")  # not the cancelled ones: an operator stopped those
+    assert retried["queued"] == [failing]
+    assert env.cli_json("tasks", "show", failing, "--wait", "20")["attempts"] == 1
+    assert env.cli_json("tasks", "show", queued)["error_type"] == "Cancelled"
+    for task_id in (queued, sleeper):  # one by one, a cancelled task runs again
+        assert env.cli_json("tasks", "retry", task_id)["state"] == "queued"
+        assert env.cli_json("tasks", "show", task_id, "--wait", "20")["state"] == "succeeded"
+    assert env.cli("tasks", "retry", "--all-failed").stdout == "queued 1 failed task(s) again\n"  # failing, failed again
+    assert env.cli_json("tasks", "show", failing, "--wait", "20")["state"] == "failed"
+    res = env.cli("tasks", "retry", check=False)
+    assert res.returncode == 1 and "mailgate tasks retry --all-failed" in res.stderr
+
+    assert env.cli_json("tasks", "purge", "--state", "succeeded", "--older-than", "1h")["deleted"] == 0
+    assert env.cli("tasks", "purge", "--state", "succeeded").stdout == "deleted 2 succeeded task(s)\n"
+    assert [t["id"] for t in env.cli_json("tasks", "list")] == [failing]
+    res = env.cli("tasks", "purge", "--state", "running", check=False)
+    assert res.returncode == 2 and "invalid choice: 'running'" in res.stderr
+    res = env.cli("tasks", "purge", "--state", "failed", "--older-than", "soon", check=False)
+    assert res.returncode == 2 and "'soon' is not a duration like 90s" in res.stderr
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(20) == 0
+
+
+def _stderr_on_a_terminal(env: Env, *args: str) -> bytes:
+    """What the command writes to stderr when stderr is a terminal (a pseudo-terminal here)."""
+    master, slave = pty.openpty()
+    try:
+        res = subprocess.run(mailgate_cmd(*args), stdout=subprocess.PIPE, stderr=slave, env=env.env, timeout=60)
+        os.close(slave)
+        assert res.returncode == 0, res
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(master)
+
+
+def test_db_backup_while_the_daemon_writes_then_restore(env: Env) -> None:
+    sid = env.cli("sessions", "new", "testing").stdout.strip()
+    daemon = env.serve()
+    env.cli_json("sessions", "run", sid, "start_many", "--arg", "task=noop", "--arg", "n=200")  # the worker writes meanwhile
+    backup = env.tmp_path / "backup.sqlite3"
+    made = env.cli_json("db", "backup", str(backup))
+    assert made["path"] == str(backup) and made["bytes"] == backup.stat().st_size > 0
+    with sqlite3.connect(backup) as conn:  # a consistent, self-contained copy
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT COUNT(*) FROM tasks").fetchone() == (200,)
+        assert conn.execute("SELECT id FROM sessions").fetchall() == [(sid,)]
+    assert not (env.tmp_path / "backup.sqlite3-wal").exists()
+    res = env.cli("db", "backup", str(backup), check=False)
+    assert res.returncode == 1 and "exists; give a new file name" in res.stderr
+    assert "backing up" not in env.cli("db", "backup", str(backup) + ".2").stderr  # piped: no bar
+    assert b"backing up pages         [##############################] " in _stderr_on_a_terminal(env, "db", "backup", str(backup) + ".3")
+    res = env.cli("db", "backup", str(env.tmp_path / "nope" / "b.sqlite3"), check=False)
+    assert res.returncode == 1 and res.stderr.startswith(f"mailgate: error: cannot write the backup into {env.tmp_path / 'nope'}: ")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(20) == 0
+
+    env.cli("sessions", "delete", sid)
+    res = env.cli("db", "restore", str(backup), check=False)
+    assert res.returncode == 1 and "run again with --yes" in res.stderr
+    assert env.cli_json("sessions", "list") == []
+    restored = env.cli_json("db", "restore", str(backup), "--yes")
+    assert restored["schema_version"] == 3
+    assert [s["id"] for s in env.cli_json("sessions", "list")] == [sid]
+    res = env.cli("db", "restore", str(env.config), "--yes", check=False)
+    assert res.returncode == 1 and "is not a mailgate SQLite backup" in res.stderr
+    assert [s["id"] for s in env.cli_json("sessions", "list")] == [sid]
+
+
+def test_db_status_and_status_show_the_store_tasks_mail_and_cron(env: Env) -> None:
+    sid = env.cli("sessions", "new", "testing").stdout.strip()
+    _task_of(env, sid, "noop")
+    _task_of(env, sid, "noop")
+    db = env.cli_json("db", "status")
+    assert db == {"backend": "sqlite", "location": str(env.db), "schema_version": 3, "latest_migration": 3,
+                  "size_bytes": db["size_bytes"], "sessions": 1, "tasks": 2, "mailboxes": 0, "emails": 0}
+    assert db["size_bytes"] >= env.db.stat().st_size > 0
+    text = env.cli("db", "status").stdout
+    assert "schema_version  3 of 3\n" in text and "tasks           2\n" in text
+
+    status = env.cli_json("status")
+    assert status["tasks"]["queued"]["count"] == 2 and status["tasks"]["queued"]["oldest_age_seconds"] >= 0
+    assert status["tasks"]["failed"] == {"count": 0, "oldest_age_seconds": None}
+    assert status["sessions"] == 1 and status["mailboxes"]["count"] == 0 and status["mail"]["today"] == 0
+    assert [c["type"] for c in status["cron"]] == ["cron_hourly", "cron_daily", "cron_weekly", "cron_monthly"]
+    assert all(c["last_run"] is None and c["next_run"] for c in status["cron"])
+    assert status["connections"]["gauges"] == {} and "no [web] listener" in status["connections"]["detail"]
+    lines = env.cli("status").stdout.splitlines()
+    assert lines[0].startswith(f"store        sqlite {env.db}, ") and lines[0].endswith("schema 3 of 3")
+    assert lines[1].startswith("tasks        queued 2 (oldest ") and lines[1].endswith("running 0   succeeded 0   failed 0")
+    assert "mail         0 today (UTC), 0 stored" in lines
+    assert len(lines) < 25  # one screen

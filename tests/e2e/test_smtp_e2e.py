@@ -8,6 +8,7 @@ The daemon's DKIM/SPF/DMARC lookups go to a fake DNS server in this process (``[
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shutil
@@ -267,6 +268,42 @@ def alive(daemon: MailDaemon) -> Iterator[MailDaemon]:
 
 
 # --- 1. end to end ----------------------------------------------------------------------------
+
+
+def test_emails_replay_runs_incoming_email_again_and_delete_removes_the_message(alive: MailDaemon) -> None:
+    d = alive
+    sid, address = d.new_address("email-to-case")
+    raw = message(address, "Replay me", b"Once more.\r\n")
+    assert d.send([address], raw)[0] == 250
+    email_id = d.emails(sid)[0]["id"]
+
+    def saved(n: int) -> bool:
+        return len(d.cli_json("sessions", "show", sid)["answers"].get("emails", [])) == n
+
+    wait_for(lambda: saved(1), 60, "incoming_email to save the e-mail once")
+    replayed = d.cli_json("emails", "replay", email_id, "--wait", "30")
+    assert (replayed["action"], replayed["state"], replayed["session"]) == ("incoming_email", "succeeded", sid)
+    assert saved(2)  # the task's callback committed with its finish: the e-mail is in the answers twice
+    assert d.cli("emails", "replay", email_id).startswith(f"e-mail {email_id}: incoming_email queued as task ")
+    wait_for(lambda: saved(3), 60, "the second replay")
+
+    simple_sid, simple_address = d.new_address("email-to-case-simple")
+    assert d.send([simple_address], message(simple_address, "No handler"))[0] == 250
+    simple_id = d.emails(simple_sid)[0]["id"]
+    res = d.cli_bytes("emails", "replay", simple_id, check=False)
+    assert res.returncode == 1
+    assert res.stderr == b"mailgate: error: interview 'email-to-case-simple' defines no incoming_email action; nothing to replay\n"
+
+    with sqlite3.connect(d.db, timeout=10) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM raw_messages WHERE sha256 = ?", (hashlib.sha256(raw).hexdigest(),)).fetchone() == (1,)
+    assert d.cli("emails", "delete", email_id) == f"deleted e-mail {email_id}\n"
+    assert d.emails(sid) == []
+    for command in (("emails", "delete", email_id), ("emails", "show", email_id), ("emails", "replay", email_id)):
+        res = d.cli_bytes(*command, check=False)
+        assert res.returncode == 1 and res.stderr == f"mailgate: error: no e-mail {email_id!r}; list e-mails with: mailgate emails list\n".encode()
+    with sqlite3.connect(d.db, timeout=10) as conn:  # the raw bytes went with the only e-mail that had them
+        assert conn.execute("SELECT COUNT(*) FROM raw_messages WHERE sha256 = ?", (hashlib.sha256(raw).hexdigest(),)).fetchone() == (0,)
+    assert d.cli_json("emails", "delete", simple_id, "--json") == {"deleted": simple_id}
 
 
 def test_mail_to_session_address_is_stored_and_fires_incoming_email(alive: MailDaemon) -> None:

@@ -15,6 +15,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -534,6 +535,102 @@ async def test_released_queued_messages_are_offered_again_without_counting_the_a
     await store.create_session("s1", "iv", "{}", "{}")
     stored, _ = await store.deliver_inbound(InboundDelivery("q", "B", [email_of("e", big)]))
     assert stored == ["e"] and await store.get_raw(hashlib.sha256(big).hexdigest()) == big
+
+
+async def test_cancel_fails_queued_and_running_tasks_and_refuses_the_workers_finish(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    await store.commit(Changes(new_tasks=[new_task("t1"), new_task("t2"), new_task("t3")]))
+    claimed = await store.claim_tasks("w1", 1, 30, lost_task_events)
+    assert [t.id for t in claimed.tasks] == ["t1"]
+    clock.now += 2
+    rec, events = await store.cancel_task("t1", lost_task_events)  # running
+    assert (rec.state, rec.error_type, rec.finished_at, rec.lease_until) == ("failed", "Cancelled", clock.now, None)
+    assert [e.kind for e in events] == ["task"] and json.loads(events[0].payload)["task"] == "t1"
+    assert [e.id for e in await store.list_events("s1")] == [events[0].id]
+    with pytest.raises(LeaseLost):
+        await store.commit(Changes(finish=TaskFinish("t1", "w1", "succeeded", result='{"value":1}')))
+    assert (await store.get_task("t1")).error_type == "Cancelled"  # type: ignore[union-attr]
+    rec, _ = await store.cancel_task("t2", lost_task_events)  # queued: never claimed now
+    assert rec.state == "failed" and rec.attempts == 0
+    assert [t.id for t in (await store.claim_tasks("w1", 5, 30, lost_task_events)).tasks] == ["t3"]
+    with pytest.raises(MailgateError, match="t2 is failed; only queued and running"):
+        await store.cancel_task("t2", lost_task_events)
+    with pytest.raises(NotFound, match="no task 'nope'"):
+        await store.cancel_task("nope", lost_task_events)
+
+
+async def test_purge_deletes_by_state_and_age_in_batches(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    await store.commit(Changes(new_tasks=[new_task(f"t{n}") for n in range(5)]))
+    for t in (await store.claim_tasks("w", 3, 30, lost_task_events)).tasks:  # t0..t2 succeed at 1_000_000
+        await store.commit(Changes(finish=TaskFinish(t.id, "w", "succeeded")))
+    clock.now += 100
+    await store.claim_tasks("w", 1, 30, lost_task_events)
+    await store.commit(Changes(finish=TaskFinish("t3", "w", "succeeded")))  # at +100
+    assert await store.purge_tasks("succeeded", clock.now - 50, 2) == 2
+    assert await store.purge_tasks("succeeded", clock.now - 50, 2) == 1
+    assert await store.purge_tasks("succeeded", clock.now - 50, 2) == 0
+    assert [t.id for t in await store.list_tasks(state="succeeded")] == ["t3"]
+    assert await store.purge_tasks("queued", None, 10) == 1
+    assert [t.id for t in await store.list_tasks()] == ["t3"]
+
+
+async def test_delete_email_keeps_raw_bytes_another_email_shares(store: Store) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    raw = b"Subject: shared\r\n\r\nhi\r\n"
+    sha = hashlib.sha256(raw).hexdigest()
+    emails = [NewEmail(f"e{n}", f"box{n}", "s1", "<m@x>", f"<m@x>\0{sha}", "{}", "{}", "{}", None,
+                       NewEvent("s1", "email", "{}")) for n in range(2)]
+    await store.deliver(Delivery(sha, raw, emails))
+    assert await store.delete_email("e0") is True
+    assert await store.delete_email("e0") is False
+    assert list(await store.get_emails(["e0", "e1"])) == ["e1"]
+    assert await store.get_raw(sha) == raw
+    assert await store.delete_email("e1") is True
+    assert await store.get_raw(sha) is None
+
+
+async def test_overview_counts_ages_and_size(store: Store, clock: Clock) -> None:
+    empty = await store.overview(clock.now)
+    assert empty.tasks == {"queued": (0, None), "running": (0, None), "succeeded": (0, None), "failed": (0, None)}
+    await store.create_session("s1", "iv", "{}", "{}")
+    await store.commit(Changes(new_tasks=[new_task("t1")]))
+    clock.now += 10
+    await store.commit(Changes(new_tasks=[new_task("t2")], mailboxes=[NewMailbox("box", "s1", "", "", "{}", None)]))
+    raw = b"Subject: x\r\n\r\nx\r\n"
+    sha = hashlib.sha256(raw).hexdigest()
+    await store.deliver(Delivery(sha, raw, [NewEmail("e1", "box", "s1", None, sha, "{}", "{}", "{}", None,
+                                                     NewEvent("s1", "email", "{}"))]))
+    seen = await store.overview(clock.now - 5)
+    assert seen.tasks["queued"] == (2, 1_000_000.0)
+    assert (seen.sessions, seen.mailboxes, seen.emails, seen.emails_since) == (1, 1, 1, 1)
+    assert (await store.overview(clock.now + 1)).emails_since == 0
+    assert seen.size_bytes > 0
+
+
+async def test_backup_and_restore_or_name_the_tool(store: Store, tmp_path: Path) -> None:
+    await store.create_session("s1", "iv", '{"a":1}', "{}")
+    target = str(tmp_path / "backup.db")
+    steps: list[tuple[int, int]] = []
+    try:
+        assert await store.backup(target, lambda done, total: steps.append((done, total))) > 0
+    except MailgateError as exc:  # a backend whose database has its own tools (pg_dump) names them
+        assert "own tools" in str(exc) and target in str(exc)
+        with pytest.raises(MailgateError, match="own tools"):
+            await store.restore(target)
+        return
+    assert steps and steps[-1][0] == steps[-1][1]
+    with pytest.raises(MailgateError, match="exists"):
+        await store.backup(target)
+    await store.create_session("s2", "iv", "{}", "{}")
+    await store.delete_session("s1")
+    assert await store.restore(target) == store.latest_migration()
+    assert [r.id for r in await store.list_sessions()] == ["s1"]
+    assert (await store.get_session("s1")).answers == '{"a":1}'  # type: ignore[union-attr]
+    (tmp_path / "junk.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(MailgateError, match="not a mailgate SQLite backup"):
+        await store.restore(str(tmp_path / "junk.db"))
+    assert [r.id for r in await store.list_sessions()] == ["s1"]
 
 
 async def test_every_store_method_is_covered() -> None:

@@ -40,7 +40,7 @@ class Progress:
     def __call__(self, stage: str, table: str, done: int, total: int) -> None:
         if (stage, table) in self.finished:
             return
-        label = "copying" if stage == "copy" else "verifying"
+        label = {"copy": "copying", "verify": "verifying"}.get(stage, stage)
         end = done >= total
         if self.tty:
             filled = BAR if total == 0 else min(BAR, BAR * done // total)

@@ -48,6 +48,16 @@ from mailgate.daemon.logs import setup_logging
 from mailgate.daemon.preflight import check_host
 from mailgate.edges.cli.dbcopy import add_parser as add_db_copy_parser
 from mailgate.edges.cli.dbcopy import cmd_db_copy
+from mailgate.edges.cli.ops import (
+    add_db_parsers,
+    add_email_parsers,
+    add_status_parser,
+    add_task_parsers,
+    cmd_db_ops,
+    cmd_email_ops,
+    cmd_status,
+    cmd_task_ops,
+)
 from mailgate.edges.cli.output import emit, print_json, safe
 from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
 from mailgate.edges.cli.send import cmd_send_test_email
@@ -142,6 +152,8 @@ async def cmd_config(args: argparse.Namespace, config: Config) -> int:
 async def cmd_db(args: argparse.Namespace, config: Config) -> int:
     if args.db_cmd == "copy":
         return await cmd_db_copy(args, config)
+    if args.db_cmd in ("backup", "restore", "status"):
+        return await cmd_db_ops(args, config)
     return await cmd_db_migrate(args, config)
 
 
@@ -192,6 +204,10 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
+    if args.tasks_cmd == "retry" and (args.all_failed == bool(args.id)):
+        raise UsageError("say which: mailgate tasks retry ID, or mailgate tasks retry --all-failed")
+    if args.tasks_cmd in ("cancel", "purge") or (args.tasks_cmd == "retry" and args.all_failed):
+        return await cmd_task_ops(args, config)
     async with _runtime(config) as rt:
         if args.tasks_cmd == "list":
             recs = await rt.tasks.list(session_id=args.session, state=args.state, limit=args.limit)
@@ -233,6 +249,8 @@ async def cmd_mailboxes(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
+    if args.emails_cmd in ("replay", "delete"):
+        return await cmd_email_ops(args, config)
     async with _runtime(config) as rt:
         if args.emails_cmd == "list":
             local = None
@@ -437,6 +455,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance", parents=[common]).add_subparsers(dest="db_cmd", required=True, metavar="COMMAND")
     db.add_parser("migrate", parents=[common], help="apply pending migrations")
     add_db_copy_parser(db, common)
+    add_db_parsers(db, common)
 
     s = sub.add_parser("sessions", help="list, create, inspect, delete sessions; run actions", parents=[common]).add_subparsers(
         dest="sessions_cmd", required=True, metavar="COMMAND")
@@ -468,8 +487,10 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p = t.add_parser("show", parents=[common], help="show a task with its result or error")
     p.add_argument("id")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to SECONDS for it to finish")
-    p = t.add_parser("retry", parents=[common], help="queue a failed task again")
-    p.add_argument("id")
+    p = t.add_parser("retry", parents=[common], help="queue a failed task again (or every failed one but the cancelled: --all-failed)")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--all-failed", action="store_true", help="every task failed now, except those cancelled")
+    add_task_parsers(t, common)
 
     m = sub.add_parser("mailboxes", help="per-session e-mail addresses", parents=[common]).add_subparsers(
         dest="mailboxes_cmd", required=True, metavar="COMMAND")
@@ -488,6 +509,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--raw", action="store_true", help="the message exactly as received (base64 with --json)")
     group.add_argument("--headers", action="store_true", help="only the header fields")
+    add_email_parsers(e, common)
 
     c = sub.add_parser("cron", help="scheduled tasks", parents=[common]).add_subparsers(dest="cron_cmd", required=True, metavar="COMMAND")
     p = c.add_parser("run", parents=[common], help="run a scheduled type (or any event name) now on every cron-enabled session")
@@ -495,6 +517,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     c.add_parser("status", parents=[common], help="the schedule with the last and next run of each type")
     add_send_test_email_parser(sub, common)
     sub.add_parser("healthcheck", parents=[common], help="config, store, SMTP and web: one line each; exit 1 if any fails")
+    add_status_parser(sub, common)
     return parser
 
 
@@ -510,6 +533,7 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "cron": cmd_cron,
     "healthcheck": cmd_healthcheck,
     "send-test-email": cmd_send_test_email,
+    "status": cmd_status,
 }
 
 

@@ -48,6 +48,8 @@ from mailgate.store.base import (
     NewInbound,
     SessionRecord,
     Store,
+    StoreOverview,
+    StoreProgress,
     TaskRecord,
 )
 from mailgate.store.migrations import numbered
@@ -618,3 +620,62 @@ class PgStore(Store):
 
     async def last_event_id(self) -> int:
         return int(await self._call(lambda c: c.fetchval("SELECT COALESCE(MAX(id), 0) FROM events")))
+
+    # -- operations (the admin CLI) -----------------------------------------------------------------
+    async def cancel_task(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, list[EventRecord]]:
+        async def run(conn: asyncpg.Connection) -> tuple[TaskRecord, list[EventRecord]]:
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "UPDATE tasks SET state = 'failed', finished_at = mailgate_now($2), lease_until = NULL, "
+                    "error_type = 'Cancelled', error_message = 'cancelled by an operator (mailgate tasks cancel)' "
+                    f"WHERE id = $1 AND state IN ('queued', 'running') RETURNING {TASK_COLS}", task_id, self._t())
+                if row is None:
+                    state = await conn.fetchval("SELECT state FROM tasks WHERE id = $1", task_id)
+                    if state is None:
+                        raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
+                    raise MailgateError(f"task {task_id} is {state}; only queued and running tasks can be cancelled")
+                rec = _task(row)
+                new_events = list(lost(rec))
+                batch = json.dumps([_changes_json(Changes(events=new_events))])
+                outcome = json.loads(await conn.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
+            now = float(outcome["now"])
+            ids = outcome["results"][0]["events"]
+            return rec, [EventRecord(int(i), e.session_id, e.kind, e.payload, now) for i, e in zip(ids, new_events, strict=True)]
+
+        return await self._call(run)
+
+    async def purge_tasks(self, state: str, before: float | None, limit: int) -> int:
+        status = await self._call(lambda c: c.execute(
+            "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE state = $1 "
+            "AND ($2::double precision IS NULL OR COALESCE(finished_at, created_at) < $2) ORDER BY seq LIMIT $3)",
+            state, before, limit))
+        return int(status.split()[-1])
+
+    async def delete_email(self, email_id: str) -> bool:
+        async def run(conn: asyncpg.Connection) -> bool:
+            async with conn.transaction():
+                sha = await conn.fetchval("DELETE FROM emails WHERE id = $1 RETURNING sha256", email_id)
+                if sha is None:
+                    return False
+                await conn.execute("DELETE FROM raw_messages WHERE sha256 = $1 AND NOT EXISTS "
+                                   "(SELECT 1 FROM emails WHERE sha256 = $1)", sha)
+                return True
+
+        return await self._call(run)
+
+    async def overview(self, since: float) -> StoreOverview:
+        tasks: dict[str, tuple[int, float | None]] = {s: (0, None) for s in ("queued", "running", "succeeded", "failed")}
+        for r in await self._fetch("SELECT state, COUNT(*), MIN(created_at) FROM tasks GROUP BY state"):
+            tasks[r[0]] = (int(r[1]), float(r[2]))
+        r = (await self._fetch(
+            "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM mailboxes), (SELECT COUNT(*) FROM emails), "
+            "(SELECT COUNT(*) FROM emails WHERE received_at >= $1), pg_database_size(current_database())", since))[0]
+        return StoreOverview(tasks, int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]))
+
+    async def backup(self, path: str, progress: StoreProgress | None = None) -> int:
+        raise MailgateError("a PostgreSQL store is backed up with PostgreSQL's own tools: "
+                            f"pg_dump --format=custom --file={path} DATABASE (online and consistent)")
+
+    async def restore(self, path: str, progress: StoreProgress | None = None) -> int:
+        raise MailgateError("a PostgreSQL store is restored with PostgreSQL's own tools: "
+                            f"pg_restore --clean --if-exists --dbname=DATABASE {path} (stop the daemon first)")

@@ -15,9 +15,12 @@ and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sqlite3
 import time
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +43,8 @@ from mailgate.store.base import (
     NewInbound,
     SessionRecord,
     Store,
+    StoreOverview,
+    StoreProgress,
     TaskRecord,
 )
 from mailgate.store.migrations import numbered
@@ -572,6 +577,127 @@ class SqliteStore(Store):
         rows = await self._read("SELECT COALESCE(MAX(id), 0) FROM events")
         return int(rows[0][0])
 
+    # -- operations (the admin CLI) -----------------------------------------------------------------
+    async def cancel_task(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, list[EventRecord]]:
+        now = self.now()
+
+        def unit(conn: sqlite3.Connection) -> tuple[TaskRecord, list[EventRecord]]:
+            row = conn.execute(
+                "UPDATE tasks SET state = 'failed', finished_at = ?, lease_until = NULL, error_type = 'Cancelled', "
+                "error_message = 'cancelled by an operator (mailgate tasks cancel)' "
+                f"WHERE id = ? AND state IN ('queued', 'running') RETURNING {TASK_COLS}",
+                (now, task_id),
+            ).fetchone()
+            if row is None:
+                _refuse_cancel(conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone(), task_id)
+            rec = TaskRecord(*row)
+            return rec, list(_apply_changes(conn, Changes(events=lost(rec)), now).events)
+
+        return await self._writer.submit(unit)
+
+    async def purge_tasks(self, state: str, before: float | None, limit: int) -> int:
+        def unit(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(
+                "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE state = ? "
+                "AND (? IS NULL OR COALESCE(finished_at, created_at) < ?) ORDER BY seq LIMIT ?)",
+                (state, before, before, limit),
+            ).rowcount)
+
+        return await self._writer.submit(unit)
+
+    async def delete_email(self, email_id: str) -> bool:
+        def unit(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("DELETE FROM emails WHERE id = ? RETURNING sha256", (email_id,)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM raw_messages WHERE sha256 = ? AND NOT EXISTS (SELECT 1 FROM emails WHERE sha256 = ?)",
+                         (row[0], row[0]))
+            return True
+
+        return bool(await self._writer.submit(unit))
+
+    async def overview(self, since: float) -> StoreOverview:
+        tasks: dict[str, tuple[int, float | None]] = {s: (0, None) for s in ("queued", "running", "succeeded", "failed")}
+        for state, n, oldest in await self._read("SELECT state, COUNT(*), MIN(created_at) FROM tasks GROUP BY state"):
+            tasks[state] = (int(n), float(oldest))
+        (sessions, mailboxes, emails, emails_since), = await self._read(
+            "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM mailboxes), (SELECT COUNT(*) FROM emails), "
+            "(SELECT COUNT(*) FROM emails WHERE received_at >= ?)", (since,))
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += os.path.getsize(self.path + suffix)  # noqa: ASYNC240 - two stats of the store's own files
+            except OSError:
+                pass
+        return StoreOverview(tasks, int(sessions), int(mailboxes), int(emails), int(emails_since), size)
+
+    async def backup(self, path: str, progress: StoreProgress | None = None) -> int:
+        """SQLite's online backup API, from one read transaction: a consistent snapshot that other
+        processes' writes neither block nor restart (WAL), copied in steps so that it can show progress."""
+        partial = path + ".partial"
+
+        def run() -> int:
+            if os.path.exists(path):
+                raise MailgateError(f"{path} exists; give a new file name (a backup never overwrites)")
+            folder = os.path.dirname(path) or "."
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise MailgateError(f"cannot write the backup into {folder}: no such folder, or not writable by this user")
+            source = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
+            target = sqlite3.connect(partial, isolation_level=None)
+            try:
+                source.execute("BEGIN")
+                pages = int(source.execute("PRAGMA page_count").fetchone()[0])  # opens the read transaction
+                step = max(64, pages // 50)
+                source.backup(target, pages=step,
+                              progress=(lambda _s, left, total: progress(total - left, total)) if progress else None)
+                source.execute("COMMIT")
+                target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            except BaseException:
+                target.close()
+                os.unlink(partial)
+                raise
+            finally:
+                source.close()
+            target.close()
+            os.replace(partial, path)
+            return os.path.getsize(path)
+
+        try:
+            return await asyncio.to_thread(run)
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self.path, self._busy_timeout) from exc
+
+    async def restore(self, path: str, progress: StoreProgress | None = None) -> int:
+        """The backup copied over the live store in one step of the backup API, under the
+        database's write lock: other processes see the old store or the restored one, never a mix."""
+        latest = self.latest_migration()
+
+        def run(conn: sqlite3.Connection) -> None:
+            if not os.path.isfile(path):
+                raise MailgateError(f"no backup at {path}")
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            try:
+                try:
+                    row = source.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+                    check = source.execute("PRAGMA quick_check").fetchone()[0]
+                except sqlite3.DatabaseError as exc:
+                    raise MailgateError(f"{path} is not a mailgate SQLite backup ({exc})") from exc
+                if check != "ok":
+                    raise MailgateError(f"{path} is damaged (quick_check: {check}); nothing was restored")
+                if row is None or row[0] is None or int(row[0]) > latest:
+                    raise MailgateError(f"{path} has schema version {row[0] if row else None}; this mailgate knows "
+                                        f"1 to {latest}; nothing was restored")
+                pages = int(source.execute("PRAGMA page_count").fetchone()[0])
+                source.backup(conn, pages=-1)
+                if progress:
+                    progress(pages, pages)
+            finally:
+                source.close()
+
+        await self._writer.run(run)
+        await self.migrate()
+        return await self.schema_version()
+
     # -- introspection for tests and metrics ---------------------------------------------------------
     @property
     def commit_stats(self) -> tuple[int, int]:
@@ -633,6 +759,12 @@ def _insert_emails(conn: sqlite3.Connection, emails: Sequence[NewEmail], sha256:
         new_ids.append(e.id)
         events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now).events)
     return new_ids, events
+
+
+def _refuse_cancel(row: tuple[str] | None, task_id: str) -> typing.NoReturn:
+    if row is None:
+        raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
+    raise MailgateError(f"task {task_id} is {row[0]}; only queued and running tasks can be cancelled")
 
 
 def _statements(sql: str) -> list[str]:
