@@ -21,6 +21,7 @@ from mailgate.core import answers as codec
 from mailgate.core.actions import (
     ActionResult,
     Invoker,
+    cron_enabled,
     encode_answers,
     end_result,
     session_save,
@@ -88,7 +89,7 @@ class Sessions:
         self._registry.get(interview)
         answers = dict(answers or {})
         return await self._store.create_session(uuid.uuid4().hex, interview, codec.encode(answers), owner.to_json(),
-                                                allow_cron=answers.get("allow_cron") is True)
+                                                allow_cron=cron_enabled(answers, interview))
 
     async def get(self, session_id: str) -> SessionRecord:
         rec = await self._store.get_session(session_id)

@@ -349,7 +349,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
                                    limit: int) -> list[str]:
-        """Sessions not accessed since ``before`` (of ``interviews``, or of any but ``exclude``)."""
+        """Sessions whose answers were not saved since ``before`` (of ``interviews``, or of any but ``exclude``).
+
+        Activity is any save of the answers, the cron user's included, as docassemble measures it:
+        a session that a scheduled task keeps saving is never inactive (``accessed_at``, which the
+        cron user does not touch, is what ``last_access_days()`` reads)."""
 
     # -- mail ------------------------------------------------------------------------------------------
     @abc.abstractmethod

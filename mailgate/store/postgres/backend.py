@@ -452,7 +452,7 @@ class PgStore(Store):
     async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
                                    limit: int) -> list[str]:
         rows = await self._fetch(
-            "SELECT id FROM sessions WHERE accessed_at < $1 AND ($2::text[] IS NULL OR interview = ANY($2)) "
+            "SELECT id FROM sessions WHERE modified_at < $1 AND ($2::text[] IS NULL OR interview = ANY($2)) "
             "AND NOT (interview = ANY($3::text[])) ORDER BY id LIMIT $4",
             before, list(interviews) if interviews is not None else None, list(exclude), limit)
         return [r[0] for r in rows]

@@ -405,7 +405,7 @@ class SqliteStore(Store):
 
     async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
                                    limit: int) -> list[str]:
-        where: list[str] = ["accessed_at < ?"]
+        where: list[str] = ["modified_at < ?"]
         params: list[Any] = [before]
         if interviews is not None:
             where.append(f"interview IN ({','.join('?' * len(interviews))})")
