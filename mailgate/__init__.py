@@ -19,9 +19,13 @@ if TYPE_CHECKING:  # the names as type checkers see them; at run time each loads
         background_response,
         background_response_action,
         command,
+        create_session,
+        create_session_async,
         current_datetime,
         get_emails,
         get_emails_async,
+        get_session_variables,
+        get_session_variables_async,
         interview_email,
         interview_url_action,
         json_response,
@@ -29,6 +33,8 @@ if TYPE_CHECKING:  # the names as type checkers see them; at run time each loads
         last_access_time,
         response,
         session_id,
+        set_session_variables,
+        set_session_variables_async,
         user_has_privilege,
         user_info,
         user_logged_in,
@@ -91,6 +97,14 @@ _LAZY = {
     "MailgateError": "mailgate.errors",
     "OutboundError": "mailgate.outbound.message",
 }
+_LAZY.update(dict.fromkeys((  # the cross-session functions
+    "create_session",
+    "create_session_async",
+    "get_session_variables",
+    "get_session_variables_async",
+    "set_session_variables",
+    "set_session_variables_async",
+), "mailgate.author.functions"))
 
 
 def __getattr__(name: str) -> Any:
@@ -145,4 +159,12 @@ __all__ = [
     "user_has_privilege",
     "user_info",
     "user_logged_in",
+]
+__all__ += [  # the cross-session functions
+    "create_session",
+    "create_session_async",
+    "get_session_variables",
+    "get_session_variables_async",
+    "set_session_variables",
+    "set_session_variables_async",
 ]
