@@ -35,7 +35,7 @@ from mailgate.config import (
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.interviews import load_interviews
 from mailgate.core.runtime import Runtime
-from mailgate.core.views import email_dict, iso, session_dict, task_dict
+from mailgate.core.views import email_dict, iso, session_dict, task_dict, variables_dict
 from mailgate.daemon.lifecycle import (
     Daemon,
     check_config,
@@ -69,12 +69,12 @@ async def _runtime(config: Config) -> AsyncIterator[Runtime]:
         yield daemon.runtime
 
 
-def _parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
+def _parse_args_kv(items: Sequence[str], option: str = "--arg") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--arg {item!r} must look like name=value")
+            raise UsageError(f"{option} {item!r} must look like name=value")
         try:
             out[key] = json.loads(raw)
         except ValueError:
@@ -160,9 +160,22 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
             answers = json.loads(args.answers) if args.answers else {}
             if not isinstance(answers, dict):
                 raise UsageError("--answers must be a JSON object")
-            rec = await rt.create_session(args.interview, answers, owner=_user_from(args))
+            url_args = _parse_args_kv(args.url_arg, "--url-arg") if args.url_arg else None
+            rec = await rt.create_session_with(args.interview, answers, owner=_user_from(args), url_args=url_args)
             data = session_dict(rec)
             emit(args.json, data, text=rec.id)
+        elif args.sessions_cmd == "get":
+            variables = variables_dict(await rt.get_session(args.id))
+            if args.interview is not None and variables["interview"] != args.interview:
+                raise UsageError(f"session {args.id} is not a session of interview {args.interview!r}")
+            emit(args.json, variables)
+        elif args.sessions_cmd == "set":
+            if not args.var and not args.delete:
+                raise UsageError("nothing to do: give --var NAME=VALUE or --delete NAME")
+            version = await rt.set_session_variables(args.id, _parse_args_kv(args.var or (), "--var"),
+                                                     interview=args.interview, delete=args.delete or (),
+                                                     user=_user_from(args))
+            emit(args.json, {"id": args.id, "version": version}, text=f"saved session {args.id} (version {version})")
         elif args.sessions_cmd == "list":
             recs = await rt.list_sessions(interview=args.interview, limit=args.limit)
             rows = [session_dict(r) for r in recs]
@@ -440,6 +453,19 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--answers", help="initial answers as a JSON object")
     p.add_argument("--user", help="owner user id (an e-mail address is also used as the e-mail)")
     p.add_argument("--privilege", action="append", help="owner privilege (repeatable)")
+    p.add_argument("--url-arg", action="append", metavar="NAME=VALUE",
+                   help="a parameter of the URL that started it, in its url_args; VALUE is JSON or text (repeatable)")
+    p = s.add_parser("get", parents=[common], help="a session's variables as last saved (get_session_variables)")
+    p.add_argument("id")
+    p.add_argument("--interview", help="fail unless the session is one of this interview")
+    p = s.add_parser("set", parents=[common],
+                     help="set and delete variables under the session lease, saved at once (set_session_variables)")
+    p.add_argument("id")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE", help="a variable; VALUE is JSON or text (repeatable)")
+    p.add_argument("--delete", action="append", metavar="NAME", help="a variable to remove (repeatable)")
+    p.add_argument("--interview", help="fail unless the session is one of this interview")
+    p.add_argument("--user", help="save as this user id")
+    p.add_argument("--privilege", action="append", help="privilege of --user (repeatable)")
     p = s.add_parser("list", parents=[common], help="list sessions")
     p.add_argument("--interview")
     p.add_argument("--limit", type=int, default=100)

@@ -21,7 +21,7 @@ from mailgate.core import answers as codec
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
-from mailgate.core.views import email_dict, session_dict, task_dict
+from mailgate.core.views import email_dict, session_dict, task_dict, variables_dict
 from mailgate.edges.web import strictjson
 from mailgate.edges.web.keys import METRICS, RUNTIME
 from mailgate.edges.web.openapi import WAIT_CAP, document
@@ -204,8 +204,33 @@ async def openapi(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     data = await body(request)
     answers = field(data, "answers", dict, {})
-    rec = await rt(request).create_session(field(data, "interview", str, required=True), answers, owner=user_of(data))
+    rec = await rt(request).create_session_with(field(data, "interview", str, required=True), answers, owner=user_of(data),
+                                                url_args=field(data, "url_args", dict))
     return web.json_response(session_dict(rec, with_answers=True), status=201)
+
+
+@routes.get("/api/sessions/{id}/variables")
+async def get_session_variables(request: web.Request) -> web.Response:
+    """docassemble's ``get_session_variables()``: the answers as last saved, without ``_internal``."""
+    rec = await rt(request).get_session(request.match_info["id"])
+    interview = request.query.get("interview")
+    if interview is not None and rec.interview != interview:
+        raise NotFound(f"session {rec.id} is not a session of interview {interview!r}")
+    return web.json_response(variables_dict(rec))
+
+
+@routes.post("/api/sessions/{id}/variables")
+async def set_session_variables(request: web.Request) -> web.Response:
+    """docassemble's ``set_session_variables()``: set (and delete) variables under the session lease."""
+    data = await body(request)
+    delete = field(data, "delete", list, [])
+    if not all(isinstance(name, str) for name in delete):
+        raise BadRequest("'delete' must be a list of variable names")
+    session_id = request.match_info["id"]
+    version = await rt(request).set_session_variables(
+        session_id, field(data, "variables", dict, {}), interview=field(data, "interview", str), delete=delete,
+        user=user_of(data))
+    return web.json_response({"id": session_id, "version": version})
 
 
 @routes.get("/api/sessions/{id}")
