@@ -35,6 +35,7 @@ from mailgate.store.base import (
     NewMailbox,
     NewTask,
     SessionSave,
+    StashRecord,
     Store,
     TaskFinish,
 )
@@ -376,6 +377,30 @@ async def test_inactive_session_ids_by_save_time_and_interview(store: Store, clo
     assert await store.inactive_session_ids(clock.now + 1, ["a"], [], 10) == ["new-a", "old-a", "old-touched"]
     cron_saved = await store.get_session("old-c")  # a save, yet no access by a user
     assert cron_saved is not None and cron_saved.accessed_at == created and cron_saved.modified_at == clock.now
+
+
+async def test_stash_is_read_refreshed_deleted_and_expires(store: Store, clock: Clock) -> None:
+    now = clock.now
+    await store.put_stash(StashRecord("k1", "sealed-1", now, now + 100, 100.0))
+    await store.put_stash(StashRecord("k2", "sealed-2", now, now + 10, 10.0))
+    assert await store.take_stash("k1", now) == StashRecord("k1", "sealed-1", now, now + 100, 100.0)
+    assert await store.take_stash("nope", now) is None
+    refreshed = await store.take_stash("k1", now + 50, expires_at=now + 150)
+    assert refreshed is not None and refreshed.expires_at == now + 150
+    assert await store.take_stash("k1", now + 120) is not None  # past its first expiry: refreshed
+    assert await store.take_stash("k2", now + 10) is None  # expired: as if it were not there
+    assert await store.take_stash("k2", now + 10, delete=True) is None
+    assert await store.take_stash("k2", now + 11, expires_at=now + 1000) is None  # an expired stash is not revived
+    taken = await store.take_stash("k1", now + 120, delete=True)
+    assert taken is not None and taken.data == "sealed-1"
+    assert await store.take_stash("k1", now + 120) is None
+    results = await asyncio.gather(*(store.take_stash(f"k{i}", now, delete=True) for i in (3, 3, 3)))
+    assert results == [None] * 3  # k3 never existed
+    await store.put_stash(StashRecord("k3", "sealed-3", now, now + 100, 100.0))
+    results = await asyncio.gather(*(store.take_stash("k3", now, delete=True) for _ in range(3)))
+    assert sum(r is not None for r in results) == 1  # deleted once: one reader gets it
+    assert await store.purge_stashes(now + 11) == 1  # k2
+    assert await store.purge_stashes(now + 11) == 0
 
 
 async def test_setting_stores_the_first_default_only(store: Store) -> None:

@@ -15,6 +15,7 @@ and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -35,6 +36,7 @@ from mailgate.store.base import (
     LostTaskEvents,
     MailboxRecord,
     SessionRecord,
+    StashRecord,
     Store,
     TaskRecord,
 )
@@ -45,6 +47,7 @@ from mailgate.store.sqlite.writer import SqliteWriter, store_error
 log = logging.getLogger(__name__)
 
 SESSION_COLS = "id, interview, answers, version, owner, created_at, modified_at, accessed_at"
+STASH_COLS = "key, data, created_at, expires_at, ttl"
 TASK_COLS = (
     "id, session_id, interview, action, arguments, user, ui_notification, state, attempts, "
     "max_attempts, worker, lease_until, created_at, started_at, finished_at, result, error_type, "
@@ -415,6 +418,40 @@ class SqliteStore(Store):
             params.extend(exclude)
         rows = await self._read(f"SELECT id FROM sessions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit))
         return [r[0] for r in rows]
+
+    # -- stashed data ----------------------------------------------------------------------------------
+    async def put_stash(self, stash: StashRecord) -> None:
+        def unit(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT INTO stashes ({STASH_COLS}) VALUES (?, ?, ?, ?, ?)",
+                         (stash.key, stash.data, stash.created_at, stash.expires_at, stash.ttl))
+
+        await self._writer.submit(unit)
+
+    async def take_stash(self, key: str, now: float, *, delete: bool = False,
+                         expires_at: float | None = None) -> StashRecord | None:
+        def unit(conn: sqlite3.Connection) -> StashRecord | None:
+            row = conn.execute(f"SELECT {STASH_COLS} FROM stashes WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+            if row is None:
+                return None
+            rec = StashRecord(*row)
+            if delete:
+                conn.execute("DELETE FROM stashes WHERE key = ?", (key,))
+            elif expires_at is not None:
+                conn.execute("UPDATE stashes SET expires_at = ? WHERE key = ?", (expires_at, key))
+                rec = dataclasses.replace(rec, expires_at=expires_at)
+            return rec
+
+        if not delete and expires_at is None:
+            rows = await self._read(f"SELECT {STASH_COLS} FROM stashes WHERE key = ? AND expires_at > ?", (key, now))
+            return StashRecord(*rows[0]) if rows else None
+        result: StashRecord | None = await self._writer.submit(unit)
+        return result
+
+    async def purge_stashes(self, now: float) -> int:
+        def unit(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("DELETE FROM stashes WHERE expires_at <= ?", (now,)).rowcount)
+
+        return int(await self._writer.submit(unit))
 
     # -- mail ------------------------------------------------------------------------------------------
     async def setting(self, name: str, default: str) -> str:
