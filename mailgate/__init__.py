@@ -32,9 +32,13 @@ if TYPE_CHECKING:  # the names as type checkers see them; at run time each loads
         last_access_days,
         last_access_time,
         response,
+        retrieve_stashed_data,
+        retrieve_stashed_data_async,
         session_id,
         set_session_variables,
         set_session_variables_async,
+        stash_data,
+        stash_data_async,
         user_has_privilege,
         user_info,
         user_logged_in,
@@ -104,6 +108,10 @@ _LAZY.update(dict.fromkeys((  # the cross-session functions
     "get_session_variables_async",
     "set_session_variables",
     "set_session_variables_async",
+    "stash_data",
+    "stash_data_async",
+    "retrieve_stashed_data",
+    "retrieve_stashed_data_async",
 ), "mailgate.author.functions"))
 
 
@@ -161,6 +169,10 @@ __all__ = [
     "user_logged_in",
 ]
 __all__ += [  # the cross-session functions
+    "retrieve_stashed_data",
+    "retrieve_stashed_data_async",
+    "stash_data",
+    "stash_data_async",
     "create_session",
     "create_session_async",
     "get_session_variables",

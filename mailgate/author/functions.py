@@ -259,3 +259,39 @@ async def get_session_variables_async(yaml_filename: str, session_id: str, secre
     """``get_session_variables()`` for async handlers."""
     ctx = current("get_session_variables_async")
     return dict(await ctx.runtime.get_session_variables(session_id, yaml_filename))
+
+
+def stash_data(data: Any, expire: float | None = None) -> dict[str, str]:
+    """Stash ``data`` (any value answers can hold) for ``expire`` seconds (default 90 days), sealed
+    with a key of its own; ``{"stash_key": ..., "secret": ...}``, both needed to retrieve it.
+
+    Blocking: in an ``async def`` handler use ``await stash_data_async()``.
+    """
+    ctx = current("stash_data")
+    refuse_on_loop(ctx.loop, "stash_data()", "await stash_data_async()")
+    return run_on_loop(ctx.loop, stash_data_async(data, expire), 30)
+
+
+async def stash_data_async(data: Any, expire: float | None = None) -> dict[str, str]:
+    """``stash_data()`` for async handlers."""
+    ctx = current("stash_data_async")
+    return dict(await ctx.runtime.stashes.stash(data, expire))
+
+
+def retrieve_stashed_data(stash_key: str, secret: str, delete: bool = False, refresh: bool | float = False) -> Any:
+    """The data stashed under ``stash_key`` and ``secret``, or None (unknown, wrong secret, expired).
+
+    ``delete=True`` removes it once read; ``refresh=True`` renews its expiry by its original
+    ``expire``, a number of seconds sets it that far from now. Blocking: in an ``async def`` handler
+    use ``await retrieve_stashed_data_async()``.
+    """
+    ctx = current("retrieve_stashed_data")
+    refuse_on_loop(ctx.loop, "retrieve_stashed_data()", "await retrieve_stashed_data_async()")
+    return run_on_loop(ctx.loop, retrieve_stashed_data_async(stash_key, secret, delete, refresh), 30)
+
+
+async def retrieve_stashed_data_async(stash_key: str, secret: str, delete: bool = False,
+                                      refresh: bool | float = False) -> Any:
+    """``retrieve_stashed_data()`` for async handlers."""
+    ctx = current("retrieve_stashed_data_async")
+    return await ctx.runtime.stashes.retrieve(stash_key, secret, delete, refresh)

@@ -39,6 +39,7 @@ from mailgate.core.leases import Leases
 from mailgate.core.mailboxes import Addresses, Mailbox, Mailboxes, MailboxView
 from mailgate.core.references import References
 from mailgate.core.sessions import Sessions
+from mailgate.core.stash import Stashes
 from mailgate.core.tasks import Task, TaskBook
 from mailgate.core.threads import DaemonThreadPool
 from mailgate.core.tokens import Signer
@@ -79,6 +80,7 @@ class Runtime:
         # A check-in (``args`` become the action's own: pass a dict made for this call). Every open
         # page sends one every few seconds: the facade hands out the part's own method, no wrapper.
         self.run_checkin = self.sessions.run_checkin
+        self.stashes = Stashes(store)  # stash_data() / retrieve_stashed_data()
         self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
         self.signer: Signer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,69 @@ async def test_a_background_action_may_set_its_own_session(tmp_path: Path) -> No
             return (await rt(d).get_answers(a)).get("from_background") == 42
 
         await wait_until(pushed, what="the background action's set_session_variables")
+
+
+def stashed_rows(tmp_path: Path) -> list[tuple[str]]:
+    with sqlite3.connect(tmp_path / "mailgate.sqlite3") as conn:
+        return conn.execute("SELECT data FROM stashes").fetchall()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 4, 1, 12, 0, tzinfo=dt.UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_stash_then_retrieve_from_a_session_started_with_the_tokens(tmp_path: Path) -> None:
+    clock = Clock()
+    async with Daemon(cfg(tmp_path), roles=(), clock=clock) as d:
+        a = (await rt(d).create_session("cross", {"name": "Zebulon Quux", "items": [1, 2]})).id
+        tokens = (await rt(d).run_action(a, "stash", {"expire": 3600})).data
+        assert set(tokens) == {"stash_key", "secret"}
+        wrong = (await rt(d).create_session_with("cross", url_args={**tokens, "secret": tokens["stash_key"]})).id
+        await rt(d).run_action(wrong, "claim", {"delete": True})  # a wrong secret neither reads nor deletes
+        assert (await rt(d).get_answers(wrong))["claimed"] is False
+        [(stored,)] = stashed_rows(tmp_path)
+        assert "Zebulon" not in stored and "Quux" not in stored  # sealed: the store never sees the data
+        b = (await rt(d).create_session_with("cross", url_args=tokens)).id
+        await rt(d).run_action(b, "claim")
+        answers = await rt(d).get_answers(b)
+        assert answers["claimed"] is True and answers["name"] == "Zebulon Quux" and answers["items"] == [1, 2]
+        clock.now += 3000
+        await rt(d).run_action(b, "claim", {"refresh": True})  # 3600 s from now again
+        clock.now += 3000
+        c = (await rt(d).create_session_with("cross", url_args=tokens)).id
+        await rt(d).run_action(c, "claim", {"delete": True})
+        assert (await rt(d).get_answers(c))["claimed"] is True
+        await rt(d).run_action(c, "claim")  # deleted once read
+        assert (await rt(d).get_answers(c))["claimed"] is False
+
+
+async def test_stashes_expire_and_the_daily_cron_purges_them(tmp_path: Path) -> None:
+    clock = Clock()
+    async with Daemon(cfg(tmp_path), roles=(), clock=clock) as d:
+        a = (await rt(d).create_session("cross", {"name": "n", "items": []})).id
+        tokens = (await rt(d).run_action(a, "stash", {"expire": 60})).data
+        b = (await rt(d).create_session_with("cross", url_args=tokens)).id
+        clock.now += 61
+        await rt(d).run_action(b, "claim")
+        assert (await rt(d).get_answers(b))["claimed"] is False
+        assert len(stashed_rows(tmp_path)) == 1  # expired: absent to readers, in the store until purged
+        assert d.cron is not None
+        await d.cron.run("cron_daily")
+        assert stashed_rows(tmp_path) == []
+        default = (await rt(d).run_action(a, "stash", {"expire": None})).data
+        rec = await rt(d).store.take_stash(default["stash_key"], clock.now)
+        assert rec is not None and rec.expires_at == clock.now + 90 * 86400  # docassemble's default
+        with pytest.raises(ActionError, match="positive number of seconds"):
+            await rt(d).run_action(a, "stash", {"expire": -5})
+
+
+async def test_stash_functions_in_async_handlers(tmp_path: Path) -> None:
+    async with Daemon(cfg(tmp_path), roles=()) as d:
+        a = (await rt(d).create_session("cross")).id
+        await rt(d).run_action(a, "stash_async")
+        answers = await rt(d).get_answers(a)
+        assert answers["roundtrip"] == [1, 2, 3] and answers["again"] is None

@@ -13,10 +13,15 @@ from mailgate import (
     create_session_async,
     get_session_variables,
     get_session_variables_async,
+    json_response,
     response,
+    retrieve_stashed_data,
+    retrieve_stashed_data_async,
     session_id,
     set_session_variables,
     set_session_variables_async,
+    stash_data,
+    stash_data_async,
 )
 
 interview = Interview("cross")
@@ -66,3 +71,28 @@ def bg_push(answers: dict[str, Any]) -> None:
     """A background action holds no lease: it may set its own session's variables (saved at once)."""
     set_session_variables("cross", session_id(), {"from_background": action_argument("value")})
     background_response("pushed")
+
+
+@interview.action("stash")
+def stash(answers: dict[str, Any]) -> None:
+    """Session A: stash some answers, offer a URL to the other interview with the tokens in it."""
+    tokens = stash_data({"name": answers["name"], "items": answers["items"]}, expire=action_argument("expire"))
+    json_response(tokens)
+
+
+@interview.action("claim")
+def claim(answers: dict[str, Any]) -> None:
+    """Session B, started from that URL: the tokens are in url_args."""
+    args = answers["url_args"]
+    data = retrieve_stashed_data(args["stash_key"], args["secret"], delete=action_argument("delete", False),
+                                 refresh=action_argument("refresh", False))
+    if data is not None:
+        answers.update(data)
+    answers["claimed"] = data is not None
+
+
+@interview.action("stash_async")
+async def stash_async(answers: dict[str, Any]) -> None:
+    tokens = await stash_data_async([1, 2, 3])
+    answers["roundtrip"] = await retrieve_stashed_data_async(tokens["stash_key"], tokens["secret"], delete=True)
+    answers["again"] = await retrieve_stashed_data_async(tokens["stash_key"], tokens["secret"])
