@@ -66,8 +66,8 @@ class Stashes:
         """
         if refresh is not False and refresh is not True:
             _seconds(refresh, "retrieve_stashed_data(refresh=...)")
-        if not isinstance(stash_key, str) or not isinstance(secret, str):
-            return None
+        if not isinstance(stash_key, str) or not isinstance(secret, str) or "\x00" in stash_key:
+            return None  # (no key holds a NUL, which PostgreSQL's text cannot even be asked about)
         try:
             key = _unb64(secret)
         except (binascii.Error, ValueError):

@@ -42,3 +42,14 @@ def test_new_get_set_from_the_cli(config: str, capsys: pytest.CaptureFixture[str
     run(capsys, "sessions", "get", sid, "--interview", "other", "--config", config, status=1)
     run(capsys, "sessions", "set", sid, "--config", config, status=1)
     assert run(capsys, "sessions", "get", sid, "--config", config)["version"] == 2
+
+
+def test_stash_put_and_get_from_the_cli(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = run(capsys, "stash", "put", '{"name": "Ann", "n": [1, 2]}', "--expire", "3600", "--config", config)
+    assert set(tokens) == {"stash_key", "secret"}
+    key, secret = str(tokens["stash_key"]), str(tokens["secret"])
+    run(capsys, "stash", "get", key, key, "--delete", "--config", config, status=1)  # a wrong secret deletes nothing
+    assert run(capsys, "stash", "get", key, secret, "--refresh", "--config", config) == {"name": "Ann", "n": [1, 2]}
+    assert run(capsys, "stash", "get", key, secret, "--delete", "--config", config)["name"] == "Ann"
+    run(capsys, "stash", "get", key, secret, "--config", config, status=1)
+    run(capsys, "stash", "put", "1", "--expire", "-1", "--config", config, status=1)

@@ -524,3 +524,17 @@ async def test_cross_session_functions_over_the_api(daemon: Daemon, http: Http) 
     assert "locked by other-host#1" in busy["error"]
     await store.release_lease(sid, "other-host#1")
     assert "c" not in (await api(http, "GET", f"/api/sessions/{sid}/variables", 200))["variables"]
+
+
+async def test_stash_and_retrieve_over_the_api(daemon: Daemon, http: Http) -> None:
+    tokens = await api(http, "POST", "/api/stash", 201, json={"data": {"name": "Ann", "n": [1, 2]}, "expire": 3600})
+    assert set(tokens) == {"stash_key", "secret"}
+    wrong = {"stash_key": tokens["stash_key"], "secret": tokens["stash_key"], "delete": True}
+    await api(http, "POST", "/api/stash/retrieve", 404, json=wrong)  # deletes nothing
+    got = await api(http, "POST", "/api/stash/retrieve", 200, json={**tokens, "refresh": 60})
+    assert got == {"data": {"name": "Ann", "n": [1, 2]}}
+    assert (await api(http, "POST", "/api/stash/retrieve", 200, json={**tokens, "delete": True}))["data"]["name"] == "Ann"
+    await api(http, "POST", "/api/stash/retrieve", 404, json=tokens)
+    await api(http, "POST", "/api/stash", 400, json={"expire": 5})
+    assert "positive" in (await api(http, "POST", "/api/stash", 422, json={"data": 1, "expire": 0}))["error"]
+    await api(http, "POST", "/api/stash/retrieve", 400, json={"stash_key": "k"})

@@ -32,6 +32,7 @@ from mailgate.config import (
     load_config_with_errors,
     toml_value,
 )
+from mailgate.core import answers as codec
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.interviews import load_interviews
 from mailgate.core.runtime import Runtime
@@ -201,6 +202,20 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
                 else:
                     print(f"ended: {result.kind}{' ' + result.command if result.command else ''}; "
                           f"saved: {'yes' if result.saved else 'no'}; tasks started: {', '.join(result.tasks) or 'none'}")
+    return 0
+
+
+async def cmd_stash(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.stash_cmd == "put":
+            tokens = await rt.stashes.stash(json.loads(args.data), args.expire)
+            emit(args.json, tokens, text=f"stash_key={tokens['stash_key']} secret={tokens['secret']}")
+            return 0
+        refresh: bool | float = args.refresh_seconds if args.refresh_seconds is not None else args.refresh
+        found = await rt.stashes.retrieve(args.stash_key, args.secret, delete=args.delete, refresh=refresh)
+        if found is None:
+            raise UsageError("no stashed data for this stash_key and secret (or it expired)")
+        print_json(json.loads(codec.encode_value(found)))
     return 0
 
 
@@ -480,6 +495,17 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--user", help="run as this user id")
     p.add_argument("--privilege", action="append", help="privilege of --user (repeatable)")
 
+    st = sub.add_parser("stash", help="stash data for a prospective session, and retrieve it (stash_data)",
+                        parents=[common]).add_subparsers(dest="stash_cmd", required=True, metavar="COMMAND")
+    p = st.add_parser("put", parents=[common], help="stash JSON data; prints the stash_key and the secret")
+    p.add_argument("data", help="the data, as JSON")
+    p.add_argument("--expire", type=float, help="seconds until it expires (default 90 days)")
+    p = st.add_parser("get", parents=[common], help="print stashed data as JSON (retrieve_stashed_data)")
+    p.add_argument("stash_key")
+    p.add_argument("secret")
+    p.add_argument("--delete", action="store_true", help="remove it once read")
+    p.add_argument("--refresh", action="store_true", help="renew its expiry by the seconds it was stashed for")
+    p.add_argument("--refresh-seconds", type=float, metavar="SECONDS", help="make it expire SECONDS from now")
     t = sub.add_parser("tasks", help="list, inspect and retry background tasks", parents=[common]).add_subparsers(
         dest="tasks_cmd", required=True, metavar="COMMAND")
     p = t.add_parser("list", parents=[common], help="list tasks, newest first")
@@ -524,6 +550,7 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "config": cmd_config,
     "db": cmd_db,
     "sessions": cmd_sessions,
+    "stash": cmd_stash,
     "tasks": cmd_tasks,
     "mailboxes": cmd_mailboxes,
     "emails": cmd_emails,

@@ -246,6 +246,29 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.post("/api/stash")
+async def stash_data(request: web.Request) -> web.Response:
+    """docassemble's ``stash_data()``: the tokens with which ``/api/stash/retrieve`` gives the data back."""
+    data = await body(request)
+    if "data" not in data:
+        raise BadRequest("'data' is required")
+    expire = field(data, "expire", (int, float))
+    return web.json_response(await rt(request).stashes.stash(data["data"], expire), status=201)
+
+
+@routes.post("/api/stash/retrieve")
+async def retrieve_stashed_data(request: web.Request) -> web.Response:
+    """docassemble's ``retrieve_stashed_data()``: 404 for an unknown key, a wrong secret or an expired stash."""
+    data = await body(request)
+    refresh = field(data, "refresh", (bool, int, float), False)
+    found = await rt(request).stashes.retrieve(field(data, "stash_key", str, required=True),
+                                               field(data, "secret", str, required=True),
+                                               delete=field(data, "delete", bool, False), refresh=refresh)
+    if found is None:
+        raise NotFound("no stashed data for this stash_key and secret (or it expired)")
+    return web.json_response({"data": json.loads(codec.encode_value(found))})
+
+
 @routes.post("/api/sessions/{id}/address")
 async def session_address(request: web.Request) -> web.Response:
     data = await body(request)

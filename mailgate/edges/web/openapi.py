@@ -118,6 +118,27 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                          "responses": {"200": _json({"type": "object", "required": ["id", "version"], "properties": {
                              "id": {"type": "string"}, "version": {"type": "integer"}}}, "saved"),
                              **_errors(*COMMON, 413, 409, 422)}}},
+            "/api/stash": {"post": {
+                "summary": "Stash data for a prospective session (stash_data)", "operationId": "stashData",
+                "requestBody": _body({"type": "object", "required": ["data"], "properties": {
+                    "data": {"description": "any JSON value"},
+                    "expire": {**_optional({"type": "number", "exclusiveMinimum": 0}),
+                               "description": "seconds until it expires (default 7776000: 90 days)"}}}, required=True),
+                "responses": {"201": {**_json({"type": "object", "required": ["stash_key", "secret"], "properties": {
+                    "stash_key": {"type": "string"}, "secret": {"type": "string"}}}, "the tokens"), "links": {
+                    "retrieveStashedData": {"operationId": "retrieveStashedData", "requestBody": {
+                        "stash_key": "$response.body#/stash_key", "secret": "$response.body#/secret"}}}},
+                    **_errors(400, 401, 503, 413, 422)}}},
+            "/api/stash/retrieve": {"post": {
+                "summary": "Retrieve stashed data (retrieve_stashed_data)", "operationId": "retrieveStashedData",
+                "requestBody": _body({"type": "object", "required": ["stash_key", "secret"], "properties": {
+                    "stash_key": {"type": "string"}, "secret": {"type": "string"},
+                    "delete": _optional({"type": "boolean"}),
+                    "refresh": {"anyOf": [{"type": ["boolean", "null"]}, {"type": "number", "exclusiveMinimum": 0}],
+                                "description": "true: renew by the original expire; a number: expire that many seconds from now"}}},
+                    required=True),
+                "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {"data": {}}}, "the data"),
+                              **_errors(*COMMON, 413, 422)}}},
             "/api/sessions/{id}/address": {"parameters": [SESSION_ID], "post": {
                 "summary": "The session's e-mail address (interview_email)", "operationId": "sessionAddress",
                 "requestBody": _body({"type": "object", "properties": {"key": _optional({"type": "string"}),
