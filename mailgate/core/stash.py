@@ -64,28 +64,33 @@ class Stashes:
         ``delete``: remove it (only one of several concurrent readers gets it); ``refresh``: True
         renews its expiry by the seconds it was stashed for, a number sets it that many seconds from now.
         """
+        return (await self.lookup(stash_key, secret, delete, refresh))[1]
+
+    async def lookup(self, stash_key: str, secret: str, delete: bool = False,
+                     refresh: bool | float = False) -> tuple[bool, Any]:
+        """``retrieve()`` that tells a stashed None from no stash: (found, data)."""
         if refresh is not False and refresh is not True:
             _seconds(refresh, "retrieve_stashed_data(refresh=...)")
         if not isinstance(stash_key, str) or not isinstance(secret, str) or "\x00" in stash_key:
-            return None  # (no key holds a NUL, which PostgreSQL's text cannot even be asked about)
+            return False, None  # (no key holds a NUL, which PostgreSQL's text cannot even be asked about)
         try:
             key = _unb64(secret)
         except (binascii.Error, ValueError):
-            return None
+            return False, None
         if len(key) != 32:
-            return None
+            return False, None
         now = self._store.now()
         rec = await self._store.take_stash(stash_key, now)
         data = self._open(rec, key) if rec is not None else None
         if data is None:
-            return None  # nothing is changed for a caller without the secret
+            return False, None  # nothing is changed for a caller without the secret
         if delete:
             if await self._store.take_stash(stash_key, now, delete=True) is None:
-                return None  # another reader took it first
+                return False, None  # another reader took it first
         elif refresh is not False:
             ttl = rec.ttl if refresh is True else float(refresh)  # type: ignore[union-attr]
             await self._store.take_stash(stash_key, now, expires_at=now + ttl)
-        return codec.decode_value(data)
+        return True, codec.decode_value(data)
 
     @staticmethod
     def _open(rec: StashRecord, key: bytes) -> str | None:

@@ -512,8 +512,8 @@ async def test_cross_session_functions_over_the_api(daemon: Daemon, http: Http) 
                       json={"interview": "testing", "answers": {"_internal": {"tasks": {"t": 1}}, "k": 1}})
     assert "_internal" in (await api(http, "GET", f"/api/sessions/{other['id']}", 200))["answers"]
     assert (await api(http, "GET", f"/api/sessions/{other['id']}/variables", 200))["variables"] == {"k": 1}
-    await api(http, "GET", f"/api/sessions/{sid}/variables?interview=other", 404)
-    await api(http, "POST", f"/api/sessions/{sid}/variables", 404, json={"variables": {"c": 1}, "interview": "other"})
+    await api(http, "GET", f"/api/sessions/{sid}/variables?interview=other", 422)
+    await api(http, "POST", f"/api/sessions/{sid}/variables", 422, json={"variables": {"c": 1}, "interview": "other"})
     await api(http, "POST", "/api/sessions/nope/variables", 404, json={"variables": {"c": 1}})
     assert "_internal" in (await api(http, "POST", f"/api/sessions/{sid}/variables", 422,
                                      json={"variables": {"_internal": {}}}))["error"]
@@ -538,3 +538,5 @@ async def test_stash_and_retrieve_over_the_api(daemon: Daemon, http: Http) -> No
     await api(http, "POST", "/api/stash", 400, json={"expire": 5})
     assert "positive" in (await api(http, "POST", "/api/stash", 422, json={"data": 1, "expire": 0}))["error"]
     await api(http, "POST", "/api/stash/retrieve", 400, json={"stash_key": "k"})
+    tokens = await api(http, "POST", "/api/stash", 201, json={"data": None})
+    assert await api(http, "POST", "/api/stash/retrieve", 200, json=tokens) == {"data": None}  # found: a stashed null

@@ -212,8 +212,8 @@ async def cmd_stash(args: argparse.Namespace, config: Config) -> int:
             emit(args.json, tokens, text=f"stash_key={tokens['stash_key']} secret={tokens['secret']}")
             return 0
         refresh: bool | float = args.refresh_seconds if args.refresh_seconds is not None else args.refresh
-        found = await rt.stashes.retrieve(args.stash_key, args.secret, delete=args.delete, refresh=refresh)
-        if found is None:
+        ok, found = await rt.stashes.lookup(args.stash_key, args.secret, delete=args.delete, refresh=refresh)
+        if not ok:
             raise UsageError("no stashed data for this stash_key and secret (or it expired)")
         print_json(json.loads(codec.encode_value(found)))
     return 0

@@ -213,10 +213,14 @@ async def create_session(request: web.Request) -> web.Response:
 async def get_session_variables(request: web.Request) -> web.Response:
     """docassemble's ``get_session_variables()``: the answers as last saved, without ``_internal``."""
     rec = await rt(request).get_session(request.match_info["id"])
-    interview = request.query.get("interview")
-    if interview is not None and rec.interview != interview:
-        raise NotFound(f"session {rec.id} is not a session of interview {interview!r}")
+    _same_interview(rec.interview, rec.id, request.query.get("interview"))
     return web.json_response(variables_dict(rec))
+
+
+def _same_interview(interview: str, session_id: str, expected: str | None) -> None:
+    # the session exists, so not a 404: the request names an interview the session is not one of
+    if expected is not None and interview != expected:
+        raise Unprocessable(f"session {session_id} is not a session of interview {expected!r}")
 
 
 @routes.post("/api/sessions/{id}/variables")
@@ -227,9 +231,11 @@ async def set_session_variables(request: web.Request) -> web.Response:
     if not all(isinstance(name, str) for name in delete):
         raise BadRequest("'delete' must be a list of variable names")
     session_id = request.match_info["id"]
+    interview = field(data, "interview", str)
+    if interview is not None:  # a session never changes interview: checked before taking the lease
+        _same_interview(await rt(request).sessions.interview_of(session_id), session_id, interview)
     version = await rt(request).set_session_variables(
-        session_id, field(data, "variables", dict, {}), interview=field(data, "interview", str), delete=delete,
-        user=user_of(data))
+        session_id, field(data, "variables", dict, {}), interview=interview, delete=delete, user=user_of(data))
     return web.json_response({"id": session_id, "version": version})
 
 
@@ -261,10 +267,10 @@ async def retrieve_stashed_data(request: web.Request) -> web.Response:
     """docassemble's ``retrieve_stashed_data()``: 404 for an unknown key, a wrong secret or an expired stash."""
     data = await body(request)
     refresh = field(data, "refresh", (bool, int, float), False)
-    found = await rt(request).stashes.retrieve(field(data, "stash_key", str, required=True),
-                                               field(data, "secret", str, required=True),
-                                               delete=field(data, "delete", bool, False), refresh=refresh)
-    if found is None:
+    ok, found = await rt(request).stashes.lookup(field(data, "stash_key", str, required=True),
+                                                 field(data, "secret", str, required=True),
+                                                 delete=field(data, "delete", bool, False), refresh=refresh)
+    if not ok:
         raise NotFound("no stashed data for this stash_key and secret (or it expired)")
     return web.json_response({"data": json.loads(codec.encode_value(found))})
 

@@ -107,9 +107,9 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                 "get": {"summary": "The session's answers as last saved, without _internal (get_session_variables)",
                         "operationId": "getSessionVariables",
                         "parameters": [{"name": "interview", "in": "query", "required": False, "schema": {"type": "string"},
-                                        "description": "if given, the session must be one of this interview (else 404)"}],
+                                        "description": "if given, the session must be one of this interview (else 422)"}],
                         "responses": {"200": _json({"$ref": "#/components/schemas/Variables"}, "the variables"),
-                                      **_errors(*COMMON)}},
+                                      **_errors(*COMMON, 422)}},
                 "post": {"summary": "Set and delete variables under the session lease, saved at once (set_session_variables)",
                          "operationId": "setSessionVariables",
                          "requestBody": _body({"type": "object", "properties": {
