@@ -124,10 +124,10 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                     "data": {"description": "any JSON value"},
                     "expire": {**_optional({"type": "number", "exclusiveMinimum": 0}),
                                "description": "seconds until it expires (default 7776000: 90 days)"}}}, required=True),
-                "responses": {"201": {**_json({"type": "object", "required": ["stash_key", "secret"], "properties": {
-                    "stash_key": {"type": "string"}, "secret": {"type": "string"}}}, "the tokens"), "links": {
-                    "retrieveStashedData": {"operationId": "retrieveStashedData", "requestBody": {
-                        "stash_key": "$response.body#/stash_key", "secret": "$response.body#/secret"}}}},
+                # no link to retrieveStashedData: a retrieval with delete=true consumes the stash, so the
+                # next one's 404 is the point, not a created resource gone missing
+                "responses": {"201": _json({"type": "object", "required": ["stash_key", "secret"], "properties": {
+                    "stash_key": {"type": "string"}, "secret": {"type": "string"}}}, "the tokens"),
                     **_errors(400, 401, 503, 413, 422)}}},
             "/api/stash/retrieve": {"post": {
                 "summary": "Retrieve stashed data (retrieve_stashed_data)", "operationId": "retrieveStashedData",
