@@ -30,16 +30,26 @@ if TYPE_CHECKING:  # the names as type checkers see them; at run time each loads
         background_response,
         background_response_action,
         command,
+        create_session,
+        create_session_async,
         current_datetime,
         get_emails,
         get_emails_async,
+        get_session_variables,
+        get_session_variables_async,
         interview_email,
         interview_url_action,
         json_response,
         last_access_days,
         last_access_time,
         response,
+        retrieve_stashed_data,
+        retrieve_stashed_data_async,
         session_id,
+        set_session_variables,
+        set_session_variables_async,
+        stash_data,
+        stash_data_async,
         user_has_privilege,
         user_info,
         user_logged_in,
@@ -111,6 +121,18 @@ _LAZY = {
     "MailgateError": "mailgate.errors",
     "OutboundError": "mailgate.outbound.message",
 }
+_LAZY.update(dict.fromkeys((  # the cross-session functions
+    "create_session",
+    "create_session_async",
+    "get_session_variables",
+    "get_session_variables_async",
+    "set_session_variables",
+    "set_session_variables_async",
+    "stash_data",
+    "stash_data_async",
+    "retrieve_stashed_data",
+    "retrieve_stashed_data_async",
+), "mailgate.author.functions"))
 
 
 def __getattr__(name: str) -> Any:
@@ -175,4 +197,16 @@ __all__ = [
     "format_time",
     "get_default_timezone",
     "today",
+]
+__all__ += [  # the cross-session functions
+    "retrieve_stashed_data",
+    "retrieve_stashed_data_async",
+    "stash_data",
+    "stash_data_async",
+    "create_session",
+    "create_session_async",
+    "get_session_variables",
+    "get_session_variables_async",
+    "set_session_variables",
+    "set_session_variables_async",
 ]

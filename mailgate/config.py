@@ -70,7 +70,7 @@ class InterviewsConfig:
 class SessionsConfig:
     lock_timeout: float = _f(4.0, "time budget in seconds of a locked action, and the longest wait for a session's lease", minimum=0.05)
     lease_ttl: float = _f(15.0, "seconds a session lease lives without renewal; its holder renews it while alive", minimum=0.5)
-    interview_delete_days: float = _f(90.0, "cron_daily deletes sessions not accessed for this many days (0 = never); interviews may override", minimum=0)
+    interview_delete_days: float = _f(90.0, "cron_daily deletes sessions whose answers were not saved (by anyone, cron included) for this many days (0 = never); interviews may override", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,122 @@ def last_access_days() -> float:
 def session_id() -> str:
     """The id of the session the action runs on."""
     return current("session_id").session_id
+
+
+# -- cross-session functions (docassemble's "Interacting with sessions") ----------------------------
+# ``yaml_filename`` is the interview's name (docassemble names an interview by its YAML file). The
+# ``secret`` of docassemble is the key of answers encrypted at rest: mailgate does not encrypt them, so
+# it is accepted and unused.
+
+
+def _cross_session_timeout(ctx: Any) -> float:
+    return float(ctx.runtime.config.sessions.lock_timeout) + 5  # waits for the other session's lease, bounded
+
+
+def _not_this_session(ctx: Any, session_id: str, what: str) -> None:
+    # The running action holds this session's lease (except a background action, which holds none):
+    # taking it again would wait for itself.
+    if session_id == ctx.session_id and ctx.kind != "background":
+        raise ActionError(f"{what} on the session the action runs on: change `answers` instead")
+
+
+def create_session(yaml_filename: str, secret: str | None = None, url_args: dict[str, Any] | None = None) -> str:
+    """Start a new session of interview ``yaml_filename``; its id. ``url_args`` become its
+    ``url_args`` variable. It is owned by the current user and exists on return.
+
+    Blocking: in an ``async def`` handler use ``await create_session_async()``.
+    """
+    ctx = current("create_session")
+    refuse_on_loop(ctx.loop, "create_session()", "await create_session_async()")
+    return run_on_loop(ctx.loop, create_session_async(yaml_filename, secret, url_args), _cross_session_timeout(ctx))
+
+
+async def create_session_async(yaml_filename: str, secret: str | None = None,
+                               url_args: dict[str, Any] | None = None) -> str:
+    """``create_session()`` for async handlers."""
+    ctx = current("create_session_async")
+    rec = await ctx.runtime.create_session_with(yaml_filename, None, ctx.user, url_args=url_args)
+    return str(rec.id)
+
+
+def set_session_variables(yaml_filename: str, session_id: str, variables: dict[str, Any], secret: str | None = None,
+                          question_name: str | None = None, overwrite: bool = False, process_objects: bool = False,
+                          delete: list[str] | None = None) -> None:
+    """Set ``variables`` (a dict) in another session of interview ``yaml_filename``, and remove the
+    names in ``delete``: saved at once, under that session's lease (waiting for it at most
+    ``lock_timeout``), as the current user.
+
+    ``question_name``, ``overwrite`` and ``process_objects`` concern docassemble's question blocks and
+    object trees, which mailgate does not have: accepted and ignored. Blocking: in an ``async def``
+    handler use ``await set_session_variables_async()``.
+    """
+    ctx = current("set_session_variables")
+    refuse_on_loop(ctx.loop, "set_session_variables()", "await set_session_variables_async()")
+    run_on_loop(ctx.loop, set_session_variables_async(yaml_filename, session_id, variables, secret, delete=delete),
+                _cross_session_timeout(ctx))
+
+
+async def set_session_variables_async(yaml_filename: str, session_id: str, variables: dict[str, Any],
+                                      secret: str | None = None, *, delete: list[str] | None = None) -> None:
+    """``set_session_variables()`` for async handlers."""
+    ctx = current("set_session_variables_async")
+    _not_this_session(ctx, session_id, "set_session_variables()")
+    names = [delete] if isinstance(delete, str) else list(delete or ())
+    await ctx.runtime.set_session_variables(session_id, dict(variables), interview=yaml_filename, delete=names,
+                                            user=ctx.user)
+
+
+def get_session_variables(yaml_filename: str, session_id: str, secret: str | None = None,
+                          simplify: bool = True) -> dict[str, Any]:
+    """The answers of session ``session_id`` of interview ``yaml_filename``, as last saved (mailgate's
+    ``_internal`` left out). Answers are already plain data here, so ``simplify`` changes nothing.
+
+    Blocking: in an ``async def`` handler use ``await get_session_variables_async()``.
+    """
+    ctx = current("get_session_variables")
+    refuse_on_loop(ctx.loop, "get_session_variables()", "await get_session_variables_async()")
+    return run_on_loop(ctx.loop, get_session_variables_async(yaml_filename, session_id, secret, simplify),
+                       _cross_session_timeout(ctx))
+
+
+async def get_session_variables_async(yaml_filename: str, session_id: str, secret: str | None = None,
+                                      simplify: bool = True) -> dict[str, Any]:
+    """``get_session_variables()`` for async handlers."""
+    ctx = current("get_session_variables_async")
+    return dict(await ctx.runtime.get_session_variables(session_id, yaml_filename))
+
+
+def stash_data(data: Any, expire: float | None = None) -> dict[str, str]:
+    """Stash ``data`` (any value answers can hold) for ``expire`` seconds (default 90 days), sealed
+    with a key of its own; ``{"stash_key": ..., "secret": ...}``, both needed to retrieve it.
+
+    Blocking: in an ``async def`` handler use ``await stash_data_async()``.
+    """
+    ctx = current("stash_data")
+    refuse_on_loop(ctx.loop, "stash_data()", "await stash_data_async()")
+    return run_on_loop(ctx.loop, stash_data_async(data, expire), 30)
+
+
+async def stash_data_async(data: Any, expire: float | None = None) -> dict[str, str]:
+    """``stash_data()`` for async handlers."""
+    ctx = current("stash_data_async")
+    return dict(await ctx.runtime.stashes.stash(data, expire))
+
+
+def retrieve_stashed_data(stash_key: str, secret: str, delete: bool = False, refresh: bool | float = False) -> Any:
+    """The data stashed under ``stash_key`` and ``secret``, or None (unknown, wrong secret, expired).
+
+    ``delete=True`` removes it once read; ``refresh=True`` renews its expiry by its original
+    ``expire``, a number of seconds sets it that far from now. Blocking: in an ``async def`` handler
+    use ``await retrieve_stashed_data_async()``.
+    """
+    ctx = current("retrieve_stashed_data")
+    refuse_on_loop(ctx.loop, "retrieve_stashed_data()", "await retrieve_stashed_data_async()")
+    return run_on_loop(ctx.loop, retrieve_stashed_data_async(stash_key, secret, delete, refresh), 30)
+
+
+async def retrieve_stashed_data_async(stash_key: str, secret: str, delete: bool = False,
+                                      refresh: bool | float = False) -> Any:
+    """``retrieve_stashed_data()`` for async handlers."""
+    ctx = current("retrieve_stashed_data_async")
+    return await ctx.runtime.stashes.retrieve(stash_key, secret, delete, refresh)

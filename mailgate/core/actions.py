@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +33,8 @@ from mailgate.core.interviews import Action, Interview
 from mailgate.core.threads import DaemonThreadPool, Deadlines, LoopResults
 from mailgate.errors import ActionError, AnswersError
 from mailgate.store.base import SessionRecord, SessionSave
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,29 @@ def encode_answers(answers: dict[str, Any], what: str, name: str) -> str:
         raise AnswersError(f"{what} {name!r} left answers that cannot be saved: {exc}; nothing was saved") from None
 
 
+_warned_use_cron: set[str] = set()
+
+
+def cron_enabled(answers: dict[str, Any], interview: str) -> bool:
+    """Whether scheduled types run on the session: ``allow_cron`` is True, or ``use_cron``, the name
+    docassemble's older documentation gives the flag (honoured, with one deprecation line per interview)."""
+    if answers.get("allow_cron") is True:
+        return True
+    if answers.get("use_cron") is True and "allow_cron" not in answers:
+        if interview not in _warned_use_cron:
+            _warned_use_cron.add(interview)
+            log.warning("interview %r sets use_cron, the older name of allow_cron; honoured, but rename it to allow_cron",
+                        interview, extra={"event": "answers.use_cron_deprecated"})
+        return True
+    return False
+
+
 def session_save(session: SessionRecord, text: str, answers: dict[str, Any], user: User) -> SessionSave:
     """The save of ``answers`` (encoded as ``text``) over ``session`` as read (versioned). The cron
-    user's saves do not count as the session's activity."""
+    user's saves do not count as an access (``last_access_days()``), but are activity all the same
+    (inactivity deletion counts any save)."""
     return SessionSave(session.id, text, session.version, touch=user.id != "cron",
-                       allow_cron=answers.get("allow_cron") is True)
+                       allow_cron=cron_enabled(answers, session.interview))
 
 
 def _call_sync(fn: Callable[[dict[str, Any]], Any], answers: dict[str, Any]) -> ActionEnd | None:

@@ -162,6 +162,7 @@ class Cron:
             after = ids[-1]
         if type_ == "cron_daily":
             report.deleted_inactive = await self.delete_inactive()
+            await self._store.purge_stashes(self._store.now())  # expired ones already read as absent
         report.seconds = time.monotonic() - started
         log.info("%s %s: %d sessions, %d saved, %d exited, %d errors, %d inactive deleted in %.2f s", type_,
                  period or "(manual)", report.sessions, report.saved, report.exited, report.errors,

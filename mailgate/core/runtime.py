@@ -40,6 +40,7 @@ from mailgate.core.leases import Leases
 from mailgate.core.mailboxes import Addresses, Mailbox, Mailboxes, MailboxView
 from mailgate.core.references import References
 from mailgate.core.sessions import Sessions
+from mailgate.core.stash import Stashes
 from mailgate.core.tasks import Task, TaskBook
 from mailgate.core.threads import DaemonThreadPool
 from mailgate.core.tokens import Signer
@@ -82,6 +83,7 @@ class Runtime:
         # A check-in (``args`` become the action's own: pass a dict made for this call). Every open
         # page sends one every few seconds: the facade hands out the part's own method, no wrapper.
         self.run_checkin = self.sessions.run_checkin
+        self.stashes = Stashes(store)  # stash_data() / retrieve_stashed_data()
         self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
         self.signer: Signer
 
@@ -119,6 +121,20 @@ class Runtime:
     async def create_session(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS) -> SessionRecord:
         """A new session of a loaded interview with initial ``answers``."""
         return await self.sessions.create(interview, answers, owner)
+
+    async def create_session_with(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS,
+                                  *, url_args: dict[str, Any] | None = None) -> SessionRecord:
+        """``create_session`` with the URL's parameters as ``answers["url_args"]`` (docassemble's ``url_args``)."""
+        return await self.sessions.create(interview, answers, owner, url_args=url_args)
+
+    async def get_session_variables(self, session_id: str, interview: str | None = None) -> dict[str, Any]:
+        """The session's answers as committed, without ``_internal`` (``interview``: it must be one of it)."""
+        return await self.sessions.get_variables(session_id, interview)
+
+    async def set_session_variables(self, session_id: str, variables: dict[str, Any], *, interview: str | None = None,
+                                    delete: Sequence[str] | None = None, user: User = ANONYMOUS) -> int:
+        """Set (and delete) variables of a session under its lease, saved at once; the new version."""
+        return await self.sessions.set_variables(session_id, variables, interview=interview, delete=delete, user=user)
 
     async def get_session(self, session_id: str) -> SessionRecord:
         return await self.sessions.get(session_id)

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from mailgate.core import answers as codec
 from mailgate.core.actions import (
     ActionResult,
     Invoker,
+    cron_enabled,
     encode_answers,
     end_result,
     session_save,
@@ -63,6 +64,18 @@ class _Outcome:
         )
 
 
+INTERNAL = "_internal"  # mailgate's bookkeeping inside the answers: never set from outside
+
+
+def check_variables(variables: Any, what: str) -> None:
+    """ActionError unless ``variables`` is a dict of variable names that leaves ``_internal`` alone."""
+    if not isinstance(variables, dict):
+        raise ActionError(f"{what} takes a dict of variables, not {type(variables).__name__}")
+    for name in variables:
+        if not isinstance(name, str) or name == INTERNAL:
+            raise ActionError(f"{what} cannot set {name!r}" + (" (mailgate's bookkeeping)" if name == INTERNAL else ""))
+
+
 def no_session(session_id: str) -> NotFound:
     return NotFound(f"no session {session_id!r}; list sessions with: mailgate sessions list")
 
@@ -83,12 +96,16 @@ class Sessions:
         self._interview_of: dict[str, str] = {}
 
     # -- records -----------------------------------------------------------------------------------
-    async def create(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS) -> SessionRecord:
-        """A new session of a loaded interview with initial ``answers``."""
+    async def create(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS,
+                     *, url_args: dict[str, Any] | None = None) -> SessionRecord:
+        """A new session of a loaded interview with initial ``answers``; ``url_args`` (the parameters
+        of the URL that started it, docassemble's special variable) become ``answers["url_args"]``."""
         self._registry.get(interview)
         answers = dict(answers or {})
+        if url_args is not None:
+            answers["url_args"] = dict(url_args)
         return await self._store.create_session(uuid.uuid4().hex, interview, codec.encode(answers), owner.to_json(),
-                                                allow_cron=answers.get("allow_cron") is True)
+                                                allow_cron=cron_enabled(answers, interview))
 
     async def get(self, session_id: str) -> SessionRecord:
         rec = await self._store.get_session(session_id)
@@ -116,6 +133,48 @@ class Sessions:
                 self._interview_of.clear()
             self._interview_of[session_id] = name
         return name
+
+    # -- cross-session functions (docassemble's get/set_session_variables) --------------------------
+    async def get_variables(self, session_id: str, interview: str | None = None) -> dict[str, Any]:
+        """The session's answers as committed (a read needs no lease), without mailgate's ``_internal``."""
+        rec = await self._of_interview(session_id, interview)
+        answers = codec.decode(rec.answers)
+        answers.pop(INTERNAL, None)
+        await self._hydrate(answers)
+        return answers
+
+    async def set_variables(self, session_id: str, variables: dict[str, Any], *, interview: str | None = None,
+                            delete: Sequence[str] | None = None, user: User = ANONYMOUS) -> int:
+        """Set ``variables`` in the session's answers (and remove the names in ``delete``), saved under
+        the session lease on the answers as committed, like any locked action; the new version.
+
+        A save by ``user``: activity for inactivity deletion, and an access unless ``user`` is the cron user.
+        """
+        check_variables(variables, "set_session_variables()")
+        for name in delete or ():
+            if not isinstance(name, str) or name == INTERNAL:
+                raise ActionError(f"set_session_variables() cannot delete {name!r}")
+        async with self._leases.locked(session_id, "set_session_variables") as lease:
+            rec = lease.session
+            if rec is None:
+                raise no_session(session_id)
+            if interview is not None and rec.interview != interview:
+                raise NotFound(f"session {session_id} is not a session of interview {interview!r}")
+            answers = codec.decode(rec.answers)
+            for name in delete or ():
+                answers.pop(name, None)
+            answers.update(variables)
+            text = encode_answers(answers, "set_session_variables() on session", session_id)
+            release = (session_id, lease.holder)
+            committed = await self._commit(Changes(save=session_save(rec, text, answers, user), release_lease=release))
+            lease.released = True
+        return committed.version if committed.version is not None else rec.version + 1
+
+    async def _of_interview(self, session_id: str, interview: str | None) -> SessionRecord:
+        rec = await self.get(session_id)
+        if interview is not None and rec.interview != interview:
+            raise NotFound(f"session {session_id} is not a session of interview {interview!r}")
+        return rec
 
     # -- locked contexts ---------------------------------------------------------------------------
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,

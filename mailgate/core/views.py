@@ -33,6 +33,14 @@ def session_dict(rec: SessionRecord, *, with_answers: bool = False) -> dict[str,
     return data
 
 
+def variables_dict(rec: SessionRecord) -> dict[str, Any]:
+    """The session's answers as stored (JSON, references tagged), without mailgate's ``_internal``:
+    ``get_session_variables()`` as the API and the CLI show it."""
+    answers = json.loads(rec.answers)
+    answers.pop("_internal", None)
+    return {"id": rec.id, "interview": rec.interview, "version": rec.version, "variables": answers}
+
+
 def task_dict(rec: TaskRecord) -> dict[str, Any]:
     result = TaskResult.from_record(rec)
     return {

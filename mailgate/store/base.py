@@ -17,6 +17,17 @@ DONE_STATES = ("succeeded", "failed")
 
 
 @dataclass(frozen=True)
+class StashRecord:
+    """Data stashed by ``stash_data()``: sealed by the core (the store never sees it in clear)."""
+
+    key: str
+    data: str  # the sealed data (the core's encoding)
+    created_at: float
+    expires_at: float
+    ttl: float  # seconds it was stashed for: what ``refresh=True`` renews
+
+
+@dataclass(frozen=True)
 class SessionRecord:
     id: str
     interview: str
@@ -407,7 +418,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
                                    limit: int) -> list[str]:
-        """Sessions not accessed since ``before`` (of ``interviews``, or of any but ``exclude``)."""
+        """Sessions whose answers were not saved since ``before`` (of ``interviews``, or of any but ``exclude``).
+
+        Activity is any save of the answers, the cron user's included, as docassemble measures it:
+        a session that a scheduled task keeps saving is never inactive (``accessed_at``, which the
+        cron user does not touch, is what ``last_access_days()`` reads)."""
+
+    # -- stashed data (stash_data / retrieve_stashed_data) ---------------------------------------------
+    @abc.abstractmethod
+    async def put_stash(self, stash: StashRecord) -> None:
+        """Store a new stash (its key is new: random)."""
+
+    @abc.abstractmethod
+    async def take_stash(self, key: str, now: float, *, delete: bool = False,
+                         expires_at: float | None = None) -> StashRecord | None:
+        """The stash ``key`` unless missing or expired at ``now``; in the same transaction ``delete``
+        removes it, or ``expires_at`` moves its expiry (the record returned shows the new one)."""
+
+    @abc.abstractmethod
+    async def purge_stashes(self, now: float) -> int:
+        """Remove the stashes expired at ``now``; how many."""
 
     # -- mail ------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -102,6 +102,7 @@ TABLES: tuple[Table, ...] = (
           ("seq",), serial="seq"),
     Table("events", _cols("id:int session_id kind payload created_at:float"), ("id",), serial="id"),
     Table("cron_periods", _cols("type period holder claimed_at:float"), ("type", "period"), fetch=BATCH_ROWS),
+    Table("stashes", _cols("key data created_at:float expires_at:float ttl:float"), ("key",), fetch=BATCH_ROWS),
     Table("raw_messages", _cols("sha256 size:int raw:bytes"), ("sha256",), fetch=1),
     Table("emails", _cols("seq:int id local_part session_id message_id sha256 dedupe size:int envelope parsed "
                           "authentication received_at:float"), ("seq",), serial="seq"),

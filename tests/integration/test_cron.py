@@ -267,3 +267,41 @@ async def test_reminder_demo_sends_once_on_day_21(tmp_path: Path) -> None:
         assert sent_on == [21]  # more than 20 days after filing, exactly once
         assert outbox[0].to == ["ann@example.test"] and outbox[0].subject == "Hey, it's been 20 days."
         assert (await rt(d).get_answers(sid))["_internal"]["tasks"]["20 day reminder"] == 1
+
+
+def cfg_000(tmp_path: Path) -> Config:
+    return make_config(tmp_path, interviews={"paths": (str(Path(__file__).parent.parent / "interviews" / "reminder_000.py"),
+                                                       str(Path(__file__).parent.parent / "interviews" / "testing.py"))},
+                       outbound={"default_sender": "Reminders <noreply@example.test>"})
+
+
+async def test_000_reminder_sends_on_day_21_and_survives_100_days_of_cron(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from mailgate import record_messages
+
+    filed = dt.datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    clock = Clock(filed)
+    async with Daemon(cfg_000(tmp_path), roles=(), clock=clock) as d:
+        sid = (await rt(d).create_session("reminder-000")).id
+        idle = (await rt(d).create_session("testing")).id  # nobody saves it: deleted after 90 days
+        with caplog.at_level("WARNING", logger="mailgate.core.actions"):
+            await rt(d).run_action(sid, "start", {"filing_date": "2026-07-01", "email_address": "ann@example.test"})
+        assert [r for r in caplog.records if getattr(r, "event", "") == "answers.use_cron_deprecated"]
+        sent_on, deleted_on = [], []
+        with record_messages() as outbox:
+            for day in range(1, 101):
+                before = len(outbox)
+                report = await cron(d).fire("cron_daily", clock.set(filed + dt.timedelta(days=day, hours=1)))
+                assert report is not None and report.errors == 0 and report.sessions == 1  # use_cron honoured
+                if len(outbox) > before:
+                    sent_on.append(day)
+                if report.deleted_inactive:
+                    deleted_on.append(day)
+        assert sent_on == [21] and outbox[0].to == ["ann@example.test"]
+        assert outbox[0].subject == "Hey, it's been 20 days."
+        assert deleted_on == [90]  # the idle session, 90 days and an hour after its last save
+        kept = await rt(d).store.get_session(sid)
+        assert kept is not None  # the cron's daily saves are activity
+        assert await rt(d).store.get_session(idle) is None
+        assert kept.accessed_at == filed.timestamp()  # ... but not the user's access
+

@@ -561,3 +561,47 @@ async def test_heartbeat_pings_quiet_pages_and_drops_dead_ones(tmp_path: Path, a
 
             await wait_until(replied, what="the live page's check-in reply")
             reading.cancel()
+
+
+async def test_cross_session_functions_over_the_api(daemon: Daemon, http: Http) -> None:
+    s = await api(http, "POST", "/api/sessions", 201, json={"interview": "testing", "answers": {"a": 1, "gone": 2},
+                                                             "url_args": {"ref": "x7", "n": 3}})
+    sid = s["id"]
+    assert s["answers"]["url_args"] == {"ref": "x7", "n": 3}
+    saved = await api(http, "POST", f"/api/sessions/{sid}/variables", 200,
+                      json={"variables": {"b": [1, 2]}, "delete": ["gone"], "interview": "testing"})
+    assert saved == {"id": sid, "version": 2}
+    got = await api(http, "GET", f"/api/sessions/{sid}/variables?interview=testing", 200)
+    assert got["variables"] == {"a": 1, "b": [1, 2], "url_args": {"ref": "x7", "n": 3}} and got["version"] == 2
+    other = await api(http, "POST", "/api/sessions", 201,
+                      json={"interview": "testing", "answers": {"_internal": {"tasks": {"t": 1}}, "k": 1}})
+    assert "_internal" in (await api(http, "GET", f"/api/sessions/{other['id']}", 200))["answers"]
+    assert (await api(http, "GET", f"/api/sessions/{other['id']}/variables", 200))["variables"] == {"k": 1}
+    await api(http, "GET", f"/api/sessions/{sid}/variables?interview=other", 422)
+    await api(http, "POST", f"/api/sessions/{sid}/variables", 422, json={"variables": {"c": 1}, "interview": "other"})
+    await api(http, "POST", "/api/sessions/nope/variables", 404, json={"variables": {"c": 1}})
+    assert "_internal" in (await api(http, "POST", f"/api/sessions/{sid}/variables", 422,
+                                     json={"variables": {"_internal": {}}}))["error"]
+    await api(http, "POST", f"/api/sessions/{sid}/variables", 400, json={"delete": [1]})
+    store = runtime_of(daemon).store
+    assert await store.try_acquire_lease(sid, "other-host#1", 30, 30) is None
+    busy = await api(http, "POST", f"/api/sessions/{sid}/variables", 409, json={"variables": {"c": 1}})
+    assert "locked by other-host#1" in busy["error"]
+    await store.release_lease(sid, "other-host#1")
+    assert "c" not in (await api(http, "GET", f"/api/sessions/{sid}/variables", 200))["variables"]
+
+
+async def test_stash_and_retrieve_over_the_api(daemon: Daemon, http: Http) -> None:
+    tokens = await api(http, "POST", "/api/stash", 201, json={"data": {"name": "Ann", "n": [1, 2]}, "expire": 3600})
+    assert set(tokens) == {"stash_key", "secret"}
+    wrong = {"stash_key": tokens["stash_key"], "secret": tokens["stash_key"], "delete": True}
+    await api(http, "POST", "/api/stash/retrieve", 404, json=wrong)  # deletes nothing
+    got = await api(http, "POST", "/api/stash/retrieve", 200, json={**tokens, "refresh": 60})
+    assert got == {"data": {"name": "Ann", "n": [1, 2]}}
+    assert (await api(http, "POST", "/api/stash/retrieve", 200, json={**tokens, "delete": True}))["data"]["name"] == "Ann"
+    await api(http, "POST", "/api/stash/retrieve", 404, json=tokens)
+    await api(http, "POST", "/api/stash", 400, json={"expire": 5})
+    assert "positive" in (await api(http, "POST", "/api/stash", 422, json={"data": 1, "expire": 0}))["error"]
+    await api(http, "POST", "/api/stash/retrieve", 400, json={"stash_key": "k"})
+    tokens = await api(http, "POST", "/api/stash", 201, json={"data": None})
+    assert await api(http, "POST", "/api/stash/retrieve", 200, json=tokens) == {"data": None}  # found: a stashed null

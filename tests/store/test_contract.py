@@ -38,6 +38,7 @@ from mailgate.store.base import (
     NewMailbox,
     NewTask,
     SessionSave,
+    StashRecord,
     Store,
     TaskFinish,
 )
@@ -293,7 +294,8 @@ async def test_close_and_open_again_keeps_everything(make_store: Callable[[Clock
     first = make_store(clock)
     await first.open()
     assert await first.schema_version() == 0  # a fresh database: nothing applied yet
-    assert await first.migrate() == list(range(1, first.latest_migration() + 1))
+    applied = await first.migrate()
+    assert applied == sorted(applied) and applied[0] == 1 and applied[-1] == first.latest_migration()
     await first.create_session("s1", "iv", '{"a":1}', "{}")
     await first.commit(Changes(new_tasks=[new_task("t1")], events=[NewEvent("s1", "command", "{}")]))
     await first.close()
@@ -360,21 +362,48 @@ async def test_cron_session_ids_page_through_cron_enabled_sessions(store: Store)
     assert await store.cron_session_ids([], None, 10) == []
 
 
-async def test_inactive_session_ids_by_access_time_and_interview(store: Store, clock: Clock) -> None:
+async def test_inactive_session_ids_by_save_time_and_interview(store: Store, clock: Clock) -> None:
     await store.create_session("old-a", "a", "{}", "{}")
     await store.create_session("old-b", "b", "{}", "{}")
     await store.create_session("old-c", "c", "{}", "{}")
     await store.create_session("old-touched", "a", "{}", "{}")
+    created = clock.now
     clock.now += 100
     await store.create_session("new-a", "a", "{}", "{}")
-    await store.commit(Changes(save=SessionSave("old-touched", "{}", 1)))  # an access
-    await store.commit(Changes(save=SessionSave("old-c", "{}", 1, touch=False)))  # the cron user: no access
+    await store.commit(Changes(save=SessionSave("old-touched", "{}", 1)))  # a user's save
+    await store.commit(Changes(save=SessionSave("old-c", "{}", 1, touch=False)))  # the cron user's: activity too
     before = clock.now - 50
-    assert await store.inactive_session_ids(before, None, [], 10) == ["old-a", "old-b", "old-c"]
-    assert await store.inactive_session_ids(before, ["a", "c"], [], 10) == ["old-a", "old-c"]
-    assert await store.inactive_session_ids(before, None, ["a"], 10) == ["old-b", "old-c"]
+    assert await store.inactive_session_ids(before, None, [], 10) == ["old-a", "old-b"]
+    assert await store.inactive_session_ids(before, ["a", "c"], [], 10) == ["old-a"]
+    assert await store.inactive_session_ids(before, None, ["a"], 10) == ["old-b"]
     assert await store.inactive_session_ids(before, None, [], 1) == ["old-a"]
     assert await store.inactive_session_ids(clock.now + 1, ["a"], [], 10) == ["new-a", "old-a", "old-touched"]
+    cron_saved = await store.get_session("old-c")  # a save, yet no access by a user
+    assert cron_saved is not None and cron_saved.accessed_at == created and cron_saved.modified_at == clock.now
+
+
+async def test_stash_is_read_refreshed_deleted_and_expires(store: Store, clock: Clock) -> None:
+    now = clock.now
+    await store.put_stash(StashRecord("k1", "sealed-1", now, now + 100, 100.0))
+    await store.put_stash(StashRecord("k2", "sealed-2", now, now + 10, 10.0))
+    assert await store.take_stash("k1", now) == StashRecord("k1", "sealed-1", now, now + 100, 100.0)
+    assert await store.take_stash("nope", now) is None
+    refreshed = await store.take_stash("k1", now + 50, expires_at=now + 150)
+    assert refreshed is not None and refreshed.expires_at == now + 150
+    assert await store.take_stash("k1", now + 120) is not None  # past its first expiry: refreshed
+    assert await store.take_stash("k2", now + 10) is None  # expired: as if it were not there
+    assert await store.take_stash("k2", now + 10, delete=True) is None
+    assert await store.take_stash("k2", now + 11, expires_at=now + 1000) is None  # an expired stash is not revived
+    taken = await store.take_stash("k1", now + 120, delete=True)
+    assert taken is not None and taken.data == "sealed-1"
+    assert await store.take_stash("k1", now + 120) is None
+    results = await asyncio.gather(*(store.take_stash(f"k{i}", now, delete=True) for i in (3, 3, 3)))
+    assert results == [None] * 3  # k3 never existed
+    await store.put_stash(StashRecord("k3", "sealed-3", now, now + 100, 100.0))
+    results = await asyncio.gather(*(store.take_stash("k3", now, delete=True) for _ in range(3)))
+    assert sum(r is not None for r in results) == 1  # deleted once: one reader gets it
+    assert await store.purge_stashes(now + 11) == 1  # k2
+    assert await store.purge_stashes(now + 11) == 0
 
 
 async def test_setting_stores_the_first_default_only(store: Store) -> None:

@@ -28,6 +28,7 @@ from mailgate.store.base import (
     NewInbound,
     NewMailbox,
     NewTask,
+    StashRecord,
     TaskFinish,
 )
 from mailgate.store.copy import NOT_COPIED, TABLES, CopyRefused, copy_to_postgres, verify_copy
@@ -62,7 +63,7 @@ def task(task_id: str, session_id: str) -> NewTask:
 async def build(path: str) -> None:
     """A small store with a row in every copied table: sessions (one cron-enabled), tasks in three
     states, events, a mailbox with an e-mail (its dedupe key holds a NUL, as every real one does),
-    settings and a cron period; the last events belong to a deleted session, so the highest event id
+    settings, a cron period and a stash; the last events belong to a deleted session, so the highest event id
     ever used is above the highest left."""
     store = SqliteStore(path)
     await store.open()
@@ -88,6 +89,7 @@ async def build(path: str) -> None:
             await store.enqueue_inbound(NewInbound(f"q{n}", hashlib.sha256(QUEUED).hexdigest(), QUEUED, '{"rcpt":[]}'))
         await store.claim_inbound("w1", 1, 30.0)
         await store.deliver_inbound(InboundDelivery("q0", "w1", []))
+        await store.put_stash(StashRecord("k1", "sealed", 1.5, 2.5e9, 3600.0))
         await store.create_session("gone", "iv", "{}", "{}")
         await store.commit(Changes(events=[NewEvent("gone", "command", "{}")] * 3))
         await store.delete_session("gone")
@@ -142,7 +144,7 @@ async def test_copy_moves_every_row_and_sets_the_sequences_past_every_used_id(so
     assert report.ok and report.committed, report.to_dict()
     counts = {c.table: c.target_rows for c in report.checks}
     assert counts == {"settings": 1, "sessions": 2, "mailboxes": 1, "tasks": 3, "events": 2, "cron_periods": 1,
-                      "raw_messages": 1, "emails": 1, "inbound_queue": 1}
+                      "stashes": 1, "raw_messages": 1, "emails": 1, "inbound_queue": 1}
     assert report.bytes == len(RAW) + len(QUEUED)
     assert ("copy", "raw_messages", 1, 1) in seen and ("verify", "emails", 1, 1) in seen
     # The values as the daemon reads them back through PgStore

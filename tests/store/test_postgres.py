@@ -15,6 +15,7 @@ import pytest_asyncio
 from mailgate.core.background import lost_task_events
 from mailgate.errors import StoreUnavailable, VersionConflict
 from mailgate.store.base import Changes, NewEvent, NewTask, SessionSave, TaskFinish
+from mailgate.store.migrations import numbered
 from mailgate.store.postgres.backend import PgStore
 from tests.helpers import wait_until
 from tests.pg import ADMIN_DSN, create_database_async, drop_database_async
@@ -169,7 +170,8 @@ async def test_concurrent_migrations_apply_each_once(dsn: str) -> None:
         await s.open()
     try:
         applied = await asyncio.gather(*(s.migrate() for s in stores))
-        assert sorted(n for run in applied for n in run) == list(range(1, stores[0].latest_migration() + 1))
+        # numbers may have gaps (branches number their migrations apart): each file applied once
+        assert sorted(n for run in applied for n in run) == [n for n, _, _ in numbered("mailgate.store.postgres")]
     finally:
         for s in stores:
             await s.close()

@@ -32,10 +32,18 @@ from mailgate.config import (
     load_config_with_errors,
     toml_value,
 )
+from mailgate.core import answers as codec
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.interviews import load_interviews
 from mailgate.core.runtime import Runtime
-from mailgate.core.views import email_dict, iso, queued_email_dicts, session_dict, task_dict
+from mailgate.core.views import (
+    email_dict,
+    iso,
+    queued_email_dicts,
+    session_dict,
+    task_dict,
+    variables_dict,
+)
 from mailgate.daemon.lifecycle import (
     Daemon,
     check_config,
@@ -79,12 +87,12 @@ async def _runtime(config: Config) -> AsyncIterator[Runtime]:
         yield daemon.runtime
 
 
-def _parse_args_kv(items: Sequence[str]) -> dict[str, Any]:
+def _parse_args_kv(items: Sequence[str], option: str = "--arg") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--arg {item!r} must look like name=value")
+            raise UsageError(f"{option} {item!r} must look like name=value")
         try:
             out[key] = json.loads(raw)
         except ValueError:
@@ -172,9 +180,22 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
             answers = json.loads(args.answers) if args.answers else {}
             if not isinstance(answers, dict):
                 raise UsageError("--answers must be a JSON object")
-            rec = await rt.create_session(args.interview, answers, owner=_user_from(args))
+            url_args = _parse_args_kv(args.url_arg, "--url-arg") if args.url_arg else None
+            rec = await rt.create_session_with(args.interview, answers, owner=_user_from(args), url_args=url_args)
             data = session_dict(rec)
             emit(args.json, data, text=rec.id)
+        elif args.sessions_cmd == "get":
+            variables = variables_dict(await rt.get_session(args.id))
+            if args.interview is not None and variables["interview"] != args.interview:
+                raise UsageError(f"session {args.id} is not a session of interview {args.interview!r}")
+            emit(args.json, variables)
+        elif args.sessions_cmd == "set":
+            if not args.var and not args.delete:
+                raise UsageError("nothing to do: give --var NAME=VALUE or --delete NAME")
+            version = await rt.set_session_variables(args.id, _parse_args_kv(args.var or (), "--var"),
+                                                     interview=args.interview, delete=args.delete or (),
+                                                     user=_user_from(args))
+            emit(args.json, {"id": args.id, "version": version}, text=f"saved session {args.id} (version {version})")
         elif args.sessions_cmd == "list":
             recs = await rt.list_sessions(interview=args.interview, limit=args.limit)
             rows = [session_dict(r) for r in recs]
@@ -200,6 +221,20 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
                 else:
                     print(f"ended: {result.kind}{' ' + result.command if result.command else ''}; "
                           f"saved: {'yes' if result.saved else 'no'}; tasks started: {', '.join(result.tasks) or 'none'}")
+    return 0
+
+
+async def cmd_stash(args: argparse.Namespace, config: Config) -> int:
+    async with _runtime(config) as rt:
+        if args.stash_cmd == "put":
+            tokens = await rt.stashes.stash(json.loads(args.data), args.expire)
+            emit(args.json, tokens, text=f"stash_key={tokens['stash_key']} secret={tokens['secret']}")
+            return 0
+        refresh: bool | float = args.refresh_seconds if args.refresh_seconds is not None else args.refresh
+        ok, found = await rt.stashes.lookup(args.stash_key, args.secret, delete=args.delete, refresh=refresh)
+        if not ok:
+            raise UsageError("no stashed data for this stash_key and secret (or it expired)")
+        print_json(json.loads(codec.encode_value(found)))
     return 0
 
 
@@ -464,6 +499,19 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--answers", help="initial answers as a JSON object")
     p.add_argument("--user", help="owner user id (an e-mail address is also used as the e-mail)")
     p.add_argument("--privilege", action="append", help="owner privilege (repeatable)")
+    p.add_argument("--url-arg", action="append", metavar="NAME=VALUE",
+                   help="a parameter of the URL that started it, in its url_args; VALUE is JSON or text (repeatable)")
+    p = s.add_parser("get", parents=[common], help="a session's variables as last saved (get_session_variables)")
+    p.add_argument("id")
+    p.add_argument("--interview", help="fail unless the session is one of this interview")
+    p = s.add_parser("set", parents=[common],
+                     help="set and delete variables under the session lease, saved at once (set_session_variables)")
+    p.add_argument("id")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE", help="a variable; VALUE is JSON or text (repeatable)")
+    p.add_argument("--delete", action="append", metavar="NAME", help="a variable to remove (repeatable)")
+    p.add_argument("--interview", help="fail unless the session is one of this interview")
+    p.add_argument("--user", help="save as this user id")
+    p.add_argument("--privilege", action="append", help="privilege of --user (repeatable)")
     p = s.add_parser("list", parents=[common], help="list sessions")
     p.add_argument("--interview")
     p.add_argument("--limit", type=int, default=100)
@@ -478,6 +526,17 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--user", help="run as this user id")
     p.add_argument("--privilege", action="append", help="privilege of --user (repeatable)")
 
+    st = sub.add_parser("stash", help="stash data for a prospective session, and retrieve it (stash_data)",
+                        parents=[common]).add_subparsers(dest="stash_cmd", required=True, metavar="COMMAND")
+    p = st.add_parser("put", parents=[common], help="stash JSON data; prints the stash_key and the secret")
+    p.add_argument("data", help="the data, as JSON")
+    p.add_argument("--expire", type=float, help="seconds until it expires (default 90 days)")
+    p = st.add_parser("get", parents=[common], help="print stashed data as JSON (retrieve_stashed_data)")
+    p.add_argument("stash_key")
+    p.add_argument("secret")
+    p.add_argument("--delete", action="store_true", help="remove it once read")
+    p.add_argument("--refresh", action="store_true", help="renew its expiry by the seconds it was stashed for")
+    p.add_argument("--refresh-seconds", type=float, metavar="SECONDS", help="make it expire SECONDS from now")
     t = sub.add_parser("tasks", help="list, inspect and retry background tasks", parents=[common]).add_subparsers(
         dest="tasks_cmd", required=True, metavar="COMMAND")
     p = t.add_parser("list", parents=[common], help="list tasks, newest first")
@@ -527,6 +586,7 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "config": cmd_config,
     "db": cmd_db,
     "sessions": cmd_sessions,
+    "stash": cmd_stash,
     "tasks": cmd_tasks,
     "mailboxes": cmd_mailboxes,
     "emails": cmd_emails,

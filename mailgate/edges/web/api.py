@@ -21,7 +21,7 @@ from mailgate.core import answers as codec
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
-from mailgate.core.views import email_dict, session_dict, task_dict
+from mailgate.core.views import email_dict, session_dict, task_dict, variables_dict
 from mailgate.edges.web import strictjson
 from mailgate.edges.web.keys import METRICS, RUNTIME
 from mailgate.edges.web.openapi import WAIT_CAP, document
@@ -204,8 +204,39 @@ async def openapi(request: web.Request) -> web.Response:
 async def create_session(request: web.Request) -> web.Response:
     data = await body(request)
     answers = field(data, "answers", dict, {})
-    rec = await rt(request).create_session(field(data, "interview", str, required=True), answers, owner=user_of(data))
+    rec = await rt(request).create_session_with(field(data, "interview", str, required=True), answers, owner=user_of(data),
+                                                url_args=field(data, "url_args", dict))
     return web.json_response(session_dict(rec, with_answers=True), status=201)
+
+
+@routes.get("/api/sessions/{id}/variables")
+async def get_session_variables(request: web.Request) -> web.Response:
+    """docassemble's ``get_session_variables()``: the answers as last saved, without ``_internal``."""
+    rec = await rt(request).get_session(request.match_info["id"])
+    _same_interview(rec.interview, rec.id, request.query.get("interview"))
+    return web.json_response(variables_dict(rec))
+
+
+def _same_interview(interview: str, session_id: str, expected: str | None) -> None:
+    # the session exists, so not a 404: the request names an interview the session is not one of
+    if expected is not None and interview != expected:
+        raise Unprocessable(f"session {session_id} is not a session of interview {expected!r}")
+
+
+@routes.post("/api/sessions/{id}/variables")
+async def set_session_variables(request: web.Request) -> web.Response:
+    """docassemble's ``set_session_variables()``: set (and delete) variables under the session lease."""
+    data = await body(request)
+    delete = field(data, "delete", list, [])
+    if not all(isinstance(name, str) for name in delete):
+        raise BadRequest("'delete' must be a list of variable names")
+    session_id = request.match_info["id"]
+    interview = field(data, "interview", str)
+    if interview is not None:  # a session never changes interview: checked before taking the lease
+        _same_interview(await rt(request).sessions.interview_of(session_id), session_id, interview)
+    version = await rt(request).set_session_variables(
+        session_id, field(data, "variables", dict, {}), interview=interview, delete=delete, user=user_of(data))
+    return web.json_response({"id": session_id, "version": version})
 
 
 @routes.get("/api/sessions/{id}")
@@ -219,6 +250,29 @@ async def delete_session(request: web.Request) -> web.Response:
     if not await rt(request).delete_session(request.match_info["id"]):
         raise NotFound(f"no session {request.match_info['id']!r}")
     return web.Response(status=204)
+
+
+@routes.post("/api/stash")
+async def stash_data(request: web.Request) -> web.Response:
+    """docassemble's ``stash_data()``: the tokens with which ``/api/stash/retrieve`` gives the data back."""
+    data = await body(request)
+    if "data" not in data:
+        raise BadRequest("'data' is required")
+    expire = field(data, "expire", (int, float))
+    return web.json_response(await rt(request).stashes.stash(data["data"], expire), status=201)
+
+
+@routes.post("/api/stash/retrieve")
+async def retrieve_stashed_data(request: web.Request) -> web.Response:
+    """docassemble's ``retrieve_stashed_data()``: 404 for an unknown key, a wrong secret or an expired stash."""
+    data = await body(request)
+    refresh = field(data, "refresh", (bool, int, float), False)
+    ok, found = await rt(request).stashes.lookup(field(data, "stash_key", str, required=True),
+                                                 field(data, "secret", str, required=True),
+                                                 delete=field(data, "delete", bool, False), refresh=refresh)
+    if not ok:
+        raise NotFound("no stashed data for this stash_key and secret (or it expired)")
+    return web.json_response({"data": json.loads(codec.encode_value(found))})
 
 
 @routes.post("/api/sessions/{id}/address")

@@ -69,6 +69,9 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                     "id": {"type": "string"}, "interview": {"type": "string"}, "version": {"type": "integer"},
                     "owner": obj, "created": {"type": "string"}, "modified": {"type": "string"},
                     "accessed": {"type": "string"}, "answers": obj}},
+                "Variables": {"type": "object", "required": ["id", "interview", "version", "variables"], "properties": {
+                    "id": {"type": "string"}, "interview": {"type": "string"}, "version": {"type": "integer"},
+                    "variables": obj}},
                 "Task": {"type": "object", "required": ["id", "state"], "properties": {
                     "id": {"type": "string"}, "session": {"type": "string"}, "action": {"type": "string"},
                     "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
@@ -86,17 +89,56 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
             "/api/sessions": {"post": {
                 "summary": "Create a session", "operationId": "createSession",
                 "requestBody": _body({"type": "object", "required": ["interview"], "properties": {
-                    "interview": interview_schema, "answers": _optional(obj), "user": user}}, required=True),
+                    "interview": interview_schema, "answers": _optional(obj), "user": user,
+                    "url_args": {**_optional(obj), "description": "the parameters of the URL that started the session: "
+                                 "the session's url_args variable"}}}, required=True),
                 "responses": {"201": {**_json({"$ref": "#/components/schemas/Session"}, "created"), "links": {
                     op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
                     for op in ("getSession", "deleteSession", "sessionAddress", "sessionEmails", "runAction",
-                               "startTask", "browserToken")}}, **_errors(*COMMON, 413)}}},
+                               "startTask", "browserToken", "getSessionVariables", "setSessionVariables")}}, **_errors(*COMMON, 413)}}},
             "/api/sessions/{id}": {
                 "parameters": [SESSION_ID],
                 "get": {"summary": "Read a session with its answers", "operationId": "getSession",
                         "responses": {"200": _json({"$ref": "#/components/schemas/Session"}, "the session"), **_errors(*COMMON)}},
                 "delete": {"summary": "Delete a session and everything it owns", "operationId": "deleteSession",
                            "responses": {"204": {"description": "deleted"}, **_errors(*COMMON)}}},
+            "/api/sessions/{id}/variables": {
+                "parameters": [SESSION_ID],
+                "get": {"summary": "The session's answers as last saved, without _internal (get_session_variables)",
+                        "operationId": "getSessionVariables",
+                        "parameters": [{"name": "interview", "in": "query", "required": False, "schema": {"type": "string"},
+                                        "description": "if given, the session must be one of this interview (else 422)"}],
+                        "responses": {"200": _json({"$ref": "#/components/schemas/Variables"}, "the variables"),
+                                      **_errors(*COMMON, 422)}},
+                "post": {"summary": "Set and delete variables under the session lease, saved at once (set_session_variables)",
+                         "operationId": "setSessionVariables",
+                         "requestBody": _body({"type": "object", "properties": {
+                             "variables": _optional(obj), "delete": _optional({"type": "array", "items": {"type": "string"}}),
+                             "interview": _optional({"type": "string"}), "user": user}}),
+                         "responses": {"200": _json({"type": "object", "required": ["id", "version"], "properties": {
+                             "id": {"type": "string"}, "version": {"type": "integer"}}}, "saved"),
+                             **_errors(*COMMON, 413, 409, 422)}}},
+            "/api/stash": {"post": {
+                "summary": "Stash data for a prospective session (stash_data)", "operationId": "stashData",
+                "requestBody": _body({"type": "object", "required": ["data"], "properties": {
+                    "data": {"description": "any JSON value"},
+                    "expire": {**_optional({"type": "number", "exclusiveMinimum": 0}),
+                               "description": "seconds until it expires (default 7776000: 90 days)"}}}, required=True),
+                # no link to retrieveStashedData: a retrieval with delete=true consumes the stash, so the
+                # next one's 404 is the point, not a created resource gone missing
+                "responses": {"201": _json({"type": "object", "required": ["stash_key", "secret"], "properties": {
+                    "stash_key": {"type": "string"}, "secret": {"type": "string"}}}, "the tokens"),
+                    **_errors(400, 401, 503, 413, 422)}}},
+            "/api/stash/retrieve": {"post": {
+                "summary": "Retrieve stashed data (retrieve_stashed_data)", "operationId": "retrieveStashedData",
+                "requestBody": _body({"type": "object", "required": ["stash_key", "secret"], "properties": {
+                    "stash_key": {"type": "string"}, "secret": {"type": "string"},
+                    "delete": _optional({"type": "boolean"}),
+                    "refresh": {"anyOf": [{"type": ["boolean", "null"]}, {"type": "number", "exclusiveMinimum": 0}],
+                                "description": "true: renew by the original expire; a number: expire that many seconds from now"}}},
+                    required=True),
+                "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {"data": {}}}, "the data"),
+                              **_errors(*COMMON, 413, 422)}}},
             "/api/sessions/{id}/address": {"parameters": [SESSION_ID], "post": {
                 "summary": "The session's e-mail address (interview_email)", "operationId": "sessionAddress",
                 "requestBody": _body({"type": "object", "properties": {"key": _optional({"type": "string"}),

@@ -47,6 +47,7 @@ from mailgate.store.base import (
     NewEmail,
     NewInbound,
     SessionRecord,
+    StashRecord,
     Store,
     StoreOverview,
     StoreProgress,
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SESSION_COLS = "id, interview, answers, version, owner, created_at, modified_at, accessed_at"
+STASH_COLS = "key, data, created_at, expires_at, ttl"
 TASK_COLS = (
     'id, session_id, interview, action, arguments, "user", ui_notification, state, attempts, '
     "max_attempts, worker, lease_until, created_at, started_at, finished_at, result, error_type, "
@@ -474,10 +476,30 @@ class PgStore(Store):
     async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
                                    limit: int) -> list[str]:
         rows = await self._fetch(
-            "SELECT id FROM sessions WHERE accessed_at < $1 AND ($2::text[] IS NULL OR interview = ANY($2)) "
+            "SELECT id FROM sessions WHERE modified_at < $1 AND ($2::text[] IS NULL OR interview = ANY($2)) "
             "AND NOT (interview = ANY($3::text[])) ORDER BY id LIMIT $4",
             before, list(interviews) if interviews is not None else None, list(exclude), limit)
         return [r[0] for r in rows]
+
+    # -- stashed data ----------------------------------------------------------------------------------
+    async def put_stash(self, stash: StashRecord) -> None:
+        await self._call(lambda c: c.execute(f"INSERT INTO stashes ({STASH_COLS}) VALUES ($1, $2, $3, $4, $5)",
+                                             stash.key, stash.data, stash.created_at, stash.expires_at, stash.ttl))
+
+    async def take_stash(self, key: str, now: float, *, delete: bool = False,
+                         expires_at: float | None = None) -> StashRecord | None:
+        if delete:
+            rows = await self._fetch(f"DELETE FROM stashes WHERE key = $1 AND expires_at > $2 RETURNING {STASH_COLS}", key, now)
+        elif expires_at is not None:
+            rows = await self._fetch(f"UPDATE stashes SET expires_at = $3 WHERE key = $1 AND expires_at > $2 "
+                                     f"RETURNING {STASH_COLS}", key, now, expires_at)
+        else:
+            rows = await self._fetch(f"SELECT {STASH_COLS} FROM stashes WHERE key = $1 AND expires_at > $2", key, now)
+        return StashRecord(*rows[0]) if rows else None
+
+    async def purge_stashes(self, now: float) -> int:
+        done = await self._call(lambda c: c.execute("DELETE FROM stashes WHERE expires_at <= $1", now))
+        return int(str(done).rsplit(" ", 1)[-1])
 
     # -- mail ------------------------------------------------------------------------------------------
     async def setting(self, name: str, default: str) -> str:

@@ -16,6 +16,7 @@ and waits up to ``busy_timeout`` for another process (the CLI, a second daemon) 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -42,6 +43,7 @@ from mailgate.store.base import (
     NewEmail,
     NewInbound,
     SessionRecord,
+    StashRecord,
     Store,
     StoreOverview,
     StoreProgress,
@@ -54,6 +56,7 @@ from mailgate.store.sqlite.writer import SqliteWriter, store_error
 log = logging.getLogger(__name__)
 
 SESSION_COLS = "id, interview, answers, version, owner, created_at, modified_at, accessed_at"
+STASH_COLS = "key, data, created_at, expires_at, ttl"
 TASK_COLS = (
     "id, session_id, interview, action, arguments, user, ui_notification, state, attempts, "
     "max_attempts, worker, lease_until, created_at, started_at, finished_at, result, error_type, "
@@ -415,7 +418,7 @@ class SqliteStore(Store):
 
     async def inactive_session_ids(self, before: float, interviews: Sequence[str] | None, exclude: Sequence[str],
                                    limit: int) -> list[str]:
-        where: list[str] = ["accessed_at < ?"]
+        where: list[str] = ["modified_at < ?"]
         params: list[Any] = [before]
         if interviews is not None:
             where.append(f"interview IN ({','.join('?' * len(interviews))})")
@@ -425,6 +428,40 @@ class SqliteStore(Store):
             params.extend(exclude)
         rows = await self._read(f"SELECT id FROM sessions WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", (*params, limit))
         return [r[0] for r in rows]
+
+    # -- stashed data ----------------------------------------------------------------------------------
+    async def put_stash(self, stash: StashRecord) -> None:
+        def unit(conn: sqlite3.Connection) -> None:
+            conn.execute(f"INSERT INTO stashes ({STASH_COLS}) VALUES (?, ?, ?, ?, ?)",
+                         (stash.key, stash.data, stash.created_at, stash.expires_at, stash.ttl))
+
+        await self._writer.submit(unit)
+
+    async def take_stash(self, key: str, now: float, *, delete: bool = False,
+                         expires_at: float | None = None) -> StashRecord | None:
+        def unit(conn: sqlite3.Connection) -> StashRecord | None:
+            row = conn.execute(f"SELECT {STASH_COLS} FROM stashes WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+            if row is None:
+                return None
+            rec = StashRecord(*row)
+            if delete:
+                conn.execute("DELETE FROM stashes WHERE key = ?", (key,))
+            elif expires_at is not None:
+                conn.execute("UPDATE stashes SET expires_at = ? WHERE key = ?", (expires_at, key))
+                rec = dataclasses.replace(rec, expires_at=expires_at)
+            return rec
+
+        if not delete and expires_at is None:
+            rows = await self._read(f"SELECT {STASH_COLS} FROM stashes WHERE key = ? AND expires_at > ?", (key, now))
+            return StashRecord(*rows[0]) if rows else None
+        result: StashRecord | None = await self._writer.submit(unit)
+        return result
+
+    async def purge_stashes(self, now: float) -> int:
+        def unit(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("DELETE FROM stashes WHERE expires_at <= ?", (now,)).rowcount)
+
+        return int(await self._writer.submit(unit))
 
     # -- mail ------------------------------------------------------------------------------------------
     async def setting(self, name: str, default: str) -> str:

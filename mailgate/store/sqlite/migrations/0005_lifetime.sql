@@ -1,0 +1,13 @@
+-- Session lifetime: inactivity is measured by the last save of the answers (any user's, the cron
+-- user's included), as docassemble measures it, so cron_daily's deletion scans modified_at.
+CREATE INDEX sessions_modified ON sessions(modified_at);
+
+-- stash_data(): data sealed by the core with a secret the store never sees, until it expires.
+CREATE TABLE stashes (
+    key        TEXT PRIMARY KEY,
+    data       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    ttl        REAL NOT NULL
+);
+CREATE INDEX stashes_expires ON stashes(expires_at);
