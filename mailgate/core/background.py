@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import Invoker, encode_answers, response_value, session_save, skips_save
@@ -197,6 +198,7 @@ class TaskRunner:
             release_lease=extra.release_lease if extra else None,
         )
         await self._commit(changes)
+        metrics.TASKS_FINISHED.labels(state).inc()
         if failure is not None:
             log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed"})
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core.context import CRON_USER
 from mailgate.core.interviews import Registry
@@ -166,6 +167,7 @@ class Cron:
         log.info("%s %s: %d sessions, %d saved, %d exited, %d errors, %d inactive deleted in %.2f s", type_,
                  period or "(manual)", report.sessions, report.saved, report.exited, report.errors,
                  report.deleted_inactive, report.seconds, extra={"event": "cron.ran"})
+        metrics.CRON_LAST_SUCCESS.labels(type_).set_to_current_time()
         return report
 
     async def delete_inactive(self) -> int:

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.commits import Commits
@@ -57,6 +58,7 @@ class DeliveryResult:
     duplicates: int  # recipients for whom this message was already stored
     rejected: str | None = None  # why the whole message was refused (DMARC policy)
     auth: AuthResults | None = None
+    message_id: str | None = None  # of a stored message, for the log
 
 
 class Inbound:
@@ -138,6 +140,7 @@ class Inbound:
 
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        metrics.EMAILS_REJECTED.labels(reason).inc()
 
     async def deliver(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
                       helo: str) -> DeliveryResult:
@@ -169,6 +172,7 @@ class Inbound:
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
                                   resolver=dns, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
                                   dkim_results=dkim)
+        metrics.count_auth(tuple(d.result for d in auth.dkim), auth.spf.result, auth.dmarc.result)
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
             return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
@@ -201,10 +205,12 @@ class Inbound:
             }))
             emails.append(NewEmail(email_id, mailbox.local_part, session.id, parsed.message_id,
                                    f"{parsed.message_id or ''}\0{sha}", envelope, parsed_json, auth_json, task, event))
-        stored, events = await self._store.deliver(Delivery(sha, raw, emails))
+        with metrics.SMTP_COMMIT.time():
+            stored, events = await self._store.deliver(Delivery(sha, raw, emails))
         self._commits.after_commit(events, any(e.task for e in emails if e.id in stored))
         self.received += len(stored)
-        return DeliveryResult(stored, len(emails) - len(stored), auth=auth)
+        metrics.EMAILS_RECEIVED.inc(len(stored))
+        return DeliveryResult(stored, len(emails) - len(stored), auth=auth, message_id=parsed.message_id)
 
 
 @dataclass(frozen=True)

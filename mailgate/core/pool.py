@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 
+from mailgate import metrics
 from mailgate.config import TasksConfig
 from mailgate.core.background import TaskRunner, lost_task_events
 from mailgate.core.commits import Commits
@@ -85,6 +86,7 @@ class WorkerPool:
             heartbeat.cancel()
 
     def _start(self, rec: TaskRecord, session: SessionRecord | None) -> None:
+        metrics.TASK_START_LATENCY.observe(max(0.0, self._store.now() - rec.created_at))
         job = asyncio.create_task(self._execute(rec, session), name=f"task-{rec.id}")
         self.running[rec.id] = job
         job.add_done_callback(lambda _: self._done(rec.id))
@@ -95,8 +97,10 @@ class WorkerPool:
         self._wake.set()
 
     async def _execute(self, rec: TaskRecord, session: SessionRecord | None) -> None:
+        started = time.monotonic()
         try:
             await self._runner.execute(rec, self.worker_id, session)
+            metrics.TASK_DURATION.observe(time.monotonic() - started)
         except LeaseLost as exc:
             log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
         except asyncio.CancelledError:

@@ -94,6 +94,10 @@ class TaskBook:
     async def counts(self) -> dict[str, int]:
         return await self._store.count_tasks()
 
+    async def queue(self) -> tuple[int, int, float | None]:
+        """Queued and running tasks and when the oldest queued one was created (an indexed read)."""
+        return await self._store.task_queue()
+
 
 class Task:
     """Handle on one background action run."""

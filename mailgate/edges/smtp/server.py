@@ -25,6 +25,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
+from mailgate import metrics
 from mailgate.config import SmtpConfig
 from mailgate.core.inbound import Inbound, Verdict
 from mailgate.edges.smtp.data import DataError, read_data
@@ -231,6 +232,7 @@ class MailgateSMTP(SMTP):
             if reason is not None:
                 log.info("smtp peer=%s refused: %s", self._peer_ip, reason, extra={"event": "smtp.refused"})
             status = _REWRITE.get(status, status)
+            metrics.SMTP_REPLIES.labels(status[:3]).inc()
         await super().push(status)
 
     # -- timeouts (RFC 5321 section 4.5.3.2): one timer, re-armed lazily ---------------------
@@ -399,7 +401,8 @@ class MailgateSMTP(SMTP):
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
         try:
-            status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
+            with metrics.SMTP_ACCEPT.time():
+                status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
         except asyncio.CancelledError:
             log.info("smtp peer=%s mailboxes=%s: connection lost while the message was being stored; no reply sent",
                      self._peer_ip, self._mailboxes(), extra={"event": "smtp.dropped"})

@@ -429,6 +429,13 @@ class PgStore(Store):
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
 
+    async def task_queue(self) -> tuple[int, int, float | None]:
+        # The partial index tasks_runnable and tasks_state (state, seq): never the finished tasks.
+        rows = await self._fetch("SELECT state, COUNT(*) FROM tasks WHERE state IN ('queued', 'running') GROUP BY state")
+        counts = {r[0]: int(r[1]) for r in rows}
+        oldest = await self._fetch("SELECT created_at FROM tasks WHERE state = 'queued' ORDER BY seq LIMIT 1")
+        return counts.get("queued", 0), counts.get("running", 0), float(oldest[0][0]) if oldest else None
+
     # -- scheduled tasks -------------------------------------------------------------------------------
     async def claim_period(self, type_: str, period: str, holder: str) -> bool:
         done = await self._call(lambda c: c.fetchval(

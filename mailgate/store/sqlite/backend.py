@@ -377,6 +377,16 @@ class SqliteStore(Store):
         counts.update({state: int(n) for state, n in rows})
         return counts
 
+    async def task_queue(self) -> tuple[int, int, float | None]:
+        # Both read the partial index tasks_runnable (state, seq), never the finished tasks. SQLite
+        # uses a partial index only when the query repeats its WHERE (hence "IN (...) AND"); INDEXED
+        # BY keeps it from walking the table in seq (rowid) order from the first task ever made.
+        rows = await self._read("SELECT state, COUNT(*) FROM tasks WHERE state IN ('queued', 'running') GROUP BY state")
+        counts = {state: int(n) for state, n in rows}
+        oldest = await self._read("SELECT created_at FROM tasks INDEXED BY tasks_runnable "
+                                  "WHERE state IN ('queued', 'running') AND state = 'queued' ORDER BY seq LIMIT 1")
+        return counts.get("queued", 0), counts.get("running", 0), float(oldest[0][0]) if oldest else None
+
     # -- scheduled tasks -------------------------------------------------------------------------------
     async def claim_period(self, type_: str, period: str, holder: str) -> bool:
         now = self.now()
