@@ -144,7 +144,7 @@ class Cron:
                     result = await self._sessions.run_action(session_id, type_, {}, CRON_USER, kind="cron")
                 except MailgateError as exc:
                     report.errors += 1
-                    log.warning("%s on session %s failed: %s", type_, session_id, exc, extra={"event": "cron.session_failed"})
+                    log.warning("%s on session %s failed: %s", type_, session_id, exc, extra={"event": "cron.session_failed", "session": session_id})
                     return
                 report.sessions += 1
                 report.saved += result.saved

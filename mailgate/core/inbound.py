@@ -259,7 +259,7 @@ def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) ->
     except MemoryError:  # the worker's memory limit: the caller stores the message unparsed
         raise
     except Exception:  # the message is stored all the same, with DKIM unknown
-        log.exception("DKIM verification failed")
+        log.exception("DKIM verification failed", extra={"event": "mail.dkim_failed"})
         dkim, missing = (DkimResult("", "", "temperror"),), []
     return PreparedMessage(parse_for_store(raw, limits), dkim, missing)
 

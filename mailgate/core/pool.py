@@ -102,14 +102,14 @@ class WorkerPool:
             await self._runner.execute(rec, self.worker_id, session)
             metrics.TASK_DURATION.observe(time.monotonic() - started)
         except LeaseLost as exc:
-            log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
+            log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost", "task": rec.id, "session": rec.session_id})
         except asyncio.CancelledError:
             raise
         except StoreError as exc:  # the store's message says what to do; a traceback would add nothing
-            log.error("task %s could not be finished: %s; it will be retried", rec.id, exc, extra={"event": "task.store_error"})
+            log.error("task %s could not be finished: %s; it will be retried", rec.id, exc, extra={"event": "task.store_error", "task": rec.id, "session": rec.session_id})
         except Exception:
             # A bug or a store failure: the task stays claimed and is rerun after its lease expires.
-            log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed"})
+            log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed", "task": rec.id, "session": rec.session_id})
 
     async def _heartbeat(self) -> None:
         while True:

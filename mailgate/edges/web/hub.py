@@ -111,7 +111,7 @@ class Connection:
         if self._room is not None and not self._room.done():
             self._room.set_result(None)  # the replay stops
         metrics.SLOW_CLIENTS_DROPPED.inc()
-        log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client"})
+        log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client", "session": self.session_id})
         self.close(WSCloseCode.TRY_AGAIN_LATER, b"too slow; reconnect to catch up")
 
     def close(self, code: int, message: bytes) -> None:
@@ -160,7 +160,7 @@ class Connection:
             if now - self.ping_sent >= period / 2:
                 self.ping_sent = None
                 log.info("closing a WebSocket of session %s: no answer to a ping", self.session_id,
-                         extra={"event": "ws.dead_peer"})
+                         extra={"event": "ws.dead_peer", "session": self.session_id})
                 self.close(WSCloseCode.GOING_AWAY, b"no answer to ping")
                 return True
             return False

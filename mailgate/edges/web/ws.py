@@ -93,7 +93,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise refuse(web.HTTPNotFound, f"session {session_id} no longer exists")
     refusal = hub.refusal(token, seen.client)
     if refusal is not None:
-        log.info("refusing a WebSocket of session %s: %s", session_id, refusal, extra={"event": "ws.refused"})
+        log.info("refusing a WebSocket of session %s: %s", session_id, refusal, extra={"event": "ws.refused", "session": session_id})
         raise refuse(web.HTTPTooManyRequests, refusal)
 
     # no aiohttp heartbeat and no autoping: Hub.heartbeat keeps connections alive, _read answers pings
@@ -311,7 +311,7 @@ class CheckinRunner:
                     await self._checkin(data)
                 except Exception as exc:  # a bug: say so to the page and in the log; the next check-in runs
                     log.error("check-in %r of session %s failed", data.get("action"), self.conn.session_id,
-                              exc_info=True, extra={"event": "ws.checkin_failed"})
+                              exc_info=True, extra={"event": "ws.checkin_failed", "session": self.conn.session_id})
                     metrics.CHECKIN_ERRORS.inc()
                     self.conn.send({"type": "error", "ref": data.get("ref"), "error": f"internal error: {type(exc).__name__}"})
             elif self._next is None:

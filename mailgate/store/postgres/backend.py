@@ -366,7 +366,7 @@ class PgStore(Store):
                     return ()
                 new_events = [e for rec in failed for e in lost(rec)]
                 for rec in failed:
-                    log.error("task %s failed: its worker died on every attempt", rec.id, extra={"event": "task.worker_lost"})
+                    log.error("task %s failed: its worker died on every attempt", rec.id, extra={"event": "task.worker_lost", "task": rec.id, "session": rec.session_id})
                 batch = json.dumps([_changes_json(Changes(events=new_events))])
                 outcome = json.loads(await conn.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
             now = float(outcome["now"])

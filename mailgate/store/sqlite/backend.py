@@ -292,7 +292,7 @@ class SqliteStore(Store):
             events: list[EventRecord] = []
             for row in exhausted:
                 failed = TaskRecord(*row)
-                log.error("task %s failed: its worker died on every attempt", failed.id, extra={"event": "task.worker_lost"})
+                log.error("task %s failed: its worker died on every attempt", failed.id, extra={"event": "task.worker_lost", "task": failed.id, "session": failed.session_id})
                 events.extend(_apply_changes(conn, Changes(events=lost(failed)), now).events)
             rows = conn.execute(
                 f"UPDATE tasks SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, started_at = ? "
