@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import re
 import smtplib
+import socket
 import sqlite3
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
+from mailgate.daemon.preflight import StartupError
 from mailgate.metrics import sample
 from mailgate.outbound.message import Message
 from mailgate.outbound.transport import MessageRecorder
@@ -166,3 +168,15 @@ async def test_every_readme_metric_exists_after_a_short_run_and_a_scrape_reads_n
     assert values[("mailgate_task_oldest_queued_age_seconds", ())] == 0
     assert values[("process_resident_memory_bytes", ())] > 0
     assert any(k[0] == "mailgate_build_info" and v == 1 for k, v in values.items())
+
+
+@pytest.mark.asyncio
+async def test_a_metrics_listen_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = make_config(tmp_path, web={"port": 0, "metrics_listen": f"127.0.0.1:{port}"})
+        with pytest.raises(StartupError, match=rf"cannot listen on 127\.0\.0\.1:{port}: the port is in use"):
+            async with Daemon(config, roles=("web",)):
+                pass

@@ -111,8 +111,12 @@ class WebServer:
         address: Any = self._runner.addresses[0]
         self.port = int(address[1])
         log.info("web listening on %s:%d", self.config.host, self.port, extra={"event": "web.listening"})
+
+    async def start_metrics(self) -> None:
+        """Listen on ``[web] metrics_listen`` (the daemon calls this when it is set)."""
         listen = self.config.metrics_address()
         if listen is not None:
+            access = {"access_log": logging.getLogger(AccessLogger.__module__), "access_log_class": AccessLogger} if self.config.access_log else {"access_log": None}
             self._operator = web.AppRunner(build_operator_app(self.runtime), handle_signals=False, shutdown_timeout=2.0,
                                            **access)
             await self._operator.setup()
