@@ -165,6 +165,18 @@ class WebConfig:
                                         minimum=0.1)
     heartbeat: float = _f(20.0, "seconds of quiet before a page is pinged; one that does not answer within half that is dropped", minimum=1)
     demo_pages: bool = _f(False, "serve the demo pages under /demo (mailgate demo turns this on)")
+    metrics_listen: str = _f("", "host:port of a listener that serves only /metrics and /api/openapi.json, without a key "
+                             "(e.g. 127.0.0.1:9125); they are then not on the public listener. Empty = both on the "
+                             "public listener, behind the API key")
+    access_log: bool = _f(False, "log one line per HTTP request (event http.access: method, path without its query, "
+                          "status, bytes, seconds, client)")
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as (host, port), or None when it is empty."""
+        if not self.metrics_listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -423,6 +435,11 @@ def _check_web(web: WebConfig, src: str) -> None:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise ConfigError(f"{src}: [web] trusted_proxies: {entry!r} is not an IP address or network") from None
+    if web.metrics_listen:
+        host, _, port = web.metrics_listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{src}: [web] metrics_listen = {web.metrics_listen!r} is not host:port "
+                              "(e.g. 127.0.0.1:9125, [::1]:9125)")
 
 
 def find_config_path(explicit: str | None) -> str | None:

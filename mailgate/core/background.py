@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import Invoker, encode_answers, response_value, session_save, skips_save
@@ -82,7 +83,7 @@ def task_events(rec: TaskRecord, state: str, has_value: bool, value: Any, error_
             command = notification_command(mode, value)
             events.append(NewEvent(rec.session_id, "command", json.dumps(command, default=str)))
         except ActionError as exc:
-            log.warning("task %s: no %s notification: %s", rec.id, mode, exc, extra={"event": "task.notification_skipped"})
+            log.warning("task %s: no %s notification: %s", rec.id, mode, exc, extra={"event": "task.notification_skipped", "task": rec.id, "session": rec.session_id})
     return events
 
 
@@ -142,7 +143,7 @@ class TaskRunner:
             except TimeoutError:
                 failure = Failure("TaskTimeout", f"background action {rec.action!r} ran longer than [tasks] timeout = {self.config.tasks.timeout:g} s")
             except Exception as exc:
-                log.info("background action %r (task %s) raised %s", rec.action, rec.id, type(exc).__name__, extra={"event": "task.raised"})
+                log.info("background action %r (task %s) raised %s", rec.action, rec.id, type(exc).__name__, extra={"event": "task.raised", "task": rec.id, "session": rec.session_id})
                 failure = Failure.from_exception(exc)
             else:
                 if isinstance(end, BackgroundResponseEnd):
@@ -197,8 +198,9 @@ class TaskRunner:
             release_lease=extra.release_lease if extra else None,
         )
         await self._commit(changes)
+        metrics.TASKS_FINISHED.labels(state).inc()
         if failure is not None:
-            log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed"})
+            log.info("task %s (%s) failed: %s: %s", rec.id, rec.action, failure.error_type, failure.error_message, extra={"event": "task.failed", "task": rec.id, "session": rec.session_id})
 
     async def _finish_with_callback(self, rec: TaskRecord, worker: str, user: User, spawned: list[ActionContext],
                                     callback: tuple[str, dict[str, Any]], error: Failure | None) -> None:
@@ -242,7 +244,7 @@ class TaskRunner:
                         except AnswersError as exc:
                             failure = Failure("AnswersError", str(exc))
                 if failure is not None:
-                    log.warning("task %s: %s", rec.id, failure.error_message, extra={"event": "task.callback_failed"})
+                    log.warning("task %s: %s", rec.id, failure.error_message, extra={"event": "task.callback_failed", "task": rec.id, "session": rec.session_id})
                     if error is not None:
                         failure = Failure(error.error_type, f"{error.error_message}; then {failure.error_message}",
                                           error.error_trace, error.variables)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core.context import CRON_USER
 from mailgate.core.interviews import Registry
@@ -143,7 +144,7 @@ class Cron:
                     result = await self._sessions.run_action(session_id, type_, {}, CRON_USER, kind="cron")
                 except MailgateError as exc:
                     report.errors += 1
-                    log.warning("%s on session %s failed: %s", type_, session_id, exc, extra={"event": "cron.session_failed"})
+                    log.warning("%s on session %s failed: %s", type_, session_id, exc, extra={"event": "cron.session_failed", "session": session_id})
                     return
                 report.sessions += 1
                 report.saved += result.saved
@@ -167,6 +168,7 @@ class Cron:
         log.info("%s %s: %d sessions, %d saved, %d exited, %d errors, %d inactive deleted in %.2f s", type_,
                  period or "(manual)", report.sessions, report.saved, report.exited, report.errors,
                  report.deleted_inactive, report.seconds, extra={"event": "cron.ran"})
+        metrics.CRON_LAST_SUCCESS.labels(type_).set_to_current_time()
         return report
 
     async def delete_inactive(self) -> int:

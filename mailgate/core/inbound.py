@@ -22,6 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.commits import Commits
@@ -71,6 +72,7 @@ class DeliveryResult:
     rejected: str | None = None  # why the whole message was refused (DMARC policy)
     auth: AuthResults | None = None
     queued: str | None = None  # the inbound queue entry: processed after the reply
+    message_id: str | None = None  # of a stored message, for the log
 
 
 _HASH_IN_THREAD = 1 << 20  # messages this big are hashed off the loop
@@ -157,6 +159,7 @@ class Inbound:
 
     def count_rejection(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        metrics.EMAILS_REJECTED.labels(reason).inc()
 
     def add_queue_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever this process queues a message (the local processor's wake-up)."""
@@ -232,6 +235,7 @@ class Inbound:
         auth = await authenticate(raw, client_ip=client_ip, mail_from=mail_from, helo=helo, from_domain=from_domain,
                                   resolver=dns, authserv_id=self.authserv_id, timeout=max(dns_left, 0.0),
                                   dkim_results=dkim)
+        metrics.count_auth(tuple(d.result for d in auth.dkim), auth.spf.result, auth.dmarc.result)
         return parsed, auth
 
     def emails_for(self, mailboxes: Sequence[MailboxRecord], sessions: dict[str, SessionRecord], parsed: StoredParse,
@@ -292,10 +296,12 @@ class Inbound:
             return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
         emails = self.emails_for(mailboxes, await self.sessions_of(mailboxes), parsed, auth, mail_from=mail_from,
                                  client_ip=client_ip, helo=helo)
-        stored, events = await self._store.deliver(Delivery(parsed.content_hash, raw, emails))
+        with metrics.SMTP_COMMIT.time():
+            stored, events = await self._store.deliver(Delivery(parsed.content_hash, raw, emails))
         self._commits.after_commit(events, any(e.task for e in emails if e.id in stored))
         self.received += len(stored)
-        return DeliveryResult(stored, len(emails) - len(stored), auth=auth)
+        metrics.EMAILS_RECEIVED.inc(len(stored))
+        return DeliveryResult(stored, len(emails) - len(stored), auth=auth, message_id=parsed.message_id)
 
     def delivered(self, stored: int) -> None:
         """Count e-mails the processor stored (for ``/metrics``)."""
@@ -352,7 +358,7 @@ def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) ->
     except MemoryError:  # the worker's memory limit: the caller stores the message unparsed
         raise
     except Exception:  # the message is stored all the same, with DKIM unknown
-        log.exception("DKIM verification failed")
+        log.exception("DKIM verification failed", extra={"event": "mail.dkim_failed"})
         dkim, missing = (DkimResult("", "", "temperror"),), []
     return PreparedMessage(parse_for_store(raw, limits), dkim, missing)
 

@@ -30,8 +30,10 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core.commits import Commits
 from mailgate.core.inbound import Inbound
@@ -39,6 +41,7 @@ from mailgate.errors import LeaseLost, StoreError
 from mailgate.store.base import InboundDelivery, InboundRecord, MailboxRecord, Store
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R")
 
 CONCURRENCY = 64  # messages in hand at once: parsing and DNS of several overlap, commits group
 
@@ -152,7 +155,7 @@ class Ingest:
             # a task starts at the next loop turn, in creation order: so the store receives the calls in
             # the order the messages were handed over, and the next message for these mailboxes, woken
             # by ``handed``, calls after this one
-            delivery = asyncio.ensure_future(self._store.deliver_inbound(InboundDelivery(rec.id, self.worker_id, emails)))
+            delivery = asyncio.ensure_future(_timed(self._store.deliver_inbound(InboundDelivery(rec.id, self.worker_id, emails))))
             handed.set_result(None)
             stored, events = await delivery
         except LeaseLost as exc:
@@ -200,3 +203,9 @@ class Ingest:
             await self._give_back(leftover)
             log.warning("gave %d unprocessed queued messages back to the queue", len(leftover),
                         extra={"event": "mail.released"})
+
+
+async def _timed(commit: Awaitable[_R]) -> _R:
+    """``commit``, timed as one received message's commit (``mailgate_smtp_commit_seconds``)."""
+    with metrics.SMTP_COMMIT.time():
+        return await commit

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 
+from mailgate import metrics
 from mailgate.config import TasksConfig
 from mailgate.core.background import TaskRunner, lost_task_events
 from mailgate.core.commits import Commits
@@ -85,6 +86,7 @@ class WorkerPool:
             heartbeat.cancel()
 
     def _start(self, rec: TaskRecord, session: SessionRecord | None) -> None:
+        metrics.TASK_START_LATENCY.observe(max(0.0, self._store.now() - rec.created_at))
         job = asyncio.create_task(self._execute(rec, session), name=f"task-{rec.id}")
         self.running[rec.id] = job
         job.add_done_callback(lambda _: self._done(rec.id))
@@ -95,21 +97,23 @@ class WorkerPool:
         self._wake.set()
 
     async def _execute(self, rec: TaskRecord, session: SessionRecord | None) -> None:
+        started = time.monotonic()
         try:
             await self._runner.execute(rec, self.worker_id, session)
+            metrics.TASK_DURATION.observe(time.monotonic() - started)
         except LeaseLost as exc:
             if await self._cancelled(rec.id):
                 log.warning("task %s was cancelled while it ran (mailgate tasks cancel); its result was discarded",
-                            rec.id, extra={"event": "task.cancelled_while_running"})
+                            rec.id, extra={"event": "task.cancelled_while_running", "task": rec.id, "session": rec.session_id})
             else:
-                log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost"})
+                log.warning("task %s: %s; its result was discarded", rec.id, exc, extra={"event": "task.lease_lost", "task": rec.id, "session": rec.session_id})
         except asyncio.CancelledError:
             raise
         except StoreError as exc:  # the store's message says what to do; a traceback would add nothing
-            log.error("task %s could not be finished: %s; it will be retried", rec.id, exc, extra={"event": "task.store_error"})
+            log.error("task %s could not be finished: %s; it will be retried", rec.id, exc, extra={"event": "task.store_error", "task": rec.id, "session": rec.session_id})
         except Exception:
             # A bug or a store failure: the task stays claimed and is rerun after its lease expires.
-            log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed"})
+            log.exception("task %s could not be finished; it will be retried", rec.id, extra={"event": "task.crashed", "task": rec.id, "session": rec.session_id})
 
     async def _cancelled(self, task_id: str) -> bool:
         """Whether an operator cancelled the task (so its lost finish is no lease expiry)."""

@@ -203,7 +203,7 @@ class Sessions:
             return done
         self.checkin_retries += 1
         log.debug("check-in %r of session %s met another writer; running it again under the lease", action, session_id,
-                  extra={"event": "checkin.retry"})
+                  extra={"event": "checkin.retry", "session": session_id})
         return await self._run_locked(session_id, action, args, user, "checkin")
 
     async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind,

@@ -150,6 +150,10 @@ class TaskBook:
             on_progress(0, 0)
         return queued
 
+    async def queue(self) -> tuple[int, int, float | None]:
+        """Queued and running tasks and when the oldest queued one was created (an indexed read)."""
+        return await self._store.task_queue()
+
 
 class Task:
     """Handle on one background action run."""

@@ -174,6 +174,9 @@ class Daemon:
         if "web" in self.roles:
             self.web = WebServer(self.runtime, self.config.web, self.inbound)
             await self._listen("web", self.config.web.host, self.config.web.port, self.web.start)
+            metrics_at = self.config.web.metrics_address()
+            if metrics_at is not None:
+                await self._listen("web", metrics_at[0], metrics_at[1], self.web.start_metrics)
             self.spawn("web-heartbeat", self.web.heartbeat())
         calendar = CronCalendar(self.config)
         self.cron = Cron(self.config, self.store, rt.registry, rt.sessions, calendar, rt.process_id)

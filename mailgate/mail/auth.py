@@ -385,7 +385,7 @@ def _dkim_verify_one(verifier: dkim.DKIM, idx: int, key: bytes) -> str:
     except dkim.ValidationError as exc:
         return "fail" if "body hash mismatch" in str(exc) else "permerror"
     except Exception as exc:  # noqa: BLE001 -- malformed signature, weak key, unknown algorithm
-        logger.debug("DKIM signature %d unverifiable: %s: %s", idx, type(exc).__name__, exc)
+        logger.debug("DKIM signature %d unverifiable: %s: %s", idx, type(exc).__name__, exc, extra={"event": "mail.dkim_unverifiable"})
         return "permerror"
 
 
@@ -646,9 +646,9 @@ async def authenticate(
         async with asyncio.timeout(timeout):
             await asyncio.gather(*tasks, return_exceptions=True)
     except TimeoutError:
-        logger.info("mail authentication timed out after %.1fs", timeout)
+        logger.info("mail authentication timed out after %.1fs", timeout, extra={"event": "mail.auth_timeout"})
     except Exception:  # noqa: BLE001 -- whatever is finished is still reported
-        logger.exception("mail authentication failed")
+        logger.exception("mail authentication failed", extra={"event": "mail.auth_failed"})
     finally:
         for task in tasks:
             task.cancel()

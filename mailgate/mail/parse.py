@@ -847,7 +847,7 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS, *, attachme
     if len(parser.defects) > _MAX_DEFECTS:
         defects.append(f"{len(parser.defects) - _MAX_DEFECTS} more defects not recorded")
     if defects:
-        logger.debug("message %s parsed with %d defects", content_hash[:12], len(defects))
+        logger.debug("message %s parsed with %d defects", content_hash[:12], len(defects), extra={"event": "mail.defects"})
     return ParsedMessage(
         message_id=message_id,
         subject=subject,

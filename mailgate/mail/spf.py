@@ -290,10 +290,10 @@ async def check_spf(resolver: Resolver, client_ip: str, mail_from: str, helo: st
     try:
         result = await check.check_host(domain)
     except _SpfPermError as exc:
-        logger.debug("SPF permerror for %s: %s", domain, exc)
+        logger.debug("SPF permerror for %s: %s", domain, exc, extra={"event": "mail.spf_permerror"})
         result = "permerror"
     except _SpfTempError as exc:
-        logger.debug("SPF temperror for %s: %s", domain, exc)
+        logger.debug("SPF temperror for %s: %s", domain, exc, extra={"event": "mail.spf_temperror"})
         result = "temperror"
     return SpfResult(domain, result)
 

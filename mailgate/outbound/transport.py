@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 import aiosmtplib
 import dkim
 
+from mailgate import metrics
 from mailgate.errors import ConfigError
 from mailgate.outbound.message import (
     Message,
@@ -426,6 +427,7 @@ class Outbound:
     def report(self, results: Sequence[SendResult]) -> None:
         """Fire ``dispatched`` for the accepted messages and log the failures (with the relay's reply)."""
         for r in results:
+            metrics.OUTBOUND.labels("failed" if not r.accepted else "partial" if r.refused else "sent").inc()
             if r.accepted:
                 if r.refused:
                     log.warning("outbound message %s: the relay refused some recipients: %s", r.message.message_id,
@@ -443,6 +445,7 @@ class Outbound:
                 (result,) = await self.send([prepared])
         except TimeoutError:
             result = SendResult(prepared, False, error=f"gave up after {self.deadline:g} s ([outbound] timeout x 6)")
+            metrics.OUTBOUND.labels("failed").inc()
             log.error("outbound message %s to %s not sent: %s", prepared.message_id, ", ".join(prepared.recipients()),
                       result.error, extra={"event": "outbound.failed"})
         return result

@@ -400,7 +400,13 @@ class Store(abc.ABC):
         """Queue a failed task again with fresh attempts. Raises NotFound / MailgateError."""
 
     @abc.abstractmethod
-    async def count_tasks(self) -> dict[str, int]: ...
+    async def count_tasks(self) -> dict[str, int]:
+        """Tasks by state, all of them: a full read of the table, for the CLI, not for a scrape."""
+
+    @abc.abstractmethod
+    async def task_queue(self) -> tuple[int, int, float | None]:
+        """Queued and running tasks and the creation time of the oldest queued one (None: none queued),
+        read through the index of runnable tasks only: what ``/metrics`` asks on every scrape."""
 
     # -- scheduled tasks -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -225,6 +225,20 @@ async def test_delete_session_removes_tasks_events_lease(store: Store) -> None:
     assert await store.try_acquire_lease("s1", "B", 10, 4) is None
 
 
+async def test_task_queue_counts_runnable_tasks_and_the_oldest_queued(store: Store, clock: Clock) -> None:
+    assert await store.task_queue() == (0, 0, None)
+    await store.create_session("s1", "iv", "{}", "{}")
+    first = clock.now
+    await store.commit(Changes(new_tasks=[new_task("t1")]))
+    clock.now += 10
+    await store.commit(Changes(new_tasks=[new_task("t2"), new_task("t3"), new_task("t4")]))
+    (claimed,) = (await store.claim_tasks("w1", 1, lease=30, lost=lost_task_events)).tasks
+    assert claimed.id == "t1"
+    assert await store.task_queue() == (3, 1, first + 10)  # t1 runs: the oldest queued is t2
+    await store.commit(Changes(finish=TaskFinish("t1", "w1", "succeeded", '{"value":1}')))
+    assert await store.task_queue() == (3, 0, first + 10)
+
+
 async def test_concurrent_commits_share_group_commits(store: Store) -> None:
     await asyncio.gather(*(store.commit(Changes(new_tasks=[new_task(f"t{i}")])) for i in range(200)))
     counts = await store.count_tasks()

@@ -53,6 +53,8 @@ def test_values_are_typed_and_frozen(tmp_path: Path) -> None:
         ("[web]\ntrusted_proxies = ['10.0.0.0/33']\n", r"\[web\] trusted_proxies: '10.0.0.0/33' is not an IP"),
         ("[web]\npublic_url = 'help.example.org'\n", r"\[web\] public_url 'help.example.org' must be an http"),
         ("[web]\nallowed_origins = ['https://app.example.org/page']\n", r"is not an origin"),
+        ("[web]\nmetrics_listen = '9125'\n", r"\[web\] metrics_listen = '9125' is not host:port"),
+        ("[web]\nmetrics_listen = '127.0.0.1:99999'\n", r"is not host:port"),
     ],
 )
 def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message: str) -> None:

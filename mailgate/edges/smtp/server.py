@@ -25,6 +25,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
+from mailgate import metrics
 from mailgate.config import SmtpConfig
 from mailgate.core.inbound import Inbound, Verdict
 from mailgate.edges.smtp.data import DataError, read_data
@@ -92,7 +93,7 @@ class Handler:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             self.inbound.count_rejection("too_many_recipients")
             log.info("smtp peer=%s rcpt=%s rejected: more than %d recipients", peer, shown(address),
-                     self.config.max_recipients, extra={"event": "smtp.rcpt_rejected"})
+                     self.config.max_recipients, extra={"event": "smtp.rcpt_rejected", "peer": peer})
             return TOO_MANY_RECIPIENTS
         verdict, mailbox = await self.inbound.check_recipient(address)
         if verdict is Verdict.OK and mailbox is not None:
@@ -102,7 +103,7 @@ class Handler:
             envelope.mailgate_mailboxes = accepted  # type: ignore[attr-defined]
             return OK_RCPT
         self.inbound.count_rejection(verdict.name.lower())
-        log.info("smtp peer=%s rcpt=%s rejected: %s", peer, shown(address), verdict.value, extra={"event": "smtp.rcpt_rejected"})
+        log.info("smtp peer=%s rcpt=%s rejected: %s", peer, shown(address), verdict.value, extra={"event": "smtp.rcpt_rejected", "peer": peer})
         if verdict is Verdict.FOREIGN_DOMAIN:
             return RELAY_DENIED
         if verdict is Verdict.BAD_ADDRESS:
@@ -129,10 +130,10 @@ class Handler:
             )
         except StoreError as exc:  # the store's own failure (full, locked, I/O): the sender retries later
             log.error("smtp peer=%s: could not store a message: %s; answered 451", peer, exc,
-                      extra={"event": "smtp.store_unavailable"})
+                      extra={"event": "smtp.store_unavailable", "peer": peer})
             return TEMPORARY_FAILURE
         except Exception:
-            log.exception("smtp peer=%s: could not store a message; answered 451", peer, extra={"event": "smtp.store_failed"})
+            log.exception("smtp peer=%s: could not store a message; answered 451", peer, extra={"event": "smtp.store_failed", "peer": peer})
             return TEMPORARY_FAILURE
         finally:
             self.in_flight -= 1
@@ -140,20 +141,26 @@ class Handler:
                 self.idle.set()
         boxes = ",".join(m.local_part for m in mailboxes)
         if result.queued is not None:  # durably queued: parsed, authenticated and stored right after this reply
-            log.info("smtp peer=%s mailboxes=%s size=%d queued=%s", peer, boxes, len(raw), result.queued,
-                     extra={"event": "smtp.accepted"})
+            sender, message_id = shown(envelope.mail_from or ""), shown(_message_id(raw) or "")
+            log.info("smtp peer=%s from=<%s> mailboxes=%s message-id=%s size=%d queued=%s", peer, sender, boxes,
+                     message_id, len(raw), result.queued,
+                     extra={"event": "smtp.accepted", "peer": peer, "mailbox": boxes, "mail_from": sender,
+                            "message_id": message_id, "size": len(raw), "queued": result.queued})
             return OK_DATA
         auth = result.auth
         summary = f"dkim={','.join(d.result for d in auth.dkim) or 'none'} spf={auth.spf.result} dmarc={auth.dmarc.result}" if auth else ""
         if result.rejected:
-            log.info("smtp peer=%s rejected message: %s %s", peer, result.rejected, summary, extra={"event": "smtp.rejected"})
+            log.info("smtp peer=%s rejected message: %s %s", peer, result.rejected, summary, extra={"event": "smtp.rejected", "peer": peer})
             return DMARC_REJECT
         if not result.stored and not result.duplicates:
             log.info("smtp peer=%s mailboxes=%s refused message: the mailboxes' sessions were deleted after RCPT", peer,
-                     shown(boxes), extra={"event": "smtp.mailbox_gone"})
+                     shown(boxes), extra={"event": "smtp.mailbox_gone", "peer": peer, "mailbox": boxes})
             return MAILBOX_GONE
-        log.info("smtp peer=%s mailboxes=%s size=%d stored=%s duplicates=%d %s", peer, boxes, len(raw),
-                 ",".join(result.stored), result.duplicates, summary, extra={"event": "smtp.accepted"})
+        sender, message_id = shown(envelope.mail_from or ""), shown(result.message_id or "")
+        log.info("smtp peer=%s from=<%s> mailboxes=%s message-id=%s size=%d stored=%s duplicates=%d %s", peer, sender,
+                 boxes, message_id, len(raw), ",".join(result.stored), result.duplicates, summary,
+                 extra={"event": "smtp.accepted", "peer": peer, "mailbox": boxes, "mail_from": sender,
+                        "message_id": message_id, "size": len(raw), "emails": list(result.stored)})
         return OK_DATA if result.stored else OK_DUPLICATE
 
     async def handle_exception(self, error: Exception) -> str:
@@ -198,7 +205,7 @@ class MailgateSMTP(SMTP):
             if refusal is not None:
                 self._refused = True
                 log.info("smtp peer=%s refused: %s (%d open, %d from this address)", ip, refusal.value,
-                         self._limits.open, self._limits.counts.get(ip, 0), extra={"event": "smtp.connection_limit"})
+                         self._limits.open, self._limits.counts.get(ip, 0), extra={"event": "smtp.connection_limit", "peer": ip})
                 reply = TOO_MANY_CONNECTIONS if refusal is Refusal.PER_CLIENT else SERVER_BUSY
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(reply.encode() + b"\r\n")  # a socket takes this much at once
@@ -234,8 +241,9 @@ class MailgateSMTP(SMTP):
         if isinstance(status, str):
             reason = _AIOSMTPD_REFUSALS.get(status)
             if reason is not None:
-                log.info("smtp peer=%s refused: %s", self._peer_ip, reason, extra={"event": "smtp.refused"})
+                log.info("smtp peer=%s refused: %s", self._peer_ip, reason, extra={"event": "smtp.refused", "peer": self._peer_ip})
             status = _REWRITE.get(status, status)
+            metrics.SMTP_REPLIES.labels(status[:3]).inc()
         await super().push(status)
 
     # -- timeouts (RFC 5321 section 4.5.3.2): one timer, re-armed lazily ---------------------
@@ -265,7 +273,7 @@ class MailgateSMTP(SMTP):
             self._timeout_handle = self.loop.call_at(when, self._timeout_cb)
             return
         log.info("smtp peer=%s mailboxes=%s closed while %s: %s", self._peer_ip, self._mailboxes(),
-                 self._phase.value, reason, extra={"event": "smtp.timeout"})
+                 self._phase.value, reason, extra={"event": "smtp.timeout", "peer": self._peer_ip, "mailbox": self._mailboxes()})
         self._timed_out = True
         self._writer.write(TIMED_OUT.encode() + b"\r\n")
         self._close()
@@ -294,7 +302,7 @@ class MailgateSMTP(SMTP):
             # aiosmtpd closes the connection after this and sends nothing
             cause = error.__cause__ or error
             log.info("smtp peer=%s: TLS handshake failed: %s; connection closed", self._peer_ip,
-                     shown(str(cause) or type(cause).__name__), extra={"event": "smtp.tls_failed"})
+                     shown(str(cause) or type(cause).__name__), extra={"event": "smtp.tls_failed", "peer": self._peer_ip})
             return ""
         status: str = await super().handle_exception(error)
         return status
@@ -303,7 +311,7 @@ class MailgateSMTP(SMTP):
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self._tls_protocol is not None:
             # RFC 3207 section 4.2: no second STARTTLS; aiosmtpd 1.4.6 answered 220 and then broke down
-            log.info("smtp peer=%s refused: STARTTLS within TLS", self._peer_ip, extra={"event": "smtp.refused"})
+            log.info("smtp peer=%s refused: STARTTLS within TLS", self._peer_ip, extra={"event": "smtp.refused", "peer": self._peer_ip})
             await self.push(TLS_ALREADY_ACTIVE)
             return
         await super().smtp_STARTTLS(arg)
@@ -312,7 +320,7 @@ class MailgateSMTP(SMTP):
         self._junk += 1
         if self._junk > self._max_junk:
             log.info("smtp peer=%s refused: more than %d %s commands without a message; closing", self._peer_ip,
-                     self._max_junk, "/".join(_JUNK_COMMANDS), extra={"event": "smtp.refused"})
+                     self._max_junk, "/".join(_JUNK_COMMANDS), extra={"event": "smtp.refused", "peer": self._peer_ip})
             await self.push(TOO_MANY_JUNK_COMMANDS)
             self._close()
             return
@@ -372,17 +380,17 @@ class MailgateSMTP(SMTP):
         except asyncio.CancelledError:
             if not self._timed_out:  # a timeout has logged its own line
                 log.info("smtp peer=%s mailboxes=%s: connection lost during DATA after %d bytes", self._peer_ip,
-                         self._mailboxes(), self._received, extra={"event": "smtp.dropped"})
+                         self._mailboxes(), self._received, extra={"event": "smtp.dropped", "peer": self._peer_ip, "mailbox": self._mailboxes()})
             self._writer.close()
             raise
         except asyncio.IncompleteReadError:
             log.info("smtp peer=%s mailboxes=%s: the client closed the connection during DATA after %d bytes",
-                     self._peer_ip, self._mailboxes(), self._received, extra={"event": "smtp.dropped"})
+                     self._peer_ip, self._mailboxes(), self._received, extra={"event": "smtp.dropped", "peer": self._peer_ip, "mailbox": self._mailboxes()})
             self._close()
             return
         if error is not None or original_content is None:
             log.info("smtp peer=%s mailboxes=%s refused message: %s", self._peer_ip, self._mailboxes(),
-                     (error or DataError.TOO_MUCH).value, extra={"event": "smtp.refused"})
+                     (error or DataError.TOO_MUCH).value, extra={"event": "smtp.refused", "peer": self._peer_ip, "mailbox": self._mailboxes()})
             self._set_post_data_state()
             self._reset_timeout()
             await self.push(LINE_TOO_LONG if error is DataError.TOO_LONG else MESSAGE_TOO_BIG)
@@ -404,10 +412,11 @@ class MailgateSMTP(SMTP):
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
         try:
-            status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
+            with metrics.SMTP_ACCEPT.time():
+                status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
         except asyncio.CancelledError:
             log.info("smtp peer=%s mailboxes=%s: connection lost while the message was being stored; no reply sent",
-                     self._peer_ip, self._mailboxes(), extra={"event": "smtp.dropped"})
+                     self._peer_ip, self._mailboxes(), extra={"event": "smtp.dropped", "peer": self._peer_ip, "mailbox": self._mailboxes()})
             raise
         self._set_post_data_state()
         reply = "250 OK" if status is MISSING else status
@@ -415,6 +424,16 @@ class MailgateSMTP(SMTP):
             self._junk = 0
         self._reset_timeout()
         await self.push(reply)
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*([^\r\n]{1,998})", re.IGNORECASE | re.MULTILINE)
+
+
+def _message_id(raw: bytes | bytearray) -> str | None:
+    """The Message-ID field of the header block, for the log line (the processor parses it properly)."""
+    head = bytes(raw[: raw.find(b"\r\n\r\n") if b"\r\n\r\n" in raw[:65536] else 65536])
+    match = _MESSAGE_ID.search(head)
+    return match.group(1).decode("utf-8", "replace").strip() if match else None
+
 
 def _peer(session: Session) -> str:
     return _ip(session.peer)

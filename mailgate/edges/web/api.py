@@ -17,13 +17,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from mailgate import metrics
 from mailgate.core import answers as codec
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
 from mailgate.core.views import email_dict, session_dict, task_dict, variables_dict
 from mailgate.edges.web import strictjson
-from mailgate.edges.web.keys import METRICS, RUNTIME
+from mailgate.edges.web.keys import RUNTIME
 from mailgate.edges.web.openapi import WAIT_CAP, document
 from mailgate.errors import (
     ActionError,
@@ -78,9 +79,13 @@ STATUS = [
 STORE_RETRY_AFTER = 5
 
 
+# The operator's paths: behind the API key on the public listener, or only on [web] metrics_listen.
+OPERATOR_PATHS = ("/metrics", "/api/openapi.json")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request.app[METRICS].http_requests += 1
+    metrics.HTTP_REQUESTS.inc()
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -131,11 +136,15 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
 
 @web.middleware
 async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/api/") or request.path == "/api/openapi.json":
+    operator = request.path in OPERATOR_PATHS
+    if not (operator or request.path.startswith("/api/")):
         return await handler(request)
+    if operator and request.app[RUNTIME].config.web.metrics_listen:
+        return error(404, f"{request.path} is served on [web] metrics_listen only")
     key = request.app[RUNTIME].config.web.api_key
     if not key:
-        return error(503, "the API is disabled: set [web] api_key (or MAILGATE_WEB_API_KEY)")
+        return error(503, "the API is disabled: set [web] api_key (or MAILGATE_WEB_API_KEY)"
+                     + (", or serve this path on [web] metrics_listen" if operator else ""))
     # aiohttp keeps bytes that are not UTF-8 as surrogate escapes; compare the bytes as sent
     given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
     if not given.startswith(b"Bearer ") or not hmac.compare_digest(given[7:], key.encode()):

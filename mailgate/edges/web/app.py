@@ -8,13 +8,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from mailgate import metrics as prometheus
 from mailgate.config import WebConfig
 from mailgate.core.inbound import Inbound
 from mailgate.core.runtime import Runtime
 from mailgate.edges.web import api, pages
+from mailgate.edges.web.access import AccessLogger
 from mailgate.edges.web.hub import Hub
-from mailgate.edges.web.keys import HUB, INBOUND, METRICS, ORIGINS, RUNTIME
-from mailgate.edges.web.metrics import Metrics, exposition
+from mailgate.edges.web.keys import HUB, INBOUND, ORIGINS, RUNTIME
 from mailgate.edges.web.origins import Origins
 from mailgate.edges.web.ws import websocket
 
@@ -55,22 +56,33 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    runtime: Runtime = request.app[RUNTIME]
-    inbound: Inbound | None = request.app[INBOUND]
-    tasks = await runtime.tasks.counts()
-    text = exposition(request.app[METRICS], tasks, inbound.received if inbound else 0,
-                      dict(inbound.rejected) if inbound else {}, await runtime.emails.queue_depth())
-    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+    """Prometheus text. Everything but the runnable tasks and the inbound queue is counted as it
+    happens; the tasks are read through their index (``Store.task_queue``), never by reading the
+    tasks table; the inbound queue holds only messages waiting to be processed."""
+    runtime = request.app[RUNTIME]
+    queued, running, oldest = await runtime.tasks.queue()
+    prometheus.set_task_queue(queued, running, oldest)
+    prometheus.set_inbound_queue(await runtime.emails.queue_depth())
+    return web.Response(body=prometheus.exposition(),
+                        headers={"Content-Type": prometheus.CONTENT_TYPE, "X-Content-Type-Options": "nosniff"})
 
 
-def build_app(runtime: Runtime, inbound: Inbound | None, hub: Hub, metrics_: Metrics) -> web.Application:
+def build_operator_app(runtime: Runtime) -> web.Application:
+    """What ``[web] metrics_listen`` serves, without a key: ``/metrics`` and the OpenAPI document."""
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/openapi.json", api.openapi)
+    return app
+
+
+def build_app(runtime: Runtime, inbound: Inbound | None, hub: Hub) -> web.Application:
     config = runtime.config.web
     quiet_unparsable_requests()
     app = web.Application(middlewares=[api.errors_middleware, api.api_key_middleware, pages.html_errors], client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
     app[INBOUND] = inbound
     app[HUB] = hub
-    app[METRICS] = metrics_
     app[ORIGINS] = Origins(config)
     app.router.add_routes(api.routes)
     app.router.add_get("/ws", websocket)
@@ -86,20 +98,34 @@ class WebServer:
     def __init__(self, runtime: Runtime, config: WebConfig, inbound: Inbound | None) -> None:
         self.runtime = runtime
         self.config = config
-        self.metrics = Metrics()
-        self.hub = Hub(runtime, config, self.metrics)
-        self.app = build_app(runtime, inbound, self.hub, self.metrics)
+        self.hub = Hub(runtime, config)
+        self.app = build_app(runtime, inbound, self.hub)
         self._runner: web.AppRunner | None = None
+        self._operator: web.AppRunner | None = None
         self.port = 0
+        self.metrics_port = 0  # the bound port of [web] metrics_listen (0: not listening)
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        access = {"access_log": logging.getLogger(AccessLogger.__module__), "access_log_class": AccessLogger} if self.config.access_log else {"access_log": None}
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=2.0, **access)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         address: Any = self._runner.addresses[0]
         self.port = int(address[1])
         log.info("web listening on %s:%d", self.config.host, self.port, extra={"event": "web.listening"})
+
+    async def start_metrics(self) -> None:
+        """Listen on ``[web] metrics_listen`` (the daemon calls this when it is set)."""
+        listen = self.config.metrics_address()
+        if listen is not None:
+            access = {"access_log": logging.getLogger(AccessLogger.__module__), "access_log_class": AccessLogger} if self.config.access_log else {"access_log": None}
+            self._operator = web.AppRunner(build_operator_app(self.runtime), handle_signals=False, shutdown_timeout=2.0,
+                                           **access)
+            await self._operator.setup()
+            await web.TCPSite(self._operator, listen[0], listen[1]).start()
+            self.metrics_port = int(self._operator.addresses[0][1])
+            log.info("metrics listening on %s:%d", listen[0], self.metrics_port, extra={"event": "web.metrics_listening"})
 
     async def heartbeat(self) -> None:
         await self.hub.heartbeat()
@@ -109,6 +135,7 @@ class WebServer:
         for conns in list(self.hub.connections.values()):
             for conn in list(conns):
                 await conn.ws.close(code=1001, message=b"server shutting down")
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._operator, self._runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._operator = None

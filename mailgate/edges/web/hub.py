@@ -15,10 +15,10 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from mailgate import metrics
 from mailgate.config import WebConfig
 from mailgate.core.context import User
 from mailgate.core.runtime import Runtime
-from mailgate.edges.web.metrics import Metrics
 from mailgate.store.base import EventRecord
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Connection:
     """One open page. Messages wait in a bounded queue for the sender task; a page that lets the
     queue fill up is dropped (it reconnects and catches up from its last event id)."""
 
-    def __init__(self, ws: web.WebSocketResponse, session_id: str, user: User, config: WebConfig, metrics: Metrics,
+    def __init__(self, ws: web.WebSocketResponse, session_id: str, user: User, config: WebConfig,
                  *, transport: asyncio.Transport | None = None, token: str = "", address: str = "") -> None:
         self.ws = ws
         self.transport = transport  # the TCP connection, aborted when the page is closed
@@ -58,7 +58,6 @@ class Connection:
         self.floor = 0  # the page has every event up to this id (its ``last``)
         self.backlog_ids: set[int] = set()  # ids sent from the history: the feed may bring them again
         self.paused: list[EventRecord] | None = []  # events that arrive while the backlog is read
-        self.metrics = metrics
         self.dropped = False
         self.closing = False
         self.jobs: set[asyncio.Task[Any]] = set()  # "run" requests and closes in flight (kept referenced)
@@ -111,8 +110,8 @@ class Connection:
         self.queue.clear()
         if self._room is not None and not self._room.done():
             self._room.set_result(None)  # the replay stops
-        self.metrics.slow_clients_dropped += 1
-        log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client"})
+        metrics.SLOW_CLIENTS_DROPPED.inc()
+        log.info("dropping a slow WebSocket client of session %s", self.session_id, extra={"event": "ws.slow_client", "session": self.session_id})
         self.close(WSCloseCode.TRY_AGAIN_LATER, b"too slow; reconnect to catch up")
 
     def close(self, code: int, message: bytes) -> None:
@@ -161,7 +160,7 @@ class Connection:
             if now - self.ping_sent >= period / 2:
                 self.ping_sent = None
                 log.info("closing a WebSocket of session %s: no answer to a ping", self.session_id,
-                         extra={"event": "ws.dead_peer"})
+                         extra={"event": "ws.dead_peer", "session": self.session_id})
                 self.close(WSCloseCode.GOING_AWAY, b"no answer to ping")
                 return True
             return False
@@ -191,18 +190,17 @@ class Connection:
                     room.set_result(None)
             await self.ws.send_str(json.dumps(message, default=str))
             if message.get("type") == "event":
-                self.metrics.events_pushed += 1
+                metrics.EVENTS_PUSHED.inc()
 
 
 class Hub:
     """Routes the feed's events to the open connections of their session (subscribed per session,
     so that a process without pages reads no events)."""
 
-    def __init__(self, runtime: Runtime, config: WebConfig, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, config: WebConfig) -> None:
         self.runtime = runtime
         self.feed = runtime.feed
         self.config = config
-        self.metrics = metrics
         self.connections: dict[str, set[Connection]] = {}
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         self.per_token: dict[str, int] = {}
@@ -214,6 +212,7 @@ class Hub:
         self._unsubscribe.clear()
 
     def dispatch(self, event: EventRecord) -> None:
+        metrics.PUSH_LATENCY.observe(max(0.0, time.time() - event.created_at))
         for conn in self.connections.get(event.session_id, ()):
             conn.offer(event)
 
@@ -262,7 +261,7 @@ class Hub:
         conns.add(conn)
         self.per_token[conn.token] = self.per_token.get(conn.token, 0) + 1
         self.per_address[conn.address] = self.per_address.get(conn.address, 0) + 1
-        self.metrics.ws_connections += 1
+        metrics.WS_CONNECTIONS.inc()
 
     def detach(self, conn: Connection) -> None:
         conns = self.connections.get(conn.session_id)
@@ -275,7 +274,7 @@ class Hub:
                     unsubscribe()
         _decrement(self.per_token, conn.token)
         _decrement(self.per_address, conn.address)
-        self.metrics.ws_connections -= 1
+        metrics.WS_CONNECTIONS.dec()
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:

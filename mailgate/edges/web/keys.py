@@ -7,11 +7,9 @@ from aiohttp import web
 from mailgate.core.inbound import Inbound
 from mailgate.core.runtime import Runtime
 from mailgate.edges.web.hub import Hub
-from mailgate.edges.web.metrics import Metrics
 from mailgate.edges.web.origins import Origins
 
 RUNTIME = web.AppKey("runtime", Runtime)
 INBOUND: web.AppKey[Inbound | None] = web.AppKey("inbound")
 HUB = web.AppKey("hub", Hub)
-METRICS = web.AppKey("metrics", Metrics)
 ORIGINS = web.AppKey("origins", Origins)

@@ -44,13 +44,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from mailgate import metrics
 from mailgate.config import WebConfig
 from mailgate.core.context import User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
 from mailgate.edges.web.hub import Connection, Hub, RateLimit
-from mailgate.edges.web.keys import HUB, METRICS, ORIGINS, RUNTIME
-from mailgate.edges.web.metrics import Metrics
+from mailgate.edges.web.keys import HUB, ORIGINS, RUNTIME
 from mailgate.errors import MailgateError
 from mailgate.store.base import EventRecord
 
@@ -76,7 +76,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     runtime: Runtime = request.app[RUNTIME]
     hub: Hub = request.app[HUB]
     config: WebConfig = runtime.config.web
-    metrics: Metrics = request.app[METRICS]
     seen, refusal = request.app[ORIGINS].check(request)
     if refusal is not None:
         raise refuse(web.HTTPForbidden, refusal)
@@ -94,17 +93,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise refuse(web.HTTPNotFound, f"session {session_id} no longer exists")
     refusal = hub.refusal(token, seen.client)
     if refusal is not None:
-        log.info("refusing a WebSocket of session %s: %s", session_id, refusal, extra={"event": "ws.refused"})
+        log.info("refusing a WebSocket of session %s: %s", session_id, refusal, extra={"event": "ws.refused", "session": session_id})
         raise refuse(web.HTTPTooManyRequests, refusal)
 
     # no aiohttp heartbeat and no autoping: Hub.heartbeat keeps connections alive, _read answers pings
     ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_frame_bytes)
-    conn = Connection(ws, session_id, User.from_json(claims.get("u")), config, metrics,
+    conn = Connection(ws, session_id, User.from_json(claims.get("u")), config,
                       transport=request.transport, token=token, address=seen.client)
     conn.last_queued = conn.floor = last
     hub.attach(conn)  # before the first await after the caps were checked: concurrent handshakes count
     sender: asyncio.Task[None] | None = None
-    checkins = CheckinRunner(conn, runtime, metrics)
+    checkins = CheckinRunner(conn, runtime)
     try:
         await ws.prepare(request)
         sender = asyncio.create_task(conn.sender(), name="ws-sender")
@@ -285,10 +284,9 @@ async def _run(conn: Connection, runtime: Runtime, data: dict[str, Any]) -> None
 class CheckinRunner:
     """Runs one connection's check-ins one at a time; a newer check-in replaces a waiting one."""
 
-    def __init__(self, conn: Connection, runtime: Runtime, metrics: Metrics) -> None:
+    def __init__(self, conn: Connection, runtime: Runtime) -> None:
         self.conn = conn
         self.runtime = runtime
-        self.metrics = metrics
         self._next: dict[str, Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None  # started by the first check-in: idle pages cost less
@@ -313,8 +311,8 @@ class CheckinRunner:
                     await self._checkin(data)
                 except Exception as exc:  # a bug: say so to the page and in the log; the next check-in runs
                     log.error("check-in %r of session %s failed", data.get("action"), self.conn.session_id,
-                              exc_info=True, extra={"event": "ws.checkin_failed"})
-                    self.metrics.checkin_errors += 1
+                              exc_info=True, extra={"event": "ws.checkin_failed", "session": self.conn.session_id})
+                    metrics.CHECKIN_ERRORS.inc()
                     self.conn.send({"type": "error", "ref": data.get("ref"), "error": f"internal error: {type(exc).__name__}"})
             elif self._next is None:
                 self._waiter = loop.create_future()
@@ -328,9 +326,9 @@ class CheckinRunner:
                 raise MailgateError("checkin needs the check-in action's name")
             arguments = {**_args(data, "fields"), "_changed": data.get("changed")}  # made for this check-in
             result = await self.runtime.run_checkin(self.conn.session_id, action, arguments, self.conn.user)
-            self.metrics.checkins += 1
+            metrics.CHECKINS.inc()
         except MailgateError as exc:
-            self.metrics.checkin_errors += 1
+            metrics.CHECKIN_ERRORS.inc()
             self.conn.send({"type": "error", "ref": ref, "error": str(exc)})
             return
         # The reply goes out from here rather than through the page's queue (one task switch less per

@@ -390,7 +390,7 @@ class PgStore(Store):
                     return ()
                 new_events = [e for rec in failed for e in lost(rec)]
                 for rec in failed:
-                    log.error("task %s failed: its worker died on every attempt", rec.id, extra={"event": "task.worker_lost"})
+                    log.error("task %s failed: its worker died on every attempt", rec.id, extra={"event": "task.worker_lost", "task": rec.id, "session": rec.session_id})
                 batch = json.dumps([_changes_json(Changes(events=new_events))])
                 outcome = json.loads(await conn.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
             now = float(outcome["now"])
@@ -452,6 +452,13 @@ class PgStore(Store):
         counts = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
+
+    async def task_queue(self) -> tuple[int, int, float | None]:
+        # The partial index tasks_runnable and tasks_state (state, seq): never the finished tasks.
+        rows = await self._fetch("SELECT state, COUNT(*) FROM tasks WHERE state IN ('queued', 'running') GROUP BY state")
+        counts = {r[0]: int(r[1]) for r in rows}
+        oldest = await self._fetch("SELECT created_at FROM tasks WHERE state = 'queued' ORDER BY seq LIMIT 1")
+        return counts.get("queued", 0), counts.get("running", 0), float(oldest[0][0]) if oldest else None
 
     # -- scheduled tasks -------------------------------------------------------------------------------
     async def claim_period(self, type_: str, period: str, holder: str) -> bool:

@@ -305,7 +305,7 @@ class SqliteStore(Store):
             events: list[EventRecord] = []
             for row in exhausted:
                 failed = TaskRecord(*row)
-                log.error("task %s failed: its worker died on every attempt", failed.id, extra={"event": "task.worker_lost"})
+                log.error("task %s failed: its worker died on every attempt", failed.id, extra={"event": "task.worker_lost", "task": failed.id, "session": failed.session_id})
                 events.extend(_apply_changes(conn, Changes(events=lost(failed)), now).events)
             rows = conn.execute(
                 f"UPDATE tasks SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, started_at = ? "
@@ -389,6 +389,16 @@ class SqliteStore(Store):
         counts = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
         counts.update({state: int(n) for state, n in rows})
         return counts
+
+    async def task_queue(self) -> tuple[int, int, float | None]:
+        # Both read the partial index tasks_runnable (state, seq), never the finished tasks. SQLite
+        # uses a partial index only when the query repeats its WHERE (hence "IN (...) AND"); INDEXED
+        # BY keeps it from walking the table in seq (rowid) order from the first task ever made.
+        rows = await self._read("SELECT state, COUNT(*) FROM tasks WHERE state IN ('queued', 'running') GROUP BY state")
+        counts = {state: int(n) for state, n in rows}
+        oldest = await self._read("SELECT created_at FROM tasks INDEXED BY tasks_runnable "
+                                  "WHERE state IN ('queued', 'running') AND state = 'queued' ORDER BY seq LIMIT 1")
+        return counts.get("queued", 0), counts.get("running", 0), float(oldest[0][0]) if oldest else None
 
     # -- scheduled tasks -------------------------------------------------------------------------------
     async def claim_period(self, type_: str, period: str, holder: str) -> bool:
