@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mailgate.store.migrations import numbered
 from tests.helpers import (
     INTERVIEWS,
     kill_process,
@@ -26,6 +27,7 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.e2e
+SQLITE_SCHEMA = len(numbered("mailgate.store.sqlite"))  # the latest migration
 
 
 def write_config(tmp_path: Path, **tasks: Any) -> Path:
@@ -395,7 +397,7 @@ def test_db_backup_while_the_daemon_writes_then_restore(env: Env) -> None:
     assert res.returncode == 1 and "run again with --yes" in res.stderr
     assert env.cli_json("sessions", "list") == []
     restored = env.cli_json("db", "restore", str(backup), "--yes")
-    assert restored["schema_version"] == 3
+    assert restored["schema_version"] == SQLITE_SCHEMA
     assert [s["id"] for s in env.cli_json("sessions", "list")] == [sid]
     res = env.cli("db", "restore", str(env.config), "--yes", check=False)
     assert res.returncode == 1 and "is not a mailgate SQLite backup" in res.stderr
@@ -407,11 +409,11 @@ def test_db_status_and_status_show_the_store_tasks_mail_and_cron(env: Env) -> No
     _task_of(env, sid, "noop")
     _task_of(env, sid, "noop")
     db = env.cli_json("db", "status")
-    assert db == {"backend": "sqlite", "location": str(env.db), "schema_version": 3, "latest_migration": 3,
+    assert db == {"backend": "sqlite", "location": str(env.db), "schema_version": SQLITE_SCHEMA, "latest_migration": SQLITE_SCHEMA,
                   "size_bytes": db["size_bytes"], "sessions": 1, "tasks": 2, "mailboxes": 0, "emails": 0}
     assert db["size_bytes"] >= env.db.stat().st_size > 0
     text = env.cli("db", "status").stdout
-    assert "schema_version  3 of 3\n" in text and "tasks           2\n" in text
+    assert f"schema_version  {SQLITE_SCHEMA} of {SQLITE_SCHEMA}\n" in text and "tasks           2\n" in text
 
     status = env.cli_json("status")
     assert status["tasks"]["queued"]["count"] == 2 and status["tasks"]["queued"]["oldest_age_seconds"] >= 0
@@ -421,7 +423,7 @@ def test_db_status_and_status_show_the_store_tasks_mail_and_cron(env: Env) -> No
     assert all(c["last_run"] is None and c["next_run"] for c in status["cron"])
     assert status["connections"]["gauges"] == {} and "no [web] listener" in status["connections"]["detail"]
     lines = env.cli("status").stdout.splitlines()
-    assert lines[0].startswith(f"store        sqlite {env.db}, ") and lines[0].endswith("schema 3 of 3")
+    assert lines[0].startswith(f"store        sqlite {env.db}, ") and lines[0].endswith(f"schema {SQLITE_SCHEMA} of {SQLITE_SCHEMA}")
     assert lines[1].startswith("tasks        queued 2 (oldest ") and lines[1].endswith("running 0   succeeded 0   failed 0")
     assert "mail         0 today (UTC), 0 stored" in lines
     assert len(lines) < 25  # one screen

@@ -348,7 +348,7 @@ async def test_every_refusal_has_one_log_line_with_reason_peer_and_mailbox(
             client.close()
 
     assert await in_thread(deleted_in_between) == 550
-    assert len(lines(smtp_log, rf"peer=127\.0\.0\.1 mailboxes={local}@example\.test rejected message: the mailboxes were deleted")) == 1
+    assert len(lines(smtp_log, rf"peer=127\.0\.0\.1 mailboxes={local} refused message: the mailboxes' sessions were deleted")) == 1
 
 
 async def test_a_connection_dropped_while_its_message_is_stored_is_logged(

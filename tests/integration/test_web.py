@@ -187,6 +187,7 @@ async def test_received_mail_parts_are_file_objects_with_signed_urls(daemon: Dae
             client.send_message(msg)
 
     await asyncio.to_thread(send)
+    await queue_processed(runtime)
     rec = (await runtime.emails.list(session_id=sid))[0]
     email = DAEmail(rec.id, rec, runtime.emails, asyncio.get_running_loop())
     ctx = runtime.new_context("foreground", sid, runtime.registry.get("email-to-case-simple"), "x", {}, User())

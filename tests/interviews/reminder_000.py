@@ -2,23 +2,20 @@
 by block: each YAML block becomes the action or object it stands for, and its code is copied as is.
 
 The page's older flag name ``use_cron`` is kept on purpose (mailgate honours it with a deprecation
-line). The final screen's ``${ format_date(filing_date) }`` is a Mako call, which mailgate's template
-engine does not evaluate: the screen is the action's response, formatted in Python instead.
-``date_difference`` comes from mailgate when it provides it; until then from the small stand-in below.
+line). The final screen is the page's Mako text, rendered with the answers as the action's response;
+``date_difference`` and ``format_date`` are mailgate's, docassemble's functions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from types import SimpleNamespace
 from typing import Any
 
-import mailgate
 from mailgate import (
     Interview,
     Template,
     action_argument,
-    current_datetime,
+    date_difference,
     response,
     send_email,
     task_not_yet_performed,
@@ -31,12 +28,12 @@ def _as_date(value: Any) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
 
 
-def _date_difference(starting: Any = None, ending: Any = None, timezone: Any = None) -> SimpleNamespace:
-    end = _as_date(ending) if ending is not None else current_datetime().date()
-    return SimpleNamespace(days=(end - _as_date(starting)).days)
-
-
-date_difference = getattr(mailgate, "date_difference", None) or _date_difference
+# mandatory question: the final screen
+final_screen = Template(
+    subject="",
+    content="""Ok, I'll e-mail you at ${ email_address} 20 days
+from ${ format_date(filing_date) }.""",
+)
 
 
 @interview.action("start")  # mandatory code block, then the two questions, then the final screen
@@ -48,8 +45,7 @@ def start(answers: dict[str, Any]) -> None:
     answers["filing_date"] = _as_date(action_argument("filing_date"))
     answers["email_address"] = str(action_argument("email_address"))
     # mandatory question with a Leave button: the session stays on the server
-    response(f"Ok, I'll e-mail you at {answers['email_address']} 20 days\n"
-             f"from {answers['filing_date']:%B %-d, %Y}.")
+    response(final_screen.render_text(answers))
 
 
 # template: reminder_email
