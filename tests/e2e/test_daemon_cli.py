@@ -427,3 +427,13 @@ def test_db_status_and_status_show_the_store_tasks_mail_and_cron(env: Env) -> No
     assert lines[1].startswith("tasks        queued 2 (oldest ") and lines[1].endswith("running 0   succeeded 0   failed 0")
     assert "mail         0 today (UTC), 0 stored" in lines
     assert len(lines) < 25  # one screen
+
+
+def test_cron_run_counts_its_sessions_on_a_terminal(env: Env) -> None:
+    for _ in range(3):
+        sid = env.cli_json("sessions", "new", "testing")["id"]
+        env.cli("sessions", "run", sid, "enable_cron")
+    shown = _stderr_on_a_terminal(env, "cron", "run", "cron_hourly")
+    assert b"running cron_hourly: 3 sessions, done" in shown, shown
+    piped = env.cli("cron", "run", "cron_hourly")
+    assert "running cron_hourly" not in piped.stderr and "cron_hourly: 3 sessions" in piped.stdout

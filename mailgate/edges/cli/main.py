@@ -321,6 +321,24 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+class _RunCounter:
+    """``cron_daily: 1234 sessions`` redrawn in place on stderr (the total is not known ahead: the
+    sessions are read a page at a time)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.n = 0
+
+    def step(self) -> None:
+        self.n += 1
+        sys.stderr.write(f"\rrunning {self.what}: {self.n} sessions")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write(f"\rrunning {self.what}: {self.n} sessions, done\n")
+        sys.stderr.flush()
+
+
 async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
     async with Daemon(config, roles=(), one_shot=True, existing_store=True) as daemon:
         assert daemon.runtime is not None and daemon.cron is not None
@@ -330,11 +348,17 @@ async def cmd_cron(args: argparse.Namespace, config: Config) -> int:
                 raise UsageError(f"no interview defines {args.type!r} and it is not a scheduled type; "
                                  f"scheduled types: {', '.join(cron.types)}")
 
+            counter = _RunCounter(args.type) if sys.stderr.isatty() else None  # a live count on a terminal
+
             def show(session_id: str, result: Any) -> None:
+                if counter is not None:
+                    counter.step()
                 if not args.json and result.text is not None:
                     print(f"{session_id}: {result.text}", flush=True)
 
             report = await cron.run(args.type, on_result=show)
+            if counter is not None:
+                counter.done()
             if args.json:
                 print_json(report.to_dict())
             else:
