@@ -49,12 +49,13 @@ def check_config(config: Config) -> None:
     check_schedule(config)
 
 
-async def migrate_store(config: Config) -> tuple[list[int], int]:
-    """Apply the store's pending migrations: (the numbers applied, the schema version now)."""
+async def migrate_store(config: Config, on_step: Callable[[int, int], None] | None = None) -> tuple[list[int], int]:
+    """Apply the store's pending migrations: (the numbers applied, the schema version now);
+    ``on_step(done, pending)`` after each."""
     store = open_store(config.store)
     await store.open()
     try:
-        applied = await store.migrate()
+        applied = await store.migrate(on_step)
         return applied, await store.schema_version()
     finally:
         await store.close()

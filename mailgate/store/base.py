@@ -320,8 +320,9 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def migrate(self) -> list[int]:
-        """Apply pending numbered migrations; return the numbers applied."""
+    async def migrate(self, on_step: Callable[[int, int], None] | None = None) -> list[int]:
+        """Apply pending numbered migrations; return the numbers applied. ``on_step(done, pending)``
+        after each one (it may be called from another thread)."""
 
     @abc.abstractmethod
     async def schema_version(self) -> int: ...

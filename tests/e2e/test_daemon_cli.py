@@ -437,3 +437,10 @@ def test_cron_run_counts_its_sessions_on_a_terminal(env: Env) -> None:
     assert b"running cron_hourly: 3 sessions, done" in shown, shown
     piped = env.cli("cron", "run", "cron_hourly")
     assert "running cron_hourly" not in piped.stderr and "cron_hourly: 3 sessions" in piped.stdout
+
+
+def test_db_migrate_draws_its_progress_on_a_terminal(env: Env) -> None:
+    env.env["MAILGATE_STORE_PATH"] = str(env.tmp_path / "fresh.sqlite3")  # a store with no schema yet
+    shown = _stderr_on_a_terminal(env, "db", "migrate")
+    assert f"] {SQLITE_SCHEMA}/{SQLITE_SCHEMA}".encode() in shown and b"migrating schema" in shown, shown
+    assert "migrating" not in env.cli("db", "migrate").stderr  # piped: no bar (and nothing left to apply)

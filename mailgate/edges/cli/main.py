@@ -65,6 +65,7 @@ from mailgate.edges.cli.ops import (
     cmd_email_ops,
     cmd_status,
     cmd_task_ops,
+    progress_bar,
 )
 from mailgate.edges.cli.output import emit, print_json, safe
 from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
@@ -166,7 +167,7 @@ async def cmd_db(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
-    applied, version = await migrate_store(config)
+    applied, version = await migrate_store(config, progress_bar("migrating", "schema"))
     if args.json:
         print_json({"applied": applied, "version": version})
     else:

@@ -45,7 +45,7 @@ def duration(text: str) -> float:
     return float(found.group(1)) * _UNITS[found.group(2)]
 
 
-def _progress(stage: str, what: str) -> Callable[[int, int], None] | None:
+def progress_bar(stage: str, what: str) -> Callable[[int, int], None] | None:
     """A bar on stderr when it is a terminal; None (no display) when it is piped or a file."""
     if not sys.stderr.isatty():
         return None
@@ -108,12 +108,12 @@ async def cmd_task_ops(args: argparse.Namespace, config: Config) -> int:
             emit(args.json, task_dict(rec), text=f"task {rec.id} cancelled")
         elif args.tasks_cmd == "purge":
             before = rt.store_clock() - args.older_than if args.older_than is not None else None
-            n = await rt.tasks.purge(args.state, before, _progress("purging", f"{args.state} tasks"))
+            n = await rt.tasks.purge(args.state, before, progress_bar("purging", f"{args.state} tasks"))
             age = f" older than {_age(args.older_than)}" if args.older_than is not None else ""
             emit(args.json, {"state": args.state, "older_than_seconds": args.older_than, "deleted": n},
                  text=f"deleted {n} {args.state} task(s){age}")
         else:  # retry --all-failed
-            ids = await rt.tasks.retry_failed(_progress("retrying", "failed tasks"))
+            ids = await rt.tasks.retry_failed(progress_bar("retrying", "failed tasks"))
             emit(args.json, {"queued": ids}, text=f"queued {len(ids)} failed task(s) again")
     return 0
 
@@ -142,12 +142,12 @@ async def cmd_db_ops(args: argparse.Namespace, config: Config) -> int:
         rt = _rt(daemon)
         if args.db_cmd == "backup":
             started = time.monotonic()
-            size = await rt.backup(args.path, _progress("backing up", "pages"))
+            size = await rt.backup(args.path, progress_bar("backing up", "pages"))
             emit(args.json, {"path": args.path, "bytes": size, "seconds": round(time.monotonic() - started, 3)},
                  text=f"backed up {_where(config)} to {args.path} ({_size(size)}) "
                       f"in {time.monotonic() - started:.1f} s")
         elif args.db_cmd == "restore":
-            version = await rt.restore(args.path, _progress("restoring", "pages"))
+            version = await rt.restore(args.path, progress_bar("restoring", "pages"))
             emit(args.json, {"path": args.path, "schema_version": version},
                  text=f"restored {_where(config)} from {args.path}; schema version {version}")
         else:

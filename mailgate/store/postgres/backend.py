@@ -232,7 +232,7 @@ class PgStore(Store):
     def latest_migration(self) -> int:
         return max(n for n, _, _ in _migrations())
 
-    async def migrate(self) -> list[int]:
+    async def migrate(self, on_step: Callable[[int, int], None] | None = None) -> list[int]:
         async def run(conn: asyncpg.Connection) -> list[int]:
             applied: list[int] = []
             async with conn.transaction():
@@ -241,6 +241,7 @@ class PgStore(Store):
                     "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
                     "applied_at double precision NOT NULL)")
                 done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                pending = len([n for n, _, _ in _migrations() if n not in done])
                 for number, name, sql in _migrations():
                     if number in done:
                         continue
@@ -248,6 +249,8 @@ class PgStore(Store):
                     await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, COALESCE($3::float8, extract(epoch FROM clock_timestamp())))",
                                        number, name, self._t())
                     applied.append(number)
+                    if on_step is not None:  # applied; committed with the others at the end
+                        on_step(len(applied), pending)
             return applied
 
         applied = await self._call(run)

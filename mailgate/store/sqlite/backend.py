@@ -110,12 +110,14 @@ class SqliteStore(Store):
     def latest_migration(self) -> int:
         return max(n for n, _, _ in _migrations())
 
-    async def migrate(self) -> list[int]:
+    async def migrate(self, on_step: Callable[[int, int], None] | None = None) -> list[int]:
         clock = self.now
 
         def run(conn: sqlite3.Connection) -> list[int]:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
             applied_now: list[int] = []
+            known = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            pending = len([n for n, _, _ in _migrations() if n not in known])
             for number, name, sql in _migrations():
                 conn.execute("BEGIN IMMEDIATE")  # serialises migrating processes
                 try:
@@ -126,6 +128,8 @@ class SqliteStore(Store):
                         conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (number, name, clock()))
                         applied_now.append(number)
                     conn.execute("COMMIT")
+                    if not done and on_step is not None:
+                        on_step(len(applied_now), max(pending, len(applied_now)))
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
