@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -37,6 +36,7 @@ from mailgate import metrics
 from mailgate.config import Config
 from mailgate.core.commits import Commits
 from mailgate.core.inbound import Inbound
+from mailgate.core.jobs import finish_within
 from mailgate.errors import LeaseLost, StoreError
 from mailgate.store.base import InboundDelivery, InboundRecord, MailboxRecord, Store
 
@@ -191,15 +191,8 @@ class Ingest:
         """Stop claiming, let messages in hand finish within ``grace``, give the rest back to the queue."""
         self._stopping = True
         self._wake.set()
-        deadline = time.monotonic() + grace
-        while self.running and time.monotonic() < deadline:
-            await asyncio.wait(list(self.running.values()), timeout=max(0.0, deadline - time.monotonic()))
-        leftover = list(self.running)
-        jobs = list(self.running.values())
-        for job in jobs:
-            job.cancel()
+        leftover = await finish_within(self.running, grace)
         if leftover:
-            await asyncio.gather(*jobs, return_exceptions=True)
             await self._give_back(leftover)
             log.warning("gave %d unprocessed queued messages back to the queue", len(leftover),
                         extra={"event": "mail.released"})

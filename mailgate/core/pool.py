@@ -12,6 +12,7 @@ from mailgate import metrics
 from mailgate.config import TasksConfig
 from mailgate.core.background import TaskRunner, lost_task_events
 from mailgate.core.commits import Commits
+from mailgate.core.jobs import finish_within
 from mailgate.errors import LeaseLost, StoreError
 from mailgate.store.base import SessionRecord, Store, TaskRecord
 
@@ -138,14 +139,7 @@ class WorkerPool:
         """Stop claiming, let running tasks finish within ``grace``, give the rest back to the queue."""
         self._stopping = True
         self._wake.set()
-        deadline = time.monotonic() + grace
-        while self.running and time.monotonic() < deadline:
-            await asyncio.wait(list(self.running.values()), timeout=max(0.0, deadline - time.monotonic()))
-        leftover = list(self.running)
-        jobs = list(self.running.values())
-        for job in jobs:
-            job.cancel()
+        leftover = await finish_within(self.running, grace)
         if leftover:
-            await asyncio.gather(*jobs, return_exceptions=True)
             await self._store.release_tasks(self.worker_id, leftover)
             log.warning("gave %d unfinished tasks back to the queue", len(leftover), extra={"event": "task.released"})
