@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # the names as type checkers see them; at run time each loads
         times_task_performed,
     )
     from mailgate.author.templates import Template
+    from mailgate.author.text import comma_and_list
     from mailgate.core.context import User
     from mailgate.core.daemail import DAEmail
     from mailgate.core.interviews import Interview
@@ -113,6 +114,7 @@ _LAZY = {
     "get_default_timezone": "mailgate.author.dates",
     "today": "mailgate.author.dates",
     "Template": "mailgate.author.templates",
+    "comma_and_list": "mailgate.author.text",
     "User": "mailgate.core.context",
     "DAEmail": "mailgate.core.daemail",
     "Interview": "mailgate.core.interviews",
@@ -165,6 +167,7 @@ __all__ = [
     "background_error_action",
     "background_response",
     "background_response_action",
+    "comma_and_list",
     "command",
     "current_datetime",
     "get_emails",
