@@ -88,6 +88,8 @@ class MailConfig:
     domains: tuple[str, ...] = _f(("localhost",), "domains whose mail this host accepts; interview_email() uses the first")
     local_part_length: int = _f(16, "characters in a generated local part (5 random bits each; 16 gives 80 bits)", minimum=10)
     mailbox_expiry_days: float = _f(0.0, "days an address lives after interview_email() last handed it out; 0 = as long as its session", minimum=0)
+    postmaster: str = _f("mailbox", "where mail to postmaster@ each domain and to <postmaster> goes (RFC 5321 4.5.1): \"mailbox\" = kept in "
+                         "the operator mailbox (mailgate emails list --postmaster), or an address the [outbound] relay forwards each message to")
 
 
 @dataclass(frozen=True)
@@ -406,6 +408,13 @@ def _check_cross(config: Config) -> list[str]:
             domain.encode("idna")
         except UnicodeError:
             errors.append(f"{src}: [mail] domains: {domain!r} is not a valid domain name")
+    postmaster = config.mail.postmaster.strip()
+    if postmaster != "mailbox":
+        local, at, domain = postmaster.rpartition("@")
+        if not at or not local or not domain or any(c in postmaster for c in " <>,\r\n\t"):
+            errors.append(f"{src}: [mail] postmaster = {postmaster!r} must be \"mailbox\" or one e-mail address (user@domain)")
+        elif not config.outbound.relay_host and not config.outbound.suppress:
+            errors.append(f"{src}: [mail] postmaster forwards to {postmaster} but no [outbound] relay_host is set")
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         errors.append(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
     try:

@@ -28,7 +28,15 @@ from mailgate.core import answers as codec
 from mailgate.core.commits import Commits
 from mailgate.core.daemail import DAEmail
 from mailgate.core.interviews import Registry
-from mailgate.core.mailboxes import Addresses, Mailboxes, split_address
+from mailgate.core.mailboxes import (
+    POSTMASTER,
+    POSTMASTER_MAILBOX,
+    Addresses,
+    Mailboxes,
+    is_bare_postmaster,
+    is_postmaster,
+    split_address,
+)
 from mailgate.mail.auth import (
     AuthResults,
     DkimResult,
@@ -111,10 +119,14 @@ class Inbound:
     async def check_recipient(self, address: str) -> tuple[Verdict, MailboxRecord | None]:
         parts = split_address(address)
         if parts is None:
+            if is_bare_postmaster(address):
+                return Verdict.OK, POSTMASTER_MAILBOX
             return Verdict.BAD_ADDRESS, None
         local, domain = parts
         if not self.addresses.is_ours(domain):
             return Verdict.FOREIGN_DOMAIN, None
+        if local == POSTMASTER:
+            return Verdict.OK, POSTMASTER_MAILBOX
         mailbox = await self._store.find_mailbox(local)
         if mailbox is None:
             return Verdict.UNKNOWN, None
@@ -183,7 +195,7 @@ class Inbound:
         # A mailbox whose session was deleted since RCPT is refused now, while the sender can still be
         # told (550); one deleted after the reply is dropped by the processor, with a log line.
         sessions = await self.sessions_of(mailboxes)
-        mailboxes = [m for m in mailboxes if m.session_id in sessions]
+        mailboxes = [m for m in mailboxes if m.session_id in sessions or is_postmaster(m)]
         if not mailboxes:
             return DeliveryResult([], 0)
         sha = (await asyncio.to_thread(_sha256, raw)) if len(raw) >= _HASH_IN_THREAD else _sha256(raw)
@@ -251,6 +263,10 @@ class Inbound:
         emails = []
         for mailbox in unique.values():
             session = sessions.get(mailbox.session_id)
+            if is_postmaster(mailbox):
+                emails.append(self._postmaster_email(parsed, parsed_json, auth_json, mail_from=mail_from,
+                                                     client_ip=client_ip, helo=helo, tls=tls))
+                continue
             if session is None:
                 log.info("mail to mailbox %s dropped: its session %s was deleted after the message was accepted%s",
                          mailbox.local_part, mailbox.session_id, f" (queued as {entry})" if entry else "",
@@ -280,8 +296,20 @@ class Inbound:
                                    f"{parsed.message_id or ''}\0{sha}", envelope, parsed_json, auth_json, task, event))
         return emails
 
+    def _postmaster_email(self, parsed: StoredParse, parsed_json: str, auth_json: str, *, mail_from: str,
+                          client_ip: str, helo: str, tls: bool | None) -> NewEmail:
+        """The operator mailbox's copy: no session, so no ``incoming_email`` task and no ``email`` event."""
+        address = self.addresses.address(POSTMASTER)
+        fields: dict[str, Any] = {"mail_from": mail_from, "rcpt_to": address, "client_ip": client_ip, "helo": helo,
+                                  "short": POSTMASTER, "key": "", "index": "", "address": address, "address_owner": None}
+        if tls is not None:
+            fields["tls"] = tls
+        return NewEmail(uuid.uuid4().hex, POSTMASTER, "", parsed.message_id, f"{parsed.message_id or ''}\0{parsed.content_hash}",
+                        json.dumps(fields, separators=(",", ":")), parsed_json, auth_json, None, None)
+
     async def sessions_of(self, mailboxes: Sequence[MailboxRecord]) -> dict[str, SessionRecord]:
-        return await self._store.get_sessions(list({m.session_id for m in mailboxes}))
+        ids = list({m.session_id for m in mailboxes if not is_postmaster(m)})
+        return await self._store.get_sessions(ids) if ids else {}
 
     async def deliver(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
                       helo: str) -> DeliveryResult:

@@ -126,7 +126,7 @@ class NewEmail:
     parsed: str
     authentication: str
     task: NewTask | None  # the incoming_email task, when the interview defines it
-    event: NewEvent
+    event: NewEvent | None  # None for the operator (postmaster) mailbox, which has no session
 
 
 @dataclass(frozen=True)

@@ -808,7 +808,8 @@ def _insert_emails(conn: sqlite3.Connection, emails: Sequence[NewEmail], sha256:
         if cur.rowcount != 1:
             continue  # a duplicate: already stored (and its task queued) once
         new_ids.append(e.id)
-        events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now).events)
+        events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event] if e.event else ()),
+                                     now).events)
     return new_ids, events
 
 
