@@ -134,7 +134,8 @@ class SmtpConfig:
     parse_timeout: float = _f(30.0, "seconds a worker process may spend on one message; past it the worker is replaced and the message stored unparsed (raw bytes kept, a defect says why); with parse_processes = 0 the message is stored unparsed all the same, but the parsing thread cannot be stopped and runs on unused", minimum=0.1)
     max_line_length: int = _f(65536, "longest line accepted in DATA (RFC 5321 says 1000; real mail is longer)", minimum=1001)
     process_queue: bool = _f(True, "process queued mail on this node (with the smtp or worker role): parse, authenticate, store as e-mails; false = this node only queues what it accepts, others process it")
-    queue_lease: float = _f(120.0, "seconds a processor holds a queued message it claimed; a dead node's messages are processed by another after this (keep it above parse_timeout + 2 x dns_timeout)", minimum=1)
+    queue_lease: float = _f(30.0, "seconds a claim on a queued message lasts without its processor's heartbeat (renewed every third of it); "
+                            "a dead node's messages are processed by another after this, a dead process's by the next daemon started on its host at once", minimum=1)
     queue_attempts: int = _f(3, "times a queued message is claimed before it is stored unparsed, with a defect saying why (its processors kept dying on it)", minimum=1)
 
 

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from mailgate import metrics
 from mailgate.config import Config
+from mailgate.core.claims import holder_is_dead
 from mailgate.core.commits import Commits
 from mailgate.core.inbound import Inbound
 from mailgate.core.jobs import finish_within
@@ -74,6 +75,8 @@ class Ingest:
         self._inbound.add_queue_listener(self.wake)
         self._store.watch_inbound(self.wake)
         failing = False
+        await self.take_over_dead_claims()
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="inbound-heartbeat")
         try:
             while not self._stopping:
                 self._wake.clear()  # before looking, so that a wake-up while claiming is not lost
@@ -100,7 +103,42 @@ class Ingest:
                 except TimeoutError:
                     pass
         finally:
+            heartbeat.cancel()
             self._inbound.remove_queue_listener(self.wake)
+
+    async def take_over_dead_claims(self) -> int:
+        """Give back at once the queued messages that processes of this host held when they died
+        (``kill -9``, a crash, a power cut): they are processed now, not after ``queue_lease``. A
+        holder is dead when its pid no longer runs or now names a process started later
+        (:func:`~mailgate.core.claims.holder_is_dead`); other hosts' claims wait for their lease."""
+        try:
+            dead = [h for h in await self._store.inbound_holders() if h != self.worker_id and holder_is_dead(h)]
+            taken = await self._store.release_dead_inbound(dead) if dead else 0
+        except StoreError as exc:  # the claim loop reports the outage; the lease still frees them later
+            log.error("could not take over the queued messages of dead processes: %s", exc,
+                      extra={"event": "mail.takeover_failed"})
+            return 0
+        if taken:
+            log.warning("took over %d queued messages claimed by %d dead process(es) of this host (%s); processing them now",
+                        taken, len(dead), ", ".join(dead), extra={"event": "mail.claims_taken_over"})
+        return taken
+
+    async def _heartbeat(self) -> None:
+        """Renew the claims in hand every third of ``queue_lease``: a message that takes long (slow
+        DNS, a big parse) keeps its claim, so the lease can be short and no other processor takes
+        it up while this one lives."""
+        while True:
+            await asyncio.sleep(self.lease / 3)  # the heartbeat's period, not synchronisation
+            held = list(self.running)
+            if not held:
+                continue
+            try:
+                # a claim no longer held (delivered meanwhile, or lost) is not renewed; a lost one's
+                # delivery is refused by the store and logged (mail.claim_lost)
+                await self._store.renew_inbound(self.worker_id, held, self.lease)
+            except StoreError as exc:
+                log.error("renewing the claims on %d queued messages failed: %s", len(held), exc,
+                          extra={"event": "mail.heartbeat_failed"})
 
     def _start(self, rec: InboundRecord) -> None:
         envelope = json.loads(rec.envelope)

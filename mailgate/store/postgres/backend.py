@@ -604,6 +604,26 @@ class PgStore(Store):
                 "SELECT pg_notify('mailgate_inbound', '') FROM (SELECT 1 FROM given LIMIT 1) AS any_given",
                 list(entry_ids), worker))
 
+    async def renew_inbound(self, worker: str, entry_ids: Sequence[str], lease: float) -> list[str]:
+        if not entry_ids:
+            return []
+        rows = await self._fetch(
+            "UPDATE inbound_queue SET lease_until = mailgate_now($4) + $3 WHERE id = ANY($1::text[]) AND worker = $2 "
+            "RETURNING id", list(entry_ids), worker, lease, self._t())
+        return [r["id"] for r in rows]
+
+    async def inbound_holders(self) -> list[str]:
+        rows = await self._fetch("SELECT DISTINCT worker FROM inbound_queue WHERE worker IS NOT NULL ORDER BY worker")
+        return [r["worker"] for r in rows]
+
+    async def release_dead_inbound(self, workers: Sequence[str]) -> int:
+        if not workers:
+            return 0
+        return int(await self._call(lambda c: c.fetchval(
+            "WITH given AS (UPDATE inbound_queue SET worker = NULL, lease_until = NULL WHERE worker = ANY($1::text[]) "
+            "RETURNING 1), rang AS (SELECT pg_notify('mailgate_inbound', '') FROM (SELECT 1 FROM given LIMIT 1) AS any_given) "
+            "SELECT (SELECT COUNT(*) FROM given) + 0 * (SELECT COUNT(*) FROM rang)", list(workers))))
+
     async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:
         rows = await self._fetch(f"SELECT {INBOUND_COLS} FROM inbound_queue ORDER BY seq LIMIT $1", limit)
         return [InboundRecord(*r) for r in rows]
