@@ -38,20 +38,26 @@ from mailgate.core.claims import holder_is_dead
 from mailgate.core.commits import Commits
 from mailgate.core.inbound import Inbound
 from mailgate.core.jobs import finish_within
+from mailgate.core.mailboxes import POSTMASTER, is_postmaster
 from mailgate.errors import LeaseLost, StoreError
+from mailgate.mail.auth import AuthResults
+from mailgate.outbound.transport import Outbound
 from mailgate.store.base import InboundDelivery, InboundRecord, MailboxRecord, Store
 
 log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
 CONCURRENCY = 64  # messages in hand at once: parsing and DNS of several overlap, commits group
+FORWARD_RETRY_MAX = 300.0  # seconds between two tries of a postmaster forward, at most
 
 
 class Ingest:
     """Claims queued messages and turns them into e-mails; one per process."""
 
-    def __init__(self, config: Config, store: Store, inbound: Inbound, commits: Commits, worker_id: str) -> None:
+    def __init__(self, config: Config, store: Store, inbound: Inbound, commits: Commits, worker_id: str,
+                 outbound: Outbound | None = None) -> None:
         self.config = config
+        self._outbound = outbound or Outbound(config.outbound)  # forwards postmaster mail ([mail] postmaster)
         self._store = store
         self._inbound = inbound
         self._commits = commits
@@ -185,6 +191,9 @@ class Ingest:
                 parsed, auth = await self._inbound.prepare(
                     raw, mail_from=mail_from, client_ip=client_ip, helo=helo,
                     unparsed_because=f"not parsed: parsing failed ({type(exc).__name__}: {exc})")
+            if self._inbound.postmaster_forward and all(is_postmaster(m) for m in mailboxes):
+                if await self._forward(rec, raw, mail_from, auth):
+                    mailboxes = []  # forwarded: nothing is stored, the entry leaves the queue
             sessions = await self._inbound.sessions_of(mailboxes)
             emails = self._inbound.emails_for(mailboxes, sessions, parsed, auth, mail_from=mail_from,
                                               client_ip=client_ip, helo=helo, tls=envelope.get("tls"), entry=rec.id)
@@ -215,8 +224,35 @@ class Ingest:
         self.processed += 1
         auth_summary = f"dkim={','.join(d.result for d in auth.dkim) or 'none'} spf={auth.spf.result} dmarc={auth.dmarc.result}"
         log.info("mail processed: queued=%s mailboxes=%s size=%d stored=%s duplicates=%d delay=%.3fs %s", rec.id,
-                 ",".join(m.local_part for m in mailboxes), rec.size, ",".join(stored), len(emails) - len(stored),
+                 ",".join(m.local_part for m in mailboxes) or "postmaster (forwarded)", rec.size, ",".join(stored), len(emails) - len(stored),
                  max(0.0, self._store.now() - rec.received_at), auth_summary, extra={"event": "mail.processed"})
+
+    async def _forward(self, rec: InboundRecord, raw: bytes, mail_from: str, auth: AuthResults) -> bool:
+        """Forward postmaster mail to ``[mail] postmaster`` through the outbound relay; True once the
+        relay took it. A temporary failure is logged and tried again, at growing intervals, while
+        this processor holds the claim (its heartbeat keeps it; after a crash the next processor
+        tries); a permanent refusal (5xx) returns False: the message is kept in the operator mailbox."""
+        target = self._inbound.postmaster_forward
+        assert target is not None
+        sender, resent = self._inbound.resent(raw, auth, mail_from)
+        wait, tries = self.config.tasks.poll_interval, 0
+        while True:
+            tries += 1
+            result = await self._outbound.forward(sender, [target], resent)
+            if result.accepted:
+                log.info("postmaster mail forwarded to %s: queued=%s from=<%s> size=%d tries=%d relay: %s", target, rec.id,
+                         mail_from[:256], rec.size, tries, result.reply[:200],
+                         extra={"event": "mail.postmaster_forwarded", "mailbox": POSTMASTER})
+                return True
+            if result.permanent:
+                log.error("postmaster mail (queued=%s from=<%s>) could not be forwarded to %s: %s; kept in the operator "
+                          "mailbox instead (mailgate emails list --postmaster)", rec.id, mail_from[:256], target,
+                          result.error, extra={"event": "mail.postmaster_kept", "mailbox": POSTMASTER})
+                return False
+            log.warning("postmaster mail (queued=%s) not forwarded to %s yet: %s; try %d, again in %g s", rec.id, target,
+                        result.error, tries, wait, extra={"event": "mail.postmaster_retry", "mailbox": POSTMASTER})
+            await asyncio.sleep(wait)  # the retry interval, not synchronisation
+            wait = min(wait * 2, FORWARD_RETRY_MAX)
 
     async def _give_back(self, entry_ids: list[str]) -> None:
         try:

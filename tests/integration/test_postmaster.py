@@ -8,20 +8,32 @@ runs ``python -m mailgate`` on the same file.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import json
+import logging
 import smtplib
 import subprocess
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.mail.auth import StaticResolver
-from tests.helpers import config_toml, mailgate_cmd, make_config, queue_processed, subprocess_env
+from tests.helpers import (
+    config_toml,
+    mailgate_cmd,
+    make_config,
+    queue_processed,
+    subprocess_env,
+    wait_until,
+)
 from tests.helpers import runtime_of as rt
+from tests.integration.test_outbound import Sink
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,7 +72,7 @@ def send(port: int, rcpts: list[str], msg: EmailMessage) -> tuple[list[tuple[int
         replies = [client.rcpt(r) for r in rcpts]
         if not any(code == 250 for code, _ in replies):
             return replies, None
-        return replies, client.data(msg.as_bytes())
+        return replies, client.data(msg.as_bytes(policy=email.policy.SMTP))
 
 
 async def postmaster_emails(d: Daemon) -> list[Any]:
@@ -145,3 +157,100 @@ async def test_the_cli_lists_shows_and_deletes_postmaster_mail(daemon: Daemon, c
     cli("emails", "delete", rows[0]["id"])
     assert json.loads(cli("emails", "list", "--postmaster", "--json").stdout) == []
     assert [json.loads(e.parsed)["subject"] for e in await rt(daemon).store.list_emails()] == ["For the session"]
+
+
+# -- [mail] postmaster = an address: forwarded through the outbound relay (a recording SMTP server) --
+
+OPERATOR = "ops@operators.test"
+
+
+@pytest_asyncio.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = await Sink().start()
+    yield s
+    await s.stop()
+
+
+def forwarding(tmp_path: Path, sink: Sink) -> Config:
+    return make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test"}, mail={"domains": ("example.test",), "postmaster": OPERATOR},
+                       outbound={"relay_host": "127.0.0.1", "relay_port": sink.port, "tls": "none", "timeout": 5.0})
+
+
+def events_of(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", "") == event]
+
+
+async def test_postmaster_mail_is_forwarded_unchanged_with_resent_fields(tmp_path: Path, sink: Sink,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with Daemon(forwarding(tmp_path, sink), roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None
+        sent = {rcpt: message(f"Forward {n}") for n, rcpt in enumerate(["postmaster@example.test", "<Postmaster>"])}
+        for rcpt, msg in sent.items():
+            replies, data = await asyncio.to_thread(send, d.smtp.port, [rcpt], msg)
+            assert [code for code, _ in replies] == [250] and data is not None and data[0] == 250
+        await wait_until(lambda: len(sink.received) == 2, what="both forwarded")
+        await queue_processed(rt(d))
+        assert await postmaster_emails(d) == [] and await rt(d).store.list_tasks() == []
+        assert await rt(d).store.events_after(0) == []
+    for got, msg in zip(sink.received, sent.values(), strict=True):
+        assert got.rcpt_tos == [OPERATOR] and got.mail_from == "postmaster@example.test"
+        head, _, original = got.data.partition(b"\r\nFrom: ")
+        assert b"From: " + original == msg.as_bytes(policy=email.policy.SMTP)  # unchanged, byte for byte
+        names = [line.split(b":")[0] for line in head.split(b"\r\n") if line[:1] not in (b"\t", b" ")]
+        assert names == [b"Authentication-Results", b"Resent-From", b"Resent-To", b"Resent-Date", b"Resent-Message-ID"]
+        forwarded = got.message
+        assert forwarded["Resent-From"] == "postmaster@example.test" and forwarded["Resent-To"] == OPERATOR
+        assert forwarded["Authentication-Results"].startswith("mx.test;") and "spf=" in forwarded["Authentication-Results"]
+    assert len(events_of(caplog, "mail.postmaster_forwarded")) == 2
+
+
+async def test_a_refused_forward_is_retried_until_the_relay_takes_it(tmp_path: Path, sink: Sink,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    sink.data_reply = "451 4.3.0 Try again later"
+    async with Daemon(forwarding(tmp_path, sink), roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None
+        session = await rt(d).create_session("email-to-case")
+        address = (await rt(d).run_action(session.id, "start")).text
+        assert address is not None
+        replies, data = await asyncio.to_thread(send, d.smtp.port, [address, "postmaster@example.test"], message("Retry"))
+        assert [code for code, _ in replies] == [250, 250] and data is not None and data[0] == 250
+        # the session's copy does not wait for the forward
+        await wait_until(lambda: len(events_of(caplog, "mail.postmaster_retry")) >= 3, what="three failed tries")
+        assert [json.loads(e.parsed)["subject"] for e in await rt(d).store.list_emails(session_id=session.id)] == ["Retry"]
+        assert await rt(d).store.count_inbound() == 1 and sink.received == []  # still queued, never dropped
+        retry = events_of(caplog, "mail.postmaster_retry")[0].getMessage()
+        assert OPERATOR in retry and "451 4.3.0 Try again later" in retry
+        sink.data_reply = None
+        await wait_until(lambda: len(sink.received) == 1, what="the forward after the relay recovered")
+        await queue_processed(rt(d))
+        assert await postmaster_emails(d) == []
+    assert sink.received[0].rcpt_tos == [OPERATOR] and b"Subject: Retry" in sink.received[0].data
+    assert len(events_of(caplog, "mail.postmaster_forwarded")) == 1
+
+
+async def test_a_forward_refused_for_good_is_kept_in_the_operator_mailbox(tmp_path: Path, sink: Sink,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    sink.rcpt_reply = lambda address: "550 5.1.1 No such user"
+    async with Daemon(forwarding(tmp_path, sink), roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None
+        await asyncio.to_thread(send, d.smtp.port, ["postmaster@example.test"], message("Kept"))
+        await queue_processed(rt(d))
+        assert [json.loads(e.parsed)["subject"] for e in await postmaster_emails(d)] == ["Kept"]
+    [kept] = events_of(caplog, "mail.postmaster_kept")
+    assert "550 5.1.1 No such user" in kept.getMessage() and kept.levelno == logging.ERROR
+
+
+async def test_a_bounce_to_postmaster_is_forwarded_with_a_null_sender(tmp_path: Path, sink: Sink) -> None:
+    async with Daemon(forwarding(tmp_path, sink), roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None
+
+        def bounce() -> None:
+            with smtplib.SMTP("127.0.0.1", d.smtp.port, timeout=10) as client:  # type: ignore[union-attr]
+                assert client.sendmail("<>", ["<postmaster>"], message("Undelivered").as_bytes()) == {}
+
+        await asyncio.to_thread(bounce)
+        await wait_until(lambda: len(sink.received) == 1, what="the bounce forwarded")
+    assert sink.received[0].mail_from == "<>" and sink.received[0].rcpt_tos == [OPERATOR]
