@@ -254,3 +254,27 @@ async def test_a_bounce_to_postmaster_is_forwarded_with_a_null_sender(tmp_path: 
         await asyncio.to_thread(bounce)
         await wait_until(lambda: len(sink.received) == 1, what="the bounce forwarded")
     assert sink.received[0].mail_from == "<>" and sink.received[0].rcpt_tos == [OPERATOR]
+
+
+@pytest.mark.parametrize("postmaster", ["mailbox", OPERATOR])
+async def test_with_auth_policy_reject_postmaster_mail_is_kept_or_forwarded_too(tmp_path: Path, sink: Sink, postmaster: str) -> None:
+    """``auth_policy = "reject"`` stores mail before the reply (DMARC decides it): postmaster mail
+    goes to the operator mailbox then, or is queued for the forward."""
+    config = forwarding(tmp_path, sink).replace(smtp={"port": 0, "hostname": "mx.test", "auth_policy": "reject"},
+                                                mail={"domains": ("example.test",), "postmaster": postmaster})
+    async with Daemon(config, roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
+        assert d.smtp is not None
+        session = await rt(d).create_session("email-to-case")
+        address = (await rt(d).run_action(session.id, "start")).text
+        assert address is not None
+        replies, data = await asyncio.to_thread(send, d.smtp.port, [address, "<postmaster>"], message("Strict"))
+        assert [code for code, _ in replies] == [250, 250] and data is not None and data[0] == 250
+        if postmaster == "mailbox":
+            # stored before the 250: no queue in between
+            assert [json.loads(e.parsed)["subject"] for e in await postmaster_emails(d)] == ["Strict"]
+        else:
+            await wait_until(lambda: len(sink.received) == 1, what="the forward")
+            assert sink.received[0].rcpt_tos == [OPERATOR]
+            await queue_processed(rt(d))
+            assert await postmaster_emails(d) == []
+        assert [json.loads(e.parsed)["subject"] for e in await rt(d).store.list_emails(session_id=session.id)] == ["Strict"]
