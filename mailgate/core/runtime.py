@@ -280,6 +280,9 @@ class Runtime:
         """Queue ``incoming_email`` again on a stored e-mail, as its delivery did (Action Mailbox's
         reroute): a new task of the e-mail's session, run by the worker pool as the mailbox's owner."""
         rec = await self.emails.get(email_id)
+        if not rec.session_id:
+            raise ActionError(f"e-mail {email_id} is in the operator (postmaster) mailbox: it has no session, "
+                              "so there is no incoming_email to replay")
         session = await self.sessions.get(rec.session_id)
         interview = self.registry.get(session.interview)
         if not interview.has_action("incoming_email"):
