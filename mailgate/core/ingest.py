@@ -8,7 +8,10 @@ with a lease (``[smtp] queue_lease``), parses and authenticates several at once
 DMARC), and stores each in one transaction that also removes it from the queue and that the store
 refuses once the claim is no longer this processor's (:meth:`Store.deliver_inbound
 <mailgate.store.base.Store.deliver_inbound>`): so each message is delivered once, also when a
-processor dies halfway and another takes its messages over after the lease.
+processor dies halfway and another takes its messages over: a daemon starting on the same host at
+once (the claim names host, pid and process start: :mod:`mailgate.core.claims`), another host after
+the lease. The processor renews its claims every third of the lease while it works on them, so a
+slow message keeps its claim and the lease can be short.
 
 Order: messages are claimed oldest first, and a message is handed to the store only after the earlier
 messages this processor holds for the same mailboxes were: the store commits its calls in the order
