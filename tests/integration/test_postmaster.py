@@ -126,6 +126,11 @@ async def test_a_message_to_a_session_and_to_postmaster_reaches_both(daemon: Dae
     assert [json.loads(e.parsed)["subject"] for e in mine] == ["Both"]
     assert [t.action for t in await rt(daemon).store.list_tasks()] == ["incoming_email"]
     assert [e.session_id for e in await rt(daemon).store.events_after(0) if e.kind == "email"] == [session.id]
+    # the session goes, with its copy; the operator's copy and the raw bytes they shared stay
+    assert await rt(daemon).delete_session(session.id)
+    [kept] = await postmaster_emails(daemon)
+    assert b"Subject: Both" in await rt(daemon).emails.raw(kept)
+    assert await rt(daemon).store.list_emails() == [kept]
 
 
 async def test_the_cli_lists_shows_and_deletes_postmaster_mail(daemon: Daemon, config: Config, tmp_path: Path) -> None:
