@@ -71,6 +71,7 @@ class Ingest:
         self._wake = asyncio.Event()
         self._stopping = False
         self._store_failing = False
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self.processed = 0
 
     def wake(self) -> None:
@@ -85,7 +86,8 @@ class Ingest:
         self._store.watch_inbound(self.wake)
         failing = False
         await self.take_over_dead_claims()
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="inbound-heartbeat")
+        # the claims in hand are renewed until stop() has let them finish or given them back
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat(), name="inbound-heartbeat")
         try:
             while not self._stopping:
                 self._wake.clear()  # before looking, so that a wake-up while claiming is not lost
@@ -112,7 +114,8 @@ class Ingest:
                 except TimeoutError:
                     pass
         finally:
-            heartbeat.cancel()
+            if not self._stopping:  # ended otherwise (cancelled): nothing is renewed any more
+                self._heartbeat_task.cancel()
             self._inbound.remove_queue_listener(self.wake)
 
     async def take_over_dead_claims(self) -> int:
@@ -268,7 +271,11 @@ class Ingest:
         """Stop claiming, let messages in hand finish within ``grace``, give the rest back to the queue."""
         self._stopping = True
         self._wake.set()
-        leftover = await finish_within(self.running, grace)
+        try:
+            leftover = await finish_within(self.running, grace)
+        finally:
+            if self._heartbeat_task is not None:
+                self._heartbeat_task.cancel()
         if leftover:
             await self._give_back(leftover)
             log.warning("gave %d unprocessed queued messages back to the queue", len(leftover),
