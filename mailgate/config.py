@@ -88,6 +88,8 @@ class MailConfig:
     domains: tuple[str, ...] = _f(("localhost",), "domains whose mail this host accepts; interview_email() uses the first")
     local_part_length: int = _f(16, "characters in a generated local part (5 random bits each; 16 gives 80 bits)", minimum=10)
     mailbox_expiry_days: float = _f(0.0, "days an address lives after interview_email() last handed it out; 0 = as long as its session", minimum=0)
+    postmaster: str = _f("mailbox", "where mail to postmaster@ each domain and to <postmaster> goes (RFC 5321 4.5.1): \"mailbox\" = kept in "
+                         "the operator mailbox (mailgate emails list --postmaster), or an address the [outbound] relay forwards each message to")
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ class SmtpConfig:
     parse_timeout: float = _f(30.0, "seconds a worker process may spend on one message; past it the worker is replaced and the message stored unparsed (raw bytes kept, a defect says why); with parse_processes = 0 the message is stored unparsed all the same, but the parsing thread cannot be stopped and runs on unused", minimum=0.1)
     max_line_length: int = _f(65536, "longest line accepted in DATA (RFC 5321 says 1000; real mail is longer)", minimum=1001)
     process_queue: bool = _f(True, "process queued mail on this node (with the smtp or worker role): parse, authenticate, store as e-mails; false = this node only queues what it accepts, others process it")
-    queue_lease: float = _f(120.0, "seconds a processor holds a queued message it claimed; a dead node's messages are processed by another after this (keep it above parse_timeout + 2 x dns_timeout)", minimum=1)
+    queue_lease: float = _f(30.0, "seconds a claim on a queued message lasts without its processor's heartbeat (renewed every third of it); "
+                            "a dead node's messages are processed by another after this, a dead process's by the next daemon started on its host at once", minimum=1)
     queue_attempts: int = _f(3, "times a queued message is claimed before it is stored unparsed, with a defect saying why (its processors kept dying on it)", minimum=1)
 
 
@@ -406,6 +409,13 @@ def _check_cross(config: Config) -> list[str]:
             domain.encode("idna")
         except UnicodeError:
             errors.append(f"{src}: [mail] domains: {domain!r} is not a valid domain name")
+    postmaster = config.mail.postmaster.strip()
+    if postmaster != "mailbox":
+        local, at, domain = postmaster.rpartition("@")
+        if not at or not local or not domain or any(c in postmaster for c in " <>,\r\n\t"):
+            errors.append(f"{src}: [mail] postmaster = {postmaster!r} must be \"mailbox\" or one e-mail address (user@domain)")
+        elif not config.outbound.relay_host and not config.outbound.suppress:
+            errors.append(f"{src}: [mail] postmaster forwards to {postmaster} but no [outbound] relay_host is set")
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         errors.append(f"{src}: [smtp] tls_cert and tls_key must be set together (STARTTLS needs both)")
     try:

@@ -12,6 +12,7 @@ as one step. Everything here is independent of aiosmtpd and of reply codes.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import enum
 import hashlib
 import json
@@ -28,7 +29,15 @@ from mailgate.core import answers as codec
 from mailgate.core.commits import Commits
 from mailgate.core.daemail import DAEmail
 from mailgate.core.interviews import Registry
-from mailgate.core.mailboxes import Addresses, Mailboxes, split_address
+from mailgate.core.mailboxes import (
+    POSTMASTER,
+    POSTMASTER_MAILBOX,
+    Addresses,
+    Mailboxes,
+    is_bare_postmaster,
+    is_postmaster,
+    split_address,
+)
 from mailgate.mail.auth import (
     AuthResults,
     DkimResult,
@@ -111,10 +120,14 @@ class Inbound:
     async def check_recipient(self, address: str) -> tuple[Verdict, MailboxRecord | None]:
         parts = split_address(address)
         if parts is None:
+            if is_bare_postmaster(address):
+                return Verdict.OK, POSTMASTER_MAILBOX
             return Verdict.BAD_ADDRESS, None
         local, domain = parts
         if not self.addresses.is_ours(domain):
             return Verdict.FOREIGN_DOMAIN, None
+        if local == POSTMASTER:
+            return Verdict.OK, POSTMASTER_MAILBOX
         mailbox = await self._store.find_mailbox(local)
         if mailbox is None:
             return Verdict.UNKNOWN, None
@@ -183,10 +196,21 @@ class Inbound:
         # A mailbox whose session was deleted since RCPT is refused now, while the sender can still be
         # told (550); one deleted after the reply is dropped by the processor, with a log line.
         sessions = await self.sessions_of(mailboxes)
-        mailboxes = [m for m in mailboxes if m.session_id in sessions]
+        mailboxes = [m for m in mailboxes if m.session_id in sessions or is_postmaster(m)]
         if not mailboxes:
             return DeliveryResult([], 0)
         sha = (await asyncio.to_thread(_sha256, raw)) if len(raw) >= _HASH_IN_THREAD else _sha256(raw)
+        groups = [list(mailboxes)]
+        if self.postmaster_forward and len(groups[0]) > 1 and any(is_postmaster(m) for m in mailboxes):
+            # a forward may be retried for a while: the sessions' copies do not wait for it (both
+            # entries are committed before the reply, in one group commit)
+            groups = [[m for m in mailboxes if not is_postmaster(m)], [POSTMASTER_MAILBOX]]
+        ids = await asyncio.gather(*(self._enqueue(g, sha, raw, mail_from=mail_from, client_ip=client_ip, helo=helo, tls=tls)
+                                     for g in groups))
+        return DeliveryResult([], 0, queued=",".join(ids))
+
+    async def _enqueue(self, mailboxes: Sequence[MailboxRecord], sha: str, raw: bytes, *, mail_from: str,
+                       client_ip: str, helo: str, tls: bool) -> str:
         entry_id = uuid.uuid4().hex
         envelope = json.dumps({
             "mail_from": mail_from, "client_ip": client_ip, "helo": helo, "tls": tls,
@@ -197,7 +221,28 @@ class Inbound:
         self.queued += 1
         for listener in list(self._queue_listeners):
             listener()
-        return DeliveryResult([], 0, queued=entry_id)
+        return entry_id
+
+    @property
+    def postmaster_forward(self) -> str | None:
+        """The address postmaster mail is forwarded to (``[mail] postmaster``), or None: kept here."""
+        target = self.config.mail.postmaster.strip()
+        return None if target == "mailbox" else target
+
+    def resent(self, raw: bytes, auth: AuthResults, mail_from: str) -> tuple[str, bytes]:
+        """The envelope sender and the bytes of postmaster mail forwarded to `postmaster_forward`: the
+        message unchanged after the fields that say it was forwarded (RFC 5322 3.6.6 Resent-*) and
+        the authentication results of this host (RFC 8601). The sender is this host's postmaster, or
+        null for a message with a null sender (a bounce is forwarded as one: no bounce of a bounce)."""
+        ours = self.addresses.address(POSTMASTER)
+        fields = [
+            "Authentication-Results: " + ";\r\n\t".join(auth.header.split("; ")),
+            f"Resent-From: {ours}",
+            f"Resent-To: {self.postmaster_forward}",
+            f"Resent-Date: {email.utils.formatdate(usegmt=True)}",
+            f"Resent-Message-ID: {email.utils.make_msgid(domain=self.addresses.domain)}",
+        ]
+        return (ours if mail_from.strip("<> ") else ""), ("\r\n".join(fields) + "\r\n").encode() + raw
 
     async def prepare(self, raw: bytes, *, mail_from: str, client_ip: str, helo: str,
                       unparsed_because: str | None = None) -> tuple[StoredParse, AuthResults]:
@@ -251,6 +296,10 @@ class Inbound:
         emails = []
         for mailbox in unique.values():
             session = sessions.get(mailbox.session_id)
+            if is_postmaster(mailbox):
+                emails.append(self._postmaster_email(parsed, parsed_json, auth_json, mail_from=mail_from,
+                                                     client_ip=client_ip, helo=helo, tls=tls))
+                continue
             if session is None:
                 log.info("mail to mailbox %s dropped: its session %s was deleted after the message was accepted%s",
                          mailbox.local_part, mailbox.session_id, f" (queued as {entry})" if entry else "",
@@ -280,8 +329,20 @@ class Inbound:
                                    f"{parsed.message_id or ''}\0{sha}", envelope, parsed_json, auth_json, task, event))
         return emails
 
+    def _postmaster_email(self, parsed: StoredParse, parsed_json: str, auth_json: str, *, mail_from: str,
+                          client_ip: str, helo: str, tls: bool | None) -> NewEmail:
+        """The operator mailbox's copy: no session, so no ``incoming_email`` task and no ``email`` event."""
+        address = self.addresses.address(POSTMASTER)
+        fields: dict[str, Any] = {"mail_from": mail_from, "rcpt_to": address, "client_ip": client_ip, "helo": helo,
+                                  "short": POSTMASTER, "key": "", "index": "", "address": address, "address_owner": None}
+        if tls is not None:
+            fields["tls"] = tls
+        return NewEmail(uuid.uuid4().hex, POSTMASTER, "", parsed.message_id, f"{parsed.message_id or ''}\0{parsed.content_hash}",
+                        json.dumps(fields, separators=(",", ":")), parsed_json, auth_json, None, None)
+
     async def sessions_of(self, mailboxes: Sequence[MailboxRecord]) -> dict[str, SessionRecord]:
-        return await self._store.get_sessions(list({m.session_id for m in mailboxes}))
+        ids = list({m.session_id for m in mailboxes if not is_postmaster(m)})
+        return await self._store.get_sessions(ids) if ids else {}
 
     async def deliver(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
                       helo: str) -> DeliveryResult:
@@ -294,6 +355,13 @@ class Inbound:
         if (self.config.smtp.auth_policy == "reject" and auth.dmarc.result == "fail" and auth.dmarc.policy == "reject"):
             self.count_rejection("dmarc")
             return DeliveryResult([], 0, rejected=f"DMARC policy of {auth.dmarc.domain} rejects this message", auth=auth)
+        if self.postmaster_forward and any(is_postmaster(m) for m in mailboxes):
+            # forwarded by the queue's processor, with its retries; the 250 means it is queued
+            entry = await self._enqueue([POSTMASTER_MAILBOX], _sha256(raw), raw, mail_from=mail_from,
+                                        client_ip=client_ip, helo=helo, tls=False)
+            mailboxes = [m for m in mailboxes if not is_postmaster(m)]
+            if not mailboxes:
+                return DeliveryResult([], 0, auth=auth, queued=entry, message_id=parsed.message_id)
         emails = self.emails_for(mailboxes, await self.sessions_of(mailboxes), parsed, auth, mail_from=mail_from,
                                  client_ip=client_ip, helo=helo)
         with metrics.SMTP_COMMIT.time():

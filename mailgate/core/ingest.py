@@ -8,7 +8,10 @@ with a lease (``[smtp] queue_lease``), parses and authenticates several at once
 DMARC), and stores each in one transaction that also removes it from the queue and that the store
 refuses once the claim is no longer this processor's (:meth:`Store.deliver_inbound
 <mailgate.store.base.Store.deliver_inbound>`): so each message is delivered once, also when a
-processor dies halfway and another takes its messages over after the lease.
+processor dies halfway and another takes its messages over: a daemon starting on the same host at
+once (the claim names host, pid and process start: :mod:`mailgate.core.claims`), another host after
+the lease. The processor renews its claims every third of the lease while it works on them, so a
+slow message keeps its claim and the lease can be short.
 
 Order: messages are claimed oldest first, and a message is handed to the store only after the earlier
 messages this processor holds for the same mailboxes were: the store commits its calls in the order
@@ -34,23 +37,30 @@ from typing import Any, TypeVar
 
 from mailgate import metrics
 from mailgate.config import Config
+from mailgate.core.claims import holder_is_dead
 from mailgate.core.commits import Commits
 from mailgate.core.inbound import Inbound
 from mailgate.core.jobs import finish_within
+from mailgate.core.mailboxes import POSTMASTER, is_postmaster
 from mailgate.errors import LeaseLost, StoreError
+from mailgate.mail.auth import AuthResults
+from mailgate.outbound.transport import Outbound
 from mailgate.store.base import InboundDelivery, InboundRecord, MailboxRecord, Store
 
 log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
 CONCURRENCY = 64  # messages in hand at once: parsing and DNS of several overlap, commits group
+FORWARD_RETRY_MAX = 300.0  # seconds between two tries of a postmaster forward, at most
 
 
 class Ingest:
     """Claims queued messages and turns them into e-mails; one per process."""
 
-    def __init__(self, config: Config, store: Store, inbound: Inbound, commits: Commits, worker_id: str) -> None:
+    def __init__(self, config: Config, store: Store, inbound: Inbound, commits: Commits, worker_id: str,
+                 outbound: Outbound | None = None) -> None:
         self.config = config
+        self._outbound = outbound or Outbound(config.outbound)  # forwards postmaster mail ([mail] postmaster)
         self._store = store
         self._inbound = inbound
         self._commits = commits
@@ -61,6 +71,7 @@ class Ingest:
         self._wake = asyncio.Event()
         self._stopping = False
         self._store_failing = False
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self.processed = 0
 
     def wake(self) -> None:
@@ -74,6 +85,9 @@ class Ingest:
         self._inbound.add_queue_listener(self.wake)
         self._store.watch_inbound(self.wake)
         failing = False
+        await self.take_over_dead_claims()
+        # the claims in hand are renewed until stop() has let them finish or given them back
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat(), name="inbound-heartbeat")
         try:
             while not self._stopping:
                 self._wake.clear()  # before looking, so that a wake-up while claiming is not lost
@@ -100,7 +114,43 @@ class Ingest:
                 except TimeoutError:
                     pass
         finally:
+            if not self._stopping:  # ended otherwise (cancelled): nothing is renewed any more
+                self._heartbeat_task.cancel()
             self._inbound.remove_queue_listener(self.wake)
+
+    async def take_over_dead_claims(self) -> int:
+        """Give back at once the queued messages that processes of this host held when they died
+        (``kill -9``, a crash, a power cut): they are processed now, not after ``queue_lease``. A
+        holder is dead when its pid no longer runs or now names a process started later
+        (:func:`~mailgate.core.claims.holder_is_dead`); other hosts' claims wait for their lease."""
+        try:
+            dead = [h for h in await self._store.inbound_holders() if h != self.worker_id and holder_is_dead(h)]
+            taken = await self._store.release_dead_inbound(dead) if dead else 0
+        except StoreError as exc:  # the claim loop reports the outage; the lease still frees them later
+            log.error("could not take over the queued messages of dead processes: %s", exc,
+                      extra={"event": "mail.takeover_failed"})
+            return 0
+        if taken:
+            log.warning("took over %d queued messages claimed by %d dead process(es) of this host (%s); processing them now",
+                        taken, len(dead), ", ".join(dead), extra={"event": "mail.claims_taken_over"})
+        return taken
+
+    async def _heartbeat(self) -> None:
+        """Renew the claims in hand every third of ``queue_lease``: a message that takes long (slow
+        DNS, a big parse) keeps its claim, so the lease can be short and no other processor takes
+        it up while this one lives."""
+        while True:
+            await asyncio.sleep(self.lease / 3)  # the heartbeat's period, not synchronisation
+            held = list(self.running)
+            if not held:
+                continue
+            try:
+                # a claim no longer held (delivered meanwhile, or lost) is not renewed; a lost one's
+                # delivery is refused by the store and logged (mail.claim_lost)
+                await self._store.renew_inbound(self.worker_id, held, self.lease)
+            except StoreError as exc:
+                log.error("renewing the claims on %d queued messages failed: %s", len(held), exc,
+                          extra={"event": "mail.heartbeat_failed"})
 
     def _start(self, rec: InboundRecord) -> None:
         envelope = json.loads(rec.envelope)
@@ -147,6 +197,9 @@ class Ingest:
                 parsed, auth = await self._inbound.prepare(
                     raw, mail_from=mail_from, client_ip=client_ip, helo=helo,
                     unparsed_because=f"not parsed: parsing failed ({type(exc).__name__}: {exc})")
+            if self._inbound.postmaster_forward and all(is_postmaster(m) for m in mailboxes):
+                if await self._forward(rec, raw, mail_from, auth):
+                    mailboxes = []  # forwarded: nothing is stored, the entry leaves the queue
             sessions = await self._inbound.sessions_of(mailboxes)
             emails = self._inbound.emails_for(mailboxes, sessions, parsed, auth, mail_from=mail_from,
                                               client_ip=client_ip, helo=helo, tls=envelope.get("tls"), entry=rec.id)
@@ -177,8 +230,35 @@ class Ingest:
         self.processed += 1
         auth_summary = f"dkim={','.join(d.result for d in auth.dkim) or 'none'} spf={auth.spf.result} dmarc={auth.dmarc.result}"
         log.info("mail processed: queued=%s mailboxes=%s size=%d stored=%s duplicates=%d delay=%.3fs %s", rec.id,
-                 ",".join(m.local_part for m in mailboxes), rec.size, ",".join(stored), len(emails) - len(stored),
+                 ",".join(m.local_part for m in mailboxes) or "postmaster (forwarded)", rec.size, ",".join(stored), len(emails) - len(stored),
                  max(0.0, self._store.now() - rec.received_at), auth_summary, extra={"event": "mail.processed"})
+
+    async def _forward(self, rec: InboundRecord, raw: bytes, mail_from: str, auth: AuthResults) -> bool:
+        """Forward postmaster mail to ``[mail] postmaster`` through the outbound relay; True once the
+        relay took it. A temporary failure is logged and tried again, at growing intervals, while
+        this processor holds the claim (its heartbeat keeps it; after a crash the next processor
+        tries); a permanent refusal (5xx) returns False: the message is kept in the operator mailbox."""
+        target = self._inbound.postmaster_forward
+        assert target is not None
+        sender, resent = self._inbound.resent(raw, auth, mail_from)
+        wait, tries = self.config.tasks.poll_interval, 0
+        while True:
+            tries += 1
+            result = await self._outbound.forward(sender, [target], resent)
+            if result.accepted:
+                log.info("postmaster mail forwarded to %s: queued=%s from=<%s> size=%d tries=%d relay: %s", target, rec.id,
+                         mail_from[:256], rec.size, tries, result.reply[:200],
+                         extra={"event": "mail.postmaster_forwarded", "mailbox": POSTMASTER})
+                return True
+            if result.permanent:
+                log.error("postmaster mail (queued=%s from=<%s>) could not be forwarded to %s: %s; kept in the operator "
+                          "mailbox instead (mailgate emails list --postmaster)", rec.id, mail_from[:256], target,
+                          result.error, extra={"event": "mail.postmaster_kept", "mailbox": POSTMASTER})
+                return False
+            log.warning("postmaster mail (queued=%s) not forwarded to %s yet: %s; try %d, again in %g s", rec.id, target,
+                        result.error, tries, wait, extra={"event": "mail.postmaster_retry", "mailbox": POSTMASTER})
+            await asyncio.sleep(wait)  # the retry interval, not synchronisation
+            wait = min(wait * 2, FORWARD_RETRY_MAX)
 
     async def _give_back(self, entry_ids: list[str]) -> None:
         try:
@@ -191,7 +271,11 @@ class Ingest:
         """Stop claiming, let messages in hand finish within ``grace``, give the rest back to the queue."""
         self._stopping = True
         self._wake.set()
-        leftover = await finish_within(self.running, grace)
+        try:
+            leftover = await finish_within(self.running, grace)
+        finally:
+            if self._heartbeat_task is not None:
+                self._heartbeat_task.cancel()
         if leftover:
             await self._give_back(leftover)
             log.warning("gave %d unprocessed queued messages back to the queue", len(leftover),

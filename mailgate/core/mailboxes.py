@@ -27,6 +27,17 @@ from mailgate.store.base import MailboxRecord, NewMailbox, SessionRecord, Store
 ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # 32 symbols: no l/1, o/0 to confuse
 MAX_LOCAL_PART = 51  # 256 HMAC bits / 5 bits per symbol
 
+# The operator mailbox (RFC 5321 4.5.1): mail to postmaster@ every domain and to the bare <postmaster>.
+# Its e-mails are stored under this local part with no session (an empty session id): no generated
+# local part can be "postmaster" (the alphabet has no "o"), and no session has an empty id.
+POSTMASTER = "postmaster"
+POSTMASTER_MAILBOX = MailboxRecord(POSTMASTER, "", "", "", "{}", 0.0, None)
+
+
+def is_postmaster(mailbox: MailboxRecord) -> bool:
+    """Whether ``mailbox`` is the session-less operator mailbox."""
+    return mailbox.local_part == POSTMASTER and not mailbox.session_id
+
 
 def normalise_domain(domain: str) -> str | None:
     """Lower-case ASCII (IDNA) form of a domain, or None if it is not a valid one."""
@@ -37,6 +48,11 @@ def normalise_domain(domain: str) -> str | None:
         return domain.encode("idna").decode("ascii").lower()
     except UnicodeError:
         return None
+
+
+def is_bare_postmaster(address: str) -> bool:
+    """``<postmaster>`` with no domain, in any case: RFC 5321 4.5.1 has every server accept it."""
+    return address.strip().strip("<>").lower() == POSTMASTER
 
 
 def split_address(address: str) -> tuple[str, str] | None:

@@ -18,9 +18,7 @@ store. Interview code reaches it through its action context (``ctx.runtime``).
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import socket
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +27,7 @@ from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import ActionResult, Invoker
 from mailgate.core.background import TaskRunner, lost_task_events
+from mailgate.core.claims import process_identity
 from mailgate.core.commands import UI_NOTIFICATIONS
 from mailgate.core.commits import Commits
 from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKind, User
@@ -69,7 +68,7 @@ class Runtime:
         self.store = store  # for the core's own parts (inbound delivery, cron, the worker pool); never the edges
         self.registry = registry
         self.feed = feed or EventFeed(store, config.web.event_poll_interval)
-        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.process_id = process_identity()  # host:pid:start:nonce (claims of a dead process are taken over)
         self.outbound = Outbound(config.outbound)
         self.leases = Leases(config.sessions, store, self.process_id)
         self.tasks = TaskBook(store, config.tasks, config.sessions.lock_timeout + 5)
@@ -281,6 +280,9 @@ class Runtime:
         """Queue ``incoming_email`` again on a stored e-mail, as its delivery did (Action Mailbox's
         reroute): a new task of the e-mail's session, run by the worker pool as the mailbox's owner."""
         rec = await self.emails.get(email_id)
+        if not rec.session_id:
+            raise ActionError(f"e-mail {email_id} is in the operator (postmaster) mailbox: it has no session, "
+                              "so there is no incoming_email to replay")
         session = await self.sessions.get(rec.session_id)
         interview = self.registry.get(session.interview)
         if not interview.has_action("incoming_email"):

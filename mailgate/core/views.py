@@ -69,7 +69,7 @@ def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": rec.id,
         "mailbox": env.get("address"),
-        "session": rec.session_id,
+        "session": rec.session_id or None,  # none for the operator (postmaster) mailbox
         "received": iso(rec.received_at),
         "from": parsed.get("from_address"),
         "subject": parsed.get("subject"),
@@ -102,7 +102,7 @@ def queued_email_dicts(rec: InboundRecord, address: Callable[[str], str]) -> lis
     return [{
         "id": rec.id,
         "mailbox": address(local_part),
-        "session": session_id,
+        "session": session_id or None,
         "received": iso(rec.received_at),
         "from": env.get("mail_from") or None,
         "subject": None,

@@ -165,7 +165,7 @@ class Daemon:
             self.pool = WorkerPool(self.store, rt.commits, rt.task_runner, self.config.tasks, rt.process_id)
             self.spawn("workers", self.pool.run())
         if self.config.smtp.process_queue and ("smtp" in self.roles or "worker" in self.roles):
-            self.ingest = Ingest(self.config, self.store, self.inbound, rt.commits, rt.process_id)
+            self.ingest = Ingest(self.config, self.store, self.inbound, rt.commits, rt.process_id, rt.outbound)
             self.spawn("inbound-processor", self.ingest.run())
         if "smtp" in self.roles:
             self.smtp = SmtpServer(self.inbound, self.config.smtp)

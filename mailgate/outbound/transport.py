@@ -67,6 +67,21 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class ForwardResult:
+    """What the relay said to a message forwarded as it is (:meth:`Outbound.forward`)."""
+
+    accepted: bool
+    code: int | None = None
+    reply: str = ""
+    error: str | None = None
+
+    @property
+    def permanent(self) -> bool:
+        """A 5xx refusal: sending it again would get the same answer."""
+        return not self.accepted and self.code is not None and 500 <= self.code < 600
+
+
+@dataclass(frozen=True)
 class SendResult:
     """What became of one message. ``error`` says why it was not accepted, with the relay's reply."""
 
@@ -285,6 +300,31 @@ class RelayTransport:
         return SendResult(message, True, code=250, reply=reply,
                           refused={addr: f"{r.code} {r.message}" for addr, r in refused.items()}), True
 
+    async def forward(self, sender: str, recipients: Sequence[str], raw: bytes) -> ForwardResult:
+        """Send ``raw`` as it is (no DKIM signature: the message is not mailgate's) on a connection of its own."""
+        if not self.config.relay_host:
+            return ForwardResult(False, error="no relay is configured; set [outbound] relay_host")
+        try:
+            if not self._loaded:
+                await asyncio.to_thread(self.load)
+        except ConfigError as exc:
+            return ForwardResult(False, error=f"cannot send: {exc}")
+        if self._helo is None:
+            self._helo = await asyncio.to_thread(socket.getfqdn)
+        async with self._slots:
+            try:
+                smtp = await self._connect()
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                return ForwardResult(False, code=_smtp_code(exc), error=f"cannot send through the relay {self.relay}: {_smtp_failure(exc)}")
+            try:
+                smtputf8 = not (sender + "".join(recipients)).isascii()
+                _, reply = await smtp.sendmail(sender, list(recipients), raw, mail_options=["SMTPUTF8"] if smtputf8 else None)
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                smtp.close()
+                return ForwardResult(False, code=_smtp_code(exc), error=f"the relay {self.relay} {_smtp_failure(exc)}")
+            await self._quit(smtp)
+        return ForwardResult(True, code=250, reply=reply)
+
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
         try:
             await smtp.quit()
@@ -436,6 +476,25 @@ class Outbound:
             else:
                 log.error("outbound message %s to %s not sent: %s", r.message.message_id, ", ".join(r.message.recipients()),
                           r.error, extra={"event": "outbound.failed"})
+
+    async def forward(self, sender: str, recipients: Sequence[str], raw: bytes) -> ForwardResult:
+        """Send the bytes ``raw`` unchanged to ``recipients`` through the relay, within :attr:`deadline`
+        (the postmaster forward). Failures are results, never exceptions."""
+        transport = _override() or self.transport
+        if isinstance(transport, RelayTransport):
+            try:
+                async with asyncio.timeout(self.deadline):
+                    result = await transport.forward(sender, recipients, raw)
+            except TimeoutError:
+                result = ForwardResult(False, error=f"gave up after {self.deadline:g} s ([outbound] timeout x 6)")
+        elif isinstance(transport, SuppressTransport):
+            log.info("a forward to %s suppressed ([outbound] suppress = true)", ", ".join(recipients),
+                     extra={"event": "outbound.suppressed"})
+            result = ForwardResult(True, reply="suppressed")
+        else:
+            result = ForwardResult(False, error=f"{type(transport).__name__} cannot forward a message as it is")
+        metrics.OUTBOUND.labels("sent" if result.accepted else "failed").inc()
+        return result
 
     async def send_one(self, message: Message) -> SendResult:
         """Send one message within :attr:`deadline`."""

@@ -126,7 +126,7 @@ class NewEmail:
     parsed: str
     authentication: str
     task: NewTask | None  # the incoming_email task, when the interview defines it
-    event: NewEvent
+    event: NewEvent | None  # None for the operator (postmaster) mailbox, which has no session
 
 
 @dataclass(frozen=True)
@@ -487,6 +487,20 @@ class Store(abc.ABC):
     async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
         """Give claimed messages back to the queue without counting the attempt (shutdown, a store
         error while delivering)."""
+
+    @abc.abstractmethod
+    async def renew_inbound(self, worker: str, entry_ids: Sequence[str], lease: float) -> list[str]:
+        """Extend ``worker``'s claims on ``entry_ids`` to ``lease`` seconds from now (the processor's
+        heartbeat); returns the ids it still held."""
+
+    @abc.abstractmethod
+    async def inbound_holders(self) -> list[str]:
+        """The processors that hold claims on queued messages (expired claims included)."""
+
+    @abc.abstractmethod
+    async def release_dead_inbound(self, workers: Sequence[str]) -> int:
+        """Give back at once the claims of ``workers``, processors known to be dead, so that the
+        queue need not wait for their lease; the attempts they made still count. How many."""
 
     @abc.abstractmethod
     async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:

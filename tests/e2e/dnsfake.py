@@ -30,6 +30,7 @@ class FakeDns:
         self._sock.settimeout(0.2)
         self.port: int = self._sock.getsockname()[1]
         self._stop = threading.Event()
+        self.silent = threading.Event()  # while set, queries are recorded and not answered (a dead server)
         self._thread = threading.Thread(target=self._serve, name="fake-dns", daemon=True)
         self._thread.start()
 
@@ -51,6 +52,10 @@ class FakeDns:
             try:
                 data, addr = self._sock.recvfrom(4096)
             except (TimeoutError, OSError):
+                continue
+            if self.silent.is_set():
+                with self._lock:
+                    self.queries.append(("?", "(not answered)"))
                 continue
             try:
                 reply = self._answer(data)

@@ -580,6 +580,56 @@ async def test_released_queued_messages_are_offered_again_without_counting_the_a
     assert stored == ["e"] and await store.get_raw(hashlib.sha256(big).hexdigest()) == big
 
 
+async def test_a_heartbeat_keeps_a_claim_past_its_first_lease(store: Store, clock: Clock) -> None:
+    raw = b"Subject: slow\r\n\r\nslow\r\n"
+    await store.enqueue_inbound(queued("q", raw))
+    await store.enqueue_inbound(queued("r", raw + b"r"))
+    [held, other] = await store.claim_inbound("A", 2, 10)
+    clock.now += 8
+    assert await store.renew_inbound("A", ["q", "nope"], 10) == ["q"]  # r is not renewed
+    assert await store.renew_inbound("B", ["q"], 10) == []  # not B's
+    clock.now += 8  # past the first lease: only r's expired
+    assert [c.id for c in await store.claim_inbound("B", 5, 10)] == ["r"]
+    assert [(q.id, q.worker, q.lease_until) for q in await store.list_inbound()] == [
+        ("q", "A", clock.now - 8 + 10), ("r", "B", clock.now + 10)]
+    assert held.id == "q" and other.id == "r"
+
+
+async def test_a_dead_processors_claims_are_given_back_at_once_with_their_attempts(store: Store, clock: Clock) -> None:
+    for n in range(3):
+        await store.enqueue_inbound(queued(f"q{n}", f"Subject: {n}\r\n\r\n{n}\r\n".encode()))
+    await store.claim_inbound("dead", 2, 100)
+    await store.claim_inbound("alive", 1, 100)
+    assert await store.inbound_holders() == ["alive", "dead"]
+    assert await store.release_dead_inbound([]) == 0
+    assert await store.release_dead_inbound(["dead", "never"]) == 2
+    assert await store.inbound_holders() == ["alive"]
+    assert [(q.id, q.worker, q.attempts) for q in await store.list_inbound()] == [
+        ("q0", None, 1), ("q1", None, 1), ("q2", "alive", 1)]
+    taken = await store.claim_inbound("new", 5, 100)  # at once, not after the 100 s lease
+    assert [(c.id, c.attempts) for c in taken] == [("q0", 2), ("q1", 2)]
+
+
+async def test_an_email_with_no_session_is_stored_without_an_event(store: Store) -> None:
+    """The operator (postmaster) mailbox: an e-mail with no session, task or event, next to one with."""
+    await store.create_session("s1", "iv", "{}", "{}")
+    raw = b"Subject: postmaster\r\n\r\nhello\r\n"
+    await store.enqueue_inbound(queued("q", raw))
+    await store.claim_inbound("A", 1, 10)
+    sha = hashlib.sha256(raw).hexdigest()
+    lone = NewEmail("pm", "postmaster", "", "<m@x>", f"<m@x>\0{sha}", "{}", "{}", "{}", None, None)
+    stored, events = await store.deliver_inbound(InboundDelivery("q", "A", [lone, email_of("e", raw)]))
+    assert stored == ["pm", "e"] and [(e.session_id, json.loads(e.payload)) for e in events] == [("s1", {"email": "e"})]
+    raw2 = b"Subject: postmaster 2\r\n\r\nhello\r\n"
+    sha2 = hashlib.sha256(raw2).hexdigest()
+    stored, events = await store.deliver(Delivery(sha2, raw2, [
+        NewEmail("pm2", "postmaster", "", "<n@x>", f"<n@x>\0{sha2}", "{}", "{}", "{}", None, None)]))
+    assert stored == ["pm2"] and events == []
+    assert [(e.id, e.session_id) for e in await store.list_emails(local_part="postmaster")] == [("pm", ""), ("pm2", "")]
+    assert await store.get_raw(sha2) == raw2
+    assert await store.delete_email("pm2") and await store.get_raw(sha2) is None
+
+
 async def test_cancel_fails_queued_and_running_tasks_and_refuses_the_workers_finish(store: Store, clock: Clock) -> None:
     await store.create_session("s1", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task("t1"), new_task("t2"), new_task("t3")]))

@@ -55,6 +55,8 @@ def test_values_are_typed_and_frozen(tmp_path: Path) -> None:
         ("[web]\nallowed_origins = ['https://app.example.org/page']\n", r"is not an origin"),
         ("[web]\nmetrics_listen = '9125'\n", r"\[web\] metrics_listen = '9125' is not host:port"),
         ("[web]\nmetrics_listen = '127.0.0.1:99999'\n", r"is not host:port"),
+        ("[mail]\npostmaster = 'the operator'\n", r"\[mail\] postmaster = 'the operator' must be \"mailbox\" or one e-mail address"),
+        ("[mail]\npostmaster = 'ops@example.org'\n", r"\[mail\] postmaster forwards to ops@example.org but no \[outbound\] relay_host"),
     ],
 )
 def test_bad_config_names_file_table_and_key(tmp_path: Path, text: str, message: str) -> None:

@@ -75,3 +75,14 @@ def test_local_part_limit_applies_to_the_shortcut() -> None:
     assert server._getaddr(f"<{'a' * 64}@example.org>") == (f"{'a' * 64}@example.org", "")
     assert server._getaddr(f"<{'a' * 65}@example.org>") == (None, None)
     assert SMTP._getaddr(server, f"<{'a' * 65}@example.org>") == (None, None)
+
+
+@pytest.mark.parametrize("arg", ["<Postmaster>", "<postmaster> SIZE=10", "<POSTMASTER>", "postmaster"])
+def test_the_bare_postmaster_passes_the_parser_unchanged(arg: str) -> None:
+    """RFC 5321 4.5.1: ``RCPT TO:<Postmaster>`` (no domain) must be accepted. Neither the shortcut
+    nor aiosmtpd's parser refuses it: the domain-less address reaches the RCPT hook as written, and
+    the core (``Inbound.check_recipient``) accepts exactly ``postmaster`` in any case."""
+    server = _server()
+    address, rest = server._getaddr(arg)
+    assert address is not None and address.lower() == "postmaster"
+    assert (address, rest) == _aiosmtpd_reads(server, arg)

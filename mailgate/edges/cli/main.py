@@ -35,6 +35,7 @@ from mailgate.config import (
 from mailgate.core import answers as codec
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.interviews import load_interviews
+from mailgate.core.mailboxes import POSTMASTER
 from mailgate.core.runtime import Runtime
 from mailgate.core.views import (
     email_dict,
@@ -292,6 +293,8 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
             local = None
             if args.mailbox:
                 local = args.mailbox.partition("@")[0].lower()
+            if args.postmaster:  # the operator mailbox ([mail] postmaster = "mailbox")
+                local = POSTMASTER
             rows = [] if args.queued else [email_dict(r) for r in
                                            await rt.emails.list(session_id=args.session, local_part=local, limit=args.limit)]
             # then what was answered 250 but is not processed yet: envelope and size, no subject yet
@@ -585,6 +588,8 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     e = sub.add_parser("emails", help="received e-mails", parents=[common]).add_subparsers(dest="emails_cmd", required=True, metavar="COMMAND")
     p = e.add_parser("list", parents=[common], help="list e-mails, oldest first, then those queued (accepted, not processed yet)")
     p.add_argument("--mailbox", help="address or local part")
+    p.add_argument("--postmaster", action="store_true",
+                   help="only the operator mailbox: mail to postmaster@ each domain and to <postmaster>")
     p.add_argument("--queued", action="store_true", help="only the queued messages (state queued or processing)")
     p.add_argument("--session")
     p.add_argument("--limit", type=int, default=100)

@@ -131,8 +131,15 @@ def _emails_json(emails: Sequence[NewEmail]) -> list[dict[str, Any]]:
     return [{
         "id": e.id, "local_part": e.local_part, "session_id": e.session_id, "message_id": _text(e.message_id),
         "dedupe": _text(e.dedupe), "envelope": e.envelope, "parsed": e.parsed, "authentication": e.authentication,
-        "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event])),
+        "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event] if e.event else ())),
     } for e in emails]
+
+
+def _events_of(emails: Sequence[NewEmail], new_ids: list[str], event_ids: list[Any], now: float) -> list[EventRecord]:
+    """The events of the new e-mails, in order (an operator-mailbox e-mail has none)."""
+    by_id = {e.id: e.event for e in emails}
+    made = [event for event in (by_id[i] for i in new_ids) if event is not None]
+    return [EventRecord(int(i), e.session_id, e.kind, e.payload, now) for e, i in zip(made, event_ids, strict=True)]
 
 
 class PgStore(Store):
@@ -546,11 +553,7 @@ class PgStore(Store):
         out: list[tuple[list[str], list[EventRecord]] | Exception] = []
         for d, result in zip(group, outcome["results"], strict=True):
             new_ids: list[str] = result["emails"]
-            by_id = {e.id: e for e in d.emails}
-            events = [EventRecord(int(i), by_id[email_id].event.session_id, by_id[email_id].event.kind,
-                                  by_id[email_id].event.payload, now)
-                      for email_id, i in zip(new_ids, result["events"], strict=True)]
-            out.append((new_ids, events))
+            out.append((new_ids, _events_of(d.emails, new_ids, result["events"], now)))
         return out
 
     # -- the inbound queue ---------------------------------------------------------------------------
@@ -589,11 +592,8 @@ class PgStore(Store):
             if "error" in result:
                 out.append(domain_error(None, result["error"], result["message"]) or MailgateError(result["message"]))
                 continue
-            new_ids: list[str] = result["emails"]
-            by_id = {e.id: e.event for e in d.emails}
-            out.append((new_ids, [EventRecord(int(i), by_id[email_id].session_id, by_id[email_id].kind,
-                                              by_id[email_id].payload, now)
-                                  for email_id, i in zip(new_ids, result["events"], strict=True)]))
+            new_ids = result["emails"]
+            out.append((new_ids, _events_of(d.emails, new_ids, result["events"], now)))
         return out
 
     async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
@@ -603,6 +603,26 @@ class PgStore(Store):
                 "WHERE id = ANY($1::text[]) AND worker = $2 RETURNING 1) "
                 "SELECT pg_notify('mailgate_inbound', '') FROM (SELECT 1 FROM given LIMIT 1) AS any_given",
                 list(entry_ids), worker))
+
+    async def renew_inbound(self, worker: str, entry_ids: Sequence[str], lease: float) -> list[str]:
+        if not entry_ids:
+            return []
+        rows = await self._fetch(
+            "UPDATE inbound_queue SET lease_until = mailgate_now($4) + $3 WHERE id = ANY($1::text[]) AND worker = $2 "
+            "RETURNING id", list(entry_ids), worker, lease, self._t())
+        return [r["id"] for r in rows]
+
+    async def inbound_holders(self) -> list[str]:
+        rows = await self._fetch("SELECT DISTINCT worker FROM inbound_queue WHERE worker IS NOT NULL ORDER BY worker")
+        return [r["worker"] for r in rows]
+
+    async def release_dead_inbound(self, workers: Sequence[str]) -> int:
+        if not workers:
+            return 0
+        return int(await self._call(lambda c: c.fetchval(
+            "WITH given AS (UPDATE inbound_queue SET worker = NULL, lease_until = NULL WHERE worker = ANY($1::text[]) "
+            "RETURNING 1), rang AS (SELECT pg_notify('mailgate_inbound', '') FROM (SELECT 1 FROM given LIMIT 1) AS any_given) "
+            "SELECT (SELECT COUNT(*) FROM given) + 0 * (SELECT COUNT(*) FROM rang)", list(workers))))
 
     async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:
         rows = await self._fetch(f"SELECT {INBOUND_COLS} FROM inbound_queue ORDER BY seq LIMIT $1", limit)

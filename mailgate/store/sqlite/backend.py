@@ -564,6 +564,38 @@ class SqliteStore(Store):
             )
         )
 
+    async def renew_inbound(self, worker: str, entry_ids: Sequence[str], lease: float) -> list[str]:
+        if not entry_ids:
+            return []
+        ids = list(entry_ids)
+        until = self.now() + lease
+
+        def unit(conn: sqlite3.Connection) -> list[str]:
+            held: list[str] = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = conn.execute(f"UPDATE inbound_queue SET lease_until = ? WHERE worker = ? AND id IN "
+                                    f"({','.join('?' * len(chunk))}) RETURNING id", (until, worker, *chunk)).fetchall()
+                held.extend(r[0] for r in rows)
+            return held
+
+        return list(await self._writer.submit(unit))
+
+    async def inbound_holders(self) -> list[str]:
+        rows = await self._read("SELECT DISTINCT worker FROM inbound_queue WHERE worker IS NOT NULL")
+        return sorted(r[0] for r in rows)
+
+    async def release_dead_inbound(self, workers: Sequence[str]) -> int:
+        if not workers:
+            return 0
+        names = list(workers)
+
+        def unit(conn: sqlite3.Connection) -> int:
+            return sum(conn.execute("UPDATE inbound_queue SET worker = NULL, lease_until = NULL WHERE worker = ?",
+                                    (w,)).rowcount for w in names)
+
+        return int(await self._writer.submit(unit))
+
     async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:
         rows = await self._read(f"SELECT {INBOUND_COLS} FROM inbound_queue ORDER BY seq LIMIT ?", (limit,))
         return [InboundRecord(*r) for r in rows]
@@ -808,7 +840,8 @@ def _insert_emails(conn: sqlite3.Connection, emails: Sequence[NewEmail], sha256:
         if cur.rowcount != 1:
             continue  # a duplicate: already stored (and its task queued) once
         new_ids.append(e.id)
-        events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now).events)
+        events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event] if e.event else ()),
+                                     now).events)
     return new_ids, events
 
 
