@@ -34,7 +34,7 @@ from mailgate.edges.smtp.server import SmtpServer, server_hostname
 from mailgate.edges.web.app import WebServer
 from mailgate.errors import ConfigError, MailgateError
 from mailgate.mail.auth import DnsResolver, Resolver
-from mailgate.store import Store, open_store
+from mailgate.store import Store, check_keys, open_store
 
 if TYPE_CHECKING:
     from mailgate.store.copy import CopyReport, ProgressCallback
@@ -153,6 +153,7 @@ class Daemon:
             raise MailgateError(f"the {self.config.store.backend} store has no mailgate schema yet; "
                                 "create it with: mailgate db migrate")
         await self.store.migrate()
+        await check_keys(self.store)  # a wrong or missing [store] encryption_key stops here, not at the first read
         self.runtime = Runtime(self.config, self.store, registry,
                                feed=EventFeed(self.store, self.config.web.event_poll_interval))
         if not self.one_shot:
