@@ -38,6 +38,7 @@ from mailgate.store import Store, check_keys, open_store
 
 if TYPE_CHECKING:
     from mailgate.store.copy import CopyReport, ProgressCallback
+    from mailgate.store.rekey import RekeyProgress, RekeyReport
 
 log = logging.getLogger(__name__)
 IMPLEMENTED_ROLES = ("smtp", "web", "worker", "scheduler")
@@ -90,6 +91,16 @@ async def copy_store(config: Config, dsn: str, *, on_progress: ProgressCallback 
                                       connect_timeout=config.store.connect_timeout)
     return await copy.copy_to_postgres(config.store.path, dsn, on_progress=on_progress,
                                        connect_timeout=config.store.connect_timeout)
+
+
+async def rekey_store(config: Config, *, on_progress: RekeyProgress | None = None, vacuum: bool = False) -> RekeyReport:
+    """Re-seal every row of the store under ``[store] encryption_key``; see :mod:`mailgate.store.rekey`."""
+    from mailgate.store import rekey
+
+    rekey.check_configured(config.store)
+    if config.store.backend == "sqlite":
+        require_store(config)
+    return await rekey.run(config.store, on_progress, vacuum)
 
 
 class Daemon:

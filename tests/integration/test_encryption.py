@@ -1,0 +1,197 @@
+"""Encryption at rest, end to end on both backends: the daemon in process with a real SMTP client, the
+CLI's ``db rekey``, and the database's own bytes searched for what must not be there.
+
+One story per backend: a store written in clear (the control: the search finds the texts), switched
+on (old rows still read, new rows sealed), re-sealed by ``db rekey --vacuum`` (no text left in the
+file, WAL and SHM, or in any PostgreSQL row), rotated to a second key (the first one removed
+afterwards, everything still read back through the runtime and the CLI), and refused with a clear
+error under a wrong key or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mailgate.config import Config
+from mailgate.core.tasks import Task
+from mailgate.daemon.lifecycle import Daemon
+from mailgate.edges.cli.main import main
+from mailgate.errors import ConfigError
+from mailgate.mail.auth import StaticResolver
+from tests.helpers import config_toml, make_config, queue_processed, runtime_of
+from tests.pg import create_database, drop_database, run_async
+
+K1 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+K2 = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
+K3 = "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8="
+
+ANSWER_1, BODY_1, SUBJECT_1 = "Zanzibar-answer-7f3q", "Quixotic-body-9k2w", "Obsidian-subject-4m8z"
+ANSWER_2, BODY_2 = "Marmalade-answer-2p6v", "Tangerine-body-5h1x"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Config]:
+    dsn = create_database() if request.param == "postgres" else None
+    try:
+        yield make_config(tmp_path, store_dsn=dsn, smtp={"port": 0, "hostname": "mx.test"},
+                          mail={"domains": ("example.test",)})
+    finally:
+        if dsn is not None:
+            drop_database(dsn)
+
+
+def keyed(config: Config, key: str = "", old: tuple[str, ...] = ()) -> Config:
+    return config.replace(store={**vars(config.store), "encryption_key": key, "old_encryption_keys": old})
+
+
+def message(to: str, subject: str, body: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "sender@elsewhere.test"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{subject}@elsewhere.test>"
+    msg.set_content(body)
+    return msg
+
+
+async def _write(config: Config, answer: str, subject: str, body: str) -> str:
+    """A session with ``answer`` saved, and an e-mail to it sent over SMTP and processed; its id."""
+    async with Daemon(config, roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
+        rt = runtime_of(d)
+        session = await rt.create_session("email-to-case")
+        address = (await rt.run_action(session.id, "start")).text
+        assert address is not None and d.smtp is not None
+        await rt.set_session_variables(session.id, {"note": answer})
+        port = d.smtp.port
+
+        def send() -> Any:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                return client.send_message(message(address, subject, body))
+
+        assert await asyncio.to_thread(send) == {}
+        await queue_processed(rt)
+        tasks = await rt.store.list_tasks(session_id=session.id)
+        assert [t.action for t in tasks] == ["incoming_email"]
+        assert await Task(tasks[0].id, rt.tasks).wait_async(10)
+        return session.id
+
+
+async def _read(config: Config, sid: str) -> tuple[str, str, bytes]:
+    """(the saved note, the e-mail's text body, its raw bytes) as the runtime gives them back."""
+    async with Daemon(config, roles=(), one_shot=True, existing_store=True) as d:
+        rt = runtime_of(d)
+        answers = await rt.get_answers(sid)
+        emails = await rt.store.list_emails(session_id=sid)
+        assert len(emails) == 1
+        raw = await rt.store.get_raw(emails[0].sha256)
+        assert raw is not None
+        return answers["note"], answers["email"].body_text, raw
+
+
+def write(config: Config, answer: str, subject: str, body: str) -> str:
+    return run_async(_write(config, answer, subject, body))
+
+
+def read(config: Config, sid: str) -> tuple[str, str, bytes]:
+    return run_async(_read(config, sid))
+
+
+async def _pg_rows(dsn: str) -> bytes:
+    """Every row of every table as PostgreSQL prints it (bytea as hex), as one byte string."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        out = []
+        for table in tables:
+            out.extend(r[0] for r in await conn.fetch(f'SELECT t::text FROM "{table}" t'))
+        return "\n".join(out).encode()
+    finally:
+        await conn.close()
+
+
+def at_rest(config: Config) -> bytes:
+    """What the database holds: the SQLite file with its WAL and SHM, or every PostgreSQL row."""
+    if config.store.backend == "postgres":
+        return run_async(_pg_rows(config.store.dsn))
+    path = Path(config.store.path)
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
+
+
+def found(config: Config, *texts: str) -> list[str]:
+    """The texts found in the store in clear, as UTF-8 or as PostgreSQL's hex of bytea."""
+    data = at_rest(config)
+    return [t for t in texts if t.encode() in data or t.encode().hex().encode() in data]
+
+
+def cli(config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    path = tmp_path / "mailgate.toml"
+    path.write_text(config_toml(config))
+    status = main([*argv, "--config", str(path)])
+    out, err = capsys.readouterr()
+    return status, (json.loads(out) if out.strip().startswith("{") else out), err
+
+
+def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
+        base: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the control: in clear, the search finds all three texts
+    sid1 = write(base, ANSWER_1, SUBJECT_1, BODY_1)
+    assert found(base, ANSWER_1, BODY_1, SUBJECT_1) == [ANSWER_1, BODY_1, SUBJECT_1]
+
+    # switched on: clear rows still read; what is written now is sealed from the start
+    on = keyed(base, K1)
+    sid2 = write(on, ANSWER_2, "second", BODY_2)
+    assert found(on, ANSWER_2, BODY_2) == []
+    note, body, raw = read(on, sid1)
+    assert note == ANSWER_1 and body.strip() == BODY_1 and BODY_1.encode() in raw
+
+    # db rekey seals the clear rows; --vacuum drops the space that still held them; a second run has nothing to do
+    status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--vacuum", "--json")
+    assert status == 0 and report["resealed"] > 0 and report["busy"] == 0, report
+    assert {t["table"]: t["resealed"] for t in report["tables"]}["raw_messages"] == 1
+    assert found(on, ANSWER_1, BODY_1, SUBJECT_1, ANSWER_2, BODY_2) == []
+    status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--json")
+    assert status == 0 and report["resealed"] == 0 and report["complete"] is True, report
+    for sid, answer, text in ((sid1, ANSWER_1, BODY_1), (sid2, ANSWER_2, BODY_2)):
+        note, body, raw = read(on, sid)
+        assert note == answer and body.strip() == text and text.encode() in raw
+
+    # rotation: K2 current, K1 kept for reading; rekey; then K1 removed and everything still reads
+    rotating = keyed(base, K2, (K1,))
+    status, report, _ = cli(rotating, tmp_path, capsys, "db", "rekey", "--json")
+    assert status == 0 and report["resealed"] > 0, report
+    assert cli(rotating, tmp_path, capsys, "db", "rekey", "--json")[1]["resealed"] == 0
+    rotated = keyed(base, K2)
+    for sid, answer, text in ((sid1, ANSWER_1, BODY_1), (sid2, ANSWER_2, BODY_2)):
+        note, body, raw = read(rotated, sid)
+        assert note == answer and body.strip() == text and text.encode() in raw
+    status, got, _ = cli(rotated, tmp_path, capsys, "sessions", "get", sid1, "--json")
+    assert status == 0 and got["variables"]["note"] == ANSWER_1, got
+    assert found(rotated, ANSWER_1, BODY_1, ANSWER_2, BODY_2) == []
+
+    # the old key alone, another key, or none: one clear error before anything is read
+    for config, says in ((keyed(base, K1), "encryption_key does not open this store"),
+                         (keyed(base, K3), "encryption_key does not open this store"),
+                         (base, "encrypted at rest, and no key is configured")):
+        with pytest.raises(ConfigError, match=says):
+            read(config, sid1)
+        status, out, err = cli(config, tmp_path, capsys, "sessions", "get", sid1)
+        assert status != 0 and says in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_a_bad_key_is_refused_naming_the_setting(base: Config, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = cli(keyed(base, "c2hvcnQ="), tmp_path, capsys, "db", "migrate")
+    assert status != 0 and "[store] encryption_key is not a key" in err and "32 random bytes" in err, err
+    status, _, err = cli(keyed(base, "", (K1,)), tmp_path, capsys, "db", "migrate")
+    assert status != 0 and "old_encryption_keys is set without encryption_key" in err, err
+    status, _, err = cli(base, tmp_path, capsys, "db", "rekey")
+    assert status != 0 and "encryption_key, which is not set" in err, err
