@@ -23,11 +23,12 @@ import pytest
 
 from mailgate.config import Config
 from mailgate.core.tasks import Task
-from mailgate.daemon.lifecycle import Daemon
+from mailgate.daemon.lifecycle import Daemon, copy_store, rekey_store
 from mailgate.edges.cli.main import main
 from mailgate.errors import ConfigError
 from mailgate.mail.auth import StaticResolver
-from tests.helpers import config_toml, make_config, queue_processed, runtime_of
+from mailgate.store import rekey
+from tests.helpers import config_toml, make_config, queue_processed, runtime_of, wait_until
 from tests.pg import create_database, drop_database, run_async
 
 K1 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -195,3 +196,64 @@ def test_a_bad_key_is_refused_naming_the_setting(base: Config, tmp_path: Path,
     assert status != 0 and "old_encryption_keys is set without encryption_key" in err, err
     status, _, err = cli(base, tmp_path, capsys, "db", "rekey")
     assert status != 0 and "encryption_key, which is not set" in err, err
+
+
+async def _rotate_while_saving(first: Config, rotating: Config, rotated: Config) -> None:
+    async with Daemon(first, roles=("worker",)) as d:
+        rt = runtime_of(d)
+        sids = [(await rt.create_session("testing", {"note": "v0"})).id for _ in range(30)]
+    async with Daemon(rotating, roles=("worker",)) as d:
+        rt = runtime_of(d)
+        last: dict[str, str] = {}
+        stop = asyncio.Event()
+        saves = 0
+
+        async def keep_saving() -> None:
+            nonlocal saves
+            rounds = 0
+            while not stop.is_set() or rounds < 3:
+                rounds += 1
+                for sid in sids:
+                    await rt.set_session_variables(sid, {"note": f"v{rounds}"})
+                    last[sid] = f"v{rounds}"
+                    saves += 1
+
+        saving = asyncio.ensure_future(keep_saving())
+        await wait_until(lambda: saves > 0, 10, "the first save")
+        before = saves
+        report = await asyncio.to_thread(asyncio.run, rekey_store(rotating))  # one batch per row: many transactions
+        during = saves - before
+        stop.set()
+        await saving
+        assert during > 0, "no save ran while the rekey did: the test proves nothing"
+        assert report.busy == 0 and report.resealed >= len(sids)
+        # no save was lost to the batch that re-sealed its row, and every row reads back
+        assert {sid: (await rt.get_answers(sid))["note"] for sid in sids} == last
+    again = await rekey_store(rotating)
+    assert again.resealed == 0, again.to_dict()  # what the daemon wrote meanwhile was under the new key already
+    async with Daemon(rotated, roles=(), one_shot=True, existing_store=True) as d:
+        assert {sid: (await runtime_of(d).get_answers(sid))["note"] for sid in sids} == last
+
+
+def test_rekey_beside_a_daemon_that_keeps_saving_loses_nothing(base: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rekey, "BATCH", 1)
+    run_async(_rotate_while_saving(keyed(base, K1), keyed(base, K2, (K1,)), keyed(base, K2)))
+
+
+async def _copy_sealed(sqlite: Config, dsn: str) -> None:
+    sid = (await _write(sqlite, ANSWER_1, SUBJECT_1, BODY_1))
+    report = await copy_store(sqlite, dsn)
+    assert all(c.ok for c in report.checks)
+    pg = sqlite.replace(store={**vars(sqlite.store), "backend": "postgres", "dsn": dsn})
+    assert found(pg, ANSWER_1, BODY_1, SUBJECT_1) == []  # the sealed values travel as they are
+    note, body, raw = await _read(pg, sid)
+    assert note == ANSWER_1 and body.strip() == BODY_1 and BODY_1.encode() in raw
+
+
+def test_db_copy_moves_an_encrypted_store_to_postgresql_sealed(tmp_path: Path) -> None:
+    dsn = create_database()
+    try:
+        sqlite = keyed(make_config(tmp_path, smtp={"port": 0, "hostname": "mx.test"}, mail={"domains": ("example.test",)}), K1)
+        run_async(_copy_sealed(sqlite, dsn))
+    finally:
+        drop_database(dsn)
