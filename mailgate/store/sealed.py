@@ -44,6 +44,7 @@ from mailgate.store.base import (
     NewMailbox,
     NewTask,
     SessionRecord,
+    SessionSave,
     Store,
     TaskFinish,
     TaskRecord,
@@ -52,14 +53,15 @@ from mailgate.store.sealing import (
     BYTES_PREFIX,
     NONCE,
     Keyring,
-    SealError,
     is_keyed_hash,
     is_sealed_text,
     keyed_hash,
+    text_key_id,
 )
 
 INDEX_KEY = "store.index_key"  # the settings row holding the (sealed) key of the keyed hashes
 SHA_HEX = 64  # a content hash in hex, kept in front of a sealed row's envelope
+MEMO_SIZE = 20_000  # sessions' answers and owners kept opened (the SQLite backend caches 10,000 sessions)
 RAW_OVERHEAD = len(BYTES_PREFIX) + 4 + NONCE + 16  # what sealing adds to a raw message's size
 
 # table -> (row id column, sealed text columns); raw bytes and keyed hashes are handled apart
@@ -94,6 +96,9 @@ class SealedStore(Store):
         self.ring = keyring
         self._index_key: bytes | None = None
         self._claimed: dict[str, str] = {}  # queued message id -> its content hash, while claimed here
+        # (column, session id) -> (sealed, plain) of what was last read or written here: memory holds
+        # the answers in clear anyway while a session is in use; the store never does
+        self._memo: dict[tuple[str, str], tuple[str, str]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -108,6 +113,31 @@ class SealedStore(Store):
     def _open(self, table: str, column: str, row: str, value: str) -> str:
         return self.ring.open_text(value, aad(table, column, row), f"{table}.{column} of {row}")
 
+    def _open_session(self, column: str, row: str, value: str) -> str:
+        """A session's column, from the memo when it holds this very sealed value (sessions are read
+        on every check-in, and most reads follow this process's own save of them)."""
+        hit = self._memo.get((column, row))
+        if hit is not None and hit[0] == value:
+            return hit[1]
+        plain = self._open("sessions", column, row, value)
+        self._remember(column, row, value, plain)
+        return plain
+
+    def _seal_answers(self, save: SessionSave) -> str:
+        """The answers sealed; when they are what this process last read or wrote, under the current
+        key, the same sealed value again (a check-in that changes nothing costs no encryption)."""
+        hit = self._memo.get(("answers", save.session_id))
+        if hit is not None and hit[1] == save.answers and text_key_id(hit[0]) == self.ring.current_id:
+            return hit[0]
+        return self._seal("sessions", "answers", save.session_id, save.answers)
+
+    def _remember(self, column: str, row: str, sealed: str, plain: str) -> None:
+        memo = self._memo
+        memo.pop((column, row), None)
+        memo[column, row] = (sealed, plain)
+        if len(memo) > MEMO_SIZE:
+            del memo[next(iter(memo))]  # the least recently stored (dicts keep insertion order)
+
     def _open_opt(self, table: str, column: str, row: str, value: str | None) -> str | None:
         return None if value is None else self._open(table, column, row, value)
 
@@ -115,19 +145,21 @@ class SealedStore(Store):
         """The key of the keyed hashes: made once per store, kept sealed in ``settings``."""
         if self._index_key is None:
             stored = await self.inner.setting(INDEX_KEY, self._seal("settings", "value", INDEX_KEY, os.urandom(32).hex()))
-            try:
-                self._index_key = bytes.fromhex(self._open("settings", "value", INDEX_KEY, stored))
-            except SealError as exc:
-                raise ConfigError(f"[store] encryption_key does not open this store ({exc}); set the key the store "
-                                  "was encrypted with, or keep it in [store] old_encryption_keys while rotating") from None
+            kid = text_key_id(stored)
+            if kid is not None and kid not in self.ring.keys:
+                configured = ", ".join(sorted(self.ring.keys))
+                raise ConfigError(f"[store] encryption_key does not open this store: it is sealed under key {kid}, and the "
+                                  f"keys configured are {configured}; set the key it was encrypted with (while rotating, "
+                                  "keep that one in old_encryption_keys)")
+            self._index_key = bytes.fromhex(self._open("settings", "value", INDEX_KEY, stored))
         return self._index_key
 
     async def _hash(self, value: str) -> str:
         return keyed_hash(await self.index_key(), value)
 
     def _session(self, r: SessionRecord) -> SessionRecord:
-        return dataclasses.replace(r, answers=self._open("sessions", "answers", r.id, r.answers),
-                                   owner=self._open("sessions", "owner", r.id, r.owner))
+        return dataclasses.replace(r, answers=self._open_session("answers", r.id, r.answers),
+                                   owner=self._open_session("owner", r.id, r.owner))
 
     def _task(self, r: TaskRecord) -> TaskRecord:
         o = self._open_opt
@@ -234,8 +266,11 @@ class SealedStore(Store):
     # -- sessions ------------------------------------------------------------------------------------
     async def create_session(self, session_id: str, interview: str, answers: str, owner: str,
                              allow_cron: bool = False) -> SessionRecord:
-        rec = await self.inner.create_session(session_id, interview, self._seal("sessions", "answers", session_id, answers),
-                                              self._seal("sessions", "owner", session_id, owner), allow_cron)
+        sealed_answers = self._seal("sessions", "answers", session_id, answers)
+        sealed_owner = self._seal("sessions", "owner", session_id, owner)
+        rec = await self.inner.create_session(session_id, interview, sealed_answers, sealed_owner, allow_cron)
+        self._remember("answers", session_id, sealed_answers, answers)
+        self._remember("owner", session_id, sealed_owner, owner)
         return dataclasses.replace(rec, answers=answers, owner=owner)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -254,15 +289,17 @@ class SealedStore(Store):
 
     async def commit(self, changes: Changes) -> CommitResult:
         save = changes.save
+        sealed_save = None if save is None else dataclasses.replace(save, answers=self._seal_answers(save))
         sealed = dataclasses.replace(
             changes,
-            save=None if save is None else dataclasses.replace(
-                save, answers=self._seal("sessions", "answers", save.session_id, save.answers)),
+            save=sealed_save,
             new_tasks=[self._new_task(t) for t in changes.new_tasks],
             events=[self._new_event(e) for e in changes.events],
             finish=None if changes.finish is None else self._finish(changes.finish),
             mailboxes=[self._new_mailbox(m) for m in changes.mailboxes])
         result = await self.inner.commit(sealed)
+        if save is not None and sealed_save is not None:
+            self._remember("answers", save.session_id, sealed_save.answers, save.answers)
         return dataclasses.replace(result, events=self._events(result.events))
 
     # -- leases --------------------------------------------------------------------------------------
