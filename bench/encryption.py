@@ -20,7 +20,10 @@ rounds. Workloads:
   task has finished: messages/s from the first send to the last task.
 
 Also printed: the cost of the primitive itself (sealing and opening one value of the answer size, in
-microseconds), which does not depend on the store.
+microseconds), which does not depend on the store, and for each workload the CPU time this process
+used per operation (the daemon and the clients share it; the ratio is no key over key, so below 1
+is the cost), which the machine's other load disturbs less than the rates. Every figure is the mean of
+the rounds; the rates of each round are printed too, to show the noise.
 
     python bench/encryption.py [--rounds 2] [--clients 20] [--duration 3] [--warmup 1] [--messages 300]
                                [--connections 4] [--answer-kb 4] [--dsn postgresql://...]
@@ -74,7 +77,7 @@ class Databases:
     def __init__(self, admin_dsn: str | None) -> None:
         self.admin = admin_dsn
 
-    async def __call__(self, body: Callable[[Path, str | None], Awaitable[float]]) -> float:
+    async def __call__(self, body: Callable[[Path, str | None], Awaitable[tuple[float, float]]]) -> tuple[float, float]:
         with tempfile.TemporaryDirectory(prefix="mailgate-bench-enc-") as folder:
             if self.admin is None:
                 return await body(Path(folder), None)
@@ -93,7 +96,7 @@ class Databases:
                 await conn.close()
 
 
-async def checkins(cfg: Config, action: str, args: argparse.Namespace) -> float:
+async def checkins(cfg: Config, action: str, args: argparse.Namespace) -> tuple[float, float]:
     """Check-ins per second: ``args.clients`` closed loops of ``action`` on sessions of their own."""
     async with Daemon(cfg, roles=("worker",)) as d:
         rt = d.runtime
@@ -113,12 +116,12 @@ async def checkins(cfg: Config, action: str, args: argparse.Namespace) -> float:
 
         tasks = [asyncio.ensure_future(loop(sid)) for sid in sids]
         await asyncio.sleep(args.warmup)  # warm-up: load runs, nothing counted
-        counting, started = True, time.perf_counter()
+        counting, started, cpu = True, time.perf_counter(), time.process_time()
         await asyncio.sleep(args.duration)  # the measurement window itself
-        counting, elapsed = False, time.perf_counter() - started
+        counting, elapsed, cpu = False, time.perf_counter() - started, time.process_time() - cpu
         stop = True
         await asyncio.gather(*tasks)
-        return count / elapsed
+        return count / elapsed, cpu / max(count, 1) * 1e6
 
 
 def message(to: str, n: int) -> EmailMessage:
@@ -131,7 +134,7 @@ def message(to: str, n: int) -> EmailMessage:
     return msg
 
 
-async def mail(cfg: Config, args: argparse.Namespace) -> float:
+async def mail(cfg: Config, args: argparse.Namespace) -> tuple[float, float]:
     """Messages per second: sent over SMTP, stored, and their incoming_email tasks finished."""
     async with Daemon(cfg, roles=("smtp", "worker"), resolver=StaticResolver({})) as d:
         rt, smtp = d.runtime, d.smtp
@@ -162,7 +165,7 @@ async def mail(cfg: Config, args: argparse.Namespace) -> float:
         for t in threads:
             t.start()
         await asyncio.to_thread(ready.wait)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(asyncio.to_thread(t.join) for t in threads))
         if failures:
             raise failures[0]
@@ -171,10 +174,10 @@ async def mail(cfg: Config, args: argparse.Namespace) -> float:
             if await rt.store.count_inbound() == 0 and counts.get("queued", 0) + counts.get("running", 0) == 0:
                 break
             await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         stored = len(await rt.store.list_emails(limit=args.messages + 1))
         assert stored == args.messages, f"{stored} of {args.messages} messages stored"
-        return args.messages / elapsed
+        return args.messages / elapsed, cpu / args.messages * 1e6
 
 
 def primitive(size: int, repeat: int = 2000) -> tuple[float, float]:
@@ -192,24 +195,29 @@ def primitive(size: int, repeat: int = 2000) -> tuple[float, float]:
 
 async def main(args: argparse.Namespace) -> None:
     fresh = Databases(args.dsn)
-    workloads: dict[str, Callable[[Config], Awaitable[float]]] = {
+    workloads: dict[str, Callable[[Config], Awaitable[tuple[float, float]]]] = {
         "check-in (save)": lambda c: checkins(c, "bump", args),
         "check-in (no save)": lambda c: checkins(c, "calc", args),
         "mail": lambda c: mail(c, args),
     }
     rates: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
         for name, run in workloads.items():
             for mode, key in (("plain", ""), ("sealed", KEY)):
-                rate = await fresh(lambda folder, dsn, run=run, key=key: run(config(folder, key, dsn)))
+                rate, cpu = await fresh(lambda folder, dsn, run=run, key=key: run(config(folder, key, dsn)))
                 rates.setdefault((name, mode), []).append(rate)
+                cpus.setdefault((name, mode), []).append(cpu)
     backend = "postgres" if args.dsn else "sqlite"
     print(f"backend {backend}; rounds {args.rounds}; clients {args.clients}; answers {args.answer_kb} KB; "
           f"messages {args.messages} over {args.connections} connections")
-    print(f"{'workload':<20} {'no key /s':>10} {'key /s':>10} {'ratio':>7}")
+    print(f"{'workload':<20} {'no key /s':>10} {'key /s':>10} {'ratio':>7}   {'CPU us/op: no key':>17} {'key':>6} {'ratio':>6}")
     for name in workloads:
         plain, sealed = statistics.mean(rates[name, "plain"]), statistics.mean(rates[name, "sealed"])
-        print(f"{name:<20} {plain:>10.0f} {sealed:>10.0f} {sealed / plain:>7.2f}")
+        cpu_plain, cpu_sealed = statistics.mean(cpus[name, "plain"]), statistics.mean(cpus[name, "sealed"])
+        spread = "  (rates per round: " + ", ".join(f"{p:.0f}/{k:.0f}" for p, k in zip(rates[name, "plain"], rates[name, "sealed"], strict=True)) + ")"
+        print(f"{name:<20} {plain:>10.0f} {sealed:>10.0f} {sealed / plain:>7.2f}   {cpu_plain:>17.0f} {cpu_sealed:>6.0f} "
+              f"{cpu_plain / cpu_sealed:>6.2f}{spread}")
     seal_us, open_us = primitive(args.answer_kb * 1024)
     print(f"AES-GCM on one {args.answer_kb} KB value: seal {seal_us:.1f} us, open {open_us:.1f} us")
 

@@ -257,3 +257,20 @@ def test_db_copy_moves_an_encrypted_store_to_postgresql_sealed(tmp_path: Path) -
         run_async(_copy_sealed(sqlite, dsn))
     finally:
         drop_database(dsn)
+
+
+def test_check_config_reads_the_key_file(base: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_file = tmp_path / "store-key"
+    key_file.write_text(K1 + "\n")
+    key_file.chmod(0o644)
+    with_file = base.replace(store={**vars(base.store), "encryption_key_file": str(key_file)})
+    status, _, err = cli(with_file, tmp_path, capsys, "check-config")
+    assert status == 2 and f"[store] encryption_key_file = '{key_file}' is readable by every user" in err, err
+    key_file.chmod(0o600)
+    assert cli(with_file, tmp_path, capsys, "check-config")[0] == 0
+    key_file.write_text("not a key")
+    status, _, err = cli(with_file, tmp_path, capsys, "check-config")
+    assert status == 2 and f"[store] encryption_key_file ({key_file}) is not a key" in err, err
+    key_file.unlink()
+    status, _, err = cli(with_file, tmp_path, capsys, "check-config")
+    assert status == 2 and f"[store] encryption_key_file {key_file}: cannot read it" in err, err
