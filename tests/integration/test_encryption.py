@@ -36,7 +36,7 @@ K2 = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
 K3 = "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8="
 
 ANSWER_1, BODY_1, SUBJECT_1 = "Zanzibar-answer-7f3q", "Quixotic-body-9k2w", "Obsidian-subject-4m8z"
-ANSWER_2, BODY_2 = "Marmalade-answer-2p6v", "Tangerine-body-5h1x"
+ANSWER_2, BODY_2, SUBJECT_2 = "Marmalade-answer-2p6v", "Tangerine-body-5h1x", "Periwinkle-subject-3d7r"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -83,6 +83,8 @@ async def _write(config: Config, answer: str, subject: str, body: str) -> str:
         tasks = await rt.store.list_tasks(session_id=session.id)
         assert [t.action for t in tasks] == ["incoming_email"]
         assert await Task(tasks[0].id, rt.tasks).wait_async(10)
+        if config.store.encryption_key:  # while the daemon runs too (SQLite: its WAL holds the latest pages)
+            assert await asyncio.to_thread(found, config, answer, subject, body) == []
         return session.id
 
 
@@ -149,8 +151,8 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
 
     # switched on: clear rows still read; what is written now is sealed from the start
     on = keyed(base, K1)
-    sid2 = write(on, ANSWER_2, "second", BODY_2)
-    assert found(on, ANSWER_2, BODY_2) == []
+    sid2 = write(on, ANSWER_2, SUBJECT_2, BODY_2)
+    assert found(on, ANSWER_2, BODY_2, SUBJECT_2) == []
     note, body, raw = read(on, sid1)
     assert note == ANSWER_1 and body.strip() == BODY_1 and BODY_1.encode() in raw
 
