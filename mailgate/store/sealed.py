@@ -131,6 +131,10 @@ class SealedStore(Store):
             return hit[0]
         return self._seal("sessions", "answers", save.session_id, save.answers)
 
+    def _forget(self, session_id: str) -> None:
+        self._memo.pop(("answers", session_id), None)
+        self._memo.pop(("owner", session_id), None)
+
     def _remember(self, column: str, row: str, sealed: str, plain: str) -> None:
         memo = self._memo
         memo.pop((column, row), None)
@@ -285,6 +289,7 @@ class SealedStore(Store):
         return [self._session(r) for r in await self.inner.list_sessions(interview=interview, limit=limit, after=after)]
 
     async def delete_session(self, session_id: str) -> bool:
+        self._forget(session_id)
         return await self.inner.delete_session(session_id)
 
     async def commit(self, changes: Changes) -> CommitResult:
@@ -298,6 +303,8 @@ class SealedStore(Store):
             finish=None if changes.finish is None else self._finish(changes.finish),
             mailboxes=[self._new_mailbox(m) for m in changes.mailboxes])
         result = await self.inner.commit(sealed)
+        if changes.delete_session is not None:
+            self._forget(changes.delete_session)
         if save is not None and sealed_save is not None:
             self._remember("answers", save.session_id, sealed_save.answers, save.answers)
         return dataclasses.replace(result, events=self._events(result.events))
