@@ -176,8 +176,17 @@ class SealedStore(Store):
     def _event(self, r: EventRecord) -> EventRecord:
         return dataclasses.replace(r, payload=self._open("events", "payload", r.session_id, r.payload))
 
-    def _events(self, events: Sequence[EventRecord]) -> list[EventRecord]:
-        return [self._event(e) for e in events]
+    def _events(self, events: Sequence[EventRecord], written: Sequence[tuple[NewEvent, NewEvent]] = ()) -> list[EventRecord]:
+        """Events opened; those among ``written`` ((clear, sealed) pairs this call just wrote) without
+        decrypting them again."""
+        if not written:
+            return [self._event(e) for e in events]
+        known = {sealed.payload: clear.payload for clear, sealed in written}
+        return [dataclasses.replace(e, payload=known[e.payload]) if e.payload in known else self._event(e)
+                for e in events]
+
+    def _sealed_events(self, events: Sequence[NewEvent]) -> list[tuple[NewEvent, NewEvent]]:
+        return [(e, self._new_event(e)) for e in events]
 
     def _mailbox(self, r: MailboxRecord) -> MailboxRecord:
         lp = r.local_part
@@ -295,11 +304,12 @@ class SealedStore(Store):
     async def commit(self, changes: Changes) -> CommitResult:
         save = changes.save
         sealed_save = None if save is None else dataclasses.replace(save, answers=self._seal_answers(save))
+        events = self._sealed_events(changes.events)
         sealed = dataclasses.replace(
             changes,
             save=sealed_save,
             new_tasks=[self._new_task(t) for t in changes.new_tasks],
-            events=[self._new_event(e) for e in changes.events],
+            events=[e for _, e in events],
             finish=None if changes.finish is None else self._finish(changes.finish),
             mailboxes=[self._new_mailbox(m) for m in changes.mailboxes])
         result = await self.inner.commit(sealed)
@@ -307,7 +317,7 @@ class SealedStore(Store):
             self._forget(changes.delete_session)
         if save is not None and sealed_save is not None:
             self._remember("answers", save.session_id, sealed_save.answers, save.answers)
-        return dataclasses.replace(result, events=self._events(result.events))
+        return dataclasses.replace(result, events=self._events(result.events, events))
 
     # -- leases --------------------------------------------------------------------------------------
     async def try_acquire_lease(self, session_id: str, holder: str, ttl: float, budget: float) -> LeaseInfo | None:
@@ -396,10 +406,9 @@ class SealedStore(Store):
 
     async def deliver(self, delivery: Delivery) -> tuple[list[str], list[EventRecord]]:
         h = await self._hash(delivery.sha256)
-        sealed = Delivery(h, self.ring.seal_bytes(delivery.raw, raw_aad(h)),
-                          [await self._new_email(e, delivery.sha256) for e in delivery.emails])
-        ids, events = await self.inner.deliver(sealed)
-        return ids, self._events(events)
+        emails = [await self._new_email(e, delivery.sha256) for e in delivery.emails]
+        ids, events = await self.inner.deliver(Delivery(h, self.ring.seal_bytes(delivery.raw, raw_aad(h)), emails))
+        return ids, self._events(events, [(e.event, s.event) for e, s in zip(delivery.emails, emails, strict=True)])
 
     async def enqueue_inbound(self, entry: NewInbound) -> float:
         h = await self._hash(entry.sha256)
@@ -419,10 +428,10 @@ class SealedStore(Store):
         sha = self._claimed.get(delivery.entry_id)
         if sha is None:  # never claimed in this process: the inner store would refuse it too
             raise LeaseLost(f"queued message {delivery.entry_id} is not claimed by {delivery.worker}")
-        sealed = dataclasses.replace(delivery, emails=[await self._new_email(e, sha) for e in delivery.emails])
-        ids, events = await self.inner.deliver_inbound(sealed)
+        emails = [await self._new_email(e, sha) for e in delivery.emails]
+        ids, events = await self.inner.deliver_inbound(dataclasses.replace(delivery, emails=emails))
         self._claimed.pop(delivery.entry_id, None)
-        return ids, self._events(events)
+        return ids, self._events(events, [(e.event, s.event) for e, s in zip(delivery.emails, emails, strict=True)])
 
     async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
         for entry_id in entry_ids:
