@@ -44,7 +44,8 @@ from mailgate.store.sealing import (
 )
 
 BATCH = 200
-RAW_BATCH = 10  # raw messages may be 25 MB and more each
+RAW_BATCH = 50
+RAW_BYTES = 8 * 1024 * 1024  # a batch of raw messages stops here (one may be 25 MB or more): short write locks
 # (stage, table, rows done, rows in the table)
 RekeyProgress = Callable[[str, str, int, int], None]
 
@@ -206,6 +207,18 @@ async def _email_update(tx: Tx, rk: _Rekeyer, row: Sequence[Any], raw_converted:
 EMAIL_SELECT = "SELECT id, seq, local_part, message_id, sha256, dedupe, size, envelope, parsed, authentication FROM emails"
 
 
+async def _raw_rows(tx: Tx, table: str, order: str, after: Any) -> int:
+    """How many of the next rows make a batch of at most ``RAW_BYTES`` (at least one row)."""
+    sizes = [int(r[0]) for r in await tx.fetch(f"SELECT size FROM {table} WHERE {order} > ? ORDER BY {order} LIMIT ?",
+                                                 after, RAW_BATCH)]
+    total, rows = 0, 0
+    for size in sizes:
+        total, rows = total + size, rows + 1
+        if total >= RAW_BYTES:
+            break
+    return max(rows, 1)
+
+
 async def _raw_messages(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
     """Raw messages, in hash order; a clear hash becomes keyed together with the e-mails that point to it."""
     out, total, after = TableRekey("raw_messages"), await _count(db, "raw_messages"), ""
@@ -213,7 +226,7 @@ async def _raw_messages(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableR
     while True:
         async with db.transaction() as tx:
             rows = await tx.fetch(f"SELECT sha256, raw FROM raw_messages WHERE sha256 > ? ORDER BY sha256 LIMIT ?{tx.lock}",
-                                  after, RAW_BATCH)
+                                  after, await _raw_rows(tx, "raw_messages", "sha256", after))
             for sha, raw in rows:
                 new_hash = rk.hash(sha)
                 sealed = rk.raw(bytes(raw), sha, new_hash, f"raw_messages.raw of {sha}")
@@ -262,7 +275,8 @@ async def _inbound(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
     while True:
         async with db.transaction() as tx:
             rows = await tx.fetch("SELECT seq, id, sha256, raw, envelope, worker, lease_until FROM inbound_queue "
-                                  f"WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after, RAW_BATCH)
+                                  f"WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after,
+                                  await _raw_rows(tx, "inbound_queue", "seq", after))
             for _seq, eid, sha, raw, envelope, worker, lease_until in rows:
                 if is_keyed_hash(sha):
                     sets: dict[str, Any] = {}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from mailgate.errors import ConfigError, LeaseLost
 from mailgate.store.base import (
@@ -59,6 +59,7 @@ from mailgate.store.sealing import (
     text_key_id,
 )
 
+T = TypeVar("T")
 INDEX_KEY = "store.index_key"  # the settings row holding the (sealed) key of the keyed hashes
 SHA_HEX = 64  # a content hash in hex, kept in front of a sealed row's envelope
 MEMO_SIZE = 20_000  # sessions' answers and owners kept opened (the SQLite backend caches 10,000 sessions)
@@ -74,6 +75,17 @@ SEALED: dict[str, tuple[str, tuple[str, ...]]] = {
     "inbound_queue": ("id", ("envelope",)),
     "settings": ("name", ("value",)),
 }
+
+
+def _with(record: T, **changes: Any) -> T:
+    """``dataclasses.replace`` for the store's frozen records, at a fraction of its cost (it runs on
+    every read and write of a sealed value); records without a ``__dict__`` take the slow way."""
+    if not hasattr(record, "__dict__"):
+        return dataclasses.replace(record, **changes)  # type: ignore[type-var]
+    new = object.__new__(type(record))
+    new.__dict__.update(record.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def aad(table: str, column: str, row: str) -> str:
@@ -162,19 +174,19 @@ class SealedStore(Store):
         return keyed_hash(await self.index_key(), value)
 
     def _session(self, r: SessionRecord) -> SessionRecord:
-        return dataclasses.replace(r, answers=self._open_session("answers", r.id, r.answers),
+        return _with(r, answers=self._open_session("answers", r.id, r.answers),
                                    owner=self._open_session("owner", r.id, r.owner))
 
     def _task(self, r: TaskRecord) -> TaskRecord:
         o = self._open_opt
-        return dataclasses.replace(
+        return _with(
             r, arguments=self._open("tasks", "arguments", r.id, r.arguments), user=self._open("tasks", "user", r.id, r.user),
             ui_notification=o("tasks", "ui_notification", r.id, r.ui_notification), result=o("tasks", "result", r.id, r.result),
             error_message=o("tasks", "error_message", r.id, r.error_message),
             error_trace=o("tasks", "error_trace", r.id, r.error_trace), variables=o("tasks", "variables", r.id, r.variables))
 
     def _event(self, r: EventRecord) -> EventRecord:
-        return dataclasses.replace(r, payload=self._open("events", "payload", r.session_id, r.payload))
+        return _with(r, payload=self._open("events", "payload", r.session_id, r.payload))
 
     def _events(self, events: Sequence[EventRecord], written: Sequence[tuple[NewEvent, NewEvent]] = ()) -> list[EventRecord]:
         """Events opened; those among ``written`` ((clear, sealed) pairs this call just wrote) without
@@ -182,7 +194,7 @@ class SealedStore(Store):
         if not written:
             return [self._event(e) for e in events]
         known = {sealed.payload: clear.payload for clear, sealed in written}
-        return [dataclasses.replace(e, payload=known[e.payload]) if e.payload in known else self._event(e)
+        return [_with(e, payload=known[e.payload]) if e.payload in known else self._event(e)
                 for e in events]
 
     def _sealed_events(self, events: Sequence[NewEvent]) -> list[tuple[NewEvent, NewEvent]]:
@@ -190,7 +202,7 @@ class SealedStore(Store):
 
     def _mailbox(self, r: MailboxRecord) -> MailboxRecord:
         lp = r.local_part
-        return dataclasses.replace(r, key=self._open("mailboxes", "key", lp, r.key),
+        return _with(r, key=self._open("mailboxes", "key", lp, r.key),
                                    index=self._open("mailboxes", "idx", lp, r.index),
                                    owner=self._open("mailboxes", "owner", lp, r.owner))
 
@@ -207,7 +219,7 @@ class SealedStore(Store):
 
     def _email(self, r: EmailRecord) -> EmailRecord:
         sha, envelope, size = self._unpack("emails", r)
-        return dataclasses.replace(
+        return _with(
             r, message_id=self._open_opt("emails", "message_id", r.id, r.message_id), sha256=sha, size=size,
             envelope=envelope, parsed=self._open("emails", "parsed", r.id, r.parsed),
             authentication=self._open("emails", "authentication", r.id, r.authentication))
@@ -215,31 +227,31 @@ class SealedStore(Store):
     def _inbound(self, r: InboundRecord) -> InboundRecord:
         raw = r.raw if r.raw is None else self.ring.open_bytes(r.raw, raw_aad(r.sha256), f"inbound_queue.raw of {r.id}")
         sha, envelope, size = self._unpack("inbound_queue", r)
-        return dataclasses.replace(r, sha256=sha, envelope=envelope, raw=raw, size=size)
+        return _with(r, sha256=sha, envelope=envelope, raw=raw, size=size)
 
     def _new_task(self, t: NewTask) -> NewTask:
-        return dataclasses.replace(t, arguments=self._seal("tasks", "arguments", t.id, t.arguments),
+        return _with(t, arguments=self._seal("tasks", "arguments", t.id, t.arguments),
                                    user=self._seal("tasks", "user", t.id, t.user),
                                    ui_notification=self._seal_opt("tasks", "ui_notification", t.id, t.ui_notification))
 
     def _new_event(self, e: NewEvent) -> NewEvent:
-        return dataclasses.replace(e, payload=self._seal("events", "payload", e.session_id, e.payload))
+        return _with(e, payload=self._seal("events", "payload", e.session_id, e.payload))
 
     def _finish(self, f: TaskFinish) -> TaskFinish:
         s, tid = self._seal_opt, f.task_id
-        return dataclasses.replace(f, result=s("tasks", "result", tid, f.result),
+        return _with(f, result=s("tasks", "result", tid, f.result),
                                    error_message=s("tasks", "error_message", tid, f.error_message),
                                    error_trace=s("tasks", "error_trace", tid, f.error_trace),
                                    variables=s("tasks", "variables", tid, f.variables))
 
     def _new_mailbox(self, m: NewMailbox) -> NewMailbox:
         lp = m.local_part
-        return dataclasses.replace(m, key=self._seal("mailboxes", "key", lp, m.key),
+        return _with(m, key=self._seal("mailboxes", "key", lp, m.key),
                                    index=self._seal("mailboxes", "idx", lp, m.index),
                                    owner=self._seal("mailboxes", "owner", lp, m.owner))
 
     async def _new_email(self, e: NewEmail, sha256: str) -> NewEmail:
-        return dataclasses.replace(
+        return _with(
             e, dedupe=await self._hash(e.dedupe), message_id=self._seal_opt("emails", "message_id", e.id, e.message_id),
             envelope=self._pack("emails", e.id, sha256, e.envelope), parsed=self._seal("emails", "parsed", e.id, e.parsed),
             authentication=self._seal("emails", "authentication", e.id, e.authentication),
@@ -284,7 +296,7 @@ class SealedStore(Store):
         rec = await self.inner.create_session(session_id, interview, sealed_answers, sealed_owner, allow_cron)
         self._remember("answers", session_id, sealed_answers, answers)
         self._remember("owner", session_id, sealed_owner, owner)
-        return dataclasses.replace(rec, answers=answers, owner=owner)
+        return _with(rec, answers=answers, owner=owner)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         rec = await self.inner.get_session(session_id)
@@ -303,9 +315,9 @@ class SealedStore(Store):
 
     async def commit(self, changes: Changes) -> CommitResult:
         save = changes.save
-        sealed_save = None if save is None else dataclasses.replace(save, answers=self._seal_answers(save))
+        sealed_save = None if save is None else _with(save, answers=self._seal_answers(save))
         events = self._sealed_events(changes.events)
-        sealed = dataclasses.replace(
+        sealed = _with(
             changes,
             save=sealed_save,
             new_tasks=[self._new_task(t) for t in changes.new_tasks],
@@ -317,7 +329,7 @@ class SealedStore(Store):
             self._forget(changes.delete_session)
         if save is not None and sealed_save is not None:
             self._remember("answers", save.session_id, sealed_save.answers, save.answers)
-        return dataclasses.replace(result, events=self._events(result.events, events))
+        return _with(result, events=self._events(result.events, events))
 
     # -- leases --------------------------------------------------------------------------------------
     async def try_acquire_lease(self, session_id: str, holder: str, ttl: float, budget: float) -> LeaseInfo | None:
@@ -429,7 +441,7 @@ class SealedStore(Store):
         if sha is None:  # never claimed in this process: the inner store would refuse it too
             raise LeaseLost(f"queued message {delivery.entry_id} is not claimed by {delivery.worker}")
         emails = [await self._new_email(e, sha) for e in delivery.emails]
-        ids, events = await self.inner.deliver_inbound(dataclasses.replace(delivery, emails=emails))
+        ids, events = await self.inner.deliver_inbound(_with(delivery, emails=emails))
         self._claimed.pop(delivery.entry_id, None)
         return ids, self._events(events, [(e.event, s.event) for e, s in zip(delivery.emails, emails, strict=True)])
 
