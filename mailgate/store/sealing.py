@@ -19,7 +19,6 @@ A value without the marker is clear (written before encryption was switched on) 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -74,11 +73,6 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
-
-
-def new_key_text() -> str:
-    """A fresh key, as ``encryption_key`` takes it."""
-    return base64.b64encode(os.urandom(32)).decode()
 
 
 def is_sealed_text(value: str | None) -> bool:
