@@ -11,6 +11,7 @@ error under a wrong key or none.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import smtplib
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ from mailgate.daemon.lifecycle import Daemon, copy_store, rekey_store
 from mailgate.edges.cli.main import main
 from mailgate.errors import ConfigError
 from mailgate.mail.auth import StaticResolver
-from mailgate.store import rekey
+from mailgate.store import open_store, rekey
+from mailgate.store.base import InboundDelivery, NewEmail, NewEvent, NewInbound
 from tests.helpers import config_toml, make_config, queue_processed, runtime_of, wait_until
 from tests.pg import create_database, drop_database, run_async
 
@@ -277,3 +279,45 @@ def test_check_config_reads_the_key_file(base: Config, tmp_path: Path, capsys: p
     key_file.unlink()
     status, _, err = cli(with_file, tmp_path, capsys, "check-config")
     assert status == 2 and f"[store] encryption_key_file {key_file}: cannot read it" in err, err
+
+
+async def _queued_message_through_a_rekey(clear: Config, on: Config) -> None:
+    raw = f"Subject: queued\r\n\r\n{BODY_1}\r\n".encode()
+    sha = hashlib.sha256(raw).hexdigest()
+    plain = open_store(clear.store)
+    await plain.open()
+    try:
+        await plain.migrate()
+        await plain.create_session("s1", "iv", "{}", "{}")
+        await plain.enqueue_inbound(NewInbound("q1", sha, raw, json.dumps({"rcpt": ["box"]})))
+        await plain.enqueue_inbound(NewInbound("q2", sha, raw, json.dumps({"rcpt": ["box2"]})))
+        assert [r.id for r in await plain.claim_inbound("w-old", 1, 60)] == ["q1"]  # a processor holds q1
+    finally:
+        await plain.close()
+    first = await rekey_store(on)
+    assert {t.table: (t.resealed, t.busy) for t in first.tables}["inbound_queue"] == (1, 1)  # q2 sealed, q1 left
+    assert found(on, BODY_1) == [BODY_1]  # q1, still clear while its processor holds it
+    sealed = open_store(on.store)
+    await sealed.open()
+    try:
+        await sealed.release_inbound("w-old", ["q1"])
+        again = await rekey_store(on, vacuum=True)  # the old clear bytes leave the free space too
+        assert {t.table: (t.resealed, t.busy) for t in again.tables}["inbound_queue"] == (1, 0)
+        assert found(on, BODY_1) == []
+        claimed = await sealed.claim_inbound("w-new", 10, 60)  # as the processor gets them: clear bytes, the real hash
+        assert [(r.id, r.sha256, r.raw, r.size) for r in claimed] == [("q1", sha, raw, len(raw)), ("q2", sha, raw, len(raw))]
+        for r, box in zip(claimed, ("box", "box2"), strict=True):
+            email = NewEmail(f"e-{r.id}", box, "s1", "<q@x>", f"<q@x>\0{sha}", r.envelope, "{}", "{}", None,
+                             NewEvent("s1", "email", "{}"))
+            ids, _ = await sealed.deliver_inbound(InboundDelivery(r.id, "w-new", [email]))
+            assert ids == [f"e-{r.id}"]
+        emails = await sealed.list_emails(session_id="s1")
+        assert [(e.sha256, e.size, json.loads(e.envelope)["rcpt"]) for e in emails] == [(sha, len(raw), ["box"]),
+                                                                                        (sha, len(raw), ["box2"])]
+        assert await sealed.get_raw(sha) == raw and found(on, BODY_1) == []
+    finally:
+        await sealed.close()
+
+
+def test_a_queued_message_held_by_a_processor_is_left_for_the_next_rekey(base: Config) -> None:
+    run_async(_queued_message_through_a_rekey(base, keyed(base, K1)))
