@@ -11,6 +11,7 @@ error under a wrong key or none.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import smtplib
@@ -181,6 +182,12 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
         assert note == answer and body.strip() == text and text.encode() in raw
     status, got, _ = cli(rotated, tmp_path, capsys, "sessions", "get", sid1, "--json")
     assert status == 0 and got["variables"]["note"] == ANSWER_1, got
+    path = tmp_path / "mailgate.toml"
+    assert main(["emails", "list", "--session", sid1, "--json", "--config", str(path)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["subject"] for e in listed] == [SUBJECT_1], listed
+    status, shown, _ = cli(rotated, tmp_path, capsys, "emails", "show", listed[0]["id"], "--raw", "--json")
+    assert status == 0 and BODY_1.encode() in base64.b64decode(shown["raw_base64"]), shown
     assert found(rotated, ANSWER_1, BODY_1, ANSWER_2, BODY_2) == []
 
     # the old key alone, another key, or none: one clear error before anything is read
