@@ -62,6 +62,7 @@ from mailgate.store.sealing import (
 T = TypeVar("T")
 INDEX_KEY = "store.index_key"  # the settings row holding the (sealed) key of the keyed hashes
 SHA_HEX = 64  # a content hash in hex, kept in front of a sealed row's envelope
+CLAIMS_KEPT = 100_000  # queued messages remembered as claimed here (a processor claims a few at a time)
 MEMO_SIZE = 20_000  # sessions' answers and owners kept opened (the SQLite backend caches 10,000 sessions)
 RAW_OVERHEAD = len(BYTES_PREFIX) + 4 + NONCE + 16  # what sealing adds to a raw message's size
 
@@ -430,10 +431,11 @@ class SealedStore(Store):
 
     async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
         claimed = [self._inbound(r) for r in await self.inner.claim_inbound(worker, limit, lease)]
-        if len(self._claimed) > 100_000:  # claims lost to other processes (their leases expired) are never delivered here
-            self._claimed.clear()
         for r in claimed:
+            self._claimed.pop(r.id, None)
             self._claimed[r.id] = r.sha256
+        while len(self._claimed) > CLAIMS_KEPT:  # the oldest: claims lost to other processes, never delivered here
+            del self._claimed[next(iter(self._claimed))]
         return claimed
 
     async def deliver_inbound(self, delivery: InboundDelivery) -> tuple[list[str], list[EventRecord]]:
