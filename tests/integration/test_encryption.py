@@ -4,7 +4,7 @@ CLI's ``db rekey``, and the database's own bytes searched for what must not be t
 One story per backend: a store written in clear (the control: the search finds the texts), switched
 on (old rows still read, new rows sealed), re-sealed by ``db rekey --vacuum`` (no text left in the
 file, WAL and SHM, or in any PostgreSQL row), rotated to a second key (the first one removed
-afterwards, everything still read back through the runtime and the CLI), and refused with a clear
+afterwards, everything still read back through the runtime, the HTTP API and the CLI), and refused with a clear
 error under a wrong key or none.
 """
 
@@ -20,6 +20,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -103,6 +104,25 @@ async def _read(config: Config, sid: str) -> tuple[str, str, bytes]:
         return answers["note"], answers["email"].body_text, raw
 
 
+async def _read_api(config: Config, sid: str) -> tuple[str, bytes]:
+    """(the saved note, the e-mail's raw bytes) as the HTTP API gives them back."""
+    api_key = "encryption-test-api-key-0123456789"
+    web = config.replace(web={**vars(config.web), "port": 0, "api_key": api_key})
+    async with Daemon(web, roles=("web",)) as d, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {api_key}"}) as http:
+        assert d.web is not None
+        base = f"http://127.0.0.1:{d.web.port}/api"
+        async with http.get(f"{base}/sessions/{sid}/variables") as r:
+            assert r.status == 200
+            note = (await r.json())["variables"]["note"]
+        async with http.get(f"{base}/sessions/{sid}/emails") as r:
+            emails = await r.json()
+        assert len(emails) == 1
+        async with http.get(f"{base}/emails/{emails[0]['id']}/raw") as r:
+            assert r.status == 200
+            return note, await r.read()
+
+
 def write(config: Config, answer: str, subject: str, body: str) -> str:
     return run_async(_write(config, answer, subject, body))
 
@@ -180,6 +200,8 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
     for sid, answer, text in ((sid1, ANSWER_1, BODY_1), (sid2, ANSWER_2, BODY_2)):
         note, body, raw = read(rotated, sid)
         assert note == answer and body.strip() == text and text.encode() in raw
+    note, raw = run_async(_read_api(rotated, sid2))
+    assert note == ANSWER_2 and BODY_2.encode() in raw
     status, got, _ = cli(rotated, tmp_path, capsys, "sessions", "get", sid1, "--json")
     assert status == 0 and got["variables"]["note"] == ANSWER_1, got
     path = tmp_path / "mailgate.toml"
