@@ -21,6 +21,7 @@ by the core under a key only its secret carries.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -508,6 +509,13 @@ class SealedStore(Store):
 
 
 def _pass_through(name: str) -> Any:
+    if not inspect.iscoroutinefunction(getattr(Store, name)):
+        def plain(self: SealedStore, *args: Any, **kwargs: Any) -> Any:
+            return getattr(self.inner, name)(*args, **kwargs)
+
+        plain.__name__ = name
+        return plain
+
     async def method(self: SealedStore, *args: Any, **kwargs: Any) -> Any:
         return await getattr(self.inner, name)(*args, **kwargs)
 

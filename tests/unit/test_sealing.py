@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from mailgate.config import StoreConfig
 from mailgate.errors import ConfigError
 from mailgate.store.base import Store
-from mailgate.store.sealed import PASSED_UNREVIEWED, SealedStore
+from mailgate.store.sealed import PASSED_UNREVIEWED, SealedStore, _pass_through
 from mailgate.store.sealing import (
     Keyring,
     SealError,
@@ -116,3 +117,16 @@ def test_every_store_method_is_decided_by_the_sealed_store() -> None:
     mailgate/store/sealed.py (seal what it writes, open what it reads, or pass it through by name)."""
     assert PASSED_UNREVIEWED == ()
     assert all(name in vars(SealedStore) for name in Store.__abstractmethods__)
+
+
+def test_a_store_method_left_undecided_passes_through_as_it_is_called() -> None:
+    class Inner:
+        def now(self) -> float:
+            return 12.5
+
+        async def count_inbound(self) -> int:
+            return 7
+
+    store = SealedStore(Inner(), ring(K1))  # type: ignore[arg-type]
+    assert _pass_through("now")(store) == 12.5  # a plain method stays plain
+    assert asyncio.run(_pass_through("count_inbound")(store)) == 7
