@@ -10,6 +10,8 @@ environment variable named ``MAILGATE_<TABLE>_<KEY>``, which overrides the file 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import os
@@ -58,6 +60,13 @@ class StoreConfig:
     busy_timeout: float = _f(10.0, "seconds a SQLite writer waits for another process's write lock", minimum=0.1)
     max_pages: int = _f(0, "SQLite only: cap the database at this many pages (PRAGMA max_page_count; 0 = no cap). "
                         "For tests of a full store; a real disk needs no cap", minimum=0)
+    encryption_key: str = _f("", "encryption at rest (off when empty): base64 of 32 random bytes (head -c 32 /dev/urandom "
+                             "| base64) sealing answers and mail with AES-256-GCM (env MAILGATE_STORE_ENCRYPTION_KEY)",
+                             secret=True)
+    encryption_key_file: str = _f("", "file holding encryption_key instead (e.g. a systemd credential: "
+                                  "$CREDENTIALS_DIRECTORY/mailgate-store-key)")
+    old_encryption_keys: tuple[str, ...] = _f((), "earlier keys, read (never written) during a rotation: keep the old "
+                                              "key here until mailgate db rekey has re-sealed every row", secret=True)
 
 
 @dataclass(frozen=True)
@@ -426,9 +435,35 @@ def _check_cross(config: Config) -> list[str]:
         _check_web(config.web, src)
     except ConfigError as exc:
         errors.append(str(exc))
+    for setting, key in [("encryption_key", config.store.encryption_key)] + [
+            (f"old_encryption_keys (entry {n})", k) for n, k in enumerate(config.store.old_encryption_keys, 1)]:
+        try:
+            if key:
+                decode_key(key, f"{src}: [store] {setting}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if config.store.encryption_key and config.store.encryption_key_file:
+        errors.append(f"{src}: [store] encryption_key and encryption_key_file are both set; set one of them")
+    if config.store.old_encryption_keys and not (config.store.encryption_key or config.store.encryption_key_file):
+        errors.append(f"{src}: [store] old_encryption_keys is set without encryption_key: set the current key "
+                      "(old keys only read rows during a rotation)")
     if config.store.backend == "postgres" and not config.store.dsn:
         errors.append(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
     return errors
+
+
+def decode_key(text: str, setting: str) -> bytes:
+    """An encryption key as configured: base64 (standard or URL-safe) of exactly 32 bytes; ConfigError
+    naming ``setting`` otherwise."""
+    value = text.strip()
+    try:
+        raw = base64.b64decode(value.replace("-", "+").replace("_", "/") + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f"{setting} is not a key: it must be the base64 of 32 random bytes "
+                          "(make one with: head -c 32 /dev/urandom | base64)")
+    return raw
 
 
 def _check_web(web: WebConfig, src: str) -> None:

@@ -18,12 +18,10 @@ import os
 import secrets
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from mailgate.core import answers as codec
 from mailgate.errors import ActionError
 from mailgate.store.base import StashRecord, Store
+from mailgate.store.sealing import seal, unseal
 
 DEFAULT_EXPIRE = 90 * 86400.0  # docassemble's default: 7,776,000 seconds
 
@@ -52,8 +50,8 @@ class Stashes:
         """Seal and store ``data`` for ``expire`` seconds (default 90 days); ``{"stash_key", "secret"}``."""
         ttl = DEFAULT_EXPIRE if expire is None else _seconds(expire, "stash_data(expire=...)")
         text = codec.encode_value(data, "stash_data() data")
-        key, stash_key, nonce = os.urandom(32), secrets.token_urlsafe(18), os.urandom(12)
-        sealed = nonce + AESGCM(key).encrypt(nonce, text.encode(), stash_key.encode())
+        key, stash_key = os.urandom(32), secrets.token_urlsafe(18)
+        sealed = seal(key, text.encode(), stash_key.encode())
         now = self._store.now()
         await self._store.put_stash(StashRecord(stash_key, _b64(sealed), now, now + ttl, ttl))
         return {"stash_key": stash_key, "secret": _b64(key)}
@@ -95,7 +93,7 @@ class Stashes:
     @staticmethod
     def _open(rec: StashRecord, key: bytes) -> str | None:
         try:
-            sealed = _unb64(rec.data)
-            return AESGCM(key).decrypt(sealed[:12], sealed[12:], rec.key.encode()).decode()
-        except (InvalidTag, binascii.Error, ValueError):
+            plain = unseal(key, _unb64(rec.data), rec.key.encode())
+        except (binascii.Error, ValueError):
             return None
+        return None if plain is None else plain.decode()

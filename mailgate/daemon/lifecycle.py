@@ -34,10 +34,11 @@ from mailgate.edges.smtp.server import SmtpServer, server_hostname
 from mailgate.edges.web.app import WebServer
 from mailgate.errors import ConfigError, MailgateError
 from mailgate.mail.auth import DnsResolver, Resolver
-from mailgate.store import Store, open_store
+from mailgate.store import Store, check_keys, open_store
 
 if TYPE_CHECKING:
     from mailgate.store.copy import CopyReport, ProgressCallback
+    from mailgate.store.rekey import RekeyProgress, RekeyReport
 
 log = logging.getLogger(__name__)
 IMPLEMENTED_ROLES = ("smtp", "web", "worker", "scheduler")
@@ -90,6 +91,16 @@ async def copy_store(config: Config, dsn: str, *, on_progress: ProgressCallback 
                                       connect_timeout=config.store.connect_timeout)
     return await copy.copy_to_postgres(config.store.path, dsn, on_progress=on_progress,
                                        connect_timeout=config.store.connect_timeout)
+
+
+async def rekey_store(config: Config, *, on_progress: RekeyProgress | None = None, vacuum: bool = False) -> RekeyReport:
+    """Re-seal every row of the store under ``[store] encryption_key``; see :mod:`mailgate.store.rekey`."""
+    from mailgate.store import rekey
+
+    rekey.check_configured(config.store)
+    if config.store.backend == "sqlite":
+        require_store(config)
+    return await rekey.run(config.store, on_progress, vacuum)
 
 
 class Daemon:
@@ -153,6 +164,7 @@ class Daemon:
             raise MailgateError(f"the {self.config.store.backend} store has no mailgate schema yet; "
                                 "create it with: mailgate db migrate")
         await self.store.migrate()
+        await check_keys(self.store)  # a wrong or missing [store] encryption_key stops here, not at the first read
         self.runtime = Runtime(self.config, self.store, registry,
                                feed=EventFeed(self.store, self.config.web.event_poll_interval))
         if not self.one_shot:

@@ -18,6 +18,7 @@ from pathlib import Path
 from mailgate.config import Config
 from mailgate.errors import ConfigError, MailgateError
 from mailgate.outbound.transport import check_outbound
+from mailgate.store.sealing import keyring_from
 
 PRIVILEGED_PORTS = 1024  # below this, binding needs CAP_NET_BIND_SERVICE (or root)
 
@@ -90,6 +91,12 @@ def check_host(config: Config) -> list[str]:
         check_outbound(config.outbound, files=True)
     except ConfigError as exc:
         errors.append(str(exc))
+    if config.store.encryption_key_file:
+        errors += _check_private_file("[store] encryption_key_file", config.store.encryption_key_file)
+        try:
+            keyring_from(config.store)
+        except ConfigError as exc:
+            errors.append(str(exc))
     for path in config.interviews.paths:
         if not os.path.isfile(path):
             errors.append(f"[interviews] paths: no file {path}")

@@ -8,10 +8,19 @@ from collections.abc import Callable
 from mailgate.config import StoreConfig
 from mailgate.errors import ConfigError
 from mailgate.store.base import Store
+from mailgate.store.sealed import SealedStore, check_keys
+from mailgate.store.sealing import keyring_from
 
 
 def open_store(config: StoreConfig, *, clock: Callable[[], float] = time.time) -> Store:
-    """A store for ``config`` (not yet opened)."""
+    """A store for ``config`` (not yet opened); with ``encryption_key`` set, one that seals answers and
+    mail at rest (:mod:`mailgate.store.sealed`)."""
+    keyring = keyring_from(config)
+    store = _backend(config, clock)
+    return store if keyring is None else SealedStore(store, keyring)
+
+
+def _backend(config: StoreConfig, clock: Callable[[], float]) -> Store:
     if config.backend == "sqlite":
         from mailgate.store.sqlite.backend import SqliteStore
 
@@ -26,4 +35,4 @@ def open_store(config: StoreConfig, *, clock: Callable[[], float] = time.time) -
     raise ConfigError(f"[store] backend {config.backend!r} is unknown; use \"sqlite\" or \"postgres\"")
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "check_keys", "open_store"]

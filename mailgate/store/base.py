@@ -451,6 +451,10 @@ class Store(abc.ABC):
     async def setting(self, name: str, default: str) -> str:
         """A process-wide setting; ``default`` is stored (once, atomically) if it has none yet."""
 
+    async def peek_setting(self, name: str) -> str | None:
+        """A process-wide setting as stored, None if it has none (nothing is stored)."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def find_mailbox(self, local_part: str) -> MailboxRecord | None: ...
 

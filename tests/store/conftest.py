@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from mailgate.config import StoreConfig
 from mailgate.store.base import Store
 from mailgate.store.postgres.backend import PgStore
+from mailgate.store.sealed import SealedStore
+from mailgate.store.sealing import keyring_from
 from mailgate.store.sqlite.backend import SqliteStore
 from tests.pg import create_database, drop_database
 
@@ -43,12 +46,26 @@ def postgres_backend(tmp_path: Path) -> Iterator[Callable[[Clock], Store]]:
         drop_database(dsn)
 
 
+# One fixed key for the sealed backends: the contract holds with encryption at rest on
+SEALED_KEY = StoreConfig(encryption_key="x" * 43 + "=")
+
+
+@contextmanager
+def sealed(backend: Callable[[Path], Any], tmp_path: Path) -> Iterator[Callable[[Clock], Store]]:
+    keyring = keyring_from(SEALED_KEY)
+    assert keyring is not None
+    with backend(tmp_path) as factory:
+        yield lambda clock: SealedStore(factory(clock), keyring)
+
+
 # A backend: given the test's temporary folder, a context that yields a factory of (unopened)
 # stores on one fresh database (called again, the factory opens another store on the same database:
 # a restart), and removes the database at its end.
 BACKENDS: dict[str, Callable[[Path], Any]] = {
     "sqlite": sqlite_backend,
     "postgres": postgres_backend,
+    "sqlite-sealed": lambda tmp_path: sealed(sqlite_backend, tmp_path),
+    "postgres-sealed": lambda tmp_path: sealed(postgres_backend, tmp_path),
 }
 
 

@@ -726,6 +726,14 @@ async def test_backup_and_restore_or_name_the_tool(store: Store, tmp_path: Path)
     assert [r.id for r in await store.list_sessions()] == ["s1"]
 
 
+async def test_peek_setting_reads_a_setting_without_storing_one(store: Store) -> None:
+    assert await store.peek_setting("peeked") is None
+    assert await store.peek_setting("peeked") is None  # peeking stored nothing
+    assert await store.setting("peeked", "first") == "first"
+    assert await store.setting("peeked", "second") == "first"
+    assert await store.peek_setting("peeked") == "first"
+
+
 async def test_every_store_method_is_covered() -> None:
     """Each abstract method of Store is called as ``store.<name>(`` (or on a store this module opens)."""
     source = inspect.getsource(sys.modules[__name__])

@@ -57,6 +57,8 @@ from mailgate.daemon.logs import setup_logging
 from mailgate.daemon.preflight import check_host
 from mailgate.edges.cli.dbcopy import add_parser as add_db_copy_parser
 from mailgate.edges.cli.dbcopy import cmd_db_copy
+from mailgate.edges.cli.dbrekey import add_parser as add_db_rekey_parser
+from mailgate.edges.cli.dbrekey import cmd_db_rekey
 from mailgate.edges.cli.ops import (
     add_db_parsers,
     add_email_parsers,
@@ -162,6 +164,8 @@ async def cmd_config(args: argparse.Namespace, config: Config) -> int:
 async def cmd_db(args: argparse.Namespace, config: Config) -> int:
     if args.db_cmd == "copy":
         return await cmd_db_copy(args, config)
+    if args.db_cmd == "rekey":
+        return await cmd_db_rekey(args, config)
     if args.db_cmd in ("backup", "restore", "status"):
         return await cmd_db_ops(args, config)
     return await cmd_db_migrate(args, config)
@@ -518,6 +522,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance", parents=[common]).add_subparsers(dest="db_cmd", required=True, metavar="COMMAND")
     db.add_parser("migrate", parents=[common], help="apply pending migrations")
     add_db_copy_parser(db, common)
+    add_db_rekey_parser(db, common)
     add_db_parsers(db, common)
 
     s = sub.add_parser("sessions", help="list, create, inspect, delete sessions; run actions", parents=[common]).add_subparsers(

@@ -527,6 +527,10 @@ class PgStore(Store):
             "INSERT INTO settings VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", name, default))
         return str(await self._call(lambda c: c.fetchval("SELECT value FROM settings WHERE name = $1", name)))
 
+    async def peek_setting(self, name: str) -> str | None:
+        value = await self._call(lambda c: c.fetchval("SELECT value FROM settings WHERE name = $1", name))
+        return None if value is None else str(value)
+
     async def find_mailbox(self, local_part: str) -> MailboxRecord | None:
         rows = await self._fetch(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE local_part = $1", local_part)
         return MailboxRecord(*rows[0]) if rows else None

@@ -486,6 +486,10 @@ class SqliteStore(Store):
         rows = await self._read("SELECT value FROM settings WHERE name = ?", (name,))
         return str(rows[0][0]) if rows else await self._writer.submit(unit)
 
+    async def peek_setting(self, name: str) -> str | None:
+        rows = await self._read("SELECT value FROM settings WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
     async def find_mailbox(self, local_part: str) -> MailboxRecord | None:
         rows = await self._read(f"SELECT {MAILBOX_COLS} FROM mailboxes WHERE local_part = ?", (local_part,))
         return MailboxRecord(*rows[0]) if rows else None
