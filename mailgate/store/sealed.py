@@ -453,6 +453,15 @@ class SealedStore(Store):
             self._claimed.pop(entry_id, None)
         await self.inner.release_inbound(worker, entry_ids)
 
+    async def renew_inbound(self, worker: str, entry_ids: Sequence[str], lease: float) -> list[str]:
+        return await self.inner.renew_inbound(worker, entry_ids, lease)  # ids and holders only: nothing sealed
+
+    async def inbound_holders(self) -> list[str]:
+        return await self.inner.inbound_holders()
+
+    async def release_dead_inbound(self, workers: Sequence[str]) -> int:
+        return await self.inner.release_dead_inbound(workers)  # their claims were never in this process's memo
+
     async def list_inbound(self, limit: int = 100) -> list[InboundRecord]:
         return [self._inbound(r) for r in await self.inner.list_inbound(limit)]
 
