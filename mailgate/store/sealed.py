@@ -257,7 +257,8 @@ class SealedStore(Store):
             e, dedupe=await self._hash(e.dedupe), message_id=self._seal_opt("emails", "message_id", e.id, e.message_id),
             envelope=self._pack("emails", e.id, sha256, e.envelope), parsed=self._seal("emails", "parsed", e.id, e.parsed),
             authentication=self._seal("emails", "authentication", e.id, e.authentication),
-            task=None if e.task is None else self._new_task(e.task), event=self._new_event(e.event))
+            task=None if e.task is None else self._new_task(e.task),
+            event=None if e.event is None else self._new_event(e.event))  # the postmaster mailbox's have none
 
     def _lost(self, lost: LostTaskEvents) -> LostTaskEvents:
         return lambda task: [self._new_event(e) for e in lost(self._task(task))]
@@ -422,7 +423,7 @@ class SealedStore(Store):
         h = await self._hash(delivery.sha256)
         emails = [await self._new_email(e, delivery.sha256) for e in delivery.emails]
         ids, events = await self.inner.deliver(Delivery(h, self.ring.seal_bytes(delivery.raw, raw_aad(h)), emails))
-        return ids, self._events(events, [(e.event, s.event) for e, s in zip(delivery.emails, emails, strict=True)])
+        return ids, self._events(events, _event_pairs(delivery.emails, emails))
 
     async def enqueue_inbound(self, entry: NewInbound) -> float:
         h = await self._hash(entry.sha256)
@@ -446,7 +447,7 @@ class SealedStore(Store):
         emails = [await self._new_email(e, sha) for e in delivery.emails]
         ids, events = await self.inner.deliver_inbound(_with(delivery, emails=emails))
         self._claimed.pop(delivery.entry_id, None)
-        return ids, self._events(events, [(e.event, s.event) for e, s in zip(delivery.emails, emails, strict=True)])
+        return ids, self._events(events, _event_pairs(delivery.emails, emails))
 
     async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
         for entry_id in entry_ids:
@@ -515,6 +516,11 @@ class SealedStore(Store):
 
     async def restore(self, path: str, progress: Any = None) -> int:
         return await self.inner.restore(path, progress)
+
+
+def _event_pairs(clear: Sequence[NewEmail], sealed: Sequence[NewEmail]) -> list[tuple[NewEvent, NewEvent]]:
+    """(clear, sealed) events of e-mails just written; postmaster e-mails have none."""
+    return [(c.event, s.event) for c, s in zip(clear, sealed, strict=True) if c.event is not None and s.event is not None]
 
 
 def _pass_through(name: str) -> Any:
