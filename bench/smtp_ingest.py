@@ -274,6 +274,7 @@ async def serve(args: argparse.Namespace) -> None:
 
         addresses = await asyncio.gather(*(new_address() for _ in range(args.sessions)))
         tune_gc(config.daemon.gc_threshold)  # as `mailgate serve` does once started
+        calls = _count_calls(store) if args.dsn else None
 
         def counters() -> tuple[int, int]:  # SQLite: (durable commits, units); PostgreSQL: (round trips, 0)
             if args.dsn:
@@ -298,6 +299,8 @@ async def serve(args: argparse.Namespace) -> None:
             nonlocal commits_at_mark, marked_at
             if cmd == "mark":
                 commits_at_mark = counters()
+                if calls is not None:
+                    calls.clear()
                 seen.clear()
                 marked_at = time.time()
             elif cmd == "stats":
@@ -321,11 +324,49 @@ async def serve(args: argparse.Namespace) -> None:
                     verdicts[" ".join([*(f"dkim={d['result']}" for d in auth["dkim"]),
                                        f"spf={auth['spf']['result']}", f"dmarc={auth['dmarc']['result']}"])] += 1
                 return {"commits": [batches - commits_at_mark[0], units - commits_at_mark[1]],
-                        "verdicts": dict(verdicts), "processing": processing}
+                        "verdicts": dict(verdicts), "processing": processing,
+                        "calls": {k: list(v) for k, v in (calls or {}).items()}}
             return {}
 
         reply({"port": smtp.port, "addresses": list(addresses)})
         await command_loop(mailgate_handle)
+
+
+CALLED = ("find_mailbox", "get_sessions", "enqueue_inbound", "claim_inbound", "deliver_inbound", "release_inbound",
+          "commit", "count_inbound")
+
+
+def _count_calls(store: Any) -> dict[str, list[float]]:
+    """Count the calls of the store's mail methods on this PgStore instance and time them (wall
+    seconds from the call to its result, group waits included), and the waits for a pooled
+    connection (``pool wait``): where a message's time in the store goes. Figures since the last
+    ``clear()``; the round trips themselves are ``PgStore.round_trips``."""
+    out: dict[str, list[float]] = {}
+
+    def wrap(name: str, method: Any) -> Any:
+        async def timed(*a: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await method(*a, **kw)
+            finally:
+                figures = out.setdefault(name, [0, 0.0])
+                figures[0] += 1
+                figures[1] += time.perf_counter() - start
+        return timed
+
+    for name in CALLED:
+        setattr(store, name, wrap(name, getattr(store, name)))
+
+    class Pool:  # asyncpg's Pool has slots: a proxy whose acquire is timed
+        def __init__(self, pool: Any) -> None:
+            self.acquire = wrap("pool wait", pool.acquire)
+            self._pool = pool
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._pool, name)
+
+    store._pool = Pool(store._pool)
+    return out
 
 
 # --- the parent: messages, client, orchestration ------------------------------------------------------
@@ -538,7 +579,8 @@ def run_ingest_nodes(nodes: list[Server], warmup: list[tuple[str, bytes]], timed
     return {"elapsed": elapsed, "client_cpu": client_cpu, "rate": len(timed) / elapsed, "pg_cpu": pg_cpu,
             "cpu": sum(st["cpu"] for st in per_node), "children_cpu": sum(st["children_cpu"] for st in per_node),
             "threads": dict(threads), "verdicts": per_node[0].get("verdicts"),
-            "node_cpu": [st["cpu"] for st in per_node], "round_trips": [st.get("commits", [0])[0] for st in per_node]}
+            "node_cpu": [st["cpu"] for st in per_node], "round_trips": [st.get("commits", [0])[0] for st in per_node],
+            "calls": [st.get("calls", {}) for st in per_node]}
 
 
 async def _clone_database(template: str) -> str:
@@ -649,6 +691,15 @@ def main_postgres(args: argparse.Namespace, folder: Path, servers: list[Server])
                   + ", ".join(f"{name} {sec:.2f} s ({sec / mine['elapsed']:.0%})" for name, sec in busy if sec >= 0.005))
             print(f"  worker processes (not in server CPU above): {mine['children_cpu'] * 1000 / n:.3f} ms CPU per message, "
                   f"{mine['children_cpu'] / mine['elapsed']:.0%} of a core")
+            summed: dict[str, list[float]] = {}
+            for node_calls in mine["calls"]:
+                for name, (count, wall) in node_calls.items():
+                    figures = summed.setdefault(name, [0, 0.0])
+                    figures[0] += count
+                    figures[1] += wall
+            print("  store calls per message (mean wall ms each, group and pool waits included): " + ", ".join(
+                f"{name} {count / n:.2f} ({wall * 1000 / max(count, 1):.1f} ms)"
+                for name, (count, wall) in sorted(summed.items(), key=lambda kv: -kv[1][0])))
         print(f"all {total} stored e-mails of each run: dkim=pass spf=pass dmarc=pass")
         if memory:
             print(f"memory, one {big_size / 2**20:.1f} MiB message, mailgate (PostgreSQL): peak RSS "

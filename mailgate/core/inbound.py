@@ -180,10 +180,6 @@ class Inbound:
         """
         if self.config.smtp.auth_policy == "reject":
             return await self.deliver(mail_from=mail_from, mailboxes=mailboxes, raw=raw, client_ip=client_ip, helo=helo)
-        # A mailbox whose session was deleted since RCPT is refused now, while the sender can still be
-        # told (550); one deleted after the reply is dropped by the processor, with a log line.
-        sessions = await self.sessions_of(mailboxes)
-        mailboxes = [m for m in mailboxes if m.session_id in sessions]
         if not mailboxes:
             return DeliveryResult([], 0)
         sha = (await asyncio.to_thread(_sha256, raw)) if len(raw) >= _HASH_IN_THREAD else _sha256(raw)
@@ -193,7 +189,12 @@ class Inbound:
             "rcpt": [[m.local_part, m.session_id, m.key, m.index, m.owner, m.created_at, m.expires_at]
                      for m in {m.local_part: m for m in mailboxes}.values()],
         }, separators=(",", ":"))
-        await self._store.enqueue_inbound(NewInbound(entry_id, sha, raw, envelope))
+        # Mailboxes deleted (or expired) since RCPT are refused now, while the sender can still be told
+        # (550): the store checks them in the enqueue's own transaction, no call of its own. If some
+        # but not all are gone, the processor drops those (with a log line), as after the reply.
+        boxes = [(m.local_part, m.session_id) for m in mailboxes]
+        if await self._store.enqueue_inbound(NewInbound(entry_id, sha, raw, envelope, boxes)) is None:
+            return DeliveryResult([], 0)
         self.queued += 1
         for listener in list(self._queue_listeners):
             listener()
