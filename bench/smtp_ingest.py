@@ -356,6 +356,9 @@ def _count_calls(store: Any) -> dict[str, list[float]]:
 
     for name in CALLED:
         setattr(store, name, wrap(name, getattr(store, name)))
+    for name, grouper in (("enqueue group", store._enqueues), ("deliver group", store._processed),
+                          ("sessions group", store._session_reads)):
+        grouper._send = wrap(name, grouper._send)  # one round trip each
 
     class Pool:  # asyncpg's Pool has slots: a proxy whose acquire is timed
         def __init__(self, pool: Any) -> None:

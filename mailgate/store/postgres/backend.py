@@ -99,7 +99,7 @@ EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, pa
 CLOCK_REFRESH = 60.0  # seconds between measurements of the database's clock
 MAILBOX_TTL = 60.0  # seconds a cached mailbox is trusted without news (the doorbell tells of changes sooner)
 MAILBOX_CACHE = 100_000  # mailboxes cached at most; past it the cache starts afresh
-ENQUEUE_PARALLEL = 2  # enqueue groups on their way at once (see grouper)
+ENQUEUE_PARALLEL = 4  # enqueue groups on their way at once (see grouper): 2 gave 0.43x, 4 0.65x in one sitting
 MIGRATION_LOCK = 0x6D61696C67617465  # pg_advisory_xact_lock key of migrating processes ("mailgate")
 
 
