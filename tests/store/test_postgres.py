@@ -391,3 +391,45 @@ async def test_session_reads_that_arrive_together_share_a_round_trip(dsn: str) -
                                                  for n in range(30)]
     finally:
         await store.close()
+
+
+async def test_the_queue_and_its_deliveries_ring_the_other_nodes_after_their_commit(dsn: str) -> None:
+    """The enqueue and the delivery no longer NOTIFY inside their transactions (that serialises
+    commits): the store rings after the commit. Another node still hears of queued mail, of the
+    delivery's events and of its tasks; a refused message (its mailbox gone) rings nothing."""
+    import hashlib
+    import json
+
+    from mailgate.store.base import InboundDelivery, NewEmail, NewInbound, NewMailbox
+
+    a, b = await open_store(dsn), await open_store(dsn)
+    rang: dict[str, int] = {"inbound": 0, "events": 0, "tasks": 0}
+
+    def wake(kind: str) -> None:
+        rang[kind] += 1
+
+    try:
+        await a.create_session("s1", "iv", "{}", "{}")
+        await a.commit(Changes(mailboxes=[NewMailbox("box", "s1", "", "0", "{}", None)]))
+        b.watch_inbound(lambda: wake("inbound"))
+        b.watch(lambda: wake("events"))
+        b.watch_tasks(lambda: wake("tasks"))
+        await wait_until(lambda: b.listening, timeout=5, what="B's listener")
+        await wait_until(lambda: all(rang.values()), timeout=5, what="the catch-up rings on connecting")
+        before = dict(rang)
+        raw = b"Subject: rung\r\n\r\nrung\r\n"
+        sha = hashlib.sha256(raw).hexdigest()
+        assert await a.enqueue_inbound(NewInbound("q1", sha, raw, "{}", [("nobody", "s1")])) is None
+        assert await a.enqueue_inbound(NewInbound("q2", sha, raw, "{}", [("box", "s1")])) is not None
+        await wait_until(lambda: rang["inbound"] > before["inbound"], timeout=5, what="B hearing of queued mail")
+        assert [q.id for q in await b.claim_inbound("wb", 5, 30)] == ["q2"]
+        email = NewEmail("e1", "box", "s1", None, f"\0{sha}", "{}", "{}", "{}", task(1),
+                         NewEvent("s1", "email", json.dumps({"email": "e1"})))
+        stored, events = await b.deliver_inbound(InboundDelivery("q2", "wb", [email]))
+        assert stored == ["e1"] and len(events) == 1
+        await wait_until(lambda: rang["events"] > before["events"] and rang["tasks"] > before["tasks"], timeout=5,
+                         what="the delivery's event and task rings")
+        assert rang["inbound"] == before["inbound"] + 1, "the refused message rang nothing"
+    finally:
+        await a.close()
+        await b.close()
