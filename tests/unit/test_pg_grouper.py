@@ -108,3 +108,13 @@ async def test_one_group_at_a_time_by_default() -> None:
     grouper = Grouper(send, 2, "test")
     assert await asyncio.gather(*(grouper.submit(n) for n in (1, 2, 3, 4, 5, 6, 8))) == [10, 20, 30, 40, 50, 60, 80]
     assert most == 1
+
+
+async def test_a_lingering_grouper_waits_for_company_before_a_lone_group() -> None:
+    server = Server()
+    grouper = Grouper(server.send, 100, "test", linger=0.05)
+    first = asyncio.ensure_future(grouper.submit(1))
+    await asyncio.sleep(0)
+    later = [asyncio.ensure_future(grouper.submit(n)) for n in (2, 3)]  # within the window
+    assert await first == 10 and [await f for f in later] == [20, 30]
+    assert server.calls == [[1, 2, 3]]

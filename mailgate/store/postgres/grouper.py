@@ -13,6 +13,11 @@ server flushes the WAL of commits that arrive together once, so a second group i
 little and halves the wait of an item that just missed one. Groups in flight together commit in
 no set order: only calls whose order does not matter use it (the inbound queue's enqueue: the
 messages of one SMTP connection arrive one after the other's reply anyway).
+
+``linger`` (seconds, default none) holds a group that would go out alone, with nothing on its way,
+that long for company, as PostgreSQL's ``commit_delay`` does: for calls that nobody answers a
+client on (the processor's deliveries and reads, after the 250), so that a trickle of them still
+shares round trips and leaves the server to the calls a client waits on.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ Send = Callable[[list[I]], Awaitable[Sequence[R | Exception]]]
 
 
 class Grouper(Generic[I, R]):
-    def __init__(self, send: Send[I, R], max_batch: int, name: str, parallel: int = 1) -> None:
+    def __init__(self, send: Send[I, R], max_batch: int, name: str, parallel: int = 1, linger: float = 0.0) -> None:
         self._send = send
         self.max_batch = max_batch
         self.name = name
         self.parallel = max(1, parallel)
+        self.linger = linger
         self.groups = 0  # groups sent (for tests and benchmarks)
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
         self._tasks: set[asyncio.Task[None]] = set()  # those sending, while any item waits
@@ -50,6 +56,8 @@ class Grouper(Generic[I, R]):
 
     async def _flush(self) -> None:
         try:
+            if self.linger > 0 and len(self._pending) < self.max_batch:
+                await asyncio.sleep(self.linger)  # a batching window (see above), not synchronisation
             while self._pending:
                 group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
                 await self._send_group(group)
