@@ -589,7 +589,7 @@ def run_ingest_nodes(nodes: list[Server], warmup: list[tuple[str, bytes]], timed
             "threads": dict(threads), "verdicts": per_node[0].get("verdicts"),
             "node_cpu": [st["cpu"] for st in per_node], "round_trips": [st.get("commits", [0])[0] - int(st.get("calls", {}).get("count_inbound", [0])[0])
                             for st in per_node],  # less the bench's own polls of the queue
-            "calls": [st.get("calls", {}) for st in per_node]}
+            "calls": [st.get("calls", {}) for st in per_node], "processing": per_node[0].get("processing")}
 
 
 async def _clone_database(template: str) -> str:
@@ -692,6 +692,12 @@ def main_postgres(args: argparse.Namespace, folder: Path, servers: list[Server])
                   f"server CPU per message {mine['cpu'] / max(ceiling['cpu'], 1e-9):.1f}x (nodes summed)   "
                   f"goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'}")
         print(f"mailgate 2 nodes / 1 node:  throughput {mine2['rate'] / mine1['rate']:.2f}x")
+        proc = mine1["processing"]
+        if proc and proc["emails"]:
+            print(f"mailgate 1 node, processing: {proc['emails']} DAEmails visible {proc['elapsed']:.2f} s after the first "
+                  f"byte ({proc['emails'] / max(proc['elapsed'], 1e-9):.0f} msgs/s; the last {proc['backlog_s'] * 1000:.0f} ms "
+                  f"after the last 250; 250 -> DAEmail p50 {proc['p50'] * 1000:.0f} ms, p99 {proc['p99'] * 1000:.0f} ms "
+                  "under this burst)")
         for label, mine in (("1 node", mine1), ("2 nodes", mine2)):
             trips = mine["round_trips"]
             print(f"mailgate {label}: {sum(trips) / n:.2f} database round trips per message "
