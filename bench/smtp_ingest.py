@@ -51,7 +51,10 @@ default) instead: one node, then two nodes (two SMTP daemons, each a subprocess,
 client connections split evenly across them), each on a fresh copy of a template database that holds
 the sessions, between the two bare runs; the figures are the same ratios, with the nodes' CPU summed,
 plus the database round trips per message (each node's ``PgStore.round_trips``) and the PostgreSQL
-server's CPU per message (its processes' /proc stat). ``--profile`` is for the SQLite mode only.
+server's CPU per message (its processes' /proc stat), and where a message's time in the store goes:
+the calls of each store method per message with their mean wall time (group and pool waits
+included), each group's own round trip (``enqueue group``, ``deliver group``, ``sessions group``)
+and the wait for a pooled connection (``pool wait``). ``--profile`` is for the SQLite mode only.
 """
 
 from __future__ import annotations
@@ -135,6 +138,25 @@ def _children_cpu() -> float:
                 continue
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def _renice_children(nice: int) -> None:
+    """Lower the CPU priority of this process's descendants (mailgate's parse workers) by ``nice``."""
+    todo, seen = [os.getpid()], set()
+    while todo:
+        pid = todo.pop()
+        try:
+            kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            if kid not in seen:
+                seen.add(kid)
+                todo.append(kid)
+                try:
+                    os.setpriority(os.PRIO_PROCESS, kid, nice)
+                except OSError:
+                    pass
 
 
 def _cpu() -> float:
@@ -253,7 +275,7 @@ async def serve(args: argparse.Namespace) -> None:
                    else {"path": str(Path(args.folder) / f"mailgate-{os.getpid()}.sqlite3")})
     config = load_config(None).replace(
         store=store_table,
-        smtp={"port": 0, "hostname": HOSTNAME},
+        smtp={"port": 0, "hostname": HOSTNAME, "process_queue": not args.no_processing},
         mail={"domains": (OUR_DOMAIN,)},
         daemon={"roles": ("smtp",)},
     )
@@ -274,6 +296,7 @@ async def serve(args: argparse.Namespace) -> None:
 
         addresses = await asyncio.gather(*(new_address() for _ in range(args.sessions)))
         tune_gc(config.daemon.gc_threshold)  # as `mailgate serve` does once started
+        calls = _count_calls(store) if args.dsn else None
 
         def counters() -> tuple[int, int]:  # SQLite: (durable commits, units); PostgreSQL: (round trips, 0)
             if args.dsn:
@@ -297,12 +320,16 @@ async def serve(args: argparse.Namespace) -> None:
         async def mailgate_handle(cmd: str) -> dict[str, Any]:
             nonlocal commits_at_mark, marked_at
             if cmd == "mark":
+                if args.worker_nice:
+                    _renice_children(args.worker_nice)
                 commits_at_mark = counters()
+                if calls is not None:
+                    calls.clear()
                 seen.clear()
                 marked_at = time.time()
             elif cmd == "stats":
                 accepted_at = time.time()
-                while await store.count_inbound() > 0:  # the e-mails of every 250 first
+                while not args.no_processing and await store.count_inbound() > 0:  # the e-mails of every 250 first
                     progress.clear()
                     try:
                         await asyncio.wait_for(progress.wait(), 0.5)
@@ -321,11 +348,54 @@ async def serve(args: argparse.Namespace) -> None:
                     verdicts[" ".join([*(f"dkim={d['result']}" for d in auth["dkim"]),
                                        f"spf={auth['spf']['result']}", f"dmarc={auth['dmarc']['result']}"])] += 1
                 return {"commits": [batches - commits_at_mark[0], units - commits_at_mark[1]],
-                        "verdicts": dict(verdicts), "processing": processing}
+                        "verdicts": dict(verdicts), "processing": processing,
+                        "calls": {k: list(v) for k, v in (calls or {}).items()}}
             return {}
 
         reply({"port": smtp.port, "addresses": list(addresses)})
         await command_loop(mailgate_handle)
+
+
+CALLED = ("find_mailbox", "get_sessions", "enqueue_inbound", "claim_inbound", "deliver_inbound", "release_inbound",
+          "commit", "count_inbound")
+
+
+def _count_calls(store: Any) -> dict[str, list[float]]:
+    """Count the calls of the store's mail methods on this PgStore instance and time them (wall
+    seconds from the call to its result, group waits included), and the waits for a pooled
+    connection (``pool wait``): where a message's time in the store goes. Figures since the last
+    ``clear()``; the round trips themselves are ``PgStore.round_trips``."""
+    out: dict[str, list[float]] = {}
+
+    def wrap(name: str, method: Any) -> Any:
+        async def timed(*a: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await method(*a, **kw)
+            finally:
+                figures = out.setdefault(name, [0, 0.0])
+                figures[0] += 1
+                figures[1] += time.perf_counter() - start
+        return timed
+
+    for name in CALLED:
+        setattr(store, name, wrap(name, getattr(store, name)))
+    for name, attr in (("enqueue group", "_enqueues"), ("deliver group", "_processed"),
+                       ("sessions group", "_session_reads")):
+        grouper = getattr(store, attr, None)  # (an older revision may lack one)
+        if grouper is not None:
+            grouper._send = wrap(name, grouper._send)  # one round trip each
+
+    class Pool:  # asyncpg's Pool has slots: a proxy whose acquire is timed
+        def __init__(self, pool: Any) -> None:
+            self.acquire = wrap("pool wait", pool.acquire)
+            self._pool = pool
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._pool, name)
+
+    store._pool = Pool(store._pool)
+    return out
 
 
 # --- the parent: messages, client, orchestration ------------------------------------------------------
@@ -538,7 +608,9 @@ def run_ingest_nodes(nodes: list[Server], warmup: list[tuple[str, bytes]], timed
     return {"elapsed": elapsed, "client_cpu": client_cpu, "rate": len(timed) / elapsed, "pg_cpu": pg_cpu,
             "cpu": sum(st["cpu"] for st in per_node), "children_cpu": sum(st["children_cpu"] for st in per_node),
             "threads": dict(threads), "verdicts": per_node[0].get("verdicts"),
-            "node_cpu": [st["cpu"] for st in per_node], "round_trips": [st.get("commits", [0])[0] for st in per_node]}
+            "node_cpu": [st["cpu"] for st in per_node], "round_trips": [st.get("commits", [0])[0] - int(st.get("calls", {}).get("count_inbound", [0])[0])
+                            for st in per_node],  # less the bench's own polls of the queue
+            "calls": [st.get("calls", {}) for st in per_node], "processing": per_node[0].get("processing")}
 
 
 async def _clone_database(template: str) -> str:
@@ -565,7 +637,10 @@ def main_postgres(args: argparse.Namespace, folder: Path, servers: list[Server])
     databases: list[str] = []
 
     def start(kind: str, sessions: int, dsn: str | None = None) -> Server:
-        servers.append(Server(kind, folder, record, sessions, None, dsn))
+        extra = None
+        if kind == "mailgate":
+            extra = (["--no-processing"] if args.no_processing else []) + ["--worker-nice", str(args.worker_nice)]
+        servers.append(Server(kind, folder, record, sessions, extra, dsn))
         return servers[-1]
 
     try:
@@ -608,7 +683,8 @@ def main_postgres(args: argparse.Namespace, folder: Path, servers: list[Server])
         ceiling = {k: (bare_before[k] + bare_after[k]) / 2 for k in ("rate", "cpu", "client_cpu", "elapsed", "pg_cpu")}
         expected = {"dkim=pass spf=pass dmarc=pass": total}
         for mine in (mine1, mine2):
-            assert mine["verdicts"] == expected, f"stored e-mails {mine['verdicts']}, expected {expected}"
+            if not args.no_processing:
+                assert mine["verdicts"] == expected, f"stored e-mails {mine['verdicts']}, expected {expected}"
 
         memory: dict[str, int] = {}
         big_size = 0
@@ -639,17 +715,34 @@ def main_postgres(args: argparse.Namespace, folder: Path, servers: list[Server])
                   f"server CPU per message {mine['cpu'] / max(ceiling['cpu'], 1e-9):.1f}x (nodes summed)   "
                   f"goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'}")
         print(f"mailgate 2 nodes / 1 node:  throughput {mine2['rate'] / mine1['rate']:.2f}x")
+        proc = mine1["processing"]
+        if proc and proc["emails"]:
+            print(f"mailgate 1 node, processing: {proc['emails']} DAEmails visible {proc['elapsed']:.2f} s after the first "
+                  f"byte ({proc['emails'] / max(proc['elapsed'], 1e-9):.0f} msgs/s; the last {proc['backlog_s'] * 1000:.0f} ms "
+                  f"after the last 250; 250 -> DAEmail p50 {proc['p50'] * 1000:.0f} ms, p99 {proc['p99'] * 1000:.0f} ms "
+                  "under this burst)")
         for label, mine in (("1 node", mine1), ("2 nodes", mine2)):
             trips = mine["round_trips"]
             print(f"mailgate {label}: {sum(trips) / n:.2f} database round trips per message "
-                  f"({' + '.join(str(t) for t in trips)} by node, PgStore.round_trips); PostgreSQL server CPU "
+                  f"({' + '.join(str(t) for t in trips)} by node, PgStore.round_trips less the benchmark's own "
+                  f"count_inbound polls); PostgreSQL server CPU "
                   f"{mine['pg_cpu'] * 1000 / n:.3f} ms per message, {mine['pg_cpu'] / mine['elapsed']:.0%} of a core")
             busy = sorted(mine["threads"].items(), key=lambda kv: -kv[1])
             print(f"  CPU by thread over {mine['elapsed']:.2f} s (nodes summed): "
                   + ", ".join(f"{name} {sec:.2f} s ({sec / mine['elapsed']:.0%})" for name, sec in busy if sec >= 0.005))
             print(f"  worker processes (not in server CPU above): {mine['children_cpu'] * 1000 / n:.3f} ms CPU per message, "
                   f"{mine['children_cpu'] / mine['elapsed']:.0%} of a core")
-        print(f"all {total} stored e-mails of each run: dkim=pass spf=pass dmarc=pass")
+            summed: dict[str, list[float]] = {}
+            for node_calls in mine["calls"]:
+                for name, (count, wall) in node_calls.items():
+                    figures = summed.setdefault(name, [0, 0.0])
+                    figures[0] += count
+                    figures[1] += wall
+            print("  store calls per message (mean wall ms each, group and pool waits included): " + ", ".join(
+                f"{name} {count / n:.2f} ({wall * 1000 / max(count, 1):.1f} ms)"
+                for name, (count, wall) in sorted(summed.items(), key=lambda kv: -kv[1][0])))
+        print(f"all {total} stored e-mails of each run: dkim=pass spf=pass dmarc=pass" if not args.no_processing
+              else "--no-processing: nothing processed (a diagnosis of what processing costs acceptance)")
         if memory:
             print(f"memory, one {big_size / 2**20:.1f} MiB message, mailgate (PostgreSQL): peak RSS "
                   f"+{memory['increase'] / 2**20:.1f} MiB over idle {memory['idle'] / 2**20:.1f} MiB = "
@@ -685,6 +778,12 @@ def main() -> None:
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
                         help="postgres: mailgate on a fresh PostgreSQL database (MAILGATE_TEST_PG's server), "
                              "one node and two nodes")
+    parser.add_argument("--no-processing", action="store_true",
+                        help="PostgreSQL only, a diagnosis: mailgate only queues ([smtp] process_queue = false), "
+                             "nothing competes with acceptance; not the acceptance figure")
+    parser.add_argument("--worker-nice", type=int, default=0,
+                        help="PostgreSQL only, a diagnosis: run mailgate's parse workers at this nice value "
+                             "(processing yields the CPU to acceptance); not the acceptance figure")
     parser.add_argument("--serve", choices=("bare", "mailgate"), help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)

@@ -193,10 +193,6 @@ class Inbound:
         """
         if self.config.smtp.auth_policy == "reject":
             return await self.deliver(mail_from=mail_from, mailboxes=mailboxes, raw=raw, client_ip=client_ip, helo=helo)
-        # A mailbox whose session was deleted since RCPT is refused now, while the sender can still be
-        # told (550); one deleted after the reply is dropped by the processor, with a log line.
-        sessions = await self.sessions_of(mailboxes)
-        mailboxes = [m for m in mailboxes if m.session_id in sessions or is_postmaster(m)]
         if not mailboxes:
             return DeliveryResult([], 0)
         sha = (await asyncio.to_thread(_sha256, raw)) if len(raw) >= _HASH_IN_THREAD else _sha256(raw)
@@ -205,19 +201,29 @@ class Inbound:
             # a forward may be retried for a while: the sessions' copies do not wait for it (both
             # entries are committed before the reply, in one group commit)
             groups = [[m for m in mailboxes if not is_postmaster(m)], [POSTMASTER_MAILBOX]]
-        ids = await asyncio.gather(*(self._enqueue(g, sha, raw, mail_from=mail_from, client_ip=client_ip, helo=helo, tls=tls)
-                                     for g in groups))
+        queued = await asyncio.gather(*(self._enqueue(g, sha, raw, mail_from=mail_from, client_ip=client_ip, helo=helo,
+                                                      tls=tls) for g in groups))
+        ids = [entry_id for entry_id in queued if entry_id is not None]
+        if not ids:  # every mailbox was deleted since RCPT
+            return DeliveryResult([], 0)
         return DeliveryResult([], 0, queued=",".join(ids))
 
     async def _enqueue(self, mailboxes: Sequence[MailboxRecord], sha: str, raw: bytes, *, mail_from: str,
-                       client_ip: str, helo: str, tls: bool) -> str:
+                       client_ip: str, helo: str, tls: bool) -> str | None:
+        """Queue the message for ``mailboxes``: its entry id, or None when none of them is left."""
         entry_id = uuid.uuid4().hex
         envelope = json.dumps({
             "mail_from": mail_from, "client_ip": client_ip, "helo": helo, "tls": tls,
             "rcpt": [[m.local_part, m.session_id, m.key, m.index, m.owner, m.created_at, m.expires_at]
                      for m in {m.local_part: m for m in mailboxes}.values()],
         }, separators=(",", ":"))
-        await self._store.enqueue_inbound(NewInbound(entry_id, sha, raw, envelope))
+        # Mailboxes deleted (or expired) since RCPT are refused now, while the sender can still be told
+        # (550): the store checks them in the enqueue's own transaction, no call of its own. If some
+        # but not all are gone, the processor drops those (with a log line), as after the reply. An entry
+        # with postmaster is not checked (its mailbox has no row and is never deleted).
+        boxes = [] if any(is_postmaster(m) for m in mailboxes) else [(m.local_part, m.session_id) for m in mailboxes]
+        if await self._store.enqueue_inbound(NewInbound(entry_id, sha, raw, envelope, boxes)) is None:
+            return None
         self.queued += 1
         for listener in list(self._queue_listeners):
             listener()

@@ -72,6 +72,7 @@ class Ingest:
         self._stopping = False
         self._store_failing = False
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._backlog = False  # the last claim got all it asked for: more may wait in the queue
         self.processed = 0
 
     def wake(self) -> None:
@@ -105,6 +106,7 @@ class Ingest:
                     if failing:
                         log.info("claiming queued mail works again", extra={"event": "mail.claim_recovered"})
                         failing = False
+                    self._backlog = len(claimed) == free
                     for rec in claimed:
                         self._start(rec)
                     if len(claimed) == free:
@@ -170,7 +172,8 @@ class Ingest:
             for m in mailboxes:
                 if self._latest.get(m.local_part) is handed:
                     del self._latest[m.local_part]
-            self._wake.set()
+            if self._backlog:  # a free place to claim into; otherwise new mail wakes the loop itself
+                self._wake.set()
 
         job.add_done_callback(done)
 

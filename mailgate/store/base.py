@@ -144,6 +144,9 @@ class NewInbound:
     sha256: str  # of ``raw``
     raw: bytes
     envelope: str  # JSON: client_ip, helo, mail_from, tls, rcpt (the accepted mailboxes)
+    # (local part, session id) of the mailboxes accepted at RCPT: checked again in the enqueue's own
+    # transaction, so that the check costs no call of its own (empty: not checked)
+    mailboxes: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -470,9 +473,12 @@ class Store(abc.ABC):
 
     # -- the inbound queue ---------------------------------------------------------------------------
     @abc.abstractmethod
-    async def enqueue_inbound(self, entry: NewInbound) -> float:
+    async def enqueue_inbound(self, entry: NewInbound) -> float | None:
         """Queue a received message durably (messages arriving together share one commit); returns
-        its received time (the store's clock)."""
+        its received time (the store's clock). With ``entry.mailboxes``, the message is queued only
+        if at least one of them still takes mail (its row exists for that session, the session too,
+        and it has not expired), as seen by the enqueue's own transaction; otherwise nothing is
+        queued and the result is None."""
 
     @abc.abstractmethod
     async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:

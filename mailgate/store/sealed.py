@@ -425,11 +425,12 @@ class SealedStore(Store):
         ids, events = await self.inner.deliver(Delivery(h, self.ring.seal_bytes(delivery.raw, raw_aad(h)), emails))
         return ids, self._events(events, _event_pairs(delivery.emails, emails))
 
-    async def enqueue_inbound(self, entry: NewInbound) -> float:
+    async def enqueue_inbound(self, entry: NewInbound) -> float | None:
         h = await self._hash(entry.sha256)
         return await self.inner.enqueue_inbound(NewInbound(
             entry.id, h, self.ring.seal_bytes(entry.raw, raw_aad(h)),
-            self._pack("inbound_queue", entry.id, entry.sha256, entry.envelope)))
+            self._pack("inbound_queue", entry.id, entry.sha256, entry.envelope),
+            entry.mailboxes))  # local parts and session ids: in clear, as in their own tables
 
     async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
         claimed = [self._inbound(r) for r in await self.inner.claim_inbound(worker, limit, lease)]

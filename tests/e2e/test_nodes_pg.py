@@ -279,6 +279,47 @@ async def test_mail_on_node_a_runs_on_node_b_and_the_flash_reaches_a_page_on_a_b
         ("incoming_email", "succeeded", b.pid), ("announce", "succeeded", b.pid)]
 
 
+# -- 1b. a mailbox deleted on one node is refused on another, at DATA and at RCPT (issue 14) ---------
+
+async def test_a_mailbox_deleted_through_node_b_is_refused_by_node_a_at_data_and_at_rcpt(nodes: Nodes) -> None:
+    """Node A answers RCPT from its mailbox cache (no round trip): B's deletion must still be refused
+    on A, at DATA at once (the check is in the enqueue's transaction) and at RCPT once A's doorbell
+    has rung (a moment after the commit)."""
+    a = nodes.serve("a", "smtp")
+    b = nodes.serve("b", "web")
+    async with client(b) as http:
+        sid = await new_session(http)
+        address = (await api(http, "POST", f"/api/sessions/{sid}/address", 200, json={}))["address"]
+
+        def rcpt_code() -> int:
+            with smtplib.SMTP("127.0.0.1", a.smtp_port, local_hostname="client.test", timeout=30) as smtp:
+                smtp.ehlo()
+                smtp.mail("sender@elsewhere.test")
+                return int(smtp.rcpt(address)[0])
+
+        code, text = await asyncio.to_thread(send_one, a.smtp_port, address, "before", f"{uuid.uuid4().hex}@x.test")
+        assert code == 250, text  # A has looked the mailbox up: it is in A's cache now
+        assert await asyncio.to_thread(rcpt_code) == 250
+        smtp = smtplib.SMTP("127.0.0.1", a.smtp_port, local_hostname="client.test", timeout=30)
+        try:
+            smtp.ehlo()
+            assert smtp.mail("sender@elsewhere.test")[0] == 250
+            assert smtp.rcpt(address)[0] == 250
+            async with http.delete(f"/api/sessions/{sid}") as r:  # through B
+                assert r.status == 204, await r.text()
+            code, text = await asyncio.to_thread(smtp.data, message(address, "too late", f"{uuid.uuid4().hex}@x.test"))
+            assert code == 550 and text.startswith(b"5.1.1"), (code, text)
+        finally:
+            smtp.close()
+
+    async def refused_at_rcpt() -> bool:
+        return await asyncio.to_thread(rcpt_code) == 550
+
+    await wait_until(refused_at_rcpt, 5, "node A refusing the deleted mailbox at RCPT")
+    gone = a.events("smtp.mailbox_gone")
+    assert len(gone) == 1 and gone[0]["peer"] == "127.0.0.1", gone
+
+
 # -- 2. kill -9 of the node running a task -----------------------------------------------------------
 
 @pytest.mark.slow

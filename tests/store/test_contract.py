@@ -521,6 +521,39 @@ async def test_queued_mail_is_listed_claimed_in_order_and_delivered_once(store: 
     assert [e.id for e in await store.list_emails(session_id="s1")] == ["e0"]
 
 
+async def test_enqueue_checks_its_mailboxes_in_its_own_transaction(store: Store, clock: Clock) -> None:
+    """The DATA-time check folded into the enqueue: a message is queued only while one of the
+    mailboxes accepted at RCPT still takes mail (its row for that session, the session, not expired);
+    several messages in one group are judged each on its own."""
+    await store.create_session("s1", "iv", "{}", "{}")
+    await store.create_session("s2", "iv", "{}", "{}")
+    await store.commit(Changes(mailboxes=[NewMailbox("live", "s1", "", "0", "{}", None),
+                                          NewMailbox("soon", "s1", "", "1", "{}", clock.now + 10),
+                                          NewMailbox("gone", "s2", "", "0", "{}", None)]))
+    await store.delete_session("s2")
+    raw = b"Subject: checked\r\n\r\nchecked\r\n"
+
+    def entry(entry_id: str, *boxes: tuple[str, str]) -> NewInbound:
+        return NewInbound(entry_id, hashlib.sha256(raw).hexdigest(), raw, "{}", boxes)
+
+    # one group: queued while one mailbox lives; refused when none does (deleted, another session's)
+    outcomes = await asyncio.gather(
+        store.enqueue_inbound(entry("both", ("gone", "s2"), ("live", "s1"))),
+        store.enqueue_inbound(entry("deleted", ("gone", "s2"))),
+        store.enqueue_inbound(entry("stolen", ("live", "s2"))),
+        store.enqueue_inbound(entry("unknown", ("nobody", "s1"))),
+        store.enqueue_inbound(entry("unchecked")))
+    assert outcomes == [clock.now, None, None, None, clock.now]
+    assert await store.enqueue_inbound(entry("in-time", ("soon", "s1"))) == clock.now
+    clock.now += 11
+    assert await store.enqueue_inbound(entry("expired", ("soon", "s1"))) is None
+    assert [q.id for q in await store.list_inbound()] == ["both", "unchecked", "in-time"]
+    # the session deleted after RCPT: refused at DATA
+    await store.delete_session("s1")
+    assert await store.enqueue_inbound(entry("late", ("live", "s1"))) is None
+    assert await store.count_inbound() == 3
+
+
 async def test_a_queued_message_whose_claim_expired_is_delivered_by_its_new_holder_only(store: Store, clock: Clock) -> None:
     await store.create_session("s1", "iv", "{}", "{}")
     raw = b"Subject: once\r\n\r\nonce\r\n"

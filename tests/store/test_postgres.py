@@ -269,3 +269,167 @@ async def test_deliveries_are_grouped_and_each_keeps_its_own_outcome(dsn: str) -
         assert (await store.count_tasks())["queued"] == 20
     finally:
         await store.close()
+
+
+# -- accepting mail: the RCPT cache, the DATA check in the enqueue, grouped reads (issue 14) ---------
+
+async def _cut_listeners(dsn: str) -> int:
+    admin = await asyncpg.connect(dsn)
+    try:
+        return int(await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%'"))
+    finally:
+        await admin.close()
+
+
+async def test_a_mailbox_deleted_on_another_node_is_refused_there_at_rcpt_and_at_data(dsn: str) -> None:
+    import hashlib
+
+    from mailgate.store.base import NewInbound, NewMailbox
+
+    a, b = await open_store(dsn), await open_store(dsn)
+    raw = b"Subject: x\r\n\r\nx\r\n"
+
+    def entry(entry_id: str) -> NewInbound:
+        return NewInbound(entry_id, hashlib.sha256(raw).hexdigest(), raw, "{}", [("box", "s1")])
+
+    try:
+        await b.create_session("s1", "iv", "{}", "{}")
+        await b.commit(Changes(mailboxes=[NewMailbox("box", "s1", "", "0", "{}", None)]))
+        assert await a.find_mailbox("box") is not None  # read, and cached once A listens
+        await wait_until(lambda: a.listening, timeout=5, what="A's listener")
+        assert await a.find_mailbox("box") is not None
+        trips, hits = a.round_trips, a.mailbox_hits
+        assert await a.find_mailbox("box") is not None
+        assert (a.round_trips, a.mailbox_hits) == (trips, hits + 1), "answered from the cache, no round trip"
+        assert await a.find_mailbox("nobody") is None  # unknown ones are read each time (never cached)
+        assert await a.enqueue_inbound(entry("before")) is not None
+
+        await b.delete_session("s1")  # on the other node
+        # DATA on A right after the commit: refused by the enqueue's own check, whatever A's cache holds
+        assert await a.enqueue_inbound(entry("after")) is None
+        # RCPT on A: refused as soon as the doorbell has told A (a moment after the commit)
+        await wait_until(lambda: "box" not in a._mailboxes, timeout=5, what="the mailbox dropped from A's cache")
+        assert await a.find_mailbox("box") is None
+        assert [q.id for q in await a.list_inbound()] == ["before"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_mailbox_cache_is_not_trusted_while_its_doorbell_is_cut(dsn: str) -> None:
+    from mailgate.store.base import NewMailbox
+
+    a, b = await open_store(dsn), await open_store(dsn)
+    try:
+        await b.create_session("s1", "iv", "{}", "{}")
+        await b.commit(Changes(mailboxes=[NewMailbox("box", "s1", "", "0", "{}", None),
+                                          NewMailbox("other", "s1", "", "1", "{}", None)]))
+        await a.find_mailbox("box")
+        await wait_until(lambda: a.listening, timeout=5, what="A's listener")
+        assert await a.find_mailbox("box") is not None and "box" in a._mailboxes
+        listener = a._listener
+        assert listener is not None
+        listener.dsn = "postgresql://postgres@127.0.0.1:1/nowhere"  # it cannot come back until told
+        assert await _cut_listeners(dsn) == 1
+        await wait_until(lambda: not a.listening, timeout=5, what="A noticing its listener is gone")
+        # a deletion A cannot hear of now: every lookup reads the database
+        await b.delete_session("s1")
+        assert await a.find_mailbox("box") is None
+        # back again: the cache starts afresh (it may have missed notifications)
+        await b.create_session("s2", "iv", "{}", "{}")
+        await b.commit(Changes(mailboxes=[NewMailbox("box", "s2", "", "0", "{}", None)]))
+        assert not a.listening  # (its stale entry for s1 is still there, unused)
+        listener.dsn = dsn
+        await wait_until(lambda: a.listening, timeout=15, what="A's listener back")
+        assert not a._mailboxes
+        found = await a.find_mailbox("box")
+        assert found is not None and found.session_id == "s2"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_shortened_expiry_reaches_the_other_nodes_cache_and_a_longer_one_is_read_again(dsn: str) -> None:
+    from mailgate.store.base import NewMailbox
+
+    now = [1_000_000.0]
+    a, b = await open_store(dsn, clock=lambda: now[0]), await open_store(dsn, clock=lambda: now[0])
+    try:
+        await b.create_session("s1", "iv", "{}", "{}")
+        await b.commit(Changes(mailboxes=[NewMailbox("box", "s1", "", "0", "{}", now[0] + 100)]))
+        await a.find_mailbox("box")
+        await wait_until(lambda: a.listening, timeout=5, what="A's listener")
+        assert (await a.find_mailbox("box")).expires_at == now[0] + 100  # type: ignore[union-attr]
+        # renewed to later (the ON CONFLICT of every action): no notification, and none needed
+        await b.commit(Changes(mailboxes=[NewMailbox("box", "s1", "", "0", "{}", now[0] + 500)]))
+        now[0] += 200  # past the cached expiry: A reads it again instead of refusing
+        assert (await a.find_mailbox("box")).expires_at == 1_000_500.0  # type: ignore[union-attr]
+        # an operator shortens it: the trigger tells A
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute("UPDATE mailboxes SET expires_at = $1 WHERE local_part = 'box'", now[0] - 1)
+        finally:
+            await admin.close()
+        await wait_until(lambda: "box" not in a._mailboxes, timeout=5, what="the shortened mailbox dropped")
+        assert (await a.find_mailbox("box")).expires_at == now[0] - 1  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_session_reads_that_arrive_together_share_a_round_trip(dsn: str) -> None:
+    store = await open_store(dsn)
+    try:
+        for n in range(30):
+            await store.create_session(f"s{n}", "iv", "{}", "{}")
+        before = store.round_trips
+        outcomes = await asyncio.gather(*(store.get_sessions([f"s{n}", f"s{n + 1}", "gone"]) for n in range(30)))
+        assert store.round_trips - before < 10, "30 reads in a few grouped calls"
+        assert [sorted(o) for o in outcomes] == [sorted({f"s{n}", f"s{n + 1}"} & {f"s{k}" for k in range(30)})
+                                                 for n in range(30)]
+    finally:
+        await store.close()
+
+
+async def test_the_queue_and_its_deliveries_ring_the_other_nodes_after_their_commit(dsn: str) -> None:
+    """The enqueue and the delivery no longer NOTIFY inside their transactions (that serialises
+    commits): the store rings after the commit. Another node still hears of queued mail, of the
+    delivery's events and of its tasks; a refused message (its mailbox gone) rings nothing."""
+    import hashlib
+    import json
+
+    from mailgate.store.base import InboundDelivery, NewEmail, NewInbound, NewMailbox
+
+    a, b = await open_store(dsn), await open_store(dsn)
+    rang: dict[str, int] = {"inbound": 0, "events": 0, "tasks": 0}
+
+    def wake(kind: str) -> None:
+        rang[kind] += 1
+
+    try:
+        await a.create_session("s1", "iv", "{}", "{}")
+        await a.commit(Changes(mailboxes=[NewMailbox("box", "s1", "", "0", "{}", None)]))
+        b.watch_inbound(lambda: wake("inbound"))
+        b.watch(lambda: wake("events"))
+        b.watch_tasks(lambda: wake("tasks"))
+        await wait_until(lambda: b.listening, timeout=5, what="B's listener")
+        await wait_until(lambda: all(rang.values()), timeout=5, what="the catch-up rings on connecting")
+        before = dict(rang)
+        raw = b"Subject: rung\r\n\r\nrung\r\n"
+        sha = hashlib.sha256(raw).hexdigest()
+        assert await a.enqueue_inbound(NewInbound("q1", sha, raw, "{}", [("nobody", "s1")])) is None
+        assert await a.enqueue_inbound(NewInbound("q2", sha, raw, "{}", [("box", "s1")])) is not None
+        await wait_until(lambda: rang["inbound"] > before["inbound"], timeout=5, what="B hearing of queued mail")
+        assert [q.id for q in await b.claim_inbound("wb", 5, 30)] == ["q2"]
+        email = NewEmail("e1", "box", "s1", None, f"\0{sha}", "{}", "{}", "{}", task(1),
+                         NewEvent("s1", "email", json.dumps({"email": "e1"})))
+        stored, events = await b.deliver_inbound(InboundDelivery("q2", "wb", [email]))
+        assert stored == ["e1"] and len(events) == 1
+        await wait_until(lambda: rang["events"] > before["events"] and rang["tasks"] > before["tasks"], timeout=5,
+                         what="the delivery's event and task rings")
+        assert rang["inbound"] == before["inbound"] + 1, "the refused message rang nothing"
+    finally:
+        await a.close()
+        await b.close()

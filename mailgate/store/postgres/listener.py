@@ -1,12 +1,16 @@
 """The doorbells: one connection per process that LISTENs for ``mailgate_events`` (committed events),
-``mailgate_tasks`` (queued tasks) and ``mailgate_inbound`` (queued inbound mail).
+``mailgate_tasks`` (queued tasks), ``mailgate_inbound`` (queued inbound mail) and
+``mailgate_mailboxes`` (a mailbox deleted or changed: the payload is its local part, empty for all;
+the store's mailbox cache drops it).
 
 A pooled connection would lose its LISTEN when the pool closes or replaces it, so the listener has a
 connection of its own. Each notification calls its channel's ``wake`` (the event feed then reads the
 store; the worker pool claims). When the connection drops, the listener reconnects with a growing
 pause (at most ``MAX_PAUSE``) and calls every ``wake`` once connected again, so that each catches up
 on what it missed; meanwhile their own polling (``[web] event_poll_interval``, ``[tasks]
-poll_interval``) is the fallback.
+poll_interval``) is the fallback. ``on_connect`` is called each time the listener is connected
+again, before any notification that follows (the mailbox cache starts afresh: it may have missed
+some); while it is not connected, :attr:`Listener.connected` is False.
 """
 
 from __future__ import annotations
@@ -25,17 +29,18 @@ log = logging.getLogger("mailgate.store.postgres")
 CHANNEL = "mailgate_events"
 TASK_CHANNEL = "mailgate_tasks"
 INBOUND_CHANNEL = "mailgate_inbound"
+MAILBOX_CHANNEL = "mailgate_mailboxes"
 MAX_PAUSE = 5.0
 
 
-def _setter(event: asyncio.Event) -> Callable[[Any], None]:
-    return lambda _conn: event.set()
-
-
 class Listener:
-    def __init__(self, dsn: str, wakes: dict[str, Callable[[], None]], outage: Outage, connect_timeout: float) -> None:
+    def __init__(self, dsn: str, wakes: dict[str, Callable[[], None]], outage: Outage, connect_timeout: float,
+                 notes: dict[str, Callable[[str], None]] | None = None,
+                 on_connect: Callable[[], None] | None = None) -> None:
         self.dsn = dsn
         self.wakes = wakes  # channel -> callback; the store adds to it while the listener runs
+        self.notes = notes if notes is not None else {}  # channel -> callback given the payload
+        self.on_connect = on_connect
         self.outage = outage
         self.connect_timeout = connect_timeout
         self.connected = False
@@ -55,11 +60,20 @@ class Listener:
                 pass
             self._task = None
 
-    def _notified(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
+    def _on_lost(self, lost: asyncio.Event) -> Callable[[Any], None]:
+        def gone(_conn: Any) -> None:
+            self.connected = False  # at once: the mailbox cache stops trusting its entries
+            lost.set()
+        return gone
+
+    def _notified(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         self.notifications += 1
         wake = self.wakes.get(channel)
         if wake is not None:
             wake()
+        note = self.notes.get(channel)
+        if note is not None:
+            note(payload)
 
     def _wake_all(self) -> None:
         for wake in list(self.wakes.values()):
@@ -73,9 +87,11 @@ class Listener:
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 lost = self._lost = asyncio.Event()
-                conn.add_termination_listener(_setter(lost))
-                for channel in (CHANNEL, TASK_CHANNEL, INBOUND_CHANNEL):
+                conn.add_termination_listener(self._on_lost(lost))
+                for channel in (CHANNEL, TASK_CHANNEL, INBOUND_CHANNEL, MAILBOX_CHANNEL):
                     await conn.add_listener(channel, self._notified)
+                if self.on_connect is not None:
+                    self.on_connect()
                 self.connected = True
                 self.outage.ok(started)
                 pause = 0.1

@@ -514,16 +514,22 @@ class SqliteStore(Store):
         return await self._writer.submit(unit)
 
     # -- the inbound queue ---------------------------------------------------------------------------
-    async def enqueue_inbound(self, entry: NewInbound) -> float:
+    async def enqueue_inbound(self, entry: NewInbound) -> float | None:
         now = self.now()
 
-        def unit(conn: sqlite3.Connection) -> float:
+        def unit(conn: sqlite3.Connection) -> float | None:
+            if entry.mailboxes and not any(conn.execute(
+                    "SELECT 1 FROM mailboxes m JOIN sessions s ON s.id = m.session_id WHERE m.local_part = ? "
+                    "AND m.session_id = ? AND (m.expires_at IS NULL OR m.expires_at >= ?)", (local, session, now)
+            ).fetchone() for local, session in entry.mailboxes):
+                return None  # every recipient's mailbox is gone since RCPT: nothing queued
             _insert_blob(conn, "INSERT INTO inbound_queue (id, sha256, size, raw, envelope, received_at) "
                          "VALUES (?, ?, ?, {raw}, ?, ?)", (entry.id, entry.sha256, len(entry.raw)),
                          (entry.envelope, now), entry.raw, "inbound_queue")
             return now
 
-        return float(await self._writer.submit(unit))
+        received = await self._writer.submit(unit)
+        return None if received is None else float(received)
 
     async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
         now = self.now()
