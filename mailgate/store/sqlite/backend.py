@@ -50,6 +50,11 @@ from mailgate.store.base import (
     TaskRecord,
 )
 from mailgate.store.migrations import numbered
+from mailgate.store.sqlite.automations import (
+    SqliteAutomations,
+    apply_automations,
+    delete_session_automations,
+)
 from mailgate.store.sqlite.cache import SessionCache
 from mailgate.store.sqlite.writer import SqliteWriter, store_error
 
@@ -72,7 +77,7 @@ def _migrations() -> list[tuple[int, str, str]]:
     return numbered("mailgate.store.sqlite")
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteAutomations, Store):
     """SQLite file store. ``clock`` returns POSIX seconds; tests may pass a controllable one."""
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time,
@@ -84,6 +89,7 @@ class SqliteStore(Store):
         self._reader: aiosqlite.Connection | None = None
         self._cache_size = cache_sessions
         self._cache: SessionCache | None = None
+        self._automation_wakes: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def now(self) -> float:
@@ -246,6 +252,8 @@ class SqliteStore(Store):
     async def commit(self, changes: Changes) -> CommitResult:
         now = self.now()
         result: CommitResult = await self._writer.submit(lambda conn: _apply_changes(conn, changes, now))
+        if changes.automations or changes.messages:
+            self._ring_automations()
         cache = self._cache
         if cache is not None:
             if changes.save is not None and result.version is not None:
@@ -835,6 +843,7 @@ def _delete_session(conn: sqlite3.Connection, session_id: str) -> bool:
     conn.execute("DELETE FROM tasks WHERE session_id = ?", (session_id,))
     conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
     conn.execute("DELETE FROM session_leases WHERE session_id = ?", (session_id,))
+    delete_session_automations(conn, session_id)
     return cur.rowcount == 1
 
 
@@ -855,6 +864,8 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
     guard_in_save = ch.save is not None and ch.unleased == (ch.save.session_id, ch.save.expected_version)
     if ch.unleased is not None and not guard_in_save:
         _check_unleased(conn, *ch.unleased, now)
+    if ch.automations or ch.messages:
+        apply_automations(conn, ch, now)
     if ch.finish is not None:
         f = ch.finish
         cur = conn.execute(
@@ -888,9 +899,10 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
         _delete_session(conn, ch.delete_session)
     if ch.new_tasks:
         conn.executemany(
-            "INSERT INTO tasks (id, session_id, interview, action, arguments, user, ui_notification, state, max_attempts, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-            [(t.id, t.session_id, t.interview, t.action, t.arguments, t.user, t.ui_notification, t.max_attempts, now) for t in ch.new_tasks],
+            "INSERT INTO tasks (id, session_id, interview, action, arguments, user, ui_notification, state, max_attempts, "
+            "created_at, automation_id) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            [(t.id, t.session_id, t.interview, t.action, t.arguments, t.user, t.ui_notification, t.max_attempts, now,
+              t.automation_id) for t in ch.new_tasks],
         )
     events = []
     for e in ch.events:
