@@ -54,6 +54,7 @@ from mailgate.store.base import (
     TaskRecord,
 )
 from mailgate.store.migrations import numbered
+from mailgate.store.postgres.automations import PgAutomations, automations_json
 from mailgate.store.postgres.errors import (
     DRIVER_ERRORS,
     Outage,
@@ -105,7 +106,7 @@ def _changes_json(ch: Changes) -> dict[str, Any]:
         "delete_session": ch.delete_session,
         "new_tasks": [{"id": t.id, "session_id": t.session_id, "interview": t.interview, "action": t.action,
                        "arguments": t.arguments, "user": t.user, "ui_notification": t.ui_notification,
-                       "max_attempts": t.max_attempts} for t in ch.new_tasks],
+                       "max_attempts": t.max_attempts, "automation_id": t.automation_id} for t in ch.new_tasks],
         "events": [{"session_id": e.session_id, "kind": e.kind, "payload": e.payload} for e in ch.events],
         "finish": None if f is None else {
             "task_id": f.task_id, "worker": f.worker, "state": f.state, "result": f.result,
@@ -116,6 +117,7 @@ def _changes_json(ch: Changes) -> dict[str, Any]:
                        "owner": m.owner, "expires_at": m.expires_at} for m in ch.mailboxes],
         "unleased": list(ch.unleased) if ch.unleased is not None else None,
     }
+    out.update(automations_json(ch))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -135,7 +137,7 @@ def _emails_json(emails: Sequence[NewEmail]) -> list[dict[str, Any]]:
     } for e in emails]
 
 
-class PgStore(Store):
+class PgStore(PgAutomations, Store):
     """A store on one PostgreSQL database. ``clock`` (tests only) replaces the database's clock."""
 
     def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0,
