@@ -66,6 +66,7 @@ class TaskRecord:
     error_message: str | None
     error_trace: str | None
     variables: str | None  # JSON list
+    automation_id: str | None = None  # started by a step of this automation
 
     @property
     def done(self) -> bool:
@@ -859,7 +860,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_automation_history(self, before: float) -> tuple[int, int]:
         """Delete the finished, failed and killed automations that ended before ``before``, with
-        their steps, messages and journal; (automations, steps) deleted."""
+        their steps, messages and journal; (automations, steps) deleted. Consumed broadcasts and
+        messages dropped for automations that are gone, sent before ``before``, go too."""
 
     @abc.abstractmethod
     async def count_automations(self) -> dict[str, int]:

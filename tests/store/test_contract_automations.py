@@ -122,6 +122,30 @@ async def test_twenty_racing_creates_from_two_stores_give_one_row(make_store: Ca
         await second.close()
 
 
+async def test_two_stores_claiming_at_once_never_get_the_same_automation(make_store: Callable[[Clock], Store],
+                                                                          clock: Clock) -> None:
+    first, second = make_store(clock), make_store(clock)
+    await first.open()
+    await first.migrate()
+    await second.open()
+    try:
+        for i in range(60):
+            await first.create_automation(auto(f"a{i:02}"), [NewStep(f"s{i}", "start")], [NewMessage(f"m{i}", "go")])
+        claims = await asyncio.gather(*[(first if i % 2 else second).claim_automations(f"r{i}", 7, lease=30)
+                                        for i in range(12)])
+        got = [(c.automation.id, c.automation.claim_holder) for claim in claims for c in claim]
+        assert len(got) == 60 and len({a for a, _ in got}) == 60  # every one claimed, none twice
+        holders = {a: h for a, h in got}
+        for i, claim in enumerate(claims):  # the holder each claimer was told is the one stored
+            assert all(holders[c.automation.id] == f"r{i}" and [m.id for m in c.messages] == [f"m{int(c.automation.id[1:])}"]
+                       for c in claim)
+        stored = {a.id: a.claim_holder for a in await second.list_automations()}
+        assert stored == holders
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_claim_due_ones_with_lease_heartbeat_release_and_takeover(store: Store, clock: Clock) -> None:
     for i in range(4):
         await store.create_automation(auto(f"a{i}"), [NewStep(f"s{i}", "start")])
@@ -180,7 +204,9 @@ async def test_fenced_commit_applies_everything_at_once(store: Store, clock: Clo
     assert journal is not None and journal.kind == "send_email" and journal.created_at == clock.now
     assert await store.journal_entry("st1", 1) is None
     task = await store.get_task("t1")
-    assert task is not None and task.state == "queued"
+    assert task is not None and task.state == "queued" and task.automation_id == "a1"
+    [claimed_task] = (await store.claim_tasks("w1", 5, lease=30, lost=lambda rec: ())).tasks
+    assert claimed_task.automation_id == "a1"  # the worker knows whom to tell when it ends
     other = await store.get_automation("a2")
     assert other is not None and other.wake_at == clock.now  # the message made it due now
     assert [m.state for m in await store.automation_messages("a2")] == ["queued"]
@@ -340,11 +366,21 @@ async def test_delete_history_counts_and_counts_by_state(store: Store, clock: Cl
                                journal=[JournalEntry(f"a{i}-1", 0, "send_email", "{}")]))
         if i == 3:
             clock.now += 1000
+    await store.enqueue_message(NewMessage("b1", "news", broadcast_class="app.Flow"))
+    await store.enqueue_message(NewMessage("b2", "news", broadcast_class="app.Flow"))
+    await store.commit(run("a3", 2, None, messages_done=[MessageDone("b1")]))
+    await store.enqueue_message(NewMessage("m1", "tick", automation_id="gone"))
+    await store.enqueue_message(NewMessage("m2", "tick", automation_id="a3"))
+    clock.now += 1
     assert await store.count_automations() == {"running": 1, "finished": 2, "failed": 1, "killed": 1}
     assert await store.delete_automation_history(clock.now - 500) == (3, 6)  # a0..a2: ended before
+    assert [m.id for m in await store.automation_messages("gone")] == ["m1"]  # sent after "before"
     assert await store.journal_entry("a0-1", 0) is None and await store.journal_entry("a3-1", 0) is not None
     assert [a.id for a in await store.list_automations()] == ["a3", "a4"]
     assert await store.delete_automation_history(clock.now + 1) == (1, 2)  # a4; the running a3 stays
+    assert [m.id for m in await store.queued_broadcasts()] == ["b2"]  # b1, consumed, went; b2 waits
+    assert await store.automation_messages("gone") == []  # dropped for an automation that is gone
+    assert [m.id for m in await store.automation_messages("a3")] == ["m2"]  # a running one's stay
     assert await store.count_automations() == {"running": 1, "finished": 0, "failed": 0, "killed": 0}
 
 

@@ -156,6 +156,15 @@ def test_column_lists_exist_and_match_their_records(database: Path) -> None:
         conn.close()
 
 
+def test_the_timer_read_uses_only_its_partial_index(database: Path) -> None:
+    conn = sqlite3.connect(database)
+    try:
+        plan = " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + automations.NEXT_WAKE))
+    finally:
+        conn.close()
+    assert "COVERING INDEX automations_wake" in plan, plan
+
+
 if __name__ == "__main__":  # regenerate the snapshot (see the module docstring)
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "fresh.sqlite3"

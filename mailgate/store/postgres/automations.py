@@ -320,6 +320,10 @@ class PgAutomations:
                 await conn.execute(f"DELETE FROM automation_messages WHERE automation_id IN ({ids})", before)
                 autos = await conn.execute("DELETE FROM automations WHERE state IN ('finished', 'failed', 'killed') "
                                            "AND finished_at < $1", before)
+                # consumed broadcasts, and messages dropped for automations that are gone (killed)
+                await conn.execute(
+                    "DELETE FROM automation_messages m WHERE m.state <> 'queued' AND m.created_at < $1 AND (m.automation_id "
+                    "IS NULL OR NOT EXISTS (SELECT 1 FROM automations a WHERE a.id = m.automation_id))", before)
                 return int(autos.split()[-1]), int(steps.split()[-1])
 
         return await self._call(run)

@@ -35,6 +35,8 @@ MESSAGE_COLS = "id, seq, automation_id, broadcast_class, message, token, data, s
 JOURNAL_COLS = "step_id, call_index, kind, result, created_at"
 ENDED_STEPS = ("done", "skipped", "failed", "joined")
 _ENDED_SQL = "('finished', 'failed', 'killed')"
+# The runners' timer read (every ``timer_poll``): the partial index alone, whatever the number waiting.
+NEXT_WAKE = "SELECT MIN(wake_at) FROM automations INDEXED BY automations_wake WHERE state = 'running'"
 
 
 def _marks(n: int) -> str:
@@ -253,7 +255,7 @@ class SqliteAutomations:
         self._ring_automations()
 
     async def next_wake(self) -> float | None:
-        rows = await self._read("SELECT MIN(wake_at) FROM automations INDEXED BY automations_wake WHERE state = 'running'")
+        rows = await self._read(NEXT_WAKE)
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def get_automation(self, automation_id: str) -> AutomationRecord | None:
@@ -392,6 +394,9 @@ class SqliteAutomations:
             conn.execute(f"DELETE FROM automation_messages WHERE automation_id IN ({ids})", (before,))
             autos = conn.execute(f"DELETE FROM automations WHERE state IN {_ENDED_SQL} AND finished_at < ?",
                                  (before,)).rowcount
+            # consumed broadcasts, and messages dropped for automations that are gone (killed)
+            conn.execute("DELETE FROM automation_messages WHERE state <> 'queued' AND created_at < ? AND (automation_id "
+                         "IS NULL OR NOT EXISTS (SELECT 1 FROM automations a WHERE a.id = automation_id))", (before,))
             return int(autos), int(steps)
 
         return await self._writer.submit(unit)

@@ -65,7 +65,7 @@ STASH_COLS = "key, data, created_at, expires_at, ttl"
 TASK_COLS = (
     "id, session_id, interview, action, arguments, user, ui_notification, state, attempts, "
     "max_attempts, worker, lease_until, created_at, started_at, finished_at, result, error_type, "
-    "error_message, error_trace, variables"
+    "error_message, error_trace, variables, automation_id"
 )
 EVENT_COLS = "id, session_id, kind, payload, created_at"
 MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"

@@ -237,3 +237,46 @@ BEGIN
     DELETE FROM automations WHERE session_id = sid;
     RETURN mailgate_delete_session_rows(sid);
 END $$;
+
+-- Claimed tasks carry their automation_id (its end sends ``task_done`` to that automation): the same
+-- claim as in 0002_functions.sql with one more column.
+DROP FUNCTION mailgate_claim(text, integer, double precision, double precision);
+CREATE FUNCTION mailgate_claim(who text, lim integer, lease double precision, t double precision)
+RETURNS TABLE (exhausted boolean, id text, session_id text, interview text, action text, arguments text,
+               "user" text, ui_notification text, state text, attempts integer, max_attempts integer,
+               worker text, lease_until double precision, created_at double precision,
+               started_at double precision, finished_at double precision, result text, error_type text,
+               error_message text, error_trace text, variables text, automation_id text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    t_now double precision := mailgate_now(t);
+    stale boolean;
+BEGIN
+    stale := EXISTS (SELECT 1 FROM tasks k WHERE k.state = 'running' AND k.lease_until < t_now
+                     AND k.attempts >= k.max_attempts);
+    RETURN QUERY
+    WITH picked AS (
+        SELECT k.seq FROM tasks k
+        WHERE k.state IN ('queued', 'running')
+          AND (k.state = 'queued' OR (k.lease_until < t_now AND k.attempts < k.max_attempts))
+        ORDER BY k.seq LIMIT lim FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE tasks k SET state = 'running', worker = who, lease_until = t_now + lease,
+            attempts = k.attempts + 1, started_at = t_now
+        FROM picked WHERE k.seq = picked.seq
+        RETURNING k.seq, k.id, k.session_id, k.interview, k.action, k.arguments, k."user", k.ui_notification,
+            k.state, k.attempts, k.max_attempts, k.worker, k.lease_until, k.created_at, k.started_at,
+            k.finished_at, k.result, k.error_type, k.error_message, k.error_trace, k.variables, k.automation_id
+    )
+    SELECT stale, c.id, c.session_id, c.interview, c.action, c.arguments, c."user", c.ui_notification, c.state,
+        c.attempts, c.max_attempts, c.worker, c.lease_until, c.created_at, c.started_at, c.finished_at,
+        c.result, c.error_type, c.error_message, c.error_trace, c.variables, c.automation_id
+    FROM claimed c ORDER BY c.seq;
+    IF NOT FOUND AND stale THEN  -- nothing claimed: one row that carries the flag alone
+        RETURN QUERY SELECT true, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
+            NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::text, NULL::double precision,
+            NULL::double precision, NULL::double precision, NULL::double precision, NULL::text, NULL::text,
+            NULL::text, NULL::text, NULL::text, NULL::text;
+    END IF;
+END $$;

@@ -22,7 +22,8 @@ CREATE TABLE automations (
 );
 -- One running instance per class and business key, decided by the database.
 CREATE UNIQUE INDEX automations_unique ON automations(cls, unique_key) WHERE state = 'running';
-CREATE INDEX automations_wake ON automations(wake_at) WHERE state = 'running';
+-- state in the index too: SQLite then answers the timer read (MIN(wake_at)) from the index alone.
+CREATE INDEX automations_wake ON automations(wake_at, state) WHERE state = 'running';
 CREATE INDEX automations_session ON automations(session_id);
 CREATE INDEX automations_class ON automations(cls, state, seq);
 CREATE INDEX automations_ended ON automations(state, finished_at);
