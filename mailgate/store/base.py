@@ -133,6 +133,9 @@ class NewEmail:
     authentication: str
     task: NewTask | None  # the incoming_email task, when the interview defines it
     event: NewEvent
+    # ``email`` messages to the session's running automations: queued with the e-mail (250 => queued),
+    # and only when the e-mail is new (a duplicate queues nothing again)
+    messages: Sequence[NewMessage] = ()
 
 
 @dataclass(frozen=True)
@@ -413,6 +416,17 @@ class AutomationUpdate:
 
 
 @dataclass(frozen=True)
+class AutomationStart:
+    """An automation to create in a commit (an action's ``Class(**data)``, ``create_on_message``),
+    with its first steps and queued messages, under the same unique rule as ``create_automation``:
+    when a running one holds the unique key, the messages go to that one instead."""
+
+    automation: NewAutomation
+    steps: Sequence[NewStep] = ()
+    messages: Sequence[NewMessage] = ()
+
+
+@dataclass(frozen=True)
 class ClaimedAutomation:
     """An automation claimed for a run, with its open steps and queued messages, each in order."""
 
@@ -439,12 +453,17 @@ class Changes:
     # targets' wake_at becomes now, so that a runner sees them at once).
     automations: Sequence[AutomationUpdate] = ()
     messages: Sequence[NewMessage] = ()
+    # Created first, so that the rest of the commit may refer to them.
+    new_automations: Sequence[AutomationStart] = ()
 
 
 @dataclass(frozen=True)
 class CommitResult:
     version: int | None = None
     events: Sequence[EventRecord] = field(default_factory=tuple)
+    # (automation id, created) for each of ``Changes.new_automations``: the id is the running one's
+    # when the unique rule returned an existing automation
+    automations: Sequence[tuple[str, bool]] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ processes (each has its own connections and, on SQLite, its own writer).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 
@@ -20,14 +21,20 @@ from mailgate.errors import (
     MailgateError,
     NotFound,
     StoreConflict,
+    VersionConflict,
 )
 from mailgate.store.base import (
+    AutomationStart,
     AutomationUpdate,
     Changes,
+    Delivery,
+    InboundDelivery,
     JournalEntry,
     MessageDone,
     NewAutomation,
+    NewEmail,
     NewEvent,
+    NewInbound,
     NewMessage,
     NewStep,
     NewTask,
@@ -103,6 +110,28 @@ async def test_unique_returns_the_running_one_and_allows_a_new_one_after_it_ends
     # a duplicate id or key is a refused write, not a silent success
     with pytest.raises(StoreConflict):
         await store.create_automation(auto("a6"))
+
+
+async def test_an_action_creates_automations_in_its_own_commit(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    await store.create_automation(auto("held", unique="k"))
+    result = await store.commit(Changes(
+        save=SessionSave("s1", '{"v":2}', 1),
+        new_automations=[AutomationStart(auto("a1", session="s1"), [NewStep("st1", "start")]),
+                         AutomationStart(auto("a2", unique="k"), [NewStep("st2", "start")], [NewMessage("m1", "email")])],
+        messages=[NewMessage("m2", "hello", automation_id="a1")]))  # the rest of the commit sees it
+    assert result.version == 2 and list(result.automations) == [("a1", True), ("held", False)]
+    a1 = await store.get_automation("a1")
+    assert a1 is not None and a1.session_id == "s1" and a1.wake_at == clock.now
+    assert [m.id for m in await store.automation_messages("a1")] == ["m2"]
+    assert [m.id for m in await store.automation_messages("held")] == ["m1"]  # create_on_message, unique held
+    assert await store.get_automation("a2") is None
+    # an action whose commit is refused creates nothing
+    with pytest.raises(VersionConflict):
+        await store.commit(Changes(save=SessionSave("s1", "{}", 1), new_automations=[AutomationStart(auto("a3"))]))
+    assert await store.get_automation("a3") is None
+    with pytest.raises(NotFound):
+        await store.commit(Changes(new_automations=[AutomationStart(auto("a4", session="gone"))]))
 
 
 async def test_twenty_racing_creates_from_two_stores_give_one_row(make_store: Callable[[Clock], Store], clock: Clock) -> None:
@@ -415,3 +444,30 @@ async def test_automation_ids_and_json_travel_unchanged(store: Store) -> None:
     data = json.dumps({"text": "é ✓", "nested": {"list": [1, 2.5, None]}})
     rec, _ = await store.create_automation(auto("a1", data=data), [NewStep("st1", "start", result='{"x":"\\u00e9"}')])
     assert rec.data == data and (await store.automation_history("a1"))[0].result == '{"x":"\\u00e9"}'
+
+
+async def test_mail_queues_email_messages_with_its_delivery_once(store: Store, clock: Clock) -> None:
+    await store.create_session("s1", "iv", "{}", "{}")
+    rec, _ = await store.create_automation(auto("a1", session="s1"))
+    assert rec.wake_at is None
+    raw = b"Subject: reply\r\n\r\nyes\r\n"
+    sha = hashlib.sha256(raw).hexdigest()
+
+    def email(email_id: str, message_id: str) -> NewEmail:
+        return NewEmail(email_id, "box", "s1", "<r@x>", f"<r@x>\0{sha}", "{}", "{}", "{}", None,
+                        NewEvent("s1", "email", "{}"),
+                        [NewMessage(message_id, "email", automation_id="a1", token="docs", data='{"email":1}')])
+
+    new, _ = await store.deliver(Delivery(sha, raw, [email("e1", "m1")]))
+    assert new == ["e1"] and (await store.get_automation("a1")).wake_at == clock.now  # type: ignore[union-attr]
+    new, _ = await store.deliver(Delivery(sha, raw, [email("e2", "m2")]))  # the same message again
+    assert new == []
+    # through the inbound queue: the message is queued in the transaction that leaves the queue
+    await store.enqueue_inbound(NewInbound("q1", hashlib.sha256(b"x").hexdigest(), b"x", "{}"))
+    [entry] = await store.claim_inbound("p1", 1, lease=30)
+    other = hashlib.sha256(b"x").hexdigest()
+    await store.deliver_inbound(InboundDelivery(entry.id, "p1", [NewEmail(
+        "e3", "box", "s1", "<q@x>", f"<q@x>\0{other}", "{}", "{}", "{}", None, NewEvent("s1", "email", "{}"),
+        [NewMessage("m3", "email", automation_id="a1", token="docs")])]))
+    assert [(m.id, m.token, m.state) for m in await store.automation_messages("a1")] == [
+        ("m1", "docs", "queued"), ("m3", "docs", "queued")]

@@ -20,6 +20,7 @@ import asyncpg
 from mailgate.errors import AutomationFenced, InteractionClosed, MailgateError, NotFound
 from mailgate.store.base import (
     AutomationRecord,
+    AutomationStart,
     Changes,
     ClaimedAutomation,
     JournalRecord,
@@ -58,6 +59,8 @@ def automations_json(ch: Changes) -> dict[str, Any]:
         out["automations"] = [dataclasses.asdict(u) for u in ch.automations]
     if ch.messages:
         out["messages"] = _json(ch.messages)
+    if ch.new_automations:
+        out["new_automations"] = [dataclasses.asdict(a) for a in ch.new_automations]
     return out
 
 
@@ -104,42 +107,16 @@ class PgAutomations:
 
     async def create_automation(self, new: NewAutomation, steps: Sequence[NewStep] = (),
                                 messages: Sequence[NewMessage] = ()) -> tuple[AutomationRecord, bool]:
+        start = json.dumps(dataclasses.asdict(AutomationStart(new, steps, messages)), separators=(",", ":"))
+
         async def run(conn: asyncpg.Connection) -> tuple[AutomationRecord, bool]:
             async with conn.transaction():
-                now = float(await conn.fetchval("SELECT mailgate_now($1)", self._t()))
-                wake = new.wake_at if new.wake_at is not None else (now if steps or messages else None)
-                if new.session_id is not None and not await conn.fetchval(
-                        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)", new.session_id):
-                    raise NotFound(f"no session {new.session_id!r} to bind automation {new.cls} to")
-                row = await conn.fetchrow(
-                    "INSERT INTO automations (id, cls, session_id, state, data, version, unique_key, key, owner, wake_at, "
-                    "created_at, updated_at) VALUES ($1, $2, $3, 'running', $4, 1, $5, $6, $7, $8, $9, $9) "
-                    f"ON CONFLICT (cls, unique_key) WHERE state = 'running' DO NOTHING RETURNING {AUTOMATION_COLS}",
-                    new.id, new.cls, new.session_id, new.data, new.unique_key, new.key, new.owner, wake, now)
-                created = row is not None
-                if created:
-                    await conn.execute("SELECT mailgate_insert_steps($1, $2::jsonb, $3)", new.id,
-                                       json.dumps(_json(steps)), now)
-                    target = new.id
-                    if wake is not None and wake <= now:
-                        await conn.execute("SELECT pg_notify('mailgate_automations', '')")
-                else:
-                    row = await conn.fetchrow(f"SELECT {AUTOMATION_COLS} FROM automations WHERE cls = $1 "
-                                              "AND unique_key = $2 AND state = 'running'", new.cls, new.unique_key)
-                    if row is None:  # it ended between the conflict and this read: a new one may start
-                        raise _Retry()
-                    target = row["id"]
-                if messages:
-                    await conn.execute("SELECT mailgate_send_messages($1::jsonb, $2)", _messages_json(
-                        [dataclasses.replace(m, automation_id=target, broadcast_class=None) for m in messages]), now)
-                    row = await conn.fetchrow(f"SELECT {AUTOMATION_COLS} FROM automations WHERE id = $1", target)
-                return AutomationRecord(*row), created
+                outcome = json.loads(await conn.fetchval("SELECT mailgate_start_automation($1::jsonb, mailgate_now($2))",
+                                                         start, self._t()))
+                row = await conn.fetchrow(f"SELECT {AUTOMATION_COLS} FROM automations WHERE id = $1", outcome["id"])
+            return AutomationRecord(*row), bool(outcome["created"])
 
-        while True:
-            try:
-                return await self._call(run)
-            except _Retry:
-                continue
+        return await self._call(run)
 
     async def claim_automations(self, holder: str, limit: int, lease: float) -> list[ClaimedAutomation]:
         async def run(conn: asyncpg.Connection) -> list[ClaimedAutomation]:
@@ -337,7 +314,3 @@ class PgAutomations:
         rows = await self._fetch(f"SELECT {JOURNAL_COLS} FROM automation_journal WHERE step_id = $1 AND call_index = $2",
                                  step_id, call_index)
         return JournalRecord(*rows[0]) if rows else None
-
-
-class _Retry(Exception):
-    """The running automation a unique conflict named ended before it could be read: try again."""

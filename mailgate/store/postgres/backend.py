@@ -133,7 +133,7 @@ def _emails_json(emails: Sequence[NewEmail]) -> list[dict[str, Any]]:
     return [{
         "id": e.id, "local_part": e.local_part, "session_id": e.session_id, "message_id": _text(e.message_id),
         "dedupe": _text(e.dedupe), "envelope": e.envelope, "parsed": e.parsed, "authentication": e.authentication,
-        "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event])),
+        "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event], messages=e.messages)),
     } for e in emails]
 
 
@@ -346,7 +346,8 @@ class PgStore(PgAutomations, Store):
                 continue
             events = tuple(EventRecord(int(i), e.session_id, e.kind, e.payload, now)
                            for i, e in zip(result["events"], ch.events, strict=True))
-            out.append(CommitResult(version=result["version"], events=events))
+            started = tuple((str(a["id"]), bool(a["created"])) for a in result.get("automations", ()))
+            out.append(CommitResult(version=result["version"], events=events, automations=started))
         return out
 
     # -- leases ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from mailgate.errors import AutomationFenced, InteractionClosed, MailgateError, 
 from mailgate.store.base import (
     ENDED_AUTOMATION_STATES,
     AutomationRecord,
+    AutomationStart,
     AutomationUpdate,
     Changes,
     ClaimedAutomation,
@@ -75,6 +76,33 @@ def insert_messages(conn: sqlite3.Connection, messages: Sequence[NewMessage], no
     return out
 
 
+def start_automation(conn: sqlite3.Connection, start: AutomationStart, now: float) -> tuple[AutomationRecord, bool]:
+    """Create an automation with its first steps and messages, or (unique key held by a running one)
+    queue the messages to that one; (the automation, created)."""
+    new, steps, messages = start.automation, start.steps, start.messages
+    wake = new.wake_at if new.wake_at is not None else (now if steps or messages else None)
+    if new.session_id is not None and conn.execute("SELECT 1 FROM sessions WHERE id = ?", (new.session_id,)).fetchone() is None:
+        raise NotFound(f"no session {new.session_id!r} to bind automation {new.cls} to")
+    row = conn.execute(
+        "INSERT INTO automations (id, cls, session_id, state, data, version, unique_key, key, owner, wake_at, "
+        "created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?) "
+        f"ON CONFLICT (cls, unique_key) WHERE state = 'running' DO NOTHING RETURNING {AUTOMATION_COLS}",
+        (new.id, new.cls, new.session_id, new.data, new.unique_key, new.key, new.owner, wake, now, now),
+    ).fetchone()
+    created = row is not None
+    if created:
+        insert_steps(conn, new.id, steps, now)
+        target = new.id
+    else:  # one writer at a time (BEGIN IMMEDIATE): the running one cannot end meanwhile
+        row = conn.execute(f"SELECT {AUTOMATION_COLS} FROM automations WHERE cls = ? AND unique_key = ? "
+                           "AND state = 'running'", (new.cls, new.unique_key)).fetchone()
+        target = row[0]
+    if messages:
+        insert_messages(conn, [NewMessage(m.id, m.message, target, None, m.token, m.data, m.sender) for m in messages], now)
+        row = conn.execute(f"SELECT {AUTOMATION_COLS} FROM automations WHERE id = ?", (target,)).fetchone()
+    return AutomationRecord(*row), created
+
+
 def _fenced(conn: sqlite3.Connection, u: AutomationUpdate) -> AutomationFenced:
     """The precise refusal of an update whose fence did not hold."""
     row = conn.execute("SELECT version, claim_holder, state FROM automations WHERE id = ?", (u.automation_id,)).fetchone()
@@ -87,10 +115,11 @@ def _fenced(conn: sqlite3.Connection, u: AutomationUpdate) -> AutomationFenced:
                             "lapsed and was taken over or released); nothing was saved")
 
 
-def apply_automations(conn: sqlite3.Connection, ch: Changes, now: float) -> bool:
-    """The automation part of a commit: each update fenced (the whole commit is refused with
-    AutomationFenced when one does not hold), then the messages sent. True if anything may have
-    become due (the doorbell rings)."""
+def apply_automations(conn: sqlite3.Connection, ch: Changes, now: float) -> list[tuple[str, bool]]:
+    """The automation part of a commit: the new automations, each update fenced (the whole commit
+    is refused with AutomationFenced when one does not hold), then the messages sent. Returns
+    (id, created) per new automation."""
+    started = [start_automation(conn, start, now) for start in ch.new_automations]
     for u in ch.automations:
         ended = u.state in ENDED_AUTOMATION_STATES
         cur = conn.execute(
@@ -136,7 +165,7 @@ def apply_automations(conn: sqlite3.Connection, ch: Changes, now: float) -> bool
             conn.execute("UPDATE automations SET wake_at = ? WHERE id = ? AND EXISTS (SELECT 1 FROM automation_messages "
                          "WHERE automation_id = ? AND state = 'queued')", (now, u.automation_id, u.automation_id))
     insert_messages(conn, ch.messages, now)
-    return bool(ch.automations or ch.messages)
+    return [(rec.id, created) for rec, created in started]
 
 
 def delete_session_automations(conn: sqlite3.Connection, session_id: str) -> None:
@@ -189,32 +218,8 @@ class SqliteAutomations:
     async def create_automation(self, new: NewAutomation, steps: Sequence[NewStep] = (),
                                 messages: Sequence[NewMessage] = ()) -> tuple[AutomationRecord, bool]:
         now = self.now()
-        wake = new.wake_at if new.wake_at is not None else (now if steps or messages else None)
-
-        def unit(conn: sqlite3.Connection) -> tuple[AutomationRecord, bool]:
-            if new.session_id is not None and conn.execute("SELECT 1 FROM sessions WHERE id = ?", (new.session_id,)).fetchone() is None:
-                raise NotFound(f"no session {new.session_id!r} to bind automation {new.cls} to")
-            row = conn.execute(
-                "INSERT INTO automations (id, cls, session_id, state, data, version, unique_key, key, owner, wake_at, "
-                "created_at, updated_at) VALUES (?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?) "
-                f"ON CONFLICT (cls, unique_key) WHERE state = 'running' DO NOTHING RETURNING {AUTOMATION_COLS}",
-                (new.id, new.cls, new.session_id, new.data, new.unique_key, new.key, new.owner, wake, now, now),
-            ).fetchone()
-            created = row is not None
-            if created:
-                insert_steps(conn, new.id, steps, now)
-                target = new.id
-            else:
-                row = conn.execute(f"SELECT {AUTOMATION_COLS} FROM automations WHERE cls = ? AND unique_key = ? "
-                                   "AND state = 'running'", (new.cls, new.unique_key)).fetchone()
-                target = row[0]
-            if messages:
-                insert_messages(conn, [NewMessage(m.id, m.message, target, None, m.token, m.data, m.sender)
-                                       for m in messages], now)
-                row = conn.execute(f"SELECT {AUTOMATION_COLS} FROM automations WHERE id = ?", (target,)).fetchone()
-            return AutomationRecord(*row), created
-
-        result = await self._writer.submit(unit)
+        start = AutomationStart(new, steps, messages)
+        result = await self._writer.submit(lambda conn: start_automation(conn, start, now))
         self._ring_automations()
         return result
 

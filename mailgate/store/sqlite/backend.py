@@ -252,7 +252,7 @@ class SqliteStore(SqliteAutomations, Store):
     async def commit(self, changes: Changes) -> CommitResult:
         now = self.now()
         result: CommitResult = await self._writer.submit(lambda conn: _apply_changes(conn, changes, now))
-        if changes.automations or changes.messages:
+        if changes.automations or changes.messages or changes.new_automations:
             self._ring_automations()
         cache = self._cache
         if cache is not None:
@@ -515,7 +515,10 @@ class SqliteStore(SqliteAutomations, Store):
             _insert_raw(conn, delivery.sha256, delivery.raw)
             return _insert_emails(conn, delivery.emails, delivery.sha256, len(delivery.raw), now, now)
 
-        return await self._writer.submit(unit)
+        result = await self._writer.submit(unit)
+        if any(e.messages for e in delivery.emails):
+            self._ring_automations()
+        return result
 
     # -- the inbound queue ---------------------------------------------------------------------------
     async def enqueue_inbound(self, entry: NewInbound) -> float:
@@ -558,7 +561,10 @@ class SqliteStore(SqliteAutomations, Store):
             conn.execute("DELETE FROM inbound_queue WHERE seq = ?", (seq,))
             return result
 
-        return await self._writer.submit(unit)
+        delivered = await self._writer.submit(unit)
+        if any(e.messages for e in delivery.emails):
+            self._ring_automations()
+        return delivered
 
     async def release_inbound(self, worker: str, entry_ids: Sequence[str]) -> None:
         if not entry_ids:
@@ -816,7 +822,8 @@ def _insert_emails(conn: sqlite3.Connection, emails: Sequence[NewEmail], sha256:
         if cur.rowcount != 1:
             continue  # a duplicate: already stored (and its task queued) once
         new_ids.append(e.id)
-        events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event]), now).events)
+        events.extend(_apply_changes(conn, Changes(new_tasks=[e.task] if e.task else (), events=[e.event],
+                                                   messages=e.messages), now).events)
     return new_ids, events
 
 
@@ -864,8 +871,9 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
     guard_in_save = ch.save is not None and ch.unleased == (ch.save.session_id, ch.save.expected_version)
     if ch.unleased is not None and not guard_in_save:
         _check_unleased(conn, *ch.unleased, now)
-    if ch.automations or ch.messages:
-        apply_automations(conn, ch, now)
+    started: list[tuple[str, bool]] = []
+    if ch.automations or ch.messages or ch.new_automations:
+        started = apply_automations(conn, ch, now)
     if ch.finish is not None:
         f = ch.finish
         cur = conn.execute(
@@ -919,5 +927,5 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
         )
     if ch.release_lease is not None:
         conn.execute("DELETE FROM session_leases WHERE session_id = ? AND holder = ?", ch.release_lease)
-    return CommitResult(version=version, events=tuple(events))
+    return CommitResult(version=version, events=tuple(events), automations=tuple(started))
 

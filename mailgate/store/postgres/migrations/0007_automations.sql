@@ -124,6 +124,54 @@ BEGIN
     END IF;
 END $$;
 
+-- Create an automation with its first steps and messages; when a running one of its class holds its
+-- unique key, queue the messages to that one instead. Returns {"id": the automation's, "created": bool}.
+CREATE FUNCTION mailgate_start_automation(x jsonb, t_now double precision) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    a jsonb := x->'automation';
+    wake double precision;
+    target text;
+    created boolean;
+BEGIN
+    wake := COALESCE((a->>'wake_at')::double precision,
+                     CASE WHEN jsonb_array_length(COALESCE(x->'steps', '[]')) > 0
+                            OR jsonb_array_length(COALESCE(x->'messages', '[]')) > 0 THEN t_now END);
+    IF a->>'session_id' IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sessions WHERE id = a->>'session_id') THEN
+        RAISE EXCEPTION USING ERRCODE = 'MG003', MESSAGE = format(
+            'no session %L to bind automation %s to', a->>'session_id', a->>'cls');
+    END IF;
+    LOOP  -- again only when the running one ended between the conflict and the read
+        INSERT INTO automations (id, cls, session_id, state, data, version, unique_key, key, owner, wake_at,
+                                 created_at, updated_at)
+        VALUES (a->>'id', a->>'cls', a->>'session_id', 'running', a->>'data', 1, a->>'unique_key', a->>'key',
+                a->>'owner', wake, t_now, t_now)
+        ON CONFLICT (cls, unique_key) WHERE state = 'running' DO NOTHING
+        RETURNING id INTO target;
+        IF FOUND THEN
+            created := true;
+            EXIT;
+        END IF;
+        SELECT id INTO target FROM automations
+        WHERE cls = a->>'cls' AND unique_key = a->>'unique_key' AND state = 'running';
+        IF FOUND THEN
+            created := false;
+            EXIT;
+        END IF;
+    END LOOP;
+    IF created THEN
+        PERFORM mailgate_insert_steps(target, x->'steps', t_now);
+    END IF;
+    IF jsonb_array_length(COALESCE(x->'messages', '[]')) > 0 THEN
+        PERFORM mailgate_send_messages((
+            SELECT jsonb_agg(m || jsonb_build_object('automation_id', target, 'broadcast_class', NULL) ORDER BY n)
+            FROM jsonb_array_elements(x->'messages') WITH ORDINALITY AS e(m, n)), t_now);
+    ELSIF created AND wake <= t_now THEN
+        PERFORM pg_notify('mailgate_automations', '');
+    END IF;
+    RETURN jsonb_build_object('id', target, 'created', created);
+END $$;
+
 -- The automation part of one Changes: each update fenced by version and claim holder (MG004 refuses
 -- the whole Changes), its steps, messages consumed and journal; then the messages sent.
 CREATE FUNCTION mailgate_apply_automations(c jsonb, t_now double precision) RETURNS void
@@ -212,7 +260,12 @@ CREATE FUNCTION mailgate_apply(c jsonb, t_now double precision) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     outcome jsonb;
+    x jsonb;
+    started jsonb := '[]';
 BEGIN
+    FOR x IN SELECT value FROM jsonb_array_elements(COALESCE(c->'new_automations', '[]')) LOOP
+        started := started || jsonb_build_array(mailgate_start_automation(x, t_now));
+    END LOOP;
     IF c ? 'automations' OR c ? 'messages' THEN
         PERFORM mailgate_apply_automations(c, t_now);
     END IF;
@@ -221,6 +274,9 @@ BEGIN
         UPDATE tasks k SET automation_id = x.automation_id
         FROM jsonb_to_recordset(c->'new_tasks') AS x(id text, automation_id text)
         WHERE x.automation_id IS NOT NULL AND k.id = x.id;
+    END IF;
+    IF jsonb_array_length(started) > 0 THEN
+        outcome := outcome || jsonb_build_object('automations', started);
     END IF;
     RETURN outcome;
 END $$;
