@@ -399,7 +399,10 @@ class AutomationUpdate:
     ``expected_version`` and (``holder`` given) still claimed by ``holder``; else the whole
     ``Changes`` is refused with :class:`~mailgate.errors.AutomationFenced`.
 
-    ``data`` None keeps the stored data. The claim is released unless ``keep_claim``.
+    ``data`` None keeps the stored data. The claim is released unless ``keep_claim`` (a commit in
+    the middle of a run, e.g. a journal row right after ``send_email``): then ``wake_at`` None keeps
+    the stored due time, so that if the runner dies the automation is claimed again once its lease
+    lapses. A journal row already recorded for its (step, call index) is kept: the first result wins.
     """
 
     automation_id: str

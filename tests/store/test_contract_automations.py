@@ -471,3 +471,24 @@ async def test_mail_queues_email_messages_with_its_delivery_once(store: Store, c
         [NewMessage("m3", "email", automation_id="a1", token="docs")])]))
     assert [(m.id, m.token, m.state) for m in await store.automation_messages("a1")] == [
         ("m1", "docs", "queued"), ("m3", "docs", "queued")]
+
+
+async def test_a_commit_mid_run_keeps_the_claim_and_the_due_time(store: Store, clock: Clock) -> None:
+    rec, _ = await store.create_automation(auto("a1"), [NewStep("st1", "start")])
+    [claim] = await store.claim_automations("r1", 1, lease=30)
+    # right after send_email: the journal row, the claim kept, the step still running
+    await store.commit(run("a1", rec.version, "r1", keep_claim=True,
+                           steps_finished=[StepUpdate("st1", "running", attempts=1)],
+                           journal=[JournalEntry("st1", 0, "send_email", '{"message_id":"<1@x>"}')]))
+    mid = await store.get_automation("a1")
+    assert mid is not None and mid.claim_holder == "r1" and mid.wake_at == claim.automation.wake_at
+    assert await store.claim_automations("r2", 1, lease=30) == []  # still r1's
+    clock.now += 31  # r1 died: its lease lapses and the automation is due again
+    [again] = await store.claim_automations("r2", 1, lease=30)
+    assert again.automation.version == rec.version + 1 and [(s.id, s.attempts) for s in again.steps] == [("st1", 1)]
+    journal = await store.journal_entry("st1", 0)
+    assert journal is not None and journal.result == '{"message_id":"<1@x>"}'  # the re-run reads it, sends nothing
+    await store.commit(run("a1", again.automation.version, "r2", state="finished",
+                           steps_finished=[StepUpdate("st1", "done", message="OK", attempts=2)],
+                           journal=[JournalEntry("st1", 0, "send_email", '{"message_id":"<2@x>"}')]))
+    assert (await store.journal_entry("st1", 0)).result == '{"message_id":"<1@x>"}'  # type: ignore[union-attr]

@@ -227,7 +227,8 @@ BEGIN
         ended := u->>'state' IN ('finished', 'failed', 'killed');
         keep := COALESCE((u->>'keep_claim')::boolean, false);
         UPDATE automations SET state = u->>'state', data = COALESCE(u->>'data', data), version = version + 1,
-            wake_at = CASE WHEN ended THEN NULL ELSE (u->>'wake_at')::double precision END, updated_at = t_now,
+            wake_at = CASE WHEN ended THEN NULL WHEN keep AND u->>'wake_at' IS NULL THEN wake_at
+                           ELSE (u->>'wake_at')::double precision END, updated_at = t_now,
             finished_at = CASE WHEN ended THEN t_now END,
             claim_holder = CASE WHEN keep THEN claim_holder END, claim_until = CASE WHEN keep THEN claim_until END
         WHERE id = aid AND version = (u->>'expected_version')::integer
@@ -273,7 +274,8 @@ BEGIN
         END LOOP;
         INSERT INTO automation_journal
         SELECT x.step_id, x.call_index, x.kind, x.result, t_now
-        FROM jsonb_to_recordset(COALESCE(u->'journal', '[]')) AS x(step_id text, call_index integer, kind text, result text);
+        FROM jsonb_to_recordset(COALESCE(u->'journal', '[]')) AS x(step_id text, call_index integer, kind text, result text)
+        ON CONFLICT (step_id, call_index) DO NOTHING;
         IF ended THEN  -- messages that arrived during its last run: it will never read them
             UPDATE automation_messages SET state = 'dropped', delivered_at = t_now WHERE automation_id = aid AND state = 'queued';
         ELSE  -- a message queued while it ran keeps it due
