@@ -702,5 +702,10 @@ class Store(abc.ABC):
         """Automations by state (every state present, zero included), for metrics and the CLI."""
 
     @abc.abstractmethod
+    async def automation_backlog(self) -> tuple[int, float | None]:
+        """Running automations due now (``wake_at <= now``, claimed ones included) and the oldest due
+        time among them (None: none due), read through the timer index only: the metrics' due backlog."""
+
+    @abc.abstractmethod
     async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:
         """The recorded effect of a step's ``call_index``-th journaled call, if it committed."""

@@ -178,10 +178,12 @@ async def test_two_stores_claiming_at_once_never_get_the_same_automation(make_st
 async def test_claim_due_ones_with_lease_heartbeat_release_and_takeover(store: Store, clock: Clock) -> None:
     for i in range(4):
         await store.create_automation(auto(f"a{i}"), [NewStep(f"s{i}", "start")])
+    clock.now += 2
+    assert await store.automation_backlog() == (4, clock.now - 2)
     later = NewAutomation("late", "app.Flow", None, "{}", "key-late", "{}", wake_at=clock.now + 100)
     await store.create_automation(later, [NewStep("sl", "wait", wake_at=clock.now + 100)])
     await store.create_automation(auto("idle"))  # no step, no message: nothing due
-    assert await store.next_wake() == clock.now
+    assert await store.next_wake() == clock.now - 2
     got = await store.claim_automations("r1", 3, lease=30)
     assert [c.automation.id for c in got] == ["a0", "a1", "a2"]
     assert all(c.automation.claim_holder == "r1" and c.automation.claim_until == clock.now + 30 for c in got)
@@ -194,6 +196,7 @@ async def test_claim_due_ones_with_lease_heartbeat_release_and_takeover(store: S
     clock.now += 15  # r1's a1, a2 lapsed; a0 renewed; a3 due again
     taken = await store.claim_automations("r3", 10, lease=30)
     assert sorted(c.automation.id for c in taken) == ["a1", "a2", "a3"]
+    assert await store.automation_backlog() == (4, clock.now - 37)  # a0..a3 (claimed or not), not "late" yet
     clock.now += 100  # every claim lapsed; "late" is due now
     assert sorted(c.automation.id for c in await store.claim_automations("r4", 10, lease=30)) == ["a0", "a1", "a2", "a3", "late"]
     assert await store.next_wake() is not None

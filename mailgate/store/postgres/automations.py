@@ -299,6 +299,11 @@ class PgAutomations:
         counts.update({r[0]: int(r[1]) for r in await self._fetch("SELECT state, COUNT(*) FROM automations GROUP BY state")})
         return counts
 
+    async def automation_backlog(self) -> tuple[int, float | None]:
+        row = (await self._fetch("SELECT COUNT(*), MIN(wake_at) FROM automations WHERE state = 'running' "
+                                 "AND wake_at <= mailgate_now($1)", self._t()))[0]
+        return int(row[0]), float(row[1]) if row[1] is not None else None
+
     async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:
         rows = await self._fetch(f"SELECT {JOURNAL_COLS} FROM automation_journal WHERE step_id = $1 AND call_index = $2",
                                  step_id, call_index)

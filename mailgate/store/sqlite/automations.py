@@ -415,6 +415,11 @@ class SqliteAutomations:
             "SELECT state, COUNT(*) FROM automations GROUP BY state")})
         return counts
 
+    async def automation_backlog(self) -> tuple[int, float | None]:
+        rows = await self._read("SELECT COUNT(*), MIN(wake_at) FROM automations INDEXED BY automations_wake "
+                                "WHERE state = 'running' AND wake_at <= ?", (self.now(),))
+        return int(rows[0][0]), float(rows[0][1]) if rows[0][1] is not None else None
+
     async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:
         rows = await self._read(f"SELECT {JOURNAL_COLS} FROM automation_journal WHERE step_id = ? AND call_index = ?",
                                 (step_id, call_index))
