@@ -20,11 +20,10 @@ by the core under a key only its secret carries.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from mailgate.errors import ConfigError, LeaseLost
 from mailgate.store.base import (
@@ -50,6 +49,8 @@ from mailgate.store.base import (
     TaskFinish,
     TaskRecord,
 )
+from mailgate.store.sealed_automations import AUTOMATION_SEALED, SealedAutomations
+from mailgate.store.sealed_automations import replace_record as _with
 from mailgate.store.sealing import (
     BYTES_PREFIX,
     NONCE,
@@ -60,7 +61,6 @@ from mailgate.store.sealing import (
     text_key_id,
 )
 
-T = TypeVar("T")
 INDEX_KEY = "store.index_key"  # the settings row holding the (sealed) key of the keyed hashes
 SHA_HEX = 64  # a content hash in hex, kept in front of a sealed row's envelope
 CLAIMS_KEPT = 100_000  # queued messages remembered as claimed here (a processor claims a few at a time)
@@ -76,18 +76,8 @@ SEALED: dict[str, tuple[str, tuple[str, ...]]] = {
     "emails": ("id", ("message_id", "envelope", "parsed", "authentication")),
     "inbound_queue": ("id", ("envelope",)),
     "settings": ("name", ("value",)),
+    **AUTOMATION_SEALED,
 }
-
-
-def _with(record: T, **changes: Any) -> T:
-    """``dataclasses.replace`` for the store's frozen records, at a fraction of its cost (it runs on
-    every read and write of a sealed value); records without a ``__dict__`` take the slow way."""
-    if not hasattr(record, "__dict__"):
-        return dataclasses.replace(record, **changes)  # type: ignore[type-var]
-    new = object.__new__(type(record))
-    new.__dict__.update(record.__dict__)
-    new.__dict__.update(changes)
-    return new
 
 
 def aad(table: str, column: str, row: str) -> str:
@@ -101,7 +91,7 @@ def raw_aad(content_hash: str) -> str:
     return f"raw\x00{content_hash}"
 
 
-class SealedStore(Store):
+class SealedStore(SealedAutomations, Store):
     """``inner`` with answers and mail sealed under ``keyring``. Attributes it does not define (a
     backend's own, such as ``path``) are the inner store's."""
 
@@ -257,7 +247,8 @@ class SealedStore(Store):
             e, dedupe=await self._hash(e.dedupe), message_id=self._seal_opt("emails", "message_id", e.id, e.message_id),
             envelope=self._pack("emails", e.id, sha256, e.envelope), parsed=self._seal("emails", "parsed", e.id, e.parsed),
             authentication=self._seal("emails", "authentication", e.id, e.authentication),
-            task=None if e.task is None else self._new_task(e.task), event=self._new_event(e.event))
+            task=None if e.task is None else self._new_task(e.task), event=self._new_event(e.event),
+            messages=self._new_messages(e.messages))
 
     def _lost(self, lost: LostTaskEvents) -> LostTaskEvents:
         return lambda task: [self._new_event(e) for e in lost(self._task(task))]
@@ -277,6 +268,9 @@ class SealedStore(Store):
 
     def watch_inbound(self, wake: Callable[[], None]) -> None:
         self.inner.watch_inbound(wake)
+
+    def watch_automations(self, wake: Callable[[], None]) -> None:
+        self.inner.watch_automations(wake)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -325,7 +319,10 @@ class SealedStore(Store):
             new_tasks=[self._new_task(t) for t in changes.new_tasks],
             events=[e for _, e in events],
             finish=None if changes.finish is None else self._finish(changes.finish),
-            mailboxes=[self._new_mailbox(m) for m in changes.mailboxes])
+            mailboxes=[self._new_mailbox(m) for m in changes.mailboxes],
+            new_automations=[await self._start(s) for s in changes.new_automations],
+            automations=[self._update(u) for u in changes.automations],
+            messages=self._new_messages(changes.messages))
         result = await self.inner.commit(sealed)
         if changes.delete_session is not None:
             self._forget(changes.delete_session)
