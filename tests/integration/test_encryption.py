@@ -31,7 +31,20 @@ from mailgate.edges.cli.main import main
 from mailgate.errors import ConfigError
 from mailgate.mail.auth import StaticResolver
 from mailgate.store import open_store, rekey
-from mailgate.store.base import InboundDelivery, NewEmail, NewEvent, NewInbound
+from mailgate.store.base import (
+    AutomationUpdate,
+    Changes,
+    Delivery,
+    InboundDelivery,
+    JournalEntry,
+    MessageDone,
+    NewAutomation,
+    NewEmail,
+    NewEvent,
+    NewInbound,
+    NewMessage,
+    NewStep,
+)
 from tests.helpers import config_toml, make_config, queue_processed, runtime_of, wait_until
 from tests.pg import create_database, drop_database, run_async
 
@@ -350,3 +363,69 @@ async def _queued_message_through_a_rekey(clear: Config, on: Config) -> None:
 
 def test_a_queued_message_held_by_a_processor_is_left_for_the_next_rekey(base: Config) -> None:
     run_async(_queued_message_through_a_rekey(base, keyed(base, K1)))
+
+
+AUTO_DATA, STEP_RESULT, MSG_DATA, MSG_TOKEN = "Gooseberry-data-6n4c", "Fjord-result-8s2k", "Lantern-message-1v9b", "Walnut-token-3j5e"
+MAIL_TOKEN, MAIL_DATA = "Cormorant-mailbox-key-8f1h", "Tundra-email-message-2c7n"
+SENDER, JOURNAL, SUBMITTER, OWNER = "Saffron-sender-2w7y", "Basalt-journal-5q1m", "Heron-submitter-9t3d", "Juniper-owner-4x6p"
+UNIQUE_VALUE = "someone@example.test"  # a guessable unique field: its SHA-256 must not be at rest either
+CLEAR_CLASS, CLEAR_NODE = "app.Clearclass8u3n", "clearnode_7r2g"  # kept clear on purpose: the search's control
+
+
+async def _automations_sealed(config: Config) -> None:
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        unique = hashlib.sha256(json.dumps([["email", UNIQUE_VALUE]]).encode()).hexdigest()
+        owner = json.dumps({"id": OWNER})
+        await store.create_session("s1", "iv", "{}", "{}")
+        rec, created = await store.create_automation(
+            NewAutomation("a1", CLEAR_CLASS, "s1", json.dumps({"note": AUTO_DATA}), "key-a1", owner, unique_key=unique),
+            [NewStep("st1", CLEAR_NODE, state="interaction")],
+            [NewMessage("m1", "hello", token=MSG_TOKEN, data=json.dumps({"text": MSG_DATA}), sender=json.dumps(SENDER))])
+        assert created and rec.data == json.dumps({"note": AUTO_DATA}) and rec.owner == owner
+        again, created = await store.create_automation(NewAutomation("a2", CLEAR_CLASS, None, "{}", "key-a2", "{}",
+                                                                     unique_key=unique))
+        assert (again.id, created) == ("a1", False)  # the unique rule holds on the keyed hash
+        assert rec.unique_key != unique
+        await store.submit_interaction("a1", "st1", rec.version, submitted_by=json.dumps({"id": SUBMITTER}),
+                                       data=json.dumps({"note": AUTO_DATA, "more": 1}), result=json.dumps(STEP_RESULT))
+        [claimed] = await store.claim_automations("runner", 1, 30)
+        assert [m.data for m in claimed.messages] == [json.dumps({"text": MSG_DATA})]
+        assert claimed.messages[0].token == MSG_TOKEN and claimed.messages[0].sender == json.dumps(SENDER)
+        await store.commit(Changes(
+            automations=[AutomationUpdate("a1", claimed.automation.version, "runner", data=json.dumps({"note": AUTO_DATA}),
+                                          steps_opened=[NewStep("st2", CLEAR_NODE, state="running")],
+                                          messages_done=[MessageDone("m1", result=json.dumps(STEP_RESULT))],
+                                          journal=[JournalEntry("st2", 0, "send_email", json.dumps(JOURNAL))],
+                                          keep_claim=True)],
+            messages=[NewMessage("m2", "again", automation_id="a1", data=json.dumps({"text": MSG_DATA}))]))
+        raw = b"Subject: reply\r\n\r\nyes\r\n"
+        sha = hashlib.sha256(raw).hexdigest()
+        await store.deliver(Delivery(sha, raw, [NewEmail(
+            "e1", "box", "s1", "<r@x>", f"<r@x>\0{sha}", "{}", "{}", "{}", None, NewEvent("s1", "email", "{}"),
+            [NewMessage("m3", "email", automation_id="a1", token=MAIL_TOKEN, data=json.dumps({"text": MAIL_DATA}))])]))
+        assert CLEAR_CLASS in found(config, CLEAR_CLASS, CLEAR_NODE) and CLEAR_NODE in found(config, CLEAR_NODE)
+        assert found(config, AUTO_DATA, STEP_RESULT, MSG_DATA, MSG_TOKEN, SENDER, JOURNAL, SUBMITTER, OWNER,
+                     UNIQUE_VALUE, unique, MAIL_TOKEN, MAIL_DATA) == []
+        # read back, in clear, through every read
+        got = await store.get_automation("a1")
+        assert got is not None and json.loads(got.data) == {"note": AUTO_DATA} and got.owner == owner
+        assert (await store.get_automation_by_key("key-a1")) == got == (await store.list_automations())[0]
+        steps = await store.automation_history("a1")
+        assert [(s.node, s.result, s.submitted_by) for s in steps] == [
+            (CLEAR_NODE, json.dumps(STEP_RESULT), json.dumps({"id": SUBMITTER})), (CLEAR_NODE, None, None)]
+        msgs = await store.automation_messages("a1")
+        assert [(m.id, m.token, m.data, m.result) for m in msgs] == [
+            ("m1", MSG_TOKEN, json.dumps({"text": MSG_DATA}), json.dumps(STEP_RESULT)),
+            ("m2", None, json.dumps({"text": MSG_DATA}), None),
+            ("m3", MAIL_TOKEN, json.dumps({"text": MAIL_DATA}), None)]
+        journal = await store.journal_entry("st2", 0)
+        assert journal is not None and journal.result == json.dumps(JOURNAL)
+    finally:
+        await store.close()
+
+
+def test_an_encrypted_store_holds_no_automation_data_and_no_message_in_clear(base: Config) -> None:
+    run_async(_automations_sealed(keyed(base, K1)))
