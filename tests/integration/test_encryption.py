@@ -429,3 +429,54 @@ async def _automations_sealed(config: Config) -> None:
 
 def test_an_encrypted_store_holds_no_automation_data_and_no_message_in_clear(base: Config) -> None:
     run_async(_automations_sealed(keyed(base, K1)))
+
+
+async def _automation_in(config: Config, unique: str) -> None:
+    """An automation with a step, a message and a journal entry holding the marker texts."""
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        await store.create_automation(
+            NewAutomation("a1", CLEAR_CLASS, None, json.dumps({"note": AUTO_DATA}), "key-a1", json.dumps(OWNER),
+                          unique_key=unique),
+            [NewStep("st1", CLEAR_NODE, state="running", result=json.dumps(STEP_RESULT))],
+            [NewMessage("m1", "hello", token=MSG_TOKEN, data=json.dumps({"text": MSG_DATA}))])
+        await store.commit(Changes(automations=[AutomationUpdate(
+            "a1", 1, None, journal=[JournalEntry("st1", 0, "send_email", json.dumps(JOURNAL))])]))
+    finally:
+        await store.close()
+
+
+async def _automation_back(config: Config, unique: str) -> None:
+    store = open_store(config.store)
+    await store.open()
+    try:
+        got = await store.get_automation("a1")
+        assert got is not None and json.loads(got.data) == {"note": AUTO_DATA} and got.owner == json.dumps(OWNER)
+        assert got.unique_key is not None and got.unique_key != unique
+        assert [s.result for s in await store.automation_history("a1")] == [json.dumps(STEP_RESULT)]
+        assert [(m.token, m.data) for m in await store.automation_messages("a1")] == [(MSG_TOKEN, json.dumps({"text": MSG_DATA}))]
+        journal = await store.journal_entry("st1", 0)
+        assert journal is not None and journal.result == json.dumps(JOURNAL)
+        # the converted unique key is the one the sealed store computes: the running one is still found
+        again, created = await store.create_automation(NewAutomation("a2", CLEAR_CLASS, None, "{}", "key-a2", "{}",
+                                                                     unique_key=unique))
+        assert (again.id, created) == ("a1", False)
+    finally:
+        await store.close()
+
+
+def test_rekey_seals_automations_written_in_clear(base: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unique = hashlib.sha256(json.dumps([["email", UNIQUE_VALUE]]).encode()).hexdigest()
+    run_async(_automation_in(base, unique))
+    texts = (AUTO_DATA, STEP_RESULT, MSG_DATA, MSG_TOKEN, JOURNAL, OWNER, unique)
+    assert found(base, *texts) == list(texts)  # the control: in clear, the search finds them all
+    on = keyed(base, K1)
+    status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--vacuum", "--json")
+    resealed = {t["table"]: t["resealed"] for t in report["tables"]}
+    assert status == 0 and report["busy"] == 0, report
+    assert [resealed[t] for t in ("automations", "automation_steps", "automation_messages", "automation_journal")] == [1, 1, 1, 1]
+    assert found(on, *texts) == [] and found(on, CLEAR_CLASS, CLEAR_NODE) == [CLEAR_CLASS, CLEAR_NODE]
+    assert cli(on, tmp_path, capsys, "db", "rekey", "--json")[1]["resealed"] == 0
+    run_async(_automation_back(on, unique))
