@@ -10,7 +10,9 @@ row or column does not open.
 Sealed (see :data:`SEALED`): session answers and owners; task arguments, users, notifications,
 results, errors and variables; event payloads; mailbox keys, indexes and owners; e-mail message ids,
 envelopes, parsed JSON and authentication results; the raw bytes of stored and queued messages and the
-queue's envelopes; process settings (the keys of the web and mailbox secrets among them). Keyed hashes
+queue's envelopes; process settings (the keys of the web and mailbox secrets among them); the
+automations' data, step outcomes, messages and journal (:mod:`mailgate.store.sealed_automations`,
+mixed in, says which columns and why the others stay clear). Keyed hashes
 (compared, never read): the raw content hash (``raw_messages``, ``emails``, ``inbound_queue``) and the
 e-mail dedupe key. In clear, because the store queries or orders by them and they hold no answer or
 mail text: ids, interview and action names, task states, attempts, workers, times, sizes, error types,
