@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import smtplib
+import sqlite3
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -45,6 +46,7 @@ from mailgate.store.base import (
     NewMessage,
     NewStep,
 )
+from mailgate.store.sealing import SealError
 from tests.helpers import config_toml, make_config, queue_processed, runtime_of, wait_until
 from tests.pg import create_database, drop_database, run_async
 
@@ -480,3 +482,39 @@ def test_rekey_seals_automations_written_in_clear(base: Config, tmp_path: Path, 
     assert found(on, *texts) == [] and found(on, CLEAR_CLASS, CLEAR_NODE) == [CLEAR_CLASS, CLEAR_NODE]
     assert cli(on, tmp_path, capsys, "db", "rekey", "--json")[1]["resealed"] == 0
     run_async(_automation_back(on, unique))
+
+
+async def _moved(config: Config) -> None:
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        for aid in ("a1", "a2"):
+            await store.create_automation(NewAutomation(aid, CLEAR_CLASS, None, json.dumps({"note": aid}), f"key-{aid}", "{}"),
+                                          messages=[NewMessage(f"m-{aid}", "hello", data=json.dumps({"text": aid}))])
+        # someone with write access to the database swaps the sealed values between rows
+        swap_data = ("UPDATE automations SET data = (SELECT data FROM automations WHERE id = 'a1') WHERE id = 'a2'",
+                     "UPDATE automation_messages SET data = (SELECT data FROM automation_messages WHERE id = 'm-a1') "
+                     "WHERE id = 'm-a2'")
+        if config.store.backend == "postgres":
+            conn = await asyncpg.connect(config.store.dsn)
+            try:
+                for sql in swap_data:
+                    await conn.execute(sql)
+            finally:
+                await conn.close()
+        else:
+            with sqlite3.connect(config.store.path) as db:
+                for sql in swap_data:
+                    db.execute(sql)
+        assert json.loads((await store.get_automation("a1")).data) == {"note": "a1"}  # type: ignore[union-attr]
+        with pytest.raises(SealError, match="automations.data of a2: the sealed value does not open.*moved to another row"):
+            await store.get_automation("a2")
+        with pytest.raises(SealError, match="automation_messages.data of m-a2: .*moved to another row"):
+            await store.automation_messages("a2")
+    finally:
+        await store.close()
+
+
+def test_a_sealed_automation_value_moved_to_another_row_does_not_open(base: Config) -> None:
+    run_async(_moved(keyed(base, K1)))
