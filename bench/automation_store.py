@@ -6,14 +6,17 @@ next one opened with a timer an hour ahead, version and data, the claim released
 task queue's cycle on the same backend in the same run: claim a batch of tasks, commit each finish.
 Both run ``--concurrency`` loops (so both get group commits) over ``--n`` items. Figures: cycles/s of
 both and their ratio, and the timer read (``next_wake``) median with ``--n`` automations waiting.
+``--sealed`` also runs the automation cycle through the sealed store (``[store] encryption_key``: data,
+steps and messages sealed and opened) on the same backend, against the clear cycle of the same run.
 
-    python bench/automation_store.py [--n 5000] [--concurrency 16] [--batch 16] [--pg DSN]
+    python bench/automation_store.py [--n 5000] [--concurrency 16] [--batch 16] [--pg DSN] [--sealed]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import statistics
 import sys
 import tempfile
@@ -23,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mailgate.config import StoreConfig  # noqa: E402
 from mailgate.store.base import (  # noqa: E402
     AutomationUpdate,
     Changes,
@@ -34,13 +38,16 @@ from mailgate.store.base import (  # noqa: E402
     TaskFinish,
 )
 from mailgate.store.postgres.backend import PgStore  # noqa: E402
+from mailgate.store.sealed import SealedStore  # noqa: E402
+from mailgate.store.sealing import keyring_from  # noqa: E402
 from mailgate.store.sqlite.backend import SqliteStore  # noqa: E402
 
 
-async def automation_cycles(store: Store, n: int, concurrency: int, batch: int) -> float:
+async def automation_cycles(store: Store, n: int, concurrency: int, batch: int, prefix: str = "") -> float:
     for start in range(0, n, 500):
-        await asyncio.gather(*[store.create_automation(NewAutomation(f"a{i}", "bench.Flow", None, '{"n":0}', f"k{i}", "{}"),
-                                                       [NewStep(f"s{i}-0", "start")]) for i in range(start, min(n, start + 500))])
+        await asyncio.gather(*[store.create_automation(
+            NewAutomation(f"{prefix}a{i}", "bench.Flow", None, '{"n":0}', f"{prefix}k{i}", '{"id":"u1"}'),
+            [NewStep(f"{prefix}s{i}-0", "start")]) for i in range(start, min(n, start + 500))])
     done = 0
 
     async def loop(holder: str) -> None:
@@ -93,7 +100,7 @@ async def timer_read(store: Store) -> float:
 
 async def measure(name: str, make: object, args: argparse.Namespace) -> None:
     stores = []
-    for _ in range(2):
+    for _ in range(3 if args.sealed else 2):
         store = make()  # type: ignore[operator]
         await store.open()
         await store.migrate()
@@ -102,11 +109,17 @@ async def measure(name: str, make: object, args: argparse.Namespace) -> None:
         tasks = await task_cycles(stores[0], args.n, args.concurrency, args.batch)
         autos = await automation_cycles(stores[1], args.n, args.concurrency, args.batch)
         read = await timer_read(stores[1])
+        if args.sealed:  # SQLite: a file of its own; PostgreSQL: the same database (the clear ones wait an hour)
+            keyring = keyring_from(StoreConfig(encryption_key=base64.b64encode(bytes(range(32))).decode()))
+            assert keyring is not None
+            sealed = await automation_cycles(SealedStore(stores[2], keyring), args.n, args.concurrency, args.batch, "x")
     finally:
         for store in stores:
             await store.close()
     print(f"{name:9} task cycles/s {tasks:8.0f}   automation cycles/s {autos:8.0f}   ratio {autos / tasks:5.2f}   "
           f"next_wake median {read:.3f} ms with {args.n} waiting")
+    if args.sealed:
+        print(f"{name:9} sealed automation cycles/s {sealed:8.0f}   ratio to the clear cycle {sealed / autos:5.2f}")
 
 
 async def main() -> None:
@@ -114,10 +127,11 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--sealed", action="store_true", help="also the automation cycle with encryption at rest")
     parser.add_argument("--pg", help="an empty PostgreSQL database (its tables are created; run it on a fresh one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        paths = iter(("tasks.sqlite3", "automations.sqlite3"))
+        paths = iter(("tasks.sqlite3", "automations.sqlite3", "sealed.sqlite3"))
         await measure("sqlite", lambda: SqliteStore(str(Path(folder) / next(paths))), args)
     if args.pg:
         await measure("postgres", lambda: PgStore(args.pg, pool_size=10), args)

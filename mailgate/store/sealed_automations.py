@@ -151,6 +151,8 @@ class SealedAutomations:
                                 messages: Sequence[NewMessage] = ()) -> tuple[AutomationRecord, bool]:
         start = await self._start(AutomationStart(new, steps, messages))
         rec, created = await self.inner.create_automation(start.automation, start.steps, start.messages)
+        if created and rec.data == start.automation.data and rec.owner == start.automation.owner:
+            return _with(rec, data=new.data, owner=new.owner), True  # just sealed here: no need to open them again
         return self._automation(rec), created
 
     async def claim_automations(self, holder: str, limit: int, lease: float) -> list[ClaimedAutomation]:
@@ -189,7 +191,11 @@ class SealedAutomations:
         return [self._message(m) for m in await self.inner.queued_broadcasts(limit)]
 
     async def enqueue_message(self, message: NewMessage) -> MessageRecord:
-        return self._message(await self.inner.enqueue_message(self._new_message(message)))
+        sealed = self._new_message(message)
+        rec = await self.inner.enqueue_message(sealed)
+        if (rec.token, rec.data, rec.sender, rec.result) == (sealed.token, sealed.data, sealed.sender, None):
+            return _with(rec, token=message.token, data=message.data, sender=message.sender)  # just sealed here
+        return self._message(rec)
 
     async def open_interactions(self, user_id: str | None, privileges: Sequence[str],
                                 limit: int = 100) -> list[tuple[AutomationRecord, StepRecord]]:
