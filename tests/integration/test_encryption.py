@@ -291,12 +291,16 @@ def test_rekey_beside_a_daemon_that_keeps_saving_loses_nothing(base: Config, mon
 
 async def _copy_sealed(sqlite: Config, dsn: str) -> None:
     sid = (await _write(sqlite, ANSWER_1, SUBJECT_1, BODY_1))
+    unique = hashlib.sha256(UNIQUE_VALUE.encode()).hexdigest()
+    await _automation_in(sqlite, unique)
     report = await copy_store(sqlite, dsn)
     assert all(c.ok for c in report.checks)
     pg = sqlite.replace(store={**vars(sqlite.store), "backend": "postgres", "dsn": dsn})
-    assert found(pg, ANSWER_1, BODY_1, SUBJECT_1) == []  # the sealed values travel as they are
+    # the sealed values travel as they are
+    assert found(pg, ANSWER_1, BODY_1, SUBJECT_1, AUTO_DATA, MSG_DATA, MSG_TOKEN, JOURNAL, unique) == []
     note, body, raw = await _read(pg, sid)
     assert note == ANSWER_1 and body.strip() == BODY_1 and BODY_1.encode() in raw
+    await _automation_back(pg, unique)
 
 
 def test_db_copy_moves_an_encrypted_store_to_postgresql_sealed(tmp_path: Path) -> None:
