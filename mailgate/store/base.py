@@ -12,6 +12,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailgate.store.automation_records import (  # noqa: F401 - re-exported: every record is importable from base
+    ENDED_AUTOMATION_STATES,
+    OPEN_STEP_STATES,
+    AutomationRecord,
+    AutomationStart,
+    AutomationState,
+    AutomationUpdate,
+    ClaimedAutomation,
+    JournalEntry,
+    JournalRecord,
+    MessageDone,
+    MessageRecord,
+    MessageState,
+    NewAutomation,
+    NewMessage,
+    NewStep,
+    StepRecord,
+    StepState,
+    StepUpdate,
+)
+
 TaskState = Literal["queued", "running", "succeeded", "failed"]
 DONE_STATES = ("succeeded", "failed")
 
@@ -61,6 +82,7 @@ class TaskRecord:
     error_message: str | None
     error_trace: str | None
     variables: str | None  # JSON list
+    automation_id: str | None = None  # started by a step of this automation
 
     @property
     def done(self) -> bool:
@@ -127,6 +149,9 @@ class NewEmail:
     authentication: str
     task: NewTask | None  # the incoming_email task, when the interview defines it
     event: NewEvent | None  # None for the operator (postmaster) mailbox, which has no session
+    # ``email`` messages to the session's running automations: queued with the e-mail (250 => queued),
+    # and only when the e-mail is new (a duplicate queues nothing again)
+    messages: Sequence[NewMessage] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +220,7 @@ class NewTask:
     user: str
     ui_notification: str | None
     max_attempts: int
+    automation_id: str | None = None  # started by a step of this automation (its end sends ``task_done``)
 
 
 @dataclass(frozen=True)
@@ -241,12 +267,21 @@ class Changes:
     # (session_id, version): apply only if the session is still at that version and nobody holds a
     # live lease on it, else VersionConflict. For actions that ran without taking the lease.
     unleased: tuple[str, int] | None = None
+    # Automation runs (fenced, see AutomationUpdate) and messages sent to automations (their
+    # targets' wake_at becomes now, so that a runner sees them at once).
+    automations: Sequence[AutomationUpdate] = ()
+    messages: Sequence[NewMessage] = ()
+    # Created first, so that the rest of the commit may refer to them.
+    new_automations: Sequence[AutomationStart] = ()
 
 
 @dataclass(frozen=True)
 class CommitResult:
     version: int | None = None
     events: Sequence[EventRecord] = field(default_factory=tuple)
+    # (automation id, created) for each of ``Changes.new_automations``: the id is the running one's
+    # when the unique rule returned an existing automation
+    automations: Sequence[tuple[str, bool]] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -318,6 +353,13 @@ class Store(abc.ABC):
         queue processor's doorbell. Backends that cannot ring do nothing (the default): the
         processor's polling finds those messages."""
         del wake  # nothing rings here: the processor's polling finds other processes' messages
+
+    def watch_automations(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on the loop) whenever an automation may have become due sooner than
+        :meth:`next_wake` said: a message queued, an automation created, submitted, retried or
+        moved. Backends that cannot ring another process do nothing for other processes (the
+        runner's ``timer_poll`` finds their work); every backend rings for its own process."""
+        del wake  # nothing rings here: the runner's polling finds other processes' work
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -580,3 +622,114 @@ class Store(abc.ABC):
     async def restore(self, path: str, progress: StoreProgress | None = None) -> int:
         """Replace the whole store with the backup at ``path`` (then migrate it); its schema version.
         Backends that cannot raise MailgateError naming the tool to use instead."""
+
+    # -- automations ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_automation(self, new: NewAutomation, steps: Sequence[NewStep] = (),
+                                messages: Sequence[NewMessage] = ()) -> tuple[AutomationRecord, bool]:
+        """Create an automation with its first steps and queued messages in one transaction;
+        ``(record, True)``. When ``new.unique_key`` is set and a *running* automation of the same
+        class has it, nothing is created and ``(that one, False)`` is returned, atomically (the
+        database's partial unique index decides); ``messages`` are then queued to that one. The
+        messages' ``automation_id`` is ignored: they go to the automation returned. NotFound when
+        ``new.session_id`` names no session."""
+
+    @abc.abstractmethod
+    async def claim_automations(self, holder: str, limit: int, lease: float) -> list[ClaimedAutomation]:
+        """Claim up to ``limit`` running automations that are due (``wake_at <= now``) and not
+        claimed by a live claim (an expired one is taken over), earliest due first, for ``lease``
+        seconds; each with its open steps and queued messages in order. Other claimers skip them."""
+
+    @abc.abstractmethod
+    async def heartbeat_automations(self, holder: str, automation_ids: Sequence[str], lease: float) -> list[str]:
+        """Extend ``holder``'s claims; the ids it still holds (the others were taken over or ended)."""
+
+    @abc.abstractmethod
+    async def release_automations(self, holder: str, automation_ids: Sequence[str], wake_at: float | None = None) -> None:
+        """Give claims back without a commit (a busy session, shutdown); ``wake_at`` postpones the
+        next claim (a back-off), None leaves the automation due as it was."""
+
+    @abc.abstractmethod
+    async def next_wake(self) -> float | None:
+        """The earliest ``wake_at`` among running automations (claimed ones included), read from
+        its index only; None when none waits on anything."""
+
+    @abc.abstractmethod
+    async def get_automation(self, automation_id: str) -> AutomationRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_automation_by_key(self, key: str) -> AutomationRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_automations(self, *, cls: str | None = None, state: str | None = None,
+                               session_id: str | None = None, after_seq: int = 0,
+                               limit: int = 100) -> list[AutomationRecord]:
+        """Automations in creation order, those with ``seq > after_seq`` (paging)."""
+
+    @abc.abstractmethod
+    async def automation_history(self, automation_id: str) -> list[StepRecord]:
+        """Every step of the automation in the order they were entered."""
+
+    @abc.abstractmethod
+    async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
+        """The automation's messages in commit order, every state."""
+
+    @abc.abstractmethod
+    async def queued_broadcasts(self, limit: int = 100) -> list[MessageRecord]:
+        """Broadcasts not consumed yet, oldest first (a runner delivers them and marks them done
+        with a :class:`MessageDone` in a commit)."""
+
+    @abc.abstractmethod
+    async def enqueue_message(self, message: NewMessage) -> MessageRecord:
+        """Queue a message (or a broadcast) in its own commit. A message to a running automation
+        makes it due now in the same transaction; to one that is not running (or absent) it is
+        stored ``dropped``."""
+
+    @abc.abstractmethod
+    async def open_interactions(self, user_id: str | None, privileges: Sequence[str],
+                                limit: int = 100) -> list[tuple[AutomationRecord, StepRecord]]:
+        """Steps waiting for a user (state ``interaction``) of running automations that this user
+        may be offered: assigned to nobody or to ``user_id``, needing no privilege outside
+        ``privileges`` (``admin`` sees all). The core decides finally (its assignee resolver)."""
+
+    @abc.abstractmethod
+    async def submit_interaction(self, automation_id: str, step_id: str, expected_version: int, *,
+                                 submitted_by: str, data: str, result: str | None = None) -> AutomationRecord:
+        """Close an interaction step (done, ``OK``, ``submitted_by``), store ``data`` and make the
+        automation due now, fenced like a commit by ``expected_version`` (AutomationFenced).
+        InteractionClosed when the step does not wait for a submit (any more); NotFound."""
+
+    @abc.abstractmethod
+    async def kill_automation(self, automation_id: str) -> bool:
+        """Delete the automation with its steps, messages and journal. False if it did not exist.
+        A runner holding it has its commit refused."""
+
+    @abc.abstractmethod
+    async def retry_automation(self, automation_id: str) -> AutomationRecord:
+        """A failed automation runs again: its failed steps wait again (error kept until they run),
+        it is running and due now. NotFound; MailgateError when it is not failed."""
+
+    @abc.abstractmethod
+    async def goto_automation(self, automation_id: str, node: str, step_id: str) -> AutomationRecord:
+        """Close every open step (skipped, message ``goto <node>``) and open a step ``step_id`` at
+        ``node``, due now; a failed automation runs again. NotFound; MailgateError for an ended
+        (finished or killed) automation."""
+
+    @abc.abstractmethod
+    async def delete_automation_history(self, before: float) -> tuple[int, int]:
+        """Delete the finished, failed and killed automations that ended before ``before``, with
+        their steps, messages and journal; (automations, steps) deleted. Consumed broadcasts and
+        messages dropped for automations that are gone, sent before ``before``, go too."""
+
+    @abc.abstractmethod
+    async def count_automations(self) -> dict[str, int]:
+        """Automations by state (every state present, zero included), for metrics and the CLI."""
+
+    @abc.abstractmethod
+    async def automation_backlog(self) -> tuple[int, float | None]:
+        """Running automations due now (``wake_at <= now``, claimed ones included) and the oldest due
+        time among them (None: none due), read through the timer index only: the metrics' due backlog."""
+
+    @abc.abstractmethod
+    async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:
+        """The recorded effect of a step's ``call_index``-th journaled call, if it committed."""

@@ -21,7 +21,8 @@ which holds the write lock while it runs; PostgreSQL ``VACUUM FULL`` per table, 
 best with the daemons stopped, after switching encryption on or retiring a key that may be exposed.
 
 Clear content hashes (``raw_messages``, ``emails``, ``inbound_queue``) become keyed hashes, and the
-e-mails that point to a message move with it in the same transaction.
+e-mails that point to a message move with it in the same transaction; so do clear automation
+``unique_key`` values (a SHA-256 of the unique fields' values, see :mod:`mailgate.store.sealed_automations`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 from mailgate.config import StoreConfig
 from mailgate.errors import ConfigError, MailgateError
 from mailgate.store.sealed import RAW_OVERHEAD, SEALED, aad, raw_aad
+from mailgate.store.sealed_automations import journal_row
 from mailgate.store.sealing import (
     Keyring,
     bytes_key_id,
@@ -50,7 +52,8 @@ RAW_BYTES = 8 * 1024 * 1024  # a batch of raw messages stops here (one may be 25
 RekeyProgress = Callable[[str, str, int, int], None]
 
 # table -> the column that orders it (its primary key); e-mails and queued messages are handled apart
-ORDER = {"settings": "name", "sessions": "id", "mailboxes": "local_part", "tasks": "seq", "events": "id"}
+ORDER = {"settings": "name", "sessions": "id", "mailboxes": "local_part", "tasks": "seq", "events": "id",
+         "automation_steps": "seq", "automation_messages": "seq"}  # automations and their journal: apart
 
 
 @dataclass
@@ -131,6 +134,8 @@ async def rekey(db: Db, ring: Keyring, index_key: bytes, now: float,
     for table, order in ORDER.items():
         row_col, cols = SEALED[table]
         report.tables.append(await _plain_table(db, rk, table, order, row_col, cols, progress))
+    report.tables.append(await _automations(db, rk, progress))
+    report.tables.append(await _journal(db, rk, progress))
     report.tables.append(await _raw_messages(db, rk, progress))
     report.tables.append(await _emails(db, rk, progress))
     report.tables.append(await _inbound(db, rk, progress))
@@ -202,6 +207,60 @@ async def _email_update(tx: Tx, rk: _Rekeyer, row: Sequence[Any], raw_converted:
     if sets:
         await tx.execute(f"UPDATE emails SET {', '.join(f'{c} = ?' for c in sets)} WHERE id = ?", *sets.values(), eid)
     return bool(sets)
+
+
+async def _automations(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
+    """Automations: data and owner re-sealed; a clear unique key becomes the keyed hash that the
+    sealed store computes for the same values, so the one-running rule keeps holding across the switch."""
+    out, total, after = TableRekey("automations"), await _count(db, "automations"), 0
+    progress("rekey", "automations", 0, total)
+    while True:
+        async with db.transaction() as tx:
+            rows = await tx.fetch("SELECT seq, id, cls, state, unique_key, data, owner FROM automations "
+                                  f"WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after, BATCH)
+            for seq, aid, cls, state, unique, data, owner in rows:
+                sets = {c: v for c, v in (("data", rk.text("automations", "data", aid, data)),
+                                          ("owner", rk.text("automations", "owner", aid, owner))) if v is not None}
+                if unique is not None and not is_keyed_hash(unique):
+                    keyed = rk.hash(unique)
+                    if state == "running" and await tx.fetch(
+                            "SELECT 1 FROM automations WHERE cls = ? AND unique_key = ? AND state = 'running'", cls, keyed):
+                        keyed = rk.hash(f"{unique}\x00{aid}")  # another started after the switch: both run, as they are
+                    sets["unique_key"] = keyed
+                if sets:
+                    await tx.execute(f"UPDATE automations SET {', '.join(_q(c) + ' = ?' for c in sets)} WHERE seq = ?",
+                                     *sets.values(), seq)
+                    out.resealed += 1
+        if not rows:
+            break
+        after = rows[-1][0]
+        out.rows += len(rows)
+        progress("rekey", "automations", min(out.rows, total), total)
+    progress("rekey", "automations", total, total)
+    return out
+
+
+async def _journal(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
+    """The automations' journal, in key order (step id, call index): its rows have no single-column key."""
+    out, total, after = TableRekey("automation_journal"), await _count(db, "automation_journal"), ("", -1)
+    progress("rekey", "automation_journal", 0, total)
+    while True:
+        async with db.transaction() as tx:
+            rows = await tx.fetch("SELECT step_id, call_index, result FROM automation_journal WHERE (step_id, call_index) > "
+                                  f"(?, ?) ORDER BY step_id, call_index LIMIT ?{tx.lock}", *after, BATCH)
+            for step_id, call_index, result in rows:
+                new = rk.text("automation_journal", "result", journal_row(step_id, call_index), result)
+                if new is not None:
+                    await tx.execute("UPDATE automation_journal SET result = ? WHERE step_id = ? AND call_index = ?",
+                                     new, step_id, call_index)
+                    out.resealed += 1
+        if not rows:
+            break
+        after = (rows[-1][0], rows[-1][1])
+        out.rows += len(rows)
+        progress("rekey", "automation_journal", min(out.rows, total), total)
+    progress("rekey", "automation_journal", total, total)
+    return out
 
 
 EMAIL_SELECT = "SELECT id, seq, local_part, message_id, sha256, dedupe, size, envelope, parsed, authentication FROM emails"
@@ -408,7 +467,7 @@ class PgDb:
 
     async def vacuum(self) -> None:
         """Rewrite each table without its dead row versions (which keep values as they were)."""
-        for table in (*ORDER, "raw_messages", "emails", "inbound_queue"):
+        for table in (*ORDER, "automations", "automation_journal", "raw_messages", "emails", "inbound_queue"):
             await self.conn.execute(f"VACUUM FULL {table}")
 
     def transaction(self) -> _PgBatch:

@@ -10,7 +10,9 @@ row or column does not open.
 Sealed (see :data:`SEALED`): session answers and owners; task arguments, users, notifications,
 results, errors and variables; event payloads; mailbox keys, indexes and owners; e-mail message ids,
 envelopes, parsed JSON and authentication results; the raw bytes of stored and queued messages and the
-queue's envelopes; process settings (the keys of the web and mailbox secrets among them). Keyed hashes
+queue's envelopes; process settings (the keys of the web and mailbox secrets among them); the
+automations' data, step outcomes, messages and journal (:mod:`mailgate.store.sealed_automations`,
+mixed in, says which columns and why the others stay clear). Keyed hashes
 (compared, never read): the raw content hash (``raw_messages``, ``emails``, ``inbound_queue``) and the
 e-mail dedupe key. In clear, because the store queries or orders by them and they hold no answer or
 mail text: ids, interview and action names, task states, attempts, workers, times, sizes, error types,
@@ -20,11 +22,10 @@ by the core under a key only its secret carries.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from mailgate.errors import ConfigError, LeaseLost
 from mailgate.store.base import (
@@ -50,6 +51,8 @@ from mailgate.store.base import (
     TaskFinish,
     TaskRecord,
 )
+from mailgate.store.sealed_automations import AUTOMATION_SEALED, SealedAutomations
+from mailgate.store.sealed_automations import replace_record as _with
 from mailgate.store.sealing import (
     BYTES_PREFIX,
     NONCE,
@@ -60,7 +63,6 @@ from mailgate.store.sealing import (
     text_key_id,
 )
 
-T = TypeVar("T")
 INDEX_KEY = "store.index_key"  # the settings row holding the (sealed) key of the keyed hashes
 SHA_HEX = 64  # a content hash in hex, kept in front of a sealed row's envelope
 CLAIMS_KEPT = 100_000  # queued messages remembered as claimed here (a processor claims a few at a time)
@@ -76,18 +78,8 @@ SEALED: dict[str, tuple[str, tuple[str, ...]]] = {
     "emails": ("id", ("message_id", "envelope", "parsed", "authentication")),
     "inbound_queue": ("id", ("envelope",)),
     "settings": ("name", ("value",)),
+    **AUTOMATION_SEALED,
 }
-
-
-def _with(record: T, **changes: Any) -> T:
-    """``dataclasses.replace`` for the store's frozen records, at a fraction of its cost (it runs on
-    every read and write of a sealed value); records without a ``__dict__`` take the slow way."""
-    if not hasattr(record, "__dict__"):
-        return dataclasses.replace(record, **changes)  # type: ignore[type-var]
-    new = object.__new__(type(record))
-    new.__dict__.update(record.__dict__)
-    new.__dict__.update(changes)
-    return new
 
 
 def aad(table: str, column: str, row: str) -> str:
@@ -101,7 +93,7 @@ def raw_aad(content_hash: str) -> str:
     return f"raw\x00{content_hash}"
 
 
-class SealedStore(Store):
+class SealedStore(SealedAutomations, Store):
     """``inner`` with answers and mail sealed under ``keyring``. Attributes it does not define (a
     backend's own, such as ``path``) are the inner store's."""
 
@@ -258,7 +250,8 @@ class SealedStore(Store):
             envelope=self._pack("emails", e.id, sha256, e.envelope), parsed=self._seal("emails", "parsed", e.id, e.parsed),
             authentication=self._seal("emails", "authentication", e.id, e.authentication),
             task=None if e.task is None else self._new_task(e.task),
-            event=None if e.event is None else self._new_event(e.event))  # the postmaster mailbox's have none
+            event=None if e.event is None else self._new_event(e.event),  # the postmaster mailbox's have none
+            messages=self._new_messages(e.messages))
 
     def _lost(self, lost: LostTaskEvents) -> LostTaskEvents:
         return lambda task: [self._new_event(e) for e in lost(self._task(task))]
@@ -278,6 +271,9 @@ class SealedStore(Store):
 
     def watch_inbound(self, wake: Callable[[], None]) -> None:
         self.inner.watch_inbound(wake)
+
+    def watch_automations(self, wake: Callable[[], None]) -> None:
+        self.inner.watch_automations(wake)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -326,7 +322,10 @@ class SealedStore(Store):
             new_tasks=[self._new_task(t) for t in changes.new_tasks],
             events=[e for _, e in events],
             finish=None if changes.finish is None else self._finish(changes.finish),
-            mailboxes=[self._new_mailbox(m) for m in changes.mailboxes])
+            mailboxes=[self._new_mailbox(m) for m in changes.mailboxes],
+            new_automations=[await self._start(s) for s in changes.new_automations],
+            automations=[self._update(u) for u in changes.automations],
+            messages=self._new_messages(changes.messages))
         result = await self.inner.commit(sealed)
         if changes.delete_session is not None:
             self._forget(changes.delete_session)

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import smtplib
+import sqlite3
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -31,7 +32,21 @@ from mailgate.edges.cli.main import main
 from mailgate.errors import ConfigError
 from mailgate.mail.auth import StaticResolver
 from mailgate.store import open_store, rekey
-from mailgate.store.base import InboundDelivery, NewEmail, NewEvent, NewInbound
+from mailgate.store.base import (
+    AutomationUpdate,
+    Changes,
+    Delivery,
+    InboundDelivery,
+    JournalEntry,
+    MessageDone,
+    NewAutomation,
+    NewEmail,
+    NewEvent,
+    NewInbound,
+    NewMessage,
+    NewStep,
+)
+from mailgate.store.sealing import SealError
 from tests.helpers import config_toml, make_config, queue_processed, runtime_of, wait_until
 from tests.pg import create_database, drop_database, run_async
 
@@ -276,12 +291,16 @@ def test_rekey_beside_a_daemon_that_keeps_saving_loses_nothing(base: Config, mon
 
 async def _copy_sealed(sqlite: Config, dsn: str) -> None:
     sid = (await _write(sqlite, ANSWER_1, SUBJECT_1, BODY_1))
+    unique = hashlib.sha256(UNIQUE_VALUE.encode()).hexdigest()
+    await _automation_in(sqlite, unique)
     report = await copy_store(sqlite, dsn)
     assert all(c.ok for c in report.checks)
     pg = sqlite.replace(store={**vars(sqlite.store), "backend": "postgres", "dsn": dsn})
-    assert found(pg, ANSWER_1, BODY_1, SUBJECT_1) == []  # the sealed values travel as they are
+    # the sealed values travel as they are
+    assert found(pg, ANSWER_1, BODY_1, SUBJECT_1, AUTO_DATA, MSG_DATA, MSG_TOKEN, JOURNAL, unique) == []
     note, body, raw = await _read(pg, sid)
     assert note == ANSWER_1 and body.strip() == BODY_1 and BODY_1.encode() in raw
+    await _automation_back(pg, unique)
 
 
 def test_db_copy_moves_an_encrypted_store_to_postgresql_sealed(tmp_path: Path) -> None:
@@ -350,3 +369,156 @@ async def _queued_message_through_a_rekey(clear: Config, on: Config) -> None:
 
 def test_a_queued_message_held_by_a_processor_is_left_for_the_next_rekey(base: Config) -> None:
     run_async(_queued_message_through_a_rekey(base, keyed(base, K1)))
+
+
+AUTO_DATA, STEP_RESULT, MSG_DATA, MSG_TOKEN = "Gooseberry-data-6n4c", "Fjord-result-8s2k", "Lantern-message-1v9b", "Walnut-token-3j5e"
+MAIL_TOKEN, MAIL_DATA = "Cormorant-mailbox-key-8f1h", "Tundra-email-message-2c7n"
+SENDER, JOURNAL, SUBMITTER, OWNER = "Saffron-sender-2w7y", "Basalt-journal-5q1m", "Heron-submitter-9t3d", "Juniper-owner-4x6p"
+UNIQUE_VALUE = "someone@example.test"  # a guessable unique field: its SHA-256 must not be at rest either
+CLEAR_CLASS, CLEAR_NODE = "app.Clearclass8u3n", "clearnode_7r2g"  # kept clear on purpose: the search's control
+
+
+async def _automations_sealed(config: Config) -> None:
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        unique = hashlib.sha256(json.dumps([["email", UNIQUE_VALUE]]).encode()).hexdigest()
+        owner = json.dumps({"id": OWNER})
+        await store.create_session("s1", "iv", "{}", "{}")
+        rec, created = await store.create_automation(
+            NewAutomation("a1", CLEAR_CLASS, "s1", json.dumps({"note": AUTO_DATA}), "key-a1", owner, unique_key=unique),
+            [NewStep("st1", CLEAR_NODE, state="interaction")],
+            [NewMessage("m1", "hello", token=MSG_TOKEN, data=json.dumps({"text": MSG_DATA}), sender=json.dumps(SENDER))])
+        assert created and rec.data == json.dumps({"note": AUTO_DATA}) and rec.owner == owner
+        again, created = await store.create_automation(NewAutomation("a2", CLEAR_CLASS, None, "{}", "key-a2", "{}",
+                                                                     unique_key=unique))
+        assert (again.id, created) == ("a1", False)  # the unique rule holds on the keyed hash
+        assert rec.unique_key != unique
+        await store.submit_interaction("a1", "st1", rec.version, submitted_by=json.dumps({"id": SUBMITTER}),
+                                       data=json.dumps({"note": AUTO_DATA, "more": 1}), result=json.dumps(STEP_RESULT))
+        [claimed] = await store.claim_automations("runner", 1, 30)
+        assert [m.data for m in claimed.messages] == [json.dumps({"text": MSG_DATA})]
+        assert claimed.messages[0].token == MSG_TOKEN and claimed.messages[0].sender == json.dumps(SENDER)
+        await store.commit(Changes(
+            automations=[AutomationUpdate("a1", claimed.automation.version, "runner", data=json.dumps({"note": AUTO_DATA}),
+                                          steps_opened=[NewStep("st2", CLEAR_NODE, state="running")],
+                                          messages_done=[MessageDone("m1", result=json.dumps(STEP_RESULT))],
+                                          journal=[JournalEntry("st2", 0, "send_email", json.dumps(JOURNAL))],
+                                          keep_claim=True)],
+            messages=[NewMessage("m2", "again", automation_id="a1", data=json.dumps({"text": MSG_DATA}))]))
+        raw = b"Subject: reply\r\n\r\nyes\r\n"
+        sha = hashlib.sha256(raw).hexdigest()
+        await store.deliver(Delivery(sha, raw, [NewEmail(
+            "e1", "box", "s1", "<r@x>", f"<r@x>\0{sha}", "{}", "{}", "{}", None, NewEvent("s1", "email", "{}"),
+            [NewMessage("m3", "email", automation_id="a1", token=MAIL_TOKEN, data=json.dumps({"text": MAIL_DATA}))])]))
+        assert CLEAR_CLASS in found(config, CLEAR_CLASS, CLEAR_NODE) and CLEAR_NODE in found(config, CLEAR_NODE)
+        assert found(config, AUTO_DATA, STEP_RESULT, MSG_DATA, MSG_TOKEN, SENDER, JOURNAL, SUBMITTER, OWNER,
+                     UNIQUE_VALUE, unique, MAIL_TOKEN, MAIL_DATA) == []
+        # read back, in clear, through every read
+        got = await store.get_automation("a1")
+        assert got is not None and json.loads(got.data) == {"note": AUTO_DATA} and got.owner == owner
+        assert (await store.get_automation_by_key("key-a1")) == got == (await store.list_automations())[0]
+        steps = await store.automation_history("a1")
+        assert [(s.node, s.result, s.submitted_by) for s in steps] == [
+            (CLEAR_NODE, json.dumps(STEP_RESULT), json.dumps({"id": SUBMITTER})), (CLEAR_NODE, None, None)]
+        msgs = await store.automation_messages("a1")
+        assert [(m.id, m.token, m.data, m.result) for m in msgs] == [
+            ("m1", MSG_TOKEN, json.dumps({"text": MSG_DATA}), json.dumps(STEP_RESULT)),
+            ("m2", None, json.dumps({"text": MSG_DATA}), None),
+            ("m3", MAIL_TOKEN, json.dumps({"text": MAIL_DATA}), None)]
+        journal = await store.journal_entry("st2", 0)
+        assert journal is not None and journal.result == json.dumps(JOURNAL)
+    finally:
+        await store.close()
+
+
+def test_an_encrypted_store_holds_no_automation_data_and_no_message_in_clear(base: Config) -> None:
+    run_async(_automations_sealed(keyed(base, K1)))
+
+
+async def _automation_in(config: Config, unique: str) -> None:
+    """An automation with a step, a message and a journal entry holding the marker texts."""
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        await store.create_automation(
+            NewAutomation("a1", CLEAR_CLASS, None, json.dumps({"note": AUTO_DATA}), "key-a1", json.dumps(OWNER),
+                          unique_key=unique),
+            [NewStep("st1", CLEAR_NODE, state="running", result=json.dumps(STEP_RESULT))],
+            [NewMessage("m1", "hello", token=MSG_TOKEN, data=json.dumps({"text": MSG_DATA}))])
+        await store.commit(Changes(automations=[AutomationUpdate(
+            "a1", 1, None, journal=[JournalEntry("st1", 0, "send_email", json.dumps(JOURNAL))])]))
+    finally:
+        await store.close()
+
+
+async def _automation_back(config: Config, unique: str) -> None:
+    store = open_store(config.store)
+    await store.open()
+    try:
+        got = await store.get_automation("a1")
+        assert got is not None and json.loads(got.data) == {"note": AUTO_DATA} and got.owner == json.dumps(OWNER)
+        assert got.unique_key is not None and got.unique_key != unique
+        assert [s.result for s in await store.automation_history("a1")] == [json.dumps(STEP_RESULT)]
+        assert [(m.token, m.data) for m in await store.automation_messages("a1")] == [(MSG_TOKEN, json.dumps({"text": MSG_DATA}))]
+        journal = await store.journal_entry("st1", 0)
+        assert journal is not None and journal.result == json.dumps(JOURNAL)
+        # the converted unique key is the one the sealed store computes: the running one is still found
+        again, created = await store.create_automation(NewAutomation("a2", CLEAR_CLASS, None, "{}", "key-a2", "{}",
+                                                                     unique_key=unique))
+        assert (again.id, created) == ("a1", False)
+    finally:
+        await store.close()
+
+
+def test_rekey_seals_automations_written_in_clear(base: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unique = hashlib.sha256(json.dumps([["email", UNIQUE_VALUE]]).encode()).hexdigest()
+    run_async(_automation_in(base, unique))
+    texts = (AUTO_DATA, STEP_RESULT, MSG_DATA, MSG_TOKEN, JOURNAL, OWNER, unique)
+    assert found(base, *texts) == list(texts)  # the control: in clear, the search finds them all
+    on = keyed(base, K1)
+    status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--vacuum", "--json")
+    resealed = {t["table"]: t["resealed"] for t in report["tables"]}
+    assert status == 0 and report["busy"] == 0, report
+    assert [resealed[t] for t in ("automations", "automation_steps", "automation_messages", "automation_journal")] == [1, 1, 1, 1]
+    assert found(on, *texts) == [] and found(on, CLEAR_CLASS, CLEAR_NODE) == [CLEAR_CLASS, CLEAR_NODE]
+    assert cli(on, tmp_path, capsys, "db", "rekey", "--json")[1]["resealed"] == 0
+    run_async(_automation_back(on, unique))
+
+
+async def _moved(config: Config) -> None:
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        for aid in ("a1", "a2"):
+            await store.create_automation(NewAutomation(aid, CLEAR_CLASS, None, json.dumps({"note": aid}), f"key-{aid}", "{}"),
+                                          messages=[NewMessage(f"m-{aid}", "hello", data=json.dumps({"text": aid}))])
+        # someone with write access to the database swaps the sealed values between rows
+        swap_data = ("UPDATE automations SET data = (SELECT data FROM automations WHERE id = 'a1') WHERE id = 'a2'",
+                     "UPDATE automation_messages SET data = (SELECT data FROM automation_messages WHERE id = 'm-a1') "
+                     "WHERE id = 'm-a2'")
+        if config.store.backend == "postgres":
+            conn = await asyncpg.connect(config.store.dsn)
+            try:
+                for sql in swap_data:
+                    await conn.execute(sql)
+            finally:
+                await conn.close()
+        else:
+            with sqlite3.connect(config.store.path) as db:
+                for sql in swap_data:
+                    db.execute(sql)
+        assert json.loads((await store.get_automation("a1")).data) == {"note": "a1"}  # type: ignore[union-attr]
+        with pytest.raises(SealError, match="automations.data of a2: the sealed value does not open.*moved to another row"):
+            await store.get_automation("a2")
+        with pytest.raises(SealError, match="automation_messages.data of m-a2: .*moved to another row"):
+            await store.automation_messages("a2")
+    finally:
+        await store.close()
+
+
+def test_a_sealed_automation_value_moved_to_another_row_does_not_open(base: Config) -> None:
+    run_async(_moved(keyed(base, K1)))

@@ -12,6 +12,7 @@ from mailgate.config import StoreConfig
 from mailgate.errors import ConfigError
 from mailgate.store.base import Store
 from mailgate.store.sealed import PASSED_UNREVIEWED, SealedStore, _pass_through
+from mailgate.store.sealed_automations import SealedAutomations
 from mailgate.store.sealing import (
     Keyring,
     SealError,
@@ -116,7 +117,12 @@ def test_every_store_method_is_decided_by_the_sealed_store() -> None:
     """A Store method added without a decision here is passed through in clear: decide it in
     mailgate/store/sealed.py (seal what it writes, open what it reads, or pass it through by name)."""
     assert PASSED_UNREVIEWED == ()
-    assert all(name in vars(SealedStore) for name in Store.__abstractmethods__)
+    public = [name for name, value in vars(Store).items() if callable(value) and not name.startswith("_")]
+    assert set(Store.__abstractmethods__) <= set(public)
+    # every one, the ones with a default body too (a default would do nothing where the backend does something)
+    undecided = [name for name in public
+                 if next(c for c in SealedStore.__mro__ if name in vars(c)) not in (SealedStore, SealedAutomations)]
+    assert undecided == []
 
 
 def test_a_store_method_left_undecided_passes_through_as_it_is_called() -> None:

@@ -1,7 +1,7 @@
 """The doorbells: one connection per process that LISTENs for ``mailgate_events`` (committed events),
-``mailgate_tasks`` (queued tasks), ``mailgate_inbound`` (queued inbound mail) and
-``mailgate_mailboxes`` (a mailbox deleted or changed: the payload is its local part, empty for all;
-the store's mailbox cache drops it).
+``mailgate_tasks`` (queued tasks), ``mailgate_inbound`` (queued inbound mail), ``mailgate_automations``
+(automations due now) and ``mailgate_mailboxes`` (a mailbox deleted or changed: the payload is its local
+part, empty for all; the store's mailbox cache drops it).
 
 A pooled connection would lose its LISTEN when the pool closes or replaces it, so the listener has a
 connection of its own. Each notification calls its channel's ``wake`` (the event feed then reads the
@@ -30,6 +30,7 @@ CHANNEL = "mailgate_events"
 TASK_CHANNEL = "mailgate_tasks"
 INBOUND_CHANNEL = "mailgate_inbound"
 MAILBOX_CHANNEL = "mailgate_mailboxes"
+AUTOMATION_CHANNEL = "mailgate_automations"
 MAX_PAUSE = 5.0
 
 
@@ -88,7 +89,7 @@ class Listener:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 lost = self._lost = asyncio.Event()
                 conn.add_termination_listener(self._on_lost(lost))
-                for channel in (CHANNEL, TASK_CHANNEL, INBOUND_CHANNEL, MAILBOX_CHANNEL):
+                for channel in (CHANNEL, TASK_CHANNEL, INBOUND_CHANNEL, MAILBOX_CHANNEL, AUTOMATION_CHANNEL):
                     await conn.add_listener(channel, self._notified)
                 if self.on_connect is not None:
                     self.on_connect()
