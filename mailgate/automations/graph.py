@@ -160,6 +160,9 @@ def build(cls: type) -> Flow:
             b.problem(name, "node names must not start with '_' (reserved)")
         elif name in RESERVED or name.startswith("receive_"):
             b.problem(name, "this name is an attribute of flow.Automation (or a receiver) and cannot be a node")
+        if node.name != name or node.owner is not cls:
+            b.problem(name, f"this node object is also node {node.name!r} of {getattr(node.owner, '__qualname__', '?')}; "
+                            "create one node object per attribute")
         for text in node.problems:
             b.problem(name, text)
     order = tuple(nodes)

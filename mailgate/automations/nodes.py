@@ -100,11 +100,11 @@ class Node:
         return self._once("skip_after", delta, "SkipAfter")
 
     def __set_name__(self, owner: type, name: str) -> None:
-        if self.name is not None:
-            raise TypeError(f"node {name!r} of {owner.__name__} is the same object as node {self.name!r} of "
-                            f"{getattr(self.owner, '__name__', '?')}; create one node object per attribute")
-        self.name = name
-        self.owner = owner
+        # A second name for the same object is reported by the class check (an exception raised here
+        # would reach the author wrapped in a RuntimeError).
+        if self.name is None:
+            self.name = name
+            self.owner = owner
 
     def _freeze(self) -> None:
         self._frozen = True

@@ -16,7 +16,8 @@ from mailgate.core.context import User
 class Driver:
     def __init__(self, cls: type, data: Mapping[str, Any] | None = None, *, now: float,
                  config: EngineConfig | None = None, session_id: str | None = None,
-                 answers: dict[str, Any] | None = None) -> None:
+                 answers: dict[str, Any] | None = None, hooks: Mapping[str, Any] | None = None) -> None:
+        self.hooks = hooks
         self.cls = cls
         self.id = uuid.uuid4().hex
         self.data: dict[str, Any] = dict(data or {})
@@ -61,7 +62,7 @@ class Driver:
         if now is not None:
             self.now = now
         return self.apply(engine.advance(self.cls, self.snapshot(), now=self.now, config=self.config,
-                                         new_id=self.new_id))
+                                         new_id=self.new_id, hooks=self.hooks))
 
     def send(self, message: str, token: str | None = None, data: Any = None) -> str:
         mid = uuid.uuid4().hex
@@ -70,7 +71,7 @@ class Driver:
 
     def submit(self, step_id: str, user: User, values: Mapping[str, Any], **kw: Any) -> Outcome:
         return self.apply(engine.submit_form(self.cls, self.snapshot(), step_id, user, values, now=self.now,
-                                             config=self.config, new_id=self.new_id, **kw))
+                                             config=self.config, new_id=self.new_id, hooks=self.hooks, **kw))
 
     def until(self, t: float) -> None:
         """Run at every wake-up up to ``t`` (as a timer heap would), then set ``now = t``."""
