@@ -58,7 +58,10 @@ class Outbox:
     sent: list[OutgoingMessage] = field(default_factory=list)
     step_id: str | None = None
 
-    def send(self, automation_id: str | None, cls: type | None, message: str, token: str | None, data: Any) -> OutgoingMessage:
+    def send(self, automation_id: str | None, cls: type | None, message: str, token: str | None,
+             data: Any) -> OutgoingMessage | None:
+        """Record one message; to a class whose receiver's ``@require_data_parameters`` the data does not
+        meet, nothing is recorded and the result is None (checked at send time, as the seed)."""
         if not isinstance(message, str) or not message:
             raise AutomationError(f"send_message: the message name must be a non-empty string, not {message!r}")
         if token is not None and not isinstance(token, str):
@@ -66,14 +69,13 @@ class Outbox:
         broadcast = None
         if cls is not None:
             if not cls.satisfies_data_requirements(message, data):  # type: ignore[attr-defined]
-                raise AutomationError(f"send_message({message!r}): the data lacks what receive_{message} of "
-                                      f"{cls.__name__} requires (@require_data_parameters)")
+                return None
             broadcast = cls.get_automation_class_name()  # type: ignore[attr-defined]
         out = OutgoingMessage(automation_id, broadcast, message, token, data, self.step_id)
         self.sent.append(out)
         return out
 
-    def send_to(self, target: Any, message: str, token: str | None, data: Any) -> OutgoingMessage:
+    def send_to(self, target: Any, message: str, token: str | None, data: Any) -> OutgoingMessage | None:
         """``SendMessage``'s target: an instance or id (one automation), a class or class name (broadcast).
         A string of 32 hex digits is an automation id; any other string names a class."""
         if hasattr(type(target), "get_automation_class_name"):  # an instance (no import: flow imports this module)

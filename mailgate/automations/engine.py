@@ -169,6 +169,36 @@ def submit_form(cls: type[f.Automation], snap: Snapshot, step_id: str, user: Use
     return run.go(accept)
 
 
+@dataclass
+class BroadcastOutcome:
+    outcomes: dict[str, Outcome]  # by automation id, for every instance the broadcast reached
+    results: list[Any]  # the delivered receivers' results, in order (the seed's list)
+    received_by: str | None = None  # the instance whose receiver returned "received" (it stopped there)
+
+
+def broadcast(cls: type[f.Automation], snapshots: Sequence[Snapshot], message: QueuedMessage, *, now: float,
+              config: EngineConfig | None = None, clock: Callable[[], float] | None = None,
+              new_id: Callable[[], str] | None = None,
+              hooks: Mapping[str, Callable[..., Any]] | None = None) -> BroadcastOutcome:
+    """Deliver one broadcast to the running instances of ``snapshots`` in the order given (the runner
+    passes those running at send time, by id), each after its own queued messages, and stop after the
+    first receiver that returns ``"received"``. Instances after it are not touched."""
+    found = BroadcastOutcome({}, [])
+    for snap in snapshots:
+        if snap.state != "running":
+            continue
+        out = advance(cls, replace(snap, messages=(*snap.messages, message)), now=now, config=config, clock=clock,
+                      new_id=new_id, hooks=hooks)
+        found.outcomes[snap.automation_id] = out
+        mine = next(m for m in out.messages if m.id == message.id)
+        if mine.state == "delivered":
+            found.results.append(mine.result)
+            if mine.result == "received":
+                found.received_by = snap.automation_id
+                break
+    return found
+
+
 def may_submit(user: User, step: StepRow, resolver: Resolver | None = None) -> bool:
     """Whether ``user`` may read and submit the form ``step``: privilege ``admin`` always may; otherwise
     ``resolver`` decides if given ([automations] assignee_resolver), else the user must be the assigned
@@ -222,6 +252,11 @@ def _storable(value: Any) -> Any:
     return value
 
 
+def _copy(value: Any) -> Any:
+    """A deep copy that shares the Task and DAEmail handles inside (they hold the runtime's readers)."""
+    return copy.deepcopy(value, {id(ref): ref for ref in codec.references(value)})
+
+
 def _min(*values: float | None) -> float | None:
     found = [v for v in values if v is not None]
     return min(found) if found else None
@@ -240,7 +275,7 @@ class _Run:
         self.clock = clock or (lambda: now)
         self.new_id = new_id or (lambda: uuid.uuid4().hex)
         self.hooks = hooks
-        self.data: dict[str, Any] = copy.deepcopy(dict(snap.data))
+        self.data: dict[str, Any] = _copy(dict(snap.data))
         self.state = snap.state
         self.original = {s.id: s for s in snap.steps}
         self.steps: dict[str, StepRow] = {s.id: replace(s) for s in snap.steps}
@@ -311,7 +346,7 @@ class _Run:
             return drop(f"{self.cls.__name__} has no receiver receive_{msg.message}")
         if not self.cls.satisfies_data_requirements(msg.message, msg.data):
             return drop(f"the data does not meet receive_{msg.message}'s @require_data_parameters")
-        before, sent = copy.deepcopy(self.data), len(self.outbox.sent)
+        before, sent = _copy(self.data), len(self.outbox.sent)
         self.outbox.step_id = None
         try:
             result = receiver(msg.token, msg.data)

@@ -305,3 +305,18 @@ def test_the_snapshot_is_not_modified() -> None:
     out = engine.advance(Recheck2, Snapshot("x", data, rows), now=T0 + DAY)
     assert rows[0].state == "waiting" and data == {"k": [1]}
     assert [s.state for s in out.updated] == ["done"] and out.state == "finished"
+
+
+class Uncopyable:
+    def __deepcopy__(self, memo):
+        raise AssertionError("a runtime handle must not be copied")
+
+
+def test_task_handles_in_data_are_shared_not_copied() -> None:
+    from mailgate.core.tasks import Task
+
+    task = Task("t1")
+    task._book = Uncopyable()  # type: ignore[assignment]
+    out = engine.advance(Recheck2, Snapshot("x", {"job": task, "list": [task]}, [StepRow("s1", "wait", "waiting", T0)]),
+                         now=T0)
+    assert out.data["job"] is task and out.data["list"][0] is task

@@ -8,8 +8,14 @@ import datetime
 
 import pytest
 
-from mailgate.automations import flow, this
-from mailgate.automations.errors import FormAlreadyDone, FormForbidden, FormInvalid, FormNotFound
+from mailgate.automations import engine, flow, this
+from mailgate.automations.errors import (
+    AutomationError,
+    FormAlreadyDone,
+    FormForbidden,
+    FormInvalid,
+    FormNotFound,
+)
 from mailgate.core.context import ANONYMOUS, User
 from tests.automations.driver import Driver
 
@@ -176,3 +182,46 @@ def test_skip_after_closes_an_unanswered_form() -> None:
     assert d.step("personal").state == "skipped" and d.state == "finished"
     with pytest.raises(FormAlreadyDone):
         d.submit(d.step("personal").id, User(id="u7"), {"score": 3})
+
+
+class Listener(flow.Automation):
+    wait = flow.Execute().AsSoonAs(this.heard, recheck=None)
+    end = flow.End()
+
+    def heard(self, task):
+        return self.data.get("heard", False)
+
+    def receive_news(self, token, data):
+        self.data["heard"] = True
+        return "received" if self.data.get("catch") else self.data["n"]
+
+
+def test_a_broadcast_stops_at_the_first_received() -> None:
+    drivers = [Driver(Listener, {"n": n, "catch": n == 1}, now=T0) for n in range(3)]
+    for d in drivers:
+        d.run()
+    drivers[2].state = "finished"
+    message = engine.QueuedMessage("b1", "news", None, {})
+    out = engine.broadcast(Listener, [d.snapshot() for d in drivers], message, now=T0 + 1)
+    assert out.results == [0, "received"] and out.received_by == drivers[1].id
+    assert list(out.outcomes) == [drivers[0].id, drivers[1].id]  # the third was never reached
+    assert out.outcomes[drivers[0].id].state == "finished"  # and each delivery advanced its automation
+
+
+class Announcer(flow.Automation):
+    start = flow.Execute(this.talk)
+    end = flow.End()
+
+    def talk(self, task):
+        self.data["unmet"] = Inbox.broadcast_message("signup", data={"email": "x"}) is None
+        self.data["met"] = Inbox.broadcast_message("signup", data={"email": "x", "count": 1}) is not None
+
+
+def test_require_data_parameters_is_checked_at_send_time() -> None:
+    d = Driver(Announcer, now=T0)
+    out = d.run()
+    assert d.data == {"unmet": True, "met": True}
+    assert [(m.broadcast_class, m.data) for m in out.sent] == [
+        (Inbox.get_automation_class_name(), {"email": "x", "count": 1})]
+    with pytest.raises(AutomationError, match="works inside an automation's step"):
+        Inbox.broadcast_message("signup", data={"email": "x", "count": 1})
