@@ -1,0 +1,14 @@
+"""Automations: durable multi-step workflows, a native port of Django Automations (issue 17).
+
+Authors write ``from mailgate.automations import flow, this``. So far this package holds the author
+API (:mod:`.flow`, checked at class creation by :mod:`.graph`), the class registry
+(:mod:`.registry`), ``unique`` keys (:mod:`.unique`) and the pure engine (:mod:`.engine`); the
+runner that stores, claims and runs automations in the daemon is not built yet.
+"""
+
+from __future__ import annotations
+
+from mailgate.automations import flow
+from mailgate.automations.flow import this
+
+__all__ = ["flow", "this"]
