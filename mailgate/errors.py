@@ -90,3 +90,12 @@ class StoreFull(StoreError):
 
 class StoreConflict(StoreError):
     """The store refused a write on a constraint that is not an expected domain outcome."""
+
+
+class AutomationFenced(StoreConflict):
+    """An automation's commit was refused as a whole: its version moved on (another run, a submit,
+    a kill, a retry) or its claim passed to another holder since it was read. Nothing was applied."""
+
+
+class InteractionClosed(MailgateError):
+    """A submit to an automation step that no longer waits for one (already submitted, or ended)."""

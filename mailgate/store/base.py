@@ -14,6 +14,11 @@ from typing import Literal
 
 TaskState = Literal["queued", "running", "succeeded", "failed"]
 DONE_STATES = ("succeeded", "failed")
+AutomationState = Literal["running", "finished", "failed", "killed"]
+StepState = Literal["waiting", "interaction", "running", "done", "skipped", "failed", "joined"]
+MessageState = Literal["queued", "delivered", "dropped"]
+OPEN_STEP_STATES = ("waiting", "interaction", "running")
+ENDED_AUTOMATION_STATES = ("finished", "failed", "killed")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class TaskRecord:
     error_message: str | None
     error_trace: str | None
     variables: str | None  # JSON list
+    automation_id: str | None = None  # started by a step of this automation
 
     @property
     def done(self) -> bool:
@@ -127,6 +133,9 @@ class NewEmail:
     authentication: str
     task: NewTask | None  # the incoming_email task, when the interview defines it
     event: NewEvent
+    # ``email`` messages to the session's running automations: queued with the e-mail (250 => queued),
+    # and only when the e-mail is new (a duplicate queues nothing again)
+    messages: Sequence[NewMessage] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,7 @@ class NewTask:
     user: str
     ui_notification: str | None
     max_attempts: int
+    automation_id: str | None = None  # started by a step of this automation (its end sends ``task_done``)
 
 
 @dataclass(frozen=True)
@@ -224,6 +234,207 @@ class TaskFinish:
     variables: str | None = None
 
 
+# -- automations (AUTOMATIONS.md §4.3): rows the store keeps, never interprets -------------------------
+@dataclass(frozen=True)
+class AutomationRecord:
+    id: str
+    seq: int
+    cls: str  # the class's name as the registry resolves it
+    session_id: str | None
+    state: AutomationState
+    data: str  # JSON (the core's tagged codec)
+    version: int  # +1 per commit: what fenced commits compare
+    unique_key: str | None
+    key: str  # HMAC for URLs (computed by the core)
+    owner: str  # JSON of the user who started it
+    wake_at: float | None  # earliest due open step, or the time a message was queued
+    claim_holder: str | None
+    claim_until: float | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One node entered on one path (a row of the automation's history)."""
+
+    id: str
+    seq: int
+    automation_id: str
+    previous_id: str | None
+    split_id: str | None  # the Split step that opened this path
+    node: str
+    state: StepState
+    message: str | None
+    result: str | None  # JSON
+    error_type: str | None
+    error_message: str | None
+    error_trace: str | None
+    wake_at: float | None
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    assignee_user: str | None
+    assignee_privileges: str | None  # JSON list
+    submitted_by: str | None  # JSON of the user
+
+    @property
+    def open(self) -> bool:
+        return self.state in OPEN_STEP_STATES
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: str
+    seq: int  # commit order: the delivery order per automation
+    automation_id: str | None  # None: a broadcast
+    broadcast_class: str | None
+    message: str  # the receiver's name without ``receive_``
+    token: str | None
+    data: str  # JSON
+    sender: str  # JSON
+    state: MessageState
+    result: str | None  # JSON
+    created_at: float
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """A recorded effect of a step (e.g. ``send_email``): a re-run returns it instead of redoing it."""
+
+    step_id: str
+    call_index: int
+    kind: str
+    result: str  # JSON
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewAutomation:
+    id: str
+    cls: str
+    session_id: str | None
+    data: str
+    key: str
+    owner: str
+    unique_key: str | None = None  # one *running* automation per (cls, unique_key)
+    wake_at: float | None = None  # None with open steps or messages given: now
+
+
+@dataclass(frozen=True)
+class NewStep:
+    """A step entered: open (waiting, interaction, running) or already ended in the same commit."""
+
+    id: str
+    node: str
+    state: StepState = "waiting"
+    previous_id: str | None = None
+    split_id: str | None = None
+    wake_at: float | None = None
+    message: str | None = None
+    result: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_trace: str | None = None
+    attempts: int = 0
+    started: bool = False  # started_at = the commit's time (also implied by an ended state)
+    assignee_user: str | None = None
+    assignee_privileges: str | None = None  # JSON list
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    """A change to an existing step: a new state with its outcome. ``finished_at`` is set when the
+    state is an ended one (done, skipped, failed, joined), ``started_at`` on its first start."""
+
+    step_id: str
+    state: StepState
+    message: str | None = None
+    result: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_trace: str | None = None
+    wake_at: float | None = None
+    attempts: int | None = None  # None keeps the stored count
+    submitted_by: str | None = None
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to one automation (``automation_id``) or a broadcast to the running automations of
+    ``broadcast_class``. A message to an automation that is not running is stored ``dropped``."""
+
+    id: str
+    message: str
+    automation_id: str | None = None
+    broadcast_class: str | None = None
+    token: str | None = None
+    data: str = "{}"
+    sender: str = "{}"
+
+
+@dataclass(frozen=True)
+class MessageDone:
+    """A message consumed under a claim: delivered with the receiver's result, or dropped."""
+
+    message_id: str
+    state: Literal["delivered", "dropped"] = "delivered"
+    result: str | None = None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    step_id: str
+    call_index: int
+    kind: str
+    result: str
+
+
+@dataclass(frozen=True)
+class AutomationUpdate:
+    """What one run of an automation produced, fenced: applied only while the automation is at
+    ``expected_version`` and (``holder`` given) still claimed by ``holder``; else the whole
+    ``Changes`` is refused with :class:`~mailgate.errors.AutomationFenced`.
+
+    ``data`` None keeps the stored data. The claim is released unless ``keep_claim``.
+    """
+
+    automation_id: str
+    expected_version: int
+    holder: str | None
+    state: AutomationState = "running"
+    data: str | None = None
+    wake_at: float | None = None
+    steps_finished: Sequence[StepUpdate] = ()
+    steps_opened: Sequence[NewStep] = ()
+    messages_done: Sequence[MessageDone] = ()
+    journal: Sequence[JournalEntry] = ()
+    keep_claim: bool = False
+
+
+@dataclass(frozen=True)
+class AutomationStart:
+    """An automation to create in a commit (an action's ``Class(**data)``, ``create_on_message``),
+    with its first steps and queued messages, under the same unique rule as ``create_automation``:
+    when a running one holds the unique key, the messages go to that one instead."""
+
+    automation: NewAutomation
+    steps: Sequence[NewStep] = ()
+    messages: Sequence[NewMessage] = ()
+
+
+@dataclass(frozen=True)
+class ClaimedAutomation:
+    """An automation claimed for a run, with its open steps and queued messages, each in order."""
+
+    automation: AutomationRecord
+    steps: Sequence[StepRecord]
+    messages: Sequence[MessageRecord]
+
+
 @dataclass(frozen=True)
 class Changes:
     """Everything one action produced, committed in one transaction (all or nothing)."""
@@ -238,12 +449,21 @@ class Changes:
     # (session_id, version): apply only if the session is still at that version and nobody holds a
     # live lease on it, else VersionConflict. For actions that ran without taking the lease.
     unleased: tuple[str, int] | None = None
+    # Automation runs (fenced, see AutomationUpdate) and messages sent to automations (their
+    # targets' wake_at becomes now, so that a runner sees them at once).
+    automations: Sequence[AutomationUpdate] = ()
+    messages: Sequence[NewMessage] = ()
+    # Created first, so that the rest of the commit may refer to them.
+    new_automations: Sequence[AutomationStart] = ()
 
 
 @dataclass(frozen=True)
 class CommitResult:
     version: int | None = None
     events: Sequence[EventRecord] = field(default_factory=tuple)
+    # (automation id, created) for each of ``Changes.new_automations``: the id is the running one's
+    # when the unique rule returned an existing automation
+    automations: Sequence[tuple[str, bool]] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -315,6 +535,13 @@ class Store(abc.ABC):
         queue processor's doorbell. Backends that cannot ring do nothing (the default): the
         processor's polling finds those messages."""
         del wake  # nothing rings here: the processor's polling finds other processes' messages
+
+    def watch_automations(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on the loop) whenever an automation may have become due sooner than
+        :meth:`next_wake` said: a message queued, an automation created, submitted, retried or
+        moved. Backends that cannot ring another process do nothing for other processes (the
+        runner's ``timer_poll`` finds their work); every backend rings for its own process."""
+        del wake  # nothing rings here: the runner's polling finds other processes' work
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -556,3 +783,109 @@ class Store(abc.ABC):
     async def restore(self, path: str, progress: StoreProgress | None = None) -> int:
         """Replace the whole store with the backup at ``path`` (then migrate it); its schema version.
         Backends that cannot raise MailgateError naming the tool to use instead."""
+
+    # -- automations ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_automation(self, new: NewAutomation, steps: Sequence[NewStep] = (),
+                                messages: Sequence[NewMessage] = ()) -> tuple[AutomationRecord, bool]:
+        """Create an automation with its first steps and queued messages in one transaction;
+        ``(record, True)``. When ``new.unique_key`` is set and a *running* automation of the same
+        class has it, nothing is created and ``(that one, False)`` is returned, atomically (the
+        database's partial unique index decides); ``messages`` are then queued to that one. The
+        messages' ``automation_id`` is ignored: they go to the automation returned. NotFound when
+        ``new.session_id`` names no session."""
+
+    @abc.abstractmethod
+    async def claim_automations(self, holder: str, limit: int, lease: float) -> list[ClaimedAutomation]:
+        """Claim up to ``limit`` running automations that are due (``wake_at <= now``) and not
+        claimed by a live claim (an expired one is taken over), earliest due first, for ``lease``
+        seconds; each with its open steps and queued messages in order. Other claimers skip them."""
+
+    @abc.abstractmethod
+    async def heartbeat_automations(self, holder: str, automation_ids: Sequence[str], lease: float) -> list[str]:
+        """Extend ``holder``'s claims; the ids it still holds (the others were taken over or ended)."""
+
+    @abc.abstractmethod
+    async def release_automations(self, holder: str, automation_ids: Sequence[str], wake_at: float | None = None) -> None:
+        """Give claims back without a commit (a busy session, shutdown); ``wake_at`` postpones the
+        next claim (a back-off), None leaves the automation due as it was."""
+
+    @abc.abstractmethod
+    async def next_wake(self) -> float | None:
+        """The earliest ``wake_at`` among running automations (claimed ones included), read from
+        its index only; None when none waits on anything."""
+
+    @abc.abstractmethod
+    async def get_automation(self, automation_id: str) -> AutomationRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_automation_by_key(self, key: str) -> AutomationRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_automations(self, *, cls: str | None = None, state: str | None = None,
+                               session_id: str | None = None, after_seq: int = 0,
+                               limit: int = 100) -> list[AutomationRecord]:
+        """Automations in creation order, those with ``seq > after_seq`` (paging)."""
+
+    @abc.abstractmethod
+    async def automation_history(self, automation_id: str) -> list[StepRecord]:
+        """Every step of the automation in the order they were entered."""
+
+    @abc.abstractmethod
+    async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
+        """The automation's messages in commit order, every state."""
+
+    @abc.abstractmethod
+    async def queued_broadcasts(self, limit: int = 100) -> list[MessageRecord]:
+        """Broadcasts not consumed yet, oldest first (a runner delivers them and marks them done
+        with a :class:`MessageDone` in a commit)."""
+
+    @abc.abstractmethod
+    async def enqueue_message(self, message: NewMessage) -> MessageRecord:
+        """Queue a message (or a broadcast) in its own commit. A message to a running automation
+        makes it due now in the same transaction; to one that is not running (or absent) it is
+        stored ``dropped``."""
+
+    @abc.abstractmethod
+    async def open_interactions(self, user_id: str | None, privileges: Sequence[str],
+                                limit: int = 100) -> list[tuple[AutomationRecord, StepRecord]]:
+        """Steps waiting for a user (state ``interaction``) of running automations that this user
+        may be offered: assigned to nobody or to ``user_id``, needing no privilege outside
+        ``privileges`` (``admin`` sees all). The core decides finally (its assignee resolver)."""
+
+    @abc.abstractmethod
+    async def submit_interaction(self, automation_id: str, step_id: str, expected_version: int, *,
+                                 submitted_by: str, data: str, result: str | None = None) -> AutomationRecord:
+        """Close an interaction step (done, ``OK``, ``submitted_by``), store ``data`` and make the
+        automation due now, fenced like a commit by ``expected_version`` (AutomationFenced).
+        InteractionClosed when the step does not wait for a submit (any more); NotFound."""
+
+    @abc.abstractmethod
+    async def kill_automation(self, automation_id: str) -> bool:
+        """Delete the automation with its steps, messages and journal. False if it did not exist.
+        A runner holding it has its commit refused."""
+
+    @abc.abstractmethod
+    async def retry_automation(self, automation_id: str) -> AutomationRecord:
+        """A failed automation runs again: its failed steps wait again (error kept until they run),
+        it is running and due now. NotFound; MailgateError when it is not failed."""
+
+    @abc.abstractmethod
+    async def goto_automation(self, automation_id: str, node: str, step_id: str) -> AutomationRecord:
+        """Close every open step (skipped, message ``goto <node>``) and open a step ``step_id`` at
+        ``node``, due now; a failed automation runs again. NotFound; MailgateError for an ended
+        (finished or killed) automation."""
+
+    @abc.abstractmethod
+    async def delete_automation_history(self, before: float) -> tuple[int, int]:
+        """Delete the finished, failed and killed automations that ended before ``before``, with
+        their steps, messages and journal; (automations, steps) deleted. Consumed broadcasts and
+        messages dropped for automations that are gone, sent before ``before``, go too."""
+
+    @abc.abstractmethod
+    async def count_automations(self) -> dict[str, int]:
+        """Automations by state (every state present, zero included), for metrics and the CLI."""
+
+    @abc.abstractmethod
+    async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:
+        """The recorded effect of a step's ``call_index``-th journaled call, if it committed."""

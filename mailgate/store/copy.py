@@ -8,7 +8,7 @@ Consistency. The source is read in one SQLite read transaction: with WAL that is
 long the copy runs. The target is written in one PostgreSQL transaction that is committed only after
 every table has been verified inside it: a copy that fails or does not match leaves the target as it
 was (migrated and empty), so it can simply be run again. A daemon still writing to the SQLite file is
-caught twice: a live session lease or claimed task refuses the copy before it starts, and a commit by
+caught twice: a live session lease, claimed task or claimed automation refuses the copy before it starts, and a commit by
 another connection during the copy (``PRAGMA data_version``) rolls it back at the end.
 
 Memory. Rows travel in batches of at most ``BATCH_ROWS`` rows or ``BATCH_BYTES`` bytes; raw messages
@@ -98,7 +98,7 @@ TABLES: tuple[Table, ...] = (
           ("local_part",), fetch=BATCH_ROWS),
     Table("tasks", _cols("seq:int id session_id interview action arguments user ui_notification state attempts:int "
                          "max_attempts:int worker lease_until:float created_at:float started_at:float "
-                         "finished_at:float result error_type error_message error_trace variables"),
+                         "finished_at:float result error_type error_message error_trace variables automation_id"),
           ("seq",), serial="seq"),
     Table("events", _cols("id:int session_id kind payload created_at:float"), ("id",), serial="id"),
     Table("cron_periods", _cols("type period holder claimed_at:float"), ("type", "period"), fetch=BATCH_ROWS),
@@ -109,6 +109,17 @@ TABLES: tuple[Table, ...] = (
     # messages answered 250 but not processed yet: the new daemon processes them (a claim's lease runs out)
     Table("inbound_queue", _cols("seq:int id sha256 size:int raw:bytes envelope received_at:float attempts:int "
                                  "worker lease_until:float"), ("seq",), serial="seq", fetch=1),
+    # automations with their history, messages and journal: a claim's lease runs out in the new daemon
+    Table("automations", _cols("seq:int id cls session_id state data version:int unique_key key owner wake_at:float "
+                               "claim_holder claim_until:float created_at:float updated_at:float finished_at:float"),
+          ("seq",), serial="seq"),
+    Table("automation_steps", _cols("seq:int id automation_id previous_id split_id node state message result error_type "
+                                    "error_message error_trace wake_at:float attempts:int created_at:float "
+                                    "started_at:float finished_at:float assignee_user assignee_privileges submitted_by"),
+          ("seq",), serial="seq"),
+    Table("automation_messages", _cols("seq:int id automation_id broadcast_class message token data sender state result "
+                                       "created_at:float delivered_at:float"), ("seq",), serial="seq"),
+    Table("automation_journal", _cols("step_id call_index:int kind result created_at:float"), ("step_id", "call_index")),
 )
 NOT_COPIED = ("session_leases", "schema_migrations")
 
@@ -268,9 +279,11 @@ class Source:
                                   f"{', '.join(table.column_names)} (a mailgate version mismatch)")
         lease = self.query("SELECT session_id, expires_at FROM session_leases WHERE expires_at > ? LIMIT 1", (now,))
         task = self.query("SELECT id, lease_until FROM tasks WHERE state = 'running' AND lease_until > ? LIMIT 1", (now,))
-        if lease or task:
-            what = f"session {lease[0][0]} is locked" if lease else f"task {task[0][0]} is claimed by a worker"
-            until = lease[0][1] if lease else task[0][1]
+        run = self.query("SELECT id, claim_until FROM automations WHERE claim_until > ? LIMIT 1", (now,))
+        if lease or task or run:
+            what = (f"session {lease[0][0]} is locked" if lease else f"task {task[0][0]} is claimed by a worker" if task
+                    else f"automation {run[0][0]} is claimed by a runner")
+            until = (lease or task or run)[0][1]
             raise CopyRefused(f"a daemon seems to be using the SQLite store ({what} for {until - now:.0f} s more); "
                               "stop it first (systemctl stop mailgate); if it was killed, wait until then")
 

@@ -20,15 +20,22 @@ import pytest_asyncio
 
 from mailgate.store import copy as store_copy
 from mailgate.store.base import (
+    AutomationUpdate,
     Changes,
     Delivery,
     InboundDelivery,
+    JournalEntry,
+    MessageDone,
+    NewAutomation,
     NewEmail,
     NewEvent,
     NewInbound,
     NewMailbox,
+    NewMessage,
+    NewStep,
     NewTask,
     StashRecord,
+    StepUpdate,
     TaskFinish,
 )
 from mailgate.store.copy import NOT_COPIED, TABLES, CopyRefused, copy_to_postgres, verify_copy
@@ -90,6 +97,23 @@ async def build(path: str) -> None:
         await store.claim_inbound("w1", 1, 30.0)
         await store.deliver_inbound(InboundDelivery("q0", "w1", []))
         await store.put_stash(StashRecord("k1", "sealed", 1.5, 2.5e9, 3600.0))
+        # an automation of s1 mid-way (history, a delivered and a queued message, a journal row, a task of
+        # its step) and a broadcast; a killed one used the highest ids of its tables
+        auto, _ = await store.create_automation(
+            NewAutomation("a1", "app.Flow", "s1", '{"n":1}', "key-a1", '{"id":"u"}', unique_key="k"),
+            [NewStep("st1", "start")], [NewMessage("m1", "go", token="t", data='{"x":"é ✓"}')])
+        await store.commit(Changes(
+            new_tasks=[NewTask("t-a1", "s1", "iv", "act", "{}", "{}", None, 3, automation_id="a1")],
+            automations=[AutomationUpdate("a1", auto.version, None, wake_at=2.5e9,
+                                          steps_finished=[StepUpdate("st1", "done", message="OK", result='{"v":1}')],
+                                          steps_opened=[NewStep("st2", "wait", previous_id="st1", wake_at=2.5e9)],
+                                          messages_done=[MessageDone("m1", result='"ok"')],
+                                          journal=[JournalEntry("st1", 0, "send_email", '{"message_id":"<j@x>"}')])]))
+        await store.enqueue_message(NewMessage("m2", "later", automation_id="a1"))
+        await store.enqueue_message(NewMessage("b1", "news", broadcast_class="app.Flow"))
+        await store.create_automation(NewAutomation("a2", "app.Flow", None, "{}", "key-a2", "{}"),
+                                      [NewStep("st3", "start")], [NewMessage("m3", "go")])
+        await store.kill_automation("a2")
         await store.create_session("gone", "iv", "{}", "{}")
         await store.commit(Changes(events=[NewEvent("gone", "command", "{}")] * 3))
         await store.delete_session("gone")
@@ -143,8 +167,9 @@ async def test_copy_moves_every_row_and_sets_the_sequences_past_every_used_id(so
     report = await copy_to_postgres(source, dsn, on_progress=lambda *a: seen.append(a))
     assert report.ok and report.committed, report.to_dict()
     counts = {c.table: c.target_rows for c in report.checks}
-    assert counts == {"settings": 1, "sessions": 2, "mailboxes": 1, "tasks": 3, "events": 2, "cron_periods": 1,
-                      "stashes": 1, "raw_messages": 1, "emails": 1, "inbound_queue": 1}
+    assert counts == {"settings": 1, "sessions": 2, "mailboxes": 1, "tasks": 4, "events": 2, "cron_periods": 1,
+                      "stashes": 1, "raw_messages": 1, "emails": 1, "inbound_queue": 1, "automations": 1,
+                      "automation_steps": 2, "automation_messages": 3, "automation_journal": 1}
     assert report.bytes == len(RAW) + len(QUEUED)
     assert ("copy", "raw_messages", 1, 1) in seen and ("verify", "emails", 1, 1) in seen
     # The values as the daemon reads them back through PgStore
@@ -153,8 +178,23 @@ async def test_copy_moves_every_row_and_sets_the_sequences_past_every_used_id(so
     try:
         assert await pg.setting("secrets", "other") == '{"key":"s3cr3t"}'
         assert await pg.cron_session_ids(["iv"], None, 10) == ["s1"]  # allow_cron came along
-        assert {t.id: t.state for t in await pg.list_tasks()} == {"t1": "succeeded", "t2": "failed", "t3": "queued"}
-        assert [t.id for t in await pg.list_tasks()] == ["t3", "t2", "t1"]  # newest first: seq kept
+        assert {t.id: t.state for t in await pg.list_tasks()} == {"t1": "succeeded", "t2": "failed", "t3": "queued",
+                                                                  "t-a1": "queued"}
+        assert [t.id for t in await pg.list_tasks()] == ["t-a1", "t3", "t2", "t1"]  # newest first: seq kept
+        assert await rows(dsn, "SELECT automation_id FROM tasks WHERE id = 't-a1'") == [("a1",)]
+        # the automation as the runner reads it: history, messages, journal, key, unique rule
+        auto = await pg.get_automation_by_key("key-a1")
+        assert auto is not None and (auto.id, auto.session_id, auto.version) == ("a1", "s1", 2)
+        assert auto.wake_at is not None and auto.wake_at < 2.5e9  # m2 made it due at once
+        assert [(st.id, st.state, st.previous_id) for st in await pg.automation_history("a1")] == [
+            ("st1", "done", None), ("st2", "waiting", "st1")]
+        assert [(m.id, m.state, m.data) for m in await pg.automation_messages("a1")] == [
+            ("m1", "delivered", '{"x":"é ✓"}'), ("m2", "queued", "{}")]
+        assert [m.id for m in await pg.queued_broadcasts()] == ["b1"]
+        journal = await pg.journal_entry("st1", 0)
+        assert journal is not None and journal.result == '{"message_id":"<j@x>"}'
+        again, created = await pg.create_automation(NewAutomation("a3", "app.Flow", None, "{}", "key-a3", "{}", unique_key="k"))
+        assert (again.id, created) == ("a1", False)
         assert await pg.get_raw(hashlib.sha256(RAW).hexdigest()) == RAW
         email = (await pg.get_emails(["e1"]))["e1"]
         assert (email.local_part, email.size, email.message_id) == ("box1", len(RAW), "<m@x>")
@@ -170,8 +210,9 @@ async def test_copy_moves_every_row_and_sets_the_sequences_past_every_used_id(so
     finally:
         await pg.close()
     next_ids = {c.table: c.next_id for c in report.checks if c.next_id is not None}
-    assert next_ids == {"tasks": used["tasks"] + 1, "events": used["events"] + 1, "emails": used["emails"] + 1,
-                        "inbound_queue": used["inbound_queue"] + 1}
+    assert next_ids == {name: used[name] + 1 for name in ("tasks", "events", "emails", "inbound_queue", "automations",
+                                                          "automation_steps", "automation_messages")}
+    assert used["automations"] == 2  # the killed automation's seq: the sequence passed it
 
 
 async def test_a_target_that_holds_data_is_refused_and_left_alone(source: str, dsn: str) -> None:
@@ -225,6 +266,11 @@ async def test_a_source_in_use_by_a_daemon_is_refused(source: str, dsn: str) -> 
         await copy_to_postgres(source, dsn)
     with sqlite3.connect(source) as conn:
         conn.execute("UPDATE tasks SET lease_until = 1 WHERE id = 't3'")  # a dead worker's task is copied as it is
+        conn.execute("UPDATE automations SET claim_holder = 'r9', claim_until = 1e12 WHERE id = 'a1'")
+    with pytest.raises(CopyRefused, match="automation a1 is claimed by a runner"):
+        await copy_to_postgres(source, dsn)
+    with sqlite3.connect(source) as conn:  # a dead runner's claim is copied as it is: its lease runs out
+        conn.execute("UPDATE automations SET claim_until = 1 WHERE id = 'a1'")
     assert (await copy_to_postgres(source, dsn)).committed
     assert [r[0] for r in await rows(dsn, "SELECT worker FROM tasks WHERE id = 't3'")] == ["w9"]
 

@@ -1,5 +1,6 @@
-"""PostgreSQL's task doorbell: a worker pool in another process hears of queued tasks at once
-(``Store.watch_tasks``), instead of at its next ``[tasks] poll_interval``."""
+"""PostgreSQL's task and automation doorbells: a worker pool (a runner) in another process hears of
+queued tasks (messages, automations due now) at once (``Store.watch_tasks``, ``watch_automations``),
+instead of at its next ``[tasks] poll_interval`` (``[automations] timer_poll``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from contextlib import asynccontextmanager
 import pytest
 
 from mailgate.core.background import lost_task_events
-from mailgate.store.base import Changes, NewEvent, NewTask
+from mailgate.store.base import (
+    AutomationUpdate,
+    Changes,
+    NewAutomation,
+    NewEvent,
+    NewMessage,
+    NewStep,
+    NewTask,
+)
 from mailgate.store.postgres.backend import PgStore
 from tests.helpers import wait_until
 from tests.pg import create_database_async, drop_database_async
@@ -71,3 +80,30 @@ async def test_a_commit_without_tasks_does_not_ring() -> None:
         async with asyncio.timeout(10):
             await events_rung.wait()  # the events bell rang, so the notification has arrived
         assert not tasks_rung.is_set()
+
+
+async def test_messages_and_due_automations_ring_other_processes() -> None:
+    async with two_processes() as (sender, runner):
+        rung = asyncio.Event()
+        runner.watch_automations(rung.set)
+        await listening(runner)
+        rung.clear()  # the listener's catch-up ring on connecting
+        rec, _ = await sender.create_automation(NewAutomation("a1", "app.Flow", None, "{}", "k1", "{}"),
+                                                [NewStep("st1", "start")])
+        async with asyncio.timeout(10):
+            await rung.wait()  # created due now
+        [claim] = await runner.claim_automations("r1", 5, 30.0)
+        # the run leaves it waiting on a timer in an hour; a message from another process wakes it at once
+        timer = sender.now() + 3600
+        await runner.commit(Changes(automations=[AutomationUpdate("a1", rec.version, "r1", wake_at=timer)]))
+        assert await runner.claim_automations("r1", 5, 30.0) == []
+        rung.clear()
+        await sender.enqueue_message(NewMessage("m1", "go", automation_id="a1"))
+        async with asyncio.timeout(10):
+            await rung.wait()
+        [claim] = await runner.claim_automations("r1", 5, 30.0)
+        assert [m.id for m in claim.messages] == ["m1"]
+        rung.clear()
+        await runner.release_automations("r1", ["a1"])  # given back: another runner may take it now
+        async with asyncio.timeout(10):
+            await rung.wait()

@@ -13,8 +13,17 @@ import pytest
 import pytest_asyncio
 
 from mailgate.core.background import lost_task_events
-from mailgate.errors import StoreUnavailable, VersionConflict
-from mailgate.store.base import Changes, NewEvent, NewTask, SessionSave, TaskFinish
+from mailgate.errors import AutomationFenced, StoreUnavailable, VersionConflict
+from mailgate.store.base import (
+    AutomationUpdate,
+    Changes,
+    NewAutomation,
+    NewEvent,
+    NewStep,
+    NewTask,
+    SessionSave,
+    TaskFinish,
+)
 from mailgate.store.migrations import numbered
 from mailgate.store.postgres.backend import PgStore
 from tests.helpers import wait_until
@@ -267,5 +276,66 @@ async def test_deliveries_are_grouped_and_each_keeps_its_own_outcome(dsn: str) -
         assert all(not new and not events for new, events in outcomes[20:])
         assert len(await store.list_emails(limit=100)) == 20
         assert (await store.count_tasks())["queued"] == 20
+    finally:
+        await store.close()
+
+
+def automation(n: int) -> NewAutomation:
+    return NewAutomation(f"a{n:05d}", "app.Flow", None, "{}", f"key{n}", "{}")
+
+
+async def test_two_stores_never_claim_the_same_automation(dsn: str) -> None:
+    a, b = await open_store(dsn), await open_store(dsn)
+    try:
+        for n in range(300):
+            await a.create_automation(automation(n), [NewStep(f"s{n}", "start")])
+
+        async def drain(store: PgStore, holder: str) -> list[str]:
+            got: list[str] = []
+            while claimed := await store.claim_automations(holder, 7, 30):
+                got.extend(c.automation.id for c in claimed)
+            return got
+
+        runs = await asyncio.gather(drain(a, "ra"), drain(b, "rb"), drain(a, "ra2"), drain(b, "rb2"))
+        claimed = [i for run in runs for i in run]
+        assert len(claimed) == len(set(claimed)) == 300
+        assert sum(1 for run in runs if run) >= 2  # the claimers really overlapped
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_fenced_automation_in_a_group_of_commits_fails_alone(dsn: str) -> None:
+    store = await open_store(dsn)
+    try:
+        for n in range(3):
+            await store.create_automation(automation(n), [NewStep(f"s{n}", "start")])
+        commits = [Changes(automations=[AutomationUpdate(f"a{n:05d}", 1 if n != 1 else 7, None, data=f'{{"n":{n}}}')])
+                   for n in range(3)]
+        before = store._commits.groups
+        outcomes = await asyncio.gather(*[store.commit(c) for c in commits], return_exceptions=True)
+        assert store._commits.groups - before == 4  # one group of three refused, then each alone
+        assert isinstance(outcomes[1], AutomationFenced) and "version 1, not 7" in str(outcomes[1])
+        assert [(await store.get_automation(f"a{n:05d}")).data for n in range(3)] == ['{"n":0}', "{}", '{"n":2}']  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
+async def test_the_timer_read_uses_only_its_partial_index(dsn: str) -> None:
+    store = await open_store(dsn)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO automations (id, cls, state, data, version, key, owner, wake_at, created_at, updated_at, "
+                "finished_at) SELECT 'a' || n, 'app.Flow', CASE WHEN n % 10 = 0 THEN 'running' ELSE 'finished' END, "
+                "'{}', 1, 'k' || n, '{}', CASE WHEN n % 10 = 0 THEN n END, 0, 0, 0 FROM generate_series(1, 20000) AS n")
+            await conn.execute("VACUUM ANALYZE automations")
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN SELECT MIN(wake_at) FROM automations WHERE state = 'running'"))
+        finally:
+            await conn.close()
+        assert "Index Only Scan" in plan and "automations_wake" in plan, plan
+        assert await store.next_wake() == 10.0
     finally:
         await store.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.store import base
-from mailgate.store.sqlite import backend, cache
+from mailgate.store.sqlite import automations, backend, cache
 from mailgate.store.sqlite.backend import SqliteStore
 
 SNAPSHOT = Path(__file__).with_name("sqlite_schema.txt")
@@ -36,6 +36,10 @@ COLUMN_LISTS = [
     (backend.EVENT_COLS, "events", base.EventRecord),
     (backend.MAILBOX_COLS, "mailboxes", base.MailboxRecord),
     (backend.EMAIL_COLS, "emails", base.EmailRecord),
+    (automations.AUTOMATION_COLS, "automations", base.AutomationRecord),
+    (automations.STEP_COLS, "automation_steps", base.StepRecord),
+    (automations.MESSAGE_COLS, "automation_messages", base.MessageRecord),
+    (automations.JOURNAL_COLS, "automation_journal", base.JournalRecord),
 ]
 # Where a column's name differs from its record field's (``index`` is an SQL keyword).
 RENAMED = {("mailboxes", "idx"): "index"}
@@ -121,11 +125,12 @@ def columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 
 def test_every_table_the_sql_names_exists(database: Path) -> None:
-    source = Path(backend.__file__).read_text() + Path(cache.__file__).read_text()
+    source = "".join(Path(m.__file__).read_text() for m in (backend, cache, automations))
     named = set(re.findall(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+([a-z_]+)\b", source))
-    named.discard("sqlite_master")
+    named -= {"sqlite_master", "json_each"}  # json_each: SQLite's table-valued function
     assert {"sessions", "tasks", "events", "mailboxes", "emails", "raw_messages", "settings", "cron_periods",
-            "session_leases", "schema_migrations"} <= named  # the regex still finds them
+            "session_leases", "schema_migrations", "automations", "automation_steps", "automation_messages",
+            "automation_journal"} <= named  # the regex still finds them
     conn = sqlite3.connect(database)
     try:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -149,6 +154,15 @@ def test_column_lists_exist_and_match_their_records(database: Path) -> None:
         assert "allow_cron" in columns(conn, "sessions") and "seq" in columns(conn, "tasks")
     finally:
         conn.close()
+
+
+def test_the_timer_read_uses_only_its_partial_index(database: Path) -> None:
+    conn = sqlite3.connect(database)
+    try:
+        plan = " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + automations.NEXT_WAKE))
+    finally:
+        conn.close()
+    assert "COVERING INDEX automations_wake" in plan, plan
 
 
 if __name__ == "__main__":  # regenerate the snapshot (see the module docstring)

@@ -54,6 +54,7 @@ from mailgate.store.base import (
     TaskRecord,
 )
 from mailgate.store.migrations import numbered
+from mailgate.store.postgres.automations import PgAutomations, automations_json
 from mailgate.store.postgres.errors import (
     DRIVER_ERRORS,
     Outage,
@@ -72,7 +73,7 @@ STASH_COLS = "key, data, created_at, expires_at, ttl"
 TASK_COLS = (
     'id, session_id, interview, action, arguments, "user", ui_notification, state, attempts, '
     "max_attempts, worker, lease_until, created_at, started_at, finished_at, result, error_type, "
-    "error_message, error_trace, variables"
+    "error_message, error_trace, variables, automation_id"
 )
 TASK_FIELDS = tuple(c.strip().strip('"') for c in TASK_COLS.split(","))
 EVENT_COLS = "id, session_id, kind, payload, created_at"
@@ -105,7 +106,7 @@ def _changes_json(ch: Changes) -> dict[str, Any]:
         "delete_session": ch.delete_session,
         "new_tasks": [{"id": t.id, "session_id": t.session_id, "interview": t.interview, "action": t.action,
                        "arguments": t.arguments, "user": t.user, "ui_notification": t.ui_notification,
-                       "max_attempts": t.max_attempts} for t in ch.new_tasks],
+                       "max_attempts": t.max_attempts, "automation_id": t.automation_id} for t in ch.new_tasks],
         "events": [{"session_id": e.session_id, "kind": e.kind, "payload": e.payload} for e in ch.events],
         "finish": None if f is None else {
             "task_id": f.task_id, "worker": f.worker, "state": f.state, "result": f.result,
@@ -116,6 +117,7 @@ def _changes_json(ch: Changes) -> dict[str, Any]:
                        "owner": m.owner, "expires_at": m.expires_at} for m in ch.mailboxes],
         "unleased": list(ch.unleased) if ch.unleased is not None else None,
     }
+    out.update(automations_json(ch))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -131,11 +133,11 @@ def _emails_json(emails: Sequence[NewEmail]) -> list[dict[str, Any]]:
     return [{
         "id": e.id, "local_part": e.local_part, "session_id": e.session_id, "message_id": _text(e.message_id),
         "dedupe": _text(e.dedupe), "envelope": e.envelope, "parsed": e.parsed, "authentication": e.authentication,
-        "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event])),
+        "changes": _changes_json(Changes(new_tasks=[e.task] if e.task else (), events=[e.event], messages=e.messages)),
     } for e in emails]
 
 
-class PgStore(Store):
+class PgStore(PgAutomations, Store):
     """A store on one PostgreSQL database. ``clock`` (tests only) replaces the database's clock."""
 
     def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0,
@@ -344,7 +346,8 @@ class PgStore(Store):
                 continue
             events = tuple(EventRecord(int(i), e.session_id, e.kind, e.payload, now)
                            for i, e in zip(result["events"], ch.events, strict=True))
-            out.append(CommitResult(version=result["version"], events=events))
+            started = tuple((str(a["id"]), bool(a["created"])) for a in result.get("automations", ()))
+            out.append(CommitResult(version=result["version"], events=events, automations=started))
         return out
 
     # -- leases ------------------------------------------------------------------------------------

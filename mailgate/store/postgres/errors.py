@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from mailgate.errors import (
+    AutomationFenced,
     LeaseLost,
     MailgateError,
     NotFound,
@@ -22,7 +23,8 @@ from mailgate.errors import (
 log = logging.getLogger("mailgate.store.postgres")
 
 # SQLSTATEs raised by mailgate's own functions (migrations/0002_functions.sql)
-_DOMAIN: dict[str, type[MailgateError]] = {"MG001": VersionConflict, "MG002": LeaseLost, "MG003": NotFound}
+_DOMAIN: dict[str, type[MailgateError]] = {"MG001": VersionConflict, "MG002": LeaseLost, "MG003": NotFound,
+                                           "MG004": AutomationFenced, "MG005": MailgateError}
 
 
 def where(dsn: str) -> str:

@@ -1,5 +1,5 @@
 """The doorbells: one connection per process that LISTENs for ``mailgate_events`` (committed events),
-``mailgate_tasks`` (queued tasks) and ``mailgate_inbound`` (queued inbound mail).
+``mailgate_tasks`` (queued tasks) and ``mailgate_inbound`` (queued inbound mail) and ``mailgate_automations`` (automations due now).
 
 A pooled connection would lose its LISTEN when the pool closes or replaces it, so the listener has a
 connection of its own. Each notification calls its channel's ``wake`` (the event feed then reads the
@@ -25,6 +25,7 @@ log = logging.getLogger("mailgate.store.postgres")
 CHANNEL = "mailgate_events"
 TASK_CHANNEL = "mailgate_tasks"
 INBOUND_CHANNEL = "mailgate_inbound"
+AUTOMATION_CHANNEL = "mailgate_automations"
 MAX_PAUSE = 5.0
 
 
@@ -74,7 +75,7 @@ class Listener:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
                 lost = self._lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
-                for channel in (CHANNEL, TASK_CHANNEL, INBOUND_CHANNEL):
+                for channel in (CHANNEL, TASK_CHANNEL, INBOUND_CHANNEL, AUTOMATION_CHANNEL):
                     await conn.add_listener(channel, self._notified)
                 self.connected = True
                 self.outage.ok(started)
