@@ -110,6 +110,18 @@ def test_one_node_object_under_two_names_is_rejected() -> None:
     rejects({"a": shared, "b": shared, "end": flow.End()}, "Bad.b", "also node 'a'")
 
 
+def test_a_node_replaced_later_in_the_class_body_is_rejected() -> None:
+    # The seed's IssueDiscussion has `evaluate = flow.Execute(this.evaluate)`; a method of that name
+    # would silently replace the node.
+    with pytest.raises(TypeError, match=r"Shadow.evaluate: the node is replaced by a method"):
+        class Shadow(flow.Automation):
+            evaluate = flow.Execute(this.evaluate)
+            end = flow.End()
+
+            def evaluate(self, task):  # noqa: F811 - the mistake under test
+                return 1
+
+
 def test_every_problem_is_reported_at_once() -> None:
     text = rejects({"a": flow.If(True), "b": flow.Execute().Next(this.c), "end": flow.End()})
     assert "Bad.a: If needs .Then" in text and "Bad.b: .Next names 'c'" in text
