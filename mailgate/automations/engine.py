@@ -228,6 +228,18 @@ def call_threaded(cls: type[f.Automation], automation_id: str, data: dict[str, A
     return _execute(spec, instance, StepContext(instance, step, now, hooks=hooks))
 
 
+def threaded_done(step: StepRow, *, finished_at: float, result: Any = None, error: BaseException | None = None,
+                  trace: str | None = None) -> StepRow:
+    """The row of a ``threaded=True`` step once its task ended: ``done`` with its (storable) result, or
+    ``failed`` with the error. The automation is not affected: it moved on when the task started."""
+    if step.state != "running":
+        raise AutomationError(f"step {step.id} ({step.node}) is {step.state}, not a running threaded step")
+    if error is None:
+        return replace(step, state="done", message="OK", result=_storable(result), finished_at=finished_at)
+    return replace(step, state="failed", message=repr(error), error_type=type(error).__name__,
+                   error_message=str(error), error_trace=trace, finished_at=finished_at)
+
+
 def _execute(spec: Spec, instance: f.Automation, task: StepContext) -> Any:
     node = spec.node
     assert isinstance(node, f.Execute)

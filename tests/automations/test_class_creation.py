@@ -9,6 +9,7 @@ import pytest
 
 from mailgate.automations import flow, this
 from mailgate.automations.errors import AutomationError
+from mailgate.automations.registry import AutomationRegistry
 
 
 def rejects(body: dict[str, object], *needles: str) -> str:
@@ -165,6 +166,9 @@ def test_names_meta_and_receivers() -> None:
     assert Plain.get_verbose_name() == "Automation Plain"
     assert Plain.get_verbose_name_plural() == "Automations Plain"
     assert Valid.receivers() == ["ping"]
+    assert AutomationRegistry([Valid, Plain]).describe() == [
+        {"name": Plain.get_automation_class_name(), "verbose_name": "Automation Plain", "receivers": []},
+        {"name": "valid", "verbose_name": "Valid automation", "receivers": ["ping"]}]  # published ones only
 
 
 def test_instantiating_outside_the_runner_gives_a_clear_error() -> None:

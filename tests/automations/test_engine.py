@@ -10,7 +10,7 @@ import pytest
 
 from mailgate.automations import engine, flow, this
 from mailgate.automations.engine import EngineConfig, Snapshot, StepRow
-from mailgate.automations.errors import OrphanedAutomation
+from mailgate.automations.errors import AutomationError, OrphanedAutomation
 from tests.automations.driver import Driver
 
 T0 = 1_800_000_000.0
@@ -384,3 +384,17 @@ def test_nodes_hold_no_run_state() -> None:
         Driver(Branchy, {"who": n, "vip": n % 2 == 0, "broken": n % 3 == 0}, now=T0).until(T0 + 7200)
     after = {name: dict(vars(Branchy.get_node(name))) for name in Branchy.node_names()}
     assert after == before
+
+
+def test_a_threaded_step_is_finished_by_its_task_outcome() -> None:
+    d = Driver(Threaded, now=T0)
+    d.run()
+    step = d.step("start")
+    done = engine.threaded_done(step, finished_at=T0 + 5, result="report:3")
+    assert (done.state, done.message, done.result, done.finished_at) == ("done", "OK", "report:3", T0 + 5)
+    failed = engine.threaded_done(step, finished_at=T0 + 5, error=ValueError("disk"), trace="Traceback ...")
+    assert (failed.state, failed.error_type, failed.error_message, failed.error_trace) == (
+        "failed", "ValueError", "disk", "Traceback ...")
+    assert step.state == "running"  # the row given is not modified
+    with pytest.raises(AutomationError, match="not a running threaded step"):
+        engine.threaded_done(done, finished_at=T0 + 6)
