@@ -12,9 +12,10 @@ with what it read and commits what they return.
 Semantics (AUTOMATIONS.md §4.1): per waiting step, SkipIf/SkipAfter first, then the waits
 (AfterWaitingUntil/For, measured from the step's creation), then AsSoonAs; every callable is
 evaluated again at each run, so a moved date moves the timer. A step that waits gets ``wake_at``:
-its earliest timer, or for a false AsSoonAs ``now + recheck``. The engine keeps three
-underscore keys in ``data``: ``_<repeat node>_start`` (a Repeat's stored start point),
-``_<form node>_validated`` (who submitted the form, when) and nothing else.
+its earliest timer, or for a false AsSoonAs ``now + recheck``. The engine writes two kinds of
+underscore keys into ``data``: ``_<repeat node>_start`` (a Repeat's stored start point) and
+``_<form node>_validated`` (who submitted the form, when), besides the form's values under
+``data[<form node>]``.
 
 Step states: ``waiting`` (entered, not run yet), ``interaction`` (a form open for input),
 ``running`` (a ``threaded=True`` Execute handed to the worker pool; the path has moved on and the
@@ -84,7 +85,9 @@ class Snapshot:
     """What the runner read. ``steps`` holds every open step plus the Split steps named by the
     ``split_id`` of open steps (and their own ``split_id``, up the nesting); finished steps may be
     included (form submits use them to tell "already done" from "unknown"). ``fresh`` means the
-    automation has no steps yet: its queued messages are delivered, then its first node is entered."""
+    automation has no steps yet: its queued messages are delivered, then its first node is entered.
+    ``data`` is copied (the outcome carries the new data); ``answers`` is handed to step code as it is
+    (``task.answers``, live): the runner saves it with the commit if steps changed it."""
 
     automation_id: str
     data: Mapping[str, Any]
@@ -223,6 +226,18 @@ def call_threaded(cls: type[f.Automation], automation_id: str, data: dict[str, A
         raise AutomationError(f"{cls.__name__} has no Execute node {step.node!r}")
     instance = cls._bind(automation_id, data, session_id=session_id, answers=answers)
     return _execute(spec, instance, StepContext(instance, step, now, hooks=hooks))
+
+
+def threaded_done(step: StepRow, *, finished_at: float, result: Any = None, error: BaseException | None = None,
+                  trace: str | None = None) -> StepRow:
+    """The row of a ``threaded=True`` step once its task ended: ``done`` with its (storable) result, or
+    ``failed`` with the error. The automation is not affected: it moved on when the task started."""
+    if step.state != "running":
+        raise AutomationError(f"step {step.id} ({step.node}) is {step.state}, not a running threaded step")
+    if error is None:
+        return replace(step, state="done", message="OK", result=_storable(result), finished_at=finished_at)
+    return replace(step, state="failed", message=repr(error), error_type=type(error).__name__,
+                   error_message=str(error), error_trace=trace, finished_at=finished_at)
 
 
 def _execute(spec: Spec, instance: f.Automation, task: StepContext) -> Any:

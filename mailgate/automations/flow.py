@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from mailgate.automations.context import CURRENT_RUN, Outbox
 from mailgate.automations.errors import AutomationError
-from mailgate.automations.graph import Flow, build
+from mailgate.automations.graph import SHADOWED, Flow, build
 from mailgate.automations.nodes import (
     End,
     Execute,
@@ -74,7 +74,35 @@ def require_data_parameters(**kinds: type) -> Callable[[Callable[..., Any]], Cal
 # ------------------------------------------------------------------------------------- the class
 
 
-class Automation:
+class _Namespace(dict[str, Any]):
+    """A class body's namespace that notices a node replaced by a later definition of the same name
+    (``evaluate = flow.Execute(this.evaluate)`` then ``def evaluate``: the node would vanish silently)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shadowed: list[tuple[str, Any]] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        old = self.get(key)
+        if isinstance(old, Node) and value is not old:
+            self.shadowed.append((key, value))
+        super().__setitem__(key, value)
+
+
+class AutomationMeta(type):
+    """Only collects what the class body replaced; every check is in :func:`graph.build`."""
+
+    @classmethod
+    def __prepare__(mcs, name: str, bases: tuple[type, ...], **kwargs: Any) -> _Namespace:  # type: ignore[override]
+        return _Namespace()
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> AutomationMeta:
+        body = dict(namespace)
+        body[SHADOWED] = tuple(getattr(namespace, "shadowed", ()))
+        return super().__new__(mcs, name, bases, body, **kwargs)
+
+
+class Automation(metaclass=AutomationMeta):
     """Base class of automations. Each class attribute that is a :class:`Node` is a named step."""
 
     unique: ClassVar[bool | tuple[str, ...]] = False

@@ -23,7 +23,8 @@ RESERVED = frozenset({
     "publish_receivers", "default_template_name", "context", "is_finished", "session_id", "answers", "key",
     "by_key", "receivers", "get_node", "node_names", "Meta",
 })
-DEFAULT_RECHECK = "default"  # Spec.recheck: use [automations] recheck_interval
+DEFAULT_RECHECK = "default"
+SHADOWED = "_mailgate_shadowed"  # set by flow.AutomationMeta: (name, value) of nodes a class body replaced  # Spec.recheck: use [automations] recheck_interval
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,12 @@ def collect(cls: type) -> tuple[dict[str, f.Node], list[str]]:
 def build(cls: type) -> Flow:
     nodes, own = collect(cls)
     b = _Builder(cls, nodes)
+    for name, value in cls.__dict__.get(SHADOWED, ()):
+        what = "a method" if callable(value) else f"{type(value).__name__} {value!r}"
+        b.problem(name, f"the node is replaced by {what} defined later under the same name in the class body; "
+                        "rename one of them")
+    if SHADOWED in cls.__dict__:
+        delattr(cls, SHADOWED)
     for name in own:
         node = nodes[name]
         if name.startswith("_"):

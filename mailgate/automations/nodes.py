@@ -107,6 +107,7 @@ class Node:
             self.owner = owner
 
     def _freeze(self) -> None:
+        object.__setattr__(self, "problems", tuple(self.problems))
         self._frozen = True
 
     def __repr__(self) -> str:

@@ -61,6 +61,13 @@ class AutomationRegistry:
         known = ", ".join(sorted(self._by_name)) or "none loaded; define them in the [interviews] modules or paths"
         raise UnknownAutomationClass(f"no automation class named {name!r}; known classes: {known}")
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each class's name, verbose name and published receivers (the CLI's ``classes``; the seed's
+        ``get_automations``), by name."""
+        return [{"name": name, "verbose_name": cls.get_verbose_name(),
+                 "receivers": cls.receivers() if cls.publish_receivers else []}
+                for name, cls in sorted(self._by_name.items())]
+
     def names(self) -> list[str]:
         return sorted(self._by_name)
 

@@ -53,6 +53,9 @@ class Driver:
         self.consumed.extend(out.messages)
         self.sent.extend(out.sent)
         self.tasks.extend(out.tasks)
+        # Everything due at ``now`` has run, so the next wake-up lies in the future (else a timer loop
+        # would spin): the engine's invariant, checked on every run.
+        assert out.wake_at is None or out.wake_at > self.now, (out.wake_at, self.now, self.history())
         self.wake_at = out.wake_at
         self.fresh = False
         self.runs += 1

@@ -9,6 +9,7 @@ import pytest
 
 from mailgate.automations import flow, this
 from mailgate.automations.errors import AutomationError
+from mailgate.automations.registry import AutomationRegistry
 
 
 def rejects(body: dict[str, object], *needles: str) -> str:
@@ -110,6 +111,18 @@ def test_one_node_object_under_two_names_is_rejected() -> None:
     rejects({"a": shared, "b": shared, "end": flow.End()}, "Bad.b", "also node 'a'")
 
 
+def test_a_node_replaced_later_in_the_class_body_is_rejected() -> None:
+    # The seed's IssueDiscussion has `evaluate = flow.Execute(this.evaluate)`; a method of that name
+    # would silently replace the node.
+    with pytest.raises(TypeError, match=r"Shadow.evaluate: the node is replaced by a method"):
+        class Shadow(flow.Automation):
+            evaluate = flow.Execute(this.evaluate)
+            end = flow.End()
+
+            def evaluate(self, task):  # noqa: F811 - the mistake under test
+                return 1
+
+
 def test_every_problem_is_reported_at_once() -> None:
     text = rejects({"a": flow.If(True), "b": flow.Execute().Next(this.c), "end": flow.End()})
     assert "Bad.a: If needs .Then" in text and "Bad.b: .Next names 'c'" in text
@@ -153,6 +166,9 @@ def test_names_meta_and_receivers() -> None:
     assert Plain.get_verbose_name() == "Automation Plain"
     assert Plain.get_verbose_name_plural() == "Automations Plain"
     assert Valid.receivers() == ["ping"]
+    assert AutomationRegistry([Valid, Plain]).describe() == [
+        {"name": Plain.get_automation_class_name(), "verbose_name": "Automation Plain", "receivers": []},
+        {"name": "valid", "verbose_name": "Valid automation", "receivers": ["ping"]}]  # published ones only
 
 
 def test_instantiating_outside_the_runner_gives_a_clear_error() -> None:

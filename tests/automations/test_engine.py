@@ -10,7 +10,7 @@ import pytest
 
 from mailgate.automations import engine, flow, this
 from mailgate.automations.engine import EngineConfig, Snapshot, StepRow
-from mailgate.automations.errors import OrphanedAutomation
+from mailgate.automations.errors import AutomationError, OrphanedAutomation
 from tests.automations.driver import Driver
 
 T0 = 1_800_000_000.0
@@ -320,3 +320,81 @@ def test_task_handles_in_data_are_shared_not_copied() -> None:
     out = engine.advance(Recheck2, Snapshot("x", {"job": task, "list": [task]}, [StepRow("s1", "wait", "waiting", T0)]),
                          now=T0)
     assert out.data["job"] is task and out.data["list"][0] is task
+
+
+class Inspect(flow.Automation):
+    start = flow.Execute(this.look).AfterWaitingFor(datetime.timedelta(hours=2))
+    mail = flow.Execute(this.send_mail)
+    end = flow.End()
+
+    def look(self, task):
+        self.data["seen"] = {
+            "live": task.data is self.data, "automation": task.automation is self, "id": task.id,
+            "node": task.node, "created": task.created, "attempt": task.attempt,
+            "hours": task.hours_since_created(), "answers": dict(task.answers),
+        }
+        task.answers["touched"] = True
+
+    def send_mail(self, task):
+        task.send_email(to="a@example.org")
+
+
+def test_the_step_context() -> None:
+    answers = {"name": "Ada"}
+    d = Driver(Inspect, now=T0, answers=answers, session_id="s1")
+    d.run()
+    d.run(T0 + 7200)
+    seen = d.data["seen"]
+    step = d.step("start")
+    assert seen == {"live": True, "automation": True, "id": step.id, "node": "start",
+                    "created": datetime.datetime.fromtimestamp(T0, datetime.UTC), "attempt": 1, "hours": 2.0,
+                    "answers": {"name": "Ada"}}
+    assert answers["touched"] is True  # answers are live: the runner saves them with the commit
+    mail = d.step("mail")
+    assert d.state == "failed" and mail.error_type == "AutomationError"  # no runner: no send_email hook
+    assert "needs the automations runner" in (mail.error_message or "")
+
+
+class Waits(flow.Automation):
+    naive = flow.Execute().AfterWaitingUntil(datetime.datetime(2027, 1, 15, 9, 0))
+    a_day = flow.Execute().AfterWaitingUntil(datetime.date(2027, 1, 16))
+    bad = flow.Execute().AfterWaitingFor(this.broken_delta)
+    end = flow.End()
+
+    def broken_delta(self, task):
+        return "soon"
+
+
+def test_wait_values_naive_datetimes_dates_and_bad_values() -> None:
+    zone = "Europe/Berlin"
+    start = datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC).timestamp()
+    d = Driver(Waits, now=start, config=EngineConfig(timezone=zone))
+    d.run()
+    assert d.wake_at == datetime.datetime(2027, 1, 15, 8, 0, tzinfo=datetime.UTC).timestamp()  # 09:00 CET
+    d.until(d.wake_at)
+    assert d.wake_at == datetime.datetime(2027, 1, 15, 23, 0, tzinfo=datetime.UTC).timestamp()  # midnight CET
+    d.until(d.wake_at)
+    bad = d.step("bad")
+    assert d.state == "failed" and bad.error_type == "TypeError" and "a timedelta" in (bad.error_message or "")
+
+
+def test_nodes_hold_no_run_state() -> None:
+    before = {name: dict(vars(Branchy.get_node(name))) for name in Branchy.node_names()}
+    for n in range(6):
+        Driver(Branchy, {"who": n, "vip": n % 2 == 0, "broken": n % 3 == 0}, now=T0).until(T0 + 7200)
+    after = {name: dict(vars(Branchy.get_node(name))) for name in Branchy.node_names()}
+    assert after == before
+
+
+def test_a_threaded_step_is_finished_by_its_task_outcome() -> None:
+    d = Driver(Threaded, now=T0)
+    d.run()
+    step = d.step("start")
+    done = engine.threaded_done(step, finished_at=T0 + 5, result="report:3")
+    assert (done.state, done.message, done.result, done.finished_at) == ("done", "OK", "report:3", T0 + 5)
+    failed = engine.threaded_done(step, finished_at=T0 + 5, error=ValueError("disk"), trace="Traceback ...")
+    assert (failed.state, failed.error_type, failed.error_message, failed.error_trace) == (
+        "failed", "ValueError", "disk", "Traceback ...")
+    assert step.state == "running"  # the row given is not modified
+    with pytest.raises(AutomationError, match="not a running threaded step"):
+        engine.threaded_done(done, finished_at=T0 + 6)

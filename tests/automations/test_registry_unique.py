@@ -59,6 +59,7 @@ def test_classes_are_found_in_interview_modules_and_files_and_named_three_ways(t
     welcome_a = registry.resolve("flows_a.Welcome")
     assert welcome_a.__module__ == "flows_a" and registry.name_of(welcome_a) == "flows_a.Welcome"
     assert registry.resolve("alpha") is registry.resolve("flows_a.Named")
+    assert registry.describe()[0] == {"name": "alpha", "verbose_name": "Automation Named", "receivers": []}
     assert registry.name_of(registry.resolve("flows_a.Named")) == "alpha"
     beta = registry.resolve("beta")
     assert beta.__name__ == "Named" and beta.__module__.startswith("mailgate_interview_flows_b_")

@@ -107,7 +107,7 @@ class IssueDiscussion(flow.Automation):
 
     join          = flow.Join()
     evaluate      = flow.Execute(this.evaluate_discussion)  # the seed's this.evaluate: a method named
-                                                            # like the node would replace it
+                                                            # like the node is refused (it replaces it)
     end           = flow.End()
 
     def publish_announcement(self, task_instance):
