@@ -28,6 +28,7 @@ from typing import Any
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import ActionResult, Invoker
+from mailgate.core.automation_admin import AutomationAdmin
 from mailgate.core.background import TaskRunner, lost_task_events
 from mailgate.core.commands import UI_NOTIFICATIONS
 from mailgate.core.commits import Commits
@@ -86,6 +87,8 @@ class Runtime:
         self.stashes = Stashes(store)  # stash_data() / retrieve_stashed_data()
         self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
         self.signer: Signer
+        # automations as the edges operate them (AUTOMATIONS.md §4.4); keys are HMACs under the signer's secret
+        self.automations = AutomationAdmin(config, store, self.commit, lambda purpose, value: self.signer.digest(purpose, value))
 
     async def open(self) -> None:
         """Read what the runtime needs from the store (the address and token secrets)."""
