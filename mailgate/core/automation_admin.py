@@ -74,11 +74,16 @@ class SubmitResult:
     values: dict[str, Any]
 
 
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, (dt.datetime, dt.date, dt.time)) else str(value)
+
+
 def _decode(text: str | None) -> Any:
+    """A stored JSON column as plain JSON for people and clients (datetimes as ISO text)."""
     if text is None:
         return None
     try:
-        return codec.decode_value(text)
+        return json.loads(json.dumps(codec.decode_value(text), default=_plain))
     except Exception:  # noqa: BLE001 - a row written by other code: show it as stored rather than fail
         return text
 
@@ -396,7 +401,7 @@ class AutomationAdmin:
         after = await self.get(rec.id)
         done = await self._store.get_automation_step(step.id)
         assert done is not None
-        return SubmitResult(after, done, cleaned)
+        return SubmitResult(after, done, json.loads(json.dumps(cleaned, default=_plain)))
 
     # -- operations ----------------------------------------------------------------------------------
     async def retry(self, automation_id: str) -> AutomationRecord:
