@@ -271,6 +271,23 @@ class AutomationAdmin:
             return queued
         return await self._wait_message(automation_id, queued, min(float(wait), MAX_WAIT))
 
+    async def page_message(self, session_id: str, key: str, message: str, *, token: str | None = None,
+                           data: Any = None, user: User = ANONYMOUS) -> MessageRecord:
+        """The seed's page-view hook from a browser of ``session_id``: a message to the automation with
+        ``key``, accepted only when it is bound to that session and its class has
+        ``publish_receivers = True`` (anything else is the same NotFound: a page learns nothing)."""
+        rec = await self._store.get_automation_by_key(key) if key else None
+        refused = NotFound(f"no automation of this session takes messages from pages with key {key!r}")
+        if rec is None or rec.session_id != session_id:
+            raise refused
+        try:
+            cls = self.resolve(rec.cls)
+        except UnknownAutomationClass:
+            raise refused from None
+        if not cls.publish_receivers:
+            raise refused
+        return await self.send(rec.id, message, token=token, data=data, user=user)
+
     async def broadcast(self, cls_name: str, message: str, *, token: str | None = None, data: Any = None,
                         user: User = ANONYMOUS) -> MessageRecord:
         """Queue one broadcast to the running instances of the class (stopped at ``"received"``)."""

@@ -194,3 +194,40 @@ async def receive(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float
         data = json.loads(msg.data)
         if data["type"] == kind:
             return dict(data)
+
+
+async def test_pages_submit_forms_and_message_their_sessions_published_automations(daemon: Daemon, http: Http) -> None:
+    sid = (await call(http, "POST", "/api/sessions", 201, json={"interview": "automated"}))["id"]
+    other = (await call(http, "POST", "/api/sessions", 201, json={"interview": "automated"}))["id"]
+    review = await call(http, "POST", "/api/automations", 201, json={"class": "Review", "session": sid, "data": {"email": "p@x.org"}})
+    broken = await call(http, "POST", "/api/automations", 201, json={"class": "broken", "session": sid})
+    elsewhere = await call(http, "POST", "/api/automations", 201,
+                           json={"class": "Review", "session": other, "data": {"email": "q@x.org"}})
+    assert await step(daemon) == 3
+    task = next(t["step"] for t in await call(http, "GET", "/api/automation-tasks?user=carol&privilege=caseworker", 200)
+                if t["automation"] == review["id"])
+    carol = (await call(http, "POST", f"/api/sessions/{sid}/token", 201, json={"user": CASEWORKER}))["token"]
+    bob = (await call(http, "POST", f"/api/sessions/{sid}/token", 201, json={"user": {"id": "bob"}}))["token"]
+    async with http.ws_connect(f"/ws?token={bob}") as ws:
+        await receive(ws, "welcome")
+        await ws.send_json({"type": "submit", "ref": 1, "step": task, "values": {"approved": True}})
+        refused = await receive(ws, "error")
+        assert (refused["ref"], refused["status"]) == (1, 403)
+        await ws.send_json({"type": "message", "ref": 2, "key": review["key"], "name": "ping", "token": "page",
+                            "data": {"query": {"a": "1"}, "path": "/x"}})
+        queued = await receive(ws, "result")
+        assert queued["ref"] == 2 and queued["result"]["state"] == "queued" and queued["result"]["data"]["path"] == "/x"
+        for ref, key in ((3, broken["key"]), (4, elsewhere["key"]), (5, "nope")):  # unpublished, other session, unknown
+            await ws.send_json({"type": "message", "ref": ref, "key": key, "name": "ping"})
+            error = await receive(ws, "error")
+            assert error["ref"] == ref and "no automation of this session" in error["error"]
+    async with http.ws_connect(f"/ws?token={carol}") as ws:
+        await receive(ws, "welcome")
+        await ws.send_json({"type": "submit", "ref": 1, "step": task, "values": {"approved": "maybe"}})
+        invalid = await receive(ws, "error")
+        assert (invalid["status"], invalid["errors"]) == (400, {"approved": "true or false expected"})
+        await ws.send_json({"type": "submit", "ref": 2, "step": task, "values": {"approved": True}})
+        done = await receive(ws, "result")
+        assert done["ref"] == 2 and done["result"]["automation"]["data"]["approve"]["approved"] is True
+        await ws.send_json({"type": "submit", "ref": 3, "step": task, "values": {"approved": True}})
+        assert (await receive(ws, "error"))["status"] == 409
