@@ -198,6 +198,8 @@ def _spec(b: _Builder, name: str, node: f.Node, following: str | None, order: tu
         as_soon_as=b.call(name, node.as_soon_as, ".AsSoonAs"), recheck=recheck)
     if isinstance(node, f.Execute):
         func = b.call(name, node.func, "Execute") if node.func is not None else None
+        if func is not None and func.kind == "value":
+            b.problem(name, f"Execute({node.func!r}): a callable, this.<method> or 'self.<method>' is expected")
         return Spec(**common, func=func, on_error=b.target(name, node.on_error, ".OnError"))
     if isinstance(node, f.If):
         if node.then is None:
