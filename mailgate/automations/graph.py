@@ -159,6 +159,9 @@ def build(cls: type) -> Flow:
         what = "a method" if callable(value) else f"{type(value).__name__} {value!r}"
         b.problem(name, f"the node is replaced by {what} defined later under the same name in the class body; "
                         "rename one of them")
+    for name, value in cls.__dict__.items():
+        if isinstance(value, type) and issubclass(value, f.Node):
+            b.problem(name, f"is the class flow.{value.__name__}, not a node: write flow.{value.__name__}(...)")
     if SHADOWED in cls.__dict__:
         delattr(cls, SHADOWED)
     for name in own:
