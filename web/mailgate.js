@@ -33,7 +33,7 @@
  * call preventDefault() to handle one yourself. Also fired on document: mailgate:connected,
  * mailgate:disconnected, mailgate:renewed, mailgate:checkin (a check-in's answer), mailgate:email and
  * mailgate:task and mailgate:automation (detail = the event data: for an automation {id, class,
- * state, open_nodes, interactions}), mailgate:reset (cancelable; reloads the page) and
+ * state, open, interactions}), mailgate:reset (cancelable; reloads the page) and
  * mailgate:error. Automations: client.submitTask(step, values) submits a form as the page's user,
  * client.message(KEY, name, token) messages the session's automation (publish_receivers = True).
  */

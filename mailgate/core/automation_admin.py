@@ -12,14 +12,18 @@ form step ``done`` and the path's next step, due now: the request advances the a
 form without running step code in the web process.
 
 Each operation that changes a session-bound automation commits an ``automation`` event to the
-session's pages: ``{id, class, state, open_nodes, interactions: [{step, node, description}]}``.
+session's pages: ``{id, class, state, open, interactions: [{step, node}]}`` (``open``: the open nodes' names).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import hashlib
+import hmac
 import json
+import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -159,13 +163,12 @@ def _row(step: StepRecord) -> StepRow:
 class AutomationAdmin:
     """What operators and the web app do to automations (see the module docstring)."""
 
-    def __init__(self, config: Config, store: Store, commit: Commit, digest: Callable[[str, str], str], *,
-                 classes: AutomationRegistry | None = None) -> None:
+    def __init__(self, config: Config, store: Store, commit: Commit, *, classes: AutomationRegistry | None = None) -> None:
         self._config = config
         self._store = store
         self._commit = commit
-        self._digest = digest
         self._classes = classes
+        self._secret: bytes | None = None
 
     # -- classes -------------------------------------------------------------------------------------
     @property
@@ -184,8 +187,13 @@ class AutomationAdmin:
     def class_name(self, name: str) -> str:
         return self.classes.name_of(self.resolve(name))
 
-    def key_of(self, automation_id: str) -> str:
-        return self._digest("automation", automation_id)
+    async def key_of(self, automation_id: str) -> str:
+        """The automation's key for URLs: 128 bits of HMAC-SHA256 of its id under the store's
+        ``automation_secret`` (the author runtime's ``Class.start`` computes the same)."""
+        if self._secret is None:
+            self._secret = bytes.fromhex(await self._store.setting("automation_secret", secrets.token_hex(32)))
+        digest = hmac.new(self._secret, automation_id.encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     # -- reading -------------------------------------------------------------------------------------
     async def get(self, automation_id: str) -> AutomationRecord:
@@ -216,7 +224,7 @@ class AutomationAdmin:
         out = automation_dict(rec)
         out["steps"] = [step_dict(s) for s in steps]
         out["tree"] = history_tree(steps)
-        out["open_nodes"] = [s.node for s in steps if s.state in OPEN]
+        out["open"] = sorted({s.node for s in steps if s.state in OPEN})
         out["messages"] = [message_dict(m) for m in await self._store.automation_messages(automation_id)]
         return out
 
@@ -251,7 +259,7 @@ class AutomationAdmin:
         name = self.classes.name_of(cls)
         new_id = uuid.uuid4().hex
         new = NewAutomation(id=new_id, cls=name, session_id=session_id,
-                            data=codec.encode(values), key=self.key_of(new_id), owner=user.to_json(),
+                            data=codec.encode(values), key=await self.key_of(new_id), owner=user.to_json(),
                             unique_key=unique_key(cls, values, session_id), wake_at=self._store.now())
         events = [self._event(session_id, new_id, name, "running", [])] if session_id else []
         result: CommitResult = await self._commit(Changes(new_automations=[AutomationStart(new)], events=events))
@@ -413,7 +421,7 @@ class AutomationAdmin:
             steps_finished=[StepUpdate(step.id, "done", message="OK", submitted_by=user.to_json())],
             steps_opened=opened)
         open_nodes = [s.node for s in others] + [s.node for s in opened]
-        events = [self._event(rec.session_id, rec.id, rec.cls, state, open_nodes)] if rec.session_id else []
+        events = [self._event(rec.session_id, rec.id, rec.cls, state, open_nodes, others)] if rec.session_id else []
         await self._commit(Changes(automations=[update], events=events))
         after = await self.get(rec.id)
         done = await self._store.get_automation_step(step.id)
@@ -476,6 +484,8 @@ class AutomationAdmin:
 
 def automation_event(automation_id: str, cls: str, state: str, open_nodes: Sequence[str],
                      interactions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The payload of the ``automation`` event a session's pages receive (the runner sends the same)."""
-    return {"id": automation_id, "class": cls, "state": state, "open_nodes": list(open_nodes),
+    """The payload of the ``automation`` event a session's pages receive, as the runner sends it:
+    ``open`` is the sorted names of the open nodes (none once it ended)."""
+    return {"id": automation_id, "class": cls, "state": state,
+            "open": sorted(set(open_nodes)) if state == "running" else [],
             "interactions": [dict(i) for i in interactions]}

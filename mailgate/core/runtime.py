@@ -87,8 +87,8 @@ class Runtime:
         self.stashes = Stashes(store)  # stash_data() / retrieve_stashed_data()
         self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
         self.signer: Signer
-        # automations as the edges operate them (AUTOMATIONS.md §4.4); keys are HMACs under the signer's secret
-        self.automations = AutomationAdmin(config, store, self.commit, lambda purpose, value: self.signer.digest(purpose, value))
+        # automations as the edges operate them (AUTOMATIONS.md §4.4); keys are HMACs under the store's automation_secret
+        self.automations = AutomationAdmin(config, store, self.commit)
 
     async def open(self) -> None:
         """Read what the runtime needs from the store (the address and token secrets)."""

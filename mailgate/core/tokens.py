@@ -62,10 +62,5 @@ class Signer:
             raise TokenError("token expired; ask the application for a new one")
         return payload
 
-    def digest(self, purpose: str, value: str) -> str:
-        """A 128-bit URL-safe HMAC of ``value`` for ``purpose`` (an automation's key): unguessable,
-        stable for the secret."""
-        return _b64(self._mac(f"{purpose}\x00{value}".encode().hex())[:16])
-
     def _mac(self, body: str) -> bytes:
         return hmac.new(self._secret, body.encode("ascii"), hashlib.sha256).digest()

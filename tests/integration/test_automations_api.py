@@ -183,7 +183,7 @@ async def test_the_automation_event_reaches_the_sessions_browser(daemon: Daemon,
         await call(http, "POST", f"/api/automation-tasks/{task}", 200, json={"values": {"approved": True}, "user": CASEWORKER})
         event = await receive(ws, "event")
         assert event["kind"] == "automation"
-        assert event["data"] == {"id": auto, "class": event["data"]["class"], "state": "running", "open_nodes": ["record"],
+        assert event["data"] == {"id": auto, "class": event["data"]["class"], "state": "running", "open": ["record"],
                                  "interactions": []}
 
 

@@ -20,7 +20,7 @@ browser -> server
 
 The answer to "submit" and "message" is a "result" ({"step", "node", "values", "automation"} or the
 queued message) or an "error" (a refused submit adds "status": 403/400/409 and, for invalid values,
-"errors" by field). Automations send "event"s of kind "automation": {id, class, state, open_nodes,
+"errors" by field). Automations send "event"s of kind "automation": {id, class, state, open,
 interactions}.
 
 Open with ``/ws?token=T&last=N``: N is the id of the last event the page saw; the events after it are
