@@ -74,7 +74,8 @@ from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
 from mailgate.edges.cli.send import cmd_send_test_email
 from mailgate.errors import ConfigError, MailgateError
 
-DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin", "mailgate.demo.cron")
+DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin", "mailgate.demo.cron",
+                "mailgate.demo.automation")
 
 
 class UsageError(MailgateError):
