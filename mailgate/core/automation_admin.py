@@ -121,15 +121,30 @@ def message_dict(msg: MessageRecord) -> dict[str, Any]:
 
 
 def history_tree(steps: Sequence[StepRecord]) -> list[str]:
-    """The history as indented lines: each step under the one it followed, a Split's paths one
-    level deeper than the Split, a Join back at its Split's level."""
+    """The history as indented lines: each step after the one it followed, a Split's paths one level
+    deeper than the Split (each path whole, up to its Join), what follows the Join back at the Split's
+    level. Loops stay flat (only Splits nest), so a long-running Repeat is a long list, not a deep one."""
+    by_id = {s.id: s for s in steps}
     children: dict[str | None, list[StepRecord]] = {}
-    ids = {s.id for s in steps}
     for s in steps:
-        children.setdefault(s.previous_id if s.previous_id in ids else None, []).append(s)
+        children.setdefault(s.previous_id if s.previous_id in by_id else None, []).append(s)
+    depths: dict[str, int] = {}
+
+    def depth(s: StepRecord) -> int:
+        chain = []
+        cur: StepRecord | None = s
+        while cur is not None and cur.id not in depths:
+            chain.append(cur)
+            cur = by_id.get(cur.split_id) if cur.split_id else None
+        base = depths[cur.id] if cur is not None else -1
+        for link in reversed(chain):
+            base += 1
+            depths[link.id] = base
+        return depths[s.id]
+
     lines: list[str] = []
 
-    def line(s: StepRecord, depth: int) -> None:
+    def line(s: StepRecord) -> None:
         extra = []
         if s.attempts > 1:
             extra.append(f"attempts {s.attempts}")
@@ -137,16 +152,31 @@ def history_tree(steps: Sequence[StepRecord]) -> list[str]:
             extra.append(f"wakes {_iso(s.wake_at)}")
         if s.error_type:
             extra.append(f"{s.error_type}: {s.error_message}")
-        text = f"{'  ' * depth}{s.node} [{s.state}]" + (f" {s.message}" if s.message else "")
+        text = f"{'  ' * depth(s)}{s.node} [{s.state}]" + (f" {s.message}" if s.message else "")
         lines.append(text + (f" ({'; '.join(extra)})" if extra else "") + f"  {s.id}")
 
-    def walk(parent: str | None, depth: int) -> None:
-        kids = children.get(parent, [])
-        for kid in kids:
-            line(kid, depth + (1 if len(kids) > 1 else 0))
-            walk(kid.id, depth + (1 if len(kids) > 1 else 0))
+    def walk(first: StepRecord) -> list[StepRecord]:
+        """Print ``first`` and its path; the steps that continue at a shallower level (after a Join)."""
+        escapes: list[StepRecord] = []
+        cur: StepRecord | None = first
+        while cur is not None:
+            line(cur)
+            level, nxt = depth(cur), None
+            queue = list(children.get(cur.id, []))
+            while queue:
+                kid = queue.pop(0)
+                if depth(kid) < level:
+                    escapes.append(kid)
+                elif depth(kid) == level and nxt is None:
+                    nxt = kid
+                else:  # a Split's path (deeper), or a second step after one (goto): print it whole first
+                    queue.extend(walk(kid))
+            cur = nxt
+        return escapes
 
-    walk(None, 0)
+    pending = list(children.get(None, []))
+    while pending:
+        pending.extend(walk(pending.pop(0)))
     return lines
 
 
