@@ -1,10 +1,11 @@
-"""``mailgate automations ...`` in process on a real SQLite file: every command, its ``--json``
+"""``mailgate automations ...`` in process on a real SQLite file and on the real PostgreSQL server: every command, its ``--json``
 shape, its errors; the runner's work done by one engine pass between commands (tests/automations/runpass)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,25 @@ from mailgate.config import load_config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.cli.main import main
 from tests.automations.runpass import run_due
+from tests.pg import create_database, drop_database
 
 INTERVIEWS = Path(__file__).parent.parent / "interviews"
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "postgres"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     path = tmp_path / "mailgate.toml"
-    path.write_text(f'[store]\npath = "{tmp_path / "m.sqlite3"}"\n[interviews]\npaths = ["{INTERVIEWS / "automated.py"}"]\n')
-    assert main(["db", "migrate", "--config", str(path)]) == 0
-    return str(path)
+    store = f'path = "{tmp_path / "m.sqlite3"}"'
+    dsn = create_database() if request.param == "postgres" else None
+    if dsn is not None:
+        store = f'backend = "postgres"\ndsn = "{dsn}"'
+    path.write_text(f'[store]\n{store}\n[interviews]\npaths = ["{INTERVIEWS / "automated.py"}"]\n')
+    try:
+        assert main(["db", "migrate", "--config", str(path)]) == 0
+        yield str(path)
+    finally:
+        if dsn is not None:
+            drop_database(dsn)
 
 
 def run(capsys: pytest.CaptureFixture[str], config: str, *argv: str, status: int = 0) -> Any:
