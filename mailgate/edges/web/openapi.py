@@ -292,7 +292,7 @@ def automation_paths(user: dict[str, Any]) -> dict[str, Any]:
             "responses": {"200": _json(auto, "running again"), **_errors(*COMMON, 413, 422)}}},
         "/api/automation-tasks": {"get": {
             "summary": "The open forms a user may submit", "operationId": "listAutomationTasks",
-            "parameters": [{**task_user[0], "required": True}, task_user[1]],
+            "parameters": [{**task_user[0], "required": True, "schema": {"type": "string", "minLength": 1}}, task_user[1]],
             "responses": {"200": _json({"type": "array", "items": {"$ref": _ref("AutomationTask")}}, "the tasks"),
                           **_errors(400, 401, 503)}}},
         "/api/automation-tasks/{step}": {
