@@ -2,8 +2,10 @@
 
 Authors write ``from mailgate.automations import flow, this``. So far this package holds the author
 API (:mod:`.flow`, checked at class creation by :mod:`.graph`), the class registry
-(:mod:`.registry`), ``unique`` keys (:mod:`.unique`) and the pure engine (:mod:`.engine`); the
-runner that stores, claims and runs automations in the daemon is not built yet.
+(:mod:`.registry`), ``unique`` keys (:mod:`.unique`) and the pure engine (:mod:`.engine`). The
+runner that stores, claims and runs automations is :mod:`mailgate.core.automation_runner`; what
+``Class(**data)``, ``Class.start`` and messages from outside a step do is
+:mod:`mailgate.core.automation_author`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailgate.automations.errors import AutomationError
+from mailgate.core.context import CURRENT
 
 _AUTOMATION_ID = re.compile(r"[0-9a-f]{32}\Z")  # ids are uuid4().hex, like task ids
 
@@ -57,6 +58,7 @@ class Outbox:
 
     sent: list[OutgoingMessage] = field(default_factory=list)
     step_id: str | None = None
+    node: str | None = None  # the node of ``step_id`` (what the runner blames for an overrun budget)
 
     def send(self, automation_id: str | None, cls: type | None, message: str, token: str | None,
              data: Any) -> OutgoingMessage | None:
@@ -118,7 +120,7 @@ class StepContext:
         """mailgate's ``send_email`` inside a step: provided (and journaled) by the runner."""
         hook = self._hooks.get("send_email")
         if hook is None:
-            raise AutomationError("send_email inside an automation step needs the automations runner, which is not built yet")
+            raise AutomationError("send_email inside an automation step needs the automations runner (it runs steps)")
         return hook(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -128,3 +130,26 @@ class StepContext:
 # The engine run a step or receiver is executing in (set by the engine): where ``send_message`` and
 # its class-method forms record their outgoing messages.
 CURRENT_RUN: contextvars.ContextVar[Outbox | None] = contextvars.ContextVar("mailgate_automation_run", default=None)
+
+
+# The author runtime (mailgate.core.automation_author): how ``Class(**data)``, ``Class.start``,
+# handles and messages from outside a step reach the store. Installed by each Runtime of the process;
+# the action context's runtime wins over the latest installed one.
+_BINDINGS: list[Any] = []
+
+
+def install_binding(binding: Any) -> None:
+    _BINDINGS.append(binding)
+
+
+def remove_binding(binding: Any) -> None:
+    if binding in _BINDINGS:
+        _BINDINGS.remove(binding)
+
+
+def binding() -> Any:
+    ctx = CURRENT.get()
+    found = getattr(getattr(ctx, "runtime", None), "automation_author", None)
+    if found is not None:
+        return found
+    return _BINDINGS[-1] if _BINDINGS else None

@@ -437,6 +437,7 @@ class _Run:
         spec = self.flow.specs[step.node]
         task = StepContext(self.instance, step, self.now, hooks=self.hooks)
         self.outbox.step_id = step.id
+        self.outbox.node = step.node
         try:
             skip_at = None
             if spec.skip_if is not None and self.value(spec.skip_if, task):

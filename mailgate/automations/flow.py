@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from mailgate.automations import context
 from mailgate.automations.context import CURRENT_RUN, Outbox
 from mailgate.automations.errors import AutomationError
 from mailgate.automations.graph import SHADOWED, Flow, build
@@ -118,14 +119,84 @@ class Automation(metaclass=AutomationMeta):
     session_id: str | None
     answers: dict[str, Any] | None
     _state: str
+    _key: str | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._flow = build(cls)
 
     def __init__(self, **data: Any) -> None:
-        raise AutomationError(f"{type(self).__name__}(...) starts an automation through the automations runner, "
-                              "which is not built yet; nothing can start automations in the daemon so far")
+        """``Class(**data)`` inside an action (or a step) creates an automation bound to the action's
+        session, in the action's commit; ``Class(automation_id=ID)`` is a handle on an existing one."""
+        binding = _binding(f"{type(self).__name__}(...)")
+        if "automation_id" in data or "automation" in data:
+            ref = data.pop("automation_id", None) or data.pop("automation", None)
+            if data:
+                raise AutomationError(f"{type(self).__name__}(automation_id=...) takes no other arguments, got "
+                                      f"{', '.join(sorted(data))}")
+            binding.handle(self, ref.id if isinstance(ref, Automation) else ref)
+            return
+        binding.create_in_action(self, data)
+
+    # -- from free code (API, CLI, tests, other interviews' actions) -------------------------------
+    @classmethod
+    async def start_async(cls, session: str | None = None, user: Any = None, autorun: bool = True,
+                          **data: Any) -> tuple[Automation, bool]:
+        """Create an automation (bound to ``session``, or free-standing); ``(instance, created)``,
+        ``created`` False when ``unique`` returned the running one. It runs in the runner, never here."""
+        return await _binding("start_async()").start(cls, session, user, autorun, data)  # type: ignore[no-any-return]
+
+    @classmethod
+    def start(cls, session: str | None = None, user: Any = None, autorun: bool = True,
+              **data: Any) -> tuple[Automation, bool]:
+        """:meth:`start_async` for sync code (a sync action, a thread); on the event loop use ``await start_async``."""
+        binding = _binding("start()")
+        return binding.blocking(binding.start(cls, session, user, autorun, data), "start()", "start_async")  # type: ignore[no-any-return]
+
+    @classmethod
+    async def by_key_async(cls, key: str) -> Automation:
+        """The automation whose ``get_key()`` is ``key`` (NotFound otherwise)."""
+        return await _binding("by_key_async()").by_key(cls, key)  # type: ignore[no-any-return]
+
+    @classmethod
+    def by_key(cls, key: str) -> Automation:
+        binding = _binding("by_key()")
+        return binding.blocking(binding.by_key(cls, key), "by_key()", "by_key_async")  # type: ignore[no-any-return]
+
+    @classmethod
+    async def create_on_message_async(cls, message: str, token: str | None = None, data: Any = None,
+                                      user: Any = None, session: str | None = None) -> Any:
+        """Create an instance (honouring ``unique`` with its fields taken from ``data``) and queue
+        ``message`` before its first node, in one commit; the message's handle."""
+        return await _binding("create_on_message_async()").create_on_message(cls, message, token, data, user, session)
+
+    @classmethod
+    def create_on_message(cls, message: str, token: str | None = None, data: Any = None, user: Any = None,
+                          session: str | None = None) -> Any:
+        binding = _binding("create_on_message()")
+        return binding.blocking(binding.create_on_message(cls, message, token, data, user, session),
+                                "create_on_message()", "create_on_message_async")
+
+    def get_key(self) -> str:
+        """The automation's key for URLs (an HMAC of its id: not guessable)."""
+        return str(self._key)
+
+    async def run_async(self, wait: float | None = None) -> list[str]:
+        """Wake the runner for this automation; with ``wait``, wait (at most that many seconds) until
+        nothing of it is due any more. The open nodes."""
+        return await _binding("run_async()").run(self, wait)  # type: ignore[no-any-return]
+
+    def run(self, wait: float | None = None) -> list[str]:
+        """:meth:`run_async` for sync code. Nodes never run in the caller's thread: the runner runs them."""
+        binding = _binding("run()")
+        return binding.blocking(binding.run(self, wait), "run()", "run_async")  # type: ignore[no-any-return]
+
+    def nice(self) -> None:
+        """Wake the runner for this automation and return at once."""
+        _binding("nice()").nice(self)
+
+    async def send_message_async(self, message: str, token: str | None = None, data: Any = None) -> Any:
+        return await _binding("send_message_async()").send(self.id, None, message, token, data)
 
     @classmethod
     def _bind(cls, automation_id: str | None, data: dict[str, Any], *, session_id: str | None = None,
@@ -137,6 +208,7 @@ class Automation(metaclass=AutomationMeta):
         self.session_id = session_id
         self.answers = answers
         self._state = state
+        self._key = None
         return self
 
     # The seed's instance API.
@@ -149,7 +221,11 @@ class Automation(metaclass=AutomationMeta):
     finished = is_finished
 
     def send_message(self, message: str, token: str | None = None, data: Any = None) -> Any:
-        """Send ``message`` to this instance (queued; delivered by the runner after this commit)."""
+        """Send ``message`` to this instance (queued; delivered by the runner after this commit). In a
+        step or receiver: with the step's commit; in an action: with the action's; elsewhere in its
+        own commit. Outside steps the result is a MessageHandle (``wait``, ``result``)."""
+        if CURRENT_RUN.get() is None:
+            return _binding("send_message()").send_now(self.id, None, message, token, data)
         return _outbox("send_message").send(self.id, None, message, token, data)
 
     @classmethod
@@ -158,11 +234,15 @@ class Automation(metaclass=AutomationMeta):
         target = automation.id if isinstance(automation, Automation) else automation
         if not isinstance(target, str):
             raise AutomationError(f"dispatch_message: automation ids are strings, not {type(target).__name__}")
+        if CURRENT_RUN.get() is None:
+            return _binding("dispatch_message()").send_now(target, None, message, token, data)
         return _outbox("dispatch_message").send(target, None, message, token, data)
 
     @classmethod
     def broadcast_message(cls, message: str, token: str | None = None, data: Any = None) -> Any:
         """Send ``message`` to every running instance of this class (stopped by a ``"received"`` result)."""
+        if CURRENT_RUN.get() is None:
+            return _binding("broadcast_message()").send_now(None, cls, message, token, data)
         return _outbox("broadcast_message").send(None, cls, message, token, data)
 
     @classmethod
@@ -213,11 +293,20 @@ class Automation(metaclass=AutomationMeta):
         return str(name) if name else f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _binding(function: str) -> Any:
+    """The runtime that stores automations for author code (installed by mailgate's core)."""
+    found = context.binding()
+    if found is None:
+        raise AutomationError(f"{function} needs a running mailgate (a daemon, or `mailgate automations` commands); "
+                              "none is running in this process")
+    return found
+
+
 def _outbox(function: str) -> Outbox:
     run = CURRENT_RUN.get()
     if run is None:
         raise AutomationError(f"{function}() works inside an automation's step or receiver (run by the automations "
-                              "engine); the runner that sends messages from elsewhere is not built yet")
+                              "engine)")
     return run
 
 

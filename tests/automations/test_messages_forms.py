@@ -223,5 +223,5 @@ def test_require_data_parameters_is_checked_at_send_time() -> None:
     assert d.data == {"unmet": True, "met": True}
     assert [(m.broadcast_class, m.data) for m in out.sent] == [
         (Inbox.get_automation_class_name(), {"email": "x", "count": 1})]
-    with pytest.raises(AutomationError, match="works inside an automation's step"):
+    with pytest.raises(AutomationError, match=r"broadcast_message\(\) needs a running mailgate"):
         Inbox.broadcast_message("signup", data={"email": "x", "count": 1})

@@ -1,0 +1,255 @@
+"""The automations runner in a real daemon (in-process, real SQLite file, real SMTP client, a
+controllable store clock for day-long waits): AUTOMATIONS.md §5.1, 3, 4, 6, 8."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate import record_messages
+from mailgate.config import Config
+from mailgate.core.context import User
+from mailgate.daemon.lifecycle import Daemon
+from mailgate.errors import ActionError
+from mailgate.mail.auth import StaticResolver
+from tests.helpers import make_config, wait_until
+from tests.helpers import runtime_of as rt
+
+pytestmark = pytest.mark.asyncio
+AUTOMATIONS = Path(__file__).parent.parent / "interviews" / "automations.py"
+T0 = 1_800_000_000.0
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cfg(tmp_path: Path, **tables: Any) -> Config:
+    return make_config(tmp_path, interviews={"paths": (str(AUTOMATIONS),)},
+                       automations={"timer_poll": 0.05, **tables.pop("automations", {})},
+                       outbound={"default_sender": "Office <office@example.test>"}, **tables)
+
+
+def daemon(tmp_path: Path, clock: Clock | None = None, roles: tuple[str, ...] = ("worker", "smtp"), **tables: Any) -> Daemon:
+    return Daemon(cfg(tmp_path, smtp={"port": 0, "parse_processes": 0}, **tables), roles=roles,
+                  clock=clock or time.time, resolver=StaticResolver({}))
+
+
+async def automation(d: Daemon, automation_id: str) -> Any:
+    rec = await rt(d).store.get_automation(automation_id)
+    assert rec is not None
+    return rec
+
+
+async def steps(d: Daemon, automation_id: str) -> list[tuple[str, str, str | None]]:
+    return [(s.node, s.state, s.message) for s in await rt(d).store.automation_history(automation_id)]
+
+
+async def settled(d: Daemon, automation_id: str, clock: Clock | None = None) -> None:
+    """Wait until nothing of the automation is due or claimed (the runner is done with it for now)."""
+    async def idle() -> bool:
+        rec = await automation(d, automation_id)
+        now = clock() if clock is not None else time.time()
+        return rec.state != "running" or (rec.claim_holder is None and (rec.wake_at is None or rec.wake_at > now))
+
+    await wait_until(idle, 10, f"automation {automation_id} to settle")
+
+
+def reply(port: int, to: str, subject: str = "Re: Your documents") -> None:
+    msg = EmailMessage()
+    msg["From"] = "client@example.org"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content("Here they are.")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.send_message(msg)
+
+
+async def start_reply(d: Daemon) -> tuple[str, str]:
+    sid = (await rt(d).create_session("autotest")).id
+    await rt(d).run_action(sid, "start_reply", {"to": "client@example.org"}, User(id="ann"))
+    aid = (await rt(d).get_answers(sid))["automation"]
+    return sid, aid
+
+
+async def test_reply_by_smtp_advances_within_a_second_and_thanks_once(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with record_messages() as outbox:
+        async with daemon(tmp_path, clock) as d:
+            sid, aid = await start_reply(d)
+            await settled(d, aid, clock)
+            assert [m.subject for m in outbox] == ["Your documents"]
+            reply_to = (await automation(d, aid)).data
+            address = outbox[0].reply_to[0]
+            assert address in reply_to and address.endswith("@localhost")
+            clock.now = T0 + 3600  # one hour later the reply comes
+            assert d.smtp is not None
+            await asyncio.to_thread(reply, d.smtp.port, address)
+            accepted = time.monotonic()
+
+            async def thanked() -> bool:
+                return ("thank", "done", "OK") in await steps(d, aid)
+
+            await wait_until(thanked, 5, "the thank-you step")
+            assert time.monotonic() - accepted < 1.0  # the message advanced it, not a recheck (60 s)
+            await settled(d, aid, clock)
+            rec = await automation(d, aid)
+            assert rec.state == "finished"
+            assert [m.subject for m in outbox] == ["Your documents", "Thank you"]
+            history = await steps(d, aid)
+            assert [h[:2] for h in history] == [("start", "done"), ("wait", "done"), ("branch", "done"),
+                                                ("thank", "done"), ("end", "done")]
+            assert history[2][2] == "True"
+            messages = await rt(d).store.automation_messages(aid)
+            assert [(m.message, m.state, m.token) for m in messages] == [("email", "delivered", "docs")]
+            # the session: the automation's steps are no access, and nothing else changed it
+            session = await rt(d).get_session(sid)
+            assert session.accessed_at < T0 + 1
+
+
+async def test_no_reply_reminds_once_then_a_caseworker_form(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with record_messages() as outbox:
+        async with daemon(tmp_path, clock, roles=("worker",)) as d:
+            sid, aid = await start_reply(d)
+            await settled(d, aid, clock)
+            clock.now = T0 + 3 * DAY - 10
+            rt(d).automation_runner.wake()
+            await settled(d, aid, clock)
+            assert [m.subject for m in outbox] == ["Your documents"]  # not before the 3 days
+            clock.now = T0 + 3 * DAY + 1
+            rt(d).automation_runner.wake()
+            await settled(d, aid, clock)
+            assert [m.subject for m in outbox] == ["Your documents", "Reminder"]
+            clock.now = T0 + 6 * DAY + 2
+            rt(d).automation_runner.wake()
+            await settled(d, aid, clock)
+            assert [m.subject for m in outbox] == ["Your documents", "Reminder"]
+            tasks = await rt(d).store.open_interactions("bob", ["caseworker"])
+            assert [(a.id, s.node) for a, s in tasks] == [(aid, "give_up")]
+            assert await rt(d).store.open_interactions("eve", []) == []
+            events = [e for e in await rt(d).session_events(sid) if e.kind == "automation"]
+            assert '"give_up"' in events[-1].payload and '"interactions"' in events[-1].payload
+            history = await steps(d, aid)
+            assert [h[:3] for h in history][:4] == [("start", "done", "OK"), ("wait", "skipped", "skipped"),
+                                                     ("branch", "done", "False"), ("remind", "done", "OK")]
+
+
+async def test_reply_and_timeout_at_the_same_instant_take_one_branch(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    with record_messages() as outbox:
+        async with daemon(tmp_path, clock) as d:
+            sid, aid = await start_reply(d)
+            await settled(d, aid, clock)
+            address = outbox[0].reply_to[0]
+            await rt(d).automation_runner.stop(5)  # hold the runner: both arrive before it looks
+            clock.now = T0 + 3 * DAY + 1
+            assert d.smtp is not None
+            await asyncio.to_thread(reply, d.smtp.port, address)
+
+            async def queued() -> bool:
+                return len(await rt(d).store.automation_messages(aid)) == 1
+
+            await wait_until(queued, 5, "the e-mail message")
+            runner = rt(d).automation_runner
+            runner._stopping = False
+            runner.executor = type(runner.executor)(4, name="again")
+            assert await runner.run_due() >= 1
+            history = await steps(d, aid)
+            branches = [h for h in history if h[0] == "branch"]
+            assert len(branches) == 1
+            subjects = [m.subject for m in outbox]
+            assert subjects.count("Thank you") + subjects.count("Reminder") == 1
+
+
+async def test_an_automation_created_in_a_failed_action_does_not_exist(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        sid = (await rt(d).create_session("autotest")).id
+        with pytest.raises(ActionError):
+            await rt(d).run_action(sid, "start_and_fail")
+        assert await rt(d).store.list_automations() == []
+
+
+async def test_messages_from_free_code_delivered_in_order_and_dropped_when_finished(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        from tests.interviews import automations as classes_module  # noqa: F401 - the path-loaded copy is used
+
+        cls = rt(d).automation_classes.resolve("Inbox")
+        inbox, created = await cls.start_async(user=User(id="ann"))
+        assert created
+        handles = [await inbox.send_message_async("ping", token=str(i)) for i in range(5)]
+        for h in handles:
+            assert await h.wait_async(5)
+        assert [h.result() for h in handles] == [{"count": i + 1} for i in range(5)]
+        rec = await automation(d, inbox.id)
+        from mailgate.core import answers as codec
+
+        assert codec.decode(rec.data)["tokens"] == ["0", "1", "2", "3", "4"]
+        stop = await inbox.send_message_async("stop")
+        assert await stop.wait_async(5)
+        await settled(d, inbox.id)
+        assert (await automation(d, inbox.id)).state == "finished"
+        late = await inbox.send_message_async("ping")
+        assert late is not None and late.state == "dropped" and late.result() is None
+
+
+async def test_unique_returns_the_running_instance_and_allows_a_new_one_after_it_ends(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        cls = rt(d).automation_classes.resolve("Single")
+        first, created = await cls.start_async()
+        again, created_again = await cls.start_async()
+        assert created and not created_again and again.id == first.id
+        done = await first.send_message_async("finish")
+        assert await done.wait_async(5)
+        await settled(d, first.id)
+        assert (await automation(d, first.id)).state == "finished"
+        third, created_third = await cls.start_async()
+        assert created_third and third.id != first.id
+
+
+async def test_an_error_fails_with_its_traceback_and_retry_resumes(tmp_path: Path) -> None:
+    flag = tmp_path / "fixed"
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        cls = rt(d).automation_classes.resolve("Faulty")
+        made, _ = await cls.start_async(fixed_flag=str(flag))
+        await settled(d, made.id)
+        rec = await automation(d, made.id)
+        assert rec.state == "failed"
+        (boom,) = [s for s in await rt(d).store.automation_history(made.id) if s.node == "boom"]
+        assert boom.error_type == "ValueError" and "not fixed yet" in (boom.error_trace or "")
+        flag.write_text("yes")
+        await rt(d).store.retry_automation(made.id)
+        await settled(d, made.id)
+        assert (await automation(d, made.id)).state == "finished"
+
+
+async def test_a_step_past_its_budget_fails_with_step_timeout(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",), automations={"step_budget": 0.3}) as d:
+        cls = rt(d).automation_classes.resolve("Sleeper")
+        made, _ = await cls.start_async(seconds=5)
+        started = time.monotonic()
+        await settled(d, made.id)
+        assert time.monotonic() - started < 3
+        rec = await automation(d, made.id)
+        assert rec.state == "failed"
+        history = await rt(d).store.automation_history(made.id)
+        assert [s.error_type for s in history if s.state == "failed"] == ["StepTimeout"]
+
+
+async def test_session_delete_removes_its_automations(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        sid, aid = await start_reply(d)
+        await settled(d, aid)
+        assert await rt(d).delete_session(sid)
+        assert await rt(d).store.get_automation(aid) is None
