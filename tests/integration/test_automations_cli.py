@@ -1,9 +1,8 @@
 """``mailgate automations ...`` in process on a real SQLite file and on the real PostgreSQL server: every command, its ``--json``
-shape, its errors; the runner's work done by one engine pass between commands (tests/automations/runpass)."""
+shape, its errors; the runner's work done by ``automations step`` between commands."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +10,7 @@ from typing import Any
 
 import pytest
 
-from mailgate.config import load_config
-from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.cli.main import main
-from tests.automations.runpass import run_due
 from tests.pg import create_database, drop_database
 
 INTERVIEWS = Path(__file__).parent.parent / "interviews"
@@ -49,12 +45,9 @@ def text(capsys: pytest.CaptureFixture[str], config: str, *argv: str, status: in
     return got.out, got.err
 
 
-def step(config: str) -> int:
-    async def go() -> int:
-        async with Daemon(load_config(config), roles=(), one_shot=True, existing_store=True) as daemon:
-            assert daemon.runtime is not None
-            return await run_due(daemon.runtime.store, daemon.runtime.automations.classes)
-    return asyncio.run(go())
+def step(config: str, capsys: pytest.CaptureFixture[str]) -> int:
+    """``mailgate automations step``: the runner's one pass; how many runs it committed."""
+    return int(run(capsys, config, "step")["runs"])
 
 
 def test_classes_start_unique_list_show(config: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,7 +81,7 @@ def test_classes_start_unique_list_show(config: str, capsys: pytest.CaptureFixtu
 
 def test_form_task_submit_and_history(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     auto = run(capsys, config, "start", "Review", "--data", '{"email": "a@example.org"}')["id"]
-    assert step(config) == 1
+    assert step(config, capsys) == 1
     assert run(capsys, config, "tasks", "--user", "bob") == []
     tasks = run(capsys, config, "tasks", "--user", "carol", "--privilege", "caseworker")
     assert [(t["automation"], t["node"], t["description"]) for t in tasks] == [(auto, "approve", "Approve the case")]
@@ -112,7 +105,7 @@ def test_form_task_submit_and_history(config: str, capsys: pytest.CaptureFixture
                 "--values", '{"approved": false}', status=1)
     assert "already submitted" in again["error"]
 
-    assert step(config) == 1
+    assert step(config, capsys) == 1
     shown = run(capsys, config, "show", auto)
     assert shown["state"] == "finished" and shown["data"]["outcome"] == "approved"
     assert [(s["node"], s["state"], s["message"]) for s in shown["steps"]] == [
@@ -128,7 +121,7 @@ def test_form_task_submit_and_history(config: str, capsys: pytest.CaptureFixture
 def test_errors_traceback_retry_send_goto_kill_delete_history(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     broken = run(capsys, config, "start", "broken")["id"]
     review = run(capsys, config, "start", "Review", "--data", '{"email": "c@example.org"}')["id"]
-    assert step(config) == 2
+    assert step(config, capsys) == 2
     errors = run(capsys, config, "errors")
     assert [(e["id"], [(s["node"], s["error_type"], s["error_message"]) for s in e["steps"]]) for e in errors] == [
         (broken, [("fail", "RuntimeError", "the parts are missing")])]
@@ -144,19 +137,19 @@ def test_errors_traceback_retry_send_goto_kill_delete_history(config: str, capsy
     assert run(capsys, config, "retry", broken)["state"] == "running"
     sent = run(capsys, config, "send", broken, "fix", "--data", "{}")
     assert sent["state"] == "queued"
-    assert step(config) == 1
+    assert step(config, capsys) == 1
     shown = run(capsys, config, "show", broken)
     assert shown["state"] == "finished" and [m["state"] for m in shown["messages"]] == ["delivered"]
     assert [(s["node"], s["state"]) for s in shown["steps"]] == [("fail", "done"), ("done", "done")]
 
     waited = run(capsys, config, "send", review, "ping", "--token", "t1", "--wait", "0.2", status=1)
     assert waited["state"] == "queued"  # nobody ran it within 0.2 s: exit 1, the message stays queued
-    assert step(config) == 1
+    assert step(config, capsys) == 1
     pings = [m for m in run(capsys, config, "show", review)["messages"] if m["message"] == "ping"]
     assert [(m["state"], m["result"]) for m in pings] == [("delivered", {"pings": 1, "token": "t1"})]
     assert "no node 'nowhere'" in run(capsys, config, "goto", review, "nowhere", status=1)["error"]
     assert run(capsys, config, "goto", review, "end")["state"] == "running"
-    assert step(config) == 1
+    assert step(config, capsys) == 1
     steps = run(capsys, config, "show", review)["steps"]
     assert [(s["node"], s["state"], s["message"]) for s in steps] == [
         ("approve", "skipped", "goto end"), ("end", "done", "OK")]

@@ -9,7 +9,10 @@ invalid values, each field's message).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -99,6 +102,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = a.add_parser("goto", parents=[common], help="close the open steps and continue at NODE")
     p.add_argument("id")
     p.add_argument("node")
+    p = a.add_parser("step", parents=[common], help="run what is due now and exit (the seed's automation_step); "
+                     "--loop: keep running automations as they become due until SIGTERM/SIGINT")
+    p.add_argument("--loop", action="store_true")
     p = a.add_parser("delete-history", parents=[common], help="delete automations that ended more than DAYS ago")
     p.add_argument("days", type=float, nargs="?", metavar="DAYS", help="default: [automations] history_days")
 
@@ -186,11 +192,38 @@ async def _dispatch(args: argparse.Namespace, rt: Runtime) -> int:  # noqa: C901
     elif cmd == "goto":
         rec = await admin.goto(args.id, args.node)
         emit(args.json, automation_dict(rec), text=f"automation {rec.id} continues at {args.node}")
+    elif cmd == "step":
+        runs = await (_loop(rt) if args.loop else rt.automation_runner.run_due())
+        emit(args.json, {"runs": runs}, text=f"{runs} automation run(s) committed")
     elif cmd == "delete-history":
         autos, steps = await admin.delete_history(args.days)
         emit(args.json, {"total": autos + steps, "automations": autos, "steps": steps},
              text=f"{autos + steps} total objects deleted, including {autos} automations and {steps} steps")
     return 0
+
+
+async def _loop(rt: Runtime) -> int:
+    """``step --loop``: the runner as the worker role runs it, beside a daemon or instead of its worker
+    role, on the same store and claims; SIGTERM or SIGINT stops it gracefully. The runs committed."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = loop.create_task(rt.automation_runner.run(), name="automations")
+    stopped = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait([runner, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if runner.done():
+            runner.result()  # the runner died: its error, not a quiet exit
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        stopped.cancel()
+        await rt.automation_runner.stop(rt.config.daemon.grace_period)
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    return rt.automation_runner.runs
 
 
 def _print_show(shown: dict[str, Any]) -> None:
