@@ -305,6 +305,11 @@ def test_reply_or_remind_moves_on_the_open_page_when_mail_arrives(page: Page, de
     assert time.monotonic() - sent < 15  # the message moved it, not a recheck (60 s) or the timeout (5 min)
     expect(page.locator("#progress li")).to_have_text(["asked for the documents", "reply received: thanked"])
     assert page.evaluate("window.demoPageLoad") == loaded and navigations == []
+    # the client's automation calls reach the server and come back as MailgateErrors saying why
+    refused = page.evaluate("client.submitTask('no-such-step', {closed: true}).then(() => null, (e) => [e.code, e.status, e.message])")
+    assert refused[:2] == ["server", 404] and "no task 'no-such-step'" in refused[2]
+    refused = page.evaluate("client.message('no-such-key', 'email', null).then(() => null, (e) => [e.code, e.message])")
+    assert refused[0] == "server" and "no automation of this session takes messages from pages" in refused[1]
 
 
 # -- the other demo pages ------------------------------------------------------------------------------
