@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from mailgate.edges.cli.main import main
+from tests.helpers import kill_process, start_mailgate, stop_process, subprocess_env, wait_for
 from tests.pg import create_database, drop_database
 
 INTERVIEWS = Path(__file__).parent.parent / "interviews"
@@ -165,3 +166,17 @@ def test_errors_traceback_retry_send_goto_kill_delete_history(config: str, capsy
     assert out == "6 total objects deleted, including 2 automations and 4 steps\n"
     assert [a["id"] for a in run(capsys, config, "list")] == [keep]
     assert "DAYS must be 0 or more" in run(capsys, config, "delete-history", "-1", status=1)["error"]
+
+
+def test_step_loop_runs_what_another_process_starts_and_stops_on_sigterm(config: str, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "loop.log"
+    proc = start_mailgate("automations", "step", "--loop", "--json", env=subprocess_env(Path(config)), log=log)
+    try:
+        auto = run(capsys, config, "start", "Review", "--data", '{"email": "loop@example.org"}')["id"]
+        wait_for(lambda: run(capsys, config, "show", auto)["open"] == ["approve"], 30, "the loop's run of it")
+        assert proc.poll() is None
+        assert stop_process(proc, 20) == 0, log.read_text()
+        assert json.loads(log.read_text())["runs"] >= 1
+    finally:
+        kill_process(proc)
