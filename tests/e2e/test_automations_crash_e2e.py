@@ -20,6 +20,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -27,6 +28,7 @@ from mailgate.config import load_config
 from mailgate.daemon.lifecycle import Daemon
 from tests.helpers import kill_process, start_mailgate, subprocess_env, wait_for, wait_for_log
 from tests.helpers import runtime_of as rt
+from tests.pg import create_database, drop_database, run_async
 
 AUTOMATIONS = Path(__file__).parent.parent / "interviews" / "automations.py"
 DOMAIN = "mg.test"
@@ -58,15 +60,17 @@ def relay() -> Iterator[tuple[Relay, int]]:
 
 
 class Node:
-    def __init__(self, tmp_path: Path, relay_port: int) -> None:
+    def __init__(self, tmp_path: Path, relay_port: int, dsn: str | None = None) -> None:
         self.tmp_path = tmp_path
         self.db = tmp_path / "mailgate.sqlite3"
+        self.dsn = dsn
         self.relay_port = relay_port
+        store = [f'path = "{self.db}"'] if dsn is None else ['backend = "postgres"', f'dsn = "{dsn}"']
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self.config = tmp_path / "mailgate.toml"
         self.config.write_text("\n".join([
-            "[store]", f'path = "{self.db}"',
+            "[store]", *store,
             "[interviews]", f'paths = ["{AUTOMATIONS}"]',
             "[daemon]", 'roles = ["worker"]', "grace_period = 1",
             "[tasks]", "poll_interval = 0.05",
@@ -93,11 +97,22 @@ class Node:
         proc.wait(10)
 
     def query(self, sql: str, *params: Any) -> list[Any]:
+        if self.dsn is not None:
+            return run_async(self._pg_query(sql, params))
         conn = sqlite3.connect(self.db, timeout=10)
         try:
             return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
+
+    async def _pg_query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        parts = sql.split("?")
+        sql = "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *params)]
+        finally:
+            await conn.close()
 
     def start(self, cls: str, count: int = 1, **data: Any) -> list[str]:
         """Create automations through the author API, in this (test) process, on the same file."""
@@ -111,8 +126,23 @@ class Node:
         return asyncio.run(go())
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def node(request: pytest.FixtureRequest, tmp_path: Path, relay: tuple[Relay, int]) -> Iterator[Node]:
+    dsn = create_database() if request.param == "postgres" else None
+    n = Node(tmp_path, relay[1], dsn)
+    try:
+        yield n
+    finally:
+        for proc in n.procs:
+            kill_process(proc)
+        for log in n.logs:
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
+        if dsn is not None:
+            drop_database(dsn)
+
+
 @pytest.fixture
-def node(tmp_path: Path, relay: tuple[Relay, int]) -> Iterator[Node]:
+def sqlite_node(tmp_path: Path, relay: tuple[Relay, int]) -> Iterator[Node]:
     n = Node(tmp_path, relay[1])
     yield n
     for proc in n.procs:
@@ -216,9 +246,10 @@ def reply(port: int, to: str) -> None:
         client.send_message(msg)
 
 
-def test_mail_accepted_then_kill_delivers_the_email_message_once(node: Node, relay: tuple[Relay, int]) -> None:
+def test_mail_accepted_then_kill_delivers_the_email_message_once(sqlite_node: Node, relay: tuple[Relay, int]) -> None:
     """§5.12: mail answered 250 while no runner runs, the daemon killed; after a restart with the
     runner the ``email`` message is delivered once and advances the automation."""
+    node = sqlite_node
     sink = relay[0]
 
     async def start() -> str:
@@ -246,3 +277,25 @@ def test_mail_accepted_then_kill_delivers_the_email_message_once(node: Node, rel
     assert node.query("SELECT message, state FROM automation_messages") == [("email", "delivered")]
     subjects = [m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages]
     assert subjects == [b"Your documents", b"Thank you"]
+
+
+def test_a_stopped_runner_past_its_lease_has_its_late_commit_refused(node: Node) -> None:
+    """§5.11: SIGSTOP a runner inside a step past ``claim_lease``; another takes the automation over
+    and commits it; SIGCONT: the stopped runner's commit is refused, nothing applied twice."""
+    log = node.tmp_path / "fired.log"
+    (aid,) = node.start("Timer", 1, delay=0, log=str(log), sleep=1.0)
+    first = node.serve()
+    wait_for(lambda: log.exists() and log.read_text().count("\n") == 1, 20, "the first runner inside the step")
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        node.serve()
+        wait_for(lambda: node.query("SELECT state FROM automations WHERE id = ?", aid) == [("finished",)], 30,
+                 "the second runner to take over and finish it")
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    wait_for_log(first, node.logs[0], r"refused at commit|could not record its failure", 30, "the late commit refused")
+    assert node.query("SELECT COUNT(*) FROM automation_steps WHERE automation_id = ? AND node = 'fire' AND state = 'done'",
+                      aid) == [(1,)]
+    assert node.query("SELECT state FROM automations WHERE id = ?", aid) == [("finished",)]
+    pids = [line.split()[1] for line in log.read_text().splitlines()]
+    assert len(pids) == 2 and len(set(pids)) == 2  # ran in both, committed by one
