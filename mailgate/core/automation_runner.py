@@ -329,16 +329,15 @@ class AutomationRunner:
         ids = _ids(auto.id, snap)
         budget = step_budget(self.config)
 
-        send_hook = ctx.send_hook if ctx is not None else self._hook_send(run, None)
+        send_hook = ctx.send_hook
 
         def call() -> engine.Outcome:
-            token = CURRENT.set(ctx) if ctx is not None else None
+            token = CURRENT.set(ctx)
             try:
                 return engine.advance(run.cls, snap, now=now, config=self.engine_config, clock=_tracking(self.store.now, run),
                                       new_id=ids, hooks={"send_email": send_hook})
             finally:
-                if token is not None:
-                    CURRENT.reset(token)
+                CURRENT.reset(token)
 
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, _timed(call))
@@ -353,13 +352,14 @@ class AutomationRunner:
         """The action context the step code runs in (bound automations only: free-standing ones have
         no session, and the session functions then say so)."""
         session = run.session
-        if session is None:
-            return None
-        interview = self.interviews.get(session.interview)
         user = User.from_json(run.claimed.automation.owner)
-        ctx = self.invoker.new_context("callback", session.id, interview, f"automation {run.claimed.automation.cls}", {},
-                                       user)
-        ctx.accessed_at = session.accessed_at
+        action = f"automation {run.claimed.automation.cls}"
+        if session is None:  # free-standing: send_email and user_info work; session functions cannot commit
+            ctx = self.invoker.new_context("callback", "", None, action, {}, user)  # type: ignore[arg-type]
+        else:
+            ctx = self.invoker.new_context("callback", session.id, self.interviews.get(session.interview), action, {},
+                                           user)
+            ctx.accessed_at = session.accessed_at
         ctx.send_hook = self._hook_send(run, ctx)
         return ctx
 
@@ -371,9 +371,6 @@ class AutomationRunner:
             message = args[0] if len(args) == 1 and not kwargs else None
             if not isinstance(message, Message):  # task.send_email(to, subject, ...): the author function
                 from mailgate.author.sending import send_email  # noqa: PLC0415 - the author layer calls the core, not back
-                if ctx is None:
-                    raise MailgateError("send_email in a step of a free-standing automation (no session) is not "
-                                        "supported; bind the automation to a session")
                 token = CURRENT.set(ctx)
                 try:
                     return send_email(*args, **kwargs)
@@ -421,6 +418,9 @@ class AutomationRunner:
         starts: list[Any] = []
         sent = [new_message(m, auto.id) for m in out.sent]
         events: list[NewEvent] = []
+        if run.session is None and (ctx.new_tasks or ctx.new_mailboxes):
+            raise MailgateError("a step of a free-standing automation (no session) called background_action() or "
+                                "interview_email(), which belong to a session; bind the automation to a session")
         if run.session is not None:
             session = run.session
             text = codec.encode(snap.answers or {})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,11 +33,13 @@ from mailgate.core.context import (
 from mailgate.core.interviews import Action, Registry
 from mailgate.core.leases import Leases
 from mailgate.core.references import Hydrate
+from mailgate.core.tasks import Task
 from mailgate.errors import ActionError, AnswersError, LeaseTimeout, MailgateError, NotFound
 from mailgate.store.base import (
     Changes,
     CommitResult,
     NewEvent,
+    NewMessage,
     SessionRecord,
     SessionSave,
     Store,
@@ -189,7 +192,13 @@ class TaskRunner:
             failure.error_trace if failure else None,
             codec.encode_value(failure.variables) if failure else None,
         )
+        messages = []
+        if rec.automation_id is not None:  # started by an automation's step: its end is a message to it
+            messages.append(NewMessage(uuid.uuid4().hex, "task_done", automation_id=rec.automation_id, token=rec.action,
+                                       data=codec.encode_value({"task": Task(rec.id)}),
+                                       sender=json.dumps({"task": rec.id}, separators=(",", ":"))))
         changes = Changes(
+            messages=messages,
             save=extra.save if extra else None,
             new_tasks=[t for c in spawned for t in c.new_tasks],
             mailboxes=[m for c in spawned for m in c.new_mailboxes],

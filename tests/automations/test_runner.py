@@ -253,3 +253,21 @@ async def test_session_delete_removes_its_automations(tmp_path: Path) -> None:
         await settled(d, aid)
         assert await rt(d).delete_session(sid)
         assert await rt(d).store.get_automation(aid) is None
+
+
+async def test_a_background_task_of_a_step_sends_task_done(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        sid = (await rt(d).create_session("autotest")).id
+        await rt(d).run_action(sid, "start_delegate")
+        aid = (await rt(d).get_answers(sid))["automation"]
+
+        async def ended() -> bool:
+            return (await automation(d, aid)).state == "finished"
+
+        await wait_until(ended, 10, "the delegate automation to end")
+        from mailgate.core import answers as codec
+
+        data = codec.decode((await automation(d, aid)).data)
+        assert data["done_token"] == "double" and data["done_task"] == data["task"].id
+        task = await rt(d).get_task_record(data["task"].id)
+        assert task.automation_id == aid and task.state == "succeeded"

@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mailgate import Interview, action_argument, interview_email, user_info
+from mailgate import (
+    Interview,
+    action_argument,
+    background_action,
+    background_response,
+    interview_email,
+    user_info,
+)
 from mailgate.automations import flow, this
 
 interview = Interview("autotest")
@@ -91,8 +98,7 @@ class MailThenSleep(flow.Automation):
     class Meta:
         name = "MailThenSleep"
 
-    wait = flow.Execute().AfterWaitingFor(datetime.timedelta(seconds=0))
-    mail = flow.Execute(this.send_once)
+    mail = flow.Execute(this.send_once).AfterWaitingFor(datetime.timedelta(seconds=1))
     end = flow.End()
 
     def send_once(self, task: Any) -> None:
@@ -168,6 +174,37 @@ class Single(flow.Automation):
 
     def receive_finish(self, token: str | None, data: Any) -> None:
         self.data["done"] = True
+
+
+class Delegate(flow.Automation):
+    """Starts a background action and waits for its ``task_done`` message."""
+
+    class Meta:
+        name = "Delegate"
+
+    kick = flow.Execute(this.start_task)
+    wait = flow.Execute().AsSoonAs(this.task_ended)
+    end = flow.End()
+
+    def start_task(self, task: Any) -> None:
+        self.data["task"] = background_action("double", value=21)
+
+    def task_ended(self, task: Any) -> bool:
+        return "done_token" in self.data
+
+    def receive_task_done(self, token: str | None, data: Any) -> None:
+        self.data["done_token"] = token
+        self.data["done_task"] = data["task"].id
+
+
+@interview.action("double")
+def double(answers: dict[str, Any]) -> None:
+    background_response(action_argument("value") * 2)
+
+
+@interview.action("start_delegate")
+def start_delegate(answers: dict[str, Any]) -> None:
+    answers["automation"] = Delegate().id
 
 
 @interview.action("start_reply")
