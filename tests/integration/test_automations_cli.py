@@ -180,3 +180,21 @@ def test_step_loop_runs_what_another_process_starts_and_stops_on_sigterm(config:
         assert json.loads(log.read_text())["runs"] >= 1
     finally:
         kill_process(proc)
+
+
+def test_an_assignee_resolver_replaces_the_rule_and_a_broken_one_is_named(config: str, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(config)
+    text = path.read_text()
+    path.write_text(text + '[automations]\nassignee_resolver = "tests.automations.resolvers:dana_only"\n')
+    auto = run(capsys, config, "start", "Review", "--data", '{"email": "r@example.org"}')["id"]
+    assert step(config, capsys) == 1
+    assert run(capsys, config, "tasks", "--user", "carol", "--privilege", "caseworker") == []
+    [task] = run(capsys, config, "tasks", "--user", "dana")
+    assert task["automation"] == auto
+    assert "not assigned" in run(capsys, config, "submit", task["step"], "--user", "carol", "--privilege", "caseworker",
+                                 "--values", '{"approved": true}', status=1)["error"]
+    assert run(capsys, config, "submit", task["step"], "--user", "dana", "--values", '{"approved": true}')["node"] == "approve"
+    path.write_text(text + '[automations]\nassignee_resolver = "tests.automations.nowhere:f"\n')
+    error = run(capsys, config, "tasks", "--user", "dana", status=1)["error"]
+    assert "assignee_resolver 'tests.automations.nowhere:f' cannot be loaded: ModuleNotFoundError" in error
