@@ -348,6 +348,8 @@ class AutomationAdmin:
             raise refused from None
         if not cls.publish_receivers:
             raise refused
+        # the page's data (its query parameters and path) with the user its token names, never the page's say
+        data = {**(data if isinstance(data, Mapping) else {}), "user": json.loads(user.to_json())}
         return await self.send(rec.id, message, token=token, data=data, user=user)
 
     async def broadcast(self, cls_name: str, message: str, *, token: str | None = None, data: Any = None,

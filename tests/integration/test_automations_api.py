@@ -224,9 +224,10 @@ async def test_pages_submit_forms_and_message_their_sessions_published_automatio
         refused = await receive(ws, "error")
         assert (refused["ref"], refused["status"]) == (1, 403)
         await ws.send_json({"type": "message", "ref": 2, "key": review["key"], "name": "ping", "token": "page",
-                            "data": {"query": {"a": "1"}, "path": "/x"}})
+                            "data": {"query": {"a": "1"}, "path": "/x", "user": {"id": "admin", "privileges": ["admin"]}}})
         queued = await receive(ws, "result")
-        assert queued["ref"] == 2 and queued["result"]["state"] == "queued" and queued["result"]["data"]["path"] == "/x"
+        assert queued["ref"] == 2 and queued["result"]["state"] == "queued"
+        assert queued["result"]["data"] == {"query": {"a": "1"}, "path": "/x", "user": {"id": "bob"}}
         for ref, key in ((3, broken["key"]), (4, elsewhere["key"]), (5, "nope")):  # unpublished, other session, unknown
             await ws.send_json({"type": "message", "ref": ref, "key": key, "name": "ping"})
             error = await receive(ws, "error")
