@@ -271,6 +271,26 @@ class AutomationAdmin:
         return await self._store.list_automations(cls=cls, state=state, session_id=session_id, after_seq=after_seq,
                                                   limit=limit)
 
+    def orphaned(self, rec: AutomationRecord, steps: Sequence[StepRecord]) -> str | None:
+        """Why a running automation cannot run here (its class or an open step's node is gone), or None.
+        The fix: restore the class or node, or ``goto ID NODE``."""
+        if rec.state != "running":
+            return None
+        try:
+            cls = self.resolve(rec.cls)
+        except UnknownAutomationClass:
+            return f"class {rec.cls} is not loaded"
+        gone = sorted({s.node for s in steps if s.state in ("waiting", "interaction") and s.node not in cls.node_names()})
+        return f"{cls.__name__} has no node {', '.join(gone)}" if gone else None
+
+    async def list_dicts(self, **filters: Any) -> list[dict[str, Any]]:
+        """:meth:`list_automations` as the CLI and the API show it, with ``orphaned`` (the reason, or None)."""
+        out = []
+        for rec in await self.list_automations(**filters):
+            steps = await self._store.automation_history(rec.id) if rec.state == "running" else []
+            out.append({**automation_dict(rec), "orphaned": self.orphaned(rec, steps)})
+        return out
+
     async def show(self, automation_id: str) -> dict[str, Any]:
         """The automation with its data, its history (rows and tree) and its messages."""
         rec = await self.get(automation_id)
@@ -279,6 +299,7 @@ class AutomationAdmin:
         out["steps"] = [step_dict(s) for s in steps]
         out["tree"] = history_tree(steps)
         out["open"] = sorted({s.node for s in steps if s.state in OPEN})
+        out["orphaned"] = self.orphaned(rec, steps)
         out["messages"] = [message_dict(m) for m in await self._store.automation_messages(automation_id)]
         return out
 

@@ -40,7 +40,7 @@ def run(capsys: pytest.CaptureFixture[str], config: str, *argv: str, status: int
     return json.loads(out) if out else None
 
 
-def text(capsys: pytest.CaptureFixture[str], config: str, *argv: str, status: int = 0) -> tuple[str, str]:
+def text_of(capsys: pytest.CaptureFixture[str], config: str, *argv: str, status: int = 0) -> tuple[str, str]:
     assert main(["automations", *argv, "--config", config]) == status
     got = capsys.readouterr()
     return got.out, got.err
@@ -94,7 +94,7 @@ def test_form_task_submit_and_history(config: str, capsys: pytest.CaptureFixture
     invalid = run(capsys, config, "submit", sid, "--user", "carol", "--privilege", "caseworker",
                   "--values", '{"approved": "yes"}', status=1)
     assert invalid["errors"] == {"approved": "true or false expected"}
-    out, err = text(capsys, config, "submit", sid, "--user", "carol", "--privilege", "caseworker",
+    out, err = text_of(capsys, config, "submit", sid, "--user", "carol", "--privilege", "caseworker",
                     "--values", '{"note": 1}', status=1)
     assert err == "mailgate: error: approved: true or false expected\n"
     done = run(capsys, config, "submit", sid, "--user", "carol", "--privilege", "caseworker",
@@ -112,7 +112,7 @@ def test_form_task_submit_and_history(config: str, capsys: pytest.CaptureFixture
     assert [(s["node"], s["state"], s["message"]) for s in shown["steps"]] == [
         ("approve", "done", "OK"), ("record", "done", "OK"), ("end", "done", "OK")]
     assert shown["steps"][0]["submitted_by"]["id"] == "carol"
-    out, _ = text(capsys, config, "show", auto)
+    out, _ = text_of(capsys, config, "show", auto)
     assert [line.split() for line in out.splitlines()[:3]] == [["id", auto], ["class", shown["class"]], ["state", "finished"]]
     history = out[out.index("history:"):].splitlines()
     assert [line.split()[0:3] for line in history[1:4]] == [
@@ -129,7 +129,7 @@ def test_errors_traceback_retry_send_goto_kill_delete_history(config: str, capsy
     failed_step = errors[0]["steps"][0]["id"]
     trace = run(capsys, config, "traceback", broken, failed_step)["traceback"]
     assert "RuntimeError: the parts are missing" in trace and "explode" in trace
-    out, _ = text(capsys, config, "traceback", broken, failed_step)
+    out, _ = text_of(capsys, config, "traceback", broken, failed_step)
     assert out.rstrip().endswith("RuntimeError: the parts are missing")
     assert "no step" in run(capsys, config, "traceback", broken, "nope", status=1)["error"]
 
@@ -156,13 +156,24 @@ def test_errors_traceback_retry_send_goto_kill_delete_history(config: str, capsy
         ("approve", "skipped", "goto end"), ("end", "done", "OK")]
 
     keep = run(capsys, config, "start", "Review", "--data", '{"email": "d@example.org"}')["id"]
+    assert [a["orphaned"] for a in run(capsys, config, "list", "--state", "running")] == [None]
+    path = Path(config)
+    text = path.read_text()
+    path.write_text(text.replace("automated.py", "testing.py"))  # the classes are gone from this process
+    [row] = run(capsys, config, "list", "--state", "running")
+    assert row["orphaned"] == f"class {row['class']} is not loaded"
+    out, _ = text_of(capsys, config, "show", keep)
+    assert f"is not loaded: restore it, or move it on with: mailgate automations goto {keep} NODE" in out
+    out, _ = text_of(capsys, config, "list")
+    assert f"{keep}  {row['class']}  orphaned" in out
+    path.write_text(text)
     victim = run(capsys, config, "start", "Review", "--data", '{"email": "e@example.org"}')["id"]
     assert run(capsys, config, "kill", victim) == {"killed": victim}
     assert "no automation" in run(capsys, config, "show", victim, status=1)["error"]
     assert "no automation" in run(capsys, config, "kill", victim, status=1)["error"]
 
     assert run(capsys, config, "delete-history", "1") == {"total": 0, "automations": 0, "steps": 0}
-    out, _ = text(capsys, config, "delete-history", "0")
+    out, _ = text_of(capsys, config, "delete-history", "0")
     assert out == "6 total objects deleted, including 2 automations and 4 steps\n"
     assert [a["id"] for a in run(capsys, config, "list")] == [keep]
     assert "DAYS must be 0 or more" in run(capsys, config, "delete-history", "-1", status=1)["error"]

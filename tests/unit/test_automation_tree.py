@@ -1,10 +1,13 @@
-"""``automations show``'s history tree: Split paths indented and whole, the Join's continuation back at
-the Split's level, nested Splits, loops kept flat."""
+"""``automations show``'s history tree (Split paths indented and whole, the Join's continuation back at
+the Split's level, nested Splits, loops kept flat) and what ``list``/``show`` call orphaned."""
 
 from __future__ import annotations
 
-from mailgate.core.automation_admin import history_tree
-from mailgate.store.base import StepRecord
+from mailgate.automations import flow
+from mailgate.automations.registry import AutomationRegistry
+from mailgate.config import load_config
+from mailgate.core.automation_admin import AutomationAdmin, history_tree
+from mailgate.store.base import AutomationRecord, StepRecord
 
 
 def rec(seq: int, node: str, previous: str | None = None, split: str | None = None, state: str = "done",
@@ -39,3 +42,21 @@ def test_nested_splits_and_a_long_loop() -> None:
         "  after_inner [done] OK", "  j_out [joined] OK", "end [waiting]"]
     loop = [rec(1, "tick")] + [rec(i, "tick", f"s{i - 1}") for i in range(2, 5001)]
     assert len(history_tree(loop)) == 5000  # no recursion per step
+
+
+class Tiny(flow.Automation):
+    first = flow.Execute()
+    end = flow.End()
+
+
+def auto(state: str = "running", cls: str = "") -> AutomationRecord:
+    return AutomationRecord("a1", 1, cls or Tiny.get_automation_class_name(), None, state, "{}", 1, None, "k",  # type: ignore[arg-type]
+                            "{}", None, None, None, 0.0, 0.0, None)
+
+
+def test_orphaned_says_which_class_or_node_is_gone() -> None:
+    admin = AutomationAdmin(load_config(None), None, None, classes=AutomationRegistry([Tiny]))  # type: ignore[arg-type]
+    assert admin.orphaned(auto(), [rec(1, "first", state="waiting", message=None)]) is None
+    assert admin.orphaned(auto(), [rec(1, "second", state="waiting"), rec(2, "old", state="done")]) == "Tiny has no node second"
+    assert admin.orphaned(auto(cls="gone.Class"), []) == "class gone.Class is not loaded"
+    assert admin.orphaned(auto("finished", "gone.Class"), []) is None  # ended: nothing to run

@@ -128,8 +128,10 @@ async def _dispatch(args: argparse.Namespace, rt: Runtime) -> int:  # noqa: C901
         out = {**automation_dict(rec), "created": created}
         emit(args.json, out, text=rec.id if created else f"{rec.id} (already running: {rec.cls} is unique)")
     elif cmd == "list":
-        recs = await admin.list_automations(cls=args.cls, state=args.state, session_id=args.session, limit=args.limit)
-        rows = [automation_dict(r) for r in recs]
+        rows = await admin.list_dicts(cls=args.cls, state=args.state, session_id=args.session, limit=args.limit)
+        if not args.json:
+            for row in rows:
+                row["state"] = "orphaned" if row["orphaned"] else row["state"]
         emit(args.json, rows, columns=["id", "class", "state", "session", "wake_at", "updated"])
     elif cmd == "show":
         shown = await admin.show(args.id)
@@ -228,6 +230,8 @@ async def _loop(rt: Runtime) -> int:
 
 def _print_show(shown: dict[str, Any]) -> None:
     head = {k: shown[k] for k in ("id", "class", "state", "session", "version", "created", "updated", "finished", "wake_at")}
+    if shown["orphaned"]:
+        head["orphaned"] = f"{shown['orphaned']}: restore it, or move it on with: mailgate automations goto {shown['id']} NODE"
     head["data"] = shown["data"]
     print_record(head)
     print("history:")

@@ -81,9 +81,8 @@ async def list_automations(request: web.Request) -> web.Response:
     state = request.query.get("state")
     if state is not None and state not in STATES:
         raise BadRequest(f"state must be one of {', '.join(STATES)}")
-    recs = await rt(request).automations.list_automations(cls=request.query.get("class"), state=state,
-                                                          session_id=request.query.get("session"), limit=1000)
-    return web.json_response([automation_dict(r) for r in recs])
+    return web.json_response(await rt(request).automations.list_dicts(
+        cls=request.query.get("class"), state=state, session_id=request.query.get("session"), limit=1000))
 
 
 @routes.get("/api/automations/{id}")

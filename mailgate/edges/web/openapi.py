@@ -208,7 +208,9 @@ AUTOMATION_SCHEMAS: dict[str, Any] = {
     "Automation": {"type": "object", "required": ["id", "class", "state", "data"], "properties": {
         "id": {"type": "string"}, "class": {"type": "string"}, "state": {"type": "string", "enum": AUTOMATION_STATES},
         "session": _nullable_str, "data": {"type": "object"}, "version": {"type": "integer"}, "key": {"type": "string"},
-        "created": {"type": "boolean", "description": "POST /api/automations only: false = the running unique one"}}},
+        "created": {"type": "boolean", "description": "POST /api/automations only: false = the running unique one"},
+        "orphaned": {"type": ["string", "null"], "description": "lists and reads: why it cannot run here (its class "
+                     "or an open step's node is gone), else null"}}},
     "AutomationStep": {"type": "object", "required": ["id", "node", "state"], "properties": {
         "id": {"type": "string"}, "node": {"type": "string"}, "state": {"type": "string", "enum": [
             "waiting", "interaction", "running", "done", "skipped", "failed", "joined"]},
