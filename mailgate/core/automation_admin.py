@@ -65,7 +65,7 @@ from mailgate.store.base import (
 
 STATES = ("running", "finished", "failed", "killed")
 OPEN = ("waiting", "interaction", "running")
-WAIT_POLL = 0.05  # ``send --wait``: how often the message's state is read again
+WAIT_POLL = 0.05  # ``send --wait``: the longest pause between two reads of the message's state
 MAX_WAIT = 60.0
 SUBMIT_RETRIES = 3  # a submit that lost the version race to the runner is checked again on fresh rows
 
@@ -396,9 +396,10 @@ class AutomationAdmin:
     async def _wait_message(self, automation_id: str, queued: MessageRecord, wait: float) -> MessageRecord:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        current = queued
+        current, pause = queued, WAIT_POLL / 10  # a runner usually delivers within milliseconds: look soon, then less often
         while current.state == "queued" and loop.time() < deadline:
-            await asyncio.sleep(min(WAIT_POLL, max(0.0, deadline - loop.time())))
+            await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+            pause = min(pause * 2, WAIT_POLL)
             for msg in await self._store.automation_messages(automation_id):
                 if msg.id == queued.id:
                     current = msg
