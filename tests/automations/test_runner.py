@@ -271,3 +271,37 @@ async def test_a_background_task_of_a_step_sends_task_done(tmp_path: Path) -> No
         assert data["done_token"] == "double" and data["done_task"] == data["task"].id
         task = await rt(d).get_task_record(data["task"].id)
         assert task.automation_id == aid and task.state == "succeeded"
+
+
+async def test_the_seed_examples_run_in_the_daemon_two_issue_discussions_interleaved(tmp_path: Path) -> None:
+    """§5.2 in the daemon: WebinarWorkflow's mails at or after their due times; two IssueDiscussions
+    (a conference call or not) interleaved in one runner, hourly loops, Split into 3 paths, Join, End."""
+    from mailgate.automations.registry import AutomationRegistry
+    from mailgate.core import answers as codec
+    from tests.automations.test_seed_examples import HOUR, T0 as SEED_T0, IssueDiscussion, WebinarWorkflow, at
+
+    clock = Clock(SEED_T0)
+    classes = AutomationRegistry([WebinarWorkflow, IssueDiscussion])
+    config = cfg(tmp_path)
+    async with Daemon(config, roles=("worker",), clock=clock, automations=classes) as d:
+        webinar, _ = await WebinarWorkflow.start_async(webinar_at=at(SEED_T0 + 48 * HOUR))
+        deadline = SEED_T0 + 6 * 24 * HOUR + 30 * 60
+        with_call, _ = await IssueDiscussion.start_async(deadline=deadline, call=True)
+        without, _ = await IssueDiscussion.start_async(deadline=deadline, call=False)
+        ids = [webinar.id, with_call.id, without.id]
+        for hour in range(0, 7 * 24 + 2):
+            clock.now = SEED_T0 + hour * HOUR
+            rt(d).automation_runner.wake()
+            for aid in ids:
+                await settled(d, aid, clock)
+        records = {aid: await automation(d, aid) for aid in ids}
+        assert {aid: r.state for aid, r in records.items()} == {aid: "finished" for aid in ids}
+        fired = {what: t for what, t in codec.decode(records[webinar.id].data)["log"]}
+        assert fired["reminder"] >= SEED_T0 + 47 * HOUR and fired["replay"] >= fired["reminder"] + 150 * 60
+        logs = {aid: [what for what, _ in codec.decode(records[aid].data)["log"]] for aid in ids[1:]}
+        assert logs[with_call.id] == ["announce", "calendar", "warning", "evaluate"]
+        assert logs[without.id] == ["announce", "warning", "evaluate"]  # opposite branch, no cross-talk
+        history = await steps(d, with_call.id)
+        assert sum(1 for node, _, _ in history if node == "repeat") >= 6 * 24  # the hourly loop
+        assert [state for node, state, _ in history if node == "join"].count("joined") + \
+            [state for node, state, _ in history if node == "join"].count("done") == 3
