@@ -278,7 +278,8 @@ async def test_the_seed_examples_run_in_the_daemon_two_issue_discussions_interle
     (a conference call or not) interleaved in one runner, hourly loops, Split into 3 paths, Join, End."""
     from mailgate.automations.registry import AutomationRegistry
     from mailgate.core import answers as codec
-    from tests.automations.test_seed_examples import HOUR, T0 as SEED_T0, IssueDiscussion, WebinarWorkflow, at
+    from tests.automations.test_seed_examples import HOUR, IssueDiscussion, WebinarWorkflow, at
+    from tests.automations.test_seed_examples import T0 as SEED_T0
 
     clock = Clock(SEED_T0)
     classes = AutomationRegistry([WebinarWorkflow, IssueDiscussion])
