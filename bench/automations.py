@@ -241,10 +241,10 @@ async def mailgate_run(args: argparse.Namespace, folder: Path) -> dict[str, Any]
         await until_finished(store, args.waiting)
         out["burst_steps_per_s"] = args.burst / (time.perf_counter() - started)
 
-        # timer lateness: dues spread at --rate per second, starting 2 s from now
+        # timer lateness: dues spread at --rate per second, once every timer waits
         due = classes.resolve("Due")
         count = args.rate * 4
-        t0 = time.time() + 2
+        t0 = time.time() + 3 + count / 500  # after the creations and each one's first run (entering its wait)
         timers = await gather_limited(count, args.concurrency,
                                       lambda i: due.start_async(due=t0 + i / args.rate))
         await until_finished(store, args.waiting, timeout=120)

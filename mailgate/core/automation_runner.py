@@ -33,13 +33,14 @@ import json
 import logging
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mailgate import metrics
 from mailgate.automations import engine
-from mailgate.automations.context import CURRENT_RUN
+from mailgate.automations.context import CURRENT_RUN, StepRow
 from mailgate.automations.errors import OrphanedAutomation, UnknownAutomationClass
 from mailgate.automations.flow import Automation
 from mailgate.automations.registry import AutomationRegistry
@@ -47,6 +48,7 @@ from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import Invoker, cron_enabled
 from mailgate.core.automation_rows import (
+    THREADED_ACTION,
     message_done,
     new_message,
     new_step,
@@ -68,6 +70,7 @@ from mailgate.store.base import (
     JournalEntry,
     NewEvent,
     NewStep,
+    NewTask,
     SessionRecord,
     SessionSave,
     StepUpdate,
@@ -95,6 +98,7 @@ class _Run:
     version: int
     session: SessionRecord | None = None
     lease_holder: str | None = None
+    threaded: list[StepRow] = field(default_factory=list)  # threaded steps whose task ended: their rows
     sends: dict[str, int] = field(default_factory=dict)  # step id -> journaled send_email calls so far
     current_step: list[str | None] = field(default_factory=lambda: [None, None])  # step id, node
 
@@ -322,6 +326,7 @@ class AutomationRunner:
             await self.hydrate(answers)
         snap = await self._snapshot(run, answers)
         now = self.store.now()
+        await self._threaded_ended(run, snap, now)
         for s in snap.steps:  # timer lateness: how late the due timers are taken up
             if s.state == "waiting" and s.wake_at is not None and s.wake_at <= now:
                 metrics.AUTOMATION_TIMER_LATENESS.observe(now - s.wake_at)
@@ -347,6 +352,27 @@ class AutomationRunner:
         except TimeoutError:
             return await self._timed_out(run, snap, budget)
         await self._commit(run, snap, outcome, ctx)
+
+    async def _threaded_ended(self, run: _Run, snap: engine.Snapshot, now: float) -> None:
+        """The ``threaded=True`` steps whose task ended (its ``task_done`` is queued): their rows, done
+        with the task's value or failed with its error, commit with this run."""
+        running = {s.id: s for s in snap.steps if s.state == "running"}
+        for m in run.claimed.messages:
+            if m.message != "task_done" or m.token != THREADED_ACTION or not running:
+                continue
+            ref = codec.decode_value(m.data).get("task")
+            task = await self.store.get_task(ref.id) if ref is not None else None
+            step_id = codec.decode_value(task.arguments).get("step") if task is not None else None
+            step = running.pop(step_id, None) if step_id is not None else None
+            if task is None or step is None:
+                continue
+            if task.state == "succeeded":
+                value = codec.decode_value(task.result)["value"] if task.result else None
+                run.threaded.append(engine.threaded_done(step, finished_at=now, result=value))
+            else:
+                run.threaded.append(replace(step, state="failed", message=f"{task.error_type}({task.error_message!r})",
+                                            error_type=task.error_type, error_message=task.error_message,
+                                            error_trace=task.error_trace, finished_at=now, wake_at=None))
 
     def _context(self, run: _Run) -> Any:
         """The action context the step code runs in (bound automations only: free-standing ones have
@@ -418,9 +444,9 @@ class AutomationRunner:
         starts: list[Any] = []
         sent = [new_message(m, auto.id) for m in out.sent]
         events: list[NewEvent] = []
-        if run.session is None and (ctx.new_tasks or ctx.new_mailboxes):
+        if run.session is None and (ctx.new_tasks or ctx.new_mailboxes or out.tasks):
             raise MailgateError("a step of a free-standing automation (no session) called background_action() or "
-                                "interview_email(), which belong to a session; bind the automation to a session")
+                                "interview_email() or has a threaded=True step, which belong to a session; bind the automation to a session")
         if run.session is not None:
             session = run.session
             text = codec.encode(snap.answers or {})
@@ -429,13 +455,16 @@ class AutomationRunner:
                                    allow_cron=cron_enabled(snap.answers or {}, session.interview))
             release = (session.id, run.lease_holder) if run.lease_holder else None
             new_tasks = [replace(t, automation_id=auto.id) for t in ctx.new_tasks]
+            new_tasks += [NewTask(uuid.uuid4().hex, session.id, session.interview, THREADED_ACTION,
+                                  codec.encode_value({"step": t.step_id, "node": t.node}), auto.owner, None,
+                                  self.config.tasks.max_attempts, automation_id=auto.id) for t in out.tasks]
             mailboxes = list(ctx.new_mailboxes)
             starts = list(ctx.new_automations)  # Class(**data) in a step: bound to the same session
             sent += ctx.automation_messages
             events.append(NewEvent(session.id, "automation", json.dumps(_event(auto.id, auto.cls, snap, out))))
         update = AutomationUpdate(
             auto.id, run.version, self.holder, state=out.state, data=codec.encode(out.data),  # type: ignore[arg-type]
-            wake_at=out.wake_at, steps_finished=[step_update(s) for s in out.updated],
+            wake_at=out.wake_at, steps_finished=[step_update(s) for s in (*out.updated, *run.threaded)],
             steps_opened=[new_step(s) for s in out.created], messages_done=[message_done(m) for m in out.messages],
         )
         changes = Changes(save=save, new_tasks=tuple(new_tasks), mailboxes=tuple(mailboxes), events=tuple(events),

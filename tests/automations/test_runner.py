@@ -306,3 +306,24 @@ async def test_the_seed_examples_run_in_the_daemon_two_issue_discussions_interle
         assert sum(1 for node, _, _ in history if node == "repeat") >= 6 * 24  # the hourly loop
         assert [state for node, state, _ in history if node == "join"].count("joined") + \
             [state for node, state, _ in history if node == "join"].count("done") == 3
+
+
+async def test_a_threaded_step_runs_on_the_worker_pool_and_its_row_gets_the_result(tmp_path: Path) -> None:
+    from mailgate.core.automation_rows import THREADED_ACTION
+
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        sid = (await rt(d).create_session("autotest")).id
+        await rt(d).run_action(sid, "start_threaded")
+        aid = (await rt(d).get_answers(sid))["automation"]
+
+        async def ended() -> bool:
+            return (await automation(d, aid)).state == "finished"
+
+        await wait_until(ended, 10, "the threaded automation to end")
+        (work,) = [s for s in await rt(d).store.automation_history(aid) if s.node == "work"]
+        from mailgate.core import answers as codec
+
+        assert work.state == "done" and codec.decode_value(work.result or "null") == {"x": 42, "answers": ["automation"]}
+        (task,) = await rt(d).store.list_tasks(session_id=sid)
+        assert (task.action, task.automation_id, task.state) == (THREADED_ACTION, aid, "succeeded")
+        assert codec.decode((await automation(d, aid)).data)["done"] == THREADED_ACTION
