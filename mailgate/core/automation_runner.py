@@ -132,6 +132,7 @@ class AutomationRunner:
         self._stopping = False
         self._watching = False
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
+        self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")  # when the automations gauge was last read
         self.runs = 0  # runs committed by this process (tests, the CLI's summary)
 
@@ -208,8 +209,12 @@ class AutomationRunner:
                 metrics.AUTOMATION_DUE_LAG.set(max(0.0, now - nxt))
                 if nxt > now:
                     timeout = min(timeout, nxt - now)
+                elif nxt > self._claimed_at:  # it became due after the claim looked: claim again now
+                    timeout = 0
             else:
                 metrics.AUTOMATION_DUE_LAG.set(0)
+        if timeout <= 0:
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancellation
                 await self._wake.wait()
@@ -218,6 +223,7 @@ class AutomationRunner:
         free = self.config.automations.concurrency - len(self._running)
         if free <= 0 or self._stopping:
             return 0
+        self._claimed_at = self.store.now()  # at most the time the claim compares wake_at with
         try:
             claimed = await self.store.claim_automations(self.holder, free, self.config.automations.claim_lease)
         except StoreError as exc:
