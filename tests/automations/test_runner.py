@@ -327,3 +327,40 @@ async def test_a_threaded_step_runs_on_the_worker_pool_and_its_row_gets_the_resu
         (task,) = await rt(d).store.list_tasks(session_id=sid)
         assert (task.action, task.automation_id, task.state) == (THREADED_ACTION, aid, "succeeded")
         assert codec.decode((await automation(d, aid)).data)["done"] == THREADED_ACTION
+
+
+async def test_handles_by_key_and_run_wait_return_the_open_nodes(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        cls = rt(d).automation_classes.resolve("Inbox")
+        made, _ = await cls.start_async()
+        assert await made.run_async(wait=5) == ["wait"]
+        found = await cls.by_key_async(made.get_key())
+        assert found.id == made.id and len(made.get_key()) == 22  # 128 bits, URL-safe base64
+        from mailgate.errors import NotFound
+
+        with pytest.raises(NotFound):
+            await cls.by_key_async("x" + made.get_key()[1:])
+        handle = cls(automation_id=made.id)
+        await handle.send_message_async("stop")
+        assert await handle.run_async(wait=5) == []
+        assert handle.is_finished()
+
+
+async def test_cron_daily_deletes_the_history_of_automations_ended_long_ago(tmp_path: Path) -> None:
+    import datetime as dt
+
+    clock = Clock(T0)
+    async with daemon(tmp_path, clock, roles=("worker",), automations={"history_days": 30}) as d:
+        cls = rt(d).automation_classes.resolve("Inbox")
+        ended, _ = await cls.start_async()
+        await (await ended.send_message_async("stop")).wait_async(5)
+        running, _ = await cls.start_async()
+        await settled(d, running.id, clock)
+        assert d.cron is not None
+        clock.now = T0 + 29 * DAY
+        await d.cron.fire("cron_daily", dt.datetime.fromtimestamp(clock.now, dt.UTC))
+        assert await rt(d).store.get_automation(ended.id) is not None  # not 30 days yet
+        clock.now = T0 + 31 * DAY
+        await d.cron.fire("cron_daily", dt.datetime.fromtimestamp(clock.now, dt.UTC))
+        assert await rt(d).store.get_automation(ended.id) is None
+        assert (await automation(d, running.id)).state == "running"
