@@ -26,7 +26,7 @@ class StepRow:
     previous_id: str | None = None
     split_id: str | None = None
     message: str | None = None
-    result: Any = None
+    result: Any = None  # a Python value; the runner encodes it with the tagged codec
     error_type: str | None = None
     error_message: str | None = None
     error_trace: str | None = None

@@ -43,6 +43,7 @@ from mailgate.automations.errors import (
     FormInvalid,
     FormNotFound,
     OrphanedAutomation,
+    SnapshotError,
 )
 from mailgate.automations.graph import DEFAULT_RECHECK, Flow, Spec
 from mailgate.core import answers as codec
@@ -459,6 +460,8 @@ class _Run:
                 recheck = self.config.recheck_interval if spec.recheck == DEFAULT_RECHECK else spec.recheck
                 return self.wake(step, _min(skip_at, self.now + float(recheck) if recheck else None))
             return self.run_node(step, spec, task, skip_at)
+        except SnapshotError:
+            raise
         except Exception as exc:  # noqa: BLE001 - an author's callable: recorded on the step
             return self.error(step, spec, exc, traceback.format_exc())
 
@@ -532,7 +535,7 @@ class _Run:
             return True
         split = self.steps.get(step.split_id)
         if split is None or split.node not in self.flow.specs:
-            raise AutomationError(f"automation {self.snap.automation_id}: the snapshot lacks Split step "
+            raise SnapshotError(f"automation {self.snap.automation_id}: the snapshot lacks Split step "
                                   f"{step.split_id} that step {step.id} ({step.node}) belongs to")
         expected = len(self.flow.specs[split.node].paths)
         arrived = [s for s in self.path_steps() if s.node == step.node and s.split_id == step.split_id]

@@ -9,6 +9,10 @@ class AutomationError(MailgateError):
     """An automation cannot do what was asked (bad data, no runner, a malformed snapshot)."""
 
 
+class SnapshotError(AutomationError):
+    """The runner handed the engine an inconsistent snapshot (a bug of the runner, never a step error)."""
+
+
 class UnknownAutomationClass(NotFound):
     """No loaded automation class has this name, or the name is ambiguous."""
 

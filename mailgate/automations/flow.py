@@ -71,7 +71,6 @@ def require_data_parameters(**kinds: type) -> Callable[[Callable[..., Any]], Cal
     return mark
 
 
-
 # ------------------------------------------------------------------------------------- the class
 
 
@@ -99,7 +98,8 @@ class AutomationMeta(type):
 
     def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any) -> AutomationMeta:
         body = dict(namespace)
-        body[SHADOWED] = tuple(getattr(namespace, "shadowed", ()))
+        if bases:  # flow.Automation itself has no nodes and is not checked
+            body[SHADOWED] = tuple(getattr(namespace, "shadowed", ()))
         return super().__new__(mcs, name, bases, body, **kwargs)
 
 

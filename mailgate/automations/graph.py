@@ -159,6 +159,9 @@ def build(cls: type) -> Flow:
         what = "a method" if callable(value) else f"{type(value).__name__} {value!r}"
         b.problem(name, f"the node is replaced by {what} defined later under the same name in the class body; "
                         "rename one of them")
+    for name, value in cls.__dict__.items():
+        if isinstance(value, type) and issubclass(value, f.Node):
+            b.problem(name, f"is the class flow.{value.__name__}, not a node: write flow.{value.__name__}(...)")
     if SHADOWED in cls.__dict__:
         delattr(cls, SHADOWED)
     for name in own:
@@ -198,6 +201,8 @@ def _spec(b: _Builder, name: str, node: f.Node, following: str | None, order: tu
         as_soon_as=b.call(name, node.as_soon_as, ".AsSoonAs"), recheck=recheck)
     if isinstance(node, f.Execute):
         func = b.call(name, node.func, "Execute") if node.func is not None else None
+        if func is not None and func.kind == "value":
+            b.problem(name, f"Execute({node.func!r}): a callable, this.<method> or 'self.<method>' is expected")
         return Spec(**common, func=func, on_error=b.target(name, node.on_error, ".OnError"))
     if isinstance(node, f.If):
         if node.then is None:

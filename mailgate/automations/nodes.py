@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 DEFAULT = object()  # AsSoonAs(recheck=...) not given: ``[automations] recheck_interval``
 
@@ -33,7 +33,6 @@ class This:
 
 
 this = This()
-
 
 
 # --------------------------------------------------------------------------------------------- nodes
@@ -65,17 +64,17 @@ class Node:
                                  f"its class is created (run state lives in the automation's data and steps)")
         object.__setattr__(self, key, value)
 
-    def _once(self, field: str, value: Any, modifier: str) -> Node:
+    def _once(self, field: str, value: Any, modifier: str) -> Self:
         if getattr(self, field) is not None:
             self.problems.append(f".{modifier}() given twice")
         setattr(self, field, value)
         return self
 
     # Modifiers of every node (the seed's names).
-    def Next(self, node: Any) -> Node:  # noqa: N802 - the seed's API
+    def Next(self, node: Any) -> Self:  # noqa: N802 - the seed's API
         return self._once("next", node, "Next")
 
-    def AsSoonAs(self, condition: Any, recheck: Any = DEFAULT) -> Node:  # noqa: N802
+    def AsSoonAs(self, condition: Any, recheck: Any = DEFAULT) -> Self:  # noqa: N802
         """Wait until ``condition`` is true; rechecked on entry, after each message, at the node's timers
         and every ``recheck`` seconds (a number or timedelta; default ``[automations] recheck_interval``;
         None: messages and timers only)."""
@@ -87,16 +86,16 @@ class Node:
         self.recheck = recheck
         return self._once("as_soon_as", condition, "AsSoonAs")
 
-    def AfterWaitingUntil(self, when: Any) -> Node:  # noqa: N802
+    def AfterWaitingUntil(self, when: Any) -> Self:  # noqa: N802
         return self._once("wait_until", when, "AfterWaitingUntil")
 
-    def AfterWaitingFor(self, delta: Any) -> Node:  # noqa: N802
+    def AfterWaitingFor(self, delta: Any) -> Self:  # noqa: N802
         return self._once("wait_for", delta, "AfterWaitingFor")
 
-    def SkipIf(self, condition: Any) -> Node:  # noqa: N802
+    def SkipIf(self, condition: Any) -> Self:  # noqa: N802
         return self._once("skip_if", condition, "SkipIf")
 
-    def SkipAfter(self, delta: Any) -> Node:  # noqa: N802
+    def SkipAfter(self, delta: Any) -> Self:  # noqa: N802
         return self._once("skip_after", delta, "SkipAfter")
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -137,7 +136,7 @@ class Execute(Node):
         """Override in a subclass to make a named executable node; the default does nothing."""
         return None
 
-    def OnError(self, node: Any) -> Execute:  # noqa: N802
+    def OnError(self, node: Any) -> Self:  # noqa: N802
         self._once("on_error", node, "OnError")
         return self
 
@@ -163,7 +162,7 @@ class Split(Node):
         super().__init__(description=description)
         self.paths: tuple[Any, ...] = ()
 
-    def Next(self, node: Any) -> Split:  # noqa: N802 - a Split takes several
+    def Next(self, node: Any) -> Self:  # noqa: N802 - a Split takes several
         self.paths = (*self.paths, node)
         return self
 
@@ -180,11 +179,11 @@ class If(Node):
         self.then: Any = None
         self.otherwise: Any = None
 
-    def Then(self, target: Any) -> If:  # noqa: N802
+    def Then(self, target: Any) -> Self:  # noqa: N802
         self._once("then", target, "Then")
         return self
 
-    def Else(self, target: Any) -> If:  # noqa: N802
+    def Else(self, target: Any) -> Self:  # noqa: N802
         self._once("otherwise", target, "Else")
         return self
 
@@ -203,33 +202,33 @@ class Repeat(Node):
         self.every: float | None = None  # seconds
         self.every_days: int | None = None
 
-    def _interval(self, seconds: float, what: str) -> Repeat:
+    def _interval(self, seconds: float, what: str) -> Self:
         if self.every is not None:
             self.problems.append(f".{what}() given after another interval")
         self.every = seconds
         return self
 
-    def At(self, hour: int, minute: int = 0) -> Repeat:  # noqa: N802
+    def At(self, hour: int, minute: int = 0) -> Self:  # noqa: N802
         if not (isinstance(hour, int) and isinstance(minute, int) and 0 <= hour < 24 and 0 <= minute < 60):
             self.problems.append(f".At({hour!r}, {minute!r}): hour 0-23 and minute 0-59 expected")
         self._once("at", (hour, minute), "At")
         return self
 
-    def EveryHour(self, hours: int = 1) -> Repeat:  # noqa: N802
+    def EveryHour(self, hours: int = 1) -> Self:  # noqa: N802
         return self._positive(hours, "EveryHour")._interval(hours * 3600.0, "EveryHour")
 
-    def EveryNMinutes(self, minutes: int) -> Repeat:  # noqa: N802
+    def EveryNMinutes(self, minutes: int) -> Self:  # noqa: N802
         return self._positive(minutes, "EveryNMinutes")._interval(minutes * 60.0, "EveryNMinutes")
 
-    def EveryNDays(self, days: int) -> Repeat:  # noqa: N802
+    def EveryNDays(self, days: int) -> Self:  # noqa: N802
         self._positive(days, "EveryNDays")
         self.every_days = days
         return self._interval(days * 86400.0, "EveryNDays")
 
-    def EveryDay(self) -> Repeat:  # noqa: N802
+    def EveryDay(self) -> Self:  # noqa: N802
         return self.EveryNDays(1)
 
-    def _positive(self, n: Any, what: str) -> Repeat:
+    def _positive(self, n: Any, what: str) -> Self:
         if not isinstance(n, (int, float)) or isinstance(n, bool) or n <= 0:
             self.problems.append(f".{what}({n!r}): a positive number expected")
         return self
@@ -252,23 +251,23 @@ class Form(Node):
         self.group: str | None = None
         self.permissions: tuple[str, ...] = ()
 
-    def User(self, **selector: Any) -> Form:  # noqa: N802
+    def User(self, **selector: Any) -> Self:  # noqa: N802
         if set(selector) != {"id"}:
             self.problems.append(f".User({', '.join(selector)}): mailgate users are selected by id only: .User(id=...)")
         return self._once_form("user", str(selector.get("id")), "User")
 
-    def Group(self, **selector: Any) -> Form:  # noqa: N802
+    def Group(self, **selector: Any) -> Self:  # noqa: N802
         if set(selector) != {"name"}:
             self.problems.append(f".Group({', '.join(selector)}): groups are privileges, selected by name: .Group(name=...)")
         return self._once_form("group", str(selector.get("name")), "Group")
 
-    def Permission(self, permission: str) -> Form:  # noqa: N802
+    def Permission(self, permission: str) -> Self:  # noqa: N802
         if not isinstance(permission, str) or not permission:
             self.problems.append(f".Permission({permission!r}): a privilege name expected")
         self.permissions = (*self.permissions, str(permission))
         return self
 
-    def _once_form(self, field: str, value: str, modifier: str) -> Form:
+    def _once_form(self, field: str, value: str, modifier: str) -> Self:
         self._once(field, value, modifier)
         return self
 

@@ -97,6 +97,8 @@ def test_split_paths_meeting_at_different_joins_are_rejected() -> None:
 
 def test_other_malformed_nodes_are_rejected() -> None:
     rejects({"r": flow.Repeat()}, "Bad.r", "Repeat needs a schedule")
+    rejects({"x": flow.Execute(42), "end": flow.End()}, "Bad.x", "a callable")
+    rejects({"x": flow.Execute(), "end": flow.End}, "Bad.end", "write flow.End(...)")
     rejects({"r": flow.Repeat().EveryNMinutes(0)}, "Bad.r", "positive number")
     rejects({"r": flow.Repeat().At(25, 0)}, "Bad.r", "hour 0-23")
     rejects({"f": flow.Form(object()), "end": flow.End()}, "Bad.f", "clean(values)")

@@ -10,8 +10,9 @@ import pytest
 
 from mailgate.automations import engine, flow, this
 from mailgate.automations.engine import EngineConfig, Snapshot, StepRow
-from mailgate.automations.errors import AutomationError, OrphanedAutomation
+from mailgate.automations.errors import AutomationError, OrphanedAutomation, SnapshotError
 from tests.automations.driver import Driver
+from tests.automations.test_seed_examples import Nested
 
 T0 = 1_800_000_000.0
 DAY = 86400.0
@@ -398,3 +399,9 @@ def test_a_threaded_step_is_finished_by_its_task_outcome() -> None:
     assert step.state == "running"  # the row given is not modified
     with pytest.raises(AutomationError, match="not a running threaded step"):
         engine.threaded_done(done, finished_at=T0 + 6)
+
+
+def test_a_snapshot_without_the_split_step_is_the_runner_s_error_not_a_step_error() -> None:
+    snap = Snapshot("x", {}, [StepRow("j1", "inner_join", "waiting", T0, split_id="missing")])
+    with pytest.raises(SnapshotError, match="lacks Split step missing"):
+        engine.advance(Nested, snap, now=T0)

@@ -178,10 +178,12 @@ async def test_two_stores_claiming_at_once_never_get_the_same_automation(make_st
 async def test_claim_due_ones_with_lease_heartbeat_release_and_takeover(store: Store, clock: Clock) -> None:
     for i in range(4):
         await store.create_automation(auto(f"a{i}"), [NewStep(f"s{i}", "start")])
+    clock.now += 2
+    assert await store.automation_backlog() == (4, clock.now - 2)
     later = NewAutomation("late", "app.Flow", None, "{}", "key-late", "{}", wake_at=clock.now + 100)
     await store.create_automation(later, [NewStep("sl", "wait", wake_at=clock.now + 100)])
     await store.create_automation(auto("idle"))  # no step, no message: nothing due
-    assert await store.next_wake() == clock.now
+    assert await store.next_wake() == clock.now - 2
     got = await store.claim_automations("r1", 3, lease=30)
     assert [c.automation.id for c in got] == ["a0", "a1", "a2"]
     assert all(c.automation.claim_holder == "r1" and c.automation.claim_until == clock.now + 30 for c in got)
@@ -194,6 +196,7 @@ async def test_claim_due_ones_with_lease_heartbeat_release_and_takeover(store: S
     clock.now += 15  # r1's a1, a2 lapsed; a0 renewed; a3 due again
     taken = await store.claim_automations("r3", 10, lease=30)
     assert sorted(c.automation.id for c in taken) == ["a1", "a2", "a3"]
+    assert await store.automation_backlog() == (4, clock.now - 37)  # a0..a3 (claimed or not), not "late" yet
     clock.now += 100  # every claim lapsed; "late" is due now
     assert sorted(c.automation.id for c in await store.claim_automations("r4", 10, lease=30)) == ["a0", "a1", "a2", "a3", "late"]
     assert await store.next_wake() is not None
@@ -471,3 +474,24 @@ async def test_mail_queues_email_messages_with_its_delivery_once(store: Store, c
         [NewMessage("m3", "email", automation_id="a1", token="docs")])]))
     assert [(m.id, m.token, m.state) for m in await store.automation_messages("a1")] == [
         ("m1", "docs", "queued"), ("m3", "docs", "queued")]
+
+
+async def test_a_commit_mid_run_keeps_the_claim_and_the_due_time(store: Store, clock: Clock) -> None:
+    rec, _ = await store.create_automation(auto("a1"), [NewStep("st1", "start")])
+    [claim] = await store.claim_automations("r1", 1, lease=30)
+    # right after send_email: the journal row, the claim kept, the step still running
+    await store.commit(run("a1", rec.version, "r1", keep_claim=True,
+                           steps_finished=[StepUpdate("st1", "running", attempts=1)],
+                           journal=[JournalEntry("st1", 0, "send_email", '{"message_id":"<1@x>"}')]))
+    mid = await store.get_automation("a1")
+    assert mid is not None and mid.claim_holder == "r1" and mid.wake_at == claim.automation.wake_at
+    assert await store.claim_automations("r2", 1, lease=30) == []  # still r1's
+    clock.now += 31  # r1 died: its lease lapses and the automation is due again
+    [again] = await store.claim_automations("r2", 1, lease=30)
+    assert again.automation.version == rec.version + 1 and [(s.id, s.attempts) for s in again.steps] == [("st1", 1)]
+    journal = await store.journal_entry("st1", 0)
+    assert journal is not None and journal.result == '{"message_id":"<1@x>"}'  # the re-run reads it, sends nothing
+    await store.commit(run("a1", again.automation.version, "r2", state="finished",
+                           steps_finished=[StepUpdate("st1", "done", message="OK", attempts=2)],
+                           journal=[JournalEntry("st1", 0, "send_email", '{"message_id":"<2@x>"}')]))
+    assert (await store.journal_entry("st1", 0)).result == '{"message_id":"<1@x>"}'  # type: ignore[union-attr]

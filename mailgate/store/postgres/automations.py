@@ -68,21 +68,19 @@ def _messages_json(messages: Sequence[NewMessage]) -> str:
     return json.dumps(_json(messages), separators=(",", ":"))
 
 
-async def _claimed(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[ClaimedAutomation]:
-    autos = sorted((AutomationRecord(*r) for r in rows), key=lambda a: (a.wake_at or 0.0, a.seq))
-    if not autos:
-        return []
-    ids = [a.id for a in autos]
-    steps: dict[str, list[StepRecord]] = {i: [] for i in ids}
-    msgs: dict[str, list[MessageRecord]] = {i: [] for i in ids}
-    for row in await conn.fetch(f"SELECT {STEP_COLS} FROM automation_steps WHERE automation_id = ANY($1::text[]) "
-                                "AND state IN ('waiting', 'interaction', 'running') ORDER BY seq", ids):
-        step = StepRecord(*row)
-        steps[step.automation_id].append(step)
-    for row in await conn.fetch(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE automation_id = ANY($1::text[]) "
-                                "AND state = 'queued' ORDER BY seq", ids):
-        msg = MessageRecord(*row)
-        msgs[str(msg.automation_id)].append(msg)
+def _record(cls: type[T], row: dict[str, Any]) -> T:
+    return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+
+def _claimed(outcome: dict[str, Any]) -> list[ClaimedAutomation]:
+    """What ``mailgate_claim_automations`` returned, as records (its rows are in order)."""
+    autos = [_record(AutomationRecord, a) for a in outcome["automations"]]
+    steps: dict[str, list[StepRecord]] = {a.id: [] for a in autos}
+    msgs: dict[str, list[MessageRecord]] = {a.id: [] for a in autos}
+    for row in outcome["steps"]:
+        steps[row["automation_id"]].append(_record(StepRecord, row))
+    for row in outcome["messages"]:
+        msgs[row["automation_id"]].append(_record(MessageRecord, row))
     return [ClaimedAutomation(a, tuple(steps[a.id]), tuple(msgs[a.id])) for a in autos]
 
 
@@ -119,18 +117,9 @@ class PgAutomations:
         return await self._call(run)
 
     async def claim_automations(self, holder: str, limit: int, lease: float) -> list[ClaimedAutomation]:
-        async def run(conn: asyncpg.Connection) -> list[ClaimedAutomation]:
-            async with conn.transaction():
-                rows = await conn.fetch(
-                    "WITH n AS (SELECT mailgate_now($4) AS t), picked AS (SELECT a.seq FROM automations a, n "
-                    "WHERE a.state = 'running' AND a.wake_at <= n.t AND (a.claim_until IS NULL OR a.claim_until < n.t) "
-                    "ORDER BY a.wake_at LIMIT $2 FOR UPDATE OF a SKIP LOCKED) "
-                    "UPDATE automations a SET claim_holder = $1, claim_until = n.t + $3 FROM picked, n "
-                    f"WHERE a.seq = picked.seq RETURNING {_prefixed(AUTOMATION_COLS, 'a')}",
-                    holder, limit, lease, self._t())
-                return await _claimed(conn, rows)
-
-        return await self._call(run)
+        raw = await self._call(lambda c: c.fetchval("SELECT mailgate_claim_automations($1, $2, $3, $4)::text",
+                                                    holder, limit, lease, self._t()))
+        return _claimed(json.loads(raw))
 
     async def heartbeat_automations(self, holder: str, automation_ids: Sequence[str], lease: float) -> list[str]:
         if not automation_ids:
@@ -309,6 +298,11 @@ class PgAutomations:
         counts = {"running": 0, "finished": 0, "failed": 0, "killed": 0}
         counts.update({r[0]: int(r[1]) for r in await self._fetch("SELECT state, COUNT(*) FROM automations GROUP BY state")})
         return counts
+
+    async def automation_backlog(self) -> tuple[int, float | None]:
+        row = (await self._fetch("SELECT COUNT(*), MIN(wake_at) FROM automations WHERE state = 'running' "
+                                 "AND wake_at <= mailgate_now($1)", self._t()))[0]
+        return int(row[0]), float(row[1]) if row[1] is not None else None
 
     async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:
         rows = await self._fetch(f"SELECT {JOURNAL_COLS} FROM automation_journal WHERE step_id = $1 AND call_index = $2",

@@ -123,11 +123,13 @@ def apply_automations(conn: sqlite3.Connection, ch: Changes, now: float) -> list
     for u in ch.automations:
         ended = u.state in ENDED_AUTOMATION_STATES
         cur = conn.execute(
-            "UPDATE automations SET state = ?, data = COALESCE(?, data), version = version + 1, wake_at = ?, "
+            "UPDATE automations SET state = ?, data = COALESCE(?, data), version = version + 1, "
+            "wake_at = CASE WHEN ? AND ? IS NULL THEN wake_at ELSE ? END, "
             "updated_at = ?, finished_at = ?, claim_holder = CASE WHEN ? THEN claim_holder END, "
             "claim_until = CASE WHEN ? THEN claim_until END "
             "WHERE id = ? AND version = ? AND (? IS NULL OR claim_holder = ?)",
-            (u.state, u.data, None if ended else u.wake_at, now, now if ended else None, u.keep_claim, u.keep_claim,
+            (u.state, u.data, u.keep_claim and not ended, u.wake_at, None if ended else u.wake_at, now,
+             now if ended else None, u.keep_claim, u.keep_claim,
              u.automation_id, u.expected_version, u.holder, u.holder),
         )
         if cur.rowcount != 1:
@@ -156,7 +158,8 @@ def apply_automations(conn: sqlite3.Connection, ch: Changes, now: float) -> list
                 raise AutomationFenced(f"message {d.message_id} is not queued for automation {u.automation_id} (consumed "
                                        "already, or another automation's); nothing was saved")
         if u.journal:
-            conn.executemany("INSERT INTO automation_journal VALUES (?, ?, ?, ?, ?)",
+            conn.executemany("INSERT INTO automation_journal VALUES (?, ?, ?, ?, ?) "
+                             "ON CONFLICT (step_id, call_index) DO NOTHING",
                              [(j.step_id, j.call_index, j.kind, j.result, now) for j in u.journal])
         if ended:  # messages that arrived during its last run: it will never read them
             conn.execute("UPDATE automation_messages SET state = 'dropped', delivered_at = ? "
@@ -411,6 +414,11 @@ class SqliteAutomations:
         counts.update({state: int(n) for state, n in await self._read(
             "SELECT state, COUNT(*) FROM automations GROUP BY state")})
         return counts
+
+    async def automation_backlog(self) -> tuple[int, float | None]:
+        rows = await self._read("SELECT COUNT(*), MIN(wake_at) FROM automations INDEXED BY automations_wake "
+                                "WHERE state = 'running' AND wake_at <= ?", (self.now(),))
+        return int(rows[0][0]), float(rows[0][1]) if rows[0][1] is not None else None
 
     async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:
         rows = await self._read(f"SELECT {JOURNAL_COLS} FROM automation_journal WHERE step_id = ? AND call_index = ?",

@@ -80,9 +80,14 @@ CREATE TABLE automation_journal (
 -- A background task started by an automation's step (or threaded=True) names it.
 ALTER TABLE tasks ADD COLUMN automation_id text;
 
--- Steps entered (AutomationUpdate.steps_opened / create_automation), in the order given.
+-- Steps entered (AutomationUpdate.steps_opened / create_automation), in the order given. (plpgsql,
+-- not sql: its plan is kept between calls.)
 CREATE FUNCTION mailgate_insert_steps(aid text, steps jsonb, t_now double precision) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF jsonb_array_length(COALESCE(steps, '[]')) = 0 THEN
+        RETURN;
+    END IF;
     INSERT INTO automation_steps (id, automation_id, previous_id, split_id, node, state, message, result, error_type,
         error_message, error_trace, wake_at, attempts, created_at, started_at, finished_at, assignee_user,
         assignee_privileges)
@@ -92,8 +97,8 @@ LANGUAGE sql AS $$
         CASE WHEN (s->>'started')::boolean OR s->>'state' IN ('running', 'done', 'skipped', 'failed', 'joined') THEN t_now END,
         CASE WHEN s->>'state' IN ('done', 'skipped', 'failed', 'joined') THEN t_now END,
         s->>'assignee_user', s->>'assignee_privileges'
-    FROM jsonb_array_elements(COALESCE(steps, '[]')) WITH ORDINALITY AS e(s, n) ORDER BY n
-$$;
+    FROM jsonb_array_elements(steps) WITH ORDINALITY AS e(s, n) ORDER BY n;
+END $$;
 
 -- Messages sent: a running target becomes due now; a target not running gets its message dropped.
 -- Rings the runners' doorbell.
@@ -172,6 +177,36 @@ BEGIN
     RETURN jsonb_build_object('id', target, 'created', created);
 END $$;
 
+-- Claim up to ``lim`` due automations that no live claim holds, skipping those other runners are
+-- claiming this very moment, with their open steps and queued messages: one round trip. Returns
+-- {"automations": [...], "steps": [...], "messages": [...]}, rows as JSON objects (json, not jsonb:
+-- each double precision keeps its exact text).
+CREATE FUNCTION mailgate_claim_automations(who text, lim integer, lease double precision, t double precision)
+RETURNS json
+LANGUAGE plpgsql AS $$
+DECLARE
+    t_now double precision := mailgate_now(t);
+    claimed json;
+    ids text[];
+BEGIN
+    WITH picked AS (
+        SELECT seq FROM automations
+        WHERE state = 'running' AND wake_at <= t_now AND (claim_until IS NULL OR claim_until < t_now)
+        ORDER BY wake_at LIMIT lim FOR UPDATE SKIP LOCKED
+    ), taken AS (
+        UPDATE automations a SET claim_holder = who, claim_until = t_now + lease
+        FROM picked WHERE a.seq = picked.seq RETURNING a.*
+    )
+    SELECT COALESCE(json_agg(row_to_json(taken) ORDER BY taken.wake_at, taken.seq), '[]'), array_agg(taken.id)
+    INTO claimed, ids FROM taken;
+    RETURN json_build_object(
+        'automations', claimed,
+        'steps', (SELECT COALESCE(json_agg(row_to_json(s) ORDER BY s.seq), '[]') FROM automation_steps s
+                  WHERE s.automation_id = ANY(ids) AND s.state IN ('waiting', 'interaction', 'running')),
+        'messages', (SELECT COALESCE(json_agg(row_to_json(m) ORDER BY m.seq), '[]') FROM automation_messages m
+                     WHERE m.automation_id = ANY(ids) AND m.state = 'queued'));
+END $$;
+
 -- The automation part of one Changes: each update fenced by version and claim holder (MG004 refuses
 -- the whole Changes), its steps, messages consumed and journal; then the messages sent.
 CREATE FUNCTION mailgate_apply_automations(c jsonb, t_now double precision) RETURNS void
@@ -192,7 +227,8 @@ BEGIN
         ended := u->>'state' IN ('finished', 'failed', 'killed');
         keep := COALESCE((u->>'keep_claim')::boolean, false);
         UPDATE automations SET state = u->>'state', data = COALESCE(u->>'data', data), version = version + 1,
-            wake_at = CASE WHEN ended THEN NULL ELSE (u->>'wake_at')::double precision END, updated_at = t_now,
+            wake_at = CASE WHEN ended THEN NULL WHEN keep AND u->>'wake_at' IS NULL THEN wake_at
+                           ELSE (u->>'wake_at')::double precision END, updated_at = t_now,
             finished_at = CASE WHEN ended THEN t_now END,
             claim_holder = CASE WHEN keep THEN claim_holder END, claim_until = CASE WHEN keep THEN claim_until END
         WHERE id = aid AND version = (u->>'expected_version')::integer
@@ -238,7 +274,8 @@ BEGIN
         END LOOP;
         INSERT INTO automation_journal
         SELECT x.step_id, x.call_index, x.kind, x.result, t_now
-        FROM jsonb_to_recordset(COALESCE(u->'journal', '[]')) AS x(step_id text, call_index integer, kind text, result text);
+        FROM jsonb_to_recordset(COALESCE(u->'journal', '[]')) AS x(step_id text, call_index integer, kind text, result text)
+        ON CONFLICT (step_id, call_index) DO NOTHING;
         IF ended THEN  -- messages that arrived during its last run: it will never read them
             UPDATE automation_messages SET state = 'dropped', delivered_at = t_now WHERE automation_id = aid AND state = 'queued';
         ELSE  -- a message queued while it ran keeps it due
