@@ -364,3 +364,24 @@ async def test_cron_daily_deletes_the_history_of_automations_ended_long_ago(tmp_
         await d.cron.fire("cron_daily", dt.datetime.fromtimestamp(clock.now, dt.UTC))
         assert await rt(d).store.get_automation(ended.id) is None
         assert (await automation(d, running.id)).state == "running"
+
+
+async def test_metrics_count_steps_messages_and_the_due_backlog(tmp_path: Path) -> None:
+    from mailgate import metrics
+
+    done = metrics.sample("mailgate_automation_steps_total", outcome="done")
+    delivered = metrics.sample("mailgate_automation_messages_total", outcome="delivered")
+    dropped = metrics.sample("mailgate_automation_messages_total", outcome="dropped")
+    finished = metrics.sample("mailgate_automations_ended_total", state="finished")
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        cls = rt(d).automation_classes.resolve("Inbox")
+        made, _ = await cls.start_async()
+        assert await (await made.send_message_async("ping")).wait_async(5)
+        assert await (await made.send_message_async("stop")).wait_async(5)
+        await settled(d, made.id)
+        assert await (await made.send_message_async("nothing")).wait_async(5)  # to a finished one: dropped at once
+    assert metrics.sample("mailgate_automation_messages_total", outcome="delivered") == delivered + 2
+    assert metrics.sample("mailgate_automation_steps_total", outcome="done") == done + 2  # wait, end
+    assert metrics.sample("mailgate_automations_ended_total", state="finished") == finished + 1
+    assert metrics.sample("mailgate_automation_messages_total", outcome="dropped") == dropped  # the store dropped it
+    assert metrics.sample("mailgate_automations_due") == 0
