@@ -46,6 +46,7 @@ from mailgate.automations.flow import Automation
 from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec
+from mailgate.core import automation_broadcasts as broadcasts
 from mailgate.core.actions import Invoker, cron_enabled
 from mailgate.core.automation_rows import (
     THREADED_ACTION,
@@ -134,7 +135,9 @@ class AutomationRunner:
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")
-        self._backlog_at = float("-inf")  # when the automations gauge was last read
+        self._backlog_at = float("-inf")
+        self._broadcast_at = float("-inf")
+        self._broadcast_skip: set[str] = set()  # broadcasts that reached no instance  # when the automations gauge was last read
         self.runs = 0  # runs committed by this process (tests, the CLI's summary)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -160,6 +163,8 @@ class AutomationRunner:
         self._watch()
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="automation-heartbeat")
         before = self.runs
+        with contextlib.suppress(StoreError):
+            await broadcasts.expand(self.store, self.commit, self._broadcast_skip)
         try:
             while True:
                 started = await self._claim()
@@ -200,6 +205,10 @@ class AutomationRunner:
                 due, oldest = await self.store.automation_backlog()
                 metrics.AUTOMATIONS_DUE.set(due)
                 metrics.AUTOMATION_DUE_LAG.set(max(0.0, self.store.now() - oldest) if oldest is not None else 0.0)
+        if time.monotonic() - self._broadcast_at >= self.config.automations.timer_poll:
+            self._broadcast_at = time.monotonic()
+            with contextlib.suppress(StoreError):
+                await broadcasts.expand(self.store, self.commit, self._broadcast_skip)
         if time.monotonic() - self._counted > 30:
             self._counted = time.monotonic()
             with contextlib.suppress(StoreError):
@@ -453,6 +462,7 @@ class AutomationRunner:
         mailboxes: list[Any] = []
         starts: list[Any] = []
         sent = [new_message(m, auto.id) for m in out.sent]
+        sent += await broadcasts.next_hops(self.store, list(run.claimed.messages), out.messages)
         events: list[NewEvent] = []
         if run.session is None and (ctx.new_tasks or ctx.new_mailboxes or out.tasks):
             raise MailgateError("a step of a free-standing automation (no session) called background_action() or "

@@ -385,3 +385,33 @@ async def test_metrics_count_steps_messages_and_the_due_backlog(tmp_path: Path) 
     assert metrics.sample("mailgate_automations_ended_total", state="finished") == finished + 1
     assert metrics.sample("mailgate_automation_messages_total", outcome="dropped") == dropped  # the store dropped it
     assert metrics.sample("mailgate_automations_due") == 0
+
+
+async def test_a_broadcast_reaches_the_instances_running_at_send_time_in_order_until_received(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        cls = rt(d).automation_classes.resolve("Listener")
+        made = [(await cls.start_async(n=n, stop_here=n == 2))[0] for n in range(4)]
+        for m in made:
+            await m.run_async(wait=5)
+        handle = await cls.broadcast_message_async("news", token="t1")
+        assert handle is not None
+        later, _ = await cls.start_async(n=9)  # started after the send: not reached
+
+        async def third_heard() -> bool:
+            return (await automation(d, made[2].id)).state == "finished"
+
+        await wait_until(third_heard, 10, "the broadcast to reach the third instance")
+        for m in [*made, later]:
+            await settled(d, m.id)
+        states = [(await automation(d, m.id)).state for m in [*made, later]]
+        assert states == ["finished", "finished", "finished", "running", "running"]
+        hops = [(await rt(d).store.automation_messages(m.id)) for m in made]
+        assert [[(h.message, h.state) for h in hs] for hs in hops] == [
+            [("news", "delivered")], [("news", "delivered")], [("news", "delivered")], []]
+        assert [codec_result(hs[0].result) for hs in hops[:3]] == [0, 1, "received"]
+
+
+def codec_result(text: str | None) -> object:
+    from mailgate.core import answers as codec
+
+    return codec.decode_value(text) if text is not None else None

@@ -222,6 +222,23 @@ def start_threaded(answers: dict[str, Any]) -> None:
     answers["automation"] = Threaded().id
 
 
+class Listener(flow.Automation):
+    """Hears broadcast ``news``; the one with ``stop_here`` answers "received" (the broadcast stops)."""
+
+    class Meta:
+        name = "Listener"
+
+    wait = flow.Execute().AsSoonAs(this.heard)
+    end = flow.End()
+
+    def heard(self, task: Any) -> bool:
+        return bool(self.data.get("heard"))
+
+    def receive_news(self, token: str | None, data: Any) -> Any:
+        self.data["heard"] = token
+        return "received" if self.data.get("stop_here") else self.data["n"]
+
+
 @interview.action("double")
 def double(answers: dict[str, Any]) -> None:
     background_response(action_argument("value") * 2)
