@@ -335,7 +335,9 @@ class AutomationRunner:
         return engine.Snapshot(
             automation_id=c.automation.id, data=codec.decode(c.automation.data), steps=tuple(steps),
             messages=tuple(queued(m) for m in c.messages), answers=answers, session_id=c.automation.session_id,
-            state=c.automation.state, fresh=not c.steps and c.automation.version == 1,
+            # no open step while running: nothing entered yet (every path of a running automation holds
+            # an open step); its version may have moved (a journaled send before a crash, a wake-up)
+            state=c.automation.state, fresh=not c.steps,
         )
 
     async def _advance(self, run: _Run) -> None:

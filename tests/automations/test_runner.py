@@ -415,3 +415,12 @@ def codec_result(text: str | None) -> object:
     from mailgate.core import answers as codec
 
     return codec.decode_value(text) if text is not None else None
+
+
+async def test_autorun_false_waits_for_run(tmp_path: Path) -> None:
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        cls = rt(d).automation_classes.resolve("Inbox")
+        idle, _ = await cls.start_async(autorun=False)
+        await rt(d).automation_runner.run_due()
+        assert await rt(d).store.automation_history(idle.id) == []  # nothing entered
+        assert await idle.run_async(wait=5) == ["wait"]
