@@ -558,7 +558,15 @@ class AutomationRunner:
         self._failures[auto.id] = n
         if n >= self.config.automations.max_attempts:
             self._failures.pop(auto.id, None)
-            await self._fail(run, "WorkerLost", f"{n} runs in a row failed in the store, the last with: {exc}", "")
+            message = f"{n} runs in a row failed in the store, the last with: {exc}"
+            step = next((st for st in run.claimed.steps if st.state == "waiting"), None)
+            first = getattr(run.cls._flow, "first", None)
+            if step is None and first is not None:  # nothing entered yet: the first node's row says why
+                row = NewStep(uuid.uuid4().hex, first, "failed", message=f"WorkerLost({message!r})",
+                              error_type="WorkerLost", error_message=message, started=True)
+                await self._fail(run, "WorkerLost", message, "", opened=row)
+            else:
+                await self._fail(run, "WorkerLost", message, "", step.id if step is not None else None)
             return
         log.warning("automation %s: store trouble (%s), run %d of %d; it runs again", auto.id, exc, n,
                     self.config.automations.max_attempts, extra={"event": "automation.retry", "automation": auto.id})

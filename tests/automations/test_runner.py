@@ -424,3 +424,74 @@ async def test_autorun_false_waits_for_run(tmp_path: Path) -> None:
         await rt(d).automation_runner.run_due()
         assert await rt(d).store.automation_history(idle.id) == []  # nothing entered
         assert await idle.run_async(wait=5) == ["wait"]
+
+
+async def test_store_trouble_is_retried_then_fails_with_worker_lost(tmp_path: Path) -> None:
+    from mailgate.errors import StoreUnavailable
+
+    async with daemon(tmp_path, roles=("worker",), automations={"max_attempts": 3}) as d:
+        runner = rt(d).automation_runner
+        real = runner.commit
+        refusals = {"n": 0, "limit": 2}
+
+        async def flaky(changes: Any) -> Any:
+            if any(u.state != "failed" for u in changes.automations) and refusals["n"] < refusals["limit"]:
+                refusals["n"] += 1
+                raise StoreUnavailable("the store does not answer (injected)")
+            return await real(changes)
+
+        runner.commit = flaky  # type: ignore[method-assign]
+        cls = rt(d).automation_classes.resolve("Single")
+        made, _ = await cls.start_async(done=True)
+
+        async def finished() -> bool:
+            return (await automation(d, made.id)).state == "finished"
+
+        await wait_until(finished, 10, "the automation to finish after two refused commits")
+        assert refusals["n"] == 2  # retried, not fatal
+        refusals.update(n=0, limit=100)
+        again, _ = await cls.start_async(done=True)
+
+        async def ended() -> bool:
+            return (await automation(d, again.id)).state != "running"
+
+        await wait_until(ended, 10, "the automation to fail")
+        assert (await automation(d, again.id)).state == "failed" and refusals["n"] == 3
+        history = await rt(d).store.automation_history(again.id)
+        assert [(s.node, s.error_type) for s in history if s.state == "failed"] == [("wait", "WorkerLost")]
+
+
+async def test_an_orphaned_node_is_not_run_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import uuid
+
+    caplog.set_level(logging.INFO, logger="mailgate.core.automation_runner")
+    async with daemon(tmp_path, roles=("worker",), automations={"recheck_interval": 0.2}) as d:
+        cls = rt(d).automation_classes.resolve("Inbox")
+        made, _ = await cls.start_async()
+        await settled(d, made.id)
+        await rt(d).store.goto_automation(made.id, "ghost", uuid.uuid4().hex)
+        await wait_until(lambda: any(getattr(r, "event", None) == "automation.orphaned" for r in caplog.records), 5,
+                         "the orphaned log line")
+        version = (await automation(d, made.id)).version
+        await wait_until(lambda: runner_claims(d) >= 3, 5, "the runner to look at it again")
+        orphaned = [r for r in caplog.records if getattr(r, "event", None) == "automation.orphaned"]
+        assert len(orphaned) == 1 and "ghost" in orphaned[0].getMessage()
+        assert (await automation(d, made.id)).version == version  # never run
+
+
+def runner_claims(d: Daemon) -> int:
+    """How many times the runner looked at due automations since the orphan was logged (a counter
+    kept by wrapping the store's claim in the test)."""
+    store = rt(d).store
+    if not hasattr(store, "_test_claims"):
+        real = store.claim_automations
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            found = await real(*args, **kwargs)
+            store._test_claims += len(found)  # type: ignore[attr-defined]
+            return found
+
+        store._test_claims = 0  # type: ignore[attr-defined]
+        store.claim_automations = counting  # type: ignore[method-assign]
+    return int(store._test_claims)  # type: ignore[attr-defined]
