@@ -483,7 +483,9 @@ class AutomationRunner:
             mailboxes = list(ctx.new_mailboxes)
             starts = list(ctx.new_automations)  # Class(**data) in a step: bound to the same session
             sent += ctx.automation_messages
-            events.append(NewEvent(session.id, "automation", json.dumps(_event(auto.id, auto.cls, snap, out))))
+            if out.created or out.finished_steps or out.state != "running" or run.threaded:
+                # the pages hear of a change only: a recheck that stays false tells them nothing
+                events.append(NewEvent(session.id, "automation", json.dumps(_event(auto.id, auto.cls, snap, out))))
         update = AutomationUpdate(
             auto.id, run.version, self.holder, state=out.state, data=codec.encode(out.data),  # type: ignore[arg-type]
             wake_at=out.wake_at, steps_finished=[step_update(s) for s in (*out.updated, *run.threaded)],
