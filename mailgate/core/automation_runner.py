@@ -284,6 +284,8 @@ class AutomationRunner:
         except AutomationFenced as exc:
             log.info("automation %s: its run was refused at commit (%s)", auto.id, exc,
                      extra={"event": "automation.fenced", "automation": auto.id})
+            with contextlib.suppress(StoreError):  # still ours (a submit or kill moved it on): due again at once
+                await self.store.release_automations(self.holder, [auto.id])
         except StoreError as exc:
             await self._store_trouble(run, exc)
         except asyncio.CancelledError:
