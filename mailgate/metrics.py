@@ -97,6 +97,8 @@ AUTOMATION_TIMER_LATENESS = Histogram("mailgate_automation_timer_lateness_second
 AUTOMATION_RUN_SECONDS = Histogram("mailgate_automation_run_seconds",
                                    "One run of one automation's due steps (the engine, step code included).",
                                    buckets=_FAST)
+AUTOMATIONS_DUE = Gauge("mailgate_automations_due",
+                        "Running automations due now, claimed ones included (read by the runner every second).")
 AUTOMATION_DUE_LAG = Gauge("mailgate_automation_due_lag_seconds",
                            "How long the earliest due automation has been due (0: none due): the backlog.")
 

@@ -199,6 +199,11 @@ class Automation(metaclass=AutomationMeta):
         return await _binding("send_message_async()").send(self.id, None, message, token, data)
 
     @classmethod
+    async def broadcast_message_async(cls, message: str, token: str | None = None, data: Any = None) -> Any:
+        """:meth:`broadcast_message` from async code outside a step: stored in its own commit."""
+        return await _binding("broadcast_message_async()").send(None, cls, message, token, data)
+
+    @classmethod
     def _bind(cls, automation_id: str | None, data: dict[str, Any], *, session_id: str | None = None,
               answers: dict[str, Any] | None = None, state: str = "running") -> Automation:
         """An instance over existing state (the engine's way in; ``data`` is kept live, not copied)."""

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import time
 import uuid
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from mailgate.automations import context as automation_context
@@ -33,8 +35,16 @@ from mailgate.core.automation_rows import sender_json, text_value
 from mailgate.core.automation_runner import AutomationRunner
 from mailgate.core.bridge import on_loop, run_on_loop
 from mailgate.core.context import ANONYMOUS, CURRENT, User
-from mailgate.errors import ActionError, NotFound
-from mailgate.store.base import AutomationRecord, AutomationStart, NewAutomation, NewMessage, Store
+from mailgate.errors import ActionError, AutomationFenced, NotFound
+from mailgate.store.base import (
+    AutomationRecord,
+    AutomationStart,
+    AutomationUpdate,
+    Changes,
+    NewAutomation,
+    NewMessage,
+    Store,
+)
 
 T = TypeVar("T")
 WAIT_POLL = 0.05  # seconds between two reads while waiting for another process's work
@@ -160,10 +170,9 @@ class AuthorBinding:
 
     async def start(self, cls: type[Automation], session: str | None, user: Any, autorun: bool,
                     data: dict[str, Any]) -> tuple[Automation, bool]:
-        if not autorun:
-            raise AutomationError("autorun=False is not supported: an automation runs in the runner as soon as it "
-                                  "is created (nothing runs in the caller's thread anyway)")
         new, _ = self._new(cls, data, session, _user(user))
+        if not autorun:  # created idle: its first node is entered at run() / nice()
+            new = replace(new, wake_at=None)
         rec, created = await self.store.create_automation(new)
         self.runner.wake()
         return self._bind(cls, rec), created
@@ -196,7 +205,7 @@ class AuthorBinding:
     async def run(self, instance: Automation, wait: float | None) -> list[str]:
         if instance.id is None:
             raise AutomationError("this automation has no id yet (created in an action that has not committed)")
-        self.runner.wake()
+        await self.poke(instance.id)
         deadline = time.monotonic() + (wait or 0)
         while True:
             rec = await self.store.get_automation(instance.id)
@@ -214,7 +223,24 @@ class AuthorBinding:
             await asyncio.sleep(WAIT_POLL)
 
     def nice(self, instance: Automation) -> None:
-        self.loop.call_soon_threadsafe(self.runner.wake)
+        if instance.id is None:
+            raise AutomationError("this automation has no id yet (created in an action that has not committed)")
+        if on_loop(self.loop):
+            self.loop.create_task(self.poke(instance.id))
+        else:
+            asyncio.run_coroutine_threadsafe(self.poke(instance.id), self.loop)
+
+    async def poke(self, automation_id: str) -> None:
+        """Make a running automation due now (a fenced commit of its wake time alone) and wake the runner;
+        one being run already, or changed meanwhile, is left as it is (it runs anyway)."""
+        rec = await self.store.get_automation(automation_id)
+        now = self.store.now()
+        if (rec is not None and rec.state == "running" and (rec.wake_at is None or rec.wake_at > now)
+                and (rec.claim_until is None or rec.claim_until < now)):
+            with contextlib.suppress(AutomationFenced):
+                await self.store.commit(Changes(automations=[AutomationUpdate(
+                    rec.id, rec.version, None, data=None, wake_at=now, keep_claim=True)]))
+        self.runner.wake()
 
     # -- messages -------------------------------------------------------------------------------------------
     def send_now(self, automation_id: str | None, cls: type[Automation] | None, message: str, token: str | None,

@@ -23,6 +23,10 @@ from mailgate.store.base import (
     StepUpdate,
 )
 
+# The background task that runs a ``threaded=True`` Execute node on the worker pool (arguments: the
+# step's id and node); its end sends ``task_done`` with this token, and the runner then finishes the step.
+THREADED_ACTION = "mailgate.automation_step"
+
 
 def value_text(value: Any) -> str | None:
     """A stored result: None stays None (the column is NULL), anything else through the codec."""

@@ -33,20 +33,23 @@ import json
 import logging
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mailgate import metrics
 from mailgate.automations import engine
-from mailgate.automations.context import CURRENT_RUN
+from mailgate.automations.context import CURRENT_RUN, StepRow
 from mailgate.automations.errors import OrphanedAutomation, UnknownAutomationClass
 from mailgate.automations.flow import Automation
 from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec
+from mailgate.core import automation_broadcasts as broadcasts
 from mailgate.core.actions import Invoker, cron_enabled
 from mailgate.core.automation_rows import (
+    THREADED_ACTION,
     message_done,
     new_message,
     new_step,
@@ -68,6 +71,7 @@ from mailgate.store.base import (
     JournalEntry,
     NewEvent,
     NewStep,
+    NewTask,
     SessionRecord,
     SessionSave,
     StepUpdate,
@@ -95,6 +99,7 @@ class _Run:
     version: int
     session: SessionRecord | None = None
     lease_holder: str | None = None
+    threaded: list[StepRow] = field(default_factory=list)  # threaded steps whose task ended: their rows
     sends: dict[str, int] = field(default_factory=dict)  # step id -> journaled send_email calls so far
     current_step: list[str | None] = field(default_factory=lambda: [None, None])  # step id, node
 
@@ -128,7 +133,11 @@ class AutomationRunner:
         self._stopping = False
         self._watching = False
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
-        self._counted = float("-inf")  # when the automations gauge was last read
+        self._claimed_at = float("-inf")  # when the last claim started
+        self._counted = float("-inf")
+        self._backlog_at = float("-inf")
+        self._broadcast_at = float("-inf")
+        self._broadcast_skip: set[str] = set()  # broadcasts that reached no instance  # when the automations gauge was last read
         self.runs = 0  # runs committed by this process (tests, the CLI's summary)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -154,6 +163,8 @@ class AutomationRunner:
         self._watch()
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="automation-heartbeat")
         before = self.runs
+        with contextlib.suppress(StoreError):
+            await broadcasts.expand(self.store, self.commit, self._broadcast_skip)
         try:
             while True:
                 started = await self._claim()
@@ -188,6 +199,16 @@ class AutomationRunner:
 
     async def _tick(self) -> None:
         self._wake.clear()
+        if time.monotonic() - self._backlog_at >= 1.0:  # the due backlog, through the timer index
+            self._backlog_at = time.monotonic()
+            with contextlib.suppress(StoreError):
+                due, oldest = await self.store.automation_backlog()
+                metrics.AUTOMATIONS_DUE.set(due)
+                metrics.AUTOMATION_DUE_LAG.set(max(0.0, self.store.now() - oldest) if oldest is not None else 0.0)
+        if time.monotonic() - self._broadcast_at >= self.config.automations.timer_poll:
+            self._broadcast_at = time.monotonic()
+            with contextlib.suppress(StoreError):
+                await broadcasts.expand(self.store, self.commit, self._broadcast_skip)
         if time.monotonic() - self._counted > 30:
             self._counted = time.monotonic()
             with contextlib.suppress(StoreError):
@@ -201,11 +222,12 @@ class AutomationRunner:
             nxt = await self.store.next_wake()
             now = self.store.now()
             if nxt is not None:
-                metrics.AUTOMATION_DUE_LAG.set(max(0.0, now - nxt))
                 if nxt > now:
                     timeout = min(timeout, nxt - now)
-            else:
-                metrics.AUTOMATION_DUE_LAG.set(0)
+                elif nxt > self._claimed_at:  # it became due after the claim looked: claim again now
+                    timeout = 0
+        if timeout <= 0:
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancellation
                 await self._wake.wait()
@@ -214,6 +236,7 @@ class AutomationRunner:
         free = self.config.automations.concurrency - len(self._running)
         if free <= 0 or self._stopping:
             return 0
+        self._claimed_at = self.store.now()  # at most the time the claim compares wake_at with
         try:
             claimed = await self.store.claim_automations(self.holder, free, self.config.automations.claim_lease)
         except StoreError as exc:
@@ -261,6 +284,8 @@ class AutomationRunner:
         except AutomationFenced as exc:
             log.info("automation %s: its run was refused at commit (%s)", auto.id, exc,
                      extra={"event": "automation.fenced", "automation": auto.id})
+            with contextlib.suppress(StoreError):  # still ours (a submit or kill moved it on): due again at once
+                await self.store.release_automations(self.holder, [auto.id])
         except StoreError as exc:
             await self._store_trouble(run, exc)
         except asyncio.CancelledError:
@@ -312,7 +337,9 @@ class AutomationRunner:
         return engine.Snapshot(
             automation_id=c.automation.id, data=codec.decode(c.automation.data), steps=tuple(steps),
             messages=tuple(queued(m) for m in c.messages), answers=answers, session_id=c.automation.session_id,
-            state=c.automation.state, fresh=not c.steps and c.automation.version == 1,
+            # no open step while running: nothing entered yet (every path of a running automation holds
+            # an open step); its version may have moved (a journaled send before a crash, a wake-up)
+            state=c.automation.state, fresh=not c.steps,
         )
 
     async def _advance(self, run: _Run) -> None:
@@ -322,6 +349,7 @@ class AutomationRunner:
             await self.hydrate(answers)
         snap = await self._snapshot(run, answers)
         now = self.store.now()
+        await self._threaded_ended(run, snap, now)
         for s in snap.steps:  # timer lateness: how late the due timers are taken up
             if s.state == "waiting" and s.wake_at is not None and s.wake_at <= now:
                 metrics.AUTOMATION_TIMER_LATENESS.observe(now - s.wake_at)
@@ -347,6 +375,27 @@ class AutomationRunner:
         except TimeoutError:
             return await self._timed_out(run, snap, budget)
         await self._commit(run, snap, outcome, ctx)
+
+    async def _threaded_ended(self, run: _Run, snap: engine.Snapshot, now: float) -> None:
+        """The ``threaded=True`` steps whose task ended (its ``task_done`` is queued): their rows, done
+        with the task's value or failed with its error, commit with this run."""
+        running = {s.id: s for s in snap.steps if s.state == "running"}
+        for m in run.claimed.messages:
+            if m.message != "task_done" or m.token != THREADED_ACTION or not running:
+                continue
+            ref = codec.decode_value(m.data).get("task")
+            task = await self.store.get_task(ref.id) if ref is not None else None
+            step_id = codec.decode_value(task.arguments).get("step") if task is not None else None
+            step = running.pop(step_id, None) if step_id is not None else None
+            if task is None or step is None:
+                continue
+            if task.state == "succeeded":
+                value = codec.decode_value(task.result)["value"] if task.result else None
+                run.threaded.append(engine.threaded_done(step, finished_at=now, result=value))
+            else:
+                run.threaded.append(replace(step, state="failed", message=f"{task.error_type}({task.error_message!r})",
+                                            error_type=task.error_type, error_message=task.error_message,
+                                            error_trace=task.error_trace, finished_at=now, wake_at=None))
 
     def _context(self, run: _Run) -> Any:
         """The action context the step code runs in (bound automations only: free-standing ones have
@@ -417,10 +466,11 @@ class AutomationRunner:
         mailboxes: list[Any] = []
         starts: list[Any] = []
         sent = [new_message(m, auto.id) for m in out.sent]
+        sent += await broadcasts.next_hops(self.store, list(run.claimed.messages), out.messages)
         events: list[NewEvent] = []
-        if run.session is None and (ctx.new_tasks or ctx.new_mailboxes):
+        if run.session is None and (ctx.new_tasks or ctx.new_mailboxes or out.tasks):
             raise MailgateError("a step of a free-standing automation (no session) called background_action() or "
-                                "interview_email(), which belong to a session; bind the automation to a session")
+                                "interview_email() or has a threaded=True step, which belong to a session; bind the automation to a session")
         if run.session is not None:
             session = run.session
             text = codec.encode(snap.answers or {})
@@ -429,13 +479,18 @@ class AutomationRunner:
                                    allow_cron=cron_enabled(snap.answers or {}, session.interview))
             release = (session.id, run.lease_holder) if run.lease_holder else None
             new_tasks = [replace(t, automation_id=auto.id) for t in ctx.new_tasks]
+            new_tasks += [NewTask(uuid.uuid4().hex, session.id, session.interview, THREADED_ACTION,
+                                  codec.encode_value({"step": t.step_id, "node": t.node}), auto.owner, None,
+                                  self.config.tasks.max_attempts, automation_id=auto.id) for t in out.tasks]
             mailboxes = list(ctx.new_mailboxes)
             starts = list(ctx.new_automations)  # Class(**data) in a step: bound to the same session
             sent += ctx.automation_messages
-            events.append(NewEvent(session.id, "automation", json.dumps(_event(auto.id, auto.cls, snap, out))))
+            if out.created or out.finished_steps or out.state != "running" or run.threaded:
+                # the pages hear of a change only: a recheck that stays false tells them nothing
+                events.append(NewEvent(session.id, "automation", json.dumps(_event(auto.id, auto.cls, snap, out))))
         update = AutomationUpdate(
             auto.id, run.version, self.holder, state=out.state, data=codec.encode(out.data),  # type: ignore[arg-type]
-            wake_at=out.wake_at, steps_finished=[step_update(s) for s in out.updated],
+            wake_at=out.wake_at, steps_finished=[step_update(s) for s in (*out.updated, *run.threaded)],
             steps_opened=[new_step(s) for s in out.created], messages_done=[message_done(m) for m in out.messages],
         )
         changes = Changes(save=save, new_tasks=tuple(new_tasks), mailboxes=tuple(mailboxes), events=tuple(events),
@@ -507,7 +562,15 @@ class AutomationRunner:
         self._failures[auto.id] = n
         if n >= self.config.automations.max_attempts:
             self._failures.pop(auto.id, None)
-            await self._fail(run, "WorkerLost", f"{n} runs in a row failed in the store, the last with: {exc}", "")
+            message = f"{n} runs in a row failed in the store, the last with: {exc}"
+            step = next((st for st in run.claimed.steps if st.state == "waiting"), None)
+            first = getattr(run.cls._flow, "first", None)
+            if step is None and first is not None:  # nothing entered yet: the first node's row says why
+                row = NewStep(uuid.uuid4().hex, first, "failed", message=f"WorkerLost({message!r})",
+                              error_type="WorkerLost", error_message=message, started=True)
+                await self._fail(run, "WorkerLost", message, "", opened=row)
+            else:
+                await self._fail(run, "WorkerLost", message, "", step.id if step is not None else None)
             return
         log.warning("automation %s: store trouble (%s), run %d of %d; it runs again", auto.id, exc, n,
                     self.config.automations.max_attempts, extra={"event": "automation.retry", "automation": auto.id})

@@ -93,6 +93,7 @@ class Runtime:
         self.stashes = Stashes(store)  # stash_data() / retrieve_stashed_data()
         self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
         self.automation_classes = automations if automations is not None else AutomationRegistry()
+        self.task_runner.automation_classes = self.automation_classes
         # runs automations in processes with the worker role; the CLI's ``automations step`` too
         self.automation_runner = AutomationRunner(config, store, self.automation_classes, registry, self.invoker,
                                                   self.commits.commit, hydrate, self.outbound, self.process_id)

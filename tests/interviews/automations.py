@@ -197,6 +197,48 @@ class Delegate(flow.Automation):
         self.data["done_task"] = data["task"].id
 
 
+class Threaded(flow.Automation):
+    """A ``threaded=True`` step on the worker pool; its task_done lets the path go on."""
+
+    class Meta:
+        name = "Threaded"
+
+    work = flow.Execute(this.slow, threaded=True)
+    wait = flow.Execute().AsSoonAs(this.got)
+    end = flow.End()
+
+    def slow(self, task: Any) -> dict[str, Any]:
+        return {"x": 42, "answers": sorted(task.answers or {})}
+
+    def got(self, task: Any) -> bool:
+        return "done" in self.data
+
+    def receive_task_done(self, token: str | None, data: Any) -> None:
+        self.data["done"] = token
+
+
+@interview.action("start_threaded")
+def start_threaded(answers: dict[str, Any]) -> None:
+    answers["automation"] = Threaded().id
+
+
+class Listener(flow.Automation):
+    """Hears broadcast ``news``; the one with ``stop_here`` answers "received" (the broadcast stops)."""
+
+    class Meta:
+        name = "Listener"
+
+    wait = flow.Execute().AsSoonAs(this.heard)
+    end = flow.End()
+
+    def heard(self, task: Any) -> bool:
+        return bool(self.data.get("heard"))
+
+    def receive_news(self, token: str | None, data: Any) -> Any:
+        self.data["heard"] = token
+        return "received" if self.data.get("stop_here") else self.data["n"]
+
+
 @interview.action("double")
 def double(answers: dict[str, Any]) -> None:
     background_response(action_argument("value") * 2)
