@@ -160,6 +160,15 @@ async def test_messages_broadcast_retry_kill(daemon: Daemon, http: Http) -> None
     cls = (await call(http, "GET", f"/api/automations/{r1}", 200))["class"]
     sent = await call(http, "POST", f"/api/automation-classes/{cls}/broadcast", 202, json={"message": "ping"})
     assert sent["broadcast_class"] == cls and sent["state"] == "queued"
+
+    async def each_got_the_broadcast() -> bool:  # r1 and r2 in id order, hop after hop
+        await step(daemon)
+        pings = [[m["result"] for m in (await call(http, "GET", f"/api/automations/{a}", 200))["messages"]
+                  if m["message"] == "ping" and m["state"] == "delivered"] for a in (r1, r2)]
+        return pings == [[{"pings": 1, "token": "t"}, {"pings": 2, "token": None}],
+                         [{"pings": 1, "token": "w"}, {"pings": 2, "token": None}]]
+
+    await wait_until(each_got_the_broadcast, 15, "the broadcast delivered to both Reviews")
     await call(http, "POST", "/api/automation-classes/Nope/broadcast", 404, json={"message": "ping"})
 
     await call(http, "DELETE", f"/api/automations/{r1}", 204)
