@@ -45,6 +45,17 @@ from mailgate.automations.registry import AutomationRegistry, load_automations
 from mailgate.automations.unique import unique_key
 from mailgate.config import Config
 from mailgate.core import answers as codec
+from mailgate.core.automation_views import (
+    OPEN,
+    automation_dict,
+    automation_event,
+    decoded,
+    history_tree,
+    iso_time,
+    message_dict,
+    plain,
+    step_dict,
+)
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.errors import AutomationFenced, InteractionClosed, MailgateError, NotFound
 from mailgate.store.base import (
@@ -64,7 +75,6 @@ from mailgate.store.base import (
 )
 
 STATES = ("running", "finished", "failed", "killed")
-OPEN = ("waiting", "interaction", "running")
 WAIT_POLL = 0.05  # ``send --wait``: the longest pause between two reads of the message's state
 MAX_WAIT = 60.0
 SUBMIT_RETRIES = 3  # a submit that lost the version race to the runner is checked again on fresh rows
@@ -79,111 +89,9 @@ class SubmitResult:
     values: dict[str, Any]
 
 
-def _plain(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, (dt.datetime, dt.date, dt.time)) else str(value)
-
-
-def _decode(text: str | None) -> Any:
-    """A stored JSON column as plain JSON for people and clients (datetimes as ISO text)."""
-    if text is None:
-        return None
-    try:
-        return json.loads(json.dumps(codec.decode_value(text), default=_plain))
-    except Exception:  # noqa: BLE001 - a row written by other code: show it as stored rather than fail
-        return text
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
-
-
-def automation_dict(rec: AutomationRecord) -> dict[str, Any]:
-    """An automation as the CLI's ``--json`` and the HTTP API show it."""
-    return {"id": rec.id, "class": rec.cls, "state": rec.state, "session": rec.session_id,
-            "data": _decode(rec.data), "version": rec.version, "key": rec.key, "owner": json.loads(rec.owner or "{}"),
-            "wake_at": _iso(rec.wake_at), "created": _iso(rec.created_at), "updated": _iso(rec.updated_at),
-            "finished": _iso(rec.finished_at)}
-
-
-def step_dict(step: StepRecord) -> dict[str, Any]:
-    return {"id": step.id, "node": step.node, "state": step.state, "message": step.message,
-            "previous": step.previous_id, "split": step.split_id, "result": _decode(step.result),
-            "error_type": step.error_type, "error_message": step.error_message, "attempts": step.attempts,
-            "wake_at": _iso(step.wake_at), "created": _iso(step.created_at), "started": _iso(step.started_at),
-            "finished": _iso(step.finished_at), "assignee_user": step.assignee_user,
-            "assignee_privileges": json.loads(step.assignee_privileges) if step.assignee_privileges else None,
-            "submitted_by": json.loads(step.submitted_by) if step.submitted_by else None}
-
-
-def message_dict(msg: MessageRecord) -> dict[str, Any]:
-    return {"id": msg.id, "message": msg.message, "token": msg.token, "automation": msg.automation_id,
-            "broadcast_class": msg.broadcast_class, "data": _decode(msg.data), "state": msg.state,
-            "result": _decode(msg.result), "created": _iso(msg.created_at), "delivered": _iso(msg.delivered_at)}
-
-
-def history_tree(steps: Sequence[StepRecord]) -> list[str]:
-    """The history as indented lines: each step after the one it followed, a Split's paths one level
-    deeper than the Split (each path whole, up to its Join), what follows the Join back at the Split's
-    level. Loops stay flat (only Splits nest), so a long-running Repeat is a long list, not a deep one."""
-    by_id = {s.id: s for s in steps}
-    children: dict[str | None, list[StepRecord]] = {}
-    for s in steps:
-        children.setdefault(s.previous_id if s.previous_id in by_id else None, []).append(s)
-    depths: dict[str, int] = {}
-
-    def depth(s: StepRecord) -> int:
-        chain = []
-        cur: StepRecord | None = s
-        while cur is not None and cur.id not in depths:
-            chain.append(cur)
-            cur = by_id.get(cur.split_id) if cur.split_id else None
-        base = depths[cur.id] if cur is not None else -1
-        for link in reversed(chain):
-            base += 1
-            depths[link.id] = base
-        return depths[s.id]
-
-    lines: list[str] = []
-
-    def line(s: StepRecord) -> None:
-        extra = []
-        if s.attempts > 1:
-            extra.append(f"attempts {s.attempts}")
-        if s.state in OPEN and s.wake_at is not None:
-            extra.append(f"wakes {_iso(s.wake_at)}")
-        if s.error_type:
-            extra.append(f"{s.error_type}: {s.error_message}")
-        text = f"{'  ' * depth(s)}{s.node} [{s.state}]" + (f" {s.message}" if s.message else "")
-        lines.append(text + (f" ({'; '.join(extra)})" if extra else "") + f"  {s.id}")
-
-    def walk(first: StepRecord) -> list[StepRecord]:
-        """Print ``first`` and its path; the steps that continue at a shallower level (after a Join)."""
-        escapes: list[StepRecord] = []
-        cur: StepRecord | None = first
-        while cur is not None:
-            line(cur)
-            level, nxt = depth(cur), None
-            queue = list(children.get(cur.id, []))
-            while queue:
-                kid = queue.pop(0)
-                if depth(kid) < level:
-                    escapes.append(kid)
-                elif depth(kid) == level and nxt is None:
-                    nxt = kid
-                else:  # a Split's path (deeper), or a second step after one (goto): print it whole first
-                    queue.extend(walk(kid))
-            cur = nxt
-        return escapes
-
-    pending = list(children.get(None, []))
-    while pending:
-        pending.extend(walk(pending.pop(0)))
-    return lines
-
-
 def _row(step: StepRecord) -> StepRow:
     return StepRow(id=step.id, node=step.node, state=step.state, created_at=step.created_at, previous_id=step.previous_id,
-                   split_id=step.split_id, message=step.message, result=_decode(step.result),
+                   split_id=step.split_id, message=step.message, result=decoded(step.result),
                    error_type=step.error_type, error_message=step.error_message, error_trace=step.error_trace,
                    wake_at=step.wake_at, attempts=step.attempts, started_at=step.started_at,
                    finished_at=step.finished_at, assignee_user=step.assignee_user,
@@ -287,8 +195,10 @@ class AutomationAdmin:
         """:meth:`list_automations` as the CLI and the API show it, with ``orphaned`` (the reason, or None)."""
         out = []
         for rec in await self.list_automations(**filters):
-            steps = await self._store.automation_history(rec.id) if rec.state == "running" else []
-            out.append({**automation_dict(rec), "orphaned": self.orphaned(rec, steps)})
+            reason = self.orphaned(rec, [])  # the class first: its steps are read only if it is loaded
+            if reason is None and rec.state == "running":
+                reason = self.orphaned(rec, await self._store.automation_history(rec.id))
+            out.append({**automation_dict(rec), "orphaned": reason})
         return out
 
     async def show(self, automation_id: str) -> dict[str, Any]:
@@ -317,7 +227,7 @@ class AutomationAdmin:
         out = []
         for rec in await self._store.list_automations(state="failed", limit=limit):
             failed = [s for s in await self._store.automation_history(rec.id) if s.state == "failed"]
-            out.append({"id": rec.id, "class": rec.cls, "session": rec.session_id, "finished": _iso(rec.finished_at),
+            out.append({"id": rec.id, "class": rec.cls, "session": rec.session_id, "finished": iso_time(rec.finished_at),
                         "steps": [{"id": s.id, "node": s.node, "error_type": s.error_type,
                                    "error_message": s.error_message} for s in failed]})
         return out
@@ -418,7 +328,7 @@ class AutomationAdmin:
 
     def _task_dict(self, rec: AutomationRecord, step: StepRecord) -> dict[str, Any]:
         out = {"step": step.id, "node": step.node, "automation": rec.id, "class": rec.cls, "session": rec.session_id,
-               "state": step.state, "created": _iso(step.created_at), "assignee_user": step.assignee_user,
+               "state": step.state, "created": iso_time(step.created_at), "assignee_user": step.assignee_user,
                "assignee_privileges": json.loads(step.assignee_privileges) if step.assignee_privileges else None,
                "description": "", "fields": None}
         try:
@@ -506,7 +416,7 @@ class AutomationAdmin:
         after = await self.get(rec.id)
         done = await self._store.get_automation_step(step.id)
         assert done is not None
-        return SubmitResult(after, done, json.loads(json.dumps(cleaned, default=_plain)))
+        return SubmitResult(after, done, json.loads(json.dumps(cleaned, default=plain)))
 
     # -- operations ----------------------------------------------------------------------------------
     async def retry(self, automation_id: str) -> AutomationRecord:
@@ -561,11 +471,3 @@ class AutomationAdmin:
         return NewEvent(session_id, "automation", json.dumps(automation_event(automation_id, cls, state, open_nodes,
                                                                               interactions)))
 
-
-def automation_event(automation_id: str, cls: str, state: str, open_nodes: Sequence[str],
-                     interactions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The payload of the ``automation`` event a session's pages receive, as the runner sends it:
-    ``open`` is the sorted names of the open nodes (none once it ended)."""
-    return {"id": automation_id, "class": cls, "state": state,
-            "open": sorted(set(open_nodes)) if state == "running" else [],
-            "interactions": [dict(i) for i in interactions]}

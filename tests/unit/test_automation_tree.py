@@ -6,7 +6,8 @@ from __future__ import annotations
 from mailgate.automations import flow
 from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import load_config
-from mailgate.core.automation_admin import AutomationAdmin, history_tree
+from mailgate.core.automation_admin import AutomationAdmin
+from mailgate.core.automation_views import history_tree
 from mailgate.store.base import AutomationRecord, StepRecord
 
 

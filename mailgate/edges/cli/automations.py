@@ -20,7 +20,7 @@ from typing import Any
 
 from mailgate.automations.errors import FormInvalid
 from mailgate.config import Config
-from mailgate.core.automation_admin import automation_dict, message_dict
+from mailgate.core.automation_views import automation_dict, message_dict
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.core.runtime import Runtime
 from mailgate.edges.cli.output import emit, print_json, print_record, safe

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from mailgate.automations.errors import FormError, FormInvalid
-from mailgate.core.automation_admin import automation_dict, message_dict
+from mailgate.core.automation_views import automation_dict, message_dict
 from mailgate.core.context import ANONYMOUS, User
 from mailgate.edges.web.api import BadRequest, body, field, rt, user_of
 from mailgate.edges.web.openapi import WAIT_CAP

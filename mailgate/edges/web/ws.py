@@ -55,7 +55,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from mailgate import metrics
 from mailgate.automations.errors import FormError, FormInvalid
 from mailgate.config import WebConfig
-from mailgate.core.automation_admin import automation_dict, message_dict
+from mailgate.core.automation_views import automation_dict, message_dict
 from mailgate.core.context import User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
