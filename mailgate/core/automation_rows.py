@@ -7,10 +7,13 @@ author runtime agree on the encoding (the tagged codec of answers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from mailgate.automations import engine
 from mailgate.automations.context import OutgoingMessage, StepRow
 from mailgate.automations.engine import MessageOutcome, QueuedMessage
 from mailgate.core import answers as codec
@@ -90,3 +93,26 @@ def new_message(out: OutgoingMessage, automation_id: str | None) -> NewMessage:
     return NewMessage(id=uuid.uuid4().hex, message=out.message, automation_id=out.automation_id,
                       broadcast_class=out.broadcast_class, token=out.token, data=codec.encode_value(out.data),
                       sender=sender_json(automation_id, out.step_id))
+
+
+def step_ids(automation_id: str, snap: engine.Snapshot) -> Callable[[], str]:
+    """Step ids derived from what the run starts from: a re-run after its runner died makes the same
+    ids, so a step's journal (keyed by step id) is found again."""
+    seed = "|".join([automation_id, *sorted(s.id for s in snap.steps if s.state in engine.OPEN_STATES)])
+    counter = [0]
+
+    def new_id() -> str:
+        counter[0] += 1
+        return hashlib.sha256(f"{seed}|{counter[0]}".encode()).hexdigest()[:32]
+
+    return new_id
+
+
+def automation_event(automation_id: str, cls: str, snap: engine.Snapshot, out: engine.Outcome) -> dict[str, Any]:
+    """The ``automation`` event for the bound session's pages."""
+    steps = {s.id: s for s in snap.steps}
+    steps.update({s.id: s for s in (*out.updated, *out.created)})
+    open_steps = [s for s in steps.values() if s.state in engine.OPEN_STATES] if out.state == "running" else []
+    return {"id": automation_id, "class": cls, "state": out.state,
+            "open": sorted({s.node for s in open_steps}),
+            "interactions": [{"step": s.id, "node": s.node} for s in open_steps if s.state == "interaction"]}

@@ -28,32 +28,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from mailgate import metrics
 from mailgate.automations import engine
-from mailgate.automations.context import CURRENT_RUN, StepRow
+from mailgate.automations.context import CURRENT_RUN
 from mailgate.automations.errors import OrphanedAutomation, UnknownAutomationClass
-from mailgate.automations.flow import Automation
 from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core import automation_broadcasts as broadcasts
 from mailgate.core.actions import Invoker, cron_enabled
+from mailgate.core.automation_journal import Run, SendJournal
 from mailgate.core.automation_rows import (
     THREADED_ACTION,
+    automation_event,
     message_done,
     new_message,
     new_step,
     queued,
+    step_ids,
     step_row,
     step_update,
 )
@@ -61,18 +62,15 @@ from mailgate.core.context import CURRENT, User
 from mailgate.core.interviews import Registry
 from mailgate.core.threads import DaemonThreadPool
 from mailgate.errors import AutomationFenced, MailgateError, StoreError
-from mailgate.outbound.message import Message, msgid_domain
 from mailgate.outbound.transport import Outbound
 from mailgate.store.base import (
     AutomationUpdate,
     Changes,
     ClaimedAutomation,
     CommitResult,
-    JournalEntry,
     NewEvent,
     NewStep,
     NewTask,
-    SessionRecord,
     SessionSave,
     StepUpdate,
     Store,
@@ -88,24 +86,6 @@ BUSY_BACKOFF = (0.05, 2.0)  # seconds: first and longest back-off when the bound
 def step_budget(config: Config) -> float:
     """``[automations] step_budget``, 0 meaning ``[sessions] lock_timeout``."""
     return config.automations.step_budget or config.sessions.lock_timeout
-
-
-@dataclass
-class _Run:
-    """What one run of one claimed automation carries between its parts."""
-
-    claimed: ClaimedAutomation
-    cls: type[Automation]
-    version: int
-    session: SessionRecord | None = None
-    lease_holder: str | None = None
-    threaded: list[StepRow] = field(default_factory=list)  # threaded steps whose task ended: their rows
-    sends: dict[str, int] = field(default_factory=dict)  # step id -> journaled send_email calls so far
-    current_step: list[str | None] = field(default_factory=lambda: [None, None])  # step id, node
-
-    @property
-    def id(self) -> str:
-        return self.claimed.automation.id
 
 
 class AutomationRunner:
@@ -132,6 +112,7 @@ class AutomationRunner:
         self._orphans: set[str] = set()  # logged once each
         self._stopping = False
         self._watching = False
+        self.journal = SendJournal(store, outbound, self.holder)
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")
@@ -273,7 +254,7 @@ class AutomationRunner:
             cls = self.classes.resolve(auto.cls)
         except UnknownAutomationClass:
             return await self._orphaned(auto.id, auto.cls, f"its class {auto.cls} is not loaded")
-        run = _Run(claimed, cls, auto.version)
+        run = Run(claimed, cls, auto.version)
         try:
             if auto.session_id is not None and not await self._lease(run):
                 return
@@ -298,7 +279,7 @@ class AutomationRunner:
                 with contextlib.suppress(StoreError):
                     await self.store.release_lease(run.session.id, run.lease_holder)
 
-    async def _lease(self, run: _Run) -> bool:
+    async def _lease(self, run: Run) -> bool:
         """Take the bound session's lease with its answers as committed; False (claim given back) if
         it is busy or the session is gone."""
         auto = run.claimed.automation
@@ -320,7 +301,7 @@ class AutomationRunner:
         run.session = session
         return True
 
-    async def _snapshot(self, run: _Run, answers: dict[str, Any] | None) -> engine.Snapshot:
+    async def _snapshot(self, run: Run, answers: dict[str, Any] | None) -> engine.Snapshot:
         c = run.claimed
         steps = [step_row(s) for s in c.steps]
         have = {s.id for s in steps}
@@ -342,7 +323,7 @@ class AutomationRunner:
             state=c.automation.state, fresh=not c.steps,
         )
 
-    async def _advance(self, run: _Run) -> None:
+    async def _advance(self, run: Run) -> None:
         auto = run.claimed.automation
         answers = codec.decode(run.session.answers) if run.session is not None else None
         if answers is not None:
@@ -354,7 +335,7 @@ class AutomationRunner:
             if s.state == "waiting" and s.wake_at is not None and s.wake_at <= now:
                 metrics.AUTOMATION_TIMER_LATENESS.observe(now - s.wake_at)
         ctx = self._context(run)
-        ids = _ids(auto.id, snap)
+        ids = step_ids(auto.id, snap)
         budget = step_budget(self.config)
 
         send_hook = ctx.send_hook
@@ -376,7 +357,7 @@ class AutomationRunner:
             return await self._timed_out(run, snap, budget)
         await self._commit(run, snap, outcome, ctx)
 
-    async def _threaded_ended(self, run: _Run, snap: engine.Snapshot, now: float) -> None:
+    async def _threaded_ended(self, run: Run, snap: engine.Snapshot, now: float) -> None:
         """The ``threaded=True`` steps whose task ended (its ``task_done`` is queued): their rows, done
         with the task's value or failed with its error, commit with this run."""
         running = {s.id: s for s in snap.steps if s.state == "running"}
@@ -397,7 +378,7 @@ class AutomationRunner:
                                             error_type=task.error_type, error_message=task.error_message,
                                             error_trace=task.error_trace, finished_at=now, wake_at=None))
 
-    def _context(self, run: _Run) -> Any:
+    def _context(self, run: Run) -> Any:
         """The action context the step code runs in (bound automations only: free-standing ones have
         no session, and the session functions then say so)."""
         session = run.session
@@ -409,56 +390,11 @@ class AutomationRunner:
             ctx = self.invoker.new_context("callback", session.id, self.interviews.get(session.interview), action, {},
                                            user)
             ctx.accessed_at = session.accessed_at
-        ctx.send_hook = self._hook_send(run, ctx)
+        ctx.send_hook = self.journal.hook(run, ctx)
         return ctx
 
-    # -- send_email, journaled ---------------------------------------------------------------------
-    def _hook_send(self, run: _Run, ctx: Any) -> Callable[..., bool]:
-        loop = asyncio.get_running_loop()
-
-        def send(*args: Any, **kwargs: Any) -> bool:
-            message = args[0] if len(args) == 1 and not kwargs else None
-            if not isinstance(message, Message):  # task.send_email(to, subject, ...): the author function
-                from mailgate.author.sending import send_email  # noqa: PLC0415 - the author layer calls the core, not back
-                token = CURRENT.set(ctx)
-                try:
-                    return send_email(*args, **kwargs)
-                finally:
-                    CURRENT.reset(token)
-            run_state = CURRENT_RUN.get()
-            step_id = run_state.step_id if run_state is not None else None
-            future = asyncio.run_coroutine_threadsafe(self._journaled_send(run, step_id, message), loop)
-            return bool(future.result(self.outbound.deadline + 10))
-
-        return send
-
-    async def _journaled_send(self, run: _Run, step_id: str | None, message: Message) -> bool:
-        if step_id is None:  # a receiver: not a step, nothing to re-run
-            return (await self.outbound.send_one(message)).accepted
-        index = run.sends.get(step_id, 0)
-        run.sends[step_id] = index + 1
-        found = await self.store.journal_entry(step_id, index)
-        if found is not None:
-            return bool(json.loads(found.result).get("accepted"))
-        message = replace(message, message_id=f"<{step_id}.{index}@{msgid_domain(message.sender)}>")
-        accepted = (await self.outbound.send_one(message)).accepted
-        auto = run.claimed.automation
-        known = {s.id: s for s in run.claimed.steps}
-        bump = []
-        if step_id in known and known[step_id].state == "waiting":  # the attempt shows in the history
-            s = known[step_id]
-            bump.append(StepUpdate(s.id, "waiting", s.message, s.result, wake_at=s.wake_at, attempts=s.attempts + 1))
-        update = AutomationUpdate(auto.id, run.version, self.holder, data=None, wake_at=auto.wake_at,
-                                  steps_finished=bump, keep_claim=True,
-                                  journal=[JournalEntry(step_id, index, "send_email",
-                                                        json.dumps({"accepted": accepted,
-                                                                    "message_id": message.message_id}))])
-        await self.store.commit(Changes(automations=[update]))
-        run.version += 1
-        return accepted
-
     # -- the commit ----------------------------------------------------------------------------------
-    async def _commit(self, run: _Run, snap: engine.Snapshot, out: engine.Outcome, ctx: Any) -> None:
+    async def _commit(self, run: Run, snap: engine.Snapshot, out: engine.Outcome, ctx: Any) -> None:
         auto = run.claimed.automation
         save = None
         release = None
@@ -487,7 +423,7 @@ class AutomationRunner:
             sent += ctx.automation_messages
             if out.created or out.finished_steps or out.state != "running" or run.threaded:
                 # the pages hear of a change only: a recheck that stays false tells them nothing
-                events.append(NewEvent(session.id, "automation", json.dumps(_event(auto.id, auto.cls, snap, out))))
+                events.append(NewEvent(session.id, "automation", json.dumps(automation_event(auto.id, auto.cls, snap, out))))
         update = AutomationUpdate(
             auto.id, run.version, self.holder, state=out.state, data=codec.encode(out.data),  # type: ignore[arg-type]
             wake_at=out.wake_at, steps_finished=[step_update(s) for s in (*out.updated, *run.threaded)],
@@ -502,7 +438,7 @@ class AutomationRunner:
         self.wake()
         self._report(run, out)
 
-    def _report(self, run: _Run, out: engine.Outcome) -> None:
+    def _report(self, run: Run, out: engine.Outcome) -> None:
         auto = run.claimed.automation
         for m in out.messages:
             metrics.AUTOMATION_MESSAGES.labels(m.state).inc()
@@ -521,7 +457,7 @@ class AutomationRunner:
             metrics.AUTOMATIONS_ENDED.labels(out.state).inc()
 
     # -- when a run does not end normally ------------------------------------------------------------
-    async def _timed_out(self, run: _Run, snap: engine.Snapshot, budget: float) -> None:
+    async def _timed_out(self, run: Run, snap: engine.Snapshot, budget: float) -> None:
         """The run overran the step budget: nothing it did commits; the step running then fails with
         StepTimeout (its thread is abandoned)."""
         step_id, node = run.current_step
@@ -533,7 +469,7 @@ class AutomationRunner:
             return await self._fail(run, "StepTimeout", message, "", opened=row)
         await self._fail(run, "StepTimeout", message, "", step_id)
 
-    async def _fail(self, run: _Run, kind: str, message: str, trace: str, step_id: str | None = None,
+    async def _fail(self, run: Run, kind: str, message: str, trace: str, step_id: str | None = None,
                     opened: NewStep | None = None) -> None:
         auto = run.claimed.automation
         steps = []
@@ -556,7 +492,7 @@ class AutomationRunner:
         log.warning("automation %s (%s) failed: %s: %s", auto.id, auto.cls, kind, message,
                     extra={"event": "automation.failed", "automation": auto.id})
 
-    async def _store_trouble(self, run: _Run, exc: StoreError) -> None:
+    async def _store_trouble(self, run: Run, exc: StoreError) -> None:
         auto = run.claimed.automation
         n = self._failures.get(auto.id, 0) + 1
         self._failures[auto.id] = n
@@ -589,7 +525,7 @@ class AutomationRunner:
                                                  self.store.now() + self.config.automations.recheck_interval)
 
 
-def _tracking(clock: Callable[[], float], run: _Run) -> Callable[[], float]:
+def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:
     """The engine's clock, which also keeps ``run.current_step`` at the step the engine is running
     (the engine reads the clock as a step starts): what a step budget overrun blames."""
 
@@ -611,26 +547,3 @@ def _timed(call: Callable[[], engine.Outcome]) -> Callable[[], engine.Outcome]:
             metrics.AUTOMATION_RUN_SECONDS.observe(time.monotonic() - started)
 
     return tracked
-
-
-def _ids(automation_id: str, snap: engine.Snapshot) -> Callable[[], str]:
-    """Step ids derived from what the run starts from: a re-run after its runner died makes the same
-    ids, so a step's journal (keyed by step id) is found again."""
-    seed = "|".join([automation_id, *sorted(s.id for s in snap.steps if s.state in engine.OPEN_STATES)])
-    counter = [0]
-
-    def new_id() -> str:
-        counter[0] += 1
-        return hashlib.sha256(f"{seed}|{counter[0]}".encode()).hexdigest()[:32]
-
-    return new_id
-
-
-def _event(automation_id: str, cls: str, snap: engine.Snapshot, out: engine.Outcome) -> dict[str, Any]:
-    """The ``automation`` event for the bound session's pages."""
-    steps = {s.id: s for s in snap.steps}
-    steps.update({s.id: s for s in (*out.updated, *out.created)})
-    open_steps = [s for s in steps.values() if s.state in engine.OPEN_STATES] if out.state == "running" else []
-    return {"id": automation_id, "class": cls, "state": out.state,
-            "open": sorted({s.node for s in open_steps}),
-            "interactions": [{"step": s.id, "node": s.node} for s in open_steps if s.state == "interaction"]}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import signal
 import smtplib
 import socket
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -299,3 +301,35 @@ def test_a_stopped_runner_past_its_lease_has_its_late_commit_refused(node: Node)
     assert node.query("SELECT state FROM automations WHERE id = ?", aid) == [("finished",)]
     pids = [line.split()[1] for line in log.read_text().splitlines()]
     assert len(pids) == 2 and len(set(pids)) == 2  # ran in both, committed by one
+
+
+RACE = """
+import asyncio, json, sys
+from mailgate.config import load_config
+from mailgate.daemon.lifecycle import Daemon
+
+async def main():
+    async with Daemon(load_config(sys.argv[1]), roles=(), one_shot=True) as d:
+        cls = d.runtime.automation_classes.resolve("Single")
+        made = await asyncio.gather(*(cls.start_async() for _ in range(10)))
+        print(json.dumps([[m.id, created] for m, created in made]))
+
+asyncio.run(main())
+"""
+
+
+def test_twenty_racing_starts_of_a_unique_class_from_two_processes_make_one(node: Node) -> None:
+    """§5.4: ``unique = True``, 10 concurrent ``start_async`` in each of two processes: one row, and
+    every caller got that one (created once)."""
+    env = subprocess_env(node.config)
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(node.config)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        results += json.loads(out.decode().strip().splitlines()[-1])
+    assert len(results) == 20
+    assert len({aid for aid, _ in results}) == 1
+    assert sum(1 for _, created in results if created) == 1
+    assert node.query("SELECT COUNT(*) FROM automations") == [(1,)]
