@@ -32,7 +32,6 @@ from typing import Any
 
 from mailgate.automations import engine
 from mailgate.automations import flow as f
-from mailgate.automations.context import StepRow
 from mailgate.automations.errors import (
     AutomationError,
     FormAlreadyDone,
@@ -45,11 +44,11 @@ from mailgate.automations.registry import AutomationRegistry, load_automations
 from mailgate.automations.unique import unique_key
 from mailgate.config import Config
 from mailgate.core import answers as codec
+from mailgate.core.automation_rows import sender_json, step_row
 from mailgate.core.automation_views import (
     OPEN,
     automation_dict,
     automation_event,
-    decoded,
     history_tree,
     iso_time,
     message_dict,
@@ -87,16 +86,6 @@ class SubmitResult:
     automation: AutomationRecord
     step: StepRecord
     values: dict[str, Any]
-
-
-def _row(step: StepRecord) -> StepRow:
-    return StepRow(id=step.id, node=step.node, state=step.state, created_at=step.created_at, previous_id=step.previous_id,
-                   split_id=step.split_id, message=step.message, result=decoded(step.result),
-                   error_type=step.error_type, error_message=step.error_message, error_trace=step.error_trace,
-                   wake_at=step.wake_at, attempts=step.attempts, started_at=step.started_at,
-                   finished_at=step.finished_at, assignee_user=step.assignee_user,
-                   assignee_privileges=json.loads(step.assignee_privileges) if step.assignee_privileges else None,
-                   submitted_by=step.submitted_by)
 
 
 class AutomationAdmin:
@@ -155,7 +144,7 @@ class AutomationAdmin:
         return self._resolver  # type: ignore[return-value]
 
     def may_submit(self, user: User, step: StepRecord) -> bool:
-        return engine.may_submit(user, _row(step), self.resolver)
+        return engine.may_submit(user, step_row(step), self.resolver)
 
     # -- reading -------------------------------------------------------------------------------------
     async def get(self, automation_id: str) -> AutomationRecord:
@@ -259,7 +248,7 @@ class AutomationAdmin:
         self._check_receiver(rec.cls, message, data)
         queued = await self._store.enqueue_message(NewMessage(
             id=uuid.uuid4().hex, message=message, automation_id=automation_id, token=token,
-            data=codec.encode_value(data if data is not None else {}, "message data"), sender=user.to_json()))
+            data=codec.encode_value(data if data is not None else {}, "message data"), sender=sender_json(None, user=user.to_json())))
         if not wait or queued.state != "queued":
             return queued
         return await self._wait_message(automation_id, queued, min(float(wait), MAX_WAIT))
@@ -290,7 +279,7 @@ class AutomationAdmin:
         self._check_receiver(name, message, data)
         return await self._store.enqueue_message(NewMessage(
             id=uuid.uuid4().hex, message=message, broadcast_class=name, token=token,
-            data=codec.encode_value(data if data is not None else {}, "message data"), sender=user.to_json()))
+            data=codec.encode_value(data if data is not None else {}, "message data"), sender=sender_json(None, user=user.to_json())))
 
     def _check_receiver(self, cls_name: str, message: str, data: Any) -> None:
         try:
