@@ -15,6 +15,7 @@ import binascii
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -204,6 +205,25 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class AutomationsConfig:
+    recheck_interval: float = _f(60.0, "seconds between two evaluations of a waiting AsSoonAs condition that nothing else "
+                                 "(a message, a timer) re-evaluates", minimum=0.01)
+    step_budget: float = _f(0.0, "seconds one run of an automation's steps may take before it fails with StepTimeout; "
+                            "0 = [sessions] lock_timeout", minimum=0)
+    claim_lease: float = _f(30.0, "seconds a claimed automation stays claimed without a heartbeat; a dead runner's "
+                            "automation is taken over after this", minimum=0.5)
+    max_attempts: int = _f(3, "runs of an automation that end in store trouble (or whose runner died) before it is "
+                           "failed with WorkerLost", minimum=1)
+    concurrency: int = _f(16, "automations this process runs at the same time", minimum=1)
+    timer_poll: float = _f(1.0, "seconds between two reads of the earliest due automation, for work other processes "
+                           "queued", minimum=0.01)
+    history_days: float = _f(30.0, "cron_daily deletes automations that ended more than this many days ago, with their "
+                             "history (0 = never)", minimum=0)
+    assignee_resolver: str = _f("", "\"module:function\" called with (user, step) that decides who may see and submit a "
+                                "form step, instead of the assignee rule; empty = the rule")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -215,6 +235,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    automations: AutomationsConfig = field(default_factory=AutomationsConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
     # "table.key" -> where its value came from: "default", "file PATH" or "env MAILGATE_TABLE_KEY"
     origins: typing.Mapping[str, str] = field(default_factory=dict, compare=False, metadata={"internal": True})
@@ -447,6 +468,10 @@ def _check_cross(config: Config) -> list[str]:
     if config.store.old_encryption_keys and not (config.store.encryption_key or config.store.encryption_key_file):
         errors.append(f"{src}: [store] old_encryption_keys is set without encryption_key: set the current key "
                       "(old keys only read rows during a rotation)")
+    resolver = config.automations.assignee_resolver
+    if resolver and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", resolver):
+        errors.append(f"{src}: [automations] assignee_resolver {resolver!r} must be \"module:function\", "
+                      "e.g. \"myapp.forms:may_submit\"")
     if config.store.backend == "postgres" and not config.store.dsn:
         errors.append(f"{src}: [store] backend is postgres but dsn is empty; set it or MAILGATE_STORE_DSN")
     return errors

@@ -82,6 +82,34 @@ SLOW_CLIENTS_DROPPED = Counter("mailgate_slow_clients_dropped_total",
 CRON_LAST_SUCCESS = Gauge("mailgate_cron_last_success_timestamp_seconds",
                           "When this process last finished a fire of each scheduled type (Unix time).", ["type"])
 
+# -- automations -------------------------------------------------------------------------------------
+AUTOMATIONS = Gauge("mailgate_automations", "Automations in the store by state (read by the runner every 30 s).",
+                    ["state"])
+AUTOMATIONS_ENDED = Counter("mailgate_automations_ended_total",
+                            "Automations this process ended, by state (finished, failed).", ["state"])
+AUTOMATION_STEPS = Counter("mailgate_automation_steps_total",
+                           "Steps this process ended, by outcome (done, skipped, failed, joined).", ["outcome"])
+AUTOMATION_MESSAGES = Counter("mailgate_automation_messages_total",
+                              "Messages this process consumed for automations, by outcome (delivered, dropped).",
+                              ["outcome"])
+AUTOMATION_TIMER_LATENESS = Histogram("mailgate_automation_timer_lateness_seconds",
+                                      "From a step's wake_at to a runner taking it up.", buckets=_FAST)
+AUTOMATION_RUN_SECONDS = Histogram("mailgate_automation_run_seconds",
+                                   "One run of one automation's due steps (the engine, step code included).",
+                                   buckets=_FAST)
+AUTOMATIONS_DUE = Gauge("mailgate_automations_due",
+                        "Running automations due now, claimed ones included (read by the runner every second).")
+AUTOMATION_DUE_LAG = Gauge("mailgate_automation_due_lag_seconds",
+                           "How long the earliest due automation has been due (0: none due): the backlog.")
+
+for _state in ("running", "finished", "failed", "killed"):
+    AUTOMATIONS.labels(_state)
+for _state in ("finished", "failed"):
+    AUTOMATIONS_ENDED.labels(_state)
+for _state in ("done", "skipped", "failed", "joined"):
+    AUTOMATION_STEPS.labels(_state)
+for _state in ("delivered", "dropped"):
+    AUTOMATION_MESSAGES.labels(_state)
 for _state in ("queued", "running"):
     TASKS.labels(_state)
 for _state in ("succeeded", "failed"):

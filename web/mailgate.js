@@ -32,8 +32,10 @@
  * after a cancelable DOM event: "mailgate:command" and "mailgate:<name>" (detail = the command);
  * call preventDefault() to handle one yourself. Also fired on document: mailgate:connected,
  * mailgate:disconnected, mailgate:renewed, mailgate:checkin (a check-in's answer), mailgate:email and
- * mailgate:task (detail = the event data), mailgate:reset (cancelable; reloads the page) and
- * mailgate:error.
+ * mailgate:task and mailgate:automation (detail = the event data: for an automation {id, class,
+ * state, open, interactions}), mailgate:reset (cancelable; reloads the page) and
+ * mailgate:error. Automations: client.submitTask(step, values) submits a form as the page's user,
+ * client.message(KEY, name, token) messages the session's automation (publish_receivers = True).
  */
 (function (global) {
   "use strict";
@@ -280,7 +282,11 @@
           p.resolve(msg.result);
         });
         case "error":
-          if (this.pending.has(msg.ref)) return this.settle(msg.ref, (p) => p.reject(new MailgateError(msg.error, "server")));
+          if (this.pending.has(msg.ref)) {
+            const err = new MailgateError(msg.error, "server");
+            if (msg.status) { err.status = msg.status; err.errors = msg.errors || null; }
+            return this.settle(msg.ref, (p) => p.reject(err));
+          }
           console.warn("mailgate:", msg.error);
           return void fire("mailgate:error", msg);
       }
@@ -418,8 +424,36 @@
      * Without an answer within options.timeout ms (default runTimeout) it rejects ("timeout").
      */
     run(action, args, options) {
+      return this.request({type: "run", action: action, arguments: args || {}}, action, options);
+    }
+
+    /**
+     * Submit the values of an automation's form (the step id of its "automation" event's
+     * interactions) as the page's user; resolves with {step, node, values, automation}. A refusal
+     * rejects with a MailgateError whose `status` is 403 (not assigned), 400 (invalid: `errors` by
+     * field) or 409 (already submitted).
+     */
+    submitTask(step, values, options) {
+      return this.request({type: "submit", step: String(step), values: values || {}}, "submit " + step, options);
+    }
+
+    /**
+     * The seed's page-view hook: send message `name` to this session's automation with `key`
+     * (accepted only if its class publishes its receivers); its data is this page's query
+     * parameters and path (the server adds the user). Resolves with the queued message.
+     */
+    message(key, name, token, options) {
+      const query = {};
+      new URLSearchParams(global.location.search).forEach((v, k) => { query[k] = v; });
+      const data = {query: query, path: global.location.pathname};
+      return this.request({type: "message", key: String(key), name: String(name), token: token == null ? null : String(token),
+        data: data}, "message " + name, options);
+    }
+
+    request(body, what, options) {
       const ref = ++this.nextRef;
-      const msg = {type: "run", ref: ref, action: action, arguments: args || {}};
+      const msg = Object.assign({ref: ref}, body);
+      const action = what;
       const timeout = options && options.timeout != null ? Number(options.timeout) : this.runTimeout;
       return new Promise((resolve, reject) => {
         if (this.closed) return reject(new MailgateError("the client is closed", "closed"));

@@ -58,6 +58,8 @@ def send_email(
     refuse_on_loop(ctx.loop, "send_email()", "await send_email_async(...)")
     outbound = _outbound(ctx)
     message = outbound.prepare(_message(ctx, to, subject, body, html, template, attachments, sender, cc, bcc, reply_to))
+    if ctx.send_hook is not None:  # inside an automation step: journaled by (step, call index)
+        return _accepted(ctx, bool(ctx.send_hook(message)), task)
     try:
         # send_one ends by its deadline; this only guards a stopped loop
         result = run_on_loop(ctx.loop, outbound.send_one(message), outbound.deadline + 5)

@@ -10,17 +10,23 @@ mailboxes the handlers made and the events for the session's browsers commit in 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mailgate import metrics
+from mailgate.automations import engine
+from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import Invoker, encode_answers, response_value, session_save, skips_save
+from mailgate.core.automation_rows import THREADED_ACTION, step_row
 from mailgate.core.commands import notification_command
 from mailgate.core.context import (
     ActionContext,
@@ -32,11 +38,13 @@ from mailgate.core.context import (
 from mailgate.core.interviews import Action, Registry
 from mailgate.core.leases import Leases
 from mailgate.core.references import Hydrate
+from mailgate.core.tasks import Task
 from mailgate.errors import ActionError, AnswersError, LeaseTimeout, MailgateError, NotFound
 from mailgate.store.base import (
     Changes,
     CommitResult,
     NewEvent,
+    NewMessage,
     SessionRecord,
     SessionSave,
     Store,
@@ -108,6 +116,29 @@ class TaskRunner:
         self._hydrate = hydrate
         self._leases = leases
         self._commit = commit
+        self.automation_classes = AutomationRegistry()  # the runtime sets the loaded ones (threaded steps)
+
+    def _threaded(self, rec: TaskRecord, session: SessionRecord) -> Action:
+        """The handler of a ``threaded=True`` step's task: the node's callable, its value the task's."""
+        store, classes = self._store, self.automation_classes
+
+        async def run_step(answers: dict[str, Any]) -> None:
+            step_id = codec.decode_value(rec.arguments)["step"]
+            auto = await store.get_automation(str(rec.automation_id))
+            if auto is None:
+                raise ActionError(f"automation {rec.automation_id} is gone; its threaded step {step_id} does not run")
+            cls = classes.resolve(auto.cls)
+            step = next((s for s in await store.automation_history(auto.id) if s.id == step_id), None)
+            if step is None:
+                raise ActionError(f"automation {auto.id} has no step {step_id}")
+            call = contextvars.copy_context().run
+            value = await asyncio.get_running_loop().run_in_executor(
+                self._invoker.executor, call, lambda: engine.call_threaded(
+                    cls, auto.id, codec.decode(auto.data), step_row(step), now=store.now(), session_id=session.id,
+                    answers=answers))
+            raise BackgroundResponseEnd((value,), {})
+
+        return Action(THREADED_ACTION, run_step, True)
 
     async def execute(self, rec: TaskRecord, worker: str, session: SessionRecord | None = None) -> None:
         """Run one claimed task to its end and commit its outcome (with any callback's save).
@@ -128,7 +159,10 @@ class TaskRunner:
         else:
             try:
                 interview = self._registry.get(rec.interview)
-                handler = interview.get_action(rec.action)
+                if rec.action == THREADED_ACTION and rec.automation_id is not None:
+                    handler = self._threaded(rec, session)
+                else:
+                    handler = interview.get_action(rec.action)
                 arguments = codec.decode_value(rec.arguments)
             except MailgateError as exc:
                 failure = Failure(type(exc).__name__, str(exc))
@@ -189,7 +223,13 @@ class TaskRunner:
             failure.error_trace if failure else None,
             codec.encode_value(failure.variables) if failure else None,
         )
+        messages = []
+        if rec.automation_id is not None:  # started by an automation's step: its end is a message to it
+            messages.append(NewMessage(uuid.uuid4().hex, "task_done", automation_id=rec.automation_id, token=rec.action,
+                                       data=codec.encode_value({"task": Task(rec.id)}),
+                                       sender=json.dumps({"task": rec.id}, separators=(",", ":"))))
         changes = Changes(
+            messages=messages,
             save=extra.save if extra else None,
             new_tasks=[t for c in spawned for t in c.new_tasks],
             mailboxes=[m for c in spawned for m in c.new_mailboxes],

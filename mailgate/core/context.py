@@ -68,6 +68,10 @@ class ActionContext:
     task_records: dict[str, Any] = field(default_factory=dict)  # TaskRecord snapshots, by id
     answers: dict[str, Any] = field(default_factory=dict)  # the dict the handler was given
     accessed_at: float | None = None  # the session's last access by anyone but the cron user
+    # An automation step's send_email goes through its runner's journal (prepared message -> accepted)
+    send_hook: Any = None
+    new_automations: list[Any] = field(default_factory=list)  # AutomationStart rows committed with the action
+    automation_messages: list[Any] = field(default_factory=list)  # NewMessage rows committed with the action
 
 
 CURRENT: contextvars.ContextVar[ActionContext | None] = contextvars.ContextVar("mailgate_action", default=None)

@@ -164,6 +164,12 @@ class Cron:
         if type_ == "cron_daily":
             report.deleted_inactive = await self.delete_inactive()
             await self._store.purge_stashes(self._store.now())  # expired ones already read as absent
+            days = self.config.automations.history_days
+            if days > 0:  # automations that ended more than [automations] history_days ago, with their history
+                autos, steps = await self._store.delete_automation_history(self._store.now() - days * 86400)
+                if autos:
+                    log.info("deleted %d automations that ended more than %g days ago, with %d steps", autos, days,
+                             steps, extra={"event": "automation.history_deleted"})
         report.seconds = time.monotonic() - started
         log.info("%s %s: %d sessions, %d saved, %d exited, %d errors, %d inactive deleted in %.2f s", type_,
                  period or "(manual)", report.sessions, report.saved, report.exited, report.errors,

@@ -12,6 +12,7 @@ as one step. Everything here is independent of aiosmtpd and of reply codes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import enum
 import hashlib
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mailgate import metrics
+from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.commits import Commits
@@ -38,6 +40,7 @@ from mailgate.core.mailboxes import (
     is_postmaster,
     split_address,
 )
+from mailgate.errors import NotFound
 from mailgate.mail.auth import (
     AuthResults,
     DkimResult,
@@ -58,6 +61,7 @@ from mailgate.store.base import (
     NewEmail,
     NewEvent,
     NewInbound,
+    NewMessage,
     NewTask,
     SessionRecord,
     Store,
@@ -92,6 +96,7 @@ class Inbound:
                  executor: Executor, resolver: Resolver, authserv_id: str) -> None:
         self._store = store
         self._registry = registry
+        self.automation_classes = AutomationRegistry()  # the daemon sets the loaded ones: mail becomes messages
         self._mailboxes = mailboxes
         self._commits = commits
         self._executor = executor
@@ -346,6 +351,39 @@ class Inbound:
         return NewEmail(uuid.uuid4().hex, POSTMASTER, "", parsed.message_id, f"{parsed.message_id or ''}\0{parsed.content_hash}",
                         json.dumps(fields, separators=(",", ":")), parsed_json, auth_json, None, None)
 
+    async def with_automation_messages(self, emails: list[NewEmail]) -> list[NewEmail]:
+        """Each e-mail with message ``email`` to every running automation of its session whose class
+        defines ``receive_email`` (token: the mailbox key; data: the DAEmail and the address), queued
+        in the delivery's own commit (AUTOMATIONS.md §4.1 "Mail and tasks become messages")."""
+        if not len(self.automation_classes):
+            return emails
+        receivers: dict[str, list[str]] = {}
+        out = []
+        for e in emails:
+            if not e.session_id:  # the postmaster mailbox's: no session, no automations
+                out.append(e)
+                continue
+            if e.session_id not in receivers:
+                found = []
+                for rec in await self._store.list_automations(session_id=e.session_id, state="running", limit=1000):
+                    try:
+                        cls = self.automation_classes.resolve(rec.cls)
+                    except NotFound:
+                        continue  # orphaned: its class is gone; the runner reports it
+                    if callable(getattr(cls, "receive_email", None)):
+                        found.append(rec.id)
+                receivers[e.session_id] = found
+            if not receivers[e.session_id]:
+                out.append(e)
+                continue
+            fields = json.loads(e.envelope)
+            data = codec.encode_value({"email": DAEmail(e.id), "address": fields.get("address")})
+            sender = json.dumps({"mail_from": fields.get("mail_from")}, separators=(",", ":"))
+            out.append(dataclasses.replace(e, messages=tuple(
+                NewMessage(uuid.uuid4().hex, "email", automation_id=aid, token=fields.get("key") or None, data=data,
+                           sender=sender) for aid in receivers[e.session_id])))
+        return out
+
     async def sessions_of(self, mailboxes: Sequence[MailboxRecord]) -> dict[str, SessionRecord]:
         ids = list({m.session_id for m in mailboxes if not is_postmaster(m)})
         return await self._store.get_sessions(ids) if ids else {}
@@ -370,6 +408,7 @@ class Inbound:
                 return DeliveryResult([], 0, auth=auth, queued=entry, message_id=parsed.message_id)
         emails = self.emails_for(mailboxes, await self.sessions_of(mailboxes), parsed, auth, mail_from=mail_from,
                                  client_ip=client_ip, helo=helo)
+        emails = await self.with_automation_messages(emails)
         with metrics.SMTP_COMMIT.time():
             stored, events = await self._store.deliver(Delivery(parsed.content_hash, raw, emails))
         self._commits.after_commit(events, any(e.task for e in emails if e.id in stored))

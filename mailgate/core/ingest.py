@@ -206,6 +206,7 @@ class Ingest:
             sessions = await self._inbound.sessions_of(mailboxes)
             emails = self._inbound.emails_for(mailboxes, sessions, parsed, auth, mail_from=mail_from,
                                               client_ip=client_ip, helo=helo, tls=envelope.get("tls"), entry=rec.id)
+            emails = await self._inbound.with_automation_messages(emails)
             if before:  # the earlier messages to the same mailboxes go to the store first
                 await asyncio.wait(before)
             # a task starts at the next loop turn, in creation order: so the store receives the calls in

@@ -23,9 +23,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import ActionResult, Invoker
+from mailgate.core.automation_admin import AutomationAdmin
+from mailgate.core.automation_author import AuthorBinding
+from mailgate.core.automation_author import install as install_author
+from mailgate.core.automation_author import uninstall as uninstall_author
+from mailgate.core.automation_runner import AutomationRunner
 from mailgate.core.background import TaskRunner, lost_task_events
 from mailgate.core.claims import process_identity
 from mailgate.core.commands import UI_NOTIFICATIONS
@@ -63,7 +69,8 @@ __all__ = ["ActionResult", "Mailbox", "Runtime"]
 class Runtime:
     """Runs actions against one store with one interview registry; what the edges call."""
 
-    def __init__(self, config: Config, store: Store, registry: Registry, *, feed: EventFeed | None = None) -> None:
+    def __init__(self, config: Config, store: Store, registry: Registry, *, feed: EventFeed | None = None,
+                 automations: AutomationRegistry | None = None) -> None:
         self.config = config
         self.store = store  # for the core's own parts (inbound delivery, cron, the worker pool); never the edges
         self.registry = registry
@@ -84,12 +91,24 @@ class Runtime:
         self.run_checkin = self.sessions.run_checkin
         self.stashes = Stashes(store)  # stash_data() / retrieve_stashed_data()
         self.task_runner = TaskRunner(config, store, registry, self.invoker, hydrate, self.leases, self.commits.commit)
+        self.automation_classes = automations if automations is not None else AutomationRegistry()
+        self.task_runner.automation_classes = self.automation_classes
+        # runs automations in processes with the worker role; the CLI's ``automations step`` too
+        self.automation_runner = AutomationRunner(config, store, self.automation_classes, registry, self.invoker,
+                                                  self.commits.commit, hydrate, self.outbound, self.process_id)
         self.signer: Signer
+        # automations as the edges operate them (AUTOMATIONS.md §4.4); keys are HMACs under the store's automation_secret
+        self.automations = AutomationAdmin(config, store, self.commit, classes=self.automation_classes)
+        self.automation_author: AuthorBinding | None = None  # set by open()
 
     async def open(self) -> None:
         """Read what the runtime needs from the store (the address and token secrets)."""
         self.tasks.loop = self.invoker.loop
         await self.mailboxes.open()
+        secret = bytes.fromhex(await self.store.setting("automation_secret", secrets.token_hex(32)))
+        self.automation_author = AuthorBinding(self.store, self.automation_classes, self.automation_runner, secret,
+                                               self.invoker.loop, self.config.sessions.lock_timeout + 5)
+        install_author(self.automation_author)
         if self.config.web.secret_key:
             self.signer = Signer(self.config.web.secret_key.encode())
         else:
@@ -115,6 +134,9 @@ class Runtime:
 
     def close(self) -> None:
         self.invoker.close()
+        self.automation_runner.executor.shutdown(wait=False, cancel_futures=True)
+        if self.automation_author is not None:
+            uninstall_author(self.automation_author)
 
     # -- sessions ----------------------------------------------------------------------------------
     async def create_session(self, interview: str, answers: dict[str, Any] | None = None, owner: User = ANONYMOUS) -> SessionRecord:

@@ -280,7 +280,8 @@ class Sessions:
                 save = session_save(rec, text, answers, user)
         # a foreground action's commands go to every open page of the session
         commands = result.commands if kind == "foreground" and not result.deleted else ()
-        if save is None and not result.deleted and not ctx.new_tasks and not ctx.new_mailboxes and not commands:
+        if (save is None and not result.deleted and not ctx.new_tasks and not ctx.new_mailboxes and not commands
+                and not ctx.new_automations and not ctx.automation_messages):
             return _Outcome(result, None, rec.version)
         changes = Changes(
             save=save,
@@ -290,6 +291,8 @@ class Sessions:
             events=tuple(NewEvent(rec.id, "command", json.dumps(c, default=str)) for c in commands),
             release_lease=release_lease,
             unleased=unleased,
+            new_automations=tuple(ctx.new_automations),
+            messages=tuple(ctx.automation_messages),
         )
         return _Outcome(result, changes, rec.version)
 

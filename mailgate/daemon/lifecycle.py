@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mailgate.automations.registry import AutomationRegistry, load_automations
 from mailgate.config import Config, load_config, tables
 from mailgate.core.cron import Cron
 from mailgate.core.events import EventFeed
@@ -106,12 +107,14 @@ async def rekey_store(config: Config, *, on_progress: RekeyProgress | None = Non
 class Daemon:
     def __init__(self, config: Config, *, roles: Sequence[str] | None = None, registry: Registry | None = None,
                  clock: Callable[[], float] = time.time, resolver: Resolver | None = None,
-                 one_shot: bool = False, existing_store: bool = False) -> None:
+                 one_shot: bool = False, existing_store: bool = False,
+                 automations: AutomationRegistry | None = None) -> None:
         self.config = config
         self.one_shot = one_shot  # a CLI command: no systemd notifications, no lifecycle log lines
         self.existing_store = existing_store  # a CLI command on the store: never create an empty one
         self.roles = tuple(roles if roles is not None else config.daemon.roles)
         self._registry = registry
+        self._automations = automations
         self._clock = clock
         self.store: Store | None = None
         self.runtime: Runtime | None = None
@@ -151,6 +154,9 @@ class Daemon:
                 log.warning("role %r is not part of this version yet; running %s", role, ", ".join(active) or "nothing",
                             extra={"event": "daemon.role_unavailable"})
         registry = self._registry or load_interviews(self.config.interviews.modules, self.config.interviews.paths)
+        classes = self._automations
+        if classes is None:  # automation classes live in the interview modules and files
+            classes = load_automations(self.config.interviews.modules, self.config.interviews.paths)
         if not self.one_shot:
             raise_open_files_limit()  # before the SMTP edge sizes its connection cap from it
             self._accept_failures.install(asyncio.get_running_loop())
@@ -166,16 +172,18 @@ class Daemon:
         await self.store.migrate()
         await check_keys(self.store)  # a wrong or missing [store] encryption_key stops here, not at the first read
         self.runtime = Runtime(self.config, self.store, registry,
-                               feed=EventFeed(self.store, self.config.web.event_poll_interval))
+                               feed=EventFeed(self.store, self.config.web.event_poll_interval), automations=classes)
         if not self.one_shot:
             self.runtime.outbound.check()  # an unusable DKIM key or CA file stops the start, not the first send
         await self.runtime.open()
         rt = self.runtime
         self.inbound = Inbound(self.config, self.store, rt.registry, rt.mailboxes, rt.commits, rt.executor,
                                self._resolver or _dns_resolver(self.config), server_hostname(self.config.smtp))
+        self.inbound.automation_classes = classes
         if "worker" in self.roles:
             self.pool = WorkerPool(self.store, rt.commits, rt.task_runner, self.config.tasks, rt.process_id)
             self.spawn("workers", self.pool.run())
+            self.spawn("automations", rt.automation_runner.run())
         if self.config.smtp.process_queue and ("smtp" in self.roles or "worker" in self.roles):
             self.ingest = Ingest(self.config, self.store, self.inbound, rt.commits, rt.process_id, rt.outbound)
             self.spawn("inbound-processor", self.ingest.run())
@@ -342,6 +350,8 @@ class Daemon:
             await self.ingest.stop(self.config.daemon.grace_period)
         if self.pool is not None:
             await self.pool.stop(self.config.daemon.grace_period)
+        if self.runtime is not None and "automations" in self._tasks:
+            await self.runtime.automation_runner.stop(self.config.daemon.grace_period)
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

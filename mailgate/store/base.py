@@ -671,6 +671,10 @@ class Store(abc.ABC):
         """Every step of the automation in the order they were entered."""
 
     @abc.abstractmethod
+    async def get_automation_step(self, step_id: str) -> StepRecord | None:
+        """One step row by its id (a form task named by its step), whatever its state."""
+
+    @abc.abstractmethod
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         """The automation's messages in commit order, every state."""
 

@@ -42,7 +42,7 @@ DEMO_PAGES = (
     "background-error-action", "background_action_flash", "background_response_action_flash",
     "background_action_refresh", "background_action_javascript", "background_action_fields", "check-in",
     "target-template", "target-code-template", "target-code", "target-code-multiple", "ajax-calc", "ajax-flash",
-    "ajax-calc-javascript", "ajax-refresh", "email-to-case",
+    "ajax-calc-javascript", "ajax-refresh", "email-to-case", "reply-or-remind",
 )
 TIMEOUT_MS = 15_000
 RECONNECT_MS = 30_000  # a page retries with backoff (up to 10 s between attempts) while the daemon is down
@@ -280,6 +280,36 @@ def test_email_to_case_shows_a_new_email_without_a_reload(page: Page, demo: Demo
     expect(page.locator("#emails .subject")).to_have_text([subject])
     expect(page.locator("#emails")).to_contain_text("from client@elsewhere.test")
     assert page.evaluate("window.demoPageLoad") == loaded and navigations == []
+
+
+def test_reply_or_remind_moves_on_the_open_page_when_mail_arrives(page: Page, demo: Demo) -> None:
+    """AUTOMATIONS.md §5.1 on the demo page: the reply is the automation's ``email`` message, so it
+    reaches ``thank`` at once (its AsSoonAs recheck is 60 s away, the wait 5 minutes) and the page
+    shows it from the ``automation`` event, without a reload."""
+    open_demo(page, "reply-or-remind")
+    address = page.locator("#address")
+    expect(address).to_contain_text("@")
+    expect(page.locator("#state")).to_have_text("running")
+    expect(page.locator("#open")).to_have_text("at wait")
+    expect(page.locator("#progress li")).to_have_text(["asked for the documents"])
+    loaded = page.evaluate("window.demoPageLoad")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "client@elsewhere.test", address.inner_text().strip(), "My documents"
+    msg.set_content("Attached.")
+    sent = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", demo.smtp_port, timeout=30) as client:
+        client.send_message(msg)
+    expect(page.locator("#state")).to_have_text("finished")
+    assert time.monotonic() - sent < 15  # the message moved it, not a recheck (60 s) or the timeout (5 min)
+    expect(page.locator("#progress li")).to_have_text(["asked for the documents", "reply received: thanked"])
+    assert page.evaluate("window.demoPageLoad") == loaded and navigations == []
+    # the client's automation calls reach the server and come back as MailgateErrors saying why
+    refused = page.evaluate("client.submitTask('no-such-step', {closed: true}).then(() => null, (e) => [e.code, e.status, e.message])")
+    assert refused[:2] == ["server", 404] and "no task 'no-such-step'" in refused[2]
+    refused = page.evaluate("client.message('no-such-key', 'email', null).then(() => null, (e) => [e.code, e.message])")
+    assert refused[0] == "server" and "no automation of this session takes messages from pages" in refused[1]
 
 
 # -- the other demo pages ------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ Rules (each violation names the module, file, line and the import statement):
   records are plain data the core hands to the edges; ``TYPE_CHECKING`` gives no further exemption.
   Nor may an edge reach the store through an attribute: any ``<expr>.store`` under
   ``mailgate/edges/`` (``runtime.store.get_session``, ``rt.store``) is a violation;
-- the core (core, author, store, mail, outbound, errors, config) never imports ``mailgate.edges`` or
+- the core (core, author, store, mail, outbound, errors, config, automations) never imports ``mailgate.edges`` or
   ``mailgate.daemon``; neither do ``mailgate/__init__.py`` and the demo interviews, which are
   author code;
 - ``mailgate.mail`` (a pure message library) never imports core, store or author;
-  ``mailgate.store`` never imports core, author, mail or outbound;
+  ``mailgate.store`` never imports core, author, mail or outbound; ``mailgate.automations`` (author
+  API and pure engine, a core layer) never imports the store;
 - ``import mailgate.errors`` loads nothing but ``mailgate`` and ``mailgate.errors`` (checked in a
   subprocess).
 """
@@ -54,11 +55,12 @@ CONFINED = {
     "apscheduler": "edges.scheduler",
     "prometheus_client": "metrics",
 }
-CORE = ("core", "author", "store", "mail", "outbound", "errors", "config")
+CORE = ("core", "author", "store", "mail", "outbound", "errors", "config", "automations")
 AUTHOR_CODE = ("", "demo")  # "" is the top-level package's __init__
 FORBIDDEN = {
     "mail": ("core", "store", "author"),
     "store": ("core", "author", "mail", "outbound"),
+    "automations": ("store",),  # the author API and the pure engine; the runner wires them to the store
 }
 
 

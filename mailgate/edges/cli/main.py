@@ -55,6 +55,8 @@ from mailgate.daemon.lifecycle import (
 )
 from mailgate.daemon.logs import setup_logging
 from mailgate.daemon.preflight import check_host
+from mailgate.edges.cli.automations import add_parsers as add_automations_parsers
+from mailgate.edges.cli.automations import cmd_automations
 from mailgate.edges.cli.dbcopy import add_parser as add_db_copy_parser
 from mailgate.edges.cli.dbcopy import cmd_db_copy
 from mailgate.edges.cli.dbrekey import add_parser as add_db_rekey_parser
@@ -75,7 +77,8 @@ from mailgate.edges.cli.send import add_parser as add_send_test_email_parser
 from mailgate.edges.cli.send import cmd_send_test_email
 from mailgate.errors import ConfigError, MailgateError
 
-DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin", "mailgate.demo.cron")
+DEMO_MODULES = ("mailgate.demo.background", "mailgate.demo.email", "mailgate.demo.checkin", "mailgate.demo.cron",
+                "mailgate.demo.automation")
 
 
 class UsageError(MailgateError):
@@ -209,6 +212,8 @@ async def cmd_sessions(args: argparse.Namespace, config: Config) -> int:
         elif args.sessions_cmd == "show":
             data = session_dict(await rt.get_session(args.id), with_answers=True)
             data["tasks"] = [t.id for t in await rt.tasks.list(session_id=args.id, limit=1000)]
+            data["automations"] = [{"id": a.id, "class": a.cls, "state": a.state}
+                                   for a in await rt.automations.list_automations(session_id=args.id, limit=1000)]
             emit(args.json, data)
         elif args.sessions_cmd == "delete":
             if not await rt.delete_session(args.id):
@@ -612,6 +617,7 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     add_send_test_email_parser(sub, common)
     sub.add_parser("healthcheck", parents=[common], help="config, store, SMTP and web: one line each; exit 1 if any fails")
     add_status_parser(sub, common)
+    add_automations_parsers(sub, common)
     return parser
 
 
@@ -629,6 +635,7 @@ ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], Any]] = {
     "healthcheck": cmd_healthcheck,
     "send-test-email": cmd_send_test_email,
     "status": cmd_status,
+    "automations": lambda args, config: cmd_automations(args, config, _runtime),
 }
 
 

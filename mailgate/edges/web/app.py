@@ -12,7 +12,7 @@ from mailgate import metrics as prometheus
 from mailgate.config import WebConfig
 from mailgate.core.inbound import Inbound
 from mailgate.core.runtime import Runtime
-from mailgate.edges.web import api, pages
+from mailgate.edges.web import api, api_automations, pages
 from mailgate.edges.web.access import AccessLogger
 from mailgate.edges.web.hub import Hub
 from mailgate.edges.web.keys import HUB, INBOUND, ORIGINS, RUNTIME
@@ -85,6 +85,7 @@ def build_app(runtime: Runtime, inbound: Inbound | None, hub: Hub) -> web.Applic
     app[HUB] = hub
     app[ORIGINS] = Origins(config)
     app.router.add_routes(api.routes)
+    app.router.add_routes(api_automations.routes)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

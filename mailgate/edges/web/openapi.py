@@ -20,7 +20,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "bad request", 401: "missing or wrong API key", 404: "not found", 409: "session busy or conflict",
+    text = {400: "bad request", 401: "missing or wrong API key", 403: "the user is not assigned this task", 404: "not found", 409: "session busy or conflict",
             413: "the body is larger than 1 MiB", 422: "the action failed or cannot run", 503: "API disabled (no api_key configured), or the store is unavailable for now (full, locked): "
             "retry after the Retry-After header's seconds"}
     return {str(c): _json(ERROR, text[c]) for c in codes}
@@ -80,6 +80,7 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                     "kind": {"type": "string"}, "text": {"type": ["string", "null"]}, "data": {},
                     "commands": {"type": "array", "items": obj}, "saved": {"type": "boolean"},
                     "tasks": {"type": "array", "items": {"type": "string"}}}},
+                **AUTOMATION_SCHEMAS,
                 "Email": {"type": "object", "required": ["id"], "properties": {
                     "id": {"type": "string"}, "mailbox": {"type": ["string", "null"]}, "subject": {"type": ["string", "null"]},
                     "from": {"type": ["string", "null"]}, "size": {"type": "integer"}}},
@@ -192,5 +193,122 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                 "responses": {"201": _json({"type": "object", "required": ["token"], "properties": {
                     "token": {"type": "string"}, "expires_in": {"type": "number"}, "ws_path": {"type": "string"}}}, "the token"),
                     **_errors(*COMMON, 413)}}},
+            **automation_paths(user),
         },
+    }
+
+
+def _ref(name: str) -> str:
+    return f"#/components/schemas/{name}"
+
+
+_nullable_str = {"type": ["string", "null"]}
+AUTOMATION_STATES = ["running", "finished", "failed", "killed"]
+AUTOMATION_SCHEMAS: dict[str, Any] = {
+    "Automation": {"type": "object", "required": ["id", "class", "state", "data"], "properties": {
+        "id": {"type": "string"}, "class": {"type": "string"}, "state": {"type": "string", "enum": AUTOMATION_STATES},
+        "session": _nullable_str, "data": {"type": "object"}, "version": {"type": "integer"}, "key": {"type": "string"},
+        "created": {"type": "boolean", "description": "POST /api/automations only: false = the running unique one"},
+        "orphaned": {"type": ["string", "null"], "description": "lists and reads: why it cannot run here (its class "
+                     "or an open step's node is gone), else null"}}},
+    "AutomationStep": {"type": "object", "required": ["id", "node", "state"], "properties": {
+        "id": {"type": "string"}, "node": {"type": "string"}, "state": {"type": "string", "enum": [
+            "waiting", "interaction", "running", "done", "skipped", "failed", "joined"]},
+        "message": _nullable_str, "attempts": {"type": "integer"}, "previous": _nullable_str, "split": _nullable_str}},
+    "AutomationMessage": {"type": "object", "required": ["id", "message", "state"], "properties": {
+        "id": {"type": "string"}, "message": {"type": "string"},
+        "state": {"type": "string", "enum": ["queued", "delivered", "dropped"]}, "result": {}}},
+    "AutomationTask": {"type": "object", "required": ["step", "node", "automation", "class"], "properties": {
+        "step": {"type": "string"}, "node": {"type": "string"}, "automation": {"type": "string"},
+        "class": {"type": "string"}, "session": _nullable_str, "description": {"type": "string"}, "fields": {}}},
+    "FormErrors": {"type": "object", "required": ["error"], "properties": {
+        "error": {"type": "string"}, "errors": {"type": "object", "additionalProperties": {"type": "string"},
+                                                "description": "each invalid field's message"}}},
+}
+
+
+def automation_paths(user: dict[str, Any]) -> dict[str, Any]:
+    """The automations routes (AUTOMATIONS.md §4.4)."""
+    auto = {"$ref": _ref("Automation")}
+    message_body = {"message": {"type": "string", "description": "the receiver's name without receive_"},
+                    "token": _optional({"type": "string"}), "data": {"description": "any JSON value (default {})"},
+                    "user": user}
+    auto_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    step = {"name": "step", "in": "path", "required": True, "schema": {"type": "string"}}
+    task_user = [{"name": "user", "in": "query", "required": False, "schema": {"type": "string"}},
+                 {"name": "privilege", "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
+                  "style": "form", "explode": True}]
+    form_errors = {"403": _json({"$ref": _ref("FormErrors")}, "the user is not assigned this task"),
+                   "409": _json({"$ref": _ref("FormErrors")}, "the task was already submitted or closed")}
+    return {
+        "/api/automation-classes": {"get": {
+            "summary": "The loaded automation classes", "operationId": "automationClasses",
+            "responses": {"200": _json({"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "verbose_name": {"type": "string"},
+                "receivers": {"type": "array", "items": {"type": "string"}}}}}, "the classes"), **_errors(401, 503)}}},
+        "/api/automation-classes/{cls}/broadcast": {
+            "parameters": [{"name": "cls", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "post": {"summary": "Queue a message to every running automation of a class", "operationId": "broadcastMessage",
+                     "requestBody": _body({"type": "object", "required": ["message"], "additionalProperties": False,
+                                           "properties": message_body}, required=True),
+                     "responses": {"202": _json({"$ref": _ref("AutomationMessage")}, "queued"),
+                                   **_errors(*COMMON, 413, 422)}}},
+        "/api/automations": {
+            "post": {"summary": "Start an automation (unique classes: 200 with the running one)",
+                     "operationId": "startAutomation",
+                     "requestBody": _body({"type": "object", "required": ["class"], "additionalProperties": False, "properties": {
+                         "class": {"type": "string", "description": "dotted path, Meta.name or unambiguous class name"},
+                         "session": _optional({"type": "string"}), "data": _optional({"type": "object"}), "user": user}},
+                         required=True),
+                     "responses": {"201": {**_json(auto, "started"), "links": {
+                         op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
+                         for op in ("getAutomation", "killAutomation", "sendAutomationMessage", "retryAutomation")}},
+                         "200": _json(auto, "a unique class's running automation"), **_errors(*COMMON, 413, 422)}},
+            "get": {"summary": "List automations in creation order", "operationId": "listAutomations",
+                    "parameters": [{"name": "class", "in": "query", "required": False, "schema": {"type": "string"}},
+                                   {"name": "state", "in": "query", "required": False,
+                                    "schema": {"type": "string", "enum": AUTOMATION_STATES}},
+                                   {"name": "session", "in": "query", "required": False, "schema": {"type": "string"}}],
+                    "responses": {"200": _json({"type": "array", "items": auto}, "the automations"), **_errors(400, 401, 503)}}},
+        "/api/automations/{id}": {
+            "parameters": [auto_id],
+            "get": {"summary": "An automation with its history (steps, tree) and messages", "operationId": "getAutomation",
+                    "responses": {"200": _json({"allOf": [auto, {"type": "object", "required": ["steps", "messages"], "properties": {
+                        "steps": {"type": "array", "items": {"$ref": _ref("AutomationStep")}},
+                        "tree": {"type": "array", "items": {"type": "string"}},
+                        "messages": {"type": "array", "items": {"$ref": _ref("AutomationMessage")}}}}]}, "the automation"),
+                        **_errors(*COMMON)}},
+            "delete": {"summary": "Kill an automation: delete it with its history", "operationId": "killAutomation",
+                       "responses": {"204": {"description": "deleted"}, **_errors(*COMMON)}}},
+        "/api/automations/{id}/messages": {"parameters": [auto_id], "post": {
+            "summary": "Queue a message to an automation; with wait, wait up to that many seconds for its delivery",
+            "operationId": "sendAutomationMessage",
+            "requestBody": _body({"type": "object", "required": ["message"], "additionalProperties": False, "properties": {
+                **message_body, "wait": _optional({"type": "number", "minimum": 0, "maximum": WAIT_CAP})}}, required=True),
+            "responses": {"200": _json({"$ref": _ref("AutomationMessage")}, "delivered or dropped (with wait)"),
+                          "202": _json({"$ref": _ref("AutomationMessage")}, "queued (not delivered within wait)"),
+                          **_errors(*COMMON, 413, 422)}}},
+        "/api/automations/{id}/retry": {"parameters": [auto_id], "post": {
+            "summary": "Run a failed automation's failed steps again", "operationId": "retryAutomation",
+            "requestBody": _body({"type": "object", "additionalProperties": False}),
+            "responses": {"200": _json(auto, "running again"), **_errors(*COMMON, 413, 422)}}},
+        "/api/automation-tasks": {"get": {
+            "summary": "The open forms a user may submit", "operationId": "listAutomationTasks",
+            "parameters": [{**task_user[0], "required": True, "schema": {"type": "string", "minLength": 1}}, task_user[1]],
+            "responses": {"200": _json({"type": "array", "items": {"$ref": _ref("AutomationTask")}}, "the tasks"),
+                          **_errors(400, 401, 503)}}},
+        "/api/automation-tasks/{step}": {
+            "parameters": [step],
+            "get": {"summary": "One open form, if the user is assigned it", "operationId": "getAutomationTask",
+                    "parameters": task_user,
+                    "responses": {"200": _json({"$ref": _ref("AutomationTask")}, "the task"), **_errors(*COMMON), **form_errors}},
+            "post": {"summary": "Submit a form's values as a user; the automation advances past the form",
+                     "operationId": "submitAutomationTask",
+                     "requestBody": _body({"type": "object", "required": ["values"], "additionalProperties": False,
+                                           "properties": {"values": {"type": "object"}, "user": user}}, required=True),
+                     "responses": {"200": _json({"type": "object", "required": ["step", "automation"], "properties": {
+                         "step": {"type": "string"}, "node": {"type": "string"}, "values": {"type": "object"},
+                         "automation": auto}}, "submitted; the automation advanced"),
+                         **_errors(*COMMON, 413, 422), **form_errors,
+                         "400": _json({"$ref": _ref("FormErrors")}, "bad request, or invalid values (errors by field)")}}},
     }

@@ -40,6 +40,7 @@ class DemoInfo:
     title: str
     shows: str  # what the demo shows, one sentence
     ports: str  # the docassemble demo interview it ports
+    source: str = "docassemble's"  # whose demo it ports
 
 
 DEMOS: dict[str, DemoInfo] = {
@@ -91,6 +92,10 @@ DEMOS: dict[str, DemoInfo] = {
     "ajax-refresh": DemoInfo(
         "Refresh", "Change the number of things: the check-in saves it and reloads the page with that many choices.",
         "ajax-refresh"),
+    "reply-or-remind": DemoInfo(
+        "An automation waiting for a reply", "An automation bound to the session waits for mail to its address and "
+        "moves on the moment it arrives; the page shows each step as it happens.", "reply-or-remind",
+        "Django Automations'"),
     "email-to-case": DemoInfo(
         "Running code upon receipt of e-mail", "Each session gets an e-mail address; a message sent to it appears at once.",
         "email-to-case"),
@@ -167,7 +172,7 @@ async def demo_index(request: web.Request) -> web.Response:
         demo = DEMOS[name]
         items.append(
             f'<li class="demo" id="demo-{html.escape(name)}"><h2><a href="/demo/{html.escape(name)}">{html.escape(demo.title)}</a></h2>'
-            f"<p>{html.escape(demo.shows)}</p><p class=\"ports\">Ports docassemble's <code>{html.escape(demo.ports)}</code> demo.</p>"
+            f"<p>{html.escape(demo.shows)}</p><p class=\"ports\">Ports {html.escape(demo.source)} <code>{html.escape(demo.ports)}</code> demo.</p>"
             f"{_start_form(name)}</li>")
     body = ("<h1>mailgate demos</h1>\n<p>Ports of docassemble's background-action and check-in demo interviews. "
             "Each Start button creates a new session and opens its page; a page's address keeps the session.</p>\n"
@@ -200,7 +205,7 @@ async def demo_page(request: web.Request) -> web.StreamResponse:
     session_id = request.query.get("session")
     if not session_id:
         body = (f"<h1>{html.escape(demo.title)}</h1>\n<p>{html.escape(demo.shows)}</p>\n"
-                f"<p class=\"note\">A port of docassemble's <code>{html.escape(demo.ports)}</code> demo. "
+                f"<p class=\"note\">A port of {html.escape(demo.source)} <code>{html.escape(demo.ports)}</code> demo. "
                 f"Start it to get a session of your own.</p>\n{_start_form(name, 'Start the demo')}")
         return page(demo.title, body)
     refused = await _session_of(runtime, name, session_id)

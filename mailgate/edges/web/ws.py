@@ -14,6 +14,14 @@ server -> browser
 browser -> server
   {"type": "checkin", "ref": R, "action": NAME, "fields": {...}, "changed": FIELD|null}
   {"type": "run", "ref": R, "action": NAME, "arguments": {...}}                 # a foreground action
+  {"type": "submit", "ref": R, "step": STEP, "values": {...}}                   # an automation's form, as the token's user
+  {"type": "message", "ref": R, "key": KEY, "name": NAME, "token": T|null, "data": {...}}
+      # to the session's automation with that key whose class has publish_receivers = True
+
+The answer to "submit" and "message" is a "result" ({"step", "node", "values", "automation"} or the
+queued message) or an "error" (a refused submit adds "status": 403/400/409 and, for invalid values,
+"errors" by field). Automations send "event"s of kind "automation": {id, class, state, open,
+interactions}.
 
 Open with ``/ws?token=T&last=N``: N is the id of the last event the page saw; the events after it are
 sent first (at most ``[web] event_history``; more than that gives "reset" and then the newest
@@ -45,7 +53,9 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from mailgate import metrics
+from mailgate.automations.errors import FormError, FormInvalid
 from mailgate.config import WebConfig
+from mailgate.core.automation_views import automation_dict, message_dict
 from mailgate.core.context import User
 from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
@@ -194,8 +204,11 @@ async def _read(ws: web.WebSocketResponse, conn: Connection, checkins: CheckinRu
             checkins.submit(data)
         elif kind == "run":
             conn.spawn(_run(conn, runtime, data))
+        elif kind in ("submit", "message"):
+            conn.spawn(_automation(conn, runtime, data))
         else:
-            conn.send({"type": "error", "ref": data.get("ref"), "error": f"unknown message type {kind!r}; use checkin or run"})
+            conn.send({"type": "error", "ref": data.get("ref"),
+                       "error": f"unknown message type {kind!r}; use checkin, run, submit or message"})
 
 
 def parse_message(text: str) -> dict[str, Any]:
@@ -278,6 +291,40 @@ async def _run(conn: Connection, runtime: Runtime, data: dict[str, Any]) -> None
     except Exception as exc:  # a bug: say so to the page and in the log, and keep the socket
         log.error("run %r of session %s failed", data.get("action"), conn.session_id, exc_info=True,
                   extra={"event": "ws.run_failed"})
+        conn.send({"type": "error", "ref": ref, "error": f"internal error: {type(exc).__name__}"})
+
+
+async def _automation(conn: Connection, runtime: Runtime, data: dict[str, Any]) -> None:
+    """A page submits an automation's form as its token's user, or messages its session's automation."""
+    ref = data.get("ref")
+    try:
+        if data["type"] == "submit":
+            step = data.get("step")
+            if not isinstance(step, str) or not step:
+                raise MailgateError("submit needs the form's step id")
+            done = await runtime.automations.submit(step, conn.user, _args(data, "values"))
+            conn.send({"type": "result", "ref": ref, "result": {"step": done.step.id, "node": done.step.node,
+                                                                "values": done.values,
+                                                                "automation": automation_dict(done.automation)}})
+        else:
+            key, name, token = data.get("key"), data.get("name"), data.get("token")
+            if not isinstance(key, str) or not isinstance(name, str) or not name:
+                raise MailgateError("message needs the automation's key and the message name")
+            if token is not None and not isinstance(token, str):
+                raise MailgateError("token must be text or null")
+            msg = await runtime.automations.page_message(conn.session_id, key, name, token=token,
+                                                         data=_args(data, "data"), user=conn.user)
+            conn.send({"type": "result", "ref": ref, "result": message_dict(msg)})
+    except FormError as exc:
+        error: dict[str, Any] = {"type": "error", "ref": ref, "error": str(exc), "status": exc.status}
+        if isinstance(exc, FormInvalid):
+            error["errors"] = exc.errors
+        conn.send(error)
+    except MailgateError as exc:
+        conn.send({"type": "error", "ref": ref, "error": str(exc)})
+    except Exception as exc:  # a bug: say so to the page and in the log, and keep the socket
+        log.error("%s of session %s failed", data.get("type"), conn.session_id, exc_info=True,
+                  extra={"event": "ws.automation_failed"})
         conn.send({"type": "error", "ref": ref, "error": f"internal error: {type(exc).__name__}"})
 
 

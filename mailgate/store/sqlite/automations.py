@@ -292,6 +292,10 @@ class SqliteAutomations:
                                 (automation_id,))
         return [StepRecord(*r) for r in rows]
 
+    async def get_automation_step(self, step_id: str) -> StepRecord | None:
+        rows = await self._read(f"SELECT {STEP_COLS} FROM automation_steps WHERE id = ?", (step_id,))
+        return StepRecord(*rows[0]) if rows else None
+
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         rows = await self._read(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE automation_id = ? ORDER BY seq",
                                 (automation_id,))
