@@ -184,6 +184,10 @@ class SealedAutomations:
     async def automation_history(self, automation_id: str) -> list[StepRecord]:
         return [self._step(s) for s in await self.inner.automation_history(automation_id)]
 
+    async def get_automation_step(self, step_id: str) -> StepRecord | None:
+        step = await self.inner.get_automation_step(step_id)
+        return None if step is None else self._step(step)
+
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         return [self._message(m) for m in await self.inner.automation_messages(automation_id)]
 

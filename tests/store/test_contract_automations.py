@@ -340,6 +340,8 @@ async def test_open_interactions_and_submit(store: Store, clock: Clock) -> None:
     assert after.version == rec.version + 1 and after.wake_at == clock.now and after.data == '{"approve":{"ok":true}}'
     step = next(s for s in await store.automation_history("a1") if s.id == "f1")
     assert (step.state, step.message, step.submitted_by, step.finished_at) == ("done", "OK", '{"id":"u1"}', clock.now)
+    assert await store.get_automation_step("f1") == step  # one step by its id, whatever its state
+    assert await store.get_automation_step("nope") is None
     with pytest.raises(InteractionClosed):  # the second submit
         await store.submit_interaction("a1", "f1", after.version, submitted_by='{"id":"u2"}', data="{}")
     with pytest.raises(InteractionClosed):  # not an interaction
