@@ -7,7 +7,8 @@ multipart part, and a 25 MiB message with an 18 MiB attachment. The daemon proce
 for a 25 MiB message is measured by ``bench/smtp_ingest.py``.
 
 ``--daemon`` measures every process of a real daemon instead (``bench/smtp_ingest.py``'s server, on
-SQLite, fresh for each message): the message is sent over SMTP, and the daemon's peak RSS (VmHWM
+SQLite, fresh for each message): the message is sent over SMTP, and once it is stored as an e-mail (parsed after the 250: the queue is empty) the
+daemon's peak RSS (VmHWM
 reset just before) and that of each of its descendants (the forkserver and the parse workers,
 sampled every 20 ms, their VmHWM reset too) are given over the message's size. Messages: the 25
 MiB DKIM-signed one of ``smtp_ingest.py --big-mib 25``, and 33 MB of empty lines (under the 32 MiB
@@ -115,6 +116,7 @@ def measure_daemon() -> None:
                     head = f"From: {bench.MAIL_FROM}\r\nTo: {rcpt}\r\nSubject: empty lines\r\n\r\n".encode()
                     big = head + b"\r\n" * ((33_000_000 - len(head)) // 2)
                 bench.blast(server.port, [(rcpt, small)], 1)
+                server.call("drained")  # the parse worker has started
                 kids = {pid: _status(pid).get("VmRSS", 0) for pid in _descendants(server.proc.pid)}
                 for pid in kids:
                     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -127,11 +129,14 @@ def measure_daemon() -> None:
                 started = time.perf_counter()
                 bench.blast(server.port, [(rcpt, big)], 1)
                 elapsed = time.perf_counter() - started
+                server.call("drained")  # the message is parsed and stored
+                processed = time.perf_counter() - started
                 daemon = server.call("memory")["VmHWM"] - idle
                 time.sleep(0.1)
                 done.set()
                 sampler.join()
-                print(f"{name} ({len(big) / 2**20:.1f} MiB), 250 after {elapsed:.2f} s: daemon peak RSS +{daemon / len(big):.2f}x")
+                print(f"{name} ({len(big) / 2**20:.1f} MiB), 250 after {elapsed:.2f} s, stored as an e-mail after {processed:.2f} s: "
+                      f"daemon peak RSS +{daemon / len(big):.2f}x")
                 for pid, peak in sorted(peaks.items()):
                     base = kids.get(pid)
                     what = f"+{(peak - base) / len(big):.2f}x over its idle RSS" if base is not None else \
