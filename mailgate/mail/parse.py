@@ -365,10 +365,10 @@ class _Parser:
     def body(self, part: Message) -> tuple[str, BodyPart | None]:
         """A body part's text; or "" and where it lies in the raw message, when it is longer than
         ``inline_body`` (the text is decoded all the same: its defects are the message's)."""
+        span, shift = _span(part), self.body_shift  # before decoding: that may give the part its payload
         text = self.decode_text(part)
         if self.inline_body is None or len(text) <= self.inline_body:
             return text, None
-        span, shift = _span(part), self.body_shift
         if span is None or shift is None or span[0] < shift[0]:
             return text, None  # read another way than from the data: kept as text (rare)
         start = span[0] - shift[0] + shift[1]
