@@ -7,10 +7,12 @@ multipart part, and a 25 MiB message with an 18 MiB attachment. The daemon proce
 for a 25 MiB message is measured by ``bench/smtp_ingest.py``.
 
 ``--daemon`` measures every process of a real daemon instead (``bench/smtp_ingest.py``'s server, on
-SQLite, fresh for each message): the message is sent over SMTP, and once it is stored as an e-mail (parsed after the 250: the queue is empty) the
-daemon's peak RSS (VmHWM
-reset just before) and that of each of its descendants (the forkserver and the parse workers,
-sampled every 20 ms, their VmHWM reset too) are given over the message's size. Messages: the 25
+SQLite, fresh for each message): the message is sent over SMTP, and once it is stored as an e-mail
+(it is parsed after the 250: the server's ``drained`` command returns when the queue is empty) the
+daemon's peak RSS (VmHWM reset just before) is given over the message's size, for the whole and for
+each phase: up to the 250 (receiving and queueing) and after it (claim, parse in the worker,
+delivery), with what the daemon still held at the 250; and so is that of each of its descendants
+(the forkserver and the parse workers, sampled every 20 ms, their VmHWM reset too). Messages: the 25
 MiB DKIM-signed one of ``smtp_ingest.py --big-mib 25``, and 33 MB of empty lines (under the 32 MiB
 ``max_message_size``).
 
