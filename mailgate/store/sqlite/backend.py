@@ -514,9 +514,10 @@ class SqliteStore(Store):
         now = self.now()
 
         def unit(conn: sqlite3.Connection) -> float:
-            _insert_blob(conn, "INSERT INTO inbound_queue (id, sha256, size, raw, envelope, received_at) "
-                         "VALUES (?, ?, ?, {raw}, ?, ?)", (entry.id, entry.sha256, len(entry.raw)),
-                         (entry.envelope, now), entry.raw, "inbound_queue")
+            cur = conn.execute("INSERT INTO inbound_queue (id, sha256, size, envelope, received_at) VALUES (?, ?, ?, ?, ?)",
+                               (entry.id, entry.sha256, len(entry.raw), entry.envelope, now))
+            _insert_blob(conn, "INSERT INTO inbound_raw (seq, raw) VALUES (?, {raw})", (cur.lastrowid,), (), entry.raw,
+                         "inbound_raw")
             return now
 
         return float(await self._writer.submit(unit))
@@ -525,17 +526,15 @@ class SqliteStore(Store):
         now = self.now()
 
         def unit(conn: sqlite3.Connection) -> list[InboundRecord]:
-            # RETURNING keeps its rows in memory until the statement ends: a big message's bytes are
-            # read afterwards, straight into the one bytes object handed over (see _read_blob)
             rows = conn.execute(
                 "UPDATE inbound_queue SET worker = ?, lease_until = ?, attempts = attempts + 1 "
                 "WHERE seq IN (SELECT seq FROM inbound_queue WHERE worker IS NULL OR lease_until < ? "
-                f"ORDER BY seq LIMIT ?) RETURNING {INBOUND_COLS}, CASE WHEN size < ? THEN raw END",
-                (worker, now + lease, now, limit, _RAW_IN_PIECES),
+                f"ORDER BY seq LIMIT ?) RETURNING {INBOUND_COLS}",
+                (worker, now + lease, now, limit),
             ).fetchall()
             records = sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
-            return [r if r.raw is not None else dataclasses.replace(r, raw=_read_blob(conn, "inbound_queue", r.seq))
-                    for r in records]
+            # the bytes straight into the one bytes object handed over (see _read_blob)
+            return [dataclasses.replace(r, raw=_read_blob(conn, "inbound_raw", r.seq)) for r in records]
 
         return list(await self._writer.submit(unit))
 
@@ -551,6 +550,7 @@ class SqliteStore(Store):
                 _move_raw(conn, seq, sha256, size)
             result = _insert_emails(conn, delivery.emails, sha256, size, received_at, self.now())
             conn.execute("DELETE FROM inbound_queue WHERE seq = ?", (seq,))
+            conn.execute("DELETE FROM inbound_raw WHERE seq = ?", (seq,))
             return result
 
         return await self._writer.submit(unit)
@@ -813,14 +813,14 @@ def _move_raw(conn: sqlite3.Connection, seq: int, sha256: str, size: int) -> Non
     """Store queued message ``seq``'s raw bytes in raw_messages (once per content hash), a big one
     piece by piece: ``INSERT ... SELECT`` would hold the message twice in memory."""
     if size < _RAW_IN_PIECES:
-        conn.execute("INSERT INTO raw_messages SELECT sha256, size, raw FROM inbound_queue WHERE seq = ? "
-                     "ON CONFLICT(sha256) DO NOTHING", (seq,))
+        conn.execute("INSERT INTO raw_messages SELECT ?, ?, raw FROM inbound_raw WHERE seq = ? "
+                     "ON CONFLICT(sha256) DO NOTHING", (sha256, size, seq))
         return
     cur = conn.execute("INSERT INTO raw_messages VALUES (?, ?, zeroblob(?)) ON CONFLICT(sha256) DO NOTHING",
                        (sha256, size, size))
     if cur.rowcount != 1 or cur.lastrowid is None:
         return  # already stored
-    with conn.blobopen("inbound_queue", "raw", seq, readonly=True) as source, \
+    with conn.blobopen("inbound_raw", "raw", seq, readonly=True) as source, \
             conn.blobopen("raw_messages", "raw", cur.lastrowid) as target:
         for _ in range(0, size, _RAW_IN_PIECES):
             target.write(source.read(_RAW_IN_PIECES))
