@@ -327,6 +327,13 @@ async def serve(args: argparse.Namespace) -> None:
                     calls.clear()
                 seen.clear()
                 marked_at = time.time()
+            elif cmd == "drained":  # returns once every queued message is stored as e-mails, reading nothing else
+                while await store.count_inbound() > 0:
+                    progress.clear()
+                    try:
+                        await asyncio.wait_for(progress.wait(), 0.5)
+                    except TimeoutError:
+                        pass
             elif cmd == "stats":
                 accepted_at = time.time()
                 while not args.no_processing and await store.count_inbound() > 0:  # the e-mails of every 250 first

@@ -180,14 +180,14 @@ class DAEmail:
     envelope: dict[str, Any]
 
     def __init__(self, email_id: str, record: EmailRecord | None = None, emails: Emails | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, bodies: tuple[str | None, str | None] | None = None) -> None:
         self._id = email_id
         self._emails = emails
         self._loop = loop
         self._raw: bytes | None = None
         self._record: EmailRecord | None = None
         if record is not None:
-            self._fill(record)
+            self._fill(record, bodies)
 
     @property
     def id(self) -> str:
@@ -209,9 +209,16 @@ class DAEmail:
         raise ActionError(f"DAEmail {self._id} was not loaded from the store (reading {name!r}); "
                           "load it through a session's answers or action arguments")
 
-    def _fill(self, rec: EmailRecord) -> None:
+    def _fill(self, rec: EmailRecord, bodies: tuple[str | None, str | None] | None = None) -> None:
+        """Set the fields from ``rec``; ``bodies`` are its (text, html) when they are not in its JSON
+        but in the raw message (`Emails.stored_bodies`, read before, since reading is async)."""
         self._record = rec
         parsed = json.loads(rec.parsed)
+        if bodies is None:
+            if parsed.get("body_text_at") is not None or parsed.get("body_html_at") is not None:
+                raise ActionError(f"DAEmail {self._id}: its body is read from the raw message; load the e-mail "
+                                  "through a session's answers, action arguments or mailboxes")
+            bodies = parsed.get("body_text"), parsed.get("body_html")
         env = json.loads(rec.envelope)
         self.envelope = env
         self.short = env.get("short")
@@ -228,7 +235,7 @@ class DAEmail:
         when = parsed.get("datetime_message")
         self.datetime_message = dt.datetime.fromisoformat(when) if when else None
         self.datetime_received = dt.datetime.fromtimestamp(rec.received_at, dt.UTC)
-        text, html = parsed.get("body_text"), parsed.get("body_html")
+        text, html = bodies
         self.body_text = None if text is None else EmailBody(text, self._id, "text/plain")
         self.body_html = None if html is None else EmailBody(html, self._id, "text/html")
         self.attachment = [

@@ -52,7 +52,7 @@ from mailgate.mail.auth import (
     verify_dkim,
 )
 from mailgate.mail.auth import warm_up as load_public_suffixes
-from mailgate.mail.parse import ParsedMessage, ParseLimits, parse_message
+from mailgate.mail.parse import BodyPart, ParsedMessage, ParseLimits, parse_with_body_parts
 from mailgate.mail.resolver import QueryBudget
 from mailgate.mail.workers import WorkerOutOfMemory, WorkerPool, WorkerTimeout
 from mailgate.store.base import (
@@ -436,10 +436,18 @@ class StoredParse:
     content_hash: str
 
 
+# A body text longer than this is not stored as text but located in the raw message, which is stored
+# anyway (``body_text_at`` / ``body_html_at`` in the stored JSON; see `mailgate.core.emails`): a big
+# body then costs no copy in the worker's answer, the daemon or the store, only when it is read.
+INLINE_BODY = 256 * 1024
+
+
 def parse_for_store(raw: bytes, limits: ParseLimits) -> StoredParse:
     """Parse ``raw`` (in a worker process when configured) into what is stored."""
-    parsed = parse_message(raw, limits, attachment_data=False)  # only their sizes are stored
-    return StoredParse(_parsed_json(parsed), parsed.message_id, parsed.subject, parsed.from_address, parsed.content_hash)
+    # only the attachments' sizes are stored
+    parsed, text_at, html_at = parse_with_body_parts(raw, limits, inline_body=INLINE_BODY, attachment_data=False)
+    return StoredParse(_parsed_json(parsed, text_at, html_at), parsed.message_id, parsed.subject, parsed.from_address,
+                       parsed.content_hash)
 
 
 def warm_worker() -> None:
@@ -476,7 +484,7 @@ def prepare_message(raw: bytes, limits: ParseLimits, keys: dict[str, object]) ->
     return PreparedMessage(parse_for_store(raw, limits), dkim, missing)
 
 
-def _parsed_json(parsed: ParsedMessage) -> str:
+def _parsed_json(parsed: ParsedMessage, text_at: BodyPart | None = None, html_at: BodyPart | None = None) -> str:
     data: dict[str, Any] = {
         "subject": parsed.subject,
         "from_address": parsed.from_address,
@@ -494,4 +502,8 @@ def _parsed_json(parsed: ParsedMessage) -> str:
         "headers": [list(h) for h in parsed.headers],
         "defects": list(parsed.defects),
     }
+    if text_at is not None:
+        data["body_text_at"] = text_at.to_json()
+    if html_at is not None:
+        data["body_html_at"] = html_at.to_json()
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -147,7 +147,7 @@ class Mailboxes:
             if (key is not None and box.key != str(key)) or (index is not None and box.index != str(index)):
                 continue
             records = await self._emails.list(local_part=box.local_part, limit=10_000)
-            emails = [DAEmail(r.id, r, self._emails, loop) for r in records]
+            emails = [DAEmail(r.id, r, self._emails, loop, await self._emails.stored_bodies(r)) for r in records]
             out.append(Mailbox(self.addresses.address(box.local_part), box.key or None, box.index or None, emails, box))
         return out
 

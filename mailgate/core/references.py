@@ -39,5 +39,5 @@ class References:
             for e in emails:
                 e._emails, e._loop = self._emails, self._tasks.loop
                 if e.id in found:
-                    e._fill(found[e.id])
+                    e._fill(found[e.id], await self._emails.stored_bodies(found[e.id]))
         return records

@@ -63,7 +63,9 @@ def task_dict(rec: TaskRecord) -> dict[str, Any]:
     }
 
 
-def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
+def email_dict(rec: EmailRecord, *, full: bool = False, bodies: tuple[str | None, str | None] | None = None
+               ) -> dict[str, Any]:
+    """``bodies``: (text, html) when they are read from the raw message (`Emails.stored_bodies`)."""
     parsed = json.loads(rec.parsed)
     env = json.loads(rec.envelope)
     data: dict[str, Any] = {
@@ -89,8 +91,8 @@ def email_dict(rec: EmailRecord, *, full: bool = False) -> dict[str, Any]:
             "authentication_results": auth.get("header"),
             "attachments": parsed.get("attachments"),
             "defects": parsed.get("defects"),
-            "body_text": parsed.get("body_text"),
-            "body_html": parsed.get("body_html"),
+            "body_text": bodies[0] if bodies is not None else parsed.get("body_text"),
+            "body_html": bodies[1] if bodies is not None else parsed.get("body_html"),
         })
     return data
 

@@ -76,6 +76,29 @@ class ParsedMessage:
     content_hash: str
 
 
+@dataclass(frozen=True)
+class BodyPart:
+    """Where a body's text lies in the raw message, to be decoded when it is read (`read_body`):
+    its encoded bytes ``raw[start:end]``, their transfer encoding (lower case, as the part's
+    Content-Transfer-Encoding reads) and the charset the text is decoded with."""
+
+    start: int
+    end: int
+    transfer_encoding: str
+    charset: str
+
+    def to_json(self) -> list[Any]:
+        return [self.start, self.end, self.transfer_encoding, self.charset]
+
+    @classmethod
+    def from_json(cls, value: Any) -> BodyPart:
+        """The inverse of `to_json`; ValueError when ``value`` is not one."""
+        if not (isinstance(value, list) and len(value) == 4 and all(isinstance(v, int) for v in value[:2])
+                and all(isinstance(v, str) for v in value[2:]) and 0 <= value[0] <= value[1]):
+            raise ValueError(f"not a body part location: {str(value)[:100]!r}")
+        return cls(value[0], value[1], value[2], value[3])
+
+
 @dataclass
 class _Pending:
     filename: str | None
@@ -88,8 +111,10 @@ class _Pending:
 
 @dataclass
 class _Found:
-    text: str | None = None
+    text: str | None = None  # "" when the text is left in the message (`text_at`)
     html: str | None = None
+    text_at: BodyPart | None = None
+    html_at: BodyPart | None = None
     attachments: list[_Pending] = field(default_factory=list)
 
     @property
@@ -226,10 +251,15 @@ def sanitize_filename(name: str | None, fallback: str) -> str:
 class _Parser:
     """The state of one parse: limits, counters and the defects found on the way."""
 
-    def __init__(self, limits: ParseLimits, data: bytes = b"", attachment_data: bool = True) -> None:
+    def __init__(self, limits: ParseLimits, data: bytes = b"", attachment_data: bool = True,
+                 inline_body: int | None = None) -> None:
         self.limits = limits
         self.data = data  # what the feed parser was given: leaf bodies are read from it (see _LeanInput)
+        # (offset in `data`, offset in the raw message) of the body: where `data` (the header block cut
+        # to its limit) and the raw message line up again; None when they never do
+        self.body_shift: tuple[int, int] | None = (0, 0)
         self.attachment_data = attachment_data
+        self.inline_body = inline_body
         self.defects: list[str] = []
         self.visited = 0
         self.over_parts = 0
@@ -285,7 +315,7 @@ class _Parser:
         for child in children:  # mixed, related, signed, report and unknown subtypes
             sub = self.visit(child, depth + 1, want_body and not found.has_body)
             if sub.has_body and not found.has_body:
-                found.text, found.html = sub.text, sub.html
+                found.text, found.html, found.text_at, found.html_at = sub.text, sub.html, sub.text_at, sub.html_at
             found.attachments.extend(sub.attachments)
         return found
 
@@ -297,9 +327,9 @@ class _Parser:
         text_from = next((s for s in reversed(subs) if s.text is not None), None)
         html_from = next((s for s in reversed(subs) if s.html is not None), None)
         if text_from is not None:
-            found.text = text_from.text
+            found.text, found.text_at = text_from.text, text_from.text_at
         if html_from is not None:
-            found.html = html_from.html
+            found.html, found.html_at = html_from.html, html_from.html_at
         for sub in subs:
             if sub is text_from or sub is html_from or not sub.has_body:
                 found.attachments.extend(sub.attachments)
@@ -311,7 +341,8 @@ class _Parser:
         filename = _filename(part)
         if part.get_content_maintype() == "multipart" and want_body:
             # A multipart without a usable boundary: the stdlib keeps its content as one text.
-            return _Found(text=self.decode_text(part))
+            text, at = self.body(part)
+            return _Found(text=text, text_at=at)
         is_text_body = (
             part.get_content_maintype() == "text"
             and part.get_content_subtype() in _BODY_SUBTYPES
@@ -319,8 +350,8 @@ class _Parser:
             and (filename is None or disposition == "inline")
         )
         if is_text_body and want_body:
-            text = self.decode_text(part)
-            return _Found(text=text) if ctype == "text/plain" else _Found(html=text)
+            text, at = self.body(part)
+            return _Found(text=text, text_at=at) if ctype == "text/plain" else _Found(html=text, html_at=at)
         cid = _content_id(part)
         if disposition is None:
             disposition = "inline" if cid else "attachment"
@@ -331,21 +362,21 @@ class _Parser:
             pending = _Pending(filename, ctype, cid, disposition, self.part_size(part), b"")
         return _Found(attachments=[pending])
 
+    def body(self, part: Message) -> tuple[str, BodyPart | None]:
+        """A body part's text; or "" and where it lies in the raw message, when it is longer than
+        ``inline_body`` (the text is decoded all the same: its defects are the message's)."""
+        span, shift = _span(part), self.body_shift  # before decoding: that may give the part its payload
+        text = self.decode_text(part)
+        if self.inline_body is None or len(text) <= self.inline_body:
+            return text, None
+        if span is None or shift is None or span[0] < shift[0]:
+            return text, None  # read another way than from the data: kept as text (rare)
+        start = span[0] - shift[0] + shift[1]
+        return "", BodyPart(start, start + span[1] - span[0], _cte(part), _charset(part))
+
     def decode_text(self, part: Message) -> str:
         data = self.payload(part)
-        charset = str(part.get_content_charset() or "us-ascii")
-        if isinstance(data, memoryview) and charset not in _VIEW_CHARSETS:
-            data = bytes(data)  # codecs written in Python may not take a memoryview
-        try:
-            text = str(data, charset)
-        except UnicodeDecodeError:
-            # Undeclared 8-bit text is most often UTF-8 in a part that claims ASCII.
-            text = _utf8_or_latin1(data) if charset in _ASCII else str(data, charset, "replace")
-        except Exception:  # noqa: BLE001 -- unknown or non-text codec names
-            self.defect(
-                f"unknown charset {clean_text(charset)[:60]!r}; decoded as UTF-8 or Latin-1"
-            )
-            text = _utf8_or_latin1(data)
+        text = _text_of(data, _charset(part), self.defect)
         del data
         if "\x00" in text:
             self.defect("NUL characters in a text part replaced by U+FFFD")
@@ -399,6 +430,46 @@ class _Parser:
             return b""
         payload = self.payload(part)
         return payload if isinstance(payload, bytes) else bytes(payload)
+
+
+def _charset(part: Message) -> str:
+    return str(part.get_content_charset() or "us-ascii")
+
+
+def _text_of(data: bytes | bytearray | memoryview, charset: str, defect: Callable[[str], object]) -> str:
+    """A body's decoded bytes as text in ``charset``, as mailgate reads it: undeclared 8-bit text as
+    UTF-8 or Latin-1, an unknown charset likewise (said through ``defect``)."""
+    if isinstance(data, memoryview) and charset not in _VIEW_CHARSETS:
+        data = bytes(data)  # codecs written in Python may not take a memoryview
+    try:
+        return str(data, charset)
+    except UnicodeDecodeError:
+        # Undeclared 8-bit text is most often UTF-8 in a part that claims ASCII.
+        return _utf8_or_latin1(data) if charset in _ASCII else str(data, charset, "replace")
+    except Exception:  # noqa: BLE001 -- unknown or non-text codec names
+        defect(f"unknown charset {clean_text(charset)[:60]!r}; decoded as UTF-8 or Latin-1")
+        return _utf8_or_latin1(data)
+
+
+def read_body(raw: bytes, part: BodyPart) -> str:
+    """The text of the body ``part`` of the raw message ``raw``: exactly what `parse_message` gives
+    as ``body_text`` or ``body_html`` for it (a test compares both over the corpus)."""
+    if part.end > len(raw):
+        raise ValueError(f"a body part at bytes {part.start}-{part.end} of a message of {len(raw)} bytes")
+    view = memoryview(raw)[part.start : part.end]
+    data: bytes | bytearray | memoryview = view
+    if part.transfer_encoding in _DECODING:
+        out = bytearray()
+        if part.transfer_encoding == "base64" and _base64_stream(view, out.extend):
+            data = out
+        else:  # as the part's own get_payload(decode=True) decodes it (see _Parser.payload)
+            del out
+            holder = Message()
+            holder["Content-Transfer-Encoding"] = part.transfer_encoding
+            holder.set_payload(str(view, "ascii", "surrogateescape"))
+            payload = holder.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+    return clean_text(_text_of(data, part.charset, lambda _: None))
 
 
 def _utf8_or_latin1(data: bytes | bytearray | memoryview) -> str:
@@ -534,7 +605,9 @@ def _split_headers(raw: bytes, limit: int, parser: _Parser) -> bytes:
         parser.defect(f"read past the header limit all the same: {names}")
         head += b"".join(rescued)
     body = raw[end.end() :] if end else b""
-    return head + (b"\r\n" if head.endswith(b"\r\n") else b"\n") + body
+    head += b"\r\n" if head.endswith(b"\r\n") else b"\n"
+    parser.body_shift = (len(head), end.end()) if end else None
+    return head + body
 
 
 def _addresses(msg: Message, name: str, parser: _Parser) -> list[str]:
@@ -791,7 +864,22 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS, *, attachme
     ``attachment_data=False`` leaves `Attachment.data` empty (its size is still given): no decoded
     copy of an attachment is made then.
     """
-    parser = _Parser(limits, attachment_data=attachment_data)
+    return _parse(raw, limits, attachment_data, None)[0]
+
+
+def parse_with_body_parts(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS, *, inline_body: int,
+                          attachment_data: bool = False) -> tuple[ParsedMessage, BodyPart | None, BodyPart | None]:
+    """`parse_message`, except that a body whose text is longer than ``inline_body`` characters is
+    not in the record (its ``body_text`` or ``body_html`` is None) but located in ``raw``: the
+    record, the text `BodyPart` and the HTML one (None for a body given as text, or absent).
+    `read_body` then gives exactly the text `parse_message` would have given. So a big body
+    costs no copy once parsed: it is read from the stored raw message when someone reads it."""
+    return _parse(raw, limits, attachment_data, inline_body)
+
+
+def _parse(raw: bytes, limits: ParseLimits, attachment_data: bool, inline_body: int | None
+           ) -> tuple[ParsedMessage, BodyPart | None, BodyPart | None]:
+    parser = _Parser(limits, attachment_data=attachment_data, inline_body=inline_body)
     parse_policy = policy.default.clone(header_factory=_CachingRegistry())
     content_hash = hashlib.sha256(raw).hexdigest()
     data = parser.data = _split_headers(raw, limits.max_header_bytes, parser)
@@ -848,7 +936,7 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS, *, attachme
         defects.append(f"{len(parser.defects) - _MAX_DEFECTS} more defects not recorded")
     if defects:
         logger.debug("message %s parsed with %d defects", content_hash[:12], len(defects), extra={"event": "mail.defects"})
-    return ParsedMessage(
+    record = ParsedMessage(
         message_id=message_id,
         subject=subject,
         from_address=from_addresses[0] if from_addresses else None,
@@ -856,8 +944,8 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS, *, attachme
         cc_address=cc_address,
         reply_to=reply_to[0] if reply_to else None,
         datetime_message=datetime_message,
-        body_text=found.text,
-        body_html=found.html,
+        body_text=None if found.text_at is not None else found.text,
+        body_html=None if found.html_at is not None else found.html,
         attachments=tuple(
             Attachment(
                 filename=sanitize_filename(p.filename, f"attachment-{i}"),
@@ -873,3 +961,4 @@ def parse_message(raw: bytes, limits: ParseLimits = _DEFAULT_LIMITS, *, attachme
         defects=tuple(defects),
         content_hash=content_hash,
     )
+    return record, found.text_at, found.html_at

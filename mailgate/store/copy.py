@@ -62,6 +62,9 @@ class Table:
     key: tuple[str, ...]  # primary key: the order rows are read, copied and hashed in
     serial: str | None = None  # the bigserial column whose sequence must pass the copied ids
     fetch: int = 100  # rows per read from SQLite (one for raw messages: each may be 25 MB or more)
+    # SQLite tables holding some of the columns, joined on the key (SQLite keeps a queued message's
+    # bytes in a table of their own, where writing the queue's row does not copy them)
+    sqlite_joined: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -77,7 +80,9 @@ class Table:
         # on both sides, whatever the target database's default collation.
         order = ", ".join(f'"{k}"' + (' COLLATE "C"' if postgres and dict(self.columns)[k] == "text" else "")
                           for k in self.key)
-        return f'SELECT {cols} FROM "{self.name}" ORDER BY {order}'
+        using = ", ".join(f'"{k}"' for k in self.key)
+        source = " JOIN ".join([f'"{self.name}"', *([] if postgres else [f'"{t}" USING ({using})' for t in self.sqlite_joined])])
+        return f'SELECT {cols} FROM {source} ORDER BY {order}'
 
 
 def _cols(spec: str) -> tuple[tuple[str, Kind], ...]:
@@ -108,7 +113,8 @@ TABLES: tuple[Table, ...] = (
                           "authentication received_at:float"), ("seq",), serial="seq"),
     # messages answered 250 but not processed yet: the new daemon processes them (a claim's lease runs out)
     Table("inbound_queue", _cols("seq:int id sha256 size:int raw:bytes envelope received_at:float attempts:int "
-                                 "worker lease_until:float"), ("seq",), serial="seq", fetch=1),
+                                 "worker lease_until:float"), ("seq",), serial="seq", fetch=1,
+          sqlite_joined=("inbound_raw",)),
     # automations with their history, messages and journal: a claim's lease runs out in the new daemon
     Table("automations", _cols("seq:int id cls session_id state data version:int unique_key key owner wake_at:float "
                                "claim_holder claim_until:float created_at:float updated_at:float finished_at:float"),
@@ -122,6 +128,7 @@ TABLES: tuple[Table, ...] = (
     Table("automation_journal", _cols("step_id call_index:int kind result created_at:float"), ("step_id", "call_index")),
 )
 NOT_COPIED = ("session_leases", "schema_migrations")
+SQLITE_ONLY = tuple(t for table in TABLES for t in table.sqlite_joined)  # copied as part of another table
 
 
 # -- reports ----------------------------------------------------------------------------------------
@@ -273,7 +280,8 @@ class Source:
             raise CopyRefused(f"the SQLite store {self.path} is at schema version {version}, not {latest}; "
                               "run: mailgate db migrate (with the daemon stopped), then copy again")
         for table in TABLES:
-            found = [r[1] for r in self.query(f'PRAGMA table_info("{table.name}")')]
+            found = list(dict.fromkeys(r[1] for name in (table.name, *table.sqlite_joined)
+                                       for r in self.query(f'PRAGMA table_info("{name}")')))
             if sorted(found) != sorted(table.column_names):
                 raise CopyRefused(f"the SQLite table {table.name} has the columns {', '.join(found)}; this copy knows "
                                   f"{', '.join(table.column_names)} (a mailgate version mismatch)")

@@ -320,7 +320,7 @@ async def test_kill_9_under_load_every_acknowledged_message_is_delivered_once(no
         assert len(acked_at_kill) < total, "every message was sent before the kill; nothing was tested"
         # every message acknowledged so far is on disk: as an e-mail, or still queued
         stored = {m for (m,) in node.query("SELECT message_id FROM emails")}
-        queued = {bytes(r) for (r,) in node.query("SELECT raw FROM inbound_queue")}
+        queued = {bytes(r) for (r,) in node.query("SELECT raw FROM inbound_raw")}
         lost = [mail.mids[i] for i in acked_at_kill if f"<{mail.mids[i]}>" not in stored and mail.raws[i] not in queued]
         assert not lost, f"{len(lost)} acknowledged messages were lost by kill -9: {lost[:5]}"
         print(f"at the kill: {len(acked_at_kill)} acknowledged, {len(stored)} stored, {len(queued)} still queued")

@@ -905,7 +905,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path, dns: Fa
             # every message acknowledged so far is on disk, before anything else touches the file
             with sqlite3.connect(d.db, timeout=10) as conn:
                 on_disk = {m for (m,) in conn.execute("SELECT message_id FROM emails")}
-                queued = [bytes(r) for (r,) in conn.execute("SELECT raw FROM inbound_queue")]
+                queued = [bytes(r) for (r,) in conn.execute("SELECT raw FROM inbound_raw")]
             conn.close()
             lost = sorted(mids[i] for i in acked_at_kill if f"<{mids[i]}>" not in on_disk
                           and not any(raws[i] == raw for raw in queued))

@@ -120,8 +120,8 @@ async def test_from_past_the_header_limit_still_decides_dmarc(tmp_path: Path) ->
 
 
 def empty_lines_in_a_part(to: str, mib: int) -> bytes:
-    """A multipart message whose one text part is ``mib`` MiB of empty lines (its text, and the stored
-    JSON, where each CRLF is escaped to 4 characters, need about 6 times the bytes in the worker)."""
+    """A multipart message whose one text part is ``mib`` MiB of empty lines (the message and its text
+    need about twice the bytes in the worker; the stored record only locates the text in the message)."""
     return (f"From: s@elsewhere.test\r\nTo: {to}\r\nSubject: Empty lines\r\nMIME-Version: 1.0\r\n"
             "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n").encode() \
         + b"\r\n" * (mib * 2**19) + b"--b--\r\n"
@@ -133,7 +133,7 @@ async def test_a_message_past_the_worker_memory_limit_is_stored_unparsed(tmp_pat
     async with Daemon(config, roles=("smtp",), resolver=StaticResolver({})) as d:
         assert d.smtp is not None and d.inbound is not None
         sid, address = await new_address(d)
-        raw = empty_lines_in_a_part(address, 16)
+        raw = empty_lines_in_a_part(address, 28)  # 2x 28 MiB and the worker's own memory: past 64 MiB
         assert await send(d.smtp.port, "s@elsewhere.test", address, raw) == {}
         [stored] = await emails_of(d, sid, 1)
         assert await rt(d).store.get_raw(stored.sha256) == raw  # kept whole

@@ -329,7 +329,7 @@ async def cmd_emails(args: argparse.Namespace, config: Config) -> int:
                     for name, value in headers:
                         print(f"{safe(name)}: {safe(value)}")
             else:
-                data = email_dict(rec, full=True)
+                data = email_dict(rec, full=True, bodies=await rt.emails.stored_bodies(rec))
                 emit(args.json, data)
     return 0
 

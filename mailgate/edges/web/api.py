@@ -308,7 +308,7 @@ async def _email(request: web.Request) -> EmailRecord:
 @routes.get("/api/emails/{id}")
 async def get_email(request: web.Request) -> web.Response:
     rec = await _email(request)
-    data = email_dict(rec, full=True)
+    data = email_dict(rec, full=True, bodies=await rt(request).emails.stored_bodies(rec))
     data["headers"] = json.loads(rec.parsed).get("headers")
     data["authentication"] = json.loads(rec.authentication)
     return web.json_response(data)
@@ -344,7 +344,7 @@ async def get_email_part(request: web.Request) -> web.Response:
     # The mail is the sender's content: a sandboxed, unsniffed response cannot run script as this site.
     headers = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
     if part in ("txt", "html"):
-        text = json.loads(rec.parsed).get("body_text" if part == "txt" else "body_html")
+        text = (await runtime.emails.bodies(rec))[0 if part == "txt" else 1]
         if text is None:
             raise NotFound(f"e-mail {rec.id} has no {'text' if part == 'txt' else 'HTML'} body")
         return web.Response(text=text, content_type="text/plain" if part == "txt" else "text/html",

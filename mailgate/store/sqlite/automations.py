@@ -1,4 +1,4 @@
-"""The SQLite backend's automations: tables of ``migrations/0006_automations.sql``, every statement on
+"""The SQLite backend's automations: tables of ``migrations/0007_automations.sql``, every statement on
 them, and the fenced part of a commit (:func:`apply_automations`, called by the backend's one commit
 path). :class:`SqliteAutomations` is mixed into :class:`~mailgate.store.sqlite.backend.SqliteStore`.
 """

@@ -534,9 +534,10 @@ class SqliteStore(SqliteAutomations, Store):
                     "AND m.session_id = ? AND (m.expires_at IS NULL OR m.expires_at >= ?)", (local, session, now)
             ).fetchone() for local, session in entry.mailboxes):
                 return None  # every recipient's mailbox is gone since RCPT: nothing queued
-            _insert_blob(conn, "INSERT INTO inbound_queue (id, sha256, size, raw, envelope, received_at) "
-                         "VALUES (?, ?, ?, {raw}, ?, ?)", (entry.id, entry.sha256, len(entry.raw)),
-                         (entry.envelope, now), entry.raw, "inbound_queue")
+            cur = conn.execute("INSERT INTO inbound_queue (id, sha256, size, envelope, received_at) VALUES (?, ?, ?, ?, ?)",
+                               (entry.id, entry.sha256, len(entry.raw), entry.envelope, now))
+            _insert_blob(conn, "INSERT INTO inbound_raw (seq, raw) VALUES (?, {raw})", (cur.lastrowid,), (), entry.raw,
+                         "inbound_raw")
             return now
 
         received = await self._writer.submit(unit)
@@ -549,10 +550,12 @@ class SqliteStore(SqliteAutomations, Store):
             rows = conn.execute(
                 "UPDATE inbound_queue SET worker = ?, lease_until = ?, attempts = attempts + 1 "
                 "WHERE seq IN (SELECT seq FROM inbound_queue WHERE worker IS NULL OR lease_until < ? "
-                f"ORDER BY seq LIMIT ?) RETURNING {INBOUND_COLS}, raw",
+                f"ORDER BY seq LIMIT ?) RETURNING {INBOUND_COLS}",
                 (worker, now + lease, now, limit),
             ).fetchall()
-            return sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
+            records = sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
+            # the bytes straight into the one bytes object handed over (see _read_blob)
+            return [dataclasses.replace(r, raw=_read_blob(conn, "inbound_raw", r.seq)) for r in records]
 
         return list(await self._writer.submit(unit))
 
@@ -565,10 +568,10 @@ class SqliteStore(SqliteAutomations, Store):
                                 "expired and another processor claimed it, or it was delivered already)")
             seq, sha256, size, received_at = entry
             if delivery.emails:
-                conn.execute("INSERT INTO raw_messages SELECT sha256, size, raw FROM inbound_queue WHERE seq = ? "
-                             "ON CONFLICT(sha256) DO NOTHING", (seq,))
+                _move_raw(conn, seq, sha256, size)
             result = _insert_emails(conn, delivery.emails, sha256, size, received_at, self.now())
             conn.execute("DELETE FROM inbound_queue WHERE seq = ?", (seq,))
+            conn.execute("DELETE FROM inbound_raw WHERE seq = ?", (seq,))
             return result
 
         delivered = await self._writer.submit(unit)
@@ -652,8 +655,29 @@ class SqliteStore(SqliteAutomations, Store):
         return [EmailRecord(*r) for r in rows]
 
     async def get_raw(self, sha256: str) -> bytes | None:
-        rows = await self._read("SELECT raw FROM raw_messages WHERE sha256 = ?", (sha256,))
-        return bytes(rows[0][0]) if rows else None
+        rows = await self._read(f"SELECT rowid, size, CASE WHEN size < {_RAW_IN_PIECES} THEN raw END FROM raw_messages "
+                                "WHERE sha256 = ?", (sha256,))
+        if not rows:
+            return None
+        rowid, _size, raw = rows[0]
+        if raw is not None:
+            return bytes(raw)
+        # a big one: read into one bytes object, not through a row SQLite assembles and Python copies
+        return await asyncio.to_thread(self._read_big_raw, rowid)
+
+    def _read_big_raw(self, rowid: int) -> bytes | None:
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self._busy_timeout)
+            try:
+                return _read_blob(conn, "raw_messages", rowid)
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as exc:
+            if "no such rowid" in str(exc):  # deleted since it was looked up
+                return None
+            raise store_error(exc, self.path, self._busy_timeout) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(exc, self.path, self._busy_timeout) from exc
 
     # -- events ------------------------------------------------------------------------------------
     async def list_events(self, session_id: str, after_id: int = 0, limit: int = 100, *,
@@ -832,6 +856,30 @@ def _insert_raw(conn: sqlite3.Connection, sha256: str, raw: bytes) -> None:
     with conn.blobopen("raw_messages", "raw", cur.lastrowid) as blob:
         for start in range(0, len(raw), _RAW_IN_PIECES):
             blob.write(view[start : start + _RAW_IN_PIECES])
+
+
+def _read_blob(conn: sqlite3.Connection, table: str, rowid: int) -> bytes:
+    """The ``raw`` blob of row ``rowid``, read into one bytes object: a SELECT would have SQLite
+    assemble the value and sqlite3 copy it, twice the message."""
+    with conn.blobopen(table, "raw", rowid, readonly=True) as blob:
+        return blob.read()
+
+
+def _move_raw(conn: sqlite3.Connection, seq: int, sha256: str, size: int) -> None:
+    """Store queued message ``seq``'s raw bytes in raw_messages (once per content hash), a big one
+    piece by piece: ``INSERT ... SELECT`` would hold the message twice in memory."""
+    if size < _RAW_IN_PIECES:
+        conn.execute("INSERT INTO raw_messages SELECT ?, ?, raw FROM inbound_raw WHERE seq = ? "
+                     "ON CONFLICT(sha256) DO NOTHING", (sha256, size, seq))
+        return
+    cur = conn.execute("INSERT INTO raw_messages VALUES (?, ?, zeroblob(?)) ON CONFLICT(sha256) DO NOTHING",
+                       (sha256, size, size))
+    if cur.rowcount != 1 or cur.lastrowid is None:
+        return  # already stored
+    with conn.blobopen("inbound_raw", "raw", seq, readonly=True) as source, \
+            conn.blobopen("raw_messages", "raw", cur.lastrowid) as target:
+        for _ in range(0, size, _RAW_IN_PIECES):
+            target.write(source.read(_RAW_IN_PIECES))
 
 
 def _insert_blob(conn: sqlite3.Connection, sql: str, before: tuple[Any, ...], after: tuple[Any, ...], raw: bytes,
