@@ -90,6 +90,9 @@ class Tx(Protocol):
     """One transaction of a batch: SQL with ``?`` placeholders, on either backend."""
 
     lock: str  # appended to a SELECT that must hold its rows (PostgreSQL's FOR UPDATE)
+    # where a queued message's bytes are: ``inbound_queue.raw`` (PostgreSQL), or the row of the same
+    # ``seq`` in ``inbound_raw`` (SQLite, migration 0006)
+    inbound_raw_apart: bool
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
 
@@ -333,10 +336,12 @@ async def _inbound(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
     progress("rekey", "inbound_queue", 0, total)
     while True:
         async with db.transaction() as tx:
-            rows = await tx.fetch("SELECT seq, id, sha256, raw, envelope, worker, lease_until FROM inbound_queue "
-                                  f"WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after,
+            source, raw_col = (("inbound_queue q JOIN inbound_raw r ON r.seq = q.seq", "r.raw") if tx.inbound_raw_apart
+                               else ("inbound_queue q", "q.raw"))
+            rows = await tx.fetch(f"SELECT q.seq, q.id, q.sha256, {raw_col}, q.envelope, q.worker, q.lease_until "
+                                  f"FROM {source} WHERE q.seq > ? ORDER BY q.seq LIMIT ?{tx.lock}", after,
                                   await _raw_rows(tx, "inbound_queue", "seq", after))
-            for _seq, eid, sha, raw, envelope, worker, lease_until in rows:
+            for seq, eid, sha, raw, envelope, worker, lease_until in rows:
                 if is_keyed_hash(sha):
                     sets: dict[str, Any] = {}
                     sealed = rk.raw(bytes(raw), sha, sha, f"inbound_queue.raw of {eid}")
@@ -356,8 +361,11 @@ async def _inbound(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
                     sets = {"sha256": new_hash, "raw": sealed, "size": len(sealed),
                             "envelope": rk.ring.seal_text(sha + plain, aad("inbound_queue", "envelope", eid))}
                 if sets:
-                    await tx.execute(f"UPDATE inbound_queue SET {', '.join(f'{c} = ?' for c in sets)} WHERE id = ?",
-                                     *sets.values(), eid)
+                    if tx.inbound_raw_apart and "raw" in sets:
+                        await tx.execute("UPDATE inbound_raw SET raw = ? WHERE seq = ?", sets.pop("raw"), seq)
+                    if sets:
+                        await tx.execute(f"UPDATE inbound_queue SET {', '.join(f'{c} = ?' for c in sets)} WHERE id = ?",
+                                         *sets.values(), eid)
                     out.resealed += 1
         if not rows:
             break
@@ -371,6 +379,7 @@ async def _inbound(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
 # -- the two backends' connections ------------------------------------------------------------------
 class _SqliteTx:
     lock = ""  # BEGIN IMMEDIATE holds the whole database for the batch
+    inbound_raw_apart = True
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -427,6 +436,7 @@ def _dollars(sql: str) -> str:
 
 class _PgTx:
     lock = " FOR UPDATE"
+    inbound_raw_apart = False
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
