@@ -110,7 +110,8 @@ class Inbound:
         self.rejected: dict[str, int] = {}
         self._queue_listeners: list[Callable[[], None]] = []
         self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker, memory_limit=config.smtp.parse_memory_limit,
-                                max_rss=config.smtp.parse_worker_max_rss) if config.smtp.parse_processes > 0 else None
+                                max_rss=config.smtp.parse_worker_max_rss, nice=config.smtp.parse_nice,
+                                ) if config.smtp.parse_processes > 0 else None
         load_public_suffixes()  # here, not on the first message's time
 
     def close(self) -> None:

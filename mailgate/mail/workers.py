@@ -62,7 +62,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def _serve(sock: socket.socket, memory_limit: int = 0, max_rss: int = 0, warm_up: bool = False) -> None:
+def _serve(sock: socket.socket, memory_limit: int = 0, max_rss: int = 0, warm_up: bool = False, nice: int = 0) -> None:
     """A worker's life: answer ``(fn, args)`` calls, in order, until the socket closes.
 
     ``memory_limit`` (bytes, 0 = none) caps the process's data segment (RLIMIT_DATA: its heap and
@@ -70,9 +70,12 @@ def _serve(sock: socket.socket, memory_limit: int = 0, max_rss: int = 0, warm_up
     the host's memory; ``max_rss`` (bytes, 0 = never) ends the worker after a call that leaves it
     with more resident memory than that (Python keeps freed memory for reuse), or after a
     MemoryError. The pool starts another in its place. The warm-up call (``warm_up``: the first)
-    is not measured: a worker must be able to start.
+    is not measured: a worker must be able to start. ``nice`` is added to the process's nice value, so
+    that parsing yields the CPU to the daemon (answering SMTP clients) while both have work.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
+    if nice:
+        os.nice(nice)
     if memory_limit:
         resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
     reader = sock.makefile("rb")
@@ -190,8 +193,9 @@ class WorkerPool:
     daemon), started on the first call."""
 
     def __init__(self, processes: int, warm_up: Callable[[], Any] | None = None, *, memory_limit: int = 0,
-                 max_rss: int = 0) -> None:
+                 max_rss: int = 0, nice: int = 0) -> None:
         self.processes = processes
+        self.nice = nice  # see `_serve`
         self.memory_limit = memory_limit  # see `_serve`
         self.max_rss = max_rss
         self.recycled = 0  # workers that ended themselves to give memory back
@@ -304,7 +308,7 @@ class WorkerPool:
     async def _add_worker(self) -> None:
         assert self._loop is not None
         ours, theirs = socket.socketpair()
-        process = self._context.Process(target=_serve, args=(theirs, self.memory_limit, self.max_rss, self._warm_up is not None), daemon=True,
+        process = self._context.Process(target=_serve, args=(theirs, self.memory_limit, self.max_rss, self._warm_up is not None, self.nice), daemon=True,
                                         name="mailgate-mail-worker")
         await asyncio.to_thread(process.start)  # the first start also starts the fork server
         theirs.close()

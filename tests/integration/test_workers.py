@@ -34,6 +34,23 @@ def die() -> None:
     os._exit(3)
 
 
+def niceness() -> int:
+    return os.nice(0)
+
+
+@pytest.mark.asyncio
+async def test_workers_run_at_a_lower_priority_than_the_daemon_when_asked() -> None:
+    """``[smtp] parse_nice``: parsing yields the CPU to the daemon that answers SMTP clients."""
+    ours = os.nice(0)
+    niced, plain = WorkerPool(1, nice=7), WorkerPool(1)
+    try:
+        assert await niced.run(niceness) == min(ours + 7, 19)
+        assert await plain.run(niceness) == ours
+    finally:
+        niced.close()
+        plain.close()
+
+
 @pytest.mark.asyncio
 async def test_calls_run_in_worker_processes_and_answer_in_order_of_their_own() -> None:
     pool = WorkerPool(2)
