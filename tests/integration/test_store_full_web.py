@@ -29,7 +29,7 @@ BIG = "x" * 20_000  # needs pages of its own
 
 @pytest_asyncio.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
-    config = make_config(tmp_path, store={"path": str(tmp_path / "mailgate.sqlite3"), "max_pages": 60},
+    config = make_config(tmp_path, store={"path": str(tmp_path / "mailgate.sqlite3"), "max_pages": 100},
                          web={"port": 0, "api_key": KEY, "event_poll_interval": 0.05})
     async with Daemon(config, roles=("web",)) as d:
         yield d

@@ -35,7 +35,7 @@ BIG = "x" * 20_000  # needs overflow pages: cannot fit in what a full page has l
 @pytest_asyncio.fixture
 async def full(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """A store capped a few pages above its schema, filled until a write fails."""
-    store = SqliteStore(str(tmp_path / "full.sqlite3"), max_pages=60)
+    store = SqliteStore(str(tmp_path / "full.sqlite3"), max_pages=100)  # the schema takes 58
     await store.open()
     await store.migrate()
     await store.create_session("keep", "iv", "{}", "{}")
@@ -45,7 +45,7 @@ async def full(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         except StoreFull:
             break
     else:
-        raise AssertionError("60 pages never filled up")
+        raise AssertionError("100 pages never filled up")
     try:
         yield store
     finally:
