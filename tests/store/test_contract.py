@@ -547,7 +547,8 @@ async def test_enqueue_checks_its_mailboxes_in_its_own_transaction(store: Store,
     assert await store.enqueue_inbound(entry("in-time", ("soon", "s1"))) == clock.now
     clock.now += 11
     assert await store.enqueue_inbound(entry("expired", ("soon", "s1"))) is None
-    assert [q.id for q in await store.list_inbound()] == ["both", "unchecked", "in-time"]
+    # (the two of one group are queued in the order they reach the store, which gather does not fix)
+    assert sorted(q.id for q in await store.list_inbound()) == ["both", "in-time", "unchecked"]
     # the session deleted after RCPT: refused at DATA
     await store.delete_session("s1")
     assert await store.enqueue_inbound(entry("late", ("live", "s1"))) is None

@@ -91,7 +91,8 @@ def test_the_demo_pages_run_only_browser_actions() -> None:
 
     from mailgate.edges.web.pages import web_dir
 
-    registry = load_interviews(["mailgate.demo.background", "mailgate.demo.checkin", "mailgate.demo.email"])
+    registry = load_interviews(["mailgate.demo.background", "mailgate.demo.checkin", "mailgate.demo.email",
+                                "mailgate.demo.automation"])
     for page in sorted((web_dir() / "demo").glob("*.html")):
         text = page.read_text()
         names = set(re.findall(r'client\.run\("([^"]+)"', text)) | set(re.findall(r'data-mailgate-checkin="([^"]+)"', text))

@@ -420,7 +420,10 @@ class PgStore(PgAutomations, Store):
 
     # -- commit ------------------------------------------------------------------------------------
     async def commit(self, changes: Changes) -> CommitResult:
-        return await self._commits.submit(changes)
+        result = await self._commits.submit(changes)
+        for mailbox in changes.mailboxes:  # created or renewed here: this node's next lookup reads it afresh
+            self._mailboxes.pop(mailbox.local_part, None)  # (other nodes read a renewal once theirs looks expired)
+        return result
 
     async def _commit_group(self, group: list[Changes]) -> list[CommitResult | Exception]:
         batch = json.dumps([_changes_json(ch) for ch in group], separators=(",", ":"))
