@@ -27,6 +27,7 @@ it early. A tick claims only what is due.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -338,22 +339,25 @@ class AutomationRunner:
         ids = step_ids(auto.id, snap)
         budget = step_budget(self.config)
 
-        send_hook = ctx.send_hook
+        hooks = {"send_email": ctx.send_hook, "send_email_async": ctx.send_hook_async}
+        loop = asyncio.get_running_loop()
 
         def call() -> engine.Outcome:
             token = CURRENT.set(ctx)
             try:
                 return engine.advance(run.cls, snap, now=now, config=self.engine_config, clock=_tracking(self.store.now, run),
-                                      new_id=ids, hooks={"send_email": send_hook})
+                                      new_id=ids, hooks=hooks, awaiter=_on_loop(loop, run))
             finally:
                 CURRENT.reset(token)
 
-        loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, _timed(call))
         try:
             async with asyncio.timeout(budget):
                 outcome = await asyncio.shield(future)
         except TimeoutError:
+            run.abandoned = True
+            for pending in list(run.pending):  # an async step is cancelled (a sync one's thread is abandoned)
+                pending.cancel()
             return await self._timed_out(run, snap, budget)
         await self._commit(run, snap, outcome, ctx)
 
@@ -391,6 +395,7 @@ class AutomationRunner:
                                            user)
             ctx.accessed_at = session.accessed_at
         ctx.send_hook = self.journal.hook(run, ctx)
+        ctx.send_hook_async = self.journal.hook_async(run, ctx)
         return ctx
 
     # -- the commit ----------------------------------------------------------------------------------
@@ -536,6 +541,34 @@ def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:
         return clock()
 
     return now
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, run: Run) -> engine.Awaiter:
+    """The engine's awaiter for one run: an ``async def`` step callable runs on the daemon's loop (in
+    the engine thread's context: the step's action context and outbox), the engine thread waiting for
+    it; the runner cancels it at the step budget."""
+
+    def wait(awaitable: Awaitable[Any]) -> Any:
+        coro = engine.awaitable_call(awaitable)
+        if run.abandoned:  # past the budget already: start nothing more
+            coro.close()
+            raise StepCancelled("the run overran its step budget")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        run.pending.add(future)
+        if run.abandoned:  # the budget ran out between the check above and the add: the loop missed it
+            future.cancel()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise StepCancelled("the step was cancelled at its step budget") from None
+        finally:
+            run.pending.discard(future)
+
+    return wait
+
+
+class StepCancelled(Exception):  # noqa: N818 - what the abandoned engine thread sees; nothing of it commits
+    """An async step cancelled at the step budget (the run's outcome is discarded)."""
 
 
 def _timed(call: Callable[[], engine.Outcome]) -> Callable[[], engine.Outcome]:
