@@ -196,7 +196,7 @@ class AutomationAdmin:
         steps = await self._store.automation_history(automation_id)
         out = automation_dict(rec)
         out["steps"] = [step_dict(s) for s in steps]
-        out["tree"] = history_tree(steps)
+        out["tree"] = history_tree(steps, rec.wake_at if rec.state == "running" else None)
         out["open"] = sorted({s.node for s in steps if s.state in OPEN})
         out["orphaned"] = self.orphaned(rec, steps)
         out["messages"] = [message_dict(m) for m in await self._store.automation_messages(automation_id)]

@@ -72,6 +72,7 @@ from mailgate.store.base import (
     NewEvent,
     NewStep,
     NewTask,
+    Recheck,
     SessionSave,
     StepUpdate,
     Store,
@@ -121,6 +122,7 @@ class AutomationRunner:
         self._broadcast_at = float("-inf")
         self._broadcast_skip: set[str] = set()  # broadcasts that reached no instance  # when the automations gauge was last read
         self.runs = 0  # runs committed by this process (tests, the CLI's summary)
+        self._rechecks = RecheckBatch(store, self.holder)
 
     # -- the loop ----------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -334,7 +336,9 @@ class AutomationRunner:
         await self._threaded_ended(run, snap, now)
         for s in snap.steps:  # timer lateness: how late the due timers are taken up
             if s.state == "waiting" and s.wake_at is not None and s.wake_at <= now:
-                metrics.AUTOMATION_TIMER_LATENESS.observe(now - s.wake_at)
+                # a recheck moved only the automation's due time: the step's own may be older
+                due = max(s.wake_at, auto.wake_at) if auto.wake_at is not None and auto.wake_at <= now else s.wake_at
+                metrics.AUTOMATION_TIMER_LATENESS.observe(now - due)
         ctx = self._context(run)
         ids = step_ids(auto.id, snap)
         budget = step_budget(self.config)
@@ -429,8 +433,16 @@ class AutomationRunner:
             if out.created or out.finished_steps or out.state != "running" or run.threaded:
                 # the pages hear of a change only: a recheck that stays false tells them nothing
                 events.append(NewEvent(session.id, "automation", json.dumps(automation_event(auto.id, auto.cls, snap, out))))
+        data = codec.encode(out.data)
+        if (save is None and not sent and not events and not new_tasks and not mailboxes and not starts
+                and _recheck_only(run, snap, out, data)):
+            # a false AsSoonAs evaluated again: only its next recheck time is written, batched (§4.1)
+            if not await self._rechecks.add(Recheck(auto.id, run.version, out.wake_at)):
+                raise AutomationFenced(f"automation {auto.id} moved on or was taken over; its recheck was not saved")
+            self.runs += 1
+            return
         update = AutomationUpdate(
-            auto.id, run.version, self.holder, state=out.state, data=codec.encode(out.data),  # type: ignore[arg-type]
+            auto.id, run.version, self.holder, state=out.state, data=data,  # type: ignore[arg-type]
             wake_at=out.wake_at, steps_finished=[step_update(s) for s in (*out.updated, *run.threaded)],
             steps_opened=[new_step(s) for s in out.created], messages_done=[message_done(m) for m in out.messages],
         )
@@ -528,6 +540,52 @@ class AutomationRunner:
             # not due again before a recheck: an orphan must not spin the runner
             await self.store.release_automations(self.holder, [automation_id],
                                                  self.store.now() + self.config.automations.recheck_interval)
+
+
+def _recheck_only(run: Run, snap: engine.Snapshot, out: engine.Outcome, data: str) -> bool:
+    """Whether a run changed nothing but due times: no step entered, ended or given another state, no
+    message consumed or sent, no task, the data and state as read, no journaled send in between."""
+    auto = run.claimed.automation
+    if (out.state != auto.state or out.created or out.messages or out.sent or out.tasks or run.threaded
+            or run.version != auto.version or data != auto.data):
+        return False
+    before = {s.id: s for s in snap.steps}
+    return all(s.id in before and replace(s, wake_at=before[s.id].wake_at) == before[s.id] for s in out.updated)
+
+
+class RecheckBatch:
+    """Rechecks of the runs that end together go to the store in one ``recheck_automations`` call
+    (one statement): the first one starts a writer task, the others join its next batch."""
+
+    def __init__(self, store: Store, holder: str) -> None:
+        self.store = store
+        self.holder = holder
+        self._waiting: list[tuple[Recheck, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, recheck: Recheck) -> bool:
+        """Whether the recheck was applied (False: its fence did not hold)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append((recheck, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write(), name="automation-rechecks")
+        return await done
+
+    async def _write(self) -> None:
+        await asyncio.sleep(0)  # the runs ending in this turn of the loop join the first batch
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                applied = set(await self.store.recheck_automations(self.holder, [r for r, _ in batch]))
+            except Exception as exc:  # noqa: BLE001 - each run handles it (store trouble is retried)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for r, done in batch:
+                if not done.done():
+                    done.set_result(r.automation_id in applied)
 
 
 def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:

@@ -28,6 +28,7 @@ from mailgate.store.automation_records import (  # noqa: F401 - re-exported: eve
     NewAutomation,
     NewMessage,
     NewStep,
+    Recheck,
     StepRecord,
     StepState,
     StepUpdate,
@@ -648,6 +649,14 @@ class Store(abc.ABC):
     async def release_automations(self, holder: str, automation_ids: Sequence[str], wake_at: float | None = None) -> None:
         """Give claims back without a commit (a busy session, shutdown); ``wake_at`` postpones the
         next claim (a back-off), None leaves the automation due as it was."""
+
+    @abc.abstractmethod
+    async def recheck_automations(self, holder: str, rechecks: Sequence[Recheck]) -> list[str]:
+        """Write the next due time of each automation whose run changed nothing else, and give
+        ``holder``'s claim back, in one statement where the backend allows; the version, data, steps
+        and ``updated_at`` stay. An automation with a message queued meanwhile stays due now. One whose
+        fence does not hold (another version, not ``holder``'s claim, no longer running) is skipped:
+        the ids applied are returned."""
 
     @abc.abstractmethod
     async def next_wake(self) -> float | None:

@@ -32,6 +32,7 @@ from mailgate.store.base import (
     NewAutomation,
     NewMessage,
     NewStep,
+    Recheck,
     StepRecord,
     StepUpdate,
     Store,
@@ -163,6 +164,9 @@ class SealedAutomations:
 
     async def release_automations(self, holder: str, automation_ids: Sequence[str], wake_at: float | None = None) -> None:
         await self.inner.release_automations(holder, automation_ids, wake_at)
+
+    async def recheck_automations(self, holder: str, rechecks: Sequence[Recheck]) -> list[str]:
+        return await self.inner.recheck_automations(holder, rechecks)  # ids, versions and times: in clear
 
     async def next_wake(self) -> float | None:
         return await self.inner.next_wake()
