@@ -111,7 +111,7 @@ class AutomationRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}  # automation id -> runs lost to store trouble in a row
         self._busy: dict[str, int] = {}  # automation id -> busy-session back-offs in a row
-        self._orphans: set[str] = set()  # logged once each
+        self._orphans: dict[str, float] = {}  # automation id -> when last found orphaned (store clock); logged once
         self._stopping = False
         self._watching = False
         self.journal = SendJournal(store, outbound, self.holder)
@@ -263,6 +263,7 @@ class AutomationRunner:
                 return
             await self._advance(run)
             self._failures.pop(auto.id, None)
+            self._orphans.pop(auto.id, None)  # restored, or moved with goto
         except OrphanedAutomation as exc:
             await self._orphaned(auto.id, auto.cls, str(exc))
         except AutomationFenced as exc:
@@ -530,9 +531,22 @@ class AutomationRunner:
         with contextlib.suppress(StoreError):
             await self.store.release_automations(self.holder, [auto.id], self.store.now() + 0.1 * 2 ** n)
 
+    def orphaned(self) -> list[str]:
+        """The automations this runner found orphaned lately (class or open node gone): each is found
+        again at every recheck while it stays so; one not seen for two recheck intervals (fixed by a
+        goto, killed, or run by another process) is forgotten. What ``/healthz`` and ``mailgate
+        healthcheck`` report, without reading any automation."""
+        a = self.config.automations
+        horizon = self.store.now() - (2 * a.recheck_interval + a.timer_poll)
+        for aid, seen in list(self._orphans.items()):
+            if seen < horizon:
+                del self._orphans[aid]
+        return sorted(self._orphans)
+
     async def _orphaned(self, automation_id: str, cls: str, why: str) -> None:
-        if automation_id not in self._orphans:
-            self._orphans.add(automation_id)
+        first = automation_id not in self._orphans
+        self._orphans[automation_id] = self.store.now()
+        if first:
             log.warning("automation %s (%s) is orphaned: %s; it is not run (restore its class or node, or move it "
                         "with: mailgate automations goto %s NODE)", automation_id, cls, why, automation_id,
                         extra={"event": "automation.orphaned", "automation": automation_id})
