@@ -684,6 +684,10 @@ class Store(abc.ABC):
         """One step row by its id (a form task named by its step), whatever its state."""
 
     @abc.abstractmethod
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        """One message row by its id (a broadcast, or one of its hops), whatever its state."""
+
+    @abc.abstractmethod
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         """The automation's messages in commit order, every state."""
 

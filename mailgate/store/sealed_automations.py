@@ -192,6 +192,10 @@ class SealedAutomations:
         step = await self.inner.get_automation_step(step_id)
         return None if step is None else self._step(step)
 
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        found = await self.inner.get_automation_message(message_id)
+        return None if found is None else self._message(found)
+
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         return [self._message(m) for m in await self.inner.automation_messages(automation_id)]
 

@@ -530,3 +530,21 @@ async def test_rechecks_write_only_the_due_time_fenced_and_keep_a_new_message_du
     assert await store.next_wake() == clock.now - 1  # a3 and a4 kept theirs; a2 is due now, a0 and a1 later
     assert [c.automation.id for c in await store.claim_automations("r3", 5, lease=30)] == ["a2"]
     assert await store.recheck_automations("r1", []) == []
+
+
+async def test_one_message_by_id_whatever_its_state(store: Store) -> None:
+    await store.create_automation(auto("a1"), [NewStep("st1", "start")])
+    await store.enqueue_message(NewMessage("b1", "news", broadcast_class="app.Flow", token="t", data='{"x":1}',
+                                           sender='{"user":"u"}'))
+    await store.enqueue_message(NewMessage("b1.1", "news", automation_id="a1", token="t", sender='{"broadcast":"b1"}'))
+    found = await store.get_automation_message("b1")
+    assert found is not None
+    assert (found.id, found.broadcast_class, found.token, found.data, found.sender, found.state) == (
+        "b1", "app.Flow", "t", '{"x":1}', '{"user":"u"}', "queued")
+    [claim] = await store.claim_automations("r1", 1, lease=30)
+    await store.commit(run("a1", claim.automation.version, "r1",
+                           messages_done=[MessageDone("b1.1", "delivered", '"ok"')]))
+    hop = await store.get_automation_message("b1.1")
+    assert hop is not None and (hop.automation_id, hop.state, hop.result, hop.sender) == (
+        "a1", "delivered", '"ok"', '{"broadcast":"b1"}')
+    assert await store.get_automation_message("nope") is None

@@ -182,6 +182,10 @@ class PgAutomations:
         rows = await self._fetch(f"SELECT {STEP_COLS} FROM automation_steps WHERE id = $1", step_id)
         return StepRecord(*rows[0]) if rows else None
 
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        rows = await self._fetch(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE id = $1", message_id)
+        return MessageRecord(*rows[0]) if rows else None
+
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         rows = await self._fetch(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE automation_id = $1 ORDER BY seq",
                                  automation_id)

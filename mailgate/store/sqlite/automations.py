@@ -319,6 +319,10 @@ class SqliteAutomations:
         rows = await self._read(f"SELECT {STEP_COLS} FROM automation_steps WHERE id = ?", (step_id,))
         return StepRecord(*rows[0]) if rows else None
 
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        rows = await self._read(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE id = ?", (message_id,))
+        return MessageRecord(*rows[0]) if rows else None
+
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         rows = await self._read(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE automation_id = ? ORDER BY seq",
                                 (automation_id,))
