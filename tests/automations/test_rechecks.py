@@ -24,7 +24,9 @@ async def test_a_false_as_soon_as_writes_only_its_next_recheck_time(tmp_path: Pa
     async with daemon(tmp_path, clock, roles=("worker",), automations={"recheck_interval": 60}) as d:
         runner = rt(d).automation_runner
         cls = rt(d).automation_classes.resolve("Inbox")
-        made = [(await cls.start_async(n=i))[0] for i in range(6)]
+        # bound ones too (each its own session: the clock stands still, a busy one's back-off would too)
+        sids = [(await rt(d).create_session("autotest")).id for _ in range(3)]
+        made = [(await cls.start_async(session=sids[i // 2] if i % 2 else None, n=i))[0] for i in range(6)]
         for m in made:
             await settled(d, m.id, clock)
         first = {m.id: await automation(d, m.id) for m in made}
