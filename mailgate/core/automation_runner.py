@@ -360,10 +360,11 @@ class AutomationRunner:
             async with asyncio.timeout(budget):
                 outcome = await asyncio.shield(future)
         except TimeoutError:
-            run.abandoned = True
-            for pending in list(run.pending):  # an async step is cancelled (a sync one's thread is abandoned)
-                pending.cancel()
+            _abandon(run)
             return await self._timed_out(run, snap, budget)
+        except asyncio.CancelledError:  # the runner stops: its async steps stop with it
+            _abandon(run)
+            raise
         await self._commit(run, snap, outcome, ctx)
 
     async def _threaded_ended(self, run: Run, snap: engine.Snapshot, now: float) -> None:
@@ -613,6 +614,14 @@ def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:
         return clock()
 
     return now
+
+
+def _abandon(run: Run) -> None:
+    """Past the step budget (or stopping): the run's async steps are cancelled and it starts no more; a
+    sync step's thread cannot be stopped and is abandoned (nothing it did commits)."""
+    run.abandoned = True
+    for pending in list(run.pending):
+        pending.cancel()
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, run: Run) -> engine.Awaiter:
