@@ -82,6 +82,8 @@ async def send_email_async(
         message = await asyncio.to_thread(_message, ctx, to, subject, body, html, template, attachments, sender, cc, bcc, reply_to)
     else:
         message = _message(ctx, to, subject, body, html, template, None, sender, cc, bcc, reply_to)
+    if ctx.send_hook_async is not None:  # inside an async automation step: journaled by (step, call index)
+        return _accepted(ctx, bool(await ctx.send_hook_async(outbound.prepare(message))), task)
     result = await outbound.send_one(message)
     return _accepted(ctx, result.accepted, task)
 

@@ -123,6 +123,13 @@ class StepContext:
             raise AutomationError("send_email inside an automation step needs the automations runner (it runs steps)")
         return hook(*args, **kwargs)
 
+    async def send_email_async(self, *args: Any, **kwargs: Any) -> Any:
+        """``send_email`` in an ``async def`` step (journaled alike)."""
+        hook = self._hooks.get("send_email_async")
+        if hook is None:
+            raise AutomationError("send_email_async inside an automation step needs the automations runner (it runs steps)")
+        return await hook(*args, **kwargs)
+
     def __repr__(self) -> str:
         return f"<StepContext {self.node} {self.id}>"
 

@@ -17,6 +17,11 @@ underscore keys into ``data``: ``_<repeat node>_start`` (a Repeat's stored start
 ``_<form node>_validated`` (who submitted the form, when), besides the form's values under
 ``data[<form node>]``.
 
+Step callables may be ``async def`` (steps, conditions, waits, Then/Else calls, receivers): the
+engine hands the awaitable they return to ``awaiter`` and uses its value. The runner's awaiter runs
+it on the daemon's event loop (where mailgate's ``*_async`` functions work) and cancels it at the step
+budget; without one, it runs in a private event loop of the engine's thread.
+
 Step states: ``waiting`` (entered, not run yet), ``interaction`` (a form open for input),
 ``running`` (a ``threaded=True`` Execute handed to the worker pool; the path has moved on and the
 runner finishes the row when the task ends), ``done``, ``skipped``, ``failed``, ``joined``.
@@ -24,12 +29,14 @@ runner finishes the row when the task ends), ``done``, ``skipped``, ``failed``, 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
+import inspect
 import traceback
 import uuid
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,6 +61,7 @@ OPEN_STATES = ("waiting", "interaction", "running")
 PATH_STATES = ("waiting", "interaction")  # steps that hold a path (a threaded step's path moved on)
 
 Resolver = Callable[[User, "StepRow"], bool]
+Awaiter = Callable[[Awaitable[Any]], Any]  # runs what an async step callable returned; its value
 
 
 @dataclass(frozen=True)
@@ -129,22 +137,22 @@ class Outcome:
 
 def advance(cls: type[f.Automation], snap: Snapshot, *, now: float, config: EngineConfig | None = None,
             clock: Callable[[], float] | None = None, new_id: Callable[[], str] | None = None,
-            hooks: Mapping[str, Callable[..., Any]] | None = None) -> Outcome:
+            hooks: Mapping[str, Callable[..., Any]] | None = None, awaiter: Awaiter | None = None) -> Outcome:
     """Deliver ``snap``'s messages in order and run everything due at ``now``; see the module docstring."""
-    run = _Run(cls, snap, now, config, clock, new_id, hooks)
+    run = _Run(cls, snap, now, config, clock, new_id, hooks, awaiter)
     return run.go(lambda: None)
 
 
 def submit_form(cls: type[f.Automation], snap: Snapshot, step_id: str, user: User, values: Mapping[str, Any], *,
                 now: float, config: EngineConfig | None = None, resolver: Resolver | None = None,
                 clock: Callable[[], float] | None = None, new_id: Callable[[], str] | None = None,
-                hooks: Mapping[str, Callable[..., Any]] | None = None) -> Outcome:
+                hooks: Mapping[str, Callable[..., Any]] | None = None, awaiter: Awaiter | None = None) -> Outcome:
     """Submit ``values`` to the form step ``step_id`` as ``user`` and advance the automation.
 
     Raises FormNotFound (no such open form), FormForbidden (not an assignee), FormInvalid (``clean``
     raised ``flow.ValidationError``; ``errors`` by field) or FormAlreadyDone (submitted before).
     """
-    run = _Run(cls, snap, now, config, clock, new_id, hooks)
+    run = _Run(cls, snap, now, config, clock, new_id, hooks, awaiter)
     step = run.steps.get(step_id)
     spec = run.flow.specs.get(step.node) if step is not None else None
     if step is None or spec is None or spec.kind != "form":
@@ -183,7 +191,7 @@ class BroadcastOutcome:
 def broadcast(cls: type[f.Automation], snapshots: Sequence[Snapshot], message: QueuedMessage, *, now: float,
               config: EngineConfig | None = None, clock: Callable[[], float] | None = None,
               new_id: Callable[[], str] | None = None,
-              hooks: Mapping[str, Callable[..., Any]] | None = None) -> BroadcastOutcome:
+              hooks: Mapping[str, Callable[..., Any]] | None = None, awaiter: Awaiter | None = None) -> BroadcastOutcome:
     """Deliver one broadcast to the running instances of ``snapshots`` in the order given (the runner
     passes those running at send time, by id), each after its own queued messages, and stop after the
     first receiver that returns ``"received"``. Instances after it are not touched."""
@@ -192,7 +200,7 @@ def broadcast(cls: type[f.Automation], snapshots: Sequence[Snapshot], message: Q
         if snap.state != "running":
             continue
         out = advance(cls, replace(snap, messages=(*snap.messages, message)), now=now, config=config, clock=clock,
-                      new_id=new_id, hooks=hooks)
+                      new_id=new_id, hooks=hooks, awaiter=awaiter)
         found.outcomes[snap.automation_id] = out
         mine = next(m for m in out.messages if m.id == message.id)
         if mine.state == "delivered":
@@ -221,7 +229,8 @@ def may_submit(user: User, step: StepRow, resolver: Resolver | None = None) -> b
 def call_threaded(cls: type[f.Automation], automation_id: str, data: dict[str, Any], step: StepRow, *, now: float,
                   session_id: str | None = None, answers: dict[str, Any] | None = None,
                   hooks: Mapping[str, Callable[..., Any]] | None = None) -> Any:
-    """Run the callable of the ``threaded=True`` Execute node of ``step`` (for the runner's worker)."""
+    """Run the callable of the ``threaded=True`` Execute node of ``step`` (for the runner's worker). An
+    ``async def`` callable's awaitable is returned as it is: the caller awaits it."""
     spec = cls._flow.specs.get(step.node)
     if spec is None or spec.kind != "execute":
         raise AutomationError(f"{cls.__name__} has no Execute node {step.node!r}")
@@ -239,6 +248,28 @@ def threaded_done(step: StepRow, *, finished_at: float, result: Any = None, erro
         return replace(step, state="done", message="OK", result=_storable(result), finished_at=finished_at)
     return replace(step, state="failed", message=repr(error), error_type=type(error).__name__,
                    error_message=str(error), error_trace=trace, finished_at=finished_at)
+
+
+def run_awaitable(awaitable: Awaitable[Any]) -> Any:
+    """The default awaiter: run ``awaitable`` in a private event loop of this thread (no daemon loop to
+    run it on: the engine used on its own, as in tests). Refused on a thread that runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_awaited(awaitable))
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+    raise AutomationError("an async step callable needs the automations runner (or an awaiter) when the engine "
+                          "is called on an event loop")
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def awaitable_call(awaitable: Awaitable[Any]) -> Coroutine[Any, Any, Any]:
+    """``awaitable`` as a coroutine (what ``run_coroutine_threadsafe`` and ``asyncio.run`` take)."""
+    return awaitable if inspect.iscoroutine(awaitable) else _awaited(awaitable)
 
 
 def _execute(spec: Spec, instance: f.Automation, task: StepContext) -> Any:
@@ -281,7 +312,7 @@ def _min(*values: float | None) -> float | None:
 class _Run:
     def __init__(self, cls: type[f.Automation], snap: Snapshot, now: float, config: EngineConfig | None,
                  clock: Callable[[], float] | None, new_id: Callable[[], str] | None,
-                 hooks: Mapping[str, Callable[..., Any]] | None) -> None:
+                 hooks: Mapping[str, Callable[..., Any]] | None, awaiter: Awaiter | None = None) -> None:
         flow = cls._flow
         if not isinstance(flow, Flow):
             raise AutomationError(f"{cls!r} is not a subclass of flow.Automation")
@@ -291,6 +322,7 @@ class _Run:
         self.clock = clock or (lambda: now)
         self.new_id = new_id or (lambda: uuid.uuid4().hex)
         self.hooks = hooks
+        self.awaiter = awaiter or run_awaitable
         self.data: dict[str, Any] = _copy(dict(snap.data))
         self.state = snap.state
         self.original = {s.id: s for s in snap.steps}
@@ -365,7 +397,7 @@ class _Run:
         before, sent = _copy(self.data), len(self.outbox.sent)
         self.outbox.step_id = None
         try:
-            result = receiver(msg.token, msg.data)
+            result = self.settle(receiver(msg.token, msg.data))
             codec.encode(self.data)
         except Exception as exc:  # noqa: BLE001 - an author's receiver: its error is recorded, its changes undone
             self.data.clear()
@@ -417,7 +449,11 @@ class _Run:
         return True
 
     def value(self, call: Any, task: StepContext) -> Any:
-        return call(self.instance, task)
+        return self.settle(call(self.instance, task))
+
+    def settle(self, result: Any) -> Any:
+        """An author callable's result; an ``async def`` one's awaited (by the awaiter)."""
+        return self.awaiter(result) if inspect.isawaitable(result) else result
 
     def epoch(self, value: Any, what: str) -> float:
         if isinstance(value, dt.datetime):
@@ -480,7 +516,7 @@ class _Run:
                 self.tasks.append(TaskRequest(step.id, step.node))
                 self.follow(step, spec.next)
                 return True
-            result = _execute(spec, self.instance, task)
+            result = self.settle(_execute(spec, self.instance, task))
             codec.encode(self.data)  # a step may only leave storable data behind
             self.finish(step, "done", "OK", _storable(result))
             self.follow(step, spec.next)
@@ -489,7 +525,7 @@ class _Run:
             assert spec.func is not None
             chosen = bool(self.value(spec.func, task))
             target, call = (spec.then_node, spec.then_call) if chosen else (spec.else_node, spec.else_call)
-            result = call(self.instance, task) if call is not None else None
+            result = self.value(call, task) if call is not None else None
             self.finish(step, "done", str(chosen), _storable(result))
             self.follow(step, target or spec.next)
             return True

@@ -44,6 +44,7 @@ from mailgate.automations.registry import AutomationRegistry, load_automations
 from mailgate.automations.unique import unique_key
 from mailgate.config import Config
 from mailgate.core import answers as codec
+from mailgate.core import automation_broadcasts as broadcasts
 from mailgate.core.automation_rows import sender_json, step_row
 from mailgate.core.automation_views import (
     OPEN,
@@ -196,7 +197,7 @@ class AutomationAdmin:
         steps = await self._store.automation_history(automation_id)
         out = automation_dict(rec)
         out["steps"] = [step_dict(s) for s in steps]
-        out["tree"] = history_tree(steps)
+        out["tree"] = history_tree(steps, rec.wake_at if rec.state == "running" else None)
         out["open"] = sorted({s.node for s in steps if s.state in OPEN})
         out["orphaned"] = self.orphaned(rec, steps)
         out["messages"] = [message_dict(m) for m in await self._store.automation_messages(automation_id)]
@@ -291,6 +292,19 @@ class AutomationAdmin:
                                   f"{', '.join(cls.receivers()) or 'nothing'}")
         if not cls.satisfies_data_requirements(message, data):
             raise AutomationError(f"the data does not meet receive_{message}'s @require_data_parameters; nothing was sent")
+
+    async def broadcast_results(self, broadcast_id: str, wait: float) -> tuple[str, list[Any] | None]:
+        """Wait up to ``wait`` seconds for a broadcast to end: its state (``queued`` if under way or it
+        reached no running instance) and the results of the receivers it reached, in order."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(float(wait), MAX_WAIT)
+        state, found, hops = await broadcasts.results(self._store, broadcast_id)
+        pause = WAIT_POLL / 10
+        while state == "queued" and loop.time() < deadline:
+            await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+            pause = min(pause * 2, WAIT_POLL)
+            state, found, hops = await broadcasts.results(self._store, broadcast_id, hops)
+        return state, found
 
     async def _wait_message(self, automation_id: str, queued: MessageRecord, wait: float) -> MessageRecord:
         loop = asyncio.get_running_loop()

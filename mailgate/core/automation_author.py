@@ -31,6 +31,7 @@ from mailgate.automations.flow import Automation
 from mailgate.automations.registry import AutomationRegistry
 from mailgate.automations.unique import unique_key
 from mailgate.core import answers as codec
+from mailgate.core import automation_broadcasts as broadcasts
 from mailgate.core.automation_rows import sender_json, text_value
 from mailgate.core.automation_runner import AutomationRunner
 from mailgate.core.bridge import on_loop, run_on_loop
@@ -70,14 +71,19 @@ def _user(user: Any) -> User:
 
 class MessageHandle:
     """A message queued for an automation: ``wait(timeout)`` until it is delivered or dropped,
-    ``result()`` the receiver's return value (None if dropped or not delivered yet)."""
+    ``result()`` the receiver's return value (None if dropped or not delivered yet). For a broadcast
+    (``broadcast=True``): until its last hop was consumed, and ``result()`` is the list of the results
+    of the receivers it reached, in order (the seed's return value)."""
 
-    def __init__(self, binding: AuthorBinding, message_id: str, automation_id: str | None, state: str = "queued") -> None:
+    def __init__(self, binding: AuthorBinding, message_id: str, automation_id: str | None, state: str = "queued",
+                 broadcast: bool = False) -> None:
         self._binding = binding
         self.id = message_id
         self.automation_id = automation_id
         self.state = state
+        self.broadcast = broadcast
         self._result: Any = None
+        self._hops = 0  # a broadcast's hops read so far
 
     def __repr__(self) -> str:
         return f"<MessageHandle {self.id} {self.state}>"
@@ -97,6 +103,11 @@ class MessageHandle:
 
     async def refresh_async(self) -> bool:
         """Read the message's state; True once it was delivered or dropped."""
+        if self.broadcast and self.state != "dropped" and self._result is None:
+            self.state, self._result, self._hops = await broadcasts.results(self._binding.store, self.id, self._hops)
+            if self.state == "delivered" and self._result is None:
+                self._result = []
+            return self.state != "queued"
         if self.state != "queued" or self.automation_id is None:
             return self.state != "queued"
         for m in await self._binding.store.automation_messages(self.automation_id):
@@ -252,7 +263,7 @@ class AuthorBinding:
             if msg is None:
                 return None
             ctx.automation_messages.append(msg)
-            return MessageHandle(self, msg.id, automation_id)
+            return MessageHandle(self, msg.id, automation_id, broadcast=cls is not None)
         return self.blocking(self.send(automation_id, cls, message, token, data), "send_message()",
                              "send_message_async")
 
@@ -263,7 +274,7 @@ class AuthorBinding:
             return None
         rec = await self.store.enqueue_message(msg)
         self.runner.wake()
-        return MessageHandle(self, rec.id, automation_id, rec.state)
+        return MessageHandle(self, rec.id, automation_id, rec.state, broadcast=cls is not None)
 
     def _message(self, automation_id: str | None, cls: type[Automation] | None, message: str, token: str | None,
                  data: Any, user: User) -> NewMessage | None:

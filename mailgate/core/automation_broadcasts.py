@@ -7,17 +7,22 @@ commit is refused). The message carries the rest of the list in its sender (``{"
 "next": [...], "results": [...]}``); the runner that delivers it queues the next hop in the same
 commit as the delivery, unless the receiver returned ``"received"``. Each hop is an ordinary message:
 delivered exactly once, under the instance's claim, advancing it at once.
+
+The results list (the seed's return value of ``broadcast_message``) is kept with the hops: hop ``k``
+has the id ``<broadcast id>.<k>`` and carries the results of the hops before it (each as the codec's
+text), so :func:`results` finds the list from the broadcast's id once the last hop was consumed; the
+broadcast's ``MessageHandle`` returns it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mailgate.automations.engine import MessageOutcome
+from mailgate.core.automation_rows import text_value, value_text
 from mailgate.errors import AutomationFenced, NotFound
 from mailgate.store.base import (
     AutomationUpdate,
@@ -51,8 +56,8 @@ async def expand(store: Store, commit: Callable[[Changes], Awaitable[CommitResul
                          extra={"event": "automation.message_dropped", "message": b.id})
             continue  # the first is being run: expand at the next tick
         rest = [t.id for t in targets[targets.index(first) + 1:]]
-        hop = NewMessage(uuid.uuid4().hex, b.message, automation_id=first.id, token=b.token, data=b.data,
-                         sender=json.dumps({"broadcast": b.id, "next": rest, "results": [],
+        hop = NewMessage(hop_id(b.id, 1), b.message, automation_id=first.id, token=b.token, data=b.data,
+                         sender=json.dumps({"broadcast": b.id, "hop": 1, "next": rest, "results": [],
                                             "from": json.loads(b.sender or "{}")}, separators=(",", ":")))
         update = AutomationUpdate(first.id, first.version, None, data=None, wake_at=now, keep_claim=True,
                                   messages_done=[MessageDone(b.id, "delivered", None)])
@@ -86,27 +91,51 @@ async def next_hops(store: Store, messages: list[MessageRecord], outcomes: list[
         sender = json.loads(m.sender)
         if not isinstance(sender, dict) or "next" not in sender:
             continue
-        results = [*sender.get("results", []), out.result if out.state == "delivered" else None]
         if out.state == "delivered" and out.result == "received":
             continue
+        results = [*sender.get("results", []), *([value_text(out.result)] if out.state == "delivered" else [])]
+        hop = int(sender.get("hop", 1)) + 1
         rest = list(sender["next"])
         while rest:  # the next instance still running (one that ended since the send is skipped)
             target = await store.get_automation(rest.pop(0))
             if target is not None and target.state == "running":
-                hops.append(NewMessage(uuid.uuid4().hex, m.message, automation_id=target.id, token=m.token, data=m.data,
-                                       sender=json.dumps({**sender, "next": rest, "results": _json(results)},
+                hops.append(NewMessage(hop_id(str(sender["broadcast"]), hop), m.message, automation_id=target.id,
+                                       token=m.token, data=m.data,
+                                       sender=json.dumps({**sender, "hop": hop, "next": rest, "results": results},
                                                          separators=(",", ":"))))
                 break
     return hops
 
 
-def _json(values: list[Any]) -> list[Any]:
-    """Results as plain JSON where they are (the codec's tagged values are kept as their text)."""
-    out = []
-    for v in values:
-        try:
-            json.dumps(v)
-            out.append(v)
-        except (TypeError, ValueError):
-            out.append(repr(v))
-    return out
+def hop_id(broadcast_id: str, k: int) -> str:
+    """The id of a broadcast's ``k``-th hop (1-based)."""
+    return f"{broadcast_id}.{k}"
+
+
+async def results(store: Store, broadcast_id: str, after: int = 0) -> tuple[str, list[Any] | None, int]:
+    """A broadcast's outcome: ``("queued", None, k)`` while it is under way (``k`` hops consumed: pass
+    it back as ``after`` to read on from there), ``("delivered", results, k)`` once it ended, the
+    results of the receivers it reached in order, or ``("dropped", None, 0)`` if the row is gone
+    (history deleted). A broadcast that reached no running instance stays queued."""
+    b = await store.get_automation_message(broadcast_id)
+    if b is None:
+        return "dropped", None, 0
+    if b.state == "queued":
+        return "queued", None, 0
+    k, last = after, None
+    while True:
+        hop = await store.get_automation_message(hop_id(broadcast_id, k + 1))
+        if hop is None:
+            break
+        if hop.state == "queued":
+            return "queued", None, k
+        k, last = k + 1, hop
+    if last is None and k > 0:  # read on from an earlier call: the last consumed hop again
+        last = await store.get_automation_message(hop_id(broadcast_id, k))
+    if last is None:
+        return "delivered", [], k
+    sender = json.loads(last.sender or "{}")
+    found = [text_value(t) for t in sender.get("results", [])]
+    if last.state == "delivered":
+        found.append(text_value(last.result))
+    return "delivered", found, k

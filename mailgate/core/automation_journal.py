@@ -10,13 +10,15 @@ sending: a duplicate is only possible if the process dies between the relay's 25
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mailgate.automations.context import CURRENT_RUN, StepRow
 from mailgate.automations.flow import Automation
+from mailgate.core.bridge import refuse_on_loop
 from mailgate.core.context import CURRENT
 from mailgate.outbound.message import Message, msgid_domain
 from mailgate.outbound.transport import Outbound
@@ -43,6 +45,9 @@ class Run:
     threaded: list[StepRow] = field(default_factory=list)  # threaded steps whose task ended: their rows
     sends: dict[str, int] = field(default_factory=dict)  # step id -> journaled send_email calls so far
     current_step: list[str | None] = field(default_factory=lambda: [None, None])  # step id, node
+    # async step callables of this run being awaited on the loop (cancelled at the step budget)
+    pending: set[concurrent.futures.Future[Any]] = field(default_factory=set)
+    abandoned: bool = False  # past the step budget: its thread may go on, but runs no more async code
 
     @property
     def id(self) -> str:
@@ -61,6 +66,7 @@ class SendJournal:
         loop = asyncio.get_running_loop()
 
         def send(*args: Any, **kwargs: Any) -> bool:
+            refuse_on_loop(loop, "task.send_email()", "await task.send_email_async(...)")
             message = args[0] if len(args) == 1 and not kwargs else None
             if not isinstance(message, Message):  # task.send_email(to, subject, ...): the author function
                 from mailgate.author.sending import send_email  # noqa: PLC0415 - the author layer calls the core, not back
@@ -73,6 +79,23 @@ class SendJournal:
             step_id = run_state.step_id if run_state is not None else None
             future = asyncio.run_coroutine_threadsafe(self.send(run, step_id, message), loop)
             return bool(future.result(self.outbound.deadline + 10))
+
+        return send
+
+    def hook_async(self, run: Run, ctx: Any) -> Callable[..., Awaitable[bool]]:
+        """``send_email_async`` inside an ``async def`` step (on the loop): journaled like ``send_email``."""
+
+        async def send(*args: Any, **kwargs: Any) -> bool:
+            message = args[0] if len(args) == 1 and not kwargs else None
+            if not isinstance(message, Message):  # task.send_email_async(to, subject, ...): the author function
+                from mailgate.author.sending import send_email_async  # noqa: PLC0415 - the author layer calls the core, not back
+                token = CURRENT.set(ctx)
+                try:
+                    return await send_email_async(*args, **kwargs)
+                finally:
+                    CURRENT.reset(token)
+            run_state = CURRENT_RUN.get()
+            return await self.send(run, run_state.step_id if run_state is not None else None, message)
 
         return send
 

@@ -27,6 +27,7 @@ it early. A tick claims only what is due.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -71,6 +72,7 @@ from mailgate.store.base import (
     NewEvent,
     NewStep,
     NewTask,
+    Recheck,
     SessionSave,
     StepUpdate,
     Store,
@@ -109,7 +111,7 @@ class AutomationRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}  # automation id -> runs lost to store trouble in a row
         self._busy: dict[str, int] = {}  # automation id -> busy-session back-offs in a row
-        self._orphans: set[str] = set()  # logged once each
+        self._orphans: dict[str, float] = {}  # automation id -> when last found orphaned (store clock); logged once
         self._stopping = False
         self._watching = False
         self.journal = SendJournal(store, outbound, self.holder)
@@ -120,6 +122,7 @@ class AutomationRunner:
         self._broadcast_at = float("-inf")
         self._broadcast_skip: set[str] = set()  # broadcasts that reached no instance  # when the automations gauge was last read
         self.runs = 0  # runs committed by this process (tests, the CLI's summary)
+        self._rechecks = RecheckBatch(store, self.holder)
 
     # -- the loop ----------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -260,6 +263,7 @@ class AutomationRunner:
                 return
             await self._advance(run)
             self._failures.pop(auto.id, None)
+            self._orphans.pop(auto.id, None)  # restored, or moved with goto
         except OrphanedAutomation as exc:
             await self._orphaned(auto.id, auto.cls, str(exc))
         except AutomationFenced as exc:
@@ -333,28 +337,34 @@ class AutomationRunner:
         await self._threaded_ended(run, snap, now)
         for s in snap.steps:  # timer lateness: how late the due timers are taken up
             if s.state == "waiting" and s.wake_at is not None and s.wake_at <= now:
-                metrics.AUTOMATION_TIMER_LATENESS.observe(now - s.wake_at)
+                # a recheck moved only the automation's due time: the step's own may be older
+                due = max(s.wake_at, auto.wake_at) if auto.wake_at is not None and auto.wake_at <= now else s.wake_at
+                metrics.AUTOMATION_TIMER_LATENESS.observe(now - due)
         ctx = self._context(run)
         ids = step_ids(auto.id, snap)
         budget = step_budget(self.config)
 
-        send_hook = ctx.send_hook
+        hooks = {"send_email": ctx.send_hook, "send_email_async": ctx.send_hook_async}
+        loop = asyncio.get_running_loop()
 
         def call() -> engine.Outcome:
             token = CURRENT.set(ctx)
             try:
                 return engine.advance(run.cls, snap, now=now, config=self.engine_config, clock=_tracking(self.store.now, run),
-                                      new_id=ids, hooks={"send_email": send_hook})
+                                      new_id=ids, hooks=hooks, awaiter=_on_loop(loop, run))
             finally:
                 CURRENT.reset(token)
 
-        loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, _timed(call))
         try:
             async with asyncio.timeout(budget):
                 outcome = await asyncio.shield(future)
         except TimeoutError:
+            _abandon(run)
             return await self._timed_out(run, snap, budget)
+        except asyncio.CancelledError:  # the runner stops: its async steps stop with it
+            _abandon(run)
+            raise
         await self._commit(run, snap, outcome, ctx)
 
     async def _threaded_ended(self, run: Run, snap: engine.Snapshot, now: float) -> None:
@@ -391,6 +401,7 @@ class AutomationRunner:
                                            user)
             ctx.accessed_at = session.accessed_at
         ctx.send_hook = self.journal.hook(run, ctx)
+        ctx.send_hook_async = self.journal.hook_async(run, ctx)
         return ctx
 
     # -- the commit ----------------------------------------------------------------------------------
@@ -424,8 +435,16 @@ class AutomationRunner:
             if out.created or out.finished_steps or out.state != "running" or run.threaded:
                 # the pages hear of a change only: a recheck that stays false tells them nothing
                 events.append(NewEvent(session.id, "automation", json.dumps(automation_event(auto.id, auto.cls, snap, out))))
+        data = codec.encode(out.data)
+        if (save is None and not sent and not events and not new_tasks and not mailboxes and not starts
+                and _recheck_only(run, snap, out, data)):
+            # a false AsSoonAs evaluated again: only its next recheck time is written, batched (§4.1)
+            if not await self._rechecks.add(Recheck(auto.id, run.version, out.wake_at)):
+                raise AutomationFenced(f"automation {auto.id} moved on or was taken over; its recheck was not saved")
+            self.runs += 1
+            return
         update = AutomationUpdate(
-            auto.id, run.version, self.holder, state=out.state, data=codec.encode(out.data),  # type: ignore[arg-type]
+            auto.id, run.version, self.holder, state=out.state, data=data,  # type: ignore[arg-type]
             wake_at=out.wake_at, steps_finished=[step_update(s) for s in (*out.updated, *run.threaded)],
             steps_opened=[new_step(s) for s in out.created], messages_done=[message_done(m) for m in out.messages],
         )
@@ -513,9 +532,22 @@ class AutomationRunner:
         with contextlib.suppress(StoreError):
             await self.store.release_automations(self.holder, [auto.id], self.store.now() + 0.1 * 2 ** n)
 
+    def orphaned(self) -> list[str]:
+        """The automations this runner found orphaned lately (class or open node gone): each is found
+        again at every recheck while it stays so; one not seen for two recheck intervals (fixed by a
+        goto, killed, or run by another process) is forgotten. What ``/healthz`` and ``mailgate
+        healthcheck`` report, without reading any automation."""
+        a = self.config.automations
+        horizon = self.store.now() - (2 * a.recheck_interval + a.timer_poll)
+        for aid, seen in list(self._orphans.items()):
+            if seen < horizon:
+                del self._orphans[aid]
+        return sorted(self._orphans)
+
     async def _orphaned(self, automation_id: str, cls: str, why: str) -> None:
-        if automation_id not in self._orphans:
-            self._orphans.add(automation_id)
+        first = automation_id not in self._orphans
+        self._orphans[automation_id] = self.store.now()
+        if first:
             log.warning("automation %s (%s) is orphaned: %s; it is not run (restore its class or node, or move it "
                         "with: mailgate automations goto %s NODE)", automation_id, cls, why, automation_id,
                         extra={"event": "automation.orphaned", "automation": automation_id})
@@ -523,6 +555,52 @@ class AutomationRunner:
             # not due again before a recheck: an orphan must not spin the runner
             await self.store.release_automations(self.holder, [automation_id],
                                                  self.store.now() + self.config.automations.recheck_interval)
+
+
+def _recheck_only(run: Run, snap: engine.Snapshot, out: engine.Outcome, data: str) -> bool:
+    """Whether a run changed nothing but due times: no step entered, ended or given another state, no
+    message consumed or sent, no task, the data and state as read, no journaled send in between."""
+    auto = run.claimed.automation
+    if (out.state != auto.state or out.created or out.messages or out.sent or out.tasks or run.threaded
+            or run.version != auto.version or data != auto.data):
+        return False
+    before = {s.id: s for s in snap.steps}
+    return all(s.id in before and replace(s, wake_at=before[s.id].wake_at) == before[s.id] for s in out.updated)
+
+
+class RecheckBatch:
+    """Rechecks of the runs that end together go to the store in one ``recheck_automations`` call
+    (one statement): the first one starts a writer task, the others join its next batch."""
+
+    def __init__(self, store: Store, holder: str) -> None:
+        self.store = store
+        self.holder = holder
+        self._waiting: list[tuple[Recheck, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, recheck: Recheck) -> bool:
+        """Whether the recheck was applied (False: its fence did not hold)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append((recheck, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write(), name="automation-rechecks")
+        return await done
+
+    async def _write(self) -> None:
+        await asyncio.sleep(0)  # the runs ending in this turn of the loop join the first batch
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                applied = set(await self.store.recheck_automations(self.holder, [r for r, _ in batch]))
+            except Exception as exc:  # noqa: BLE001 - each run handles it (store trouble is retried)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for r, done in batch:
+                if not done.done():
+                    done.set_result(r.automation_id in applied)
 
 
 def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:
@@ -536,6 +614,42 @@ def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:
         return clock()
 
     return now
+
+
+def _abandon(run: Run) -> None:
+    """Past the step budget (or stopping): the run's async steps are cancelled and it starts no more; a
+    sync step's thread cannot be stopped and is abandoned (nothing it did commits)."""
+    run.abandoned = True
+    for pending in list(run.pending):
+        pending.cancel()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, run: Run) -> engine.Awaiter:
+    """The engine's awaiter for one run: an ``async def`` step callable runs on the daemon's loop (in
+    the engine thread's context: the step's action context and outbox), the engine thread waiting for
+    it; the runner cancels it at the step budget."""
+
+    def wait(awaitable: Awaitable[Any]) -> Any:
+        coro = engine.awaitable_call(awaitable)
+        if run.abandoned:  # past the budget already: start nothing more
+            coro.close()
+            raise StepCancelled("the run overran its step budget")
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        run.pending.add(future)
+        if run.abandoned:  # the budget ran out between the check above and the add: the loop missed it
+            future.cancel()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise StepCancelled("the step was cancelled at its step budget") from None
+        finally:
+            run.pending.discard(future)
+
+    return wait
+
+
+class StepCancelled(Exception):  # noqa: N818 - what the abandoned engine thread sees; nothing of it commits
+    """An async step cancelled at the step budget (the run's outcome is discarded)."""
 
 
 def _timed(call: Callable[[], engine.Outcome]) -> Callable[[], engine.Outcome]:

@@ -57,10 +57,12 @@ def message_dict(msg: MessageRecord) -> dict[str, Any]:
             "result": decoded(msg.result), "created": iso_time(msg.created_at), "delivered": iso_time(msg.delivered_at)}
 
 
-def history_tree(steps: Sequence[StepRecord]) -> list[str]:
+def history_tree(steps: Sequence[StepRecord], wake_at: float | None = None) -> list[str]:
     """The history as indented lines: each step after the one it followed, a Split's paths one level
     deeper than the Split (each path whole, up to its Join), what follows the Join back at the Split's
-    level. Loops stay flat (only Splits nest), so a long-running Repeat is a long list, not a deep one."""
+    level. Loops stay flat (only Splits nest), so a long-running Repeat is a long list, not a deep one.
+    ``wake_at`` is the running automation's: a false AsSoonAs recheck moves only that one, so a waiting
+    step's own (older) time is shown no earlier than it."""
     by_id = {s.id: s for s in steps}
     children: dict[str | None, list[StepRecord]] = {}
     for s in steps:
@@ -86,7 +88,8 @@ def history_tree(steps: Sequence[StepRecord]) -> list[str]:
         if s.attempts > 1:
             extra.append(f"attempts {s.attempts}")
         if s.state in OPEN and s.wake_at is not None:
-            extra.append(f"wakes {iso_time(s.wake_at)}")
+            late = wake_at is not None and s.state == "waiting" and wake_at > s.wake_at
+            extra.append(f"wakes {iso_time(wake_at if late else s.wake_at)}")
         if s.error_type:
             extra.append(f"{s.error_type}: {s.error_message}")
         text = f"{'  ' * depth(s)}{s.node} [{s.state}]" + (f" {s.message}" if s.message else "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import json
 import logging
 import traceback
@@ -136,6 +137,8 @@ class TaskRunner:
                 self._invoker.executor, call, lambda: engine.call_threaded(
                     cls, auto.id, codec.decode(auto.data), step_row(step), now=store.now(), session_id=session.id,
                     answers=answers))
+            if inspect.isawaitable(value):  # an async def step: awaited here, on the loop, within the task's timeout
+                value = await value
             raise BackgroundResponseEnd((value,), {})
 
         return Action(THREADED_ACTION, run_step, True)

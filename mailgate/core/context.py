@@ -70,6 +70,7 @@ class ActionContext:
     accessed_at: float | None = None  # the session's last access by anyone but the cron user
     # An automation step's send_email goes through its runner's journal (prepared message -> accepted)
     send_hook: Any = None
+    send_hook_async: Any = None  # the same for send_email_async in an ``async def`` step
     new_automations: list[Any] = field(default_factory=list)  # AutomationStart rows committed with the action
     automation_messages: list[Any] = field(default_factory=list)  # NewMessage rows committed with the action
 

@@ -200,6 +200,17 @@ class AutomationUpdate:
 
 
 @dataclass(frozen=True)
+class Recheck:
+    """A run that changed nothing but the automation's next due time (a false ``AsSoonAs`` evaluated
+    again): ``wake_at`` is written and the claim released, fenced by ``expected_version`` and the
+    claim, without a new version (AUTOMATIONS.md §4.1: it writes nothing but its next recheck time)."""
+
+    automation_id: str
+    expected_version: int
+    wake_at: float | None
+
+
+@dataclass(frozen=True)
 class AutomationStart:
     """An automation to create in a commit (an action's ``Class(**data)``, ``create_on_message``),
     with its first steps and queued messages, under the same unique rule as ``create_automation``:

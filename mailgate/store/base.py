@@ -28,6 +28,7 @@ from mailgate.store.automation_records import (  # noqa: F401 - re-exported: eve
     NewAutomation,
     NewMessage,
     NewStep,
+    Recheck,
     StepRecord,
     StepState,
     StepUpdate,
@@ -650,6 +651,14 @@ class Store(abc.ABC):
         next claim (a back-off), None leaves the automation due as it was."""
 
     @abc.abstractmethod
+    async def recheck_automations(self, holder: str, rechecks: Sequence[Recheck]) -> list[str]:
+        """Write the next due time of each automation whose run changed nothing else, and give
+        ``holder``'s claim back, in one statement where the backend allows; the version, data, steps
+        and ``updated_at`` stay. An automation with a message queued meanwhile stays due now. One whose
+        fence does not hold (another version, not ``holder``'s claim, no longer running) is skipped:
+        the ids applied are returned."""
+
+    @abc.abstractmethod
     async def next_wake(self) -> float | None:
         """The earliest ``wake_at`` among running automations (claimed ones included), read from
         its index only; None when none waits on anything."""
@@ -673,6 +682,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_automation_step(self, step_id: str) -> StepRecord | None:
         """One step row by its id (a form task named by its step), whatever its state."""
+
+    @abc.abstractmethod
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        """One message row by its id (a broadcast, or one of its hops), whatever its state."""
 
     @abc.abstractmethod
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:

@@ -32,6 +32,7 @@ from mailgate.store.base import (
     NewAutomation,
     NewMessage,
     NewStep,
+    Recheck,
     StepRecord,
     StepUpdate,
     Store,
@@ -164,6 +165,9 @@ class SealedAutomations:
     async def release_automations(self, holder: str, automation_ids: Sequence[str], wake_at: float | None = None) -> None:
         await self.inner.release_automations(holder, automation_ids, wake_at)
 
+    async def recheck_automations(self, holder: str, rechecks: Sequence[Recheck]) -> list[str]:
+        return await self.inner.recheck_automations(holder, rechecks)  # ids, versions and times: in clear
+
     async def next_wake(self) -> float | None:
         return await self.inner.next_wake()
 
@@ -187,6 +191,10 @@ class SealedAutomations:
     async def get_automation_step(self, step_id: str) -> StepRecord | None:
         step = await self.inner.get_automation_step(step_id)
         return None if step is None else self._step(step)
+
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        found = await self.inner.get_automation_message(message_id)
+        return None if found is None else self._message(found)
 
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         return [self._message(m) for m in await self.inner.automation_messages(automation_id)]

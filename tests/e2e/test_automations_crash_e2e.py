@@ -179,6 +179,28 @@ def test_kill_during_a_step_after_send_email_reruns_it_without_a_second_mail(nod
     assert message_id.split('"message_id":')[1].strip(' "}').encode() in sink.messages[0]
 
 
+def test_kill_right_after_a_step_commit_runs_the_next_step_and_never_the_committed_one(node: Node) -> None:
+    """§5.9, second half: kill -9 right after the commit of a step (``first``; ``second`` waits 3 s);
+    after the restart ``second`` runs once and ``first`` never again."""
+    log = node.tmp_path / "steps.log"
+    ids = node.start("TwoSteps", 5, gap=3, log=str(log))
+    proc = node.serve()
+
+    def committed() -> bool:
+        return node.query("SELECT COUNT(*) FROM automation_steps WHERE node = 'first' AND state = 'done'") == [(5,)]
+
+    wait_for(committed, 30, "the first steps to commit")
+    node.kill(proc)
+    assert node.query("SELECT COUNT(*) FROM automation_steps WHERE node = 'second' AND state = 'done'") == [(0,)]
+    assert log.read_text().splitlines() == ["first 1"] * 5
+    node.serve()
+    wait_for(lambda: states(node)["finished"] == 5, 30, "every automation to finish after the restart")
+    assert sorted(log.read_text().splitlines()) == ["first 1"] * 5 + ["second 1"] * 5
+    for aid in ids:
+        rows = node.query("SELECT node, state, attempts FROM automation_steps WHERE automation_id = ? ORDER BY seq", aid)
+        assert rows == [("first", "done", 1), ("second", "done", 1), ("end", "done", 0)]
+
+
 def test_a_thousand_due_timers_with_a_kill_mid_drain_each_commit_once(node: Node) -> None:
     """§5.10: 1,000 timers due at once, kill -9 while the runner drains them, restart: every
     automation's ``fire`` step committed exactly once; its code ran again only for the runs in flight

@@ -169,6 +169,13 @@ async def test_messages_broadcast_retry_kill(daemon: Daemon, http: Http) -> None
                          [{"pings": 1, "token": "w"}, {"pings": 2, "token": None}]]
 
     await wait_until(each_got_the_broadcast, 15, "the broadcast delivered to both Reviews")
+    # with wait: the answer holds the receivers' results in order once the last hop was consumed
+    runner = asyncio.create_task(wait_until(lambda: step(daemon), 10, "the waited broadcast delivered"))
+    ended = await call(http, "POST", f"/api/automation-classes/{cls}/broadcast", 200,
+                       json={"message": "ping", "token": "b", "wait": 10})
+    await runner
+    assert (ended["state"], ended["results"]) == ("delivered", [{"pings": 3, "token": "b"}, {"pings": 3, "token": "b"}])
+    await call(http, "POST", f"/api/automation-classes/{cls}/broadcast", 400, json={"message": "ping", "wait": 61})
     await call(http, "POST", "/api/automation-classes/Nope/broadcast", 404, json={"message": "ping"})
 
     await call(http, "DELETE", f"/api/automations/{r1}", 204)

@@ -217,6 +217,29 @@ class Threaded(flow.Automation):
         self.data["done"] = token
 
 
+class TwoSteps(flow.Automation):
+    """Two steps with a wait between them (a commit boundary), each logging its executions to a file:
+    §5.9's kill -9 right after the first step's commit."""
+
+    class Meta:
+        name = "TwoSteps"
+
+    first = flow.Execute(this.log_first)
+    second = flow.Execute(this.log_second).AfterWaitingFor(this.gap)
+    end = flow.End()
+
+    def gap(self, task: Any) -> datetime.timedelta:
+        return datetime.timedelta(seconds=float(self.data.get("gap", 0)))
+
+    def log_first(self, task: Any) -> None:
+        with open(self.data["log"], "a") as f:
+            f.write(f"first {task.attempt}\n")
+
+    def log_second(self, task: Any) -> None:
+        with open(self.data["log"], "a") as f:
+            f.write(f"second {task.attempt}\n")
+
+
 @interview.action("start_threaded")
 def start_threaded(answers: dict[str, Any]) -> None:
     answers["automation"] = Threaded().id

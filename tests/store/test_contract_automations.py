@@ -38,6 +38,7 @@ from mailgate.store.base import (
     NewMessage,
     NewStep,
     NewTask,
+    Recheck,
     SessionSave,
     StepUpdate,
     Store,
@@ -497,3 +498,53 @@ async def test_a_commit_mid_run_keeps_the_claim_and_the_due_time(store: Store, c
                            steps_finished=[StepUpdate("st1", "done", message="OK", attempts=2)],
                            journal=[JournalEntry("st1", 0, "send_email", '{"message_id":"<2@x>"}')]))
     assert (await store.journal_entry("st1", 0)).result == '{"message_id":"<1@x>"}'  # type: ignore[union-attr]
+
+
+async def test_rechecks_write_only_the_due_time_fenced_and_keep_a_new_message_due(store: Store, clock: Clock) -> None:
+    for i in range(5):
+        await store.create_automation(auto(f"a{i}", data=f'{{"n":{i}}}'), [NewStep(f"s{i}", "wait")])
+    claimed = {c.automation.id: c.automation for c in await store.claim_automations("r1", 5, lease=30)}
+    assert sorted(claimed) == ["a0", "a1", "a2", "a3", "a4"]
+    before = {i: await store.get_automation(i) for i in claimed}
+    await store.enqueue_message(NewMessage("m1", "ping", automation_id="a2"))  # arrives during the run
+    clock.now += 1
+    # a3 moved on meanwhile (another version); a4 was taken over by r2 after r1's lease lapsed
+    await store.commit(run("a3", claimed["a3"].version, "r1", keep_claim=True))
+    await store.release_automations("r1", ["a4"])
+    await store.claim_automations("r2", 5, lease=30)
+    done = await store.recheck_automations("r1", [Recheck(i, claimed[i].version, clock.now + 60) for i in claimed])
+    assert sorted(done) == ["a0", "a1", "a2"]
+    for i in ("a0", "a1"):
+        rec = await store.get_automation(i)
+        old = before[i]
+        assert rec is not None and old is not None
+        assert (rec.wake_at, rec.claim_holder, rec.claim_until) == (clock.now + 60, None, None)
+        assert (rec.version, rec.data, rec.updated_at, rec.state) == (old.version, old.data, old.updated_at, "running")
+        assert [(s.id, s.state, s.wake_at) for s in await store.automation_history(i)] == [
+            (f"s{i[1]}", "waiting", None)]  # the steps are not written
+    a2 = await store.get_automation("a2")
+    assert a2 is not None and a2.wake_at == clock.now and a2.claim_holder is None  # its message keeps it due
+    a3, a4 = await store.get_automation("a3"), await store.get_automation("a4")
+    assert a3 is not None and a3.version == claimed["a3"].version + 1 and a3.wake_at != clock.now + 60
+    assert a4 is not None and a4.claim_holder == "r2"
+    assert await store.next_wake() == clock.now - 1  # a3 and a4 kept theirs; a2 is due now, a0 and a1 later
+    assert [c.automation.id for c in await store.claim_automations("r3", 5, lease=30)] == ["a2"]
+    assert await store.recheck_automations("r1", []) == []
+
+
+async def test_one_message_by_id_whatever_its_state(store: Store) -> None:
+    await store.create_automation(auto("a1"), [NewStep("st1", "start")])
+    await store.enqueue_message(NewMessage("b1", "news", broadcast_class="app.Flow", token="t", data='{"x":1}',
+                                           sender='{"user":"u"}'))
+    await store.enqueue_message(NewMessage("b1.1", "news", automation_id="a1", token="t", sender='{"broadcast":"b1"}'))
+    found = await store.get_automation_message("b1")
+    assert found is not None
+    assert (found.id, found.broadcast_class, found.token, found.data, found.sender, found.state) == (
+        "b1", "app.Flow", "t", '{"x":1}', '{"user":"u"}', "queued")
+    [claim] = await store.claim_automations("r1", 1, lease=30)
+    await store.commit(run("a1", claim.automation.version, "r1",
+                           messages_done=[MessageDone("b1.1", "delivered", '"ok"')]))
+    hop = await store.get_automation_message("b1.1")
+    assert hop is not None and (hop.automation_id, hop.state, hop.result, hop.sender) == (
+        "a1", "delivered", '"ok"', '{"broadcast":"b1"}')
+    assert await store.get_automation_message("nope") is None

@@ -85,6 +85,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("message")
     p.add_argument("--token")
     p.add_argument("--data", help="JSON")
+    p.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for its end and print the results")
     p.add_argument("--user")
     p = a.add_parser("tasks", parents=[common], help="the open forms a user may submit")
     p.add_argument("--user", required=True)
@@ -167,7 +168,21 @@ async def _dispatch(args: argparse.Namespace, rt: Runtime) -> int:  # noqa: C901
     elif cmd == "broadcast":
         msg = await admin.broadcast(args.cls, args.message, token=args.token, data=_json_arg(args.data, "--data"),
                                     user=_user(args))
-        emit(args.json, message_dict(msg), text=f"queued broadcast {msg.id}")
+        if args.wait is not None and args.wait < 0:
+            raise CliError("--wait must be 0 or more seconds")
+        out = message_dict(msg)
+        if not args.wait:
+            emit(args.json, out, text=f"queued broadcast {msg.id}")
+            return 0
+        out["state"], out["results"] = await admin.broadcast_results(msg.id, args.wait)
+        if args.json:
+            print_json(out)
+        elif out["state"] == "queued":
+            print(f"queued broadcast {msg.id} (not ended within {args.wait:g} s)")
+        else:
+            print(f"{out['state']}: {json.dumps(out['results'], default=str)}")
+        if out["state"] == "queued":
+            return 1
     elif cmd == "tasks":
         rows = await admin.tasks_for(_user(args), limit=args.limit)
         emit(args.json, rows, columns=["step", "node", "automation", "class", "session", "created"])

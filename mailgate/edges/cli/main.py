@@ -403,7 +403,13 @@ async def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
     if "smtp" in roles:
         checks.append(await _check_smtp(config))
     if "web" in roles:
-        checks.append(await _check_web(config))
+        web_check, health = await _check_web(config)
+        checks.append(web_check)
+        orphaned = health.get("orphaned_automations")
+        if isinstance(orphaned, int) and orphaned > 0:  # the daemon's runner found them: it never runs them
+            checks.append({"check": "automations", "ok": False, "detail": (
+                f"{orphaned} orphaned (class or open node gone): not run until restored, or moved with "
+                "mailgate automations goto ID NODE; mailgate automations list --state running names them")})
     ok = all(c["ok"] for c in checks)
     if args.json:
         print_json({"ok": ok, "checks": checks})
@@ -443,26 +449,32 @@ async def _check_smtp(config: Config) -> dict[str, Any]:
     return {"check": "smtp", "ok": banner.startswith("220 "), "detail": f"{host}:{port} answered {banner[:60]!r}"}
 
 
-async def _check_web(config: Config) -> dict[str, Any]:
+async def _check_web(config: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The web check, and what ``/healthz`` answered (its JSON object; empty if none)."""
     host, port = _local(config.web.host), config.web.port
     if port == 0:
-        return {"check": "web", "ok": True, "detail": "port 0 (picked at start): not checked"}
+        return {"check": "web", "ok": True, "detail": "port 0 (picked at start): not checked"}, {}
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
     # the standard library's client in a thread: one request does not need aiohttp, which belongs to the web edge
     try:
-        status = await asyncio.to_thread(_http_status, url, 5.0)
+        status, body = await asyncio.to_thread(_http_get, url, 5.0)
     except (OSError, http.client.HTTPException) as exc:
-        return {"check": "web", "ok": False, "detail": f"{url}: {exc or 'timed out'}"}
-    return {"check": "web", "ok": status == 200, "detail": f"{url} answered {status}"}
+        return {"check": "web", "ok": False, "detail": f"{url}: {exc or 'timed out'}"}, {}
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    return ({"check": "web", "ok": status == 200, "detail": f"{url} answered {status}"},
+            health if isinstance(health, dict) else {})
 
 
-def _http_status(url: str, timeout: float) -> int:
+def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the daemon is local: never a proxy
     try:
         with opener.open(url, timeout=timeout) as response:
-            return int(response.status)
+            return int(response.status), response.read(65536)
     except urllib.error.HTTPError as exc:  # 503 when the schema is behind: an answer, not a failure to connect
-        return int(exc.code)
+        return int(exc.code), exc.read(65536)
 
 
 async def cmd_demo(args: argparse.Namespace, config: Config) -> int:

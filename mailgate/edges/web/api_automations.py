@@ -54,11 +54,17 @@ async def automation_classes(request: web.Request) -> web.Response:
 
 @routes.post("/api/automation-classes/{cls}/broadcast")
 async def broadcast(request: web.Request) -> web.Response:
-    data = _only(await body(request), "message", "token", "data", "user")
-    msg = await rt(request).automations.broadcast(request.match_info["cls"], field(data, "message", str, required=True),
-                                                  token=field(data, "token", str), data=data.get("data"),
-                                                  user=user_of(data))
-    return web.json_response(message_dict(msg), status=202)
+    data = _only(await body(request), "message", "token", "data", "wait", "user")
+    wait = field(data, "wait", (int, float))
+    if wait is not None and not 0 <= wait <= WAIT_CAP:
+        raise BadRequest(f"'wait' must be between 0 and {WAIT_CAP:g} seconds")
+    admin = rt(request).automations
+    msg = await admin.broadcast(request.match_info["cls"], field(data, "message", str, required=True),
+                                token=field(data, "token", str), data=data.get("data"), user=user_of(data))
+    out = message_dict(msg)
+    if wait:
+        out["state"], out["results"] = await admin.broadcast_results(msg.id, wait)
+    return web.json_response(out, status=202 if out["state"] == "queued" else 200)
 
 
 @routes.post("/api/automations")

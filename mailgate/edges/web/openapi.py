@@ -248,10 +248,17 @@ def automation_paths(user: dict[str, Any]) -> dict[str, Any]:
                 "receivers": {"type": "array", "items": {"type": "string"}}}}}, "the classes"), **_errors(401, 503)}}},
         "/api/automation-classes/{cls}/broadcast": {
             "parameters": [{"name": "cls", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "post": {"summary": "Queue a message to every running automation of a class", "operationId": "broadcastMessage",
+            "post": {"summary": "Queue a message to every running automation of a class; with wait, wait up to that "
+                                "many seconds for its end and answer the receivers' results in order",
+                     "operationId": "broadcastMessage",
                      "requestBody": _body({"type": "object", "required": ["message"], "additionalProperties": False,
-                                           "properties": message_body}, required=True),
-                     "responses": {"202": _json({"$ref": _ref("AutomationMessage")}, "queued"),
+                                           "properties": {**message_body, "wait": _optional(
+                                               {"type": "number", "minimum": 0, "maximum": WAIT_CAP})}}, required=True),
+                     "responses": {"200": _json({"allOf": [{"$ref": _ref("AutomationMessage")}, {
+                                       "type": "object", "required": ["results"],
+                                       "properties": {"results": {"type": "array", "items": {}}}}]},
+                                       "ended (with wait): results"),
+                                   "202": _json({"$ref": _ref("AutomationMessage")}, "queued"),
                                    **_errors(*COMMON, 413, 422)}}},
         "/api/automations": {
             "post": {"summary": "Start an automation (unique classes: 200 with the running one)",

@@ -28,6 +28,7 @@ from mailgate.store.base import (
     NewAutomation,
     NewMessage,
     NewStep,
+    Recheck,
     StepRecord,
 )
 from mailgate.store.postgres.listener import AUTOMATION_CHANNEL
@@ -137,6 +138,20 @@ class PgAutomations:
                 "SELECT pg_notify('mailgate_automations', '') FROM (SELECT 1 FROM given LIMIT 1) AS any_given",
                 list(automation_ids), holder, wake_at))
 
+    async def recheck_automations(self, holder: str, rechecks: Sequence[Recheck]) -> list[str]:
+        if not rechecks:
+            return []
+        rows = await self._fetch(
+            "WITH given AS (SELECT * FROM unnest($1::text[], $2::integer[], $3::float8[]) AS g(id, version, wake)) "
+            "UPDATE automations a SET claim_holder = NULL, claim_until = NULL, "
+            "wake_at = CASE WHEN EXISTS (SELECT 1 FROM automation_messages m WHERE m.automation_id = a.id "
+            "AND m.state = 'queued') THEN mailgate_now($5) ELSE given.wake END "
+            "FROM given WHERE a.id = given.id AND a.version = given.version AND a.claim_holder = $4 "
+            "AND a.state = 'running' RETURNING a.id",
+            [r.automation_id for r in rechecks], [r.expected_version for r in rechecks], [r.wake_at for r in rechecks],
+            holder, self._t())
+        return [r[0] for r in rows]
+
     async def next_wake(self) -> float | None:
         value = await self._call(lambda c: c.fetchval("SELECT MIN(wake_at) FROM automations WHERE state = 'running'"))
         return float(value) if value is not None else None
@@ -166,6 +181,10 @@ class PgAutomations:
     async def get_automation_step(self, step_id: str) -> StepRecord | None:
         rows = await self._fetch(f"SELECT {STEP_COLS} FROM automation_steps WHERE id = $1", step_id)
         return StepRecord(*rows[0]) if rows else None
+
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        rows = await self._fetch(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE id = $1", message_id)
+        return MessageRecord(*rows[0]) if rows else None
 
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         rows = await self._fetch(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE automation_id = $1 ORDER BY seq",

@@ -23,6 +23,7 @@ from mailgate.store.base import (
     NewAutomation,
     NewMessage,
     NewStep,
+    Recheck,
     StepRecord,
 )
 from mailgate.store.sqlite.writer import SqliteWriter
@@ -37,6 +38,7 @@ JOURNAL_COLS = "step_id, call_index, kind, result, created_at"
 ENDED_STEPS = ("done", "skipped", "failed", "joined")
 _ENDED_SQL = "('finished', 'failed', 'killed')"
 # The runners' timer read (every ``timer_poll``): the partial index alone, whatever the number waiting.
+RECHECK_CHUNK = 500  # rechecks per statement (3 variables each)
 NEXT_WAKE = "SELECT MIN(wake_at) FROM automations INDEXED BY automations_wake WHERE state = 'running'"
 
 
@@ -262,6 +264,27 @@ class SqliteAutomations:
             f"WHERE id IN ({_marks(len(ids))}) AND claim_holder = ?", (wake_at, *ids, holder)))
         self._ring_automations()
 
+    async def recheck_automations(self, holder: str, rechecks: Sequence[Recheck]) -> list[str]:
+        if not rechecks:
+            return []
+        now, items = self.now(), list(rechecks)
+
+        def unit(conn: sqlite3.Connection) -> list[str]:
+            done: list[str] = []
+            for i in range(0, len(items), RECHECK_CHUNK):  # one statement per chunk (SQLite's variable limit)
+                chunk = items[i:i + RECHECK_CHUNK]
+                done += [r[0] for r in conn.execute(
+                    f"WITH given(id, version, wake) AS (VALUES {', '.join(['(?, ?, ?)'] * len(chunk))}) "
+                    "UPDATE automations SET claim_holder = NULL, claim_until = NULL, "
+                    "wake_at = CASE WHEN EXISTS (SELECT 1 FROM automation_messages m WHERE m.automation_id = automations.id "
+                    "AND m.state = 'queued') THEN ? ELSE given.wake END "
+                    "FROM given WHERE automations.id = given.id AND automations.version = given.version "
+                    "AND automations.claim_holder = ? AND automations.state = 'running' RETURNING automations.id",
+                    [*(v for r in chunk for v in (r.automation_id, r.expected_version, r.wake_at)), now, holder])]
+            return done
+
+        return list(await self._writer.submit(unit))
+
     async def next_wake(self) -> float | None:
         rows = await self._read(NEXT_WAKE)
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
@@ -295,6 +318,10 @@ class SqliteAutomations:
     async def get_automation_step(self, step_id: str) -> StepRecord | None:
         rows = await self._read(f"SELECT {STEP_COLS} FROM automation_steps WHERE id = ?", (step_id,))
         return StepRecord(*rows[0]) if rows else None
+
+    async def get_automation_message(self, message_id: str) -> MessageRecord | None:
+        rows = await self._read(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE id = ?", (message_id,))
+        return MessageRecord(*rows[0]) if rows else None
 
     async def automation_messages(self, automation_id: str) -> list[MessageRecord]:
         rows = await self._read(f"SELECT {MESSAGE_COLS} FROM automation_messages WHERE automation_id = ? ORDER BY seq",
