@@ -48,12 +48,13 @@ async def expand(store: Store, commit: Callable[[Changes], Awaitable[CommitResul
             continue
         targets = await _running_at(store, b.broadcast_class, b.created_at)
         now = store.now()
-        first = next((t for t in targets if t.claim_until is None or t.claim_until < now), None)
-        if first is None:
-            if not targets:
-                skip.add(b.id)
-                log.info("broadcast %s (%s to %s) reached no running instance", b.id, b.message, b.broadcast_class,
-                         extra={"event": "automation.message_dropped", "message": b.id})
+        if not targets:
+            skip.add(b.id)
+            log.info("broadcast %s (%s to %s) reached no running instance", b.id, b.message, b.broadcast_class,
+                     extra={"event": "automation.message_dropped", "message": b.id})
+            continue
+        first = targets[0]  # in id order: never passed over for the next one
+        if first.claim_until is not None and first.claim_until >= now:
             continue  # the first is being run: expand at the next tick
         rest = [t.id for t in targets[targets.index(first) + 1:]]
         hop = NewMessage(hop_id(b.id, 1), b.message, automation_id=first.id, token=b.token, data=b.data,

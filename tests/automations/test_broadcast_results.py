@@ -56,3 +56,30 @@ async def test_broadcast_wait_in_the_cli_prints_the_results(tmp_path: Path, caps
         assert await _dispatch(args, rt(d)) == 0
         out = json.loads(capsys.readouterr().out)
         assert (out["state"], out["results"]) == ("delivered", [0, 1])
+
+
+async def test_a_broadcast_waits_for_a_claimed_first_instance_instead_of_skipping_it(tmp_path: Path) -> None:
+    """Instances running at send time are reached in id order: one being run when the broadcast is
+    expanded is waited for, not passed over for the next one."""
+    from mailgate.core.automation_broadcasts import expand
+    from mailgate.store.base import Changes, NewAutomation, NewMessage, NewStep
+    from mailgate.store.sqlite.backend import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "b.sqlite3"))
+    await store.open()
+    try:
+        await store.migrate()
+        for n in (1, 2):
+            await store.create_automation(NewAutomation(f"a{n}", "app.L", None, "{}", f"k{n}", "{}"), [NewStep(f"s{n}", "wait")])
+        [claimed] = await store.claim_automations("runner", 1, 30)
+        assert claimed.automation.id == "a1"
+        await store.commit(Changes(messages=[NewMessage("b1", "news", broadcast_class="app.L")]))
+        skip: set[str] = set()
+        assert await expand(store, store.commit, skip) == 0  # a1 is being run: not now, and not a2 instead
+        assert await store.automation_messages("a2") == []
+        await store.release_automations("runner", ["a1"])
+        assert await expand(store, store.commit, skip) == 1
+        assert [m.id for m in await store.automation_messages("a1")] == [hop_id("b1", 1)]
+        assert await store.automation_messages("a2") == []
+    finally:
+        await store.close()
