@@ -141,9 +141,10 @@ class SmtpConfig:
     parse_worker_max_rss: int = _f(268435456, "a parse worker process left with more resident memory than this many bytes "
                                    "after a message ends itself and another starts (Python keeps freed memory); 0 = never",
                                    minimum=0)
-    parse_nice: int = _f(10, "nice value added to parse worker processes: under load the CPU goes first to answering "
-                         "SMTP clients, the web side and actions, and parsing catches up after (it changes nothing on an "
-                         "idle host); 0 = the daemon's priority. Not applied with parse_processes = 0", minimum=0, maximum=19)
+    parse_nice: int = _f(0, "nice value added to parse worker processes (0-19): under load the CPU goes first to "
+                         "answering SMTP clients, the web side and actions, and parsing catches up from the queue after "
+                         "(nothing changes on an idle host); 0 = the daemon's priority. Not applied with parse_processes = 0",
+                         minimum=0, maximum=19)
     parse_timeout: float = _f(30.0, "seconds a worker process may spend on one message; past it the worker is replaced and the message stored unparsed (raw bytes kept, a defect says why); with parse_processes = 0 the message is stored unparsed all the same, but the parsing thread cannot be stopped and runs on unused", minimum=0.1)
     max_line_length: int = _f(65536, "longest line accepted in DATA (RFC 5321 says 1000; real mail is longer)", minimum=1001)
     process_queue: bool = _f(True, "process queued mail on this node (with the smtp or worker role): parse, authenticate, store as e-mails; false = this node only queues what it accepts, others process it")
