@@ -1,10 +1,11 @@
 """Benchmark: the automations runner (AUTOMATIONS.md §5 Benchmark), with both anchors in the same run.
 
-mailgate, on a fresh SQLite file, the runner driven in-process:
+mailgate, on a fresh SQLite file (or PostgreSQL database), the runner driven in-process:
 - creation/s of session-bound automations (``start_async``, ``--concurrency`` at a time);
 - idle: with them all waiting on timers far away, the runner's CPU and the store writes over 5 s;
 - a burst of ``--burst`` due one-step automations drained: steps/s (claim, engine, fenced commit);
-- timer lateness p50/p99/max (the step's start minus its due time) with dues spread at ``--rate``/s;
+- timer lateness p50/p99/max (the commit of the timer's run minus its due time; the step's start too)
+  with dues spread at ``--rate``/s;
 - message -> advanced p50/p99 over ``--messages`` sequential messages;
 - AsSoonAs rechecks/s (waiting automations whose condition stays false, all due for a recheck);
 - peak RSS above the level before the run.
@@ -16,7 +17,14 @@ Anchors measured in this run:
   same one-step automation, ``AutomationModel.run()`` back-to-back (its best case, no cron gap):
   steps/s, and its AsSoonAs evaluations/s.
 
-    python bench/automations.py [--waiting 20000] [--burst 2000] [--rate 500] [--messages 300]
+- memory: a fresh daemon process per size (a tenth of ``--waiting``, then ``--waiting``) creates that
+  many waiting automations, idles 3 s and drains 1,000: its peak RSS, which must not grow with them.
+
+    python bench/automations.py [--waiting 100000] [--burst 10000] [--rate 500] [--messages 1000]
+                                [--idle 10] [--memory 10000,100000|no] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
+
+With ``--pg`` the mailgate part runs on a database of its own on that server (created, then
+dropped); idle writes are then rows written (``pg_stat_database``) instead of WAL bytes.
 """
 
 from __future__ import annotations
