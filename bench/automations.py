@@ -2,13 +2,15 @@
 
 mailgate, on a fresh SQLite file (or PostgreSQL database), the runner driven in-process:
 - creation/s of session-bound automations (``start_async``, ``--concurrency`` at a time);
-- idle: with them all waiting on timers far away, the runner's CPU and the store writes over 5 s;
+- idle: with them all waiting on timers far away, the runner's CPU and the store writes over ``--idle`` s;
 - a burst of ``--burst`` due one-step automations drained: steps/s (claim, engine, fenced commit);
 - timer lateness p50/p99/max (the commit of the timer's run minus its due time; the step's start too)
   with dues spread at ``--rate``/s;
 - message -> advanced p50/p99 over ``--messages`` sequential messages;
 - AsSoonAs rechecks/s (waiting automations whose condition stays false, all due for a recheck);
-- peak RSS above the level before the run.
+- peak RSS above the level before the run;
+- memory: a fresh daemon process per size (a tenth of ``--waiting``, then ``--waiting``) creates that
+  many waiting automations, idles 3 s and drains 1,000: its peak RSS, which must not grow with them.
 
 Anchors measured in this run:
 - (a) ceiling: a plain loop reading and saving the same automation rows through the store
@@ -16,9 +18,6 @@ Anchors measured in this run:
 - (b) Django Automations 0.9.4.1 (``pip install '.[bench]'``) on a SQLite file, in a subprocess: the
   same one-step automation, ``AutomationModel.run()`` back-to-back (its best case, no cron gap):
   steps/s, and its AsSoonAs evaluations/s.
-
-- memory: a fresh daemon process per size (a tenth of ``--waiting``, then ``--waiting``) creates that
-  many waiting automations, idles 3 s and drains 1,000: its peak RSS, which must not grow with them.
 
     python bench/automations.py [--waiting 100000] [--burst 10000] [--rate 500] [--messages 1000]
                                 [--idle 10] [--memory 10000,100000|no] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
