@@ -107,7 +107,6 @@ class AutomationRunner:
         self.resolver: engine.Resolver | None = None
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._committing = 0  # runs of _running past their step code, waiting for their commit
         self._failures: dict[str, int] = {}  # automation id -> runs lost to store trouble in a row
         self._busy: dict[str, int] = {}  # automation id -> busy-session back-offs in a row
         self._orphans: set[str] = set()  # logged once each
@@ -197,10 +196,10 @@ class AutomationRunner:
                 for state, n in (await self.store.count_automations()).items():
                     metrics.AUTOMATIONS.labels(state).set(n)
         started = await self._claim()
-        if started and self._slots_taken() < self.config.automations.concurrency:
+        if started and len(self._running) < self.config.automations.concurrency:
             return  # perhaps more is due: claim again at once
         timeout = self.config.automations.timer_poll
-        if self._slots_taken() < self.config.automations.concurrency:
+        if len(self._running) < self.config.automations.concurrency:
             nxt = await self.store.next_wake()
             now = self.store.now()
             if nxt is not None:
@@ -214,14 +213,8 @@ class AutomationRunner:
             async with asyncio.timeout(timeout):  # not wait_for: 3.11's can swallow a cancellation
                 await self._wake.wait()
 
-    def _slots_taken(self) -> int:
-        """Runs that hold one of the ``concurrency`` slots: those waiting for their commit do not, so
-        that the next claim joins their commit's group commit instead of waiting for it (one fsync
-        for both on SQLite)."""
-        return len(self._running) - self._committing
-
     async def _claim(self) -> int:
-        free = self.config.automations.concurrency - self._slots_taken()
+        free = self.config.automations.concurrency - len(self._running)
         if free <= 0 or self._stopping:
             return 0
         self._claimed_at = self.store.now()  # at most the time the claim compares wake_at with
@@ -439,12 +432,7 @@ class AutomationRunner:
         changes = Changes(save=save, new_tasks=tuple(new_tasks), mailboxes=tuple(mailboxes), events=tuple(events),
                           release_lease=release, automations=(update,),
                           messages=tuple(sent), new_automations=tuple(starts))
-        self._committing += 1
-        self.wake()  # its slot is free: the loop claims the next due one while this commit waits
-        try:
-            await self.commit(changes)
-        finally:
-            self._committing -= 1
+        await self.commit(changes)
         run.lease_holder = None if release is not None else run.lease_holder
         self.runs += 1
         self.wake()

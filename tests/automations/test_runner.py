@@ -509,26 +509,3 @@ def runner_claims(d: Daemon) -> int:
         store._test_claims = 0  # type: ignore[attr-defined]
         store.claim_automations = counting  # type: ignore[method-assign]
     return int(store._test_claims)  # type: ignore[attr-defined]
-
-
-async def test_the_next_claim_joins_the_group_commit_of_the_run_that_frees_its_slot(tmp_path: Path) -> None:
-    """With one slot, the next due automation is claimed while the previous run's commit waits for
-    the writer, so both go in one SQLite transaction: about one fsync per run, not two (a claim,
-    then a commit, in a row). This is what holds a burst's drain near the store's read-and-save rate."""
-    async with daemon(tmp_path, roles=(), automations={"concurrency": 1, "timer_poll": 1.0}) as d:
-        runtime = rt(d)
-        timer = runtime.automation_classes.resolve("Timer")
-        made = [(await timer.start_async(delay=0))[0] for _ in range(20)]
-        before = runtime.store.commit_stats[0]  # type: ignore[attr-defined]
-        loop = asyncio.get_running_loop().create_task(runtime.automation_runner.run())
-        try:
-            async def finished() -> bool:
-                states = [(await automation(d, m.id)).state for m in made]
-                return all(state == "finished" for state in states)
-
-            await wait_until(finished, 30, "the 20 timers to finish")
-        finally:
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
-        batches = runtime.store.commit_stats[0] - before  # type: ignore[attr-defined]
-        assert 20 <= batches <= 30, batches  # a claim and a commit apart for each: 40
