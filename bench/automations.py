@@ -468,13 +468,20 @@ def main() -> None:
         folder = Path(tmp)
         mg = asyncio.run(with_database(args, lambda dsn: mailgate_run(args, folder, dsn)))
         dj, dj_error = subprocess_json(["--django", str(args.django_n), "--folder", tmp])
-        memory = []
-        for n in sizes:
+        report(args, mg, dj, dj_error)
+        for n in sizes:  # each line as soon as it is measured
             sub = folder / f"probe{n}"
             sub.mkdir()
             probe, error = subprocess_json(["--probe", str(n), "--folder", str(sub), "--concurrency",
                                             str(args.concurrency), *(["--pg", args.pg] if args.pg else [])])
-            memory.append((n, probe, error))
+            if probe is None:
+                print(f"  memory probe with {n} waiting failed: {error}", flush=True)
+            else:
+                print(f"  daemon process with {n:>7} waiting: peak RSS {probe['peak_rss_mb']:.0f} MB, "
+                      f"at the end {probe['end_rss_mb']:.0f} MB", flush=True)
+
+
+def report(args: argparse.Namespace, mg: dict[str, Any], dj: dict[str, Any] | None, dj_error: str) -> None:
     backend = "PostgreSQL" if args.pg else "SQLite"
     print(f"automations bench, {datetime.date.today()}, {os.cpu_count()} cores, {backend}; waiting {args.waiting}, "
           f"burst {args.burst}, messages {args.messages}, concurrency {args.concurrency}")
@@ -492,20 +499,14 @@ def main() -> None:
     print(f"  message -> advanced (committed)  p50 {mg['message_p50_ms']:.1f} ms, p99 {mg['message_p99_ms']:.1f} ms")
     print(f"  AsSoonAs rechecks        {mg['assoonas_rechecks_per_s']:9.0f} /s")
     print(f"  peak RSS above start     {mg['peak_rss_mb']:9.0f} MB")
-    for n, probe, error in memory:
-        if probe is None:
-            print(f"  memory probe with {n} waiting failed: {error}")
-        else:
-            print(f"  daemon process with {n:>7} waiting: peak RSS {probe['peak_rss_mb']:.0f} MB, "
-                  f"at the end {probe['end_rss_mb']:.0f} MB")
     if dj is None:
-        print(f"  Django Automations anchor failed (pip install '.[bench]'?): {dj_error}")
+        print(f"  Django Automations anchor failed (pip install '.[bench]'?): {dj_error}", flush=True)
         return
     print(f"  Django Automations 0.9.4.1 (SQLite): {dj['steps_per_s']:.0f} steps/s ({dj['finished']:.0f} finished), "
           f"AsSoonAs {dj['assoonas_per_s']:.0f} evaluations/s, creation {dj['created_per_s']:.0f}/s")
     print(f"  -> mailgate/Django: steps {mg['burst_steps_per_s'] / dj['steps_per_s']:.1f}x, AsSoonAs "
           f"{mg['assoonas_rechecks_per_s'] / dj['assoonas_per_s']:.1f}x, creation "
-          f"{mg['created_per_s'] / dj['created_per_s']:.1f}x")
+          f"{mg['created_per_s'] / dj['created_per_s']:.1f}x", flush=True)
 
 
 if __name__ == "__main__":
