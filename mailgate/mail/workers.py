@@ -63,6 +63,15 @@ def _rss() -> int:
 
 
 def _serve(sock: socket.socket, memory_limit: int = 0, max_rss: int = 0, warm_up: bool = False, nice: int = 0) -> None:
+    """A worker process's target: `_answer_calls` until the daemon closes the socket or is gone (a
+    daemon killed with ``kill -9`` breaks the pipe: the worker ends quietly, with nobody to tell)."""
+    try:
+        _answer_calls(sock, memory_limit, max_rss, warm_up, nice)
+    except (BrokenPipeError, ConnectionResetError):
+        return
+
+
+def _answer_calls(sock: socket.socket, memory_limit: int, max_rss: int, warm_up: bool, nice: int) -> None:
     """A worker's life: answer ``(fn, args)`` calls, in order, until the socket closes.
 
     ``memory_limit`` (bytes, 0 = none) caps the process's data segment (RLIMIT_DATA: its heap and

@@ -170,3 +170,24 @@ async def test_a_call_past_its_time_limit_stops_its_worker_and_the_calls_behind_
     answer = await asyncio.wait_for(behind, 30)
     assert answer[:2] == (6, hashlib.sha256(b"behind").hexdigest())
     assert answer[2] != first[2]  # answered by the worker started in place of the stopped one
+
+
+def test_a_worker_whose_daemon_is_gone_ends_quietly() -> None:
+    """A daemon killed with kill -9 leaves its workers a broken pipe: they end with status 0 and no
+    traceback, instead of dying on the answer they can no longer send."""
+    import multiprocessing
+    import pickle
+    import socket
+
+    from mailgate.mail import workers
+
+    ours, theirs = socket.socketpair()
+    # spawn: the child gets this one socket only (a forked child would hold our end open too)
+    process = multiprocessing.get_context("spawn").Process(target=workers._serve, args=(theirs,))
+    process.start()
+    theirs.close()
+    call = pickle.dumps((time.sleep, (0.5,)), pickle.HIGHEST_PROTOCOL)
+    ours.sendall(workers._CALL.pack(len(call), 0) + call)
+    ours.close()  # gone before the answer: the worker's send breaks its pipe
+    process.join(20)
+    assert process.exitcode == 0
