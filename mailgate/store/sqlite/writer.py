@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -93,6 +94,23 @@ class SqliteWriter:
             raise store_error(exc, self._path, self._busy_timeout) from exc
 
     def _connect(self) -> None:
+        # Switching to WAL, and the first open of a WAL file (its recovery), can answer SQLITE_BUSY at
+        # once without calling the busy handler when another process opens the same file at that
+        # moment; retried with a growing pause until [store] busy_timeout has passed.
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.01
+        while True:
+            try:
+                self._conn = self._open_connection()
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # a retry back-off in the writer's own thread, not a synchronisation
+            pause = min(pause * 2, 0.25)
+
+    def _open_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -104,7 +122,7 @@ class SqliteWriter:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` outside any batch (migrations); it manages its own transaction."""
