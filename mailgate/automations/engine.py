@@ -245,7 +245,7 @@ def threaded_done(step: StepRow, *, finished_at: float, result: Any = None, erro
     if step.state != "running":
         raise AutomationError(f"step {step.id} ({step.node}) is {step.state}, not a running threaded step")
     if error is None:
-        return replace(step, state="done", message="OK", result=_storable(result), finished_at=finished_at)
+        return replace(step, state="done", message="OK", result=storable(result), finished_at=finished_at)
     return replace(step, state="failed", message=repr(error), error_type=type(error).__name__,
                    error_message=str(error), error_trace=trace, finished_at=finished_at)
 
@@ -290,7 +290,7 @@ def _seconds(value: Any, what: str) -> float:
     raise TypeError(f"{what} gave {value!r}; a timedelta (or seconds) is expected")
 
 
-def _storable(value: Any) -> Any:
+def storable(value: Any) -> Any:
     """A step's or receiver's result if the tagged codec can store it, else None (as the seed)."""
     try:
         codec.encode_value(value)
@@ -404,7 +404,7 @@ class _Run:
             self.data.update(before)
             del self.outbox.sent[sent:]
             return drop(f"receive_{msg.message} raised {type(exc).__name__}: {exc}")
-        self.message_outcomes.append(MessageOutcome(msg.id, "delivered", _storable(result)))
+        self.message_outcomes.append(MessageOutcome(msg.id, "delivered", storable(result)))
 
     # ------------------------------------------------------------------------------ steps
 
@@ -518,7 +518,7 @@ class _Run:
                 return True
             result = self.settle(_execute(spec, self.instance, task))
             codec.encode(self.data)  # a step may only leave storable data behind
-            self.finish(step, "done", "OK", _storable(result))
+            self.finish(step, "done", "OK", storable(result))
             self.follow(step, spec.next)
             return True
         if kind == "if":
@@ -526,7 +526,7 @@ class _Run:
             chosen = bool(self.value(spec.func, task))
             target, call = (spec.then_node, spec.then_call) if chosen else (spec.else_node, spec.else_call)
             result = self.value(call, task) if call is not None else None
-            self.finish(step, "done", str(chosen), _storable(result))
+            self.finish(step, "done", str(chosen), storable(result))
             self.follow(step, target or spec.next)
             return True
         if kind == "split":

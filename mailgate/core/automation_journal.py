@@ -43,6 +43,7 @@ class Run:
     session: SessionRecord | None = None
     lease_holder: str | None = None
     threaded: list[StepRow] = field(default_factory=list)  # threaded steps whose task ended: their rows
+    threaded_closed: bool = False  # a threaded step's task ended and closed its row: the pages hear of it
     sends: dict[str, int] = field(default_factory=dict)  # step id -> journaled send_email calls so far
     current_step: list[str | None] = field(default_factory=lambda: [None, None])  # step id, node
     # async step callables of this run being awaited on the loop (cancelled at the step budget)

@@ -31,6 +31,20 @@ from mailgate.store.base import (
 THREADED_ACTION = "mailgate.automation_step"
 
 
+def threaded_outcome(arguments: str, value: Any, error: tuple[str, str, str | None] | None) -> StepUpdate | None:
+    """The row of a ``threaded=True`` step once its task (with these ``arguments``) ended, for
+    ``NewMessage.closes_step``: done with the task's (storable) value, or failed with its error
+    (type, message, trace)."""
+    step_id = codec.decode_value(arguments).get("step")
+    if not isinstance(step_id, str):
+        return None
+    if error is None:
+        return StepUpdate(step_id, "done", "OK", result=value_text(engine.storable(value)))
+    kind, message, trace = error
+    return StepUpdate(step_id, "failed", f"{kind}({message!r})", error_type=kind, error_message=message,
+                      error_trace=trace)
+
+
 def value_text(value: Any) -> str | None:
     """A stored result: None stays None (the column is NULL), anything else through the codec."""
     return None if value is None else codec.encode_value(value)

@@ -368,11 +368,15 @@ class AutomationRunner:
         await self._commit(run, snap, outcome, ctx)
 
     async def _threaded_ended(self, run: Run, snap: engine.Snapshot, now: float) -> None:
-        """The ``threaded=True`` steps whose task ended (its ``task_done`` is queued): their rows, done
-        with the task's value or failed with its error, commit with this run."""
+        """The ``threaded=True`` steps whose task ended (its ``task_done`` is queued). The task's commit
+        closed the step's row (``NewMessage.closes_step``); a message queued without it (by an older
+        version) has the row, done with the task's value or failed with its error, commit with this run."""
         running = {s.id: s for s in snap.steps if s.state == "running"}
         for m in run.claimed.messages:
-            if m.message != "task_done" or m.token != THREADED_ACTION or not running:
+            if m.message != "task_done" or m.token != THREADED_ACTION:
+                continue
+            run.threaded_closed = True
+            if not running:
                 continue
             ref = codec.decode_value(m.data).get("task")
             task = await self.store.get_task(ref.id) if ref is not None else None
@@ -432,7 +436,7 @@ class AutomationRunner:
             mailboxes = list(ctx.new_mailboxes)
             starts = list(ctx.new_automations)  # Class(**data) in a step: bound to the same session
             sent += ctx.automation_messages
-            if out.created or out.finished_steps or out.state != "running" or run.threaded:
+            if out.created or out.finished_steps or out.state != "running" or run.threaded or run.threaded_closed:
                 # the pages hear of a change only: a recheck that stays false tells them nothing
                 events.append(NewEvent(session.id, "automation", json.dumps(automation_event(auto.id, auto.cls, snap, out))))
         data = codec.encode(out.data)

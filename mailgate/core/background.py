@@ -27,7 +27,7 @@ from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.actions import Invoker, encode_answers, response_value, session_save, skips_save
-from mailgate.core.automation_rows import THREADED_ACTION, step_row
+from mailgate.core.automation_rows import THREADED_ACTION, step_row, threaded_outcome
 from mailgate.core.commands import notification_command
 from mailgate.core.context import (
     ActionContext,
@@ -228,9 +228,13 @@ class TaskRunner:
         )
         messages = []
         if rec.automation_id is not None:  # started by an automation's step: its end is a message to it
+            closes = None
+            if rec.action == THREADED_ACTION:  # and its outcome is the step's, whatever the automation's state
+                closes = threaded_outcome(rec.arguments, value if has_value else None, None if failure is None else
+                                          (failure.error_type, failure.error_message, failure.error_trace))
             messages.append(NewMessage(uuid.uuid4().hex, "task_done", automation_id=rec.automation_id, token=rec.action,
                                        data=codec.encode_value({"task": Task(rec.id)}),
-                                       sender=json.dumps({"task": rec.id}, separators=(",", ":"))))
+                                       sender=json.dumps({"task": rec.id}, separators=(",", ":")), closes_step=closes))
         changes = Changes(
             messages=messages,
             save=extra.save if extra else None,

@@ -146,7 +146,11 @@ class StepUpdate:
 @dataclass(frozen=True)
 class NewMessage:
     """A message to one automation (``automation_id``) or a broadcast to the running automations of
-    ``broadcast_class``. A message to an automation that is not running is stored ``dropped``."""
+    ``broadcast_class``. A message to an automation that is not running is stored ``dropped``.
+
+    ``closes_step`` (a ``threaded=True`` step's ``task_done``): the step's outcome, written in the same
+    transaction to that step of ``automation_id`` if it is still ``running``, whatever the state of the
+    automation: one that finished before its threaded task still gets the task's result in its history."""
 
     id: str
     message: str
@@ -155,6 +159,7 @@ class NewMessage:
     token: str | None = None
     data: str = "{}"
     sender: str = "{}"
+    closes_step: StepUpdate | None = None
 
 
 @dataclass(frozen=True)

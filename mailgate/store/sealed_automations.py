@@ -106,7 +106,8 @@ class SealedAutomations:
     def _new_message(self, m: NewMessage) -> NewMessage:
         return _with(m, token=self._seal_opt("automation_messages", "token", m.id, m.token),
                      data=self._seal("automation_messages", "data", m.id, m.data),
-                     sender=self._seal("automation_messages", "sender", m.id, m.sender))
+                     sender=self._seal("automation_messages", "sender", m.id, m.sender),
+                     closes_step=None if m.closes_step is None else self._step_update(m.closes_step))
 
     def _new_messages(self, messages: Sequence[NewMessage]) -> list[NewMessage]:
         return [self._new_message(m) for m in messages]

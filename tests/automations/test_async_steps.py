@@ -104,6 +104,28 @@ class AsyncThreaded(flow.Automation):
         self.data["done"] = token
 
 
+GATE = threading.Event()  # opened by the test: EarlyEnd's threaded step returns after its automation finished
+
+
+class EarlyEnd(flow.Automation):
+    """The path moves on from the threaded step straight to End: the automation finishes before its task."""
+
+    class Meta:
+        name = "EarlyEnd"
+
+    job = flow.Execute(this.work, threaded=True)
+    fail = flow.Execute(this.boom, threaded=True)
+    end = flow.End()
+
+    async def work(self, task: Any) -> dict[str, Any]:
+        await asyncio.get_running_loop().run_in_executor(None, GATE.wait, 10)
+        return {"late": True}
+
+    async def boom(self, task: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, GATE.wait, 10)
+        raise ValueError("too late to matter")
+
+
 def test_the_engine_awaits_async_callables_on_its_own() -> None:
     d = Driver(AsyncFlow, {"n": 3}, now=T0)
     d.run()
@@ -202,3 +224,34 @@ async def test_an_async_threaded_step_runs_on_the_worker_pool(tmp_path: Path) ->
 
         (work,) = [s for s in await rt(d).store.automation_history(made.id) if s.node == "job"]
         assert work.state == "done" and codec.decode_value(work.result or "null") == {"x": 7}
+
+
+@pytest.mark.asyncio
+async def test_a_threaded_step_that_ends_after_its_automation_finished_gets_its_outcome(tmp_path: Path) -> None:
+    """AUTOMATIONS.md §4.1: "the result is written to that step's history row when the task ends",
+    also when the automation finished meanwhile (its ``task_done`` is then dropped)."""
+    GATE.clear()
+    async with daemon(tmp_path, [EarlyEnd]) as d:
+        sid = (await rt(d).create_session("autotest")).id
+        made, _ = await EarlyEnd.start_async(session=sid)
+
+        async def finished() -> bool:
+            return (await automation(d, made.id)).state == "finished"
+
+        await wait_until(finished, 10, "the automation to finish before its threaded tasks")
+        assert {s.node: s.state for s in await rt(d).store.automation_history(made.id)}["job"] == "running"
+        GATE.set()
+
+        async def closed() -> bool:
+            rows = await rt(d).store.automation_history(made.id)
+            return all(s.state != "running" for s in rows)
+
+        await wait_until(closed, 10, "both threaded steps' rows to be closed by their tasks")
+        from mailgate.core import answers as codec
+
+        rows = {s.node: s for s in await rt(d).store.automation_history(made.id)}
+        assert rows["job"].state == "done" and codec.decode_value(rows["job"].result or "null") == {"late": True}
+        assert (rows["fail"].state, rows["fail"].error_type, rows["fail"].error_message) == (
+            "failed", "ValueError", "too late to matter")
+        assert [m.state for m in await rt(d).store.automation_messages(made.id)] == ["dropped", "dropped"]
+        assert (await automation(d, made.id)).state == "finished"

@@ -311,6 +311,30 @@ async def test_messages_in_order_consumed_once_and_dropped_when_ended(store: Sto
         await store.enqueue_message(NewMessage("m7", "tick"))
 
 
+async def test_a_threaded_steps_task_done_closes_its_running_step_whatever_the_automations_state(
+        store: Store, clock: Clock) -> None:
+    """``NewMessage.closes_step``: the task's commit writes the step's outcome if the step is still
+    running, also when the automation finished before its threaded task (the message is dropped)."""
+    rec, _ = await store.create_automation(auto("a1"), [NewStep("s1", "work", "running"), NewStep("s2", "other", "running"),
+                                                        NewStep("s3", "end", "waiting")])
+    await store.commit(run("a1", rec.version, None, state="finished",
+                           steps_finished=[StepUpdate("s3", "done", "OK")]))
+    clock.now += 5
+    done = StepUpdate("s1", "done", "OK", result='{"x":42}')
+    await store.commit(Changes(messages=[NewMessage("m1", "task_done", automation_id="a1", token="t", closes_step=done)]))
+    failed = StepUpdate("s2", "failed", "ValueError('no')", error_type="ValueError", error_message="no", error_trace="tb")
+    dropped = await store.enqueue_message(NewMessage("m2", "task_done", automation_id="a1", token="t", closes_step=failed))
+    assert dropped.state == "dropped"
+    rows = {s.id: s for s in await store.automation_history("a1")}
+    assert (rows["s1"].state, rows["s1"].message, rows["s1"].result, rows["s1"].finished_at) == ("done", "OK", '{"x":42}', clock.now)
+    assert (rows["s2"].state, rows["s2"].error_type, rows["s2"].error_message, rows["s2"].error_trace) == (
+        "failed", "ValueError", "no", "tb")
+    # a step no longer running is never overwritten (a second task_done, or the runner closed it)
+    await store.commit(Changes(messages=[NewMessage("m3", "task_done", automation_id="a1", token="t",
+                                                    closes_step=StepUpdate("s1", "failed", "late"))]))
+    assert (await store.get_automation_step("s1")).state == "done"  # type: ignore[union-attr]
+
+
 async def test_broadcasts_queue_and_are_consumed_in_a_commit(store: Store) -> None:
     rec, _ = await store.create_automation(auto("a1", "app.B"))
     b = await store.enqueue_message(NewMessage("b1", "news", broadcast_class="app.B", data='{"v":1}'))

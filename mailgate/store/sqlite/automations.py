@@ -25,6 +25,7 @@ from mailgate.store.base import (
     NewStep,
     Recheck,
     StepRecord,
+    StepUpdate,
 )
 from mailgate.store.sqlite.writer import SqliteWriter
 
@@ -58,10 +59,28 @@ def insert_steps(conn: sqlite3.Connection, automation_id: str, steps: Sequence[N
     )
 
 
+def update_step(conn: sqlite3.Connection, automation_id: str, s: StepUpdate, now: float, *,
+                only_running: bool = False) -> int:
+    """Write ``s`` to its step of ``automation_id`` (only if it is ``running``); rows changed."""
+    ended_step = s.state in ENDED_STEPS
+    return conn.execute(
+        "UPDATE automation_steps SET state = ?, message = ?, result = ?, error_type = ?, error_message = ?, "
+        "error_trace = ?, wake_at = ?, attempts = COALESCE(?, attempts), submitted_by = COALESCE(?, submitted_by), "
+        "started_at = CASE WHEN ? THEN COALESCE(started_at, ?) ELSE started_at END, finished_at = ? "
+        "WHERE id = ? AND automation_id = ? AND (NOT ? OR state = 'running')",
+        (s.state, s.message, s.result, s.error_type, s.error_message, s.error_trace, s.wake_at, s.attempts,
+         s.submitted_by, ended_step or s.state == "running", now, now if ended_step else None, s.step_id,
+         automation_id, only_running),
+    ).rowcount
+
+
 def insert_messages(conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float) -> list[MessageRecord]:
-    """Queue each message; its running target becomes due now, a target not running gets it dropped."""
+    """Queue each message; its running target becomes due now, a target not running gets it dropped.
+    A message's ``closes_step`` is written to that step if it is still running."""
     out = []
     for m in messages:
+        if m.closes_step is not None and m.automation_id is not None:
+            update_step(conn, m.automation_id, m.closes_step, now, only_running=True)
         state = "queued"
         if m.automation_id is not None:
             woken = conn.execute("UPDATE automations SET wake_at = MIN(COALESCE(wake_at, ?), ?) "
@@ -137,17 +156,7 @@ def apply_automations(conn: sqlite3.Connection, ch: Changes, now: float) -> list
         if cur.rowcount != 1:
             raise _fenced(conn, u)
         for s in u.steps_finished:
-            ended_step = s.state in ENDED_STEPS
-            cur = conn.execute(
-                "UPDATE automation_steps SET state = ?, message = ?, result = ?, error_type = ?, error_message = ?, "
-                "error_trace = ?, wake_at = ?, attempts = COALESCE(?, attempts), submitted_by = COALESCE(?, submitted_by), "
-                "started_at = CASE WHEN ? THEN COALESCE(started_at, ?) ELSE started_at END, finished_at = ? "
-                "WHERE id = ? AND automation_id = ?",
-                (s.state, s.message, s.result, s.error_type, s.error_message, s.error_trace, s.wake_at, s.attempts,
-                 s.submitted_by, ended_step or s.state == "running", now, now if ended_step else None, s.step_id,
-                 u.automation_id),
-            )
-            if cur.rowcount != 1:
+            if update_step(conn, u.automation_id, s, now) != 1:
                 raise NotFound(f"automation {u.automation_id} has no step {s.step_id}; nothing was saved")
         insert_steps(conn, u.automation_id, u.steps_opened, now)
         for d in u.messages_done:
