@@ -294,8 +294,9 @@ class AutomationAdmin:
             raise AutomationError(f"the data does not meet receive_{message}'s @require_data_parameters; nothing was sent")
 
     async def broadcast_results(self, broadcast_id: str, wait: float) -> tuple[str, list[Any] | None]:
-        """Wait up to ``wait`` seconds for a broadcast to end: its state (``queued`` if under way or it
-        reached no running instance) and the results of the receivers it reached, in order."""
+        """Wait up to ``wait`` seconds for a broadcast to end: its state (``queued`` while under way,
+        ``dropped`` with no results if it reached no running instance) and the results of the receivers
+        it reached, in order."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(float(wait), MAX_WAIT)
         state, found, hops = await broadcasts.results(self._store, broadcast_id)

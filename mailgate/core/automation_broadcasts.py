@@ -37,21 +37,19 @@ from mailgate.store.base import (
 log = logging.getLogger(__name__)
 
 
-async def expand(store: Store, commit: Callable[[Changes], Awaitable[CommitResult]], skip: set[str],
-                 limit: int = 20) -> int:
+async def expand(store: Store, commit: Callable[[Changes], Awaitable[CommitResult]], limit: int = 20) -> int:
     """Expand the queued broadcasts (oldest first) into their first hop; how many were expanded.
-    Broadcasts with no running instance at send time are consumed by no one: their ids go to
-    ``skip`` (the store keeps them queued until ``delete-history``)."""
+    A broadcast with no instance running at send time is stored ``dropped``: consumed by no one."""
     done = 0
     for b in await store.queued_broadcasts(limit):
-        if b.id in skip or b.broadcast_class is None:
+        if b.broadcast_class is None:
             continue
         targets = await _running_at(store, b.broadcast_class, b.created_at)
         now = store.now()
         if not targets:
-            skip.add(b.id)
-            log.info("broadcast %s (%s to %s) reached no running instance", b.id, b.message, b.broadcast_class,
-                     extra={"event": "automation.message_dropped", "message": b.id})
+            await commit(Changes(broadcasts_unreached=[b.id]))  # by another runner already: nothing changes
+            log.info("broadcast %s (%s to %s) reached no running instance; dropped", b.id, b.message,
+                     b.broadcast_class, extra={"event": "automation.message_dropped", "message": b.id})
             continue
         first = targets[0]  # in id order: never passed over for the next one
         if first.claim_until is not None and first.claim_until >= now:
@@ -116,13 +114,15 @@ def hop_id(broadcast_id: str, k: int) -> str:
 async def results(store: Store, broadcast_id: str, after: int = 0) -> tuple[str, list[Any] | None, int]:
     """A broadcast's outcome: ``("queued", None, k)`` while it is under way (``k`` hops consumed: pass
     it back as ``after`` to read on from there), ``("delivered", results, k)`` once it ended, the
-    results of the receivers it reached in order, or ``("dropped", None, 0)`` if the row is gone
-    (history deleted). A broadcast that reached no running instance stays queued."""
+    results of the receivers it reached in order; ``("dropped", [], 0)`` if it reached no running
+    instance, ``("dropped", None, 0)`` if the row is gone (history deleted)."""
     b = await store.get_automation_message(broadcast_id)
     if b is None:
         return "dropped", None, 0
     if b.state == "queued":
         return "queued", None, 0
+    if b.state == "dropped":
+        return "dropped", [], 0
     k, last = after, None
     while True:
         hop = await store.get_automation_message(hop_id(broadcast_id, k + 1))

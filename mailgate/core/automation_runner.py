@@ -117,10 +117,9 @@ class AutomationRunner:
         self.journal = SendJournal(store, outbound, self.holder)
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
         self._claimed_at = float("-inf")  # when the last claim started
-        self._counted = float("-inf")
+        self._counted = float("-inf")  # when the automations gauge was last read
         self._backlog_at = float("-inf")
         self._broadcast_at = float("-inf")
-        self._broadcast_skip: set[str] = set()  # broadcasts that reached no instance  # when the automations gauge was last read
         self.runs = 0  # runs committed by this process (tests, the CLI's summary)
         self._rechecks = RecheckBatch(store, self.holder)
 
@@ -148,7 +147,7 @@ class AutomationRunner:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="automation-heartbeat")
         before = self.runs
         with contextlib.suppress(StoreError):
-            await broadcasts.expand(self.store, self.commit, self._broadcast_skip)
+            await broadcasts.expand(self.store, self.commit)
         try:
             while True:
                 started = await self._claim()
@@ -192,7 +191,7 @@ class AutomationRunner:
         if time.monotonic() - self._broadcast_at >= self.config.automations.timer_poll:
             self._broadcast_at = time.monotonic()
             with contextlib.suppress(StoreError):
-                await broadcasts.expand(self.store, self.commit, self._broadcast_skip)
+                await broadcasts.expand(self.store, self.commit)
         if time.monotonic() - self._counted > 30:
             self._counted = time.monotonic()
             with contextlib.suppress(StoreError):

@@ -96,12 +96,27 @@ def task_events(rec: TaskRecord, state: str, has_value: bool, value: Any, error_
     return events
 
 
-def lost_task_events(rec: TaskRecord) -> list[NewEvent]:
-    """The events of a task the store failed because its worker kept dying (``Store.claim_tasks``).
+def lost_task(rec: TaskRecord) -> Changes:
+    """What commits with a task the store failed itself (``Store.claim_tasks``: its worker kept dying;
+    ``Store.cancel_task``): its events, and its ``task_done`` to the automation that started it.
 
     Runs inside the store's transaction (the SQLite writer's thread): pure, no I/O.
     """
-    return task_events(rec, "failed", False, None, rec.error_type)
+    error = (rec.error_type or "WorkerLost", rec.error_message or "", None)
+    return Changes(events=task_events(rec, "failed", False, None, rec.error_type),
+                   messages=task_done(rec, None, error))
+
+
+def task_done(rec: TaskRecord, value: Any, error: tuple[str, str, str | None] | None) -> list[NewMessage]:
+    """The ``task_done`` message of a task an automation's step started (none for other tasks); a
+    ``threaded=True`` step's also carries the step's outcome (``closes_step``), whatever the
+    automation's state by then."""
+    if rec.automation_id is None:
+        return []
+    closes = threaded_outcome(rec.arguments, value, error) if rec.action == THREADED_ACTION else None
+    return [NewMessage(uuid.uuid4().hex, "task_done", automation_id=rec.automation_id, token=rec.action,
+                       data=codec.encode_value({"task": Task(rec.id)}),
+                       sender=json.dumps({"task": rec.id}, separators=(",", ":")), closes_step=closes)]
 
 
 class TaskRunner:
@@ -226,15 +241,8 @@ class TaskRunner:
             failure.error_trace if failure else None,
             codec.encode_value(failure.variables) if failure else None,
         )
-        messages = []
-        if rec.automation_id is not None:  # started by an automation's step: its end is a message to it
-            closes = None
-            if rec.action == THREADED_ACTION:  # and its outcome is the step's, whatever the automation's state
-                closes = threaded_outcome(rec.arguments, value if has_value else None, None if failure is None else
-                                          (failure.error_type, failure.error_message, failure.error_trace))
-            messages.append(NewMessage(uuid.uuid4().hex, "task_done", automation_id=rec.automation_id, token=rec.action,
-                                       data=codec.encode_value({"task": Task(rec.id)}),
-                                       sender=json.dumps({"task": rec.id}, separators=(",", ":")), closes_step=closes))
+        messages = task_done(rec, value if has_value else None, None if failure is None else
+                             (failure.error_type, failure.error_message, failure.error_trace))
         changes = Changes(
             messages=messages,
             save=extra.save if extra else None,

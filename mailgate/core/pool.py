@@ -10,7 +10,7 @@ import time
 
 from mailgate import metrics
 from mailgate.config import TasksConfig
-from mailgate.core.background import TaskRunner, lost_task_events
+from mailgate.core.background import TaskRunner, lost_task
 from mailgate.core.commits import Commits
 from mailgate.core.jobs import finish_within
 from mailgate.errors import LeaseLost, StoreError
@@ -55,7 +55,7 @@ class WorkerPool:
                 free = self.config.workers - len(self.running)
                 if free > 0:
                     try:
-                        claim = await self._store.claim_tasks(self.worker_id, free, self.config.lease, lost_task_events)
+                        claim = await self._store.claim_tasks(self.worker_id, free, self.config.lease, lost_task)
                     except StoreError as exc:
                         if not failing:
                             log.error("claiming tasks failed: %s; trying again every %g s", exc, self.config.poll_interval,

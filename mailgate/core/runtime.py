@@ -32,7 +32,7 @@ from mailgate.core.automation_author import AuthorBinding
 from mailgate.core.automation_author import install as install_author
 from mailgate.core.automation_author import uninstall as uninstall_author
 from mailgate.core.automation_runner import AutomationRunner
-from mailgate.core.background import TaskRunner, lost_task_events
+from mailgate.core.background import TaskRunner, lost_task
 from mailgate.core.claims import process_identity
 from mailgate.core.commands import UI_NOTIFICATIONS
 from mailgate.core.commits import Commits
@@ -294,7 +294,7 @@ class Runtime:
     async def cancel_task(self, task_id: str) -> TaskRecord:
         """Fail a queued or running task as ``Cancelled`` and tell its session's pages (see
         :meth:`TaskBook.cancel <mailgate.core.tasks.TaskBook.cancel>`)."""
-        rec, events = await self.tasks.cancel(task_id, lost_task_events)
+        rec, events = await self.tasks.cancel(task_id, lost_task)
         self.commits.after_commit(events, False)
         return rec
 

@@ -30,7 +30,7 @@ from mailgate.errors import (
     TaskFailed,
     TaskNotReady,
 )
-from mailgate.store.base import EventRecord, LostTaskEvents, Store, TaskRecord
+from mailgate.store.base import EventRecord, LostTask, Store, TaskRecord
 
 PURGEABLE = ("succeeded", "failed", "queued")
 PURGE_BATCH = 1000  # rows deleted per transaction: a purge never holds the write lock for long
@@ -106,7 +106,7 @@ class TaskBook:
     async def counts(self) -> dict[str, int]:
         return await self._store.count_tasks()
 
-    async def cancel(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, builtins.list[EventRecord]]:
+    async def cancel(self, task_id: str, lost: LostTask) -> tuple[TaskRecord, builtins.list[EventRecord]]:
         """Fail a queued or running task as ``Cancelled`` (``mailgate tasks cancel``).
 
         A queued task is never claimed; a running one keeps running in its worker until it ends, but

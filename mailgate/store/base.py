@@ -274,6 +274,8 @@ class Changes:
     messages: Sequence[NewMessage] = ()
     # Created first, so that the rest of the commit may refer to them.
     new_automations: Sequence[AutomationStart] = ()
+    # Queued broadcasts that found no instance running when sent: stored ``dropped`` (no one consumed them)
+    broadcasts_unreached: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -308,8 +310,10 @@ class StoreOverview:
 # Called from a worker thread by long store operations: (done, total) in the operation's own units
 StoreProgress = Callable[[int, int], None]
 
-# The events that tell a session's browsers that a task failed (built by the core, committed by the store)
-LostTaskEvents = Callable[[TaskRecord], Sequence[NewEvent]]
+# What the store commits with a task it failed itself (its worker kept dying, or an operator cancelled
+# it): the events that tell the session's browsers and, for a task an automation started, its
+# ``task_done`` message (built by the core; only ``events`` and ``messages`` are read)
+LostTask = Callable[[TaskRecord], Changes]
 
 
 class Store(abc.ABC):
@@ -417,7 +421,7 @@ class Store(abc.ABC):
 
     # -- tasks -------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTaskEvents) -> Claim:
+    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTask) -> Claim:
         """Claim up to ``limit`` runnable tasks: queued ones, and running ones whose lease expired.
 
         An expired task that has used all its attempts is failed instead (its worker kept dying,
@@ -595,7 +599,7 @@ class Store(abc.ABC):
 
     # -- operations (the admin CLI) -----------------------------------------------------------------
     @abc.abstractmethod
-    async def cancel_task(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, list[EventRecord]]:
+    async def cancel_task(self, task_id: str, lost: LostTask) -> tuple[TaskRecord, list[EventRecord]]:
         """Fail a queued or running task with error type ``Cancelled``, with the events ``lost(task)``
         returns, in one transaction. A worker still running it is refused its finish (``LeaseLost``,
         since the task is no longer ``running``), so what it did is not committed.

@@ -38,7 +38,7 @@ from mailgate.store.base import (
     InboundDelivery,
     InboundRecord,
     LeaseInfo,
-    LostTaskEvents,
+    LostTask,
     MailboxRecord,
     NewEmail,
     NewEvent,
@@ -253,8 +253,12 @@ class SealedStore(SealedAutomations, Store):
             event=None if e.event is None else self._new_event(e.event),  # the postmaster mailbox's have none
             messages=self._new_messages(e.messages))
 
-    def _lost(self, lost: LostTaskEvents) -> LostTaskEvents:
-        return lambda task: [self._new_event(e) for e in lost(self._task(task))]
+    def _lost(self, lost: LostTask) -> LostTask:
+        def sealed(task: TaskRecord) -> Changes:
+            ch = lost(self._task(task))
+            return Changes(events=[self._new_event(e) for e in ch.events], messages=self._new_messages(ch.messages))
+
+        return sealed
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def now(self) -> float:
@@ -349,7 +353,7 @@ class SealedStore(SealedAutomations, Store):
         await self.inner.release_lease(session_id, holder)
 
     # -- tasks ---------------------------------------------------------------------------------------
-    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTaskEvents) -> Claim:
+    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTask) -> Claim:
         claim = await self.inner.claim_tasks(worker, limit, lease, self._lost(lost))
         return Claim(tuple(self._task(t) for t in claim.tasks), tuple(self._events(claim.events)))
 
@@ -498,7 +502,7 @@ class SealedStore(SealedAutomations, Store):
         return await self.inner.last_event_id()
 
     # -- operations ----------------------------------------------------------------------------------
-    async def cancel_task(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, list[EventRecord]]:
+    async def cancel_task(self, task_id: str, lost: LostTask) -> tuple[TaskRecord, list[EventRecord]]:
         task, events = await self.inner.cancel_task(task_id, self._lost(lost))
         return self._task(task), self._events(events)
 

@@ -74,12 +74,28 @@ async def test_a_broadcast_waits_for_a_claimed_first_instance_instead_of_skippin
         [claimed] = await store.claim_automations("runner", 1, 30)
         assert claimed.automation.id == "a1"
         await store.commit(Changes(messages=[NewMessage("b1", "news", broadcast_class="app.L")]))
-        skip: set[str] = set()
-        assert await expand(store, store.commit, skip) == 0  # a1 is being run: not now, and not a2 instead
+        assert await expand(store, store.commit) == 0  # a1 is being run: not now, and not a2 instead
         assert await store.automation_messages("a2") == []
         await store.release_automations("runner", ["a1"])
-        assert await expand(store, store.commit, skip) == 1
+        assert await expand(store, store.commit) == 1
         assert [m.id for m in await store.automation_messages("a1")] == [hop_id("b1", 1)]
         assert await store.automation_messages("a2") == []
     finally:
         await store.close()
+
+
+async def test_broadcasts_that_reach_no_instance_are_dropped_and_do_not_block_later_ones(tmp_path: Path) -> None:
+    """More unreached broadcasts than one expansion reads (20): each is stored ``dropped`` with no
+    results, and a broadcast sent after them still reaches the instance started since."""
+    async with daemon(tmp_path, roles=("worker",)) as d:
+        cls = rt(d).automation_classes.resolve("Listener")
+        nobody = [await cls.broadcast_message_async("news", token=f"n{i}") for i in range(25)]
+        for handle in nobody:
+            assert handle is not None and await handle.wait_async(10)
+            assert (handle.state, handle.result()) == ("dropped", [])
+        (made, _) = await cls.start_async(n=7)
+        await made.run_async(wait=5)
+        later = await cls.broadcast_message_async("news", token="later")
+        assert later is not None and await later.wait_async(10)
+        assert (later.state, later.result()) == ("delivered", [7])
+        assert {m.state for m in [await rt(d).store.get_automation_message(h.id) for h in nobody if h]} == {"dropped"}

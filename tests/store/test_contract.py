@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.core.background import lost_task_events
+from mailgate.core.background import lost_task
 from mailgate.errors import (
     LeaseLost,
     MailgateError,
@@ -146,15 +146,15 @@ async def test_unleased_commit_needs_the_read_version_and_no_live_lease(store: S
 
 async def test_claim_order_heartbeat_and_finish(store: Store, clock: Clock) -> None:
     await store.commit(Changes(new_tasks=[new_task(f"t{i}") for i in range(5)]))
-    claimed = (await store.claim_tasks("w1", 3, lease=30, lost=lost_task_events)).tasks
+    claimed = (await store.claim_tasks("w1", 3, lease=30, lost=lost_task)).tasks
     assert [t.id for t in claimed] == ["t0", "t1", "t2"]
     assert all(t.state == "running" and t.worker == "w1" and t.attempts == 1 for t in claimed)
-    assert [t.id for t in (await store.claim_tasks("w2", 10, lease=30, lost=lost_task_events)).tasks] == ["t3", "t4"]
-    assert (await store.claim_tasks("w3", 10, lease=30, lost=lost_task_events)).tasks == ()
+    assert [t.id for t in (await store.claim_tasks("w2", 10, lease=30, lost=lost_task)).tasks] == ["t3", "t4"]
+    assert (await store.claim_tasks("w3", 10, lease=30, lost=lost_task)).tasks == ()
     clock.now += 20
     await store.heartbeat("w1", ["t0"], lease=30)
     clock.now += 15  # t1, t2 (w1, no heartbeat) and t3, t4 (w2) expired; t0 renewed
-    again = (await store.claim_tasks("w3", 10, lease=30, lost=lost_task_events)).tasks
+    again = (await store.claim_tasks("w3", 10, lease=30, lost=lost_task)).tasks
     assert sorted(t.id for t in again) == ["t1", "t2", "t3", "t4"]
     assert all(t.attempts == 2 for t in again)
     result = await store.commit(Changes(finish=TaskFinish("t0", "w1", "succeeded", '{"value":1}'),
@@ -171,9 +171,9 @@ async def test_exhausted_attempts_fail_with_clear_error(store: Store, clock: Clo
     await store.create_session("s1", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task("t1", max_attempts=2)]))
     for _ in range(2):
-        assert [t.id for t in (await store.claim_tasks("w", 1, lease=5, lost=lost_task_events)).tasks] == ["t1"]
+        assert [t.id for t in (await store.claim_tasks("w", 1, lease=5, lost=lost_task)).tasks] == ["t1"]
         clock.now += 6  # the worker "died"
-    lost = await store.claim_tasks("w", 1, lease=5, lost=lost_task_events)
+    lost = await store.claim_tasks("w", 1, lease=5, lost=lost_task)
     assert lost.tasks == ()
     # the claim returns the events it inserted for the task it failed (the feed is woken for them)
     assert [(e.session_id, e.kind) for e in lost.events] == [("s1", "task")]
@@ -196,11 +196,11 @@ async def test_exhausted_attempts_fail_with_clear_error(store: Store, clock: Clo
 
 async def test_release_tasks_requeues_without_counting(store: Store) -> None:
     await store.commit(Changes(new_tasks=[new_task("t1")]))
-    await store.claim_tasks("w", 1, lease=30, lost=lost_task_events)
+    await store.claim_tasks("w", 1, lease=30, lost=lost_task)
     await store.release_tasks("w", ["t1"])
     rec = await store.get_task("t1")
     assert rec is not None and rec.state == "queued" and rec.attempts == 0 and rec.worker is None
-    assert [t.id for t in (await store.claim_tasks("w2", 1, lease=30, lost=lost_task_events)).tasks] == ["t1"]
+    assert [t.id for t in (await store.claim_tasks("w2", 1, lease=30, lost=lost_task)).tasks] == ["t1"]
 
 
 async def test_events_increase_per_session(store: Store) -> None:
@@ -232,7 +232,7 @@ async def test_task_queue_counts_runnable_tasks_and_the_oldest_queued(store: Sto
     await store.commit(Changes(new_tasks=[new_task("t1")]))
     clock.now += 10
     await store.commit(Changes(new_tasks=[new_task("t2"), new_task("t3"), new_task("t4")]))
-    (claimed,) = (await store.claim_tasks("w1", 1, lease=30, lost=lost_task_events)).tasks
+    (claimed,) = (await store.claim_tasks("w1", 1, lease=30, lost=lost_task)).tasks
     assert claimed.id == "t1"
     assert await store.task_queue() == (3, 1, first + 10)  # t1 runs: the oldest queued is t2
     await store.commit(Changes(finish=TaskFinish("t1", "w1", "succeeded", '{"value":1}')))
@@ -249,7 +249,7 @@ async def test_a_failing_commit_in_a_group_undoes_only_itself(store: Store) -> N
     for i in range(3):
         await store.create_session(f"s{i}", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task("t1", "s1")]))
-    assert [t.id for t in (await store.claim_tasks("w", 10, 30, lost=lost_task_events)).tasks] == ["t1"]
+    assert [t.id for t in (await store.claim_tasks("w", 10, 30, lost=lost_task)).tasks] == ["t1"]
     outcomes = await asyncio.gather(
         store.commit(Changes(save=SessionSave("s0", '{"ok":0}', 1), new_tasks=[new_task("t0", "s0")])),
         # writes (finishes t1) and then fails (wrong version): its write must be undone, not its neighbours'
@@ -685,32 +685,32 @@ async def test_an_email_with_no_session_is_stored_without_an_event(store: Store)
 async def test_cancel_fails_queued_and_running_tasks_and_refuses_the_workers_finish(store: Store, clock: Clock) -> None:
     await store.create_session("s1", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task("t1"), new_task("t2"), new_task("t3")]))
-    claimed = await store.claim_tasks("w1", 1, 30, lost_task_events)
+    claimed = await store.claim_tasks("w1", 1, 30, lost_task)
     assert [t.id for t in claimed.tasks] == ["t1"]
     clock.now += 2
-    rec, events = await store.cancel_task("t1", lost_task_events)  # running
+    rec, events = await store.cancel_task("t1", lost_task)  # running
     assert (rec.state, rec.error_type, rec.finished_at, rec.lease_until) == ("failed", "Cancelled", clock.now, None)
     assert [e.kind for e in events] == ["task"] and json.loads(events[0].payload)["task"] == "t1"
     assert [e.id for e in await store.list_events("s1")] == [events[0].id]
     with pytest.raises(LeaseLost):
         await store.commit(Changes(finish=TaskFinish("t1", "w1", "succeeded", result='{"value":1}')))
     assert (await store.get_task("t1")).error_type == "Cancelled"  # type: ignore[union-attr]
-    rec, _ = await store.cancel_task("t2", lost_task_events)  # queued: never claimed now
+    rec, _ = await store.cancel_task("t2", lost_task)  # queued: never claimed now
     assert rec.state == "failed" and rec.attempts == 0
-    assert [t.id for t in (await store.claim_tasks("w1", 5, 30, lost_task_events)).tasks] == ["t3"]
+    assert [t.id for t in (await store.claim_tasks("w1", 5, 30, lost_task)).tasks] == ["t3"]
     with pytest.raises(MailgateError, match="t2 is failed; only queued and running"):
-        await store.cancel_task("t2", lost_task_events)
+        await store.cancel_task("t2", lost_task)
     with pytest.raises(NotFound, match="no task 'nope'"):
-        await store.cancel_task("nope", lost_task_events)
+        await store.cancel_task("nope", lost_task)
 
 
 async def test_purge_deletes_by_state_and_age_in_batches(store: Store, clock: Clock) -> None:
     await store.create_session("s1", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task(f"t{n}") for n in range(5)]))
-    for t in (await store.claim_tasks("w", 3, 30, lost_task_events)).tasks:  # t0..t2 succeed at 1_000_000
+    for t in (await store.claim_tasks("w", 3, 30, lost_task)).tasks:  # t0..t2 succeed at 1_000_000
         await store.commit(Changes(finish=TaskFinish(t.id, "w", "succeeded")))
     clock.now += 100
-    await store.claim_tasks("w", 1, 30, lost_task_events)
+    await store.claim_tasks("w", 1, 30, lost_task)
     await store.commit(Changes(finish=TaskFinish("t3", "w", "succeeded")))  # at +100
     assert await store.purge_tasks("succeeded", clock.now - 50, 2) == 2
     assert await store.purge_tasks("succeeded", clock.now - 50, 2) == 1

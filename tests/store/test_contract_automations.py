@@ -238,7 +238,7 @@ async def test_fenced_commit_applies_everything_at_once(store: Store, clock: Clo
     assert await store.journal_entry("st1", 1) is None
     task = await store.get_task("t1")
     assert task is not None and task.state == "queued" and task.automation_id == "a1"
-    [claimed_task] = (await store.claim_tasks("w1", 5, lease=30, lost=lambda rec: ())).tasks
+    [claimed_task] = (await store.claim_tasks("w1", 5, lease=30, lost=lambda rec: Changes())).tasks
     assert claimed_task.automation_id == "a1"  # the worker knows whom to tell when it ends
     other = await store.get_automation("a2")
     assert other is not None and other.wake_at == clock.now  # the message made it due now
@@ -335,6 +335,38 @@ async def test_a_threaded_steps_task_done_closes_its_running_step_whatever_the_a
     assert (await store.get_automation_step("s1")).state == "done"  # type: ignore[union-attr]
 
 
+async def test_a_task_the_store_fails_itself_tells_its_automation_and_closes_its_threaded_step(
+        store: Store, clock: Clock) -> None:
+    """Worker lost on every attempt, or cancelled: ``lost_task`` commits the task's ``task_done`` to
+    the automation that started it (due now), with the threaded step's failure."""
+    from mailgate.core import answers as codec
+    from mailgate.core.automation_rows import THREADED_ACTION
+    from mailgate.core.background import lost_task
+
+    await store.create_session("s1", "iv", "{}", "{}")
+    rec, _ = await store.create_automation(auto("a1", session="s1"), [NewStep("st1", "work", "running"),
+                                                                      NewStep("st2", "job", "running"),
+                                                                      NewStep("st3", "wait", "waiting", wake_at=clock.now + 1e6)])
+
+    def threaded(task_id: str, step_id: str) -> NewTask:
+        return NewTask(task_id, "s1", "iv", THREADED_ACTION, codec.encode_value({"step": step_id, "node": "work"}), "{}",
+                       None, 1, automation_id="a1")
+
+    await store.commit(Changes(new_tasks=[threaded("t1", "st1"), threaded("t2", "st2")]))
+    assert [t.id for t in (await store.claim_tasks("w", 1, lease=5, lost=lost_task)).tasks] == ["t1"]
+    clock.now += 6  # the worker "died" on its only attempt
+    claim = await store.claim_tasks("w", 1, lease=5, lost=lost_task)
+    assert [t.id for t in claim.tasks] == ["t2"] and [e.kind for e in claim.events] == ["task"]
+    await store.cancel_task("t2", lost_task)
+    steps = {s.id: s for s in await store.automation_history("a1")}
+    assert (steps["st1"].state, steps["st1"].error_type) == ("failed", "WorkerLost")
+    assert (steps["st2"].state, steps["st2"].error_type) == ("failed", "Cancelled")
+    assert [(m.message, m.token, m.state) for m in await store.automation_messages("a1")] == [
+        ("task_done", THREADED_ACTION, "queued"), ("task_done", THREADED_ACTION, "queued")]
+    due = (await store.get_automation("a1")).wake_at  # type: ignore[union-attr]
+    assert due is not None and due <= clock.now  # due: its runner hears of both at once
+
+
 async def test_broadcasts_queue_and_are_consumed_in_a_commit(store: Store) -> None:
     rec, _ = await store.create_automation(auto("a1", "app.B"))
     b = await store.enqueue_message(NewMessage("b1", "news", broadcast_class="app.B", data='{"v":1}'))
@@ -342,6 +374,17 @@ async def test_broadcasts_queue_and_are_consumed_in_a_commit(store: Store) -> No
     assert [m.id for m in await store.queued_broadcasts()] == ["b1"]
     await store.commit(run("a1", rec.version, None, messages_done=[MessageDone("b1", result='["received"]')]))
     assert await store.queued_broadcasts() == []
+
+
+async def test_a_broadcast_that_reached_no_one_is_stored_dropped(store: Store, clock: Clock) -> None:
+    await store.enqueue_message(NewMessage("b1", "news", broadcast_class="app.B"))
+    await store.enqueue_message(NewMessage("b2", "news", broadcast_class="app.B"))
+    clock.now += 1
+    await store.commit(Changes(broadcasts_unreached=["b1"]))
+    await store.commit(Changes(broadcasts_unreached=["b1"]))  # a second runner's commit changes nothing
+    b1 = await store.get_automation_message("b1")
+    assert b1 is not None and (b1.state, b1.delivered_at) == ("dropped", clock.now)
+    assert [m.id for m in await store.queued_broadcasts()] == ["b2"]
 
 
 async def test_open_interactions_and_submit(store: Store, clock: Clock) -> None:

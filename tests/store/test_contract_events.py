@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from mailgate.core.background import lost_task_events, task_events
+from mailgate.core.background import lost_task, task_events
 from mailgate.core.events import EventFeed
 from mailgate.store.base import Changes, EventRecord, NewEvent, NewTask, Store, TaskFinish
 from tests.helpers import wait_until
@@ -161,9 +161,9 @@ async def test_worker_lost_events_are_the_cores_task_events(store: Store, clock:
     await store.create_session("s1", "iv", "{}", "{}")
     task = NewTask("t1", "s1", "iv", "act", "{}", "{}", "refresh", 1)
     await store.commit(Changes(new_tasks=[task]))
-    assert [t.id for t in (await store.claim_tasks("w", 1, 5, lost_task_events)).tasks] == ["t1"]
+    assert [t.id for t in (await store.claim_tasks("w", 1, 5, lost_task)).tasks] == ["t1"]
     clock.now += 6  # the worker died; its one attempt is used up
-    claim = await store.claim_tasks("w", 1, 5, lost_task_events)
+    claim = await store.claim_tasks("w", 1, 5, lost_task)
     assert claim.tasks == ()
     assert [e.kind for e in claim.events] == ["task", "command"]
     assert json.loads(claim.events[0].payload) == {"task": "t1", "action": "act", "state": "failed", "error_type": "WorkerLost"}
@@ -171,7 +171,7 @@ async def test_worker_lost_events_are_the_cores_task_events(store: Store, clock:
     assert await store.list_events("s1") == list(claim.events)  # committed with the claim
     # the same shape as the task event of a task that ended in a worker
     await store.commit(Changes(new_tasks=[NewTask("t2", "s1", "iv", "act", "{}", "{}", None, 1)]))
-    ran = (await store.claim_tasks("w", 1, 5, lost_task_events)).tasks[0]
+    ran = (await store.claim_tasks("w", 1, 5, lost_task)).tasks[0]
     finished = await store.commit(Changes(finish=TaskFinish("t2", "w", "failed", error_type="Boom"),
                                           events=task_events(ran, "failed", False, None, "Boom")))
     assert set(json.loads(finished.events[0].payload)) == set(json.loads(claim.events[0].payload))

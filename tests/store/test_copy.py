@@ -89,7 +89,7 @@ async def build(path: str) -> None:
         await store.commit(Changes(new_tasks=[task("t1", "s1"), task("t2", "s1"), task("t3", "s2")],
                                    events=[NewEvent("s1", "command", '{"x":1}')],
                                    mailboxes=[NewMailbox("box1", "s1", "", "", '{"id":"u"}', None)]))
-        claim = await store.claim_tasks("w1", 2, 30.0, lambda rec: ())
+        claim = await store.claim_tasks("w1", 2, 30.0, lambda rec: Changes())
         await store.commit(Changes(finish=TaskFinish(claim.tasks[0].id, "w1", "succeeded", result='{"value":5}')))
         await store.commit(Changes(finish=TaskFinish(claim.tasks[1].id, "w1", "failed", error_type="E",
                                                      error_message="boom", error_trace="trace")))

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from mailgate.core.background import lost_task_events
+from mailgate.core.background import lost_task
 from mailgate.store.base import (
     AutomationUpdate,
     Changes,
@@ -59,7 +59,7 @@ async def test_queued_and_released_tasks_ring_other_processes() -> None:
         await queuer.commit(Changes(new_tasks=[NewTask("t1", "s1", "iv", "act", "{}", "{}", None, 3)]))
         async with asyncio.timeout(10):
             await rung.wait()
-        claim = await worker.claim_tasks("w1", 10, 30.0, lost_task_events)
+        claim = await worker.claim_tasks("w1", 10, 30.0, lost_task)
         assert [t.id for t in claim.tasks] == ["t1"]
 
         rung.clear()

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from mailgate.core.background import lost_task_events
+from mailgate.core.background import lost_task
 from mailgate.errors import AutomationFenced, StoreUnavailable, VersionConflict
 from mailgate.store.base import (
     AutomationUpdate,
@@ -60,7 +60,7 @@ async def test_two_stores_never_claim_the_same_task(dsn: str) -> None:
         async def drain(store: PgStore, worker: str) -> list[str]:
             got: list[str] = []
             while True:
-                claim = await store.claim_tasks(worker, 7, 30, lost_task_events)
+                claim = await store.claim_tasks(worker, 7, 30, lost_task)
                 if not claim.tasks:
                     return got
                 got.extend(t.id for t in claim.tasks)
@@ -78,11 +78,11 @@ async def test_a_task_of_a_dead_node_is_claimed_by_another(dsn: str) -> None:
     a, b = await open_store(dsn), await open_store(dsn)
     try:
         await a.commit(Changes(new_tasks=[task(1)]))
-        assert [t.id for t in (await a.claim_tasks("node-a", 10, 0.3, lost_task_events)).tasks] == ["t00001"]
-        assert not (await b.claim_tasks("node-b", 10, 30, lost_task_events)).tasks  # a's lease is live
+        assert [t.id for t in (await a.claim_tasks("node-a", 10, 0.3, lost_task)).tasks] == ["t00001"]
+        assert not (await b.claim_tasks("node-b", 10, 30, lost_task)).tasks  # a's lease is live
         await a.close()  # node A dies without finishing; its lease runs out on the database's clock
         async def claimed_by_b() -> bool:
-            return bool((await b.claim_tasks("node-b", 10, 30, lost_task_events)).tasks)
+            return bool((await b.claim_tasks("node-b", 10, 30, lost_task)).tasks)
 
         await wait_until(claimed_by_b, timeout=5, what="node B claiming the expired task")
         rec = await b.get_task("t00001")
@@ -96,7 +96,7 @@ async def test_grouped_commits_keep_each_all_or_nothing(dsn: str) -> None:
     try:
         await store.create_session("s1", "iv", "{}", "{}")
         await store.commit(Changes(new_tasks=[task(n) for n in range(50)]))
-        claim = await store.claim_tasks("w", 50, 30, lost_task_events)
+        claim = await store.claim_tasks("w", 50, 30, lost_task)
         before = store.round_trips
         finishes = [store.commit(Changes(finish=TaskFinish(t.id, "w", "succeeded", '{"value":1}'),
                                          events=[NewEvent("s1", "task", '{"n":1}')])) for t in claim.tasks]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from mailgate.core.background import lost_task_events
+from mailgate.core.background import lost_task
 from mailgate.errors import VersionConflict
 from mailgate.store.base import Changes, NewTask, SessionSave, TaskFinish
 from mailgate.store.sqlite.backend import SqliteStore
@@ -42,7 +42,7 @@ async def test_a_failing_unit_is_undone_alone_and_its_neighbours_commit_in_the_s
     for i in range(3):
         await store.create_session(f"s{i}", "iv", "{}", "{}")
     await store.commit(Changes(new_tasks=[new_task("t1", "s1")]))
-    await store.claim_tasks("w", 10, 30, lost_task_events)
+    await store.claim_tasks("w", 10, 30, lost_task)
     before = store.commit_stats
     outcomes = await asyncio.gather(
         store.commit(Changes(save=SessionSave("s0", '{"ok":0}', 1))),

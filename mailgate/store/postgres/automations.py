@@ -62,6 +62,8 @@ def automations_json(ch: Changes) -> dict[str, Any]:
         out["messages"] = _json(ch.messages)
     if ch.new_automations:
         out["new_automations"] = [dataclasses.asdict(a) for a in ch.new_automations]
+    if ch.broadcasts_unreached:
+        out["broadcasts_unreached"] = list(ch.broadcasts_unreached)
     return out
 
 

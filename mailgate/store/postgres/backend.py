@@ -53,7 +53,7 @@ from mailgate.store.base import (
     InboundDelivery,
     InboundRecord,
     LeaseInfo,
-    LostTaskEvents,
+    LostTask,
     MailboxRecord,
     NewEmail,
     NewInbound,
@@ -470,7 +470,7 @@ class PgStore(PgAutomations, Store):
             "DELETE FROM session_leases WHERE session_id = $1 AND holder = $2", session_id, holder))
 
     # -- tasks -------------------------------------------------------------------------------------
-    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTaskEvents) -> Claim:
+    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTask) -> Claim:
         rows = await self._fetch("SELECT * FROM mailgate_claim($1, $2, $3, $4)", worker, limit, lease, self._t())
         tasks = tuple(_task(r) for r in rows if r["id"] is not None)
         events: tuple[EventRecord, ...] = ()
@@ -478,17 +478,18 @@ class PgStore(PgAutomations, Store):
             events = await self._fail_exhausted(lost)
         return Claim(tasks, events)
 
-    async def _fail_exhausted(self, lost: LostTaskEvents) -> tuple[EventRecord, ...]:
+    async def _fail_exhausted(self, lost: LostTask) -> tuple[EventRecord, ...]:
         """Fail the tasks whose worker died on every attempt, with their events, in one transaction."""
         async def run(conn: asyncpg.Connection) -> tuple[EventRecord, ...]:
             async with conn.transaction():
                 failed = [_task(r) for r in await conn.fetch("SELECT * FROM mailgate_fail_exhausted($1)", self._t())]
                 if not failed:
                     return ()
-                new_events = [e for rec in failed for e in lost(rec)]
+                changes = [lost(rec) for rec in failed]
+                new_events = [e for ch in changes for e in ch.events]
                 for rec in failed:
                     log.error("task %s failed: its worker died on every attempt", rec.id, extra={"event": "task.worker_lost", "task": rec.id, "session": rec.session_id})
-                batch = json.dumps([_changes_json(Changes(events=new_events))])
+                batch = json.dumps([_changes_json(Changes(events=new_events, messages=[m for ch in changes for m in ch.messages]))])
                 outcome = json.loads(await conn.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
             now = float(outcome["now"])
             ids = outcome["results"][0]["events"]
@@ -792,7 +793,7 @@ class PgStore(PgAutomations, Store):
         return int(await self._call(lambda c: c.fetchval("SELECT COALESCE(MAX(id), 0) FROM events")))
 
     # -- operations (the admin CLI) -----------------------------------------------------------------
-    async def cancel_task(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, list[EventRecord]]:
+    async def cancel_task(self, task_id: str, lost: LostTask) -> tuple[TaskRecord, list[EventRecord]]:
         async def run(conn: asyncpg.Connection) -> tuple[TaskRecord, list[EventRecord]]:
             async with conn.transaction():
                 row = await conn.fetchrow(
@@ -805,8 +806,9 @@ class PgStore(PgAutomations, Store):
                         raise NotFound(f"no task {task_id!r}; list tasks with: mailgate tasks list")
                     raise MailgateError(f"task {task_id} is {state}; only queued and running tasks can be cancelled")
                 rec = _task(row)
-                new_events = list(lost(rec))
-                batch = json.dumps([_changes_json(Changes(events=new_events))])
+                lost_changes = lost(rec)
+                new_events = list(lost_changes.events)
+                batch = json.dumps([_changes_json(Changes(events=new_events, messages=lost_changes.messages))])
                 outcome = json.loads(await conn.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
             now = float(outcome["now"])
             ids = outcome["results"][0]["events"]

@@ -179,6 +179,9 @@ def apply_automations(conn: sqlite3.Connection, ch: Changes, now: float) -> list
             conn.execute("UPDATE automations SET wake_at = ? WHERE id = ? AND EXISTS (SELECT 1 FROM automation_messages "
                          "WHERE automation_id = ? AND state = 'queued')", (now, u.automation_id, u.automation_id))
     insert_messages(conn, ch.messages, now)
+    conn.executemany("UPDATE automation_messages SET state = 'dropped', delivered_at = ? "
+                     "WHERE id = ? AND broadcast_class IS NOT NULL AND state = 'queued'",
+                     [(now, b) for b in ch.broadcasts_unreached])
     return [(rec.id, created) for rec, created in started]
 
 

@@ -38,7 +38,7 @@ from mailgate.store.base import (
     InboundDelivery,
     InboundRecord,
     LeaseInfo,
-    LostTaskEvents,
+    LostTask,
     MailboxRecord,
     NewEmail,
     NewInbound,
@@ -303,7 +303,7 @@ class SqliteStore(SqliteAutomations, Store):
         )
 
     # -- tasks -------------------------------------------------------------------------------------
-    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTaskEvents) -> Claim:
+    async def claim_tasks(self, worker: str, limit: int, lease: float, lost: LostTask) -> Claim:
         now = self.now()
 
         def unit(conn: sqlite3.Connection) -> Claim:
@@ -318,7 +318,7 @@ class SqliteStore(SqliteAutomations, Store):
             for row in exhausted:
                 failed = TaskRecord(*row)
                 log.error("task %s failed: its worker died on every attempt", failed.id, extra={"event": "task.worker_lost", "task": failed.id, "session": failed.session_id})
-                events.extend(_apply_changes(conn, Changes(events=lost(failed)), now).events)
+                events.extend(_apply_changes(conn, lost(failed), now).events)
             rows = conn.execute(
                 f"UPDATE tasks SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, started_at = ? "
                 "WHERE seq IN (SELECT seq FROM tasks WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
@@ -709,7 +709,7 @@ class SqliteStore(SqliteAutomations, Store):
         return int(rows[0][0])
 
     # -- operations (the admin CLI) -----------------------------------------------------------------
-    async def cancel_task(self, task_id: str, lost: LostTaskEvents) -> tuple[TaskRecord, list[EventRecord]]:
+    async def cancel_task(self, task_id: str, lost: LostTask) -> tuple[TaskRecord, list[EventRecord]]:
         now = self.now()
 
         def unit(conn: sqlite3.Connection) -> tuple[TaskRecord, list[EventRecord]]:
@@ -722,7 +722,7 @@ class SqliteStore(SqliteAutomations, Store):
             if row is None:
                 _refuse_cancel(conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone(), task_id)
             rec = TaskRecord(*row)
-            return rec, list(_apply_changes(conn, Changes(events=lost(rec)), now).events)
+            return rec, list(_apply_changes(conn, lost(rec), now).events)
 
         return await self._writer.submit(unit)
 
@@ -962,7 +962,7 @@ def _apply_changes(conn: sqlite3.Connection, ch: Changes, now: float) -> CommitR
     if ch.unleased is not None and not guard_in_save:
         _check_unleased(conn, *ch.unleased, now)
     started: list[tuple[str, bool]] = []
-    if ch.automations or ch.messages or ch.new_automations:
+    if ch.automations or ch.messages or ch.new_automations or ch.broadcasts_unreached:
         started = apply_automations(conn, ch, now)
     if ch.finish is not None:
         f = ch.finish
