@@ -356,8 +356,8 @@ class Inbound:
         """Each e-mail with message ``email`` to every running automation of its session whose class
         defines ``receive_email`` (token: the mailbox key; data: the DAEmail and the address), queued
         in the delivery's own commit (AUTOMATIONS.md §4.1 "Mail and tasks become messages")."""
-        if not len(self.automation_classes):
-            return emails
+        if not any(callable(getattr(cls, "receive_email", None)) for cls in self.automation_classes):
+            return emails  # no loaded class receives mail: no read per delivery
         receivers: dict[str, list[str]] = {}
         out = []
         for e in emails:
