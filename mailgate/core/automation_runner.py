@@ -121,6 +121,7 @@ class AutomationRunner:
         self._backlog_at = float("-inf")
         self._broadcast_at = float("-inf")
         self.runs = 0  # runs committed by this process (tests, the CLI's summary)
+        self.active = False  # running in this process (the worker role): what orphaned() says is known
         self._rechecks = RecheckBatch(store, self.holder)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -132,10 +133,12 @@ class AutomationRunner:
         """Run automations as they become due, until cancelled (the daemon's ``automations`` task)."""
         self._watch()
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name="automation-heartbeat")
+        self.active = True
         try:
             while not self._stopping:
                 await self._tick()
         finally:
+            self.active = False
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat

@@ -74,3 +74,12 @@ async def test_healthcheck_reports_orphans_until_they_are_moved(tmp_path: Path, 
         await wait_until(lambda: runner.orphaned() == [], 5, "the killed orphan to be forgotten")
         code, lines = await healthcheck(config, capsys)
         assert code == 0 and [line.split(":")[0] for line in lines] == ["config", "store", "web"]
+
+
+async def test_a_process_without_the_worker_role_says_it_cannot_know(tmp_path: Path) -> None:
+    """No runner here, so no orphans found: ``null``, not a reassuring 0."""
+    port = free_port()
+    config = cfg(tmp_path, web={"host": "127.0.0.1", "port": port}, daemon={"roles": ("web",)})
+    async with Daemon(config, roles=("web",), clock=time.time, resolver=StaticResolver({})):
+        health = await asyncio.to_thread(healthz, port)
+        assert health["ok"] is True and health["orphaned_automations"] is None

@@ -53,8 +53,10 @@ async def healthz(request: web.Request) -> web.Response:
     version, latest = await runtime.schema_status()
     ok = version == latest
     # orphaned automations (class or open node gone) found by this process's runner: they need an operator,
-    # not a restart, so they do not make the probe fail (mailgate healthcheck reports them)
-    orphaned = len(runtime.automation_runner.orphaned())
+    # not a restart, so they do not make the probe fail (mailgate healthcheck reports them). null when
+    # this process runs no runner (no worker role): it cannot know, a worker node's /healthz does
+    runner = runtime.automation_runner
+    orphaned = len(runner.orphaned()) if runner.active else None
     return web.json_response({"ok": ok, "schema_version": version, "orphaned_automations": orphaned},
                              status=200 if ok else 503)
 
