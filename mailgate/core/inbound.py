@@ -188,17 +188,19 @@ class Inbound:
         if callback in self._queue_listeners:
             self._queue_listeners.remove(callback)
 
-    async def receive(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes, client_ip: str,
-                      helo: str, tls: bool = False) -> DeliveryResult:
+    async def receive(self, *, mail_from: str, mailboxes: Sequence[MailboxRecord], raw: bytes | bytearray,
+                      client_ip: str, helo: str, tls: bool = False) -> DeliveryResult:
         """Take a message the SMTP edge is about to answer.
 
         With ``auth_policy = "record"`` (the default) nothing decides the reply any more: the raw bytes
         and the envelope are queued durably (``DeliveryResult.queued``) and processed after the reply.
         With ``"reject"``, DMARC decides it: the message is parsed, authenticated and stored before it,
-        by :meth:`deliver` (the 250 then means it is stored as e-mails already).
+        by :meth:`deliver` (the 250 then means it is stored as e-mails already). ``raw`` may be the
+        SMTP edge's own buffer (a bytearray, so that a big message is not copied): it is queued as is.
         """
         if self.config.smtp.auth_policy == "reject":
-            return await self.deliver(mail_from=mail_from, mailboxes=mailboxes, raw=raw, client_ip=client_ip, helo=helo)
+            return await self.deliver(mail_from=mail_from, mailboxes=mailboxes, raw=bytes(raw), client_ip=client_ip,
+                                      helo=helo)
         if not mailboxes:
             return DeliveryResult([], 0)
         sha = (await asyncio.to_thread(_sha256, raw)) if len(raw) >= _HASH_IN_THREAD else _sha256(raw)
@@ -214,7 +216,7 @@ class Inbound:
             return DeliveryResult([], 0)
         return DeliveryResult([], 0, queued=",".join(ids))
 
-    async def _enqueue(self, mailboxes: Sequence[MailboxRecord], sha: str, raw: bytes, *, mail_from: str,
+    async def _enqueue(self, mailboxes: Sequence[MailboxRecord], sha: str, raw: bytes | bytearray, *, mail_from: str,
                        client_ip: str, helo: str, tls: bool) -> str | None:
         """Queue the message for ``mailboxes``: its entry id, or None when none of them is left."""
         entry_id = uuid.uuid4().hex
@@ -422,7 +424,7 @@ class Inbound:
         self.received += stored
 
 
-def _sha256(raw: bytes) -> str:
+def _sha256(raw: bytes | bytearray) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 

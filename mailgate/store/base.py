@@ -168,7 +168,7 @@ class NewInbound:
 
     id: str
     sha256: str  # of ``raw``
-    raw: bytes
+    raw: bytes | bytearray  # the SMTP edge's own buffer for a big message (never copied)
     envelope: str  # JSON: client_ip, helo, mail_from, tls, rcpt (the accepted mailboxes)
     # (local part, session id) of the mailboxes accepted at RCPT: checked again in the enqueue's own
     # transaction, so that the check costs no call of its own (empty: not checked)

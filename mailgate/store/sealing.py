@@ -45,7 +45,7 @@ class SealError(StoreError):
     """A value at rest cannot be opened: no key, a key that is not configured, or a value altered."""
 
 
-def seal(key: bytes | AESGCM, plain: bytes, aad: bytes) -> bytes:
+def seal(key: bytes | AESGCM, plain: bytes | bytearray, aad: bytes) -> bytes:
     """``plain`` sealed under ``key`` (AES-GCM), bound to ``aad``: nonce + ciphertext + tag."""
     nonce = os.urandom(NONCE)
     return nonce + (key if isinstance(key, AESGCM) else AESGCM(key)).encrypt(nonce, plain, aad)
@@ -114,7 +114,7 @@ class Keyring:
         kid = self.current_id
         return f"{TEXT_PREFIX}{kid}:{_b64(seal(self._aead[kid], plain.encode(), aad.encode()))}"
 
-    def seal_bytes(self, plain: bytes, aad: str) -> bytes:
+    def seal_bytes(self, plain: bytes | bytearray, aad: str) -> bytes:
         kid = self.current_id
         return BYTES_PREFIX + bytes.fromhex(kid) + seal(self._aead[kid], plain, aad.encode())
 

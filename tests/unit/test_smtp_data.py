@@ -171,3 +171,26 @@ async def test_no_input_makes_it_read_in_small_pieces(filler: bytes) -> None:
     want = aiosmtpd_rules(wire, 2**30, 2**16)
     assert (content, error, await reader.read()) == want
     assert reader.reads <= 2 * len(wire) // 2**16 + 10, reader.reads
+
+
+def test_a_big_message_is_unstuffed_in_its_own_buffer_never_copied() -> None:
+    """The edge's memory for a big message stays about its size (issue 14: at most 2x): the content
+    is the read buffer itself, cut and unstuffed in place, with no second copy at any moment."""
+    import tracemalloc
+
+    lines = [b"." * (i % 3) + b"x" * (i % 97 + 1) + b"\r\n" for i in range(200_000)]  # dots to remove on 2 of 3 lines
+    wire = b"".join(lines) + b".\r\n"
+    expected, _, _ = aiosmtpd_rules(wire + REST, len(wire), 1000)
+    reader = DataReader(None, 1000)
+    for start in range(0, len(wire), 65536):
+        reader.add(wire[start:start + 65536])
+    assert reader.ended() and reader.error is None
+    buffer = reader.buf
+    tracemalloc.start()
+    try:
+        content = reader.content()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert content is buffer and content == expected
+    assert peak < len(wire) / 20, f"content() allocated {peak} bytes for a {len(wire)}-byte message"

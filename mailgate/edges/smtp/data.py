@@ -116,22 +116,38 @@ class DataReader:
         known = end - start - (1 if self.buf.endswith(b"\r") else 0)  # bytes surely before its CRLF
         return True if known > self.line_limit else None
 
-    def content(self) -> bytes:
-        """The message, dots removed; call once, after the end was read without error."""
-        view = memoryview(self.buf)
-        data = bytes(view[2:len(self.buf) - 3])  # from after the command's CRLF to before ". CRLF"
+    def content(self) -> bytearray:
+        """The message, dots removed; call once, after the end was read without error.
+
+        Done in the buffer itself, so that a big message is never held twice: the ends are cut off
+        (at the front, CPython only moves the start) and each line's dot is removed by moving what
+        follows it down (`memmove`)."""
+        data, self.buf = self.buf, bytearray()
+        del data[len(data) - 3:]  # ". CRLF"
+        # the command's CRLF, and the first line's dot (a message cannot start with the end: see above)
+        del data[:3 if data.startswith(b"\r\n.") else 2]
+        found = data.find(b"\r\n.")
+        if found < 0:
+            return data
+        # Inside the data CRLF "." is always followed by something other than CRLF (that would have
+        # been the end), so the occurrences never overlap; each is found in bytes not yet moved.
+        view = memoryview(data)
+        write, read = found + 2, found + 3
+        while True:
+            found = data.find(b"\r\n.", read)
+            end = len(data) if found < 0 else found + 2
+            view[write:write + end - read] = view[read:end]
+            write += end - read
+            if found < 0:
+                break
+            read = found + 3
         view.release()
-        self.buf = bytearray()
-        if data.startswith(b"."):
-            data = data[1:]  # the first line's dot (a message cannot start with the end: see above)
-        if b"\r\n." in data:
-            # Inside the data CRLF "." is always followed by something other than CRLF (that
-            # would have been the end), so the occurrences never overlap.
-            data = data.replace(b"\r\n.", b"\r\n")
+        del data[write:]
         return data
 
 
-async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_limit: int) -> tuple[bytes | None, DataError | None]:
+async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
+                    line_limit: int) -> tuple[bytearray | None, DataError | None]:
     """Read DATA up to and including CRLF "." CRLF: (content, None), or (None, the broken limit).
 
     ``reader``'s own limit bounds each read; ``line_limit`` must not be smaller than it. Raises

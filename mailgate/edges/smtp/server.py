@@ -125,7 +125,7 @@ class Handler:
         self.idle.clear()
         try:
             result = await self.inbound.receive(
-                mail_from=envelope.mail_from or "", mailboxes=mailboxes, raw=bytes(raw), client_ip=peer,
+                mail_from=envelope.mail_from or "", mailboxes=mailboxes, raw=raw, client_ip=peer,
                 helo=session.host_name or "", tls=session.ssl is not None,
             )
         except StoreError as exc:  # the store's own failure (full, locked, I/O): the sender retries later
@@ -395,7 +395,7 @@ class MailgateSMTP(SMTP):
             self._reset_timeout()
             await self.push(LINE_TOO_LONG if error is DataError.TOO_LONG else MESSAGE_TOO_BIG)
             return
-        content: str | bytes = original_content
+        content: str | bytearray = original_content
         if self._decode_data:
             if self.enable_SMTPUTF8:
                 content = original_content.decode("utf-8", errors="surrogateescape")
@@ -405,8 +405,9 @@ class MailgateSMTP(SMTP):
                 except UnicodeDecodeError:
                     await self.push("500 Error: strict ASCII mode")
                     return
-        self.envelope.content = content
-        self.envelope.original_content = original_content
+        # aiosmtpd types these bytes: a bytearray reads the same, and a big message is not copied
+        self.envelope.content = content  # type: ignore[assignment]
+        self.envelope.original_content = original_content  # type: ignore[assignment]
         # Storing the message is mailgate's time, not the client's: no timer runs meanwhile.
         self._phase = Phase.PROCESSING
         if self._timeout_handle is not None:
@@ -418,6 +419,9 @@ class MailgateSMTP(SMTP):
             log.info("smtp peer=%s mailboxes=%s: connection lost while the message was being stored; no reply sent",
                      self._peer_ip, self._mailboxes(), extra={"event": "smtp.dropped", "peer": self._peer_ip, "mailbox": self._mailboxes()})
             raise
+        # The message is queued (or refused): its buffer goes now, before the reply is written, not
+        # when this coroutine ends, since the processor may be reading the queued copy already.
+        del content, original_content
         self._set_post_data_state()
         reply = "250 OK" if status is MISSING else status
         if isinstance(reply, str) and reply.startswith("250"):

@@ -882,7 +882,7 @@ def _move_raw(conn: sqlite3.Connection, seq: int, sha256: str, size: int) -> Non
             target.write(source.read(_RAW_IN_PIECES))
 
 
-def _insert_blob(conn: sqlite3.Connection, sql: str, before: tuple[Any, ...], after: tuple[Any, ...], raw: bytes,
+def _insert_blob(conn: sqlite3.Connection, sql: str, before: tuple[Any, ...], after: tuple[Any, ...], raw: bytes | bytearray,
                  table: str) -> None:
     """``sql`` with ``{raw}`` standing for the blob column, as :func:`_insert_raw` writes it: bound
     when small, a zero blob filled in place when big."""
