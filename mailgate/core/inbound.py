@@ -30,6 +30,7 @@ from mailgate.config import Config
 from mailgate.core import answers as codec
 from mailgate.core.commits import Commits
 from mailgate.core.daemail import DAEmail
+from mailgate.core.handover import Handover
 from mailgate.core.interviews import Registry
 from mailgate.core.mailboxes import (
     POSTMASTER,
@@ -109,6 +110,7 @@ class Inbound:
         self.queued = 0
         self.rejected: dict[str, int] = {}
         self._queue_listeners: list[Callable[[], None]] = []
+        self.handover = Handover()  # big messages queued here, until this process's processor claims them
         self._pool = WorkerPool(config.smtp.parse_processes, warm_up=warm_worker, memory_limit=config.smtp.parse_memory_limit,
                                 max_rss=config.smtp.parse_worker_max_rss, nice=config.smtp.parse_nice,
                                 ) if config.smtp.parse_processes > 0 else None
@@ -161,6 +163,8 @@ class Inbound:
         timeout = self.config.smtp.parse_timeout
         if self._pool is not None:
             return await self._pool.run(fn, *args, timeout=timeout)
+        # the parsers want bytes: a handed-over buffer (handover.py) is copied, in this case only
+        args = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)
         call = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         try:
             return await asyncio.wait_for(call, timeout)
@@ -230,7 +234,16 @@ class Inbound:
         # but not all are gone, the processor drops those (with a log line), as after the reply. An entry
         # with postmaster is not checked (its mailbox has no row and is never deleted).
         boxes = [] if any(is_postmaster(m) for m in mailboxes) else [(m.local_part, m.session_id) for m in mailboxes]
-        if await self._store.enqueue_inbound(NewInbound(entry_id, sha, raw, envelope, boxes)) is None:
+        # kept before the entry exists: a claim that can see it (the store's own doorbell may start one
+        # before this call returns) asks for it from here
+        self.handover.keep(entry_id, raw)
+        queued = None
+        try:
+            queued = await self._store.enqueue_inbound(NewInbound(entry_id, sha, raw, envelope, boxes))
+        finally:
+            if queued is None:  # refused or failed: nothing to hand over
+                self.handover.release(entry_id)
+        if queued is None:
             return None
         self.queued += 1
         for listener in list(self._queue_listeners):
@@ -258,7 +271,7 @@ class Inbound:
         ]
         return (ours if mail_from.strip("<> ") else ""), ("\r\n".join(fields) + "\r\n").encode() + raw
 
-    async def prepare(self, raw: bytes, *, mail_from: str, client_ip: str, helo: str,
+    async def prepare(self, raw: bytes | bytearray, *, mail_from: str, client_ip: str, helo: str,
                       unparsed_because: str | None = None) -> tuple[StoredParse, AuthResults]:
         """Parse ``raw``, verify its DKIM signatures (in a worker process) and check SPF and DMARC.
 
@@ -458,7 +471,7 @@ def warm_worker() -> None:
     prepare_message(b"From: warm@up.invalid\r\nSubject: warm-up\r\n\r\nwarm-up\r\n", ParseLimits(10, 5, 4096), {})
 
 
-def unparsed(raw: bytes, defect: str) -> StoredParse:
+def unparsed(raw: bytes | bytearray, defect: str) -> StoredParse:
     """What is stored of a message that was not parsed: its hash, and ``defect`` saying why."""
     parsed = ParsedMessage(message_id=None, subject=None, from_address=None, to_address=(), cc_address=(), reply_to=None,
                            datetime_message=None, body_text=None, body_html=None, attachments=(), headers=(),

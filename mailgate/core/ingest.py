@@ -30,6 +30,7 @@ kept dying on it) is stored unparsed at the next claim without being parsed agai
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable
@@ -95,7 +96,8 @@ class Ingest:
                 free = CONCURRENCY - len(self.running)
                 if free > 0:
                     try:
-                        claimed = await self._store.claim_inbound(self.worker_id, free, self.lease)
+                        held = self._inbound.handover.snapshot()
+                        claimed = await self._store.claim_inbound(self.worker_id, free, self.lease, held.keys())
                     except StoreError as exc:
                         if not failing:
                             log.error("claiming queued mail failed: %s; trying again every %g s", exc, poll,
@@ -108,7 +110,11 @@ class Ingest:
                         failing = False
                     self._backlog = len(claimed) == free
                     for rec in claimed:
+                        if rec.raw is None and rec.id in held:  # queued here: its bytes never left memory
+                            rec = dataclasses.replace(rec, raw=held[rec.id])
+                            self._inbound.handover.release(rec.id)
                         self._start(rec)
+                    del held
                     if len(claimed) == free:
                         continue
                 try:
@@ -237,14 +243,14 @@ class Ingest:
                  ",".join(m.local_part for m in mailboxes) or "postmaster (forwarded)", rec.size, ",".join(stored), len(emails) - len(stored),
                  max(0.0, self._store.now() - rec.received_at), auth_summary, extra={"event": "mail.processed"})
 
-    async def _forward(self, rec: InboundRecord, raw: bytes, mail_from: str, auth: AuthResults) -> bool:
+    async def _forward(self, rec: InboundRecord, raw: bytes | bytearray, mail_from: str, auth: AuthResults) -> bool:
         """Forward postmaster mail to ``[mail] postmaster`` through the outbound relay; True once the
         relay took it. A temporary failure is logged and tried again, at growing intervals, while
         this processor holds the claim (its heartbeat keeps it; after a crash the next processor
         tries); a permanent refusal (5xx) returns False: the message is kept in the operator mailbox."""
         target = self._inbound.postmaster_forward
         assert target is not None
-        sender, resent = self._inbound.resent(raw, auth, mail_from)
+        sender, resent = self._inbound.resent(bytes(raw), auth, mail_from)
         wait, tries = self.config.tasks.poll_interval, 0
         while True:
             tries += 1

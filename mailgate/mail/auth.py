@@ -314,7 +314,7 @@ _SIGNATURE_FIELD = re.compile(rb"(?im)^dkim-signature[ \t]*:(.*(?:\r?\n[ \t].*)*
 _FWS = re.compile(rb"[ \t\r\n]+")
 
 
-def dkim_key_names(raw: bytes, max_signatures: int = MAX_DKIM_SIGNATURES) -> list[str]:
+def dkim_key_names(raw: bytes | bytearray, max_signatures: int = MAX_DKIM_SIGNATURES) -> list[str]:
     """The DNS names of the keys the first `max_signatures` DKIM-Signatures of `raw` need, from
     its header block (the others are not checked: see `verify_dkim`).
 
@@ -603,7 +603,7 @@ def _outcome(task: asyncio.Task[_T] | None, default: _T) -> _T:
 
 
 async def authenticate(
-    raw: bytes,
+    raw: bytes | bytearray,
     *,
     client_ip: str,
     mail_from: str,
@@ -638,7 +638,7 @@ async def authenticate(
         spf_task = asyncio.create_task(check_spf(resolver, client_ip, mail_from, helo))
         tasks = [spf_task]
         if dkim_results is None:
-            dkim_task = asyncio.create_task(check_dkim(raw, resolver, run, executor, max_dkim_signatures))
+            dkim_task = asyncio.create_task(check_dkim(bytes(raw), resolver, run, executor, max_dkim_signatures))
             tasks.append(dkim_task)
         if from_dom:
             dmarc_task = asyncio.create_task(discover_dmarc(resolver, from_dom))

@@ -38,7 +38,7 @@ T = TypeVar("T")
 _CALL = struct.Struct("!QI")
 _LENGTH = struct.Struct("!Q")
 _MAX_QUEUED = 3  # calls handed to one worker before it answers the first
-# A bytes argument this long (a big message) is not copied into the pickle but written to the
+# A bytes (or bytearray: the SMTP edge's buffer) argument this long (a big message) is not copied into the pickle but written to the
 # socket from where it is, in blocks, as the worker reads it: the daemon holds no copy of it.
 _OUT_OF_BAND = 64 * 1024
 _BLOCK = 256 * 1024
@@ -267,7 +267,8 @@ class WorkerPool:
             self._waiting.append(waiter)
             await waiter
         assert worker.transport is not None
-        args = tuple(pickle.PickleBuffer(a) if type(a) is bytes and len(a) >= _OUT_OF_BAND else a for a in call.args)
+        args = tuple(pickle.PickleBuffer(a) if type(a) in (bytes, bytearray) and len(a) >= _OUT_OF_BAND else a
+                     for a in call.args)
         buffers: list[pickle.PickleBuffer] = []
         payload = pickle.dumps((call.fn, args), pickle.HIGHEST_PROTOCOL, buffer_callback=buffers.append)
         views = [b.raw() for b in buffers]

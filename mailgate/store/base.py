@@ -8,7 +8,7 @@ looks inside them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -189,7 +189,7 @@ class InboundRecord:
     attempts: int  # claims so far
     worker: str | None  # the processor that holds it, while its lease runs
     lease_until: float | None
-    raw: bytes | None = None
+    raw: bytes | bytearray | None = None  # a bytearray: the SMTP edge's buffer, handed over in memory
 
 
 @dataclass(frozen=True)
@@ -528,9 +528,12 @@ class Store(abc.ABC):
         queued and the result is None."""
 
     @abc.abstractmethod
-    async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
+    async def claim_inbound(self, worker: str, limit: int, lease: float,
+                            held: Collection[str] = ()) -> list[InboundRecord]:
         """Claim up to ``limit`` queued messages, oldest first, with their raw bytes: unclaimed ones
-        and those whose claim's lease expired (their processor died). Each claim counts an attempt."""
+        and those whose claim's lease expired (their processor died). Each claim counts an attempt.
+        The bytes of the entries named in ``held`` are not read (the caller has them: it queued them a
+        moment ago): their ``raw`` is None."""
 
     @abc.abstractmethod
     async def deliver_inbound(self, delivery: InboundDelivery) -> tuple[list[str], list[EventRecord]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from mailgate.errors import ConfigError, LeaseLost
@@ -219,7 +219,7 @@ class SealedStore(SealedAutomations, Store):
             authentication=self._open("emails", "authentication", r.id, r.authentication))
 
     def _inbound(self, r: InboundRecord) -> InboundRecord:
-        raw = r.raw if r.raw is None else self.ring.open_bytes(r.raw, raw_aad(r.sha256), f"inbound_queue.raw of {r.id}")
+        raw = r.raw if r.raw is None else self.ring.open_bytes(bytes(r.raw), raw_aad(r.sha256), f"inbound_queue.raw of {r.id}")
         sha, envelope, size = self._unpack("inbound_queue", r)
         return _with(r, sha256=sha, envelope=envelope, raw=raw, size=size)
 
@@ -435,8 +435,9 @@ class SealedStore(SealedAutomations, Store):
             self._pack("inbound_queue", entry.id, entry.sha256, entry.envelope),
             entry.mailboxes))  # local parts and session ids: in clear, as in their own tables
 
-    async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
-        claimed = [self._inbound(r) for r in await self.inner.claim_inbound(worker, limit, lease)]
+    async def claim_inbound(self, worker: str, limit: int, lease: float,
+                            held: Collection[str] = ()) -> list[InboundRecord]:
+        claimed = [self._inbound(r) for r in await self.inner.claim_inbound(worker, limit, lease, held)]
         for r in claimed:
             self._claimed.pop(r.id, None)
             self._claimed[r.id] = r.sha256

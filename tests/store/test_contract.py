@@ -482,6 +482,20 @@ def email_of(email_id: str, raw: bytes, session_id: str = "s1", box: str = "box"
                     NewEvent(session_id, "email", json.dumps({"email": email_id})))
 
 
+async def test_a_claim_does_not_read_the_bytes_its_caller_holds(store: Store, clock: Clock) -> None:
+    """``held``: the processor of the process that queued a big message has its bytes (the SMTP edge's
+    buffer, a bytearray): the claim leaves them unread, and the rest of the entry is as usual."""
+    big = bytearray(b"Subject: big\r\n\r\n" + b"x" * 300_000 + b"\r\n")
+    assert await store.enqueue_inbound(queued("q0", big)) is not None  # the buffer itself is stored
+    await store.enqueue_inbound(queued("q1", b"Subject: small\r\n\r\nbody\r\n"))
+    claimed = await store.claim_inbound("A", 5, 30, held={"q0", "elsewhere"})
+    assert [(q.id, q.raw, q.size, q.attempts, q.worker) for q in claimed] == [
+        ("q0", None, len(big), 1, "A"), ("q1", b"Subject: small\r\n\r\nbody\r\n", 24, 1, "A")]
+    # what was stored is the buffer's content: another processor (after A's lease) reads it back whole
+    clock.now += 31
+    assert [q.raw for q in await store.claim_inbound("B", 5, 30)] == [bytes(big), b"Subject: small\r\n\r\nbody\r\n"]
+
+
 async def test_queued_mail_is_listed_claimed_in_order_and_delivered_once(store: Store, clock: Clock) -> None:
     await store.create_session("s1", "iv", "{}", "{}")
     raws = [f"Subject: {n}\r\n\r\nbody {n}\r\n".encode() for n in range(3)]

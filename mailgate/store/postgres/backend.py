@@ -37,7 +37,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -686,13 +686,15 @@ class PgStore(PgAutomations, Store):
             self._ring(INBOUND_CHANNEL)  # the processors of the other nodes
         return [None if n in refused else now for n in range(1, len(group) + 1)]
 
-    async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
+    async def claim_inbound(self, worker: str, limit: int, lease: float,
+                            held: Collection[str] = ()) -> list[InboundRecord]:
         rows = await self._fetch(
             "UPDATE inbound_queue q SET worker = $1, lease_until = mailgate_now($4) + $3, attempts = q.attempts + 1 "
             "FROM (SELECT seq FROM inbound_queue WHERE worker IS NULL OR lease_until < mailgate_now($4) "
             "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS picked WHERE q.seq = picked.seq "
-            f"RETURNING {', '.join('q.' + c for c in INBOUND_COLS.split(', '))}, q.raw",
-            worker, limit, lease, self._t())
+            f"RETURNING {', '.join('q.' + c for c in INBOUND_COLS.split(', '))}, "
+            "CASE WHEN q.id = ANY($5::text[]) THEN NULL ELSE q.raw END",
+            worker, limit, lease, self._t(), list(held))
         return sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
 
     async def deliver_inbound(self, delivery: InboundDelivery) -> tuple[list[str], list[EventRecord]]:

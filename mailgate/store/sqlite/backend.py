@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import aiosqlite
@@ -543,7 +543,8 @@ class SqliteStore(SqliteAutomations, Store):
         received = await self._writer.submit(unit)
         return None if received is None else float(received)
 
-    async def claim_inbound(self, worker: str, limit: int, lease: float) -> list[InboundRecord]:
+    async def claim_inbound(self, worker: str, limit: int, lease: float,
+                            held: Collection[str] = ()) -> list[InboundRecord]:
         now = self.now()
 
         def unit(conn: sqlite3.Connection) -> list[InboundRecord]:
@@ -555,7 +556,8 @@ class SqliteStore(SqliteAutomations, Store):
             ).fetchall()
             records = sorted((InboundRecord(*r) for r in rows), key=lambda r: r.seq)
             # the bytes straight into the one bytes object handed over (see _read_blob)
-            return [dataclasses.replace(r, raw=_read_blob(conn, "inbound_raw", r.seq)) for r in records]
+            return [r if r.id in held else dataclasses.replace(r, raw=_read_blob(conn, "inbound_raw", r.seq))
+                    for r in records]
 
         return list(await self._writer.submit(unit))
 
