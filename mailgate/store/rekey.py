@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from mailgate.config import StoreConfig
 from mailgate.errors import ConfigError, MailgateError
@@ -50,6 +50,8 @@ RAW_BATCH = 50
 RAW_BYTES = 8 * 1024 * 1024  # a batch of raw messages stops here (one may be 25 MB or more): short write locks
 # (stage, table, rows done, rows in the table)
 RekeyProgress = Callable[[str, str, int, int], None]
+# what re-sealing one row did: written under the current key, left for the next run, or nothing to do
+Redone = Literal["resealed", "busy"] | None
 
 # table -> the column that orders it (its primary key); e-mails and queued messages are handled apart
 ORDER = {"settings": "name", "sessions": "id", "mailboxes": "local_part", "tasks": "seq", "events": "id",
@@ -159,29 +161,53 @@ async def _count(db: Db, table: str) -> int:
         return int((await tx.fetch(f"SELECT COUNT(*) FROM {table}"))[0][0])
 
 
-async def _plain_table(db: Db, rk: _Rekeyer, table: str, order: str, row_col: str, cols: tuple[str, ...],
-                       progress: RekeyProgress) -> TableRekey:
-    out, total, after = TableRekey(table), await _count(db, table), None
+async def _batched(db: Db, table: str, progress: RekeyProgress, start: Any,
+                   fetch: Callable[[Tx, Any], Awaitable[list[Sequence[Any]]]], key: Callable[[Sequence[Any]], Any],
+                   redo: Callable[[Tx, Sequence[Any]], Awaitable[Redone]]) -> TableRekey:
+    """The one loop over a table: batches in key order from ``start``, each read (``fetch(tx, after)``,
+    holding its rows) and re-sealed row by row (``redo``) in one transaction; ``key`` is a row's place
+    in that order."""
+    out, total, after = TableRekey(table), await _count(db, table), start
     progress("rekey", table, 0, total)
-    select = f"SELECT {order}, {row_col}, {', '.join(_q(c) for c in cols)} FROM {table}"
     while True:
         async with db.transaction() as tx:
-            rows = await tx.fetch(f"{select} {'' if after is None else f'WHERE {order} > ?'} ORDER BY {order} LIMIT ?{tx.lock}",
-                                  *(() if after is None else (after,)), BATCH)
-            for key, row, *values in rows:
-                new = {c: rk.text(table, c, str(row), v) for c, v in zip(cols, values, strict=True)}
-                changed = {c: v for c, v in new.items() if v is not None}
-                if changed:
-                    await tx.execute(f"UPDATE {table} SET {', '.join(_q(c) + ' = ?' for c in changed)} WHERE {order} = ?",
-                                     *changed.values(), key)
-                    out.resealed += 1
+            rows = await fetch(tx, after)
+            for row in rows:
+                done = await redo(tx, row)
+                out.resealed += done == "resealed"
+                out.busy += done == "busy"
         if not rows:
             break
-        after = rows[-1][0]
+        after = key(rows[-1])
         out.rows += len(rows)
         progress("rekey", table, min(out.rows, total), total)
     progress("rekey", table, total, total)
     return out
+
+
+def _first(row: Sequence[Any]) -> Any:
+    return row[0]
+
+
+async def _plain_table(db: Db, rk: _Rekeyer, table: str, order: str, row_col: str, cols: tuple[str, ...],
+                       progress: RekeyProgress) -> TableRekey:
+    select = f"SELECT {order}, {row_col}, {', '.join(_q(c) for c in cols)} FROM {table}"
+
+    async def fetch(tx: Tx, after: Any) -> list[Sequence[Any]]:
+        return await tx.fetch(f"{select} {'' if after is None else f'WHERE {order} > ?'} ORDER BY {order} LIMIT ?{tx.lock}",
+                              *(() if after is None else (after,)), BATCH)
+
+    async def redo(tx: Tx, found: Sequence[Any]) -> Redone:
+        key, row, *values = found
+        new = {c: rk.text(table, c, str(row), v) for c, v in zip(cols, values, strict=True)}
+        changed = {c: v for c, v in new.items() if v is not None}
+        if not changed:
+            return None
+        await tx.execute(f"UPDATE {table} SET {', '.join(_q(c) + ' = ?' for c in changed)} WHERE {order} = ?",
+                         *changed.values(), key)
+        return "resealed"
+
+    return await _batched(db, table, progress, None, fetch, _first, redo)
 
 
 async def _email_update(tx: Tx, rk: _Rekeyer, row: Sequence[Any], raw_converted: bool) -> bool:
@@ -215,55 +241,45 @@ async def _email_update(tx: Tx, rk: _Rekeyer, row: Sequence[Any], raw_converted:
 async def _automations(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
     """Automations: data and owner re-sealed; a clear unique key becomes the keyed hash that the
     sealed store computes for the same values, so the one-running rule keeps holding across the switch."""
-    out, total, after = TableRekey("automations"), await _count(db, "automations"), 0
-    progress("rekey", "automations", 0, total)
-    while True:
-        async with db.transaction() as tx:
-            rows = await tx.fetch("SELECT seq, id, cls, state, unique_key, data, owner FROM automations "
-                                  f"WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after, BATCH)
-            for seq, aid, cls, state, unique, data, owner in rows:
-                sets = {c: v for c, v in (("data", rk.text("automations", "data", aid, data)),
-                                          ("owner", rk.text("automations", "owner", aid, owner))) if v is not None}
-                if unique is not None and not is_keyed_hash(unique):
-                    keyed = rk.hash(unique)
-                    if state == "running" and await tx.fetch(
-                            "SELECT 1 FROM automations WHERE cls = ? AND unique_key = ? AND state = 'running'", cls, keyed):
-                        keyed = rk.hash(f"{unique}\x00{aid}")  # another started after the switch: both run, as they are
-                    sets["unique_key"] = keyed
-                if sets:
-                    await tx.execute(f"UPDATE automations SET {', '.join(_q(c) + ' = ?' for c in sets)} WHERE seq = ?",
-                                     *sets.values(), seq)
-                    out.resealed += 1
-        if not rows:
-            break
-        after = rows[-1][0]
-        out.rows += len(rows)
-        progress("rekey", "automations", min(out.rows, total), total)
-    progress("rekey", "automations", total, total)
-    return out
+    async def fetch(tx: Tx, after: Any) -> list[Sequence[Any]]:
+        return await tx.fetch("SELECT seq, id, cls, state, unique_key, data, owner FROM automations "
+                              f"WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after, BATCH)
+
+    async def redo(tx: Tx, row: Sequence[Any]) -> Redone:
+        seq, aid, cls, state, unique, data, owner = row
+        sets = {c: v for c, v in (("data", rk.text("automations", "data", aid, data)),
+                                  ("owner", rk.text("automations", "owner", aid, owner))) if v is not None}
+        if unique is not None and not is_keyed_hash(unique):
+            keyed = rk.hash(unique)
+            if state == "running" and await tx.fetch(
+                    "SELECT 1 FROM automations WHERE cls = ? AND unique_key = ? AND state = 'running'", cls, keyed):
+                keyed = rk.hash(f"{unique}\x00{aid}")  # another started after the switch: both run, as they are
+            sets["unique_key"] = keyed
+        if not sets:
+            return None
+        await tx.execute(f"UPDATE automations SET {', '.join(_q(c) + ' = ?' for c in sets)} WHERE seq = ?",
+                         *sets.values(), seq)
+        return "resealed"
+
+    return await _batched(db, "automations", progress, 0, fetch, _first, redo)
 
 
 async def _journal(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
     """The automations' journal, in key order (step id, call index): its rows have no single-column key."""
-    out, total, after = TableRekey("automation_journal"), await _count(db, "automation_journal"), ("", -1)
-    progress("rekey", "automation_journal", 0, total)
-    while True:
-        async with db.transaction() as tx:
-            rows = await tx.fetch("SELECT step_id, call_index, result FROM automation_journal WHERE (step_id, call_index) > "
-                                  f"(?, ?) ORDER BY step_id, call_index LIMIT ?{tx.lock}", *after, BATCH)
-            for step_id, call_index, result in rows:
-                new = rk.text("automation_journal", "result", journal_row(step_id, call_index), result)
-                if new is not None:
-                    await tx.execute("UPDATE automation_journal SET result = ? WHERE step_id = ? AND call_index = ?",
-                                     new, step_id, call_index)
-                    out.resealed += 1
-        if not rows:
-            break
-        after = (rows[-1][0], rows[-1][1])
-        out.rows += len(rows)
-        progress("rekey", "automation_journal", min(out.rows, total), total)
-    progress("rekey", "automation_journal", total, total)
-    return out
+    async def fetch(tx: Tx, after: Any) -> list[Sequence[Any]]:
+        return await tx.fetch("SELECT step_id, call_index, result FROM automation_journal WHERE (step_id, call_index) > "
+                              f"(?, ?) ORDER BY step_id, call_index LIMIT ?{tx.lock}", *after, BATCH)
+
+    async def redo(tx: Tx, row: Sequence[Any]) -> Redone:
+        step_id, call_index, result = row
+        new = rk.text("automation_journal", "result", journal_row(step_id, call_index), result)
+        if new is None:
+            return None
+        await tx.execute("UPDATE automation_journal SET result = ? WHERE step_id = ? AND call_index = ?",
+                         new, step_id, call_index)
+        return "resealed"
+
+    return await _batched(db, "automation_journal", progress, ("", -1), fetch, lambda row: (row[0], row[1]), redo)
 
 
 EMAIL_SELECT = "SELECT id, seq, local_part, message_id, sha256, dedupe, size, envelope, parsed, authentication FROM emails"
@@ -283,97 +299,78 @@ async def _raw_rows(tx: Tx, table: str, order: str, after: Any) -> int:
 
 async def _raw_messages(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
     """Raw messages, in hash order; a clear hash becomes keyed together with the e-mails that point to it."""
-    out, total, after = TableRekey("raw_messages"), await _count(db, "raw_messages"), ""
-    progress("rekey", "raw_messages", 0, total)
-    while True:
-        async with db.transaction() as tx:
-            rows = await tx.fetch(f"SELECT sha256, raw FROM raw_messages WHERE sha256 > ? ORDER BY sha256 LIMIT ?{tx.lock}",
-                                  after, await _raw_rows(tx, "raw_messages", "sha256", after))
-            for sha, raw in rows:
-                new_hash = rk.hash(sha)
-                sealed = rk.raw(bytes(raw), sha, new_hash, f"raw_messages.raw of {sha}")
-                if sealed is None:
-                    continue
-                out.resealed += 1
-                if new_hash == sha:
-                    await tx.execute("UPDATE raw_messages SET raw = ?, size = ? WHERE sha256 = ?", sealed, len(sealed), sha)
-                    continue
-                if await tx.fetch("SELECT 1 FROM raw_messages WHERE sha256 = ?", new_hash):
-                    await tx.execute("DELETE FROM raw_messages WHERE sha256 = ?", sha)  # stored again since: same bytes
-                else:
-                    await tx.execute("UPDATE raw_messages SET sha256 = ?, raw = ?, size = ? WHERE sha256 = ?",
-                                     new_hash, sealed, len(sealed), sha)
-                for email in await tx.fetch(f"{EMAIL_SELECT} WHERE sha256 = ? ORDER BY seq{tx.lock}", sha):
-                    await _email_update(tx, rk, email, raw_converted=True)
-        if not rows:
-            break
-        after = rows[-1][0]
-        out.rows += len(rows)
-        progress("rekey", "raw_messages", min(out.rows, total), total)
-    progress("rekey", "raw_messages", total, total)
-    return out
+    async def fetch(tx: Tx, after: Any) -> list[Sequence[Any]]:
+        return await tx.fetch(f"SELECT sha256, raw FROM raw_messages WHERE sha256 > ? ORDER BY sha256 LIMIT ?{tx.lock}",
+                              after, await _raw_rows(tx, "raw_messages", "sha256", after))
+
+    async def redo(tx: Tx, row: Sequence[Any]) -> Redone:
+        sha, raw = row
+        new_hash = rk.hash(sha)
+        sealed = rk.raw(bytes(raw), sha, new_hash, f"raw_messages.raw of {sha}")
+        if sealed is None:
+            return None
+        if new_hash == sha:
+            await tx.execute("UPDATE raw_messages SET raw = ?, size = ? WHERE sha256 = ?", sealed, len(sealed), sha)
+            return "resealed"
+        if await tx.fetch("SELECT 1 FROM raw_messages WHERE sha256 = ?", new_hash):
+            await tx.execute("DELETE FROM raw_messages WHERE sha256 = ?", sha)  # stored again since: same bytes
+        else:
+            await tx.execute("UPDATE raw_messages SET sha256 = ?, raw = ?, size = ? WHERE sha256 = ?",
+                             new_hash, sealed, len(sealed), sha)
+        for email in await tx.fetch(f"{EMAIL_SELECT} WHERE sha256 = ? ORDER BY seq{tx.lock}", sha):
+            await _email_update(tx, rk, email, raw_converted=True)
+        return "resealed"
+
+    return await _batched(db, "raw_messages", progress, "", fetch, _first, redo)
 
 
 async def _emails(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
-    out, total, after = TableRekey("emails"), await _count(db, "emails"), 0
-    progress("rekey", "emails", 0, total)
-    while True:
-        async with db.transaction() as tx:
-            rows = await tx.fetch(f"{EMAIL_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after, BATCH)
-            for row in rows:
-                out.resealed += await _email_update(tx, rk, row, raw_converted=False)
-        if not rows:
-            break
-        after = rows[-1][1]
-        out.rows += len(rows)
-        progress("rekey", "emails", min(out.rows, total), total)
-    progress("rekey", "emails", total, total)
-    return out
+    async def fetch(tx: Tx, after: Any) -> list[Sequence[Any]]:
+        return await tx.fetch(f"{EMAIL_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?{tx.lock}", after, BATCH)
+
+    async def redo(tx: Tx, row: Sequence[Any]) -> Redone:
+        return "resealed" if await _email_update(tx, rk, row, raw_converted=False) else None
+
+    return await _batched(db, "emails", progress, 0, fetch, lambda row: row[1], redo)
 
 
 async def _inbound(db: Db, rk: _Rekeyer, progress: RekeyProgress) -> TableRekey:
-    out, total, after = TableRekey("inbound_queue"), await _count(db, "inbound_queue"), 0
-    progress("rekey", "inbound_queue", 0, total)
-    while True:
-        async with db.transaction() as tx:
-            source, raw_col = (("inbound_queue q JOIN inbound_raw r ON r.seq = q.seq", "r.raw") if tx.inbound_raw_apart
-                               else ("inbound_queue q", "q.raw"))
-            rows = await tx.fetch(f"SELECT q.seq, q.id, q.sha256, {raw_col}, q.envelope, q.worker, q.lease_until "
-                                  f"FROM {source} WHERE q.seq > ? ORDER BY q.seq LIMIT ?{tx.lock}", after,
-                                  await _raw_rows(tx, "inbound_queue", "seq", after))
-            for seq, eid, sha, raw, envelope, worker, lease_until in rows:
-                if is_keyed_hash(sha):
-                    sets: dict[str, Any] = {}
-                    sealed = rk.raw(bytes(raw), sha, sha, f"inbound_queue.raw of {eid}")
-                    if sealed is not None:
-                        sets["raw"] = sealed
-                    new = rk.text("inbound_queue", "envelope", eid, envelope)
-                    if new is not None:
-                        sets["envelope"] = new
-                elif worker is not None and lease_until is not None and lease_until >= rk.now:
-                    out.busy += 1  # its processor delivers it by the clear hash it claimed it with
-                    continue
-                else:
-                    new_hash = rk.hash(sha)
-                    plain = rk.ring.open_text(envelope, aad("inbound_queue", "envelope", eid), f"inbound_queue.envelope of {eid}")
-                    sealed = rk.raw(bytes(raw), sha, new_hash, f"inbound_queue.raw of {eid}")
-                    assert sealed is not None
-                    sets = {"sha256": new_hash, "raw": sealed, "size": len(sealed),
-                            "envelope": rk.ring.seal_text(sha + plain, aad("inbound_queue", "envelope", eid))}
-                if sets:
-                    if tx.inbound_raw_apart and "raw" in sets:
-                        await tx.execute("UPDATE inbound_raw SET raw = ? WHERE seq = ?", sets.pop("raw"), seq)
-                    if sets:
-                        await tx.execute(f"UPDATE inbound_queue SET {', '.join(f'{c} = ?' for c in sets)} WHERE id = ?",
-                                         *sets.values(), eid)
-                    out.resealed += 1
-        if not rows:
-            break
-        after = rows[-1][0]
-        out.rows += len(rows)
-        progress("rekey", "inbound_queue", min(out.rows, total), total)
-    progress("rekey", "inbound_queue", total, total)
-    return out
+    async def fetch(tx: Tx, after: Any) -> list[Sequence[Any]]:
+        source, raw_col = (("inbound_queue q JOIN inbound_raw r ON r.seq = q.seq", "r.raw") if tx.inbound_raw_apart
+                           else ("inbound_queue q", "q.raw"))
+        return await tx.fetch(f"SELECT q.seq, q.id, q.sha256, {raw_col}, q.envelope, q.worker, q.lease_until "
+                              f"FROM {source} WHERE q.seq > ? ORDER BY q.seq LIMIT ?{tx.lock}", after,
+                              await _raw_rows(tx, "inbound_queue", "seq", after))
+
+    async def redo(tx: Tx, row: Sequence[Any]) -> Redone:
+        seq, eid, sha, raw, envelope, worker, lease_until = row
+        if is_keyed_hash(sha):
+            sets: dict[str, Any] = {}
+            sealed = rk.raw(bytes(raw), sha, sha, f"inbound_queue.raw of {eid}")
+            if sealed is not None:
+                sets["raw"] = sealed
+            new = rk.text("inbound_queue", "envelope", eid, envelope)
+            if new is not None:
+                sets["envelope"] = new
+        elif worker is not None and lease_until is not None and lease_until >= rk.now:
+            return "busy"  # its processor delivers it by the clear hash it claimed it with
+        else:
+            new_hash = rk.hash(sha)
+            plain = rk.ring.open_text(envelope, aad("inbound_queue", "envelope", eid), f"inbound_queue.envelope of {eid}")
+            sealed = rk.raw(bytes(raw), sha, new_hash, f"inbound_queue.raw of {eid}")
+            assert sealed is not None
+            sets = {"sha256": new_hash, "raw": sealed, "size": len(sealed),
+                    "envelope": rk.ring.seal_text(sha + plain, aad("inbound_queue", "envelope", eid))}
+        if not sets:
+            return None
+        if tx.inbound_raw_apart and "raw" in sets:
+            await tx.execute("UPDATE inbound_raw SET raw = ? WHERE seq = ?", sets.pop("raw"), seq)
+        if sets:
+            await tx.execute(f"UPDATE inbound_queue SET {', '.join(f'{c} = ?' for c in sets)} WHERE id = ?",
+                             *sets.values(), eid)
+        return "resealed"
+
+    return await _batched(db, "inbound_queue", progress, 0, fetch, _first, redo)
 
 
 # -- the two backends' connections ------------------------------------------------------------------
