@@ -61,7 +61,7 @@ from mailgate.core.automation_rows import (
 )
 from mailgate.core.context import CURRENT, User
 from mailgate.core.interviews import Registry
-from mailgate.core.threads import DaemonThreadPool
+from mailgate.core.threads import DaemonThreadPool, LoopResults
 from mailgate.errors import AutomationFenced, MailgateError, StoreError
 from mailgate.outbound.transport import Outbound
 from mailgate.store.base import (
@@ -116,6 +116,7 @@ class AutomationRunner:
         self._watching = False
         self.journal = SendJournal(store, outbound, self.holder)
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
+        self._results: LoopResults | None = None  # the engine's outcomes back to the loop, batched
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")
         self._backlog_at = float("-inf")
@@ -226,11 +227,56 @@ class AutomationRunner:
         except StoreError as exc:
             log.warning("claiming due automations failed: %s; trying again", exc, extra={"event": "automation.claim_failed"})
             return 0
+        self._start(claimed)
+        return len(claimed)
+
+    def _start(self, claimed: list[ClaimedAutomation]) -> None:
         for c in claimed:
             task = asyncio.get_running_loop().create_task(self._run_one(c), name=f"automation {c.automation.id}")
             self._running[c.automation.id] = task
             task.add_done_callback(self._done)
-        return len(claimed)
+
+    def _successor(self) -> asyncio.Task[list[ClaimedAutomation]] | None:
+        """The claim of the automation due next, for the slot of a run about to commit: created before
+        that commit is submitted, so that both go to the store together (on SQLite, in the same group
+        commit: a run then costs one writer round trip, not a claim and a commit in a row). Its run
+        starts only once the committing run has ended, so at most ``concurrency`` runs have run code
+        that is not committed (G2)."""
+        if self._stopping:
+            return None
+        return asyncio.get_running_loop().create_task(self._claim_one(), name="automation-successor")
+
+    async def _claim_one(self) -> list[ClaimedAutomation]:
+        try:
+            return await self.store.claim_automations(self.holder, 1, self.config.automations.claim_lease)
+        except StoreError:
+            return []  # the loop's own claim finds it
+
+    async def _take_successor(self, run: Run) -> None:
+        """Start the run's successor in its slot (the runner stopping: give its claim back)."""
+        successor, run.successor = run.successor, None
+        if successor is None:
+            return
+        try:
+            claimed = await asyncio.shield(successor)
+        except asyncio.CancelledError:  # this run was cancelled (stopping): the claim, once made, goes back
+            successor.add_done_callback(self._give_back)
+            raise
+        if self._stopping:
+            with contextlib.suppress(StoreError):
+                await self.store.release_automations(self.holder, [c.automation.id for c in claimed])
+            return
+        self._start(claimed)
+
+    def _give_back(self, successor: asyncio.Task[list[ClaimedAutomation]]) -> None:
+        if successor.cancelled() or successor.exception() is not None or not successor.result():
+            return
+        ids = [c.automation.id for c in successor.result()]
+        asyncio.get_running_loop().create_task(self._release_quietly(ids), name="automation-give-back")
+
+    async def _release_quietly(self, ids: list[str]) -> None:
+        with contextlib.suppress(StoreError):
+            await self.store.release_automations(self.holder, ids)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         for aid, t in list(self._running.items()):
@@ -282,6 +328,7 @@ class AutomationRunner:
             if run.lease_holder is not None and run.session is not None:
                 with contextlib.suppress(StoreError):
                     await self.store.release_lease(run.session.id, run.lease_holder)
+            await self._take_successor(run)
 
     async def _lease(self, run: Run) -> bool:
         """Take the bound session's lease with its answers as committed; False (claim given back) if
@@ -355,7 +402,11 @@ class AutomationRunner:
             finally:
                 CURRENT.reset(token)
 
-        future = loop.run_in_executor(self.executor, _timed(call))
+        if self._results is None or self._results.loop is not loop:
+            self._results = LoopResults(loop)
+        # the runs started in one turn of the loop go to the workers with one wake-up, and their
+        # outcomes come back with one (run_in_executor costs a thread hop each way per run)
+        future = self.executor.call(self._results, _timed(call))
         try:
             async with asyncio.timeout(budget):
                 outcome = await asyncio.shield(future)
@@ -451,6 +502,7 @@ class AutomationRunner:
         changes = Changes(save=save, new_tasks=tuple(new_tasks), mailboxes=tuple(mailboxes), events=tuple(events),
                           release_lease=release, automations=(update,),
                           messages=tuple(sent), new_automations=tuple(starts))
+        run.successor = self._successor()
         await self.commit(changes)
         run.lease_holder = None if release is not None else run.lease_holder
         self.runs += 1
