@@ -61,7 +61,7 @@ from mailgate.core.automation_rows import (
 )
 from mailgate.core.context import CURRENT, User
 from mailgate.core.interviews import Registry
-from mailgate.core.threads import DaemonThreadPool, LoopResults
+from mailgate.core.threads import DaemonThreadPool, Deadlines, LoopResults
 from mailgate.errors import AutomationFenced, MailgateError, StoreError
 from mailgate.outbound.transport import Outbound
 from mailgate.store.base import (
@@ -117,6 +117,7 @@ class AutomationRunner:
         self.journal = SendJournal(store, outbound, self.holder)
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
         self._results: LoopResults | None = None  # the engine's outcomes back to the loop, batched
+        self._deadlines = Deadlines()  # the step budgets: one timer per 10 ms slot, not one per run
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")
         self._backlog_at = float("-inf")
@@ -127,8 +128,10 @@ class AutomationRunner:
 
     # -- the loop ----------------------------------------------------------------------------------
     def wake(self) -> None:
-        """Something may be due sooner than the runner thought (a commit, the doorbell)."""
-        self._wake.set()
+        """Something may be due sooner than the runner thought (a commit, the doorbell). With every
+        slot taken the loop could claim nothing: the run that frees one wakes it (``_done``)."""
+        if len(self._running) < self.config.automations.concurrency:
+            self._wake.set()
 
     async def run(self) -> None:
         """Run automations as they become due, until cancelled (the daemon's ``automations`` task)."""
@@ -282,7 +285,7 @@ class AutomationRunner:
         for aid, t in list(self._running.items()):
             if t is task:
                 del self._running[aid]
-        self._wake.set()
+        self.wake()  # not when its successor took the slot
 
     async def _wait_one(self) -> None:
         if self._running:
@@ -407,9 +410,9 @@ class AutomationRunner:
         # the runs started in one turn of the loop go to the workers with one wake-up, and their
         # outcomes come back with one (run_in_executor costs a thread hop each way per run)
         future = self.executor.call(self._results, _timed(call))
+        self._deadlines.add(future, budget)  # fails it with TimeoutError past the budget (its outcome is then dropped)
         try:
-            async with asyncio.timeout(budget):
-                outcome = await asyncio.shield(future)
+            outcome = await future
         except TimeoutError:
             _abandon(run)
             return await self._timed_out(run, snap, budget)
