@@ -50,7 +50,7 @@ class Run:
     abandoned: bool = False  # past the step budget: its thread may go on, but runs no more async code
     # the claim of the automation due next, sent with this run's commit (same group commit): started
     # once this run has ended, in its slot
-    successor: asyncio.Task[list[ClaimedAutomation]] | None = None
+    successor: asyncio.Future[list[ClaimedAutomation]] | None = None
 
     @property
     def id(self) -> str:

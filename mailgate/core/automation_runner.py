@@ -117,6 +117,7 @@ class AutomationRunner:
         self.journal = SendJournal(store, outbound, self.holder)
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
         self._results: LoopResults | None = None  # the engine's outcomes back to the loop, batched
+        self._asking: list[asyncio.Future[list[ClaimedAutomation]]] = []  # successors asked for in this turn
         self._deadlines = Deadlines()  # the step budgets: one timer per 10 ms slot, not one per run
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")
@@ -239,47 +240,55 @@ class AutomationRunner:
             self._running[c.automation.id] = task
             task.add_done_callback(self._done)
 
-    def _successor(self) -> asyncio.Task[list[ClaimedAutomation]] | None:
-        """The claim of the automation due next, for the slot of a run about to commit: created before
-        that commit is submitted, so that both go to the store together (on SQLite, in the same group
-        commit: a run then costs one writer round trip, not a claim and a commit in a row). Its run
-        starts only once the committing run has ended, so at most ``concurrency`` runs have run code
-        that is not committed (G2)."""
+    def _successor(self) -> asyncio.Future[list[ClaimedAutomation]] | None:
+        """The claim of the automation due next, for the slot of a run about to commit (none or one).
+
+        Asked for before that commit is submitted: the successors asked for in one turn of the loop
+        are claimed with one ``claim_automations`` sent in the next turn, ahead of the writer's next
+        batch, so on SQLite the claim and the commits share a group commit (a run costs one writer
+        round trip, not a claim and then a commit). A successor starts only once the run that asked
+        for it has ended, so at most ``concurrency`` runs have run code that is not committed (G2)."""
         if self._stopping:
             return None
-        return asyncio.get_running_loop().create_task(self._claim_one(), name="automation-successor")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[ClaimedAutomation]] = loop.create_future()
+        self._asking.append(future)
+        if len(self._asking) == 1:
+            loop.create_task(self._claim_successors(), name="automation-successors")
+        return future
 
-    async def _claim_one(self) -> list[ClaimedAutomation]:
+    async def _claim_successors(self) -> None:
+        asking, self._asking = self._asking, []
         try:
-            return await self.store.claim_automations(self.holder, 1, self.config.automations.claim_lease)
+            claimed = await self.store.claim_automations(self.holder, len(asking), self.config.automations.claim_lease)
         except StoreError:
-            return []  # the loop's own claim finds it
+            claimed = []  # the loop's own claim finds them
+        except BaseException:
+            for future in asking:
+                future.cancel()
+            raise
+        for i, future in enumerate(asking):
+            mine = claimed[i:i + 1]
+            if not future.done():
+                future.set_result(mine)
+            elif mine:  # its run was cancelled (stopping): the claim goes back
+                await self._release_quietly([c.automation.id for c in mine])
 
     async def _take_successor(self, run: Run) -> None:
         """Start the run's successor in its slot (the runner stopping: give its claim back)."""
         successor, run.successor = run.successor, None
         if successor is None:
             return
-        try:
-            claimed = await asyncio.shield(successor)
-        except asyncio.CancelledError:  # this run was cancelled (stopping): the claim, once made, goes back
-            successor.add_done_callback(self._give_back)
-            raise
+        claimed = await successor  # cancelled with this run: _claim_successors gives the claim back
         if self._stopping:
-            with contextlib.suppress(StoreError):
-                await self.store.release_automations(self.holder, [c.automation.id for c in claimed])
+            await self._release_quietly([c.automation.id for c in claimed])
             return
         self._start(claimed)
 
-    def _give_back(self, successor: asyncio.Task[list[ClaimedAutomation]]) -> None:
-        if successor.cancelled() or successor.exception() is not None or not successor.result():
-            return
-        ids = [c.automation.id for c in successor.result()]
-        asyncio.get_running_loop().create_task(self._release_quietly(ids), name="automation-give-back")
-
     async def _release_quietly(self, ids: list[str]) -> None:
-        with contextlib.suppress(StoreError):
-            await self.store.release_automations(self.holder, ids)
+        if ids:
+            with contextlib.suppress(StoreError):
+                await self.store.release_automations(self.holder, ids)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         for aid, t in list(self._running.items()):
@@ -467,7 +476,8 @@ class AutomationRunner:
         mailboxes: list[Any] = []
         starts: list[Any] = []
         sent = [new_message(m, auto.id) for m in out.sent]
-        sent += await broadcasts.next_hops(self.store, list(run.claimed.messages), out.messages)
+        if out.messages:
+            sent += await broadcasts.next_hops(self.store, list(run.claimed.messages), out.messages)
         events: list[NewEvent] = []
         if run.session is None and (ctx.new_tasks or ctx.new_mailboxes or out.tasks):
             raise MailgateError("a step of a free-standing automation (no session) called background_action() or "
@@ -521,9 +531,10 @@ class AutomationRunner:
                          extra={"event": "automation.message_dropped", "automation": auto.id, "message": m.id})
         for s in out.finished_steps:
             metrics.AUTOMATION_STEPS.labels(s.state).inc()
-            log.debug("automation %s: step %s (%s) %s", auto.id, s.node, s.id, s.message,
-                      extra={"event": "automation.step", "automation": auto.id, "step": s.id, "node": s.node,
-                             "state": s.state})
+            if log.isEnabledFor(logging.DEBUG):  # the extra dict is built for nothing otherwise
+                log.debug("automation %s: step %s (%s) %s", auto.id, s.node, s.id, s.message,
+                          extra={"event": "automation.step", "automation": auto.id, "step": s.id, "node": s.node,
+                                 "state": s.state})
             if s.state == "failed" and out.state == "failed":
                 log.warning("automation %s (%s) failed at %s: %s: %s", auto.id, auto.cls, s.node, s.error_type,
                             s.error_message, extra={"event": "automation.failed", "automation": auto.id, "node": s.node})
