@@ -242,7 +242,8 @@ class AutomationRunner:
             task.add_done_callback(functools.partial(self._done, c.automation.id))
 
     def _successor(self) -> asyncio.Future[list[ClaimedAutomation]] | None:
-        """The claim of the automation due next, for the slot of a run about to commit (none or one).
+        """The claim of the automation due next, for the slot of a run about to commit (none or one;
+        started at once instead if another slot is free).
 
         Asked for before that commit is submitted: the successors asked for in one turn of the loop
         are claimed with one ``claim_automations`` sent in the next turn, ahead of the writer's next
@@ -268,8 +269,14 @@ class AutomationRunner:
             for future in asking:
                 future.cancel()
             raise
+        concurrency = self.config.automations.concurrency
         for i, future in enumerate(asking):
             mine = claimed[i:i + 1]
+            if mine and not self._stopping and len(self._running) < concurrency:
+                # a slot is free besides the asking run's (which still counts): no need to wait for
+                # that run's end (PostgreSQL answers the claim before the commit)
+                self._start(mine)
+                mine = []
             if not future.done():
                 future.set_result(mine)
             elif mine:  # its run was cancelled (stopping): the claim goes back
