@@ -62,7 +62,7 @@ from mailgate.core.automation_rows import (
 )
 from mailgate.core.context import CURRENT, User
 from mailgate.core.interviews import Registry
-from mailgate.core.threads import DaemonThreadPool, Deadlines, LoopResults
+from mailgate.core.threads import DaemonThreadPool, LoopResults
 from mailgate.errors import AutomationFenced, MailgateError, StoreError
 from mailgate.outbound.transport import Outbound
 from mailgate.store.base import (
@@ -119,7 +119,6 @@ class AutomationRunner:
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
         self._results: LoopResults | None = None  # the engine's outcomes back to the loop, batched
         self._asking: list[asyncio.Future[list[ClaimedAutomation]]] = []  # successors asked for in this turn
-        self._deadlines = Deadlines()  # the step budgets: one timer per 10 ms slot, not one per run
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")
         self._backlog_at = float("-inf")
@@ -426,7 +425,10 @@ class AutomationRunner:
         # the runs started in one turn of the loop go to the workers with one wake-up, and their
         # outcomes come back with one (run_in_executor costs a thread hop each way per run)
         future = self.executor.call(self._results, _timed(call))
-        self._deadlines.add(future, budget)  # fails it with TimeoutError past the budget (its outcome is then dropped)
+        # past the budget the future fails with TimeoutError (the outcome, if it comes, is dropped); a
+        # bare timer cancelled at the end, not asyncio.timeout and a shield (a task and two futures
+        # more per run), nor a shared slot that would keep every outcome alive for the whole budget
+        timer = loop.call_later(budget, _time_out, future)
         try:
             outcome = await future
         except TimeoutError:
@@ -435,6 +437,8 @@ class AutomationRunner:
         except asyncio.CancelledError:  # the runner stops: its async steps stop with it
             _abandon(run)
             raise
+        finally:
+            timer.cancel()
         await self._commit(run, snap, outcome, ctx)
 
     async def _threaded_ended(self, run: Run, snap: engine.Snapshot, now: float) -> None:
@@ -700,6 +704,12 @@ def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:
         return clock()
 
     return now
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    """The step budget ran out before the engine's outcome came back."""
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _abandon(run: Run) -> None:
