@@ -49,6 +49,9 @@ class Run:
     # async step callables of this run being awaited on the loop (cancelled at the step budget)
     pending: set[concurrent.futures.Future[Any]] = field(default_factory=set)
     abandoned: bool = False  # past the step budget: its thread may go on, but runs no more async code
+    # the claim of the automation due next, sent with this run's commit (same group commit): started
+    # once this run has ended, in its slot
+    successor: asyncio.Future[list[ClaimedAutomation]] | None = None
 
     @property
     def id(self) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -61,7 +62,7 @@ from mailgate.core.automation_rows import (
 )
 from mailgate.core.context import CURRENT, User
 from mailgate.core.interviews import Registry
-from mailgate.core.threads import DaemonThreadPool
+from mailgate.core.threads import DaemonThreadPool, LoopResults
 from mailgate.errors import AutomationFenced, MailgateError, StoreError
 from mailgate.outbound.transport import Outbound
 from mailgate.store.base import (
@@ -116,6 +117,8 @@ class AutomationRunner:
         self._watching = False
         self.journal = SendJournal(store, outbound, self.holder)
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
+        self._results: LoopResults | None = None  # the engine's outcomes back to the loop, batched
+        self._asking: list[asyncio.Future[list[ClaimedAutomation]]] = []  # successors asked for in this turn
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")  # when the automations gauge was last read
         self._backlog_at = float("-inf")
@@ -126,8 +129,10 @@ class AutomationRunner:
 
     # -- the loop ----------------------------------------------------------------------------------
     def wake(self) -> None:
-        """Something may be due sooner than the runner thought (a commit, the doorbell)."""
-        self._wake.set()
+        """Something may be due sooner than the runner thought (a commit, the doorbell). With every
+        slot taken the loop could claim nothing: the run that frees one wakes it (``_done``)."""
+        if len(self._running) < self.config.automations.concurrency:
+            self._wake.set()
 
     async def run(self) -> None:
         """Run automations as they become due, until cancelled (the daemon's ``automations`` task)."""
@@ -228,17 +233,76 @@ class AutomationRunner:
         except StoreError as exc:
             log.warning("claiming due automations failed: %s; trying again", exc, extra={"event": "automation.claim_failed"})
             return 0
+        self._start(claimed)
+        return len(claimed)
+
+    def _start(self, claimed: list[ClaimedAutomation]) -> None:
         for c in claimed:
             task = asyncio.get_running_loop().create_task(self._run_one(c), name=f"automation {c.automation.id}")
             self._running[c.automation.id] = task
-            task.add_done_callback(self._done)
-        return len(claimed)
+            task.add_done_callback(functools.partial(self._done, c.automation.id))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        for aid, t in list(self._running.items()):
-            if t is task:
-                del self._running[aid]
-        self._wake.set()
+    def _successor(self) -> asyncio.Future[list[ClaimedAutomation]] | None:
+        """The claim of the automation due next, for the slot of a run about to commit (none or one;
+        started at once instead if another slot is free).
+
+        Asked for before that commit is submitted: the successors asked for in one turn of the loop
+        are claimed with one ``claim_automations`` sent in the next turn, ahead of the writer's next
+        batch, so on SQLite the claim and the commits share a group commit (a run costs one writer
+        round trip, not a claim and then a commit). A successor starts only once the run that asked
+        for it has ended, so at most ``concurrency`` runs have run code that is not committed (G2)."""
+        if self._stopping:
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[ClaimedAutomation]] = loop.create_future()
+        self._asking.append(future)
+        if len(self._asking) == 1:
+            loop.create_task(self._claim_successors(), name="automation-successors")
+        return future
+
+    async def _claim_successors(self) -> None:
+        asking, self._asking = self._asking, []
+        try:
+            claimed = await self.store.claim_automations(self.holder, len(asking), self.config.automations.claim_lease)
+        except StoreError:
+            claimed = []  # the loop's own claim finds them
+        except BaseException:
+            for future in asking:
+                future.cancel()
+            raise
+        concurrency = self.config.automations.concurrency
+        for i, future in enumerate(asking):
+            mine = claimed[i:i + 1]
+            if mine and not self._stopping and len(self._running) < concurrency:
+                # a slot is free besides the asking run's (which still counts): no need to wait for
+                # that run's end (PostgreSQL answers the claim before the commit)
+                self._start(mine)
+                mine = []
+            if not future.done():
+                future.set_result(mine)
+            elif mine:  # its run was cancelled (stopping): the claim goes back
+                await self._release_quietly([c.automation.id for c in mine])
+
+    async def _take_successor(self, run: Run) -> None:
+        """Start the run's successor in its slot (the runner stopping: give its claim back)."""
+        successor, run.successor = run.successor, None
+        if successor is None:
+            return
+        claimed = await successor  # cancelled with this run: _claim_successors gives the claim back
+        if self._stopping:
+            await self._release_quietly([c.automation.id for c in claimed])
+            return
+        self._start(claimed)
+
+    async def _release_quietly(self, ids: list[str]) -> None:
+        if ids:
+            with contextlib.suppress(StoreError):
+                await self.store.release_automations(self.holder, ids)
+
+    def _done(self, automation_id: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(automation_id) is task:
+            del self._running[automation_id]
+        self.wake()  # not when its successor took the slot
 
     async def _wait_one(self) -> None:
         if self._running:
@@ -284,6 +348,7 @@ class AutomationRunner:
             if run.lease_holder is not None and run.session is not None:
                 with contextlib.suppress(StoreError):
                     await self.store.release_lease(run.session.id, run.lease_holder)
+            await self._take_successor(run)
 
     async def _lease(self, run: Run) -> bool:
         """Take the bound session's lease with its answers as committed; False (claim given back) if
@@ -357,16 +422,25 @@ class AutomationRunner:
             finally:
                 CURRENT.reset(token)
 
-        future = loop.run_in_executor(self.executor, _timed(call))
+        if self._results is None or self._results.loop is not loop:
+            self._results = LoopResults(loop)
+        # the runs started in one turn of the loop go to the workers with one wake-up, and their
+        # outcomes come back with one (run_in_executor costs a thread hop each way per run)
+        future = self.executor.call(self._results, _timed(call))
+        # past the budget the future fails with TimeoutError (the outcome, if it comes, is dropped); a
+        # bare timer cancelled at the end, not asyncio.timeout and a shield (a task and two futures
+        # more per run), nor a shared slot that would keep every outcome alive for the whole budget
+        timer = loop.call_later(budget, _time_out, future)
         try:
-            async with asyncio.timeout(budget):
-                outcome = await asyncio.shield(future)
+            outcome = await future
         except TimeoutError:
             _abandon(run)
             return await self._timed_out(run, snap, budget)
         except asyncio.CancelledError:  # the runner stops: its async steps stop with it
             _abandon(run)
             raise
+        finally:
+            timer.cancel()
         await self._commit(run, snap, outcome, ctx)
 
     async def _threaded_ended(self, run: Run, snap: engine.Snapshot, now: float) -> None:
@@ -419,7 +493,8 @@ class AutomationRunner:
         mailboxes: list[Any] = []
         starts: list[Any] = []
         sent = [new_message(m, auto.id) for m in out.sent]
-        sent += await broadcasts.next_hops(self.store, list(run.claimed.messages), out.messages)
+        if out.messages:
+            sent += await broadcasts.next_hops(self.store, list(run.claimed.messages), out.messages)
         events: list[NewEvent] = []
         if run.session is None and (ctx.new_tasks or ctx.new_mailboxes or out.tasks):
             raise MailgateError("a step of a free-standing automation (no session) called background_action() or "
@@ -457,6 +532,7 @@ class AutomationRunner:
         changes = Changes(save=save, new_tasks=tuple(new_tasks), mailboxes=tuple(mailboxes), events=tuple(events),
                           release_lease=release, automations=(update,),
                           messages=tuple(sent), new_automations=tuple(starts))
+        run.successor = self._successor()
         await self.commit(changes)
         run.lease_holder = None if release is not None else run.lease_holder
         self.runs += 1
@@ -466,20 +542,21 @@ class AutomationRunner:
     def _report(self, run: Run, out: engine.Outcome) -> None:
         auto = run.claimed.automation
         for m in out.messages:
-            metrics.AUTOMATION_MESSAGES.labels(m.state).inc()
+            _counter(metrics.AUTOMATION_MESSAGES, m.state).inc()
             if m.state == "dropped":
                 log.info("automation %s: message %s dropped: %s", auto.id, m.id, m.error,
                          extra={"event": "automation.message_dropped", "automation": auto.id, "message": m.id})
         for s in out.finished_steps:
-            metrics.AUTOMATION_STEPS.labels(s.state).inc()
-            log.debug("automation %s: step %s (%s) %s", auto.id, s.node, s.id, s.message,
-                      extra={"event": "automation.step", "automation": auto.id, "step": s.id, "node": s.node,
-                             "state": s.state})
+            _counter(metrics.AUTOMATION_STEPS, s.state).inc()
+            if log.isEnabledFor(logging.DEBUG):  # the extra dict is built for nothing otherwise
+                log.debug("automation %s: step %s (%s) %s", auto.id, s.node, s.id, s.message,
+                          extra={"event": "automation.step", "automation": auto.id, "step": s.id, "node": s.node,
+                                 "state": s.state})
             if s.state == "failed" and out.state == "failed":
                 log.warning("automation %s (%s) failed at %s: %s: %s", auto.id, auto.cls, s.node, s.error_type,
                             s.error_message, extra={"event": "automation.failed", "automation": auto.id, "node": s.node})
         if out.state != "running":
-            metrics.AUTOMATIONS_ENDED.labels(out.state).inc()
+            _counter(metrics.AUTOMATIONS_ENDED, out.state).inc()
 
     # -- when a run does not end normally ------------------------------------------------------------
     async def _timed_out(self, run: Run, snap: engine.Snapshot, budget: float) -> None:
@@ -563,6 +640,19 @@ class AutomationRunner:
                                                  self.store.now() + self.config.automations.recheck_interval)
 
 
+_COUNTERS: dict[tuple[int, str], Any] = {}
+
+
+def _counter(family: Any, label: str) -> Any:
+    """``family.labels(label)``, looked up once (``labels`` costs a few microseconds per call, three
+    times per run)."""
+    key = (id(family), label)
+    child = _COUNTERS.get(key)
+    if child is None:
+        child = _COUNTERS[key] = family.labels(label)
+    return child
+
+
 def _recheck_only(run: Run, snap: engine.Snapshot, out: engine.Outcome, data: str) -> bool:
     """Whether a run changed nothing but due times: no step entered, ended or given another state, no
     message consumed or sent, no task, the data and state as read, no journaled send in between."""
@@ -620,6 +710,12 @@ def _tracking(clock: Callable[[], float], run: Run) -> Callable[[], float]:
         return clock()
 
     return now
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    """The step budget ran out before the engine's outcome came back."""
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _abandon(run: Run) -> None:
