@@ -4,6 +4,7 @@ its grouped commits, its clock, and losing the server. The contract suites cover
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -503,3 +504,30 @@ async def test_the_timer_read_uses_only_its_partial_index(dsn: str) -> None:
         assert await store.next_wake() == 10.0
     finally:
         await store.close()
+
+
+async def test_the_automation_claim_reads_steps_by_index_after_planning_on_empty_tables(dsn: str) -> None:
+    """plpgsql keeps a generic plan of a function's statements per connection: one chosen while the
+    tables were empty read the claimed automations' steps by a sequential scan for the connection's
+    life, the claim's cost growing with the automations waiting (issue 17). The tables are never
+    analysed here (no autovacuum, as on this test server): the index must win on default estimates."""
+    store = await open_store(dsn)
+    await store.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(8):  # past plpgsql's five custom plans: a generic one would be kept from here on
+            await conn.fetchval("SELECT mailgate_claim_automations('r', 16, 30, NULL)")
+        await conn.execute(
+            "INSERT INTO automations (id, cls, state, data, version, key, owner, wake_at, created_at, updated_at) "
+            "SELECT 'a' || i, 'Waiting', 'running', '{}', 2, 'k' || i, '', CASE WHEN i <= 16 THEN 0 ELSE 1e10 END, "
+            "0, 0 FROM generate_series(1, 20000) AS i; "
+            "INSERT INTO automation_steps (id, automation_id, node, state, created_at) "
+            "SELECT 's' || i, 'a' || i, 'wait', 'waiting', 0 FROM generate_series(1, 20000) AS i")
+        async with conn.transaction():
+            claimed = json.loads(await conn.fetchval("SELECT mailgate_claim_automations('r', 16, 30, NULL)::text"))
+            scans = await conn.fetchrow("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables "
+                                        "WHERE relname = 'automation_steps'")
+        assert len(claimed["automations"]) == len(claimed["steps"]) == 16
+        assert scans["seq_scan"] == 0 and scans["idx_scan"] >= 1, dict(scans)
+    finally:
+        await conn.close()
