@@ -531,3 +531,33 @@ async def test_the_automation_claim_reads_steps_by_index_after_planning_on_empty
         assert scans["seq_scan"] == 0 and scans["idx_scan"] >= 1, dict(scans)
     finally:
         await conn.close()
+
+
+async def test_the_due_backlog_reads_only_the_due_part_of_the_timer_index(dsn: str) -> None:
+    """The runner reads the due backlog every second: with a volatile clock compared row by row it
+    scanned every running automation (66 ms with 100,000 waiting); the plan of the very statement the
+    store sends must find the due ones in the timer index (issue 17)."""
+    store = await open_store(dsn)
+    sent: list[tuple[str, tuple[object, ...]]] = []
+    fetch = store._fetch
+
+    async def recording(sql: str, *args: object) -> list[asyncpg.Record]:
+        sent.append((sql, args))
+        return await fetch(sql, *args)
+
+    store._fetch = recording  # type: ignore[method-assign]
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO automations (id, cls, state, data, version, key, owner, wake_at, created_at, updated_at) "
+                "SELECT 'a' || n, 'app.Flow', 'running', '{}', 1, 'k' || n, '{}', CASE WHEN n <= 4 THEN n ELSE 1e10 END, "
+                "0, 0 FROM generate_series(1, 20000) AS n")
+            assert await store.automation_backlog() == (4, 1.0)
+            (sql, args), = sent
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}", *args))
+        finally:
+            await conn.close()
+        assert "automations_wake" in plan and "Rows Removed by Filter" not in plan, plan
+    finally:
+        await store.close()
