@@ -561,3 +561,32 @@ async def test_the_due_backlog_reads_only_the_due_part_of_the_timer_index(dsn: s
         assert "automations_wake" in plan and "Rows Removed by Filter" not in plan, plan
     finally:
         await store.close()
+
+
+async def test_the_store_clock_is_never_ahead_of_the_database_even_measured_behind_a_busy_pool(dsn: str) -> None:
+    """``now()`` must not run ahead of the database clock: the runner, woken at a timer's ``wake_at``
+    by it, would claim before the timer is due there and sleep ``timer_poll`` (issue 17). A read of
+    the clock that first waits for the pool's only connection must not put it ahead by half the wait."""
+    store = PgStore(dsn, pool_size=1)
+    await store.open()
+    try:
+        holding = asyncio.Event()
+
+        async def busy(conn: asyncpg.Connection) -> None:
+            holding.set()
+            await conn.execute("SELECT pg_sleep(0.3)")
+
+        held = asyncio.get_running_loop().create_task(store._call(busy))
+        await holding.wait()
+        await store._measure_clock()  # waits for the connection the whole 0.3 s
+        await held
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _ in range(5):
+                mine = store.now()
+                theirs = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+                assert mine <= theirs, f"the store's clock is {(mine - theirs) * 1000:.1f} ms ahead of the database"
+        finally:
+            await conn.close()
+    finally:
+        await store.close()
