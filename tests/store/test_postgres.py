@@ -4,6 +4,7 @@ its grouped commits, its clock, and losing the server. The contract suites cover
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -501,5 +502,91 @@ async def test_the_timer_read_uses_only_its_partial_index(dsn: str) -> None:
             await conn.close()
         assert "Index Only Scan" in plan and "automations_wake" in plan, plan
         assert await store.next_wake() == 10.0
+    finally:
+        await store.close()
+
+
+async def test_the_automation_claim_reads_steps_by_index_after_planning_on_empty_tables(dsn: str) -> None:
+    """plpgsql keeps a generic plan of a function's statements per connection: one chosen while the
+    tables were empty read the claimed automations' steps by a sequential scan for the connection's
+    life, the claim's cost growing with the automations waiting (issue 17). The tables are never
+    analysed here (no autovacuum, as on this test server): the index must win on default estimates."""
+    store = await open_store(dsn)
+    await store.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(8):  # past plpgsql's five custom plans: a generic one would be kept from here on
+            await conn.fetchval("SELECT mailgate_claim_automations('r', 16, 30, NULL)")
+        await conn.execute(
+            "INSERT INTO automations (id, cls, state, data, version, key, owner, wake_at, created_at, updated_at) "
+            "SELECT 'a' || i, 'Waiting', 'running', '{}', 2, 'k' || i, '', CASE WHEN i <= 16 THEN 0 ELSE 1e10 END, "
+            "0, 0 FROM generate_series(1, 20000) AS i; "
+            "INSERT INTO automation_steps (id, automation_id, node, state, created_at) "
+            "SELECT 's' || i, 'a' || i, 'wait', 'waiting', 0 FROM generate_series(1, 20000) AS i")
+        async with conn.transaction():
+            claimed = json.loads(await conn.fetchval("SELECT mailgate_claim_automations('r', 16, 30, NULL)::text"))
+            scans = await conn.fetchrow("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables "
+                                        "WHERE relname = 'automation_steps'")
+        assert len(claimed["automations"]) == len(claimed["steps"]) == 16
+        assert scans["seq_scan"] == 0 and scans["idx_scan"] >= 1, dict(scans)
+    finally:
+        await conn.close()
+
+
+async def test_the_due_backlog_reads_only_the_due_part_of_the_timer_index(dsn: str) -> None:
+    """The runner reads the due backlog every second: with a volatile clock compared row by row it
+    scanned every running automation (66 ms with 100,000 waiting); the plan of the very statement the
+    store sends must find the due ones in the timer index (issue 17)."""
+    store = await open_store(dsn)
+    sent: list[tuple[str, tuple[object, ...]]] = []
+    fetch = store._fetch
+
+    async def recording(sql: str, *args: object) -> list[asyncpg.Record]:
+        sent.append((sql, args))
+        return await fetch(sql, *args)
+
+    store._fetch = recording  # type: ignore[method-assign]
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO automations (id, cls, state, data, version, key, owner, wake_at, created_at, updated_at) "
+                "SELECT 'a' || n, 'app.Flow', 'running', '{}', 1, 'k' || n, '{}', CASE WHEN n <= 4 THEN n ELSE 1e10 END, "
+                "0, 0 FROM generate_series(1, 20000) AS n")
+            assert await store.automation_backlog() == (4, 1.0)
+            (sql, args), = sent
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE, COSTS OFF) {sql}", *args))
+        finally:
+            await conn.close()
+        assert "automations_wake" in plan and "Rows Removed by Filter" not in plan, plan
+    finally:
+        await store.close()
+
+
+async def test_the_store_clock_is_never_ahead_of_the_database_even_measured_behind_a_busy_pool(dsn: str) -> None:
+    """``now()`` must not run ahead of the database clock: the runner, woken at a timer's ``wake_at``
+    by it, would claim before the timer is due there and sleep ``timer_poll`` (issue 17). A read of
+    the clock that first waits for the pool's only connection must not put it ahead by half the wait."""
+    store = PgStore(dsn, pool_size=1)
+    await store.open()
+    try:
+        holding = asyncio.Event()
+
+        async def busy(conn: asyncpg.Connection) -> None:
+            holding.set()
+            await conn.execute("SELECT pg_sleep(0.3)")
+
+        held = asyncio.get_running_loop().create_task(store._call(busy))
+        await holding.wait()
+        await store._measure_clock()  # waits for the connection the whole 0.3 s
+        await held
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _ in range(5):
+                mine = store.now()
+                theirs = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+                assert mine <= theirs, f"the store's clock is {(mine - theirs) * 1000:.1f} ms ahead of the database"
+        finally:
+            await conn.close()
     finally:
         await store.close()

@@ -325,8 +325,10 @@ class PgAutomations:
         return counts
 
     async def automation_backlog(self) -> tuple[int, float | None]:
+        # the time as a sub-select, evaluated once: mailgate_now is volatile, and compared row by row it
+        # kept the timer index out (a scan of every running automation, 66 ms a second with 100,000 waiting)
         row = (await self._fetch("SELECT COUNT(*), MIN(wake_at) FROM automations WHERE state = 'running' "
-                                 "AND wake_at <= mailgate_now($1)", self._t()))[0]
+                                 "AND wake_at <= (SELECT mailgate_now($1))", self._t()))[0]
         return int(row[0]), float(row[1]) if row[1] is not None else None
 
     async def journal_entry(self, step_id: str, call_index: int) -> JournalRecord | None:

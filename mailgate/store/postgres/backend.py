@@ -98,6 +98,7 @@ MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"
 INBOUND_COLS = "id, seq, sha256, size, envelope, received_at, attempts, worker, lease_until"
 EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, parsed, authentication, received_at"
 CLOCK_REFRESH = 60.0  # seconds between measurements of the database's clock
+CLOCK_READS = 3  # reads of the database's clock per measurement (the tightest bound is kept)
 MAILBOX_TTL = 60.0  # seconds a cached mailbox is trusted without news (the doorbell tells of changes sooner)
 MAILBOX_CACHE = 100_000  # mailboxes cached at most; past it the cache starts afresh
 PROCESSOR_LINGER = 0.01  # seconds the processor's deliveries wait for company (see grouper)
@@ -207,10 +208,19 @@ class PgStore(PgAutomations, Store):
         return self.clock() if self.clock is not None else None
 
     async def _measure_clock(self) -> None:
-        before = time.time()
-        db_now = await self._call(lambda c: c.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
-        after = time.time()
-        self._offset = float(db_now) - (before + after) / 2
+        """The database clock minus this host's, as a lower bound: the database read its clock before
+        the answer came back, so ``db_now - after`` is never more than the true offset, and the
+        tightest of a few reads is kept. ``now()`` is then never ahead of the database (by more than
+        the clocks drift apart until the next measurement): the automations runner, woken at a
+        timer's ``wake_at`` by this clock, finds it due in the claim (the database's clock). With the
+        midpoint of the round trip, a wait for a pooled connection before the read put ``now()``
+        ahead by half the wait; a runner woken by it claimed nothing, took the timer for one it was
+        running itself and slept ``timer_poll`` (1 s) with timers due (issue 17)."""
+        async def read(conn: asyncpg.Connection) -> float:
+            db_now = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+            return float(db_now) - time.time()  # before the connection goes back to the pool (a round trip)
+
+        self._offset = max([await self._call(read) for _ in range(CLOCK_READS)])
 
     async def _keep_clock(self) -> None:
         while True:
