@@ -141,7 +141,7 @@ class SmtpConfig:
     parse_worker_max_rss: int = _f(268435456, "a parse worker process left with more resident memory than this many bytes "
                                    "after a message ends itself and another starts (Python keeps freed memory); 0 = never",
                                    minimum=0)
-    parse_nice: int = _f(0, "nice value added to parse worker processes (0-19): under load the CPU goes first to "
+    parse_nice: int = _f(10, "nice value added to parse worker processes (0-19): under load the CPU goes first to "
                          "answering SMTP clients, the web side and actions, and parsing catches up from the queue after "
                          "(nothing changes on an idle host); 0 = the daemon's priority. Not applied with parse_processes = 0",
                          minimum=0, maximum=19)
