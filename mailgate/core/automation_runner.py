@@ -119,6 +119,10 @@ class AutomationRunner:
         self.executor = DaemonThreadPool(config.automations.concurrency, name="mailgate-automation")
         self._results: LoopResults | None = None  # the engine's outcomes back to the loop, batched
         self._asking: list[asyncio.Future[list[ClaimedAutomation]]] = []  # successors asked for in this turn
+        # successors claimed and waiting for the run that asked for them to end: their claims are
+        # renewed with the running ones' (a slow commit must not let them lapse, or another runner
+        # would run them too)
+        self._waiting: set[str] = set()
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")  # when the automations gauge was last read
         self._backlog_at = float("-inf")
@@ -279,6 +283,7 @@ class AutomationRunner:
                 self._start(mine)
                 mine = []
             if not future.done():
+                self._waiting.update(c.automation.id for c in mine)
                 future.set_result(mine)
             elif mine:  # its run was cancelled (stopping): the claim goes back
                 await self._release_quietly([c.automation.id for c in mine])
@@ -289,6 +294,7 @@ class AutomationRunner:
         if successor is None:
             return
         claimed = await successor  # cancelled with this run: _claim_successors gives the claim back
+        self._waiting.difference_update(c.automation.id for c in claimed)
         if self._stopping:
             await self._release_quietly([c.automation.id for c in claimed])
             return
@@ -312,9 +318,10 @@ class AutomationRunner:
         lease = self.config.automations.claim_lease
         while True:
             await asyncio.sleep(lease / 3)
-            if self._running:
+            held = [*self._running, *self._waiting]
+            if held:
                 with contextlib.suppress(StoreError):
-                    await self.store.heartbeat_automations(self.holder, list(self._running), lease)
+                    await self.store.heartbeat_automations(self.holder, held, lease)
 
     # -- one automation ----------------------------------------------------------------------------
     async def _run_one(self, claimed: ClaimedAutomation) -> None:
