@@ -58,6 +58,7 @@ class Relay:
     connections: int = 0
     data_reply: str | None = None
     messages_per_connection: int | None = None  # answer MAIL with 421 after this many
+    smtputf8: bool = True  # False: a relay that does not offer SMTPUTF8 (RFC 6531), as many do not
     port: int = 0
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _server: asyncio.Server | None = None
@@ -93,7 +94,8 @@ class Relay:
                 super().connection_made(transport)
 
         def factory() -> SMTP:
-            return CountingSMTP(self, hostname="relay.test", decode_data=False, enable_SMTPUTF8=True, loop=self._loop)
+            return CountingSMTP(self, hostname="relay.test", decode_data=False, enable_SMTPUTF8=self.smtputf8,
+                               loop=self._loop)
 
         self._server = await self._loop.create_server(factory, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -190,6 +192,20 @@ def test_no_sender_and_no_default_sender_is_refused(relay: Relay, tmp_path: Path
     with pytest.raises(NoSenderError):
         mail.send(Message("Hello", recipients=["to@example.com"]))
     assert relay.connections == 0
+
+
+def test_unicode_subject_names_and_international_domains(relay: Relay, tmp_path: Path) -> None:
+    relay.smtputf8 = False  # Flask-Mail sends these through any relay: mailgate must too
+    mail = Mail(app_for(relay, tmp_path, MAIL_DEFAULT_SENDER=("Zoë Ünal", "zoe@bücher.example")))
+    msg = Message("Grüße — ✓", recipients=[("Jürgen Dœ", "jd@BÜCHER.example"), "ann@example.com"], body="héllo")
+    mail.send(msg)
+    (got,) = relay.received
+    assert (got.mail_from, got.rcpt_tos) == ("zoe@xn--bcher-kva.example", ["jd@xn--bcher-kva.example", "ann@example.com"])
+    sent = got.message
+    assert (sent["Subject"], sent["From"], sent["To"]) == (
+        "Grüße — ✓", "Zoë Ünal <zoe@xn--bcher-kva.example>", "Jürgen Dœ <jd@xn--bcher-kva.example>, ann@example.com")
+    assert got.data.isascii(), "names, subject and body are MIME-encoded, no 8-bit data"
+    assert sent.get_content().strip() == "héllo"
 
 
 # -- "Bulk emails" ---------------------------------------------------------------------------------------
