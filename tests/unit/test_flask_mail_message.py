@@ -66,3 +66,24 @@ def test_date_may_be_a_timestamp_or_a_datetime() -> None:
     for date in (when, when.timestamp()):
         msg = Message("x", recipients=["to@example.com"], sender="me@example.com", date=date)
         assert email.message_from_bytes(msg.as_bytes())["Date"] == "Sun, 01 Mar 2026 12:00:00 +0000"
+
+
+@pytest.mark.parametrize(("header", "match"), [
+    ("Reply-To", r"use Message\(reply_to=...\)"), ("to", r"use Message\(recipients=\[...\]\)"),
+    ("From", r"use Message\(sender=...\)"), ("Content-Type", "mailgate writes the MIME structure itself"),
+])
+def test_extra_headers_that_contradict_a_field_name_the_field(header: str, match: str) -> None:
+    msg = Message("x", recipients=["to@example.com"], sender="me@example.com", extra_headers={header: "v@example.com"})
+    with pytest.raises(OutboundError, match=f"extra_headers '{header}' is set from the message: {match}"):
+        msg.as_bytes()
+
+
+def test_msg_id_is_made_with_the_message_and_rendered_as_it_is() -> None:
+    msg = Message("x", recipients=["to@example.com"], sender=("Me", "me@bücher.example"))
+    assert msg.msgId.endswith("@xn--bcher-kva.example>") and msg.msgId == msg.msgId
+    assert email.message_from_bytes(msg.as_bytes())["Message-ID"] == msg.msgId
+    assert email.message_from_bytes(msg.as_bytes())["Message-ID"] == msg.msgId  # rendering twice: the same one
+    other = Message("x", recipients=["to@example.com"], sender="me@example.com")
+    assert other.msgId != msg.msgId
+    other.msgId = "<chosen@example.com>"  # Flask-Mail's msgId is a plain attribute
+    assert email.message_from_bytes(other.as_bytes())["Message-ID"] == "<chosen@example.com>"
