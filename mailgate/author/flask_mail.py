@@ -21,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import mimetypes
+import os
 import smtplib
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
@@ -241,6 +242,11 @@ class _PrivateLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """In a forked child: the loop's thread did not survive the fork (a Flask app that sent mail
+        before gunicorn --preload or a prefork worker forked), so the next send starts a new one."""
+        self._loop, self._lock = None, threading.Lock()
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         with self._lock:
             if self._loop is None:
@@ -251,6 +257,7 @@ class _PrivateLoop:
 
 
 _PRIVATE_LOOP = _PrivateLoop()
+os.register_at_fork(after_in_child=_PRIVATE_LOOP.forget)
 
 
 @dataclass(frozen=True)

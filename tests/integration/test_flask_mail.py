@@ -13,6 +13,7 @@ import asyncio
 import email
 import email.policy
 import logging
+import os
 import smtplib
 import threading
 from collections.abc import Iterator
@@ -502,3 +503,20 @@ async def test_in_an_automation_step_it_is_journaled_as_send_email_is(tmp_path: 
             assert await rt(d).store.journal_entry(history["post"].id, 0) is not None
     assert [m.subject for m in outbox] == ["From a step"]
     assert outbox[0].message_id.startswith(f"<{history['post'].id}.0@"), "the journal's Message-ID, made from the step"
+
+
+def test_a_forked_child_sends_too(relay: Relay, tmp_path: Path) -> None:
+    # a Flask app that sent mail before forking (gunicorn --preload, prefork workers): each process sends
+    mail = Mail(app_for(relay, tmp_path, MAIL_DEFAULT_SENDER="from@example.com", MAIL_SUPPRESS_SEND=False))
+    mail.send_message(subject="parent", recipients=["a@example.com"], body="x")
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if the relay took its message
+        code = 1
+        try:
+            mail.send_message(subject="child", recipients=["a@example.com"], body="x")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [r.message["Subject"] for r in relay.received] == ["parent", "child"]
