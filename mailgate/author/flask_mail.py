@@ -95,6 +95,16 @@ class Attachment:
                                            self.disposition, tuple((str(k), str(v)) for k, v in pairs))
 
 
+def _text(value: Any) -> str | None:
+    # Flask-Mail's force_text: a lazy translation (Flask-Babel's lazy_gettext) becomes its text when
+    # the message is sent; bytes are UTF-8
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
 def _address_list(value: Any, what: str) -> list[Any]:
     # Flask-Mail takes the string as a sequence of one-letter "addresses"; say what is meant instead
     if isinstance(value, str):
@@ -208,8 +218,8 @@ class Message:
         return outbound_message.Message(
             to=normalize_addresses(self.recipients, "recipients"), cc=normalize_addresses(self.cc, "cc"),
             bcc=normalize_addresses(self.bcc, "bcc"), reply_to=normalize_addresses(self.reply_to, "reply_to"),
-            sender=format_address(sender, "sender") if sender else None, subject=self.subject or "",
-            body=self.body, html=self.html, attachments=[a.to_outbound() for a in self.attachments],
+            sender=format_address(sender, "sender") if sender else None, subject=_text(self.subject) or "",
+            body=_text(self.body), html=_text(self.html), attachments=[a.to_outbound() for a in self.attachments],
             headers=dict(self.extra_headers or {}), message_id=self._msg_id,
             date=self.date if isinstance(self.date, dt.datetime) or self.date is None else dt.datetime.fromtimestamp(self.date, dt.UTC),
         )

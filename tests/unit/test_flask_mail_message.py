@@ -87,3 +87,23 @@ def test_msg_id_is_made_with_the_message_and_rendered_as_it_is() -> None:
     assert other.msgId != msg.msgId
     other.msgId = "<chosen@example.com>"  # Flask-Mail's msgId is a plain attribute
     assert email.message_from_bytes(other.as_bytes())["Message-ID"] == "<chosen@example.com>"
+
+
+class LazyText:
+    """What Flask-Babel's lazy_gettext returns: not a str, its text made when it is used."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def test_lazy_translations_and_bytes_are_text_as_in_flask_mail() -> None:
+    msg = Message(LazyText("Bienvenue — à vous"), recipients=["to@example.com"], sender="me@example.com",  # type: ignore[arg-type]
+                  body=LazyText("Texte"), html=b"<p>\xc3\xa9t\xc3\xa9</p>")  # type: ignore[arg-type]
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage) and parsed["Subject"] == "Bienvenue — à vous"
+    text, html = parsed.get_body(("plain",)), parsed.get_body(("html",))
+    assert text is not None and text.get_content().strip() == "Texte"
+    assert html is not None and html.get_content().strip() == "<p>été</p>"
