@@ -35,6 +35,7 @@ from blinker import Namespace
 
 from mailgate.core.bridge import refuse_on_loop, run_on_loop
 from mailgate.core.context import CURRENT
+from mailgate.errors import ConfigError
 from mailgate.outbound import message as outbound_message
 from mailgate.outbound.message import (
     AddressError,
@@ -328,15 +329,28 @@ class _State:
     outbound: Outbound
 
 
+def _integer(value: Any, name: str) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"the app's config: {name} = {value!r} is not a whole number") from None
+
+
 def _state(app: Any) -> _State:
     config: Mapping[str, Any] = app.config
     testing = bool(config.get("TESTING", getattr(app, "testing", False)))
     default_sender = config.get("MAIL_DEFAULT_SENDER")
-    if isinstance(default_sender, tuple):
-        default_sender = format_address(default_sender, "MAIL_DEFAULT_SENDER")
+    if default_sender:
+        try:  # checked here, so that the error names the app's setting and not [outbound]'s
+            formatted = format_address(default_sender, "MAIL_DEFAULT_SENDER")
+        except OutboundError as exc:
+            raise ConfigError(f"the app's config: {exc}") from None
+        if isinstance(default_sender, tuple):
+            default_sender = formatted
     use_tls, use_ssl = bool(config.get("MAIL_USE_TLS", False)), bool(config.get("MAIL_USE_SSL", False))
     max_emails = config.get("MAIL_MAX_EMAILS")
-    server, port = str(config.get("MAIL_SERVER", "localhost")), int(config.get("MAIL_PORT", 25))
+    _integer(max_emails, "MAIL_MAX_EMAILS")
+    server, port = str(config.get("MAIL_SERVER", "localhost")), (_integer(config.get("MAIL_PORT"), "MAIL_PORT") or 25)
     username, password = config.get("MAIL_USERNAME"), config.get("MAIL_PASSWORD")
     suppress = bool(config.get("MAIL_SUPPRESS_SEND", testing))
     ascii_attachments = bool(config.get("MAIL_ASCII_ATTACHMENTS", False))

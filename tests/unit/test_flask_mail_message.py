@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import re
+from types import SimpleNamespace
 
 import pytest
 
-from mailgate.flask_mail import Attachment, BadHeaderError, Message
+from mailgate.errors import ConfigError
+from mailgate.flask_mail import Attachment, BadHeaderError, Mail, Message
 from mailgate.outbound.message import HeaderInjectionError, NoSenderError, OutboundError
 
 
@@ -107,3 +110,25 @@ def test_lazy_translations_and_bytes_are_text_as_in_flask_mail() -> None:
     text, html = parsed.get_body(("plain",)), parsed.get_body(("html",))
     assert text is not None and text.get_content().strip() == "Texte"
     assert html is not None and html.get_content().strip() == "<p>été</p>"
+
+
+@pytest.mark.parametrize(("config", "match"), [
+    ({"MAIL_PORT": "smtp"}, "MAIL_PORT = 'smtp' is not a whole number"),
+    ({"MAIL_MAX_EMAILS": "ten"}, "MAIL_MAX_EMAILS = 'ten' is not a whole number"),
+    ({"MAIL_DEFAULT_SENDER": "nobody"}, "MAIL_DEFAULT_SENDER: 'nobody' is not an e-mail address"),
+    ({"MAIL_DEFAULT_SENDER": ("News", "news-at-example.com")}, "MAIL_DEFAULT_SENDER: 'news-at-example.com' is not"),
+])
+def test_settings_that_cannot_work_are_named_as_the_app_sets_them(config: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=f"^the app's config: {re.escape(match)}"):
+        Mail(SimpleNamespace(config=config))
+
+
+def test_settings_and_defaults() -> None:
+    mail = Mail(SimpleNamespace(config={"MAIL_PORT": "587", "MAIL_MAX_EMAILS": "3", "MAIL_USE_TLS": True}))
+    assert (mail.server, mail.port, mail.use_tls, mail.use_ssl, mail.max_emails, mail.suppress) == (
+        "localhost", 587, True, False, "3", False)
+    assert (mail.state.outbound.config.relay_port, mail.state.outbound.config.max_messages_per_connection) == (587, 3)
+    assert mail.state.outbound.config.tls == "starttls"
+    testing = Mail(SimpleNamespace(config={"TESTING": True, "MAIL_PORT": None}))
+    assert (testing.port, testing.suppress, testing.default_sender, testing.max_emails) == (25, True, None, None)
+    assert Mail(SimpleNamespace(config={"TESTING": True, "MAIL_SUPPRESS_SEND": False})).suppress is False
