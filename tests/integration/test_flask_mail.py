@@ -395,6 +395,7 @@ def test_email_dispatched(relay: Relay, tmp_path: Path, caplog: pytest.LogCaptur
     finally:
         email_dispatched.disconnect(log_message)
     assert [r.getMessage() for r in caplog.records if r.name == "tests.flask_app"] == ["dispatched one"]
+    assert [r.message["Subject"] for r in relay.received] == ["dispatched one"]  # and refused the other
     assert isinstance(refused.value, smtplib.SMTPException) and refused.value.smtp_code == 554
     assert "554 5.7.1 Rejected" in str(refused.value)
 
