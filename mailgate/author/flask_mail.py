@@ -11,7 +11,8 @@ As in Flask-Mail, every call sends at once and raises when the message is not se
 :class:`BadHeaderError` (a line break in a header) or another OutboundError before anything is
 sent, a :class:`SendError` (also an ``smtplib.SMTPException``) when the relay refuses the message or
 cannot be reached. ``email_dispatched`` (a blinker signal) is sent for every accepted message with
-the :class:`Message` as sender and ``app`` as keyword: ``receiver(message, app)``.
+the :class:`Message` as sender and ``app`` as keyword: ``receiver(message, app)``; inside an action
+``app`` is an :class:`InterviewApp` (its ``logger`` and ``config`` stand in for the Flask app's).
 """
 
 from __future__ import annotations
@@ -20,22 +21,30 @@ import asyncio
 import datetime as dt
 import logging
 import mimetypes
+import os
 import smtplib
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.utils import make_msgid
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from blinker import Namespace
 
 from mailgate.core.bridge import refuse_on_loop, run_on_loop
 from mailgate.core.context import CURRENT
+from mailgate.errors import ConfigError
 from mailgate.outbound import message as outbound_message
 from mailgate.outbound.message import (
+    AddressError,
     HeaderInjectionError,
+    NoRecipientsError,
+    NoSenderError,
     OutboundError,
     format_address,
+    msgid_domain,
     normalize_addresses,
 )
 from mailgate.outbound.transport import Outbound, OutboundConfig, OutboundConnection, SendResult
@@ -43,7 +52,7 @@ from mailgate.outbound.transport import Outbound, OutboundConfig, OutboundConnec
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["Attachment", "BadHeaderError", "Connection", "Mail", "Message", "SendError", "email_dispatched"]
+__all__ = ["Attachment", "BadHeaderError", "Connection", "InterviewApp", "Mail", "Message", "SendError", "email_dispatched"]
 
 #: Flask-Mail's name for a line break in a subject, an address or a header. It *is* mailgate's
 #: HeaderInjectionError, so ``except BadHeaderError`` catches what the outbound layer raises.
@@ -51,7 +60,7 @@ BadHeaderError = HeaderInjectionError
 
 signals = Namespace()
 #: Sent for every message a relay accepted (or that MAIL_SUPPRESS_SEND / TESTING dropped):
-#: ``email_dispatched.send(message, app=app)``; ``app`` is None for a Mail used inside an action.
+#: ``email_dispatched.send(message, app=app)``; ``app`` is an InterviewApp for a Mail used inside an action.
 email_dispatched = signals.signal("email-dispatched", doc="""
 Signal sent when an email is dispatched. This signal will also be sent
 in testing mode, even though the email will not actually be sent.
@@ -87,11 +96,36 @@ class Attachment:
                                            self.disposition, tuple((str(k), str(v)) for k, v in pairs))
 
 
+def _text(value: Any) -> str | None:
+    # Flask-Mail's force_text: a lazy translation (Flask-Babel's lazy_gettext) becomes its text when
+    # the message is sent; bytes are UTF-8
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _address_list(value: Any, what: str) -> list[Any]:
+    # Flask-Mail takes the string as a sequence of one-letter "addresses"; say what is meant instead
+    if isinstance(value, str):
+        raise AddressError(f"{what} must be a list of addresses, e.g. {what}=[{value!r}], not a string")
+    return list(value or [])
+
+
+_FIELD_HEADERS = {  # extra_headers that would contradict a field of the message: the field to use
+    "from": "use Message(sender=...)", "to": "use Message(recipients=[...])", "cc": "use Message(cc=[...])",
+    "bcc": "use Message(bcc=[...])", "reply-to": "use Message(reply_to=...)", "subject": "use Message(subject=...)",
+    **dict.fromkeys(("content-type", "content-transfer-encoding", "mime-version", "content-disposition"),
+                    "mailgate writes the MIME structure itself"),
+}
+
+
 class Message:
     """Flask-Mail's message. The positional order is Flask-Mail 0.9's (``alts`` is keyword-only).
 
     ``sender`` may be ``(name, address)``; a missing sender is the Mail's default sender (or
-    ``[outbound] default_sender``), filled in when the message is sent, as are ``date`` and ``msgId``.
+    ``[outbound] default_sender``), filled in when the message is sent, as is ``date``.
     """
 
     def __init__(self, subject: str = "", recipients: list[Any] | None = None, body: str | None = None,
@@ -102,23 +136,36 @@ class Message:
                  alts: dict[str, str] | None = None) -> None:
         if isinstance(sender, tuple):
             sender = format_address(sender, "sender")
-        self.recipients: list[Any] = list(recipients or [])
+        self.recipients: list[Any] = _address_list(recipients, "recipients")
         self.subject = subject
         self.sender = sender
         self.reply_to = reply_to
-        self.cc: list[Any] = list(cc or [])
-        self.bcc: list[Any] = list(bcc or [])
+        self.cc: list[Any] = _address_list(cc, "cc")
+        self.bcc: list[Any] = _address_list(bcc, "bcc")
         self.alts: dict[str, str] = dict(alts or {})
         self.body = body
         if html is not None:
             self.html = html
         self.date = date
-        self.msgId: str | None = None
+        self._msg_id: str | None = None
         self.charset = charset
         self.extra_headers = extra_headers
         self.mail_options: list[str] = list(mail_options or [])
         self.rcpt_options: list[str] = list(rcpt_options or [])
         self.attachments: list[Attachment] = list(attachments or [])
+
+    @property
+    def msgId(self) -> str:  # noqa: N802 - Flask-Mail's name
+        """The Message-ID, as Flask-Mail gives it from the start: made at the first read (with the
+        sender's domain, or this host's name when there is no sender yet) and sent as it is; a
+        message sent before any read gets one from its sender's domain."""
+        if self._msg_id is None:
+            self._msg_id = make_msgid(domain=msgid_domain(self.sender)) if self.sender else make_msgid()
+        return self._msg_id
+
+    @msgId.setter
+    def msgId(self, value: str) -> None:  # noqa: N802
+        self._msg_id = value
 
     @property
     def html(self) -> str | None:
@@ -164,18 +211,23 @@ class Message:
             raise OutboundError("mail_options and rcpt_options are not supported: mailgate sets the envelope options itself")
         if self.charset not in (None, "utf-8", "utf8", "UTF-8"):
             raise OutboundError(f"charset {self.charset!r} is not supported; mailgate encodes every message as UTF-8")
+        for name in self.extra_headers or {}:
+            what = _FIELD_HEADERS.get(str(name).lower())
+            if what is not None:
+                raise OutboundError(f"extra_headers {name!r} is set from the message: {what}")
         sender = self.sender or default_sender
         return outbound_message.Message(
             to=normalize_addresses(self.recipients, "recipients"), cc=normalize_addresses(self.cc, "cc"),
             bcc=normalize_addresses(self.bcc, "bcc"), reply_to=normalize_addresses(self.reply_to, "reply_to"),
-            sender=format_address(sender, "sender") if sender else None, subject=self.subject or "",
-            body=self.body, html=self.html, attachments=[a.to_outbound() for a in self.attachments],
-            headers=dict(self.extra_headers or {}), message_id=self.msgId,
+            sender=format_address(sender, "sender") if sender else None, subject=_text(self.subject) or "",
+            body=_text(self.body), html=_text(self.html), attachments=[a.to_outbound() for a in self.attachments],
+            headers=dict(self.extra_headers or {}), message_id=self._msg_id,
             date=self.date if isinstance(self.date, dt.datetime) or self.date is None else dt.datetime.fromtimestamp(self.date, dt.UTC),
         )
 
     def as_bytes(self) -> bytes:
-        """The message as it would be sent (it needs a sender)."""
+        """The message as it would be sent (it needs a sender), with its :attr:`msgId`."""
+        self.msgId  # noqa: B018 - made now, so that what is sent later has the same one
         return self.to_outbound().as_bytes()
 
     def as_string(self) -> str:
@@ -201,6 +253,11 @@ class _PrivateLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """In a forked child: the loop's thread did not survive the fork (a Flask app that sent mail
+        before gunicorn --preload or a prefork worker forked), so the next send starts a new one."""
+        self._loop, self._lock = None, threading.Lock()
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         with self._lock:
             if self._loop is None:
@@ -211,6 +268,31 @@ class _PrivateLoop:
 
 
 _PRIVATE_LOOP = _PrivateLoop()
+os.register_at_fork(after_in_child=_PRIVATE_LOOP.forget)
+
+
+@dataclass(frozen=True)
+class InterviewApp:
+    """What ``email_dispatched`` receivers get as ``app`` for a ``Mail()`` used inside an action, so
+    that a receiver written for a Flask app (``app.logger.debug(message.subject)``) works unchanged:
+    the interview's ``name``, a ``logger`` (``mailgate.interview.<name>``), and ``[outbound]``'s
+    settings under Flask-Mail's names in ``config`` (without the password)."""
+
+    name: str
+    logger: logging.Logger
+    config: Mapping[str, Any]
+    debug: bool = False
+    testing: bool = False
+
+    @classmethod
+    def of(cls, name: str, outbound: OutboundConfig) -> InterviewApp:
+        return cls(name, logging.getLogger(f"mailgate.interview.{name}" if name else "mailgate.interview"), MappingProxyType({
+            "MAIL_SERVER": outbound.relay_host, "MAIL_PORT": outbound.relay_port,
+            "MAIL_USE_TLS": outbound.tls == "starttls", "MAIL_USE_SSL": outbound.tls == "implicit",
+            "MAIL_USERNAME": outbound.username or None, "MAIL_DEFAULT_SENDER": outbound.default_sender or None,
+            "MAIL_MAX_EMAILS": outbound.max_messages_per_connection, "MAIL_SUPPRESS_SEND": outbound.suppress,
+            "MAIL_ASCII_ATTACHMENTS": outbound.ascii_attachments,
+        }))
 
 
 @dataclass(frozen=True)
@@ -218,6 +300,9 @@ class _Backend:
     outbound: Outbound
     app: Any
     loop: asyncio.AbstractEventLoop | None  # the daemon's, inside an action; None: the private loop
+    sender_setting: str  # where a default sender comes from, for the error that there is none
+    # inside an automation step: send_email's journal, which sends a message once even when the step runs again
+    journal: Callable[[outbound_message.Message], bool] | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         timeout = self.outbound.deadline + 5  # the connection's own deadline ends it first
@@ -244,15 +329,28 @@ class _State:
     outbound: Outbound
 
 
+def _integer(value: Any, name: str) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"the app's config: {name} = {value!r} is not a whole number") from None
+
+
 def _state(app: Any) -> _State:
     config: Mapping[str, Any] = app.config
     testing = bool(config.get("TESTING", getattr(app, "testing", False)))
     default_sender = config.get("MAIL_DEFAULT_SENDER")
-    if isinstance(default_sender, tuple):
-        default_sender = format_address(default_sender, "MAIL_DEFAULT_SENDER")
+    if default_sender:
+        try:  # checked here, so that the error names the app's setting and not [outbound]'s
+            formatted = format_address(default_sender, "MAIL_DEFAULT_SENDER")
+        except OutboundError as exc:
+            raise ConfigError(f"the app's config: {exc}") from None
+        if isinstance(default_sender, tuple):
+            default_sender = formatted
     use_tls, use_ssl = bool(config.get("MAIL_USE_TLS", False)), bool(config.get("MAIL_USE_SSL", False))
     max_emails = config.get("MAIL_MAX_EMAILS")
-    server, port = str(config.get("MAIL_SERVER", "localhost")), int(config.get("MAIL_PORT", 25))
+    _integer(max_emails, "MAIL_MAX_EMAILS")
+    server, port = str(config.get("MAIL_SERVER", "localhost")), (_integer(config.get("MAIL_PORT"), "MAIL_PORT") or 25)
     username, password = config.get("MAIL_USERNAME"), config.get("MAIL_PASSWORD")
     suppress = bool(config.get("MAIL_SUPPRESS_SEND", testing))
     ascii_attachments = bool(config.get("MAIL_ASCII_ATTACHMENTS", False))
@@ -292,14 +390,24 @@ class Connection:
             raise OutboundError("envelope_from is not supported: mailgate's envelope sender is the message's sender")
         if self._connection is None:
             raise OutboundError("use the connection in a with block: `with mail.connect() as conn:`")
-        outbound = self._backend.outbound
-        prepared = outbound.prepare(message.to_outbound())  # raises NoRecipientsError, NoSenderError
-        message.sender, message.msgId = message.sender or prepared.sender, prepared.message_id
+        backend = self._backend
+        try:
+            prepared = backend.outbound.prepare(message.to_outbound())
+        except NoRecipientsError:  # Flask-Mail: AssertionError("No recipients have been added")
+            raise NoRecipientsError("the message has no recipients: give Message(recipients=[...]) (or cc, bcc), "
+                                    "or call msg.add_recipient(...)") from None
+        except NoSenderError:
+            raise NoSenderError(f"the message has no sender: give Message(sender=...) or set {backend.sender_setting}") from None
+        message.sender, message._msg_id = message.sender or prepared.sender, prepared.message_id
         if message.date is None and prepared.date is not None:
             message.date = prepared.date.timestamp()
-        result = self._backend.run(self._connection.send(prepared))
-        if not result.accepted:
-            raise SendError(result)
+        if backend.journal is not None:
+            if not backend.journal(prepared):
+                raise SendError(SendResult(prepared, False, error="the relay did not take it; mailgate's log has its reply"))
+        else:
+            result = backend.run(self._connection.send(prepared))
+            if not result.accepted:
+                raise SendError(result)
         self.num_emails += 1
         email_dispatched.send(message, app=self._backend.app)
 
@@ -337,13 +445,16 @@ class Mail:
         return getattr(self.state, name, None)
 
     def _backend(self) -> _Backend:
-        if self.state is not None:
-            return _Backend(self.state.outbound, self.app, None)
         ctx = CURRENT.get()
+        if ctx is not None:  # a blocking send on the daemon's loop would stall every session
+            refuse_on_loop(ctx.loop, "Flask-Mail's send()", "await send_email_async(...)")
+        if self.state is not None:
+            return _Backend(self.state.outbound, self.app, None, "MAIL_DEFAULT_SENDER in the app's config")
         if ctx is None:
             raise OutboundError("this Mail has no app: use Mail(app) or mail.init_app(app), or use it inside an interview action")
-        refuse_on_loop(ctx.loop, "Flask-Mail's send()", "await send_email_async(...)")
-        return _Backend(ctx.runtime.outbound, None, ctx.loop)
+        outbound: Outbound = ctx.runtime.outbound
+        name = ctx.interview.name if ctx.interview is not None else ""
+        return _Backend(outbound, InterviewApp.of(name, outbound.config), ctx.loop, "[outbound] default_sender", ctx.send_hook)
 
     def connect(self) -> Connection:
         """A :class:`Connection` for a bulk send: ``with mail.connect() as conn:``."""

@@ -9,6 +9,7 @@ messages travel (relay, suppress, recorder) is :mod:`mailgate.outbound.transport
 from __future__ import annotations
 
 import datetime as dt
+import email.errors
 import email.policy
 import mimetypes
 import os
@@ -95,11 +96,19 @@ def format_address(value: AddressInput, what: str = "address") -> str:
     local, _, domain = addr.rpartition("@")
     if not local or not domain or any(c.isspace() or c in "<>,;" for c in addr):
         raise AddressError(f"{what}: {addr!r} is not an e-mail address")
+    if local.isascii() and not domain.isascii():
+        # An internationalised domain with an ASCII local part goes out as its IDNA A-label (as
+        # Flask-Mail sends it): any relay takes it, where the UTF-8 form needs SMTPUTF8 (RFC 6531).
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise AddressError(f"{what}: {addr!r} has a domain that is not a valid international name ({exc})") from None
+        addr = f"{local}@{domain}"
     try:
         if not addr.isascii():  # RFC 6531 address: the addr_spec parser only knows ASCII local parts
             return str(Address(display_name=name.strip(), username=local, domain=domain))
         return str(Address(display_name=name.strip(), addr_spec=addr))
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
         raise AddressError(f"{what}: {addr!r} is not an e-mail address ({exc})") from None
 
 

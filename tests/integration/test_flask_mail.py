@@ -13,6 +13,7 @@ import asyncio
 import email
 import email.policy
 import logging
+import os
 import smtplib
 import threading
 from collections.abc import Iterator
@@ -25,11 +26,16 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailgate.author.sending import record_messages
+from mailgate.automations import flow, this
+from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
+from mailgate.core import answers as codec
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.errors import ActionError
 from mailgate.flask_mail import BadHeaderError, Mail, Message, SendError, email_dispatched
-from mailgate.outbound.message import NoSenderError
+from mailgate.mail.auth import StaticResolver
+from mailgate.outbound.message import AddressError, NoRecipientsError, NoSenderError
+from tests.automations.test_runner import automation, cfg, settled
 from tests.helpers import INTERVIEWS, make_config
 from tests.helpers import runtime_of as rt
 
@@ -58,6 +64,7 @@ class Relay:
     connections: int = 0
     data_reply: str | None = None
     messages_per_connection: int | None = None  # answer MAIL with 421 after this many
+    smtputf8: bool = True  # False: a relay that does not offer SMTPUTF8 (RFC 6531), as many do not
     port: int = 0
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _server: asyncio.Server | None = None
@@ -93,7 +100,8 @@ class Relay:
                 super().connection_made(transport)
 
         def factory() -> SMTP:
-            return CountingSMTP(self, hostname="relay.test", decode_data=False, enable_SMTPUTF8=True, loop=self._loop)
+            return CountingSMTP(self, hostname="relay.test", decode_data=False, enable_SMTPUTF8=self.smtputf8,
+                               loop=self._loop)
 
         self._server = await self._loop.create_server(factory, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -187,9 +195,47 @@ def test_sending_messages(relay: Relay, tmp_path: Path) -> None:
 
 def test_no_sender_and_no_default_sender_is_refused(relay: Relay, tmp_path: Path) -> None:
     mail = Mail(app_for(relay, tmp_path))
-    with pytest.raises(NoSenderError):
+    with pytest.raises(NoSenderError, match=r"Message\(sender=...\) or set MAIL_DEFAULT_SENDER"):
         mail.send(Message("Hello", recipients=["to@example.com"]))
     assert relay.connections == 0
+
+
+def test_no_recipients_is_refused(relay: Relay, tmp_path: Path) -> None:
+    # Flask-Mail asserts "No recipients have been added"; mailgate says what to give
+    mail = Mail(app_for(relay, tmp_path, MAIL_DEFAULT_SENDER="from@example.com"))
+    with mail.record_messages() as outbox, pytest.raises(NoRecipientsError, match=r"recipients=\[...\].*add_recipient"):
+        mail.send(Message("Hello", body="x"))
+    with pytest.raises(AddressError, match=r"recipients=\['to@example.com'\], not a string"):
+        Message("Hello", recipients="to@example.com")  # type: ignore[arg-type]  # Flask-Mail would send to t, o, @, ...
+    assert outbox == [] and relay.connections == 0
+
+
+def test_msg_id_is_there_before_sending_and_is_the_one_sent(relay: Relay, tmp_path: Path) -> None:
+    # Flask-Mail makes msgId with the message: code keeps it (to thread replies) before sending
+    mail = Mail(app_for(relay, tmp_path, MAIL_DEFAULT_SENDER="from@example.com"))
+    msg = Message("Hello", recipients=["to@example.com"], sender="me@example.com", body="x")
+    msg_id = msg.msgId
+    assert msg_id.startswith("<") and msg_id.endswith("@example.com>") and msg.msgId == msg_id
+    mail.send(msg)
+    unnamed = Message("Hello", recipients=["to@example.com"], body="x")  # read before the default sender is known
+    unnamed_id = unnamed.msgId
+    mail.send(unnamed)
+    assert [r.message["Message-ID"] for r in relay.received] == [msg_id, unnamed_id]
+    assert (msg.msgId, unnamed.msgId) == (msg_id, unnamed_id)
+
+
+def test_unicode_subject_names_and_international_domains(relay: Relay, tmp_path: Path) -> None:
+    relay.smtputf8 = False  # Flask-Mail sends these through any relay: mailgate must too
+    mail = Mail(app_for(relay, tmp_path, MAIL_DEFAULT_SENDER=("Zoë Ünal", "zoe@bücher.example")))
+    msg = Message("Grüße — ✓", recipients=[("Jürgen Dœ", "jd@BÜCHER.example"), "ann@example.com"], body="héllo")
+    mail.send(msg)
+    (got,) = relay.received
+    assert (got.mail_from, got.rcpt_tos) == ("zoe@xn--bcher-kva.example", ["jd@xn--bcher-kva.example", "ann@example.com"])
+    sent = got.message
+    assert (sent["Subject"], sent["From"], sent["To"]) == (
+        "Grüße — ✓", "Zoë Ünal <zoe@xn--bcher-kva.example>", "Jürgen Dœ <jd@xn--bcher-kva.example>, ann@example.com")
+    assert got.data.isascii(), "names, subject and body are MIME-encoded, no 8-bit data"
+    assert sent.get_content().strip() == "héllo"
 
 
 # -- "Bulk emails" ---------------------------------------------------------------------------------------
@@ -349,6 +395,7 @@ def test_email_dispatched(relay: Relay, tmp_path: Path, caplog: pytest.LogCaptur
     finally:
         email_dispatched.disconnect(log_message)
     assert [r.getMessage() for r in caplog.records if r.name == "tests.flask_app"] == ["dispatched one"]
+    assert [r.message["Subject"] for r in relay.received] == ["dispatched one"]  # and refused the other
     assert isinstance(refused.value, smtplib.SMTPException) and refused.value.smtp_code == 554
     assert "554 5.7.1 Rejected" in str(refused.value)
 
@@ -388,3 +435,89 @@ async def test_from_interview_code(daemon: Daemon, relay: Relay) -> None:
         await rt(daemon).run_action(sid, "notify")
     assert [(m.subject, m.to, m.sender) for m in outbox] == [("Your case", ["ann@example.org"], "Cases <cases@example.org>")]
     assert len(relay.received) == 6 and relay.connections == 4
+
+
+@pytest.mark.asyncio
+async def test_email_dispatched_receivers_get_an_app_inside_an_action(daemon: Daemon, relay: Relay,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    apps: list[Any] = []
+
+    # seed 004, as a Flask app had connected it: interview code sending must not break it
+    def log_message(message, app):  # type: ignore[no-untyped-def]  # as printed
+        app.logger.debug(message.subject)
+
+    caplog.set_level(logging.DEBUG, "mailgate.interview")
+    email_dispatched.connect(log_message)
+    email_dispatched.connect(record := lambda message, app: apps.append(app))
+    try:
+        sid = (await rt(daemon).create_session("flask_mail", {"email": "ann@example.org", "name": "Ann"})).id
+        await rt(daemon).run_action(sid, "notify")
+    finally:
+        email_dispatched.disconnect(log_message)
+        email_dispatched.disconnect(record)
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.name.startswith("mailgate.interview")] == [
+        ("mailgate.interview.flask_mail", "Your case")]
+    (app,) = apps
+    assert (app.name, app.config["MAIL_DEFAULT_SENDER"], app.config["MAIL_PORT"]) == (
+        "flask_mail", "Cases <cases@example.org>", relay.port)
+    assert "MAIL_PASSWORD" not in app.config
+    assert len(relay.received) == 1
+
+
+@pytest.mark.asyncio
+async def test_from_interview_code_what_would_block_or_cannot_be_sent_is_refused(daemon: Daemon, relay: Relay) -> None:
+    sid = (await rt(daemon).create_session("flask_mail", {})).id
+    with record_messages() as outbox:
+        # a Mail(app) blocks its caller as Flask-Mail does: on the daemon's loop that would stall every session
+        with pytest.raises(ActionError, match="send_email_async"):
+            await rt(daemon).run_action(sid, "send_on_loop_with_app")
+        with pytest.raises(NoRecipientsError, match=r"no recipients: give Message\(recipients=\[...\]\)"):
+            await rt(daemon).run_action(sid, "no_recipients")
+    assert outbox == [] and relay.received == []
+
+
+class FlaskMailFlow(flow.Automation):
+    """An automation whose step sends with Flask-Mail's API."""
+
+    class Meta:
+        name = "FlaskMailFlow"
+
+    post = flow.Execute(this.notify)
+    end = flow.End()
+
+    def notify(self, task: Any) -> None:
+        with Mail().connect() as conn:
+            conn.send(Message("From a step", recipients=["client@example.org"], body="x"))
+        self.data["sent"] = True
+
+
+@pytest.mark.asyncio
+async def test_in_an_automation_step_it_is_journaled_as_send_email_is(tmp_path: Path) -> None:
+    # a step may run again (a runner died before its commit): its mail must go out once, as send_email's
+    with record_messages() as outbox:
+        async with Daemon(cfg(tmp_path), roles=("worker",), resolver=StaticResolver({}),
+                          automations=AutomationRegistry([FlaskMailFlow])) as d:
+            made, _ = await FlaskMailFlow.start_async()
+            await settled(d, made.id)
+            assert codec.decode((await automation(d, made.id)).data)["sent"] is True
+            history = {s.node: s for s in await rt(d).store.automation_history(made.id)}
+            assert await rt(d).store.journal_entry(history["post"].id, 0) is not None
+    assert [m.subject for m in outbox] == ["From a step"]
+    assert outbox[0].message_id.startswith(f"<{history['post'].id}.0@"), "the journal's Message-ID, made from the step"
+
+
+def test_a_forked_child_sends_too(relay: Relay, tmp_path: Path) -> None:
+    # a Flask app that sent mail before forking (gunicorn --preload, prefork workers): each process sends
+    mail = Mail(app_for(relay, tmp_path, MAIL_DEFAULT_SENDER="from@example.com", MAIL_SUPPRESS_SEND=False))
+    mail.send_message(subject="parent", recipients=["a@example.com"], body="x")
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if the relay took its message
+        code = 1
+        try:
+            mail.send_message(subject="child", recipients=["a@example.com"], body="x")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [r.message["Subject"] for r in relay.received] == ["parent", "child"]

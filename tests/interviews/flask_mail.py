@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from mailgate import Interview, action_argument
@@ -9,6 +10,7 @@ from mailgate.flask_mail import Mail, Message
 
 interview = Interview("flask_mail")
 mail = Mail()  # no app: inside an action it sends through [outbound]
+app_mail = Mail(SimpleNamespace(config={"TESTING": True, "MAIL_DEFAULT_SENDER": "app@example.org"}))  # an app's own
 
 
 @interview.action("notify")
@@ -27,3 +29,13 @@ def bulk(answers: dict[str, Any]) -> None:
 @interview.action("send_on_loop")
 async def send_on_loop(answers: dict[str, Any]) -> None:
     mail.send_message(subject="never", recipients=["a@example.org"], body="x")
+
+
+@interview.action("send_on_loop_with_app")
+async def send_on_loop_with_app(answers: dict[str, Any]) -> None:
+    app_mail.send_message(subject="never", recipients=["a@example.org"], body="x")
+
+
+@interview.action("no_recipients")
+def no_recipients(answers: dict[str, Any]) -> None:
+    mail.send(Message("Hello", body="x"))

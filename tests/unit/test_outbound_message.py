@@ -87,6 +87,8 @@ def action_context() -> Iterator[ActionContext]:
         (["a@example.org", ("B", "b@example.org")], ["a@example.org", "B <b@example.org>"]),
         (User(id="u1", email="u@example.org", first_name="Una", last_name="Ule"), ["Una Ule <u@example.org>"]),
         (None, []),
+        ("ann@bücher.example", ["ann@xn--bcher-kva.example"]),  # an ASCII local part: no SMTPUTF8 needed
+        (("Jürgen", "j@BÜCHER.example"), ["Jürgen <j@xn--bcher-kva.example>"]),
     ],
 )
 def test_address_forms(given: Any, expected: list[str]) -> None:
@@ -94,7 +96,8 @@ def test_address_forms(given: Any, expected: list[str]) -> None:
     assert normalize_addresses(expected, "to") == expected  # formatting is stable
 
 
-@pytest.mark.parametrize("bad", ["no-at-sign", "", "a@b, c@d", "two words@example.org", ("only-one",), 42])
+@pytest.mark.parametrize("bad", ["no-at-sign", "", "a@b, c@d", "two words@example.org", ("only-one",), 42,
+                                 "a@example..org", "a@" + "ü" * 70 + ".example"])
 def test_not_an_address(bad: Any) -> None:
     with pytest.raises(AddressError):
         normalize_addresses(bad, "to")
@@ -220,6 +223,7 @@ def test_non_ascii_address_needs_smtputf8() -> None:
     msg = Message(to="jörg@bücher.example", sender=SENDER)
     assert msg.needs_smtputf8()
     assert parse(msg.as_bytes())["To"] == "jörg@bücher.example"
+    assert not Message(to="joerg@bücher.example", sender=SENDER).needs_smtputf8()
 
 
 # -- templates (the rendering itself: tests/unit/test_templates.py) -----------------------------------
