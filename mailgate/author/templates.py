@@ -27,8 +27,11 @@ not run: docassemble too asks only for what a template evaluates); ``None`` rend
 The content is dedented, so it can be written indented in a triple-quoted string. Its text part is
 the rendered Markdown with the values as given; its HTML part is that Markdown rendered by
 markdown-it-py (CommonMark and tables) with every value escaped first: a value is text, never
-markup, while the template's own Markdown and HTML are kept. Mako's ``n`` filter turns the escaping
-off for one expression: ``${ snippet | n }`` inserts ``snippet`` as Markdown/HTML.
+markup (inside an HTML attribute too), while the template's own Markdown and HTML are kept. The
+escaping runs after the author's filters (``${ q | u }`` URL-encodes the value, then escapes it),
+and Mako's ``h`` adds nothing in the HTML part. Mako's ``n`` filter turns the escaping off for one
+expression: ``${ snippet | n }`` inserts ``snippet`` as Markdown/HTML (``None`` still as nothing).
+Python's builtins (``len``, ``range``, ...) and Mako's ``loop`` are there, as in Mako.
 
 Errors (a Mako syntax error when the template is made; a missing name or a failing expression when
 it renders) raise :class:`TemplateError` naming the template, the part and the line.
@@ -36,8 +39,10 @@ it renders) raise :class:`TemplateError` naming the template, the part and the l
 
 from __future__ import annotations
 
+import builtins
 import io
 import re
+import string
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
@@ -46,6 +51,8 @@ from functools import cached_property
 from typing import Any
 
 from mako import exceptions as mako_exceptions
+from mako import parsetree
+from mako.lexer import Lexer
 from mako.runtime import UNDEFINED, Context
 from mako.template import Template as MakoTemplate
 from markdown_it import MarkdownIt
@@ -53,7 +60,10 @@ from markdown_it import MarkdownIt
 from mailgate.core.context import CURRENT
 from mailgate.errors import MailgateError
 
-_MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")  # CommonMark: any ASCII punctuation can be backslash-escaped
+# The ASCII punctuation Markdown or HTML could read as markup (``/ , ; @ % $ ^`` never are, and stay
+# as they are; ``:`` is escaped too, or a value inside ``<...>`` would be an autolink whose text
+# CommonMark takes literally).
+_MD_PUNCT = re.compile("[" + re.escape("".join(sorted(set(string.punctuation) - set("/,;@%$^")))) + "]")
 _CONTROL_LINE = re.compile(r"^\s*%(?!%)", re.MULTILINE)
 _RESERVED = frozenset({"context", "loop", "UNDEFINED", "capture", "caller", "local", "self", "parent", "next"})
 
@@ -70,17 +80,65 @@ def text_value(value: Any) -> str:
 
 
 def markdown_value(value: Any) -> str:
-    """Mako's default filter for the HTML part: the value escaped, so Markdown shows it as text."""
-    return _MD_PUNCT.sub(r"\\\1", text_value(value))
+    """The last filter of every expression in the HTML part (but ``| n`` ones): the value as text that
+    Markdown and HTML show as it is.
+
+    Punctuation becomes a numeric character reference, not a backslash escape: CommonMark reads a
+    reference as text, never as markup, and so does HTML, inside an attribute too, where a backslash
+    would stay (``<a href="${ url }">``) and a quote would end the attribute.
+    """
+    return _MD_PUNCT.sub(lambda m: f"&#{ord(m.group())};", text_value(value))
 
 
 _IMPORTS = ["from mailgate.author.templates import text_value as _mailgate_text, markdown_value as _mailgate_md"]
+_HTML_ESCAPES = frozenset({"h", "x", "entity"})  # in the HTML part every value is escaped anyway
 
 
-def _compile(source: str, label: str, part: str, value_filter: str) -> MakoTemplate:
+def _split_filters(escapes: str) -> list[str]:
+    """``"u, f(a, b)"`` as ``["u", "f(a, b)"]``: commas inside brackets belong to a filter's arguments."""
+    found, depth, start = [], 0, 0
+    for i, char in enumerate(escapes):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            found.append(escapes[start:i].strip())
+            start = i + 1
+    found.append(escapes[start:].strip())
+    return [f for f in found if f]
+
+
+def _filters(escapes: str, html: bool) -> str:
+    """An expression's filters as mailgate runs them: the author's after the value is made text, then,
+    in the HTML part, the escaping last (Mako would run a default filter first: ``${ q | u }`` would
+    URL-encode the escaped value). ``n`` turns the escaping off, not the conversion to text."""
+    named = _split_filters(escapes)
+    if "n" in named:
+        return ", ".join(["n", "_mailgate_text", *(f for f in named if f != "n")])
+    if not html:
+        return ", ".join(named)
+    return ", ".join([*(f for f in named if f not in _HTML_ESCAPES), "_mailgate_md"])
+
+
+class _TextLexer(Lexer):
+    html = False
+
+    def append_node(self, nodecls: type, *args: Any, **kwargs: Any) -> None:
+        if nodecls is parsetree.Expression:
+            text, escapes = args
+            args = (text, _filters(escapes, self.html))
+        super().append_node(nodecls, *args, **kwargs)
+
+
+class _HtmlLexer(_TextLexer):
+    html = True
+
+
+def _compile(source: str, label: str, part: str, html: bool) -> MakoTemplate:
     try:
-        return MakoTemplate(source, imports=_IMPORTS, default_filters=[value_filter],
-                            enable_loop=False, uri=f"{label}:{part}")
+        return MakoTemplate(source, imports=_IMPORTS, default_filters=["_mailgate_text"],
+                            lexer_cls=_HtmlLexer if html else _TextLexer, uri=f"{label}:{part}")
     except (mako_exceptions.SyntaxException, mako_exceptions.CompileException) as exc:
         lineno = getattr(exc, "lineno", None)
         message = str(exc).split(" at line:")[0]
@@ -123,12 +181,20 @@ class _Context(Context):
     def get(self, key: str, default: Any = None) -> Any:
         if key in self._data:
             return self._data[key]
+        if key in builtins.__dict__:  # as Mako's own Context: len, range, str, sorted, ...
+            return builtins.__dict__[key]
         if default is not UNDEFINED:
             return default
         found = getattr(self, "missing", None)
         if found is not None:
             found.append(key)
         return _Missing(key)
+
+    def _copy(self) -> Context:
+        copy = super()._copy()
+        copy.__class__ = _Context  # Mako's copy (a <%def>'s context) is a plain Context
+        copy.missing = self.missing
+        return copy
 
 
 def _render(template: MakoTemplate, source: str, label: str, part: str, names: Mapping[str, Any]) -> str:
@@ -193,15 +259,15 @@ class Template:
 
     @cached_property
     def _subject_t(self) -> MakoTemplate:
-        return _compile(self.subject, self.name, "subject", "_mailgate_text")
+        return _compile(self.subject, self.name, "subject", html=False)
 
     @cached_property
     def _text_t(self) -> MakoTemplate:
-        return _compile(self.content, self.name, "content", "_mailgate_text")
+        return _compile(self.content, self.name, "content", html=False)
 
     @cached_property
     def _html_t(self) -> MakoTemplate:
-        return _compile(self.content, self.name, "content", "_mailgate_md")
+        return _compile(self.content, self.name, "content", html=True)
 
     def render(self, answers: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
         """``(subject, text, html)``; without ``answers``, those of the running action."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import html as html_module
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,3 +142,57 @@ def test_docassemble_target_template() -> None:
     t = Template(content="_What?_ You like ${ food }?")
     assert t.render_html({"food": "APPLES"}) == "<p><em>What?</em> You like APPLES?</p>\n"
     assert t.render_html({"food": "<i>X</i>"}) == "<p><em>What?</em> You like &lt;i&gt;X&lt;/i&gt;?</p>\n"
+
+
+def test_python_builtins_are_visible_as_in_mako() -> None:
+    # the module's own example: "% if len(cases) > 1:"; Mako's Context falls back to the builtins
+    t = Template(content="""
+        % if len(cases) > 1:
+        You have ${ len(cases) } cases: ${ ", ".join(sorted(cases)) }.
+        % endif
+        % for i in range(n):
+        ${ str(i + 1).zfill(2) }
+        % endfor
+    """)
+    assert t.render_text({"cases": ["b", "a"], "n": 2}) == "You have 2 cases: a, b.\n01\n02\n"
+    assert Template(content="${ len }").render_text({"len": "mine"}) == "mine\n"  # answers shadow builtins
+
+
+def test_mako_loop_variable_works() -> None:
+    t = Template(content="% for p in parties:\n${ loop.index + 1 }. ${ p }${ '' if loop.last else ',' }\n% endfor\n")
+    assert t.render_text({"parties": ["Ann", "Bob"]}) == "1. Ann,\n2. Bob\n"
+
+
+def test_filters_run_before_the_html_escaping() -> None:
+    answers = {"q": "a b&c", "x": "<b>&"}
+    # u: Mako would run the default filter first and URL-encode the escaped value
+    link = Template(content="[search](https://e.org/?q=${ q | u })")
+    assert link.render_html(answers) == '<p><a href="https://e.org/?q=a+b%26c">search</a></p>\n'
+    assert link.render_text(answers) == "[search](https://e.org/?q=a+b%26c)\n"
+    # h: the HTML part escapes anyway; not twice (no "&amp;lt;" shown to the reader)
+    assert Template(content="${ x | h }").render_html(answers) == "<p>&lt;b&gt;&amp;</p>\n"
+    assert Template(content="${ x | h }").render_text(answers) == "&lt;b&gt;&amp;\n"  # Mako's h, as asked
+    assert Template(content="${ q | trim, u }").render_html({"q": " a "}) == "<p>a</p>\n"
+
+
+def test_values_in_raw_html_attributes_stay_inside_them() -> None:
+    # a backslash escape is not HTML: it would break the URL and let a quote end the attribute
+    html = Template(content='<a href="${ url }">go</a>').render_html(
+        {"url": 'https://e.org/x_y?a=1&b=2" onclick="evil()'})
+    assert '" onclick' not in html and "\\" not in html
+    attribute = html.split('href="')[1].split('"')[0]
+    assert html_module.unescape(attribute) == 'https://e.org/x_y?a=1&b=2" onclick="evil()'
+
+
+def test_the_n_filter_converts_to_text() -> None:
+    t = Template(content="${ count | n } [${ nothing | n }] ${ snippet | n, trim }")
+    answers = {"count": 3, "nothing": None, "snippet": "  <b>x</b>  "}
+    assert t.render_html(answers) == "<p>3 [] <b>x</b></p>\n"
+    assert t.render_text(answers) == "3 [] <b>x</b>\n"
+
+
+def test_a_missing_name_inside_a_def_is_named() -> None:
+    t = Template(content="<%def name='line(a)'>\n[${ a } ${ zz }]</%def>\n${ line(1) }\n", name="defs")
+    with pytest.raises(TemplateError, match="template defs, content line 2: 'zz' is neither"):
+        t.render_text({})
+    assert t.render_text({"zz": "z"}).strip() == "[1 z]"
