@@ -1,5 +1,6 @@
 """docassemble's date functions: ``date_difference``, ``format_date``, ``format_datetime``,
-``format_time``, ``as_datetime``, ``today`` and ``get_default_timezone``, with its signatures.
+``format_time``, ``as_datetime``, ``today``, ``current_datetime``, ``month_of``, ``day_of``,
+``year_of``, ``dow_of``, ``date_interval`` and ``get_default_timezone``, with its signatures.
 
 Dates are formatted by Babel in the language given (a locale such as ``"en"``, ``"fr"`` or
 ``"de_CH"``; English by default). Times are taken from mailgate's clock (``current_datetime()``,
@@ -203,6 +204,36 @@ def format_time(the_time: Any, format: str | None = None, language: str | None =
     value = the_time if isinstance(the_time, dt.time) else _datetime(the_time, "format_time()").timetz()
     locale, pattern = _locale(language), format or "short"
     return _babel("format_time", pattern, lambda: babel.dates.format_time(value, format=pattern, locale=locale))
+
+
+def date_interval(**kwargs: Any) -> relativedelta:
+    """A span to add to a date or subtract from it: ``today() + date_interval(months=1)``
+    (``years=``, ``months=``, ``weeks=``, ``days=``, ``hours=``, ... as relativedelta's)."""
+    return _interval("date_interval", kwargs)
+
+
+def month_of(the_date: Any, as_word: bool = False, language: str | None = None) -> int | str:
+    """The month of ``the_date`` (1-12), or with ``as_word`` its name in ``language`` ("January")."""
+    day = _datetime(the_date, "month_of()")
+    return _babel("month_of", "MMMM", lambda: babel.dates.format_date(day, "MMMM", _locale(language))) \
+        if as_word else day.month
+
+
+def day_of(the_date: Any, language: str | None = None) -> int:
+    """The day of the month of ``the_date``."""
+    return _datetime(the_date, "day_of()").day
+
+
+def year_of(the_date: Any, language: str | None = None) -> int:
+    """The year of ``the_date``."""
+    return _datetime(the_date, "year_of()").year
+
+
+def dow_of(the_date: Any, as_word: bool = False, language: str | None = None) -> int | str:
+    """The day of the week of ``the_date``, Monday 1 to Sunday 7, or with ``as_word`` its name ("Monday")."""
+    day = _datetime(the_date, "dow_of()")
+    return _babel("dow_of", "EEEE", lambda: babel.dates.format_date(day, "EEEE", _locale(language))) \
+        if as_word else day.isoweekday()
 
 
 class DateDifference:

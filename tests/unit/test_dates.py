@@ -172,3 +172,18 @@ def test_bad_input_fails_as_an_action_error(clock: ActionContext, call: object, 
 
 def test_a_language_may_be_written_with_a_hyphen() -> None:
     assert format_date(dt.date(2026, 1, 5), format="full", language="de-CH") == "Montag, 5. Januar 2026"
+
+
+def test_month_day_year_dow_of_and_date_interval() -> None:
+    from mailgate import date_interval, day_of, dow_of, month_of, year_of
+    assert (month_of("01/05/2026"), day_of("01/05/2026"), year_of("01/05/2026"), dow_of("01/05/2026")) == (1, 5, 2026, 1)
+    assert month_of(dt.date(2026, 1, 5), as_word=True) == "January"
+    assert month_of("2026-01-05", as_word=True, language="fr") == "janvier"
+    assert dow_of("2026-01-11", as_word=True) == "Sunday" and dow_of("2026-01-11") == 7
+    assert as_datetime("2026-01-31", timezone="UTC") + date_interval(months=1) == as_datetime("2026-02-28", timezone="UTC")
+    t = Template(content="${ dow_of(d, as_word=True) }, ${ day_of(d) } ${ month_of(d, as_word=True) } ${ year_of(d) }")
+    assert t.render_text({"d": "2026-01-05"}) == "Monday, 5 January 2026\n"
+    with pytest.raises(ActionError, match=r"date_interval\(\): .*fortnights"):
+        date_interval(fortnights=2)
+    with pytest.raises(ActionError, match=r"month_of\(\): 'soon' is not a date"):
+        month_of("soon")
