@@ -21,8 +21,10 @@ arithmetic, ``| filters``), ``% if`` / ``% for`` / ``% endif`` lines, ``<%doc>``
 names a template sees are the session's answers and, under them, the interview functions that
 ``mailgate`` exports (``format_date``, ``date_difference``, ``user_info``, ``interview_email``, ...),
 as in docassemble where a template sees the interview's variables and ``docassemble.base.util``.
-A name that is neither raises :class:`TemplateError` where it is used (not in a branch that does
-not run: docassemble too asks only for what a template evaluates); ``None`` renders as nothing.
+docassemble's ``defined('x')`` and ``showifdef('x', alternative='')`` ask for an answer that may be
+missing (``"case['number']"`` and ``"client.name"`` too). A name that is neither raises
+:class:`TemplateError` where it is used (not in a branch that does not run: docassemble too asks
+only for what a template evaluates); ``None`` renders as nothing.
 
 The content is dedented, so it can be written indented in a triple-quoted string. Its text part is
 the rendered Markdown with the values as given; its HTML part is that Markdown rendered by
@@ -222,6 +224,8 @@ def _render(template: MakoTemplate, source: str, label: str, part: str, names: M
             lineno = lineno or _source_line(source, name)
             raise TemplateError(f"template {label}, {part} line {lineno}: {name!r} is neither in the answers "
                                 "nor an interview function") from None
+        if isinstance(exc, MailgateError):  # a function's own clear message (format_date, defined, ...)
+            raise TemplateError(f"template {label}, {part} line {lineno}: {exc}") from None
         raise TemplateError(f"template {label}, {part} line {lineno}: {type(exc).__name__}: {exc}") from exc
     return out.getvalue()
 
@@ -314,8 +318,43 @@ def interview_functions() -> dict[str, Any]:
     return _functions
 
 
+_LOOKUP_ERRORS = (NameError, AttributeError, KeyError, IndexError, TypeError)
+
+
+def _lookup(answers: Mapping[str, Any], var: Any, function: str) -> Any:
+    """The value ``var`` names in the answers ("x", "case['number']", "client.name"); NameError if none."""
+    if not isinstance(var, str):
+        raise TemplateError(f"{function}() takes the variable's name as a string, e.g. {function}('x'), "
+                            f"not {type(var).__name__}")
+    try:
+        code = compile(var.strip(), f"<{function}>", "eval")
+    except SyntaxError:
+        raise TemplateError(f"{function}({var!r}): not a variable name such as 'x' or \"case['number']\"") from None
+    return eval(code, {"__builtins__": {}}, dict(answers))  # noqa: S307 - the author's own expression
+
+
+def _presence(answers: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
+    """docassemble's ``defined(var)`` and ``showifdef(var, alternative='')`` on these answers."""
+
+    def defined(var: str) -> bool:
+        try:
+            _lookup(answers, var, "defined")
+        except _LOOKUP_ERRORS:
+            return False
+        return True
+
+    def showifdef(var: str, alternative: Any = "", prior_line_break: bool = False) -> Any:
+        try:
+            value = _lookup(answers, var, "showifdef")
+        except _LOOKUP_ERRORS:
+            return alternative
+        return f"\n{value}" if prior_line_break else value
+
+    return {"defined": defined, "showifdef": showifdef}
+
+
 def _names(answers: Mapping[str, Any] | None) -> dict[str, Any]:
     if answers is None:
         ctx = CURRENT.get()
         answers = ctx.answers if ctx is not None else {}
-    return {**interview_functions(), **answers}
+    return {**interview_functions(), **_presence(answers), **answers}

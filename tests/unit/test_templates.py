@@ -92,6 +92,8 @@ def test_interview_functions_are_visible_and_answers_shadow_them() -> None:
         ("a\n% if missing:\nx\n% endif\n", r"template reminder, content line 2: 'missing' is neither"),
         ("${ n }\n\nfrom ${ format_date(missing) }\n", r"template reminder, content line 3: 'missing' is neither"),
         ("${ n }\n${ missing.attribute }\n", r"template reminder, content line 2: 'missing' is neither"),
+        ("a\n\n${ format_date(filing_date, format='bogus') }\n",
+         r"template reminder, content line 3: format_date\(format='bogus'\): not a format Babel knows"),
     ],
 )
 def test_render_errors_name_the_template_and_line(content: str, message: str) -> None:
@@ -196,3 +198,17 @@ def test_a_missing_name_inside_a_def_is_named() -> None:
     with pytest.raises(TemplateError, match="template defs, content line 2: 'zz' is neither"):
         t.render_text({})
     assert t.render_text({"zz": "z"}).strip() == "[1 z]"
+
+
+def test_defined_and_showifdef_as_in_docassemble() -> None:
+    t = Template(content="""
+        % if defined('spouse'):
+        Spouse: ${ spouse }
+        % endif
+        Case ${ showifdef("case['number']") }${ showifdef("case['judge']", alternative=' (no judge yet)') }
+        ${ defined('case.number') } ${ defined('nothing') }
+    """)
+    assert t.render_text(ANSWERS) == "Case 7 (no judge yet)\nFalse True\n"  # a None answer is defined
+    assert t.render_text({**ANSWERS, "spouse": "Bo"}).startswith("Spouse: Bo\n")
+    with pytest.raises(TemplateError, match=r"template t, content line 1: defined\(\) takes the variable's name as a string"):
+        Template(content="${ defined(spouse) }", name="t").render_text({"spouse": 1})
