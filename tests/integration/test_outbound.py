@@ -30,10 +30,11 @@ import pytest_asyncio
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailgate.author.sending import record_messages
+from mailgate.author.templates import TemplateError
 from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.cli.send import add_parser, cmd_send_test_email
-from mailgate.errors import ActionError, ConfigError
+from mailgate.errors import ActionError, ConfigError, TaskFailed
 from mailgate.outbound.message import HeaderInjectionError, Message
 from mailgate.outbound.transport import Outbound, OutboundConfig
 from tests.helpers import INTERVIEWS, make_config
@@ -512,3 +513,27 @@ async def test_template_in_a_checkin_target_sees_the_answers(daemon: Daemon) -> 
     result = await rt(daemon).run_action(sid, "greet", kind="checkin")
     assert result.commands == ({"command": "target", "target": "greeting", "html": True,
                                 "content": "<p>Hello <strong>Ann &lt;b&gt;</strong>, you have 3 new messages.</p>\n"},)
+
+
+async def test_a_template_error_reaches_the_author_without_a_traceback(daemon: Daemon, sink: Sink,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    use(daemon, relay(sink))
+    sid = await new_session(daemon)
+    message = r"template broken_reminder, content line 3: 'case_number' is neither in the answers nor an interview function"
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(TemplateError, match=message):
+            await rt(daemon).run_action(sid, "send_broken")
+        task = await rt(daemon).start_background_action(sid, "send_broken_bg")
+        with pytest.raises(TaskFailed, match="TemplateError: " + message):
+            await task.get_async(10)
+    assert sink.received == []
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no traceback in the daemon's log
+
+
+async def test_docassemble_target_template_verbatim(daemon: Daemon) -> None:
+    sid = await new_session(daemon)
+    result = await rt(daemon).run_action(sid, "question_food", {"favorite_food": "apples <i>"}, kind="checkin")
+    assert result.commands == ({"command": "target", "target": "feedback", "html": True,
+                                "content": "<p><em>What?</em>  You like\nAPPLES &lt;I&gt;?</p>\n"},)
+    result = await rt(daemon).run_action(sid, "question_food", {}, kind="checkin")
+    assert result.commands == ({"command": "target", "target": "feedback", "html": True, "content": ""},)

@@ -80,3 +80,32 @@ greeting = Template(content="Hello **${ name }**, you have ${ count } new messag
 @interview.action("greet", browser=True)  # a check-in action
 def greet(answers: dict[str, Any]) -> None:
     background_response(target="greeting", content=greeting)
+
+
+# a template that names an answer the session does not have: its error must reach the author
+broken_reminder = Template(content="Dear ${ name },\n\nyour case ${ case_number }.", name="broken_reminder")
+
+
+@interview.action("send_broken")
+def send_broken(answers: dict[str, Any]) -> None:
+    send_email(to=answers["email_address"], template=broken_reminder)
+
+
+@interview.action("send_broken_bg")
+def send_broken_bg(answers: dict[str, Any]) -> None:
+    send_email(to=answers["email_address"], template=broken_reminder)
+    background_response("sent")
+
+
+# docassemble's target-template demo (000), verbatim: the template reads the check-in's own arguments
+question_food = Template(content="""\
+% if action_argument('favorite_food'):
+_What?_  You like
+${ action_argument('favorite_food').upper() }?
+% endif
+""", name="question_food")
+
+
+@interview.action("question_food", browser=True)
+def _question_food(answers: dict[str, Any]) -> None:
+    background_response(target="feedback", content=question_food)
