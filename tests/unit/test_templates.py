@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import html as html_module
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -212,3 +213,52 @@ def test_defined_and_showifdef_as_in_docassemble() -> None:
     assert t.render_text({**ANSWERS, "spouse": "Bo"}).startswith("Spouse: Bo\n")
     with pytest.raises(TemplateError, match=r"template t, content line 1: defined\(\) takes the variable's name as a string"):
         Template(content="${ defined(spouse) }", name="t").render_text({"spouse": 1})
+
+
+def test_the_000_pages_email_screens_verbatim() -> None:
+    # "email-to-case-simple" and "all_done" of shared/seeds/000, their Mako as the YAML gives it
+    listing = Template(content="""\
+Send an e-mail to
+${ interview_email() }
+and click Refresh.
+
+% for item in get_emails():
+  % if len(item.emails):
+Subject lines of all e-mails sent
+to ${ item.address }:
+
+    % for mail_item in item.emails:
+* ${ mail_item.subject }
+    % endfor
+  % endif
+% endfor
+""")
+    mail = SimpleNamespace(subject="Re: *urgent*", to_address="case@example.org", from_address="ann@example.org",
+                           reply_to=None, return_path="ann@example.org", body_text="Hi <there>",
+                           body_html=SimpleNamespace(slurp=lambda: "<p>Hi</p>"), attachment=["scan.pdf"])
+    names = {"interview_email": lambda: "case@example.org",
+             "get_emails": lambda: [SimpleNamespace(address="case@example.org", emails=[mail, mail]),
+                                    SimpleNamespace(address="other@example.org", emails=[])]}
+    html = listing.render_html(names)
+    assert html.count("<li>Re: *urgent*</li>") == 2 and "to case@example.org:" in html and "other@" not in html
+    done = Template(content="""\
+The latest e-mail was:
+
+* Subject: ${ email.subject }
+* To: ${ email.to_address }
+* From: ${ email.from_address }
+* Reply to: ${ email.reply_to }
+* Return path: ${ email.return_path }
+% if email.body_text:
+* Body text: ${ email.body_text }
+% endif
+% if email.body_html:
+* Body HTML: ${ email.body_html.slurp() }
+% endif
+% if len(email.attachment):
+* Attachment: ${ email.attachment[0] }
+% endif
+""")
+    text = done.render_text({"email": mail})
+    assert "* Reply to: \n" in text and "* Body text: Hi <there>\n" in text and text.endswith("* Attachment: scan.pdf\n")
+    assert "<li>Body HTML: &lt;p&gt;Hi&lt;/p&gt;</li>" in done.render_html({"email": mail})
