@@ -22,6 +22,7 @@ import dateutil.parser
 from dateutil.relativedelta import relativedelta
 
 from mailgate.author import functions
+from mailgate.core import answers as codec
 from mailgate.core.context import CURRENT
 from mailgate.errors import ActionError
 
@@ -131,6 +132,9 @@ class DADateTime(dt.datetime):
     @property
     def week(self) -> int:
         return self.isocalendar()[1]
+
+
+codec.register_datetime("DADateTime", DADateTime)  # saved answers keep it a DADateTime
 
 
 def _interval(method: str, kwargs: dict[str, Any]) -> relativedelta:

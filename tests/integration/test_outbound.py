@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailgate.author.dates import DADateTime, format_date
 from mailgate.author.sending import record_messages
 from mailgate.author.templates import TemplateError
 from mailgate.config import Config
@@ -537,3 +538,12 @@ async def test_docassemble_target_template_verbatim(daemon: Daemon) -> None:
                                 "content": "<p><em>What?</em>  You like\nAPPLES &lt;I&gt;?</p>\n"},)
     result = await rt(daemon).run_action(sid, "question_food", {}, kind="checkin")
     assert result.commands == ({"command": "target", "target": "feedback", "html": True, "content": ""},)
+
+
+async def test_a_saved_dadatetime_is_a_dadatetime_in_the_next_action(daemon: Daemon) -> None:
+    sid = await new_session(daemon)
+    await rt(daemon).run_action(sid, "set_due")
+    due = (await rt(daemon).get_answers(sid))["due"]
+    shown = (await rt(daemon).run_action(sid, "show_due")).text
+    assert isinstance(due, DADateTime)
+    assert shown == f"Due {format_date(due)}, or {due.plus(days=1).format_date(format='yyyy-MM-dd')}."

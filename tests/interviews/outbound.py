@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailgate import Interview, action_argument, background_response, response
+from mailgate import Interview, action_argument, background_response, response, today
 from mailgate.author.sending import (
     mark_task_as_performed,
     send_email,
@@ -109,3 +109,13 @@ ${ action_argument('favorite_food').upper() }?
 @interview.action("question_food", browser=True)
 def _question_food(answers: dict[str, Any]) -> None:
     background_response(target="feedback", content=question_food)
+
+
+@interview.action("set_due")
+def set_due(answers: dict[str, Any]) -> None:
+    answers["due"] = today().plus(days=20)  # docassemble: due = today().plus(days=20)
+
+
+@interview.action("show_due")
+def show_due(answers: dict[str, Any]) -> None:
+    response(f"Due {answers['due']}, or {answers['due'].plus(days=1).format_date(format='yyyy-MM-dd')}.")
