@@ -96,6 +96,27 @@ _IMPORTS = ["from mailgate.author.templates import text_value as _mailgate_text,
 _HTML_ESCAPES = frozenset({"h", "x", "entity"})  # in the HTML part every value is escaped anyway
 
 
+_REFERENCE = re.compile(r"&#(\d+);")
+_CODE_TOKENS = ("code_inline", "code_block", "fence")
+
+
+def _unescape_code(text: str) -> str:
+    """Code shows its text as it is, references too: undo :func:`markdown_value` there."""
+    return _REFERENCE.sub(lambda m: chr(int(m.group(1))) if _MD_PUNCT.fullmatch(chr(int(m.group(1)))) else m.group(),
+                          text)
+
+
+def _markdown_html(source: str) -> str:
+    """The Markdown as HTML, with the values inside code spans and code blocks shown as they are."""
+    env: dict[str, Any] = {}
+    tokens = _markdown.parse(source, env)
+    for token in tokens:
+        for one in [token, *(token.children or ())]:
+            if one.type in _CODE_TOKENS:
+                one.content = _unescape_code(one.content)
+    return str(_markdown.renderer.render(tokens, _markdown.options, env))
+
+
 def _split_filters(escapes: str) -> list[str]:
     """``"u, f(a, b)"`` as ``["u", "f(a, b)"]``: commas inside brackets belong to a filter's arguments."""
     found, depth, start = [], 0, 0
@@ -296,7 +317,7 @@ class Template:
         return _render(self._text_t, self.content, self.name, "content", names)
 
     def _html(self, names: Mapping[str, Any]) -> str:
-        return str(_markdown.render(_render(self._html_t, self.content, self.name, "content", names)))
+        return _markdown_html(_render(self._html_t, self.content, self.name, "content", names))
 
 
 _functions: dict[str, Any] | None = None

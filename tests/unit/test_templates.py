@@ -262,3 +262,10 @@ The latest e-mail was:
     text = done.render_text({"email": mail})
     assert "* Reply to: \n" in text and "* Body text: Hi <there>\n" in text and text.endswith("* Attachment: scan.pdf\n")
     assert "<li>Body HTML: &lt;p&gt;Hi&lt;/p&gt;</li>" in done.render_html({"email": mail})
+
+
+def test_values_in_code_spans_and_blocks_show_as_they_are() -> None:
+    t = Template(content="Your code: `${ code }`.\n\n```\n${ code }\n```\n")
+    html = t.render_html({"code": "AB-12_3 <x> &#95; `"})
+    assert html == ("<p>Your code: <code>AB-12_3 &lt;x&gt; &amp;#95; `</code>.</p>\n"
+                    "<pre><code>AB-12_3 &lt;x&gt; &amp;#95; `\n</code></pre>\n")
