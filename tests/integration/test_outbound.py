@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import email
 import email.policy
+import html as html_module
 import json
 import logging
+import re
 import shutil
 import socket
 import ssl
@@ -33,6 +36,7 @@ from mailgate.author.dates import DADateTime, format_date
 from mailgate.author.sending import record_messages
 from mailgate.author.templates import TemplateError
 from mailgate.config import Config
+from mailgate.core.context import User
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.cli.send import add_parser, cmd_send_test_email
 from mailgate.errors import ActionError, ConfigError, TaskFailed
@@ -547,3 +551,21 @@ async def test_a_saved_dadatetime_is_a_dadatetime_in_the_next_action(daemon: Dae
     shown = (await rt(daemon).run_action(sid, "show_due")).text
     assert isinstance(due, DADateTime)
     assert shown == f"Due {format_date(due)}, or {due.plus(days=1).format_date(format='yyyy-MM-dd')}."
+
+
+async def test_interview_functions_in_an_email_template(daemon: Daemon, sink: Sink) -> None:
+    use(daemon, relay(sink))
+    sid = await new_session(daemon, parties=["Ann", "Bob", "Cy"], filing_date=dt.date(2026, 1, 5))
+    user = User(id="u1", email="una@example.org", first_name="Una")
+    url = (await rt(daemon).run_action(sid, "send_links", user=user)).text
+    assert url is not None and re.fullmatch(r"/run/[\w.-]+", url)  # no [web] public_url in the tests
+    (got,) = sink.received
+    days = int((dt.datetime.now(dt.UTC) - dt.datetime(2026, 1, 5, tzinfo=dt.UTC)).days)
+    assert got.message["Subject"] == "Una, your case 7"
+    text = got.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith(f"Ann, Bob, and Cy: filed January 5, 2026,\n{days} days ago.\n")
+    html = got.message.get_body(("html",)).get_content()
+    hrefs = re.findall(r'href="([^"]*)"', html)
+    assert len(hrefs) == 2
+    for href in hrefs:  # a signed URL as the reader's client reads it, whole, in both links
+        assert re.fullmatch(r"/run/[\w.-]+", html_module.unescape(href)), href

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailgate import Interview, action_argument, background_response, response, today
+from mailgate import (
+    Interview,
+    action_argument,
+    background_response,
+    interview_url_action,
+    response,
+    today,
+)
 from mailgate.author.sending import (
     mark_task_as_performed,
     send_email,
@@ -119,3 +126,23 @@ def set_due(answers: dict[str, Any]) -> None:
 @interview.action("show_due")
 def show_due(answers: dict[str, Any]) -> None:
     response(f"Due {answers['due']}, or {answers['due'].plus(days=1).format_date(format='yyyy-MM-dd')}.")
+
+
+# docassemble's functions inside an e-mail template, and a URL in a link and in an HTML attribute
+links_email = Template(
+    subject="${ user_info().first_name }, your case ${ case['number'] }",
+    content="""
+        ${ comma_and_list(parties) }: filed ${ format_date(filing_date) },
+        ${ int(date_difference(starting=filing_date, ending=current_datetime()).days) } days ago.
+
+        [Show it](${ interview_url_action('show_due', note='a&b') }) or
+        <a href="${ interview_url_action('show_due', note='a&b') }">here</a>.
+    """,
+    name="links_email",
+)
+
+
+@interview.action("send_links")
+def send_links(answers: dict[str, Any]) -> None:
+    send_email(to=answers["email_address"], template=links_email)
+    response(interview_url_action("show_due", note="a&b"))
