@@ -106,14 +106,10 @@ class DADateTime(dt.datetime):
 
     def plus(self, **kwargs: Any) -> DADateTime:
         """This date plus ``years=``, ``months=``, ``weeks=``, ``days=``, ``hours=``, ... (relativedelta's)."""
-        return DADateTime.of(self._plain() + _interval("plus", kwargs))
+        return DADateTime.of(self + _interval("plus", kwargs))
 
     def minus(self, **kwargs: Any) -> DADateTime:
-        return DADateTime.of(self._plain() - _interval("minus", kwargs))
-
-    def _plain(self) -> dt.datetime:
-        return dt.datetime(self.year, self.month, self.day, self.hour, self.minute, self.second, self.microsecond,
-                           self.tzinfo, fold=self.fold)
+        return DADateTime.of(self - _interval("minus", kwargs))
 
     def replace_time(self, the_time: dt.time) -> DADateTime:
         """This date at ``the_time`` (a ``datetime.time``)."""
