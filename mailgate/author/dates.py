@@ -1,11 +1,13 @@
 """docassemble's date functions: ``date_difference``, ``format_date``, ``format_datetime``,
-``format_time``, ``as_datetime``, ``today`` and ``get_default_timezone``, with its signatures.
+``format_time``, ``as_datetime``, ``today``, ``current_datetime``, ``month_of``, ``day_of``,
+``year_of``, ``dow_of``, ``date_interval`` and ``get_default_timezone``, with its signatures.
 
 Dates are formatted by Babel in the language given (a locale such as ``"en"``, ``"fr"`` or
 ``"de_CH"``; English by default). Times are taken from mailgate's clock (``current_datetime()``,
 which tests control). docassemble's server time zone is mailgate's ``[scheduler] timezone``: the
 zone in which cron runs is the one naive dates are read in. Strings are parsed as docassemble
-does, with ``dateutil.parser.parse``.
+does, with ``dateutil.parser.parse``. Where docassemble returns "Bad date", these raise an
+``ActionError`` saying what was wrong (a date, a format, a language or a time zone).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import datetime as dt
 import zoneinfo
 from typing import Any
 
+import babel
 import babel.dates
 import dateutil.parser
 from dateutil.relativedelta import relativedelta
 
-from mailgate.author.functions import current_datetime
+from mailgate.author import functions
+from mailgate.core import answers as codec
 from mailgate.core.context import CURRENT
 from mailgate.errors import ActionError
 
@@ -37,12 +41,51 @@ def _zone(timezone: str | None) -> zoneinfo.ZoneInfo:
     name = get_default_timezone() if timezone is None else timezone
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
         raise ActionError(f"unknown time zone {name!r}; use an IANA name such as 'America/New_York'") from None
 
 
+def _locale(language: str | None) -> babel.Locale:
+    name = DEFAULT_LANGUAGE if language is None else language
+    try:
+        return babel.Locale.parse(str(name).replace("-", "_"))
+    except (ValueError, TypeError, babel.UnknownLocaleError):
+        raise ActionError(f"unknown language {name!r}; use a locale such as 'en', 'fr' or 'de_CH'") from None
+
+
+def _babel(function: str, format: str, format_it: Any) -> str:  # noqa: A002 - docassemble's name
+    """``format_it()``, with Babel's error for a bad ``format`` said as the author's mistake."""
+    try:
+        return str(format_it())
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ActionError(f"{function}(format={format!r}): not a format Babel knows ({type(exc).__name__}: {exc}); "
+                          "use 'short', 'medium', 'long', 'full' or a CLDR pattern such as 'yyyy-MM-dd'") from None
+
+
+def current_datetime(timezone: str | None = None) -> DADateTime:
+    """Now, from mailgate's clock (which tests control), in ``timezone`` (default: the server's)."""
+    return DADateTime.of(functions.current_datetime().astimezone(_zone(timezone)))
+
+
 class DADateTime(dt.datetime):
-    """A timezone-aware datetime with docassemble's DADateTime methods."""
+    """A timezone-aware datetime with docassemble's DADateTime methods.
+
+    As in docassemble, it shows as ``format_date()`` ("January 5, 2026", also in a template's
+    ``${ }``), and adding a string concatenates it so.
+    """
+
+    def __str__(self) -> str:
+        return format_date(self)
+
+    def __add__(self, other: Any) -> Any:
+        if isinstance(other, str):
+            return str(self) + other
+        return super().__add__(other)
+
+    def __radd__(self, other: Any) -> Any:
+        if isinstance(other, str):
+            return other + str(self)
+        return super().__radd__(other)
 
     @classmethod
     def of(cls, value: dt.datetime) -> DADateTime:
@@ -63,10 +106,19 @@ class DADateTime(dt.datetime):
 
     def plus(self, **kwargs: Any) -> DADateTime:
         """This date plus ``years=``, ``months=``, ``weeks=``, ``days=``, ``hours=``, ... (relativedelta's)."""
-        return DADateTime.of(self + relativedelta(**kwargs))
+        return DADateTime.of(self + _interval("plus", kwargs))
 
     def minus(self, **kwargs: Any) -> DADateTime:
-        return DADateTime.of(self - relativedelta(**kwargs))
+        return DADateTime.of(self - _interval("minus", kwargs))
+
+    def replace_time(self, the_time: dt.time) -> DADateTime:
+        """This date at ``the_time`` (a ``datetime.time``)."""
+        return self.replace(hour=the_time.hour, minute=the_time.minute, second=the_time.second,
+                            microsecond=the_time.microsecond)
+
+    @property
+    def nanosecond(self) -> int:
+        return 0
 
     @property
     def dow(self) -> int:
@@ -76,6 +128,16 @@ class DADateTime(dt.datetime):
     @property
     def week(self) -> int:
         return self.isocalendar()[1]
+
+
+codec.register_datetime("DADateTime", DADateTime)  # saved answers keep it a DADateTime
+
+
+def _interval(method: str, kwargs: dict[str, Any]) -> relativedelta:
+    try:
+        return relativedelta(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ActionError(f"{method}(): {exc}; use years=, months=, weeks=, days=, hours=, minutes=, seconds=") from None
 
 
 def _datetime(value: Any, what: str) -> dt.datetime:
@@ -104,7 +166,7 @@ def as_datetime(the_date: Any, timezone: str | None = None) -> DADateTime:
 
 def today(timezone: str | None = None, format: str | None = None) -> DADateTime | str:  # noqa: A002
     """Midnight of today in ``timezone`` (default: the server's); with ``format``, today formatted."""
-    now = current_datetime().astimezone(_zone(timezone))
+    now = current_datetime(timezone)
     midnight = DADateTime.of(now.replace(hour=0, minute=0, second=0, microsecond=0))
     return midnight if format is None else format_date(midnight, format=format)
 
@@ -118,8 +180,8 @@ def format_date(the_date: Any, format: str | None = None, language: str | None =
     ``'short'``, ``'medium'``, ``'full'`` or a CLDR pattern such as ``'yyyy-MM-dd'``; empty for None."""
     if _empty(the_date):
         return ""
-    return str(babel.dates.format_date(_datetime(the_date, "format_date()").date(), format=format or "long",
-                                       locale=language or DEFAULT_LANGUAGE))
+    day, locale, pattern = _datetime(the_date, "format_date()").date(), _locale(language), format or "long"
+    return _babel("format_date", pattern, lambda: babel.dates.format_date(day, format=pattern, locale=locale))
 
 
 def format_datetime(the_date: Any, format: str | None = None, language: str | None = None) -> str:  # noqa: A002
@@ -130,8 +192,9 @@ def format_datetime(the_date: Any, format: str | None = None, language: str | No
     value = _datetime(the_date, "format_datetime()")
     if value.tzinfo is None:
         value = value.replace(tzinfo=_zone(None))
-    return str(babel.dates.format_datetime(value, format=format or "long", tzinfo=value.tzinfo,
-                                           locale=language or DEFAULT_LANGUAGE))
+    locale, pattern = _locale(language), format or "long"
+    return _babel("format_datetime", pattern, lambda: babel.dates.format_datetime(
+        value, format=pattern, tzinfo=value.tzinfo, locale=locale))
 
 
 def format_time(the_time: Any, format: str | None = None, language: str | None = None) -> str:  # noqa: A002
@@ -139,61 +202,100 @@ def format_time(the_time: Any, format: str | None = None, language: str | None =
     if _empty(the_time):
         return ""
     value = the_time if isinstance(the_time, dt.time) else _datetime(the_time, "format_time()").timetz()
-    return str(babel.dates.format_time(value, format=format or "short", locale=language or DEFAULT_LANGUAGE))
+    locale, pattern = _locale(language), format or "short"
+    return _babel("format_time", pattern, lambda: babel.dates.format_time(value, format=pattern, locale=locale))
+
+
+def date_interval(**kwargs: Any) -> relativedelta:
+    """A span to add to a date or subtract from it: ``today() + date_interval(months=1)``
+    (``years=``, ``months=``, ``weeks=``, ``days=``, ``hours=``, ... as relativedelta's)."""
+    return _interval("date_interval", kwargs)
+
+
+def month_of(the_date: Any, as_word: bool = False, language: str | None = None) -> int | str:
+    """The month of ``the_date`` (1-12), or with ``as_word`` its name in ``language`` ("January")."""
+    day = _datetime(the_date, "month_of()")
+    return _babel("month_of", "MMMM", lambda: babel.dates.format_date(day, "MMMM", _locale(language))) \
+        if as_word else day.month
+
+
+def day_of(the_date: Any, language: str | None = None) -> int:
+    """The day of the month of ``the_date``."""
+    return _datetime(the_date, "day_of()").day
+
+
+def year_of(the_date: Any, language: str | None = None) -> int:
+    """The year of ``the_date``."""
+    return _datetime(the_date, "year_of()").year
+
+
+def dow_of(the_date: Any, as_word: bool = False, language: str | None = None) -> int | str:
+    """The day of the week of ``the_date``, Monday 1 to Sunday 7, or with ``as_word`` its name ("Monday")."""
+    day = _datetime(the_date, "dow_of()")
+    return _babel("dow_of", "EEEE", lambda: babel.dates.format_date(day, "EEEE", _locale(language))) \
+        if as_word else day.isoweekday()
 
 
 class DateDifference:
-    """The result of ``date_difference()``: ``years``, ``weeks``, ``days``, ``hours``, ``minutes``,
-    ``seconds`` (floats, negative when ending is before starting) and ``delta`` (a timedelta)."""
+    """The result of ``date_difference()``, docassemble's: ``years``, ``weeks``, ``days``, ``hours``,
+    ``minutes`` (floats), ``seconds`` (whole), ``delta`` (a timedelta), all negative when ending is
+    before starting, and ``start`` / ``end`` (both in the time zone used). It shows as ``describe()``."""
 
-    def __init__(self, starting: dt.datetime, ending: dt.datetime) -> None:
-        self.starting = starting
-        self.ending = ending
-        self.delta = ending - starting
-        seconds = self.delta.total_seconds()
-        self.seconds = seconds
-        self.minutes = seconds / 60
-        self.hours = seconds / 3600
-        self.days = seconds / 86400
-        self.weeks = seconds / 604800
+    def __init__(self, start: dt.datetime, end: dt.datetime) -> None:
+        self.start = start
+        self.end = end
+        self.delta = delta = end - start
+        self.seconds = delta.days * 86400 + delta.seconds
+        self.minutes = delta.days * 1440 + delta.seconds / 60
+        self.hours = delta.days * 24 + delta.seconds / 3600
+        self.days = delta.days + delta.seconds / 86400
+        self.weeks = self.days / 7
         self.years = self.days / 365.2425
 
     def __repr__(self) -> str:
         return f"DateDifference(days={self.days!r})"
 
-    def describe(self, specificity: str | None = None, nice: bool = True) -> str:
-        """The difference in words, "2 years, 3 months, and 1 day"; ``specificity`` ('year', 'month',
-        'day', 'hour', 'minute' or 'second', default 'day' unless the difference is under a day)
-        is the smallest unit named; ``nice`` writes numbers up to ten as words."""
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, specificity: str | None = None, nice: bool = True, capitalize: bool = False) -> str:
+        """The difference in words, as docassemble: "two years, three months, and one day".
+
+        Years, months and days are named; hours and minutes only when those are all zero (minutes
+        only under two hours), seconds only when nothing else is. ``specificity`` ('year', 'month',
+        'day', 'hour', 'minute' or 'second') is the smallest unit named, and names the smaller ones
+        down to it; ``nice`` writes numbers up to ten as words; ``capitalize`` the first letter.
+        """
         units = ("year", "month", "day", "hour", "minute", "second")
-        start, end = sorted((self.starting, self.ending))
-        diff = relativedelta(end, start)
-        if specificity is None:
-            specificity = "day" if abs(self.delta) >= dt.timedelta(days=1) else "second"
-        if specificity not in units:
+        if specificity is not None and specificity not in units:
             raise ActionError(f"describe(specificity={specificity!r}): use one of {', '.join(units)}")
-        parts = []
-        for unit in units[: units.index(specificity) + 1]:
-            count = abs(getattr(diff, unit + "s"))
-            if count:
-                number = _SMALL[count] if nice and count < len(_SMALL) else str(count)
-                parts.append(f"{number} {unit}{'' if count == 1 else 's'}")
-        if not parts:
-            return f"{'zero' if nice else '0'} {specificity}s"
-        if len(parts) <= 2:
-            return " and ".join(parts)
-        return ", ".join(parts[:-1]) + ", and " + parts[-1]
+        smallest = units.index(specificity) if specificity is not None else len(units)
+        diff = relativedelta(self.end, self.start)
+        counts = {unit: abs(getattr(diff, unit + "s")) for unit in units}
+        named = [u for u in units[:3] if units.index(u) <= smallest and counts[u]]
+        if not named or specificity in ("hour", "minute", "second"):
+            if counts["hour"] and smallest >= 3:
+                named.append("hour")
+            if counts["minute"] and smallest >= 4 and (counts["hour"] < 2 or specificity in ("minute", "second")):
+                named.append("minute")
+        if (not named or specificity == "second") and counts["second"] and smallest >= 5:
+            named.append("second")
+        parts = [(counts[u], u) for u in named] or [(0, specificity or "second")]
+        words = [f"{_SMALL[n] if nice and n < len(_SMALL) else n} {unit}{'' if n == 1 else 's'}" for n, unit in parts]
+        text = words[0] if len(words) == 1 else " and ".join(words) if len(words) == 2 else \
+            ", ".join(words[:-1]) + ", and " + words[-1]
+        return text[:1].upper() + text[1:] if capitalize else text
 
 
 def date_difference(starting: Any = None, ending: Any = None, timezone: str | None = None) -> DateDifference:
-    """From ``starting`` to ``ending`` (each default now); naive values are read in ``timezone``
-    (default: the server's). ``date_difference(starting=filing_date).days > 20``."""
+    """From ``starting`` to ``ending`` (each default now), both taken into ``timezone`` (default: the
+    server's): a naive value is read there, an aware one converted. ``date_difference(starting=filing_date).days > 20``."""
     zone = _zone(timezone)
 
-    def aware(value: Any, what: str) -> dt.datetime:
+    def moment(value: Any, what: str) -> dt.datetime:
         if value is None:
-            return current_datetime()
-        moment = _datetime(value, f"date_difference({what}=)")
-        return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment
+            return current_datetime(timezone)
+        found = _datetime(value, f"date_difference({what}=)")
+        return found.replace(tzinfo=zone) if found.tzinfo is None else found.astimezone(zone)
 
-    return DateDifference(aware(starting, "starting"), aware(ending, "ending"))
+    return DateDifference(moment(starting, "starting"), moment(ending, "ending"))

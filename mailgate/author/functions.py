@@ -153,7 +153,11 @@ def interview_url_action(action: str, **kwargs: Any) -> str:
 
 
 def current_datetime() -> dt.datetime:
-    """Now, timezone-aware (UTC), from mailgate's clock (which tests can control)."""
+    """Now, timezone-aware (UTC), from mailgate's clock (which tests can control).
+
+    Authors get docassemble's ``current_datetime(timezone=None)`` (a DADateTime in the server's time
+    zone) from ``mailgate``: it is ``mailgate.author.dates``'s, which reads this clock.
+    """
     ctx = CURRENT.get()
     now = ctx.runtime.store_clock() if ctx is not None else time.time()
     return dt.datetime.fromtimestamp(now, dt.UTC)

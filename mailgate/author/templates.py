@@ -21,14 +21,19 @@ arithmetic, ``| filters``), ``% if`` / ``% for`` / ``% endif`` lines, ``<%doc>``
 names a template sees are the session's answers and, under them, the interview functions that
 ``mailgate`` exports (``format_date``, ``date_difference``, ``user_info``, ``interview_email``, ...),
 as in docassemble where a template sees the interview's variables and ``docassemble.base.util``.
-A name that is neither raises :class:`TemplateError` where it is used (not in a branch that does
-not run: docassemble too asks only for what a template evaluates); ``None`` renders as nothing.
+docassemble's ``defined('x')`` and ``showifdef('x', alternative='')`` ask for an answer that may be
+missing (``"case['number']"`` and ``"client.name"`` too). A name that is neither raises
+:class:`TemplateError` where it is used (not in a branch that does not run: docassemble too asks
+only for what a template evaluates); ``None`` renders as nothing.
 
 The content is dedented, so it can be written indented in a triple-quoted string. Its text part is
 the rendered Markdown with the values as given; its HTML part is that Markdown rendered by
 markdown-it-py (CommonMark and tables) with every value escaped first: a value is text, never
-markup, while the template's own Markdown and HTML are kept. Mako's ``n`` filter turns the escaping
-off for one expression: ``${ snippet | n }`` inserts ``snippet`` as Markdown/HTML.
+markup (inside an HTML attribute too), while the template's own Markdown and HTML are kept. The
+escaping runs after the author's filters (``${ q | u }`` URL-encodes the value, then escapes it),
+and Mako's ``h`` adds nothing in the HTML part. Mako's ``n`` filter turns the escaping off for one
+expression: ``${ snippet | n }`` inserts ``snippet`` as Markdown/HTML (``None`` still as nothing).
+Python's builtins (``len``, ``range``, ...) and Mako's ``loop`` are there, as in Mako.
 
 Errors (a Mako syntax error when the template is made; a missing name or a failing expression when
 it renders) raise :class:`TemplateError` naming the template, the part and the line.
@@ -36,8 +41,10 @@ it renders) raise :class:`TemplateError` naming the template, the part and the l
 
 from __future__ import annotations
 
+import builtins
 import io
 import re
+import string
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
@@ -46,6 +53,8 @@ from functools import cached_property
 from typing import Any
 
 from mako import exceptions as mako_exceptions
+from mako import parsetree
+from mako.lexer import Lexer
 from mako.runtime import UNDEFINED, Context
 from mako.template import Template as MakoTemplate
 from markdown_it import MarkdownIt
@@ -53,7 +62,10 @@ from markdown_it import MarkdownIt
 from mailgate.core.context import CURRENT
 from mailgate.errors import MailgateError
 
-_MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")  # CommonMark: any ASCII punctuation can be backslash-escaped
+# The ASCII punctuation Markdown or HTML could read as markup (``/ , ; @ % $ ^`` never are, and stay
+# as they are; ``:`` is escaped too, or a value inside ``<...>`` would be an autolink whose text
+# CommonMark takes literally).
+_MD_PUNCT = re.compile("[" + re.escape("".join(sorted(set(string.punctuation) - set("/,;@%$^")))) + "]")
 _CONTROL_LINE = re.compile(r"^\s*%(?!%)", re.MULTILINE)
 _RESERVED = frozenset({"context", "loop", "UNDEFINED", "capture", "caller", "local", "self", "parent", "next"})
 
@@ -70,17 +82,86 @@ def text_value(value: Any) -> str:
 
 
 def markdown_value(value: Any) -> str:
-    """Mako's default filter for the HTML part: the value escaped, so Markdown shows it as text."""
-    return _MD_PUNCT.sub(r"\\\1", text_value(value))
+    """The last filter of every expression in the HTML part (but ``| n`` ones): the value as text that
+    Markdown and HTML show as it is.
+
+    Punctuation becomes a numeric character reference, not a backslash escape: CommonMark reads a
+    reference as text, never as markup, and so does HTML, inside an attribute too, where a backslash
+    would stay (``<a href="${ url }">``) and a quote would end the attribute.
+    """
+    return _MD_PUNCT.sub(lambda m: f"&#{ord(m.group())};", text_value(value))
 
 
 _IMPORTS = ["from mailgate.author.templates import text_value as _mailgate_text, markdown_value as _mailgate_md"]
+_HTML_ESCAPES = frozenset({"h", "x", "entity"})  # in the HTML part every value is escaped anyway
 
 
-def _compile(source: str, label: str, part: str, value_filter: str) -> MakoTemplate:
+_REFERENCE = re.compile(r"&#(\d+);")
+_CODE_TOKENS = ("code_inline", "code_block", "fence")
+
+
+def _unescape_code(text: str) -> str:
+    """Code shows its text as it is, references too: undo :func:`markdown_value` there."""
+    return _REFERENCE.sub(lambda m: chr(int(m.group(1))) if _MD_PUNCT.fullmatch(chr(int(m.group(1)))) else m.group(),
+                          text)
+
+
+def _markdown_html(source: str) -> str:
+    """The Markdown as HTML, with the values inside code spans and code blocks shown as they are."""
+    env: dict[str, Any] = {}
+    tokens = _markdown.parse(source, env)
+    for token in tokens:
+        for one in [token, *(token.children or ())]:
+            if one.type in _CODE_TOKENS:
+                one.content = _unescape_code(one.content)
+    return str(_markdown.renderer.render(tokens, _markdown.options, env))
+
+
+def _split_filters(escapes: str) -> list[str]:
+    """``"u, f(a, b)"`` as ``["u", "f(a, b)"]``: commas inside brackets belong to a filter's arguments."""
+    found, depth, start = [], 0, 0
+    for i, char in enumerate(escapes):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            found.append(escapes[start:i].strip())
+            start = i + 1
+    found.append(escapes[start:].strip())
+    return [f for f in found if f]
+
+
+def _filters(escapes: str, html: bool) -> str:
+    """An expression's filters as mailgate runs them: the author's after the value is made text, then,
+    in the HTML part, the escaping last (Mako would run a default filter first: ``${ q | u }`` would
+    URL-encode the escaped value). ``n`` turns the escaping off, not the conversion to text."""
+    named = _split_filters(escapes)
+    if "n" in named:
+        return ", ".join(["n", "_mailgate_text", *(f for f in named if f != "n")])
+    if not html:
+        return ", ".join(named)
+    return ", ".join([*(f for f in named if f not in _HTML_ESCAPES), "_mailgate_md"])
+
+
+class _TextLexer(Lexer):
+    html = False
+
+    def append_node(self, nodecls: type, *args: Any, **kwargs: Any) -> None:
+        if nodecls is parsetree.Expression:
+            text, escapes = args
+            args = (text, _filters(escapes, self.html))
+        super().append_node(nodecls, *args, **kwargs)
+
+
+class _HtmlLexer(_TextLexer):
+    html = True
+
+
+def _compile(source: str, label: str, part: str, html: bool) -> MakoTemplate:
     try:
-        return MakoTemplate(source, imports=_IMPORTS, default_filters=[value_filter],
-                            enable_loop=False, uri=f"{label}:{part}")
+        return MakoTemplate(source, imports=_IMPORTS, default_filters=["_mailgate_text"],
+                            lexer_cls=_HtmlLexer if html else _TextLexer, uri=f"{label}:{part}")
     except (mako_exceptions.SyntaxException, mako_exceptions.CompileException) as exc:
         lineno = getattr(exc, "lineno", None)
         message = str(exc).split(" at line:")[0]
@@ -123,12 +204,20 @@ class _Context(Context):
     def get(self, key: str, default: Any = None) -> Any:
         if key in self._data:
             return self._data[key]
+        if key in builtins.__dict__:  # as Mako's own Context: len, range, str, sorted, ...
+            return builtins.__dict__[key]
         if default is not UNDEFINED:
             return default
         found = getattr(self, "missing", None)
         if found is not None:
             found.append(key)
         return _Missing(key)
+
+    def _copy(self) -> Context:
+        copy = super()._copy()
+        copy.__class__ = _Context  # Mako's copy (a <%def>'s context) is a plain Context
+        copy.missing = self.missing
+        return copy
 
 
 def _render(template: MakoTemplate, source: str, label: str, part: str, names: Mapping[str, Any]) -> str:
@@ -156,6 +245,8 @@ def _render(template: MakoTemplate, source: str, label: str, part: str, names: M
             lineno = lineno or _source_line(source, name)
             raise TemplateError(f"template {label}, {part} line {lineno}: {name!r} is neither in the answers "
                                 "nor an interview function") from None
+        if isinstance(exc, MailgateError):  # a function's own clear message (format_date, defined, ...)
+            raise TemplateError(f"template {label}, {part} line {lineno}: {exc}") from None
         raise TemplateError(f"template {label}, {part} line {lineno}: {type(exc).__name__}: {exc}") from exc
     return out.getvalue()
 
@@ -193,15 +284,15 @@ class Template:
 
     @cached_property
     def _subject_t(self) -> MakoTemplate:
-        return _compile(self.subject, self.name, "subject", "_mailgate_text")
+        return _compile(self.subject, self.name, "subject", html=False)
 
     @cached_property
     def _text_t(self) -> MakoTemplate:
-        return _compile(self.content, self.name, "content", "_mailgate_text")
+        return _compile(self.content, self.name, "content", html=False)
 
     @cached_property
     def _html_t(self) -> MakoTemplate:
-        return _compile(self.content, self.name, "content", "_mailgate_md")
+        return _compile(self.content, self.name, "content", html=True)
 
     def render(self, answers: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
         """``(subject, text, html)``; without ``answers``, those of the running action."""
@@ -226,7 +317,7 @@ class Template:
         return _render(self._text_t, self.content, self.name, "content", names)
 
     def _html(self, names: Mapping[str, Any]) -> str:
-        return str(_markdown.render(_render(self._html_t, self.content, self.name, "content", names)))
+        return _markdown_html(_render(self._html_t, self.content, self.name, "content", names))
 
 
 _functions: dict[str, Any] | None = None
@@ -248,8 +339,43 @@ def interview_functions() -> dict[str, Any]:
     return _functions
 
 
+_LOOKUP_ERRORS = (NameError, AttributeError, KeyError, IndexError, TypeError)
+
+
+def _lookup(answers: Mapping[str, Any], var: Any, function: str) -> Any:
+    """The value ``var`` names in the answers ("x", "case['number']", "client.name"); NameError if none."""
+    if not isinstance(var, str):
+        raise TemplateError(f"{function}() takes the variable's name as a string, e.g. {function}('x'), "
+                            f"not {type(var).__name__}")
+    try:
+        code = compile(var.strip(), f"<{function}>", "eval")
+    except SyntaxError:
+        raise TemplateError(f"{function}({var!r}): not a variable name such as 'x' or \"case['number']\"") from None
+    return eval(code, {"__builtins__": {}}, dict(answers))  # noqa: S307 - the author's own expression
+
+
+def _presence(answers: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
+    """docassemble's ``defined(var)`` and ``showifdef(var, alternative='')`` on these answers."""
+
+    def defined(var: str) -> bool:
+        try:
+            _lookup(answers, var, "defined")
+        except _LOOKUP_ERRORS:
+            return False
+        return True
+
+    def showifdef(var: str, alternative: Any = "", prior_line_break: bool = False) -> Any:
+        try:
+            value = _lookup(answers, var, "showifdef")
+        except _LOOKUP_ERRORS:
+            return alternative
+        return f"\n{value}" if prior_line_break else value
+
+    return {"defined": defined, "showifdef": showifdef}
+
+
 def _names(answers: Mapping[str, Any] | None) -> dict[str, Any]:
     if answers is None:
         ctx = CURRENT.get()
         answers = ctx.answers if ctx is not None else {}
-    return {**interview_functions(), **answers}
+    return {**interview_functions(), **_presence(answers), **answers}

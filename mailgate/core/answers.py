@@ -2,7 +2,9 @@
 
 Plain JSON values pass through. Other supported values become a one-key object ``{"$mg": tag, ...}``:
 ``datetime``, ``date``, ``time``, ``set``, ``frozenset``, ``tuple`` and references to mailgate objects
-(a background task, an e-mail) that are stored by id and resolved again on load. A dict that itself
+(a background task, an e-mail) that are stored by id and resolved again on load. A registered
+datetime subclass (docassemble's ``DADateTime``) is a ``datetime`` marked with its kind, so it comes
+back as itself (and as a plain datetime where its class is not registered). A dict that itself
 has the key ``"$mg"`` is escaped so that user data can never be mistaken for a tag.
 
 Answers nest at most :data:`MAX_DEPTH` containers deep and hold Unicode text only (no lone UTF-16
@@ -39,6 +41,16 @@ class Reference(Protocol):
 
 _ref_types: dict[str, Callable[[str], Any]] = {}
 _ref_classes: dict[type, str] = {}
+
+
+_datetime_types: dict[str, type[dt.datetime]] = {}
+_datetime_kinds: dict[type, str] = {}
+
+
+def register_datetime(kind: str, cls: type[dt.datetime]) -> None:
+    """Teach the codec a datetime subclass: stored as ``{"$mg": "datetime", "v": ..., "as": kind}``."""
+    _datetime_types[kind] = cls
+    _datetime_kinds[cls] = kind
 
 
 def register_reference(kind: str, cls: type, factory: Callable[[str], Any]) -> None:
@@ -111,6 +123,9 @@ def _enc(value: Any, path: str, depth: int) -> Any:
         items.sort(key=lambda x: json.dumps(x, sort_keys=True))  # stable text: unchanged sets compare equal
         return {TAG: "set" if isinstance(value, set) else "frozenset", "v": items}
     if isinstance(value, dt.datetime):
+        subclass = _datetime_kinds.get(type(value))
+        if subclass is not None:
+            return {TAG: "datetime", "v": value.isoformat(), "as": subclass}
         return {TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, dt.date):
         return {TAG: "date", "v": value.isoformat()}
@@ -166,7 +181,7 @@ _LEAF_TAGS = ("datetime", "date", "time")
 
 def _dec_leaf(value: dict[str, Any], tag: str) -> Any:
     if tag == "datetime":
-        return dt.datetime.fromisoformat(value["v"])
+        return _datetime_types.get(value.get("as", ""), dt.datetime).fromisoformat(value["v"])
     if tag == "date":
         return dt.date.fromisoformat(value["v"])
     if tag == "time":

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import email
 import email.policy
+import html as html_module
 import json
 import logging
+import re
 import shutil
 import socket
 import ssl
@@ -29,11 +32,14 @@ import pytest
 import pytest_asyncio
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailgate.author.dates import DADateTime, format_date
 from mailgate.author.sending import record_messages
+from mailgate.author.templates import TemplateError
 from mailgate.config import Config
+from mailgate.core.context import User
 from mailgate.daemon.lifecycle import Daemon
 from mailgate.edges.cli.send import add_parser, cmd_send_test_email
-from mailgate.errors import ActionError, ConfigError
+from mailgate.errors import ActionError, ConfigError, TaskFailed
 from mailgate.outbound.message import HeaderInjectionError, Message
 from mailgate.outbound.transport import Outbound, OutboundConfig
 from tests.helpers import INTERVIEWS, make_config
@@ -512,3 +518,54 @@ async def test_template_in_a_checkin_target_sees_the_answers(daemon: Daemon) -> 
     result = await rt(daemon).run_action(sid, "greet", kind="checkin")
     assert result.commands == ({"command": "target", "target": "greeting", "html": True,
                                 "content": "<p>Hello <strong>Ann &lt;b&gt;</strong>, you have 3 new messages.</p>\n"},)
+
+
+async def test_a_template_error_reaches_the_author_without_a_traceback(daemon: Daemon, sink: Sink,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    use(daemon, relay(sink))
+    sid = await new_session(daemon)
+    message = r"template broken_reminder, content line 3: 'case_number' is neither in the answers nor an interview function"
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(TemplateError, match=message):
+            await rt(daemon).run_action(sid, "send_broken")
+        task = await rt(daemon).start_background_action(sid, "send_broken_bg")
+        with pytest.raises(TaskFailed, match="TemplateError: " + message):
+            await task.get_async(10)
+    assert sink.received == []
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no traceback in the daemon's log
+
+
+async def test_docassemble_target_template_verbatim(daemon: Daemon) -> None:
+    sid = await new_session(daemon)
+    result = await rt(daemon).run_action(sid, "question_food", {"favorite_food": "apples <i>"}, kind="checkin")
+    assert result.commands == ({"command": "target", "target": "feedback", "html": True,
+                                "content": "<p><em>What?</em>  You like\nAPPLES &lt;I&gt;?</p>\n"},)
+    result = await rt(daemon).run_action(sid, "question_food", {}, kind="checkin")
+    assert result.commands == ({"command": "target", "target": "feedback", "html": True, "content": ""},)
+
+
+async def test_a_saved_dadatetime_is_a_dadatetime_in_the_next_action(daemon: Daemon) -> None:
+    sid = await new_session(daemon)
+    await rt(daemon).run_action(sid, "set_due")
+    due = (await rt(daemon).get_answers(sid))["due"]
+    shown = (await rt(daemon).run_action(sid, "show_due")).text
+    assert isinstance(due, DADateTime)
+    assert shown == f"Due {format_date(due)}, or {due.plus(days=1).format_date(format='yyyy-MM-dd')}."
+
+
+async def test_interview_functions_in_an_email_template(daemon: Daemon, sink: Sink) -> None:
+    use(daemon, relay(sink))
+    sid = await new_session(daemon, parties=["Ann", "Bob", "Cy"], filing_date=dt.date(2026, 1, 5))
+    user = User(id="u1", email="una@example.org", first_name="Una")
+    url = (await rt(daemon).run_action(sid, "send_links", user=user)).text
+    assert url is not None and re.fullmatch(r"/run/[\w.-]+", url)  # no [web] public_url in the tests
+    (got,) = sink.received
+    days = int((dt.datetime.now(dt.UTC) - dt.datetime(2026, 1, 5, tzinfo=dt.UTC)).days)
+    assert got.message["Subject"] == "Una, your case 7"
+    text = got.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.startswith(f"Ann, Bob, and Cy: filed January 5, 2026,\n{days} days ago.\n")
+    html = got.message.get_body(("html",)).get_content()
+    hrefs = re.findall(r'href="([^"]*)"', html)
+    assert len(hrefs) == 2
+    for href in hrefs:  # a signed URL as the reader's client reads it, whole, in both links
+        assert re.fullmatch(r"/run/[\w.-]+", html_module.unescape(href)), href

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailgate import Interview, action_argument, background_response, response
+from mailgate import (
+    Interview,
+    action_argument,
+    background_response,
+    interview_url_action,
+    response,
+    today,
+)
 from mailgate.author.sending import (
     mark_task_as_performed,
     send_email,
@@ -80,3 +87,62 @@ greeting = Template(content="Hello **${ name }**, you have ${ count } new messag
 @interview.action("greet", browser=True)  # a check-in action
 def greet(answers: dict[str, Any]) -> None:
     background_response(target="greeting", content=greeting)
+
+
+# a template that names an answer the session does not have: its error must reach the author
+broken_reminder = Template(content="Dear ${ name },\n\nyour case ${ case_number }.", name="broken_reminder")
+
+
+@interview.action("send_broken")
+def send_broken(answers: dict[str, Any]) -> None:
+    send_email(to=answers["email_address"], template=broken_reminder)
+
+
+@interview.action("send_broken_bg")
+def send_broken_bg(answers: dict[str, Any]) -> None:
+    send_email(to=answers["email_address"], template=broken_reminder)
+    background_response("sent")
+
+
+# docassemble's target-template demo (000), verbatim: the template reads the check-in's own arguments
+question_food = Template(content="""\
+% if action_argument('favorite_food'):
+_What?_  You like
+${ action_argument('favorite_food').upper() }?
+% endif
+""", name="question_food")
+
+
+@interview.action("question_food", browser=True)
+def _question_food(answers: dict[str, Any]) -> None:
+    background_response(target="feedback", content=question_food)
+
+
+@interview.action("set_due")
+def set_due(answers: dict[str, Any]) -> None:
+    answers["due"] = today().plus(days=20)  # docassemble: due = today().plus(days=20)
+
+
+@interview.action("show_due")
+def show_due(answers: dict[str, Any]) -> None:
+    response(f"Due {answers['due']}, or {answers['due'].plus(days=1).format_date(format='yyyy-MM-dd')}.")
+
+
+# docassemble's functions inside an e-mail template, and a URL in a link and in an HTML attribute
+links_email = Template(
+    subject="${ user_info().first_name }, your case ${ case['number'] }",
+    content="""
+        ${ comma_and_list(parties) }: filed ${ format_date(filing_date) },
+        ${ int(date_difference(starting=filing_date, ending=current_datetime()).days) } days ago.
+
+        [Show it](${ interview_url_action('show_due', note='a&b') }) or
+        <a href="${ interview_url_action('show_due', note='a&b') }">here</a>.
+    """,
+    name="links_email",
+)
+
+
+@interview.action("send_links")
+def send_links(answers: dict[str, Any]) -> None:
+    send_email(to=answers["email_address"], template=links_email)
+    response(interview_url_action("show_due", note="a&b"))

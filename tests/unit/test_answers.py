@@ -103,3 +103,15 @@ def test_lone_surrogates_are_refused_naming_where(value: dict[str, Any], where: 
     assert where in str(info.value)
     pair = json.loads('"\\ud83d\\ude00"')  # JSON's escaped surrogate pair is one character
     assert codec.decode(codec.encode({"emoji": pair})) == {"emoji": "\U0001f600"}
+
+
+def test_a_dadatetime_comes_back_as_a_dadatetime() -> None:
+    from mailgate.author.dates import DADateTime, as_datetime
+    due = as_datetime("2026-01-05 10:30", timezone="America/New_York").plus(days=20)
+    back = codec.decode(codec.encode({"due": due, "plain": dt.datetime(2026, 1, 5, tzinfo=dt.UTC)}))
+    assert type(back["due"]) is DADateTime and back["due"] == due and back["due"].utcoffset() == due.utcoffset()
+    assert back["due"].plus(days=1).format_date() == "January 26, 2026" and str(back["due"]) == "January 25, 2026"
+    assert type(back["plain"]) is dt.datetime  # only the registered subclass is marked
+    # a kind this process does not know (an older or newer writer) still reads as a datetime
+    unknown = codec.decode('{"d": {"$mg": "datetime", "v": "2026-01-05T00:00:00+00:00", "as": "Other"}}')
+    assert unknown["d"] == dt.datetime(2026, 1, 5, tzinfo=dt.UTC) and type(unknown["d"]) is dt.datetime
