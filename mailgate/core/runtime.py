@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mailgate.author import dates as _dates  # noqa: F401 - registers docassemble's DADateTime with the codec
 from mailgate.automations.registry import AutomationRegistry
 from mailgate.config import Config
 from mailgate.core import answers as codec

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mailgate.author import dates as _dates  # noqa: F401 - registers docassemble's DADateTime with the answers' codec
 from mailgate.automations.registry import AutomationRegistry, load_automations
 from mailgate.config import Config, load_config, tables
 from mailgate.core.cron import Cron
