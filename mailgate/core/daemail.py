@@ -53,9 +53,15 @@ def _temp_path(email_id: str, part: str, extension: str, data: bytes) -> str:
     return path
 
 
-def _decoded(data: bytes, mimetype: str, auto_decode: bool) -> str | bytes:
-    """docassemble's ``slurp()``: text types decoded (UTF-8, else Windows-1252), others as bytes."""
+def _decoded(data: bytes, mimetype: str, auto_decode: bool, charset: str | None = None) -> str | bytes:
+    """docassemble's ``slurp()``: text types decoded (in the part's declared ``charset``; without one,
+    or where it does not fit, UTF-8, else Windows-1252), others as bytes."""
     if auto_decode and (mimetype.startswith("text/") or mimetype in ("application/json", "application/javascript")):
+        if charset is not None:
+            try:
+                return data.decode(charset)
+            except (UnicodeDecodeError, LookupError):
+                pass
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -135,8 +141,10 @@ class EmailAttachment:
         return _extension(self.filename, self.content_type)
 
     def slurp(self, auto_decode: bool = True) -> str | bytes:
-        """The content: text types decoded to ``str`` (unless ``auto_decode=False``), others as bytes."""
-        return _decoded(self.data(), self.content_type, auto_decode)
+        """The content: text types decoded to ``str`` in their declared charset (unless
+        ``auto_decode=False``), others as bytes."""
+        part = attachment_of(self.email.raw, self.number, self.email.id)
+        return _decoded(part.data, self.content_type, auto_decode, part.charset)
 
     def path(self) -> str:
         """A temporary file with the content (private to the process, removed when it exits)."""

@@ -40,3 +40,10 @@ def test_slurp_decodes_text_types_as_docassemble() -> None:
 )
 def test_extension(filename: str, mimetype: str, extension: str) -> None:
     assert _extension(filename, mimetype) == extension
+
+
+def test_slurp_decodes_in_the_declared_charset() -> None:
+    assert _decoded("Привет".encode("koi8-r"), "text/plain", True, "koi8-r") == "Привет"
+    assert _decoded("Привет".encode("koi8-r"), "text/plain", False, "koi8-r") == "Привет".encode("koi8-r")
+    assert _decoded(b"caf\xe9", "text/plain", True, "utf-8") == "café"  # a wrong declaration: as without one
+    assert _decoded(b"%PDF", "application/pdf", True, "koi8-r") == b"%PDF"

@@ -329,8 +329,7 @@ async def get_attachment(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("the attachment number must be an integer") from None
     att = await rt(request).emails.attachment(rec, n)
-    content_type = att.content_type if "/" in att.content_type else "application/octet-stream"
-    return web.Response(body=att.data, content_type=content_type,
+    return web.Response(body=att.data, content_type=_content_type(att.content_type), charset=att.charset,
                         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(att.filename)}"})
 
 
@@ -350,9 +349,14 @@ async def get_email_part(request: web.Request) -> web.Response:
         return web.Response(text=text, content_type="text/plain" if part == "txt" else "text/html",
                             charset="utf-8", headers=headers)
     att = await runtime.emails.attachment(rec, int(part))
-    content_type = att.content_type if "/" in att.content_type else "application/octet-stream"
     headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(att.filename)}"
-    return web.Response(body=att.data, content_type=content_type, headers=headers)
+    return web.Response(body=att.data, content_type=_content_type(att.content_type), charset=att.charset, headers=headers)
+
+
+def _content_type(declared: str) -> str:
+    """An attachment's type as its sender declared it (a text part's declared charset goes with it, as
+    ``charset=``, so that a browser reads KOI8-R or ISO-8859-1 text as such)."""
+    return declared if "/" in declared else "application/octet-stream"
 
 
 def _quote(name: str) -> str:
