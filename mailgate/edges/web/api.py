@@ -24,6 +24,7 @@ from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
 from mailgate.core.views import email_dict, session_dict, task_dict, variables_dict
 from mailgate.edges.web import strictjson
+from mailgate.edges.web.access import logged_path
 from mailgate.edges.web.keys import RUNTIME
 from mailgate.edges.web.openapi import WAIT_CAP, document
 from mailgate.errors import (
@@ -97,7 +98,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (HttpProcessingError, web.RequestPayloadError) as exc:  # a body aiohttp could not read
         return _closing(request, error(400, f"the request could not be read: {_reason(exc)}"))
     except StoreError as exc:  # temporary by nature: the same request can succeed later
-        log.warning("store error on %s %s: %s; answered 503", request.method, request.path, exc,
+        log.warning("store error on %s %s: %s; answered 503", request.method, logged_path(request.path), exc,
                     extra={"event": "http.store_unavailable"})
         return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": str(STORE_RETRY_AFTER)})
     except UnreadableBody as exc:
@@ -106,7 +107,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return error(status, str(exc))
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path, extra={"event": "http.error"})
+        log.exception("internal error on %s %s", request.method, logged_path(request.path), extra={"event": "http.error"})
         return error(500, "internal error; the server log has the details")
 
 
