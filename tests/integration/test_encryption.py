@@ -83,14 +83,33 @@ def message(to: str, subject: str, body: str) -> EmailMessage:
     return msg
 
 
+def others(answer: str) -> tuple[str, str, str]:
+    """The texts besides the answers that :func:`_write` puts where answer text goes: a background
+    action's argument and flash message (task row, event), a task's error message, a stash."""
+    mark = answer[::-1]
+    return f"Flash-{mark}", f"Error-{mark}", f"Stash-{mark}"
+
+
 async def _write(config: Config, answer: str, subject: str, body: str) -> str:
-    """A session with ``answer`` saved, and an e-mail to it sent over SMTP and processed; its id."""
+    """A session with ``answer`` saved, and an e-mail to it sent over SMTP and processed; its id.
+    Besides, :func:`others`: a flash, a failed task's message and a stash."""
     async with Daemon(config, roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
         rt = runtime_of(d)
         session = await rt.create_session("email-to-case")
         address = (await rt.run_action(session.id, "start")).text
         assert address is not None and d.smtp is not None
         await rt.set_session_variables(session.id, {"note": answer})
+        flash, error, stash = others(answer)
+        side = await rt.create_session("testing")
+        announced = await rt.start_background_action(side.id, "announce", "flash", {"message": flash})
+        failing = await rt.start_background_action(side.id, "fails_saying", None, {"message": error})
+        assert (await rt.wait_task(announced.id, 10)).state == "succeeded"
+        failed = await rt.wait_task(failing.id, 10)
+        assert failed.state == "failed" and error in (failed.error_message or ""), failed
+        assert [json.loads(e.payload) for e in await rt.session_events(side.id) if e.kind == "command"] == [
+            {"command": "flash", "message": flash}]
+        tokens = await rt.stashes.stash({"note": stash})
+        assert await rt.stashes.retrieve(tokens["stash_key"], tokens["secret"]) == {"note": stash}
         port = d.smtp.port
 
         def send() -> Any:
@@ -103,7 +122,9 @@ async def _write(config: Config, answer: str, subject: str, body: str) -> str:
         assert [t.action for t in tasks] == ["incoming_email"]
         assert await Task(tasks[0].id, rt.tasks).wait_async(10)
         if config.store.encryption_key:  # while the daemon runs too (SQLite: its WAL holds the latest pages)
-            assert await asyncio.to_thread(found, config, answer, subject, body) == []
+            assert await asyncio.to_thread(found, config, answer, subject, body, flash, error, stash) == []
+        else:  # the control: what is clear is found, but a stash is sealed under its own key in any case
+            assert await asyncio.to_thread(found, config, flash, error, stash) == [flash, error]
         return session.id
 
 
@@ -199,7 +220,7 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
     status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--vacuum", "--json")
     assert status == 0 and report["resealed"] > 0 and report["busy"] == 0, report
     assert {t["table"]: t["resealed"] for t in report["tables"]}["raw_messages"] == 1
-    assert found(on, ANSWER_1, BODY_1, SUBJECT_1, ANSWER_2, BODY_2) == []
+    assert found(on, ANSWER_1, BODY_1, SUBJECT_1, ANSWER_2, BODY_2, *others(ANSWER_1), *others(ANSWER_2)) == []
     status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--json")
     assert status == 0 and report["resealed"] == 0 and report["complete"] is True, report
     for sid, answer, text in ((sid1, ANSWER_1, BODY_1), (sid2, ANSWER_2, BODY_2)):
