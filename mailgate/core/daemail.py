@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import datetime as dt
 import json
+import math
 import mimetypes
 import os
 import shutil
@@ -78,6 +79,9 @@ def _extension(filename: str, mimetype: str) -> str:
 
 
 def _file_url(email_id: str, part: str, seconds: float | None) -> str:
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                                or not math.isfinite(seconds)):
+        raise ActionError(f"url_for(seconds=...) takes a number of seconds the URL stays valid, not {seconds!r}")
     ctx = CURRENT.get()
     if ctx is None or ctx.runtime is None:
         raise ActionError("url_for() of an e-mail part needs a running mailgate")

@@ -23,6 +23,9 @@ def test_a_body_is_its_text_and_a_file() -> None:
     assert body.path() == str(path)  # one file per part
     with pytest.raises(ActionError, match="needs a running mailgate"):
         body.url_for()
+    for seconds in (float("inf"), float("nan"), "60", True):  # never a URL that does not expire, nor a traceback
+        with pytest.raises(ActionError, match=r"url_for\(seconds=...\) takes a number of seconds"):
+            body.url_for(seconds=seconds)  # type: ignore[arg-type]
 
 
 def test_slurp_decodes_text_types_as_docassemble() -> None:
