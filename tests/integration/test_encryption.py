@@ -46,7 +46,7 @@ from mailgate.store.base import (
     NewMessage,
     NewStep,
 )
-from mailgate.store.sealing import SealError
+from mailgate.store.sealing import Keyring, SealError
 from tests.helpers import config_toml, make_config, queue_processed, runtime_of, wait_until
 from tests.pg import create_database, drop_database, run_async
 
@@ -543,3 +543,46 @@ async def _moved(config: Config) -> None:
 
 def test_a_sealed_automation_value_moved_to_another_row_does_not_open(base: Config) -> None:
     run_async(_moved(keyed(base, K1)))
+
+
+async def _emails_moved(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        await store.create_session("s1", "iv", "{}", "{}")
+        for n in (1, 2):
+            raw = f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode()
+            sha = hashlib.sha256(raw).hexdigest()
+            await store.deliver(Delivery(sha, raw, [NewEmail(
+                f"e{n}", "box", "s1", f"<m{n}@x>", f"<m{n}@x>\0{sha}", "{}", json.dumps({"subject": f"m{n}"}), "{}", None,
+                NewEvent("s1", "email", "{}"))]))
+        first = await store.get_emails(["e1", "e2"])
+        assert {k: json.loads(v.parsed)["subject"] for k, v in first.items()} == {"e1": "m1", "e2": "m2"}
+        # read again (answers that keep DAEmails load them at every save): nothing is opened a second time
+        opened: list[str] = []
+        real_open = Keyring.open_text
+        monkeypatch.setattr(Keyring, "open_text", lambda ring, value, aad, where: opened.append(where) or real_open(ring, value, aad, where))
+        assert await store.get_emails(["e1", "e2"]) == first and await store.list_emails(session_id="s1") == [first["e1"], first["e2"]]
+        assert opened == []
+        # someone with write access to the database swaps the sealed values between the rows: still refused
+        swap = "UPDATE emails SET parsed = (SELECT parsed FROM emails WHERE id = 'e1') WHERE id = 'e2'"
+        if config.store.backend == "postgres":
+            conn = await asyncpg.connect(config.store.dsn)
+            try:
+                await conn.execute(swap)
+            finally:
+                await conn.close()
+        else:
+            with sqlite3.connect(config.store.path) as db:
+                db.execute(swap)
+        assert (await store.get_emails(["e1"]))["e1"] == first["e1"]
+        with pytest.raises(SealError, match="emails.parsed of e2: the sealed value does not open.*moved to another row"):
+            await store.get_emails(["e2"])
+    finally:
+        await store.close()
+
+
+def test_a_sealed_email_value_moved_to_another_row_does_not_open_after_it_was_read(
+        base: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_async(_emails_moved(keyed(base, K1), monkeypatch))
