@@ -80,7 +80,14 @@ def message(to: str, subject: str, body: str) -> EmailMessage:
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{subject}@elsewhere.test>"
     msg.set_content(body)
+    content, filename = attached(subject, body)
+    msg.add_attachment(content, subtype="plain", filename=filename, cte="7bit")  # in clear in the raw bytes too
     return msg
+
+
+def attached(subject: str, body: str) -> tuple[str, str]:
+    """The text and file name of the message's attachment."""
+    return f"Attached-{body[::-1]}", f"File-{subject[::-1]}.txt"
 
 
 def others(answer: str) -> tuple[str, str, str]:
@@ -121,10 +128,13 @@ async def _write(config: Config, answer: str, subject: str, body: str) -> str:
         tasks = await rt.store.list_tasks(session_id=session.id)
         assert [t.action for t in tasks] == ["incoming_email"]
         assert await Task(tasks[0].id, rt.tasks).wait_async(10)
+        content, filename = attached(subject, body)
         if config.store.encryption_key:  # while the daemon runs too (SQLite: its WAL holds the latest pages)
-            assert await asyncio.to_thread(found, config, answer, subject, body, flash, error, stash) == []
+            assert await asyncio.to_thread(found, config, answer, subject, body, content, filename, flash, error,
+                                           stash) == []
         else:  # the control: what is clear is found, but a stash is sealed under its own key in any case
-            assert await asyncio.to_thread(found, config, flash, error, stash) == [flash, error]
+            assert await asyncio.to_thread(found, config, content, filename, flash, error, stash) == [
+                content, filename, flash, error]
         return session.id
 
 
@@ -220,7 +230,8 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
     status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--vacuum", "--json")
     assert status == 0 and report["resealed"] > 0 and report["busy"] == 0, report
     assert {t["table"]: t["resealed"] for t in report["tables"]}["raw_messages"] == 1
-    assert found(on, ANSWER_1, BODY_1, SUBJECT_1, ANSWER_2, BODY_2, *others(ANSWER_1), *others(ANSWER_2)) == []
+    assert found(on, ANSWER_1, BODY_1, SUBJECT_1, ANSWER_2, BODY_2, *others(ANSWER_1), *others(ANSWER_2),
+                 *attached(SUBJECT_1, BODY_1), *attached(SUBJECT_2, BODY_2)) == []
     status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--json")
     assert status == 0 and report["resealed"] == 0 and report["complete"] is True, report
     for sid, answer, text in ((sid1, ANSWER_1, BODY_1), (sid2, ANSWER_2, BODY_2)):
