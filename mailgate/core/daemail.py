@@ -41,7 +41,7 @@ _temp_dir: str | None = None
 def _temp_path(email_id: str, part: str, extension: str, data: bytes) -> str:
     """A private temporary file holding ``data``; one per e-mail part, removed when the process exits."""
     global _temp_dir
-    if _temp_dir is None:
+    if _temp_dir is None or not os.path.isdir(_temp_dir):  # (systemd-tmpfiles removes what was left 10 days)
         _temp_dir = tempfile.mkdtemp(prefix="mailgate-files-")  # mode 0700: the mail is private
         atexit.register(shutil.rmtree, _temp_dir, True)
     name = f"{email_id}-{part}" + (f".{extension}" if extension else "")

@@ -3,6 +3,7 @@ signed URLs: tests/integration/test_web.py)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,11 @@ def test_slurp_decodes_in_the_declared_charset() -> None:
     assert _decoded("Привет".encode("koi8-r"), "text/plain", False, "koi8-r") == "Привет".encode("koi8-r")
     assert _decoded(b"caf\xe9", "text/plain", True, "utf-8") == "café"  # a wrong declaration: as without one
     assert _decoded(b"%PDF", "application/pdf", True, "koi8-r") == b"%PDF"
+
+
+def test_path_makes_its_folder_again_when_it_was_cleaned_away() -> None:
+    body = EmailBody("text", "e2", "text/plain")
+    path = Path(body.path())
+    shutil.rmtree(path.parent)  # as systemd-tmpfiles does to a folder left alone for 10 days
+    again = Path(body.path())
+    assert again.read_bytes() == b"text" and again.parent.stat().st_mode & 0o077 == 0
