@@ -267,7 +267,8 @@ class DAEmail:
         """The message exactly as received."""
         if self._raw is None:
             _, loop = self._bridge()
-            refuse_on_loop(loop, "DAEmail.raw", "await email.raw_async()")
+            refuse_on_loop(loop, "DAEmail.raw (read by an attachment's data(), slurp() and path())",
+                           "await email.raw_async()` first; then those read the bytes it fetched")
             self._raw = run_on_loop(loop, self.raw_async(), 30)
         return self._raw
 

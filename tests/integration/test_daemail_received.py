@@ -115,3 +115,24 @@ async def test_incoming_email_reads_its_parts_as_docassemble_files(daemon: Daemo
     [rec] = await runtime.emails.list(session_id=session.id)
     status, ctype, charset, body = await fetch(daemon, f"/api/emails/{rec.id}/attachments/0", API_KEY)
     assert (status, ctype, charset) == (200, "text/plain", "koi8-r") and body.decode("koi8-r") == RUSSIAN
+
+
+async def test_an_async_handler_fetches_the_raw_bytes_first(daemon: Daemon) -> None:
+    runtime = runtime_of(daemon)
+    session = await runtime.create_session("email-files-async")
+    address = (await runtime.run_action(session.id, "start")).text
+    assert address is not None and daemon.smtp is not None
+    port = daemon.smtp.port
+
+    def send() -> Any:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            return client.sendmail("sender@elsewhere.test", [address], message(address).as_bytes())
+
+    assert await asyncio.to_thread(send) == {}
+    await queue_processed(runtime)
+    [task] = await runtime.store.list_tasks(session_id=session.id)
+    seen = await Task(task.id, runtime.tasks).get_async(10)
+    # on the event loop, slurp() would block it: the error says what to do instead, and that works
+    assert "in an async handler use `await email.raw_async()` first" in seen["refused"], seen["refused"]
+    notes, pdf = seen["attachment"]
+    assert notes["slurp"] == RUSSIAN and bytes.fromhex(pdf["path_bytes"]) == b"%PDF-1.4 nameless"

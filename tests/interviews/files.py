@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgate import Interview, action_argument, background_response, interview_email, response
+from mailgate.errors import ActionError
 
 interview = Interview("email-files")
 
@@ -40,3 +41,25 @@ def incoming_email(answers: dict[str, Any]) -> None:
         "body_html": _seen(email.body_html),
         "attachment": [_seen(a) for a in email.attachment],
     })
+
+
+async_files = Interview("email-files-async")
+
+
+@async_files.action("start")
+def async_start(answers: dict[str, Any]) -> None:
+    answers["address"] = interview_email()
+    response(answers["address"])
+
+
+@async_files.action("incoming_email")
+async def async_incoming_email(answers: dict[str, Any]) -> None:
+    """An ``async def`` handler runs on the event loop: it fetches the raw bytes first."""
+    email = action_argument("email")
+    try:
+        email.attachment[0].slurp()
+        refused = ""
+    except ActionError as exc:
+        refused = str(exc)
+    await email.raw_async()
+    background_response({"refused": refused, "attachment": [_seen(a) for a in email.attachment]})
