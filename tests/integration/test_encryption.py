@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import smtplib
 import sqlite3
 from collections.abc import Iterator
@@ -178,20 +179,36 @@ def read(config: Config, sid: str) -> tuple[str, str, bytes]:
 
 
 async def _pg_rows(dsn: str) -> bytes:
-    """Every row of every table as PostgreSQL prints it (bytea as hex), as one byte string."""
+    """Every row of every table as PostgreSQL prints it (bytea as hex), as one byte string; then, when
+    this process may read the server's data directory (a local test server), the files of the
+    database's tables, TOAST tables and indexes as they are on disk after a checkpoint: row versions
+    that no query sees any more (an UPDATE's old one) are there too."""
     conn = await asyncpg.connect(dsn)
     try:
         tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
         out = []
         for table in tables:
             out.extend(r[0] for r in await conn.fetch(f'SELECT t::text FROM "{table}" t'))
-        return "\n".join(out).encode()
+        rows = "\n".join(out).encode()
+        try:
+            await conn.execute("CHECKPOINT")
+            folder = Path(await conn.fetchval("SHOW data_directory"))
+        except asyncpg.InsufficientPrivilegeError:
+            return rows
+        files = [folder / r[0] for r in await conn.fetch(
+            "SELECT pg_relation_filepath(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname IN ('public', 'pg_toast') AND c.relkind IN ('r', 't', 'i') AND c.relfilenode <> 0")]
+        segments = [p for f in files for p in (f, *sorted(f.parent.glob(f"{f.name}.[0-9]*")))]
+        if not segments or not all(os.access(p, os.R_OK) for p in segments if p.exists()):
+            return rows
+        return rows + b"".join(p.read_bytes() for p in segments if p.exists())
     finally:
         await conn.close()
 
 
 def at_rest(config: Config) -> bytes:
-    """What the database holds: the SQLite file with its WAL and SHM, or every PostgreSQL row."""
+    """What the database holds: the SQLite file with its WAL and SHM, or every PostgreSQL row (and
+    its tables' files, where they can be read)."""
     if config.store.backend == "postgres":
         return run_async(_pg_rows(config.store.dsn))
     path = Path(config.store.path)
