@@ -107,8 +107,8 @@ class SealedStore(SealedAutomations, Store):
         # (column, session id) -> (sealed, plain) of what was last read or written here: memory holds
         # the answers in clear anyway while a session is in use; the store never does
         self._memo: dict[tuple[str, str], tuple[str, str]] = {}
-        # e-mail id -> (the row as read, opened, its size): an e-mail's row never changes (a rekey re-seals
-        # it, which makes another row), yet answers that keep DAEmails load them again at every save
+        # e-mail id -> (the row as read, opened, its size): an e-mail's row never changes (but for a rekey,
+        # whose new sealed values miss here), yet answers that keep DAEmails load them again at every save
         self._email_memo: OrderedDict[str, tuple[EmailRecord, EmailRecord, int]] = OrderedDict()
         self._email_memo_bytes = 0
 
