@@ -1,5 +1,6 @@
 """A DAEmail's bodies and attachments as docassemble's file objects, without a store (the web side's
-signed URLs: tests/integration/test_web.py)."""
+signed URLs: tests/integration/test_web.py; read by interview code on mail received over SMTP:
+tests/integration/test_daemail_received.py)."""
 
 from __future__ import annotations
 
