@@ -284,6 +284,9 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
             read(config, sid1)
         status, out, err = cli(config, tmp_path, capsys, "sessions", "get", sid1)
         assert status != 0 and says in err and "Traceback" not in err and err.count("\n") == 1, err
+    status, _, err = cli(keyed(base, K3), tmp_path, capsys, "db", "rekey")  # re-sealing under a key that opens nothing
+    assert status != 0 and "encryption_key does not open this store" in err and err.count("\n") == 1, err
+    assert found(rotated, ANSWER_1, BODY_1) == [] and read(rotated, sid1)[0] == ANSWER_1  # and it touched nothing
 
 
 def test_a_bad_key_is_refused_naming_the_setting(base: Config, tmp_path: Path,
