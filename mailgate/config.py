@@ -171,7 +171,8 @@ class WebConfig:
     max_sockets_per_address: int = _f(256, "WebSockets open at once from one client address (as forwarded by a trusted "
                                       "proxy); 0 = no cap", minimum=0)
     token_ttl: float = _f(3600.0, "seconds a browser token is valid for opening /ws", minimum=1)
-    url_action_ttl: float = _f(86400.0, "seconds a URL from interview_url_action() stays valid", minimum=1)
+    url_action_ttl: float = _f(86400.0, "seconds a URL from interview_url_action(), or an e-mail part's url_for(), stays valid",
+                                minimum=1)
     checkin_interval: float = _f(6.0, "seconds between a page's periodic check-ins", minimum=0.5)
     event_history: int = _f(500, "events a reconnecting browser can catch up on, per session", minimum=1)
     event_poll_interval: float = _f(1.0, "seconds between checks for events committed by other processes", minimum=0.05)

@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import datetime as dt
 import json
+import math
 import mimetypes
 import os
 import shutil
@@ -40,7 +41,7 @@ _temp_dir: str | None = None
 def _temp_path(email_id: str, part: str, extension: str, data: bytes) -> str:
     """A private temporary file holding ``data``; one per e-mail part, removed when the process exits."""
     global _temp_dir
-    if _temp_dir is None:
+    if _temp_dir is None or not os.path.isdir(_temp_dir):  # (systemd-tmpfiles removes what was left 10 days)
         _temp_dir = tempfile.mkdtemp(prefix="mailgate-files-")  # mode 0700: the mail is private
         atexit.register(shutil.rmtree, _temp_dir, True)
     name = f"{email_id}-{part}" + (f".{extension}" if extension else "")
@@ -53,9 +54,15 @@ def _temp_path(email_id: str, part: str, extension: str, data: bytes) -> str:
     return path
 
 
-def _decoded(data: bytes, mimetype: str, auto_decode: bool) -> str | bytes:
-    """docassemble's ``slurp()``: text types decoded (UTF-8, else Windows-1252), others as bytes."""
+def _decoded(data: bytes, mimetype: str, auto_decode: bool, charset: str | None = None) -> str | bytes:
+    """docassemble's ``slurp()``: text types decoded (in the part's declared ``charset``; without one,
+    or where it does not fit, UTF-8, else Windows-1252), others as bytes."""
     if auto_decode and (mimetype.startswith("text/") or mimetype in ("application/json", "application/javascript")):
+        if charset is not None:
+            try:
+                return data.decode(charset)
+            except (UnicodeDecodeError, LookupError):
+                pass
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -72,6 +79,9 @@ def _extension(filename: str, mimetype: str) -> str:
 
 
 def _file_url(email_id: str, part: str, seconds: float | None) -> str:
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                                or not math.isfinite(seconds)):
+        raise ActionError(f"url_for(seconds=...) takes a number of seconds the URL stays valid, not {seconds!r}")
     ctx = CURRENT.get()
     if ctx is None or ctx.runtime is None:
         raise ActionError("url_for() of an e-mail part needs a running mailgate")
@@ -135,8 +145,10 @@ class EmailAttachment:
         return _extension(self.filename, self.content_type)
 
     def slurp(self, auto_decode: bool = True) -> str | bytes:
-        """The content: text types decoded to ``str`` (unless ``auto_decode=False``), others as bytes."""
-        return _decoded(self.data(), self.content_type, auto_decode)
+        """The content: text types decoded to ``str`` in their declared charset (unless
+        ``auto_decode=False``), others as bytes."""
+        part = attachment_of(self.email.raw, self.number, self.email.id)
+        return _decoded(part.data, self.content_type, auto_decode, part.charset)
 
     def path(self) -> str:
         """A temporary file with the content (private to the process, removed when it exits)."""
@@ -255,7 +267,8 @@ class DAEmail:
         """The message exactly as received."""
         if self._raw is None:
             _, loop = self._bridge()
-            refuse_on_loop(loop, "DAEmail.raw", "await email.raw_async()")
+            refuse_on_loop(loop, "DAEmail.raw (read by an attachment's data(), slurp() and path())",
+                           "await email.raw_async()` first; then those read the bytes it fetched")
             self._raw = run_on_loop(loop, self.raw_async(), 30)
         return self._raw
 

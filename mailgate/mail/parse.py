@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import bisect
+import codecs
 import hashlib
 import itertools
 import logging
@@ -47,7 +48,8 @@ class ParseLimits:
 
 @dataclass(frozen=True)
 class Attachment:
-    """One attached or inline non-body part; `filename` is always safe to use as a file name."""
+    """One attached or inline non-body part; `filename` is always safe to use as a file name;
+    `charset` is a text part's declared charset, when Python knows it (else None)."""
 
     filename: str
     content_type: str
@@ -55,6 +57,7 @@ class Attachment:
     content_id: str | None
     disposition: str
     data: bytes = field(repr=False)
+    charset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class _Pending:
     disposition: str
     size: int
     data: bytes
+    charset: str | None = None
 
 
 @dataclass
@@ -357,9 +361,9 @@ class _Parser:
             disposition = "inline" if cid else "attachment"
         if self.attachment_data:
             data = self.part_bytes(part)
-            pending = _Pending(filename, ctype, cid, disposition, len(data), data)
+            pending = _Pending(filename, ctype, cid, disposition, len(data), data, _declared_charset(part))
         else:
-            pending = _Pending(filename, ctype, cid, disposition, self.part_size(part), b"")
+            pending = _Pending(filename, ctype, cid, disposition, self.part_size(part), b"", _declared_charset(part))
         return _Found(attachments=[pending])
 
     def body(self, part: Message) -> tuple[str, BodyPart | None]:
@@ -434,6 +438,28 @@ class _Parser:
 
 def _charset(part: Message) -> str:
     return str(part.get_content_charset() or "us-ascii")
+
+
+_CHARSET_NAME = re.compile(r"[a-z0-9][a-z0-9._:+-]{0,39}", re.ASCII)
+
+
+def _declared_charset(part: Message) -> str | None:
+    """A text part's declared charset, if it is a plain name that Python can decode (so that it can be
+    used to read the part and be given back in a Content-Type header); None otherwise."""
+    if part.get_content_maintype() != "text":
+        return None
+    try:
+        name = part.get_content_charset()
+    except Exception:  # noqa: BLE001 -- a broken parameter reads as none declared
+        return None
+    if not isinstance(name, str) or not _CHARSET_NAME.fullmatch(name):
+        return None
+    try:
+        if not codecs.lookup(name)._is_text_encoding:  # type: ignore[attr-defined]  # base64_codec and the like
+            return None
+    except LookupError:
+        return None
+    return name
 
 
 def _text_of(data: bytes | bytearray | memoryview, charset: str, defect: Callable[[str], object]) -> str:
@@ -954,6 +980,7 @@ def _parse(raw: bytes, limits: ParseLimits, attachment_data: bool, inline_body: 
                 content_id=p.content_id,
                 disposition=p.disposition,
                 data=p.data,
+                charset=p.charset,
             )
             for i, p in enumerate(found.attachments, start=1)
         ),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -67,6 +68,7 @@ INDEX_KEY = "store.index_key"  # the settings row holding the (sealed) key of th
 SHA_HEX = 64  # a content hash in hex, kept in front of a sealed row's envelope
 CLAIMS_KEPT = 100_000  # queued messages remembered as claimed here (a processor claims a few at a time)
 MEMO_SIZE = 20_000  # sessions' answers and owners kept opened (the SQLite backend caches 10,000 sessions)
+EMAIL_MEMO_BYTES = 16 * 2**20  # e-mail records kept opened, by the size of their sealed and opened JSON
 RAW_OVERHEAD = len(BYTES_PREFIX) + 4 + NONCE + 16  # what sealing adds to a raw message's size
 
 # table -> (row id column, sealed text columns); raw bytes and keyed hashes are handled apart
@@ -105,6 +107,10 @@ class SealedStore(SealedAutomations, Store):
         # (column, session id) -> (sealed, plain) of what was last read or written here: memory holds
         # the answers in clear anyway while a session is in use; the store never does
         self._memo: dict[tuple[str, str], tuple[str, str]] = {}
+        # e-mail id -> (the row as read, opened, its size): an e-mail's row never changes (but for a rekey,
+        # whose new sealed values miss here), yet answers that keep DAEmails load them again at every save
+        self._email_memo: OrderedDict[str, tuple[EmailRecord, EmailRecord, int]] = OrderedDict()
+        self._email_memo_bytes = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -212,11 +218,26 @@ class SealedStore(SealedAutomations, Store):
         return self._seal(table, "envelope", row, sha256 + envelope)
 
     def _email(self, r: EmailRecord) -> EmailRecord:
+        """The e-mail row ``r`` opened; from the memo when this process opened this very row before."""
+        memo = self._email_memo
+        hit = memo.get(r.id)
+        if hit is not None and hit[0] == r:  # every sealed column as it was: nothing moved or re-sealed
+            memo.move_to_end(r.id)
+            return hit[1]
         sha, envelope, size = self._unpack("emails", r)
-        return _with(
+        opened = _with(
             r, message_id=self._open_opt("emails", "message_id", r.id, r.message_id), sha256=sha, size=size,
             envelope=envelope, parsed=self._open("emails", "parsed", r.id, r.parsed),
             authentication=self._open("emails", "authentication", r.id, r.authentication))
+        cost = 2 * (len(r.parsed) + len(r.envelope) + len(r.authentication))
+        if hit is not None:
+            self._email_memo_bytes -= memo.pop(r.id)[2]
+        if cost <= EMAIL_MEMO_BYTES // 16:  # a big e-mail is read rarely: not worth the room
+            memo[r.id] = (r, opened, cost)
+            self._email_memo_bytes += cost
+            while self._email_memo_bytes > EMAIL_MEMO_BYTES:
+                self._email_memo_bytes -= memo.popitem(last=False)[1][2]
+        return opened
 
     def _inbound(self, r: InboundRecord) -> InboundRecord:
         raw = r.raw if r.raw is None else self.ring.open_bytes(bytes(r.raw), raw_aad(r.sha256), f"inbound_queue.raw of {r.id}")
@@ -511,6 +532,9 @@ class SealedStore(SealedAutomations, Store):
         return await self.inner.purge_tasks(state, before, limit)
 
     async def delete_email(self, email_id: str) -> bool:
+        hit = self._email_memo.pop(email_id, None)
+        if hit is not None:
+            self._email_memo_bytes -= hit[2]
         return await self.inner.delete_email(email_id)
 
     async def overview(self, since: float) -> Any:

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import smtplib
 import sqlite3
 from collections.abc import Iterator
@@ -46,7 +47,7 @@ from mailgate.store.base import (
     NewMessage,
     NewStep,
 )
-from mailgate.store.sealing import SealError
+from mailgate.store.sealing import Keyring, SealError
 from tests.helpers import config_toml, make_config, queue_processed, runtime_of, wait_until
 from tests.pg import create_database, drop_database, run_async
 
@@ -80,17 +81,43 @@ def message(to: str, subject: str, body: str) -> EmailMessage:
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{subject}@elsewhere.test>"
     msg.set_content(body)
+    content, filename = attached(subject, body)
+    msg.add_attachment(content, subtype="plain", filename=filename, cte="7bit")  # in clear in the raw bytes too
     return msg
 
 
+def attached(subject: str, body: str) -> tuple[str, str]:
+    """The text and file name of the message's attachment."""
+    return f"Attached-{body[::-1]}", f"File-{subject[::-1]}.txt"
+
+
+def others(answer: str) -> tuple[str, str, str]:
+    """The texts besides the answers that :func:`_write` puts where answer text goes: a background
+    action's argument and flash message (task row, event), a task's error message, a stash."""
+    mark = answer[::-1]
+    return f"Flash-{mark}", f"Error-{mark}", f"Stash-{mark}"
+
+
 async def _write(config: Config, answer: str, subject: str, body: str) -> str:
-    """A session with ``answer`` saved, and an e-mail to it sent over SMTP and processed; its id."""
+    """A session with ``answer`` saved, and an e-mail to it sent over SMTP and processed; its id.
+    Besides, :func:`others`: a flash, a failed task's message and a stash."""
     async with Daemon(config, roles=("worker", "smtp"), resolver=StaticResolver({})) as d:
         rt = runtime_of(d)
         session = await rt.create_session("email-to-case")
         address = (await rt.run_action(session.id, "start")).text
         assert address is not None and d.smtp is not None
         await rt.set_session_variables(session.id, {"note": answer})
+        flash, error, stash = others(answer)
+        side = await rt.create_session("testing")
+        announced = await rt.start_background_action(side.id, "announce", "flash", {"message": flash})
+        failing = await rt.start_background_action(side.id, "fails_saying", None, {"message": error})
+        assert (await rt.wait_task(announced.id, 10)).state == "succeeded"
+        failed = await rt.wait_task(failing.id, 10)
+        assert failed.state == "failed" and error in (failed.error_message or ""), failed
+        assert [json.loads(e.payload) for e in await rt.session_events(side.id) if e.kind == "command"] == [
+            {"command": "flash", "message": flash}]
+        tokens = await rt.stashes.stash({"note": stash})
+        assert await rt.stashes.retrieve(tokens["stash_key"], tokens["secret"]) == {"note": stash}
         port = d.smtp.port
 
         def send() -> Any:
@@ -102,8 +129,13 @@ async def _write(config: Config, answer: str, subject: str, body: str) -> str:
         tasks = await rt.store.list_tasks(session_id=session.id)
         assert [t.action for t in tasks] == ["incoming_email"]
         assert await Task(tasks[0].id, rt.tasks).wait_async(10)
+        content, filename = attached(subject, body)
         if config.store.encryption_key:  # while the daemon runs too (SQLite: its WAL holds the latest pages)
-            assert await asyncio.to_thread(found, config, answer, subject, body) == []
+            assert await asyncio.to_thread(found, config, answer, subject, body, content, filename, flash, error,
+                                           stash) == []
+        else:  # the control: what is clear is found, but a stash is sealed under its own key in any case
+            assert await asyncio.to_thread(found, config, content, filename, flash, error, stash) == [
+                content, filename, flash, error]
         return session.id
 
 
@@ -147,20 +179,36 @@ def read(config: Config, sid: str) -> tuple[str, str, bytes]:
 
 
 async def _pg_rows(dsn: str) -> bytes:
-    """Every row of every table as PostgreSQL prints it (bytea as hex), as one byte string."""
+    """Every row of every table as PostgreSQL prints it (bytea as hex), as one byte string; then, when
+    this process may read the server's data directory (a local test server), the files of the
+    database's tables, TOAST tables and indexes as they are on disk after a checkpoint: row versions
+    that no query sees any more (an UPDATE's old one) are there too."""
     conn = await asyncpg.connect(dsn)
     try:
         tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
         out = []
         for table in tables:
             out.extend(r[0] for r in await conn.fetch(f'SELECT t::text FROM "{table}" t'))
-        return "\n".join(out).encode()
+        rows = "\n".join(out).encode()
+        try:
+            await conn.execute("CHECKPOINT")
+            folder = Path(await conn.fetchval("SHOW data_directory"))
+        except asyncpg.InsufficientPrivilegeError:
+            return rows
+        files = [folder / r[0] for r in await conn.fetch(
+            "SELECT pg_relation_filepath(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname IN ('public', 'pg_toast') AND c.relkind IN ('r', 't', 'i') AND c.relfilenode <> 0")]
+        segments = [p for f in files for p in (f, *sorted(f.parent.glob(f"{f.name}.[0-9]*")))]
+        if not segments or not all(os.access(p, os.R_OK) for p in segments if p.exists()):
+            return rows
+        return rows + b"".join(p.read_bytes() for p in segments if p.exists())
     finally:
         await conn.close()
 
 
 def at_rest(config: Config) -> bytes:
-    """What the database holds: the SQLite file with its WAL and SHM, or every PostgreSQL row."""
+    """What the database holds: the SQLite file with its WAL and SHM, or every PostgreSQL row (and
+    its tables' files, where they can be read)."""
     if config.store.backend == "postgres":
         return run_async(_pg_rows(config.store.dsn))
     path = Path(config.store.path)
@@ -199,7 +247,8 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
     status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--vacuum", "--json")
     assert status == 0 and report["resealed"] > 0 and report["busy"] == 0, report
     assert {t["table"]: t["resealed"] for t in report["tables"]}["raw_messages"] == 1
-    assert found(on, ANSWER_1, BODY_1, SUBJECT_1, ANSWER_2, BODY_2) == []
+    assert found(on, ANSWER_1, BODY_1, SUBJECT_1, ANSWER_2, BODY_2, *others(ANSWER_1), *others(ANSWER_2),
+                 *attached(SUBJECT_1, BODY_1), *attached(SUBJECT_2, BODY_2)) == []
     status, report, _ = cli(on, tmp_path, capsys, "db", "rekey", "--json")
     assert status == 0 and report["resealed"] == 0 and report["complete"] is True, report
     for sid, answer, text in ((sid1, ANSWER_1, BODY_1), (sid2, ANSWER_2, BODY_2)):
@@ -235,6 +284,9 @@ def test_an_encrypted_store_holds_no_answer_and_no_mail_body_in_clear(
             read(config, sid1)
         status, out, err = cli(config, tmp_path, capsys, "sessions", "get", sid1)
         assert status != 0 and says in err and "Traceback" not in err and err.count("\n") == 1, err
+    status, _, err = cli(keyed(base, K3), tmp_path, capsys, "db", "rekey")  # re-sealing under a key that opens nothing
+    assert status != 0 and "encryption_key does not open this store" in err and err.count("\n") == 1, err
+    assert found(rotated, ANSWER_1, BODY_1) == [] and read(rotated, sid1)[0] == ANSWER_1  # and it touched nothing
 
 
 def test_a_bad_key_is_refused_naming_the_setting(base: Config, tmp_path: Path,
@@ -522,3 +574,46 @@ async def _moved(config: Config) -> None:
 
 def test_a_sealed_automation_value_moved_to_another_row_does_not_open(base: Config) -> None:
     run_async(_moved(keyed(base, K1)))
+
+
+async def _emails_moved(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(config.store)
+    await store.open()
+    await store.migrate()
+    try:
+        await store.create_session("s1", "iv", "{}", "{}")
+        for n in (1, 2):
+            raw = f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode()
+            sha = hashlib.sha256(raw).hexdigest()
+            await store.deliver(Delivery(sha, raw, [NewEmail(
+                f"e{n}", "box", "s1", f"<m{n}@x>", f"<m{n}@x>\0{sha}", "{}", json.dumps({"subject": f"m{n}"}), "{}", None,
+                NewEvent("s1", "email", "{}"))]))
+        first = await store.get_emails(["e1", "e2"])
+        assert {k: json.loads(v.parsed)["subject"] for k, v in first.items()} == {"e1": "m1", "e2": "m2"}
+        # read again (answers that keep DAEmails load them at every save): nothing is opened a second time
+        opened: list[str] = []
+        real_open = Keyring.open_text
+        monkeypatch.setattr(Keyring, "open_text", lambda ring, value, aad, where: opened.append(where) or real_open(ring, value, aad, where))
+        assert await store.get_emails(["e1", "e2"]) == first and await store.list_emails(session_id="s1") == [first["e1"], first["e2"]]
+        assert opened == []
+        # someone with write access to the database swaps the sealed values between the rows: still refused
+        swap = "UPDATE emails SET parsed = (SELECT parsed FROM emails WHERE id = 'e1') WHERE id = 'e2'"
+        if config.store.backend == "postgres":
+            conn = await asyncpg.connect(config.store.dsn)
+            try:
+                await conn.execute(swap)
+            finally:
+                await conn.close()
+        else:
+            with sqlite3.connect(config.store.path) as db:
+                db.execute(swap)
+        assert (await store.get_emails(["e1"]))["e1"] == first["e1"]
+        with pytest.raises(SealError, match="emails.parsed of e2: the sealed value does not open.*moved to another row"):
+            await store.get_emails(["e2"])
+    finally:
+        await store.close()
+
+
+def test_a_sealed_email_value_moved_to_another_row_does_not_open_after_it_was_read(
+        base: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_async(_emails_moved(keyed(base, K1), monkeypatch))

@@ -77,11 +77,14 @@ async def test_the_access_log_keeps_tokens_out(daemon: Daemon, caplog: pytest.Lo
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/run/SECRET-TOKEN-1") as r:
             assert r.status == 403
+        async with http.get(f"{base}/file/SECRET-TOKEN-3") as r:  # an e-mail part's url_for(): the token opens it
+            assert r.status == 403
         async with http.get(f"{base}/healthz?token=SECRET-TOKEN-2") as r:
             assert r.status == 200
-    await wait_until(lambda: sum(getattr(r, "event", None) == "http.access" for r in caplog.records) >= 2,
-                     what="two access lines")
+    await wait_until(lambda: sum(getattr(r, "event", None) == "http.access" for r in caplog.records) >= 3,
+                     what="three access lines")
     lines = [json.loads(JsonFormatter(with_time=False).format(r)) for r in caplog.records if getattr(r, "event", None) == "http.access"]
-    assert [(x["method"], x["path"], x["status"]) for x in lines[-2:]] == [("GET", "/run/-", 403), ("GET", "/healthz", 200)]
+    assert [(x["method"], x["path"], x["status"]) for x in lines[-3:]] == [
+        ("GET", "/run/-", 403), ("GET", "/file/-", 403), ("GET", "/healthz", 200)]
     assert lines[-1]["peer"] == "127.0.0.1" and lines[-1]["bytes"] > 0
     assert "SECRET" not in caplog.text and all("SECRET" not in json.dumps(x) for x in lines)

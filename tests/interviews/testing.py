@@ -207,6 +207,11 @@ def announce(answers: dict[str, Any]) -> None:
     background_response(action_argument("message"), "flash")
 
 
+@interview.action("fails_saying")
+def fails_saying(answers: dict[str, Any]) -> None:
+    raise ValueError(f"cannot use {action_argument('message')}")  # interview code quoting an answer in an error
+
+
 @interview.action("plain_value")
 def plain_value(answers: dict[str, Any]) -> None:
     background_response(42)

@@ -613,3 +613,17 @@ def test_many_empty_lines_cost_memory_in_proportion_to_the_bytes() -> None:
     assert prepared.dkim == () and stored["body_text"] is None and len(prepared.parsed.json) < 2000
     assert read_body(raw, BodyPart.from_json(stored["body_text_at"])) == p.body_text
     assert peak < 3 * len(raw), peak / len(raw)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "charset"),
+    [("text/plain; charset=KOI8-R", "koi8-r"), ("text/csv; charset=windows-1251", "windows-1251"),
+     ("text/plain", None),  # none declared
+     ("text/plain; charset=x-no-such-charset", None), ("text/plain; charset=base64", None),  # not a text codec
+     ('text/plain; charset="utf-8\\r\\nX-Evil: 1"', None),  # not a plain name: never given back in a header
+     ("application/octet-stream; charset=utf-8", None)],  # not text
+)
+def test_an_attachment_keeps_its_declared_charset(content_type: str, charset: str | None) -> None:
+    attached = part(f"Content-Type: {content_type}\nContent-Disposition: attachment; filename=a.txt", "abc")
+    [att] = parse(HEAD + multipart("mixed", "mix", PLAIN, attached)).attachments
+    assert att.charset == charset

@@ -24,6 +24,7 @@ from mailgate.core.runtime import Runtime
 from mailgate.core.tokens import TokenError
 from mailgate.core.views import email_dict, session_dict, task_dict, variables_dict
 from mailgate.edges.web import strictjson
+from mailgate.edges.web.access import logged_path
 from mailgate.edges.web.keys import RUNTIME
 from mailgate.edges.web.openapi import WAIT_CAP, document
 from mailgate.errors import (
@@ -97,7 +98,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (HttpProcessingError, web.RequestPayloadError) as exc:  # a body aiohttp could not read
         return _closing(request, error(400, f"the request could not be read: {_reason(exc)}"))
     except StoreError as exc:  # temporary by nature: the same request can succeed later
-        log.warning("store error on %s %s: %s; answered 503", request.method, request.path, exc,
+        log.warning("store error on %s %s: %s; answered 503", request.method, logged_path(request.path), exc,
                     extra={"event": "http.store_unavailable"})
         return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": str(STORE_RETRY_AFTER)})
     except UnreadableBody as exc:
@@ -106,7 +107,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         return error(status, str(exc))
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path, extra={"event": "http.error"})
+        log.exception("internal error on %s %s", request.method, logged_path(request.path), extra={"event": "http.error"})
         return error(500, "internal error; the server log has the details")
 
 
@@ -329,8 +330,7 @@ async def get_attachment(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("the attachment number must be an integer") from None
     att = await rt(request).emails.attachment(rec, n)
-    content_type = att.content_type if "/" in att.content_type else "application/octet-stream"
-    return web.Response(body=att.data, content_type=content_type,
+    return web.Response(body=att.data, content_type=_content_type(att.content_type), charset=att.charset,
                         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(att.filename)}"})
 
 
@@ -350,9 +350,14 @@ async def get_email_part(request: web.Request) -> web.Response:
         return web.Response(text=text, content_type="text/plain" if part == "txt" else "text/html",
                             charset="utf-8", headers=headers)
     att = await runtime.emails.attachment(rec, int(part))
-    content_type = att.content_type if "/" in att.content_type else "application/octet-stream"
     headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(att.filename)}"
-    return web.Response(body=att.data, content_type=content_type, headers=headers)
+    return web.Response(body=att.data, content_type=_content_type(att.content_type), charset=att.charset, headers=headers)
+
+
+def _content_type(declared: str) -> str:
+    """An attachment's type as its sender declared it (a text part's declared charset goes with it, as
+    ``charset=``, so that a browser reads KOI8-R or ISO-8859-1 text as such)."""
+    return declared if "/" in declared else "application/octet-stream"
 
 
 def _quote(name: str) -> str:
