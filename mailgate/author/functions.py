@@ -241,8 +241,9 @@ async def set_session_variables_async(yaml_filename: str, session_id: str, varia
     ctx = current("set_session_variables_async")
     _not_this_session(ctx, session_id, "set_session_variables()")
     names = [delete] if isinstance(delete, str) else list(delete or ())
+    # a locked action waits for the other session's lease only while its own budget lasts
     await ctx.runtime.set_session_variables(session_id, dict(variables), interview=yaml_filename, delete=names,
-                                            user=ctx.user)
+                                            user=ctx.user, deadline=ctx.deadline)
 
 
 def get_session_variables(yaml_filename: str, session_id: str, secret: str | None = None,

@@ -278,6 +278,7 @@ class TaskRunner:
                 answers = codec.decode(session.answers)  # fresh, under the lease
                 ctx = self._invoker.new_context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
                 ctx.accessed_at = session.accessed_at
+                ctx.deadline = lease.deadline
                 ctx.task_records = await self._hydrate(answers, arguments)
                 failure: Failure | None = None
                 value: Any = None

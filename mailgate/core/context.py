@@ -68,6 +68,9 @@ class ActionContext:
     task_records: dict[str, Any] = field(default_factory=dict)  # TaskRecord snapshots, by id
     answers: dict[str, Any] = field(default_factory=dict)  # the dict the handler was given
     accessed_at: float | None = None  # the session's last access by anyone but the cron user
+    # A locked action's budget ends at this monotonic time: what it waits for (another session's lease)
+    # must give up before, so that the wait fails, not the whole action (None: no lease, no budget)
+    deadline: float | None = None
     # An automation step's send_email goes through its runner's journal (prepared message -> accepted)
     send_hook: Any = None
     send_hook_async: Any = None  # the same for send_email_async in an ``async def`` step

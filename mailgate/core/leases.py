@@ -95,14 +95,17 @@ class Leases:
         """The store's clock (POSIX seconds; tests may control it)."""
         return self.store.now()
 
-    async def lock_local(self, session_id: str, what: str) -> None:
-        """Take this process's lock of the session (bounded by ``lock_timeout``); release with unlock_local."""
+    async def lock_local(self, session_id: str, what: str, wait: float | None = None) -> None:
+        """Take this process's lock of the session, waiting at most ``wait`` (default and at most
+        ``lock_timeout``); release with unlock_local."""
         budget = self.config.lock_timeout
+        waited = budget if wait is None else max(0.0, min(wait, budget))
         try:
-            await self._locks.acquire(session_id, budget)
+            await self._locks.acquire(session_id, waited)
         except TimeoutError:
             raise LeaseTimeout(
-                f"session {session_id} stayed busy in this process for {budget:g} s ([sessions] lock_timeout): "
+                f"session {session_id} stayed busy in this process for {waited:g} s"
+                f"{' ([sessions] lock_timeout)' if waited == budget else ''}: "
                 f"{self._holding.get(session_id, 'an action')} is running long; try again, or look for it in the log"
             ) from None
         self._holding[session_id] = what
@@ -112,13 +115,18 @@ class Leases:
         self._locks.release(session_id)
 
     @asynccontextmanager
-    async def locked(self, session_id: str, what: str) -> AsyncIterator[Lease]:
-        """Hold the session lease: first this process's lock, then the store's lease (cross-process)."""
+    async def locked(self, session_id: str, what: str, *, wait: float | None = None) -> AsyncIterator[Lease]:
+        """Hold the session lease: first this process's lock, then the store's lease (cross-process).
+
+        Waits for each at most ``lock_timeout``, or for both at most ``wait`` seconds if given (a
+        cross-session call that must give up before its own action's budget ends)."""
         budget = self.config.lock_timeout
-        await self.lock_local(session_id, what)
+        give_up = None if wait is None else time.monotonic() + max(0.0, min(wait, budget))
+        await self.lock_local(session_id, what, None if give_up is None else give_up - time.monotonic())
         try:
             holder = f"{self.process_id}#{next(self._counter)}"
-            session = await self._acquire_lease(session_id, holder, budget)
+            lease_wait = budget if give_up is None else max(0.0, give_up - time.monotonic())
+            session = await self._acquire_lease(session_id, holder, lease_wait)
             lease = Lease(session_id, holder, time.monotonic() + budget, budget, session=session)
             # Renew only if the action runs long: most finish well before a third of the lease's life.
             renewals: list[asyncio.Task[None]] = []
@@ -137,11 +145,13 @@ class Leases:
             self.unlock_local(session_id)
 
     async def _acquire_lease(self, session_id: str, holder: str, wait: float) -> SessionRecord | None:
-        """Take the store lease; returns the session as read under it (None if it does not exist)."""
+        """Take the store lease, waiting at most ``wait`` seconds; returns the session as read under it
+        (None if it does not exist)."""
         deadline = time.monotonic() + wait
         delay = 0.005
         while True:
-            busy, session = await self.store.acquire_lease_and_read(session_id, holder, self.config.lease_ttl, wait)
+            busy, session = await self.store.acquire_lease_and_read(session_id, holder, self.config.lease_ttl,
+                                                                    self.config.lock_timeout)
             if busy is None:
                 return session
             if time.monotonic() + delay > deadline:
@@ -152,7 +162,7 @@ class Leases:
     def _busy_message(self, busy: LeaseInfo, waited: float) -> str:
         now = self.store_clock()
         held = now - busy.acquired_at
-        text = f"session {busy.session_id} is locked by {busy.holder} for {held:.1f} s; gave up after waiting {waited:g} s"
+        text = f"session {busy.session_id} is locked by {busy.holder} for {held:.1f} s; gave up after waiting {waited:.3g} s"
         if now > busy.budget_until:
             text += (
                 f". The holder is past its {busy.budget_until - busy.acquired_at:g} s budget but still alive (it renews its "

@@ -153,9 +153,12 @@ class Runtime:
         return await self.sessions.get_variables(session_id, interview)
 
     async def set_session_variables(self, session_id: str, variables: dict[str, Any], *, interview: str | None = None,
-                                    delete: Sequence[str] | None = None, user: User = ANONYMOUS) -> int:
-        """Set (and delete) variables of a session under its lease, saved at once; the new version."""
-        return await self.sessions.set_variables(session_id, variables, interview=interview, delete=delete, user=user)
+                                    delete: Sequence[str] | None = None, user: User = ANONYMOUS,
+                                    deadline: float | None = None) -> int:
+        """Set (and delete) variables of a session under its lease, saved at once; the new version.
+        ``deadline``: the calling action's lock budget ends then (monotonic), see Sessions.set_variables."""
+        return await self.sessions.set_variables(session_id, variables, interview=interview, delete=delete, user=user,
+                                                 deadline=deadline)
 
     async def get_session(self, session_id: str) -> SessionRecord:
         return await self.sessions.get(session_id)

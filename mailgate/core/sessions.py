@@ -31,7 +31,14 @@ from mailgate.core.context import ANONYMOUS, ActionContext, ActionEnd, ContextKi
 from mailgate.core.interviews import Action, Registry
 from mailgate.core.leases import Lease, Leases
 from mailgate.core.references import Hydrate
-from mailgate.errors import ActionError, BudgetExceeded, MailgateError, NotFound, VersionConflict
+from mailgate.errors import (
+    ActionError,
+    BudgetExceeded,
+    LeaseTimeout,
+    MailgateError,
+    NotFound,
+    VersionConflict,
+)
 from mailgate.store.base import (
     Changes,
     CommitResult,
@@ -144,30 +151,49 @@ class Sessions:
         return answers
 
     async def set_variables(self, session_id: str, variables: dict[str, Any], *, interview: str | None = None,
-                            delete: Sequence[str] | None = None, user: User = ANONYMOUS) -> int:
+                            delete: Sequence[str] | None = None, user: User = ANONYMOUS,
+                            deadline: float | None = None) -> int:
         """Set ``variables`` in the session's answers (and remove the names in ``delete``), saved under
         the session lease on the answers as committed, like any locked action; the new version.
 
         A save by ``user``: activity for inactivity deletion, and an access unless ``user`` is the cron user.
+        ``deadline`` (monotonic): the calling action's lock budget ends then; the wait for this
+        session's lease gives up a tenth of the budget before, with an error naming this session,
+        and nothing is set once it has passed (the caller has failed and saved nothing by then).
         """
         check_variables(variables, "set_session_variables()")
         for name in delete or ():
             if not isinstance(name, str) or name == INTERNAL:
                 raise ActionError(f"set_session_variables() cannot delete {name!r}")
-        async with self._leases.locked(session_id, "set_session_variables") as lease:
-            rec = lease.session
-            if rec is None:
-                raise no_session(session_id)
-            if interview is not None and rec.interview != interview:
-                raise NotFound(f"session {session_id} is not a session of interview {interview!r}")
-            answers = codec.decode(rec.answers)
-            for name in delete or ():
-                answers.pop(name, None)
-            answers.update(variables)
-            text = encode_answers(answers, "set_session_variables() on session", session_id)
-            release = (session_id, lease.holder)
-            committed = await self._commit(Changes(save=session_save(rec, text, answers, user), release_lease=release))
-            lease.released = True
+        budget = self.config.sessions.lock_timeout
+        wait = None if deadline is None else deadline - time.monotonic() - budget / 10
+        try:
+            async with self._leases.locked(session_id, "set_session_variables", wait=wait) as lease:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise BudgetExceeded(f"set_session_variables() on session {session_id} got its lease after the "
+                                         f"calling action's {budget:g} s lock budget had run out; nothing was set")
+                return await self._set_locked(lease, session_id, variables, interview, delete, user)
+        except LeaseTimeout as exc:
+            if wait is None or wait >= budget:
+                raise
+            raise LeaseTimeout(f"{exc}, what was left of the calling action's {budget:g} s lock budget "
+                               "([sessions] lock_timeout); nothing was set") from None
+
+    async def _set_locked(self, lease: Lease, session_id: str, variables: dict[str, Any], interview: str | None,
+                          delete: Sequence[str] | None, user: User) -> int:
+        rec = lease.session
+        if rec is None:
+            raise no_session(session_id)
+        if interview is not None and rec.interview != interview:
+            raise NotFound(f"session {session_id} is not a session of interview {interview!r}")
+        answers = codec.decode(rec.answers)
+        for name in delete or ():
+            answers.pop(name, None)
+        answers.update(variables)
+        text = encode_answers(answers, "set_session_variables() on session", session_id)
+        release = (session_id, lease.holder)
+        committed = await self._commit(Changes(save=session_save(rec, text, answers, user), release_lease=release))
+        lease.released = True
         return committed.version if committed.version is not None else rec.version + 1
 
     async def _of_interview(self, session_id: str, interview: str | None) -> SessionRecord:
@@ -297,6 +323,7 @@ class Sessions:
         return _Outcome(result, changes, rec.version)
 
     async def _invoke_locked(self, ctx: ActionContext, handler: Action, answers: dict[str, Any], lease: Lease) -> ActionEnd | None:
+        ctx.deadline = lease.deadline
         try:
             if handler.is_async:
                 return await self._invoker.invoke(ctx, handler, answers, lease.remaining())

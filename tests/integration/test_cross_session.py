@@ -10,7 +10,7 @@ import pytest
 
 from mailgate.config import Config
 from mailgate.daemon.lifecycle import Daemon
-from mailgate.errors import ActionError, MailgateError, NotFound
+from mailgate.errors import ActionError, LeaseTimeout, MailgateError, NotFound
 from tests.helpers import make_config, wait_until
 from tests.helpers import runtime_of as rt
 
@@ -82,6 +82,24 @@ async def test_set_session_variables_waits_for_the_lease_and_never_steals_it(tmp
         assert (await rt(d).get_answers(b))["n"] == 1
         await store.release_lease(b, "other-host#1")
         await rt(d).run_action(a, "push", {"id": b, "variables": {"n": 2}})
+        assert (await rt(d).get_answers(b))["n"] == 2
+
+
+@pytest.mark.parametrize("action", ["slow_push", "slow_push_async"])
+async def test_a_busy_session_fails_the_push_within_the_callers_budget(tmp_path: Path, action: str) -> None:
+    # The push waits only for what is left of the calling action's budget: it fails naming the busy
+    # session, not as the caller's budget overrun (after which a sync handler's push, still waiting in
+    # its abandoned thread, used to land in the other session although the caller had saved nothing).
+    async with Daemon(cfg(tmp_path, sessions={"lock_timeout": 1.0}), roles=()) as d:
+        a = (await rt(d).create_session("cross")).id
+        b = (await rt(d).create_session("testing", {"n": 1})).id
+        store = rt(d).store
+        assert await store.try_acquire_lease(b, "other-host#1", 30, 30) is None
+        with pytest.raises(LeaseTimeout, match=r"locked by other-host#1.*what was left of the calling action's 1 s"):
+            await rt(d).run_action(a, action, {"id": b, "pause": 0.5})
+        await store.release_lease(b, "other-host#1")
+        assert (await rt(d).get_answers(b))["n"] == 1
+        await rt(d).run_action(a, action, {"id": b, "pause": 0})  # free: it waits for nothing
         assert (await rt(d).get_answers(b))["n"] == 2
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from mailgate import (
@@ -96,3 +98,16 @@ async def stash_async(answers: dict[str, Any]) -> None:
     tokens = await stash_data_async([1, 2, 3])
     answers["roundtrip"] = await retrieve_stashed_data_async(tokens["stash_key"], tokens["secret"], delete=True)
     answers["again"] = await retrieve_stashed_data_async(tokens["stash_key"], tokens["secret"])
+
+
+@interview.action("slow_push")
+def slow_push(answers: dict[str, Any]) -> None:
+    """Spends part of its lock budget, then pushes: the wait for the other lease has only the rest."""
+    time.sleep(float(action_argument("pause")))
+    set_session_variables("testing", action_argument("id"), {"n": 2})
+
+
+@interview.action("slow_push_async")
+async def slow_push_async(answers: dict[str, Any]) -> None:
+    await asyncio.sleep(float(action_argument("pause")))
+    await set_session_variables_async("testing", action_argument("id"), {"n": 2})
