@@ -1,6 +1,7 @@
 """docassemble's date functions: ``date_difference``, ``format_date``, ``format_datetime``,
 ``format_time``, ``as_datetime``, ``today``, ``current_datetime``, ``month_of``, ``day_of``,
-``year_of``, ``dow_of``, ``date_interval`` and ``get_default_timezone``, with its signatures.
+``year_of``, ``dow_of``, ``date_interval``, ``get_default_timezone`` and the ``last_access_*``
+family, with its signatures.
 
 Dates are formatted by Babel in the language given (a locale such as ``"en"``, ``"fr"`` or
 ``"de_CH"``; English by default). Times are taken from mailgate's clock (``current_datetime()``,
@@ -23,7 +24,7 @@ from dateutil.relativedelta import relativedelta
 
 from mailgate.author import functions
 from mailgate.core import answers as codec
-from mailgate.core.context import CURRENT
+from mailgate.core.context import CURRENT, current
 from mailgate.errors import ActionError
 
 DEFAULT_LANGUAGE = "en"
@@ -299,3 +300,63 @@ def date_difference(starting: Any = None, ending: Any = None, timezone: str | No
         return found.replace(tzinfo=zone) if found.tzinfo is None else found.astimezone(zone)
 
     return DateDifference(moment(starting, "starting"), moment(ending, "ending"))
+
+
+# -- last access (docassemble's last_access_time / _delta / _days / _hours / _minutes) --------------
+# docassemble keeps one access time per user (stamped by each save); mailgate keeps two per session:
+# the last save by anyone but the cron user, and the last save by anyone.
+
+
+def _privileges(value: Any, what: str) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value or ())
+    if not all(isinstance(n, str) for n in names):
+        raise ActionError(f"last_access_time({what}=...) takes a privilege name or a list of them, not {value!r}")
+    return names
+
+
+def last_access_time(include_privileges: Any = None, exclude_privileges: Any = None, include_cron: bool = False,
+                     timezone: str | None = None) -> DADateTime | None:
+    """When the session was last accessed (saved) by anyone but the cron user, as a DADateTime in UTC
+    (or in ``timezone``); None if never. ``include_cron=True`` (or ``'cron'`` among
+    ``include_privileges``) counts the cron user's saves too.
+
+    mailgate does not keep an access time per user, so other privilege filters cannot be honoured:
+    they raise, rather than quietly answer for every user (``exclude_privileges='cron'`` is the default).
+    """
+    ctx = current("last_access_time")
+    include = _privileges(include_privileges, "include_privileges")
+    exclude = [p for p in _privileges(exclude_privileges, "exclude_privileges") if p != "cron"]
+    if "cron" in include:
+        include_cron = True
+        include.remove("cron")
+    if include or exclude:
+        raise ActionError(
+            f"last_access_time() cannot filter by privilege {', '.join(repr(p) for p in include + exclude)}: mailgate "
+            "records the last access by anyone but the cron user, and with include_cron=True by anyone")
+    when = ctx.accessed_at
+    if include_cron and ctx.modified_at is not None:
+        when = ctx.modified_at if when is None else max(when, ctx.modified_at)
+    if when is None:
+        return None
+    return DADateTime.of(dt.datetime.fromtimestamp(when, _zone(timezone) if timezone is not None else dt.UTC))
+
+
+def last_access_delta(*pargs: Any, **kwargs: Any) -> dt.timedelta:
+    """Time since ``last_access_time(*pargs, **kwargs)`` (zero if there was none)."""
+    last = last_access_time(*pargs, **kwargs)
+    return dt.timedelta(0) if last is None else max(dt.timedelta(0), current_datetime() - last)
+
+
+def last_access_days(*pargs: Any, **kwargs: Any) -> float:
+    """Days since the last access (``last_access_time()``'s arguments): by anyone but the cron user by default."""
+    return last_access_delta(*pargs, **kwargs).total_seconds() / 86400
+
+
+def last_access_hours(*pargs: Any, **kwargs: Any) -> float:
+    """Hours since the last access (``last_access_time()``'s arguments)."""
+    return last_access_delta(*pargs, **kwargs).total_seconds() / 3600
+
+
+def last_access_minutes(*pargs: Any, **kwargs: Any) -> float:
+    """Minutes since the last access (``last_access_time()``'s arguments)."""
+    return last_access_delta(*pargs, **kwargs).total_seconds() / 60

@@ -163,20 +163,6 @@ def current_datetime() -> dt.datetime:
     return dt.datetime.fromtimestamp(now, dt.UTC)
 
 
-def last_access_time() -> dt.datetime | None:
-    """When the session was last accessed by anyone but the cron user (timezone-aware, UTC)."""
-    ctx = current("last_access_time")
-    return None if ctx.accessed_at is None else dt.datetime.fromtimestamp(ctx.accessed_at, dt.UTC)
-
-
-def last_access_days() -> float:
-    """Days since the session was last accessed by anyone but the cron user."""
-    ctx = current("last_access_days")
-    if ctx.accessed_at is None:
-        return 0.0
-    return max(0.0, (ctx.runtime.store_clock() - ctx.accessed_at) / 86400)
-
-
 def session_id() -> str:
     """The id of the session the action runs on."""
     return current("session_id").session_id

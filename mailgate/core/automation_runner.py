@@ -487,6 +487,7 @@ class AutomationRunner:
             ctx = self.invoker.new_context("callback", session.id, self.interviews.get(session.interview), action, {},
                                            user)
             ctx.accessed_at = session.accessed_at
+            ctx.modified_at = session.modified_at
         ctx.send_hook = self.journal.hook(run, ctx)
         ctx.send_hook_async = self.journal.hook_async(run, ctx)
         return ctx

@@ -187,6 +187,7 @@ class TaskRunner:
             else:
                 ctx = self._invoker.new_context("background", session.id, interview, rec.action, arguments, user, task_id=rec.id)
                 ctx.accessed_at = session.accessed_at
+                ctx.modified_at = session.modified_at
         if ctx is not None and handler is not None and session is not None:
             try:
                 answers = codec.decode(session.answers)  # a throwaway copy: never saved
@@ -278,6 +279,7 @@ class TaskRunner:
                 answers = codec.decode(session.answers)  # fresh, under the lease
                 ctx = self._invoker.new_context("callback", session.id, interview, name, arguments, user, task_id=rec.id)
                 ctx.accessed_at = session.accessed_at
+                ctx.modified_at = session.modified_at
                 ctx.deadline = lease.deadline
                 ctx.task_records = await self._hydrate(answers, arguments)
                 failure: Failure | None = None

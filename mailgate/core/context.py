@@ -68,6 +68,7 @@ class ActionContext:
     task_records: dict[str, Any] = field(default_factory=dict)  # TaskRecord snapshots, by id
     answers: dict[str, Any] = field(default_factory=dict)  # the dict the handler was given
     accessed_at: float | None = None  # the session's last access by anyone but the cron user
+    modified_at: float | None = None  # the session's last save by anyone, the cron user included
     # A locked action's budget ends at this monotonic time: what it waits for (another session's lease)
     # must give up before, so that the wait fails, not the whole action (None: no lease, no budget)
     deadline: float | None = None

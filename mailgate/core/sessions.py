@@ -291,6 +291,7 @@ class Sessions:
         answers = codec.decode(rec.answers)
         ctx = self._invoker.new_context(kind, rec.id, interview, action, args, user)
         ctx.accessed_at = rec.accessed_at
+        ctx.modified_at = rec.modified_at
         # Answers whose text has no tag hold no references: skip walking them. A check-in's arguments
         # are the page's field values, plain JSON.
         values = [answers] if codec.TAG in rec.answers else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import smtplib
 import tracemalloc
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from mailgate.config import Config
 from mailgate.core.cron import Cron, period_key
 from mailgate.daemon.lifecycle import Daemon
+from mailgate.errors import ActionError
 from mailgate.mail.auth import StaticResolver
 from tests.helpers import make_config, wait_until
 from tests.helpers import runtime_of as rt
@@ -171,6 +173,32 @@ async def test_last_access_ignores_the_cron_user(tmp_path: Path) -> None:
         assert before == dt.datetime(2026, 5, 1, 12, 0, tzinfo=UTC).timestamp()
         await rt(d).run_action(sid, "incr")
         assert (await rt(d).get_session(sid)).accessed_at == clock.now
+
+
+async def test_last_access_functions_take_docassembles_arguments(tmp_path: Path) -> None:
+    clock = Clock(dt.datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
+    async with Daemon(cfg(tmp_path), roles=(), clock=clock) as d:
+        sid = await cron_session(d)
+        clock.set(dt.datetime(2026, 5, 4, 12, 0, tzinfo=UTC))
+        await cron(d).run("cron_daily")  # a save by the cron user: not an access, unless include_cron
+        clock.set(dt.datetime(2026, 5, 5, 0, 0, tzinfo=UTC))
+
+        async def access(**kwargs: object) -> dict[str, object]:
+            text = (await rt(d).run_action(sid, "access", kwargs)).text
+            assert text is not None
+            return dict(json.loads(text))
+
+        assert await access() == {"days": 3.5, "hours": 84.0, "minutes": 5040.0, "time": "2026-05-01T12:00:00+00:00",
+                                  "date": "2026-05-01"}
+        assert (await access(include_cron=True))["days"] == 0.5
+        assert (await access(include_privileges="cron"))["hours"] == 12.0
+        seen = await access(timezone="America/New_York", exclude_privileges=["cron"])
+        assert seen["time"] == "2026-05-01T08:00:00-04:00" and seen["hours"] == 84.0
+        with pytest.raises(ActionError, match="cannot filter by privilege 'advocate'"):
+            await access(include_privileges=["advocate"])
+        await rt(d).run_action(sid, "incr")  # a user's save: an access
+        clock.set(dt.datetime(2026, 5, 5, 6, 0, tzinfo=UTC))
+        assert (await access())["hours"] == 6.0
 
 
 async def test_inactive_sessions_are_deleted_with_every_trace(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
@@ -16,6 +17,10 @@ from mailgate import (
     background_response_action,
     command,
     json_response,
+    last_access_days,
+    last_access_hours,
+    last_access_minutes,
+    last_access_time,
     response,
     user_has_privilege,
     user_info,
@@ -181,6 +186,17 @@ def record_error(answers: dict[str, Any]) -> None:
 @interview.action("enable_cron")
 def enable_cron(answers: dict[str, Any]) -> None:
     answers["allow_cron"] = True
+
+
+@interview.action("access")
+def access(answers: dict[str, Any]) -> None:
+    """docassemble's last_access_* functions, with the arguments given (``include_cron``, ``timezone``...)."""
+    kwargs = dict(action_argument())
+    when = last_access_time(**kwargs)
+    seen = {"days": last_access_days(**kwargs), "hours": last_access_hours(**kwargs),
+            "minutes": last_access_minutes(**kwargs), "time": when.isoformat() if when else None,
+            "date": when.format_date("yyyy-MM-dd") if when else None}
+    response(json.dumps(seen), null=True)  # not saved: no access of its own
 
 
 @interview.action("cron_daily")
