@@ -178,7 +178,8 @@ class Cron:
         return report
 
     async def delete_inactive(self) -> int:
-        """Delete sessions inactive longer than their interview's limit, with everything they own."""
+        """Delete sessions inactive longer than their interview's limit, with everything they own, each
+        under its lease (one in use is kept)."""
         now = self._store.now()
         overrides = {iv.name: iv.delete_days for iv in self._registry if iv.delete_days is not None}
         groups: list[tuple[float, list[str] | None, list[str]]] = [
@@ -188,10 +189,11 @@ class Cron:
         for days, only, exclude in groups:
             if not days:
                 continue  # 0 = never
+            before = now - days * 86400
             while True:
-                ids = await self._store.inactive_session_ids(now - days * 86400, only, exclude, 500)
-                if not ids:
-                    break
-                results = await asyncio.gather(*(self._sessions.delete(i) for i in ids))
+                ids = await self._store.inactive_session_ids(before, only, exclude, 500)
+                results = await asyncio.gather(*(self._sessions.delete_if_inactive(i, before) for i in ids))
                 deleted += sum(results)
+                if not any(results):
+                    break  # none left, or only sessions in use (kept: the page would come back the same)
         return deleted

@@ -131,6 +131,24 @@ class Sessions:
         self._interview_of.pop(session_id, None)
         return await self._store.delete_session(session_id)
 
+    async def delete_if_inactive(self, session_id: str, before: float) -> bool:
+        """Delete the session with everything it owns if its answers were not saved since ``before``.
+
+        Under the session lease, like every writer: a session an action is running on (its user came
+        back) is busy, so in use, and kept; so is one saved between the query and the lease.
+        """
+        try:
+            async with self._leases.locked(session_id, "inactivity deletion") as lease:
+                rec = lease.session
+                if rec is None or rec.modified_at >= before:
+                    return False
+                await self._commit(Changes(delete_session=session_id, release_lease=(session_id, lease.holder)))
+                lease.released = True
+        except LeaseTimeout:
+            return False  # busy for lock_timeout: in use; the next cron_daily looks again
+        self._interview_of.pop(session_id, None)
+        return True
+
     async def interview_of(self, session_id: str) -> str:
         """The name of the session's interview (remembered: a session never changes interview)."""
         name = self._interview_of.get(session_id)

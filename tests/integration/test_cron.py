@@ -234,6 +234,23 @@ async def test_inactive_sessions_are_deleted_with_every_trace(tmp_path: Path) ->
             await asyncio.to_thread(send)
 
 
+async def test_inactivity_deletion_takes_the_lease_and_spares_a_session_in_use(tmp_path: Path) -> None:
+    # An action running on a session that was idle 90 days (its user came back) holds the lease:
+    # cron_daily used to delete the session under it, losing the action and the session.
+    clock = Clock(dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+    async with Daemon(cfg(tmp_path, sessions={"lock_timeout": 0.3}), roles=(), clock=clock) as d:
+        busy = (await rt(d).create_session("testing")).id
+        idle = (await rt(d).create_session("testing")).id
+        clock.set(dt.datetime(2026, 9, 5, 12, 0, tzinfo=UTC))  # 96 days later
+        store = rt(d).store
+        assert await store.try_acquire_lease(busy, "other-host#1", 30, 30) is None  # a live action elsewhere
+        assert (await cron(d).run("cron_daily")).deleted_inactive == 1
+        assert await store.get_session(busy) is not None and await store.get_session(idle) is None
+        await store.release_lease(busy, "other-host#1")
+        assert (await cron(d).run("cron_daily")).deleted_inactive == 1  # idle still, and free: deleted now
+        assert await store.get_session(busy) is None
+
+
 async def _tasks_done(d: Daemon, sid: str) -> bool:
     tasks = await rt(d).store.list_tasks(session_id=sid)
     return bool(tasks) and all(t.done for t in tasks)
