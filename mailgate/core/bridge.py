@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from mailgate.core.threads import blocking
 from mailgate.errors import ActionError
 
 T = TypeVar("T")
@@ -34,7 +35,8 @@ def run_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], t
     """Run ``coro`` on ``loop`` from a worker thread and wait for it, at most ``timeout`` seconds."""
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
-        return future.result(timeout)
+        with blocking():  # what ``coro`` waits for may need a thread of the action pool: lend one
+            return future.result(timeout)
     except BaseException:
         future.cancel()
         raise

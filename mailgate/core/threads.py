@@ -20,12 +20,30 @@ import math
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 from typing import Any
 
 _STOP = object()
 _CALLS = object()  # wake-up: run the queued loop calls
+_WORKER = threading.local()  # .pool: the pool a worker thread belongs to
+
+
+@contextmanager
+def blocking() -> Iterator[None]:
+    """Around a worker's wait for work that may itself need a worker (a handler waiting for another
+    session's lease, held by an action of that session that still has to run): the pool may run one
+    more thread meanwhile, so that such waits cannot take every thread and wait for each other until
+    their timeouts. Outside a pool's worker it does nothing."""
+    pool: DaemonThreadPool | None = getattr(_WORKER, "pool", None)
+    if pool is None or not pool.lend():
+        yield
+        return
+    try:
+        yield
+    finally:
+        pool.unlend()
 
 
 class LoopResults:
@@ -69,6 +87,7 @@ class LoopResults:
 class DaemonThreadPool(Executor):
     def __init__(self, max_workers: int, name: str = "mailgate-action", unstick_after: float = 0.005) -> None:
         self._max = max_workers
+        self._base = max_workers
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -134,6 +153,25 @@ class DaemonThreadPool(Executor):
                 results.put(future, False, exc)
             del future, fn, args, results
 
+    def lend(self) -> bool:
+        """A worker is about to block (see :func:`blocking`): allow one more thread, up to twice
+        ``max_workers``; False if none is left to lend."""
+        with self._lock:
+            if self._max >= 2 * self._base:
+                return False
+            self._max += 1
+            queued = bool(self._calls)
+        if queued:  # calls already waiting for a thread: wake (or start) one for them
+            try:
+                self._put(_CALLS)
+            except RuntimeError:  # shut down
+                pass
+        return True
+
+    def unlend(self) -> None:
+        with self._lock:
+            self._max -= 1  # threads started meanwhile stay (idle): the pool never shrinks
+
     def _put(self, item: Any) -> None:
         with self._lock:
             if self._shutdown:
@@ -145,6 +183,7 @@ class DaemonThreadPool(Executor):
                 thread.start()
 
     def _work(self) -> None:
+        _WORKER.pool = self
         while True:
             item = self._queue.get()
             if item is _STOP:

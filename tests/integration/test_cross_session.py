@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
 from pathlib import Path
@@ -101,6 +102,22 @@ async def test_a_busy_session_fails_the_push_within_the_callers_budget(tmp_path:
         assert (await rt(d).get_answers(b))["n"] == 1
         await rt(d).run_action(a, action, {"id": b, "pause": 0})  # free: it waits for nothing
         assert (await rt(d).get_answers(b))["n"] == 2
+
+
+async def test_concurrent_pushes_and_actions_lose_no_update(tmp_path: Path) -> None:
+    # More pushing sync handlers than the action pool has threads (tests run 4 + 4): blocked in their
+    # pushes, they used to take every thread from b's own actions, which held b's lease meanwhile.
+    async with Daemon(cfg(tmp_path), roles=()) as d:
+        b = (await rt(d).create_session("testing", {"counter": 0})).id
+        pushers = [(await rt(d).create_session("cross")).id for _ in range(10)]
+        await asyncio.gather(
+            *(rt(d).run_action(a, "push", {"id": b, "variables": {f"from_{i}": i}}) for i, a in enumerate(pushers)),
+            *(rt(d).set_session_variables(b, {f"api_{i}": i}) for i in range(10)),
+            *(rt(d).run_action(b, "incr") for _ in range(10)))
+        answers = await rt(d).get_answers(b)
+        assert answers["counter"] == 10
+        assert all(answers[f"from_{i}"] == i and answers[f"api_{i}"] == i for i in range(10))
+        assert (await rt(d).get_session(b)).version == 31
 
 
 async def test_a_background_action_may_set_its_own_session(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from mailgate.core.leases import SessionLocks
-from mailgate.core.threads import DaemonThreadPool, Deadlines, LoopResults
+from mailgate.core.threads import DaemonThreadPool, Deadlines, LoopResults, blocking
 
 pytestmark = pytest.mark.asyncio
 
@@ -49,6 +49,29 @@ async def test_a_slow_call_does_not_hold_up_the_calls_behind_it() -> None:
         assert not slow.done()
         go.set()
         assert await asyncio.wait_for(slow, 10) is True
+    finally:
+        go.set()
+        pool.shutdown(wait=False)
+
+
+async def test_calls_blocking_on_a_later_call_do_not_take_every_thread() -> None:
+    # Two handlers (as many as threads) wait, in blocking(), for a third call to run: an action
+    # waiting for another session's lease, held by an action of that session that needs a thread.
+    pool = DaemonThreadPool(2, unstick_after=0.01)
+    results = LoopResults(asyncio.get_running_loop())
+    go = threading.Event()
+
+    def wait_for_go() -> bool:
+        with blocking():
+            return go.wait(30)
+
+    try:
+        blocked = [pool.call(results, wait_for_go)]
+        await asyncio.sleep(0)
+        blocked.append(pool.call(results, wait_for_go))
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(pool.call(results, go.set), 10) is None
+        assert await asyncio.wait_for(asyncio.gather(*blocked), 10) == [True, True]
     finally:
         go.set()
         pool.shutdown(wait=False)
