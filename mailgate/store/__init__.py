@@ -31,7 +31,9 @@ def _backend(config: StoreConfig, clock: Callable[[], float]) -> Store:
         except ImportError as exc:
             raise ConfigError(f"[store] backend = \"postgres\" needs the PostgreSQL driver ({exc}); "
                               "install it with: pip install 'mailgate[postgres]'") from exc
-        return PgStore(config.dsn, pool_size=config.pool_size, connect_timeout=config.connect_timeout)
+        # the database's clock, unless a test's clock replaces it (as it replaces SQLite's)
+        return PgStore(config.dsn, pool_size=config.pool_size, connect_timeout=config.connect_timeout,
+                       clock=None if clock is time.time else clock)
     raise ConfigError(f"[store] backend {config.backend!r} is unknown; use \"sqlite\" or \"postgres\"")
 
 

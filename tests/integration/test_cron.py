@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import smtplib
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,7 @@ from mailgate.errors import ActionError
 from mailgate.mail.auth import StaticResolver
 from tests.helpers import make_config, wait_until
 from tests.helpers import runtime_of as rt
+from tests.pg import create_database, drop_database
 
 pytestmark = pytest.mark.asyncio
 UTC = dt.UTC
@@ -234,11 +236,24 @@ async def test_inactive_sessions_are_deleted_with_every_trace(tmp_path: Path) ->
             await asyncio.to_thread(send)
 
 
-async def test_inactivity_deletion_takes_the_lease_and_spares_a_session_in_use(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_dsn(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    dsn = create_database() if request.param == "postgres" else None
+    try:
+        yield dsn
+    finally:
+        if dsn is not None:
+            drop_database(dsn)
+
+
+async def test_inactivity_deletion_takes_the_lease_and_spares_a_session_in_use(tmp_path: Path,
+                                                                              store_dsn: str | None) -> None:
     # An action running on a session that was idle 90 days (its user came back) holds the lease:
     # cron_daily used to delete the session under it, losing the action and the session.
     clock = Clock(dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
-    async with Daemon(cfg(tmp_path, sessions={"lock_timeout": 0.3}), roles=(), clock=clock) as d:
+    config = cfg(tmp_path, sessions={"lock_timeout": 0.3})
+    config = config.replace(store=vars(make_config(tmp_path, store_dsn=store_dsn).store))
+    async with Daemon(config, roles=(), clock=clock) as d:
         busy = (await rt(d).create_session("testing")).id
         idle = (await rt(d).create_session("testing")).id
         clock.set(dt.datetime(2026, 9, 5, 12, 0, tzinfo=UTC))  # 96 days later
