@@ -335,13 +335,17 @@ def cfg_000(tmp_path: Path) -> Config:
                        outbound={"default_sender": "Reminders <noreply@example.test>"})
 
 
-async def test_000_reminder_sends_after_20_days_and_survives_100_days_of_cron(tmp_path: Path,
-                                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_000_reminder_sends_after_20_days_and_survives_100_days_of_cron(tmp_path: Path, store_dsn: str | None,
+                                                                          caplog: pytest.LogCaptureFixture,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from mailgate import record_messages
+    from mailgate.core import actions
 
+    monkeypatch.setattr(actions, "_warned_use_cron", set())  # once per process: this test's daemon is not the first
     filed = dt.datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
     clock = Clock(filed)
-    async with Daemon(cfg_000(tmp_path), roles=(), clock=clock) as d:
+    config = cfg_000(tmp_path).replace(store=vars(make_config(tmp_path, store_dsn=store_dsn).store))
+    async with Daemon(config, roles=(), clock=clock) as d:
         sid = (await rt(d).create_session("reminder-000")).id
         idle = (await rt(d).create_session("testing")).id  # nobody saves it: deleted after 90 days
         caplog.set_level("WARNING", logger="mailgate.core.actions")
