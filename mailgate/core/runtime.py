@@ -180,11 +180,14 @@ class Runtime:
         return await self.sessions.delete(session_id)
 
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
-                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground", browser: bool = False) -> ActionResult:
+                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground", browser: bool = False,
+                         url_args: dict[str, str] | None = None) -> ActionResult:
         """Run ``action`` under the session lease on live answers and commit what it did (see
         :meth:`Sessions.run_action <mailgate.core.sessions.Sessions.run_action>`); ``browser``: a page
-        asked for it, and only actions declared ``browser=True`` run."""
-        return await self.sessions.run_action(session_id, action, arguments, user, kind=kind, browser=browser)
+        asked for it, and only actions declared ``browser=True`` run; ``url_args``: the parameters
+        of the URL that ran it, merged into the session's ``url_args``."""
+        return await self.sessions.run_action(session_id, action, arguments, user, kind=kind, browser=browser,
+                                              url_args=url_args)
 
     # -- tasks -------------------------------------------------------------------------------------
     def add_task_listener(self, callback: Callable[[], None]) -> None:

@@ -222,20 +222,23 @@ class Sessions:
 
     # -- locked contexts ---------------------------------------------------------------------------
     async def run_action(self, session_id: str, action: str, arguments: dict[str, Any] | None = None,
-                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground", browser: bool = False) -> ActionResult:
+                         user: User = ANONYMOUS, *, kind: ContextKind = "foreground", browser: bool = False,
+                         url_args: dict[str, str] | None = None) -> ActionResult:
         """Run ``action`` under the session lease on live answers and commit what it did.
 
         ``kind`` is foreground (saved unless ``response(null=True)``), checkin (saved only if the
         answers changed; ``background_response`` becomes UI commands) or cron (as foreground, and the
         cron user's access does not count as activity). ``browser``: a page asked for it, so the
-        action must be declared ``browser=True`` (a check-in always comes from a page).
+        action must be declared ``browser=True`` (a check-in always comes from a page). ``url_args``:
+        the parameters of the URL that ran it, merged into ``answers["url_args"]`` before it runs
+        (docassemble updates ``url_args`` from every visit's URL).
         """
         if kind not in ("foreground", "checkin", "cron"):
             raise ValueError(f"run_action cannot run a {kind} action")
         args = dict(arguments or {})  # the action's own: it may change them
         if kind == "checkin":
             return await self.run_checkin(session_id, action, args, user)
-        return await self._run_locked(session_id, action, args, user, kind, browser=browser)
+        return await self._run_locked(session_id, action, args, user, kind, browser=browser, url_args=url_args)
 
     async def run_checkin(self, session_id: str, action: str, args: dict[str, Any], user: User) -> ActionResult:
         """A check-in: optimistically first, then under the lease if it must.
@@ -251,13 +254,13 @@ class Sessions:
         return await self._run_locked(session_id, action, args, user, "checkin")
 
     async def _run_locked(self, session_id: str, action: str, args: dict[str, Any], user: User, kind: ContextKind,
-                          *, browser: bool = False) -> ActionResult:
+                          *, browser: bool = False, url_args: dict[str, str] | None = None) -> ActionResult:
         async with self._leases.locked(session_id, f"{kind} {action}") as lease:
             if lease.session is None:
                 raise no_session(session_id)
             release = (session_id, lease.holder)
             outcome = await self._perform(kind, lease.session, action, args, user, lease, release_lease=release,
-                                          browser=browser)
+                                          browser=browser, url_args=url_args)
             committed = await self._commit(outcome.changes or Changes(release_lease=release))
             lease.released = True
         return outcome.result_after(committed)
@@ -295,7 +298,8 @@ class Sessions:
 
     async def _perform(self, kind: ContextKind, rec: SessionRecord, action: str, args: dict[str, Any], user: User,
                        lease: Lease, *, release_lease: tuple[str, str] | None = None,
-                       unleased: tuple[str, int] | None = None, browser: bool = False) -> _Outcome:
+                       unleased: tuple[str, int] | None = None, browser: bool = False,
+                       url_args: dict[str, str] | None = None) -> _Outcome:
         """Run the action on ``rec``'s answers; what it produced, not yet committed (None if nothing,
         else with ``release_lease`` and ``unleased`` set as given)."""
         interview = self._registry.get(rec.interview)
@@ -307,6 +311,9 @@ class Sessions:
                 raise ActionError(f"action {action!r} of interview {rec.interview!r} is a browser action (browser=True); "
                                   "a scheduled type must name an action pages cannot run")
         answers = codec.decode(rec.answers)
+        if url_args:
+            before = answers.get("url_args")
+            answers["url_args"] = {**(before if isinstance(before, dict) else {}), **url_args}
         ctx = self._invoker.new_context(kind, rec.id, interview, action, args, user)
         ctx.accessed_at = rec.accessed_at
         ctx.modified_at = rec.modified_at

@@ -517,6 +517,26 @@ async def test_url_action_and_metrics(daemon: Daemon, http: Http) -> None:
     assert len(young) == 1 and 0 < float(young[0]) <= gc.get_stats()[0]["collections"]
 
 
+async def test_parameters_added_to_a_url_action_update_url_args(daemon: Daemon, http: Http) -> None:
+    # docassemble updates url_args from the parameters of each visit's URL; the signed URL of
+    # interview_url_action() is such a visit (a link in an e-mail with ?ref=... appended)
+    assert daemon.runtime is not None
+    s = await api(http, "POST", "/api/sessions", 201, json={"interview": "testing", "url_args": {"from": "start", "n": 1}})
+    from mailgate.core.context import User
+    ctx = daemon.runtime.new_context("foreground", s["id"], daemon.runtime.registry.get("testing"), "x", {}, User())
+    url = daemon.runtime.url_for_action(ctx, "incr", {})
+    async with http.get(url + "?ref=newsletter&from=mail") as r:
+        assert r.status == 200
+    variables = (await api(http, "GET", f"/api/sessions/{s['id']}/variables", 200))["variables"]
+    assert variables["url_args"] == {"from": "mail", "n": 1, "ref": "newsletter"} and variables["counter"] == 1
+    async with http.get(url + "?odd=%ED%A0%80%FF") as r:  # not UTF-8: still a parameter, never a 500
+        assert r.status == 200, await r.text()
+    async with http.get(url) as r:  # no parameters: url_args as they were
+        assert r.status == 200
+    variables = (await api(http, "GET", f"/api/sessions/{s['id']}/variables", 200))["variables"]
+    assert variables["url_args"]["ref"] == "newsletter" and variables["counter"] == 3
+
+
 async def test_a_command_from_a_foreground_action_reaches_every_tab(daemon: Daemon, http: Http) -> None:
     sid = (await api(http, "POST", "/api/sessions", 201, json={"interview": "testing"}))["id"]
     token = await token_for(http, sid)

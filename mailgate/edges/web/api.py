@@ -426,7 +426,9 @@ async def run_url(request: web.Request) -> web.Response:
     runtime = rt(request)
     claims = runtime.signer.verify(request.match_info["token"], "run")
     arguments = codec.decode_value(claims["g"])
-    result = await runtime.run_action(claims["s"], claims["a"], arguments, User.from_json(claims.get("u")))
+    # parameters added to the signed URL (?ref=newsletter) update the session's url_args, as a visit does in docassemble
+    result = await runtime.run_action(claims["s"], claims["a"], arguments, User.from_json(claims.get("u")),
+                                      url_args=dict(request.query) or None)
     if result.kind == "json":
         return web.json_response(json.loads(codec.encode_value(result.data)))
     if result.kind == "response":
