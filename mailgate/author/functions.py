@@ -232,10 +232,26 @@ async def set_session_variables_async(yaml_filename: str, session_id: str, varia
                                             user=ctx.user, deadline=ctx.deadline)
 
 
+def _simplified(value: Any) -> Any:
+    # docassemble's simplify: JSON-ready data. Dates and times become ISO 8601 text, sets and tuples
+    # lists, a Task or DAEmail held by reference {"_class": ..., "id": ...}.
+    if isinstance(value, dict):
+        return {str(k): _simplified(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_simplified(v) for v in value]
+    if isinstance(value, dt.date | dt.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return {"_class": type(value).__name__, "id": str(getattr(value, "id", ""))}
+
+
 def get_session_variables(yaml_filename: str, session_id: str, secret: str | None = None,
                           simplify: bool = True) -> dict[str, Any]:
     """The answers of session ``session_id`` of interview ``yaml_filename``, as last saved (mailgate's
-    ``_internal`` left out). Answers are already plain data here, so ``simplify`` changes nothing.
+    ``_internal`` left out). ``simplify`` (docassemble's default) makes them JSON-ready: dates as ISO
+    8601 text, sets and tuples as lists, tasks and e-mails as ``{"_class", "id"}``; with
+    ``simplify=False`` they are the values themselves (a Task can be waited on).
 
     Blocking: in an ``async def`` handler use ``await get_session_variables_async()``.
     """
@@ -249,7 +265,8 @@ async def get_session_variables_async(yaml_filename: str, session_id: str, secre
                                       simplify: bool = True) -> dict[str, Any]:
     """``get_session_variables()`` for async handlers."""
     ctx = current("get_session_variables_async")
-    return dict(await ctx.runtime.get_session_variables(session_id, yaml_filename))
+    variables = dict(await ctx.runtime.get_session_variables(session_id, yaml_filename))
+    return dict(_simplified(variables)) if simplify else variables
 
 
 def stash_data(data: Any, expire: float | None = None) -> dict[str, str]:

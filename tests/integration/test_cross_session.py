@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import sqlite3
 from pathlib import Path
 
@@ -57,6 +58,24 @@ async def test_get_session_variables_reads_another_session_without_bookkeeping(t
         assert pulled == {"colour": "blue", "counter": 1}
         with pytest.raises(NotFound, match="not a session of interview 'cross'"):
             await rt(d).run_action(a, "pull", {"id": b, "interview": "cross"})
+
+
+async def test_get_session_variables_simplifies_as_docassemble_by_default(tmp_path: Path) -> None:
+    async with Daemon(cfg(tmp_path), roles=()) as d:
+        when = dt.datetime(2026, 4, 1, 9, 30, tzinfo=dt.UTC)
+        b = (await rt(d).create_session("testing", {"when": when, "day": when.date(), "tags": {"x"},
+                                                    "pair": (1, 2), "deep": {"at": [when]}})).id
+        await rt(d).run_action(b, "start", {"task": "noop"})  # answers["the_task"]: a Task
+        a = (await rt(d).create_session("cross")).id
+        text = (await rt(d).run_action(a, "pull_json", {"id": b})).text
+        assert text is not None
+        task_id = (await rt(d).get_answers(b))["the_task"].id
+        assert json.loads(text) == {"when": "2026-04-01T09:30:00+00:00", "day": "2026-04-01", "tags": ["x"],
+                                    "pair": [1, 2], "deep": {"at": ["2026-04-01T09:30:00+00:00"]},
+                                    "the_task": {"_class": "Task", "id": task_id}}
+        await rt(d).run_action(a, "pull_raw", {"id": b})
+        assert (await rt(d).get_answers(a))["raw_types"] == {"when": "datetime", "day": "date", "tags": "set",
+                                                            "pair": "tuple", "deep": "dict", "the_task": "Task"}
 
 
 async def test_set_session_variables_refuses_its_own_locked_session_and_bookkeeping(tmp_path: Path) -> None:

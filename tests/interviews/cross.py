@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -51,6 +52,18 @@ async def spawn_async(answers: dict[str, Any]) -> None:
 def pull(answers: dict[str, Any]) -> None:
     """Pull data: read another session's variables."""
     answers["pulled"] = get_session_variables(action_argument("interview", "testing"), action_argument("id"))
+
+
+@interview.action("pull_json")
+def pull_json(answers: dict[str, Any]) -> None:
+    """Pull another session's variables simplified (docassemble's default): JSON-ready."""
+    response(json.dumps(get_session_variables("testing", action_argument("id"))), null=True)
+
+
+@interview.action("pull_raw")
+async def pull_raw(answers: dict[str, Any]) -> None:
+    raw = await get_session_variables_async("testing", action_argument("id"), simplify=False)
+    answers["raw_types"] = {name: type(value).__name__ for name, value in raw.items()}
 
 
 @interview.action("push")
