@@ -214,3 +214,28 @@ async def test_stash_functions_in_async_handlers(tmp_path: Path) -> None:
         await rt(d).run_action(a, "stash_async")
         answers = await rt(d).get_answers(a)
         assert answers["roundtrip"] == [1, 2, 3] and answers["again"] is None
+
+
+async def test_a_cron_push_keeps_the_other_session_alive_without_counting_as_its_access(tmp_path: Path) -> None:
+    clock = Clock()
+    start = clock.now
+    async with Daemon(cfg(tmp_path), roles=(), clock=clock) as d:
+        assert d.cron is not None
+        a = (await rt(d).create_session("cross", {"allow_cron": True})).id
+        child = (await rt(d).run_action(a, "spawn", {"greeting": "hi", "ref": 1})).text
+        assert child is not None
+        ran, deleted = [], []
+        for day in range(1, 101):
+            clock.now = start + day * 86400
+            report = await d.cron.run("cron_daily")
+            assert report.errors == 0
+            ran += [day] * report.sessions
+            deleted += [day] * report.deleted_inactive
+        # a ends its cron_daily with response(null=True), so it is not saved: deleted after 90 days
+        # (on day 91, after its last run); the child, saved by the cron user's pushes until then,
+        # lives on, and its last access is still its creation
+        assert ran == list(range(1, 92)) and deleted == [91]
+        assert await rt(d).store.get_session(a) is None
+        rec = await rt(d).get_session(child)
+        assert rec.accessed_at == start and rec.modified_at == start + 91 * 86400
+        assert (await rt(d).get_answers(child))["pinged"] == dt.date(2026, 7, 1)

@@ -14,6 +14,7 @@ from mailgate import (
     background_response,
     create_session,
     create_session_async,
+    current_datetime,
     get_session_variables,
     get_session_variables_async,
     json_response,
@@ -124,3 +125,11 @@ def slow_push(answers: dict[str, Any]) -> None:
 async def slow_push_async(answers: dict[str, Any]) -> None:
     await asyncio.sleep(float(action_argument("pause")))
     await set_session_variables_async("testing", action_argument("id"), {"n": 2})
+
+
+@interview.action("cron_daily")
+def cron_daily(answers: dict[str, Any]) -> None:
+    """As the cron user: keep the child session alive by pushing into it; nothing to save here."""
+    if "child" in answers:
+        set_session_variables("testing", answers["child"], {"pinged": current_datetime().date()})
+    response(null=True)
