@@ -104,7 +104,7 @@ class Leases:
             await self._locks.acquire(session_id, waited)
         except TimeoutError:
             raise LeaseTimeout(
-                f"session {session_id} stayed busy in this process for {waited:g} s"
+                f"session {session_id} stayed busy in this process for {waited:.3g} s"
                 f"{' ([sessions] lock_timeout)' if waited == budget else ''}: "
                 f"{self._holding.get(session_id, 'an action')} is running long; try again, or look for it in the log"
             ) from None
