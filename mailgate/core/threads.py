@@ -160,8 +160,8 @@ class DaemonThreadPool(Executor):
             if self._max >= 2 * self._base:
                 return False
             self._max += 1
-            queued = bool(self._calls)
-        if queued:  # calls already waiting for a thread: wake (or start) one for them
+            queued = bool(self._calls) or not self._queue.empty()
+        if queued:  # work already waiting for a thread: wake (or start) one for it
             try:
                 self._put(_CALLS)
             except RuntimeError:  # shut down

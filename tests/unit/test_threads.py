@@ -128,3 +128,24 @@ async def test_deadlines_fire_late_never_early_and_skip_finished_futures() -> No
         await late
     assert loop.time() - start >= 0.05
     assert finished.result() == "in time"
+
+
+async def test_work_queued_before_a_worker_blocks_gets_the_lent_thread() -> None:
+    # The one thread takes A, and B (what A waits for) is queued behind it before A blocks: lending
+    # must start a thread for B, or A and B wait for each other until A's timeout.
+    pool = DaemonThreadPool(1)
+    b_queued, go = threading.Event(), threading.Event()
+
+    def a() -> bool:
+        b_queued.wait(10)
+        with blocking():
+            return go.wait(10)
+
+    try:
+        first = pool.submit(a)
+        second = pool.submit(go.set)
+        b_queued.set()
+        assert await asyncio.to_thread(first.result, 20) is True
+        assert second.result(1) is None
+    finally:
+        pool.shutdown(wait=False)
