@@ -109,6 +109,9 @@ class Sessions:
         of the URL that started it, docassemble's special variable) become ``answers["url_args"]``."""
         self._registry.get(interview)
         answers = dict(answers or {})
+        if not isinstance(answers.get(INTERNAL, {}), dict):  # copied from another session's answers, it is a dict
+            raise ActionError(f"answers[{INTERNAL!r}] is mailgate's bookkeeping (task counters): give it as another "
+                              f"session's answers hold it, a dict, or leave it out; not {type(answers[INTERNAL]).__name__}")
         if url_args is not None:
             answers["url_args"] = dict(url_args)
         return await self._store.create_session(uuid.uuid4().hex, interview, codec.encode(answers), owner.to_json(),
@@ -127,9 +130,10 @@ class Sessions:
         return await self._store.list_sessions(interview=interview, limit=limit)
 
     async def delete(self, session_id: str) -> bool:
-        """Delete the session with everything it owns (mailboxes, e-mails, tasks, events)."""
-        self._interview_of.pop(session_id, None)
-        return await self._store.delete_session(session_id)
+        """Delete the session with everything it owns (mailboxes, e-mails, tasks, events); False if
+        there is none. Under the session lease, like every writer: an action running on it ends
+        first (waiting at most ``lock_timeout``, then LeaseTimeout naming the holder)."""
+        return await self._delete_locked(session_id, "deletion")
 
     async def delete_if_inactive(self, session_id: str, before: float) -> bool:
         """Delete the session with everything it owns if its answers were not saved since ``before``.
@@ -138,14 +142,17 @@ class Sessions:
         back) is busy, so in use, and kept; so is one saved between the query and the lease.
         """
         try:
-            async with self._leases.locked(session_id, "inactivity deletion") as lease:
-                rec = lease.session
-                if rec is None or rec.modified_at >= before:
-                    return False
-                await self._commit(Changes(delete_session=session_id, release_lease=(session_id, lease.holder)))
-                lease.released = True
+            return await self._delete_locked(session_id, "inactivity deletion", saved_before=before)
         except LeaseTimeout:
             return False  # busy for lock_timeout: in use; the next cron_daily looks again
+
+    async def _delete_locked(self, session_id: str, what: str, *, saved_before: float | None = None) -> bool:
+        async with self._leases.locked(session_id, what) as lease:
+            rec = lease.session
+            if rec is None or (saved_before is not None and rec.modified_at >= saved_before):
+                return False
+            await self._commit(Changes(delete_session=session_id, release_lease=(session_id, lease.holder)))
+            lease.released = True
         self._interview_of.pop(session_id, None)
         return True
 

@@ -613,8 +613,14 @@ async def test_cross_session_functions_over_the_api(daemon: Daemon, http: Http) 
     assert await store.try_acquire_lease(sid, "other-host#1", 30, 30) is None
     busy = await api(http, "POST", f"/api/sessions/{sid}/variables", 409, json={"variables": {"c": 1}})
     assert "locked by other-host#1" in busy["error"]
+    # a deletion is a writer too: it waits for the lease and never deletes under a running action
+    assert "locked by other-host#1" in (await api(http, "DELETE", f"/api/sessions/{sid}", 409))["error"]
     await store.release_lease(sid, "other-host#1")
     assert "c" not in (await api(http, "GET", f"/api/sessions/{sid}/variables", 200))["variables"]
+    await api(http, "DELETE", f"/api/sessions/{sid}", 204)
+    await api(http, "DELETE", f"/api/sessions/{sid}", 404)
+    bad = await api(http, "POST", "/api/sessions", 422, json={"interview": "testing", "answers": {"_internal": [1]}})
+    assert "_internal" in bad["error"] and "dict" in bad["error"]
 
 
 async def test_stash_and_retrieve_over_the_api(daemon: Daemon, http: Http) -> None:

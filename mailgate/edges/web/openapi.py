@@ -96,13 +96,14 @@ def document(interviews: dict[str, list[str]] | None = None) -> dict[str, Any]:
                 "responses": {"201": {**_json({"$ref": "#/components/schemas/Session"}, "created"), "links": {
                     op: {"operationId": op, "parameters": {"id": "$response.body#/id"}}
                     for op in ("getSession", "deleteSession", "sessionAddress", "sessionEmails", "runAction",
-                               "startTask", "browserToken", "getSessionVariables", "setSessionVariables")}}, **_errors(*COMMON, 413)}}},
+                               "startTask", "browserToken", "getSessionVariables", "setSessionVariables")}}, **_errors(*COMMON, 413, 422)}}},
             "/api/sessions/{id}": {
                 "parameters": [SESSION_ID],
                 "get": {"summary": "Read a session with its answers", "operationId": "getSession",
                         "responses": {"200": _json({"$ref": "#/components/schemas/Session"}, "the session"), **_errors(*COMMON)}},
-                "delete": {"summary": "Delete a session and everything it owns", "operationId": "deleteSession",
-                           "responses": {"204": {"description": "deleted"}, **_errors(*COMMON)}}},
+                "delete": {"summary": "Delete a session and everything it owns, under its lease (409 if an action holds it "
+                                      "past lock_timeout)", "operationId": "deleteSession",
+                           "responses": {"204": {"description": "deleted"}, **_errors(*COMMON, 409)}}},
             "/api/sessions/{id}/variables": {
                 "parameters": [SESSION_ID],
                 "get": {"summary": "The session's answers as last saved, without _internal (get_session_variables)",
