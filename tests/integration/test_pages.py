@@ -138,6 +138,16 @@ async def test_a_get_creates_no_session_the_start_button_does(daemon: Daemon, ht
     assert (await runtime_of(daemon).get_session(sid)).interview == "check-in"
     await fetch(http, "POST", "/demo/nope", 404, headers=HTML)
     assert await session_count(daemon) == before + 1
+    assert "url_args" not in await runtime_of(daemon).get_answers(sid)
+
+
+async def test_the_url_a_session_starts_from_gives_its_url_args(daemon: Daemon, http: Http) -> None:
+    # docassemble's url_args: /demo/check-in?ref=mail&n=2 shows a Start button that keeps them
+    _, text, _ = await fetch(http, "GET", "/demo/check-in?ref=mail&n=2&x=%3Cb%3E", 200, headers=HTML)
+    assert '<form method="post" action="/demo/check-in?ref=mail&amp;n=2&amp;x=%3Cb%3E">' in text
+    _, _, headers = await fetch(http, "POST", "/demo/check-in?ref=mail&n=2&x=%3Cb%3E", 303)
+    sid = headers["Location"].split("session=")[1]
+    assert (await runtime_of(daemon).get_answers(sid))["url_args"] == {"ref": "mail", "n": "2", "x": "<b>"}
 
 
 async def test_a_demo_page_renews_its_token(daemon: Daemon, http: Http) -> None:

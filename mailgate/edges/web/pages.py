@@ -21,7 +21,7 @@ import sysconfig
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
@@ -162,8 +162,15 @@ async def favicon(request: web.Request) -> web.Response:
     return web.Response(text=FAVICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
-def _start_form(name: str, label: str = "Start") -> str:
-    return f'<form method="post" action="/demo/{html.escape(name)}"><button>{html.escape(label)}</button></form>'
+def _start_form(name: str, label: str = "Start", url_args: dict[str, str] | None = None) -> str:
+    """The Start button; it carries the page's URL parameters, which become the session's url_args."""
+    action = f"/demo/{quote(name)}" + (f"?{urlencode(url_args)}" if url_args else "")
+    return f'<form method="post" action="{html.escape(action)}"><button>{html.escape(label)}</button></form>'
+
+
+def _url_args(request: web.Request) -> dict[str, str]:
+    # docassemble's url_args: the parameters of the URL that started the interview (``session`` is mailgate's own)
+    return {k: v for k, v in request.query.items() if k != "session"}
 
 
 async def demo_index(request: web.Request) -> web.Response:
@@ -206,7 +213,7 @@ async def demo_page(request: web.Request) -> web.StreamResponse:
     if not session_id:
         body = (f"<h1>{html.escape(demo.title)}</h1>\n<p>{html.escape(demo.shows)}</p>\n"
                 f"<p class=\"note\">A port of {html.escape(demo.source)} <code>{html.escape(demo.ports)}</code> demo. "
-                f"Start it to get a session of your own.</p>\n{_start_form(name, 'Start the demo')}")
+                f"Start it to get a session of your own.</p>\n{_start_form(name, 'Start the demo', _url_args(request))}")
         return page(demo.title, body)
     refused = await _session_of(runtime, name, session_id)
     if refused is not None:
@@ -220,10 +227,11 @@ async def demo_page(request: web.Request) -> web.StreamResponse:
 
 
 async def start_demo(request: web.Request) -> web.StreamResponse:
-    """The Start button: a new session of the demo's interview, then its page."""
+    """The Start button: a new session of the demo's interview (the URL's parameters as its
+    ``url_args``, as docassemble sets them), then its page."""
     runtime: Runtime = request.app[RUNTIME]
     name = _demo_name(request)
-    rec = await runtime.create_session(name)
+    rec = await runtime.create_session_with(name, url_args=_url_args(request) or None)
     raise web.HTTPSeeOther(f"/demo/{name}?session={quote(rec.id)}")
 
 
