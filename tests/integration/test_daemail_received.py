@@ -67,9 +67,11 @@ async def fetch(daemon: Daemon, url: str, api_key: str | None = None) -> tuple[i
         return r.status, r.content_type, r.charset, await r.read()
 
 
-async def test_incoming_email_reads_its_parts_as_docassemble_files(daemon: Daemon) -> None:
+async def received(daemon: Daemon, interview: str) -> tuple[str, dict[str, Any]]:
+    """Send the test message over SMTP to a new session of ``interview``: the session's id and what
+    its ``incoming_email`` action saw of the DAEmail."""
     runtime = runtime_of(daemon)
-    session = await runtime.create_session("email-files")
+    session = await runtime.create_session(interview)
     address = (await runtime.run_action(session.id, "start")).text
     assert address is not None and daemon.smtp is not None
     port = daemon.smtp.port
@@ -82,7 +84,12 @@ async def test_incoming_email_reads_its_parts_as_docassemble_files(daemon: Daemo
     await queue_processed(runtime)
     [task] = await runtime.store.list_tasks(session_id=session.id)
     assert task.action == "incoming_email"
-    seen = await Task(task.id, runtime.tasks).get_async(10)
+    return session.id, await Task(task.id, runtime.tasks).get_async(10)
+
+
+async def test_incoming_email_reads_its_parts_as_docassemble_files(daemon: Daemon) -> None:
+    runtime = runtime_of(daemon)
+    session_id, seen = await received(daemon, "email-files")
 
     assert seen["subject"] == "Files"
     assert seen["body_html"] == {"none": True}  # no HTML part: None, as in docassemble
@@ -112,26 +119,13 @@ async def test_incoming_email_reads_its_parts_as_docassemble_files(daemon: Daemo
     status, ctype, _, body = await fetch(daemon, text["url"].replace("/file/", "/file/x"))
     assert status == 403 and b"%PDF" not in body  # not a token it signed
     # the HTTP API's attachment download gives the charset too
-    [rec] = await runtime.emails.list(session_id=session.id)
+    [rec] = await runtime.emails.list(session_id=session_id)
     status, ctype, charset, body = await fetch(daemon, f"/api/emails/{rec.id}/attachments/0", API_KEY)
     assert (status, ctype, charset) == (200, "text/plain", "koi8-r") and body.decode("koi8-r") == RUSSIAN
 
 
 async def test_an_async_handler_fetches_the_raw_bytes_first(daemon: Daemon) -> None:
-    runtime = runtime_of(daemon)
-    session = await runtime.create_session("email-files-async")
-    address = (await runtime.run_action(session.id, "start")).text
-    assert address is not None and daemon.smtp is not None
-    port = daemon.smtp.port
-
-    def send() -> Any:
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-            return client.sendmail("sender@elsewhere.test", [address], message(address).as_bytes())
-
-    assert await asyncio.to_thread(send) == {}
-    await queue_processed(runtime)
-    [task] = await runtime.store.list_tasks(session_id=session.id)
-    seen = await Task(task.id, runtime.tasks).get_async(10)
+    _, seen = await received(daemon, "email-files-async")
     # on the event loop, slurp() would block it: the error says what to do instead, and that works
     assert "in an async handler use `await email.raw_async()` first" in seen["refused"], seen["refused"]
     notes, pdf = seen["attachment"]
