@@ -106,6 +106,19 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def _unfolded(subject: str | None) -> str | None:
+    """A subject folded as Flask-Mail accepts it ("line\\r\\n more": every line after the first starts
+    with a space or a tab and has text) unfolded as RFC 5322 reads it, the CRLFs removed; any other
+    line break is left for the outbound layer to refuse (header injection)."""
+    if not subject or ("\r" not in subject and "\n" not in subject):
+        return subject
+    lines = subject.split("\r\n")
+    if any("\r" in line or "\n" in line or not line.strip() for line in lines) or any(
+            line[0] not in " \t" for line in lines[1:]):
+        return subject
+    return "".join(lines)
+
+
 def _address_list(value: Any, what: str) -> list[Any]:
     # Flask-Mail takes the string as a sequence of one-letter "addresses"; say what is meant instead
     if isinstance(value, str):
@@ -219,7 +232,7 @@ class Message:
         return outbound_message.Message(
             to=normalize_addresses(self.recipients, "recipients"), cc=normalize_addresses(self.cc, "cc"),
             bcc=normalize_addresses(self.bcc, "bcc"), reply_to=normalize_addresses(self.reply_to, "reply_to"),
-            sender=format_address(sender, "sender") if sender else None, subject=_text(self.subject) or "",
+            sender=format_address(sender, "sender") if sender else None, subject=_unfolded(_text(self.subject)) or "",
             body=_text(self.body), html=_text(self.html), attachments=[a.to_outbound() for a in self.attachments],
             headers=dict(self.extra_headers or {}), message_id=self._msg_id,
             date=self.date if isinstance(self.date, dt.datetime) or self.date is None else dt.datetime.fromtimestamp(self.date, dt.UTC),

@@ -132,3 +132,19 @@ def test_settings_and_defaults() -> None:
     testing = Mail(SimpleNamespace(config={"TESTING": True, "MAIL_PORT": None}))
     assert (testing.port, testing.suppress, testing.default_sender, testing.max_emails) == (25, True, None, None)
     assert Mail(SimpleNamespace(config={"TESTING": True, "MAIL_SUPPRESS_SEND": False})).suppress is False
+
+
+@pytest.mark.parametrize(("subject", "bad"), [
+    ("Testing\r\n folded", False), ("Testing\r\n\tfolded\r\n twice", False),  # folding, as Flask-Mail accepts it
+    ("Testing\r\nBcc: victim@example.com", True), ("Testing\n folded", True), ("Testing\r folded", True),
+    ("Testing\r\n \r\n folded", True), ("Testing\r\n", True), ("\r\n folded", True),
+])
+def test_a_subject_folded_as_flask_mail_accepts_it_is_sent_unfolded(subject: str, bad: bool) -> None:
+    msg = Message(subject, recipients=["to@example.com"], body="x", sender="from@example.com")
+    assert msg.has_bad_headers() is bad
+    if bad:
+        with pytest.raises(BadHeaderError):
+            msg.as_bytes()
+        return
+    parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+    assert parsed["Subject"] == subject.replace("\r\n", "")
