@@ -284,6 +284,20 @@ _PRIVATE_LOOP = _PrivateLoop()
 os.register_at_fork(after_in_child=_PRIVATE_LOOP.forget)
 
 
+# Flask-Mail's settings, as its Mail's attributes (mail.default_sender, ...) -> the app's config key
+_SETTING_KEYS = {"server": "MAIL_SERVER", "port": "MAIL_PORT", "use_tls": "MAIL_USE_TLS", "use_ssl": "MAIL_USE_SSL",
+                 "username": "MAIL_USERNAME", "default_sender": "MAIL_DEFAULT_SENDER", "max_emails": "MAIL_MAX_EMAILS",
+                 "suppress": "MAIL_SUPPRESS_SEND", "ascii_attachments": "MAIL_ASCII_ATTACHMENTS"}
+
+
+def _outbound_settings(outbound: OutboundConfig) -> dict[str, Any]:
+    """``[outbound]`` as Flask-Mail's settings (by attribute name; no password: it stays in the config)."""
+    return {"server": outbound.relay_host, "port": outbound.relay_port, "use_tls": outbound.tls == "starttls",
+            "use_ssl": outbound.tls == "implicit", "username": outbound.username or None,
+            "default_sender": outbound.default_sender or None, "max_emails": outbound.max_messages_per_connection,
+            "suppress": outbound.suppress, "ascii_attachments": outbound.ascii_attachments}
+
+
 @dataclass(frozen=True)
 class InterviewApp:
     """What ``email_dispatched`` receivers get as ``app`` for a ``Mail()`` used inside an action, so
@@ -299,13 +313,9 @@ class InterviewApp:
 
     @classmethod
     def of(cls, name: str, outbound: OutboundConfig) -> InterviewApp:
-        return cls(name, logging.getLogger(f"mailgate.interview.{name}" if name else "mailgate.interview"), MappingProxyType({
-            "MAIL_SERVER": outbound.relay_host, "MAIL_PORT": outbound.relay_port,
-            "MAIL_USE_TLS": outbound.tls == "starttls", "MAIL_USE_SSL": outbound.tls == "implicit",
-            "MAIL_USERNAME": outbound.username or None, "MAIL_DEFAULT_SENDER": outbound.default_sender or None,
-            "MAIL_MAX_EMAILS": outbound.max_messages_per_connection, "MAIL_SUPPRESS_SEND": outbound.suppress,
-            "MAIL_ASCII_ATTACHMENTS": outbound.ascii_attachments,
-        }))
+        config = {_SETTING_KEYS[k]: v for k, v in _outbound_settings(outbound).items()}
+        return cls(name, logging.getLogger(f"mailgate.interview.{name}" if name else "mailgate.interview"),
+                   MappingProxyType(config))
 
 
 @dataclass(frozen=True)
@@ -455,7 +465,10 @@ class Mail:
         # Flask-Mail's Mail reads its settings (mail.default_sender, mail.max_emails, ...) from its state
         if name.startswith("_") or name == "state":
             raise AttributeError(name)
-        return getattr(self.state, name, None)
+        if self.state is not None:
+            return getattr(self.state, name, None)
+        ctx = CURRENT.get()  # a Mail() without an app, inside an action: [outbound]'s settings
+        return None if ctx is None else _outbound_settings(ctx.runtime.outbound.config).get(name)
 
     def _backend(self) -> _Backend:
         ctx = CURRENT.get()

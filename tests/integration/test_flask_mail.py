@@ -462,6 +462,11 @@ async def test_email_dispatched_receivers_get_an_app_inside_an_action(daemon: Da
         "flask_mail", "Cases <cases@example.org>", relay.port)
     assert "MAIL_PASSWORD" not in app.config
     assert len(relay.received) == 1
+    # the Mail's own settings (mail.default_sender, ...) read [outbound] too, the password excepted
+    await rt(daemon).run_action(sid, "settings")
+    settings = (await rt(daemon).get_answers(sid))["settings"]
+    assert settings == {"server": "127.0.0.1", "port": relay.port, "use_tls": False, "use_ssl": False,
+                        "default_sender": "Cases <cases@example.org>", "max_emails": 2, "suppress": False, "password": None}
 
 
 @pytest.mark.asyncio

@@ -39,3 +39,10 @@ async def send_on_loop_with_app(answers: dict[str, Any]) -> None:
 @interview.action("no_recipients")
 def no_recipients(answers: dict[str, Any]) -> None:
     mail.send(Message("Hello", body="x"))
+
+
+@interview.action("settings")
+def settings(answers: dict[str, Any]) -> None:
+    # Flask-Mail code reads its settings from the Mail: inside an action, they are [outbound]'s
+    answers["settings"] = {name: getattr(mail, name) for name in (
+        "server", "port", "use_tls", "use_ssl", "default_sender", "max_emails", "suppress", "password")}
