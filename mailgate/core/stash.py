@@ -16,6 +16,7 @@ import binascii
 import math
 import os
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from mailgate.core import answers as codec
@@ -28,6 +29,15 @@ DEFAULT_EXPIRE = 90 * 86400.0  # docassemble's default: 7,776,000 seconds
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _token(make: Callable[[], str]) -> str:
+    """A token from ``make`` that does not begin with ``-``: a command line (``mailgate stash get KEY
+    SECRET``) would take it for an option. Drawn again in the 1 case of 64 where it does."""
+    while True:
+        token = make()
+        if not token.startswith("-"):
+            return token
 
 
 def _unb64(text: str) -> bytes:
@@ -50,11 +60,11 @@ class Stashes:
         """Seal and store ``data`` for ``expire`` seconds (default 90 days); ``{"stash_key", "secret"}``."""
         ttl = DEFAULT_EXPIRE if expire is None else _seconds(expire, "stash_data(expire=...)")
         text = codec.encode_value(data, "stash_data() data")
-        key, stash_key = os.urandom(32), secrets.token_urlsafe(18)
-        sealed = seal(key, text.encode(), stash_key.encode())
+        secret, stash_key = _token(lambda: _b64(os.urandom(32))), _token(lambda: secrets.token_urlsafe(18))
+        sealed = seal(_unb64(secret), text.encode(), stash_key.encode())
         now = self._store.now()
         await self._store.put_stash(StashRecord(stash_key, _b64(sealed), now, now + ttl, ttl))
-        return {"stash_key": stash_key, "secret": _b64(key)}
+        return {"stash_key": stash_key, "secret": secret}
 
     async def retrieve(self, stash_key: str, secret: str, delete: bool = False, refresh: bool | float = False) -> Any:
         """The stashed data, or None if there is none under this key and secret (or it expired).

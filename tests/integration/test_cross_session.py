@@ -208,6 +208,15 @@ async def test_stashes_expire_and_the_daily_cron_purges_them(tmp_path: Path) -> 
             await rt(d).run_action(a, "stash", {"expire": -5})
 
 
+async def test_stash_tokens_never_begin_with_a_dash(tmp_path: Path) -> None:
+    # `mailgate stash get KEY SECRET` would take such a token for an option. Without the redraw, one
+    # token in 64 begins with "-": 1 - (63/64)**600 = 99.99% of these runs would see one.
+    async with Daemon(cfg(tmp_path), roles=()) as d:
+        tokens = await asyncio.gather(*(rt(d).stashes.stash({"n": n}, 60) for n in range(300)))
+        assert not [t for t in tokens if t["stash_key"].startswith("-") or t["secret"].startswith("-")]
+        assert await rt(d).stashes.retrieve(tokens[-1]["stash_key"], tokens[-1]["secret"]) == {"n": 299}
+
+
 async def test_stash_functions_in_async_handlers(tmp_path: Path) -> None:
     async with Daemon(cfg(tmp_path), roles=()) as d:
         a = (await rt(d).create_session("cross")).id

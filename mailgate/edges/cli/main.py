@@ -582,7 +582,8 @@ def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("data", help="the data, as JSON")
     p.add_argument("--expire", type=float, help="seconds until it expires (default 90 days)")
     p = st.add_parser("get", parents=[common], help="print stashed data as JSON (retrieve_stashed_data)")
-    p.add_argument("stash_key")
+    p.add_argument("stash_key", help="as stash put printed it (one made before mailgate stopped making keys that "
+                                     "begin with '-' goes after '--': stash get [OPTIONS] -- KEY SECRET)")
     p.add_argument("secret")
     p.add_argument("--delete", action="store_true", help="remove it once read")
     p.add_argument("--refresh", action="store_true", help="renew its expiry by the seconds it was stashed for")
