@@ -590,3 +590,31 @@ async def test_the_store_clock_is_never_ahead_of_the_database_even_measured_behi
             await conn.close()
     finally:
         await store.close()
+
+
+async def test_an_atomic_call_rolled_back_by_a_deadlock_is_sent_again(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two nodes' group commits can deadlock on PostgreSQL; the loser's transaction was rolled back
+    # whole, so its one-statement call is sent again rather than failing every commit of the group
+    # (which made the automations runner run a step's code twice). A non-atomic call is not.
+    store = await open_store(dsn)
+    real = store._call_once
+    fail = {"left": 0}
+
+    async def colliding(work):  # type: ignore[no-untyped-def]
+        if fail["left"]:
+            fail["left"] -= 1
+            cause = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+            raise StoreUnavailable("a transaction collided with another") from cause
+        return await real(work)
+
+    monkeypatch.setattr(store, "_call_once", colliding)
+    try:
+        await store.create_session("s1", "iv", "{}", "{}")
+        fail["left"] = 1
+        result = await store.commit(Changes(save=SessionSave("s1", '{"v":1}', 1)))
+        assert result.version == 2 and fail["left"] == 0
+        fail["left"] = 1
+        with pytest.raises(StoreUnavailable, match="collided"):
+            await store.get_session("s1")  # a plain read is not retried here: its caller decides
+    finally:
+        await store.close()

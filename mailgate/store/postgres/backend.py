@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
@@ -98,6 +99,8 @@ MAILBOX_COLS = "local_part, session_id, key, idx, owner, created_at, expires_at"
 INBOUND_COLS = "id, seq, sha256, size, envelope, received_at, attempts, worker, lease_until"
 EMAIL_COLS = "id, local_part, session_id, message_id, sha256, size, envelope, parsed, authentication, received_at"
 CLOCK_REFRESH = 60.0  # seconds between measurements of the database's clock
+COLLISIONS = ("40P01", "40001")  # deadlock detected, serialization failure: the transaction was rolled back whole
+COLLISION_TRIES = 4  # an atomic call is sent at most this many times
 CLOCK_READS = 3  # reads of the database's clock per measurement (the tightest bound is kept)
 MAILBOX_TTL = 60.0  # seconds a cached mailbox is trusted without news (the doorbell tells of changes sooner)
 MAILBOX_CACHE = 100_000  # mailboxes cached at most; past it the cache starts afresh
@@ -353,9 +356,24 @@ class PgStore(PgAutomations, Store):
             return 0
         return int(await self._call(lambda c: c.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")))
 
-    async def _call(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _call(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, atomic: bool = False) -> T:
         """Every call of this backend runs here: one pooled connection, errors translated, the
-        outage logged once when it starts and once when it ends."""
+        outage logged once when it starts and once when it ends.
+
+        ``atomic``: ``work`` is one statement (a server-side function call), all or nothing, so a
+        deadlock or serialization failure, which rolled it back whole, is sent again (after a short
+        random pause, at most COLLISION_TRIES times) instead of failing every commit of a group.
+        """
+        for attempt in range(1, COLLISION_TRIES + 1):
+            try:
+                return await self._call_once(work)
+            except StoreUnavailable as exc:
+                if not atomic or attempt == COLLISION_TRIES or getattr(exc.__cause__, "sqlstate", None) not in COLLISIONS:
+                    raise
+            await asyncio.sleep(random.uniform(0, 0.01 * attempt))  # noqa: S311 - spreading retries, not a secret
+        raise AssertionError("unreachable")
+
+    async def _call_once(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self._pool is None:
             raise StoreUnavailable("the store is closed")
         self.round_trips += 1
@@ -437,7 +455,7 @@ class PgStore(PgAutomations, Store):
 
     async def _commit_group(self, group: list[Changes]) -> list[CommitResult | Exception]:
         batch = json.dumps([_changes_json(ch) for ch in group], separators=(",", ":"))
-        raw = await self._call(lambda c: c.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()))
+        raw = await self._call(lambda c: c.fetchval("SELECT mailgate_commit($1::jsonb, $2)", batch, self._t()), atomic=True)
         outcome = json.loads(raw)
         now = float(outcome["now"])
         out: list[CommitResult | Exception] = []
@@ -668,7 +686,7 @@ class PgStore(PgAutomations, Store):
         # asyncpg sends the bytes as they are (binary protocol): no copy into an escaped text form
         raw = await self._call(lambda c: c.fetchval(
             "SELECT mailgate_deliver($1::text[], $2::bytea[], $3::jsonb, $4)",
-            [d.sha256 for d in group], [d.raw for d in group], emails, self._t()))
+            [d.sha256 for d in group], [d.raw for d in group], emails, self._t()), atomic=True)
         outcome = json.loads(raw)
         now = float(outcome["now"])
         out: list[tuple[list[str], list[EventRecord]] | Exception] = []
@@ -715,7 +733,7 @@ class PgStore(PgAutomations, Store):
         batch = json.dumps([{"entry": d.entry_id, "worker": d.worker, "emails": _emails_json(d.emails)} for d in group],
                            separators=(",", ":"))
         outcome = json.loads(await self._call(lambda c: c.fetchval(
-            "SELECT mailgate_deliver_inbound($1::jsonb, $2)", batch, self._t())))
+            "SELECT mailgate_deliver_inbound($1::jsonb, $2)", batch, self._t()), atomic=True))
         self._ring(*([CHANNEL] if outcome["events"] else []), *([TASK_CHANNEL] if outcome["tasks"] else []))
         now = float(outcome["now"])
         out: list[tuple[list[str], list[EventRecord]] | Exception] = []
