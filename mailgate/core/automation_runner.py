@@ -123,6 +123,10 @@ class AutomationRunner:
         # renewed with the running ones' (a slow commit must not let them lapse, or another runner
         # would run them too)
         self._waiting: set[str] = set()
+        # automation id -> until when (store clock) its claim is known to be ours: set by the claim,
+        # moved on by each heartbeat that renewed it; a run whose claim may have lapsed (heartbeats
+        # late on an overloaded host) asks the store before it runs any code (see _still_held)
+        self._held_until: dict[str, float] = {}
         self._claimed_at = float("-inf")  # when the last claim started
         self._counted = float("-inf")  # when the automations gauge was last read
         self._backlog_at = float("-inf")
@@ -237,6 +241,7 @@ class AutomationRunner:
         except StoreError as exc:
             log.warning("claiming due automations failed: %s; trying again", exc, extra={"event": "automation.claim_failed"})
             return 0
+        self._held(claimed, self._claimed_at)
         self._start(claimed)
         return len(claimed)
 
@@ -266,6 +271,7 @@ class AutomationRunner:
 
     async def _claim_successors(self) -> None:
         asking, self._asking = self._asking, []
+        asked_at = self.store.now()
         try:
             claimed = await self.store.claim_automations(self.holder, len(asking), self.config.automations.claim_lease)
         except StoreError:
@@ -274,6 +280,7 @@ class AutomationRunner:
             for future in asking:
                 future.cancel()
             raise
+        self._held(claimed, asked_at)
         concurrency = self.config.automations.concurrency
         for i, future in enumerate(asking):
             mine = claimed[i:i + 1]
@@ -305,9 +312,28 @@ class AutomationRunner:
             with contextlib.suppress(StoreError):
                 await self.store.release_automations(self.holder, ids)
 
+    def _held(self, claimed: list[ClaimedAutomation], asked_at: float) -> None:
+        for c in claimed:
+            self._held_until[c.automation.id] = asked_at + self.config.automations.claim_lease
+
+    async def _still_held(self, automation_id: str) -> bool:
+        """True if this runner's claim of the automation is sure to last a while yet: from the claim or
+        the last heartbeat, else by renewing it now. False if it lapsed and another runner took it:
+        this one must not run its code too."""
+        lease = self.config.automations.claim_lease
+        if self._held_until.get(automation_id, float("-inf")) - self.store.now() > lease / 3:
+            return True
+        at = self.store.now()
+        if automation_id not in await self.store.heartbeat_automations(self.holder, [automation_id], lease):
+            self._held_until.pop(automation_id, None)
+            return False
+        self._held_until[automation_id] = at + lease
+        return True
+
     def _done(self, automation_id: str, task: asyncio.Task[None]) -> None:
         if self._running.get(automation_id) is task:
             del self._running[automation_id]
+            self._held_until.pop(automation_id, None)
         self.wake()  # not when its successor took the slot
 
     async def _wait_one(self) -> None:
@@ -320,8 +346,14 @@ class AutomationRunner:
             await asyncio.sleep(lease / 3)
             held = [*self._running, *self._waiting]
             if held:
+                at = self.store.now()
                 with contextlib.suppress(StoreError):
-                    await self.store.heartbeat_automations(self.holder, held, lease)
+                    kept = set(await self.store.heartbeat_automations(self.holder, held, lease))
+                    for aid in held:
+                        if aid in kept:
+                            self._held_until[aid] = at + lease
+                        else:
+                            self._held_until.pop(aid, None)
 
     # -- one automation ----------------------------------------------------------------------------
     async def _run_one(self, claimed: ClaimedAutomation) -> None:
@@ -332,6 +364,11 @@ class AutomationRunner:
             return await self._orphaned(auto.id, auto.cls, f"its class {auto.cls} is not loaded")
         run = Run(claimed, cls, auto.version)
         try:
+            if not await self._still_held(auto.id):
+                log.warning("automation %s: its claim lapsed before its run (heartbeats late: this host or the store is "
+                            "overloaded, or [automations] claim_lease is too short); left to the runner that holds it now",
+                            auto.id, extra={"event": "automation.claim_lapsed", "automation": auto.id})
+                return
             if auto.session_id is not None and not await self._lease(run):
                 return
             await self._advance(run)
